@@ -1,0 +1,27 @@
+//! meshd-crypto: the cryptography of a meshd node, as a library with no I/O of its own.
+//!
+//! It holds the node's X25519 key and its file ([`keys`], [`load_or_create_private_key`]),
+//! the cluster secret ([`ClusterSecret`]) and what is derived from it with domain separation
+//! ([`kdf`]: the WireGuard preshared key of each node pair, the gossip key), the sealing of
+//! gossip datagrams ([`GossipSealer`]), a checked view of WireGuard datagrams for
+//! demultiplexing ([`wire`]), and the per-peer WireGuard session ([`Session`]), the only place
+//! where boringtun's API is seen.
+//!
+//! It deliberately opens no socket, starts no thread and runs no async runtime; callers own
+//! every buffer. It reads no clock either, with one contained exception: boringtun's `Tunn`
+//! reads the monotonic clock for its timers, and that is confined to [`session`] and
+//! [`handshake`]. Build with the `mock-clock` feature (tests only) to put those reads on a
+//! virtual clock; [`MOCK_CLOCK`] lets a binary refuse to run with it.
+
+pub mod kdf;
+pub mod keys;
+pub mod secret;
+mod secret_file;
+
+pub use keys::{KeyError, PrivateKey, PublicKey};
+pub use secret::ClusterSecret;
+pub use secret_file::{load_or_create_private_key, KeyFileStatus, SecretFileError};
+
+/// True when built with the `mock-clock` feature: boringtun's timers then run on a per-thread
+/// virtual clock that only tests advance. A daemon must refuse to start when this is true.
+pub const MOCK_CLOCK: bool = cfg!(feature = "mock-clock");
