@@ -1,0 +1,233 @@
+//! Opening the TUN queues and UDP sockets, and finding out which speed-ups this kernel gives us.
+//!
+//! Every tier is tried, and a refusal is a fallback, not an error: an old kernel gets a slower
+//! meshd, not a broken one. The outcome is a [`TierReport`] that `meshd status` prints.
+
+use anyhow::{Context, Result};
+use quinn_udp::{UdpSockRef, UdpSocketState};
+use serde::{Deserialize, Serialize};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+use crate::config::Config;
+
+/// Whether a speed-up is in use, and why not when it is not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state", content = "detail")]
+pub enum Tier {
+    InUse(String),
+    DisabledByConfig,
+    Unavailable(String),
+}
+
+impl Tier {
+    pub fn in_use(&self) -> bool {
+        matches!(self, Tier::InUse(_))
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tier::InUse(d) if d.is_empty() => write!(f, "yes"),
+            Tier::InUse(d) => write!(f, "yes ({d})"),
+            Tier::DisabledByConfig => write!(f, "no (disabled by config)"),
+            Tier::Unavailable(why) => write!(f, "no (unavailable: {why})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TierReport {
+    pub multi_queue: Tier,
+    pub tun_offload: Tier,
+    pub udp_gso: Tier,
+    pub udp_gro: Tier,
+    pub queues: usize,
+}
+
+/// The TUN queues, one per worker pair.
+pub struct TunQueues {
+    pub queues: Vec<SyncDevice>,
+    pub offload: bool,
+    pub multi_queue: Tier,
+    pub tun_offload: Tier,
+}
+
+/// Open the TUN device `cfg.tun` with as many queues and as much offload as the kernel allows.
+pub fn open_tun(cfg: &Config) -> Result<TunQueues> {
+    let wanted = cfg.queue_count();
+    let try_mq = cfg.tiers.multi_queue && wanted > 1;
+    let try_offload = cfg.tiers.tun_offload;
+    let mut last_err = None;
+    // Most capable first; each step down gives up one feature.
+    for (mq, offload) in [(true, true), (true, false), (false, true), (false, false)] {
+        if (mq && !try_mq) || (offload && !try_offload) {
+            continue;
+        }
+        match build(cfg, mq, offload) {
+            Ok(dev) => {
+                let offload_on = dev.tcp_gso();
+                let mut queues = vec![dev];
+                let mut mq_tier = if mq { Tier::InUse(String::new()) } else { Tier::DisabledByConfig };
+                if mq {
+                    for _ in 1..wanted {
+                        match queues[0].try_clone() {
+                            Ok(q) => queues.push(q),
+                            Err(e) => {
+                                mq_tier = Tier::Unavailable(format!("extra queue: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    if queues.len() > 1 {
+                        mq_tier = Tier::InUse(format!("{} queues", queues.len()));
+                    }
+                } else if try_mq {
+                    mq_tier = Tier::Unavailable(last_err.clone().unwrap_or_else(|| "refused".into()));
+                } else if cfg.tiers.multi_queue {
+                    mq_tier = Tier::Unavailable("one CPU or `queues = 1`".into());
+                }
+                let off_tier = if offload_on {
+                    Tier::InUse(if dev_udp_gso(&queues[0]) { "TSO + USO".into() } else { "TSO".into() })
+                } else if try_offload {
+                    Tier::Unavailable(last_err.clone().unwrap_or_else(|| "refused".into()))
+                } else {
+                    Tier::DisabledByConfig
+                };
+                for q in &queues {
+                    q.set_nonblocking(true).context("setting the TUN queue non-blocking")?;
+                }
+                return Ok(TunQueues { queues, offload: offload_on, multi_queue: mq_tier, tun_offload: off_tier });
+            }
+            Err(e) => last_err = Some(e.to_string()),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "cannot create TUN device `{}`: {} (is /dev/net/tun present and are we root?)",
+        cfg.tun,
+        last_err.unwrap_or_default()
+    ))
+}
+
+fn dev_udp_gso(dev: &SyncDevice) -> bool {
+    dev.udp_gso()
+}
+
+fn build(cfg: &Config, multi_queue: bool, offload: bool) -> std::io::Result<SyncDevice> {
+    DeviceBuilder::new()
+        .name(cfg.tun.clone())
+        .mtu(cfg.overlay_mtu())
+        .tx_queue_len(cfg.tun_txqueuelen)
+        .multi_queue(multi_queue)
+        .offload(offload)
+        .build_sync()
+}
+
+/// One UDP socket per queue, all bound to the VXLAN port with SO_REUSEPORT so the kernel spreads
+/// flows across them.
+pub struct UdpQueues {
+    pub sockets: Vec<(UdpSocket, UdpSocketState)>,
+    pub gso_segments: usize,
+    pub gro: bool,
+    pub udp_gso: Tier,
+    pub udp_gro: Tier,
+}
+
+pub fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQueues> {
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let s = bind_socket(SocketAddr::new(bind, cfg.vxlan.port), cfg.socket_buffer)
+            .with_context(|| format!("binding UDP {}:{}", bind, cfg.vxlan.port))?;
+        let state = UdpSocketState::new(UdpSockRef::from(&s)).context("configuring the UDP socket")?;
+        sockets.push((s, state));
+    }
+    let kernel_gso = sockets[0].1.max_gso_segments();
+    let kernel_gro = sockets[0].1.gro_segments() > 1;
+    let (gso_segments, udp_gso) = match (cfg.tiers.udp_gso, kernel_gso > 1) {
+        (false, _) => (1, Tier::DisabledByConfig),
+        (true, false) => (1, Tier::Unavailable("UDP_SEGMENT refused".into())),
+        (true, true) => (kernel_gso, Tier::InUse(format!("up to {kernel_gso} segments"))),
+    };
+    let (gro, udp_gro) = match (cfg.tiers.udp_gro, kernel_gro) {
+        (false, _) => (false, Tier::DisabledByConfig),
+        (true, false) => (false, Tier::Unavailable("UDP_GRO refused".into())),
+        (true, true) => (true, Tier::InUse(String::new())),
+    };
+    if !gro {
+        for (s, _) in &sockets {
+            // quinn-udp turns GRO on when it can; turn it back off when config says so.
+            set_udp_gro(s, false);
+        }
+    }
+    Ok(UdpQueues { sockets, gso_segments, gro, udp_gso, udp_gro })
+}
+
+fn bind_socket(addr: SocketAddr, buffer: usize) -> Result<UdpSocket> {
+    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false)?;
+    }
+    // As root, force buffers past net.core.{r,w}mem_max: a userspace overlay that keeps the
+    // 208 KiB default drops a datagram per burst and TCP pays with a retransmit.
+    if s.set_recv_buffer_size_force(buffer).is_err() {
+        let _ = s.set_recv_buffer_size(buffer);
+    }
+    if s.set_send_buffer_size_force(buffer).is_err() {
+        let _ = s.set_send_buffer_size(buffer);
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn set_udp_gro(s: &UdpSocket, on: bool) {
+    let v: libc::c_int = on.into();
+    // SAFETY: a valid fd and a pointer to a c_int of the stated size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+trait ForceBuffers {
+    fn set_recv_buffer_size_force(&self, n: usize) -> std::io::Result<()>;
+    fn set_send_buffer_size_force(&self, n: usize) -> std::io::Result<()>;
+}
+
+impl ForceBuffers for Socket {
+    fn set_recv_buffer_size_force(&self, n: usize) -> std::io::Result<()> {
+        setsockopt_int(self.as_raw_fd(), libc::SO_RCVBUFFORCE, n)
+    }
+    fn set_send_buffer_size_force(&self, n: usize) -> std::io::Result<()> {
+        setsockopt_int(self.as_raw_fd(), libc::SO_SNDBUFFORCE, n)
+    }
+}
+
+fn setsockopt_int(fd: i32, opt: libc::c_int, n: usize) -> std::io::Result<()> {
+    let v = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid fd and a pointer to a c_int of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,162 @@
+//! Host networking through netlink: the pod bridge, the TUN device's link state and the cluster
+//! route, and forwarding. Every step is idempotent, so a restarted meshd reconciles what it finds
+//! instead of failing on it, and everything meshd creates carries an alias that marks it as ours
+//! so `meshd cleanup` never removes what it did not make.
+
+use anyhow::{bail, Context, Result};
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The alias meshd puts on links it creates.
+pub const OWNER_ALIAS: &str = "meshd";
+const ENODEV: i32 = 19;
+
+pub struct Host {
+    handle: Handle,
+}
+
+impl Host {
+    /// Open a netlink connection in the current network namespace. Needs a tokio runtime.
+    pub fn connect() -> Result<Host> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(conn);
+        Ok(Host { handle })
+    }
+
+    /// The link called `name`, if there is one.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -ENODEV => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up link `{name}`")),
+        }
+    }
+
+    /// Make `name` a bridge, up, holding the gateway address (`.1`) of `subnet` and nothing
+    /// else from the cluster. Returns true when this call created it.
+    pub async fn ensure_bridge(&self, name: &str, subnet: Ipv4Net, cluster: Ipv4Net, mtu: u16) -> Result<bool> {
+        let created = match self.link(name).await? {
+            Some(link) => {
+                if kind(&link) != Some(InfoKind::Bridge) {
+                    bail!("link `{name}` exists and is not a bridge; choose another `bridge` name or remove it");
+                }
+                false
+            }
+            None => {
+                let msg = LinkBridge::new(name).mtu(u32::from(mtu)).alias(OWNER_ALIAS).up().build();
+                self.handle.link().add(msg).execute().await.with_context(|| format!("creating bridge `{name}`"))?;
+                true
+            }
+        };
+        let index = self.index(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("bringing `{name}` up"))?;
+        let gateway = gateway(subnet);
+        // A subnet that changed (a new lease) leaves an old cluster address behind: remove it.
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut stale = Vec::new();
+        while let Some(a) = addrs.try_next().await.context("listing bridge addresses")? {
+            let addr = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Local(IpAddr::V4(v4)) | AddressAttribute::Address(IpAddr::V4(v4)) => Some(*v4),
+                _ => None,
+            });
+            if let Some(v4) = addr {
+                let same = v4 == gateway && a.header.prefix_len == subnet.prefix_len();
+                if !same && cluster.contains(&v4) {
+                    stale.push(a);
+                }
+            }
+        }
+        for a in stale {
+            self.handle.address().del(a).execute().await.context("removing a stale bridge address")?;
+        }
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(gateway), subnet.prefix_len())
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding {gateway}/{} to `{name}`", subnet.prefix_len()))?;
+        Ok(created)
+    }
+
+    /// Bring the TUN device up and route the cluster CIDR into it. The node's own subnet stays
+    /// on the bridge: its connected route is more specific.
+    pub async fn route_cluster(&self, tun: &str, cluster: Ipv4Net) -> Result<()> {
+        let index = self.index(tun).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().alias(OWNER_ALIAS).build())
+            .execute()
+            .await
+            .with_context(|| format!("bringing `{tun}` up"))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(cluster.network(), cluster.prefix_len())
+            .output_interface(index)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("routing {cluster} to `{tun}`"))?;
+        Ok(())
+    }
+
+    /// Delete `name` if it exists and meshd made it. Returns whether it was deleted.
+    pub async fn remove_owned(&self, name: &str) -> Result<bool> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(false);
+        };
+        let ours = link.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(s) if s == OWNER_ALIAS));
+        if !ours {
+            bail!("link `{name}` was not created by meshd (no `{OWNER_ALIAS}` alias); leaving it alone");
+        }
+        self.handle
+            .link()
+            .del(link.header.index)
+            .execute()
+            .await
+            .with_context(|| format!("deleting `{name}`"))?;
+        Ok(true)
+    }
+
+    async fn index(&self, name: &str) -> Result<u32> {
+        Ok(self
+            .link(name)
+            .await?
+            .with_context(|| format!("link `{name}` disappeared"))?
+            .header
+            .index)
+    }
+}
+
+/// The bridge's address: the first host of the subnet, the pods' default gateway.
+pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+fn kind(link: &LinkMessage) -> Option<InfoKind> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k.clone()),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// Let the host route between the bridge and the TUN device.
+pub fn enable_forwarding() -> Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")
+}

@@ -1,0 +1,292 @@
+//! A cluster in network namespaces: a switch namespace holding the underlay bridge, one
+//! namespace per host, and pod namespaces behind each host's `meshbr0`.
+//!
+//! ```text
+//!             ┌──────────── <prefix>-sw ────────────┐
+//!             │  br0 ── h1   h2   h3 (veth ends)     │   underlay 198.18.0.0/24
+//!             └────────┬────┬────┬───────────────────┘
+//!   <prefix>-h1 (u0 198.18.0.1)  <prefix>-h2 ...       meshd, or a kernel VXLAN device
+//!     meshbr0 10.244.1.1/24 ── v1 ── <prefix>-h1-p1 (eth0 10.244.1.2)
+//!                           └─ v2 ── <prefix>-h1-p2 (eth0 10.244.1.3)
+//! ```
+//!
+//! Nothing is made in the root namespace: on a machine running Docker the root namespace forwards
+//! nothing, and the lab must work there too. Dropping a `Topology` removes all of it.
+
+use anyhow::{bail, Context, Result};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::netns::{self, ip, run};
+use crate::wire::vtep_mac;
+
+/// How a lab host carries overlay traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A meshd daemon (userspace data path).
+    Meshd,
+    /// A Linux VXLAN device set up as flannel's vxlan backend does, with no meshd.
+    KernelVxlan,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Prefix of every namespace name; also names the state directory.
+    pub prefix: String,
+    pub hosts: Vec<Backend>,
+    pub pods_per_host: usize,
+    /// Extra arguments for every `meshd run` (tier switches, say).
+    pub meshd_args: Vec<String>,
+    /// The meshd binary to run in each host.
+    pub meshd_bin: PathBuf,
+    pub underlay_mtu: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub index: usize,
+    pub name: String,
+    pub ns: String,
+    pub backend: Backend,
+    pub underlay: Ipv4Addr,
+    pub subnet: ipnet::Ipv4Net,
+    pub dir: PathBuf,
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub ns: String,
+    pub addr: Ipv4Addr,
+}
+
+pub struct Topology {
+    pub spec: Spec,
+    pub hosts: Vec<Host>,
+    /// Remove everything on drop (tests); `lab up` keeps it.
+    pub cleanup_on_drop: bool,
+}
+
+pub const UNDERLAY_PREFIX: u8 = 24;
+const OVERLAY_OVERHEAD: u16 = 50;
+
+impl Topology {
+    /// Build the whole topology and start its daemons; on any failure, remove what was made.
+    pub fn up(spec: Spec) -> Result<Topology> {
+        let mut t = Topology { hosts: plan(&spec), spec, cleanup_on_drop: true };
+        t.build().inspect_err(|_| t.down())?;
+        Ok(t)
+    }
+
+    /// The topology `spec` describes, without building or cleaning anything (for `lab check`).
+    pub fn attach(spec: Spec) -> Topology {
+        Topology { hosts: plan(&spec), spec, cleanup_on_drop: false }
+    }
+
+    pub fn state_dir(prefix: &str) -> PathBuf {
+        PathBuf::from("/run/meshd-lab").join(prefix)
+    }
+
+    fn switch(&self) -> String {
+        format!("{}-sw", self.spec.prefix)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        if !netns::list(&format!("{}-", self.spec.prefix)).is_empty() {
+            bail!("namespaces named {}-* exist already; run `meshd lab down` first", self.spec.prefix);
+        }
+        let sw = self.switch();
+        ip(&["netns", "add", &sw])?;
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        for h in self.hosts.clone() {
+            self.build_host(&h)?;
+        }
+        for h in self.hosts.clone() {
+            match h.backend {
+                Backend::Meshd => self.start_meshd(&h)?,
+                Backend::KernelVxlan => self.kernel_vxlan(&h)?,
+            }
+        }
+        for h in self.hosts.clone() {
+            if h.backend == Backend::Meshd {
+                wait_for_socket(&h)?;
+            }
+            for (j, p) in h.pods.iter().enumerate() {
+                self.add_pod(&h, j, p)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn build_host(&self, h: &Host) -> Result<()> {
+        let sw = self.switch();
+        let port = format!("h{}", h.index);
+        let mtu = self.spec.underlay_mtu.to_string();
+        ip(&["netns", "add", &h.ns])?;
+        ip(&["-n", &h.ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &sw, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "u0", "mtu", &mtu, "netns", &h.ns])?;
+        ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
+        ip(&["-n", &h.ns, "addr", "add", &format!("{}/{UNDERLAY_PREFIX}", h.underlay), "dev", "u0"])?;
+        ip(&["-n", &h.ns, "link", "set", "u0", "up"])?;
+        std::fs::create_dir_all(&h.dir).with_context(|| format!("creating {}", h.dir.display()))?;
+        Ok(())
+    }
+
+    fn start_meshd(&self, h: &Host) -> Result<()> {
+        let cfg = self.meshd_config(h);
+        let path = h.dir.join("meshd.toml");
+        std::fs::write(&path, cfg)?;
+        let log = std::fs::File::create(h.dir.join("meshd.log"))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &h.ns])
+            .arg(&self.spec.meshd_bin)
+            .args(["run", "--config"])
+            .arg(&path)
+            .args(&self.spec.meshd_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Its own session, so a terminal's Ctrl-C after `lab up` does not reach it.
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting meshd in {}", h.ns))?;
+        std::fs::write(h.dir.join("meshd.pid"), child.id().to_string())?;
+        Ok(())
+    }
+
+    fn meshd_config(&self, h: &Host) -> String {
+        let mut c = format!(
+            "node-name = \"{}\"\naddress = \"{}\"\nsubnet = \"{}\"\nencryption = \"none\"\nunderlay-mtu = {}\nrun-dir = \"{}\"\nstate-dir = \"{}\"\nlog-level = \"info\"\n",
+            h.name,
+            h.underlay,
+            h.subnet,
+            self.spec.underlay_mtu,
+            h.dir.join("run").display(),
+            h.dir.join("state").display(),
+        );
+        for p in self.hosts.iter().filter(|p| p.index != h.index) {
+            c.push_str(&format!(
+                "\n[[peers]]\nname = \"{}\"\naddress = \"{}\"\nsubnet = \"{}\"\n",
+                p.name, p.underlay, p.subnet
+            ));
+        }
+        c
+    }
+
+    /// flannel's vxlan backend, by hand: device MAC = this node's VTEP MAC, the subnet's network
+    /// address on the device, and per peer a static FDB entry, a neighbour and an onlink route.
+    fn kernel_vxlan(&self, h: &Host) -> Result<()> {
+        let ns = &h.ns;
+        let mac = vtep_mac(&h.name).to_string();
+        let mtu = (self.spec.underlay_mtu - OVERLAY_OVERHEAD).to_string();
+        let local = h.underlay.to_string();
+        ip(&["-n", ns, "link", "add", "vxlan0", "address", &mac, "mtu", &mtu, "type", "vxlan", "id", "1",
+            "local", &local, "dev", "u0", "dstport", "8472", "nolearning"])?;
+        ip(&["-n", ns, "addr", "add", &format!("{}/32", h.subnet.network()), "dev", "vxlan0"])?;
+        ip(&["-n", ns, "link", "set", "vxlan0", "up"])?;
+        ip(&["-n", ns, "link", "add", "meshbr0", "mtu", &mtu, "type", "bridge"])?;
+        ip(&["-n", ns, "addr", "add", &format!("{}/{}", crate::host::gateway(h.subnet), h.subnet.prefix_len()), "dev", "meshbr0"])?;
+        ip(&["-n", ns, "link", "set", "meshbr0", "up"])?;
+        run("ip", &["netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        for p in self.hosts.iter().filter(|p| p.index != h.index) {
+            let pmac = vtep_mac(&p.name).to_string();
+            let gw = p.subnet.network().to_string();
+            run("bridge", &["-n", ns, "fdb", "append", &pmac, "dev", "vxlan0", "dst", &p.underlay.to_string()])?;
+            ip(&["-n", ns, "neigh", "replace", &gw, "lladdr", &pmac, "dev", "vxlan0", "nud", "permanent"])?;
+            ip(&["-n", ns, "route", "replace", &p.subnet.to_string(), "via", &gw, "dev", "vxlan0", "onlink"])?;
+        }
+        Ok(())
+    }
+
+    fn add_pod(&self, h: &Host, j: usize, p: &Pod) -> Result<()> {
+        let host_if = format!("v{}", j + 1);
+        let mtu = (self.spec.underlay_mtu - OVERLAY_OVERHEAD).to_string();
+        ip(&["netns", "add", &p.ns])?;
+        ip(&["-n", &h.ns, "link", "add", &host_if, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu, "netns", &p.ns])?;
+        ip(&["-n", &h.ns, "link", "set", &host_if, "master", "meshbr0", "up"])?;
+        ip(&["-n", &p.ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &p.ns, "addr", "add", &format!("{}/{}", p.addr, h.subnet.prefix_len()), "dev", "eth0"])?;
+        ip(&["-n", &p.ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &p.ns, "route", "add", "default", "via", &crate::host::gateway(h.subnet).to_string()])?;
+        Ok(())
+    }
+
+    /// Stop every daemon and remove every namespace and file of this topology.
+    pub fn down(&self) {
+        down(&self.spec.prefix);
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = (&Host, &Pod)> {
+        self.hosts.iter().flat_map(|h| h.pods.iter().map(move |p| (h, p)))
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if self.cleanup_on_drop {
+            self.down();
+        }
+    }
+}
+
+/// Remove a topology by prefix, whatever state a crash left it in.
+pub fn down(prefix: &str) {
+    // Pods and the switch first, hosts (with their daemons) last: order does not matter for
+    // correctness, every namespace is killed and deleted on its own.
+    for ns in netns::list(&format!("{prefix}-")) {
+        netns::destroy(&ns);
+    }
+    let _ = std::fs::remove_dir_all(Topology::state_dir(prefix));
+}
+
+fn plan(spec: &Spec) -> Vec<Host> {
+    let dir = Topology::state_dir(&spec.prefix);
+    spec.hosts
+        .iter()
+        .enumerate()
+        .map(|(i, &backend)| {
+            let n = i + 1;
+            let name = format!("{}-h{n}", spec.prefix);
+            let subnet = ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, n as u8, 0), 24).unwrap_or_default();
+            Host {
+                index: n,
+                ns: name.clone(),
+                name,
+                backend,
+                underlay: Ipv4Addr::new(198, 18, 0, n as u8),
+                subnet,
+                dir: dir.join(format!("h{n}")),
+                pods: (0..spec.pods_per_host)
+                    .map(|j| Pod {
+                        ns: format!("{}-h{n}-p{}", spec.prefix, j + 1),
+                        addr: Ipv4Addr::new(10, 244, n as u8, (j + 2) as u8),
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn wait_for_socket(h: &Host) -> Result<()> {
+    let run_dir = h.dir.join("run");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if crate::status::query(&run_dir).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(h.dir.join("meshd.log")).unwrap_or_default();
+            bail!("meshd in {} did not come up within 15 s; its log:\n{log}", h.ns);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,17 @@
+//! meshd: a userspace overlay mesh for container clusters.
+//!
+//! This library holds everything the `meshd` binary does, so tests and the lab can drive it:
+//! configuration, the wire format, the route table, the data-path workers, host setup over
+//! netlink, the status API, and the local lab. It deliberately holds no protocol state machine
+//! that reads the clock or owns sockets outside the data path: gossip and crypto are crates of
+//! their own.
+
+pub mod config;
+pub mod daemon;
+pub mod datapath;
+pub mod host;
+pub mod lab;
+pub mod routes;
+pub mod stats;
+pub mod status;
+pub mod wire;

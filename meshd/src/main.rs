@@ -1,0 +1,171 @@
+//! The `meshd` command: the daemon, its status client, host cleanup, and the local lab.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use meshd::config::Config;
+
+#[derive(Parser)]
+#[command(name = "meshd", version, about = "Userspace overlay mesh for container clusters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node daemon.
+    Run(RunArgs),
+    /// Show this node's status: tiers in use, peers, counters, drops.
+    Status {
+        #[arg(long, env = "MESHD_RUN_DIR", default_value = "/run/meshd")]
+        run_dir: PathBuf,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove everything meshd created on this host (bridge, TUN device, runtime files).
+    Cleanup(ConfigArgs),
+    /// A local cluster in network namespaces, for trying meshd out.
+    Lab {
+        #[command(subcommand)]
+        command: meshd::lab::LabCommand,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Configuration file (TOML).
+    #[arg(long, short, env = "MESHD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Validate the configuration and exit without touching the host.
+    #[arg(long)]
+    check_config: bool,
+    #[arg(long, env = "MESHD_NODE_NAME")]
+    node_name: Option<String>,
+    /// Underlay address other nodes reach this one at.
+    #[arg(long, env = "MESHD_ADDRESS")]
+    address: Option<std::net::IpAddr>,
+    /// This node's pod subnet.
+    #[arg(long, env = "MESHD_SUBNET")]
+    subnet: Option<ipnet::Ipv4Net>,
+    #[arg(long, env = "MESHD_RUN_DIR")]
+    run_dir: Option<PathBuf>,
+    #[arg(long, env = "MESHD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[arg(long, env = "MESHD_LOG_LEVEL")]
+    log_level: Option<String>,
+    #[arg(long, env = "MESHD_QUEUES")]
+    queues: Option<usize>,
+    /// Do not use multi-queue TUN even where the kernel has it.
+    #[arg(long, env = "MESHD_NO_MULTI_QUEUE")]
+    no_multi_queue: bool,
+    /// Do not use TUN TSO/GRO offload (virtio-net header).
+    #[arg(long, env = "MESHD_NO_TUN_OFFLOAD")]
+    no_tun_offload: bool,
+    /// Do not send with UDP GSO.
+    #[arg(long, env = "MESHD_NO_UDP_GSO")]
+    no_udp_gso: bool,
+    /// Do not receive with UDP GRO.
+    #[arg(long, env = "MESHD_NO_UDP_GRO")]
+    no_udp_gro: bool,
+}
+
+impl RunArgs {
+    fn load(&self) -> Result<Config> {
+        let mut c = match &self.config.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.node_name {
+            c.node_name = v.clone();
+        }
+        if self.address.is_some() {
+            c.address = self.address;
+        }
+        if self.subnet.is_some() {
+            c.subnet = self.subnet;
+        }
+        if let Some(v) = &self.run_dir {
+            c.run_dir = v.clone();
+        }
+        if let Some(v) = &self.state_dir {
+            c.state_dir = v.clone();
+        }
+        if let Some(v) = &self.log_level {
+            c.log_level = v.clone();
+        }
+        if let Some(v) = self.queues {
+            c.queues = v;
+        }
+        c.tiers.multi_queue &= !self.no_multi_queue;
+        c.tiers.tun_offload &= !self.no_tun_offload;
+        c.tiers.udp_gso &= !self.no_udp_gso;
+        c.tiers.udp_gro &= !self.no_udp_gro;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let cfg = args.load()?;
+            if args.check_config {
+                println!("configuration is valid");
+                return Ok(());
+            }
+            init_logging(&cfg.log_level);
+            runtime()?.block_on(meshd::daemon::run(cfg))
+        }
+        Command::Status { run_dir, json } => {
+            let s = meshd::status::query(&run_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", meshd::status::render(&s));
+            }
+            Ok(())
+        }
+        Command::Cleanup(args) => {
+            let cfg = match &args.config {
+                Some(p) => Config::from_file(p)?,
+                None => Config::default(),
+            };
+            runtime()?.block_on(meshd::daemon::cleanup(&cfg))
+        }
+        Command::Lab { command } => meshd::lab::main(command),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control-plane runtime")
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}

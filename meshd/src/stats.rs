@@ -1,0 +1,133 @@
+//! Counters the data path keeps per peer and per drop reason.
+//!
+//! Workers add to them once per batch run, with relaxed atomics: they are statistics, not
+//! synchronisation.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Every reason the data path discards a packet. Each one is counted, never silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[repr(usize)]
+pub enum DropReason {
+    /// A datagram from an underlay address that is not a peer.
+    UnknownSource = 0,
+    /// VXLAN header with another VNI.
+    WrongVni,
+    /// Truncated datagram or inner packet, VXLAN I flag clear, inconsistent inner header.
+    Malformed,
+    /// Inner frame is not IP (ARP, LLDP, ...).
+    NotIp,
+    /// Inner source address outside the sending peer's subnet.
+    SpoofedSource,
+    /// A packet from the TUN device to an address no peer owns.
+    NoRoute,
+    /// The UDP socket refused the datagram (buffer full, unreachable).
+    SendError,
+    /// The TUN device refused the packet.
+    TunWriteError,
+}
+
+pub const DROP_REASONS: [DropReason; 8] = [
+    DropReason::UnknownSource,
+    DropReason::WrongVni,
+    DropReason::Malformed,
+    DropReason::NotIp,
+    DropReason::SpoofedSource,
+    DropReason::NoRoute,
+    DropReason::SendError,
+    DropReason::TunWriteError,
+];
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::UnknownSource => "unknown-source",
+            DropReason::WrongVni => "wrong-vni",
+            DropReason::Malformed => "malformed",
+            DropReason::NotIp => "not-ip",
+            DropReason::SpoofedSource => "spoofed-source",
+            DropReason::NoRoute => "no-route",
+            DropReason::SendError => "send-error",
+            DropReason::TunWriteError => "tun-write-error",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    drops: [AtomicU64; DROP_REASONS.len()],
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, serde::Deserialize)]
+pub struct PeerStatsSnapshot {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// (reason, count) for every reason with a non-zero count.
+    pub drops: Vec<(String, u64)>,
+}
+
+impl PeerStats {
+    #[inline]
+    pub fn tx(&self, packets: u64, bytes: u64) {
+        self.tx_packets.fetch_add(packets, Relaxed);
+        self.tx_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    #[inline]
+    pub fn rx(&self, packets: u64, bytes: u64) {
+        self.rx_packets.fetch_add(packets, Relaxed);
+        self.rx_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    #[inline]
+    pub fn count_drop(&self, reason: DropReason, n: u64) {
+        self.drops[reason as usize].fetch_add(n, Relaxed);
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Relaxed)
+    }
+
+    pub fn snapshot(&self) -> PeerStatsSnapshot {
+        PeerStatsSnapshot {
+            tx_packets: self.tx_packets.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            rx_packets: self.rx_packets.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            drops: DROP_REASONS
+                .iter()
+                .map(|r| (r.as_str().to_string(), self.dropped(*r)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
+    }
+}
+
+/// Drops counted locally during one batch and flushed once, so a burst of garbage costs one
+/// atomic add per reason rather than one per datagram.
+#[derive(Debug, Default)]
+pub struct DropTally([u64; DROP_REASONS.len()]);
+
+impl DropTally {
+    #[inline]
+    pub fn add(&mut self, reason: DropReason) {
+        self.0[reason as usize] += 1;
+    }
+
+    pub fn flush_into(&mut self, stats: &PeerStats) {
+        for (i, n) in self.0.iter_mut().enumerate() {
+            if *n > 0 {
+                stats.drops[i].fetch_add(*n, Relaxed);
+                *n = 0;
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The status API: a Unix socket under the run directory that answers every connection with one
+//! JSON document and closes. `meshd status` is its client; the CNI plugin reads the
+//! companion file `network.json` instead, so it never needs the daemon to answer.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::datapath::TierReport;
+use crate::routes::Routes;
+use crate::stats::PeerStatsSnapshot;
+
+pub const SOCKET_NAME: &str = "meshd.sock";
+pub const NETWORK_FILE: &str = "network.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub version: String,
+    pub pid: u32,
+    pub address: String,
+    pub subnet: String,
+    pub vtep_mac: String,
+    pub encryption: String,
+    pub mtu: u16,
+    pub tiers: TierReport,
+    pub peers: Vec<PeerStatus>,
+    /// Drops that belong to no peer: datagrams from unknown sources, packets with no route.
+    pub unattributed: PeerStatsSnapshot,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub endpoint: String,
+    pub subnet: String,
+    pub vtep_mac: String,
+    #[serde(flatten)]
+    pub stats: PeerStatsSnapshot,
+}
+
+/// What the CNI plugin needs to wire a pod; written atomically whenever it changes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkFile {
+    pub node: String,
+    pub subnet: String,
+    pub gateway: String,
+    pub bridge: String,
+    pub mtu: u16,
+    pub cluster_cidr: String,
+    pub pid: u32,
+}
+
+/// The fixed part of the status; peers and counters are read fresh on every request.
+pub struct StatusSource {
+    pub base: Status,
+    pub routes: Arc<Routes>,
+}
+
+impl StatusSource {
+    pub fn current(&self) -> Status {
+        let table = self.routes.load();
+        let mut s = self.base.clone();
+        s.peers = table
+            .peers()
+            .iter()
+            .map(|p| PeerStatus {
+                name: p.name.clone(),
+                endpoint: p.endpoint.to_string(),
+                subnet: p.subnet.to_string(),
+                vtep_mac: p.mac.to_string(),
+                stats: p.stats.snapshot(),
+            })
+            .collect();
+        s.unattributed = self.routes.unattributed.snapshot();
+        s
+    }
+}
+
+/// Serve status requests until the task is dropped.
+pub async fn serve(path: PathBuf, source: Arc<StatusSource>) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding the status socket {}", path.display()))?;
+    loop {
+        let (mut stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "status socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let body = serde_json::to_vec_pretty(&source.current()).unwrap_or_default();
+        tokio::spawn(async move {
+            let _ = stream.write_all(&body).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// Ask the daemon whose run directory is `run_dir` for its status.
+pub fn query(run_dir: &Path) -> Result<Status> {
+    let path = run_dir.join(SOCKET_NAME);
+    let mut stream = UnixStream::connect(&path)
+        .with_context(|| format!("connecting to {} (is meshd running?)", path.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).context("reading the status")?;
+    serde_json::from_str(&body).context("decoding the status")
+}
+
+/// Write `value` as JSON to `path` so readers see the old or the new file, never half of one.
+pub fn write_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(value)?;
+    std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// Human-readable rendering for `meshd status`.
+pub fn render(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "node        {} (pid {}, meshd {})", s.node, s.pid, s.version);
+    let _ = writeln!(o, "address     {}   subnet {}   vtep {}", s.address, s.subnet, s.vtep_mac);
+    let _ = writeln!(o, "encryption  {}   mtu {}", s.encryption, s.mtu);
+    let _ = writeln!(o, "tiers       queues {}", s.tiers.queues);
+    let _ = writeln!(o, "  multi-queue TUN   {}", s.tiers.multi_queue);
+    let _ = writeln!(o, "  TUN offload       {}", s.tiers.tun_offload);
+    let _ = writeln!(o, "  UDP GSO           {}", s.tiers.udp_gso);
+    let _ = writeln!(o, "  UDP GRO           {}", s.tiers.udp_gro);
+    let _ = writeln!(
+        o,
+        "{:<16} {:<22} {:<16} {:>10} {:>14} {:>10} {:>14}  drops",
+        "peer", "endpoint", "subnet", "tx pkts", "tx bytes", "rx pkts", "rx bytes"
+    );
+    for p in &s.peers {
+        let _ = writeln!(
+            o,
+            "{:<16} {:<22} {:<16} {:>10} {:>14} {:>10} {:>14}  {}",
+            p.name,
+            p.endpoint,
+            p.subnet,
+            p.stats.tx_packets,
+            p.stats.tx_bytes,
+            p.stats.rx_packets,
+            p.stats.rx_bytes,
+            drops(&p.stats)
+        );
+    }
+    let _ = writeln!(o, "unattributed drops: {}", drops(&s.unattributed));
+    o
+}
+
+fn drops(s: &PeerStatsSnapshot) -> String {
+    if s.drops.is_empty() {
+        return "-".into();
+    }
+    s.drops.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(" ")
+}
