@@ -1,0 +1,291 @@
+//! Test harness: namespaces that play a node and its pods, and the plugin driven like a runtime.
+//!
+//! ```text
+//!   host netns  cni-<test>-<pid>-<n>-h  (plays the node; the plugin runs here)
+//!   ┌──────────────────────────────────────────────┐
+//!   │ meshbr0 10.244.1.1/24 ── vmeshXXXX ─┐        │
+//!   └─────────────────────────────────────┼────────┘
+//!                         pod netns ... -p<i>: eth0 10.244.1.x/24, default via .1
+//! ```
+//! Every namespace and directory is owned by a guard whose `Drop` deletes it, so a failing
+//! test cleans up too. Nothing here touches the root namespace's network configuration.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{json, Value};
+
+pub const PLUGIN: &str = env!("CARGO_BIN_EXE_meshd-cni");
+pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A per-run unique name: `cni-<test>-<pid>-<n>`.
+pub fn unique(test: &str) -> String {
+    format!("cni-{test}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace (`/var/run/netns/<name>`), deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Netns {
+        sh(&["ip", "netns", "add", &name]);
+        Netns { name }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// Runs `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "-n", &self.name];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    /// Runs a command inside the namespace; returns whether it succeeded.
+    pub fn exec_ok(&self, args: &[&str]) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What one plugin run returned.
+#[derive(Debug)]
+pub struct Out {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?} / {}", self.stdout, self.stderr))
+    }
+
+    /// Asserts failure with `code`, and that the error object is well formed.
+    pub fn expect_code(&self, code: u64) -> Value {
+        assert!(!self.ok, "expected error {code}, got success: {}", self.stdout);
+        let v = self.json();
+        assert_eq!(v["code"].as_u64(), Some(code), "{v}");
+        assert!(v["cniVersion"].is_string(), "{v}");
+        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        v
+    }
+
+    pub fn expect_ok(&self) -> &Self {
+        assert!(self.ok, "plugin failed: {} {}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// A node: a host namespace with meshd's bridge, a runtime dir with network.json, a data dir.
+pub struct Node {
+    pub host: Netns,
+    pub dir: TempDir,
+    pub name: String,
+}
+
+impl Node {
+    pub fn new(test: &str) -> Node {
+        Node::with_subnet(test, "10.244.1.0/24", "10.244.1.1")
+    }
+
+    pub fn with_subnet(test: &str, subnet: &str, gateway: &str) -> Node {
+        let name = unique(test);
+        let host = Netns::new(format!("{name}-h"));
+        let dir = TempDir::new(&name);
+        let prefix = subnet.split('/').nth(1).unwrap();
+        host.ip(&["link", "set", "lo", "up"]);
+        host.ip(&["link", "add", "meshbr0", "type", "bridge"]);
+        host.ip(&["addr", "add", &format!("{gateway}/{prefix}"), "dev", "meshbr0"]);
+        host.ip(&["link", "set", "meshbr0", "up"]);
+        std::fs::create_dir_all(dir.0.join("run")).unwrap();
+        let node = Node { host, dir, name };
+        node.write_network(&json!({
+            "node": "node-a", "subnet": subnet, "gateway": gateway, "bridge": "meshbr0",
+            "mtu": 1450, "cluster_cidr": "10.244.0.0/16", "pid": std::process::id(),
+        }));
+        node
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.0.join("run")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.0.join("data")
+    }
+
+    /// Writes network.json the way meshd does: temp file + rename.
+    pub fn write_network(&self, v: &Value) {
+        let tmp = self.runtime_dir().join(".network.json.tmp");
+        std::fs::write(&tmp, v.to_string()).unwrap();
+        std::fs::rename(&tmp, self.runtime_dir().join("network.json")).unwrap();
+    }
+
+    /// Our plugin's config in `version`.
+    pub fn conf(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version, "name": "meshnet", "type": "meshd-cni",
+            "runtimeDir": self.runtime_dir(), "dataDir": self.data_dir(),
+        })
+    }
+
+    /// A pod namespace owned by this test.
+    pub fn pod(&self, i: usize) -> Netns {
+        Netns::new(format!("{}-p{i}", self.name))
+    }
+
+    /// Runs `plugin` (ours unless a path is given) in the host namespace like a runtime does.
+    pub fn exec(&self, plugin: &str, cmd: &str, cid: &str, netns: &str, ifname: &str, conf: &Value) -> Out {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.host.name, plugin])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn plugin");
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Our plugin with our config.
+    pub fn run(&self, cmd: &str, cid: &str, netns: &str, conf: &Value) -> Out {
+        self.exec(PLUGIN, cmd, cid, netns, "eth0", conf)
+    }
+
+    /// The host namespace's links and addresses plus our allocations: "what changed".
+    pub fn snapshot(&self) -> String {
+        let links: Value = serde_json::from_str(&self.host.ip(&["-j", "link"])).unwrap();
+        let addrs: Value = serde_json::from_str(&self.host.ip(&["-j", "-4", "addr"])).unwrap();
+        let links: Vec<String> = links
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| format!("{} {} {} {}", l["ifname"], l["master"], l["mtu"], l["address"]))
+            .collect();
+        let addrs: Vec<String> = addrs
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|a| {
+                let name = a["ifname"].clone();
+                a["addr_info"].as_array().cloned().unwrap_or_default().into_iter().map(
+                    move |i| format!("{name} {}/{}", i["local"], i["prefixlen"]),
+                )
+            })
+            .collect();
+        format!("{links:?}\n{addrs:?}\n{:?}", self.allocations())
+    }
+
+    /// Addresses allocated in our IPAM store.
+    pub fn allocations(&self) -> Vec<String> {
+        let dir = self.data_dir().join("meshnet");
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Host-side links named like ours.
+    pub fn host_veths(&self) -> Vec<String> {
+        self.host
+            .ip(&["-o", "link"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .filter(|n| n.starts_with("vmesh"))
+            .collect()
+    }
+}
+
+/// Checks a result against the spec's rules for `version`; returns the pod's address.
+pub fn validate_result(r: &Value, version: &str, ifname: &str, sandbox: &str) -> String {
+    assert_eq!(r["cniVersion"], version, "{r}");
+    let ifaces = r["interfaces"].as_array().expect("interfaces");
+    for i in ifaces {
+        assert!(i["name"].is_string(), "{r}");
+        let mac = i["mac"].as_str().expect("mac");
+        assert_eq!(mac.len(), 17, "{mac}");
+        assert_eq!(i.get("mtu").is_some(), version == "1.1.0" && i.get("sandbox").is_some(), "{r}");
+    }
+    let pod = ifaces.iter().position(|i| i["name"] == ifname && i["sandbox"] == sandbox);
+    let pod = pod.unwrap_or_else(|| panic!("no {ifname} in {sandbox}: {r}"));
+    let ips = r["ips"].as_array().expect("ips");
+    assert_eq!(ips.len(), 1, "{r}");
+    let ip = &ips[0];
+    assert_eq!(ip["interface"].as_u64(), Some(pod as u64), "{r}");
+    assert_eq!(ip.get("version").and_then(Value::as_str), if version.starts_with("0.") { Some("4") } else { None }, "{r}");
+    assert_eq!(ip["gateway"], "10.244.1.1", "{r}");
+    let addr = ip["address"].as_str().unwrap();
+    assert!(addr.ends_with("/24"), "{addr}");
+    assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+    addr.split('/').next().unwrap().to_owned()
+}
