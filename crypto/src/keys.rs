@@ -135,7 +135,6 @@ impl PublicKey {
         &self.0
     }
 
-    #[allow(dead_code)] // used by the session module, next commit
     pub(crate) fn to_dalek(self) -> x25519_dalek::PublicKey {
         x25519_dalek::PublicKey::from(self.0)
     }

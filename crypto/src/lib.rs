@@ -13,15 +13,32 @@
 //! [`handshake`]. Build with the `mock-clock` feature (tests only) to put those reads on a
 //! virtual clock; [`MOCK_CLOCK`] lets a binary refuse to run with it.
 
+mod action;
+pub mod handshake;
 pub mod kdf;
 pub mod keys;
 pub mod secret;
 mod secret_file;
+pub mod session;
+pub mod wire;
 
+pub use action::{Action, SessionError, SessionStats};
+pub use handshake::{identify_initiator, Admission, RateLimiter};
 pub use keys::{KeyError, PrivateKey, PublicKey};
 pub use secret::ClusterSecret;
 pub use secret_file::{load_or_create_private_key, KeyFileStatus, SecretFileError};
+pub use session::Session;
+pub use wire::{MessageType, WgDatagram, WireError};
 
 /// True when built with the `mock-clock` feature: boringtun's timers then run on a per-thread
 /// virtual clock that only tests advance. A daemon must refuse to start when this is true.
 pub const MOCK_CLOCK: bool = cfg!(feature = "mock-clock");
+
+/// The virtual clock behind boringtun's timers, for tests (`mock-clock` feature only).
+#[cfg(feature = "mock-clock")]
+pub mod mock_clock {
+    /// Moves this thread's virtual clock forward.
+    pub fn advance(by: std::time::Duration) {
+        mock_instant::MockClock::advance(by);
+    }
+}
