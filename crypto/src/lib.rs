@@ -4,14 +4,20 @@
 //! the cluster secret ([`ClusterSecret`]) and what is derived from it with domain separation
 //! ([`kdf`]: the WireGuard preshared key of each node pair, the gossip key), the sealing of
 //! gossip datagrams ([`GossipSealer`]), a checked view of WireGuard datagrams for
-//! demultiplexing ([`wire`]), and the per-peer WireGuard session ([`Session`]), the only place
-//! where boringtun's API is seen.
+//! demultiplexing ([`wire`]), handshake admission ([`RateLimiter`], [`identify_initiator`])
+//! and the per-peer WireGuard session ([`Session`]). Only [`session`] and [`handshake`] see
+//! boringtun's API; nothing boringtun-typed is public.
 //!
 //! It deliberately opens no socket, starts no thread and runs no async runtime; callers own
-//! every buffer. It reads no clock either, with one contained exception: boringtun's `Tunn`
-//! reads the monotonic clock for its timers, and that is confined to [`session`] and
-//! [`handshake`]. Build with the `mock-clock` feature (tests only) to put those reads on a
-//! virtual clock; [`MOCK_CLOCK`] lets a binary refuse to run with it.
+//! every buffer, and the per-packet calls allocate nothing (`tests/no_alloc.rs`). It reads no
+//! clock either (the sealer takes `now`), with one contained exception: boringtun's `Tunn`
+//! reads the monotonic clock for its timers, confined to [`session`] and [`handshake`].
+//!
+//! The `mock-clock` feature puts those reads on a per-thread virtual clock
+//! (`mock_clock::advance`) for the timer tests: `cargo test -p meshd-crypto --features
+//! mock-clock`. It is not a dev-dependency feature on purpose: cargo would unify it into every
+//! crate built alongside the tests (the daemon in `cargo test --workspace`), freezing their
+//! timers. [`MOCK_CLOCK`] lets a binary refuse to start if it ever gets built in.
 
 mod action;
 pub mod handshake;

@@ -3,7 +3,7 @@
 //!
 //! This and [`crate::handshake`] are the only places where boringtun reads the clock (its
 //! timers use the monotonic clock directly). With the `mock-clock` feature those reads go to
-//! a per-thread virtual clock, advanced by [`crate::mock_clock::advance`] in tests.
+//! a per-thread virtual clock, advanced by `crate::mock_clock::advance` in tests.
 //!
 //! Buffer sizes: `out` must be at least [`MIN_OUT_LEN`] bytes, and at least the input plus
 //! [`crate::wire::DATA_OVERHEAD`] for `encapsulate`, the datagram's length for
