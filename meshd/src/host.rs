@@ -48,15 +48,20 @@ impl Host {
                 false
             }
             None => {
-                let msg = LinkBridge::new(name).mtu(u32::from(mtu)).alias(OWNER_ALIAS).up().build();
+                let msg = LinkBridge::new(name).mtu(u32::from(mtu)).up().build();
                 self.handle.link().add(msg).execute().await.with_context(|| format!("creating bridge `{name}`"))?;
                 true
             }
         };
         let index = self.index(name).await?;
+        // The kernel ignores an alias given at creation: set it with the first change.
+        let mut msg = LinkUnspec::new_with_index(index).up();
+        if created {
+            msg = msg.alias(OWNER_ALIAS);
+        }
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
+            .set(msg.build())
             .execute()
             .await
             .with_context(|| format!("bringing `{name}` up"))?;

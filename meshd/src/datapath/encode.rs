@@ -12,6 +12,10 @@ use crate::wire::vxlan::HEADER_LEN;
 use crate::wire::{FrameError, VxlanFrame};
 use std::net::IpAddr;
 
+/// Largest UDP payload one GSO send may carry: a UDP datagram over IPv4 holds at most
+/// 65535 − 20 − 8 bytes, and the kernel refuses (EMSGSIZE) a GSO buffer larger than one datagram.
+pub const MAX_GSO_BYTES: usize = 65_507;
+
 /// Consecutive frames to one peer, contiguous in the encoder's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Run {
@@ -81,6 +85,7 @@ impl Encoder {
                 && run.last == run.segment
                 && frame_len <= run.segment
                 && run.frames < self.max_frames_per_run
+                && run.len + frame_len <= MAX_GSO_BYTES
                 && run.start + run.len == start;
             if extends {
                 run.len += frame_len;
@@ -206,6 +211,21 @@ mod tests {
         let mut d = crate::stats::PeerStats::default();
         drops.flush_into(&mut d);
         assert_eq!(d.dropped(DropReason::NoRoute), 1);
+    }
+
+    #[test]
+    fn runs_stay_within_one_udp_datagram() {
+        let r = routes();
+        let t = r.load();
+        let mut e = Encoder::new(256 * 1500, 256, 64);
+        let mut drops = DropTally::default();
+        let p = ipv4_packet([10, 244, 1, 2], [10, 244, 2, 9], 1430);
+        for _ in 0..100 {
+            e.push(&t, &p, &mut drops);
+        }
+        assert!(e.runs().len() >= 3);
+        assert!(e.runs().iter().all(|r| r.len <= MAX_GSO_BYTES), "{:?}", e.runs());
+        assert_eq!(e.runs().iter().map(|r| r.frames).sum::<usize>(), 100);
     }
 
     #[test]

@@ -149,7 +149,9 @@ pub fn rx_loop(shared: &Shared, q: &Queue) {
         for (i, m) in meta.iter().take(n).enumerate() {
             let data = &big[i * slot..i * slot + m.len.min(slot)];
             let stride = m.stride.max(1);
-            for datagram in data.chunks(stride) {
+            // An empty datagram is still a datagram to judge (and count); chunks() yields none.
+            let empty: &[&[u8]] = if data.is_empty() { &[&[]] } else { &[] };
+            for datagram in data.chunks(stride).chain(empty.iter().copied()) {
                 match decode(&table, m.addr.ip(), shared.vni, datagram) {
                     Ok((peer, packet)) => {
                         acc.add(&table, peer, packet.len());

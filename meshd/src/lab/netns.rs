@@ -82,3 +82,41 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     });
     handle.join().map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
 }
+
+/// Switch transmit checksum offload of `dev` (in the calling thread's namespace) on or off, as
+/// `ethtool -K DEV tx off` does, through the SIOCETHTOOL ioctl.
+pub fn set_tx_checksum(dev: &str, on: bool) -> Result<()> {
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    if dev.len() >= libc::IFNAMSIZ {
+        bail!("interface name `{dev}` is too long");
+    }
+    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: on.into() };
+    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut value, _pad: [0; 16] };
+    req.name[..dev.len()].copy_from_slice(dev.as_bytes());
+    // SAFETY: a datagram socket used only for this ioctl, and an ifreq whose data pointer
+    // refers to a live ethtool_value for the duration of the call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut req as *mut IfReq);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            bail!("ETHTOOL_STXCSUM on {dev}: {err}");
+        }
+    }
+    Ok(())
+}

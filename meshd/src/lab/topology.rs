@@ -193,6 +193,11 @@ impl Topology {
             "local", &local, "dev", "u0", "dstport", "8472", "nolearning"])?;
         ip(&["-n", ns, "addr", "add", &format!("{}/32", h.subnet.network()), "dev", "vxlan0"])?;
         ip(&["-n", ns, "link", "set", "vxlan0", "up"])?;
+        // On veth, the kernel leaves the inner TCP checksum for "hardware" to fill in, and a
+        // veth never does: a receiver that reads the datagram in userspace (meshd, or any
+        // userspace VXLAN) sees a blank checksum. Real NICs complete it; here we make the
+        // VXLAN device compute it in software, as `ethtool -K vxlan0 tx off` would.
+        netns::in_netns(ns, || netns::set_tx_checksum("vxlan0", false))??;
         ip(&["-n", ns, "link", "add", "meshbr0", "mtu", &mtu, "type", "bridge"])?;
         ip(&["-n", ns, "addr", "add", &format!("{}/{}", crate::host::gateway(h.subnet), h.subnet.prefix_len()), "dev", "meshbr0"])?;
         ip(&["-n", ns, "link", "set", "meshbr0", "up"])?;

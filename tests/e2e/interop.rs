@@ -1,0 +1,27 @@
+//! meshd and the Linux kernel's VXLAN device speak the same bytes: a host with a kernel VXLAN
+//! device (set up as flannel's vxlan backend does) and meshd hosts reach each other's pods in
+//! both directions.
+//!
+//! ```text
+//!   sw: br0 ─┬─ h1 (meshd)        ── meshbr0 ── p1, p2
+//!            ├─ h2 (meshd)        ── meshbr0 ── p1, p2
+//!            └─ h3 (kernel vxlan0, MAC = h3's VTEP MAC, static FDB/neigh/routes) ── p1, p2
+//! ```
+
+use super::cluster::{assert_transfer, spec, unreachable_pairs};
+use meshd::lab::{Backend, Topology};
+use meshd_tests::require_root;
+
+#[test]
+fn kernel_vxlan_node_and_meshd_nodes_interoperate() {
+    require_root();
+    let t = Topology::up(spec("kvx", vec![Backend::Meshd, Backend::Meshd, Backend::KernelVxlan], &[])).unwrap();
+    let bad = unreachable_pairs(&t);
+    assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
+    assert_transfer(&t, 0, 2, 5301); // meshd -> kernel
+    assert_transfer(&t, 2, 1, 5302); // kernel -> meshd
+    let s = meshd::status::query(&t.hosts[0].dir.join("run")).unwrap();
+    let k = s.peers.iter().find(|p| p.name == t.hosts[2].name).unwrap();
+    assert!(k.stats.rx_bytes > 0 && k.stats.tx_bytes > 0, "{k:?}");
+    assert!(k.stats.drops.is_empty(), "the kernel's frames were dropped: {k:?}");
+}

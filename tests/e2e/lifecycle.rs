@@ -1,0 +1,122 @@
+//! Stop, restart and cleanup: SIGTERM leaves the bridge (pods keep their addresses) and removes
+//! the TUN device; a restart reconciles what it finds; `meshd cleanup` removes what meshd made;
+//! a foreign link in meshd's way is reported and left alone.
+
+use super::cluster::spec;
+use meshd::lab::netns::ip;
+use meshd::lab::probe::ping;
+use meshd::lab::{Backend, Topology};
+use meshd_tests::{meshd_bin, require_root};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn has_link(ns: &str, name: &str) -> bool {
+    Command::new("ip").args(["-n", ns, "link", "show", name]).output().unwrap().status.success()
+}
+
+fn addrs(ns: &str, dev: &str) -> String {
+    let out = Command::new("ip").args(["-n", ns, "-4", "-o", "addr", "show", "dev", dev]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn meshd_pid(t: &Topology, host: usize) -> i32 {
+    std::fs::read_to_string(t.hosts[host].dir.join("meshd.pid")).unwrap().trim().parse().unwrap()
+}
+
+fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        // Reap it if it is our child's child; otherwise just wait.
+        // SAFETY: waitpid on a pid with WNOHANG has no memory-safety preconditions.
+        unsafe {
+            libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+        }
+        assert!(Instant::now() < deadline, "meshd {pid} did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn stop_restart_and_cleanup() {
+    require_root();
+    let t = Topology::up(spec("life", vec![Backend::Meshd; 2], &[])).unwrap();
+    let h = &t.hosts[0];
+    let cfg = h.dir.join("meshd.toml");
+    assert!(addrs(&h.ns, "meshbr0").contains("10.244.1.1/24"));
+    assert!(has_link(&h.ns, "mesh0"));
+
+    // SAFETY: kill(2) on the pid of the meshd this test started.
+    unsafe { libc::kill(meshd_pid(&t, 0), libc::SIGTERM) };
+    wait_gone(meshd_pid(&t, 0));
+    assert!(!has_link(&h.ns, "mesh0"), "the TUN device outlived meshd");
+    assert!(addrs(&h.ns, "meshbr0").contains("10.244.1.1/24"), "the bridge lost its address on stop");
+    let pod_addr = Command::new("ip").args(["-n", &h.pods[0].ns, "-4", "-o", "addr", "show", "dev", "eth0"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&pod_addr.stdout).contains(&h.pods[0].addr.to_string()));
+
+    // Restart over the existing bridge: it reconciles, and traffic flows again.
+    let child = Command::new("ip")
+        .args(["netns", "exec", &h.ns])
+        .arg(meshd_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = h.dir.join("run");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while meshd::status::query(&run).is_err() {
+        assert!(Instant::now() < deadline, "meshd did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ping(&h.pods[0].ns, t.hosts[1].pods[0].addr, 10).unwrap();
+    assert_eq!(addrs(&h.ns, "meshbr0").matches("inet ").count(), 1, "{}", addrs(&h.ns, "meshbr0"));
+
+    // cleanup refuses while meshd runs, then removes the bridge once it has stopped.
+    let cleanup = || {
+        Command::new("ip").args(["netns", "exec", &h.ns]).arg(meshd_bin()).args(["cleanup", "--config"]).arg(&cfg).output().unwrap()
+    };
+    let out = cleanup();
+    assert!(!out.status.success(), "cleanup ran under a live meshd");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_gone(child.id() as i32);
+    let out = cleanup();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!has_link(&h.ns, "meshbr0"), "cleanup left the bridge");
+    assert!(!run.join("network.json").exists(), "cleanup left network.json");
+}
+
+#[test]
+fn a_foreign_link_in_the_way_is_reported_and_left_alone() {
+    require_root();
+    let t = Topology::up(spec("forn", vec![Backend::Meshd; 2], &[])).unwrap();
+    let h = &t.hosts[1];
+    // SAFETY: kill(2) on the pid of the meshd this test started.
+    unsafe { libc::kill(meshd_pid(&t, 1), libc::SIGTERM) };
+    wait_gone(meshd_pid(&t, 1));
+    // Replace our bridge with somebody else's dummy link of the same name.
+    ip(&["-n", &h.ns, "link", "del", "meshbr0"]).unwrap();
+    ip(&["-n", &h.ns, "link", "add", "meshbr0", "type", "veth", "peer", "name", "other0"]).unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &h.ns])
+        .arg(meshd_bin())
+        .args(["run", "--config"])
+        .arg(h.dir.join("meshd.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("meshbr0") && stderr.contains("not a bridge"), "{stderr}");
+    assert!(has_link(&h.ns, "meshbr0"), "the foreign link was removed");
+    assert!(!has_link(&h.ns, "mesh0"), "a failed start left the TUN device");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &h.ns])
+        .arg(meshd_bin())
+        .args(["cleanup", "--config"])
+        .arg(h.dir.join("meshd.toml"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not created by meshd"));
+    assert!(has_link(&h.ns, "meshbr0"), "cleanup removed a link meshd did not make");
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: real namespaces, veth pairs, TUN devices, kernel VXLAN devices.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod bad_input;
+mod cluster;
+mod config;
+mod interop;
+mod lifecycle;
