@@ -1,0 +1,357 @@
+//! The gossip state machine the daemon drives: datagrams and deadlines in, datagrams and
+//! events out.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use foca::{AccumulatingRuntime, Foca, PostcardCodec};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use crate::config::{Config, ConfigError};
+use crate::identity::{Inbox, NodeId, RecordHandler, SharedInbox};
+use crate::record::{Capabilities, Lease, NodeRecord, Subnet, SubnetClaim};
+use crate::subnet::Pool;
+use crate::timers::{TimerKind, Timers};
+use crate::view::Entry;
+use crate::wire::{self, Kind, ENVELOPE_OVERHEAD};
+use crate::Event;
+
+pub(crate) type Swim = Foca<NodeId, PostcardCodec, SmallRng, RecordHandler>;
+
+/// The local node, as the daemon knows it at start-up.
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    /// Cluster-unique node name.
+    pub name: String,
+    /// Address the daemon's gossip socket is bound to, as peers reach it.
+    pub gossip_addr: SocketAddr,
+    /// WireGuard public key.
+    pub public_key: [u8; 32],
+    /// Underlay endpoints for the data path.
+    pub endpoints: Vec<SocketAddr>,
+    /// VTEP MAC.
+    pub vtep_mac: [u8; 6],
+    /// What this node can do.
+    pub capabilities: Capabilities,
+    /// meshd software version.
+    pub version: String,
+    /// Where this node's subnet comes from.
+    pub subnet: SubnetRequest,
+    /// Must grow across restarts (seconds since the Unix epoch at start will do): a restarted
+    /// node's identity and record then win over what the cluster remembers of its last life.
+    pub boot_epoch: u32,
+}
+
+/// Where the node's subnet comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubnetRequest {
+    /// Pick a free one once the cluster state is known.
+    Auto,
+    /// The lease persisted by a previous run; kept unless an older claim holds the subnet.
+    Persisted(Lease),
+    /// Configured by the operator: always kept; a conflict is reported, never resolved by us.
+    Explicit(Subnet),
+}
+
+/// A datagram to send. The daemon seals `payload` and sends it to `dst`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination gossip address.
+    pub dst: SocketAddr,
+    /// Plaintext datagram.
+    pub payload: Vec<u8>,
+}
+
+/// Traffic and error counters, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Datagrams handed to [`Gossip::handle_datagram`].
+    pub datagrams_in: u64,
+    /// Datagrams returned by [`Gossip::poll_transmit`].
+    pub datagrams_out: u64,
+    /// Bytes in.
+    pub bytes_in: u64,
+    /// Bytes out.
+    pub bytes_out: u64,
+    /// Envelopes, payloads or records that did not decode.
+    pub decode_failures: u64,
+    /// Envelopes of a kind this version does not know (from a newer node).
+    pub unknown_kinds: u64,
+    /// Payloads or records with trailing fields this version does not know.
+    pub unknown_fields: u64,
+    /// SWIM packets foca refused (stale, misaddressed, from ourselves, malformed).
+    pub swim_errors: u64,
+    /// Times we came back under a renewed identity after being declared down.
+    pub rejoins: u64,
+}
+
+/// The gossip state machine: SWIM membership, node records, subnet allocation.
+pub struct Gossip {
+    pub(crate) config: Config,
+    pub(crate) pool: Pool,
+    pub(crate) swim: Swim,
+    pub(crate) rt: AccumulatingRuntime<NodeId>,
+    pub(crate) inbox: SharedInbox,
+    pub(crate) me: NodeRecord,
+    pub(crate) claim: crate::alloc::ClaimState,
+    pub(crate) lamport: u64,
+    pub(crate) members: BTreeMap<String, Entry>,
+    pub(crate) by_addr: BTreeMap<SocketAddr, String>,
+    pub(crate) active: BTreeMap<SocketAddr, NodeId>,
+    pub(crate) timers: Timers,
+    pub(crate) transmits: VecDeque<Transmit>,
+    pub(crate) events: VecDeque<Event>,
+    pub(crate) counters: Counters,
+    pub(crate) seeds: Vec<SocketAddr>,
+    pub(crate) sync: Option<crate::sync::SyncState>,
+    pub(crate) served: HashMap<SocketAddr, Instant>,
+    pub(crate) pulled: HashMap<SocketAddr, Instant>,
+    pub(crate) reported: HashSet<(String, u64)>,
+    pub(crate) rng: SmallRng,
+    pub(crate) max_packet: usize,
+    pub(crate) leaving: bool,
+    pub(crate) last_rejoin: Option<Instant>,
+    pub(crate) refresh_after: Option<SocketAddr>,
+    pub(crate) missing: BTreeSet<SocketAddr>,
+    pub(crate) any_suspect: bool,
+    pub(crate) ticks: u64,
+}
+
+impl Gossip {
+    /// Creates the state machine for `local`. `rng_seed` seeds every random choice (the daemon
+    /// passes OS randomness; the simulator a fixed seed).
+    pub fn new(
+        config: Config,
+        local: LocalNode,
+        rng_seed: u64,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
+        let pool = config.pool()?;
+        let max_packet = config.max_datagram - ENVELOPE_OVERHEAD;
+        let id = NodeId {
+            addr: local.gossip_addr,
+            epoch: local.boot_epoch,
+        };
+        let inbox = SharedInbox::default();
+        let swim = Foca::with_custom_broadcast(
+            id,
+            config.swim(max_packet),
+            SmallRng::seed_from_u64(rng_seed),
+            PostcardCodec,
+            RecordHandler(inbox.clone()),
+        );
+        let me = NodeRecord {
+            name: local.name,
+            gossip_addr: local.gossip_addr,
+            public_key: local.public_key,
+            endpoints: local.endpoints,
+            subnet: None,
+            vtep_mac: local.vtep_mac,
+            capabilities: local.capabilities,
+            version: local.version,
+            generation: u64::from(local.boot_epoch) << 32,
+            leaving: false,
+        };
+        let mut g = Self {
+            pool,
+            swim,
+            rt: AccumulatingRuntime::new(),
+            inbox,
+            me,
+            claim: crate::alloc::ClaimState::Pending { since: now },
+            lamport: 0,
+            members: BTreeMap::new(),
+            by_addr: BTreeMap::new(),
+            active: BTreeMap::new(),
+            timers: Timers::default(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            seeds: Vec::new(),
+            sync: None,
+            served: HashMap::new(),
+            pulled: HashMap::new(),
+            reported: HashSet::new(),
+            rng: SmallRng::seed_from_u64(rng_seed ^ 0x9e37_79b9_7f4a_7c15),
+            max_packet,
+            leaving: false,
+            last_rejoin: None,
+            refresh_after: None,
+            missing: BTreeSet::new(),
+            any_suspect: false,
+            ticks: 0,
+            config,
+        };
+        g.start_claim(local.subnet, now);
+        g.timers.at(now + g.config.tick, TimerKind::Tick);
+        Ok(g)
+    }
+
+    /// Joins the cluster `seed` belongs to: a SWIM announce plus a full-state request.
+    /// Call it again (with the same or another seed) at will; the node also retries on its own
+    /// while it knows no live member.
+    pub fn join(&mut self, seed: SocketAddr, now: Instant) {
+        if !self.seeds.contains(&seed) {
+            self.seeds.push(seed);
+        }
+        self.announce_to(seed, now);
+        self.request_state(seed);
+    }
+
+    /// Announces a graceful departure: our record is marked leaving and our identity down.
+    /// Keep driving the state machine for a moment so the datagrams get out.
+    pub fn leave(&mut self, now: Instant) {
+        self.leaving = true;
+        self.me.leaving = true;
+        self.publish_record();
+        let result = self.swim.leave_cluster(&mut self.rt);
+        self.swim_result(result);
+        self.after_swim(now);
+    }
+
+    /// Handles one plaintext datagram (already opened by the daemon) from `from`.
+    pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) {
+        self.counters.datagrams_in += 1;
+        self.counters.bytes_in += bytes.len() as u64;
+        let env = match wire::decode_envelope(bytes) {
+            Ok(env) => env,
+            Err(_) => {
+                self.counters.decode_failures += 1;
+                return;
+            }
+        };
+        match Kind::from_code(env.kind) {
+            Some(Kind::Swim) => {
+                let result = self.swim.handle_data(env.payload, &mut self.rt);
+                self.swim_result(result);
+            }
+            Some(Kind::StateRequest) => self.serve_state(from, env.payload, now),
+            Some(Kind::StateChunk) => self.apply_chunk(env.payload, now),
+            Some(Kind::RecordPull) => self.serve_record(from),
+            Some(Kind::Records) => self.apply_records(env.payload),
+            None => self.counters.unknown_kinds += 1,
+        }
+        self.after_swim(now);
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(kind) = self.timers.pop_due(now) {
+            match kind {
+                TimerKind::Swim(timer) => {
+                    let result = self.swim.handle_timer(timer, &mut self.rt);
+                    self.swim_result(result);
+                }
+                TimerKind::Tick => {
+                    self.tick(now);
+                    self.timers.at(now + self.config.tick, TimerKind::Tick);
+                }
+            }
+            self.after_swim(now);
+        }
+    }
+
+    /// When [`Gossip::handle_timeout`] next wants to run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    /// The next datagram to seal and send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.transmits.pop_front()?;
+        self.counters.datagrams_out += 1;
+        self.counters.bytes_out += t.payload.len() as u64;
+        Some(t)
+    }
+
+    /// The next membership or subnet event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// This node's current record.
+    pub fn local_record(&self) -> &NodeRecord {
+        &self.me
+    }
+
+    /// This node's subnet lease, once it holds one; the daemon persists it.
+    pub fn lease(&self) -> Option<Lease> {
+        self.me.subnet.map(|c| Lease {
+            subnet: c.subnet,
+            stamp: c.stamp,
+        })
+    }
+
+    /// Traffic and error counters.
+    pub fn counters(&self) -> Counters {
+        let inbox = self.inbox.lock();
+        Counters {
+            decode_failures: self.counters.decode_failures + inbox.decode_failures,
+            unknown_fields: self.counters.unknown_fields + inbox.unknown_fields,
+            ..self.counters
+        }
+    }
+
+    /// The node pool this cluster cuts subnets from.
+    pub fn pool(&self) -> Pool {
+        self.pool
+    }
+
+    pub(crate) fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock()
+    }
+
+    pub(crate) fn swim_result(&mut self, result: Result<(), foca::Error>) {
+        if result.is_err() {
+            self.counters.swim_errors += 1;
+        }
+    }
+
+    pub(crate) fn announce_to(&mut self, addr: SocketAddr, now: Instant) {
+        // foca accepts an announce addressed to any identity at the receiver's address.
+        let result = self.swim.announce(NodeId { addr, epoch: 0 }, &mut self.rt);
+        self.swim_result(result);
+        self.after_swim(now);
+    }
+
+    /// Moves what foca produced into our queues and applies what it learned.
+    pub(crate) fn after_swim(&mut self, now: Instant) {
+        while let Some((after, timer)) = self.rt.to_schedule() {
+            self.timers.at(now + after, TimerKind::Swim(timer));
+        }
+        while let Some((dst, data)) = self.rt.to_send() {
+            self.send(dst.addr, Kind::Swim, &data);
+        }
+        let received = self.inbox().drain();
+        for record in received {
+            self.apply_record(record, now);
+        }
+        while let Some(n) = self.rt.to_notify() {
+            self.apply_notification(n, now);
+        }
+    }
+
+    pub(crate) fn send(&mut self, dst: SocketAddr, kind: Kind, payload: &[u8]) {
+        let mut out = Vec::with_capacity(payload.len() + ENVELOPE_OVERHEAD);
+        wire::encode_envelope(kind, payload, &mut out);
+        self.transmits.push_back(Transmit { dst, payload: out });
+    }
+
+    /// Re-disseminates our record under a new generation.
+    pub(crate) fn publish_record(&mut self) {
+        self.me.generation += 1;
+        match crate::record::encode_record(&self.me) {
+            Ok(blob) => {
+                let result = self.swim.add_broadcast(&blob);
+                self.swim_result(result.map(|_| ()));
+            }
+            Err(_) => self.counters.decode_failures += 1,
+        }
+    }
+
+    pub(crate) fn own_claim(&self) -> Option<SubnetClaim> {
+        self.me.subnet
+    }
+}

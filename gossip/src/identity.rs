@@ -1,0 +1,186 @@
+//! The SWIM identity and the foca broadcast handler that carries node records.
+//!
+//! foca keys members by [`NodeId::addr`] (the gossip socket address) and lets a node that was
+//! declared down come back under a renewed identity: the boot epoch the daemon passes (seconds
+//! since the Unix epoch at start, say) makes a restarted node's identity win over the one the
+//! cluster remembers as down, and [`foca::Identity::renew`] bumps it by one when the cluster
+//! declares us down while we are in fact alive.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{decode_record, NodeRecord};
+
+/// A node's SWIM identity: its gossip address and a boot epoch that grows across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeId {
+    /// Gossip socket address: the member key inside foca.
+    pub addr: SocketAddr,
+    /// Grows with every restart and every rejoin after being declared down.
+    pub epoch: u32,
+}
+
+impl foca::Identity for NodeId {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Self {
+            addr: self.addr,
+            epoch: self.epoch.wrapping_add(1),
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.epoch > adversary.epoch
+    }
+}
+
+/// Broadcast key: a newer record of a node replaces the queued older one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RecordKey {
+    name: String,
+}
+
+impl foca::Invalidates for RecordKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+/// What the handler and the [`crate::Gossip`] share: the newest generation seen per name (to
+/// decide what is news and worth re-broadcasting) and the records received since last drained.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    newest: HashMap<String, u64>,
+    received: Vec<NodeRecord>,
+    pub(crate) decode_failures: u64,
+    pub(crate) unknown_fields: u64,
+}
+
+impl Inbox {
+    /// Takes a record if it is newer than anything seen for its name.
+    pub(crate) fn offer(&mut self, record: NodeRecord) -> bool {
+        let newer = self
+            .newest
+            .get(&record.name)
+            .is_none_or(|&g| record.generation > g);
+        if newer {
+            self.newest.insert(record.name.clone(), record.generation);
+            self.received.push(record);
+        }
+        newer
+    }
+
+    /// Decodes and offers a record blob, counting failures and skipped fields.
+    pub(crate) fn offer_blob(&mut self, blob: &[u8]) -> Option<String> {
+        match decode_record(blob) {
+            Ok((record, extra)) => {
+                self.unknown_fields += u64::from(extra);
+                let name = record.name.clone();
+                self.offer(record).then_some(name)
+            }
+            Err(_) => {
+                self.decode_failures += 1;
+                None
+            }
+        }
+    }
+
+    pub(crate) fn drain(&mut self) -> Vec<NodeRecord> {
+        std::mem::take(&mut self.received)
+    }
+}
+
+/// Shared handle to the inbox. A mutex rather than a `RefCell` keeps [`crate::Gossip`] `Send`;
+/// it is only ever locked from the thread driving the state machine, so it never contends.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SharedInbox(Arc<Mutex<Inbox>>);
+
+impl SharedInbox {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inbox> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The foca side of record dissemination.
+pub(crate) struct RecordHandler(pub(crate) SharedInbox);
+
+/// A custom broadcast that is not a record; foca drops the rest of that packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("custom broadcast is not a node record")]
+pub(crate) struct BadRecord;
+
+impl foca::BroadcastHandler<NodeId> for RecordHandler {
+    type Key = RecordKey;
+    type Error = BadRecord;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&NodeId>,
+    ) -> Result<Option<RecordKey>, BadRecord> {
+        let mut inbox = self.0.lock();
+        let before = inbox.decode_failures;
+        let news = inbox.offer_blob(data);
+        if inbox.decode_failures != before {
+            return Err(BadRecord);
+        }
+        Ok(news.map(|name| RecordKey { name }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::record::{encode_record, Capabilities};
+    use foca::{BroadcastHandler, Identity};
+
+    fn record(generation: u64) -> NodeRecord {
+        NodeRecord {
+            name: "n".into(),
+            gossip_addr: "127.0.0.1:1".parse().unwrap(),
+            public_key: [0; 32],
+            endpoints: vec![],
+            subnet: None,
+            vtep_mac: [0; 6],
+            capabilities: Capabilities::default(),
+            version: String::new(),
+            generation,
+            leaving: false,
+        }
+    }
+
+    #[test]
+    fn only_newer_generations_are_news() {
+        let inbox = SharedInbox::default();
+        let mut h = RecordHandler(inbox.clone());
+        let blob = |g| encode_record(&record(g)).unwrap();
+        assert!(h.receive_item(&blob(2), None).unwrap().is_some());
+        assert!(h.receive_item(&blob(2), None).unwrap().is_none());
+        assert!(h.receive_item(&blob(1), None).unwrap().is_none());
+        assert!(h.receive_item(&blob(3), None).unwrap().is_some());
+        assert!(h.receive_item(b"\xff\xff", None).is_err());
+        assert_eq!(inbox.lock().drain().len(), 2);
+    }
+
+    #[test]
+    fn renewed_identity_wins() {
+        let id = NodeId {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            epoch: 5,
+        };
+        let next = id.renew().unwrap();
+        assert!(next.win_addr_conflict(&id));
+        assert!(!id.win_addr_conflict(&next));
+    }
+}

@@ -1,0 +1,57 @@
+//! meshd's control-plane core: SWIM membership on [`foca`], node records disseminated with it,
+//! subnet allocation without a central store, and the versioned gossip codec.
+//!
+//! It is a sans-IO state machine. The daemon feeds it opened datagrams
+//! ([`Gossip::handle_datagram`]) and deadlines ([`Gossip::handle_timeout`]), and drains what
+//! to send ([`Gossip::poll_transmit`]), when to wake ([`Gossip::poll_timeout`]) and what
+//! happened ([`Gossip::poll_event`]). It opens no socket, reads no clock, spawns nothing and
+//! does no cryptography: datagrams in and out are plaintext, sealed and opened by the daemon
+//! with the `crypto` crate's AEAD. The [`sim`] module drives thousands of instances in one
+//! process on a virtual clock, for the tests and the benchmark.
+
+mod alloc;
+mod config;
+mod gossip;
+mod identity;
+mod record;
+pub mod sim;
+mod subnet;
+mod sync;
+mod timers;
+mod view;
+pub mod wire;
+
+pub use alloc::SubnetConflict;
+pub use config::{Config, ConfigError, Profile, MIN_DATAGRAM};
+pub use gossip::{Counters, Gossip, LocalNode, SubnetRequest, Transmit};
+pub use identity::NodeId;
+pub use record::{
+    Capabilities, Lease, NodeRecord, RecordError, Subnet, SubnetClaim, SubnetParseError,
+    MAX_ENDPOINTS, MAX_NAME_LEN, MAX_RECORD_LEN,
+};
+pub use subnet::{Pool, PoolError};
+pub use view::{Member, MemberState};
+
+/// Something the daemon acts on: routes, peers, the subnet lease, logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A member is alive and its record known: add its peer and routes.
+    MemberUp(NodeRecord),
+    /// A live member's record changed (endpoints, subnet, keys): update its peer and routes.
+    MemberUpdated(NodeRecord),
+    /// A member failed a probe; it stays routed unless declared down.
+    MemberSuspect(String),
+    /// A suspect member refuted the suspicion.
+    MemberAlive(String),
+    /// A member was declared down: withdraw its routes.
+    MemberDown(String),
+    /// A member left gracefully: withdraw its routes.
+    MemberLeft(String),
+    /// This node holds a subnet (first claim, or a new one after losing a conflict): persist
+    /// the lease and (re)configure the bridge.
+    SubnetAssigned(Lease),
+    /// Another live node claims this node's subnet. Log at warn; at error when `explicit`.
+    SubnetConflict(SubnetConflict),
+    /// No free subnet is left in the cluster CIDR; retried as members go.
+    SubnetExhausted,
+}

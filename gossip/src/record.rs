@@ -1,0 +1,279 @@
+//! Node records: what a node tells the cluster about itself.
+//!
+//! A record travels as a postcard blob inside foca custom broadcasts and state dumps. Newer
+//! software versions may append fields at the end of [`NodeRecord`]; older decoders read the
+//! prefix they know and count the rest (see [`decode_record`]).
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// An IPv4 network: address with all host bits zero, and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Subnet {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Subnet {
+    /// meshd's default cluster CIDR, 10.244.0.0/16.
+    pub const DEFAULT_CLUSTER_CIDR: Subnet = Subnet {
+        addr: Ipv4Addr::new(10, 244, 0, 0),
+        prefix: 16,
+    };
+
+    /// Builds a network, refusing a prefix over 32 or an address with host bits set.
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
+        let subnet = Self { addr, prefix };
+        (prefix <= 32 && u32::from(addr) & !subnet.mask() == 0).then_some(subnet)
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// The netmask as a host-order integer.
+    pub fn mask(&self) -> u32 {
+        match self.prefix {
+            0 => 0,
+            p => u32::MAX << (32 - u32::from(p.min(32))),
+        }
+    }
+
+    /// Whether `other` lies entirely inside this network.
+    pub fn contains(&self, other: &Subnet) -> bool {
+        other.prefix >= self.prefix && u32::from(other.addr) & self.mask() == u32::from(self.addr)
+    }
+
+    fn is_valid(&self) -> bool {
+        Self::new(self.addr, self.prefix).is_some()
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Subnet {
+    type Err = SubnetParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = s.split_once('/').ok_or(SubnetParseError)?;
+        let addr = addr.parse().map_err(|_| SubnetParseError)?;
+        let prefix = prefix.parse().map_err(|_| SubnetParseError)?;
+        Self::new(addr, prefix).ok_or(SubnetParseError)
+    }
+}
+
+/// A string that is not `a.b.c.d/len` with host bits clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not an IPv4 network in a.b.c.d/len form with host bits clear")]
+pub struct SubnetParseError;
+
+/// What a node can do, as a bit set so that unknown bits from newer nodes survive a round trip.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Capabilities(pub u32);
+
+impl Capabilities {
+    /// The node can run a kernel VXLAN device.
+    pub const KERNEL_VXLAN: u32 = 1 << 0;
+    /// The node can run a kernel WireGuard device.
+    pub const KERNEL_WIREGUARD: u32 = 1 << 1;
+    /// The node speaks the encrypted (WireGuard) wire format.
+    pub const ENCRYPTION_WIREGUARD: u32 = 1 << 2;
+    /// The node accepts the cleartext (VXLAN) wire format.
+    pub const ENCRYPTION_NONE: u32 = 1 << 3;
+
+    /// Whether every bit of `bits` is set.
+    pub fn has(&self, bits: u32) -> bool {
+        self.0 & bits == bits
+    }
+}
+
+/// A node's claim on a subnet. Conflicting claims are settled by [`SubnetClaim::beats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SubnetClaim {
+    /// The claimed network.
+    pub subnet: Subnet,
+    /// Lamport time of the claim: lower is older.
+    pub stamp: u64,
+    /// Configured by an operator rather than picked.
+    pub explicit: bool,
+}
+
+impl SubnetClaim {
+    /// Total order on claims: an explicit claim beats a picked one, then the older (lower)
+    /// stamp wins, then the lower node name. Every node computes the same winner.
+    pub fn beats(&self, own_name: &str, other: &SubnetClaim, other_name: &str) -> bool {
+        (!self.explicit, self.stamp, own_name) < (!other.explicit, other.stamp, other_name)
+    }
+}
+
+/// What the daemon persists so that a restarted node keeps its subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The subnet held.
+    pub subnet: Subnet,
+    /// The claim's Lamport stamp (keeps the claim's age across restarts).
+    pub stamp: u64,
+}
+
+/// Everything the cluster knows about one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Cluster-unique node name (the key of the member table).
+    pub name: String,
+    /// Where the node's gossip endpoint listens.
+    pub gossip_addr: SocketAddr,
+    /// WireGuard public key.
+    pub public_key: [u8; 32],
+    /// Underlay endpoints for the data path, most preferred first.
+    pub endpoints: Vec<SocketAddr>,
+    /// The node's pod subnet claim, once it has one.
+    pub subnet: Option<SubnetClaim>,
+    /// VTEP MAC for the VXLAN wire format.
+    pub vtep_mac: [u8; 6],
+    /// What the node can do.
+    pub capabilities: Capabilities,
+    /// meshd software version, for `meshd status`.
+    pub version: String,
+    /// Grows with every change the node makes to its record; the highest generation wins.
+    pub generation: u64,
+    /// The node announced a graceful departure.
+    pub leaving: bool,
+}
+
+/// Largest record accepted from the network; bounds what one broadcast can make us store.
+pub const MAX_RECORD_LEN: usize = 512;
+/// Longest node name accepted.
+pub const MAX_NAME_LEN: usize = 64;
+/// Most underlay endpoints accepted per node.
+pub const MAX_ENDPOINTS: usize = 8;
+
+/// Why a record blob was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The blob is longer than [`MAX_RECORD_LEN`].
+    #[error("record longer than {MAX_RECORD_LEN} bytes")]
+    TooLong,
+    /// The blob is not a postcard record.
+    #[error("record does not decode")]
+    Malformed,
+    /// The record decodes but breaks a bound (name, endpoints, subnet form).
+    #[error("record out of bounds")]
+    Invalid,
+}
+
+/// Encodes a record into a fresh blob.
+pub fn encode_record(record: &NodeRecord) -> Result<Vec<u8>, RecordError> {
+    let blob = postcard::to_allocvec(record).map_err(|_| RecordError::Malformed)?;
+    if blob.len() > MAX_RECORD_LEN {
+        return Err(RecordError::TooLong);
+    }
+    Ok(blob)
+}
+
+/// Decodes a record blob. Returns the record and whether trailing bytes (fields from a newer
+/// version) were skipped.
+pub fn decode_record(blob: &[u8]) -> Result<(NodeRecord, bool), RecordError> {
+    if blob.len() > MAX_RECORD_LEN {
+        return Err(RecordError::TooLong);
+    }
+    let (record, rest): (NodeRecord, _) =
+        postcard::take_from_bytes(blob).map_err(|_| RecordError::Malformed)?;
+    let bounded = !record.name.is_empty()
+        && record.name.len() <= MAX_NAME_LEN
+        && record.endpoints.len() <= MAX_ENDPOINTS
+        && record.subnet.is_none_or(|c| c.subnet.is_valid());
+    if !bounded {
+        return Err(RecordError::Invalid);
+    }
+    Ok((record, !rest.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    pub(crate) fn sample(name: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.to_string(),
+            gossip_addr: "192.0.2.1:7946".parse().unwrap(),
+            public_key: [7; 32],
+            endpoints: vec!["192.0.2.1:51820".parse().unwrap()],
+            subnet: Some(SubnetClaim {
+                subnet: "10.244.3.0/24".parse().unwrap(),
+                stamp: 4,
+                explicit: false,
+            }),
+            vtep_mac: [2, 0, 0, 0, 0, 1],
+            capabilities: Capabilities(Capabilities::KERNEL_VXLAN),
+            version: "0.1.0".to_string(),
+            generation: 3,
+            leaving: false,
+        }
+    }
+
+    #[test]
+    fn subnet_parse_and_contains() {
+        let cidr: Subnet = "10.244.0.0/16".parse().unwrap();
+        let sub: Subnet = "10.244.9.0/24".parse().unwrap();
+        assert!(cidr.contains(&sub));
+        assert!(!sub.contains(&cidr));
+        assert!("10.244.9.1/24".parse::<Subnet>().is_err());
+        assert!("10.244.9.0/33".parse::<Subnet>().is_err());
+        assert_eq!(sub.to_string(), "10.244.9.0/24");
+    }
+
+    #[test]
+    fn record_round_trip_tolerates_appended_fields() {
+        let rec = sample("n1");
+        let mut blob = encode_record(&rec).unwrap();
+        assert_eq!(decode_record(&blob).unwrap(), (rec.clone(), false));
+        blob.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(decode_record(&blob).unwrap(), (rec, true));
+    }
+
+    #[test]
+    fn record_bounds_are_enforced() {
+        let mut rec = sample("n1");
+        rec.name = "x".repeat(MAX_NAME_LEN + 1);
+        let blob = postcard::to_allocvec(&rec).unwrap();
+        assert_eq!(decode_record(&blob), Err(RecordError::Invalid));
+        assert_eq!(decode_record(&[0xff; 3]), Err(RecordError::Malformed));
+    }
+
+    #[test]
+    fn claim_order_is_explicit_then_age_then_name() {
+        let s: Subnet = "10.244.1.0/24".parse().unwrap();
+        let old = SubnetClaim {
+            subnet: s,
+            stamp: 1,
+            explicit: false,
+        };
+        let new = SubnetClaim {
+            subnet: s,
+            stamp: 9,
+            explicit: false,
+        };
+        let pinned = SubnetClaim {
+            subnet: s,
+            stamp: 99,
+            explicit: true,
+        };
+        assert!(old.beats("b", &new, "a"));
+        assert!(!new.beats("a", &old, "b"));
+        assert!(pinned.beats("z", &old, "a"));
+        assert!(old.beats("a", &old, "b"));
+        assert!(!old.beats("b", &old, "a"));
+    }
+}

@@ -1,0 +1,307 @@
+//! The member table: records joined with SWIM state, and the events that changes produce.
+//!
+//! A member appears (and [`Event::MemberUp`] fires) once SWIM holds it alive *and* its record
+//! is known; a record that has not arrived by rumour is pulled from the member itself.
+
+use std::net::SocketAddr;
+use std::ops::Bound::{Excluded, Unbounded};
+use std::time::{Duration, Instant};
+
+use foca::OwnedNotification;
+
+use crate::gossip::Gossip;
+use crate::identity::NodeId;
+use crate::record::NodeRecord;
+use crate::wire::Kind;
+use crate::Event;
+
+/// How a member stands, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Failed a probe; declared down unless it refutes in time.
+    Suspect,
+    /// Declared down by the cluster.
+    Down,
+    /// Announced a graceful departure.
+    Left,
+}
+
+/// One member as [`Gossip::members`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member<'a> {
+    /// Its latest record.
+    pub record: &'a NodeRecord,
+    /// Its state.
+    pub state: MemberState,
+    /// When this node saw it enter that state.
+    pub since: Instant,
+}
+
+/// A known record, with SWIM state once SWIM has reported the member.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) record: NodeRecord,
+    pub(crate) state: Option<MemberState>,
+    pub(crate) since: Instant,
+}
+
+impl Entry {
+    pub(crate) fn is_live(&self) -> bool {
+        matches!(self.state, Some(MemberState::Alive | MemberState::Suspect))
+    }
+}
+
+/// A record pull is repeated at most this often per member.
+const PULL_EVERY: Duration = Duration::from_secs(1);
+/// Pulls sent per tick, so a joiner that lost part of a state dump catches up without a burst.
+const PULLS_PER_TICK: usize = 32;
+/// While isolated, seeds and remembered members are re-announced to this often.
+const REJOIN_EVERY: Duration = Duration::from_secs(1);
+
+impl Gossip {
+    /// Members other than this node, by name, with state and since when.
+    pub fn members(&self) -> impl Iterator<Item = Member<'_>> {
+        self.members.values().filter_map(to_member)
+    }
+
+    /// One member by name.
+    pub fn member(&self, name: &str) -> Option<Member<'_>> {
+        self.members.get(name).and_then(to_member)
+    }
+
+    /// How many members are alive or suspect.
+    pub fn num_live(&self) -> usize {
+        self.members.values().filter(|e| e.is_live()).count()
+    }
+
+    pub(crate) fn apply_record(&mut self, record: NodeRecord, now: Instant) {
+        if let Some(claim) = record.subnet {
+            self.lamport = self.lamport.max(claim.stamp);
+        }
+        if record.name == self.me.name {
+            // Someone holds a copy of our record at least as new as ours (a previous life):
+            // outbid it so the cluster converges on this one.
+            if record.generation >= self.me.generation && record != self.me {
+                self.me.generation = record.generation;
+                self.publish_record();
+            }
+            return;
+        }
+        let addr = record.gossip_addr;
+        let name = record.name.clone();
+        let swim_alive = self.active.contains_key(&addr);
+        let mine = self.own_claim().map(|c| c.subnet);
+        let touches_mine = record.subnet.is_some_and(|c| Some(c.subnet) == mine);
+        match self.members.get_mut(&name) {
+            Some(entry) => {
+                if entry.record.gossip_addr != addr {
+                    self.by_addr.remove(&entry.record.gossip_addr);
+                }
+                entry.record = record;
+                if entry.is_live() {
+                    self.events
+                        .push_back(Event::MemberUpdated(entry.record.clone()));
+                } else if entry.state.is_none() && swim_alive {
+                    entry.state = Some(MemberState::Alive);
+                    entry.since = now;
+                    self.events.push_back(Event::MemberUp(entry.record.clone()));
+                }
+            }
+            None => {
+                let state = swim_alive.then_some(MemberState::Alive);
+                if swim_alive {
+                    self.events.push_back(Event::MemberUp(record.clone()));
+                }
+                self.members.insert(
+                    name.clone(),
+                    Entry {
+                        record,
+                        state,
+                        since: now,
+                    },
+                );
+            }
+        }
+        self.by_addr.insert(addr, name);
+        self.missing.remove(&addr);
+        if touches_mine {
+            self.check_conflicts(now);
+        }
+    }
+
+    pub(crate) fn apply_notification(&mut self, n: OwnedNotification<NodeId>, now: Instant) {
+        match n {
+            OwnedNotification::MemberUp(id) => {
+                self.active.insert(id.addr, id);
+                if !self.by_addr.contains_key(&id.addr) {
+                    self.missing.insert(id.addr);
+                }
+                self.mark_up(id.addr, now);
+            }
+            OwnedNotification::MemberDown(id) if self.active.get(&id.addr) == Some(&id) => {
+                self.active.remove(&id.addr);
+                self.missing.remove(&id.addr);
+                self.mark_down(id.addr, now);
+            }
+            OwnedNotification::Rename(old, new) if self.active.remove(&old.addr).is_some() => {
+                self.active.insert(new.addr, new);
+            }
+            OwnedNotification::Rejoin(_) => self.counters.rejoins += 1,
+            _ => {}
+        }
+    }
+
+    fn mark_up(&mut self, addr: SocketAddr, now: Instant) {
+        let Some(entry) = self
+            .by_addr
+            .get(&addr)
+            .and_then(|n| self.members.get_mut(n))
+        else {
+            self.pull(addr, now);
+            return;
+        };
+        if !entry.is_live() {
+            entry.state = Some(MemberState::Alive);
+            entry.since = now;
+            let theirs = entry.record.subnet.map(|c| c.subnet);
+            self.events.push_back(Event::MemberUp(entry.record.clone()));
+            if theirs.is_some() && self.own_claim().map(|c| c.subnet) == theirs {
+                self.check_conflicts(now);
+            }
+        }
+    }
+
+    fn mark_down(&mut self, addr: SocketAddr, now: Instant) {
+        let Some(entry) = self
+            .by_addr
+            .get(&addr)
+            .and_then(|n| self.members.get_mut(n))
+        else {
+            return;
+        };
+        if entry.is_live() {
+            let name = entry.record.name.clone();
+            let (state, event) = if entry.record.leaving {
+                (MemberState::Left, Event::MemberLeft(name))
+            } else {
+                (MemberState::Down, Event::MemberDown(name))
+            };
+            entry.state = Some(state);
+            entry.since = now;
+            self.events.push_back(event);
+        }
+    }
+
+    /// Asks `addr` for its own record, at most once per [`PULL_EVERY`].
+    pub(crate) fn pull(&mut self, addr: SocketAddr, now: Instant) {
+        if self
+            .pulled
+            .get(&addr)
+            .is_some_and(|&t| now.duration_since(t) < PULL_EVERY)
+        {
+            return;
+        }
+        self.pulled.insert(addr, now);
+        self.send(addr, Kind::RecordPull, &[]);
+    }
+
+    /// Housekeeping: suspicion, missing records, isolation, subnet claims.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        self.ticks += 1;
+        self.scan_suspicion();
+        self.pull_missing(now);
+        self.rejoin_if_isolated(now);
+        self.resync_tick(now);
+        self.claim_tick(now);
+    }
+
+    /// foca does not report Alive↔Suspect; read it off its member list.
+    fn scan_suspicion(&mut self) {
+        // Suspicion only changes along with a SWIM update, which foca then queues for
+        // dissemination; with nothing queued and no one suspect there is nothing to find.
+        if self.swim.updates_backlog() == 0 && !self.any_suspect {
+            return;
+        }
+        let mut any_suspect = false;
+        for m in self.swim.iter_membership_state() {
+            if self.active.get(&m.id().addr) != Some(m.id()) {
+                continue;
+            }
+            let Some(entry) = self
+                .by_addr
+                .get(&m.id().addr)
+                .and_then(|n| self.members.get_mut(n))
+            else {
+                continue;
+            };
+            let name = || entry.record.name.clone();
+            match (entry.state, m.state()) {
+                (Some(MemberState::Alive), foca::State::Suspect) => {
+                    entry.state = Some(MemberState::Suspect);
+                    self.events.push_back(Event::MemberSuspect(name()));
+                }
+                (Some(MemberState::Suspect), foca::State::Alive) => {
+                    entry.state = Some(MemberState::Alive);
+                    self.events.push_back(Event::MemberAlive(name()));
+                }
+                _ => {}
+            }
+            any_suspect |= entry.state == Some(MemberState::Suspect);
+        }
+        self.any_suspect = any_suspect;
+    }
+
+    /// Pulls records SWIM members lack, and refreshes one known record per tick (anti-entropy
+    /// for an update every rumour missed).
+    fn pull_missing(&mut self, now: Instant) {
+        let missing: Vec<SocketAddr> = self.missing.iter().take(PULLS_PER_TICK).copied().collect();
+        for addr in missing {
+            self.pull(addr, now);
+        }
+        let next = match self.refresh_after {
+            Some(after) => self.active.range((Excluded(after), Unbounded)).next(),
+            None => None,
+        }
+        .or_else(|| self.active.iter().next())
+        .map(|(a, _)| *a);
+        if let Some(addr) = next {
+            self.refresh_after = Some(addr);
+            self.pull(addr, now);
+        }
+    }
+
+    /// With no live member left, foca stops probing; re-announce to seeds and to members we
+    /// remember so the node finds its way back after a partition.
+    fn rejoin_if_isolated(&mut self, now: Instant) {
+        if self.leaving || self.swim.num_members() > 0 {
+            return;
+        }
+        if self
+            .last_rejoin
+            .is_some_and(|t| now.duration_since(t) < REJOIN_EVERY)
+        {
+            return;
+        }
+        self.last_rejoin = Some(now);
+        let mut targets = self.seeds.clone();
+        targets.extend(self.by_addr.keys().copied().take(4));
+        for addr in targets {
+            self.announce_to(addr, now);
+        }
+        if let Some(&seed) = self.seeds.first() {
+            if !self.is_synced() {
+                self.request_state(seed);
+            }
+        }
+    }
+}
+
+fn to_member(e: &Entry) -> Option<Member<'_>> {
+    Some(Member {
+        record: &e.record,
+        state: e.state?,
+        since: e.since,
+    })
+}
