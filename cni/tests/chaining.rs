@@ -34,7 +34,14 @@ fn example_list(node: &Node) -> Value {
 
 /// What a runtime does with a conflist: each plugin gets the list's name and version, its
 /// capabilities' runtimeConfig, and (after the first, or always for CHECK/DEL) a prevResult.
-fn run_chain(node: &Node, list: &Value, cmd: &str, cid: &str, netns: &str, prev: Option<&Value>) -> (Vec<Out>, Option<Value>) {
+fn run_chain(
+    node: &Node,
+    list: &Value,
+    cmd: &str,
+    cid: &str,
+    netns: &str,
+    prev: Option<&Value>,
+) -> (Vec<Out>, Option<Value>) {
     let runtime_config = json!({
         "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
         "bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 200_000, "egressRate": 8_000_000, "egressBurst": 200_000},
@@ -60,7 +67,11 @@ fn run_chain(node: &Node, list: &Value, cmd: &str, cid: &str, netns: &str, prev:
             conf["prevResult"] = r.clone();
         }
         let ty = p["type"].as_str().unwrap();
-        let bin = if ty == "meshd-cni" { PLUGIN.to_owned() } else { format!("{REFERENCE_PLUGINS}/{ty}") };
+        let bin = if ty == "meshd-cni" {
+            PLUGIN.to_owned()
+        } else {
+            format!("{REFERENCE_PLUGINS}/{ty}")
+        };
         let out = node.exec(&bin, cmd, cid, netns, "eth0", &conf);
         if cmd == "ADD" && out.ok {
             result = Some(out.json());
@@ -85,12 +96,23 @@ fn wire(a: &Netns, b: &Netns, ifa: &str, ifb: &str, net: &str) {
 }
 
 fn forward(ns: &Netns) {
-    sh(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
 }
 
 #[test]
 fn conflist_with_portmap_and_bandwidth() {
-    assert!(Path::new(REFERENCE_PLUGINS).join("portmap").exists(), "install containernetworking-plugins");
+    assert!(
+        Path::new(REFERENCE_PLUGINS).join("portmap").exists(),
+        "install containernetworking-plugins"
+    );
     let node = Node::new("chain");
     let list = example_list(&node);
     let version = list["cniVersion"].as_str().unwrap().to_owned();
@@ -108,17 +130,33 @@ fn conflist_with_portmap_and_bandwidth() {
     // portmap and bandwidth passed our result through.
     let ip = validate_result(&result, &version, "eth0", &pod.path());
     let host_veth = result["interfaces"][0]["name"].as_str().unwrap().to_owned();
-    let qdiscs = sh(&["ip", "netns", "exec", &node.host.name, "tc", "qdisc", "show", "dev", &host_veth]);
-    assert!(qdiscs.contains("tbf"), "bandwidth did not shape {host_veth}: {qdiscs}");
+    let qdiscs = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &node.host.name,
+        "tc",
+        "qdisc",
+        "show",
+        "dev",
+        &host_veth,
+    ]);
+    assert!(
+        qdiscs.contains("tbf"),
+        "bandwidth did not shape {host_veth}: {qdiscs}"
+    );
 
     // A server on pod port 80, reached through the node's hostPort 8080 from the client.
     let pod_ns = meshd_cni::netns::Netns::open(&pod.path()).unwrap();
-    let listener = pod_ns.run(|| Ok(TcpListener::bind("0.0.0.0:80").unwrap())).unwrap();
+    let listener = pod_ns
+        .run(|| Ok(TcpListener::bind("0.0.0.0:80").unwrap()))
+        .unwrap();
     let server = std::thread::spawn(move || {
         let (mut s, peer) = listener.accept().unwrap();
         s.write_all(format!("hello {peer}").as_bytes()).unwrap();
     });
-    let client_ns = meshd_cni::netns::Netns::open(&format!("/var/run/netns/{}", client.name)).unwrap();
+    let client_ns =
+        meshd_cni::netns::Netns::open(&format!("/var/run/netns/{}", client.name)).unwrap();
     let reply = client_ns
         .run(|| {
             let addr: SocketAddr = "198.18.0.1:8080".parse().unwrap();
@@ -136,7 +174,11 @@ fn conflist_with_portmap_and_bandwidth() {
     // (containernetworking/plugins#819), a bug of that plugin; we only report it.
     let (checks, _) = run_chain(&node, &list, "CHECK", "chained", &pod.path(), Some(&result));
     checks[0].expect_ok();
-    for (o, p) in checks.iter().zip(list["plugins"].as_array().unwrap()).skip(1) {
+    for (o, p) in checks
+        .iter()
+        .zip(list["plugins"].as_array().unwrap())
+        .skip(1)
+    {
         if !o.ok {
             eprintln!("note: {} CHECK failed: {}", p["type"], o.stdout);
         }
@@ -148,8 +190,20 @@ fn conflist_with_portmap_and_bandwidth() {
     }
     assert!(node.allocations().is_empty());
     assert!(node.host_veths().is_empty());
-    let nat = sh(&["ip", "netns", "exec", &node.host.name, "iptables", "-t", "nat", "-S"]);
-    assert!(!nat.contains("--to-destination"), "portmap left DNAT rules: {nat}");
+    let nat = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &node.host.name,
+        "iptables",
+        "-t",
+        "nat",
+        "-S",
+    ]);
+    assert!(
+        !nat.contains("--to-destination"),
+        "portmap left DNAT rules: {nat}"
+    );
 }
 
 #[test]
@@ -157,18 +211,38 @@ fn pods_on_two_nodes_reach_each_other() {
     let a = Node::new("xnode");
     let b = Node::with_subnet("xnode", "10.244.2.0/24", "10.244.2.1");
     wire(&a.host, &b.host, "toB0", "toA0", "198.18.1");
-    a.host.ip(&["route", "add", "10.244.2.0/24", "via", "198.18.1.2"]);
-    b.host.ip(&["route", "add", "10.244.1.0/24", "via", "198.18.1.1"]);
+    a.host
+        .ip(&["route", "add", "10.244.2.0/24", "via", "198.18.1.2"]);
+    b.host
+        .ip(&["route", "add", "10.244.1.0/24", "via", "198.18.1.1"]);
     forward(&a.host);
     forward(&b.host);
     let (pa, pb) = (a.pod(0), b.pod(0));
-    let ra = a.run("ADD", "pa", &pa.path(), &a.conf("1.1.0")).expect_ok().json();
-    let rb = b.run("ADD", "pb", &pb.path(), &b.conf("1.1.0")).expect_ok().json();
+    let ra = a
+        .run("ADD", "pa", &pa.path(), &a.conf("1.1.0"))
+        .expect_ok()
+        .json();
+    let rb = b
+        .run("ADD", "pb", &pb.path(), &b.conf("1.1.0"))
+        .expect_ok()
+        .json();
     let ipa = validate_result(&ra, "1.1.0", "eth0", &pa.path());
-    let ipb = rb["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
+    let ipb = rb["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
     assert!(ipb.starts_with("10.244.2."), "{ipb}");
-    assert!(pa.exec_ok(&["ping", "-c1", "-W2", &ipb]), "pod A cannot reach pod B");
-    assert!(pb.exec_ok(&["ping", "-c1", "-W2", &ipa]), "pod B cannot reach pod A");
+    assert!(
+        pa.exec_ok(&["ping", "-c1", "-W2", &ipb]),
+        "pod A cannot reach pod B"
+    );
+    assert!(
+        pb.exec_ok(&["ping", "-c1", "-W2", &ipa]),
+        "pod B cannot reach pod A"
+    );
     a.run("DEL", "pa", &pa.path(), &a.conf("1.1.0")).expect_ok();
     b.run("DEL", "pb", &pb.path(), &b.conf("1.1.0")).expect_ok();
 }

@@ -24,25 +24,125 @@ fn bad_configs_and_env_change_nothing() {
     let before = node.snapshot();
     let p = pod.path();
     let cases: Vec<(&str, Value, &str, &str, &str, u64)> = vec![
-        ("unknown version", edit(&|c| c["cniVersion"] = json!("0.2.0")), "c", &p, "eth0", 1),
-        ("future version", edit(&|c| c["cniVersion"] = json!("2.0.0")), "c", &p, "eth0", 1),
-        ("missing name", edit(&|c| { c.as_object_mut().unwrap().remove("name"); }), "c", &p, "eth0", 7),
-        ("traversal in name", edit(&|c| c["name"] = json!("../../etc")), "c", &p, "eth0", 7),
-        ("name wrong type", edit(&|c| c["name"] = json!(["x"])), "c", &p, "eth0", 6),
-        ("relative dataDir", edit(&|c| c["dataDir"] = json!("data")), "c", &p, "eth0", 7),
-        ("dotdot runtimeDir", edit(&|c| c["runtimeDir"] = json!("/run/../etc")), "c", &p, "eth0", 7),
-        ("ipam plugin", edit(&|c| c["ipam"] = json!({"type": "host-local"})), "c", &p, "eth0", 2),
-        ("ipMasq", edit(&|c| c["ipMasq"] = json!(true)), "c", &p, "eth0", 2),
-        ("prevResult not object", edit(&|c| c["prevResult"] = json!("x")), "c", &p, "eth0", 7),
-        ("container id with slash", good.clone(), "../c", &p, "eth0", 4),
+        (
+            "unknown version",
+            edit(&|c| c["cniVersion"] = json!("0.2.0")),
+            "c",
+            &p,
+            "eth0",
+            1,
+        ),
+        (
+            "future version",
+            edit(&|c| c["cniVersion"] = json!("2.0.0")),
+            "c",
+            &p,
+            "eth0",
+            1,
+        ),
+        (
+            "missing name",
+            edit(&|c| {
+                c.as_object_mut().unwrap().remove("name");
+            }),
+            "c",
+            &p,
+            "eth0",
+            7,
+        ),
+        (
+            "traversal in name",
+            edit(&|c| c["name"] = json!("../../etc")),
+            "c",
+            &p,
+            "eth0",
+            7,
+        ),
+        (
+            "name wrong type",
+            edit(&|c| c["name"] = json!(["x"])),
+            "c",
+            &p,
+            "eth0",
+            6,
+        ),
+        (
+            "relative dataDir",
+            edit(&|c| c["dataDir"] = json!("data")),
+            "c",
+            &p,
+            "eth0",
+            7,
+        ),
+        (
+            "dotdot runtimeDir",
+            edit(&|c| c["runtimeDir"] = json!("/run/../etc")),
+            "c",
+            &p,
+            "eth0",
+            7,
+        ),
+        (
+            "ipam plugin",
+            edit(&|c| c["ipam"] = json!({"type": "host-local"})),
+            "c",
+            &p,
+            "eth0",
+            2,
+        ),
+        (
+            "ipMasq",
+            edit(&|c| c["ipMasq"] = json!(true)),
+            "c",
+            &p,
+            "eth0",
+            2,
+        ),
+        (
+            "prevResult not object",
+            edit(&|c| c["prevResult"] = json!("x")),
+            "c",
+            &p,
+            "eth0",
+            7,
+        ),
+        (
+            "container id with slash",
+            good.clone(),
+            "../c",
+            &p,
+            "eth0",
+            4,
+        ),
         ("empty container id", good.clone(), "", &p, "eth0", 4),
-        ("ifname too long", good.clone(), "c", &p, "eth0-much-too-long", 4),
+        (
+            "ifname too long",
+            good.clone(),
+            "c",
+            &p,
+            "eth0-much-too-long",
+            4,
+        ),
         ("ifname with slash", good.clone(), "c", &p, "a/b", 4),
         ("missing ifname", good.clone(), "c", &p, "", 4),
         ("missing netns", good.clone(), "c", "", "eth0", 4),
         ("relative netns", good.clone(), "c", "netns/x", "eth0", 4),
-        ("netns does not exist", good.clone(), "c", "/var/run/netns/cni-none-x", "eth0", 3),
-        ("netns not a namespace", good.clone(), "c", "/etc/hostname", "eth0", 4),
+        (
+            "netns does not exist",
+            good.clone(),
+            "c",
+            "/var/run/netns/cni-none-x",
+            "eth0",
+            3,
+        ),
+        (
+            "netns not a namespace",
+            good.clone(),
+            "c",
+            "/etc/hostname",
+            "eth0",
+            4,
+        ),
     ];
     for (what, conf, cid, netns, ifname, code) in cases {
         let out = node.exec(PLUGIN, "ADD", cid, netns, ifname, &conf);
@@ -57,10 +157,20 @@ fn undecodable_stdin_and_unknown_command() {
     let node = Node::new("stdin");
     let pod = node.pod(0);
     let before = node.snapshot();
-    for raw in ["", "{", "null", "[1,2]", "{\"cniVersion\":\"1.1.0\",\"name\":\"m\"", "\u{0}\u{1}"] {
+    for raw in [
+        "",
+        "{",
+        "null",
+        "[1,2]",
+        "{\"cniVersion\":\"1.1.0\",\"name\":\"m\"",
+        "\u{0}\u{1}",
+    ] {
         let out = raw_exec(&node, "ADD", &pod.path(), raw.as_bytes());
         let v: Value = serde_json::from_str(&out.0).unwrap();
-        assert!(matches!(v["code"].as_u64(), Some(6) | Some(7)), "{raw:?}: {v}");
+        assert!(
+            matches!(v["code"].as_u64(), Some(6) | Some(7)),
+            "{raw:?}: {v}"
+        );
         assert!(!out.1);
     }
     let huge = format!(
@@ -83,13 +193,41 @@ fn broken_runtime_file_is_reported() {
     let conf = node.conf("1.0.0");
     let me = std::process::id();
     let cases = [
-        (json!({"subnet": "10.9.1.0/24", "bridge": "meshbr0", "mtu": 1450, "cluster_cidr": "10.244.0.0/16", "pid": me}), 7, "outside cluster_cidr"),
-        (json!({"subnet": "10.244.1.0/24", "gateway": "10.244.2.1", "bridge": "meshbr0", "mtu": 1450, "pid": me}), 7, "not a host address"),
-        (json!({"subnet": "10.244.1.0/31", "bridge": "meshbr0", "mtu": 1450, "pid": me}), 7, "no room"),
-        (json!({"subnet": "10.244.1.0/24", "bridge": "meshbr0", "mtu": 10, "pid": me}), 7, "mtu"),
-        (json!({"subnet": "10.244.1.0/24", "bridge": "bad/name", "mtu": 1450, "pid": me}), 7, "bridge"),
-        (json!({"subnet": "not-a-cidr", "bridge": "meshbr0", "mtu": 1450, "pid": me}), 7, "not an IPv4 CIDR"),
-        (json!({"subnet": "10.244.1.0/24", "bridge": "meshbr0", "mtu": "big", "pid": me}), 6, "decode"),
+        (
+            json!({"subnet": "10.9.1.0/24", "bridge": "meshbr0", "mtu": 1450, "cluster_cidr": "10.244.0.0/16", "pid": me}),
+            7,
+            "outside cluster_cidr",
+        ),
+        (
+            json!({"subnet": "10.244.1.0/24", "gateway": "10.244.2.1", "bridge": "meshbr0", "mtu": 1450, "pid": me}),
+            7,
+            "not a host address",
+        ),
+        (
+            json!({"subnet": "10.244.1.0/31", "bridge": "meshbr0", "mtu": 1450, "pid": me}),
+            7,
+            "no room",
+        ),
+        (
+            json!({"subnet": "10.244.1.0/24", "bridge": "meshbr0", "mtu": 10, "pid": me}),
+            7,
+            "mtu",
+        ),
+        (
+            json!({"subnet": "10.244.1.0/24", "bridge": "bad/name", "mtu": 1450, "pid": me}),
+            7,
+            "bridge",
+        ),
+        (
+            json!({"subnet": "not-a-cidr", "bridge": "meshbr0", "mtu": 1450, "pid": me}),
+            7,
+            "not an IPv4 CIDR",
+        ),
+        (
+            json!({"subnet": "10.244.1.0/24", "bridge": "meshbr0", "mtu": "big", "pid": me}),
+            6,
+            "decode",
+        ),
     ];
     let before = node.snapshot();
     for (file, code, words) in cases {
@@ -119,5 +257,8 @@ fn raw_exec(node: &Node, cmd: &str, netns: &str, stdin: &[u8]) -> (String, bool)
     let _ = stdin_pipe.write_all(stdin);
     drop(stdin_pipe);
     let out = child.wait_with_output().unwrap();
-    (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.success())
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.success(),
+    )
 }

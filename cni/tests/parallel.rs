@@ -28,7 +28,10 @@ fn hundred_parallel_adds_then_dels() {
             .map(|(i, pod)| {
                 let (node, conf) = (&node, &conf);
                 s.spawn(move || {
-                    let r = node.run("ADD", &format!("pod-{i}"), &pod.path(), conf).expect_ok().json();
+                    let r = node
+                        .run("ADD", &format!("pod-{i}"), &pod.path(), conf)
+                        .expect_ok()
+                        .json();
                     validate_result(&r, "1.1.0", "eth0", &pod.path())
                 })
             })
@@ -44,7 +47,10 @@ fn hundred_parallel_adds_then_dels() {
     assert_eq!(node.allocations().len(), PODS);
     assert_eq!(node.host_veths().len(), PODS);
     for ip in &results {
-        assert!(node.host.exec_ok(&["ping", "-c1", "-W2", ip]), "{ip} unreachable");
+        assert!(
+            node.host.exec_ok(&["ping", "-c1", "-W2", ip]),
+            "{ip} unreachable"
+        );
     }
     // Pod to pod across the bridge as well.
     assert!(pods[0].exec_ok(&["ping", "-c1", "-W2", &results[PODS - 1]]));
@@ -53,7 +59,8 @@ fn hundred_parallel_adds_then_dels() {
         for (i, pod) in pods.iter().enumerate() {
             let (node, conf) = (&node, &conf);
             s.spawn(move || {
-                node.run("DEL", &format!("pod-{i}"), &pod.path(), conf).expect_ok();
+                node.run("DEL", &format!("pod-{i}"), &pod.path(), conf)
+                    .expect_ok();
             });
         }
     });

@@ -25,14 +25,22 @@ fn every_verb_in_every_version() {
         let cid = format!("ctr-{i}");
         let conf = node.conf(version);
 
-        let v = node.run("VERSION", "", "", &json!({"cniVersion": version})).expect_ok().json();
+        let v = node
+            .run("VERSION", "", "", &json!({"cniVersion": version}))
+            .expect_ok()
+            .json();
         assert_eq!(v["cniVersion"], *version);
         assert_eq!(v["supportedVersions"], json!(VERSIONS));
 
         let result = node.run("ADD", &cid, &pod.path(), &conf).expect_ok().json();
         let ip = validate_result(&result, version, "eth0", &pod.path());
-        assert!(node.host.exec_ok(&["ping", "-c1", "-W2", &ip]), "{ip} unreachable ({version})");
-        assert!(pod.ip(&["route"]).contains("default via 10.244.1.1 dev eth0"));
+        assert!(
+            node.host.exec_ok(&["ping", "-c1", "-W2", &ip]),
+            "{ip} unreachable ({version})"
+        );
+        assert!(pod
+            .ip(&["route"])
+            .contains("default via 10.244.1.1 dev eth0"));
         assert!(pod.ip(&["link", "show", "eth0"]).contains("mtu 1450"));
 
         let check = node.run("CHECK", &cid, &pod.path(), &with_prev(&conf, &result));
@@ -40,7 +48,11 @@ fn every_verb_in_every_version() {
             check.expect_code(1);
         } else {
             check.expect_ok();
-            assert!(check.stdout.trim().is_empty(), "CHECK prints nothing: {}", check.stdout);
+            assert!(
+                check.stdout.trim().is_empty(),
+                "CHECK prints nothing: {}",
+                check.stdout
+            );
         }
 
         let gc_conf = {
@@ -53,16 +65,24 @@ fn every_verb_in_every_version() {
         if *version == "1.1.0" {
             status.expect_ok();
             gc.expect_ok();
-            assert_eq!(node.allocations(), vec![ip.clone()], "GC kept the valid attachment");
+            assert_eq!(
+                node.allocations(),
+                vec![ip.clone()],
+                "GC kept the valid attachment"
+            );
         } else {
             status.expect_code(1);
             gc.expect_code(1);
         }
 
-        node.run("DEL", &cid, &pod.path(), &with_prev(&conf, &result)).expect_ok();
+        node.run("DEL", &cid, &pod.path(), &with_prev(&conf, &result))
+            .expect_ok();
         assert!(node.allocations().is_empty(), "{version}: allocation left");
         assert!(node.host_veths().is_empty(), "{version}: host veth left");
-        assert!(!pod.ip(&["-o", "link"]).contains("eth0"), "{version}: pod end left");
+        assert!(
+            !pod.ip(&["-o", "link"]).contains("eth0"),
+            "{version}: pod end left"
+        );
     }
 }
 
@@ -76,7 +96,8 @@ fn add_twice_is_refused_and_keeps_the_first() {
     let e = node.run("ADD", "c", &pod.path(), &conf).expect_code(100);
     assert!(e["details"].as_str().unwrap().contains("DEL"), "{e}");
     assert_eq!(node.snapshot(), before);
-    node.run("CHECK", "c", &pod.path(), &with_prev(&conf, &r)).expect_ok();
+    node.run("CHECK", "c", &pod.path(), &with_prev(&conf, &r))
+        .expect_ok();
 }
 
 #[test]
@@ -84,7 +105,15 @@ fn netns_given_as_proc_pid_path_and_then_vanishing() {
     let node = Node::new("procns");
     // A process in a fresh, anonymous network namespace: the runtime passes /proc/PID/ns/net.
     let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", &node.host.name, "unshare", "-n", "sleep", "600"])
+        .args([
+            "netns",
+            "exec",
+            &node.host.name,
+            "unshare",
+            "-n",
+            "sleep",
+            "600",
+        ])
         .spawn()
         .unwrap();
     struct Kill<'a>(&'a mut std::process::Child);
@@ -123,7 +152,8 @@ fn del_is_idempotent() {
     node.run("ADD", "c1", &pod.path(), &conf).expect_ok();
     node.run("DEL", "c1", &pod.path(), &conf).expect_ok();
     node.run("DEL", "c1", &pod.path(), &conf).expect_ok();
-    node.run("DEL", "never-added", &pod.path(), &conf).expect_ok();
+    node.run("DEL", "never-added", &pod.path(), &conf)
+        .expect_ok();
 
     // Empty CNI_NETNS: the runtime no longer knows the namespace.
     node.run("ADD", "c2", &pod.path(), &conf).expect_ok();
@@ -151,20 +181,35 @@ fn check_reports_what_is_wrong() {
     node.run("CHECK", "c", &pod.path(), &checked).expect_ok();
 
     pod.ip(&["addr", "flush", "dev", "eth0"]);
-    let e = node.run("CHECK", "c", &pod.path(), &checked).expect_code(101);
+    let e = node
+        .run("CHECK", "c", &pod.path(), &checked)
+        .expect_code(101);
     let details = e["details"].as_str().unwrap();
     assert!(details.contains("lacks address 10.244.1.2/24"), "{e}");
     assert!(details.contains("no default route"), "{e}");
 
     pod.ip(&["link", "set", "eth0", "mtu", "1400"]);
-    let e = node.run("CHECK", "c", &pod.path(), &checked).expect_code(101);
-    assert!(e["details"].as_str().unwrap().contains("MTU Some(1400)"), "{e}");
+    let e = node
+        .run("CHECK", "c", &pod.path(), &checked)
+        .expect_code(101);
+    assert!(
+        e["details"].as_str().unwrap().contains("MTU Some(1400)"),
+        "{e}"
+    );
 
     // No prevResult: an invalid configuration for CHECK.
     node.run("CHECK", "c", &pod.path(), &conf).expect_code(7);
     node.run("DEL", "c", &pod.path(), &conf).expect_ok();
-    let e = node.run("CHECK", "c", &pod.path(), &checked).expect_code(101);
-    assert!(e["details"].as_str().unwrap().contains("no address is allocated"), "{e}");
+    let e = node
+        .run("CHECK", "c", &pod.path(), &checked)
+        .expect_code(101);
+    assert!(
+        e["details"]
+            .as_str()
+            .unwrap()
+            .contains("no address is allocated"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -175,13 +220,30 @@ fn gc_releases_everything_not_listed() {
     let results: Vec<Value> = pods
         .iter()
         .enumerate()
-        .map(|(i, p)| node.run("ADD", &format!("c{i}"), &p.path(), &conf).expect_ok().json())
+        .map(|(i, p)| {
+            node.run("ADD", &format!("c{i}"), &p.path(), &conf)
+                .expect_ok()
+                .json()
+        })
         .collect();
     // A stray veth of ours on the bridge (say, left by a crash) and a foreign one.
-    node.host.ip(&["link", "add", "vmeshdeadbeef00", "type", "veth", "peer", "name", "strayp"]);
-    node.host.ip(&["link", "set", "vmeshdeadbeef00", "master", "meshbr0"]);
-    node.host.ip(&["link", "add", "keepme0", "type", "veth", "peer", "name", "keepme1"]);
-    node.host.ip(&["link", "set", "keepme0", "master", "meshbr0"]);
+    node.host.ip(&[
+        "link",
+        "add",
+        "vmeshdeadbeef00",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "strayp",
+    ]);
+    node.host
+        .ip(&["link", "set", "vmeshdeadbeef00", "master", "meshbr0"]);
+    node.host.ip(&[
+        "link", "add", "keepme0", "type", "veth", "peer", "name", "keepme1",
+    ]);
+    node.host
+        .ip(&["link", "set", "keepme0", "master", "meshbr0"]);
 
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
@@ -191,12 +253,25 @@ fn gc_releases_everything_not_listed() {
     assert_eq!(node.host_veths().len(), 1);
     assert!(node.host.ip(&["-o", "link"]).contains("keepme0"));
     assert!(!pods[0].ip(&["-o", "link"]).contains("eth0"));
-    node.run("CHECK", "c1", &pods[1].path(), &with_prev(&conf, &results[1])).expect_ok();
+    node.run(
+        "CHECK",
+        "c1",
+        &pods[1].path(),
+        &with_prev(&conf, &results[1]),
+    )
+    .expect_ok();
 
     let mut no_list = conf.clone();
-    no_list.as_object_mut().unwrap().remove("cni.dev/valid-attachments");
+    no_list
+        .as_object_mut()
+        .unwrap()
+        .remove("cni.dev/valid-attachments");
     node.run("GC", "", "", &no_list).expect_code(7);
-    assert_eq!(node.allocations().len(), 1, "GC without a list must not release anything");
+    assert_eq!(
+        node.allocations().len(),
+        1,
+        "GC without a list must not release anything"
+    );
 }
 
 #[test]
@@ -240,7 +315,9 @@ fn failed_add_rolls_back() {
     let conf = node.conf("1.1.0");
     // The pod already has an eth0: veth creation fails; the address must be released.
     let pod = node.pod(0);
-    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "other0"]);
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+    ]);
     let before = node.snapshot();
     let e = node.run("ADD", "c", &pod.path(), &conf).expect_code(5);
     assert!(e["msg"].as_str().unwrap().contains("creating veth"), "{e}");
@@ -249,7 +326,9 @@ fn failed_add_rolls_back() {
 
     // meshbr0 is not a bridge: the veth exists before enslaving fails, and must be removed.
     node.host.ip(&["link", "del", "meshbr0"]);
-    node.host.ip(&["link", "add", "meshbr0", "type", "veth", "peer", "name", "notbr0"]);
+    node.host.ip(&[
+        "link", "add", "meshbr0", "type", "veth", "peer", "name", "notbr0",
+    ]);
     let pod1 = node.pod(1);
     let e = node.run("ADD", "c1", &pod1.path(), &conf).expect_code(5);
     assert!(e["msg"].as_str().unwrap().contains("attaching veth"), "{e}");

@@ -25,12 +25,19 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// A per-run unique name: `cni-<test>-<pid>-<n>`.
 pub fn unique(test: &str) -> String {
-    format!("cni-{test}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "cni-{test}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs a command, panicking with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -76,7 +83,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -108,13 +117,21 @@ pub struct Out {
 
 impl Out {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?} / {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?} / {}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// Asserts failure with `code`, and that the error object is well formed.
     pub fn expect_code(&self, code: u64) -> Value {
-        assert!(!self.ok, "expected error {code}, got success: {}", self.stdout);
+        assert!(
+            !self.ok,
+            "expected error {code}, got success: {}",
+            self.stdout
+        );
         let v = self.json();
         assert_eq!(v["code"].as_u64(), Some(code), "{v}");
         assert!(v["cniVersion"].is_string(), "{v}");
@@ -147,7 +164,13 @@ impl Node {
         let prefix = subnet.split('/').nth(1).unwrap();
         host.ip(&["link", "set", "lo", "up"]);
         host.ip(&["link", "add", "meshbr0", "type", "bridge"]);
-        host.ip(&["addr", "add", &format!("{gateway}/{prefix}"), "dev", "meshbr0"]);
+        host.ip(&[
+            "addr",
+            "add",
+            &format!("{gateway}/{prefix}"),
+            "dev",
+            "meshbr0",
+        ]);
         host.ip(&["link", "set", "meshbr0", "up"]);
         std::fs::create_dir_all(dir.0.join("run")).unwrap();
         let node = Node { host, dir, name };
@@ -187,7 +210,15 @@ impl Node {
     }
 
     /// Runs `plugin` (ours unless a path is given) in the host namespace like a runtime does.
-    pub fn exec(&self, plugin: &str, cmd: &str, cid: &str, netns: &str, ifname: &str, conf: &Value) -> Out {
+    pub fn exec(
+        &self,
+        plugin: &str,
+        cmd: &str,
+        cid: &str,
+        netns: &str,
+        ifname: &str,
+        conf: &Value,
+    ) -> Out {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.host.name, plugin])
             .env_clear()
@@ -202,7 +233,12 @@ impl Node {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn plugin");
-        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         Out {
             ok: out.status.success(),
@@ -224,7 +260,12 @@ impl Node {
             .as_array()
             .unwrap()
             .iter()
-            .map(|l| format!("{} {} {} {}", l["ifname"], l["master"], l["mtu"], l["address"]))
+            .map(|l| {
+                format!(
+                    "{} {} {} {}",
+                    l["ifname"], l["master"], l["mtu"], l["address"]
+                )
+            })
             .collect();
         let addrs: Vec<String> = addrs
             .as_array()
@@ -232,9 +273,12 @@ impl Node {
             .iter()
             .flat_map(|a| {
                 let name = a["ifname"].clone();
-                a["addr_info"].as_array().cloned().unwrap_or_default().into_iter().map(
-                    move |i| format!("{name} {}/{}", i["local"], i["prefixlen"]),
-                )
+                a["addr_info"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |i| format!("{name} {}/{}", i["local"], i["prefixlen"]))
             })
             .collect();
         format!("{links:?}\n{addrs:?}\n{:?}", self.allocations())
@@ -274,15 +318,29 @@ pub fn validate_result(r: &Value, version: &str, ifname: &str, sandbox: &str) ->
         assert!(i["name"].is_string(), "{r}");
         let mac = i["mac"].as_str().expect("mac");
         assert_eq!(mac.len(), 17, "{mac}");
-        assert_eq!(i.get("mtu").is_some(), version == "1.1.0" && i.get("sandbox").is_some(), "{r}");
+        assert_eq!(
+            i.get("mtu").is_some(),
+            version == "1.1.0" && i.get("sandbox").is_some(),
+            "{r}"
+        );
     }
-    let pod = ifaces.iter().position(|i| i["name"] == ifname && i["sandbox"] == sandbox);
+    let pod = ifaces
+        .iter()
+        .position(|i| i["name"] == ifname && i["sandbox"] == sandbox);
     let pod = pod.unwrap_or_else(|| panic!("no {ifname} in {sandbox}: {r}"));
     let ips = r["ips"].as_array().expect("ips");
     assert_eq!(ips.len(), 1, "{r}");
     let ip = &ips[0];
     assert_eq!(ip["interface"].as_u64(), Some(pod as u64), "{r}");
-    assert_eq!(ip.get("version").and_then(Value::as_str), if version.starts_with("0.") { Some("4") } else { None }, "{r}");
+    assert_eq!(
+        ip.get("version").and_then(Value::as_str),
+        if version.starts_with("0.") {
+            Some("4")
+        } else {
+            None
+        },
+        "{r}"
+    );
     assert_eq!(ip["gateway"], "10.244.1.1", "{r}");
     let addr = ip["address"].as_str().unwrap();
     assert!(addr.ends_with("/24"), "{addr}");
