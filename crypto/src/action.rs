@@ -112,7 +112,8 @@ pub struct SessionStats {
     pub tx_bytes: u64,
     /// Plaintext bytes delivered.
     pub rx_bytes: u64,
-    /// Handshakes completed, as initiator or responder.
+    /// Handshakes completed as initiator, or answered as responder (a responder cannot tell
+    /// whether its answer was accepted until data arrives).
     pub handshakes: u64,
     /// Handshakes completed after the first: rekeys.
     pub rekeys: u64,
