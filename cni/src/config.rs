@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::env::validate_name;
-use crate::error::{absolute, Error, Result};
+use crate::error::{Error, Result};
 use crate::version::Version;
 
 /// Where meshd writes `network.json` unless the config says otherwise.
@@ -139,6 +139,22 @@ pub fn parse(bytes: &[u8]) -> Result<NetConf> {
     })
 }
 
+/// A path that must be absolute, as given in the configuration under `key`.
+pub fn absolute(key: &str, path: PathBuf) -> Result<PathBuf> {
+    if path.is_absolute()
+        && !path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        Ok(path)
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "{key} must be an absolute path without '..', got {}",
+            path.display()
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -196,6 +212,13 @@ mod tests {
             code(r#"{"cniVersion":"1.0.0","name":"m","prevResult":[]}"#),
             7
         );
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        assert!(absolute("dataDir", "rel/x".into()).is_err());
+        assert!(absolute("dataDir", "/a/../b".into()).is_err());
+        assert!(absolute("dataDir", "/var/lib/x".into()).is_ok());
     }
 
     #[test]

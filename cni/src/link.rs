@@ -73,7 +73,7 @@ impl Nl {
         match self.rt.block_on(req.try_next()) {
             Ok(Some(msg)) => Ok(Some(to_link(&msg))),
             Ok(None) => Ok(None),
-            Err(e) if is_errno(&e, libc_enodev()) => Ok(None),
+            Err(e) if is_errno(&e, enodev()) => Ok(None),
             Err(e) => Err(Error::netlink(format!("looking up link {name}"), e)),
         }
     }
@@ -127,7 +127,7 @@ impl Nl {
     /// Deletes link `index`; a link already gone is not an error.
     pub fn delete(&self, index: u32) -> Result<()> {
         match self.rt.block_on(self.handle.link().del(index).execute()) {
-            Err(e) if !is_errno(&e, libc_enodev()) => Err(Error::netlink("deleting link", e)),
+            Err(e) if !is_errno(&e, enodev()) => Err(Error::netlink("deleting link", e)),
             _ => Ok(()),
         }
     }
@@ -251,7 +251,7 @@ pub fn format_mac(bytes: &[u8]) -> String {
         .join(":")
 }
 
-fn libc_enodev() -> i32 {
+fn enodev() -> i32 {
     nix::errno::Errno::ENODEV as i32
 }
 

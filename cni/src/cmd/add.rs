@@ -128,14 +128,14 @@ fn wire(
     undo.host_link = Some(host_name.to_owned());
     let host_link = host
         .link(host_name)?
-        .ok_or_else(|| Error::InvalidConfig(format!("veth {host_name} vanished after creation")))?;
+        .ok_or_else(|| Error::vanished(format!("veth {host_name} after creating it")))?;
     host.enslave_up(host_link.index, bridge_index)?;
     let prefix = net.subnet.prefix_len();
     let gateway = net.gateway;
     let pod_link = ns.run(|| {
         let nl = Nl::new()?;
         let link = nl.link(ifname)?.ok_or_else(|| {
-            Error::InvalidConfig(format!("{ifname} did not appear in the pod namespace"))
+            Error::vanished(format!("{ifname} in the pod namespace after creating it"))
         })?;
         nl.add_address(link.index, ip, prefix)?;
         nl.set_up(link.index)?;
