@@ -9,8 +9,8 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use crate::gossip::{Gossip, SubnetRequest};
-use crate::record::{Lease, Subnet, SubnetClaim};
+use crate::gossip::Gossip;
+use crate::record::{Lease, Subnet, SubnetClaim, SubnetRequest};
 use crate::view::MemberState;
 use crate::Event;
 

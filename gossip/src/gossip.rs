@@ -11,7 +11,7 @@ use rand::SeedableRng;
 
 use crate::config::{Config, ConfigError};
 use crate::identity::{Inbox, NodeId, RecordHandler, SharedInbox};
-use crate::record::{Capabilities, Lease, NodeRecord, Subnet, SubnetClaim};
+use crate::record::{Lease, LocalNode, NodeRecord, SubnetClaim};
 use crate::subnet::Pool;
 use crate::timers::{TimerKind, Timers};
 use crate::view::Entry;
@@ -19,41 +19,6 @@ use crate::wire::{self, Kind, ENVELOPE_OVERHEAD};
 use crate::Event;
 
 pub(crate) type Swim = Foca<NodeId, PostcardCodec, SmallRng, RecordHandler>;
-
-/// The local node, as the daemon knows it at start-up.
-#[derive(Debug, Clone)]
-pub struct LocalNode {
-    /// Cluster-unique node name.
-    pub name: String,
-    /// Address the daemon's gossip socket is bound to, as peers reach it.
-    pub gossip_addr: SocketAddr,
-    /// WireGuard public key.
-    pub public_key: [u8; 32],
-    /// Underlay endpoints for the data path.
-    pub endpoints: Vec<SocketAddr>,
-    /// VTEP MAC.
-    pub vtep_mac: [u8; 6],
-    /// What this node can do.
-    pub capabilities: Capabilities,
-    /// meshd software version.
-    pub version: String,
-    /// Where this node's subnet comes from.
-    pub subnet: SubnetRequest,
-    /// Must grow across restarts (seconds since the Unix epoch at start will do): a restarted
-    /// node's identity and record then win over what the cluster remembers of its last life.
-    pub boot_epoch: u32,
-}
-
-/// Where the node's subnet comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubnetRequest {
-    /// Pick a free one once the cluster state is known.
-    Auto,
-    /// The lease persisted by a previous run; kept unless an older claim holds the subnet.
-    Persisted(Lease),
-    /// Configured by the operator: always kept; a conflict is reported, never resolved by us.
-    Explicit(Subnet),
-}
 
 /// A datagram to send. The daemon seals `payload` and sends it to `dst`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,5 +318,78 @@ impl Gossip {
 
     pub(crate) fn own_claim(&self) -> Option<SubnetClaim> {
         self.me.subnet
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::record::{Subnet, SubnetRequest};
+    use crate::sim::Sim;
+
+    fn lone(now: Instant) -> Gossip {
+        Gossip::new(
+            Config::default(),
+            Sim::local_node(0, SubnetRequest::Auto),
+            1,
+            now,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn garbage_and_unknown_kinds_are_counted_not_parsed() {
+        let now = Instant::now();
+        let mut g = lone(now);
+        let from = "10.9.9.9:7946".parse().unwrap();
+        g.handle_datagram(from, &[0xff, 0xff, 0xff], now);
+        let mut future = Vec::new();
+        wire::encode_envelope(Kind::Swim, b"x", &mut future);
+        future[1] = 0x63; // kind 99
+        g.handle_datagram(from, &future, now);
+        let c = g.counters();
+        assert_eq!(
+            (c.datagrams_in, c.decode_failures, c.unknown_kinds),
+            (2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_lone_first_node_claims_after_the_delay() {
+        let t0 = Instant::now();
+        let mut g = lone(t0);
+        assert!(g.lease().is_none());
+        let mut now = t0;
+        while now < t0 + g.config.claim_delay + g.config.tick {
+            now = g.poll_timeout().unwrap();
+            g.handle_timeout(now);
+        }
+        let lease = g.lease().unwrap();
+        assert!(g.pool().holds(&lease.subnet));
+        let events: Vec<Event> = std::iter::from_fn(|| g.poll_event()).collect();
+        assert!(events.contains(&Event::SubnetAssigned(lease)));
+    }
+
+    #[test]
+    fn explicit_and_persisted_subnets_are_held_at_once() {
+        let now = Instant::now();
+        let s: Subnet = "10.244.77.0/24".parse().unwrap();
+        let mut local = Sim::local_node(0, SubnetRequest::Explicit(s));
+        let g = Gossip::new(Config::default(), local.clone(), 1, now).unwrap();
+        assert_eq!(g.local_record().subnet.unwrap().subnet, s);
+        assert!(g.local_record().subnet.unwrap().explicit);
+        local.subnet = SubnetRequest::Persisted(Lease {
+            subnet: s,
+            stamp: 12,
+        });
+        let g = Gossip::new(Config::default(), local, 1, now).unwrap();
+        assert_eq!(
+            g.lease(),
+            Some(Lease {
+                subnet: s,
+                stamp: 12
+            })
+        );
     }
 }

@@ -42,15 +42,21 @@ impl foca::Identity for NodeId {
     }
 }
 
-/// Broadcast key: a newer record of a node replaces the queued older one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RecordKey {
-    name: String,
+/// Broadcast key: a newer record of a node replaces the queued older one. foca compares the
+/// key against its whole queue on every insert, so it is a hash of the name rather than the
+/// name (a collision only drops a queued rumour early; pulls make up for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordKey(u64);
+
+impl RecordKey {
+    fn of(name: &str) -> Self {
+        Self(crate::subnet::fnv1a(name.as_bytes()))
+    }
 }
 
 impl foca::Invalidates for RecordKey {
     fn invalidates(&self, other: &Self) -> bool {
-        self.name == other.name
+        self.0 == other.0
     }
 }
 
@@ -134,7 +140,7 @@ impl foca::BroadcastHandler<NodeId> for RecordHandler {
         if inbox.decode_failures != before {
             return Err(BadRecord);
         }
-        Ok(news.map(|name| RecordKey { name }))
+        Ok(news.map(|name| RecordKey::of(&name)))
     }
 }
 

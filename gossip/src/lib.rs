@@ -8,6 +8,34 @@
 //! does no cryptography: datagrams in and out are plaintext, sealed and opened by the daemon
 //! with the `crypto` crate's AEAD. The [`sim`] module drives thousands of instances in one
 //! process on a virtual clock, for the tests and the benchmark.
+//!
+//! Driving it (the daemon's loop, minus the socket and the sealing):
+//!
+//! ```no_run
+//! use std::time::Instant;
+//! use meshd_gossip::{Config, Event, Gossip, sim::Sim, SubnetRequest};
+//!
+//! let now = Instant::now();
+//! let local = Sim::local_node(0, SubnetRequest::Auto); // the daemon builds its own LocalNode
+//! let mut g = Gossip::new(Config::default(), local, 0x5eed, now).expect("valid config");
+//! g.join("192.0.2.10:7946".parse().unwrap(), now);
+//! loop {
+//!     // 1. datagram opened from the socket:  g.handle_datagram(from, &plaintext, now)
+//!     // 2. at g.poll_timeout():              g.handle_timeout(now)
+//!     while let Some(t) = g.poll_transmit() {
+//!         let _ = (t.dst, t.payload); // seal, then send_to(dst)
+//!     }
+//!     while let Some(event) = g.poll_event() {
+//!         match event {
+//!             Event::MemberUp(r) | Event::MemberUpdated(r) => { let _ = r; /* peer + routes */ }
+//!             Event::MemberDown(name) | Event::MemberLeft(name) => { let _ = name; /* withdraw */ }
+//!             Event::SubnetAssigned(lease) => { let _ = lease; /* persist, bridge */ }
+//!             _ => {}
+//!         }
+//!     }
+//!     # break;
+//! }
+//! ```
 
 mod alloc;
 mod config;
@@ -23,11 +51,11 @@ pub mod wire;
 
 pub use alloc::SubnetConflict;
 pub use config::{Config, ConfigError, Profile, MIN_DATAGRAM};
-pub use gossip::{Counters, Gossip, LocalNode, SubnetRequest, Transmit};
+pub use gossip::{Counters, Gossip, Transmit};
 pub use identity::NodeId;
 pub use record::{
-    Capabilities, Lease, NodeRecord, RecordError, Subnet, SubnetClaim, SubnetParseError,
-    MAX_ENDPOINTS, MAX_NAME_LEN, MAX_RECORD_LEN,
+    Capabilities, Lease, LocalNode, NodeRecord, RecordError, Subnet, SubnetClaim, SubnetParseError,
+    SubnetRequest, MAX_ENDPOINTS, MAX_NAME_LEN, MAX_RECORD_LEN,
 };
 pub use subnet::{Pool, PoolError};
 pub use view::{Member, MemberState};

@@ -151,6 +151,41 @@ pub struct NodeRecord {
     pub leaving: bool,
 }
 
+/// The local node, as the daemon knows it at start-up.
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    /// Cluster-unique node name.
+    pub name: String,
+    /// Address the daemon's gossip socket is bound to, as peers reach it.
+    pub gossip_addr: SocketAddr,
+    /// WireGuard public key.
+    pub public_key: [u8; 32],
+    /// Underlay endpoints for the data path.
+    pub endpoints: Vec<SocketAddr>,
+    /// VTEP MAC.
+    pub vtep_mac: [u8; 6],
+    /// What this node can do.
+    pub capabilities: Capabilities,
+    /// meshd software version.
+    pub version: String,
+    /// Where this node's subnet comes from.
+    pub subnet: SubnetRequest,
+    /// Must grow across restarts (seconds since the Unix epoch at start will do): a restarted
+    /// node's identity and record then win over what the cluster remembers of its last life.
+    pub boot_epoch: u32,
+}
+
+/// Where the node's subnet comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubnetRequest {
+    /// Pick a free one once the cluster state is known.
+    Auto,
+    /// The lease persisted by a previous run; kept unless an older claim holds the subnet.
+    Persisted(Lease),
+    /// Configured by the operator: always kept; a conflict is reported, never resolved by us.
+    Explicit(Subnet),
+}
+
 /// Largest record accepted from the network; bounds what one broadcast can make us store.
 pub const MAX_RECORD_LEN: usize = 512;
 /// Longest node name accepted.
