@@ -83,7 +83,10 @@ pub struct ConfigError {
 }
 
 fn err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.into(), reason: reason.into() }
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 impl Default for Config {
@@ -118,7 +121,12 @@ impl Default for VxlanConfig {
 
 impl Default for Tiers {
     fn default() -> Self {
-        Tiers { multi_queue: true, tun_offload: true, udp_gso: true, udp_gro: true }
+        Tiers {
+            multi_queue: true,
+            tun_offload: true,
+            udp_gso: true,
+            udp_gro: true,
+        }
     }
 }
 
@@ -182,26 +190,47 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_ifname("node-name", &self.node_name, 253)?;
         if self.node_name.is_empty() || self.node_name.chars().any(|c| c.is_whitespace()) {
-            return Err(err("node-name", "must be non-empty and contain no whitespace"));
+            return Err(err(
+                "node-name",
+                "must be non-empty and contain no whitespace",
+            ));
         }
         let address = self.address.ok_or_else(|| {
-            err("address", "required: the underlay address other nodes reach this node at")
+            err(
+                "address",
+                "required: the underlay address other nodes reach this node at",
+            )
         })?;
         if address.is_unspecified() || address.is_multicast() {
-            return Err(err("address", format!("{address} is not a unicast address")));
+            return Err(err(
+                "address",
+                format!("{address} is not a unicast address"),
+            ));
         }
-        let subnet = self
-            .subnet
-            .ok_or_else(|| err("subnet", "required: this node's pod subnet, e.g. 10.244.1.0/24"))?;
+        let subnet = self.subnet.ok_or_else(|| {
+            err(
+                "subnet",
+                "required: this node's pod subnet, e.g. 10.244.1.0/24",
+            )
+        })?;
         self.check_subnet("subnet", subnet)?;
         if subnet.prefix_len() > 30 {
-            return Err(err("subnet", format!("{subnet} is too small: a /30 or larger is needed")));
+            return Err(err(
+                "subnet",
+                format!("{subnet} is too small: a /30 or larger is needed"),
+            ));
         }
         if self.cluster_cidr.prefix_len() > 30 {
-            return Err(err("cluster-cidr", format!("{} is too small", self.cluster_cidr)));
+            return Err(err(
+                "cluster-cidr",
+                format!("{} is too small", self.cluster_cidr),
+            ));
         }
         if self.vxlan.vni == 0 || self.vxlan.vni >= 1 << 24 {
-            return Err(err("vxlan.vni", format!("{} is outside 1..=16777215", self.vxlan.vni)));
+            return Err(err(
+                "vxlan.vni",
+                format!("{} is outside 1..=16777215", self.vxlan.vni),
+            ));
         }
         if self.vxlan.port == 0 {
             return Err(err("vxlan.port", "must not be 0"));
@@ -210,7 +239,10 @@ impl Config {
         if self.underlay_mtu < min_mtu {
             return Err(err(
                 "underlay-mtu",
-                format!("{} leaves less than 576 bytes for pod packets; at least {min_mtu}", self.underlay_mtu),
+                format!(
+                    "{} leaves less than 576 bytes for pod packets; at least {min_mtu}",
+                    self.underlay_mtu
+                ),
             ));
         }
         validate_ifname("bridge", &self.bridge, 15)?;
@@ -237,7 +269,10 @@ impl Config {
             self.check_subnet(&format!("{key}.subnet"), p.subnet)?;
             for (name, addr, net) in &seen {
                 if *name == p.name {
-                    return Err(err(format!("{key}.name"), format!("`{}` is used twice", p.name)));
+                    return Err(err(
+                        format!("{key}.name"),
+                        format!("`{}` is used twice", p.name),
+                    ));
                 }
                 if *addr == p.address {
                     return Err(err(
@@ -259,10 +294,19 @@ impl Config {
 
     fn check_subnet(&self, key: &str, subnet: Ipv4Net) -> Result<(), ConfigError> {
         if subnet.network() != subnet.addr() {
-            return Err(err(key, format!("{subnet} has host bits set; did you mean {}?", subnet.trunc())));
+            return Err(err(
+                key,
+                format!(
+                    "{subnet} has host bits set; did you mean {}?",
+                    subnet.trunc()
+                ),
+            ));
         }
         if !self.cluster_cidr.contains(&subnet) {
-            return Err(err(key, format!("{subnet} is outside cluster-cidr {}", self.cluster_cidr)));
+            return Err(err(
+                key,
+                format!("{subnet} is outside cluster-cidr {}", self.cluster_cidr),
+            ));
         }
         Ok(())
     }
@@ -277,7 +321,10 @@ impl Config {
         if self.queues > 0 {
             return self.queues;
         }
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8)
     }
 }
 
@@ -286,7 +333,10 @@ fn validate_ifname(key: &str, name: &str, max: usize) -> Result<(), ConfigError>
         return Err(err(key, format!("`{name}` must be 1 to {max} bytes long")));
     }
     if name.contains(['/', ':', '\0']) || name.chars().any(char::is_whitespace) {
-        return Err(err(key, format!("`{name}` contains '/', ':', NUL or whitespace")));
+        return Err(err(
+            key,
+            format!("`{name}` contains '/', ':', NUL or whitespace"),
+        ));
     }
     Ok(())
 }
@@ -306,7 +356,11 @@ fn toml_error(e: &toml::de::Error, text: &str) -> ConfigError {
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or("");
     let key = line.split('=').next().unwrap_or("").trim();
-    let key = if key.is_empty() || key.starts_with('[') { "<file>" } else { key };
+    let key = if key.is_empty() || key.starts_with('[') {
+        "<file>"
+    } else {
+        key
+    };
     err(key, format!("{msg} (line {line_no})"))
 }
 
@@ -365,9 +419,18 @@ mod tests {
             ("[vxlan]\nvni = 0", "vxlan.vni"),
             ("underlay-mtu = 600", "underlay-mtu"),
             ("bridge = \"a-name-that-is-far-too-long\"", "bridge"),
-            ("[[peers]]\nname = \"c\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.2.128/25\"", "peers[1].subnet"),
-            ("[[peers]]\nname = \"b\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.3.0/24\"", "peers[1].name"),
-            ("[[peers]]\nname = \"c\"\naddress = \"198.18.0.3\"\nsubnet = \"10.9.3.0/24\"", "peers[1].subnet"),
+            (
+                "[[peers]]\nname = \"c\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.2.128/25\"",
+                "peers[1].subnet",
+            ),
+            (
+                "[[peers]]\nname = \"b\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.3.0/24\"",
+                "peers[1].name",
+            ),
+            (
+                "[[peers]]\nname = \"c\"\naddress = \"198.18.0.3\"\nsubnet = \"10.9.3.0/24\"",
+                "peers[1].subnet",
+            ),
             ("socket-buffer = 10", "socket-buffer"),
         ];
         for (extra, key) in cases {
@@ -383,15 +446,24 @@ mod tests {
         let e = Config::from_toml("node-name = \"x\"\nunderlay-mtu = \"big\"").unwrap_err();
         assert_eq!(e.key, "underlay-mtu", "{e}");
         assert!(e.reason.contains("line 2"), "{e}");
-        let e = Config::from_toml("subnet = \"10.244.1.1/24\"\naddress=\"1.2.3.4\"").unwrap().validate().unwrap_err();
+        let e = Config::from_toml("subnet = \"10.244.1.1/24\"\naddress=\"1.2.3.4\"")
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert_eq!(e.key, "subnet");
         assert!(e.reason.contains("10.244.1.0/24"), "{e}");
     }
 
     #[test]
     fn missing_required_keys() {
-        assert_eq!(Config::from_toml("").unwrap().validate().unwrap_err().key, "address");
-        let e = Config::from_toml("address = \"198.18.0.1\"").unwrap().validate().unwrap_err();
+        assert_eq!(
+            Config::from_toml("").unwrap().validate().unwrap_err().key,
+            "address"
+        );
+        let e = Config::from_toml("address = \"198.18.0.1\"")
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert_eq!(e.key, "subnet");
     }
 }

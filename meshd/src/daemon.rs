@@ -82,7 +82,14 @@ pub async fn run(cfg: Config) -> Result<()> {
 
 async fn setup_host(host: &Host, cfg: &Config) -> Result<()> {
     let subnet = cfg.subnet.context("no subnet")?;
-    host.ensure_bridge(&cfg.bridge, subnet, cfg.cluster_cidr, cfg.overlay_mtu()).await?;
+    host.ensure_bridge(
+        &cfg.bridge,
+        &cfg.node_name,
+        subnet,
+        cfg.cluster_cidr,
+        cfg.overlay_mtu(),
+    )
+    .await?;
     host.route_cluster(&cfg.tun, cfg.cluster_cidr).await?;
     host::enable_forwarding()
 }
@@ -90,7 +97,11 @@ async fn setup_host(host: &Host, cfg: &Config) -> Result<()> {
 fn static_peers(cfg: &Config) -> Vec<Peer> {
     cfg.peers
         .iter()
-        .map(|p| Peer { name: p.name.clone(), address: p.address, subnet: p.subnet })
+        .map(|p| Peer {
+            name: p.name.clone(),
+            address: p.address,
+            subnet: p.subnet,
+        })
         .collect()
 }
 

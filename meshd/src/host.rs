@@ -11,6 +11,8 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage}
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 
+use crate::wire::{derived_mac, MacAddr};
+
 /// The alias meshd puts on links it creates.
 pub const OWNER_ALIAS: &str = "meshd";
 const ENODEV: i32 = 19;
@@ -29,7 +31,12 @@ impl Host {
 
     /// The link called `name`, if there is one.
     pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(link) => Ok(link),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -ENODEV => Ok(None),
@@ -39,7 +46,14 @@ impl Host {
 
     /// Make `name` a bridge, up, holding the gateway address (`.1`) of `subnet` and nothing
     /// else from the cluster. Returns true when this call created it.
-    pub async fn ensure_bridge(&self, name: &str, subnet: Ipv4Net, cluster: Ipv4Net, mtu: u16) -> Result<bool> {
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        node: &str,
+        subnet: Ipv4Net,
+        cluster: Ipv4Net,
+        mtu: u16,
+    ) -> Result<bool> {
         let created = match self.link(name).await? {
             Some(link) => {
                 if kind(&link) != Some(InfoKind::Bridge) {
@@ -48,8 +62,20 @@ impl Host {
                 false
             }
             None => {
-                let msg = LinkBridge::new(name).mtu(u32::from(mtu)).up().build();
-                self.handle.link().add(msg).execute().await.with_context(|| format!("creating bridge `{name}`"))?;
+                // A fixed MAC: left to itself a bridge takes the lowest MAC among its ports, so the
+                // pods' gateway would change MAC whenever a pod comes or goes.
+                let mac = bridge_mac(node).0.to_vec();
+                let msg = LinkBridge::new(name)
+                    .mtu(u32::from(mtu))
+                    .address(mac)
+                    .up()
+                    .build();
+                self.handle
+                    .link()
+                    .add(msg)
+                    .execute()
+                    .await
+                    .with_context(|| format!("creating bridge `{name}`"))?;
                 true
             }
         };
@@ -67,11 +93,17 @@ impl Host {
             .with_context(|| format!("bringing `{name}` up"))?;
         let gateway = gateway(subnet);
         // A subnet that changed (a new lease) leaves an old cluster address behind: remove it.
-        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         let mut stale = Vec::new();
         while let Some(a) = addrs.try_next().await.context("listing bridge addresses")? {
             let addr = a.attributes.iter().find_map(|at| match at {
-                AddressAttribute::Local(IpAddr::V4(v4)) | AddressAttribute::Address(IpAddr::V4(v4)) => Some(*v4),
+                AddressAttribute::Local(IpAddr::V4(v4))
+                | AddressAttribute::Address(IpAddr::V4(v4)) => Some(*v4),
                 _ => None,
             });
             if let Some(v4) = addr {
@@ -82,7 +114,12 @@ impl Host {
             }
         }
         for a in stale {
-            self.handle.address().del(a).execute().await.context("removing a stale bridge address")?;
+            self.handle
+                .address()
+                .del(a)
+                .execute()
+                .await
+                .context("removing a stale bridge address")?;
         }
         self.handle
             .address()
@@ -100,7 +137,12 @@ impl Host {
         let index = self.index(tun).await?;
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).up().alias(OWNER_ALIAS).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .up()
+                    .alias(OWNER_ALIAS)
+                    .build(),
+            )
             .execute()
             .await
             .with_context(|| format!("bringing `{tun}` up"))?;
@@ -123,7 +165,10 @@ impl Host {
         let Some(link) = self.link(name).await? else {
             return Ok(false);
         };
-        let ours = link.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(s) if s == OWNER_ALIAS));
+        let ours = link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::IfAlias(s) if s == OWNER_ALIAS));
         if !ours {
             bail!("link `{name}` was not created by meshd (no `{OWNER_ALIAS}` alias); leaving it alone");
         }
@@ -144,6 +189,11 @@ impl Host {
             .header
             .index)
     }
+}
+
+/// The bridge's MAC: stable per node, distinct from the VTEP MAC.
+pub fn bridge_mac(node: &str) -> MacAddr {
+    derived_mac("meshd v1 bridge mac", node)
 }
 
 /// The bridge's address: the first host of the subnet, the pods' default gateway.

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use meshd::config::Config;
 
 #[derive(Parser)]
-#[command(name = "meshd", version, about = "Userspace overlay mesh for container clusters")]
+#[command(
+    name = "meshd",
+    version,
+    about = "Userspace overlay mesh for container clusters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -167,5 +171,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }

@@ -133,7 +133,13 @@ impl Routes {
         let mut ranges: Vec<(u32, u32, PeerId)> = entries
             .iter()
             .enumerate()
-            .map(|(i, e)| (u32::from(e.subnet.network()), u32::from(e.subnet.broadcast()), i as PeerId))
+            .map(|(i, e)| {
+                (
+                    u32::from(e.subnet.network()),
+                    u32::from(e.subnet.broadcast()),
+                    i as PeerId,
+                )
+            })
             .collect();
         ranges.sort_unstable();
         let by_address = entries
@@ -141,7 +147,11 @@ impl Routes {
             .enumerate()
             .map(|(i, e)| (e.endpoint.ip(), i as PeerId))
             .collect();
-        self.current.store(Arc::new(RouteTable { peers: entries, ranges, by_address }));
+        self.current.store(Arc::new(RouteTable {
+            peers: entries,
+            ranges,
+            by_address,
+        }));
         self.generation.fetch_add(1, Relaxed);
     }
 
@@ -156,11 +166,19 @@ mod tests {
     use super::*;
 
     fn peer(name: &str, addr: &str, subnet: &str) -> Peer {
-        Peer { name: name.into(), address: addr.parse().unwrap(), subnet: subnet.parse().unwrap() }
+        Peer {
+            name: name.into(),
+            address: addr.parse().unwrap(),
+            subnet: subnet.parse().unwrap(),
+        }
     }
 
     fn routes() -> Routes {
-        let r = Routes::new(Local { name: "a".into(), vni: 1, port: 8472 });
+        let r = Routes::new(Local {
+            name: "a".into(),
+            vni: 1,
+            port: 8472,
+        });
         r.update(&[
             peer("c", "198.18.0.3", "10.244.3.0/24"),
             peer("b", "198.18.0.2", "10.244.2.0/24"),
@@ -173,7 +191,10 @@ mod tests {
     fn lookup_finds_the_owner_and_nothing_else() {
         let r = routes();
         let t = r.load();
-        let name = |a: &str| t.lookup_v4(a.parse().unwrap()).map(|id| t.peer(id).name.clone());
+        let name = |a: &str| {
+            t.lookup_v4(a.parse().unwrap())
+                .map(|id| t.peer(id).name.clone())
+        };
         assert_eq!(name("10.244.2.0").as_deref(), Some("b"));
         assert_eq!(name("10.244.2.255").as_deref(), Some("b"));
         assert_eq!(name("10.244.3.17").as_deref(), Some("c"));
@@ -200,7 +221,11 @@ mod tests {
     #[test]
     fn counters_survive_swaps_and_leave_with_the_peer() {
         let r = routes();
-        let before = r.load().peer(r.load().by_source("198.18.0.2".parse().unwrap()).unwrap()).stats.clone();
+        let before = r
+            .load()
+            .peer(r.load().by_source("198.18.0.2".parse().unwrap()).unwrap())
+            .stats
+            .clone();
         before.tx(3, 300);
         r.update(&[peer("b", "198.18.0.2", "10.244.2.0/24")]);
         let t = r.load();

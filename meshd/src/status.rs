@@ -111,7 +111,9 @@ pub fn query(run_dir: &Path) -> Result<Status> {
         .with_context(|| format!("connecting to {} (is meshd running?)", path.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut body = String::new();
-    stream.read_to_string(&mut body).context("reading the status")?;
+    stream
+        .read_to_string(&mut body)
+        .context("reading the status")?;
     serde_json::from_str(&body).context("decoding the status")
 }
 
@@ -127,8 +129,16 @@ pub fn write_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
 pub fn render(s: &Status) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    let _ = writeln!(o, "node        {} (pid {}, meshd {})", s.node, s.pid, s.version);
-    let _ = writeln!(o, "address     {}   subnet {}   vtep {}", s.address, s.subnet, s.vtep_mac);
+    let _ = writeln!(
+        o,
+        "node        {} (pid {}, meshd {})",
+        s.node, s.pid, s.version
+    );
+    let _ = writeln!(
+        o,
+        "address     {}   subnet {}   vtep {}",
+        s.address, s.subnet, s.vtep_mac
+    );
     let _ = writeln!(o, "encryption  {}   mtu {}", s.encryption, s.mtu);
     let _ = writeln!(o, "tiers       queues {}", s.tiers.queues);
     let _ = writeln!(o, "  multi-queue TUN   {}", s.tiers.multi_queue);
@@ -162,5 +172,9 @@ fn drops(s: &PeerStatsSnapshot) -> String {
     if s.drops.is_empty() {
         return "-".into();
     }
-    s.drops.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(" ")
+    s.drops
+        .iter()
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -44,7 +44,11 @@ fn drops(s: &Status, peer: Option<&str>, reason: &str) -> u64 {
         Some(name) => &s.peers.iter().find(|p| p.name == name).unwrap().stats,
         None => &s.unattributed,
     };
-    stats.drops.iter().find(|(r, _)| r == reason).map_or(0, |(_, n)| *n)
+    stats
+        .drops
+        .iter()
+        .find(|(r, _)| r == reason)
+        .map_or(0, |(_, n)| *n)
 }
 
 #[test]
@@ -54,9 +58,42 @@ fn malformed_datagrams_are_dropped_counted_and_harmless() {
     let (h1, h2) = (&t.hosts[0], &t.hosts[1]);
     let stranger = format!("{}-x", t.spec.prefix);
     ip(&["netns", "add", &stranger]).unwrap();
-    ip(&["-n", &format!("{}-sw", t.spec.prefix), "link", "add", "x", "type", "veth", "peer", "name", "u0", "netns", &stranger]).unwrap();
-    ip(&["-n", &format!("{}-sw", t.spec.prefix), "link", "set", "x", "master", "br0", "up"]).unwrap();
-    ip(&["-n", &stranger, "addr", "add", "198.18.0.200/24", "dev", "u0"]).unwrap();
+    ip(&[
+        "-n",
+        &format!("{}-sw", t.spec.prefix),
+        "link",
+        "add",
+        "x",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "u0",
+        "netns",
+        &stranger,
+    ])
+    .unwrap();
+    ip(&[
+        "-n",
+        &format!("{}-sw", t.spec.prefix),
+        "link",
+        "set",
+        "x",
+        "master",
+        "br0",
+        "up",
+    ])
+    .unwrap();
+    ip(&[
+        "-n",
+        &stranger,
+        "addr",
+        "add",
+        "198.18.0.200/24",
+        "dev",
+        "u0",
+    ])
+    .unwrap();
     ip(&["-n", &stranger, "link", "set", "u0", "up"]).unwrap();
 
     let hdr = VxlanHeader::new(1, vtep_mac(&h2.name), vtep_mac(&h1.name));
@@ -66,7 +103,10 @@ fn malformed_datagrams_are_dropped_counted_and_harmless() {
         out
     };
     let good = frame(&hdr, &ipv4([10, 244, 2, 2], [10, 244, 1, 2]));
-    let wrong_vni = frame(&VxlanHeader::new(7, vtep_mac(&h2.name), vtep_mac(&h1.name)), &ipv4([10, 244, 2, 2], [10, 244, 1, 2]));
+    let wrong_vni = frame(
+        &VxlanHeader::new(7, vtep_mac(&h2.name), vtep_mac(&h1.name)),
+        &ipv4([10, 244, 2, 2], [10, 244, 1, 2]),
+    );
     let spoofed = frame(&hdr, &ipv4([10, 244, 9, 9], [10, 244, 1, 2]));
     let mut arp = good.clone();
     arp[20..22].copy_from_slice(&[0x08, 0x06]);
@@ -74,7 +114,10 @@ fn malformed_datagrams_are_dropped_counted_and_harmless() {
     garbage[0] = 0; // no I flag
 
     send_all(&stranger, vec![good.clone(); 5]);
-    send_all(&h2.ns, vec![good[..10].to_vec(), good[..30].to_vec(), garbage, vec![]]);
+    send_all(
+        &h2.ns,
+        vec![good[..10].to_vec(), good[..30].to_vec(), garbage, vec![]],
+    );
     send_all(&h2.ns, vec![wrong_vni; 3]);
     send_all(&h2.ns, vec![arp; 2]);
     send_all(&h2.ns, vec![spoofed; 4]);
@@ -95,7 +138,10 @@ fn malformed_datagrams_are_dropped_counted_and_harmless() {
         if got == expected {
             break;
         }
-        assert!(Instant::now() < deadline, "drop counters {got:?}, expected {expected:?}: {s:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "drop counters {got:?}, expected {expected:?}: {s:#?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // And the mesh still works.

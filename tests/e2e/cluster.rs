@@ -40,14 +40,21 @@ pub fn unreachable_pairs(t: &Topology) -> Vec<String> {
 pub fn assert_transfer(t: &Topology, from: usize, to: usize, port: u16) {
     let (a, b) = (&t.hosts[from].pods[0], &t.hosts[to].pods[0]);
     let x = tcp_transfer(&a.ns, &b.ns, b.addr, port, 32 << 20).unwrap();
-    assert!(x.verified, "transfer {} -> {} arrived corrupted or short: {} bytes", a.addr, b.addr, x.bytes);
+    assert!(
+        x.verified,
+        "transfer {} -> {} arrived corrupted or short: {} bytes",
+        a.addr, b.addr, x.bytes
+    );
 }
 
 fn full_check(tag: &str, args: &[&str]) -> Topology {
     require_root();
     let t = Topology::up(spec(tag, vec![Backend::Meshd; 3], args)).unwrap();
     let bad = unreachable_pairs(&t);
-    assert!(bad.is_empty(), "unreachable pod pairs with {args:?}: {bad:#?}");
+    assert!(
+        bad.is_empty(),
+        "unreachable pod pairs with {args:?}: {bad:#?}"
+    );
     assert_transfer(&t, 0, 1, 5201);
     assert_transfer(&t, 2, 0, 5202);
     t
@@ -70,7 +77,15 @@ fn all_tiers_on() {
 
 #[test]
 fn all_tiers_off() {
-    let t = full_check("toff", &["--no-multi-queue", "--no-tun-offload", "--no-udp-gso", "--no-udp-gro"]);
+    let t = full_check(
+        "toff",
+        &[
+            "--no-multi-queue",
+            "--no-tun-offload",
+            "--no-udp-gso",
+            "--no-udp-gro",
+        ],
+    );
     let s = status(&t, 0);
     let off = meshd::datapath::Tier::DisabledByConfig;
     assert_eq!(s.tiers.multi_queue, off);
@@ -83,19 +98,28 @@ fn all_tiers_off() {
 #[test]
 fn without_tun_offload() {
     let t = full_check("tnotso", &["--no-tun-offload"]);
-    assert_eq!(status(&t, 1).tiers.tun_offload, meshd::datapath::Tier::DisabledByConfig);
+    assert_eq!(
+        status(&t, 1).tiers.tun_offload,
+        meshd::datapath::Tier::DisabledByConfig
+    );
 }
 
 #[test]
 fn without_udp_gso() {
     let t = full_check("tnogso", &["--no-udp-gso"]);
-    assert_eq!(status(&t, 1).tiers.udp_gso, meshd::datapath::Tier::DisabledByConfig);
+    assert_eq!(
+        status(&t, 1).tiers.udp_gso,
+        meshd::datapath::Tier::DisabledByConfig
+    );
 }
 
 #[test]
 fn without_udp_gro() {
     let t = full_check("tnogro", &["--no-udp-gro"]);
-    assert_eq!(status(&t, 1).tiers.udp_gro, meshd::datapath::Tier::DisabledByConfig);
+    assert_eq!(
+        status(&t, 1).tiers.udp_gro,
+        meshd::datapath::Tier::DisabledByConfig
+    );
 }
 
 #[test]

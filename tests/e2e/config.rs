@@ -13,10 +13,17 @@ impl Drop for Ns {
 }
 
 fn links(ns: &str) -> Vec<String> {
-    let out = Command::new("ip").args(["-n", ns, "-o", "link", "show"]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| l.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("").to_string()))
+        .filter_map(|l| {
+            l.split(':')
+                .nth(1)
+                .map(|s| s.trim().split('@').next().unwrap_or("").to_string())
+        })
         .collect()
 }
 
@@ -41,15 +48,25 @@ fn bad_values_name_their_key_and_touch_nothing() {
         std::fs::write(&path, format!("{BASE}{extra}")).unwrap();
         for check in [true, false] {
             let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", &ns.0]).arg(meshd_bin()).args(["run", "--config"]).arg(&path);
+            cmd.args(["netns", "exec", &ns.0])
+                .arg(meshd_bin())
+                .args(["run", "--config"])
+                .arg(&path);
             if check {
                 cmd.arg("--check-config");
             }
             let out = cmd.output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{extra:?} was accepted");
-            assert!(stderr.contains(&format!("`{key}`")), "{extra:?}: message does not name `{key}`: {stderr}");
-            assert_eq!(links(&ns.0), vec!["lo".to_string()], "{extra:?} left something behind");
+            assert!(
+                stderr.contains(&format!("`{key}`")),
+                "{extra:?}: message does not name `{key}`: {stderr}"
+            );
+            assert_eq!(
+                links(&ns.0),
+                vec!["lo".to_string()],
+                "{extra:?} left something behind"
+            );
         }
     }
     let good = dir.join("good.toml");
@@ -61,7 +78,15 @@ fn bad_values_name_their_key_and_touch_nothing() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(links(&ns.0), vec!["lo".to_string()], "--check-config touched the host");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        links(&ns.0),
+        vec!["lo".to_string()],
+        "--check-config touched the host"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

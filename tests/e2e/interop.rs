@@ -15,7 +15,12 @@ use meshd_tests::require_root;
 #[test]
 fn kernel_vxlan_node_and_meshd_nodes_interoperate() {
     require_root();
-    let t = Topology::up(spec("kvx", vec![Backend::Meshd, Backend::Meshd, Backend::KernelVxlan], &[])).unwrap();
+    let t = Topology::up(spec(
+        "kvx",
+        vec![Backend::Meshd, Backend::Meshd, Backend::KernelVxlan],
+        &[],
+    ))
+    .unwrap();
     let bad = unreachable_pairs(&t);
     assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
     assert_transfer(&t, 0, 2, 5301); // meshd -> kernel
@@ -23,5 +28,8 @@ fn kernel_vxlan_node_and_meshd_nodes_interoperate() {
     let s = meshd::status::query(&t.hosts[0].dir.join("run")).unwrap();
     let k = s.peers.iter().find(|p| p.name == t.hosts[2].name).unwrap();
     assert!(k.stats.rx_bytes > 0 && k.stats.tx_bytes > 0, "{k:?}");
-    assert!(k.stats.drops.is_empty(), "the kernel's frames were dropped: {k:?}");
+    assert!(
+        k.stats.drops.is_empty(),
+        "the kernel's frames were dropped: {k:?}"
+    );
 }

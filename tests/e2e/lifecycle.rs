@@ -11,16 +11,28 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn has_link(ns: &str, name: &str) -> bool {
-    Command::new("ip").args(["-n", ns, "link", "show", name]).output().unwrap().status.success()
+    Command::new("ip")
+        .args(["-n", ns, "link", "show", name])
+        .output()
+        .unwrap()
+        .status
+        .success()
 }
 
 fn addrs(ns: &str, dev: &str) -> String {
-    let out = Command::new("ip").args(["-n", ns, "-4", "-o", "addr", "show", "dev", dev]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-n", ns, "-4", "-o", "addr", "show", "dev", dev])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn meshd_pid(t: &Topology, host: usize) -> i32 {
-    std::fs::read_to_string(t.hosts[host].dir.join("meshd.pid")).unwrap().trim().parse().unwrap()
+    std::fs::read_to_string(t.hosts[host].dir.join("meshd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn wait_gone(pid: i32) {
@@ -31,7 +43,10 @@ fn wait_gone(pid: i32) {
         unsafe {
             libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
         }
-        assert!(Instant::now() < deadline, "meshd {pid} did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "meshd {pid} did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -49,8 +64,23 @@ fn stop_restart_and_cleanup() {
     unsafe { libc::kill(meshd_pid(&t, 0), libc::SIGTERM) };
     wait_gone(meshd_pid(&t, 0));
     assert!(!has_link(&h.ns, "mesh0"), "the TUN device outlived meshd");
-    assert!(addrs(&h.ns, "meshbr0").contains("10.244.1.1/24"), "the bridge lost its address on stop");
-    let pod_addr = Command::new("ip").args(["-n", &h.pods[0].ns, "-4", "-o", "addr", "show", "dev", "eth0"]).output().unwrap();
+    assert!(
+        addrs(&h.ns, "meshbr0").contains("10.244.1.1/24"),
+        "the bridge lost its address on stop"
+    );
+    let pod_addr = Command::new("ip")
+        .args([
+            "-n",
+            &h.pods[0].ns,
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&pod_addr.stdout).contains(&h.pods[0].addr.to_string()));
 
     // Restart over the existing bridge: it reconciles, and traffic flows again.
@@ -70,11 +100,26 @@ fn stop_restart_and_cleanup() {
         std::thread::sleep(Duration::from_millis(100));
     }
     ping(&h.pods[0].ns, t.hosts[1].pods[0].addr, 10).unwrap();
-    assert_eq!(addrs(&h.ns, "meshbr0").matches("inet ").count(), 1, "{}", addrs(&h.ns, "meshbr0"));
+    // The pods' gateway MAC is the node's, not borrowed from whichever pod port is lowest.
+    let link = Command::new("ip").args(["-n", &h.ns, "link", "show", "meshbr0"]).output().unwrap();
+    let want = meshd::host::bridge_mac(&h.name).to_string();
+    assert!(String::from_utf8_lossy(&link.stdout).contains(&want), "bridge MAC is not {want}");
+    assert_eq!(
+        addrs(&h.ns, "meshbr0").matches("inet ").count(),
+        1,
+        "{}",
+        addrs(&h.ns, "meshbr0")
+    );
 
     // cleanup refuses while meshd runs, then removes the bridge once it has stopped.
     let cleanup = || {
-        Command::new("ip").args(["netns", "exec", &h.ns]).arg(meshd_bin()).args(["cleanup", "--config"]).arg(&cfg).output().unwrap()
+        Command::new("ip")
+            .args(["netns", "exec", &h.ns])
+            .arg(meshd_bin())
+            .args(["cleanup", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
     };
     let out = cleanup();
     assert!(!out.status.success(), "cleanup ran under a live meshd");
@@ -82,9 +127,16 @@ fn stop_restart_and_cleanup() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     wait_gone(child.id() as i32);
     let out = cleanup();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!has_link(&h.ns, "meshbr0"), "cleanup left the bridge");
-    assert!(!run.join("network.json").exists(), "cleanup left network.json");
+    assert!(
+        !run.join("network.json").exists(),
+        "cleanup left network.json"
+    );
 }
 
 #[test]
@@ -97,7 +149,10 @@ fn a_foreign_link_in_the_way_is_reported_and_left_alone() {
     wait_gone(meshd_pid(&t, 1));
     // Replace our bridge with somebody else's dummy link of the same name.
     ip(&["-n", &h.ns, "link", "del", "meshbr0"]).unwrap();
-    ip(&["-n", &h.ns, "link", "add", "meshbr0", "type", "veth", "peer", "name", "other0"]).unwrap();
+    ip(&[
+        "-n", &h.ns, "link", "add", "meshbr0", "type", "veth", "peer", "name", "other0",
+    ])
+    .unwrap();
     let out = Command::new("ip")
         .args(["netns", "exec", &h.ns])
         .arg(meshd_bin())
@@ -107,9 +162,15 @@ fn a_foreign_link_in_the_way_is_reported_and_left_alone() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("meshbr0") && stderr.contains("not a bridge"), "{stderr}");
+    assert!(
+        stderr.contains("meshbr0") && stderr.contains("not a bridge"),
+        "{stderr}"
+    );
     assert!(has_link(&h.ns, "meshbr0"), "the foreign link was removed");
-    assert!(!has_link(&h.ns, "mesh0"), "a failed start left the TUN device");
+    assert!(
+        !has_link(&h.ns, "mesh0"),
+        "a failed start left the TUN device"
+    );
     let out = Command::new("ip")
         .args(["netns", "exec", &h.ns])
         .arg(meshd_bin())
@@ -118,5 +179,8 @@ fn a_foreign_link_in_the_way_is_reported_and_left_alone() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not created by meshd"));
-    assert!(has_link(&h.ns, "meshbr0"), "cleanup removed a link meshd did not make");
+    assert!(
+        has_link(&h.ns, "meshbr0"),
+        "cleanup removed a link meshd did not make"
+    );
 }

@@ -26,7 +26,11 @@ pub fn cni_bin() -> PathBuf {
 fn sibling(name: &str) -> PathBuf {
     // target/<profile>/deps/e2e-<hash> → target/<profile>/<name>
     let exe = std::env::current_exe().unwrap_or_default();
-    let profile_dir = exe.parent().and_then(|d| d.parent()).map(PathBuf::from).unwrap_or_default();
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
     profile_dir.join(name)
 }
 
@@ -34,7 +38,11 @@ fn sibling(name: &str) -> PathBuf {
 /// up in namespace names, and distinct, so parallel tests never share a namespace.
 pub fn prefix(tag: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{tag}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{tag}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// True when the tests can build namespaces (root, /dev/net/tun). Tests fail rather than skip
@@ -42,6 +50,12 @@ pub fn prefix(tag: &str) -> String {
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "end-to-end tests need root (network namespaces, TUN devices)");
-    assert!(std::path::Path::new("/dev/net/tun").exists(), "/dev/net/tun is missing");
+    assert_eq!(
+        euid, 0,
+        "end-to-end tests need root (network namespaces, TUN devices)"
+    );
+    assert!(
+        std::path::Path::new("/dev/net/tun").exists(),
+        "/dev/net/tun is missing"
+    );
 }

@@ -72,7 +72,11 @@ pub fn open_tun(cfg: &Config) -> Result<TunQueues> {
             Ok(dev) => {
                 let offload_on = dev.tcp_gso();
                 let mut queues = vec![dev];
-                let mut mq_tier = if mq { Tier::InUse(String::new()) } else { Tier::DisabledByConfig };
+                let mut mq_tier = if mq {
+                    Tier::InUse(String::new())
+                } else {
+                    Tier::DisabledByConfig
+                };
                 if mq {
                     for _ in 1..wanted {
                         match queues[0].try_clone() {
@@ -87,21 +91,32 @@ pub fn open_tun(cfg: &Config) -> Result<TunQueues> {
                         mq_tier = Tier::InUse(format!("{} queues", queues.len()));
                     }
                 } else if try_mq {
-                    mq_tier = Tier::Unavailable(last_err.clone().unwrap_or_else(|| "refused".into()));
+                    mq_tier =
+                        Tier::Unavailable(last_err.clone().unwrap_or_else(|| "refused".into()));
                 } else if cfg.tiers.multi_queue {
                     mq_tier = Tier::Unavailable("one CPU or `queues = 1`".into());
                 }
                 let off_tier = if offload_on {
-                    Tier::InUse(if dev_udp_gso(&queues[0]) { "TSO + USO".into() } else { "TSO".into() })
+                    Tier::InUse(if dev_udp_gso(&queues[0]) {
+                        "TSO + USO".into()
+                    } else {
+                        "TSO".into()
+                    })
                 } else if try_offload {
                     Tier::Unavailable(last_err.clone().unwrap_or_else(|| "refused".into()))
                 } else {
                     Tier::DisabledByConfig
                 };
                 for q in &queues {
-                    q.set_nonblocking(true).context("setting the TUN queue non-blocking")?;
+                    q.set_nonblocking(true)
+                        .context("setting the TUN queue non-blocking")?;
                 }
-                return Ok(TunQueues { queues, offload: offload_on, multi_queue: mq_tier, tun_offload: off_tier });
+                return Ok(TunQueues {
+                    queues,
+                    offload: offload_on,
+                    multi_queue: mq_tier,
+                    tun_offload: off_tier,
+                });
             }
             Err(e) => last_err = Some(e.to_string()),
         }
@@ -142,7 +157,8 @@ pub fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQueues> {
     for _ in 0..count {
         let s = bind_socket(SocketAddr::new(bind, cfg.vxlan.port), cfg.socket_buffer)
             .with_context(|| format!("binding UDP {}:{}", bind, cfg.vxlan.port))?;
-        let state = UdpSocketState::new(UdpSockRef::from(&s)).context("configuring the UDP socket")?;
+        let state =
+            UdpSocketState::new(UdpSockRef::from(&s)).context("configuring the UDP socket")?;
         sockets.push((s, state));
     }
     let kernel_gso = sockets[0].1.max_gso_segments();
@@ -150,7 +166,10 @@ pub fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQueues> {
     let (gso_segments, udp_gso) = match (cfg.tiers.udp_gso, kernel_gso > 1) {
         (false, _) => (1, Tier::DisabledByConfig),
         (true, false) => (1, Tier::Unavailable("UDP_SEGMENT refused".into())),
-        (true, true) => (kernel_gso, Tier::InUse(format!("up to {kernel_gso} segments"))),
+        (true, true) => (
+            kernel_gso,
+            Tier::InUse(format!("up to {kernel_gso} segments")),
+        ),
     };
     let (gro, udp_gro) = match (cfg.tiers.udp_gro, kernel_gro) {
         (false, _) => (false, Tier::DisabledByConfig),
@@ -163,11 +182,21 @@ pub fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQueues> {
             set_udp_gro(s, false);
         }
     }
-    Ok(UdpQueues { sockets, gso_segments, gro, udp_gso, udp_gro })
+    Ok(UdpQueues {
+        sockets,
+        gso_segments,
+        gro,
+        udp_gso,
+        udp_gro,
+    })
 }
 
 fn bind_socket(addr: SocketAddr, buffer: usize) -> Result<UdpSocket> {
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_port(true)?;
     if addr.is_ipv6() {

@@ -72,7 +72,11 @@ impl Encoder {
             return;
         }
         let start = self.used;
-        let frame_len = match table.peer(peer).header.encapsulate(packet, &mut self.buf[start..]) {
+        let frame_len = match table
+            .peer(peer)
+            .header
+            .encapsulate(packet, &mut self.buf[start..])
+        {
             Some(n) => n,
             None => {
                 drops.add(DropReason::Malformed);
@@ -170,10 +174,22 @@ mod tests {
     use crate::wire::ip::tests_support::ipv4_packet;
 
     pub(crate) fn routes() -> Routes {
-        let r = Routes::new(Local { name: "a".into(), vni: 1, port: 8472 });
+        let r = Routes::new(Local {
+            name: "a".into(),
+            vni: 1,
+            port: 8472,
+        });
         r.update(&[
-            Peer { name: "b".into(), address: "198.18.0.2".parse().unwrap(), subnet: "10.244.2.0/24".parse().unwrap() },
-            Peer { name: "c".into(), address: "198.18.0.3".parse().unwrap(), subnet: "10.244.3.0/24".parse().unwrap() },
+            Peer {
+                name: "b".into(),
+                address: "198.18.0.2".parse().unwrap(),
+                subnet: "10.244.2.0/24".parse().unwrap(),
+            },
+            Peer {
+                name: "c".into(),
+                address: "198.18.0.3".parse().unwrap(),
+                subnet: "10.244.3.0/24".parse().unwrap(),
+            },
         ]);
         r
     }
@@ -191,13 +207,24 @@ mod tests {
         }
         e.push(&t, &short, &mut drops);
         e.push(&t, &full, &mut drops); // after a short frame: a new run
-        e.push(&t, &ipv4_packet([10, 244, 1, 2], [10, 244, 3, 9], 1000), &mut drops);
-        e.push(&t, &ipv4_packet([10, 244, 1, 2], [10, 244, 9, 9], 1000), &mut drops);
+        e.push(
+            &t,
+            &ipv4_packet([10, 244, 1, 2], [10, 244, 3, 9], 1000),
+            &mut drops,
+        );
+        e.push(
+            &t,
+            &ipv4_packet([10, 244, 1, 2], [10, 244, 9, 9], 1000),
+            &mut drops,
+        );
         let runs = e.runs();
         assert_eq!(runs.len(), 3, "{runs:?}");
         assert_eq!(runs[0].frames, 4);
         assert_eq!(runs[0].segment, HEADER_LEN + full.len());
-        assert_eq!(runs[0].len, 3 * (HEADER_LEN + full.len()) + HEADER_LEN + short.len());
+        assert_eq!(
+            runs[0].len,
+            3 * (HEADER_LEN + full.len()) + HEADER_LEN + short.len()
+        );
         assert_eq!(t.peer(runs[0].peer).name, "b");
         assert_eq!(runs[1].frames, 1);
         assert_eq!(t.peer(runs[2].peer).name, "c");
@@ -224,7 +251,11 @@ mod tests {
             e.push(&t, &p, &mut drops);
         }
         assert!(e.runs().len() >= 3);
-        assert!(e.runs().iter().all(|r| r.len <= MAX_GSO_BYTES), "{:?}", e.runs());
+        assert!(
+            e.runs().iter().all(|r| r.len <= MAX_GSO_BYTES),
+            "{:?}",
+            e.runs()
+        );
         assert_eq!(e.runs().iter().map(|r| r.frames).sum::<usize>(), 100);
     }
 
@@ -248,17 +279,33 @@ mod tests {
         let t = r.load();
         let b = t.by_source("198.18.0.2".parse().unwrap()).unwrap();
         // A frame as b would send it to a.
-        let hdr = crate::wire::VxlanHeader::new(1, crate::wire::vtep_mac("b"), crate::wire::vtep_mac("a"));
+        let hdr = crate::wire::VxlanHeader::new(
+            1,
+            crate::wire::vtep_mac("b"),
+            crate::wire::vtep_mac("a"),
+        );
         let mut frame = [0u8; 200];
         let good = ipv4_packet([10, 244, 2, 5], [10, 244, 1, 5], 20);
         let n = hdr.encapsulate(&good, &mut frame).unwrap();
         let from_b: IpAddr = "198.18.0.2".parse().unwrap();
         assert_eq!(decode(&t, from_b, 1, &frame[..n]).unwrap(), (b, &good[..]));
-        assert_eq!(decode(&t, "198.18.0.99".parse().unwrap(), 1, &frame[..n]).unwrap_err(), (None, DropReason::UnknownSource));
-        assert_eq!(decode(&t, from_b, 2, &frame[..n]).unwrap_err(), (Some(b), DropReason::WrongVni));
-        assert_eq!(decode(&t, from_b, 1, &frame[..n - 3]).unwrap_err(), (Some(b), DropReason::Malformed));
+        assert_eq!(
+            decode(&t, "198.18.0.99".parse().unwrap(), 1, &frame[..n]).unwrap_err(),
+            (None, DropReason::UnknownSource)
+        );
+        assert_eq!(
+            decode(&t, from_b, 2, &frame[..n]).unwrap_err(),
+            (Some(b), DropReason::WrongVni)
+        );
+        assert_eq!(
+            decode(&t, from_b, 1, &frame[..n - 3]).unwrap_err(),
+            (Some(b), DropReason::Malformed)
+        );
         let spoof = ipv4_packet([10, 244, 3, 5], [10, 244, 1, 5], 20);
         let n = hdr.encapsulate(&spoof, &mut frame).unwrap();
-        assert_eq!(decode(&t, from_b, 1, &frame[..n]).unwrap_err(), (Some(b), DropReason::SpoofedSource));
+        assert_eq!(
+            decode(&t, from_b, 1, &frame[..n]).unwrap_err(),
+            (Some(b), DropReason::SpoofedSource)
+        );
     }
 }

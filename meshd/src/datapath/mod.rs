@@ -47,7 +47,10 @@ impl DataPath {
                 gro: udp.gro,
                 gso_segments: udp.gso_segments,
             });
-            for (kind, f) in [("tx", worker::tx_loop as fn(&worker::Shared, &worker::Queue)), ("rx", worker::rx_loop)] {
+            for (kind, f) in [
+                ("tx", worker::tx_loop as fn(&worker::Shared, &worker::Queue)),
+                ("rx", worker::rx_loop),
+            ] {
                 let (s, q) = (shared.clone(), q.clone());
                 let t = std::thread::Builder::new()
                     .name(format!("meshd-{kind}-{i}"))
@@ -56,7 +59,11 @@ impl DataPath {
                 threads.push(t);
             }
         }
-        Ok(DataPath { stop, threads, tiers })
+        Ok(DataPath {
+            stop,
+            threads,
+            tiers,
+        })
     }
 
     /// Stop the workers and close the devices (the TUN device disappears with its last queue).

@@ -51,13 +51,20 @@ pub fn tx_loop(shared: &Shared, q: &Queue) {
     let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65535];
     let mut bufs: Vec<Vec<u8>> = (0..TX_BATCH).map(|_| vec![0u8; shared.mtu]).collect();
     let mut sizes = vec![0usize; TX_BATCH];
-    let mut enc = Encoder::new(TX_BATCH * (HEADER_LEN + shared.mtu), TX_BATCH, q.gso_segments);
+    let mut enc = Encoder::new(
+        TX_BATCH * (HEADER_LEN + shared.mtu),
+        TX_BATCH,
+        q.gso_segments,
+    );
     let mut drops = DropTally::default();
     let (sock, state) = &*q.socket;
     while !shared.stop.load(Ordering::Relaxed) {
         let mut n = 0;
         while TX_BATCH - n >= TX_READ_ROOM || n == 0 {
-            match q.tun.recv_multiple(&mut original, &mut bufs[n..], &mut sizes[n..], 0) {
+            match q
+                .tun
+                .recv_multiple(&mut original, &mut bufs[n..], &mut sizes[n..], 0)
+            {
                 Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -93,7 +100,8 @@ pub fn tx_loop(shared: &Shared, q: &Queue) {
                 Ok(()) => peer.stats.tx(run.frames as u64, run.inner_bytes as u64),
                 Err(e) => {
                     tracing::trace!(error = %e, peer = %peer.name, "UDP send");
-                    peer.stats.count_drop(DropReason::SendError, run.frames as u64);
+                    peer.stats
+                        .count_drop(DropReason::SendError, run.frames as u64);
                 }
             }
         }
@@ -102,7 +110,12 @@ pub fn tx_loop(shared: &Shared, q: &Queue) {
 }
 
 /// Send one transmit, waiting while the socket buffer is full.
-fn send(sock: &UdpSocket, state: &UdpSocketState, t: &Transmit<'_>, stop: &AtomicBool) -> io::Result<()> {
+fn send(
+    sock: &UdpSocket,
+    state: &UdpSocketState,
+    t: &Transmit<'_>,
+    stop: &AtomicBool,
+) -> io::Result<()> {
     loop {
         match state.try_send(UdpSockRef::from(sock), t) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -118,7 +131,11 @@ fn send(sock: &UdpSocket, state: &UdpSocketState, t: &Transmit<'_>, stop: &Atomi
 }
 
 pub fn rx_loop(shared: &Shared, q: &Queue) {
-    let slot = if q.gro { GRO_BUF } else { shared.mtu + HEADER_LEN + 64 };
+    let slot = if q.gro {
+        GRO_BUF
+    } else {
+        shared.mtu + HEADER_LEN + 64
+    };
     let mut big = vec![0u8; RX_BATCH * slot];
     let mut meta = [RecvMeta::default(); RX_BATCH];
     let mut out = TunWriter::new(shared.mtu);
@@ -184,7 +201,9 @@ const WRITE_OFFSET: usize = VIRTIO_NET_HDR_LEN;
 impl TunWriter {
     fn new(mtu: usize) -> Self {
         TunWriter {
-            bufs: (0..RX_WRITE_BATCH).map(|_| Vec::with_capacity(WRITE_OFFSET + mtu)).collect(),
+            bufs: (0..RX_WRITE_BATCH)
+                .map(|_| Vec::with_capacity(WRITE_OFFSET + mtu))
+                .collect(),
             used: 0,
             gro: GROTable::default(),
         }
@@ -205,7 +224,8 @@ impl TunWriter {
         if self.used == 0 {
             return;
         }
-        if let Err(e) = tun.send_multiple(&mut self.gro, &mut self.bufs[..self.used], WRITE_OFFSET) {
+        if let Err(e) = tun.send_multiple(&mut self.gro, &mut self.bufs[..self.used], WRITE_OFFSET)
+        {
             tracing::trace!(error = %e, "TUN write");
             drops.add(DropReason::TunWriteError);
         }
@@ -243,7 +263,11 @@ impl PeerAcc {
 
 /// Sleep until `fd` is ready for `events` or the idle period ends.
 fn wait(fd: i32, events: libc::c_short) {
-    let mut p = libc::pollfd { fd, events, revents: 0 };
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd for the duration of the call.
     unsafe {
         libc::poll(&mut p, 1, IDLE_POLL_MS);

@@ -48,7 +48,13 @@ pub enum LabCommand {
 
 pub fn main(cmd: LabCommand) -> Result<()> {
     match cmd {
-        LabCommand::Up { nodes, pods, kernel_vxlan, prefix, meshd_args } => {
+        LabCommand::Up {
+            nodes,
+            pods,
+            kernel_vxlan,
+            prefix,
+            meshd_args,
+        } => {
             if !(2..=200).contains(&nodes) {
                 bail!("--nodes must be between 2 and 200");
             }
@@ -56,7 +62,13 @@ pub fn main(cmd: LabCommand) -> Result<()> {
                 bail!("--kernel-vxlan must not exceed --nodes, and --pods must be 1 to 200");
             }
             let hosts = (0..nodes)
-                .map(|i| if i >= nodes - kernel_vxlan { Backend::KernelVxlan } else { Backend::Meshd })
+                .map(|i| {
+                    if i >= nodes - kernel_vxlan {
+                        Backend::KernelVxlan
+                    } else {
+                        Backend::Meshd
+                    }
+                })
                 .collect();
             let spec = Spec {
                 prefix: prefix.clone(),
@@ -80,13 +92,21 @@ pub fn main(cmd: LabCommand) -> Result<()> {
                     pods.join(" ")
                 );
             }
-            println!("lab `{prefix}` is up: `meshd lab check` tests it, `meshd lab down` removes it");
-            println!("status of a node: ip netns exec {} meshd status --run-dir {}", t.hosts[0].ns, t.hosts[0].dir.join("run").display());
+            println!(
+                "lab `{prefix}` is up: `meshd lab check` tests it, `meshd lab down` removes it"
+            );
+            println!(
+                "status of a node: ip netns exec {} meshd status --run-dir {}",
+                t.hosts[0].ns,
+                t.hosts[0].dir.join("run").display()
+            );
             Ok(())
         }
         LabCommand::Check { prefix, megabytes } => {
             let spec = load(&prefix)?;
-            check(&Topology::attach(spec), megabytes)
+            let mut t = Topology::attach(spec);
+            t.refresh_pod_addrs();
+            check(&t, megabytes)
         }
         LabCommand::Down { prefix } => {
             topology::down(&prefix);
@@ -123,11 +143,19 @@ pub fn check(t: &Topology, megabytes: u64) -> Result<()> {
     let (src, dst) = (&a.pods[0], &b.pods[0]);
     let xfer = probe::tcp_transfer(&src.ns, &dst.ns, dst.addr, 5201, megabytes << 20);
     if failures > 0 {
-        bail!("{failures} of {} pod pairs cannot reach each other", pods.len() * pods.len());
+        bail!(
+            "{failures} of {} pod pairs cannot reach each other",
+            pods.len() * pods.len()
+        );
     }
     let x = xfer.context("TCP transfer")?;
     if !x.verified {
-        bail!("TCP transfer {} → {} arrived corrupted or short ({} bytes)", src.addr, dst.addr, x.bytes);
+        bail!(
+            "TCP transfer {} → {} arrived corrupted or short ({} bytes)",
+            src.addr,
+            dst.addr,
+            x.bytes
+        );
     }
     println!(
         "throughput: {:.2} Gbit/s (one TCP stream, {} → {}, {} MiB, SHA-256 verified)",
@@ -157,14 +185,24 @@ fn save(spec: &Spec) -> Result<()> {
 
 fn load(prefix: &str) -> Result<Spec> {
     let path = spec_file(prefix);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("no lab `{prefix}` here ({} missing); run `meshd lab up`", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no lab `{prefix}` here ({} missing); run `meshd lab up`",
+            path.display()
+        )
+    })?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
     let hosts = v["kernel_vxlan"]
         .as_array()
         .context("lab.json: kernel_vxlan")?
         .iter()
-        .map(|k| if k.as_bool() == Some(true) { Backend::KernelVxlan } else { Backend::Meshd })
+        .map(|k| {
+            if k.as_bool() == Some(true) {
+                Backend::KernelVxlan
+            } else {
+                Backend::Meshd
+            }
+        })
         .collect();
     Ok(Spec {
         prefix: prefix.into(),

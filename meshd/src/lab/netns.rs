@@ -19,7 +19,11 @@ pub fn run(cmd: &str, args: &[&str]) -> Result<()> {
         .output()
         .with_context(|| format!("running {cmd} (is it installed?)"))?;
     if !out.status.success() {
-        bail!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -42,7 +46,10 @@ pub fn list(prefix: &str) -> Vec<String> {
 pub fn pids(ns: &str) -> Vec<i32> {
     let out = Command::new("ip").args(["netns", "pids", ns]).output();
     let Ok(out) = out else { return Vec::new() };
-    String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// Kill every process in `ns`, then delete it.
@@ -80,7 +87,9 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
         }
         Ok(f())
     });
-    handle.join().map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
 }
 
 /// Switch transmit checksum offload of `dev` (in the calling thread's namespace) on or off, as
@@ -101,8 +110,15 @@ pub fn set_tx_checksum(dev: &str, on: bool) -> Result<()> {
     if dev.len() >= libc::IFNAMSIZ {
         bail!("interface name `{dev}` is too long");
     }
-    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: on.into() };
-    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut value, _pad: [0; 16] };
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: on.into(),
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
     req.name[..dev.len()].copy_from_slice(dev.as_bytes());
     // SAFETY: a datagram socket used only for this ioctl, and an ifreq whose data pointer
     // refers to a live ethtool_value for the duration of the call.

@@ -18,7 +18,8 @@ pub fn ping(ns: &str, dst: Ipv4Addr, attempts: u32) -> Result<Duration> {
 }
 
 fn ping_here(dst: Ipv4Addr, attempts: u32) -> Result<Duration> {
-    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).context("raw ICMP socket")?;
+    let s =
+        Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).context("raw ICMP socket")?;
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
     let ident = (std::process::id() as u16) ^ 0x6d73;
     for seq in 0..attempts as u16 {
@@ -26,16 +27,24 @@ fn ping_here(dst: Ipv4Addr, attempts: u32) -> Result<Duration> {
         req[0] = 8; // echo request
         req[4..6].copy_from_slice(&ident.to_be_bytes());
         req[6..8].copy_from_slice(&seq.to_be_bytes());
-        req[8..].iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        req[8..]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8);
         let c = checksum(&req);
         req[2..4].copy_from_slice(&c.to_be_bytes());
         let start = Instant::now();
         s.send_to(&req, &SocketAddr::from((dst, 0)).into())?;
         while start.elapsed() < Duration::from_secs(1) {
             let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
-            let Ok((n, _)) = s.recv_from(&mut buf) else { break };
+            let Ok((n, _)) = s.recv_from(&mut buf) else {
+                break;
+            };
             // SAFETY: recv_from initialised the first n bytes.
-            let b: Vec<u8> = buf[..n].iter().map(|x| unsafe { x.assume_init() }).collect();
+            let b: Vec<u8> = buf[..n]
+                .iter()
+                .map(|x| unsafe { x.assume_init() })
+                .collect();
             let ihl = usize::from(b.first().copied().unwrap_or(0) & 0x0f) * 4;
             let Some(icmp) = b.get(ihl..) else { continue };
             let from = b.get(12..16).map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3]));
@@ -53,7 +62,10 @@ fn ping_here(dst: Ipv4Addr, attempts: u32) -> Result<Duration> {
 }
 
 fn checksum(b: &[u8]) -> u16 {
-    let mut sum: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -77,7 +89,13 @@ impl Transfer {
 
 /// Send `bytes` of pseudo-random data over TCP from namespace `from_ns` to a listener at
 /// `to_addr:port` in namespace `to_ns`, hashing both ends.
-pub fn tcp_transfer(from_ns: &str, to_ns: &str, to_addr: Ipv4Addr, port: u16, bytes: u64) -> Result<Transfer> {
+pub fn tcp_transfer(
+    from_ns: &str,
+    to_ns: &str,
+    to_addr: Ipv4Addr,
+    port: u16,
+    bytes: u64,
+) -> Result<Transfer> {
     let listener = in_netns(to_ns, move || TcpListener::bind((to_addr, port)))?
         .with_context(|| format!("listening on {to_addr}:{port} in {to_ns}"))?;
     let receiver = std::thread::spawn(move || -> Result<(u64, [u8; 32])> {
@@ -102,8 +120,14 @@ pub fn tcp_transfer(from_ns: &str, to_ns: &str, to_addr: Ipv4Addr, port: u16, by
     })?
     .with_context(|| format!("connecting to {to_addr}:{port} from {from_ns}"))?;
     let (sent_hash, elapsed) = send_stream(stream, bytes)?;
-    let (got, got_hash) = receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
-    Ok(Transfer { bytes: got, elapsed, verified: got == bytes && got_hash == sent_hash })
+    let (got, got_hash) = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    Ok(Transfer {
+        bytes: got,
+        elapsed,
+        verified: got == bytes && got_hash == sent_hash,
+    })
 }
 
 fn send_stream(mut s: TcpStream, bytes: u64) -> Result<([u8; 32], Duration)> {

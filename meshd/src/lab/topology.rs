@@ -6,8 +6,8 @@
 //!             │  br0 ── h1   h2   h3 (veth ends)     │   underlay 198.18.0.0/24
 //!             └────────┬────┬────┬───────────────────┘
 //!   <prefix>-h1 (u0 198.18.0.1)  <prefix>-h2 ...       meshd, or a kernel VXLAN device
-//!     meshbr0 10.244.1.1/24 ── v1 ── <prefix>-h1-p1 (eth0 10.244.1.2)
-//!                           └─ v2 ── <prefix>-h1-p2 (eth0 10.244.1.3)
+//!     meshbr0 10.244.1.1/24 ── veth ── <prefix>-h1-p1 (eth0, address from meshd-cni)
+//!                           └─ veth ── <prefix>-h1-p2
 //! ```
 //!
 //! Nothing is made in the root namespace: on a machine running Docker the root namespace forwards
@@ -75,14 +75,22 @@ const OVERLAY_OVERHEAD: u16 = 50;
 impl Topology {
     /// Build the whole topology and start its daemons; on any failure, remove what was made.
     pub fn up(spec: Spec) -> Result<Topology> {
-        let mut t = Topology { hosts: plan(&spec), spec, cleanup_on_drop: true };
+        let mut t = Topology {
+            hosts: plan(&spec),
+            spec,
+            cleanup_on_drop: true,
+        };
         t.build().inspect_err(|_| t.down())?;
         Ok(t)
     }
 
     /// The topology `spec` describes, without building or cleaning anything (for `lab check`).
     pub fn attach(spec: Spec) -> Topology {
-        Topology { hosts: plan(&spec), spec, cleanup_on_drop: false }
+        Topology {
+            hosts: plan(&spec),
+            spec,
+            cleanup_on_drop: false,
+        }
     }
 
     pub fn state_dir(prefix: &str) -> PathBuf {
@@ -95,7 +103,10 @@ impl Topology {
 
     fn build(&mut self) -> Result<()> {
         if !netns::list(&format!("{}-", self.spec.prefix)).is_empty() {
-            bail!("namespaces named {}-* exist already; run `meshd lab down` first", self.spec.prefix);
+            bail!(
+                "namespaces named {}-* exist already; run `meshd lab down` first",
+                self.spec.prefix
+            );
         }
         let sw = self.switch();
         ip(&["netns", "add", &sw])?;
@@ -110,13 +121,16 @@ impl Topology {
                 Backend::KernelVxlan => self.kernel_vxlan(&h)?,
             }
         }
-        for h in self.hosts.clone() {
+        for i in 0..self.hosts.len() {
+            let mut h = self.hosts[i].clone();
             if h.backend == Backend::Meshd {
                 wait_for_socket(&h)?;
             }
-            for (j, p) in h.pods.iter().enumerate() {
-                self.add_pod(&h, j, p)?;
+            let host = h.clone();
+            for (j, p) in h.pods.iter_mut().enumerate() {
+                self.add_pod(&host, j, p)?;
             }
+            self.hosts[i] = h;
         }
         Ok(())
     }
@@ -127,9 +141,20 @@ impl Topology {
         let mtu = self.spec.underlay_mtu.to_string();
         ip(&["netns", "add", &h.ns])?;
         ip(&["-n", &h.ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &sw, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "u0", "mtu", &mtu, "netns", &h.ns])?;
+        ip(&[
+            "-n", &sw, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "u0",
+            "mtu", &mtu, "netns", &h.ns,
+        ])?;
         ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
-        ip(&["-n", &h.ns, "addr", "add", &format!("{}/{UNDERLAY_PREFIX}", h.underlay), "dev", "u0"])?;
+        ip(&[
+            "-n",
+            &h.ns,
+            "addr",
+            "add",
+            &format!("{}/{UNDERLAY_PREFIX}", h.underlay),
+            "dev",
+            "u0",
+        ])?;
         ip(&["-n", &h.ns, "link", "set", "u0", "up"])?;
         std::fs::create_dir_all(&h.dir).with_context(|| format!("creating {}", h.dir.display()))?;
         Ok(())
@@ -158,7 +183,9 @@ impl Topology {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("starting meshd in {}", h.ns))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting meshd in {}", h.ns))?;
         std::fs::write(h.dir.join("meshd.pid"), child.id().to_string())?;
         Ok(())
     }
@@ -189,40 +216,232 @@ impl Topology {
         let mac = vtep_mac(&h.name).to_string();
         let mtu = (self.spec.underlay_mtu - OVERLAY_OVERHEAD).to_string();
         let local = h.underlay.to_string();
-        ip(&["-n", ns, "link", "add", "vxlan0", "address", &mac, "mtu", &mtu, "type", "vxlan", "id", "1",
-            "local", &local, "dev", "u0", "dstport", "8472", "nolearning"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{}/32", h.subnet.network()), "dev", "vxlan0"])?;
+        ip(&[
+            "-n",
+            ns,
+            "link",
+            "add",
+            "vxlan0",
+            "address",
+            &mac,
+            "mtu",
+            &mtu,
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &local,
+            "dev",
+            "u0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/32", h.subnet.network()),
+            "dev",
+            "vxlan0",
+        ])?;
         ip(&["-n", ns, "link", "set", "vxlan0", "up"])?;
         // On veth, the kernel leaves the inner TCP checksum for "hardware" to fill in, and a
         // veth never does: a receiver that reads the datagram in userspace (meshd, or any
         // userspace VXLAN) sees a blank checksum. Real NICs complete it; here we make the
         // VXLAN device compute it in software, as `ethtool -K vxlan0 tx off` would.
         netns::in_netns(ns, || netns::set_tx_checksum("vxlan0", false))??;
-        ip(&["-n", ns, "link", "add", "meshbr0", "mtu", &mtu, "type", "bridge"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{}/{}", crate::host::gateway(h.subnet), h.subnet.prefix_len()), "dev", "meshbr0"])?;
+        ip(&[
+            "-n", ns, "link", "add", "meshbr0", "mtu", &mtu, "type", "bridge",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!(
+                "{}/{}",
+                crate::host::gateway(h.subnet),
+                h.subnet.prefix_len()
+            ),
+            "dev",
+            "meshbr0",
+        ])?;
         ip(&["-n", ns, "link", "set", "meshbr0", "up"])?;
-        run("ip", &["netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
         for p in self.hosts.iter().filter(|p| p.index != h.index) {
             let pmac = vtep_mac(&p.name).to_string();
             let gw = p.subnet.network().to_string();
-            run("bridge", &["-n", ns, "fdb", "append", &pmac, "dev", "vxlan0", "dst", &p.underlay.to_string()])?;
-            ip(&["-n", ns, "neigh", "replace", &gw, "lladdr", &pmac, "dev", "vxlan0", "nud", "permanent"])?;
-            ip(&["-n", ns, "route", "replace", &p.subnet.to_string(), "via", &gw, "dev", "vxlan0", "onlink"])?;
+            run(
+                "bridge",
+                &[
+                    "-n",
+                    ns,
+                    "fdb",
+                    "append",
+                    &pmac,
+                    "dev",
+                    "vxlan0",
+                    "dst",
+                    &p.underlay.to_string(),
+                ],
+            )?;
+            ip(&[
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                &pmac,
+                "dev",
+                "vxlan0",
+                "nud",
+                "permanent",
+            ])?;
+            ip(&[
+                "-n",
+                ns,
+                "route",
+                "replace",
+                &p.subnet.to_string(),
+                "via",
+                &gw,
+                "dev",
+                "vxlan0",
+                "onlink",
+            ])?;
         }
         Ok(())
     }
 
-    fn add_pod(&self, h: &Host, j: usize, p: &Pod) -> Result<()> {
+    fn add_pod(&self, h: &Host, j: usize, p: &mut Pod) -> Result<()> {
+        ip(&["netns", "add", &p.ns])?;
+        ip(&["-n", &p.ns, "link", "set", "lo", "up"])?;
+        match h.backend {
+            Backend::Meshd => {
+                p.addr = self.cni_add(h, p)?;
+                Ok(())
+            }
+            Backend::KernelVxlan => self.manual_pod(h, j, p),
+        }
+    }
+
+    /// Attach a pod as a container runtime would: `meshd-cni` with the CNI environment and a
+    /// network configuration on stdin, in the host's namespace. Returns the pod's address.
+    fn cni_add(&self, h: &Host, p: &Pod) -> Result<Ipv4Addr> {
+        let bin = self.cni_bin();
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "meshlab",
+            "type": "meshd-cni",
+            "runtimeDir": h.dir.join("run"),
+            "dataDir": h.dir.join("cni"),
+        });
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &h.ns])
+            .arg(&bin)
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", &p.ns)
+            .env("CNI_NETNS", format!("/run/netns/{}", p.ns))
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_PATH",
+                bin.parent().unwrap_or(std::path::Path::new("/")),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running the CNI plugin {}", bin.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(conf.to_string().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if !out.status.success() {
+            bail!(
+                "meshd-cni ADD for {} failed: {} {}",
+                p.ns,
+                result,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let addr = result["ips"][0]["address"].as_str().unwrap_or("");
+        addr.split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("meshd-cni ADD for {} returned no address: {result}", p.ns))
+    }
+
+    /// The plugin binary next to the meshd binary (cargo builds both into one directory).
+    fn cni_bin(&self) -> PathBuf {
+        self.spec.meshd_bin.with_file_name("meshd-cni")
+    }
+
+    /// A kernel-VXLAN host has no meshd and so no CNI runtime file: wire its pods by hand.
+    fn manual_pod(&self, h: &Host, j: usize, p: &Pod) -> Result<()> {
         let host_if = format!("v{}", j + 1);
         let mtu = (self.spec.underlay_mtu - OVERLAY_OVERHEAD).to_string();
-        ip(&["netns", "add", &p.ns])?;
-        ip(&["-n", &h.ns, "link", "add", &host_if, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu, "netns", &p.ns])?;
-        ip(&["-n", &h.ns, "link", "set", &host_if, "master", "meshbr0", "up"])?;
-        ip(&["-n", &p.ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &p.ns, "addr", "add", &format!("{}/{}", p.addr, h.subnet.prefix_len()), "dev", "eth0"])?;
+        ip(&[
+            "-n", &h.ns, "link", "add", &host_if, "mtu", &mtu, "type", "veth", "peer", "name",
+            "eth0", "mtu", &mtu, "netns", &p.ns,
+        ])?;
+        ip(&[
+            "-n", &h.ns, "link", "set", &host_if, "master", "meshbr0", "up",
+        ])?;
+        ip(&[
+            "-n",
+            &p.ns,
+            "addr",
+            "add",
+            &format!("{}/{}", p.addr, h.subnet.prefix_len()),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &p.ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &p.ns, "route", "add", "default", "via", &crate::host::gateway(h.subnet).to_string()])?;
+        ip(&[
+            "-n",
+            &p.ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &crate::host::gateway(h.subnet).to_string(),
+        ])?;
         Ok(())
+    }
+
+    /// Read each pod's address from its namespace (the CNI plugin chose it), for `lab check`.
+    pub fn refresh_pod_addrs(&mut self) {
+        for h in &mut self.hosts {
+            for p in &mut h.pods {
+                let out = Command::new("ip")
+                    .args(["-n", &p.ns, "-4", "-o", "addr", "show", "dev", "eth0"])
+                    .output();
+                let text = out
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                if let Some(a) = text.split_whitespace().skip_while(|w| *w != "inet").nth(1) {
+                    if let Some(addr) = a.split('/').next().and_then(|a| a.parse().ok()) {
+                        p.addr = addr;
+                    }
+                }
+            }
+        }
     }
 
     /// Stop every daemon and remove every namespace and file of this topology.
@@ -231,7 +450,9 @@ impl Topology {
     }
 
     pub fn pods(&self) -> impl Iterator<Item = (&Host, &Pod)> {
-        self.hosts.iter().flat_map(|h| h.pods.iter().map(move |p| (h, p)))
+        self.hosts
+            .iter()
+            .flat_map(|h| h.pods.iter().map(move |p| (h, p)))
     }
 }
 
@@ -261,7 +482,8 @@ fn plan(spec: &Spec) -> Vec<Host> {
         .map(|(i, &backend)| {
             let n = i + 1;
             let name = format!("{}-h{n}", spec.prefix);
-            let subnet = ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, n as u8, 0), 24).unwrap_or_default();
+            let subnet =
+                ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, n as u8, 0), 24).unwrap_or_default();
             Host {
                 index: n,
                 ns: name.clone(),
@@ -290,7 +512,10 @@ fn wait_for_socket(h: &Host) -> Result<()> {
         }
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(h.dir.join("meshd.log")).unwrap_or_default();
-            bail!("meshd in {} did not come up within 15 s; its log:\n{log}", h.ns);
+            bail!(
+                "meshd in {} did not come up within 15 s; its log:\n{log}",
+                h.ns
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

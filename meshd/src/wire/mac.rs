@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// Domain separation: the same name hashed for another purpose must give unrelated bytes.
-const MAC_LABEL: &[u8] = b"meshd v1 vtep mac\0";
+const VTEP_LABEL: &str = "meshd v1 vtep mac";
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct MacAddr(pub [u8; 6]);
@@ -45,9 +45,15 @@ impl fmt::Debug for MacAddr {
 
 /// The VTEP MAC of the node called `node_name`.
 pub fn vtep_mac(node_name: &str) -> MacAddr {
+    derived_mac(VTEP_LABEL, node_name)
+}
+
+/// A stable, unicast, locally administered MAC for `(label, name)`.
+pub fn derived_mac(label: &str, name: &str) -> MacAddr {
     let mut hasher = Sha256::new();
-    hasher.update(MAC_LABEL);
-    hasher.update(node_name.as_bytes());
+    hasher.update(label.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(name.as_bytes());
     let digest = hasher.finalize();
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&digest[..6]);
@@ -62,7 +68,12 @@ mod tests {
 
     #[test]
     fn derived_mac_is_unicast_and_locally_administered() {
-        for name in ["node-a", "node-b", "", "a-very-long-node-name.example.internal"] {
+        for name in [
+            "node-a",
+            "node-b",
+            "",
+            "a-very-long-node-name.example.internal",
+        ] {
             let mac = vtep_mac(name);
             assert!(mac.is_locally_administered(), "{name}: {mac}");
             assert!(!mac.is_multicast(), "{name}: {mac}");

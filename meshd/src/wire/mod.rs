@@ -8,5 +8,5 @@ pub mod mac;
 pub mod vxlan;
 
 pub use ip::{inner_addrs, InnerAddrs};
-pub use mac::{vtep_mac, MacAddr};
+pub use mac::{derived_mac, vtep_mac, MacAddr};
 pub use vxlan::{FrameError, VxlanFrame, VxlanHeader, VXLAN_OVERHEAD};

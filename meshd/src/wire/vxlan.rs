@@ -86,7 +86,12 @@ impl<'a> VxlanFrame<'a> {
     }
 
     pub fn vni(&self) -> u32 {
-        u32::from_be_bytes([0, self.buf[VNI.start], self.buf[VNI.start + 1], self.buf[VNI.start + 2]])
+        u32::from_be_bytes([
+            0,
+            self.buf[VNI.start],
+            self.buf[VNI.start + 1],
+            self.buf[VNI.start + 2],
+        ])
     }
 
     pub fn dst_mac(&self) -> MacAddr {
@@ -199,16 +204,33 @@ mod tests {
         let (a, b) = macs();
         let packet = ipv4_packet([10, 244, 1, 2], [10, 244, 2, 2], 10);
         let mut out = [0u8; 100];
-        let n = VxlanHeader::new(7, a, b).encapsulate(&packet, &mut out).unwrap();
-        assert_eq!(VxlanFrame::new_checked(&out[..n], 1).unwrap_err(), FrameError::WrongVni);
-        assert_eq!(VxlanFrame::new_checked(&out[..10], 7).unwrap_err(), FrameError::Truncated);
-        assert_eq!(VxlanFrame::new_checked(&out[..n - 1], 7).unwrap_err(), FrameError::Truncated);
+        let n = VxlanHeader::new(7, a, b)
+            .encapsulate(&packet, &mut out)
+            .unwrap();
+        assert_eq!(
+            VxlanFrame::new_checked(&out[..n], 1).unwrap_err(),
+            FrameError::WrongVni
+        );
+        assert_eq!(
+            VxlanFrame::new_checked(&out[..10], 7).unwrap_err(),
+            FrameError::Truncated
+        );
+        assert_eq!(
+            VxlanFrame::new_checked(&out[..n - 1], 7).unwrap_err(),
+            FrameError::Truncated
+        );
         let mut noflag = out;
         noflag[0] = 0;
-        assert_eq!(VxlanFrame::new_checked(&noflag[..n], 7).unwrap_err(), FrameError::NoVni);
+        assert_eq!(
+            VxlanFrame::new_checked(&noflag[..n], 7).unwrap_err(),
+            FrameError::NoVni
+        );
         let mut arp = out;
         arp[20..22].copy_from_slice(&[0x08, 0x06]);
-        assert_eq!(VxlanFrame::new_checked(&arp[..n], 7).unwrap_err(), FrameError::NotIp);
+        assert_eq!(
+            VxlanFrame::new_checked(&arp[..n], 7).unwrap_err(),
+            FrameError::NotIp
+        );
         let mut mismatch = out;
         mismatch[20..22].copy_from_slice(&[0x86, 0xdd]);
         assert_eq!(
