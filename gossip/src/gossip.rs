@@ -259,6 +259,12 @@ impl Gossip {
         }
     }
 
+    /// Rumours still queued for dissemination (SWIM updates plus records); zero once a change
+    /// has been gossiped out.
+    pub fn backlog(&self) -> usize {
+        self.swim.updates_backlog() + self.swim.custom_broadcast_backlog()
+    }
+
     /// The node pool this cluster cuts subnets from.
     pub fn pool(&self) -> Pool {
         self.pool

@@ -25,6 +25,10 @@ pub struct Report {
     pub dead_everywhere: Option<Duration>,
     /// Same as `dead_everywhere`, with 5 % loss on every datagram.
     pub dead_everywhere_lossy: Option<Duration>,
+    /// Time after bootstrap until every node's rumour queue was empty.
+    pub drain: Option<Duration>,
+    /// Mean plaintext bytes per node per second from the start until drained.
+    pub bootstrap_bytes_per_node_s: f64,
     /// Mean plaintext gossip bytes per node per second in steady state.
     pub steady_bytes_per_node_s: f64,
     /// The busiest node's plaintext bytes per second in steady state.
@@ -184,6 +188,25 @@ pub fn kill_one(sim: &mut Sim, watch: &mut Watch, victim: usize, report: &mut Re
             report.dead_everywhere = times.into_iter().max().map(|t| t.duration_since(t0));
             return;
         }
+    }
+}
+
+/// Runs until every node's rumour queue is empty; records how long that took and the mean
+/// bytes per node per second spent since the simulation started.
+pub fn drain(sim: &mut Sim, watch: &mut Watch, report: &mut Report) {
+    let t0 = sim.now;
+    let done = run_until(sim, watch, |s| {
+        s.nodes
+            .iter()
+            .filter(|n| n.up)
+            .all(|n| n.gossip.backlog() == 0)
+    });
+    report.drain = done.map(|t| t.duration_since(t0));
+    let secs = sim.elapsed().as_secs_f64();
+    let up: Vec<_> = sim.nodes.iter().filter(|n| n.up).collect();
+    if secs > 0.0 && !up.is_empty() {
+        let total: u64 = up.iter().map(|n| n.bytes_out).sum();
+        report.bootstrap_bytes_per_node_s = total as f64 / secs / up.len() as f64;
     }
 }
 
