@@ -11,6 +11,7 @@ use rand::SeedableRng;
 
 use crate::config::{Config, ConfigError};
 use crate::identity::{Inbox, NodeId, RecordHandler, SharedInbox};
+use crate::io::{Counters, Transmit};
 use crate::record::{Lease, LocalNode, NodeRecord, SubnetClaim};
 use crate::subnet::Pool;
 use crate::timers::{TimerKind, Timers};
@@ -19,38 +20,6 @@ use crate::wire::{self, Kind, ENVELOPE_OVERHEAD};
 use crate::Event;
 
 pub(crate) type Swim = Foca<NodeId, PostcardCodec, SmallRng, RecordHandler>;
-
-/// A datagram to send. The daemon seals `payload` and sends it to `dst`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    /// Destination gossip address.
-    pub dst: SocketAddr,
-    /// Plaintext datagram.
-    pub payload: Vec<u8>,
-}
-
-/// Traffic and error counters, for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Datagrams handed to [`Gossip::handle_datagram`].
-    pub datagrams_in: u64,
-    /// Datagrams returned by [`Gossip::poll_transmit`].
-    pub datagrams_out: u64,
-    /// Bytes in.
-    pub bytes_in: u64,
-    /// Bytes out.
-    pub bytes_out: u64,
-    /// Envelopes, payloads or records that did not decode.
-    pub decode_failures: u64,
-    /// Envelopes of a kind this version does not know (from a newer node).
-    pub unknown_kinds: u64,
-    /// Payloads or records with trailing fields this version does not know.
-    pub unknown_fields: u64,
-    /// SWIM packets foca refused (stale, misaddressed, from ourselves, malformed).
-    pub swim_errors: u64,
-    /// Times we came back under a renewed identity after being declared down.
-    pub rejoins: u64,
-}
 
 /// The gossip state machine: SWIM membership, node records, subnet allocation.
 pub struct Gossip {
@@ -119,6 +88,8 @@ impl Gossip {
             generation: u64::from(local.boot_epoch) << 32,
             leaving: false,
         };
+        // Refuse here what every peer would refuse (and what would make our own broadcasts fail).
+        crate::record::decode_record(&crate::record::encode_record(&me)?)?;
         let mut g = Self {
             pool,
             swim,
@@ -397,5 +368,13 @@ mod tests {
                 stamp: 12
             })
         );
+    }
+
+    #[test]
+    fn an_oversized_local_record_is_refused() {
+        let mut local = Sim::local_node(0, SubnetRequest::Auto);
+        local.endpoints = vec![local.gossip_addr; crate::record::MAX_ENDPOINTS + 1];
+        let err = Gossip::new(Config::default(), local, 1, Instant::now()).err();
+        assert!(matches!(err, Some(ConfigError::LocalNode(_))));
     }
 }

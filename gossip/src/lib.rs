@@ -41,6 +41,7 @@ mod alloc;
 mod config;
 mod gossip;
 mod identity;
+mod io;
 mod record;
 pub mod sim;
 mod subnet;
@@ -51,8 +52,9 @@ pub mod wire;
 
 pub use alloc::SubnetConflict;
 pub use config::{Config, ConfigError, Profile, MIN_DATAGRAM};
-pub use gossip::{Counters, Gossip, Transmit};
+pub use gossip::Gossip;
 pub use identity::NodeId;
+pub use io::{Counters, Transmit};
 pub use record::{
     Capabilities, Lease, LocalNode, NodeRecord, RecordError, Subnet, SubnetClaim, SubnetParseError,
     SubnetRequest, MAX_ENDPOINTS, MAX_NAME_LEN, MAX_RECORD_LEN,
