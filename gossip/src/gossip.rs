@@ -114,7 +114,7 @@ impl Gossip {
             max_packet,
             leaving: false,
             last_rejoin: None,
-            refresh_after: None,
+            refresh_after: Some(id.addr),
             missing: BTreeSet::new(),
             any_suspect: false,
             ticks: 0,

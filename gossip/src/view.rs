@@ -57,6 +57,8 @@ impl Entry {
 const PULL_EVERY: Duration = Duration::from_secs(1);
 /// Pulls sent per tick, so a joiner that lost part of a state dump catches up without a burst.
 const PULLS_PER_TICK: usize = 32;
+/// Ticks between anti-entropy record refreshes (1 s at the default tick).
+const REFRESH_TICKS: u64 = 4;
 /// While isolated, seeds and remembered members are re-announced to this often.
 const REJOIN_EVERY: Duration = Duration::from_secs(1);
 
@@ -253,12 +255,16 @@ impl Gossip {
         self.any_suspect = any_suspect;
     }
 
-    /// Pulls records SWIM members lack, and refreshes one known record per tick (anti-entropy
-    /// for an update every rumour missed).
+    /// Pulls records SWIM members lack, and every [`REFRESH_TICKS`] refreshes one known record
+    /// (anti-entropy for an update every rumour missed). Each node walks the members in address
+    /// order starting after its own address, so no member is pulled by everyone at once.
     fn pull_missing(&mut self, now: Instant) {
         let missing: Vec<SocketAddr> = self.missing.iter().take(PULLS_PER_TICK).copied().collect();
         for addr in missing {
             self.pull(addr, now);
+        }
+        if !self.ticks.is_multiple_of(REFRESH_TICKS) {
+            return;
         }
         let next = match self.refresh_after {
             Some(after) => self.active.range((Excluded(after), Unbounded)).next(),
