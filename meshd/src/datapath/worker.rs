@@ -138,7 +138,7 @@ pub fn rx_loop(shared: &Shared, q: &Queue) {
     };
     let mut big = vec![0u8; RX_BATCH * slot];
     let mut meta = [RecvMeta::default(); RX_BATCH];
-    let mut out = TunWriter::new(shared.mtu);
+    let mut out = TunWriter::new();
     let mut drops = DropTally::default();
     let (sock, state) = &*q.socket;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -199,10 +199,13 @@ struct TunWriter {
 const WRITE_OFFSET: usize = VIRTIO_NET_HDR_LEN;
 
 impl TunWriter {
-    fn new(mtu: usize) -> Self {
+    fn new() -> Self {
         TunWriter {
+            // tun-rs coalesces a flow's packets into the first buffer of the flow only when that
+            // buffer can hold the result: give each room for a 64 KiB super-packet. Pages are
+            // touched only as coalescing reaches them.
             bufs: (0..RX_WRITE_BATCH)
-                .map(|_| Vec::with_capacity(WRITE_OFFSET + mtu))
+                .map(|_| Vec::with_capacity(2 * WRITE_OFFSET + GRO_BUF))
                 .collect(),
             used: 0,
             gro: GROTable::default(),
