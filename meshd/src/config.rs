@@ -11,6 +11,15 @@ use std::path::{Path, PathBuf};
 
 use crate::wire::VXLAN_OVERHEAD;
 
+/// Bytes a WireGuard data message adds to a pod packet on an IPv6 underlay: IPv6 (40), UDP (8),
+/// WireGuard header and tag (32). wg-quick subtracts the same 80 whatever the underlay, so an
+/// MTU chosen for IPv4 keeps working when a peer moves to IPv6.
+pub const WIREGUARD_OVERHEAD: usize = 80;
+/// Name of the node's WireGuard private key file in the state directory.
+pub const NODE_KEY_FILE: &str = "node.key";
+/// Environment variable that carries the cluster secret itself (base64).
+pub const CLUSTER_SECRET_ENV: &str = "MESHD_CLUSTER_SECRET";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Config {
@@ -22,9 +31,14 @@ pub struct Config {
     pub subnet: Option<Ipv4Net>,
     /// All pod subnets together; routed into the overlay.
     pub cluster_cidr: Ipv4Net,
-    /// "none": cleartext VXLAN framing for trusted networks.
+    /// "wireguard" (the default): standard WireGuard between nodes. "none": cleartext VXLAN
+    /// framing, for trusted networks only.
     pub encryption: Encryption,
     pub vxlan: VxlanConfig,
+    pub wireguard: WireguardConfig,
+    /// File holding the cluster secret (base64, mode 0600); `MESHD_CLUSTER_SECRET` may carry the
+    /// secret itself instead. Required with `encryption = "wireguard"`.
+    pub cluster_secret_file: Option<PathBuf>,
     /// MTU of the underlay path; the TUN MTU is this minus the encapsulation overhead.
     pub underlay_mtu: u16,
     pub bridge: String,
@@ -46,7 +60,56 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Encryption {
+    Wireguard,
     None,
+}
+
+impl Encryption {
+    /// Bytes the encapsulation adds to a pod packet: the TUN MTU is the underlay MTU minus this.
+    pub fn overhead(self) -> usize {
+        match self {
+            Encryption::Wireguard => WIREGUARD_OVERHEAD,
+            Encryption::None => VXLAN_OVERHEAD,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encryption::Wireguard => "wireguard",
+            Encryption::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for Encryption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "wireguard" => Ok(Encryption::Wireguard),
+            "none" => Ok(Encryption::None),
+            _ => Err(format!(
+                "`{s}` is not an encryption mode: wireguard or none"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct WireguardConfig {
+    /// UDP port for WireGuard datagrams, on this node and on every peer.
+    pub port: u16,
+    /// Handshake initiations per second answered before initiators must show a cookie.
+    pub handshakes_per_second: u64,
+}
+
+impl Default for WireguardConfig {
+    fn default() -> Self {
+        WireguardConfig {
+            port: 51820,
+            handshakes_per_second: meshd_crypto::handshake::DEFAULT_HANDSHAKES_PER_SECOND,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +135,17 @@ pub struct PeerConfig {
     pub name: String,
     pub address: IpAddr,
     pub subnet: Ipv4Net,
+    /// The peer's WireGuard public key (base64, as `meshd pubkey` or `wg pubkey` prints it).
+    /// Required with `encryption = "wireguard"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+impl PeerConfig {
+    /// The peer's public key, once [`Config::validate`] has accepted it.
+    pub fn key(&self) -> Option<meshd_crypto::PublicKey> {
+        self.public_key.as_deref().and_then(|k| k.parse().ok())
+    }
 }
 
 /// A configuration value that cannot work, with the key it came from.
@@ -96,8 +170,10 @@ impl Default for Config {
             address: None,
             subnet: None,
             cluster_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
-            encryption: Encryption::None,
+            encryption: Encryption::Wireguard,
             vxlan: VxlanConfig::default(),
+            wireguard: WireguardConfig::default(),
+            cluster_secret_file: None,
             underlay_mtu: 1500,
             bridge: "meshbr0".into(),
             tun: "mesh0".into(),
@@ -140,6 +216,8 @@ struct FileConfig {
     cluster_cidr: Option<Ipv4Net>,
     encryption: Option<Encryption>,
     vxlan: Option<VxlanConfig>,
+    wireguard: Option<WireguardConfig>,
+    cluster_secret_file: Option<PathBuf>,
     underlay_mtu: Option<u16>,
     bridge: Option<String>,
     tun: Option<String>,
@@ -166,6 +244,8 @@ impl Config {
             cluster_cidr: f.cluster_cidr.unwrap_or(d.cluster_cidr),
             encryption: f.encryption.unwrap_or(d.encryption),
             vxlan: f.vxlan.unwrap_or(d.vxlan),
+            wireguard: f.wireguard.unwrap_or(d.wireguard),
+            cluster_secret_file: f.cluster_secret_file.or(d.cluster_secret_file),
             underlay_mtu: f.underlay_mtu.unwrap_or(d.underlay_mtu),
             bridge: f.bridge.unwrap_or(d.bridge),
             tun: f.tun.unwrap_or(d.tun),
@@ -235,7 +315,13 @@ impl Config {
         if self.vxlan.port == 0 {
             return Err(err("vxlan.port", "must not be 0"));
         }
-        let min_mtu = 576 + VXLAN_OVERHEAD as u16;
+        if self.wireguard.port == 0 {
+            return Err(err("wireguard.port", "must not be 0"));
+        }
+        if self.wireguard.handshakes_per_second == 0 {
+            return Err(err("wireguard.handshakes-per-second", "must not be 0"));
+        }
+        let min_mtu = 576 + self.encryption.overhead() as u16;
         if self.underlay_mtu < min_mtu {
             return Err(err(
                 "underlay-mtu",
@@ -287,9 +373,28 @@ impl Config {
                     ));
                 }
             }
+            self.check_public_key(&key, p)?;
             seen.push((&p.name, p.address, p.subnet));
         }
         Ok(())
+    }
+
+    fn check_public_key(&self, key: &str, p: &PeerConfig) -> Result<(), ConfigError> {
+        let key = format!("{key}.public-key");
+        match (&p.public_key, self.encryption) {
+            (None, Encryption::Wireguard) => Err(err(
+                key,
+                format!(
+                    "required with encryption = \"wireguard\": peer `{}`'s public key (`meshd pubkey < its node.key`)",
+                    p.name
+                ),
+            )),
+            (None, Encryption::None) => Ok(()),
+            (Some(k), _) => k
+                .parse::<meshd_crypto::PublicKey>()
+                .map(|_| ())
+                .map_err(|e| err(key, format!("`{k}` is not a WireGuard public key: {e}"))),
+        }
     }
 
     fn check_subnet(&self, key: &str, subnet: Ipv4Net) -> Result<(), ConfigError> {
@@ -313,7 +418,42 @@ impl Config {
 
     /// MTU of the TUN device and of pods.
     pub fn overlay_mtu(&self) -> u16 {
-        self.underlay_mtu - VXLAN_OVERHEAD as u16
+        self.underlay_mtu
+            .saturating_sub(self.encryption.overhead() as u16)
+    }
+
+    /// UDP port of the data path in the configured mode.
+    pub fn data_port(&self) -> u16 {
+        match self.encryption {
+            Encryption::Wireguard => self.wireguard.port,
+            Encryption::None => self.vxlan.port,
+        }
+    }
+
+    /// Where the node's WireGuard private key lives.
+    pub fn node_key_path(&self) -> PathBuf {
+        self.state_dir.join(NODE_KEY_FILE)
+    }
+
+    /// The cluster secret: `MESHD_CLUSTER_SECRET` (the secret itself) if set, otherwise the
+    /// file named by `cluster-secret-file` (refused when group or others can read it).
+    pub fn cluster_secret(&self) -> Result<meshd_crypto::ClusterSecret, ConfigError> {
+        if let Ok(v) = std::env::var(CLUSTER_SECRET_ENV) {
+            return meshd_crypto::ClusterSecret::from_base64(&v).map_err(|e| {
+                err(
+                    CLUSTER_SECRET_ENV,
+                    format!("not a cluster secret ({e}); `meshd secret` makes one"),
+                )
+            });
+        }
+        let path = self.cluster_secret_file.as_ref().ok_or_else(|| {
+            err(
+                "cluster-secret-file",
+                format!("required with encryption = \"wireguard\" unless {CLUSTER_SECRET_ENV} is set; `meshd secret > FILE` makes one"),
+            )
+        })?;
+        meshd_crypto::ClusterSecret::read_file(path)
+            .map_err(|e| err("cluster-secret-file", e.to_string()))
     }
 
     /// Number of data-path queues to ask for.
@@ -385,6 +525,7 @@ mod tests {
         name = "b"
         address = "198.18.0.2"
         subnet = "10.244.2.0/24"
+        public-key = "U1o8m1yUdU0cGWJAPZ5ch6xvnQuAoMTqlbQDTujHiH4="
     "#;
 
     #[test]
@@ -393,7 +534,15 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.vxlan.port, 8472);
         assert_eq!(c.vxlan.vni, 1);
-        assert_eq!(c.overlay_mtu(), 1450);
+        assert_eq!(c.encryption, Encryption::Wireguard);
+        assert_eq!(c.wireguard.port, 51820);
+        assert_eq!(c.data_port(), 51820);
+        assert_eq!(c.overlay_mtu(), 1420);
+        assert_eq!(c.node_key_path(), Path::new("/var/lib/meshd/node.key"));
+        let mut clear = c.clone();
+        clear.encryption = Encryption::None;
+        assert_eq!(clear.overlay_mtu(), 1450);
+        assert_eq!(clear.data_port(), 8472);
         assert!(c.tiers.tun_offload && c.tiers.udp_gso && c.tiers.udp_gro && c.tiers.multi_queue);
         assert_eq!(c.peers.len(), 1);
     }
@@ -432,11 +581,59 @@ mod tests {
                 "peers[1].subnet",
             ),
             ("socket-buffer = 10", "socket-buffer"),
+            ("[wireguard]\nport = 0", "wireguard.port"),
+            // 576 + 80 is the least WireGuard can carry; VXLAN would get by with 626.
+            ("underlay-mtu = 640", "underlay-mtu"),
+            (
+                "[[peers]]\nname = \"c\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.3.0/24\"",
+                "peers[1].public-key",
+            ),
+            (
+                "[[peers]]\nname = \"c\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.3.0/24\"\npublic-key = \"bm90IGEga2V5\"",
+                "peers[1].public-key",
+            ),
         ];
         for (extra, key) in cases {
             let e = invalid(extra);
             assert_eq!(e.key, key, "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn cleartext_peers_need_no_key() {
+        let text = "node-name = \"a\"\naddress = \"198.18.0.1\"\nsubnet = \"10.244.1.0/24\"\nencryption = \"none\"\n[[peers]]\nname = \"b\"\naddress = \"198.18.0.2\"\nsubnet = \"10.244.2.0/24\"";
+        let c = Config::from_toml(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.peers[0].key(), None);
+        let e = Config::from_toml(&text.replace("\"none\"", "\"wireguard\""))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "peers[0].public-key");
+        assert!(e.reason.contains("`b`"), "{e}");
+    }
+
+    #[test]
+    fn cluster_secret_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("meshd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        let _ = std::fs::remove_file(&path);
+        let secret = meshd_crypto::ClusterSecret::generate();
+        secret.write_new_file(&path).unwrap();
+        let mut c = Config::from_toml(GOOD).unwrap();
+        if std::env::var_os(CLUSTER_SECRET_ENV).is_none() {
+            assert_eq!(c.cluster_secret().unwrap_err().key, "cluster-secret-file");
+            c.cluster_secret_file = Some(path.clone());
+            assert_eq!(
+                *c.cluster_secret().unwrap().to_base64(),
+                *secret.to_base64()
+            );
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert_eq!(c.cluster_secret().unwrap_err().key, "cluster-secret-file");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

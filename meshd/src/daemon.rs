@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use std::sync::Arc;
 
 use crate::config::{Config, Encryption};
+use crate::datapath::wg::NodeCrypto;
 use crate::datapath::DataPath;
 use crate::host::{self, Host};
 use crate::routes::{Local, Peer, Routes};
@@ -19,11 +20,22 @@ pub async fn run(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
 
-    let routes = Arc::new(Routes::new(Local {
-        name: cfg.node_name.clone(),
-        vni: cfg.vxlan.vni,
-        port: cfg.vxlan.port,
-    }));
+    if meshd_crypto::MOCK_CLOCK {
+        anyhow::bail!("this meshd was built with meshd-crypto's mock-clock feature (tests only): its WireGuard timers would never fire");
+    }
+    let crypto = match cfg.encryption {
+        Encryption::Wireguard => Some(Arc::new(node_crypto(&cfg)?)),
+        Encryption::None => None,
+    };
+    let public_key = crypto.as_ref().map(|c| c.public.to_base64());
+    let routes = Arc::new(Routes::with_crypto(
+        Local {
+            name: cfg.node_name.clone(),
+            vni: cfg.vxlan.vni,
+            port: cfg.data_port(),
+        },
+        crypto,
+    ));
     let host = Host::connect()?;
     // The TUN device exists from here until the data path stops.
     let datapath = DataPath::start(&cfg, routes.clone())?;
@@ -31,7 +43,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         datapath.stop();
         return Err(e);
     }
-    routes.update(&static_peers(&cfg));
+    routes.update_keyed(&static_peers(&cfg));
     let t = &datapath.tiers;
     tracing::info!(
         node = %cfg.node_name, %subnet, %address, queues = t.queues,
@@ -60,8 +72,11 @@ pub async fn run(cfg: Config) -> Result<()> {
             subnet: subnet.to_string(),
             vtep_mac: vtep_mac(&cfg.node_name).to_string(),
             encryption: match cfg.encryption {
+                Encryption::Wireguard => format!("wireguard (UDP {})", cfg.wireguard.port),
                 Encryption::None => "none (VXLAN cleartext)".into(),
             },
+            public_key,
+            cookie_replies_sent: 0,
             mtu: cfg.overlay_mtu(),
             tiers: datapath.tiers.clone(),
             peers: Vec::new(),
@@ -94,15 +109,35 @@ async fn setup_host(host: &Host, cfg: &Config) -> Result<()> {
     host::enable_forwarding()
 }
 
-fn static_peers(cfg: &Config) -> Vec<Peer> {
+fn static_peers(cfg: &Config) -> Vec<(Peer, Option<meshd_crypto::PublicKey>)> {
     cfg.peers
         .iter()
-        .map(|p| Peer {
-            name: p.name.clone(),
-            address: p.address,
-            subnet: p.subnet,
+        .map(|p| {
+            let peer = Peer {
+                name: p.name.clone(),
+                address: p.address,
+                subnet: p.subnet,
+            };
+            (peer, p.key())
         })
         .collect()
+}
+
+/// The node key (created under the state directory on first start) and the cluster secret.
+fn node_crypto(cfg: &Config) -> Result<NodeCrypto> {
+    let secret = cfg.cluster_secret()?;
+    let path = cfg.node_key_path();
+    let (key, how) = meshd_crypto::load_or_create_private_key(&path)
+        .with_context(|| format!("loading the node key {}", path.display()))?;
+    if how == meshd_crypto::KeyFileStatus::Created {
+        tracing::info!(path = %path.display(), "created the node key");
+    }
+    tracing::info!(public_key = %key.public_key(), "WireGuard node key");
+    Ok(NodeCrypto::new(
+        key,
+        secret,
+        cfg.wireguard.handshakes_per_second,
+    ))
 }
 
 async fn wait_for_signal() -> Result<()> {

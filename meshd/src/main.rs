@@ -30,6 +30,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a new WireGuard private key (base64, as `wg genkey` does).
+    Keygen,
+    /// Read a private key on stdin and print its public key (as `wg pubkey` does).
+    Pubkey,
+    /// Print a new cluster secret (base64). Store it mode 0600: `meshd secret > FILE`.
+    Secret,
     /// Remove everything meshd created on this host (bridge, TUN device, runtime files).
     Cleanup(ConfigArgs),
     /// A local cluster in network namespaces, for trying meshd out.
@@ -69,6 +75,13 @@ struct RunArgs {
     log_level: Option<String>,
     #[arg(long, env = "MESHD_QUEUES")]
     queues: Option<usize>,
+    /// `wireguard` (the default) or `none` (cleartext VXLAN, trusted networks only).
+    #[arg(long, env = "MESHD_ENCRYPTION")]
+    encryption: Option<meshd::config::Encryption>,
+    /// File holding the cluster secret (mode 0600). MESHD_CLUSTER_SECRET may carry the secret
+    /// itself instead.
+    #[arg(long, env = "MESHD_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
     /// Do not use multi-queue TUN even where the kernel has it.
     #[arg(long, env = "MESHD_NO_MULTI_QUEUE")]
     no_multi_queue: bool,
@@ -110,6 +123,12 @@ impl RunArgs {
         if let Some(v) = self.queues {
             c.queues = v;
         }
+        if let Some(v) = self.encryption {
+            c.encryption = v;
+        }
+        if let Some(v) = &self.cluster_secret_file {
+            c.cluster_secret_file = Some(v.clone());
+        }
         c.tiers.multi_queue &= !self.no_multi_queue;
         c.tiers.tun_offload &= !self.no_tun_offload;
         c.tiers.udp_gso &= !self.no_udp_gso;
@@ -148,6 +167,26 @@ fn real_main(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", meshd::status::render(&s));
             }
+            Ok(())
+        }
+        Command::Keygen => {
+            println!("{}", *meshd_crypto::PrivateKey::generate().to_base64());
+            Ok(())
+        }
+        Command::Pubkey => {
+            use std::io::Read;
+            let mut text = zeroize::Zeroizing::new(String::new());
+            std::io::stdin()
+                .take(1024)
+                .read_to_string(&mut text)
+                .context("reading a private key on stdin")?;
+            let key = meshd_crypto::PrivateKey::from_base64(&text)
+                .context("stdin is not a WireGuard private key")?;
+            println!("{}", key.public_key());
+            Ok(())
+        }
+        Command::Secret => {
+            println!("{}", *meshd_crypto::ClusterSecret::generate().to_base64());
             Ok(())
         }
         Command::Cleanup(args) => {

@@ -12,8 +12,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use crate::datapath::wg::{NodeCrypto, WgPeer};
 use crate::stats::{DropReason, PeerStats};
 use crate::wire::{vtep_mac, MacAddr, VxlanHeader};
+use meshd_crypto::PublicKey;
 
 /// A peer as the control plane knows it, wherever it was learnt (config file now, gossip later).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub struct PeerEntry {
     pub mac: MacAddr,
     pub header: VxlanHeader,
     pub stats: Arc<PeerStats>,
+    /// The WireGuard session, in encrypted mode (a lock per peer; it outlives snapshots).
+    pub wg: Option<Arc<WgPeer>>,
 }
 
 /// Index of a peer in a snapshot.
@@ -43,6 +47,10 @@ pub struct RouteTable {
     /// Non-overlapping subnets sorted by first address: (first, last, peer).
     ranges: Vec<(u32, u32, PeerId)>,
     by_address: HashMap<IpAddr, PeerId>,
+    /// WireGuard local index (24 bits, see `meshd_crypto::wire::local_index_of`) → peer.
+    by_index: HashMap<u32, PeerId>,
+    /// WireGuard static public key → peer, for handshake initiations.
+    by_key: HashMap<PublicKey, PeerId>,
 }
 
 impl RouteTable {
@@ -61,6 +69,18 @@ impl RouteTable {
     #[inline]
     pub fn by_source(&self, ip: IpAddr) -> Option<PeerId> {
         self.by_address.get(&ip).copied()
+    }
+
+    /// The peer whose session has WireGuard local index `index`.
+    #[inline]
+    pub fn by_index(&self, index: u32) -> Option<PeerId> {
+        self.by_index.get(&index).copied()
+    }
+
+    /// The peer with WireGuard static key `key`.
+    #[inline]
+    pub fn by_key(&self, key: &PublicKey) -> Option<PeerId> {
+        self.by_key.get(key).copied()
     }
 
     #[inline]
@@ -86,6 +106,10 @@ pub struct Routes {
     local: Local,
     current: ArcSwap<RouteTable>,
     stats: Mutex<HashMap<String, Arc<PeerStats>>>,
+    /// Keys and the rate limiter in encrypted mode; `None` in cleartext mode.
+    crypto: Option<Arc<NodeCrypto>>,
+    /// Sessions by peer key: they survive swaps, like the counters.
+    sessions: Mutex<HashMap<PublicKey, Arc<WgPeer>>>,
     /// Drops that belong to no peer (unknown source, no route), by reason.
     pub unattributed: Arc<PeerStats>,
     generation: AtomicU64,
@@ -93,10 +117,17 @@ pub struct Routes {
 
 impl Routes {
     pub fn new(local: Local) -> Self {
+        Self::with_crypto(local, None)
+    }
+
+    /// A table whose peers with a public key get a WireGuard session keyed by `crypto`.
+    pub fn with_crypto(local: Local, crypto: Option<Arc<NodeCrypto>>) -> Self {
         Routes {
             local,
             current: ArcSwap::from_pointee(RouteTable::default()),
             stats: Mutex::new(HashMap::new()),
+            crypto,
+            sessions: Mutex::new(HashMap::new()),
             unattributed: Arc::new(PeerStats::default()),
             generation: AtomicU64::new(0),
         }
@@ -104,6 +135,10 @@ impl Routes {
 
     pub fn local(&self) -> &Local {
         &self.local
+    }
+
+    pub fn crypto(&self) -> Option<&Arc<NodeCrypto>> {
+        self.crypto.as_ref()
     }
 
     /// The snapshot to route a batch with.
@@ -114,13 +149,40 @@ impl Routes {
 
     /// Replace the peer set. Peers no longer present lose their counters.
     pub fn update(&self, peers: &[Peer]) {
+        let keyed: Vec<(Peer, Option<PublicKey>)> =
+            peers.iter().map(|p| (p.clone(), None)).collect();
+        self.update_keyed(&keyed);
+    }
+
+    /// Replace the peer set, with each peer's WireGuard key where known. A peer keeps its
+    /// session (and so its keys and counters) while its key stays the same; a peer without a
+    /// key, or in cleartext mode, has none.
+    pub fn update_keyed(&self, peers: &[(Peer, Option<PublicKey>)]) {
         let local_mac = vtep_mac(&self.local.name);
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.retain(|name, _| peers.iter().any(|p| &p.name == name));
+        stats.retain(|name, _| peers.iter().any(|(p, _)| &p.name == name));
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|key, _| peers.iter().any(|(_, k)| k.as_ref() == Some(key)));
         let mut entries = Vec::with_capacity(peers.len());
-        for p in peers {
+        for (p, key) in peers {
             let mac = vtep_mac(&p.name);
             let s = stats.entry(p.name.clone()).or_default().clone();
+            let wg = match (&self.crypto, key) {
+                (Some(c), Some(k)) => match sessions.get(k) {
+                    Some(w) => Some(w.clone()),
+                    None => match c.new_peer(*k) {
+                        Ok(w) => {
+                            sessions.insert(*k, w.clone());
+                            Some(w)
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %p.name, error = %e, "cannot create a WireGuard session");
+                            None
+                        }
+                    },
+                },
+                _ => None,
+            };
             entries.push(PeerEntry {
                 name: p.name.clone(),
                 endpoint: SocketAddr::new(p.address, self.local.port),
@@ -128,6 +190,7 @@ impl Routes {
                 mac,
                 header: VxlanHeader::new(self.local.vni, local_mac, mac),
                 stats: s,
+                wg,
             });
         }
         let mut ranges: Vec<(u32, u32, PeerId)> = entries
@@ -147,10 +210,20 @@ impl Routes {
             .enumerate()
             .map(|(i, e)| (e.endpoint.ip(), i as PeerId))
             .collect();
+        let with_wg = || {
+            entries
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| e.wg.as_ref().map(|w| (w, i as PeerId)))
+        };
+        let by_index = with_wg().map(|(w, i)| (w.index, i)).collect();
+        let by_key = with_wg().map(|(w, i)| (w.key, i)).collect();
         self.current.store(Arc::new(RouteTable {
             peers: entries,
             ranges,
             by_address,
+            by_index,
+            by_key,
         }));
         self.generation.fetch_add(1, Relaxed);
     }

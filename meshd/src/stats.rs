@@ -27,9 +27,20 @@ pub enum DropReason {
     SendError,
     /// The TUN device refused the packet.
     TunWriteError,
+    /// A WireGuard data message that failed to authenticate.
+    DecryptFailed,
+    /// A replayed WireGuard data message or handshake initiation.
+    Replayed,
+    /// A handshake message refused: bad mac1, unknown initiator key, wrong preshared key
+    /// (another cluster secret), or one this session did not expect.
+    HandshakeRejected,
+    /// A WireGuard message whose receiver index belongs to no session of ours.
+    UnknownIndex,
+    /// WireGuard data for a session that does not exist (any more), or a peer without a key.
+    NoSession,
 }
 
-pub const DROP_REASONS: [DropReason; 8] = [
+pub const DROP_REASONS: [DropReason; 13] = [
     DropReason::UnknownSource,
     DropReason::WrongVni,
     DropReason::Malformed,
@@ -38,9 +49,33 @@ pub const DROP_REASONS: [DropReason; 8] = [
     DropReason::NoRoute,
     DropReason::SendError,
     DropReason::TunWriteError,
+    DropReason::DecryptFailed,
+    DropReason::Replayed,
+    DropReason::HandshakeRejected,
+    DropReason::UnknownIndex,
+    DropReason::NoSession,
 ];
 
 impl DropReason {
+    /// Why a WireGuard session refused a datagram, as a drop reason.
+    pub fn from_session(e: meshd_crypto::SessionError) -> Self {
+        use meshd_crypto::SessionError as E;
+        match e {
+            E::DecryptFailed => DropReason::DecryptFailed,
+            E::Replayed | E::ReplayedHandshake => DropReason::Replayed,
+            E::InvalidMac
+            | E::WrongPeerKey
+            | E::HandshakeFailed
+            | E::UnexpectedMessage
+            | E::UnderLoad => DropReason::HandshakeRejected,
+            E::WrongIndex => DropReason::UnknownIndex,
+            E::NoSession | E::Expired => DropReason::NoSession,
+            E::Malformed | E::BufferTooSmall | E::IndexOutOfRange | E::Internal => {
+                DropReason::Malformed
+            }
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::UnknownSource => "unknown-source",
@@ -51,6 +86,11 @@ impl DropReason {
             DropReason::NoRoute => "no-route",
             DropReason::SendError => "send-error",
             DropReason::TunWriteError => "tun-write-error",
+            DropReason::DecryptFailed => "decrypt-failed",
+            DropReason::Replayed => "replayed",
+            DropReason::HandshakeRejected => "handshake-rejected",
+            DropReason::UnknownIndex => "unknown-index",
+            DropReason::NoSession => "no-session",
         }
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::datapath::wg::WgPeer;
 use crate::datapath::TierReport;
 use crate::routes::Routes;
 use crate::stats::PeerStatsSnapshot;
@@ -26,6 +27,12 @@ pub struct Status {
     pub subnet: String,
     pub vtep_mac: String,
     pub encryption: String,
+    /// This node's WireGuard public key, in encrypted mode.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// Cookie replies the shared handshake rate limiter sent (before a peer was identified).
+    #[serde(default)]
+    pub cookie_replies_sent: u64,
     pub mtu: u16,
     pub tiers: TierReport,
     pub peers: Vec<PeerStatus>,
@@ -41,6 +48,42 @@ pub struct PeerStatus {
     pub vtep_mac: String,
     #[serde(flatten)]
     pub stats: PeerStatsSnapshot,
+    /// The WireGuard session, in encrypted mode.
+    #[serde(default)]
+    pub wireguard: Option<WireguardStatus>,
+}
+
+/// One peer's WireGuard session, from `meshd_crypto::Session::stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WireguardStatus {
+    pub public_key: String,
+    /// Seconds since the current session's handshake; `None` without a session.
+    pub last_handshake_secs: Option<f64>,
+    pub handshakes: u64,
+    pub rekeys: u64,
+    pub decrypt_failures: u64,
+    pub handshake_failures: u64,
+    pub replays: u64,
+    /// Cookie replies this session sent (the shared limiter's are counted on the node).
+    pub cookie_replies_sent: u64,
+    pub handshake_rtt_ms: Option<u32>,
+}
+
+impl WireguardStatus {
+    fn of(wg: &WgPeer) -> Self {
+        let st = wg.lock().stats();
+        WireguardStatus {
+            public_key: wg.key.to_base64(),
+            last_handshake_secs: st.last_handshake.map(|d| d.as_secs_f64()),
+            handshakes: st.handshakes,
+            rekeys: st.rekeys,
+            decrypt_failures: st.decrypt_failures,
+            handshake_failures: st.handshake_failures,
+            replays: st.replays,
+            cookie_replies_sent: st.cookie_replies_sent,
+            handshake_rtt_ms: st.handshake_rtt_ms,
+        }
+    }
 }
 
 /// What the CNI plugin needs to wire a pod; written atomically whenever it changes.
@@ -74,9 +117,13 @@ impl StatusSource {
                 subnet: p.subnet.to_string(),
                 vtep_mac: p.mac.to_string(),
                 stats: p.stats.snapshot(),
+                wireguard: p.wg.as_deref().map(WireguardStatus::of),
             })
             .collect();
         s.unattributed = self.routes.unattributed.snapshot();
+        if let Some(c) = self.routes.crypto() {
+            s.cookie_replies_sent = c.cookie_replies.load(std::sync::atomic::Ordering::Relaxed);
+        }
         s
     }
 }
@@ -140,6 +187,13 @@ pub fn render(s: &Status) -> String {
         s.address, s.subnet, s.vtep_mac
     );
     let _ = writeln!(o, "encryption  {}   mtu {}", s.encryption, s.mtu);
+    if let Some(k) = &s.public_key {
+        let _ = writeln!(
+            o,
+            "public key  {k}   cookie replies sent {}",
+            s.cookie_replies_sent
+        );
+    }
     let _ = writeln!(o, "tiers       queues {}", s.tiers.queues);
     let _ = writeln!(o, "  multi-queue TUN   {}", s.tiers.multi_queue);
     let _ = writeln!(o, "  TUN offload       {}", s.tiers.tun_offload);
@@ -163,6 +217,23 @@ pub fn render(s: &Status) -> String {
             p.stats.rx_bytes,
             drops(&p.stats)
         );
+        if let Some(w) = &p.wireguard {
+            let age = match w.last_handshake_secs {
+                Some(secs) => format!("{secs:.0} s ago"),
+                None => "never".into(),
+            };
+            let _ = writeln!(
+                o,
+                "  wireguard {}  handshake {age}  handshakes {}  rekeys {}  decrypt failures {}  handshake failures {}  replays {}  cookie replies sent {}",
+                w.public_key,
+                w.handshakes,
+                w.rekeys,
+                w.decrypt_failures,
+                w.handshake_failures,
+                w.replays,
+                w.cookie_replies_sent
+            );
+        }
     }
     let _ = writeln!(o, "unattributed drops: {}", drops(&s.unattributed));
     o

@@ -7,12 +7,16 @@
 //!            └─ h3 (meshd) ── meshbr0 ── p1, p2
 //! ```
 
+use meshd::config::Encryption;
 use meshd::lab::probe::{ping, tcp_transfer};
 use meshd::lab::{Backend, Spec, Topology};
 use meshd_tests::{meshd_bin, prefix, require_root};
 
+/// A cleartext (VXLAN) lab: these tests exercise the VXLAN tiers; `encrypted.rs` covers
+/// WireGuard clusters.
 pub fn spec(tag: &str, hosts: Vec<Backend>, args: &[&str]) -> Spec {
     Spec {
+        encryption: Encryption::None,
         prefix: prefix(tag),
         hosts,
         pods_per_host: 2,

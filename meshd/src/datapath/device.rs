@@ -142,7 +142,7 @@ fn build(cfg: &Config, multi_queue: bool, offload: bool) -> std::io::Result<Sync
         .build_sync()
 }
 
-/// One UDP socket per queue, all bound to the VXLAN port with SO_REUSEPORT so the kernel spreads
+/// One UDP socket per queue, all bound to the data port (VXLAN or WireGuard) with SO_REUSEPORT so the kernel spreads
 /// flows across them.
 pub struct UdpQueues {
     pub sockets: Vec<(UdpSocket, UdpSocketState)>,
@@ -155,8 +155,9 @@ pub struct UdpQueues {
 pub fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQueues> {
     let mut sockets = Vec::with_capacity(count);
     for _ in 0..count {
-        let s = bind_socket(SocketAddr::new(bind, cfg.vxlan.port), cfg.socket_buffer)
-            .with_context(|| format!("binding UDP {}:{}", bind, cfg.vxlan.port))?;
+        let port = cfg.data_port();
+        let s = bind_socket(SocketAddr::new(bind, port), cfg.socket_buffer)
+            .with_context(|| format!("binding UDP {bind}:{port}"))?;
         let state =
             UdpSocketState::new(UdpSockRef::from(&s)).context("configuring the UDP socket")?;
         sockets.push((s, state));

@@ -2,6 +2,7 @@
 
 pub mod device;
 pub mod encode;
+pub mod wg;
 mod worker;
 
 use anyhow::{Context, Result};
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Encryption};
 use crate::routes::Routes;
 pub use device::{Tier, TierReport};
 
@@ -23,6 +24,9 @@ impl DataPath {
     /// Open the devices and start the workers. Routes may be empty and filled later.
     pub fn start(cfg: &Config, routes: Arc<Routes>) -> Result<DataPath> {
         let address = cfg.address.context("no underlay address")?;
+        if cfg.encryption == Encryption::Wireguard {
+            return Self::start_wireguard(cfg, address, routes);
+        }
         let tun = device::open_tun(cfg)?;
         let udp = device::open_udp(cfg, address, tun.queues.len())?;
         let tiers = TierReport {
@@ -58,6 +62,73 @@ impl DataPath {
                     .context("spawning a data-path worker")?;
                 threads.push(t);
             }
+        }
+        Ok(DataPath {
+            stop,
+            threads,
+            tiers,
+        })
+    }
+
+    /// The encrypted data path: the same devices, WireGuard workers, and a timer thread.
+    fn start_wireguard(
+        cfg: &Config,
+        address: std::net::IpAddr,
+        routes: Arc<Routes>,
+    ) -> Result<DataPath> {
+        let crypto = routes
+            .crypto()
+            .cloned()
+            .context("encryption = \"wireguard\" but the route table has no keys")?;
+        let tun = device::open_tun(cfg)?;
+        let udp = device::open_udp(cfg, address, tun.queues.len())?;
+        let tiers = TierReport {
+            multi_queue: tun.multi_queue.clone(),
+            tun_offload: tun.tun_offload.clone(),
+            udp_gso: udp.udp_gso.clone(),
+            udp_gro: udp.udp_gro.clone(),
+            queues: tun.queues.len(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(wg::Shared {
+            routes: routes.clone(),
+            crypto,
+            stop: stop.clone(),
+            mtu: usize::from(cfg.overlay_mtu()),
+        });
+        let timer_socket = udp.sockets[0]
+            .0
+            .try_clone()
+            .context("cloning the UDP socket for the timer thread")?;
+        let mut threads = Vec::new();
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .context("spawning a data-path worker")
+        };
+        let s = shared.clone();
+        threads.push(spawn(
+            "meshd-wg-timers".into(),
+            Box::new(move || wg::timers(&s.routes, &timer_socket, &s.stop)),
+        )?);
+        for (i, (dev, sock)) in tun.queues.into_iter().zip(udp.sockets).enumerate() {
+            let q = Arc::new(wg::Queue {
+                tun: Arc::new(dev),
+                socket: Arc::new(sock),
+                gro: udp.gro,
+                gso_segments: udp.gso_segments,
+            });
+            let (s, q2) = (shared.clone(), q.clone());
+            threads.push(spawn(
+                format!("meshd-wg-tx-{i}"),
+                Box::new(move || wg::tx::tx_loop(&s, &q2)),
+            )?);
+            let s = shared.clone();
+            threads.push(spawn(
+                format!("meshd-wg-rx-{i}"),
+                Box::new(move || wg::rx::rx_loop(&s, &q)),
+            )?);
         }
         Ok(DataPath {
             stop,

@@ -4,11 +4,13 @@
 pub mod netns;
 pub mod probe;
 pub mod topology;
+pub mod wireguard;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use std::path::PathBuf;
 
+use crate::config::Encryption;
 pub use topology::{Backend, Spec, Topology};
 
 /// Prefix of everything `meshd lab` makes unless told otherwise.
@@ -22,9 +24,17 @@ pub enum LabCommand {
         nodes: usize,
         #[arg(long, default_value_t = 2)]
         pods: usize,
-        /// How many of the hosts (the last ones) use a kernel VXLAN device instead of meshd.
+        /// How many of the hosts (the last ones) use a kernel VXLAN device instead of meshd
+        /// (cleartext labs only).
         #[arg(long, default_value_t = 0)]
         kernel_vxlan: usize,
+        /// How many of the hosts (the last ones) run Debian's wireguard-go instead of meshd
+        /// (encrypted labs only).
+        #[arg(long, default_value_t = 0)]
+        wireguard_go: usize,
+        /// `wireguard` (keys and a cluster secret are made for the lab) or `none` (VXLAN).
+        #[arg(long, default_value = "wireguard")]
+        encryption: Encryption,
         #[arg(long, default_value = DEFAULT_PREFIX)]
         prefix: String,
         /// Extra arguments for each `meshd run`, e.g. `--meshd-arg=--no-tun-offload`.
@@ -52,19 +62,23 @@ pub fn main(cmd: LabCommand) -> Result<()> {
             nodes,
             pods,
             kernel_vxlan,
+            wireguard_go,
+            encryption,
             prefix,
             meshd_args,
         } => {
             if !(2..=200).contains(&nodes) {
                 bail!("--nodes must be between 2 and 200");
             }
-            if kernel_vxlan > nodes || !(1..=200).contains(&pods) {
-                bail!("--kernel-vxlan must not exceed --nodes, and --pods must be 1 to 200");
+            if kernel_vxlan + wireguard_go > nodes || !(1..=200).contains(&pods) {
+                bail!("--kernel-vxlan plus --wireguard-go must not exceed --nodes, and --pods must be 1 to 200");
             }
             let hosts = (0..nodes)
                 .map(|i| {
                     if i >= nodes - kernel_vxlan {
                         Backend::KernelVxlan
+                    } else if i >= nodes - kernel_vxlan - wireguard_go {
+                        Backend::WireguardGo
                     } else {
                         Backend::Meshd
                     }
@@ -77,6 +91,7 @@ pub fn main(cmd: LabCommand) -> Result<()> {
                 meshd_args,
                 meshd_bin: std::env::current_exe().context("finding the meshd binary")?,
                 underlay_mtu: 1500,
+                encryption,
             };
             let mut t = Topology::up(spec.clone())?;
             t.cleanup_on_drop = false;
@@ -175,6 +190,8 @@ fn save(spec: &Spec) -> Result<()> {
     let v = serde_json::json!({
         "prefix": spec.prefix,
         "kernel_vxlan": spec.hosts.iter().map(|b| *b == Backend::KernelVxlan).collect::<Vec<_>>(),
+        "wireguard_go": spec.hosts.iter().map(|b| *b == Backend::WireguardGo).collect::<Vec<_>>(),
+        "encryption": spec.encryption.as_str(),
         "pods": spec.pods_per_host,
         "meshd_bin": spec.meshd_bin,
         "underlay_mtu": spec.underlay_mtu,
@@ -192,18 +209,32 @@ fn load(prefix: &str) -> Result<Spec> {
         )
     })?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
-    let hosts = v["kernel_vxlan"]
-        .as_array()
-        .context("lab.json: kernel_vxlan")?
-        .iter()
-        .map(|k| {
-            if k.as_bool() == Some(true) {
+    let flags = |key: &str| -> Vec<bool> {
+        v[key]
+            .as_array()
+            .map(|a| a.iter().map(|k| k.as_bool() == Some(true)).collect())
+            .unwrap_or_default()
+    };
+    let (kernel, wg_go) = (flags("kernel_vxlan"), flags("wireguard_go"));
+    if kernel.is_empty() {
+        bail!("lab.json: kernel_vxlan missing");
+    }
+    let hosts = (0..kernel.len())
+        .map(|i| {
+            if kernel[i] {
                 Backend::KernelVxlan
+            } else if wg_go.get(i) == Some(&true) {
+                Backend::WireguardGo
             } else {
                 Backend::Meshd
             }
         })
         .collect();
+    let encryption = v["encryption"]
+        .as_str()
+        .unwrap_or("none")
+        .parse()
+        .map_err(anyhow::Error::msg)?;
     Ok(Spec {
         prefix: prefix.into(),
         hosts,
@@ -211,5 +242,6 @@ fn load(prefix: &str) -> Result<Spec> {
         meshd_args: Vec::new(),
         meshd_bin: PathBuf::from(v["meshd_bin"].as_str().unwrap_or("meshd")),
         underlay_mtu: v["underlay_mtu"].as_u64().unwrap_or(1500) as u16,
+        encryption,
     })
 }

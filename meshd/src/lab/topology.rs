@@ -20,6 +20,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::netns::{self, ip, run};
+use super::wireguard;
+use crate::config::Encryption;
 use crate::wire::vtep_mac;
 
 /// How a lab host carries overlay traffic.
@@ -29,6 +31,8 @@ pub enum Backend {
     Meshd,
     /// A Linux VXLAN device set up as flannel's vxlan backend does, with no meshd.
     KernelVxlan,
+    /// Debian's `wireguard-go` configured with `wg`, with no meshd (encrypted labs only).
+    WireguardGo,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +46,9 @@ pub struct Spec {
     /// The meshd binary to run in each host.
     pub meshd_bin: PathBuf,
     pub underlay_mtu: u16,
+    /// What meshd hosts use between nodes; kernel-VXLAN hosts need `None`, wireguard-go hosts
+    /// `Wireguard`.
+    pub encryption: Encryption,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +61,8 @@ pub struct Host {
     pub subnet: ipnet::Ipv4Net,
     pub dir: PathBuf,
     pub pods: Vec<Pod>,
+    /// The host's WireGuard public key, once `up` has made its key (encrypted labs).
+    pub public_key: Option<meshd_crypto::PublicKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,7 +79,7 @@ pub struct Topology {
 }
 
 pub const UNDERLAY_PREFIX: u8 = 24;
-const OVERLAY_OVERHEAD: u16 = 50;
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 impl Topology {
     /// Build the whole topology and start its daemons; on any failure, remove what was made.
@@ -108,6 +117,17 @@ impl Topology {
                 self.spec.prefix
             );
         }
+        for h in &self.hosts {
+            match (h.backend, self.spec.encryption) {
+                (Backend::KernelVxlan, Encryption::Wireguard) => {
+                    bail!("a kernel-VXLAN host needs a cleartext lab (--encryption none)")
+                }
+                (Backend::WireguardGo, Encryption::None) => {
+                    bail!("a wireguard-go host needs an encrypted lab (--encryption wireguard)")
+                }
+                _ => {}
+            }
+        }
         let sw = self.switch();
         ip(&["netns", "add", &sw])?;
         ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
@@ -115,10 +135,34 @@ impl Topology {
         for h in self.hosts.clone() {
             self.build_host(&h)?;
         }
+        let secret = match self.spec.encryption {
+            Encryption::Wireguard => {
+                for h in &mut self.hosts {
+                    h.public_key = Some(wireguard::node_key(h)?);
+                }
+                Some(wireguard::cluster_secret(&Topology::state_dir(
+                    &self.spec.prefix,
+                ))?)
+            }
+            Encryption::None => None,
+        };
         for h in self.hosts.clone() {
             match h.backend {
                 Backend::Meshd => self.start_meshd(&h)?,
                 Backend::KernelVxlan => self.kernel_vxlan(&h)?,
+                Backend::WireguardGo => {
+                    let peers: Vec<&Host> =
+                        self.hosts.iter().filter(|p| p.index != h.index).collect();
+                    let secret = secret.as_ref().context("no cluster secret")?;
+                    wireguard::start_wireguard_go(
+                        &h,
+                        &peers,
+                        secret,
+                        self.spec.underlay_mtu,
+                        CLUSTER_CIDR,
+                    )?;
+                    self.pod_bridge(&h)?;
+                }
             }
         }
         for i in 0..self.hosts.len() {
@@ -160,8 +204,33 @@ impl Topology {
         Ok(())
     }
 
+    /// Stop host `i`'s meshd, and start it again with `config` (a variant of
+    /// [`Topology::meshd_config`], say); returns once its status socket answers.
+    pub fn restart_meshd(&self, i: usize, config: &str) -> Result<()> {
+        let h = &self.hosts[i];
+        let pid_file = h.dir.join("meshd.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+        // SAFETY: kill(2) on the pid of the meshd this topology started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // SAFETY: waitpid with WNOHANG on a pid; no memory is involved.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+            if Instant::now() > deadline {
+                bail!("meshd {pid} in {} did not stop", h.ns);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(h.dir.join("run").join(crate::status::SOCKET_NAME));
+        self.start_meshd_with(h, config)?;
+        wait_for_socket(h)
+    }
+
     fn start_meshd(&self, h: &Host) -> Result<()> {
-        let cfg = self.meshd_config(h);
+        self.start_meshd_with(h, &self.meshd_config(h))
+    }
+
+    fn start_meshd_with(&self, h: &Host, cfg: &str) -> Result<()> {
         let path = h.dir.join("meshd.toml");
         std::fs::write(&path, cfg)?;
         let log = std::fs::File::create(h.dir.join("meshd.log"))?;
@@ -190,21 +259,34 @@ impl Topology {
         Ok(())
     }
 
-    fn meshd_config(&self, h: &Host) -> String {
+    /// The config file a meshd host runs with. Public so tests can start a variant of it.
+    pub fn meshd_config(&self, h: &Host) -> String {
         let mut c = format!(
-            "node-name = \"{}\"\naddress = \"{}\"\nsubnet = \"{}\"\nencryption = \"none\"\nunderlay-mtu = {}\nrun-dir = \"{}\"\nstate-dir = \"{}\"\nlog-level = \"info\"\n",
+            "node-name = \"{}\"\naddress = \"{}\"\nsubnet = \"{}\"\nencryption = \"{}\"\nunderlay-mtu = {}\nrun-dir = \"{}\"\nstate-dir = \"{}\"\nlog-level = \"info\"\n",
             h.name,
             h.underlay,
             h.subnet,
+            self.spec.encryption.as_str(),
             self.spec.underlay_mtu,
             h.dir.join("run").display(),
             h.dir.join("state").display(),
         );
+        if self.spec.encryption == Encryption::Wireguard {
+            c.push_str(&format!(
+                "cluster-secret-file = \"{}\"\n",
+                Topology::state_dir(&self.spec.prefix)
+                    .join(wireguard::SECRET_FILE)
+                    .display()
+            ));
+        }
         for p in self.hosts.iter().filter(|p| p.index != h.index) {
             c.push_str(&format!(
                 "\n[[peers]]\nname = \"{}\"\naddress = \"{}\"\nsubnet = \"{}\"\n",
                 p.name, p.underlay, p.subnet
             ));
+            if let Some(k) = p.public_key {
+                c.push_str(&format!("public-key = \"{k}\"\n"));
+            }
         }
         c
     }
@@ -214,7 +296,7 @@ impl Topology {
     fn kernel_vxlan(&self, h: &Host) -> Result<()> {
         let ns = &h.ns;
         let mac = vtep_mac(&h.name).to_string();
-        let mtu = (self.spec.underlay_mtu - OVERLAY_OVERHEAD).to_string();
+        let mtu = self.overlay_mtu(h).to_string();
         let local = h.underlay.to_string();
         ip(&[
             "-n",
@@ -252,35 +334,12 @@ impl Topology {
         // veth never does: a receiver that reads the datagram in userspace (meshd, or any
         // userspace VXLAN) sees a blank checksum. Real NICs complete it; here we make the
         // VXLAN device compute it in software, as `ethtool -K vxlan0 tx off` would.
-        netns::in_netns(ns, || netns::set_tx_checksum("vxlan0", false))??;
-        ip(&[
-            "-n", ns, "link", "add", "meshbr0", "mtu", &mtu, "type", "bridge",
-        ])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!(
-                "{}/{}",
-                crate::host::gateway(h.subnet),
-                h.subnet.prefix_len()
-            ),
-            "dev",
-            "meshbr0",
-        ])?;
-        ip(&["-n", ns, "link", "set", "meshbr0", "up"])?;
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        )?;
+        // Only needed when a userspace node is among the peers: an all-kernel lab (the
+        // benchmark's baseline) keeps the offloads a real deployment would have.
+        if self.hosts.iter().any(|p| p.backend != Backend::KernelVxlan) {
+            netns::in_netns(ns, || netns::set_tx_checksum("vxlan0", false))??;
+        }
+        self.pod_bridge(h)?;
         for p in self.hosts.iter().filter(|p| p.index != h.index) {
             let pmac = vtep_mac(&p.name).to_string();
             let gw = p.subnet.network().to_string();
@@ -327,6 +386,49 @@ impl Topology {
         Ok(())
     }
 
+    /// Pod MTU on a host without meshd: the underlay MTU minus the host backend's overhead.
+    fn overlay_mtu(&self, h: &Host) -> u16 {
+        let overhead = match h.backend {
+            Backend::WireguardGo => Encryption::Wireguard.overhead(),
+            _ => Encryption::None.overhead(),
+        };
+        self.spec.underlay_mtu - overhead as u16
+    }
+
+    /// A host without meshd: the pods' bridge with the gateway address, and forwarding on.
+    fn pod_bridge(&self, h: &Host) -> Result<()> {
+        let ns = &h.ns;
+        let mtu = self.overlay_mtu(h).to_string();
+        ip(&[
+            "-n", ns, "link", "add", "meshbr0", "mtu", &mtu, "type", "bridge",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!(
+                "{}/{}",
+                crate::host::gateway(h.subnet),
+                h.subnet.prefix_len()
+            ),
+            "dev",
+            "meshbr0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "meshbr0", "up"])?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )
+    }
+
     fn add_pod(&self, h: &Host, j: usize, p: &mut Pod) -> Result<()> {
         ip(&["netns", "add", &p.ns])?;
         ip(&["-n", &p.ns, "link", "set", "lo", "up"])?;
@@ -335,7 +437,7 @@ impl Topology {
                 p.addr = self.cni_add(h, p)?;
                 Ok(())
             }
-            Backend::KernelVxlan => self.manual_pod(h, j, p),
+            Backend::KernelVxlan | Backend::WireguardGo => self.manual_pod(h, j, p),
         }
     }
 
@@ -395,7 +497,7 @@ impl Topology {
     /// A kernel-VXLAN host has no meshd and so no CNI runtime file: wire its pods by hand.
     fn manual_pod(&self, h: &Host, j: usize, p: &Pod) -> Result<()> {
         let host_if = format!("v{}", j + 1);
-        let mtu = (self.spec.underlay_mtu - OVERLAY_OVERHEAD).to_string();
+        let mtu = self.overlay_mtu(h).to_string();
         ip(&[
             "-n", &h.ns, "link", "add", &host_if, "mtu", &mtu, "type", "veth", "peer", "name",
             "eth0", "mtu", &mtu, "netns", &p.ns,
@@ -470,6 +572,7 @@ pub fn down(prefix: &str) {
     // correctness, every namespace is killed and deleted on its own.
     for ns in netns::list(&format!("{prefix}-")) {
         netns::destroy(&ns);
+        wireguard::remove_leftovers(&ns);
     }
     let _ = std::fs::remove_dir_all(Topology::state_dir(prefix));
 }
@@ -498,6 +601,7 @@ fn plan(spec: &Spec) -> Vec<Host> {
                         addr: Ipv4Addr::new(10, 244, n as u8, (j + 2) as u8),
                     })
                     .collect(),
+                public_key: None,
             }
         })
         .collect()

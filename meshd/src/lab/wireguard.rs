@@ -1,0 +1,163 @@
+//! The lab's WireGuard pieces: a cluster secret per lab and a node key per host (files 0600
+//! under the lab's state directory, made before any daemon starts so every config can name
+//! its peers' public keys), and hosts that run Debian's `wireguard-go` instead of meshd.
+//!
+//! ```text
+//!   <prefix>-hN (wireguard-go):  wgXXXXXXXX (TUN, 10.244.0.0/16 routed into it, MTU − 80)
+//!                                meshbr0 10.244.N.1/24 ── veth ── <prefix>-hN-p1 ...
+//!   peers = every other host: endpoint 198.18.0.M:51820, allowed-ips = its subnet,
+//!           preshared key = meshd_crypto::kdf::wireguard_psk(cluster secret, both keys)
+//! ```
+
+use anyhow::{bail, Context, Result};
+use meshd_crypto::{kdf, ClusterSecret, PublicKey};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::netns::{ip, run};
+use super::topology::Host;
+use crate::config::{NODE_KEY_FILE, WIREGUARD_OVERHEAD};
+
+/// The lab's cluster secret file.
+pub const SECRET_FILE: &str = "cluster.secret";
+/// Where wireguard-go puts its control sockets (one per interface, whatever the namespace).
+const WG_RUN_DIR: &str = "/var/run/wireguard";
+
+/// Make the lab's cluster secret (once) and return it.
+pub fn cluster_secret(lab_dir: &Path) -> Result<ClusterSecret> {
+    let path = lab_dir.join(SECRET_FILE);
+    if !path.exists() {
+        ClusterSecret::generate()
+            .write_new_file(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    ClusterSecret::read_file(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The host's node key file (created 0600 on first use) and its public key. meshd finds the
+/// same file as `<state-dir>/node.key`.
+pub fn node_key(h: &Host) -> Result<PublicKey> {
+    let state = h.dir.join("state");
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    let (key, _) = meshd_crypto::load_or_create_private_key(&state.join(NODE_KEY_FILE))
+        .with_context(|| format!("node key of {}", h.name))?;
+    Ok(key.public_key())
+}
+
+/// Name of a wireguard-go host's interface: unique per namespace (its control socket lives
+/// in one directory shared by every namespace), and short enough for an interface name.
+pub fn ifname(ns: &str) -> String {
+    let hash = ns.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("wg{hash:08x}")
+}
+
+/// Start wireguard-go in `h`'s namespace and configure it with `wg`: our key, port 51820, and
+/// every other host as a peer. Pods hang off a bridge as on a kernel-VXLAN host.
+pub fn start_wireguard_go(
+    h: &Host,
+    peers: &[&Host],
+    secret: &ClusterSecret,
+    underlay_mtu: u16,
+    cluster_cidr: &str,
+) -> Result<()> {
+    let ns = &h.ns;
+    let dev = ifname(ns);
+    let log = std::fs::File::create(h.dir.join("wireguard-go.log"))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "wireguard-go", "-f", &dev])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting wireguard-go in {ns} (apt-get install wireguard-go)"))?;
+    std::fs::write(h.dir.join("wireguard-go.pid"), child.id().to_string())?;
+    wait_for_uapi(&dev, h)?;
+
+    let key_file = h.dir.join("state").join(NODE_KEY_FILE);
+    let local = h.public_key.context("wireguard-go host without a key")?;
+    let mut args: Vec<String> = vec![
+        "set".into(),
+        dev.clone(),
+        "listen-port".into(),
+        "51820".into(),
+        "private-key".into(),
+        key_file.display().to_string(),
+    ];
+    for p in peers {
+        let theirs = p.public_key.context("peer without a key")?;
+        let psk_file = h.dir.join(format!("psk-h{}", p.index));
+        // A preshared key is 32 bytes in the same base64 form as a cluster secret.
+        let psk = ClusterSecret::from_bytes(kdf::wireguard_psk(secret, &local, &theirs));
+        write_0600(&psk_file, psk.to_base64().as_bytes())?;
+        args.extend([
+            "peer".into(),
+            theirs.to_base64(),
+            "preshared-key".into(),
+            psk_file.display().to_string(),
+            "endpoint".into(),
+            format!("{}:51820", p.underlay),
+            "allowed-ips".into(),
+            p.subnet.to_string(),
+        ]);
+    }
+    let mut wg = vec!["netns", "exec", ns, "wg"];
+    wg.extend(args.iter().map(String::as_str));
+    run("ip", &wg)?;
+    let mtu = (underlay_mtu - WIREGUARD_OVERHEAD as u16).to_string();
+    ip(&["-n", ns, "link", "set", &dev, "mtu", &mtu, "up"])?;
+    ip(&["-n", ns, "route", "add", cluster_cidr, "dev", &dev])?;
+    Ok(())
+}
+
+fn wait_for_uapi(dev: &str, h: &Host) -> Result<()> {
+    let sock = uapi_socket(dev);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(h.dir.join("wireguard-go.log")).unwrap_or_default();
+            bail!(
+                "wireguard-go in {} did not create {} within 10 s; its log:\n{log}",
+                h.ns,
+                sock.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn uapi_socket(dev: &str) -> PathBuf {
+    Path::new(WG_RUN_DIR).join(format!("{dev}.sock"))
+}
+
+/// Remove the control socket a killed wireguard-go may have left for namespace `ns`.
+pub fn remove_leftovers(ns: &str) {
+    let _ = std::fs::remove_file(uapi_socket(&ifname(ns)));
+}
+
+fn write_0600(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.write_all(b"\n")?;
+    Ok(())
+}
