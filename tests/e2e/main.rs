@@ -4,5 +4,8 @@
 mod bad_input;
 mod cluster;
 mod config;
+mod encrypted;
 mod interop;
 mod lifecycle;
+mod wg_interop;
+mod wg_security;

@@ -1,0 +1,64 @@
+//! meshd and Debian's `wireguard-go` speak the same bytes: a host running wireguard-go
+//! (configured with `wg`: its key, port 51820, each meshd node as a peer with the preshared key
+//! derived from the cluster secret and allowed-ips = the node's subnet) and meshd hosts reach
+//! each other's pods in both directions.
+//!
+//! ```text
+//!   sw: br0 ─┬─ h1 (meshd)        ── meshbr0 ── p1, p2
+//!            ├─ h2 (meshd)        ── meshbr0 ── p1, p2
+//!            └─ h3 (wireguard-go: TUN wgXXXXXXXX, 10.244.0.0/16 routed into it) ── meshbr0 ── p1, p2
+//! ```
+
+use super::cluster::{assert_transfer, unreachable_pairs};
+use super::encrypted::{encrypted_spec, status};
+use meshd::lab::{Backend, Topology};
+use meshd_tests::require_root;
+use std::process::Command;
+
+#[test]
+fn wireguard_go_node_and_meshd_nodes_interoperate() {
+    require_root();
+    let t = Topology::up(encrypted_spec(
+        "wgo",
+        vec![Backend::Meshd, Backend::Meshd, Backend::WireguardGo],
+    ))
+    .unwrap();
+    let bad = unreachable_pairs(&t);
+    assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
+    assert_transfer(&t, 0, 2, 5601); // meshd -> wireguard-go
+    assert_transfer(&t, 2, 1, 5602); // wireguard-go -> meshd
+    let s = status(&t, 0);
+    let g = s.peers.iter().find(|p| p.name == t.hosts[2].name).unwrap();
+    assert!(g.stats.rx_bytes > 0 && g.stats.tx_bytes > 0, "{g:?}");
+    assert!(
+        g.stats.drops.is_empty(),
+        "wireguard-go's datagrams were dropped: {g:?}"
+    );
+    let wg = g.wireguard.as_ref().unwrap();
+    assert!(wg.handshakes >= 1 && wg.decrypt_failures == 0, "{wg:?}");
+
+    // And wireguard-go saw handshakes with both meshd nodes.
+    let dev = meshd::lab::wireguard::ifname(&t.hosts[2].ns);
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.hosts[2].ns,
+            "wg",
+            "show",
+            &dev,
+            "latest-handshakes",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stamps: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    assert_eq!(stamps.len(), 2, "{text}");
+    assert!(
+        stamps.iter().all(|&s| s > 0),
+        "a peer never completed a handshake: {text}"
+    );
+}
