@@ -202,3 +202,7 @@ fn wait(fd: i32, events: libc::c_short) {
         libc::poll(&mut p, 1, IDLE_POLL_MS);
     }
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,334 @@
+//! Two (or three) nodes in one process, wired by hand: handshake through the real TX batch and
+//! RX demultiplexer, then cryptokey routing, replays, unknown indices, strangers, a wrong
+//! cluster secret, and how TX groups datagrams into GSO runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::rx::{receive, Received};
+use super::tx::TxBatch;
+use super::NodeCrypto;
+use crate::routes::{Local, Peer, Routes};
+use crate::stats::{DropReason, DropTally, PeerStats};
+use meshd_crypto::{ClusterSecret, PrivateKey, PublicKey};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+struct Node {
+    n: u8,
+    key: PrivateKey,
+    routes: Routes,
+}
+
+impl Node {
+    fn new(n: u8, secret: &ClusterSecret) -> Node {
+        let key = PrivateKey::generate();
+        let crypto = NodeCrypto::new(key.clone(), secret.clone(), 100);
+        let local = Local {
+            name: format!("n{n}"),
+            vni: 1,
+            port: 51820,
+        };
+        Node {
+            n,
+            key,
+            routes: Routes::with_crypto(local, Some(Arc::new(crypto))),
+        }
+    }
+
+    fn public(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([198, 18, 0, self.n], 51820))
+    }
+
+    fn as_peer(&self) -> (Peer, Option<PublicKey>) {
+        let p = Peer {
+            name: format!("n{}", self.n),
+            address: self.addr().ip(),
+            subnet: format!("10.244.{}.0/24", self.n).parse().unwrap(),
+        };
+        (p, Some(self.public()))
+    }
+
+    fn knows(&self, peers: &[&Node]) {
+        let list: Vec<_> = peers.iter().map(|p| p.as_peer()).collect();
+        self.routes.update_keyed(&list);
+    }
+
+    /// The datagrams a batch of packets becomes, in order.
+    fn send(&self, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut batch = TxBatch::new(64, 1420, 64);
+        let mut drops = DropTally::default();
+        batch.push_all(
+            &self.routes.load(),
+            packets.iter().map(|p| &p[..]),
+            &mut drops,
+        );
+        let mut out = Vec::new();
+        for r in batch.runs() {
+            for d in batch.bytes(r).chunks(r.segment) {
+                out.push(d.to_vec());
+            }
+        }
+        out
+    }
+
+    /// Hands `datagram` from `from` to this node; returns the outcome, the plaintext, the
+    /// replies it sent and the unattributed drops.
+    fn receive(
+        &self,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> (Received, Vec<u8>, Vec<Vec<u8>>, PeerStats) {
+        let mut out = vec![0u8; 65_600];
+        let mut scratch = vec![0u8; super::SCRATCH_LEN];
+        let mut replies = Vec::new();
+        let mut drops = DropTally::default();
+        let r = receive(
+            self.routes.crypto().unwrap(),
+            &self.routes.load(),
+            from,
+            datagram,
+            &mut out,
+            &mut scratch,
+            &mut |b: &[u8], _to| replies.push(b.to_vec()),
+            &mut drops,
+        );
+        let unattributed = PeerStats::default();
+        drops.flush_into(&unattributed);
+        let len = match r {
+            Received::Deliver { len, .. } => len,
+            Received::Nothing => 0,
+        };
+        (r, out[..len].to_vec(), replies, unattributed)
+    }
+
+    fn peer_drops(&self, name: &str, reason: DropReason) -> u64 {
+        let t = self.routes.load();
+        let p = t.peers().iter().find(|p| p.name == name).unwrap();
+        p.stats.dropped(reason)
+    }
+}
+
+fn packet(src: [u8; 4], dst: [u8; 4], payload: usize) -> Vec<u8> {
+    let total = 20 + payload;
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    for (i, b) in p[20..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    p
+}
+
+/// A sends `first` to B: initiation, response, keepalive and the queued packet. Returns the
+/// data datagram that carried `first`.
+fn handshake(a: &Node, b: &Node, first: &[u8]) -> Vec<u8> {
+    let init = a.send(&[first.to_vec()]);
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0].len(), 148, "an initiation");
+    let (r, _, replies, _) = b.receive(a.addr(), &init[0]);
+    assert_eq!(r, Received::Nothing);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].len(), 92, "a response");
+    let (r, _, replies, _) = a.receive(b.addr(), &replies[0]);
+    assert_eq!(r, Received::Nothing);
+    // A keepalive confirming the session, then the packet queued behind the handshake.
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(replies[0].len(), 32);
+    let (r, _, _, _) = b.receive(a.addr(), &replies[0]);
+    assert_eq!(r, Received::Nothing);
+    replies[1].clone()
+}
+
+fn pair() -> (Node, Node) {
+    let secret = ClusterSecret::generate();
+    let (a, b) = (Node::new(1, &secret), Node::new(2, &secret));
+    a.knows(&[&b]);
+    b.knows(&[&a]);
+    (a, b)
+}
+
+#[test]
+fn handshake_then_data_both_ways() {
+    let (a, b) = pair();
+    let p = packet([10, 244, 1, 2], [10, 244, 2, 3], 1000);
+    let data = handshake(&a, &b, &p);
+    let (r, plain, _, drops) = b.receive(a.addr(), &data);
+    assert_eq!(
+        r,
+        Received::Deliver {
+            peer: 0,
+            len: p.len()
+        }
+    );
+    assert_eq!(plain, p);
+    assert_eq!(drops.snapshot().drops, vec![]);
+    // And back, on the session B now has.
+    let back = packet([10, 244, 2, 3], [10, 244, 1, 2], 300);
+    let d = b.send(&[back.clone()]);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].len(), back.len() + 32);
+    let (r, plain, _, _) = a.receive(b.addr(), &d[0]);
+    assert!(matches!(r, Received::Deliver { .. }));
+    assert_eq!(plain, back);
+    let st = a.routes.load().peer(0).wg.as_ref().unwrap().lock().stats();
+    assert_eq!(st.handshakes, 1);
+    assert!(st.last_handshake.is_some());
+}
+
+#[test]
+fn cryptokey_routing_drops_foreign_sources() {
+    let (a, b) = pair();
+    handshake(&a, &b, &packet([10, 244, 1, 2], [10, 244, 2, 3], 100));
+    // A's session, but a source in nobody's (or B's own) subnet.
+    for src in [[10, 244, 9, 9], [10, 244, 2, 7], [192, 0, 2, 1]] {
+        let d = a.send(&[packet(src, [10, 244, 2, 3], 100)]);
+        let (r, _, _, _) = b.receive(a.addr(), &d[0]);
+        assert_eq!(r, Received::Nothing, "{src:?} was delivered");
+    }
+    assert_eq!(b.peer_drops("n1", DropReason::SpoofedSource), 3);
+}
+
+#[test]
+fn replays_unknown_indices_and_garbage_are_counted() {
+    let (a, b) = pair();
+    let data = handshake(&a, &b, &packet([10, 244, 1, 2], [10, 244, 2, 3], 100));
+    assert!(matches!(
+        b.receive(a.addr(), &data).0,
+        Received::Deliver { .. }
+    ));
+    assert_eq!(b.receive(a.addr(), &data).0, Received::Nothing);
+    assert_eq!(b.peer_drops("n1", DropReason::Replayed), 1);
+
+    let mut other = data.clone();
+    other[5] ^= 0x55; // receiver index → no session of ours
+    let (_, _, _, drops) = b.receive(a.addr(), &other);
+    assert_eq!(drops.dropped(DropReason::UnknownIndex), 1);
+
+    let mut tampered = data.clone();
+    tampered[40] ^= 1;
+    tampered[8] = tampered[8].wrapping_add(100); // a fresh counter, so it is not a replay
+    assert_eq!(b.receive(a.addr(), &tampered).0, Received::Nothing);
+    assert_eq!(b.peer_drops("n1", DropReason::DecryptFailed), 1);
+
+    for garbage in [
+        &[][..],
+        &[4, 0, 0][..],
+        &[9, 0, 0, 0, 1, 2, 3, 4][..],
+        &[1; 147][..],
+    ] {
+        let (r, _, replies, drops) = b.receive(a.addr(), garbage);
+        assert_eq!(r, Received::Nothing);
+        assert!(replies.is_empty());
+        assert_eq!(drops.dropped(DropReason::Malformed), 1, "{garbage:?}");
+    }
+}
+
+#[test]
+fn strangers_and_other_clusters_get_no_session() {
+    let secret = ClusterSecret::generate();
+    let (a, b) = (Node::new(1, &secret), Node::new(2, &secret));
+    b.knows(&[&a]);
+    // A stranger: B does not know its key.
+    let stranger = Node::new(3, &secret);
+    stranger.knows(&[&b]);
+    let init = stranger.send(&[packet([10, 244, 3, 2], [10, 244, 2, 3], 10)]);
+    let (r, _, replies, drops) = b.receive(stranger.addr(), &init[0]);
+    assert_eq!(r, Received::Nothing);
+    assert!(replies.is_empty(), "B answered a stranger");
+    assert_eq!(drops.dropped(DropReason::HandshakeRejected), 1);
+
+    // A node B knows, with another cluster secret: the initiation carries no preshared key,
+    // so B answers, but the response does not authenticate at A.
+    let other = Node {
+        n: 1,
+        key: a.key.clone(),
+        routes: Routes::with_crypto(
+            Local {
+                name: "n1".into(),
+                vni: 1,
+                port: 51820,
+            },
+            Some(Arc::new(NodeCrypto::new(
+                a.key.clone(),
+                ClusterSecret::generate(),
+                100,
+            ))),
+        ),
+    };
+    other.knows(&[&b]);
+    let init = other.send(&[packet([10, 244, 1, 2], [10, 244, 2, 3], 10)]);
+    let (_, _, replies, _) = b.receive(other.addr(), &init[0]);
+    assert_eq!(replies.len(), 1);
+    let (r, _, replies, _) = other.receive(b.addr(), &replies[0]);
+    assert_eq!(r, Received::Nothing);
+    assert!(replies.is_empty(), "{replies:?}");
+    assert_eq!(other.peer_drops("n2", DropReason::HandshakeRejected), 1);
+}
+
+#[test]
+fn tx_groups_equal_sizes_per_peer_into_runs() {
+    let secret = ClusterSecret::generate();
+    let (a, b, c) = (
+        Node::new(1, &secret),
+        Node::new(2, &secret),
+        Node::new(3, &secret),
+    );
+    a.knows(&[&b, &c]);
+    b.knows(&[&a]);
+    c.knows(&[&a]);
+    handshake(&a, &b, &packet([10, 244, 1, 2], [10, 244, 2, 3], 10));
+    handshake(&a, &c, &packet([10, 244, 1, 2], [10, 244, 3, 3], 10));
+    let to = |n: u8, len| packet([10, 244, 1, 2], [10, 244, n, 3], len);
+    let packets = [
+        to(2, 1000),
+        to(2, 1000),
+        to(2, 1000),
+        to(2, 400),
+        to(2, 1000),
+        to(3, 1000),
+        to(3, 1000),
+        to(9, 10),
+    ];
+    let mut batch = TxBatch::new(64, 1420, 64);
+    let mut drops = DropTally::default();
+    batch.push_all(&a.routes.load(), packets.iter().map(|p| &p[..]), &mut drops);
+    let shape: Vec<(u32, usize, usize)> = batch
+        .runs()
+        .iter()
+        .map(|r| (r.peer, r.datagrams, r.segment))
+        .collect();
+    // Three full and a short one in one GSO run; a full one after a short one starts anew.
+    assert_eq!(shape, vec![(0, 4, 1052), (0, 1, 1052), (1, 2, 1052)]);
+    let unattributed = PeerStats::default();
+    drops.flush_into(&unattributed);
+    assert_eq!(unattributed.dropped(DropReason::NoRoute), 1);
+    // Without GSO every datagram is a run of its own.
+    batch.clear();
+    batch.set_max_per_run(1);
+    batch.push_all(&a.routes.load(), packets.iter().map(|p| &p[..]), &mut drops);
+    assert_eq!(batch.runs().len(), 7);
+}
+
+#[test]
+fn sessions_survive_route_updates() {
+    let (a, b) = pair();
+    handshake(&a, &b, &packet([10, 244, 1, 2], [10, 244, 2, 3], 10));
+    let before = b.routes.load().peer(0).wg.as_ref().unwrap().index;
+    b.knows(&[&a]);
+    let after = b.routes.load().peer(0).wg.as_ref().unwrap().index;
+    assert_eq!(before, after);
+    let d = a.send(&[packet([10, 244, 1, 2], [10, 244, 2, 3], 10)]);
+    assert!(matches!(
+        b.receive(a.addr(), &d[0]).0,
+        Received::Deliver { .. }
+    ));
+    assert_eq!(b.routes.load().by_index(before), Some(0));
+    assert_eq!(b.routes.load().by_key(&a.public()), Some(0));
+}
