@@ -171,7 +171,7 @@ fn handshake_then_data_both_ways() {
     assert_eq!(drops.snapshot().drops, vec![]);
     // And back, on the session B now has.
     let back = packet([10, 244, 2, 3], [10, 244, 1, 2], 300);
-    let d = b.send(&[back.clone()]);
+    let d = b.send(std::slice::from_ref(&back));
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].len(), back.len() + 32);
     let (r, plain, _, _) = a.receive(b.addr(), &d[0]);
