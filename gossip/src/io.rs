@@ -14,9 +14,9 @@ pub struct Transmit {
 /// Traffic and error counters, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Datagrams handed to [`Gossip::handle_datagram`].
+    /// Datagrams handed to [`crate::Gossip::handle_datagram`].
     pub datagrams_in: u64,
-    /// Datagrams returned by [`Gossip::poll_transmit`].
+    /// Datagrams returned by [`crate::Gossip::poll_transmit`].
     pub datagrams_out: u64,
     /// Bytes in.
     pub bytes_in: u64,

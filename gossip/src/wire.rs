@@ -100,7 +100,7 @@ pub struct StateEntry<'a> {
     pub incarnation: u16,
     /// 0 alive, 1 suspect, 2 down; anything else is skipped.
     pub state: u8,
-    /// The record blob (see [`crate::record::decode_record`]).
+    /// The record blob: a postcard [`crate::NodeRecord`], possibly with fields appended.
     #[serde(borrow)]
     pub record: Option<&'a [u8]>,
 }
