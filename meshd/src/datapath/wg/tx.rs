@@ -28,6 +28,10 @@ use crate::wire::ip::v4_dst;
 pub const TX_BATCH: usize = 256;
 /// Read again from the TUN device only while this many buffers are free (see above).
 const TX_READ_ROOM: usize = 128;
+/// Packets encrypted per lock of a session. Holding it for a whole batch (~100 µs) made the
+/// RX worker wait to decrypt the reverse direction's ACKs, which slowed a TCP stream; one lock
+/// per few packets costs nothing measurable when uncontended.
+pub const HOLD_PACKETS: usize = 4;
 
 /// Consecutive datagrams to one peer, contiguous in the batch buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +84,8 @@ impl TxBatch {
     }
 
     /// Encrypt a batch of IP packets read from the TUN device. A peer's session stays locked
-    /// while consecutive packets go to that peer (a TSO super-packet's segments all do), so a
-    /// batch costs one lock per peer change rather than one per packet.
+    /// for up to [`HOLD_PACKETS`] consecutive packets to that peer (a TSO super-packet's
+    /// segments all go to one), then is released so the RX worker can decrypt meanwhile.
     pub fn push_all<'p>(
         &mut self,
         table: &RouteTable,
@@ -89,6 +93,7 @@ impl TxBatch {
         drops: &mut DropTally,
     ) {
         let mut held: Option<(PeerId, MutexGuard<'_, Session>)> = None;
+        let mut held_for = 0;
         for packet in packets {
             let Some(id) = route(table, packet) else {
                 drops.add(DropReason::NoRoute);
@@ -107,11 +112,13 @@ impl TxBatch {
                 drops.add(DropReason::SendError);
                 continue;
             }
-            if held.as_ref().map(|(p, _)| *p) != Some(id) {
+            if held.as_ref().map(|(p, _)| *p) != Some(id) || held_for == HOLD_PACKETS {
                 // Unlock the previous peer first: a worker never holds two sessions.
                 drop(held.take());
                 held = Some((id, wg.lock()));
+                held_for = 0;
             }
+            held_for += 1;
             let Some((_, session)) = held.as_mut() else {
                 continue;
             };
