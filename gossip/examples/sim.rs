@@ -94,7 +94,7 @@ fn fmt(d: Option<Duration>) -> String {
 
 fn print_report(r: &Report) {
     println!(
-        "  bootstrap, all join one seed at once (meshed + leased): {}",
+        "  bootstrap, all join one seed at once (meshed, leased, no duplicate): {}",
         fmt(r.bootstrap)
     );
     println!(

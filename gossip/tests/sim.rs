@@ -156,7 +156,10 @@ fn same_seed_same_run() {
 fn thousand_nodes_join_and_detect_a_death() {
     let cfg = config(1000);
     let (mut sim, mut watch, mut report) = scenario::bootstrap(1000, &cfg, NetConfig::default(), 1);
-    assert!(report.bootstrap.is_some());
+    assert!(
+        report.bootstrap.is_some(),
+        "not meshed, leased and conflict-free"
+    );
     assert_unique_subnets(&sim);
     scenario::join_one(&mut sim, &cfg, &mut watch, 500, &mut report);
     assert!(report.join_everywhere.is_some());

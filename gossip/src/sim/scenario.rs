@@ -15,7 +15,7 @@ const STEP: Duration = Duration::from_millis(50);
 /// What a scenario measured. `None` means "did not converge within [`PATIENCE`]".
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// Time until every node knew every other node (bootstrap).
+    /// Time until every node knew every other node alive and held a subnet of its own.
     pub bootstrap: Option<Duration>,
     /// Time until every member saw a newcomer up.
     pub join_everywhere: Option<Duration>,
@@ -82,7 +82,9 @@ pub fn bootstrap(n: usize, config: &Config, net: NetConfig, seed: u64) -> (Sim, 
         sim.join(i, 0);
     }
     let t0 = sim.now;
-    let done = run_until(&mut sim, &mut watch, |s| fully_meshed(s) && all_leased(s));
+    let done = run_until(&mut sim, &mut watch, |s| {
+        fully_meshed(s) && all_leased(s) && unique_leases(s)
+    });
     let report = Report {
         bootstrap: done.map(|t| t.duration_since(t0)),
         subnet_conflicts: watch.conflicts,
@@ -110,6 +112,16 @@ pub fn all_leased(sim: &Sim) -> bool {
         .iter()
         .filter(|n| n.up)
         .all(|n| n.gossip.lease().is_some())
+}
+
+/// Whether no two up nodes hold the same subnet (conflicting claims have all been settled).
+pub fn unique_leases(sim: &Sim) -> bool {
+    let mut seen = HashSet::new();
+    sim.nodes
+        .iter()
+        .filter(|n| n.up)
+        .filter_map(|n| n.gossip.lease())
+        .all(|l| seen.insert(l.subnet))
 }
 
 /// Runs until `done` holds (checked every 50 ms of virtual time) or [`PATIENCE`] runs out.
