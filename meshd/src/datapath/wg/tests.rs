@@ -381,11 +381,21 @@ fn hostile_datagrams_are_never_delivered_and_never_panic() {
                 d[at] ^= 1 << (next() % 8);
             }
         }
-        let (r, _, _, _) = b.receive(a.addr(), &d);
+        let before = peer_drops_total(&b);
+        let (r, _, replies, unattributed) = b.receive(a.addr(), &d);
         assert_eq!(
             r,
             Received::Nothing,
             "hostile datagram {i} delivered: {d:?}"
+        );
+        let counted = peer_drops_total(&b) - before
+            + crate::stats::DROP_REASONS
+                .iter()
+                .map(|r| unattributed.dropped(*r))
+                .sum::<u64>();
+        assert!(
+            counted == 1 || !replies.is_empty(),
+            "hostile datagram {i} neither counted once nor answered: {d:?}"
         );
     }
 }
