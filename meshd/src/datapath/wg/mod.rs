@@ -152,8 +152,9 @@ pub fn timers(routes: &Routes, socket: &UdpSocket, stop: &AtomicBool) {
                         peer.stats.count_drop(DropReason::SendError, 1);
                     }
                 }
+                // Repeats every tick while the peer stays idle: trace, not debug.
                 Action::Error(SessionError::Expired) => {
-                    tracing::debug!(peer = %peer.name, "WireGuard session expired");
+                    tracing::trace!(peer = %peer.name, "WireGuard session expired");
                 }
                 _ => {}
             }
