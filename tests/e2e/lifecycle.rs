@@ -84,7 +84,7 @@ fn stop_restart_and_cleanup() {
     assert!(String::from_utf8_lossy(&pod_addr.stdout).contains(&h.pods[0].addr.to_string()));
 
     // Restart over the existing bridge: it reconciles, and traffic flows again.
-    let child = Command::new("ip")
+    let mut child = Command::new("ip")
         .args(["netns", "exec", &h.ns])
         .arg(meshd_bin())
         .args(["run", "--config"])
@@ -101,9 +101,15 @@ fn stop_restart_and_cleanup() {
     }
     ping(&h.pods[0].ns, t.hosts[1].pods[0].addr, 10).unwrap();
     // The pods' gateway MAC is the node's, not borrowed from whichever pod port is lowest.
-    let link = Command::new("ip").args(["-n", &h.ns, "link", "show", "meshbr0"]).output().unwrap();
+    let link = Command::new("ip")
+        .args(["-n", &h.ns, "link", "show", "meshbr0"])
+        .output()
+        .unwrap();
     let want = meshd::host::bridge_mac(&h.name).to_string();
-    assert!(String::from_utf8_lossy(&link.stdout).contains(&want), "bridge MAC is not {want}");
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains(&want),
+        "bridge MAC is not {want}"
+    );
     assert_eq!(
         addrs(&h.ns, "meshbr0").matches("inet ").count(),
         1,
@@ -125,7 +131,7 @@ fn stop_restart_and_cleanup() {
     assert!(!out.status.success(), "cleanup ran under a live meshd");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    wait_gone(child.id() as i32);
+    child.wait().unwrap();
     let out = cleanup();
     assert!(
         out.status.success(),

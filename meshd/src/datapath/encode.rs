@@ -133,6 +133,9 @@ fn route(table: &RouteTable, packet: &[u8]) -> Option<PeerId> {
     }
 }
 
+/// Why [`decode`] refused a datagram: the peer it came from, when known, and the reason.
+pub type Rejected = (Option<PeerId>, DropReason);
+
 /// Validate one received VXLAN datagram from underlay address `from` and return the peer and
 /// the inner IP packet to deliver.
 #[inline]
@@ -141,7 +144,7 @@ pub fn decode<'a>(
     from: IpAddr,
     vni: u32,
     datagram: &'a [u8],
-) -> Result<(PeerId, &'a [u8]), (Option<PeerId>, DropReason)> {
+) -> Result<(PeerId, &'a [u8]), Rejected> {
     let Some(peer) = table.by_source(from) else {
         return Err((None, DropReason::UnknownSource));
     };
@@ -235,8 +238,8 @@ mod tests {
             let f = VxlanFrame::new_checked(chunk, 1).unwrap();
             assert_eq!(f.packet(), if i == 3 { &short[..] } else { &full[..] });
         }
-        let mut d = crate::stats::PeerStats::default();
-        drops.flush_into(&mut d);
+        let d = crate::stats::PeerStats::default();
+        drops.flush_into(&d);
         assert_eq!(d.dropped(DropReason::NoRoute), 1);
     }
 

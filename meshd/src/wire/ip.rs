@@ -116,6 +116,7 @@ pub(crate) mod tests_support {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::tests_support::ipv4_packet;
     use super::*;
 

@@ -163,6 +163,7 @@ fn mac_at(buf: &[u8], r: Range<usize>) -> [u8; 6] {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::wire::ip::tests_support::ipv4_packet;
 
