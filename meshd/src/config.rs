@@ -27,8 +27,12 @@ pub struct Config {
     pub node_name: String,
     /// Underlay address other nodes send to. Required.
     pub address: Option<IpAddr>,
-    /// This node's pod subnet. Required until gossip allocates subnets.
+    /// This node's pod subnet. Required without gossip; with gossip, an explicit claim (absent:
+    /// the lease persisted under `state-dir`, else a free subnet picked by the cluster).
     pub subnet: Option<Ipv4Net>,
+    /// Gossip seeds, `host:port`: any live member will do. Turns gossip on.
+    pub seeds: Vec<String>,
+    pub gossip: GossipConfig,
     /// All pod subnets together; routed into the overlay.
     pub cluster_cidr: Ipv4Net,
     /// "wireguard" (the default): standard WireGuard between nodes. "none": cleartext VXLAN
@@ -112,6 +116,27 @@ impl Default for WireguardConfig {
     }
 }
 
+/// Membership and subnet allocation by gossip (UDP, every datagram sealed with a key derived
+/// from the cluster secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct GossipConfig {
+    /// Run gossip. Absent: on when `seeds` are given or `subnet` is not (a seed node with an
+    /// explicit subnet sets `enabled = true`).
+    pub enabled: Option<bool>,
+    /// UDP port of the gossip socket, on this node and (unless a seed says otherwise) on peers.
+    pub port: u16,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            enabled: None,
+            port: 7946,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct VxlanConfig {
@@ -169,6 +194,8 @@ impl Default for Config {
             node_name: default_node_name(),
             address: None,
             subnet: None,
+            seeds: Vec::new(),
+            gossip: GossipConfig::default(),
             cluster_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
             encryption: Encryption::Wireguard,
             vxlan: VxlanConfig::default(),
@@ -213,6 +240,9 @@ struct FileConfig {
     node_name: Option<String>,
     address: Option<IpAddr>,
     subnet: Option<Ipv4Net>,
+    #[serde(default)]
+    seeds: Vec<String>,
+    gossip: Option<GossipConfig>,
     cluster_cidr: Option<Ipv4Net>,
     encryption: Option<Encryption>,
     vxlan: Option<VxlanConfig>,
@@ -241,6 +271,8 @@ impl Config {
             node_name: f.node_name.unwrap_or(d.node_name),
             address: f.address.or(d.address),
             subnet: f.subnet.or(d.subnet),
+            seeds: f.seeds,
+            gossip: f.gossip.unwrap_or(d.gossip),
             cluster_cidr: f.cluster_cidr.unwrap_or(d.cluster_cidr),
             encryption: f.encryption.unwrap_or(d.encryption),
             vxlan: f.vxlan.unwrap_or(d.vxlan),
@@ -287,18 +319,23 @@ impl Config {
                 format!("{address} is not a unicast address"),
             ));
         }
-        let subnet = self.subnet.ok_or_else(|| {
-            err(
-                "subnet",
-                "required: this node's pod subnet, e.g. 10.244.1.0/24",
-            )
-        })?;
-        self.check_subnet("subnet", subnet)?;
-        if subnet.prefix_len() > 30 {
+        if self.subnet.is_none() && !self.gossip_enabled() {
             return Err(err(
                 "subnet",
-                format!("{subnet} is too small: a /30 or larger is needed"),
+                "required without gossip: this node's pod subnet, e.g. 10.244.1.0/24",
             ));
+        }
+        if let Some(subnet) = self.subnet {
+            self.check_subnet("subnet", subnet)?;
+            if subnet.prefix_len() > 30 {
+                return Err(err(
+                    "subnet",
+                    format!("{subnet} is too small: a /30 or larger is needed"),
+                ));
+            }
+        }
+        if self.gossip_enabled() {
+            self.validate_gossip()?;
         }
         if self.cluster_cidr.prefix_len() > 30 {
             return Err(err(
@@ -342,11 +379,61 @@ impl Config {
         if self.socket_buffer < 64 << 10 || self.socket_buffer > 1 << 30 {
             return Err(err("socket-buffer", "must be between 64 KiB and 1 GiB"));
         }
-        self.validate_peers(address, subnet)
+        self.validate_peers(address, self.subnet)
     }
 
-    fn validate_peers(&self, address: IpAddr, subnet: Ipv4Net) -> Result<(), ConfigError> {
-        let mut seen: Vec<(&str, IpAddr, Ipv4Net)> = vec![(&self.node_name, address, subnet)];
+    fn validate_gossip(&self) -> Result<(), ConfigError> {
+        if self.gossip.port == 0 {
+            return Err(err("gossip.port", "must not be 0"));
+        }
+        for (i, s) in self.seeds.iter().enumerate() {
+            if split_seed(s).is_none() {
+                return Err(err(
+                    format!("seeds[{i}]"),
+                    format!("`{s}` is not host:port (e.g. 192.0.2.10:7946)"),
+                ));
+            }
+        }
+        if let Some(subnet) = self.subnet {
+            if subnet.prefix_len() != self.node_prefix() {
+                return Err(err(
+                    "subnet",
+                    format!(
+                        "with gossip, node subnets are /{}: {subnet} is not",
+                        self.node_prefix()
+                    ),
+                ));
+            }
+        }
+        if self.node_name.len() > meshd_gossip::MAX_NAME_LEN {
+            return Err(err(
+                "node-name",
+                format!(
+                    "longer than {} bytes, the gossip limit",
+                    meshd_gossip::MAX_NAME_LEN
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this node runs gossip: `gossip.enabled`, else on with seeds or without a subnet.
+    pub fn gossip_enabled(&self) -> bool {
+        self.gossip
+            .enabled
+            .unwrap_or(!self.seeds.is_empty() || self.subnet.is_none())
+    }
+
+    /// Prefix length of node subnets cut from the cluster CIDR by gossip.
+    pub fn node_prefix(&self) -> u8 {
+        24u8.max(self.cluster_cidr.prefix_len())
+    }
+
+    fn validate_peers(&self, address: IpAddr, subnet: Option<Ipv4Net>) -> Result<(), ConfigError> {
+        let mut seen: Vec<(&str, IpAddr, Ipv4Net)> = Vec::new();
+        if let Some(subnet) = subnet {
+            seen.push((&self.node_name, address, subnet));
+        }
         for (i, p) in self.peers.iter().enumerate() {
             let key = format!("peers[{i}]");
             if p.name.is_empty() {
@@ -449,7 +536,7 @@ impl Config {
         let path = self.cluster_secret_file.as_ref().ok_or_else(|| {
             err(
                 "cluster-secret-file",
-                format!("required with encryption = \"wireguard\" unless {CLUSTER_SECRET_ENV} is set; `meshd secret > FILE` makes one"),
+                format!("required with encryption = \"wireguard\" or gossip unless {CLUSTER_SECRET_ENV} is set; `meshd secret > FILE` makes one"),
             )
         })?;
         meshd_crypto::ClusterSecret::read_file(path)
@@ -466,6 +553,14 @@ impl Config {
             .unwrap_or(1)
             .min(8)
     }
+}
+
+/// `host:port` split at the last colon (IPv6 literals in brackets); `None` when malformed.
+pub fn split_seed(seed: &str) -> Option<(&str, u16)> {
+    let (host, port) = seed.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty() && port != 0).then_some((host, port))
 }
 
 fn validate_ifname(key: &str, name: &str, max: usize) -> Result<(), ConfigError> {
@@ -657,10 +752,53 @@ mod tests {
             Config::from_toml("").unwrap().validate().unwrap_err().key,
             "address"
         );
-        let e = Config::from_toml("address = \"198.18.0.1\"")
+        let e = Config::from_toml("address = \"198.18.0.1\"\n[gossip]\nenabled = false")
             .unwrap()
             .validate()
             .unwrap_err();
         assert_eq!(e.key, "subnet");
+    }
+
+    #[test]
+    fn gossip_makes_the_subnet_optional() {
+        let c =
+            Config::from_toml("address = \"198.18.0.1\"\nseeds = [\"198.18.0.2:7946\"]").unwrap();
+        c.validate().unwrap();
+        assert!(c.gossip_enabled());
+        assert_eq!(c.gossip.port, 7946);
+        // No subnet and no seeds: the first node of a gossip cluster.
+        let first = Config::from_toml("address = \"198.18.0.1\"").unwrap();
+        first.validate().unwrap();
+        assert!(first.gossip_enabled());
+        // Static peers alone keep gossip off.
+        assert!(!Config::from_toml(GOOD).unwrap().gossip_enabled());
+    }
+
+    #[test]
+    fn gossip_keys_are_checked() {
+        let seeds = |s: &str| {
+            Config::from_toml(&format!("address = \"198.18.0.1\"\nseeds = [\"{s}\"]"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .key
+        };
+        assert_eq!(seeds("no-port"), "seeds[0]");
+        assert_eq!(seeds("h:0"), "seeds[0]");
+        let e = Config::from_toml(
+            "address = \"198.18.0.1\"\nsubnet = \"10.244.0.0/23\"\n[gossip]\nenabled = true",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.key, "subnet");
+        assert_eq!(
+            split_seed("[2001:db8::1]:7946"),
+            Some(("2001:db8::1", 7946))
+        );
+        assert_eq!(
+            split_seed("seed.example:7946"),
+            Some(("seed.example", 7946))
+        );
     }
 }

@@ -67,6 +67,13 @@ struct RunArgs {
     /// This node's pod subnet.
     #[arg(long, env = "MESHD_SUBNET")]
     subnet: Option<ipnet::Ipv4Net>,
+    /// Gossip seed `host:port` to join through (repeatable; MESHD_JOIN takes a comma-separated
+    /// list). Added to the config's `seeds`; turns gossip on.
+    #[arg(long = "join", env = "MESHD_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
+    /// UDP port of the gossip socket.
+    #[arg(long, env = "MESHD_GOSSIP_PORT")]
+    gossip_port: Option<u16>,
     #[arg(long, env = "MESHD_RUN_DIR")]
     run_dir: Option<PathBuf>,
     #[arg(long, env = "MESHD_STATE_DIR")]
@@ -110,6 +117,14 @@ impl RunArgs {
         }
         if self.subnet.is_some() {
             c.subnet = self.subnet;
+        }
+        for seed in &self.join {
+            if !c.seeds.contains(seed) {
+                c.seeds.push(seed.clone());
+            }
+        }
+        if let Some(v) = self.gossip_port {
+            c.gossip.port = v;
         }
         if let Some(v) = &self.run_dir {
             c.run_dir = v.clone();
