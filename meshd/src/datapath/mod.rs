@@ -2,6 +2,7 @@
 
 pub mod device;
 pub mod encode;
+mod io;
 pub mod wg;
 mod worker;
 

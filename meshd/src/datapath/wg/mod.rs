@@ -14,7 +14,6 @@ pub mod tx;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,7 +22,7 @@ use meshd_crypto::session::MAX_LOCAL_INDEX;
 use meshd_crypto::{
     kdf, Action, ClusterSecret, PrivateKey, PublicKey, RateLimiter, Session, SessionError,
 };
-use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
+use quinn_udp::UdpSocketState;
 
 use crate::routes::Routes;
 use crate::stats::DropReason;
@@ -162,48 +161,7 @@ pub fn timers(routes: &Routes, socket: &UdpSocket, stop: &AtomicBool) {
     }
 }
 
-/// Send one transmit, waiting while the socket buffer is full.
-fn send(
-    sock: &UdpSocket,
-    state: &UdpSocketState,
-    t: &Transmit<'_>,
-    stop: &AtomicBool,
-) -> io::Result<()> {
-    loop {
-        match state.try_send(UdpSockRef::from(sock), t) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if stop.load(Ordering::Relaxed) {
-                    return Err(e);
-                }
-                wait(sock.as_raw_fd(), libc::POLLOUT);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            other => return other,
-        }
-    }
-}
-
 /// Send one control datagram (handshake, cookie reply, keepalive, flushed packet).
 fn send_one(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
     sock.send_to(bytes, to).map(|_| ())
 }
-
-/// How long an idle worker sleeps before it looks at the stop flag again.
-const IDLE_POLL_MS: i32 = 200;
-
-/// Sleep until `fd` is ready for `events` or the idle period ends.
-fn wait(fd: i32, events: libc::c_short) {
-    let mut p = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe {
-        libc::poll(&mut p, 1, IDLE_POLL_MS);
-    }
-}
-
-#[cfg(test)]
-#[path = "tests.rs"]
-mod tests;

@@ -6,7 +6,6 @@
 //! [`TxBatch`] does no I/O, so the no-allocation test drives it directly; [`tx_loop`] is the
 //! worker around it.
 
-use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 
@@ -14,20 +13,14 @@ use meshd_crypto::session::MIN_OUT_LEN;
 use meshd_crypto::wire::DATA_OVERHEAD;
 use meshd_crypto::{Action, Session};
 use quinn_udp::Transmit;
-use tun_rs::VIRTIO_NET_HDR_LEN;
 
 use super::super::encode::MAX_GSO_BYTES;
-use super::{send, wait};
+use super::super::io::{send, wait, TunReader, TX_BATCH};
 use super::{Queue, Shared};
 use crate::routes::{PeerId, RouteTable};
 use crate::stats::{DropReason, DropTally};
 use crate::wire::ip::v4_dst;
 
-/// Packets per TX batch. A TSO super-packet of 64 KiB split at the smallest MSS we allow
-/// (576-byte MTU → 536) is 123 segments, so a batch must hold that many after a first read.
-pub const TX_BATCH: usize = 256;
-/// Read again from the TUN device only while this many buffers are free (see above).
-const TX_READ_ROOM: usize = 128;
 /// Packets encrypted per lock of a session. Holding it for a whole batch (~100 µs) made the
 /// RX worker wait to decrypt the reverse direction's ACKs, which slowed a TCP stream; one lock
 /// per few packets costs nothing measurable when uncontended.
@@ -174,39 +167,21 @@ fn route(table: &RouteTable, packet: &[u8]) -> Option<PeerId> {
 }
 
 pub fn tx_loop(shared: &Shared, q: &Queue) {
-    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65535];
-    let mut bufs: Vec<Vec<u8>> = (0..TX_BATCH).map(|_| vec![0u8; shared.mtu]).collect();
-    let mut sizes = vec![0usize; TX_BATCH];
+    let mut reader = TunReader::new(shared.mtu);
     let mut batch = TxBatch::new(TX_BATCH, shared.mtu, q.gso_segments);
     let mut drops = DropTally::default();
     let (sock, state) = &*q.socket;
     while !shared.stop.load(Ordering::Relaxed) {
-        let mut n = 0;
-        while TX_BATCH - n >= TX_READ_ROOM || n == 0 {
-            match q
-                .tun
-                .recv_multiple(&mut original, &mut bufs[n..], &mut sizes[n..], 0)
-            {
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::trace!(error = %e, "TUN read");
-                    drops.add(DropReason::Malformed);
-                    break;
-                }
-            }
-        }
+        let n = reader.read(&q.tun, &mut drops);
         if n == 0 {
             drops.flush_into(&shared.routes.unattributed);
-            wait(std::os::fd::AsRawFd::as_raw_fd(&*q.tun), libc::POLLIN);
+            wait(&*q.tun, libc::POLLIN);
             continue;
         }
         let table = shared.routes.load();
         batch.clear();
         batch.set_max_per_run(state.max_gso_segments().min(q.gso_segments));
-        let packets = bufs.iter().zip(&sizes).take(n).map(|(b, &l)| &b[..l]);
-        batch.push_all(&table, packets, &mut drops);
+        batch.push_all(&table, reader.packets(n), &mut drops);
         for run in batch.runs() {
             let peer = table.peer(run.peer);
             let t = Transmit {

@@ -1,0 +1,253 @@
+//! The I/O both data paths (cleartext VXLAN and WireGuard) share: batched TUN reads, batched UDP
+//! receives, GRO-coalescing TUN writes, sends that wait out a full socket buffer, and the
+//! per-peer receive tally. What differs between the paths (framing, crypto) stays in `worker.rs`
+//! and `wg/`.
+
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+
+use crate::routes::{PeerId, RouteTable};
+use crate::stats::{DropReason, DropTally};
+
+/// Packets per TX batch. A TSO super-packet of 64 KiB split at the smallest MSS we allow
+/// (576-byte MTU → 536) is 123 segments, so a batch must hold that many after a first read.
+pub const TX_BATCH: usize = 256;
+/// Read again from the TUN device only while this many buffers are free (see above).
+const TX_READ_ROOM: usize = 128;
+/// Datagrams per `recvmmsg`: quinn-udp's own batch size on Linux.
+const RX_BATCH: usize = 32;
+/// A GRO-coalesced UDP read, and a GRO-coalesced TUN write, is at most 64 KiB.
+const GRO_BUF: usize = 65535;
+/// Headroom in front of each packet written to TUN: the virtio-net header when offload is on.
+const WRITE_OFFSET: usize = VIRTIO_NET_HDR_LEN;
+/// How long an idle worker sleeps before it looks at the stop flag again.
+const IDLE_POLL_MS: i32 = 200;
+
+/// Batched reads from one TUN queue; TSO super-packets come back split into segments.
+pub struct TunReader {
+    original: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+}
+
+impl TunReader {
+    pub fn new(mtu: usize) -> Self {
+        TunReader {
+            original: vec![0u8; VIRTIO_NET_HDR_LEN + 65535],
+            bufs: (0..TX_BATCH).map(|_| vec![0u8; mtu]).collect(),
+            sizes: vec![0; TX_BATCH],
+        }
+    }
+
+    /// Read what is ready, up to a batch; 0 when nothing is (the caller waits with [`wait`]).
+    pub fn read(&mut self, tun: &SyncDevice, drops: &mut DropTally) -> usize {
+        let mut n = 0;
+        while TX_BATCH - n >= TX_READ_ROOM || n == 0 {
+            match tun.recv_multiple(
+                &mut self.original,
+                &mut self.bufs[n..],
+                &mut self.sizes[n..],
+                0,
+            ) {
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::trace!(error = %e, "TUN read");
+                    drops.add(DropReason::Malformed);
+                    break;
+                }
+            }
+        }
+        n
+    }
+
+    /// The first `n` packets of the last read.
+    pub fn packets(&self, n: usize) -> impl Iterator<Item = &[u8]> {
+        self.bufs
+            .iter()
+            .zip(&self.sizes)
+            .take(n)
+            .map(|(b, &len)| &b[..len])
+    }
+}
+
+/// Batched UDP receives (recvmmsg, GRO when on), handed out one datagram at a time.
+pub struct UdpReader {
+    big: Vec<u8>,
+    slot: usize,
+    meta: [RecvMeta; RX_BATCH],
+}
+
+impl UdpReader {
+    /// `max_datagram`: the largest datagram expected without GRO.
+    pub fn new(gro: bool, max_datagram: usize) -> Self {
+        let slot = if gro { GRO_BUF } else { max_datagram };
+        UdpReader {
+            big: vec![0u8; RX_BATCH * slot],
+            slot,
+            meta: [RecvMeta::default(); RX_BATCH],
+        }
+    }
+
+    /// Receive one batch and call `f(source, datagram)` for each datagram in it, GRO
+    /// segments split apart. Returns false when nothing was ready (the caller waits).
+    pub fn recv(
+        &mut self,
+        sock: &UdpSocket,
+        state: &UdpSocketState,
+        mut f: impl FnMut(SocketAddr, &[u8]),
+    ) -> bool {
+        let received = {
+            let mut chunks = self.big.chunks_mut(self.slot);
+            let mut iovs: [IoSliceMut<'_>; RX_BATCH] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            state.recv(UdpSockRef::from(sock), &mut iovs, &mut self.meta)
+        };
+        let n = match received {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) => {
+                tracing::trace!(error = %e, "UDP receive");
+                return true;
+            }
+        };
+        let slot = self.slot;
+        for (i, m) in self.meta.iter().take(n).enumerate() {
+            let data = &self.big[i * slot..i * slot + m.len.min(slot)];
+            // An empty datagram is still a datagram to judge (and count); chunks() yields none.
+            let empty: &[&[u8]] = if data.is_empty() { &[&[]] } else { &[] };
+            for datagram in data.chunks(m.stride.max(1)).chain(empty.iter().copied()) {
+                f(m.addr, datagram);
+            }
+        }
+        true
+    }
+}
+
+/// Packets waiting to be written to the TUN device in one `send_multiple`, GRO-coalesced there
+/// when the device has offload.
+pub struct TunWriter {
+    bufs: Vec<Vec<u8>>,
+    used: usize,
+    gro: GROTable,
+}
+
+impl TunWriter {
+    pub fn new(batch: usize) -> Self {
+        TunWriter {
+            // tun-rs coalesces a flow's packets into the first buffer of the flow only when that
+            // buffer's capacity can hold the result: give each room for a 64 KiB super-packet.
+            // Pages are touched only as coalescing reaches them.
+            bufs: (0..batch)
+                .map(|_| Vec::with_capacity(2 * WRITE_OFFSET + GRO_BUF))
+                .collect(),
+            used: 0,
+            gro: GROTable::default(),
+        }
+    }
+
+    /// The next free buffer, past the headroom, `len` bytes long (at most the buffer's
+    /// capacity), for a caller that produces the packet in place.
+    #[inline]
+    pub fn next(&mut self, len: usize) -> &mut [u8] {
+        let b = &mut self.bufs[self.used];
+        let want = (WRITE_OFFSET + len).min(b.capacity());
+        b.resize(want, 0);
+        &mut b[WRITE_OFFSET..]
+    }
+
+    /// Keep the packet of `len` bytes just written into [`TunWriter::next`]; true when the
+    /// batch is full and must be flushed.
+    #[inline]
+    pub fn commit(&mut self, len: usize) -> bool {
+        self.bufs[self.used].truncate(WRITE_OFFSET + len);
+        self.used += 1;
+        self.used == self.bufs.len()
+    }
+
+    /// Queue a copy of `packet`; true when the batch is full and must be flushed.
+    #[inline]
+    pub fn push(&mut self, packet: &[u8]) -> bool {
+        self.next(packet.len())[..packet.len()].copy_from_slice(packet);
+        self.commit(packet.len())
+    }
+
+    pub fn flush(&mut self, tun: &SyncDevice, drops: &mut DropTally) {
+        if self.used == 0 {
+            return;
+        }
+        if let Err(e) = tun.send_multiple(&mut self.gro, &mut self.bufs[..self.used], WRITE_OFFSET)
+        {
+            tracing::trace!(error = %e, "TUN write");
+            drops.add(DropReason::TunWriteError);
+        }
+        self.used = 0;
+    }
+}
+
+/// Received counters for the peer of the current stretch of datagrams, added once per stretch.
+#[derive(Default)]
+pub struct PeerAcc {
+    peer: Option<PeerId>,
+    packets: u64,
+    bytes: u64,
+}
+
+impl PeerAcc {
+    #[inline]
+    pub fn add(&mut self, table: &RouteTable, peer: PeerId, bytes: usize) {
+        if self.peer != Some(peer) {
+            self.flush(table);
+            self.peer = Some(peer);
+        }
+        self.packets += 1;
+        self.bytes += bytes as u64;
+    }
+
+    pub fn flush(&mut self, table: &RouteTable) {
+        if let Some(p) = self.peer.take() {
+            table.peer(p).stats.rx(self.packets, self.bytes);
+        }
+        self.packets = 0;
+        self.bytes = 0;
+    }
+}
+
+/// Send one transmit, waiting while the socket buffer is full: backpressure, not loss.
+pub fn send(
+    sock: &UdpSocket,
+    state: &UdpSocketState,
+    t: &Transmit<'_>,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    loop {
+        match state.try_send(UdpSockRef::from(sock), t) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(e);
+                }
+                wait(sock, libc::POLLOUT);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// Sleep until `fd` is ready for `events` or the idle period ends.
+pub fn wait(fd: &impl AsRawFd, events: libc::c_short) {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe {
+        libc::poll(&mut p, 1, IDLE_POLL_MS);
+    }
+}

@@ -1,0 +1,117 @@
+use super::{allocations_in, packet};
+use meshd::datapath::wg::rx::{receive, Received};
+use meshd::datapath::wg::tx::TxBatch;
+use meshd::datapath::wg::{NodeCrypto, SCRATCH_LEN};
+use meshd::routes::{Local, Peer, Routes};
+use meshd::stats::DropTally;
+use meshd_crypto::{ClusterSecret, PrivateKey, PublicKey};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+fn node(n: u8, key: &PrivateKey, secret: &ClusterSecret, peer: (u8, PublicKey)) -> Routes {
+    let crypto = NodeCrypto::new(key.clone(), secret.clone(), 100);
+    let r = Routes::with_crypto(
+        Local {
+            name: format!("n{n}"),
+            vni: 1,
+            port: 51820,
+        },
+        Some(Arc::new(crypto)),
+    );
+    let p = Peer {
+        name: format!("n{}", peer.0),
+        address: format!("198.18.0.{}", peer.0).parse().unwrap(),
+        subnet: format!("10.244.{}.0/24", peer.0).parse().unwrap(),
+    };
+    r.update_keyed(&[(p, Some(peer.1))]);
+    r
+}
+
+struct Rx {
+    out: Vec<u8>,
+    scratch: Vec<u8>,
+    drops: DropTally,
+}
+
+impl Rx {
+    fn new() -> Rx {
+        Rx {
+            out: vec![0u8; 65_600],
+            scratch: vec![0u8; SCRATCH_LEN],
+            drops: DropTally::default(),
+        }
+    }
+
+    fn take(
+        &mut self,
+        at: &Routes,
+        from: SocketAddr,
+        d: &[u8],
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Received {
+        receive(
+            at.crypto().unwrap(),
+            &at.load(),
+            from,
+            d,
+            &mut self.out,
+            &mut self.scratch,
+            &mut |b: &[u8], _| replies.push(b.to_vec()),
+            &mut self.drops,
+        )
+    }
+}
+
+#[test]
+fn encrypt_and_decrypt_allocate_nothing_per_packet() {
+    let secret = ClusterSecret::generate();
+    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+    let a = node(1, &ka, &secret, (2, kb.public_key()));
+    let b = node(2, &kb, &secret, (1, ka.public_key()));
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
+        "198.18.0.1:51820".parse().unwrap(),
+        "198.18.0.2:51820".parse().unwrap(),
+    );
+    let mut batch = TxBatch::new(64, 1420, 64);
+    let mut drops = DropTally::default();
+    let (mut rx_a, mut rx_b) = (Rx::new(), Rx::new());
+
+    // Handshake, allocations allowed.
+    let first = packet([10, 244, 1, 2], [10, 244, 2, 3], 100);
+    batch.push_all(&a.load(), std::iter::once(&first[..]), &mut drops);
+    let init = batch.bytes(&batch.runs()[0]).to_vec();
+    let mut replies = Vec::new();
+    rx_b.take(&b, a_addr, &init, &mut replies);
+    let response = replies.pop().unwrap();
+    rx_a.take(&a, b_addr, &response, &mut replies);
+    for r in std::mem::take(&mut replies) {
+        rx_b.take(&b, a_addr, &r, &mut replies);
+    }
+
+    // A TSO super-packet's worth of segments, then their decryption.
+    let segments: Vec<Vec<u8>> = (0..44)
+        .map(|_| packet([10, 244, 1, 2], [10, 244, 2, 3], 1380))
+        .collect();
+    let mut no_replies = Vec::with_capacity(0);
+    let mut delivered = 0usize;
+    let allocs = allocations_in(|| {
+        for _ in 0..100 {
+            batch.clear();
+            batch.push_all(&a.load(), segments.iter().map(|s| &s[..]), &mut drops);
+            for run in batch.runs() {
+                let bytes = batch.bytes(run);
+                for d in bytes.chunks(run.segment) {
+                    if let Received::Deliver { len, .. } = rx_b.take(&b, a_addr, d, &mut no_replies)
+                    {
+                        delivered += len;
+                    }
+                }
+            }
+        }
+    });
+
+    assert_eq!(batch.runs().len(), 1, "{:?}", batch.runs());
+    assert_eq!(delivered, 100 * 44 * 1400);
+    assert!(no_replies.is_empty());
+    assert_eq!(allocs, 0, "the encrypted per-packet path allocated");
+}
