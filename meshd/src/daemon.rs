@@ -6,14 +6,15 @@ use std::sync::Arc;
 use crate::config::{Config, Encryption};
 use crate::datapath::wg::NodeCrypto;
 use crate::datapath::DataPath;
+use crate::gossip::{apply_subnet, Membership};
 use crate::host::{self, Host};
 use crate::routes::{Local, Peer, Routes};
-use crate::status::{self, NetworkFile, Status, StatusSource};
+use crate::status::{self, Status, StatusSource};
 use crate::wire::vtep_mac;
+use ipnet::Ipv4Net;
 
 /// Run until SIGTERM or SIGINT. The configuration must already be validated.
 pub async fn run(cfg: Config) -> Result<()> {
-    let subnet = cfg.subnet.context("no subnet")?;
     let address = cfg.address.context("no address")?;
     std::fs::create_dir_all(&cfg.run_dir)
         .with_context(|| format!("creating the run directory {}", cfg.run_dir.display()))?;
@@ -28,6 +29,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         Encryption::None => None,
     };
     let public_key = crypto.as_ref().map(|c| c.public.to_base64());
+    let public = crypto.as_ref().map(|c| c.public);
     let routes = Arc::new(Routes::with_crypto(
         Local {
             name: cfg.node_name.clone(),
@@ -36,40 +38,41 @@ pub async fn run(cfg: Config) -> Result<()> {
         },
         crypto,
     ));
+    let membership = if cfg.gossip_enabled() {
+        Some(Membership::start(&cfg, routes.clone(), static_peers(&cfg), public).await?)
+    } else {
+        None
+    };
+    // Without gossip the subnet is configured; with it, the explicit or persisted one (a new
+    // lease reconfigures the bridge later), or none yet: the data path does not need it.
+    let subnet = match &membership {
+        Some(m) => *m.subnet.lock().unwrap_or_else(|p| p.into_inner()),
+        None => Some(cfg.subnet.context("no subnet")?),
+    };
     let host = Host::connect()?;
     // The TUN device exists from here until the data path stops.
     let datapath = DataPath::start(&cfg, routes.clone())?;
-    if let Err(e) = setup_host(&host, &cfg).await {
+    if let Err(e) = setup_host(&host, &cfg, subnet).await {
         datapath.stop();
         return Err(e);
     }
     routes.update_keyed(&static_peers(&cfg));
     let t = &datapath.tiers;
     tracing::info!(
-        node = %cfg.node_name, %subnet, %address, queues = t.queues,
+        node = %cfg.node_name, subnet = ?subnet, %address, queues = t.queues,
         multi_queue = %t.multi_queue, tun_offload = %t.tun_offload,
         udp_gso = %t.udp_gso, udp_gro = %t.udp_gro,
-        peers = cfg.peers.len(), "meshd is up"
+        peers = cfg.peers.len(), gossip = membership.is_some(), "meshd is up"
     );
 
     let pid = std::process::id();
-    let network = NetworkFile {
-        node: cfg.node_name.clone(),
-        subnet: subnet.to_string(),
-        gateway: host::gateway(subnet).to_string(),
-        bridge: cfg.bridge.clone(),
-        mtu: cfg.overlay_mtu(),
-        cluster_cidr: cfg.cluster_cidr.to_string(),
-        pid,
-    };
-    status::write_atomic(&cfg.run_dir.join(status::NETWORK_FILE), &network)?;
     let source = Arc::new(StatusSource {
         base: Status {
             node: cfg.node_name.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             pid,
             address: address.to_string(),
-            subnet: subnet.to_string(),
+            subnet: subnet.map(|s| s.to_string()).unwrap_or_default(),
             vtep_mac: vtep_mac(&cfg.node_name).to_string(),
             encryption: match cfg.encryption {
                 Encryption::Wireguard => format!("wireguard (UDP {})", cfg.wireguard.port),
@@ -81,30 +84,41 @@ pub async fn run(cfg: Config) -> Result<()> {
             tiers: datapath.tiers.clone(),
             peers: Vec::new(),
             unattributed: Default::default(),
+            members: None,
+            gossip: None,
         },
         routes: routes.clone(),
+        gossip: membership.as_ref().map(|m| m.shared.clone()),
+        subnet: membership.as_ref().map(|m| m.subnet.clone()),
     });
     let socket = cfg.run_dir.join(status::SOCKET_NAME);
     let server = tokio::spawn(status::serve(socket.clone(), source));
+    let (stop_gossip, stopped) = tokio::sync::oneshot::channel();
+    let gossip_task = membership.map(|m| tokio::spawn(m.run(stopped)));
 
     wait_for_signal().await?;
     tracing::info!("stopping; the bridge stays so pods keep their addresses");
+    if let Some(task) = gossip_task {
+        let _ = stop_gossip.send(());
+        match tokio::time::timeout(std::time::Duration::from_secs(2), task).await {
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %format!("{e:#}"), "gossip stopped with an error")
+            }
+            Ok(_) => {}
+            Err(_) => tracing::warn!("gossip did not stop within 2 s"),
+        }
+    }
     server.abort();
     let _ = std::fs::remove_file(&socket);
     datapath.stop();
     Ok(())
 }
 
-async fn setup_host(host: &Host, cfg: &Config) -> Result<()> {
-    let subnet = cfg.subnet.context("no subnet")?;
-    host.ensure_bridge(
-        &cfg.bridge,
-        &cfg.node_name,
-        subnet,
-        cfg.cluster_cidr,
-        cfg.overlay_mtu(),
-    )
-    .await?;
+async fn setup_host(host: &Host, cfg: &Config, subnet: Option<Ipv4Net>) -> Result<()> {
+    if let Some(subnet) = subnet {
+        // The bridge and network.json; with gossip, a later lease redoes both.
+        apply_subnet(host, cfg, subnet).await?;
+    }
     host.route_cluster(&cfg.tun, cfg.cluster_cidr).await?;
     host::enable_forwarding()
 }

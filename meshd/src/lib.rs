@@ -9,6 +9,7 @@
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod gossip;
 pub mod host;
 pub mod lab;
 pub mod routes;

@@ -38,6 +38,38 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// Drops that belong to no peer: datagrams from unknown sources, packets with no route.
     pub unattributed: PeerStatsSnapshot,
+    /// Gossip members other than this node, when gossip runs.
+    #[serde(default)]
+    pub members: Option<Vec<MemberStatus>>,
+    /// Gossip traffic and error counters, when gossip runs.
+    #[serde(default)]
+    pub gossip: Option<GossipCounters>,
+}
+
+/// One gossip member as this node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub name: String,
+    /// alive, suspect, down or left.
+    pub state: String,
+    /// Seconds since this node saw it enter that state.
+    pub since_secs: u64,
+    /// Its gossip address.
+    pub address: String,
+    /// The subnet it claims, once it holds one.
+    pub subnet: Option<String>,
+}
+
+/// Gossip datagrams in and out, and what was dropped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GossipCounters {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Datagrams that did not open (wrong cluster secret, tampered, replayed, too old): never parsed.
+    pub open_failures: u64,
+    /// Opened datagrams the gossip codec refused.
+    pub decode_failures: u64,
+    pub send_failures: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +134,10 @@ pub struct NetworkFile {
 pub struct StatusSource {
     pub base: Status,
     pub routes: Arc<Routes>,
+    /// Gossip state, when gossip runs.
+    pub gossip: Option<Arc<std::sync::Mutex<crate::gossip::Shared>>>,
+    /// The node's current subnet, when gossip assigns it.
+    pub subnet: Option<Arc<std::sync::Mutex<Option<ipnet::Ipv4Net>>>>,
 }
 
 impl StatusSource {
@@ -121,6 +157,17 @@ impl StatusSource {
             })
             .collect();
         s.unattributed = self.routes.unattributed.snapshot();
+        if let Some(g) = &self.gossip {
+            let (members, counters) = g.lock().unwrap_or_else(|p| p.into_inner()).report();
+            s.members = Some(members);
+            s.gossip = Some(counters);
+        }
+        if let Some(net) = &self.subnet {
+            s.subnet = match *net.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(n) => n.to_string(),
+                None => "(waiting for a gossip lease)".into(),
+            };
+        }
         if let Some(c) = self.routes.crypto() {
             s.cookie_replies_sent = c.cookie_replies.load(std::sync::atomic::Ordering::Relaxed);
         }
@@ -236,6 +283,31 @@ pub fn render(s: &Status) -> String {
         }
     }
     let _ = writeln!(o, "unattributed drops: {}", drops(&s.unattributed));
+    if let Some(g) = &s.gossip {
+        let _ = writeln!(
+            o,
+            "gossip      datagrams in {}  out {}  open failures {}  decode failures {}  send failures {}",
+            g.datagrams_in, g.datagrams_out, g.open_failures, g.decode_failures, g.send_failures
+        );
+    }
+    if let Some(members) = &s.members {
+        let _ = writeln!(
+            o,
+            "{:<16} {:<8} {:>8}  {:<22} subnet",
+            "member", "state", "since s", "gossip address"
+        );
+        for m in members {
+            let _ = writeln!(
+                o,
+                "{:<16} {:<8} {:>8}  {:<22} {}",
+                m.name,
+                m.state,
+                m.since_secs,
+                m.address,
+                m.subnet.as_deref().unwrap_or("-")
+            );
+        }
+    }
     o
 }
 
