@@ -9,7 +9,7 @@
 
 use meshd::config::Encryption;
 use meshd::lab::probe::{ping, tcp_transfer};
-use meshd::lab::{Backend, Spec, Topology};
+use meshd::lab::{Backend, Membership, Spec, Topology};
 use meshd_tests::{meshd_bin, prefix, require_root};
 
 /// A cleartext (VXLAN) lab: these tests exercise the VXLAN tiers; `encrypted.rs` covers
@@ -23,6 +23,7 @@ pub fn spec(tag: &str, hosts: Vec<Backend>, args: &[&str]) -> Spec {
         meshd_args: args.iter().map(|s| s.to_string()).collect(),
         meshd_bin: meshd_bin(),
         underlay_mtu: 1500,
+        membership: Membership::Static,
     }
 }
 

@@ -5,6 +5,7 @@ mod bad_input;
 mod cluster;
 mod config;
 mod encrypted;
+mod gossip;
 mod interop;
 mod lifecycle;
 mod wg_interop;

@@ -11,7 +11,7 @@ use clap::Subcommand;
 use std::path::PathBuf;
 
 use crate::config::Encryption;
-pub use topology::{Backend, Spec, Topology};
+pub use topology::{Backend, Membership, Spec, Topology};
 
 /// Prefix of everything `meshd lab` makes unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "meshlab";
@@ -40,6 +40,10 @@ pub enum LabCommand {
         /// Extra arguments for each `meshd run`, e.g. `--meshd-arg=--no-tun-offload`.
         #[arg(long = "meshd-arg", allow_hyphen_values = true)]
         meshd_args: Vec<String>,
+        /// Write every host's peers and subnet into its config instead of forming the cluster
+        /// by gossip from host 1 (implied with --kernel-vxlan or --wireguard-go hosts).
+        #[arg(long = "static")]
+        static_peers: bool,
     },
     /// Ping every pod from every pod, then time a TCP transfer between two hosts.
     Check {
@@ -66,6 +70,7 @@ pub fn main(cmd: LabCommand) -> Result<()> {
             encryption,
             prefix,
             meshd_args,
+            static_peers,
         } => {
             if !(2..=200).contains(&nodes) {
                 bail!("--nodes must be between 2 and 200");
@@ -92,6 +97,11 @@ pub fn main(cmd: LabCommand) -> Result<()> {
                 meshd_bin: std::env::current_exe().context("finding the meshd binary")?,
                 underlay_mtu: 1500,
                 encryption,
+                membership: if static_peers || kernel_vxlan + wireguard_go > 0 {
+                    Membership::Static
+                } else {
+                    Membership::Gossip
+                },
             };
             let mut t = Topology::up(spec.clone())?;
             t.cleanup_on_drop = false;
@@ -195,6 +205,7 @@ fn save(spec: &Spec) -> Result<()> {
         "pods": spec.pods_per_host,
         "meshd_bin": spec.meshd_bin,
         "underlay_mtu": spec.underlay_mtu,
+        "gossip": spec.membership == Membership::Gossip,
     });
     std::fs::write(spec_file(&spec.prefix), serde_json::to_vec_pretty(&v)?)?;
     Ok(())
@@ -243,5 +254,10 @@ fn load(prefix: &str) -> Result<Spec> {
         meshd_bin: PathBuf::from(v["meshd_bin"].as_str().unwrap_or("meshd")),
         underlay_mtu: v["underlay_mtu"].as_u64().unwrap_or(1500) as u16,
         encryption,
+        membership: if v["gossip"].as_bool() == Some(true) {
+            Membership::Gossip
+        } else {
+            Membership::Static
+        },
     })
 }

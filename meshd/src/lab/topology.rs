@@ -49,7 +49,21 @@ pub struct Spec {
     /// What meshd hosts use between nodes; kernel-VXLAN hosts need `None`, wireguard-go hosts
     /// `Wireguard`.
     pub encryption: Encryption,
+    /// How meshd hosts learn about each other.
+    pub membership: Membership,
 }
+
+/// How the lab's meshd hosts find each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Every host's config lists every other host as a `[[peers]]` entry with a fixed subnet.
+    Static,
+    /// Host 1 is the gossip seed, the others join it, subnets are allocated by gossip.
+    Gossip,
+}
+
+/// The lab's gossip port (meshd's default).
+pub const GOSSIP_PORT: u16 = 7946;
 
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -135,8 +149,13 @@ impl Topology {
         for h in self.hosts.clone() {
             self.build_host(&h)?;
         }
-        let secret = match self.spec.encryption {
-            Encryption::Wireguard => {
+        if self.spec.membership == Membership::Gossip
+            && self.hosts.iter().any(|h| h.backend != Backend::Meshd)
+        {
+            bail!("a gossip lab runs meshd on every host; use static peers with other backends");
+        }
+        let secret = match (self.spec.encryption, self.spec.membership) {
+            (Encryption::Wireguard, _) => {
                 for h in &mut self.hosts {
                     h.public_key = Some(wireguard::node_key(h)?);
                 }
@@ -144,7 +163,10 @@ impl Topology {
                     &self.spec.prefix,
                 ))?)
             }
-            Encryption::None => None,
+            (Encryption::None, Membership::Gossip) => Some(wireguard::cluster_secret(
+                &Topology::state_dir(&self.spec.prefix),
+            )?),
+            (Encryption::None, Membership::Static) => None,
         };
         for h in self.hosts.clone() {
             match h.backend {
@@ -169,6 +191,9 @@ impl Topology {
             let mut h = self.hosts[i].clone();
             if h.backend == Backend::Meshd {
                 wait_for_socket(&h)?;
+                if self.spec.membership == Membership::Gossip {
+                    h.subnet = wait_for_lease(&h)?;
+                }
             }
             let host = h.clone();
             for (j, p) in h.pods.iter_mut().enumerate() {
@@ -261,23 +286,37 @@ impl Topology {
 
     /// The config file a meshd host runs with. Public so tests can start a variant of it.
     pub fn meshd_config(&self, h: &Host) -> String {
+        let gossip = self.spec.membership == Membership::Gossip;
         let mut c = format!(
-            "node-name = \"{}\"\naddress = \"{}\"\nsubnet = \"{}\"\nencryption = \"{}\"\nunderlay-mtu = {}\nrun-dir = \"{}\"\nstate-dir = \"{}\"\nlog-level = \"info\"\n",
+            "node-name = \"{}\"\naddress = \"{}\"\nencryption = \"{}\"\nunderlay-mtu = {}\nrun-dir = \"{}\"\nstate-dir = \"{}\"\nlog-level = \"info\"\n",
             h.name,
             h.underlay,
-            h.subnet,
             self.spec.encryption.as_str(),
             self.spec.underlay_mtu,
             h.dir.join("run").display(),
             h.dir.join("state").display(),
         );
-        if self.spec.encryption == Encryption::Wireguard {
+        if gossip {
+            // Subnets come from gossip; host 1 is the seed everyone else joins.
+            if let Some(seed) = self.hosts.first().filter(|s| s.index != h.index) {
+                c.push_str(&format!("seeds = [\"{}:{GOSSIP_PORT}\"]\n", seed.underlay));
+            }
+        } else {
+            c.push_str(&format!("subnet = \"{}\"\n", h.subnet));
+        }
+        if self.spec.encryption == Encryption::Wireguard || gossip {
             c.push_str(&format!(
                 "cluster-secret-file = \"{}\"\n",
                 Topology::state_dir(&self.spec.prefix)
                     .join(wireguard::SECRET_FILE)
                     .display()
             ));
+        }
+        if gossip {
+            c.push_str(&format!(
+                "\n[gossip]\nenabled = true\nport = {GOSSIP_PORT}\n"
+            ));
+            return c;
         }
         for p in self.hosts.iter().filter(|p| p.index != h.index) {
             c.push_str(&format!(
@@ -605,6 +644,24 @@ fn plan(spec: &Spec) -> Vec<Host> {
             }
         })
         .collect()
+}
+
+/// The subnet gossip leased host `h`, once its `network.json` names it.
+pub fn wait_for_lease(h: &Host) -> Result<ipnet::Ipv4Net> {
+    let path = h.dir.join("run").join(crate::status::NETWORK_FILE);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let file: Option<crate::status::NetworkFile> = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(net) = file.and_then(|f| f.subnet.parse().ok()) {
+            return Ok(net);
+        }
+        if Instant::now() > deadline {
+            bail!("meshd in {} got no subnet lease within 20 s", h.ns);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn wait_for_socket(h: &Host) -> Result<()> {

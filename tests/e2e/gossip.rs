@@ -1,0 +1,305 @@
+//! Clusters formed by gossip from one seed: full mesh in both encryption modes, a killed node
+//! withdrawn and restored with its subnet, a node with the wrong cluster secret kept out, and a
+//! partition made with nftables, then healed.
+//!
+//! ```text
+//!   sw: br0 ─┬─ h1 (meshd, gossip seed) ── meshbr0 ── p1
+//!            ├─ h2 (meshd, seeds = [h1]) ── meshbr0 ── p1
+//!            ├─ …
+//!            └─ hN (meshd, seeds = [h1]) ── meshbr0 ── p1
+//! ```
+//! Subnets are not configured: gossip allocates them.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use meshd::config::Encryption;
+use meshd::lab::probe::ping;
+use meshd::lab::{Backend, Membership, Spec, Topology};
+use meshd::status::Status;
+use meshd_tests::{meshd_bin, prefix, require_root};
+
+use crate::cluster::unreachable_pairs;
+
+/// How long membership may take to settle in these tests (joins, deaths, heals).
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn gossip_spec(tag: &str, nodes: usize, encryption: Encryption) -> Spec {
+    Spec {
+        encryption,
+        prefix: prefix(tag),
+        hosts: vec![Backend::Meshd; nodes],
+        pods_per_host: 1,
+        meshd_args: Vec::new(),
+        meshd_bin: meshd_bin(),
+        underlay_mtu: 1500,
+        membership: Membership::Gossip,
+    }
+}
+
+fn status(t: &Topology, host: usize) -> Option<Status> {
+    meshd::status::query(&t.hosts[host].dir.join("run")).ok()
+}
+
+/// Polls host `host`'s status until `cond` holds; fails with the last status after [`SETTLE`].
+fn wait_for(t: &Topology, host: usize, what: &str, cond: impl Fn(&Status) -> bool) -> Status {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let s = status(t, host);
+        if let Some(s) = &s {
+            if cond(s) {
+                return s.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "h{}: {what}: {s:#?}", host + 1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn peer_names(s: &Status) -> HashSet<String> {
+    s.peers.iter().map(|p| p.name.clone()).collect()
+}
+
+fn names(t: &Topology, hosts: impl IntoIterator<Item = usize>, but: usize) -> HashSet<String> {
+    hosts
+        .into_iter()
+        .filter(|&i| i != but)
+        .map(|i| t.hosts[i].name.clone())
+        .collect()
+}
+
+/// Every host routes exactly to the hosts in `group` (other than itself).
+fn wait_for_mesh(t: &Topology, group: &[usize]) {
+    for &i in group {
+        let want = names(t, group.iter().copied(), i);
+        wait_for(t, i, &format!("peers should be {want:?}"), |s| {
+            peer_names(s) == want
+        });
+    }
+}
+
+fn assert_unique_subnets(t: &Topology) {
+    let subnets: Vec<String> = (0..t.hosts.len())
+        .map(|i| status(t, i).unwrap().subnet)
+        .collect();
+    let unique: HashSet<&String> = subnets.iter().collect();
+    assert_eq!(
+        unique.len(),
+        subnets.len(),
+        "duplicate subnets: {subnets:?}"
+    );
+}
+
+fn meshd_pid(t: &Topology, i: usize) -> i32 {
+    std::fs::read_to_string(t.hosts[i].dir.join("meshd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn five_nodes_form_a_mesh(tag: &str, encryption: Encryption) {
+    require_root();
+    let t = Topology::up(gossip_spec(tag, 5, encryption)).unwrap();
+    let all: Vec<usize> = (0..5).collect();
+    wait_for_mesh(&t, &all);
+    assert_unique_subnets(&t);
+    for i in all {
+        let s = status(&t, i).unwrap();
+        let members = s.members.clone().unwrap();
+        assert_eq!(members.len(), 4, "{s:#?}");
+        assert!(members.iter().all(|m| m.state == "alive"), "{s:#?}");
+        assert_eq!(s.gossip.unwrap().open_failures, 0);
+    }
+    let bad = unreachable_pairs(&t);
+    assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
+}
+
+#[test]
+fn five_nodes_from_one_seed_form_a_full_mesh_cleartext() {
+    five_nodes_form_a_mesh("gmesh", Encryption::None);
+}
+
+#[test]
+fn five_nodes_from_one_seed_form_a_full_mesh_encrypted() {
+    five_nodes_form_a_mesh("gmeshwg", Encryption::Wireguard);
+}
+
+#[test]
+fn a_killed_node_is_withdrawn_and_returns_with_its_subnet() {
+    require_root();
+    let t = Topology::up(gossip_spec("gkill", 4, Encryption::None)).unwrap();
+    let all: Vec<usize> = (0..4).collect();
+    wait_for_mesh(&t, &all);
+    let victim = 3;
+    let subnet = status(&t, victim).unwrap().subnet;
+    let name = t.hosts[victim].name.clone();
+
+    // SAFETY: kill(2) on the pid of the meshd this topology started.
+    unsafe { libc::kill(meshd_pid(&t, victim), libc::SIGKILL) };
+    let killed = Instant::now();
+    for i in 0..3 {
+        wait_for(&t, i, "the killed node's routes should be withdrawn", |s| {
+            !peer_names(s).contains(&name)
+        });
+    }
+    let withdrawn = killed.elapsed();
+    eprintln!("routes to the killed node withdrawn everywhere after {withdrawn:?}");
+    let rest: Vec<usize> = (0..3).collect();
+    wait_for_mesh(&t, &rest);
+    for &a in &rest {
+        for &b in &rest {
+            let dst = t.hosts[b].pods[0].addr;
+            ping(&t.hosts[a].pods[0].ns, dst, 5).unwrap();
+        }
+    }
+
+    let config = t.meshd_config(&t.hosts[victim]);
+    t.restart_meshd(victim, &config).unwrap();
+    wait_for_mesh(&t, &all);
+    assert_eq!(
+        status(&t, victim).unwrap().subnet,
+        subnet,
+        "a new subnet after restart"
+    );
+    for i in 0..3 {
+        let s = status(&t, i).unwrap();
+        let p = s.peers.iter().find(|p| p.name == name).unwrap();
+        assert_eq!(p.subnet, subnet);
+    }
+    // The pod kept its address: the bridge came back with the same subnet.
+    let back = t.hosts[victim].pods[0].addr;
+    ping(&t.hosts[0].pods[0].ns, back, 10).unwrap();
+}
+
+#[test]
+fn a_node_with_the_wrong_cluster_secret_never_becomes_a_member() {
+    require_root();
+    let t = Topology::up(gossip_spec("gsec", 3, Encryption::None)).unwrap();
+    let all: Vec<usize> = (0..3).collect();
+    wait_for_mesh(&t, &all);
+    let h3 = &t.hosts[2];
+    let other = h3.dir.join("other.secret");
+    meshd_crypto::ClusterSecret::generate()
+        .write_new_file(&other)
+        .unwrap();
+    let lab_secret = Topology::state_dir(&t.spec.prefix).join(meshd::lab::wireguard::SECRET_FILE);
+    // A new node (name and state) with the wrong secret, on h3's address.
+    let intruder = "intruder";
+    let config = t
+        .meshd_config(h3)
+        .replace(
+            &lab_secret.display().to_string(),
+            &other.display().to_string(),
+        )
+        .replace(&format!("\"{}\"", h3.name), &format!("\"{intruder}\""))
+        .replace(
+            &h3.dir.join("state").display().to_string(),
+            &h3.dir.join("state-intruder").display().to_string(),
+        );
+    assert!(config.contains("other.secret") && config.contains(intruder));
+    t.restart_meshd(2, &config).unwrap();
+
+    // h1 (the seed the intruder joins) drops its datagrams unopened.
+    wait_for(&t, 0, "h1 should count datagrams that did not open", |s| {
+        s.gossip.as_ref().unwrap().open_failures >= 5
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        for i in 0..2 {
+            let s = status(&t, i).unwrap();
+            assert!(
+                s.members
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .all(|m| m.name != intruder),
+                "{s:#?}"
+            );
+            assert!(!peer_names(&s).contains(intruder), "{s:#?}");
+        }
+        let s = status(&t, 2).unwrap();
+        assert!(
+            s.members.as_ref().unwrap().is_empty() && s.peers.is_empty(),
+            "the intruder learnt members: {s:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Drops, in host `i`'s namespace, everything to and from the underlay addresses of `others`.
+fn partition(t: &Topology, i: usize, others: &[usize]) {
+    let addrs: Vec<String> = others
+        .iter()
+        .map(|&o| t.hosts[o].underlay.to_string())
+        .collect();
+    let set = addrs.join(", ");
+    let rules = format!(
+        "table inet gpart {{\n chain in {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}\n chain out {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}\n}}\n"
+    );
+    nft(t, i, &rules, &["-f", "-"]);
+}
+
+fn heal(t: &Topology, i: usize) {
+    nft(t, i, "", &["delete", "table", "inet", "gpart"]);
+}
+
+fn nft(t: &Topology, i: usize, stdin: &str, args: &[&str]) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.hosts[i].ns, "nft"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "nft {args:?} in h{}",
+        i + 1
+    );
+}
+
+#[test]
+fn a_healed_partition_leaves_one_mesh_without_duplicate_subnets() {
+    require_root();
+    let t = Topology::up(gossip_spec("gpart", 4, Encryption::None)).unwrap();
+    let all: Vec<usize> = (0..4).collect();
+    wait_for_mesh(&t, &all);
+    let (a, b) = ([0, 1], [2, 3]);
+    for i in a {
+        partition(&t, i, &b);
+    }
+    for i in b {
+        partition(&t, i, &a);
+    }
+    // Each side withdraws the other.
+    wait_for_mesh(&t, &a);
+    wait_for_mesh(&t, &b);
+    for i in all.clone() {
+        heal(&t, i);
+    }
+    wait_for_mesh(&t, &all);
+    for i in all {
+        let s = status(&t, i).unwrap();
+        assert!(
+            s.members
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|m| m.state == "alive"),
+            "{s:#?}"
+        );
+    }
+    assert_unique_subnets(&t);
+    let bad = unreachable_pairs(&t);
+    assert!(
+        bad.is_empty(),
+        "unreachable pod pairs after healing: {bad:#?}"
+    );
+}
