@@ -141,6 +141,23 @@ fn a_killed_node_is_withdrawn_and_returns_with_its_subnet() {
     let subnet = status(&t, victim).unwrap().subnet;
     let name = t.hosts[victim].name.clone();
 
+    // Pings between two survivors, from before the kill until the others withdrew the victim.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (src, dst) = (t.hosts[0].pods[0].ns.clone(), t.hosts[1].pods[0].addr);
+    let pinger = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut sent, mut lost) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sent += 1;
+                lost += usize::from(ping(&src, dst, 2).is_err());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (sent, lost)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+
     // SAFETY: kill(2) on the pid of the meshd this topology started.
     unsafe { libc::kill(meshd_pid(&t, victim), libc::SIGKILL) };
     let killed = Instant::now();
@@ -151,6 +168,13 @@ fn a_killed_node_is_withdrawn_and_returns_with_its_subnet() {
     }
     let withdrawn = killed.elapsed();
     eprintln!("routes to the killed node withdrawn everywhere after {withdrawn:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, lost) = pinger.join().unwrap();
+    eprintln!("h1 -> h2 while h4 died: {sent} pings, {lost} lost");
+    assert_eq!(
+        lost, 0,
+        "h1 -> h2 pings lost while h4 died: {lost} of {sent}"
+    );
     let rest: Vec<usize> = (0..3).collect();
     wait_for_mesh(&t, &rest);
     for &a in &rest {
@@ -372,4 +396,28 @@ fn a_subnet_claimed_on_both_sides_of_a_partition_is_settled_after_healing() {
         .map(|&i| std::fs::read_to_string(t.hosts[i].dir.join("meshd.log")).unwrap())
         .collect();
     assert!(logs.contains("subnet conflict"), "{logs}");
+}
+
+#[test]
+fn a_stopped_node_announces_that_it_left() {
+    require_root();
+    let t = Topology::up(gossip_spec("gleave", 3, Encryption::None)).unwrap();
+    let all: Vec<usize> = (0..3).collect();
+    wait_for_mesh(&t, &all);
+    let name = t.hosts[2].name.clone();
+    // SAFETY: kill(2) on the pid of the meshd this topology started.
+    unsafe { libc::kill(meshd_pid(&t, 2), libc::SIGTERM) };
+    for i in 0..2 {
+        // `left`, not `down`: the others heard the departure instead of timing it out.
+        let s = wait_for(&t, i, "the stopped node should be left and unrouted", |s| {
+            let left = s
+                .members
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|m| m.name == name && m.state == "left");
+            left && !peer_names(s).contains(&name)
+        });
+        assert!(s.gossip.unwrap().datagrams_in > 0);
+    }
 }
