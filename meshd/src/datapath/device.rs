@@ -49,6 +49,20 @@ pub struct TierReport {
     pub queues: usize,
 }
 
+/// Open the TUN queues and one UDP socket per queue, and report the tiers in use.
+pub fn open(cfg: &Config, address: IpAddr) -> Result<(TunQueues, UdpQueues, TierReport)> {
+    let tun = open_tun(cfg)?;
+    let udp = open_udp(cfg, address, tun.queues.len())?;
+    let tiers = TierReport {
+        multi_queue: tun.multi_queue.clone(),
+        tun_offload: tun.tun_offload.clone(),
+        udp_gso: udp.udp_gso.clone(),
+        udp_gro: udp.udp_gro.clone(),
+        queues: tun.queues.len(),
+    };
+    Ok((tun, udp, tiers))
+}
+
 /// The TUN queues, one per worker pair.
 pub struct TunQueues {
     pub queues: Vec<SyncDevice>,

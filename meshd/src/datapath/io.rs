@@ -218,6 +218,46 @@ impl PeerAcc {
     }
 }
 
+/// One GSO send's worth of datagrams to one peer, contiguous in a batch buffer.
+pub struct RunOut<'a> {
+    pub peer: PeerId,
+    pub bytes: &'a [u8],
+    /// Size of every datagram but the last.
+    pub segment: usize,
+    pub datagrams: usize,
+    /// Inner packet bytes carried, for the peer's counters.
+    pub inner_bytes: usize,
+}
+
+/// Send each run with one `sendmsg` (GSO when it holds more than one datagram) and count it
+/// against its peer: sent, or dropped as a send error.
+pub fn send_runs<'a>(
+    table: &RouteTable,
+    sock: &UdpSocket,
+    state: &UdpSocketState,
+    stop: &AtomicBool,
+    runs: impl Iterator<Item = RunOut<'a>>,
+) {
+    for run in runs {
+        let peer = table.peer(run.peer);
+        let t = Transmit {
+            destination: peer.endpoint,
+            ecn: None,
+            contents: run.bytes,
+            segment_size: (run.datagrams > 1).then_some(run.segment),
+            src_ip: None,
+        };
+        match send(sock, state, &t, stop) {
+            Ok(()) => peer.stats.tx(run.datagrams as u64, run.inner_bytes as u64),
+            Err(e) => {
+                tracing::trace!(error = %e, peer = %peer.name, "UDP send");
+                peer.stats
+                    .count_drop(DropReason::SendError, run.datagrams as u64);
+            }
+        }
+    }
+}
+
 /// Send one transmit, waiting while the socket buffer is full: backpressure, not loss.
 pub fn send(
     sock: &UdpSocket,

@@ -28,15 +28,7 @@ impl DataPath {
         if cfg.encryption == Encryption::Wireguard {
             return Self::start_wireguard(cfg, address, routes);
         }
-        let tun = device::open_tun(cfg)?;
-        let udp = device::open_udp(cfg, address, tun.queues.len())?;
-        let tiers = TierReport {
-            multi_queue: tun.multi_queue.clone(),
-            tun_offload: tun.tun_offload.clone(),
-            udp_gso: udp.udp_gso.clone(),
-            udp_gro: udp.udp_gro.clone(),
-            queues: tun.queues.len(),
-        };
+        let (tun, udp, tiers) = device::open(cfg, address)?;
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(worker::Shared {
             routes,
@@ -81,15 +73,7 @@ impl DataPath {
             .crypto()
             .cloned()
             .context("encryption = \"wireguard\" but the route table has no keys")?;
-        let tun = device::open_tun(cfg)?;
-        let udp = device::open_udp(cfg, address, tun.queues.len())?;
-        let tiers = TierReport {
-            multi_queue: tun.multi_queue.clone(),
-            tun_offload: tun.tun_offload.clone(),
-            udp_gso: udp.udp_gso.clone(),
-            udp_gro: udp.udp_gro.clone(),
-            queues: tun.queues.len(),
-        };
+        let (tun, udp, tiers) = device::open(cfg, address)?;
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(wg::Shared {
             routes: routes.clone(),

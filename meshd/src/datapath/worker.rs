@@ -6,16 +6,16 @@
 //! full (a UDP send buffer, say), the loop waits for it instead of dropping: backpressure reaches
 //! the sender through the TUN queue.
 
-use quinn_udp::{Transmit, UdpSocketState};
+use quinn_udp::UdpSocketState;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tun_rs::SyncDevice;
 
 use super::encode::{decode, Encoder};
-use super::io::{send, wait, PeerAcc, TunReader, TunWriter, UdpReader, TX_BATCH};
+use super::io::{send_runs, wait, PeerAcc, RunOut, TunReader, TunWriter, UdpReader, TX_BATCH};
 use crate::routes::Routes;
-use crate::stats::{DropReason, DropTally};
+use crate::stats::DropTally;
 use crate::wire::vxlan::HEADER_LEN;
 
 /// Inner packets handed to one `send_multiple` (and so to one GRO coalescing pass).
@@ -58,24 +58,14 @@ pub fn tx_loop(shared: &Shared, q: &Queue) {
         for packet in reader.packets(n) {
             enc.push(&table, packet, &mut drops);
         }
-        for run in enc.runs() {
-            let peer = table.peer(run.peer);
-            let t = Transmit {
-                destination: peer.endpoint,
-                ecn: None,
-                contents: enc.bytes(run),
-                segment_size: (run.frames > 1).then_some(run.segment),
-                src_ip: None,
-            };
-            match send(sock, state, &t, &shared.stop) {
-                Ok(()) => peer.stats.tx(run.frames as u64, run.inner_bytes as u64),
-                Err(e) => {
-                    tracing::trace!(error = %e, peer = %peer.name, "UDP send");
-                    peer.stats
-                        .count_drop(DropReason::SendError, run.frames as u64);
-                }
-            }
-        }
+        let runs = enc.runs().iter().map(|run| RunOut {
+            peer: run.peer,
+            bytes: enc.bytes(run),
+            segment: run.segment,
+            datagrams: run.frames,
+            inner_bytes: run.inner_bytes,
+        });
+        send_runs(&table, sock, state, &shared.stop, runs);
         drops.flush_into(&shared.routes.unattributed);
     }
 }

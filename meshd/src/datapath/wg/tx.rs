@@ -12,10 +12,9 @@ use std::sync::MutexGuard;
 use meshd_crypto::session::MIN_OUT_LEN;
 use meshd_crypto::wire::DATA_OVERHEAD;
 use meshd_crypto::{Action, Session};
-use quinn_udp::Transmit;
 
 use super::super::encode::MAX_GSO_BYTES;
-use super::super::io::{send, wait, TunReader, TX_BATCH};
+use super::super::io::{send_runs, wait, RunOut, TunReader, TX_BATCH};
 use super::{Queue, Shared};
 use crate::routes::{PeerId, RouteTable};
 use crate::stats::{DropReason, DropTally};
@@ -182,24 +181,14 @@ pub fn tx_loop(shared: &Shared, q: &Queue) {
         batch.clear();
         batch.set_max_per_run(state.max_gso_segments().min(q.gso_segments));
         batch.push_all(&table, reader.packets(n), &mut drops);
-        for run in batch.runs() {
-            let peer = table.peer(run.peer);
-            let t = Transmit {
-                destination: peer.endpoint,
-                ecn: None,
-                contents: batch.bytes(run),
-                segment_size: (run.datagrams > 1).then_some(run.segment),
-                src_ip: None,
-            };
-            match send(sock, state, &t, &shared.stop) {
-                Ok(()) => peer.stats.tx(run.datagrams as u64, run.inner_bytes as u64),
-                Err(e) => {
-                    tracing::trace!(error = %e, peer = %peer.name, "UDP send");
-                    peer.stats
-                        .count_drop(DropReason::SendError, run.datagrams as u64);
-                }
-            }
-        }
+        let runs = batch.runs().iter().map(|run| RunOut {
+            peer: run.peer,
+            bytes: batch.bytes(run),
+            segment: run.segment,
+            datagrams: run.datagrams,
+            inner_bytes: run.inner_bytes,
+        });
+        send_runs(&table, sock, state, &shared.stop, runs);
         drops.flush_into(&shared.routes.unattributed);
     }
 }
