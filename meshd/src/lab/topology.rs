@@ -484,6 +484,13 @@ impl Topology {
     /// network configuration on stdin, in the host's namespace. Returns the pod's address.
     fn cni_add(&self, h: &Host, p: &Pod) -> Result<Ipv4Addr> {
         let bin = self.cni_bin();
+        if !bin.is_file() {
+            bail!(
+                "the CNI plugin {} is missing: the lab attaches pods through it; build it next to \
+                 meshd (`cargo build --release`, or `cargo build -p meshd-cni` for a debug lab)",
+                bin.display()
+            );
+        }
         let conf = serde_json::json!({
             "cniVersion": "1.1.0",
             "name": "meshlab",
