@@ -9,10 +9,10 @@
 //! ```
 
 use super::cluster::spec;
+use super::support::drops;
 use meshd::lab::netns::{in_netns, ip};
 use meshd::lab::probe::ping;
 use meshd::lab::{Backend, Topology};
-use meshd::status::Status;
 use meshd::wire::{vtep_mac, VxlanHeader};
 use meshd_tests::require_root;
 use std::net::UdpSocket;
@@ -37,18 +37,6 @@ fn send_all(ns: &str, datagrams: Vec<Vec<u8>>) {
         }
     })
     .unwrap();
-}
-
-fn drops(s: &Status, peer: Option<&str>, reason: &str) -> u64 {
-    let stats = match peer {
-        Some(name) => &s.peers.iter().find(|p| p.name == name).unwrap().stats,
-        None => &s.unattributed,
-    };
-    stats
-        .drops
-        .iter()
-        .find(|(r, _)| r == reason)
-        .map_or(0, |(_, n)| *n)
 }
 
 #[test]

@@ -8,5 +8,6 @@ mod encrypted;
 mod gossip;
 mod interop;
 mod lifecycle;
+mod support;
 mod wg_interop;
 mod wg_security;

@@ -10,6 +10,7 @@
 //! ```
 
 use super::encrypted::{encrypted_spec, status};
+use super::support::drops;
 use meshd::lab::netns::{in_netns, ip};
 use meshd::lab::probe::{ping, tcp_transfer};
 use meshd::lab::{Backend, Topology};
@@ -23,18 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const H1: &str = "198.18.0.1:51820";
-
-fn drops(s: &Status, peer: Option<&str>, reason: &str) -> u64 {
-    let stats = match peer {
-        Some(name) => &s.peers.iter().find(|p| p.name == name).unwrap().stats,
-        None => &s.unattributed,
-    };
-    stats
-        .drops
-        .iter()
-        .find(|(r, _)| r == reason)
-        .map_or(0, |(_, n)| *n)
-}
 
 /// Waits until `cond` holds for host `host`'s status, or fails with the status.
 fn wait_for(t: &Topology, host: usize, what: &str, cond: impl Fn(&Status) -> bool) -> Status {

@@ -110,6 +110,10 @@ pub(crate) mod tests_support {
         p[9] = 17;
         p[12..16].copy_from_slice(&src);
         p[16..20].copy_from_slice(&dst);
+        // A counting pattern, so a payload that moved or got corrupted shows.
+        for (i, b) in p[20..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
         p
     }
 }

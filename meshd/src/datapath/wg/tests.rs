@@ -111,20 +111,7 @@ impl Node {
     }
 }
 
-fn packet(src: [u8; 4], dst: [u8; 4], payload: usize) -> Vec<u8> {
-    let total = 20 + payload;
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst);
-    for (i, b) in p[20..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
-}
+use crate::wire::ip::tests_support::ipv4_packet as packet;
 
 /// A sends `first` to B: initiation, response, keepalive and the queued packet. Returns the
 /// data datagram that carried `first`.
