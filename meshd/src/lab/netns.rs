@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// Run `ip ARGS`, failing with its stderr.
@@ -26,6 +27,37 @@ pub fn run(cmd: &str, args: &[&str]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Start `program args` inside namespace `ns` as a daemon of its own session (so a terminal's
+/// Ctrl-C after `lab up` does not reach it), output to `log`. Returns its pid, which is the
+/// program's: `ip netns exec` execs it.
+pub fn spawn_daemon(
+    ns: &str,
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    log: &Path,
+) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {} in {ns}", program.display()))?;
+    Ok(child.id())
 }
 
 /// Names of all named network namespaces that start with `prefix`.

@@ -258,29 +258,12 @@ impl Topology {
     fn start_meshd_with(&self, h: &Host, cfg: &str) -> Result<()> {
         let path = h.dir.join("meshd.toml");
         std::fs::write(&path, cfg)?;
-        let log = std::fs::File::create(h.dir.join("meshd.log"))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &h.ns])
-            .arg(&self.spec.meshd_bin)
-            .args(["run", "--config"])
-            .arg(&path)
-            .args(&self.spec.meshd_args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // Its own session, so a terminal's Ctrl-C after `lab up` does not reach it.
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setsid is async-signal-safe and touches only the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting meshd in {}", h.ns))?;
-        std::fs::write(h.dir.join("meshd.pid"), child.id().to_string())?;
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["run".as_ref(), "--config".as_ref(), path.as_os_str()];
+        args.extend(self.spec.meshd_args.iter().map(std::ffi::OsStr::new));
+        let pid =
+            netns::spawn_daemon(&h.ns, &self.spec.meshd_bin, &args, &h.dir.join("meshd.log"))?;
+        std::fs::write(h.dir.join("meshd.pid"), pid.to_string())?;
         Ok(())
     }
 

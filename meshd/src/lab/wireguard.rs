@@ -14,10 +14,9 @@ use meshd_crypto::{kdf, ClusterSecret, PublicKey};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::netns::{ip, run};
+use super::netns::{self, ip, run};
 use super::topology::Host;
 use crate::config::{NODE_KEY_FILE, WIREGUARD_OVERHEAD};
 
@@ -67,24 +66,15 @@ pub fn start_wireguard_go(
 ) -> Result<()> {
     let ns = &h.ns;
     let dev = ifname(ns);
-    let log = std::fs::File::create(h.dir.join("wireguard-go.log"))?;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, "wireguard-go", "-f", &dev])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    use std::os::unix::process::CommandExt;
-    // SAFETY: setsid is async-signal-safe and touches only the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting wireguard-go in {ns} (apt-get install wireguard-go)"))?;
-    std::fs::write(h.dir.join("wireguard-go.pid"), child.id().to_string())?;
+    let args: [&std::ffi::OsStr; 2] = ["-f".as_ref(), dev.as_ref()];
+    let pid = netns::spawn_daemon(
+        ns,
+        Path::new("wireguard-go"),
+        &args,
+        &h.dir.join("wireguard-go.log"),
+    )
+    .context("starting wireguard-go (apt-get install wireguard-go)")?;
+    std::fs::write(h.dir.join("wireguard-go.pid"), pid.to_string())?;
     wait_for_uapi(&dev, h)?;
 
     let key_file = h.dir.join("state").join(NODE_KEY_FILE);
