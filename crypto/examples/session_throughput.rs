@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use meshd_crypto::{
-    Action, ClusterSecret, GossipSealer, PrivateKey, RateLimiter, SealerConfig, Session,
+    Action, ClusterSecret, GossipSealer, Keyring, PrivateKey, RateLimiter, SealerConfig, Session,
 };
 
 const PACKET: usize = 1420;
@@ -50,9 +50,9 @@ fn main() {
     report("encapsulate", enc, ROUNDS, PACKET, wire_len);
     report("decapsulate", dec, batch.len(), PACKET, wire_len);
 
-    let secret = ClusterSecret::generate();
-    let mut tx = GossipSealer::new(&secret, None, SealerConfig::default());
-    let mut rx = GossipSealer::new(&secret, None, SealerConfig::default());
+    let ring = Keyring::single(ClusterSecret::generate());
+    let mut tx = GossipSealer::new(&ring, SealerConfig::default());
+    let mut rx = GossipSealer::new(&ring, SealerConfig::default());
     let now = SystemTime::now();
     let msg = vec![7u8; 1200];
     let n = 20_000;

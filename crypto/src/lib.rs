@@ -1,7 +1,8 @@
 //! meshd-crypto: the cryptography of a meshd node, as a library with no I/O of its own.
 //!
 //! It holds the node's X25519 key and its file ([`keys`], [`load_or_create_private_key`]),
-//! the cluster secret ([`ClusterSecret`]) and what is derived from it with domain separation
+//! the cluster secret ([`ClusterSecret`]), the ring of secrets held during a rotation
+//! ([`Keyring`]) and what is derived from it with domain separation
 //! ([`kdf`]: the WireGuard preshared key of each node pair, the gossip key), the sealing of
 //! gossip datagrams ([`GossipSealer`]), a checked view of WireGuard datagrams for
 //! demultiplexing ([`wire`]), handshake admission ([`RateLimiter`], [`identify_initiator`])
@@ -22,6 +23,7 @@
 mod action;
 pub mod handshake;
 pub mod kdf;
+pub mod keyring;
 pub mod keys;
 mod replay;
 pub mod sealer;
@@ -32,6 +34,7 @@ pub mod wire;
 
 pub use action::{Action, SessionError, SessionStats};
 pub use handshake::{identify_initiator, Admission, RateLimiter};
+pub use keyring::{Keyring, KeyringError, PairKey, SecretId, MAX_SECRETS};
 pub use keys::{KeyError, PrivateKey, PublicKey};
 pub use sealer::{GossipSealer, OpenError, SealError, SealerConfig};
 pub use secret::ClusterSecret;

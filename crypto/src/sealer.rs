@@ -1,5 +1,6 @@
 //! Sealing gossip datagrams: XChaCha20-Poly1305 under the gossip key derived from the cluster
-//! secret, with unique nonces, bounded replay, and two keys at once for secret rotation.
+//! secret, with unique nonces, bounded replay, and every secret of the [`Keyring`] accepted at
+//! once, so the secret can be rotated without downtime.
 //!
 //! Datagram layout (integers little endian):
 //! ```text
@@ -23,7 +24,8 @@ use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use rand_core::{OsRng, RngCore};
 
-use crate::kdf::{gossip_key, gossip_key_id, GOSSIP_KEY_ID_LEN};
+use crate::kdf::gossip_key;
+use crate::keyring::{Keyring, SecretId};
 use crate::replay::ReplayWindow;
 use crate::secret::ClusterSecret;
 
@@ -90,7 +92,7 @@ pub enum OpenError {
     /// Unknown version or non-zero reserved bytes.
     #[error("unknown format version")]
     BadVersion,
-    /// Sealed with a key that is neither the current nor the previous one.
+    /// Sealed with a secret that is not in our keyring.
     #[error("unknown key")]
     UnknownKey,
     /// Our own sender id: a reflected datagram.
@@ -116,8 +118,8 @@ pub enum OpenError {
 /// Seals and opens gossip datagrams. One per node; not `Sync` (wrap it in a lock or give each
 /// socket task its own sender via [`GossipSealer::with_sender_id`]).
 pub struct GossipSealer {
-    current: SealingKey,
-    previous: Option<SealingKey>,
+    /// One per secret of the keyring, the sealing (primary) one first.
+    keys: Vec<SealingKey>,
     sender: u64,
     counter: u64,
     config: SealerConfig,
@@ -125,8 +127,10 @@ pub struct GossipSealer {
 }
 
 struct SealingKey {
-    id: [u8; GOSSIP_KEY_ID_LEN],
+    id: SecretId,
     cipher: XChaCha20Poly1305,
+    /// Datagrams this key opened: tells an operator when a retired secret is no longer in use.
+    opened: u64,
 }
 
 struct SenderState {
@@ -136,27 +140,17 @@ struct SenderState {
 }
 
 impl GossipSealer {
-    /// A sealer keyed from `current`, also opening datagrams sealed under `previous` (during
-    /// a rotation), with a random sender id.
-    pub fn new(
-        current: &ClusterSecret,
-        previous: Option<&ClusterSecret>,
-        config: SealerConfig,
-    ) -> Self {
-        Self::with_sender_id(current, previous, config, OsRng.next_u64())
+    /// A sealer that seals with the ring's primary secret and opens datagrams sealed with any
+    /// of its secrets, with a random sender id.
+    pub fn new(ring: &Keyring, config: SealerConfig) -> Self {
+        Self::with_sender_id(ring, config, OsRng.next_u64())
     }
 
     /// As [`GossipSealer::new`] with a chosen sender id, for deterministic simulations. Two
     /// live sealers with the same secret must never share an id: their nonces would repeat.
-    pub fn with_sender_id(
-        current: &ClusterSecret,
-        previous: Option<&ClusterSecret>,
-        config: SealerConfig,
-        sender: u64,
-    ) -> Self {
+    pub fn with_sender_id(ring: &Keyring, config: SealerConfig, sender: u64) -> Self {
         Self {
-            current: SealingKey::from_secret(current),
-            previous: previous.map(SealingKey::from_secret),
+            keys: ring.secrets().map(SealingKey::from_secret).collect(),
             sender,
             counter: 0,
             config,
@@ -164,15 +158,27 @@ impl GossipSealer {
         }
     }
 
-    /// Seals with `new` from now on and keeps opening datagrams under the key it replaces.
-    pub fn rotate(&mut self, new: &ClusterSecret) {
-        let old = std::mem::replace(&mut self.current, SealingKey::from_secret(new));
-        self.previous = Some(old);
+    /// Seals with `ring`'s primary from now on and opens under its secrets only. Sender id,
+    /// counter and replay windows carry on (the nonce stays unique: it includes the key id),
+    /// and so do the counts of the secrets that stay.
+    pub fn set_keyring(&mut self, ring: &Keyring) {
+        let mut keys: Vec<SealingKey> = ring.secrets().map(SealingKey::from_secret).collect();
+        for key in &mut keys {
+            if let Some(old) = self.keys.iter().find(|k| k.id == key.id) {
+                key.opened = old.opened;
+            }
+        }
+        self.keys = keys;
     }
 
-    /// Stops accepting the previous key (once every node has rotated).
-    pub fn forget_previous(&mut self) {
-        self.previous = None;
+    /// The id of the secret that seals.
+    pub fn sealing_id(&self) -> SecretId {
+        self.keys[0].id
+    }
+
+    /// Each secret's id and how many datagrams it opened, the sealing one first.
+    pub fn opened(&self) -> impl Iterator<Item = (SecretId, u64)> + '_ {
+        self.keys.iter().map(|k| (k.id, k.opened))
     }
 
     /// This sealer's sender id.
@@ -197,7 +203,7 @@ impl GossipSealer {
         let (header, rest) = out.split_at_mut(HEADER_LEN);
         header[VERSION].fill(FORMAT_VERSION);
         header[RESERVED].fill(0);
-        header[KEY_ID].copy_from_slice(&self.current.id);
+        header[KEY_ID].copy_from_slice(&self.keys[0].id.0);
         header[SENDER].copy_from_slice(&self.sender.to_le_bytes());
         header[COUNTER].copy_from_slice(&counter.to_le_bytes());
         header[TIMESTAMP].copy_from_slice(&unix_ms(now).to_le_bytes());
@@ -205,8 +211,7 @@ impl GossipSealer {
         let (body, tag_out) = rest[..plaintext.len() + TAG_LEN].split_at_mut(plaintext.len());
         body.copy_from_slice(plaintext);
         let nonce = XNonce::from_slice(&header[NONCE]);
-        let tag = self
-            .current
+        let tag = self.keys[0]
             .cipher
             .encrypt_in_place_detached(nonce, header, body)
             .map_err(|_| SealError::BufferTooSmall)?;
@@ -229,13 +234,8 @@ impl GossipSealer {
         if header[VERSION] != [FORMAT_VERSION] || header[RESERVED] != [0, 0, 0] {
             return Err(OpenError::BadVersion);
         }
-        let key = if header[KEY_ID] == self.current.id {
-            &self.current
-        } else {
-            match &self.previous {
-                Some(previous) if header[KEY_ID] == previous.id => previous,
-                _ => return Err(OpenError::UnknownKey),
-            }
+        let Some(key) = self.keys.iter().position(|k| header[KEY_ID] == k.id.0) else {
+            return Err(OpenError::UnknownKey);
         };
         let sender = read_u64(header, SENDER);
         let counter = read_u64(header, COUNTER);
@@ -263,7 +263,7 @@ impl GossipSealer {
             .ok_or(OpenError::BufferTooSmall)?;
         plain.copy_from_slice(ciphertext);
         let nonce = XNonce::from_slice(&header[NONCE]);
-        if key
+        if self.keys[key]
             .cipher
             .decrypt_in_place_detached(nonce, header, plain, Tag::from_slice(tag))
             .is_err()
@@ -273,6 +273,7 @@ impl GossipSealer {
             return Err(OpenError::Forged);
         }
         self.remember(sender, counter, stamp, now_ms.saturating_sub(max_age_ms))?;
+        self.keys[key].opened += 1;
         Ok(ciphertext.len())
     }
 
@@ -313,20 +314,21 @@ impl std::fmt::Debug for GossipSealer {
         f.debug_struct("GossipSealer")
             .field("sender", &self.sender)
             .field("counter", &self.counter)
-            .field("has_previous", &self.previous.is_some())
+            .field("keys", &self.keys.iter().map(|k| k.id).collect::<Vec<_>>())
             .field("senders", &self.senders.len())
             .finish_non_exhaustive()
     }
 }
 
 impl SealingKey {
-    fn from_secret(secret: &ClusterSecret) -> Self {
+    fn from_secret((id, secret): (SecretId, &ClusterSecret)) -> Self {
         let mut key = gossip_key(secret);
         let cipher = XChaCha20Poly1305::new(&key.into());
         zeroize::Zeroize::zeroize(&mut key);
         Self {
-            id: gossip_key_id(secret),
+            id,
             cipher,
+            opened: 0,
         }
     }
 }

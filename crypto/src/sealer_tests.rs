@@ -14,7 +14,15 @@ fn at(seconds: u64) -> SystemTime {
 }
 
 fn sealer(s: &ClusterSecret, id: u64) -> GossipSealer {
-    GossipSealer::with_sender_id(s, None, SealerConfig::default(), id)
+    ring_sealer(&[s], id)
+}
+
+fn ring(secrets: &[&ClusterSecret]) -> Keyring {
+    Keyring::new(secrets.iter().map(|s| (*s).clone()).collect()).unwrap()
+}
+
+fn ring_sealer(secrets: &[&ClusterSecret], id: u64) -> GossipSealer {
+    GossipSealer::with_sender_id(&ring(secrets), SealerConfig::default(), id)
 }
 
 fn seal(s: &mut GossipSealer, msg: &[u8], now: SystemTime) -> Vec<u8> {
@@ -34,7 +42,7 @@ fn round_trip_and_layout() {
     let (mut a, mut b) = (sealer(&secret(1), 10), sealer(&secret(1), 20));
     let d = seal(&mut a, b"ping", at(0));
     assert_eq!(d[VERSION], [FORMAT_VERSION]);
-    assert_eq!(d[KEY_ID], gossip_key_id(&secret(1)));
+    assert_eq!(d[KEY_ID], SecretId::of(&secret(1)).0);
     assert_eq!(d[SENDER], 10u64.to_le_bytes());
     assert_eq!(d[COUNTER], 0u64.to_le_bytes());
     assert_eq!(read_u64(&d, TIMESTAMP), 1_700_000_000_000);
@@ -89,46 +97,77 @@ fn age_is_bounded_both_ways() {
     assert_eq!(open(&mut restarted, &d, at(100)), Err(OpenError::Expired));
 }
 
+/// The three rolling steps of a rotation (add the new secret, make it primary, drop the old):
+/// nodes one step apart always open each other's datagrams.
 #[test]
-fn rotation_accepts_the_previous_key_only() {
-    let (old, new, other) = (secret(1), secret(2), secret(3));
-    let mut not_yet_rotated = sealer(&old, 10);
-    let mut rotated = sealer(&old, 20);
-    rotated.rotate(&new);
-    let mut fresh = GossipSealer::with_sender_id(&new, Some(&old), SealerConfig::default(), 30);
+fn rotation_steps_one_apart_always_open() {
+    let (old, new) = (secret(1), secret(2));
+    let steps = [
+        ring(&[&old]),
+        ring(&[&old, &new]),
+        ring(&[&new, &old]),
+        ring(&[&new]),
+    ];
+    let mut id = 100;
+    for a in 0..steps.len() {
+        for b in 0..steps.len() {
+            let (mut tx, mut rx) = (
+                GossipSealer::with_sender_id(&steps[a], SealerConfig::default(), id),
+                GossipSealer::with_sender_id(&steps[b], SealerConfig::default(), id + 1),
+            );
+            id += 2;
+            let d = seal(&mut tx, b"hello", at(0));
+            let opened = open(&mut rx, &d, at(0));
+            if a.abs_diff(b) <= 1 {
+                assert_eq!(opened.unwrap(), b"hello", "steps {a} -> {b}");
+            } else if a != b {
+                // Two steps apart: only a skipped step gets here, and it fails loudly.
+                let expect_open = steps[b].ids().contains(&steps[a].primary_id());
+                assert_eq!(opened.is_ok(), expect_open, "steps {a} -> {b}");
+            }
+        }
+    }
+}
 
-    let from_old = seal(&mut not_yet_rotated, b"old key", at(0));
-    let from_new = seal(&mut rotated, b"new key", at(0));
-    assert_eq!(from_new[KEY_ID], gossip_key_id(&new));
-    assert_eq!(open(&mut rotated, &from_old, at(0)).unwrap(), b"old key");
-    assert_eq!(open(&mut fresh, &from_old, at(0)).unwrap(), b"old key");
-    assert_eq!(open(&mut fresh, &from_new, at(0)).unwrap(), b"new key");
-    // Not yet rotated: the new key is unknown.
+#[test]
+fn set_keyring_switches_sealing_and_keeps_counts_and_windows() {
+    let (old, new, other) = (secret(1), secret(2), secret(3));
+    let mut peer = sealer(&old, 10);
+    let mut me = ring_sealer(&[&old], 20);
+    let d1 = seal(&mut peer, b"one", at(0));
+    assert!(open(&mut me, &d1, at(0)).is_ok());
+    me.set_keyring(&ring(&[&new, &old]));
+    assert_eq!(me.sealing_id(), SecretId::of(&new));
+    let sealed = seal(&mut me, b"two", at(0));
+    assert_eq!(sealed[KEY_ID], SecretId::of(&new).0);
+    // Still opens the old secret, counted under it; the replay window survived the change.
+    let d2 = seal(&mut peer, b"three", at(0));
+    assert!(open(&mut me, &d2, at(0)).is_ok());
+    assert_eq!(open(&mut me, &d1, at(0)), Err(OpenError::Replayed));
+    let counts: Vec<_> = me.opened().collect();
     assert_eq!(
-        open(&mut not_yet_rotated, &from_new, at(0)),
-        Err(OpenError::UnknownKey)
+        counts,
+        vec![(SecretId::of(&new), 0), (SecretId::of(&old), 2)]
     );
-    // A third secret is unknown to everyone.
+    // A secret outside the ring is unknown; after the old one is dropped, so is it.
     let mut stranger = sealer(&other, 40);
     let foreign = seal(&mut stranger, b"let me in", at(0));
-    assert_eq!(
-        open(&mut fresh, &foreign, at(0)),
-        Err(OpenError::UnknownKey)
-    );
-    // After forgetting, the old key is refused.
-    let from_old2 = seal(&mut not_yet_rotated, b"late", at(0));
-    fresh.forget_previous();
-    assert_eq!(
-        open(&mut fresh, &from_old2, at(0)),
-        Err(OpenError::UnknownKey)
-    );
+    assert_eq!(open(&mut me, &foreign, at(0)), Err(OpenError::UnknownKey));
+    me.set_keyring(&ring(&[&new]));
+    let d3 = seal(&mut peer, b"late", at(0));
+    assert_eq!(open(&mut me, &d3, at(0)), Err(OpenError::UnknownKey));
+    // A peer on the new secret is still heard.
+    let mut moved = sealer(&new, 11);
+    let d4 = seal(&mut moved, b"new", at(0));
+    assert_eq!(open(&mut me, &d4, at(0)).unwrap(), b"new");
+    assert_eq!(me.opened().next(), Some((SecretId::of(&new), 1)));
 }
 
 #[test]
 fn colliding_key_id_with_another_secret_is_forged() {
     let (mut a, mut b) = (sealer(&secret(1), 10), sealer(&secret(2), 20));
     let mut d = seal(&mut a, b"x", at(0));
-    d[KEY_ID].copy_from_slice(&gossip_key_id(&secret(2)));
+    d[KEY_ID].copy_from_slice(&SecretId::of(&secret(2)).0);
     assert_eq!(open(&mut b, &d, at(0)), Err(OpenError::Forged));
 }
 
@@ -166,7 +205,7 @@ fn sender_table_is_bounded_and_forgets_quiet_senders_first() {
         max_senders: 2,
     };
     let s = secret(1);
-    let mut rx = GossipSealer::with_sender_id(&s, None, config, 1);
+    let mut rx = GossipSealer::with_sender_id(&Keyring::single(s.clone()), config, 1);
     let mut quiet = sealer(&s, 2);
     let mut busy = sealer(&s, 3);
     let mut newcomer = sealer(&s, 4);
@@ -190,7 +229,7 @@ proptest! {
         if id_ok && d.len() >= HEADER_LEN {
             d[VERSION].fill(FORMAT_VERSION);
             d[RESERVED].fill(0);
-            d[KEY_ID].copy_from_slice(&gossip_key_id(&secret(1)));
+            d[KEY_ID].copy_from_slice(&SecretId::of(&secret(1)).0);
             d[TIMESTAMP].copy_from_slice(&1_700_000_000_000u64.to_le_bytes());
         }
         let mut out = [0u8; 256];

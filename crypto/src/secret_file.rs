@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::keys::{KeyError, PrivateKey};
 
-/// A secret file holds one base64 line; anything much bigger is not ours.
+/// A secret file holds a few base64 lines; anything much bigger is not ours.
 const MAX_SECRET_FILE_LEN: u64 = 4096;
 /// Permission bits that must be clear on a secret file: all group and other access.
 const GROUP_OTHER_BITS: u32 = 0o077;
@@ -55,6 +55,15 @@ pub enum SecretFileError {
         /// What is wrong with the contents.
         #[source]
         source: KeyError,
+    },
+    /// The file's contents are not a keyring (one to four base64 secrets).
+    #[error("{path}: {source}", path = path.display())]
+    Keyring {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with the contents.
+        #[source]
+        source: crate::keyring::KeyringError,
     },
 }
 

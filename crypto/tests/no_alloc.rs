@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::time::{Duration, SystemTime};
 
 use meshd_crypto::{
-    Action, ClusterSecret, GossipSealer, PrivateKey, RateLimiter, SealerConfig, Session,
+    Action, ClusterSecret, GossipSealer, Keyring, PrivateKey, RateLimiter, SealerConfig, Session,
 };
 
 struct Counting;
@@ -126,9 +126,9 @@ fn data_path_and_sealer_allocate_nothing_per_call() {
     }
 
     // Gossip sealing, with the receiver already knowing the sender.
-    let secret = ClusterSecret::from_bytes([3; 32]);
-    let mut tx = GossipSealer::with_sender_id(&secret, None, SealerConfig::default(), 1);
-    let mut rx = GossipSealer::with_sender_id(&secret, None, SealerConfig::default(), 2);
+    let ring = Keyring::single(ClusterSecret::from_bytes([3; 32]));
+    let mut tx = GossipSealer::with_sender_id(&ring, SealerConfig::default(), 1);
+    let mut rx = GossipSealer::with_sender_id(&ring, SealerConfig::default(), 2);
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let msg = [0x5a_u8; 1000];
     let mut sealed = vec![0u8; 2048];

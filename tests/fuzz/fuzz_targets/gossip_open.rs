@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime};
 use libfuzzer_sys::fuzz_target;
 use meshd_crypto::kdf::gossip_key_id;
 use meshd_crypto::sealer::{self, FORMAT_VERSION, HEADER_LEN};
-use meshd_crypto::{ClusterSecret, GossipSealer, SealerConfig};
+use meshd_crypto::{ClusterSecret, GossipSealer, Keyring, SealerConfig};
 
 fuzz_target!(|data: &[u8]| {
     let secret = ClusterSecret::from_bytes([0x11; 32]);
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let mut rx = GossipSealer::with_sender_id(&secret, None, SealerConfig::default(), 1);
+    let mut rx = GossipSealer::with_sender_id(&Keyring::single(secret.clone()), SealerConfig::default(), 1);
     let mut out = [0u8; 2048];
     let _ = rx.open(data, &mut out, now);
 
