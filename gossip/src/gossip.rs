@@ -87,6 +87,7 @@ impl Gossip {
             version: local.version,
             generation: u64::from(local.boot_epoch) << 32,
             leaving: false,
+            secret_ids: local.secret_ids,
         };
         // Refuse here what every peer would refuse (and what would make our own broadcasts fail).
         crate::record::decode_record(&crate::record::encode_record(&me)?)?;
@@ -205,6 +206,14 @@ impl Gossip {
     /// The next membership or subnet event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Publishes a new set of cluster secret ids (the daemon reloaded its keyring).
+    pub fn set_secret_ids(&mut self, ids: Vec<[u8; 4]>) {
+        if self.me.secret_ids != ids {
+            self.me.secret_ids = ids;
+            self.publish_record();
+        }
     }
 
     /// This node's current record.

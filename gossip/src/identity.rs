@@ -163,6 +163,7 @@ mod tests {
             version: String::new(),
             generation,
             leaving: false,
+            secret_ids: Vec::new(),
         }
     }
 

@@ -1,8 +1,13 @@
 //! Node records: what a node tells the cluster about itself.
 //!
-//! A record travels as a postcard blob inside foca custom broadcasts and state dumps. Newer
-//! software versions may append fields at the end of [`NodeRecord`]; older decoders read the
-//! prefix they know and count the rest (see [`decode_record`]).
+//! A record travels as a postcard blob inside foca custom broadcasts and state dumps: the base
+//! fields of the first version, then *extensions*, each a length-prefixed postcard blob of its
+//! own, appended in the order they were introduced. An older decoder reads the base and the
+//! extensions it knows and counts the rest as skipped; a newer decoder reading an older
+//! record finds fewer extensions and leaves their fields empty (see [`decode_record`]).
+//!
+//! Extensions so far: 1. the ids of the cluster secrets the node holds
+//! ([`NodeRecord::secret_ids`]).
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -149,6 +154,11 @@ pub struct NodeRecord {
     pub generation: u64,
     /// The node announced a graceful departure.
     pub leaving: bool,
+    /// Extension 1: ids of the cluster secrets the node holds, primary first (empty when the
+    /// node is older than this field). Peers derive the pair's WireGuard preshared key from a
+    /// secret both hold.
+    #[serde(skip)]
+    pub secret_ids: Vec<[u8; 4]>,
 }
 
 /// The local node, as the daemon knows it at start-up.
@@ -170,6 +180,8 @@ pub struct LocalNode {
     pub version: String,
     /// Where this node's subnet comes from.
     pub subnet: SubnetRequest,
+    /// Ids of the cluster secrets this node holds, primary first.
+    pub secret_ids: Vec<[u8; 4]>,
     /// Must grow across restarts (seconds since the Unix epoch at start will do): a restarted
     /// node's identity and record then win over what the cluster remembers of its last life.
     pub boot_epoch: u32,
@@ -192,6 +204,8 @@ pub const MAX_RECORD_LEN: usize = 512;
 pub const MAX_NAME_LEN: usize = 64;
 /// Most underlay endpoints accepted per node.
 pub const MAX_ENDPOINTS: usize = 8;
+/// Most cluster secret ids accepted per node.
+pub const MAX_SECRET_IDS: usize = 8;
 
 /// Why a record blob was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -207,26 +221,35 @@ pub enum RecordError {
     Invalid,
 }
 
-/// Encodes a record into a fresh blob.
+/// Encodes a record into a fresh blob: the base fields, then each extension as a blob.
 pub fn encode_record(record: &NodeRecord) -> Result<Vec<u8>, RecordError> {
-    let blob = postcard::to_allocvec(record).map_err(|_| RecordError::Malformed)?;
+    let mut blob = postcard::to_allocvec(record).map_err(|_| RecordError::Malformed)?;
+    let ext = postcard::to_allocvec(&record.secret_ids).map_err(|_| RecordError::Malformed)?;
+    blob = postcard::to_extend(ext.as_slice(), blob).map_err(|_| RecordError::Malformed)?;
     if blob.len() > MAX_RECORD_LEN {
         return Err(RecordError::TooLong);
     }
     Ok(blob)
 }
 
-/// Decodes a record blob. Returns the record and whether trailing bytes (fields from a newer
-/// version) were skipped.
+/// Decodes a record blob. Returns the record and whether trailing bytes (extensions from a
+/// newer version) were skipped. Extensions missing (an older sender) stay empty.
 pub fn decode_record(blob: &[u8]) -> Result<(NodeRecord, bool), RecordError> {
     if blob.len() > MAX_RECORD_LEN {
         return Err(RecordError::TooLong);
     }
-    let (record, rest): (NodeRecord, _) =
+    let (mut record, mut rest): (NodeRecord, _) =
         postcard::take_from_bytes(blob).map_err(|_| RecordError::Malformed)?;
+    if !rest.is_empty() {
+        let (ext, after): (&[u8], _) =
+            postcard::take_from_bytes(rest).map_err(|_| RecordError::Malformed)?;
+        record.secret_ids = postcard::from_bytes(ext).map_err(|_| RecordError::Malformed)?;
+        rest = after;
+    }
     let bounded = !record.name.is_empty()
         && record.name.len() <= MAX_NAME_LEN
         && record.endpoints.len() <= MAX_ENDPOINTS
+        && record.secret_ids.len() <= MAX_SECRET_IDS
         && record.subnet.is_none_or(|c| c.subnet.is_valid());
     if !bounded {
         return Err(RecordError::Invalid);
@@ -255,6 +278,7 @@ mod tests {
             version: "0.1.0".to_string(),
             generation: 3,
             leaving: false,
+            secret_ids: vec![[1, 2, 3, 4], [5, 6, 7, 8]],
         }
     }
 
@@ -278,6 +302,26 @@ mod tests {
         assert_eq!(decode_record(&blob).unwrap(), (rec, true));
     }
 
+    /// A record from a node that predates the extensions: only the base fields.
+    #[test]
+    fn base_only_record_decodes_with_empty_extensions() {
+        let rec = sample("n1");
+        let base = postcard::to_allocvec(&rec).unwrap();
+        let (old, skipped) = decode_record(&base).unwrap();
+        assert!(!skipped);
+        assert!(old.secret_ids.is_empty());
+        assert_eq!(
+            NodeRecord {
+                secret_ids: rec.secret_ids.clone(),
+                ..old
+            },
+            rec
+        );
+        // And what this version sends carries the ids.
+        let (new, _) = decode_record(&encode_record(&rec).unwrap()).unwrap();
+        assert_eq!(new.secret_ids, rec.secret_ids);
+    }
+
     #[test]
     fn record_bounds_are_enforced() {
         let mut rec = sample("n1");
@@ -285,6 +329,16 @@ mod tests {
         let blob = postcard::to_allocvec(&rec).unwrap();
         assert_eq!(decode_record(&blob), Err(RecordError::Invalid));
         assert_eq!(decode_record(&[0xff; 3]), Err(RecordError::Malformed));
+        let mut rec = sample("n1");
+        rec.secret_ids = vec![[0; 4]; MAX_SECRET_IDS + 1];
+        let blob = encode_record(&rec).unwrap();
+        assert_eq!(decode_record(&blob), Err(RecordError::Invalid));
+        // A truncated extension is malformed, not silently empty.
+        let blob = encode_record(&sample("n1")).unwrap();
+        assert_eq!(
+            decode_record(&blob[..blob.len() - 2]),
+            Err(RecordError::Malformed)
+        );
     }
 
     #[test]

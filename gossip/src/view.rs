@@ -105,6 +105,11 @@ impl Gossip {
                 if entry.is_live() {
                     self.events
                         .push_back(Event::MemberUpdated(entry.record.clone()));
+                } else if entry.state == Some(MemberState::Down) && entry.record.leaving {
+                    // The departure notice raced the leaving record, which was sent first but
+                    // travels separately: it was a leave, not a death.
+                    entry.state = Some(MemberState::Left);
+                    self.events.push_back(Event::MemberLeft(name.clone()));
                 } else if entry.state.is_none() && swim_alive {
                     entry.state = Some(MemberState::Alive);
                     entry.since = now;
@@ -126,7 +131,11 @@ impl Gossip {
                 );
             }
         }
-        self.by_addr.insert(addr, name);
+        if let Some(previous) = self.by_addr.insert(addr, name.clone()) {
+            if previous != name {
+                self.displace(&previous, now);
+            }
+        }
         self.missing.remove(&addr);
         if touches_mine {
             self.check_conflicts(now);
@@ -193,6 +202,18 @@ impl Gossip {
             entry.state = Some(state);
             entry.since = now;
             self.events.push_back(event);
+        }
+    }
+
+    /// `name`'s address now belongs to another node (one re-installed under a new name): that
+    /// member is gone, whatever SWIM says about the address.
+    fn displace(&mut self, name: &str, now: Instant) {
+        if let Some(entry) = self.members.get_mut(name) {
+            if entry.is_live() {
+                entry.state = Some(MemberState::Down);
+                entry.since = now;
+                self.events.push_back(Event::MemberDown(name.to_owned()));
+            }
         }
     }
 

@@ -181,3 +181,24 @@ fn thousand_nodes_five_percent_loss_no_false_deaths() {
     sim.run_for(Duration::from_secs(60), &mut watch.hook());
     assert_eq!(scenario::false_deaths(&sim, &watch), 0);
 }
+
+/// A node that reloads its cluster secrets publishes the new ids, and every member learns them
+/// (the pairs' WireGuard preshared keys follow them during a rotation).
+#[test]
+fn new_secret_ids_reach_every_member() {
+    let cfg = config(20);
+    let (mut sim, _, _) = scenario::bootstrap(20, &cfg, NetConfig::default(), 5);
+    let ids = vec![[1, 1, 1, 1], [2, 2, 2, 2]];
+    sim.nodes[4].gossip.set_secret_ids(ids.clone());
+    let mut updates = 0;
+    sim.run_for(Duration::from_secs(3), &mut |_, _, e| {
+        if matches!(e, Event::MemberUpdated(r) if r.name == "node-4" && r.secret_ids == ids) {
+            updates += 1;
+        }
+    });
+    assert_eq!(updates, 19, "every other node hears the new ids once");
+    for (i, n) in sim.nodes.iter().enumerate().filter(|(i, _)| *i != 4) {
+        let m = n.gossip.member(&name(4)).unwrap();
+        assert_eq!(m.record.secret_ids, ids, "node {i}");
+    }
+}

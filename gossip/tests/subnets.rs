@@ -207,3 +207,40 @@ fn dead_nodes_subnet_is_reclaimed_only_after_the_grace_period() {
     assert!(assigned_at.is_some());
     assert_eq!(sim.nodes[4].gossip.lease().unwrap().subnet, freed);
 }
+
+/// A node that comes back on the same address under another name (a re-imaged machine): its
+/// old name ends up down everywhere, and the new name is a live member. Before the fix the old
+/// name stayed alive for ever, routes included, because SWIM only knows addresses.
+#[test]
+fn a_node_renamed_on_the_same_address_retires_its_old_name() {
+    let cfg = pool_of(64);
+    let (mut sim, mut watch, _) = scenario::bootstrap(10, &cfg, NetConfig::default(), 12);
+    sim.kill(5);
+    sim.run_for(Duration::from_secs(6), &mut watch.hook());
+
+    let mut local = Sim::local_node(5, SubnetRequest::Auto);
+    local.name = "renamed".into();
+    local.boot_epoch = 2;
+    sim.add_node(cfg, local).unwrap();
+    sim.join(5, 0);
+    // SWIM's MemberUp for the address comes before the record under the new name and briefly
+    // revives node-5; once that record is in, node-5 is down for good.
+    sim.run_for(Duration::from_secs(10), &mut watch.hook());
+    for (i, n) in sim
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| n.up && *i != 5)
+    {
+        assert_eq!(
+            n.gossip.member("node-5").map(|m| m.state),
+            Some(MemberState::Down),
+            "node {i}"
+        );
+        assert_eq!(
+            n.gossip.member("renamed").map(|m| m.state),
+            Some(MemberState::Alive),
+            "node {i}"
+        );
+    }
+}

@@ -147,6 +147,7 @@ impl Sim {
             capabilities: Capabilities(Capabilities::ENCRYPTION_WIREGUARD),
             version: "0.1.0".into(),
             subnet,
+            secret_ids: vec![[0x5e, 0xc7, 0, 1]],
             boot_epoch: 1,
         }
     }
