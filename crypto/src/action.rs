@@ -69,8 +69,9 @@ pub enum SessionError {
     /// Handshake rate limit reached and no source address to send a cookie to.
     #[error("under load: handshake dropped")]
     UnderLoad,
-    /// The local index does not fit in 24 bits.
-    #[error("local index exceeds 24 bits")]
+    /// The local index does not fit in 23 bits (bit 23 is the session's tunnel generation,
+    /// see [`crate::wire::GENERATION_BIT`]).
+    #[error("local index exceeds 23 bits")]
     IndexOutOfRange,
     /// boringtun reported something this wrapper does not expect.
     #[error("internal error")]

@@ -17,12 +17,13 @@ use boringtun::noise::{Tunn, TunnResult};
 use crate::action::{Action, SessionError, SessionStats};
 use crate::handshake::RateLimiter;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::wire::{MessageType, WgDatagram, DATA_OVERHEAD, INITIATION_LEN};
+use crate::wire::{self, MessageType, WgDatagram, DATA_OVERHEAD, INITIATION_LEN};
 
 /// Smallest `out` buffer any call accepts: a handshake initiation.
 pub const MIN_OUT_LEN: usize = INITIATION_LEN;
-/// Largest local index: boringtun keeps the low 8 bits of the 32-bit index for itself.
-pub const MAX_LOCAL_INDEX: u32 = (1 << 24) - 1;
+/// Largest local index: boringtun keeps the low 8 bits of the 32-bit index for itself, and the
+/// top bit of the other 24 is the tunnel generation ([`wire::GENERATION_BIT`]).
+pub const MAX_LOCAL_INDEX: u32 = wire::GENERATION_BIT - 1;
 
 /// The WireGuard session with one peer. Not `Sync`: the daemon keeps each behind its own lock.
 pub struct Session {
@@ -37,7 +38,7 @@ pub struct Session {
 
 impl Session {
     /// A session with `peer_public`, keyed by our private key and the pair's preshared key,
-    /// with handshakes admitted by the node's shared `rate_limiter`. `local_index` (24 bits)
+    /// with handshakes admitted by the node's shared `rate_limiter`. `local_index` (23 bits)
     /// is the daemon's slot for this peer: it comes back in the receiver index of every
     /// datagram the peer sends us (see [`crate::wire::local_index_of`]).
     pub fn new(
@@ -55,7 +56,7 @@ impl Session {
             peer_public.to_dalek(),
             Some(psk),
             None,
-            local_index,
+            wire::tunnel_index(local_index, 0),
             Some(rate_limiter.shared()),
         );
         Ok(Self {

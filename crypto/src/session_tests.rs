@@ -15,11 +15,16 @@ struct Peer {
 
 /// Two sessions `a` (index 1) and `b` (index 2) that expect each other, with the given PSKs.
 fn pair_with(psk_a: [u8; 32], psk_b: [u8; 32]) -> (Peer, Peer) {
+    pair_at(1, 2, psk_a, psk_b)
+}
+
+/// Two sessions that expect each other, with the given local indices and PSKs.
+fn pair_at(index_a: u32, index_b: u32, psk_a: [u8; 32], psk_b: [u8; 32]) -> (Peer, Peer) {
     let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
     let la = RateLimiter::new(&ka.public_key(), DEFAULT_HANDSHAKES_PER_SECOND);
     let lb = RateLimiter::new(&kb.public_key(), DEFAULT_HANDSHAKES_PER_SECOND);
-    let a = Session::new(&ka, 1, kb.public_key(), psk_a, &la).unwrap();
-    let b = Session::new(&kb, 2, ka.public_key(), psk_b, &lb).unwrap();
+    let a = Session::new(&ka, index_a, kb.public_key(), psk_a, &la).unwrap();
+    let b = Session::new(&kb, index_b, ka.public_key(), psk_b, &lb).unwrap();
     (Peer { session: a }, Peer { session: b })
 }
 
@@ -304,20 +309,28 @@ fn short_buffers_are_errors_not_panics() {
 }
 
 #[test]
-fn index_must_fit_24_bits() {
+fn index_must_fit_23_bits() {
     let k = PrivateKey::generate();
     let l = RateLimiter::new(&k.public_key(), 10);
     let peer = PrivateKey::generate().public_key();
     assert!(Session::new(&k, MAX_LOCAL_INDEX, peer, [0; 32], &l).is_ok());
-    assert_eq!(
-        Session::new(&k, MAX_LOCAL_INDEX + 1, peer, [0; 32], &l).unwrap_err(),
-        SessionError::IndexOutOfRange
-    );
+    // Bit 23 is the generation of the session's tunnels, not the daemon's.
+    for index in [
+        MAX_LOCAL_INDEX + 1,
+        crate::wire::GENERATION_BIT | 5,
+        1 << 24,
+    ] {
+        assert_eq!(
+            Session::new(&k, index, peer, [0; 32], &l).unwrap_err(),
+            SessionError::IndexOutOfRange
+        );
+    }
 }
 
 #[test]
 fn receiver_index_names_the_local_index() {
-    let (mut a, mut b) = pair();
+    // The largest index, so that a generation bit leaking into it would show.
+    let (mut a, mut b) = pair_at(MAX_LOCAL_INDEX - 1, MAX_LOCAL_INDEX, [7; 32], [7; 32]);
     establish(&mut a, &mut b, &ipv4_packet([10, 244, 1, 5], b"x"));
     let d = send(&mut a, b"").remove(0);
     let idx = WgDatagram::new_checked(&d)
@@ -325,6 +338,7 @@ fn receiver_index_names_the_local_index() {
         .receiver_index()
         .unwrap();
     assert_eq!(crate::wire::local_index_of(idx), b.session.local_index());
+    assert_eq!(crate::wire::generation_of(idx), 0);
 }
 
 proptest! {
