@@ -69,8 +69,9 @@ pub enum SessionError {
     /// Handshake rate limit reached and no source address to send a cookie to.
     #[error("under load: handshake dropped")]
     UnderLoad,
-    /// The local index does not fit in 24 bits.
-    #[error("local index exceeds 24 bits")]
+    /// The local index does not fit in 23 bits (bit 23 is the session's tunnel generation,
+    /// see [`crate::wire::GENERATION_BIT`]).
+    #[error("local index exceeds 23 bits")]
     IndexOutOfRange,
     /// boringtun reported something this wrapper does not expect.
     #[error("internal error")]
@@ -106,7 +107,9 @@ impl SessionError {
 /// Counters and ages of one session, for `meshd status` and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SessionStats {
-    /// Time since the current session's handshake completed; `None` without a session.
+    /// Time since the handshake of the session in use for sending completed; `None` without
+    /// a session. During a preshared-key switch that is still the old session until the new
+    /// key's handshake is confirmed (`psk_pending`).
     pub last_handshake: Option<Duration>,
     /// Plaintext bytes encapsulated.
     pub tx_bytes: u64,
@@ -131,6 +134,19 @@ pub struct SessionStats {
     pub estimated_loss: f32,
     /// Round-trip time of the last handshake we initiated, in milliseconds.
     pub handshake_rtt_ms: Option<u32>,
+    /// Preshared-key changes applied ([`crate::Session::set_psk`] calls that changed the key).
+    pub psk_switches: u64,
+    /// A session under the previous preshared key is still kept: a switch is under way.
+    pub retiring: bool,
+    /// No handshake under the current preshared key has been confirmed yet, so traffic still
+    /// goes out on the retiring session: the peer has not switched, or the handshake is in
+    /// flight.
+    pub psk_pending: bool,
+    /// In the switch under way, handshake responses under the new preshared key that failed to
+    /// authenticate: the peer still holds the old key. At
+    /// [`crate::session::MAX_PSK_REJECTIONS`] we stop initiating and wait for the peer's own
+    /// initiation.
+    pub psk_rejections: u32,
 }
 
 impl SessionStats {

@@ -111,7 +111,8 @@ impl<'a> WgDatagram<'a> {
     }
 
     /// The index the receiver chose for this session: present on responses, cookie replies
-    /// and data. Its upper 24 bits are the receiver's [`crate::Session`] local index.
+    /// and data. Its upper 24 bits are the receiver's [`crate::Session`] local index and the
+    /// generation of the tunnel inside that session ([`local_index_of`], [`generation_of`]).
     pub fn receiver_index(&self) -> Option<u32> {
         match self.kind {
             MessageType::Initiation => None,
@@ -153,10 +154,32 @@ impl<'a> WgDatagram<'a> {
     }
 }
 
-/// The [`crate::Session`] local index encoded in a receiver index. boringtun keeps the low 8
-/// bits for its own session ring, so the daemon's 24-bit peer slot is the upper part.
+/// The generation bit of the 24-bit index a session gives each boringtun tunnel: bit 23. A
+/// [`crate::Session`] runs two tunnels while it changes its preshared key, one per generation,
+/// so that their receiver indices never collide; the other 23 bits are the daemon's slot for
+/// the peer, its local index.
+pub const GENERATION_BIT: u32 = 1 << 23;
+
+/// Low bits of a receiver index that boringtun keeps for its own session ring.
+const RING_BITS: u32 = 8;
+
+/// The index a session's tunnel of `generation` (0 or 1) is built with: the local index with
+/// the generation bit. boringtun shifts it left by 8 bits to make receiver indices.
+pub fn tunnel_index(local_index: u32, generation: u32) -> u32 {
+    (local_index & (GENERATION_BIT - 1)) | ((generation & 1) * GENERATION_BIT)
+}
+
+/// The [`crate::Session`] local index encoded in a receiver index: the daemon's 23-bit peer
+/// slot, above boringtun's 8 ring bits and below the generation bit, which is masked off so
+/// that both tunnels of a session demultiplex to the same peer.
 pub fn local_index_of(receiver_index: u32) -> u32 {
-    receiver_index >> 8
+    (receiver_index >> RING_BITS) & (GENERATION_BIT - 1)
+}
+
+/// The generation (0 or 1) of the tunnel, within its [`crate::Session`], that a receiver index
+/// belongs to: the top bit.
+pub fn generation_of(receiver_index: u32) -> u32 {
+    (receiver_index >> RING_BITS) / GENERATION_BIT
 }
 
 #[cfg(test)]
@@ -237,6 +260,24 @@ mod tests {
                 "type {kind} length {len}"
             );
         }
+    }
+
+    #[test]
+    fn index_layout() {
+        let slot = GENERATION_BIT - 1;
+        for generation in [0, 1] {
+            let tunnel = tunnel_index(slot, generation);
+            // boringtun's receiver indices: the tunnel index above 8 ring bits.
+            for ring in [0u32, 1, 0xff] {
+                let receiver = (tunnel << RING_BITS) | ring;
+                assert_eq!(local_index_of(receiver), slot);
+                assert_eq!(generation_of(receiver), generation);
+            }
+        }
+        assert_eq!(tunnel_index(0x2a, 1), 0x80_002a);
+        assert_eq!(generation_of(0x8000_2a01), 1);
+        assert_eq!(local_index_of(0x8000_2a01), 0x2a);
+        assert_eq!(generation_of(0x7fff_ffff), 0);
     }
 
     proptest! {
