@@ -522,16 +522,14 @@ impl Config {
         self.state_dir.join(NODE_KEY_FILE)
     }
 
-    /// The cluster secret: `MESHD_CLUSTER_SECRET` (the secret itself) if set, otherwise the
-    /// file named by `cluster-secret-file` (refused when group or others can read it).
-    pub fn cluster_secret(&self) -> Result<meshd_crypto::ClusterSecret, ConfigError> {
+    /// The cluster secrets (one, or several during a rotation, primary first):
+    /// `MESHD_CLUSTER_SECRET` (the secrets themselves, separated by commas) if set, otherwise
+    /// the file named by `cluster-secret-file` (one per line; refused when group or others can
+    /// read it). Read again on SIGHUP and whenever the file changes.
+    pub fn cluster_keyring(&self) -> Result<meshd_crypto::Keyring, ConfigError> {
         if let Ok(v) = std::env::var(CLUSTER_SECRET_ENV) {
-            return meshd_crypto::ClusterSecret::from_base64(&v).map_err(|e| {
-                err(
-                    CLUSTER_SECRET_ENV,
-                    format!("not a cluster secret ({e}); `meshd secret` makes one"),
-                )
-            });
+            return meshd_crypto::Keyring::parse(&v)
+                .map_err(|e| err(CLUSTER_SECRET_ENV, e.to_string()));
         }
         let path = self.cluster_secret_file.as_ref().ok_or_else(|| {
             err(
@@ -539,7 +537,7 @@ impl Config {
                 format!("required with encryption = \"wireguard\" or gossip unless {CLUSTER_SECRET_ENV} is set; `meshd secret > FILE` makes one"),
             )
         })?;
-        meshd_crypto::ClusterSecret::read_file(path)
+        meshd_crypto::Keyring::read_file(path)
             .map_err(|e| err("cluster-secret-file", e.to_string()))
     }
 
@@ -718,15 +716,15 @@ mod tests {
         secret.write_new_file(&path).unwrap();
         let mut c = Config::from_toml(GOOD).unwrap();
         if std::env::var_os(CLUSTER_SECRET_ENV).is_none() {
-            assert_eq!(c.cluster_secret().unwrap_err().key, "cluster-secret-file");
+            assert_eq!(c.cluster_keyring().unwrap_err().key, "cluster-secret-file");
             c.cluster_secret_file = Some(path.clone());
             assert_eq!(
-                *c.cluster_secret().unwrap().to_base64(),
-                *secret.to_base64()
+                c.cluster_keyring().unwrap().ids(),
+                vec![meshd_crypto::SecretId::of(&secret)]
             );
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            assert_eq!(c.cluster_secret().unwrap_err().key, "cluster-secret-file");
+            assert_eq!(c.cluster_keyring().unwrap_err().key, "cluster-secret-file");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

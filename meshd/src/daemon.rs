@@ -8,7 +8,7 @@ use crate::datapath::wg::NodeCrypto;
 use crate::datapath::DataPath;
 use crate::gossip::{apply_subnet, Membership};
 use crate::host::{self, Host};
-use crate::routes::{Local, Peer, Routes};
+use crate::routes::{Local, Peer, PeerKey, Routes};
 use crate::status::{self, Status, StatusSource};
 use crate::wire::vtep_mac;
 use ipnet::Ipv4Net;
@@ -24,9 +24,20 @@ pub async fn run(cfg: Config) -> Result<()> {
     if meshd_crypto::MOCK_CLOCK {
         anyhow::bail!("this meshd was built with meshd-crypto's mock-clock feature (tests only): its WireGuard timers would never fire");
     }
-    let crypto = match cfg.encryption {
-        Encryption::Wireguard => Some(Arc::new(node_crypto(&cfg)?)),
-        Encryption::None => None,
+    // The cluster secrets sign gossip and key WireGuard; cleartext static peers need none.
+    let keyring = if cfg.encryption == Encryption::Wireguard || cfg.gossip_enabled() {
+        let ring = cfg.cluster_keyring()?;
+        tracing::info!(
+            sealing = %ring.primary_id(), held = ?crate::secrets::ids_text(&ring.ids()),
+            "cluster secrets"
+        );
+        Some(ring)
+    } else {
+        None
+    };
+    let crypto = match (cfg.encryption, &keyring) {
+        (Encryption::Wireguard, Some(ring)) => Some(Arc::new(node_crypto(&cfg, ring.clone())?)),
+        _ => None,
     };
     let public_key = crypto.as_ref().map(|c| c.public.to_base64());
     let public = crypto.as_ref().map(|c| c.public);
@@ -38,10 +49,22 @@ pub async fn run(cfg: Config) -> Result<()> {
         },
         crypto,
     ));
-    let membership = if cfg.gossip_enabled() {
-        Some(Membership::start(&cfg, routes.clone(), static_peers(&cfg), public).await?)
-    } else {
-        None
+    let keyring = match keyring {
+        Some(ring) => Some(crate::secrets::spawn(cfg.clone(), ring, routes.clone())?),
+        None => None,
+    };
+    let membership = match (&keyring, cfg.gossip_enabled()) {
+        (Some(ring), true) => Some(
+            Membership::start(
+                &cfg,
+                routes.clone(),
+                static_peers(&cfg),
+                public,
+                ring.clone(),
+            )
+            .await?,
+        ),
+        _ => None,
     };
     // Without gossip the subnet is configured; with it, the explicit or persisted one (a new
     // lease reconfigures the bridge later), or none yet: the data path does not need it.
@@ -86,6 +109,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             unattributed: Default::default(),
             members: None,
             gossip: None,
+            secrets: None,
         },
         routes: routes.clone(),
         gossip: membership.as_ref().map(|m| m.shared.clone()),
@@ -123,7 +147,7 @@ async fn setup_host(host: &Host, cfg: &Config, subnet: Option<Ipv4Net>) -> Resul
     host::enable_forwarding()
 }
 
-fn static_peers(cfg: &Config) -> Vec<(Peer, Option<meshd_crypto::PublicKey>)> {
+fn static_peers(cfg: &Config) -> Vec<(Peer, Option<PeerKey>)> {
     cfg.peers
         .iter()
         .map(|p| {
@@ -132,14 +156,13 @@ fn static_peers(cfg: &Config) -> Vec<(Peer, Option<meshd_crypto::PublicKey>)> {
                 address: p.address,
                 subnet: p.subnet,
             };
-            (peer, p.key())
+            (peer, p.key().map(PeerKey::fixed))
         })
         .collect()
 }
 
-/// The node key (created under the state directory on first start) and the cluster secret.
-fn node_crypto(cfg: &Config) -> Result<NodeCrypto> {
-    let secret = cfg.cluster_secret()?;
+/// The node key (created under the state directory on first start) and the cluster secrets.
+fn node_crypto(cfg: &Config, keyring: meshd_crypto::Keyring) -> Result<NodeCrypto> {
     let path = cfg.node_key_path();
     let (key, how) = meshd_crypto::load_or_create_private_key(&path)
         .with_context(|| format!("loading the node key {}", path.display()))?;
@@ -149,7 +172,7 @@ fn node_crypto(cfg: &Config) -> Result<NodeCrypto> {
     tracing::info!(public_key = %key.public_key(), "WireGuard node key");
     Ok(NodeCrypto::new(
         key,
-        secret,
+        keyring,
         cfg.wireguard.handshakes_per_second,
     ))
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use meshd_crypto::{GossipSealer, PublicKey, SealerConfig};
+use meshd_crypto::{GossipSealer, Keyring, PublicKey, SealerConfig, SecretId};
 use meshd_gossip::{
     Capabilities, Event, Gossip, Lease, LocalNode, MemberState, NodeRecord, Subnet, SubnetRequest,
 };
@@ -21,8 +21,8 @@ use tokio::net::UdpSocket;
 
 use crate::config::{split_seed, Config, Encryption};
 use crate::host::{self, Host};
-use crate::routes::{Peer, Routes};
-use crate::status::{self, GossipCounters, MemberStatus, NetworkFile};
+use crate::routes::{Peer, PeerKey, Routes};
+use crate::status::{self, GossipCounters, MemberStatus, NetworkFile, SecretStatus};
 use crate::wire::vtep_mac;
 
 /// Name of the persisted subnet lease in the state directory.
@@ -35,6 +35,8 @@ const MAX_DATAGRAMS_PER_WAKE: usize = 64;
 /// What the status API reads: the state machine itself and the daemon's own counters.
 pub struct Shared {
     pub gossip: Gossip,
+    /// Seals and opens every datagram; counts what each cluster secret opened.
+    pub sealer: GossipSealer,
     /// Datagrams that failed to open (wrong secret, tampered, replayed, too old).
     pub open_failures: u64,
     /// Datagrams that could not be sealed or sent.
@@ -66,6 +68,19 @@ impl Shared {
         };
         (members, counters)
     }
+
+    /// The cluster secrets: which seals, and how many datagrams each opened.
+    pub fn secrets(&self) -> Vec<SecretStatus> {
+        let sealing = self.sealer.sealing_id();
+        self.sealer
+            .opened()
+            .map(|(id, opened)| SecretStatus {
+                id: id.to_string(),
+                sealing: id == sealing,
+                opened: Some(opened),
+            })
+            .collect()
+    }
 }
 
 fn state_name(s: MemberState) -> &'static str {
@@ -83,12 +98,13 @@ pub struct Membership {
     /// The node's current subnet, for the status API.
     pub subnet: Arc<Mutex<Option<Ipv4Net>>>,
     socket: UdpSocket,
-    sealer: GossipSealer,
+    /// New cluster secrets from [`crate::secrets`].
+    keyring: tokio::sync::watch::Receiver<Keyring>,
     /// Scratch for sealing, allocated once.
     sealed: Vec<u8>,
     routes: Arc<Routes>,
-    static_peers: Vec<(Peer, Option<PublicKey>)>,
-    gossip_peers: BTreeMap<String, (Peer, Option<PublicKey>)>,
+    static_peers: Vec<(Peer, Option<PeerKey>)>,
+    gossip_peers: BTreeMap<String, (Peer, Option<PeerKey>)>,
     encryption: Encryption,
     seeds: Vec<String>,
     own_addr: SocketAddr,
@@ -101,12 +117,13 @@ impl Membership {
     pub async fn start(
         cfg: &Config,
         routes: Arc<Routes>,
-        static_peers: Vec<(Peer, Option<PublicKey>)>,
+        static_peers: Vec<(Peer, Option<PeerKey>)>,
         public_key: Option<PublicKey>,
+        keyring: tokio::sync::watch::Receiver<Keyring>,
     ) -> Result<Membership> {
         let address = cfg.address.context("no address")?;
-        let secret = cfg.cluster_secret()?;
-        let sealer = GossipSealer::new(&secret, None, SealerConfig::default());
+        let ring = keyring.borrow().clone();
+        let sealer = GossipSealer::new(&ring, SealerConfig::default());
         let own_addr = SocketAddr::new(address, cfg.gossip.port);
         let bind = match address {
             IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], cfg.gossip.port)),
@@ -128,6 +145,7 @@ impl Membership {
             }),
             version: env!("CARGO_PKG_VERSION").into(),
             subnet: request,
+            secret_ids: ring.ids().iter().map(|id| id.0).collect(),
             boot_epoch: boot_epoch(),
         };
         let gcfg = meshd_gossip::Config {
@@ -147,12 +165,13 @@ impl Membership {
         Ok(Membership {
             shared: Arc::new(Mutex::new(Shared {
                 gossip,
+                sealer,
                 open_failures: 0,
                 send_failures: 0,
             })),
             subnet: Arc::new(Mutex::new(initial)),
             socket,
-            sealer,
+            keyring,
             sealed: vec![0u8; RECV_BUFFER],
             routes,
             static_peers,
@@ -180,6 +199,12 @@ impl Membership {
             };
             tokio::select! {
                 _ = &mut stop => break,
+                Ok(()) = self.keyring.changed() => {
+                    let ring = self.keyring.borrow_and_update().clone();
+                    let mut shared = self.lock();
+                    shared.sealer.set_keyring(&ring);
+                    shared.gossip.set_secret_ids(ring.ids().iter().map(|id| id.0).collect());
+                }
                 _ = sleep => {
                     self.lock().gossip.handle_timeout(Instant::now());
                 }
@@ -228,15 +253,16 @@ impl Membership {
     }
 
     fn receive(&mut self, datagram: &[u8], from: SocketAddr, plain: &mut [u8]) {
-        match self.sealer.open(datagram, plain, SystemTime::now()) {
+        let mut shared = self.lock();
+        match shared.sealer.open(datagram, plain, SystemTime::now()) {
             Ok(n) => {
                 let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-                self.lock()
+                shared
                     .gossip
                     .handle_datagram(from, &plain[..n], Instant::now());
             }
             Err(e) => {
-                self.lock().open_failures += 1;
+                shared.open_failures += 1;
                 tracing::trace!(error = %e, "dropped a gossip datagram that did not open");
             }
         }
@@ -247,10 +273,13 @@ impl Membership {
             let Some(t) = self.lock().gossip.poll_transmit() else {
                 break;
             };
-            let sent = match self
+            let sealed = self
+                .shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
                 .sealer
-                .seal(&t.payload, &mut self.sealed, SystemTime::now())
-            {
+                .seal(&t.payload, &mut self.sealed, SystemTime::now());
+            let sent = match sealed {
                 Ok(n) => self.socket.send_to(&self.sealed[..n], t.dst).await.is_ok(),
                 Err(_) => false,
             };
@@ -312,7 +341,11 @@ impl Membership {
             return;
         };
         let key = match self.encryption {
-            Encryption::Wireguard => Some(PublicKey::from_bytes(r.public_key)),
+            Encryption::Wireguard => Some(PeerKey {
+                public: PublicKey::from_bytes(r.public_key),
+                // An older node publishes none: the pair then uses our primary secret.
+                secret_ids: Some(r.secret_ids.iter().map(|id| SecretId(*id)).collect()),
+            }),
             Encryption::None => None,
         };
         let peer = Peer {
@@ -334,7 +367,7 @@ impl Membership {
                 .any(|(q, _)| q.name == p.name || overlaps(q.subnet, p.subnet))
                 || mine.is_some_and(|m| overlaps(m, p.subnet));
             if !clash {
-                all.push((p.clone(), *k));
+                all.push((p.clone(), k.clone()));
             }
         }
         tracing::debug!(peers = all.len(), "peer table updated");

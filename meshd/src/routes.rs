@@ -15,14 +15,32 @@ use std::sync::{Arc, Mutex};
 use crate::datapath::wg::{NodeCrypto, WgPeer};
 use crate::stats::{DropReason, PeerStats};
 use crate::wire::{vtep_mac, MacAddr, VxlanHeader};
-use meshd_crypto::PublicKey;
+use meshd_crypto::{PublicKey, SecretId};
 
-/// A peer as the control plane knows it, wherever it was learnt (config file now, gossip later).
+/// A peer as the control plane knows it, wherever it was learnt (config file or gossip).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub name: String,
     pub address: IpAddr,
     pub subnet: Ipv4Net,
+}
+
+/// A peer's WireGuard identity: its public key and, when it published them (gossip), the ids
+/// of the cluster secrets it holds, which pick the pair's preshared key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerKey {
+    pub public: PublicKey,
+    pub secret_ids: Option<Vec<SecretId>>,
+}
+
+impl PeerKey {
+    /// A key with no published secret ids (a static peer): the pair uses our primary secret.
+    pub fn fixed(public: PublicKey) -> Self {
+        Self {
+            public,
+            secret_ids: None,
+        }
+    }
 }
 
 /// What the data path needs about one peer.
@@ -47,7 +65,7 @@ pub struct RouteTable {
     /// Non-overlapping subnets sorted by first address: (first, last, peer).
     ranges: Vec<(u32, u32, PeerId)>,
     by_address: HashMap<IpAddr, PeerId>,
-    /// WireGuard local index (24 bits, see `meshd_crypto::wire::local_index_of`) → peer.
+    /// WireGuard local index (the 23-bit slot, see `meshd_crypto::wire::local_index_of`) → peer.
     by_index: HashMap<u32, PeerId>,
     /// WireGuard static public key → peer, for handshake initiations.
     by_key: HashMap<PublicKey, PeerId>,
@@ -110,6 +128,8 @@ pub struct Routes {
     crypto: Option<Arc<NodeCrypto>>,
     /// Sessions by peer key: they survive swaps, like the counters.
     sessions: Mutex<HashMap<PublicKey, Arc<WgPeer>>>,
+    /// The peer set last applied, for [`Routes::refresh`].
+    last: Mutex<Vec<(Peer, Option<PeerKey>)>>,
     /// Drops that belong to no peer (unknown source, no route), by reason.
     pub unattributed: Arc<PeerStats>,
     generation: AtomicU64,
@@ -128,6 +148,7 @@ impl Routes {
             stats: Mutex::new(HashMap::new()),
             crypto,
             sessions: Mutex::new(HashMap::new()),
+            last: Mutex::new(Vec::new()),
             unattributed: Arc::new(PeerStats::default()),
             generation: AtomicU64::new(0),
         }
@@ -149,30 +170,58 @@ impl Routes {
 
     /// Replace the peer set. Peers no longer present lose their counters.
     pub fn update(&self, peers: &[Peer]) {
-        let keyed: Vec<(Peer, Option<PublicKey>)> =
-            peers.iter().map(|p| (p.clone(), None)).collect();
+        let keyed: Vec<(Peer, Option<PeerKey>)> = peers.iter().map(|p| (p.clone(), None)).collect();
         self.update_keyed(&keyed);
     }
 
+    /// Applies the last peer set again: after the cluster secrets changed, every pair's
+    /// preshared key is chosen anew.
+    pub fn refresh(&self) {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.update_keyed(&last);
+    }
+
     /// Replace the peer set, with each peer's WireGuard key where known. A peer keeps its
-    /// session (and so its keys and counters) while its key stays the same; a peer without a
-    /// key, or in cleartext mode, has none.
-    pub fn update_keyed(&self, peers: &[(Peer, Option<PublicKey>)]) {
+    /// session (and so its keys and counters) while its key stays the same, and moves to a new
+    /// preshared key without losing traffic when the secrets the pair shares change; a peer
+    /// without a key, or in cleartext mode, has none.
+    pub fn update_keyed(&self, peers: &[(Peer, Option<PeerKey>)]) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = peers.to_vec();
         let local_mac = vtep_mac(&self.local.name);
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.retain(|name, _| peers.iter().any(|(p, _)| &p.name == name));
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|key, _| peers.iter().any(|(_, k)| k.as_ref() == Some(key)));
+        sessions.retain(|key, _| {
+            peers
+                .iter()
+                .any(|(_, k)| k.as_ref().map(|k| &k.public) == Some(key))
+        });
         let mut entries = Vec::with_capacity(peers.len());
         for (p, key) in peers {
             let mac = vtep_mac(&p.name);
             let s = stats.entry(p.name.clone()).or_default().clone();
             let wg = match (&self.crypto, key) {
-                (Some(c), Some(k)) => match sessions.get(k) {
-                    Some(w) => Some(w.clone()),
-                    None => match c.new_peer(*k) {
+                (Some(c), Some(k)) => match sessions.get(&k.public) {
+                    Some(w) => {
+                        let pair = c.pair_key(&k.public, k.secret_ids.as_deref());
+                        let before = w.pair();
+                        if w.set_pair(pair) {
+                            tracing::info!(
+                                peer = %p.name, from = %before.secret, to = %pair.secret,
+                                "WireGuard preshared key changes with the shared cluster secret; the current session carries traffic until the new handshake completes"
+                            );
+                        }
+                        if !pair.agreed && before.agreed {
+                            tracing::error!(
+                                peer = %p.name,
+                                "no cluster secret in common with this peer: handshakes with it will fail (was a rotation step skipped?)"
+                            );
+                        }
+                        Some(w.clone())
+                    }
+                    None => match c.new_peer(k.public, k.secret_ids.as_deref()) {
                         Ok(w) => {
-                            sessions.insert(*k, w.clone());
+                            sessions.insert(k.public, w.clone());
                             Some(w)
                         }
                         Err(e) => {

@@ -44,6 +44,20 @@ pub struct Status {
     /// Gossip traffic and error counters, when gossip runs.
     #[serde(default)]
     pub gossip: Option<GossipCounters>,
+    /// The cluster secrets held, primary first, when any is used.
+    #[serde(default)]
+    pub secrets: Option<Vec<SecretStatus>>,
+}
+
+/// One cluster secret of the node's keyring, by its public id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretStatus {
+    pub id: String,
+    /// Seals what this node sends (the primary).
+    pub sealing: bool,
+    /// Gossip datagrams it opened since it was loaded (`None` without gossip). A retired
+    /// secret whose count stops growing is no longer used by any node.
+    pub opened: Option<u64>,
 }
 
 /// One gossip member as this node sees it.
@@ -99,12 +113,34 @@ pub struct WireguardStatus {
     /// Cookie replies this session sent (the shared limiter's are counted on the node).
     pub cookie_replies_sent: u64,
     pub handshake_rtt_ms: Option<u32>,
+    /// Id of the cluster secret the pair's preshared key comes from.
+    #[serde(default)]
+    pub psk_secret: String,
+    /// False when the peer holds none of our secrets: handshakes fail until that is fixed.
+    #[serde(default)]
+    pub psk_agreed: bool,
+    /// Preshared key changes (cluster secret rotations) this session went through.
+    #[serde(default)]
+    pub psk_switches: u64,
+    /// Traffic still rides the session under the previous preshared key: the handshake under
+    /// the new one has not completed (the peer has not switched yet).
+    #[serde(default)]
+    pub psk_pending: bool,
+    /// A session under the previous preshared key is still kept (for packets in flight).
+    #[serde(default)]
+    pub retiring: bool,
 }
 
 impl WireguardStatus {
     fn of(wg: &WgPeer) -> Self {
         let st = wg.lock().stats();
+        let pair = wg.pair();
         WireguardStatus {
+            psk_secret: pair.secret.to_string(),
+            psk_agreed: pair.agreed,
+            psk_switches: st.psk_switches,
+            psk_pending: st.psk_pending,
+            retiring: st.retiring,
             public_key: wg.key.to_base64(),
             last_handshake_secs: st.last_handshake.map(|d| d.as_secs_f64()),
             handshakes: st.handshakes,
@@ -158,9 +194,22 @@ impl StatusSource {
             .collect();
         s.unattributed = self.routes.unattributed.snapshot();
         if let Some(g) = &self.gossip {
-            let (members, counters) = g.lock().unwrap_or_else(|p| p.into_inner()).report();
+            let shared = g.lock().unwrap_or_else(|p| p.into_inner());
+            let (members, counters) = shared.report();
             s.members = Some(members);
             s.gossip = Some(counters);
+            s.secrets = Some(shared.secrets());
+        } else if let Some(c) = self.routes.crypto() {
+            let ring = c.keyring();
+            s.secrets = Some(
+                ring.secrets()
+                    .map(|(id, _)| SecretStatus {
+                        id: id.to_string(),
+                        sealing: id == ring.primary_id(),
+                        opened: None,
+                    })
+                    .collect(),
+            );
         }
         if let Some(net) = &self.subnet {
             s.subnet = match *net.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -241,6 +290,19 @@ pub fn render(s: &Status) -> String {
             s.cookie_replies_sent
         );
     }
+    if let Some(secrets) = &s.secrets {
+        let list: Vec<String> = secrets
+            .iter()
+            .map(|k| {
+                let role = if k.sealing { "sealing" } else { "accepted" };
+                match k.opened {
+                    Some(n) => format!("{} ({role}, opened {n})", k.id),
+                    None => format!("{} ({role})", k.id),
+                }
+            })
+            .collect();
+        let _ = writeln!(o, "secrets     {}", list.join(", "));
+    }
     let _ = writeln!(o, "tiers       queues {}", s.tiers.queues);
     let _ = writeln!(o, "  multi-queue TUN   {}", s.tiers.multi_queue);
     let _ = writeln!(o, "  TUN offload       {}", s.tiers.tun_offload);
@@ -271,8 +333,15 @@ pub fn render(s: &Status) -> String {
             };
             let _ = writeln!(
                 o,
-                "  wireguard {}  handshake {age}  handshakes {}  rekeys {}  decrypt failures {}  handshake failures {}  replays {}  cookie replies sent {}",
+                "  wireguard {}  psk from {}{}{}  handshake {age}  handshakes {}  rekeys {}  decrypt failures {}  handshake failures {}  replays {}  cookie replies sent {}",
                 w.public_key,
+                w.psk_secret,
+                if w.psk_agreed { "" } else { " (NO SECRET IN COMMON)" },
+                if w.psk_pending {
+                    " (switching: traffic on the previous key)"
+                } else {
+                    ""
+                },
                 w.handshakes,
                 w.rekeys,
                 w.decrypt_failures,

@@ -24,7 +24,7 @@ use crate::cluster::unreachable_pairs;
 /// How long membership may take to settle in these tests (joins, deaths, heals).
 const SETTLE: Duration = Duration::from_secs(30);
 
-fn gossip_spec(tag: &str, nodes: usize, encryption: Encryption) -> Spec {
+pub(crate) fn gossip_spec(tag: &str, nodes: usize, encryption: Encryption) -> Spec {
     Spec {
         encryption,
         prefix: prefix(tag),
@@ -37,12 +37,17 @@ fn gossip_spec(tag: &str, nodes: usize, encryption: Encryption) -> Spec {
     }
 }
 
-fn status(t: &Topology, host: usize) -> Option<Status> {
+pub(crate) fn status(t: &Topology, host: usize) -> Option<Status> {
     meshd::status::query(&t.hosts[host].dir.join("run")).ok()
 }
 
 /// Polls host `host`'s status until `cond` holds; fails with the last status after [`SETTLE`].
-fn wait_for(t: &Topology, host: usize, what: &str, cond: impl Fn(&Status) -> bool) -> Status {
+pub(crate) fn wait_for(
+    t: &Topology,
+    host: usize,
+    what: &str,
+    cond: impl Fn(&Status) -> bool,
+) -> Status {
     let deadline = Instant::now() + SETTLE;
     loop {
         let s = status(t, host);
@@ -56,7 +61,7 @@ fn wait_for(t: &Topology, host: usize, what: &str, cond: impl Fn(&Status) -> boo
     }
 }
 
-fn peer_names(s: &Status) -> HashSet<String> {
+pub(crate) fn peer_names(s: &Status) -> HashSet<String> {
     s.peers.iter().map(|p| p.name.clone()).collect()
 }
 
@@ -69,7 +74,7 @@ fn names(t: &Topology, hosts: impl IntoIterator<Item = usize>, but: usize) -> Ha
 }
 
 /// Every host routes exactly to the hosts in `group` (other than itself).
-fn wait_for_mesh(t: &Topology, group: &[usize]) {
+pub(crate) fn wait_for_mesh(t: &Topology, group: &[usize]) {
     for &i in group {
         let want = names(t, group.iter().copied(), i);
         wait_for(t, i, &format!("peers should be {want:?}"), |s| {
@@ -79,7 +84,7 @@ fn wait_for_mesh(t: &Topology, group: &[usize]) {
 }
 
 /// Waits until host `i` knows `n` members, all alive.
-fn wait_for_all_alive(t: &Topology, i: usize, n: usize) -> Status {
+pub(crate) fn wait_for_all_alive(t: &Topology, i: usize, n: usize) -> Status {
     wait_for(t, i, &format!("{n} members, all alive"), |s| {
         let m = s.members.as_deref().unwrap_or_default();
         m.len() == n && m.iter().all(|m| m.state == "alive")
@@ -98,7 +103,7 @@ fn assert_unique_subnets(t: &Topology) {
     );
 }
 
-fn meshd_pid(t: &Topology, i: usize) -> i32 {
+pub(crate) fn meshd_pid(t: &Topology, i: usize) -> i32 {
     std::fs::read_to_string(t.hosts[i].dir.join("meshd.pid"))
         .unwrap()
         .trim()
@@ -213,7 +218,7 @@ fn a_node_with_the_wrong_cluster_secret_never_becomes_a_member() {
     meshd_crypto::ClusterSecret::generate()
         .write_new_file(&other)
         .unwrap();
-    let lab_secret = Topology::state_dir(&t.spec.prefix).join(meshd::lab::wireguard::SECRET_FILE);
+    let lab_secret = meshd::lab::wireguard::host_secret_path(h3);
     // A new node (name and state) with the wrong secret, on h3's address.
     let intruder = "intruder";
     let config = t

@@ -8,6 +8,7 @@ mod encrypted;
 mod gossip;
 mod interop;
 mod lifecycle;
+mod rotation;
 mod support;
 mod wg_interop;
 mod wg_security;

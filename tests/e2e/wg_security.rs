@@ -47,7 +47,7 @@ fn a_node_with_the_wrong_cluster_secret_gets_nothing_through() {
     meshd_crypto::ClusterSecret::generate()
         .write_new_file(&other)
         .unwrap();
-    let lab_secret = Topology::state_dir(&t.spec.prefix).join(meshd::lab::wireguard::SECRET_FILE);
+    let lab_secret = meshd::lab::wireguard::host_secret_path(h3);
     let config = t.meshd_config(h3).replace(
         &lab_secret.display().to_string(),
         &other.display().to_string(),

@@ -168,6 +168,11 @@ impl Topology {
             )?),
             (Encryption::None, Membership::Static) => None,
         };
+        if let Some(secret) = &secret {
+            for h in self.hosts.iter().filter(|h| h.backend == Backend::Meshd) {
+                wireguard::host_secret(h, secret)?;
+            }
+        }
         for h in self.hosts.clone() {
             match h.backend {
                 Backend::Meshd => self.start_meshd(&h)?,
@@ -290,9 +295,7 @@ impl Topology {
         if self.spec.encryption == Encryption::Wireguard || gossip {
             c.push_str(&format!(
                 "cluster-secret-file = \"{}\"\n",
-                Topology::state_dir(&self.spec.prefix)
-                    .join(wireguard::SECRET_FILE)
-                    .display()
+                wireguard::host_secret_path(h).display()
             ));
         }
         if gossip {

@@ -1,4 +1,5 @@
-//! The lab's WireGuard pieces: a cluster secret per lab and a node key per host (files 0600
+//! The lab's WireGuard pieces: a cluster secret per lab (copied to a file per host), a node
+//! key per host (files 0600
 //! under the lab's state directory, made before any daemon starts so every config can name
 //! its peers' public keys), and hosts that run Debian's `wireguard-go` instead of meshd.
 //!
@@ -34,6 +35,24 @@ pub fn cluster_secret(lab_dir: &Path) -> Result<ClusterSecret> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     ClusterSecret::read_file(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The host's own copy of the lab's cluster secret, `<host dir>/cluster.secret`, made once:
+/// each node reads its own file, as on real machines, so a rotation can go node by node.
+pub fn host_secret(h: &Host, secret: &ClusterSecret) -> Result<PathBuf> {
+    let path = host_secret_path(h);
+    if !path.exists() {
+        std::fs::create_dir_all(&h.dir).with_context(|| format!("creating {}", h.dir.display()))?;
+        secret
+            .write_new_file(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(path)
+}
+
+/// Where [`host_secret`] puts a host's cluster secret file.
+pub fn host_secret_path(h: &Host) -> PathBuf {
+    h.dir.join(SECRET_FILE)
 }
 
 /// The host's node key file (created 0600 on first use) and its public key. meshd finds the

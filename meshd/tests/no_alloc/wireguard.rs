@@ -2,14 +2,14 @@ use super::{allocations_in, packet};
 use meshd::datapath::wg::rx::{receive, Received};
 use meshd::datapath::wg::tx::TxBatch;
 use meshd::datapath::wg::{NodeCrypto, SCRATCH_LEN};
-use meshd::routes::{Local, Peer, Routes};
+use meshd::routes::{Local, Peer, PeerKey, Routes};
 use meshd::stats::DropTally;
-use meshd_crypto::{ClusterSecret, PrivateKey, PublicKey};
+use meshd_crypto::{ClusterSecret, Keyring, PrivateKey, PublicKey};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 fn node(n: u8, key: &PrivateKey, secret: &ClusterSecret, peer: (u8, PublicKey)) -> Routes {
-    let crypto = NodeCrypto::new(key.clone(), secret.clone(), 100);
+    let crypto = NodeCrypto::new(key.clone(), Keyring::single(secret.clone()), 100);
     let r = Routes::with_crypto(
         Local {
             name: format!("n{n}"),
@@ -23,7 +23,7 @@ fn node(n: u8, key: &PrivateKey, secret: &ClusterSecret, peer: (u8, PublicKey)) 
         address: format!("198.18.0.{}", peer.0).parse().unwrap(),
         subnet: format!("10.244.{}.0/24", peer.0).parse().unwrap(),
     };
-    r.update_keyed(&[(p, Some(peer.1))]);
+    r.update_keyed(&[(p, Some(PeerKey::fixed(peer.1)))]);
     r
 }
 

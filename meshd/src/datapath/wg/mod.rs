@@ -12,6 +12,9 @@
 pub mod rx;
 pub mod tx;
 
+#[cfg(test)]
+mod tests;
+
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use meshd_crypto::session::MAX_LOCAL_INDEX;
 use meshd_crypto::{
-    kdf, Action, ClusterSecret, PrivateKey, PublicKey, RateLimiter, Session, SessionError,
+    Action, Keyring, PairKey, PrivateKey, PublicKey, RateLimiter, SecretId, Session, SessionError,
 };
 use quinn_udp::UdpSocketState;
 
@@ -53,11 +56,12 @@ pub struct Queue {
     pub gso_segments: usize,
 }
 
-/// The node's keys, the cluster secret the pair keys come from, and the shared rate limiter.
+/// The node's keys, the cluster secrets the pair keys come from, and the shared rate limiter.
 pub struct NodeCrypto {
     pub private: PrivateKey,
     pub public: PublicKey,
-    secret: ClusterSecret,
+    /// Control plane only (new peers, reloads): the data path never takes this lock.
+    keyring: Mutex<Keyring>,
     pub limiter: RateLimiter,
     next_index: AtomicU32,
     /// Cookie replies the shared rate limiter sent before an initiator was identified.
@@ -65,13 +69,13 @@ pub struct NodeCrypto {
 }
 
 impl NodeCrypto {
-    pub fn new(private: PrivateKey, secret: ClusterSecret, handshakes_per_second: u64) -> Self {
+    pub fn new(private: PrivateKey, keyring: Keyring, handshakes_per_second: u64) -> Self {
         let public = private.public_key();
         let limiter = RateLimiter::new(&public, handshakes_per_second);
         NodeCrypto {
             private,
             public,
-            secret,
+            keyring: Mutex::new(keyring),
             limiter,
             // Start somewhere that depends on the start time, so that a restarted node does not
             // hand out the indices its previous run used (stale datagrams then miss).
@@ -80,15 +84,43 @@ impl NodeCrypto {
         }
     }
 
+    /// The cluster secrets in use.
+    pub fn keyring(&self) -> Keyring {
+        self.keyring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the cluster secrets; the caller then refreshes the peers' keys
+    /// ([`crate::routes::Routes::refresh`]).
+    pub fn set_keyring(&self, keyring: Keyring) {
+        *self.keyring.lock().unwrap_or_else(|p| p.into_inner()) = keyring;
+    }
+
+    /// The preshared key for `peer`, from the secret we share with it (see
+    /// [`Keyring::pair_key`]).
+    pub fn pair_key(&self, peer: &PublicKey, peer_ids: Option<&[SecretId]>) -> PairKey {
+        self.keyring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pair_key(&self.public, peer, peer_ids)
+    }
+
     /// A fresh session with the node whose key is `key`, under a new local index.
-    pub fn new_peer(&self, key: PublicKey) -> Result<Arc<WgPeer>, SessionError> {
+    pub fn new_peer(
+        &self,
+        key: PublicKey,
+        peer_ids: Option<&[SecretId]>,
+    ) -> Result<Arc<WgPeer>, SessionError> {
         let index = self.next_index.fetch_add(1, Ordering::Relaxed) & MAX_LOCAL_INDEX;
-        let psk = kdf::wireguard_psk(&self.secret, &self.public, &key);
-        let session = Session::new(&self.private, index, key, psk, &self.limiter)?;
+        let pair = self.pair_key(&key, peer_ids);
+        let session = Session::new(&self.private, index, key, pair.psk, &self.limiter)?;
         Ok(Arc::new(WgPeer {
             key,
             index,
             session: Mutex::new(session),
+            pair: Mutex::new(pair),
         }))
     }
 }
@@ -106,6 +138,8 @@ pub struct WgPeer {
     pub key: PublicKey,
     pub index: u32,
     session: Mutex<Session>,
+    /// The preshared key in use and the secret it comes from (control plane and status only).
+    pair: Mutex<PairKey>,
 }
 
 impl WgPeer {
@@ -114,6 +148,24 @@ impl WgPeer {
     #[inline]
     pub fn lock(&self) -> MutexGuard<'_, Session> {
         self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The preshared key in use and where it comes from.
+    pub fn pair(&self) -> PairKey {
+        *self.pair.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the session to `pair`'s preshared key if it differs from the one in use. The
+    /// session keeps its current keys until a handshake under the new one completes (see
+    /// `meshd_crypto::Session::set_psk`), so nothing is lost while both ends switch.
+    pub fn set_pair(&self, pair: PairKey) -> bool {
+        let mut current = self.pair.lock().unwrap_or_else(|p| p.into_inner());
+        if current.psk == pair.psk {
+            *current = pair;
+            return false;
+        }
+        *current = pair;
+        self.lock().set_psk(pair.psk)
     }
 }
 
