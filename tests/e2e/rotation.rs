@@ -75,6 +75,7 @@ fn settled_on(s: &Status, secret: &str) -> bool {
                 w.psk_secret == secret
                     && w.psk_agreed
                     && !w.retiring
+                    && !w.psk_pending
                     && w.last_handshake_secs.is_some()
             })
         })
@@ -107,6 +108,14 @@ fn the_cluster_secret_rotates_without_losing_a_ping() {
         SecretId::of(&old).to_string(),
         SecretId::of(&new).to_string(),
     );
+    // Sessions start with traffic.
+    for &i in &all {
+        for &j in &all {
+            if i != j {
+                ping(&t.hosts[i].pods[0].ns, t.hosts[j].pods[0].addr, 5).unwrap();
+            }
+        }
+    }
     for i in all.clone() {
         wait_for(&t, i, "every pair keyed from the lab's secret", |s| {
             settled_on(s, &old_id)
@@ -165,6 +174,12 @@ fn the_cluster_secret_rotates_without_losing_a_ping() {
     for &i in &all {
         let s = status(&t, i).unwrap();
         assert_eq!(s.gossip.as_ref().unwrap().open_failures, 0, "{s:#?}");
+        // One preshared key change per pair over the whole rotation: at step 1 or step 3,
+        // depending on which of the two secrets has the lower id.
+        for p in &s.peers {
+            let w = p.wireguard.as_ref().unwrap();
+            assert_eq!(w.psk_switches, 1, "h{} -> {}: {w:#?}", i + 1, p.name);
+        }
     }
 
     // The old secret is retired for real: a node that goes back to it alone is shut out.
