@@ -16,15 +16,8 @@ use ipnet::Ipv4Net;
 /// Run until SIGTERM or SIGINT. The configuration must already be validated.
 pub async fn run(cfg: Config) -> Result<()> {
     let address = cfg.address.context("no address")?;
-    std::fs::create_dir_all(&cfg.run_dir)
-        .with_context(|| format!("creating the run directory {}", cfg.run_dir.display()))?;
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
-
-    if meshd_crypto::MOCK_CLOCK {
-        anyhow::bail!("this meshd was built with meshd-crypto's mock-clock feature (tests only): its WireGuard timers would never fire");
-    }
-    // The cluster secrets sign gossip and key WireGuard; cleartext static peers need none.
+    // Read before anything is created. The cluster secrets seal gossip and key WireGuard;
+    // cleartext static peers need none.
     let keyring = if cfg.encryption == Encryption::Wireguard || cfg.gossip_enabled() {
         let ring = cfg.cluster_keyring()?;
         tracing::info!(
@@ -35,6 +28,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     } else {
         None
     };
+    std::fs::create_dir_all(&cfg.run_dir)
+        .with_context(|| format!("creating the run directory {}", cfg.run_dir.display()))?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
+
+    if meshd_crypto::MOCK_CLOCK {
+        anyhow::bail!("this meshd was built with meshd-crypto's mock-clock feature (tests only): its WireGuard timers would never fire");
+    }
     let crypto = match (cfg.encryption, &keyring) {
         (Encryption::Wireguard, Some(ring)) => Some(Arc::new(node_crypto(&cfg, ring.clone())?)),
         _ => None,

@@ -56,7 +56,8 @@ struct ConfigArgs {
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Validate the configuration and exit without touching the host.
+    /// Validate the configuration (and read the cluster secrets) and exit without touching
+    /// the host.
     #[arg(long)]
     check_config: bool,
     #[arg(long, env = "MESHD_NODE_NAME")]
@@ -169,6 +170,12 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Run(args) => {
             let cfg = args.load()?;
             if args.check_config {
+                // The secrets too: an operator checks an edited secret file before a SIGHUP.
+                if cfg.encryption == meshd::config::Encryption::Wireguard || cfg.gossip_enabled() {
+                    let ring = cfg.cluster_keyring()?;
+                    let ids: Vec<String> = ring.ids().iter().map(ToString::to_string).collect();
+                    println!("cluster secrets: {} (the first seals)", ids.join(", "));
+                }
                 println!("configuration is valid");
                 return Ok(());
             }

@@ -42,6 +42,10 @@ fn bad_values_name_their_key_and_touch_nothing() {
         ("cluster-cidr = \"10.200.0.0/16\"\n", "subnet"),
         ("mtu = 1400\n", "mtu"),
         ("[tiers]\nudp-gso = \"yes\"\n", "udp-gso"),
+        (
+            "cluster-secret-file = \"/nonexistent/meshd.secret\"\n",
+            "cluster-secret-file",
+        ),
     ];
     for (extra, key) in cases {
         let path = dir.join("bad.toml");
@@ -69,8 +73,17 @@ fn bad_values_name_their_key_and_touch_nothing() {
             );
         }
     }
+    let secret = dir.join("cluster.secret");
+    let _ = std::fs::remove_file(&secret);
+    meshd_crypto::ClusterSecret::generate()
+        .write_new_file(&secret)
+        .unwrap();
     let good = dir.join("good.toml");
-    std::fs::write(&good, BASE).unwrap();
+    std::fs::write(
+        &good,
+        format!("{BASE}cluster-secret-file = \"{}\"\n", secret.display()),
+    )
+    .unwrap();
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.0])
         .arg(meshd_bin())
