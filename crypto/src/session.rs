@@ -13,11 +13,9 @@
 //! `flush_queued`. A buffer of 65,535 + 32 bytes always suffices.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use boringtun::noise::errors::WireGuardError;
-use boringtun::noise::rate_limiter::RateLimiter as BtRateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use zeroize::Zeroizing;
 
@@ -101,26 +99,6 @@ struct Keyed {
     tunn: Tunn,
     psk: Zeroizing<[u8; 32]>,
     generation: u32,
-}
-
-/// A preshared-key switch under way.
-struct Switch {
-    /// The `Tunn` under the previous key, with the session in use until `confirmed`.
-    retiring: Keyed,
-    /// The current `Tunn` completed a handshake the peer proved it holds the key for.
-    confirmed: bool,
-    /// Responses to the current `Tunn`'s initiations that failed to authenticate.
-    rejections: u32,
-    /// Whose timers `update_timers` runs first on its next call: it alternates.
-    current_first: bool,
-}
-
-/// What every `Tunn` of the session is built from, except the preshared key.
-struct Recipe {
-    local_private: PrivateKey,
-    peer: PublicKey,
-    local_index: u32,
-    rate_limiter: Arc<BtRateLimiter>,
 }
 
 impl Session {
@@ -365,120 +343,6 @@ impl Session {
         Action::Error(e)
     }
 
-    /// The current `Tunn`'s timers during a switch, and its initiations until confirmed.
-    fn current_timers(&mut self, out: &mut [u8]) -> Action {
-        let raw = Raw::from(out.as_ptr(), self.current.tunn.update_timers(out));
-        let waiting = match self.switch.as_deref() {
-            Some(s) if !s.confirmed => s.rejections >= MAX_PSK_REJECTIONS,
-            _ => return self.finish(raw, out, None),
-        };
-        let raw = match raw {
-            Raw::Done | Raw::Err(WireGuardError::ConnectionExpired) if waiting => {
-                if self.current.tunn.is_expired() {
-                    // Expired while idle (540 s without a session): start clean.
-                    self.rebuild_current();
-                }
-                Raw::Done
-            }
-            // Not in flight (first call, or boringtun gave up after 90 s): start one.
-            Raw::Done | Raw::Err(WireGuardError::ConnectionExpired) => Raw::from(
-                out.as_ptr(),
-                self.current.tunn.format_handshake_initiation(out, false),
-            ),
-            other => other,
-        };
-        self.finish(raw, out, None)
-    }
-
-    /// The retiring `Tunn`'s timers, until the current one is confirmed.
-    fn retiring_timers(&mut self, out: &mut [u8]) -> Action {
-        let Some(s) = self.switch.as_deref_mut().filter(|s| !s.confirmed) else {
-            return Action::Done;
-        };
-        let raw = Raw::from(out.as_ptr(), s.retiring.tunn.update_timers(out));
-        if let Raw::Err(WireGuardError::ConnectionExpired) = raw {
-            self.end_switch();
-            return Action::Done;
-        }
-        self.finish(raw, out, None)
-    }
-
-    /// Updates the switch after a datagram went to one of its `Tunn`s with this result.
-    fn observe(&mut self, to_current: bool, kind: MessageType, action: Action, out: &[u8]) {
-        let Some(s) = self.switch.as_deref_mut() else {
-            return;
-        };
-        let failed = action == Action::Error(SessionError::HandshakeFailed);
-        if !to_current {
-            if kind == MessageType::Response && failed {
-                // The peer no longer holds the old key either: stop waiting for it.
-                s.rejections = 0;
-            }
-            return;
-        }
-        if s.confirmed {
-            return;
-        }
-        s.confirmed = match (kind, action) {
-            // Our initiation's response verified: boringtun answers with a keepalive.
-            (MessageType::Response, Action::WriteToNetwork(n)) => out
-                .get(..n)
-                .and_then(|b| WgDatagram::new_checked(b).ok())
-                .is_some_and(|d| d.message_type() == MessageType::Data),
-            // Data authenticated under the new keys (a keepalive is `Done`).
-            (MessageType::Data, Action::Done)
-            | (MessageType::Data, Action::WriteToTunnelV4(..))
-            | (MessageType::Data, Action::WriteToTunnelV6(..)) => true,
-            _ => false,
-        };
-        if kind == MessageType::Response && failed {
-            s.rejections = s.rejections.saturating_add(1);
-            if s.rejections == MAX_PSK_REJECTIONS {
-                // Stop boringtun's retries of the handshake in flight: the `Tunn` never had a
-                // session, so a fresh one loses nothing.
-                self.rebuild_current();
-            }
-        }
-    }
-
-    fn retire_if_done(&mut self) {
-        let Some(s) = self.switch.as_deref() else {
-            return;
-        };
-        let settled = s.confirmed
-            && self
-                .current
-                .tunn
-                .time_since_last_handshake()
-                .is_none_or(|age| age >= RETIRE_AFTER);
-        if settled || s.retiring.tunn.is_expired() {
-            self.end_switch();
-        }
-    }
-
-    fn end_switch(&mut self) {
-        if let Some(s) = self.switch.take() {
-            self.retire(s.retiring);
-        }
-    }
-
-    /// Drops a `Tunn`, keeping its byte counts.
-    fn retire(&mut self, keyed: Keyed) {
-        let (_, tx, rx, _, _) = keyed.tunn.stats();
-        self.retired_tx += tx as u64;
-        self.retired_rx += rx as u64;
-    }
-
-    /// Replaces the current `Tunn`, which never had a confirmed session, with a fresh one
-    /// under the same key and generation: no handshake in flight, so none retried.
-    fn rebuild_current(&mut self) {
-        let fresh = self
-            .recipe
-            .build(*self.current.psk, self.current.generation);
-        let old = std::mem::replace(&mut self.current, fresh);
-        self.retire(old);
-    }
-
     /// Turns boringtun's result into an [`Action`] on `out`, updating counters. `kind` is the
     /// type of the datagram decapsulated, if any.
     fn finish(&mut self, raw: Raw, out: &mut [u8], kind: Option<MessageType>) -> Action {
@@ -510,24 +374,6 @@ impl Session {
             Raw::V4(_, _, a) => Action::WriteToTunnelV4(len, a),
             Raw::V6(_, _, a) => Action::WriteToTunnelV6(len, a),
             Raw::Done | Raw::Err(_) => Action::Done,
-        }
-    }
-}
-
-impl Recipe {
-    fn build(&self, psk: [u8; 32], generation: u32) -> Keyed {
-        let tunn = Tunn::new(
-            self.local_private.to_dalek(),
-            self.peer.to_dalek(),
-            Some(psk),
-            None,
-            wire::tunnel_index(self.local_index, generation),
-            Some(Arc::clone(&self.rate_limiter)),
-        );
-        Keyed {
-            tunn,
-            psk: Zeroizing::new(psk),
-            generation,
         }
     }
 }
@@ -576,6 +422,10 @@ impl Raw {
         }
     }
 }
+
+#[path = "session_switch.rs"]
+mod switch;
+use switch::{Recipe, Switch};
 
 #[cfg(test)]
 #[path = "session_tests.rs"]
