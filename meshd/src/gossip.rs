@@ -145,7 +145,7 @@ impl Membership {
             }),
             version: env!("CARGO_PKG_VERSION").into(),
             subnet: request,
-            secret_ids: ring.ids().iter().map(|id| id.0).collect(),
+            secret_ids: crate::secrets::ids_raw(&ring),
             boot_epoch: boot_epoch(),
         };
         let gcfg = meshd_gossip::Config {
@@ -203,7 +203,7 @@ impl Membership {
                     let ring = self.keyring.borrow_and_update().clone();
                     let mut shared = self.lock();
                     shared.sealer.set_keyring(&ring);
-                    shared.gossip.set_secret_ids(ring.ids().iter().map(|id| id.0).collect());
+                    shared.gossip.set_secret_ids(crate::secrets::ids_raw(&ring));
                 }
                 _ = sleep => {
                     self.lock().gossip.handle_timeout(Instant::now());

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use crate::datapath::wg::{NodeCrypto, WgPeer};
 use crate::stats::{DropReason, PeerStats};
 use crate::wire::{vtep_mac, MacAddr, VxlanHeader};
-use meshd_crypto::{PublicKey, SecretId};
+use meshd_crypto::{PairKey, PublicKey, SecretId};
 
 /// A peer as the control plane knows it, wherever it was learnt (config file or gossip).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,16 +211,14 @@ impl Routes {
                                 "WireGuard preshared key changes with the shared cluster secret; the current session carries traffic until the new handshake completes"
                             );
                         }
-                        if !pair.agreed && before.agreed {
-                            tracing::error!(
-                                peer = %p.name,
-                                "no cluster secret in common with this peer: handshakes with it will fail (was a rotation step skipped?)"
-                            );
+                        if before.agreed {
+                            warn_if_no_common_secret(&p.name, &pair);
                         }
                         Some(w.clone())
                     }
                     None => match c.new_peer(k.public, k.secret_ids.as_deref()) {
                         Ok(w) => {
+                            warn_if_no_common_secret(&p.name, &w.pair());
                             sessions.insert(k.public, w.clone());
                             Some(w)
                         }
@@ -279,6 +277,16 @@ impl Routes {
 
     pub fn count_unattributed(&self, reason: DropReason) {
         self.unattributed.count_drop(reason, 1);
+    }
+}
+
+/// Logs, at error, a peer that holds none of our cluster secrets.
+fn warn_if_no_common_secret(peer: &str, pair: &PairKey) {
+    if !pair.agreed {
+        tracing::error!(
+            peer,
+            "no cluster secret in common with this peer: handshakes with it will fail (was a rotation step skipped?)"
+        );
     }
 }
 

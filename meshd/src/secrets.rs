@@ -25,6 +25,11 @@ pub fn ids_text(ids: &[SecretId]) -> Vec<String> {
     ids.iter().map(ToString::to_string).collect()
 }
 
+/// Ids as a gossip record carries them.
+pub fn ids_raw(ring: &Keyring) -> Vec<[u8; 4]> {
+    ring.ids().iter().map(|id| id.0).collect()
+}
+
 /// Watches the cluster secrets until the runtime stops. `initial` is the ring read at start.
 pub fn spawn(
     cfg: Config,
