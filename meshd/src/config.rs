@@ -15,8 +15,7 @@ use crate::wire::VXLAN_OVERHEAD;
 /// WireGuard header and tag (32). wg-quick subtracts the same 80 whatever the underlay, so an
 /// MTU chosen for IPv4 keeps working when a peer moves to IPv6.
 pub const WIREGUARD_OVERHEAD: usize = 80;
-/// Name of the node's WireGuard private key file in the state directory.
-pub const NODE_KEY_FILE: &str = "node.key";
+pub use crate::runfiles::NODE_KEY_FILE;
 /// Environment variable that carries the cluster secret itself (base64).
 pub const CLUSTER_SECRET_ENV: &str = "MESHD_CLUSTER_SECRET";
 

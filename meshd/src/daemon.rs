@@ -202,7 +202,7 @@ pub async fn cleanup(cfg: &Config) -> Result<()> {
             Err(e) => eprintln!("{e:#}"),
         }
     }
-    for f in [status::NETWORK_FILE, status::SOCKET_NAME] {
+    for f in [crate::runfiles::NETWORK_FILE, crate::runfiles::SOCKET_NAME] {
         let p = cfg.run_dir.join(f);
         if std::fs::remove_file(&p).is_ok() {
             println!("removed {}", p.display());

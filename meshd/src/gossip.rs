@@ -22,11 +22,10 @@ use tokio::net::UdpSocket;
 use crate::config::{split_seed, Config, Encryption};
 use crate::host::{self, Host};
 use crate::routes::{Peer, PeerKey, Routes};
-use crate::status::{self, GossipCounters, MemberStatus, NetworkFile, SecretStatus};
+use crate::runfiles::{self, NetworkFile, LEASE_FILE, NETWORK_FILE};
+use crate::status::{GossipCounters, MemberStatus, SecretStatus};
 use crate::wire::vtep_mac;
 
-/// Name of the persisted subnet lease in the state directory.
-pub const LEASE_FILE: &str = "lease.json";
 /// Largest datagram read from the socket: anything a peer may seal, with room to spare.
 const RECV_BUFFER: usize = 64 << 10;
 /// Datagrams handled per wake-up before timers get a turn, so a flood cannot starve them.
@@ -404,7 +403,7 @@ pub async fn apply_subnet(host: &Host, cfg: &Config, subnet: Ipv4Net) -> Result<
         cluster_cidr: cfg.cluster_cidr.to_string(),
         pid: std::process::id(),
     };
-    status::write_atomic(&cfg.run_dir.join(status::NETWORK_FILE), &network)
+    runfiles::write_atomic(&cfg.run_dir.join(NETWORK_FILE), &network)
 }
 
 /// An explicit subnet, else the persisted lease (if it still fits the cluster), else auto.
@@ -433,7 +432,7 @@ pub fn read_lease(state_dir: &Path) -> Option<Lease> {
 }
 
 fn write_lease(state_dir: &Path, lease: &Lease) -> Result<()> {
-    status::write_atomic(&lease_path(state_dir), lease)
+    runfiles::write_atomic(&lease_path(state_dir), lease)
 }
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {

@@ -13,6 +13,7 @@ pub mod gossip;
 pub mod host;
 pub mod lab;
 pub mod routes;
+pub mod runfiles;
 pub mod secrets;
 pub mod stats;
 pub mod status;

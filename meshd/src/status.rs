@@ -15,8 +15,7 @@ use crate::datapath::TierReport;
 use crate::routes::Routes;
 use crate::stats::PeerStatsSnapshot;
 
-pub const SOCKET_NAME: &str = "meshd.sock";
-pub const NETWORK_FILE: &str = "network.json";
+pub use crate::runfiles::SOCKET_NAME;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -154,18 +153,6 @@ impl WireguardStatus {
     }
 }
 
-/// What the CNI plugin needs to wire a pod; written atomically whenever it changes.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NetworkFile {
-    pub node: String,
-    pub subnet: String,
-    pub gateway: String,
-    pub bridge: String,
-    pub mtu: u16,
-    pub cluster_cidr: String,
-    pub pid: u32,
-}
-
 /// The fixed part of the status; peers and counters are read fresh on every request.
 pub struct StatusSource {
     pub base: Status,
@@ -258,14 +245,6 @@ pub fn query(run_dir: &Path) -> Result<Status> {
         .read_to_string(&mut body)
         .context("reading the status")?;
     serde_json::from_str(&body).context("decoding the status")
-}
-
-/// Write `value` as JSON to `path` so readers see the old or the new file, never half of one.
-pub fn write_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(value)?;
-    std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
 /// Human-readable rendering for `meshd status`.

@@ -251,7 +251,7 @@ impl Topology {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = std::fs::remove_file(h.dir.join("run").join(crate::status::SOCKET_NAME));
+        let _ = std::fs::remove_file(h.dir.join("run").join(crate::runfiles::SOCKET_NAME));
         self.start_meshd_with(h, config)?;
         wait_for_socket(h)
     }
@@ -641,10 +641,10 @@ fn plan(spec: &Spec) -> Vec<Host> {
 
 /// The subnet gossip leased host `h`, once its `network.json` names it.
 pub fn wait_for_lease(h: &Host) -> Result<ipnet::Ipv4Net> {
-    let path = h.dir.join("run").join(crate::status::NETWORK_FILE);
+    let path = h.dir.join("run").join(crate::runfiles::NETWORK_FILE);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let file: Option<crate::status::NetworkFile> = std::fs::read_to_string(&path)
+        let file: Option<crate::runfiles::NetworkFile> = std::fs::read_to_string(&path)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
         if let Some(net) = file.and_then(|f| f.subnet.parse().ok()) {
