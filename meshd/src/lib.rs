@@ -1,20 +1,24 @@
 //! meshd: a userspace overlay mesh for container clusters.
 //!
-//! This library holds everything the `meshd` binary does, so tests and the lab can drive it:
-//! configuration, the wire format, the route table, the data-path workers, host setup over
-//! netlink, the status API, and the local lab. It deliberately holds no protocol state machine
-//! that reads the clock or owns sockets outside the data path: gossip and crypto are crates of
-//! their own.
+//! This library holds everything the `meshd` binary does, so tests and the lab can drive it.
+//! A pod packet's tour: [`datapath::worker`] reads it from the TUN device, [`routes`] finds its
+//! peer, an [`datapath::Encap`] ([`datapath::vxlan`] or [`datapath::wireguard`]) puts it in a
+//! datagram, [`datapath::runs`] groups datagrams for one GSO send; the way back is the same in
+//! reverse. The control plane: [`config`], the [`daemon`] sequence, the peer set ([`peers`]) and
+//! its one receiver ([`backend`]), host setup over netlink ([`host`]), the status API
+//! ([`status`]) and the files other programs read ([`runfiles`]). It deliberately holds no
+//! protocol state machine that reads the clock or owns sockets outside the data path: gossip and
+//! crypto are crates of their own, and the local lab is `meshd-lab`.
 
+pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
-pub mod gossip;
 pub mod host;
 pub mod lab;
+pub mod peers;
 pub mod routes;
 pub mod runfiles;
-pub mod secrets;
 pub mod stats;
 pub mod status;
 pub mod wire;

@@ -173,7 +173,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 // The secrets too: an operator checks an edited secret file before a SIGHUP.
                 if cfg.encryption == meshd::config::Encryption::Wireguard || cfg.gossip_enabled() {
                     let ring = cfg.cluster_keyring()?;
-                    let ids = meshd::secrets::ids_text(&ring.ids());
+                    let ids = meshd::daemon::secrets::ids_text(&ring.ids());
                     println!("cluster secrets: {} (the first seals)", ids.join(", "));
                 }
                 println!("configuration is valid");

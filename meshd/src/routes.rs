@@ -1,47 +1,23 @@
-//! The per-packet route table: destination pod address → peer, underlay source → peer.
+//! The per-packet route table: destination pod address → peer ([`RouteTable::route`]), and for
+//! received datagrams underlay source, WireGuard index or key → peer.
 //!
-//! The table is an immutable snapshot. The control plane builds a new one whenever the peer set
-//! changes and swaps it in atomically ([`Routes::update`]); data-path workers `load` it once per
+//! The table is an immutable snapshot. The backend builds a new one whenever the peer set
+//! changes and swaps it in atomically ([`Routes::install`]); data-path workers `load` it once per
 //! batch, without a lock. Peer counters live outside the snapshot, keyed by name, so they survive
-//! swaps.
+//! swaps; so do WireGuard sessions, which [`crate::peers::wireguard::Sessions`] keeps.
 
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use crate::datapath::wg::{NodeCrypto, WgPeer};
-use crate::stats::{DropReason, PeerStats};
+use crate::peers::wireguard::WgPeer;
+use crate::peers::Peer;
+use crate::stats::PeerStats;
+use crate::wire::ip::v4_dst;
 use crate::wire::{vtep_mac, MacAddr, VxlanHeader};
-use meshd_crypto::{PairKey, PublicKey, SecretId};
-
-/// A peer as the control plane knows it, wherever it was learnt (config file or gossip).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    pub name: String,
-    pub address: IpAddr,
-    pub subnet: Ipv4Net,
-}
-
-/// A peer's WireGuard identity: its public key and, when it published them (gossip), the ids
-/// of the cluster secrets it holds, which pick the pair's preshared key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerKey {
-    pub public: PublicKey,
-    pub secret_ids: Option<Vec<SecretId>>,
-}
-
-impl PeerKey {
-    /// A key with no published secret ids (a static peer): the pair uses our primary secret.
-    pub fn fixed(public: PublicKey) -> Self {
-        Self {
-            public,
-            secret_ids: None,
-        }
-    }
-}
+use meshd_crypto::PublicKey;
 
 /// What the data path needs about one peer.
 #[derive(Debug)]
@@ -72,6 +48,16 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// The peer that owns a packet's destination. Node subnets are IPv4 for now: an IPv6
+    /// packet has no owner yet.
+    #[inline]
+    pub fn route(&self, packet: &[u8]) -> Option<PeerId> {
+        match packet.first()? >> 4 {
+            4 => self.lookup_v4(v4_dst(packet)?),
+            _ => None,
+        }
+    }
+
     /// Longest-prefix match is unnecessary: node subnets never overlap (config validation and,
     /// later, gossip allocation guarantee it), so a binary search over ranges finds the owner.
     #[inline]
@@ -124,42 +110,18 @@ pub struct Routes {
     local: Local,
     current: ArcSwap<RouteTable>,
     stats: Mutex<HashMap<String, Arc<PeerStats>>>,
-    /// Keys and the rate limiter in encrypted mode; `None` in cleartext mode.
-    crypto: Option<Arc<NodeCrypto>>,
-    /// Sessions by peer key: they survive swaps, like the counters.
-    sessions: Mutex<HashMap<PublicKey, Arc<WgPeer>>>,
-    /// The peer set last applied, for [`Routes::refresh`].
-    last: Mutex<Vec<(Peer, Option<PeerKey>)>>,
     /// Drops that belong to no peer (unknown source, no route), by reason.
     pub unattributed: Arc<PeerStats>,
-    generation: AtomicU64,
 }
 
 impl Routes {
     pub fn new(local: Local) -> Self {
-        Self::with_crypto(local, None)
-    }
-
-    /// A table whose peers with a public key get a WireGuard session keyed by `crypto`.
-    pub fn with_crypto(local: Local, crypto: Option<Arc<NodeCrypto>>) -> Self {
         Routes {
             local,
             current: ArcSwap::from_pointee(RouteTable::default()),
             stats: Mutex::new(HashMap::new()),
-            crypto,
-            sessions: Mutex::new(HashMap::new()),
-            last: Mutex::new(Vec::new()),
             unattributed: Arc::new(PeerStats::default()),
-            generation: AtomicU64::new(0),
         }
-    }
-
-    pub fn local(&self) -> &Local {
-        &self.local
-    }
-
-    pub fn crypto(&self) -> Option<&Arc<NodeCrypto>> {
-        self.crypto.as_ref()
     }
 
     /// The snapshot to route a batch with.
@@ -168,78 +130,29 @@ impl Routes {
         self.current.load()
     }
 
-    /// Replace the peer set. Peers no longer present lose their counters.
-    pub fn update(&self, peers: &[Peer]) {
-        let keyed: Vec<(Peer, Option<PeerKey>)> = peers.iter().map(|p| (p.clone(), None)).collect();
-        self.update_keyed(&keyed);
-    }
-
-    /// Applies the last peer set again: after the cluster secrets changed, every pair's
-    /// preshared key is chosen anew.
-    pub fn refresh(&self) {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        self.update_keyed(&last);
-    }
-
-    /// Replace the peer set, with each peer's WireGuard key where known. A peer keeps its
-    /// session (and so its keys and counters) while its key stays the same, and moves to a new
-    /// preshared key without losing traffic when the secrets the pair shares change; a peer
-    /// without a key, or in cleartext mode, has none.
-    pub fn update_keyed(&self, peers: &[(Peer, Option<PeerKey>)]) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = peers.to_vec();
+    /// Swap in a table for `peers`, each with its WireGuard session where it has one
+    /// (`sessions[i]` belongs to `peers[i]`; missing entries mean none, as in cleartext mode).
+    /// Peers no longer present lose their counters.
+    pub fn install(&self, peers: &[Peer], sessions: Vec<Option<Arc<WgPeer>>>) {
         let local_mac = vtep_mac(&self.local.name);
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.retain(|name, _| peers.iter().any(|(p, _)| &p.name == name));
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|key, _| {
-            peers
-                .iter()
-                .any(|(_, k)| k.as_ref().map(|k| &k.public) == Some(key))
-        });
-        let mut entries = Vec::with_capacity(peers.len());
-        for (p, key) in peers {
-            let mac = vtep_mac(&p.name);
-            let s = stats.entry(p.name.clone()).or_default().clone();
-            let wg = match (&self.crypto, key) {
-                (Some(c), Some(k)) => match sessions.get(&k.public) {
-                    Some(w) => {
-                        let pair = c.pair_key(&k.public, k.secret_ids.as_deref());
-                        let before = w.pair();
-                        if w.set_pair(pair) {
-                            tracing::info!(
-                                peer = %p.name, from = %before.secret, to = %pair.secret,
-                                "WireGuard preshared key changes with the shared cluster secret; the current session carries traffic until the new handshake completes"
-                            );
-                        }
-                        if before.agreed {
-                            warn_if_no_common_secret(&p.name, &pair);
-                        }
-                        Some(w.clone())
-                    }
-                    None => match c.new_peer(k.public, k.secret_ids.as_deref()) {
-                        Ok(w) => {
-                            warn_if_no_common_secret(&p.name, &w.pair());
-                            sessions.insert(k.public, w.clone());
-                            Some(w)
-                        }
-                        Err(e) => {
-                            tracing::warn!(peer = %p.name, error = %e, "cannot create a WireGuard session");
-                            None
-                        }
-                    },
-                },
-                _ => None,
-            };
-            entries.push(PeerEntry {
-                name: p.name.clone(),
-                endpoint: SocketAddr::new(p.address, self.local.port),
-                subnet: p.subnet,
-                mac,
-                header: VxlanHeader::new(self.local.vni, local_mac, mac),
-                stats: s,
-                wg,
-            });
-        }
+        stats.retain(|name, _| peers.iter().any(|p| &p.name == name));
+        let mut sessions = sessions.into_iter();
+        let entries: Vec<PeerEntry> = peers
+            .iter()
+            .map(|p| {
+                let mac = vtep_mac(&p.name);
+                PeerEntry {
+                    name: p.name.clone(),
+                    endpoint: SocketAddr::new(p.address, self.local.port),
+                    subnet: p.subnet,
+                    mac,
+                    header: VxlanHeader::new(self.local.vni, local_mac, mac),
+                    stats: stats.entry(p.name.clone()).or_default().clone(),
+                    wg: sessions.next().flatten(),
+                }
+            })
+            .collect();
         let mut ranges: Vec<(u32, u32, PeerId)> = entries
             .iter()
             .enumerate()
@@ -272,21 +185,6 @@ impl Routes {
             by_index,
             by_key,
         }));
-        self.generation.fetch_add(1, Relaxed);
-    }
-
-    pub fn count_unattributed(&self, reason: DropReason) {
-        self.unattributed.count_drop(reason, 1);
-    }
-}
-
-/// Logs, at error, a peer that holds none of our cluster secrets.
-fn warn_if_no_common_secret(peer: &str, pair: &PairKey) {
-    if !pair.agreed {
-        tracing::error!(
-            peer,
-            "no cluster secret in common with this peer: handshakes with it will fail (was a rotation step skipped?)"
-        );
     }
 }
 
@@ -296,11 +194,7 @@ mod tests {
     use super::*;
 
     fn peer(name: &str, addr: &str, subnet: &str) -> Peer {
-        Peer {
-            name: name.into(),
-            address: addr.parse().unwrap(),
-            subnet: subnet.parse().unwrap(),
-        }
+        Peer::clear(name, addr.parse().unwrap(), subnet.parse().unwrap())
     }
 
     fn routes() -> Routes {
@@ -309,11 +203,14 @@ mod tests {
             vni: 1,
             port: 8472,
         });
-        r.update(&[
-            peer("c", "198.18.0.3", "10.244.3.0/24"),
-            peer("b", "198.18.0.2", "10.244.2.0/24"),
-            peer("big", "198.18.0.9", "10.244.128.0/17"),
-        ]);
+        r.install(
+            &[
+                peer("c", "198.18.0.3", "10.244.3.0/24"),
+                peer("b", "198.18.0.2", "10.244.2.0/24"),
+                peer("big", "198.18.0.9", "10.244.128.0/17"),
+            ],
+            Vec::new(),
+        );
         r
     }
 
@@ -357,12 +254,12 @@ mod tests {
             .stats
             .clone();
         before.tx(3, 300);
-        r.update(&[peer("b", "198.18.0.2", "10.244.2.0/24")]);
+        r.install(&[peer("b", "198.18.0.2", "10.244.2.0/24")], Vec::new());
         let t = r.load();
         assert_eq!(t.peers().len(), 1);
         assert_eq!(t.peer(0).stats.snapshot().tx_packets, 3);
-        r.update(&[]);
-        r.update(&[peer("b", "198.18.0.2", "10.244.2.0/24")]);
+        r.install(&[], Vec::new());
+        r.install(&[peer("b", "198.18.0.2", "10.244.2.0/24")], Vec::new());
         assert_eq!(r.load().peer(0).stats.snapshot().tx_packets, 0);
     }
 }

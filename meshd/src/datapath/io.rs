@@ -1,7 +1,7 @@
 //! The I/O both data paths (cleartext VXLAN and WireGuard) share: batched TUN reads, batched UDP
 //! receives, GRO-coalescing TUN writes, sends that wait out a full socket buffer, and the
-//! per-peer receive tally. What differs between the paths (framing, crypto) stays in `worker.rs`
-//! and `wg/`.
+//! per-peer receive tally. What differs between the paths (framing, crypto) is an
+//! [`super::Encap`].
 
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use std::io::{self, IoSliceMut};
@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
+use super::runs::Runs;
 use crate::routes::{PeerId, RouteTable};
 use crate::stats::{DropReason, DropTally};
 
@@ -170,13 +171,6 @@ impl TunWriter {
         self.used == self.bufs.len()
     }
 
-    /// Queue a copy of `packet`; true when the batch is full and must be flushed.
-    #[inline]
-    pub fn push(&mut self, packet: &[u8]) -> bool {
-        self.next(packet.len())[..packet.len()].copy_from_slice(packet);
-        self.commit(packet.len())
-    }
-
     pub fn flush(&mut self, tun: &SyncDevice, drops: &mut DropTally) {
         if self.used == 0 {
             return;
@@ -218,32 +212,21 @@ impl PeerAcc {
     }
 }
 
-/// One GSO send's worth of datagrams to one peer, contiguous in a batch buffer.
-pub struct RunOut<'a> {
-    pub peer: PeerId,
-    pub bytes: &'a [u8],
-    /// Size of every datagram but the last.
-    pub segment: usize,
-    pub datagrams: usize,
-    /// Inner packet bytes carried, for the peer's counters.
-    pub inner_bytes: usize,
-}
-
 /// Send each run with one `sendmsg` (GSO when it holds more than one datagram) and count it
 /// against its peer: sent, or dropped as a send error.
-pub fn send_runs<'a>(
+pub fn send_runs(
     table: &RouteTable,
     sock: &UdpSocket,
     state: &UdpSocketState,
     stop: &AtomicBool,
-    runs: impl Iterator<Item = RunOut<'a>>,
+    runs: &Runs,
 ) {
-    for run in runs {
+    for run in runs.runs() {
         let peer = table.peer(run.peer);
         let t = Transmit {
             destination: peer.endpoint,
             ecn: None,
-            contents: run.bytes,
+            contents: runs.bytes(run),
             segment_size: (run.datagrams > 1).then_some(run.segment),
             src_ip: None,
         };

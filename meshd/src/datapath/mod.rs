@@ -1,19 +1,126 @@
-//! The userspace data path: TUN queues and UDP sockets, and a pair of worker threads per queue.
+//! The userspace data path: TUN queues and UDP sockets, and a pair of worker threads per queue,
+//! written once and generic over the encapsulation.
+//!
+//! ```text
+//!  TUN queue ─▶ tx_loop: read batch ─▶ route ─▶ Encap::Tx::encode into Runs ─▶ GSO sendmsg ─▶ UDP
+//!  UDP       ─▶ rx_loop: recvmmsg/GRO ─▶ Encap::receive (check, decrypt) ─▶ GRO write ─▶ TUN queue
+//! ```
+//!
+//! An [`Encap`] is sans-IO: it turns one packet into one datagram in a buffer it is given, and
+//! one datagram into one packet. [`vxlan::Vxlan`] frames in cleartext; [`wireguard::Wireguard`]
+//! encrypts. Dispatch is static (the loops are monomorphised per encapsulation), so the
+//! per-packet path has no virtual call.
 
 pub mod device;
-pub mod encode;
 mod io;
-pub mod wg;
-mod worker;
+pub mod runs;
+pub mod vxlan;
+pub mod wireguard;
+pub mod worker;
 
 use anyhow::{Context, Result};
+use quinn_udp::UdpSocketState;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::config::{Config, Encryption};
-use crate::routes::Routes;
+use crate::config::Config;
+use crate::routes::{PeerEntry, PeerId, RouteTable, Routes};
+use crate::stats::{DropReason, DropTally};
 pub use device::{Tier, TierReport};
+
+/// One way of carrying pod packets between nodes inside UDP.
+pub trait Encap: Send + Sync + Sized + 'static {
+    /// Short name, for thread names.
+    const NAME: &'static str;
+    /// Inner packets handed to one TUN `send_multiple` (and so to one GRO coalescing pass).
+    const RX_WRITE_BATCH: usize;
+    /// Per-batch TX state; it may borrow from the route table (a session lock held across
+    /// consecutive packets to one peer).
+    type Tx<'t>: EncodeBatch<'t>
+    where
+        Self: 't;
+    /// Per-RX-worker scratch, allocated once.
+    type RxScratch: Send;
+
+    /// Bytes one packet of `len` bytes needs in the TX buffer.
+    fn datagram_len(len: usize) -> usize;
+    /// Largest datagram to expect (without GRO) for a TUN MTU of `mtu`.
+    fn max_datagram(mtu: usize) -> usize;
+    /// Bytes of output buffer [`Encap::receive`] needs for a datagram of `len` bytes.
+    fn packet_room(len: usize) -> usize;
+
+    fn tx<'t>(&'t self, table: &'t RouteTable) -> Self::Tx<'t>;
+    fn rx_scratch(&self) -> Self::RxScratch;
+
+    /// Check (and decrypt) one datagram from `from` into `out`. Replies (handshakes) go to
+    /// `reply(bytes, to)`. Drops are counted against the peer, or in `drops` when no peer owns
+    /// them.
+    #[allow(clippy::too_many_arguments)]
+    fn receive(
+        &self,
+        scratch: &mut Self::RxScratch,
+        table: &RouteTable,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+        reply: &mut impl FnMut(&[u8], SocketAddr),
+        drops: &mut DropTally,
+    ) -> Received;
+
+    /// Whether [`Encap::control`] has work: the data path then runs it on a thread of its own.
+    const HAS_CONTROL: bool = false;
+    /// The encapsulation's own control loop (WireGuard's timers), sending from `socket`, until
+    /// `stop` is set.
+    fn control(&self, _routes: &Routes, _socket: &UdpSocket, _stop: &AtomicBool) {}
+}
+
+/// Encoding one packet for the peer that owns its destination, in a batch routed against one
+/// table snapshot (`'t`).
+pub trait EncodeBatch<'t> {
+    fn encode(&mut self, id: PeerId, peer: &'t PeerEntry, packet: &[u8], out: &mut [u8])
+        -> Encoded;
+}
+
+/// What [`EncodeBatch::encode`] made of one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoded {
+    /// `out[..len]` is a datagram for the peer.
+    Datagram(usize),
+    /// Held (behind a handshake already in flight); it goes out later.
+    Queued,
+    /// Dropped; counted against the peer.
+    PeerDrop(DropReason),
+    /// Dropped; counted against no peer.
+    Drop(DropReason),
+}
+
+/// What one datagram came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// `out[..len]` is an IP packet from `peer`, inside its subnet: deliver it.
+    Deliver { peer: PeerId, len: usize },
+    /// Handled (a handshake answered, a keepalive, a cookie taken) or dropped and counted.
+    Nothing,
+}
+
+/// What every worker of a data path shares.
+pub struct Shared<E> {
+    pub routes: Arc<Routes>,
+    pub encap: Arc<E>,
+    pub stop: Arc<AtomicBool>,
+    /// MTU of the TUN device: the largest packet a worker reads or writes.
+    pub mtu: usize,
+}
+
+/// One TUN queue and its UDP socket, shared by the queue's TX and RX workers.
+pub struct Queue {
+    pub tun: Arc<tun_rs::SyncDevice>,
+    pub socket: Arc<(UdpSocket, UdpSocketState)>,
+    pub gro: bool,
+    pub gso_segments: usize,
+}
 
 pub struct DataPath {
     stop: Arc<AtomicBool>,
@@ -22,69 +129,17 @@ pub struct DataPath {
 }
 
 impl DataPath {
-    /// Open the devices and start the workers. Routes may be empty and filled later.
-    pub fn start(cfg: &Config, routes: Arc<Routes>) -> Result<DataPath> {
+    /// Open the devices and start the workers of `encap`. Routes may be empty and filled later.
+    pub fn start<E: Encap>(cfg: &Config, routes: Arc<Routes>, encap: E) -> Result<DataPath> {
         let address = cfg.address.context("no underlay address")?;
-        if cfg.encryption == Encryption::Wireguard {
-            return Self::start_wireguard(cfg, address, routes);
-        }
         let (tun, udp, tiers) = device::open(cfg, address)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(worker::Shared {
+        let shared = Arc::new(Shared {
             routes,
-            stop: stop.clone(),
-            vni: cfg.vxlan.vni,
-            mtu: usize::from(cfg.overlay_mtu()),
-        });
-        let mut threads = Vec::new();
-        for (i, (dev, sock)) in tun.queues.into_iter().zip(udp.sockets).enumerate() {
-            let q = Arc::new(worker::Queue {
-                tun: Arc::new(dev),
-                socket: Arc::new(sock),
-                gro: udp.gro,
-                gso_segments: udp.gso_segments,
-            });
-            for (kind, f) in [
-                ("tx", worker::tx_loop as fn(&worker::Shared, &worker::Queue)),
-                ("rx", worker::rx_loop),
-            ] {
-                let (s, q) = (shared.clone(), q.clone());
-                let t = std::thread::Builder::new()
-                    .name(format!("meshd-{kind}-{i}"))
-                    .spawn(move || f(&s, &q))
-                    .context("spawning a data-path worker")?;
-                threads.push(t);
-            }
-        }
-        Ok(DataPath {
-            stop,
-            threads,
-            tiers,
-        })
-    }
-
-    /// The encrypted data path: the same devices, WireGuard workers, and a timer thread.
-    fn start_wireguard(
-        cfg: &Config,
-        address: std::net::IpAddr,
-        routes: Arc<Routes>,
-    ) -> Result<DataPath> {
-        let crypto = routes
-            .crypto()
-            .cloned()
-            .context("encryption = \"wireguard\" but the route table has no keys")?;
-        let (tun, udp, tiers) = device::open(cfg, address)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(wg::Shared {
-            routes: routes.clone(),
-            crypto,
+            encap: Arc::new(encap),
             stop: stop.clone(),
             mtu: usize::from(cfg.overlay_mtu()),
         });
-        let timer_socket = udp.sockets[0]
-            .0
-            .try_clone()
-            .context("cloning the UDP socket for the timer thread")?;
         let mut threads = Vec::new();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -92,13 +147,19 @@ impl DataPath {
                 .spawn(f)
                 .context("spawning a data-path worker")
         };
-        let s = shared.clone();
-        threads.push(spawn(
-            "meshd-wg-timers".into(),
-            Box::new(move || wg::timers(&s.routes, &timer_socket, &s.stop)),
-        )?);
+        if E::HAS_CONTROL {
+            let socket = udp.sockets[0]
+                .0
+                .try_clone()
+                .context("cloning the UDP socket for the control thread")?;
+            let s = shared.clone();
+            threads.push(spawn(
+                format!("meshd-{}-timers", E::NAME),
+                Box::new(move || s.encap.control(&s.routes, &socket, &s.stop)),
+            )?);
+        }
         for (i, (dev, sock)) in tun.queues.into_iter().zip(udp.sockets).enumerate() {
-            let q = Arc::new(wg::Queue {
+            let q = Arc::new(Queue {
                 tun: Arc::new(dev),
                 socket: Arc::new(sock),
                 gro: udp.gro,
@@ -106,13 +167,13 @@ impl DataPath {
             });
             let (s, q2) = (shared.clone(), q.clone());
             threads.push(spawn(
-                format!("meshd-wg-tx-{i}"),
-                Box::new(move || wg::tx::tx_loop(&s, &q2)),
+                format!("meshd-{}-tx-{i}", E::NAME),
+                Box::new(move || worker::tx_loop(&s, &q2)),
             )?);
             let s = shared.clone();
             threads.push(spawn(
-                format!("meshd-wg-rx-{i}"),
-                Box::new(move || wg::rx::rx_loop(&s, &q)),
+                format!("meshd-{}-rx-{i}", E::NAME),
+                Box::new(move || worker::rx_loop(&s, &q)),
             )?);
         }
         Ok(DataPath {

@@ -1,4 +1,4 @@
-//! The cleartext VXLAN loops every queue runs: TUN → UDP ([`tx_loop`]) and UDP → TUN
+//! The loops every queue runs, once for any [`Encap`]: TUN → UDP ([`tx_loop`]) and UDP → TUN
 //! ([`rx_loop`]).
 //!
 //! Each loop allocates its buffers once, reads a batch, routes it against one route-table
@@ -6,43 +6,48 @@
 //! full (a UDP send buffer, say), the loop waits for it instead of dropping: backpressure reaches
 //! the sender through the TUN queue.
 
-use quinn_udp::UdpSocketState;
-use std::net::UdpSocket;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use tun_rs::SyncDevice;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
-use super::encode::{decode, Encoder};
-use super::io::{send_runs, wait, PeerAcc, RunOut, TunReader, TunWriter, UdpReader, TX_BATCH};
-use crate::routes::Routes;
-use crate::stats::DropTally;
-use crate::wire::vxlan::HEADER_LEN;
+use super::io::{send_runs, wait, PeerAcc, TunReader, TunWriter, UdpReader, TX_BATCH};
+use super::runs::Runs;
+use super::{Encap, EncodeBatch, Encoded, Queue, Received, Shared};
+use crate::routes::RouteTable;
+use crate::stats::{DropReason, DropTally};
 
-/// Inner packets handed to one `send_multiple` (and so to one GRO coalescing pass).
-const RX_WRITE_BATCH: usize = 128;
-
-/// What both loops share.
-pub struct Shared {
-    pub routes: Arc<Routes>,
-    pub stop: Arc<AtomicBool>,
-    pub vni: u32,
-    pub mtu: usize,
+/// Route and encode a batch of packets read from the TUN device into `runs`: the TX path's
+/// per-packet loop, without I/O (the no-allocation test drives it directly).
+pub fn encode_batch<'p, 't, E: Encap>(
+    encap: &'t E,
+    table: &'t RouteTable,
+    packets: impl Iterator<Item = &'p [u8]>,
+    runs: &mut Runs,
+    drops: &mut DropTally,
+) {
+    let mut tx = encap.tx(table);
+    for packet in packets {
+        let Some(id) = table.route(packet) else {
+            drops.add(DropReason::NoRoute);
+            continue;
+        };
+        let Some(room) = runs.room(E::datagram_len(packet.len())) else {
+            // The caller sizes batches so this cannot happen; count rather than overrun.
+            drops.add(DropReason::SendError);
+            continue;
+        };
+        let peer = table.peer(id);
+        match tx.encode(id, peer, packet, room) {
+            Encoded::Datagram(n) => runs.commit(id, n, packet.len()),
+            Encoded::Queued => {}
+            Encoded::PeerDrop(reason) => peer.stats.count_drop(reason, 1),
+            Encoded::Drop(reason) => drops.add(reason),
+        }
+    }
 }
 
-pub struct Queue {
-    pub tun: Arc<SyncDevice>,
-    pub socket: Arc<(UdpSocket, UdpSocketState)>,
-    pub gro: bool,
-    pub gso_segments: usize,
-}
-
-pub fn tx_loop(shared: &Shared, q: &Queue) {
+pub fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
     let mut reader = TunReader::new(shared.mtu);
-    let mut enc = Encoder::new(
-        TX_BATCH * (HEADER_LEN + shared.mtu),
-        TX_BATCH,
-        q.gso_segments,
-    );
+    let mut runs = Runs::new(TX_BATCH, E::datagram_len(shared.mtu), q.gso_segments);
     let mut drops = DropTally::default();
     let (sock, state) = &*q.socket;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -53,41 +58,50 @@ pub fn tx_loop(shared: &Shared, q: &Queue) {
             continue;
         }
         let table = shared.routes.load();
-        enc.clear();
-        enc.set_max_frames_per_run(state.max_gso_segments().min(q.gso_segments));
-        for packet in reader.packets(n) {
-            enc.push(&table, packet, &mut drops);
-        }
-        let runs = enc.runs().iter().map(|run| RunOut {
-            peer: run.peer,
-            bytes: enc.bytes(run),
-            segment: run.segment,
-            datagrams: run.frames,
-            inner_bytes: run.inner_bytes,
-        });
-        send_runs(&table, sock, state, &shared.stop, runs);
+        runs.clear();
+        runs.set_max_per_run(state.max_gso_segments().min(q.gso_segments));
+        encode_batch(
+            &*shared.encap,
+            &table,
+            reader.packets(n),
+            &mut runs,
+            &mut drops,
+        );
+        send_runs(&table, sock, state, &shared.stop, &runs);
         drops.flush_into(&shared.routes.unattributed);
     }
 }
 
-pub fn rx_loop(shared: &Shared, q: &Queue) {
-    let mut reader = UdpReader::new(q.gro, shared.mtu + HEADER_LEN + 64);
-    let mut out = TunWriter::new(RX_WRITE_BATCH);
+pub fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
+    let mut reader = UdpReader::new(q.gro, E::max_datagram(shared.mtu));
+    let mut out = TunWriter::new(E::RX_WRITE_BATCH);
+    let mut scratch = shared.encap.rx_scratch();
     let mut drops = DropTally::default();
     let (sock, state) = &*q.socket;
+    let mut reply = |bytes: &[u8], to: SocketAddr| {
+        if let Err(e) = sock.send_to(bytes, to) {
+            tracing::trace!(error = %e, "UDP send of a handshake message");
+        }
+    };
     while !shared.stop.load(Ordering::Relaxed) {
         let table = shared.routes.load();
         let mut acc = PeerAcc::default();
         let got = reader.recv(sock, state, |from, datagram| {
-            match decode(&table, from.ip(), shared.vni, datagram) {
-                Ok((peer, packet)) => {
-                    acc.add(&table, peer, packet.len());
-                    if out.push(packet) {
-                        out.flush(&q.tun, &mut drops);
-                    }
+            let buf = out.next(E::packet_room(datagram.len()));
+            let r = shared.encap.receive(
+                &mut scratch,
+                &table,
+                from,
+                datagram,
+                buf,
+                &mut reply,
+                &mut drops,
+            );
+            if let Received::Deliver { peer, len } = r {
+                acc.add(&table, peer, len);
+                if out.commit(len) {
+                    out.flush(&q.tun, &mut drops);
                 }
-                Err((Some(peer), reason)) => table.peer(peer).stats.count_drop(reason, 1),
-                Err((None, reason)) => drops.add(reason),
             }
         });
         acc.flush(&table);

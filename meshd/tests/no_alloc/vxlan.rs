@@ -1,6 +1,10 @@
 use super::{allocations_in, packet};
-use meshd::datapath::encode::{decode, Encoder};
-use meshd::routes::{Local, Peer, Routes};
+use meshd::datapath::runs::Runs;
+use meshd::datapath::vxlan::Vxlan;
+use meshd::datapath::worker::encode_batch;
+use meshd::datapath::{Encap, Received};
+use meshd::peers::Peer;
+use meshd::routes::{Local, Routes};
 use meshd::stats::DropTally;
 use meshd::wire::{vtep_mac, VxlanHeader};
 
@@ -12,14 +16,18 @@ fn encode_and_decode_allocate_nothing_per_packet() {
         port: 8472,
     });
     let peers: Vec<Peer> = (2..50u8)
-        .map(|i| Peer {
-            name: format!("n{i}"),
-            address: format!("198.18.0.{i}").parse().unwrap(),
-            subnet: format!("10.244.{i}.0/24").parse().unwrap(),
+        .map(|i| {
+            Peer::clear(
+                format!("n{i}"),
+                format!("198.18.0.{i}").parse().unwrap(),
+                format!("10.244.{i}.0/24").parse().unwrap(),
+            )
         })
         .collect();
-    routes.update(&peers);
-    let mut enc = Encoder::new(256 * 1500, 256, 64);
+    routes.install(&peers, Vec::new());
+    let vxlan = Vxlan { vni: 1 };
+    let mut enc = Runs::new(256, 1500, 64);
+    let mut out = vec![0u8; 1500];
     let mut drops = DropTally::default();
     let outgoing: Vec<Vec<u8>> = (0..256)
         .map(|i| {
@@ -37,33 +45,56 @@ fn encode_and_decode_allocate_nothing_per_packet() {
         hdr.encapsulate(&p, &mut f).unwrap();
         f
     };
-    let from = "198.18.0.7".parse().unwrap();
+    let from = "198.18.0.7:8472".parse().unwrap();
 
     // One warm-up pass: the first route-table load on a thread sets up arc-swap's per-thread
     // state, an allocation that happens once per worker, not per packet.
+    let receive = |table: &meshd::routes::RouteTable, out: &mut [u8]| {
+        let mut no_reply = |_: &[u8], _| {};
+        let r = vxlan.receive(
+            &mut (),
+            table,
+            from,
+            &incoming,
+            out,
+            &mut no_reply,
+            &mut DropTally::default(),
+        );
+        match r {
+            Received::Deliver { len, .. } => len,
+            Received::Nothing => 0,
+        }
+    };
     {
         let table = routes.load();
-        for p in &outgoing {
-            enc.push(&table, p, &mut drops);
-        }
-        decode(&table, from, 1, &incoming).unwrap();
+        encode_batch(
+            &vxlan,
+            &table,
+            outgoing.iter().map(|p| &p[..]),
+            &mut enc,
+            &mut drops,
+        );
+        assert_eq!(receive(&table, &mut out), 1220);
     }
     let mut delivered = 0usize;
     let allocs = allocations_in(|| {
         for _ in 0..100 {
             let table = routes.load();
             enc.clear();
-            for p in &outgoing {
-                enc.push(&table, p, &mut drops);
-            }
+            encode_batch(
+                &vxlan,
+                &table,
+                outgoing.iter().map(|p| &p[..]),
+                &mut enc,
+                &mut drops,
+            );
             for _ in 0..256 {
-                let (_, inner) = decode(&table, from, 1, &incoming).unwrap();
-                delivered += inner.len();
+                delivered += receive(&table, &mut out);
             }
         }
     });
 
-    assert_eq!(enc.runs().iter().map(|r| r.frames).sum::<usize>(), 256);
+    assert_eq!(enc.runs().iter().map(|r| r.datagrams).sum::<usize>(), 256);
     assert_eq!(delivered, 100 * 256 * 1220);
     assert_eq!(allocs, 0, "the per-packet path allocated");
 }

@@ -1,30 +1,45 @@
 use super::{allocations_in, packet};
-use meshd::datapath::wg::rx::{receive, Received};
-use meshd::datapath::wg::tx::TxBatch;
-use meshd::datapath::wg::{NodeCrypto, SCRATCH_LEN};
-use meshd::routes::{Local, Peer, PeerKey, Routes};
+use meshd::datapath::runs::Runs;
+use meshd::datapath::wireguard::{Wireguard, SCRATCH_LEN};
+use meshd::datapath::worker::encode_batch;
+use meshd::datapath::{Encap, Received};
+use meshd::peers::wireguard::{NodeCrypto, Sessions};
+use meshd::peers::{Peer, PeerKey};
+use meshd::routes::{Local, Routes};
 use meshd::stats::DropTally;
 use meshd_crypto::{ClusterSecret, Keyring, PrivateKey, PublicKey};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-fn node(n: u8, key: &PrivateKey, secret: &ClusterSecret, peer: (u8, PublicKey)) -> Routes {
-    let crypto = NodeCrypto::new(key.clone(), Keyring::single(secret.clone()), 100);
-    let r = Routes::with_crypto(
-        Local {
-            name: format!("n{n}"),
-            vni: 1,
-            port: 51820,
-        },
-        Some(Arc::new(crypto)),
-    );
+/// A node's route table with one keyed peer, and its encapsulation.
+struct Node {
+    routes: Routes,
+    wg: Wireguard,
+}
+
+fn node(n: u8, key: &PrivateKey, secret: &ClusterSecret, peer: (u8, PublicKey)) -> Node {
+    let crypto = Arc::new(NodeCrypto::new(
+        key.clone(),
+        Keyring::single(secret.clone()),
+        100,
+    ));
+    let routes = Routes::new(Local {
+        name: format!("n{n}"),
+        vni: 1,
+        port: 51820,
+    });
     let p = Peer {
         name: format!("n{}", peer.0),
         address: format!("198.18.0.{}", peer.0).parse().unwrap(),
         subnet: format!("10.244.{}.0/24", peer.0).parse().unwrap(),
+        key: Some(PeerKey::fixed(peer.1)),
     };
-    r.update_keyed(&[(p, Some(PeerKey::fixed(peer.1)))]);
-    r
+    let sessions = Sessions::new(crypto.clone()).sync(std::slice::from_ref(&p));
+    routes.install(&[p], sessions);
+    Node {
+        routes,
+        wg: Wireguard { crypto },
+    }
 }
 
 struct Rx {
@@ -44,18 +59,17 @@ impl Rx {
 
     fn take(
         &mut self,
-        at: &Routes,
+        at: &Node,
         from: SocketAddr,
         d: &[u8],
         replies: &mut Vec<Vec<u8>>,
     ) -> Received {
-        receive(
-            at.crypto().unwrap(),
-            &at.load(),
+        at.wg.receive(
+            &mut self.scratch,
+            &at.routes.load(),
             from,
             d,
             &mut self.out,
-            &mut self.scratch,
             &mut |b: &[u8], _| replies.push(b.to_vec()),
             &mut self.drops,
         )
@@ -72,13 +86,19 @@ fn encrypt_and_decrypt_allocate_nothing_per_packet() {
         "198.18.0.1:51820".parse().unwrap(),
         "198.18.0.2:51820".parse().unwrap(),
     );
-    let mut batch = TxBatch::new(64, 1420, 64);
+    let mut batch = Runs::new(64, Wireguard::datagram_len(1420), 64);
     let mut drops = DropTally::default();
     let (mut rx_a, mut rx_b) = (Rx::new(), Rx::new());
 
     // Handshake, allocations allowed.
     let first = packet([10, 244, 1, 2], [10, 244, 2, 3], 100);
-    batch.push_all(&a.load(), std::iter::once(&first[..]), &mut drops);
+    encode_batch(
+        &a.wg,
+        &a.routes.load(),
+        std::iter::once(&first[..]),
+        &mut batch,
+        &mut drops,
+    );
     let init = batch.bytes(&batch.runs()[0]).to_vec();
     let mut replies = Vec::new();
     rx_b.take(&b, a_addr, &init, &mut replies);
@@ -97,7 +117,13 @@ fn encrypt_and_decrypt_allocate_nothing_per_packet() {
     let allocs = allocations_in(|| {
         for _ in 0..100 {
             batch.clear();
-            batch.push_all(&a.load(), segments.iter().map(|s| &s[..]), &mut drops);
+            encode_batch(
+                &a.wg,
+                &a.routes.load(),
+                segments.iter().map(|s| &s[..]),
+                &mut batch,
+                &mut drops,
+            );
             for run in batch.runs() {
                 let bytes = batch.bytes(run);
                 for d in bytes.chunks(run.segment) {

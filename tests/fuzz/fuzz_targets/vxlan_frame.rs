@@ -4,8 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshd::datapath::encode::decode;
-use meshd::routes::{Local, Peer, Routes};
+use meshd::datapath::vxlan::decode;
+use meshd::peers::Peer;
+use meshd::routes::{Local, Routes};
 use meshd::wire::VxlanFrame;
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -14,11 +15,10 @@ fn routes() -> &'static Routes {
     static R: OnceLock<Routes> = OnceLock::new();
     R.get_or_init(|| {
         let r = Routes::new(Local { name: "a".into(), vni: 1, port: 8472 });
-        r.update(&[Peer {
-            name: "b".into(),
-            address: "198.18.0.2".parse().unwrap(),
-            subnet: "10.244.2.0/24".parse().unwrap(),
-        }]);
+        r.install(
+            &[Peer::clear("b", "198.18.0.2".parse().unwrap(), "10.244.2.0/24".parse().unwrap())],
+            Vec::new(),
+        );
         r
     })
 }

@@ -4,7 +4,7 @@
 //! The ring is read again on SIGHUP and every [`POLL`], which also catches a Kubernetes Secret
 //! volume swapping its files. A ring that fails to read or parse is reported once and the one
 //! in use is kept: a half-edited file never takes a node off the cluster. A new ring goes to
-//! the data path first (every pair's preshared key is chosen again) and then to gossip (sealing
+//! the backend first (every pair's preshared key is chosen again) and then to gossip (sealing
 //! and the ids this node publishes), through a `watch` channel.
 
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use meshd_crypto::{Keyring, SecretId};
 use tokio::sync::watch;
 
+use crate::backend::Backend;
 use crate::config::{Config, CLUSTER_SECRET_ENV};
-use crate::routes::Routes;
 
 /// How often the secret file is read again.
 pub const POLL: Duration = Duration::from_secs(2);
@@ -34,7 +34,7 @@ pub fn ids_raw(ring: &Keyring) -> Vec<[u8; 4]> {
 pub fn spawn(
     cfg: Config,
     initial: Keyring,
-    routes: Arc<Routes>,
+    backend: Arc<Backend>,
 ) -> Result<watch::Receiver<Keyring>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -75,10 +75,7 @@ pub fn spawn(
                 sealing = %ring.primary_id(), held = ?ids_text(&ring.ids()), trigger = why,
                 "cluster secrets changed"
             );
-            if let Some(crypto) = routes.crypto() {
-                crypto.set_keyring(ring.clone());
-                routes.refresh();
-            }
+            backend.set_keyring(ring.clone());
             tx.send_replace(ring);
         }
     });

@@ -1,6 +1,6 @@
 //! UDP → TUN, encrypted: each datagram is demultiplexed to its peer, decrypted by that peer's
-//! session, checked against the peer's subnet (cryptokey routing) and queued for one
-//! `send_multiple` to the TUN device, which GRO-coalesces it when the device has offload.
+//! session and checked against the peer's subnet (cryptokey routing); the generic RX loop
+//! queues what is delivered for one GRO-coalescing write to the TUN device.
 //!
 //! Demultiplexing (before any cryptography): data, responses and cookie replies by receiver
 //! index ([`meshd_crypto::wire::local_index_of`]); initiations by the initiator's static key,
@@ -11,29 +11,15 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use meshd_crypto::session::MIN_OUT_LEN;
 use meshd_crypto::{identify_initiator, Action, Admission, MessageType, WgDatagram};
 
-use super::super::io::{wait, PeerAcc, TunWriter, UdpReader};
-use super::{send_one, NodeCrypto, Queue, Shared, SCRATCH_LEN};
+use crate::datapath::Received;
+use crate::peers::wireguard::NodeCrypto;
 use crate::routes::{PeerId, RouteTable};
 use crate::stats::{DropReason, DropTally};
 
-/// Inner packets handed to one `send_multiple` (and so to one GRO coalescing pass). Each
-/// buffer can grow to a coalesced 64 KiB packet, so this many cost 4 MiB per worker.
-const RX_WRITE_BATCH: usize = 64;
-
-/// What one datagram came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Received {
-    /// `out[..len]` is an IP packet from `peer`, inside its subnet: deliver it.
-    Deliver { peer: PeerId, len: usize },
-    /// Handled (a handshake answered, a keepalive, a cookie taken) or dropped and counted.
-    Nothing,
-}
-
 /// Demultiplex, decrypt and check one datagram from `src`. Plaintext lands in `out`, which
-/// must be at least as long as the datagram; `scratch` ([`SCRATCH_LEN`] bytes) holds replies,
+/// must be at least as long as the datagram; `scratch` ([`super::SCRATCH_LEN`] bytes) holds replies,
 /// which go to `reply(bytes, to)`. Drops that belong to no peer go to `drops`; the others to
 /// the peer's counters.
 // Each argument is one thing the per-datagram path needs; bundling them would only add a
@@ -119,47 +105,4 @@ fn demux(
         drops.add(DropReason::HandshakeRejected);
     }
     id
-}
-
-pub fn rx_loop(shared: &Shared, q: &Queue) {
-    let mut reader = UdpReader::new(q.gro, shared.mtu + 128);
-    let mut out = TunWriter::new(RX_WRITE_BATCH);
-    let mut scratch = vec![0u8; SCRATCH_LEN];
-    let mut drops = DropTally::default();
-    let (sock, state) = &*q.socket;
-    let mut reply = |bytes: &[u8], to: SocketAddr| {
-        if let Err(e) = send_one(sock, bytes, to) {
-            tracing::trace!(error = %e, "UDP send of a handshake message");
-        }
-    };
-    while !shared.stop.load(Ordering::Relaxed) {
-        let table = shared.routes.load();
-        let mut acc = PeerAcc::default();
-        let got = reader.recv(sock, state, |from, datagram| {
-            // Plaintext is never longer than its datagram; the session wants MIN_OUT_LEN.
-            let buf = out.next(datagram.len().max(MIN_OUT_LEN));
-            let r = receive(
-                &shared.crypto,
-                &table,
-                from,
-                datagram,
-                buf,
-                &mut scratch,
-                &mut reply,
-                &mut drops,
-            );
-            if let Received::Deliver { peer, len } = r {
-                acc.add(&table, peer, len);
-                if out.commit(len) {
-                    out.flush(&q.tun, &mut drops);
-                }
-            }
-        });
-        acc.flush(&table);
-        out.flush(&q.tun, &mut drops);
-        drops.flush_into(&shared.routes.unattributed);
-        if !got {
-            wait(sock, libc::POLLIN);
-        }
-    }
 }

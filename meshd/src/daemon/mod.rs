@@ -1,27 +1,48 @@
-//! `meshd run`: set up the host, start the data path, serve status, and wait for a signal.
+//! `meshd run`: one readable sequence from configuration to a running node and back.
+//!
+//! secrets → keys → peers → membership → backend (data path) → host → status → wait → stop.
+//!
+//! Each step lives in a module of its own: [`secrets`] reads and reloads the cluster secrets,
+//! [`membership`] drives gossip, [`subnet`] decides and applies this node's subnet, [`report`]
+//! gathers the status. The peer set has one owner, [`crate::backend::Backend`]: every step that
+//! learns about peers hands its change there.
+
+pub mod membership;
+pub mod report;
+pub mod secrets;
+pub mod subnet;
 
 use anyhow::{Context, Result};
 use std::sync::Arc;
 
+use crate::backend::Backend;
 use crate::config::{Config, Encryption};
-use crate::datapath::wg::NodeCrypto;
+use crate::datapath::vxlan::Vxlan;
+use crate::datapath::wireguard::Wireguard;
 use crate::datapath::DataPath;
-use crate::gossip::{apply_subnet, Membership};
 use crate::host::{self, Host};
-use crate::routes::{Local, Peer, PeerKey, Routes};
-use crate::status::{self, Status, StatusSource};
+use crate::peers::wireguard::NodeCrypto;
+use crate::peers::{Peer, PeerKey};
+use crate::routes::{Local, Routes};
+use crate::runfiles::SOCKET_NAME;
+use crate::status::Status;
 use crate::wire::vtep_mac;
 use ipnet::Ipv4Net;
+use membership::Membership;
+use report::Report;
 
 /// Run until SIGTERM or SIGINT. The configuration must already be validated.
 pub async fn run(cfg: Config) -> Result<()> {
     let address = cfg.address.context("no address")?;
-    // Read before anything is created. The cluster secrets seal gossip and key WireGuard;
-    // cleartext static peers need none.
+    if meshd_crypto::MOCK_CLOCK {
+        anyhow::bail!("this meshd was built with meshd-crypto's mock-clock feature (tests only): its WireGuard timers would never fire");
+    }
+    // Secrets, read before anything is created. They seal gossip and key WireGuard; cleartext
+    // static peers need none.
     let keyring = if cfg.encryption == Encryption::Wireguard || cfg.gossip_enabled() {
         let ring = cfg.cluster_keyring()?;
         tracing::info!(
-            sealing = %ring.primary_id(), held = ?crate::secrets::ids_text(&ring.ids()),
+            sealing = %ring.primary_id(), held = ?secrets::ids_text(&ring.ids()),
             "cluster secrets"
         );
         Some(ring)
@@ -33,38 +54,34 @@ pub async fn run(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
 
-    if meshd_crypto::MOCK_CLOCK {
-        anyhow::bail!("this meshd was built with meshd-crypto's mock-clock feature (tests only): its WireGuard timers would never fire");
-    }
+    // Keys.
     let crypto = match (cfg.encryption, &keyring) {
         (Encryption::Wireguard, Some(ring)) => Some(Arc::new(node_crypto(&cfg, ring.clone())?)),
         _ => None,
     };
-    let public_key = crypto.as_ref().map(|c| c.public.to_base64());
     let public = crypto.as_ref().map(|c| c.public);
-    let routes = Arc::new(Routes::with_crypto(
-        Local {
-            name: cfg.node_name.clone(),
-            vni: cfg.vxlan.vni,
-            port: cfg.data_port(),
-        },
-        crypto,
+
+    // Peers: one owner, the backend, which the static peers seed.
+    let routes = Arc::new(Routes::new(Local {
+        name: cfg.node_name.clone(),
+        vni: cfg.vxlan.vni,
+        port: cfg.data_port(),
+    }));
+    let backend = Arc::new(Backend::new(
+        routes.clone(),
+        crypto.clone(),
+        static_peers(&cfg),
     ));
     let keyring = match keyring {
-        Some(ring) => Some(crate::secrets::spawn(cfg.clone(), ring, routes.clone())?),
+        Some(ring) => Some(secrets::spawn(cfg.clone(), ring, backend.clone())?),
         None => None,
     };
+
+    // Membership.
     let membership = match (&keyring, cfg.gossip_enabled()) {
-        (Some(ring), true) => Some(
-            Membership::start(
-                &cfg,
-                routes.clone(),
-                static_peers(&cfg),
-                public,
-                ring.clone(),
-            )
-            .await?,
-        ),
+        (Some(ring), true) => {
+            Some(Membership::start(&cfg, backend.clone(), public, ring.clone()).await?)
+        }
         _ => None,
     };
     // Without gossip the subnet is configured; with it, the explicit or persisted one (a new
@@ -73,14 +90,20 @@ pub async fn run(cfg: Config) -> Result<()> {
         Some(m) => *m.subnet.lock().unwrap_or_else(|p| p.into_inner()),
         None => Some(cfg.subnet.context("no subnet")?),
     };
+
+    // Backend: the data path. The TUN device exists from here until it stops.
     let host = Host::connect()?;
-    // The TUN device exists from here until the data path stops.
-    let datapath = DataPath::start(&cfg, routes.clone())?;
+    let datapath = match &crypto {
+        Some(c) => DataPath::start(&cfg, routes.clone(), Wireguard { crypto: c.clone() })?,
+        None => DataPath::start(&cfg, routes.clone(), Vxlan { vni: cfg.vxlan.vni })?,
+    };
+
+    // Host.
     if let Err(e) = setup_host(&host, &cfg, subnet).await {
         datapath.stop();
         return Err(e);
     }
-    routes.update_keyed(&static_peers(&cfg));
+    backend.apply();
     let t = &datapath.tiers;
     tracing::info!(
         node = %cfg.node_name, subnet = ?subnet, %address, queues = t.queues,
@@ -89,38 +112,21 @@ pub async fn run(cfg: Config) -> Result<()> {
         peers = cfg.peers.len(), gossip = membership.is_some(), "meshd is up"
     );
 
-    let pid = std::process::id();
-    let source = Arc::new(StatusSource {
-        base: Status {
-            node: cfg.node_name.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            pid,
-            address: address.to_string(),
-            subnet: subnet.map(|s| s.to_string()).unwrap_or_default(),
-            vtep_mac: vtep_mac(&cfg.node_name).to_string(),
-            encryption: match cfg.encryption {
-                Encryption::Wireguard => format!("wireguard (UDP {})", cfg.wireguard.port),
-                Encryption::None => "none (VXLAN cleartext)".into(),
-            },
-            public_key,
-            cookie_replies_sent: 0,
-            mtu: cfg.overlay_mtu(),
-            tiers: datapath.tiers.clone(),
-            peers: Vec::new(),
-            unattributed: Default::default(),
-            members: None,
-            gossip: None,
-            secrets: None,
-        },
-        routes: routes.clone(),
+    // Status.
+    let report = Report {
+        base: base_status(&cfg, address, subnet, crypto.as_deref(), &datapath),
+        backend: backend.clone(),
         gossip: membership.as_ref().map(|m| m.shared.clone()),
         subnet: membership.as_ref().map(|m| m.subnet.clone()),
-    });
-    let socket = cfg.run_dir.join(status::SOCKET_NAME);
-    let server = tokio::spawn(status::serve(socket.clone(), source));
+    };
+    let socket = cfg.run_dir.join(SOCKET_NAME);
+    let server = tokio::spawn(crate::status::server::serve(socket.clone(), move || {
+        report.current()
+    }));
     let (stop_gossip, stopped) = tokio::sync::oneshot::channel();
     let gossip_task = membership.map(|m| tokio::spawn(m.run(stopped)));
 
+    // Wait, then stop.
     wait_for_signal().await?;
     tracing::info!("stopping; the bridge stays so pods keep their addresses");
     if let Some(task) = gossip_task {
@@ -139,25 +145,54 @@ pub async fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// What the status says of this node whatever happens later.
+fn base_status(
+    cfg: &Config,
+    address: std::net::IpAddr,
+    subnet: Option<Ipv4Net>,
+    crypto: Option<&NodeCrypto>,
+    datapath: &DataPath,
+) -> Status {
+    Status {
+        node: cfg.node_name.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        address: address.to_string(),
+        subnet: subnet.map(|s| s.to_string()).unwrap_or_default(),
+        vtep_mac: vtep_mac(&cfg.node_name).to_string(),
+        encryption: match cfg.encryption {
+            Encryption::Wireguard => format!("wireguard (UDP {})", cfg.wireguard.port),
+            Encryption::None => "none (VXLAN cleartext)".into(),
+        },
+        public_key: crypto.map(|c| c.public.to_base64()),
+        cookie_replies_sent: 0,
+        mtu: cfg.overlay_mtu(),
+        tiers: datapath.tiers.clone(),
+        peers: Vec::new(),
+        unattributed: Default::default(),
+        members: None,
+        gossip: None,
+        secrets: None,
+    }
+}
+
 async fn setup_host(host: &Host, cfg: &Config, subnet: Option<Ipv4Net>) -> Result<()> {
     if let Some(subnet) = subnet {
         // The bridge and network.json; with gossip, a later lease redoes both.
-        apply_subnet(host, cfg, subnet).await?;
+        subnet::apply(host, cfg, subnet).await?;
     }
     host.route_cluster(&cfg.tun, cfg.cluster_cidr).await?;
     host::enable_forwarding()
 }
 
-fn static_peers(cfg: &Config) -> Vec<(Peer, Option<PeerKey>)> {
+fn static_peers(cfg: &Config) -> Vec<Peer> {
     cfg.peers
         .iter()
-        .map(|p| {
-            let peer = Peer {
-                name: p.name.clone(),
-                address: p.address,
-                subnet: p.subnet,
-            };
-            (peer, p.key().map(PeerKey::fixed))
+        .map(|p| Peer {
+            name: p.name.clone(),
+            address: p.address,
+            subnet: p.subnet,
+            key: p.key().map(PeerKey::fixed),
         })
         .collect()
 }
@@ -191,7 +226,7 @@ async fn wait_for_signal() -> Result<()> {
 
 /// `meshd cleanup`: remove what meshd created on this host. Refuses while meshd runs.
 pub async fn cleanup(cfg: &Config) -> Result<()> {
-    if status::query(&cfg.run_dir).is_ok() {
+    if crate::status::query(&cfg.run_dir).is_ok() {
         anyhow::bail!("meshd is running (its status socket answers); stop it first");
     }
     let host = Host::connect()?;

@@ -1,5 +1,6 @@
-//! The daemon half of gossip: a UDP socket, sealing, the clock, and what membership events do
-//! to the peer table, the subnet lease, the bridge and `network.json`.
+//! The gossip driver: a UDP socket, sealing, the clock, and turning membership events into
+//! changes of the peer set (through the backend) and of this node's subnet (through
+//! [`super::subnet`]).
 //!
 //! The state machine itself is `meshd_gossip::Gossip` (sans-IO); this module only drives it.
 //! Every datagram is sealed with a key derived from the cluster secret; one that does not open
@@ -7,23 +8,19 @@
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use meshd_crypto::{GossipSealer, Keyring, PublicKey, SealerConfig, SecretId};
-use meshd_gossip::{
-    Capabilities, Event, Gossip, Lease, LocalNode, MemberState, NodeRecord, Subnet, SubnetRequest,
-};
+use meshd_gossip::{Capabilities, Event, Gossip, Lease, LocalNode, NodeRecord, SubnetRequest};
 use tokio::net::UdpSocket;
 
+use super::subnet::{self, to_net, to_subnet};
+use crate::backend::Backend;
 use crate::config::{split_seed, Config, Encryption};
-use crate::host::{self, Host};
-use crate::routes::{Peer, PeerKey, Routes};
-use crate::runfiles::{self, NetworkFile, LEASE_FILE, NETWORK_FILE};
-use crate::status::{GossipCounters, MemberStatus, SecretStatus};
+use crate::host::Host;
+use crate::peers::{Peer, PeerKey};
 use crate::wire::vtep_mac;
 
 /// Largest datagram read from the socket: anything a peer may seal, with room to spare.
@@ -42,68 +39,17 @@ pub struct Shared {
     pub send_failures: u64,
 }
 
-impl Shared {
-    /// Members with state and seconds in it, and the counters, for `meshd status`.
-    pub fn report(&self) -> (Vec<MemberStatus>, GossipCounters) {
-        let now = Instant::now();
-        let members = self
-            .gossip
-            .members()
-            .map(|m| MemberStatus {
-                name: m.record.name.clone(),
-                state: state_name(m.state).into(),
-                since_secs: now.saturating_duration_since(m.since).as_secs(),
-                address: m.record.gossip_addr.to_string(),
-                subnet: m.record.subnet.map(|c| to_net(c.subnet).to_string()),
-            })
-            .collect();
-        let c = self.gossip.counters();
-        let counters = GossipCounters {
-            datagrams_in: c.datagrams_in,
-            datagrams_out: c.datagrams_out,
-            open_failures: self.open_failures,
-            decode_failures: c.decode_failures,
-            send_failures: self.send_failures,
-        };
-        (members, counters)
-    }
-
-    /// The cluster secrets: which seals, and how many datagrams each opened.
-    pub fn secrets(&self) -> Vec<SecretStatus> {
-        let sealing = self.sealer.sealing_id();
-        self.sealer
-            .opened()
-            .map(|(id, opened)| SecretStatus {
-                id: id.to_string(),
-                sealing: id == sealing,
-                opened: Some(opened),
-            })
-            .collect()
-    }
-}
-
-fn state_name(s: MemberState) -> &'static str {
-    match s {
-        MemberState::Alive => "alive",
-        MemberState::Suspect => "suspect",
-        MemberState::Down => "down",
-        MemberState::Left => "left",
-    }
-}
-
 /// Everything the gossip task needs from the daemon.
 pub struct Membership {
     pub shared: Arc<Mutex<Shared>>,
     /// The node's current subnet, for the status API.
     pub subnet: Arc<Mutex<Option<Ipv4Net>>>,
     socket: UdpSocket,
-    /// New cluster secrets from [`crate::secrets`].
+    /// New cluster secrets from [`super::secrets`].
     keyring: tokio::sync::watch::Receiver<Keyring>,
     /// Scratch for sealing, allocated once.
     sealed: Vec<u8>,
-    routes: Arc<Routes>,
-    static_peers: Vec<(Peer, Option<PeerKey>)>,
-    gossip_peers: BTreeMap<String, (Peer, Option<PeerKey>)>,
+    backend: Arc<Backend>,
     encryption: Encryption,
     seeds: Vec<String>,
     own_addr: SocketAddr,
@@ -115,8 +61,7 @@ impl Membership {
     /// Binds the gossip socket and builds the state machine for this node.
     pub async fn start(
         cfg: &Config,
-        routes: Arc<Routes>,
-        static_peers: Vec<(Peer, Option<PeerKey>)>,
+        backend: Arc<Backend>,
         public_key: Option<PublicKey>,
         keyring: tokio::sync::watch::Receiver<Keyring>,
     ) -> Result<Membership> {
@@ -131,7 +76,7 @@ impl Membership {
         let socket = UdpSocket::bind(bind)
             .await
             .with_context(|| format!("binding the gossip socket {bind}"))?;
-        let request = subnet_request(cfg)?;
+        let request = subnet::request(cfg)?;
         let local = LocalNode {
             name: cfg.node_name.clone(),
             gossip_addr: own_addr,
@@ -144,7 +89,7 @@ impl Membership {
             }),
             version: env!("CARGO_PKG_VERSION").into(),
             subnet: request,
-            secret_ids: crate::secrets::ids_raw(&ring),
+            secret_ids: super::secrets::ids_raw(&ring),
             boot_epoch: boot_epoch(),
         };
         let gcfg = meshd_gossip::Config {
@@ -161,6 +106,11 @@ impl Membership {
             SubnetRequest::Auto => None,
         };
         tracing::info!(port = cfg.gossip.port, seeds = cfg.seeds.len(), subnet = ?initial, "gossip is up");
+        // No member may be routed into our own subnet; applied with the first member.
+        backend.update(|set| {
+            set.set_own_subnet(initial);
+            false
+        });
         Ok(Membership {
             shared: Arc::new(Mutex::new(Shared {
                 gossip,
@@ -172,9 +122,7 @@ impl Membership {
             socket,
             keyring,
             sealed: vec![0u8; RECV_BUFFER],
-            routes,
-            static_peers,
-            gossip_peers: BTreeMap::new(),
+            backend,
             encryption: cfg.encryption,
             seeds: cfg.seeds.clone(),
             own_addr,
@@ -202,7 +150,7 @@ impl Membership {
                     let ring = self.keyring.borrow_and_update().clone();
                     let mut shared = self.lock();
                     shared.sealer.set_keyring(&ring);
-                    shared.gossip.set_secret_ids(crate::secrets::ids_raw(&ring));
+                    shared.gossip.set_secret_ids(super::secrets::ids_raw(&ring));
                 }
                 _ = sleep => {
                     self.lock().gossip.handle_timeout(Instant::now());
@@ -289,7 +237,6 @@ impl Membership {
     }
 
     async fn handle_events(&mut self) {
-        let mut changed = false;
         loop {
             let Some(event) = self.lock().gossip.poll_event() else {
                 break;
@@ -298,15 +245,14 @@ impl Membership {
                 Event::MemberUp(r) | Event::MemberUpdated(r) => {
                     tracing::info!(member = %r.name, subnet = ?r.subnet.map(|c| c.subnet), "member up");
                     self.upsert(&r);
-                    changed = true;
                 }
                 Event::MemberDown(name) => {
                     tracing::warn!(member = %name, "member down: withdrawing its routes");
-                    changed |= self.gossip_peers.remove(&name).is_some();
+                    self.backend.update(|set| set.remove_member(&name));
                 }
                 Event::MemberLeft(name) => {
                     tracing::info!(member = %name, "member left: withdrawing its routes");
-                    changed |= self.gossip_peers.remove(&name).is_some();
+                    self.backend.update(|set| set.remove_member(&name));
                 }
                 Event::MemberSuspect(name) => tracing::info!(member = %name, "member suspect"),
                 Event::MemberAlive(name) => tracing::info!(member = %name, "member alive again"),
@@ -328,15 +274,12 @@ impl Membership {
                 }
             }
         }
-        if changed {
-            self.apply_routes();
-        }
     }
 
-    fn upsert(&mut self, r: &NodeRecord) {
+    fn upsert(&self, r: &NodeRecord) {
         let endpoint = r.endpoints.first().map(|e| e.ip().to_canonical());
         let (Some(address), Some(claim)) = (endpoint, r.subnet) else {
-            self.gossip_peers.remove(&r.name);
+            self.backend.update(|set| set.remove_member(&r.name));
             return;
         };
         let key = match self.encryption {
@@ -351,100 +294,20 @@ impl Membership {
             name: r.name.clone(),
             address,
             subnet: to_net(claim.subnet),
+            key,
         };
-        self.gossip_peers.insert(r.name.clone(), (peer, key));
-    }
-
-    /// Static peers plus gossip members; a static peer wins over a member of the same name,
-    /// and a member whose subnet overlaps one already routed waits until the conflict settles.
-    fn apply_routes(&self) {
-        let mut all = self.static_peers.clone();
-        let mine = *self.subnet.lock().unwrap_or_else(|p| p.into_inner());
-        for (p, k) in self.gossip_peers.values() {
-            let clash = all
-                .iter()
-                .any(|(q, _)| q.name == p.name || overlaps(q.subnet, p.subnet))
-                || mine.is_some_and(|m| overlaps(m, p.subnet));
-            if !clash {
-                all.push((p.clone(), k.clone()));
-            }
-        }
-        tracing::debug!(peers = all.len(), "peer table updated");
-        self.routes.update_keyed(&all);
+        self.backend.update(|set| set.upsert_member(peer));
     }
 
     async fn assigned(&mut self, lease: Lease) -> Result<()> {
         let subnet = to_net(lease.subnet);
         tracing::info!(%subnet, "subnet lease");
-        write_lease(&self.cfg.state_dir, &lease)?;
+        subnet::write_lease(&self.cfg.state_dir, &lease)?;
         *self.subnet.lock().unwrap_or_else(|p| p.into_inner()) = Some(subnet);
-        apply_subnet(&self.host, &self.cfg, subnet).await?;
-        self.apply_routes();
+        subnet::apply(&self.host, &self.cfg, subnet).await?;
+        self.backend.update(|set| set.set_own_subnet(Some(subnet)));
         Ok(())
     }
-}
-
-/// Bridge address and `network.json` for `subnet`.
-pub async fn apply_subnet(host: &Host, cfg: &Config, subnet: Ipv4Net) -> Result<()> {
-    host.ensure_bridge(
-        &cfg.bridge,
-        &cfg.node_name,
-        subnet,
-        cfg.cluster_cidr,
-        cfg.overlay_mtu(),
-    )
-    .await?;
-    let network = NetworkFile {
-        node: cfg.node_name.clone(),
-        subnet: subnet.to_string(),
-        gateway: host::gateway(subnet).to_string(),
-        bridge: cfg.bridge.clone(),
-        mtu: cfg.overlay_mtu(),
-        cluster_cidr: cfg.cluster_cidr.to_string(),
-        pid: std::process::id(),
-    };
-    runfiles::write_atomic(&cfg.run_dir.join(NETWORK_FILE), &network)
-}
-
-/// An explicit subnet, else the persisted lease (if it still fits the cluster), else auto.
-fn subnet_request(cfg: &Config) -> Result<SubnetRequest> {
-    if let Some(s) = cfg.subnet {
-        return Ok(SubnetRequest::Explicit(to_subnet(s).context("subnet")?));
-    }
-    match read_lease(&cfg.state_dir) {
-        Some(l) if cfg.cluster_cidr.contains(&to_net(l.subnet)) => Ok(SubnetRequest::Persisted(l)),
-        Some(l) => {
-            tracing::warn!(subnet = %to_net(l.subnet), "the persisted lease is outside cluster-cidr: ignored");
-            Ok(SubnetRequest::Auto)
-        }
-        None => Ok(SubnetRequest::Auto),
-    }
-}
-
-fn lease_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(LEASE_FILE)
-}
-
-/// The lease a previous run persisted; `None` when absent or unreadable.
-pub fn read_lease(state_dir: &Path) -> Option<Lease> {
-    let text = std::fs::read_to_string(lease_path(state_dir)).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-fn write_lease(state_dir: &Path, lease: &Lease) -> Result<()> {
-    runfiles::write_atomic(&lease_path(state_dir), lease)
-}
-
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b) || b.contains(&a)
-}
-
-pub fn to_net(s: Subnet) -> Ipv4Net {
-    Ipv4Net::new(s.addr(), s.prefix()).unwrap_or_default()
-}
-
-fn to_subnet(n: Ipv4Net) -> Option<Subnet> {
-    Subnet::new(n.network(), n.prefix_len())
 }
 
 fn boot_epoch() -> u32 {

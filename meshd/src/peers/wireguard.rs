@@ -1,60 +1,20 @@
-//! The encrypted data path: standard WireGuard between nodes, through `meshd_crypto`.
+//! The WireGuard half of the peer set: the node's keys and cluster secrets ([`NodeCrypto`]), one
+//! [`WgPeer`] per peer key, and the registry ([`Sessions`]) that keeps a peer's session across
+//! peer-set changes and moves it to a new preshared key when the secrets the pair shares change.
 //!
-//! Each queue runs a TX worker ([`tx::tx_loop`]: TUN batch → route → encrypt into one buffer →
-//! GSO runs) and an RX worker ([`rx::rx_loop`]: recvmmsg/GRO → demultiplex → decrypt →
-//! cryptokey-routing check → `send_multiple` to TUN). A control-plane thread ([`timers`])
-//! drives every session's timers and resets the shared handshake rate limiter once a second.
-//!
-//! Each peer's [`Session`] sits behind its own `Mutex` in a [`WgPeer`], held by the route
-//! table; a snapshot swap keeps the same `WgPeer` for a peer whose key did not change. Nothing
-//! here parses packets beyond routing hints: `meshd_crypto` checks and decrypts.
+//! The data path reads sessions through the route table; only [`Sessions::sync`], called from
+//! the backend's reconcile step, creates or re-keys them.
 
-pub mod rx;
-pub mod tx;
-
-#[cfg(test)]
-mod tests;
-
-use std::io;
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use meshd_crypto::session::MAX_LOCAL_INDEX;
 use meshd_crypto::{
-    Action, Keyring, PairKey, PrivateKey, PublicKey, RateLimiter, SecretId, Session, SessionError,
+    Keyring, PairKey, PrivateKey, PublicKey, RateLimiter, SecretId, Session, SessionError,
 };
-use quinn_udp::UdpSocketState;
 
-use crate::routes::Routes;
-use crate::stats::DropReason;
-
-/// A buffer any session call accepts whatever it returns: the largest IP packet plus
-/// WireGuard's data overhead (see `meshd_crypto::session`).
-pub const SCRATCH_LEN: usize = 65_535 + meshd_crypto::wire::DATA_OVERHEAD;
-/// How often the control plane runs every session's timers. boringtun's timers have a
-/// resolution of 250 ms; running them a bit more often keeps retries and keepalives on time.
-pub const TIMER_TICK: Duration = Duration::from_millis(100);
-/// How often the shared handshake rate limiter's count is cleared (WireGuard's one second).
-pub const LIMITER_RESET: Duration = Duration::from_secs(1);
-
-/// What every encrypted worker shares.
-pub struct Shared {
-    pub routes: Arc<Routes>,
-    pub crypto: Arc<NodeCrypto>,
-    pub stop: Arc<AtomicBool>,
-    /// MTU of the TUN device: the largest packet a worker reads or writes.
-    pub mtu: usize,
-}
-
-/// One TUN queue and its UDP socket, shared by the queue's TX and RX workers.
-pub struct Queue {
-    pub tun: Arc<tun_rs::SyncDevice>,
-    pub socket: Arc<(UdpSocket, UdpSocketState)>,
-    pub gro: bool,
-    pub gso_segments: usize,
-}
+use super::Peer;
 
 /// The node's keys, the cluster secrets the pair keys come from, and the shared rate limiter.
 pub struct NodeCrypto {
@@ -92,8 +52,8 @@ impl NodeCrypto {
             .clone()
     }
 
-    /// Replaces the cluster secrets; the caller then refreshes the peers' keys
-    /// ([`crate::routes::Routes::refresh`]).
+    /// Replaces the cluster secrets; the caller then re-applies the peer set
+    /// ([`crate::backend::Backend::set_keyring`] does both).
     pub fn set_keyring(&self, keyring: Keyring) {
         *self.keyring.lock().unwrap_or_else(|p| p.into_inner()) = keyring;
     }
@@ -178,42 +138,76 @@ impl std::fmt::Debug for WgPeer {
     }
 }
 
-/// Run every session's timers and reset the rate limiter until `stop` is set. Sends whatever
-/// the timers produce (handshake retries, rekeys, keepalives) from `socket`.
-pub fn timers(routes: &Routes, socket: &UdpSocket, stop: &AtomicBool) {
-    let Some(crypto) = routes.crypto() else {
-        return;
-    };
-    let mut out = vec![0u8; SCRATCH_LEN];
-    let mut last_reset = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(TIMER_TICK);
-        if last_reset.elapsed() >= LIMITER_RESET {
-            crypto.limiter.reset_count();
-            last_reset = Instant::now();
+/// Sessions by peer key: they survive peer-set changes, as the peer's counters do.
+pub struct Sessions {
+    crypto: Arc<NodeCrypto>,
+    by_key: Mutex<HashMap<PublicKey, Arc<WgPeer>>>,
+}
+
+impl Sessions {
+    pub fn new(crypto: Arc<NodeCrypto>) -> Self {
+        Sessions {
+            crypto,
+            by_key: Mutex::new(HashMap::new()),
         }
-        let table = routes.load();
-        for peer in table.peers() {
-            let Some(wg) = &peer.wg else { continue };
-            let action = wg.lock().update_timers(&mut out);
-            match action {
-                Action::WriteToNetwork(n) => {
-                    if let Err(e) = socket.send_to(&out[..n], peer.endpoint) {
-                        tracing::trace!(error = %e, peer = %peer.name, "timer send");
-                        peer.stats.count_drop(DropReason::SendError, 1);
+    }
+
+    pub fn crypto(&self) -> &Arc<NodeCrypto> {
+        &self.crypto
+    }
+
+    /// The session of each of `peers`, in order. A peer keeps its session (and so its keys)
+    /// while its key stays the same, and moves to a new preshared key without losing traffic
+    /// when the secrets the pair shares change; a peer without a key has none. Sessions of keys
+    /// no longer present are dropped.
+    pub fn sync(&self, peers: &[Peer]) -> Vec<Option<Arc<WgPeer>>> {
+        let mut sessions = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|key, _| {
+            peers
+                .iter()
+                .any(|p| p.key.as_ref().map(|k| &k.public) == Some(key))
+        });
+        let c = &self.crypto;
+        peers
+            .iter()
+            .map(|p| {
+                let k = p.key.as_ref()?;
+                if let Some(w) = sessions.get(&k.public) {
+                    let pair = c.pair_key(&k.public, k.secret_ids.as_deref());
+                    let before = w.pair();
+                    if w.set_pair(pair) {
+                        tracing::info!(
+                            peer = %p.name, from = %before.secret, to = %pair.secret,
+                            "WireGuard preshared key changes with the shared cluster secret; the current session carries traffic until the new handshake completes"
+                        );
+                    }
+                    if before.agreed {
+                        warn_if_no_common_secret(&p.name, &pair);
+                    }
+                    return Some(w.clone());
+                }
+                match c.new_peer(k.public, k.secret_ids.as_deref()) {
+                    Ok(w) => {
+                        warn_if_no_common_secret(&p.name, &w.pair());
+                        sessions.insert(k.public, w.clone());
+                        Some(w)
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %p.name, error = %e, "cannot create a WireGuard session");
+                        None
                     }
                 }
-                // Repeats every tick while the peer stays idle: trace, not debug.
-                Action::Error(SessionError::Expired) => {
-                    tracing::trace!(peer = %peer.name, "WireGuard session expired");
-                }
-                _ => {}
-            }
-        }
+            })
+            .collect()
     }
 }
 
-/// Send one control datagram (handshake, cookie reply, keepalive, flushed packet).
-fn send_one(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
-    sock.send_to(bytes, to).map(|_| ())
+/// Logs, at error, a peer that holds none of our cluster secrets.
+fn warn_if_no_common_secret(peer: &str, pair: &PairKey) {
+    if !pair.agreed {
+        tracing::error!(
+            peer,
+            "no cluster secret in common with this peer: handshakes with it will fail (was a rotation step skipped?)"
+        );
+    }
 }

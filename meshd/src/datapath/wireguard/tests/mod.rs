@@ -1,12 +1,18 @@
 //! Two (or three) nodes in one process, wired by hand: handshake through the real TX batch and
 //! RX demultiplexer, then cryptokey routing, replays, unknown indices, strangers, a wrong
-//! cluster secret, and how TX groups datagrams into GSO runs.
+//! cluster secret, and how TX groups datagrams into GSO runs. Rotation is in `rotation.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use super::rx::{receive, Received};
-use super::tx::TxBatch;
-use super::NodeCrypto;
-use crate::routes::{Local, Peer, PeerKey, Routes};
+mod rotation;
+
+use super::Wireguard;
+use crate::backend::Backend;
+use crate::datapath::runs::Runs;
+use crate::datapath::worker::encode_batch;
+use crate::datapath::{Encap, Received};
+use crate::peers::wireguard::NodeCrypto;
+use crate::peers::{Peer, PeerKey, PeerSet};
+use crate::routes::{Local, Routes};
 use crate::stats::{DropReason, DropTally, PeerStats};
 use meshd_crypto::{ClusterSecret, Keyring, PrivateKey, PublicKey};
 use std::net::SocketAddr;
@@ -15,23 +21,36 @@ use std::sync::Arc;
 struct Node {
     n: u8,
     key: PrivateKey,
-    routes: Routes,
+    encap: Wireguard,
+    backend: Backend,
 }
 
 impl Node {
     fn new(n: u8, secret: &ClusterSecret) -> Node {
         let key = PrivateKey::generate();
         let crypto = NodeCrypto::new(key.clone(), Keyring::single(secret.clone()), 100);
+        Node::with_crypto(n, key, crypto)
+    }
+
+    fn with_crypto(n: u8, key: PrivateKey, crypto: NodeCrypto) -> Node {
         let local = Local {
             name: format!("n{n}"),
             vni: 1,
             port: 51820,
         };
+        let crypto = Arc::new(crypto);
         Node {
             n,
             key,
-            routes: Routes::with_crypto(local, Some(Arc::new(crypto))),
+            encap: Wireguard {
+                crypto: crypto.clone(),
+            },
+            backend: Backend::new(Arc::new(Routes::new(local)), Some(crypto), Vec::new()),
         }
+    }
+
+    fn routes(&self) -> &Routes {
+        self.backend.routes()
     }
 
     fn public(&self) -> PublicKey {
@@ -43,34 +62,36 @@ impl Node {
     }
 
     /// This node as the others learn it from gossip: key and published secret ids.
-    fn as_peer(&self) -> (Peer, Option<PeerKey>) {
-        let p = Peer {
+    fn as_peer(&self) -> Peer {
+        let ids = self.encap.crypto.keyring().ids();
+        Peer {
             name: format!("n{}", self.n),
             address: self.addr().ip(),
             subnet: format!("10.244.{}.0/24", self.n).parse().unwrap(),
-        };
-        let ids = self.routes.crypto().unwrap().keyring().ids();
-        (
-            p,
-            Some(PeerKey {
+            key: Some(PeerKey {
                 public: self.public(),
                 secret_ids: Some(ids),
             }),
-        )
+        }
     }
 
     fn knows(&self, peers: &[&Node]) {
         let list: Vec<_> = peers.iter().map(|p| p.as_peer()).collect();
-        self.routes.update_keyed(&list);
+        self.backend.update(|set| {
+            *set = PeerSet::new(list);
+            true
+        });
     }
 
     /// The datagrams a batch of packets becomes, in order.
     fn send(&self, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
-        let mut batch = TxBatch::new(64, 1420, 64);
+        let mut batch = Runs::new(64, Wireguard::datagram_len(1420), 64);
         let mut drops = DropTally::default();
-        batch.push_all(
-            &self.routes.load(),
+        encode_batch(
+            &self.encap,
+            &self.routes().load(),
             packets.iter().map(|p| &p[..]),
+            &mut batch,
             &mut drops,
         );
         let mut out = Vec::new();
@@ -90,16 +111,15 @@ impl Node {
         datagram: &[u8],
     ) -> (Received, Vec<u8>, Vec<Vec<u8>>, PeerStats) {
         let mut out = vec![0u8; 65_600];
-        let mut scratch = vec![0u8; super::SCRATCH_LEN];
+        let mut scratch = self.encap.rx_scratch();
         let mut replies = Vec::new();
         let mut drops = DropTally::default();
-        let r = receive(
-            self.routes.crypto().unwrap(),
-            &self.routes.load(),
+        let r = self.encap.receive(
+            &mut scratch,
+            &self.routes().load(),
             from,
             datagram,
             &mut out,
-            &mut scratch,
             &mut |b: &[u8], _to| replies.push(b.to_vec()),
             &mut drops,
         );
@@ -113,7 +133,7 @@ impl Node {
     }
 
     fn peer_drops(&self, name: &str, reason: DropReason) -> u64 {
-        let t = self.routes.load();
+        let t = self.routes().load();
         let p = t.peers().iter().find(|p| p.name == name).unwrap();
         p.stats.dropped(reason)
     }
@@ -172,7 +192,15 @@ fn handshake_then_data_both_ways() {
     let (r, plain, _, _) = a.receive(b.addr(), &d[0]);
     assert!(matches!(r, Received::Deliver { .. }));
     assert_eq!(plain, back);
-    let st = a.routes.load().peer(0).wg.as_ref().unwrap().lock().stats();
+    let st = a
+        .routes()
+        .load()
+        .peer(0)
+        .wg
+        .as_ref()
+        .unwrap()
+        .lock()
+        .stats();
     assert_eq!(st.handshakes, 1);
     assert!(st.last_handshake.is_some());
 }
@@ -241,22 +269,15 @@ fn strangers_and_other_clusters_get_no_session() {
 
     // A node B knows, with another cluster secret: the initiation carries no preshared key,
     // so B answers, but the response does not authenticate at A.
-    let other = Node {
-        n: 1,
-        key: a.key.clone(),
-        routes: Routes::with_crypto(
-            Local {
-                name: "n1".into(),
-                vni: 1,
-                port: 51820,
-            },
-            Some(Arc::new(NodeCrypto::new(
-                a.key.clone(),
-                Keyring::single(ClusterSecret::generate()),
-                100,
-            ))),
+    let other = Node::with_crypto(
+        1,
+        a.key.clone(),
+        NodeCrypto::new(
+            a.key.clone(),
+            Keyring::single(ClusterSecret::generate()),
+            100,
         ),
-    };
+    );
     other.knows(&[&b]);
     let init = other.send(&[packet([10, 244, 1, 2], [10, 244, 2, 3], 10)]);
     let (_, _, replies, _) = b.receive(other.addr(), &init[0]);
@@ -291,9 +312,15 @@ fn tx_groups_equal_sizes_per_peer_into_runs() {
         to(3, 1000),
         to(9, 10),
     ];
-    let mut batch = TxBatch::new(64, 1420, 64);
+    let mut batch = Runs::new(64, Wireguard::datagram_len(1420), 64);
     let mut drops = DropTally::default();
-    batch.push_all(&a.routes.load(), packets.iter().map(|p| &p[..]), &mut drops);
+    encode_batch(
+        &a.encap,
+        &a.routes().load(),
+        packets.iter().map(|p| &p[..]),
+        &mut batch,
+        &mut drops,
+    );
     let shape: Vec<(u32, usize, usize)> = batch
         .runs()
         .iter()
@@ -307,7 +334,13 @@ fn tx_groups_equal_sizes_per_peer_into_runs() {
     // Without GSO every datagram is a run of its own.
     batch.clear();
     batch.set_max_per_run(1);
-    batch.push_all(&a.routes.load(), packets.iter().map(|p| &p[..]), &mut drops);
+    encode_batch(
+        &a.encap,
+        &a.routes().load(),
+        packets.iter().map(|p| &p[..]),
+        &mut batch,
+        &mut drops,
+    );
     assert_eq!(batch.runs().len(), 7);
 }
 
@@ -315,17 +348,17 @@ fn tx_groups_equal_sizes_per_peer_into_runs() {
 fn sessions_survive_route_updates() {
     let (a, b) = pair();
     handshake(&a, &b, &packet([10, 244, 1, 2], [10, 244, 2, 3], 10));
-    let before = b.routes.load().peer(0).wg.as_ref().unwrap().index;
+    let before = b.routes().load().peer(0).wg.as_ref().unwrap().index;
     b.knows(&[&a]);
-    let after = b.routes.load().peer(0).wg.as_ref().unwrap().index;
+    let after = b.routes().load().peer(0).wg.as_ref().unwrap().index;
     assert_eq!(before, after);
     let d = a.send(&[packet([10, 244, 1, 2], [10, 244, 2, 3], 10)]);
     assert!(matches!(
         b.receive(a.addr(), &d[0]).0,
         Received::Deliver { .. }
     ));
-    assert_eq!(b.routes.load().by_index(before), Some(0));
-    assert_eq!(b.routes.load().by_key(&a.public()), Some(0));
+    assert_eq!(b.routes().load().by_index(before), Some(0));
+    assert_eq!(b.routes().load().by_key(&a.public()), Some(0));
 }
 
 /// Random bytes and bit-flipped copies of real datagrams (every type) never panic the receive
@@ -396,133 +429,9 @@ fn hostile_datagrams_are_never_delivered_and_never_panic() {
 }
 
 fn peer_drops_total(n: &Node) -> u64 {
-    let t = n.routes.load();
+    let t = n.routes().load();
     crate::stats::DROP_REASONS
         .iter()
         .map(|r| t.peer(0).stats.dropped(*r))
         .sum()
-}
-
-/// Runs both nodes' session timers and carries every datagram they produce, and every reply
-/// to those, to the other node, until neither has anything more to send.
-fn pump(a: &Node, b: &Node) {
-    let mut out = vec![0u8; super::SCRATCH_LEN];
-    for _ in 0..16 {
-        let mut quiet = true;
-        for (from, to) in [(a, b), (b, a)] {
-            let table = from.routes.load();
-            for p in table.peers() {
-                let Some(wg) = &p.wg else { continue };
-                let action = wg.lock().update_timers(&mut out);
-                if let meshd_crypto::Action::WriteToNetwork(n) = action {
-                    quiet = false;
-                    let mut queue = vec![(from, to, out[..n].to_vec())];
-                    while let Some((f, t, d)) = queue.pop() {
-                        let (_, _, replies, _) = t.receive(f.addr(), &d);
-                        queue.extend(replies.into_iter().map(|r| (t, f, r)));
-                    }
-                }
-            }
-        }
-        if quiet {
-            break;
-        }
-    }
-}
-
-/// One packet each way must arrive as data on a session that already exists: a handshake
-/// initiation instead would mean traffic waits for keys.
-fn packets_flow(a: &Node, b: &Node) {
-    for (from, to, src, dst) in [
-        (a, b, [10, 244, 1, 2], [10, 244, 2, 3]),
-        (b, a, [10, 244, 2, 3], [10, 244, 1, 2]),
-    ] {
-        let p = packet(src, dst, 200);
-        let d = from.send(std::slice::from_ref(&p));
-        assert_eq!(d.len(), 1);
-        assert_eq!(
-            d[0].len(),
-            p.len() + 32,
-            "n{} sent no data datagram",
-            from.n
-        );
-        let (r, plain, _, _) = to.receive(from.addr(), &d[0]);
-        assert!(
-            matches!(r, Received::Deliver { .. }),
-            "n{} -> n{}: {r:?}",
-            from.n,
-            to.n
-        );
-        assert_eq!(plain, p);
-    }
-}
-
-fn set_ring(n: &Node, ring: &[&ClusterSecret]) {
-    let c = n.routes.crypto().unwrap();
-    c.set_keyring(Keyring::new(ring.iter().map(|s| (*s).clone()).collect()).unwrap());
-    n.routes.refresh();
-}
-
-fn wg_stats(n: &Node) -> (meshd_crypto::SecretId, meshd_crypto::SessionStats) {
-    let t = n.routes.load();
-    let wg = t.peer(0).wg.clone().unwrap();
-    let stats = wg.lock().stats();
-    (wg.pair().secret, stats)
-}
-
-/// The three rotation steps seen from the peer table, one node at a time with the other
-/// learning its new ids later (as gossip would deliver them): at every point packets flow
-/// both ways on an existing session, the pair switches its preshared key exactly once, and it
-/// ends keyed from the new secret with the old session retired from use.
-#[test]
-fn a_rotation_rekeys_each_pair_once_without_stopping_traffic() {
-    let (old, new) = (ClusterSecret::generate(), ClusterSecret::generate());
-    let (a, b) = (Node::new(1, &old), Node::new(2, &old));
-    a.knows(&[&b]);
-    b.knows(&[&a]);
-    let first = packet([10, 244, 1, 2], [10, 244, 2, 3], 100);
-    let data = handshake(&a, &b, &first);
-    assert!(matches!(
-        b.receive(a.addr(), &data).0,
-        Received::Deliver { .. }
-    ));
-    packets_flow(&a, &b);
-
-    for ring in [vec![&old, &new], vec![&new, &old], vec![&new]] {
-        for (me, other) in [(&a, &b), (&b, &a)] {
-            set_ring(me, &ring);
-            packets_flow(&a, &b);
-            pump(&a, &b);
-            packets_flow(&a, &b);
-            // The other node hears our new ids only now.
-            other.knows(&[me]);
-            packets_flow(&a, &b);
-            pump(&a, &b);
-            packets_flow(&a, &b);
-        }
-    }
-    let new_id = meshd_crypto::SecretId::of(&new);
-    for n in [&a, &b] {
-        let (secret, st) = wg_stats(n);
-        assert_eq!(secret, new_id, "n{}", n.n);
-        assert_eq!(st.psk_switches, 1, "n{}: {st:?}", n.n);
-        assert!(
-            !st.psk_pending,
-            "n{} still sends on the old key: {st:?}",
-            n.n
-        );
-    }
-    // The one expected failure: a handshake under the new key answered by a node that had not
-    // switched yet, rejected by the initiator. Nothing else was dropped.
-    let rejected: u64 = [&a, &b]
-        .iter()
-        .map(|n| {
-            n.peer_drops(
-                if n.n == 1 { "n2" } else { "n1" },
-                DropReason::HandshakeRejected,
-            )
-        })
-        .sum();
-    assert!(rejected <= 2, "{rejected} handshakes rejected");
-    assert_eq!(peer_drops_total(&a) + peer_drops_total(&b), rejected);
 }

@@ -1,135 +1,96 @@
-//! Turning TUN packets into VXLAN datagrams and back, on caller-owned buffers, without I/O.
-//!
-//! [`Encoder`] appends frames for a batch of packets into one contiguous buffer and groups them
-//! into *runs*: consecutive frames to the same peer whose sizes let the kernel split them again
-//! (all equal but the last, which may be shorter). One run is one `sendmsg` with UDP GSO. Without
-//! GSO a run is one frame.
+//! Cleartext VXLAN (RFC 7348) as an [`Encap`]: each IP packet from the TUN device in an
+//! Ethernet frame between the two nodes' VTEP MACs, under the cluster's VNI, so a kernel VXLAN
+//! device at the other end takes it as its own. No I/O; the per-peer header is built once, in
+//! the route table ([`crate::routes::PeerEntry::header`]).
 
-use crate::routes::{PeerId, RouteTable};
+use std::net::{IpAddr, SocketAddr};
+
+use super::{Encap, EncodeBatch, Encoded, Received};
+use crate::routes::{PeerEntry, PeerId, RouteTable};
 use crate::stats::{DropReason, DropTally};
-use crate::wire::ip::v4_dst;
 use crate::wire::vxlan::HEADER_LEN;
 use crate::wire::{FrameError, VxlanFrame};
-use std::net::IpAddr;
 
-/// Largest UDP payload one GSO send may carry: a UDP datagram over IPv4 holds at most
-/// 65535 − 20 − 8 bytes, and the kernel refuses (EMSGSIZE) a GSO buffer larger than one datagram.
-pub const MAX_GSO_BYTES: usize = 65_507;
-
-/// Consecutive frames to one peer, contiguous in the encoder's buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Run {
-    pub peer: PeerId,
-    pub start: usize,
-    pub len: usize,
-    /// Size of every frame but the last.
-    pub segment: usize,
-    pub frames: usize,
-    /// Sum of inner packet bytes, for counters.
-    pub inner_bytes: usize,
-    last: usize,
+/// The cleartext encapsulation, for one VNI.
+pub struct Vxlan {
+    pub vni: u32,
 }
 
-pub struct Encoder {
-    buf: Vec<u8>,
-    used: usize,
-    runs: Vec<Run>,
-    max_frames_per_run: usize,
-}
+/// Inner packets per TUN write: cleartext receive buffers are cheap, so a deep batch.
+const RX_WRITE_BATCH: usize = 128;
+/// Slack over MTU + header for a datagram read without GRO (a peer with a larger MTU is cut
+/// short and counted as malformed rather than overrunning).
+const RX_SLACK: usize = 64;
 
-impl Encoder {
-    /// `capacity` bytes of frames per batch, at most `max_runs` runs, at most
-    /// `max_frames_per_run` frames per run (1 without GSO; the socket's GSO segment limit with).
-    pub fn new(capacity: usize, max_runs: usize, max_frames_per_run: usize) -> Self {
-        Encoder {
-            buf: vec![0; capacity],
-            used: 0,
-            runs: Vec::with_capacity(max_runs),
-            max_frames_per_run: max_frames_per_run.max(1),
-        }
+impl Encap for Vxlan {
+    const NAME: &'static str = "vxlan";
+    const RX_WRITE_BATCH: usize = RX_WRITE_BATCH;
+    type Tx<'t> = Framer;
+    type RxScratch = ();
+
+    fn datagram_len(len: usize) -> usize {
+        HEADER_LEN + len
     }
 
-    pub fn clear(&mut self) {
-        self.used = 0;
-        self.runs.clear();
+    fn max_datagram(mtu: usize) -> usize {
+        mtu + HEADER_LEN + RX_SLACK
     }
 
-    /// True when another packet of `len` bytes might not fit.
-    pub fn is_full(&self, len: usize) -> bool {
-        self.used + HEADER_LEN + len > self.buf.len() || self.runs.len() == self.runs.capacity()
+    fn packet_room(len: usize) -> usize {
+        len
     }
 
-    /// Frame one IP packet read from the TUN device. Packets no peer owns are counted and dropped.
+    fn tx<'t>(&'t self, _table: &'t RouteTable) -> Framer {
+        Framer
+    }
+
+    fn rx_scratch(&self) {}
+
     #[inline]
-    pub fn push(&mut self, table: &RouteTable, packet: &[u8], drops: &mut DropTally) {
-        let Some(peer) = route(table, packet) else {
-            drops.add(DropReason::NoRoute);
-            return;
-        };
-        if self.is_full(packet.len()) {
-            // The caller sizes batches so this cannot happen; count rather than overrun.
-            drops.add(DropReason::SendError);
-            return;
-        }
-        let start = self.used;
-        let frame_len = match table
-            .peer(peer)
-            .header
-            .encapsulate(packet, &mut self.buf[start..])
-        {
-            Some(n) => n,
-            None => {
-                drops.add(DropReason::Malformed);
-                return;
+    fn receive(
+        &self,
+        _scratch: &mut (),
+        table: &RouteTable,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+        _reply: &mut impl FnMut(&[u8], SocketAddr),
+        drops: &mut DropTally,
+    ) -> Received {
+        match decode(table, from.ip(), self.vni, datagram) {
+            Ok((peer, packet)) => {
+                let Some(dst) = out.get_mut(..packet.len()) else {
+                    drops.add(DropReason::Malformed);
+                    return Received::Nothing;
+                };
+                dst.copy_from_slice(packet);
+                Received::Deliver {
+                    peer,
+                    len: packet.len(),
+                }
             }
-        };
-        self.used += frame_len;
-        if let Some(run) = self.runs.last_mut() {
-            let extends = run.peer == peer
-                && run.last == run.segment
-                && frame_len <= run.segment
-                && run.frames < self.max_frames_per_run
-                && run.len + frame_len <= MAX_GSO_BYTES
-                && run.start + run.len == start;
-            if extends {
-                run.len += frame_len;
-                run.frames += 1;
-                run.last = frame_len;
-                run.inner_bytes += packet.len();
-                return;
+            Err((Some(peer), reason)) => {
+                table.peer(peer).stats.count_drop(reason, 1);
+                Received::Nothing
+            }
+            Err((None, reason)) => {
+                drops.add(reason);
+                Received::Nothing
             }
         }
-        self.runs.push(Run {
-            peer,
-            start,
-            len: frame_len,
-            segment: frame_len,
-            frames: 1,
-            inner_bytes: packet.len(),
-            last: frame_len,
-        });
-    }
-
-    /// GSO may be switched off by the socket at run time (a driver that refuses it).
-    pub fn set_max_frames_per_run(&mut self, n: usize) {
-        self.max_frames_per_run = n.max(1);
-    }
-
-    pub fn runs(&self) -> &[Run] {
-        &self.runs
-    }
-
-    pub fn bytes(&self, run: &Run) -> &[u8] {
-        &self.buf[run.start..run.start + run.len]
     }
 }
 
-#[inline]
-fn route(table: &RouteTable, packet: &[u8]) -> Option<PeerId> {
-    match packet.first()? >> 4 {
-        4 => table.lookup_v4(v4_dst(packet)?),
-        // Node subnets are IPv4 for now; IPv6 pod traffic has no owner yet.
-        _ => None,
+/// VXLAN's TX state: none, the header template is per peer.
+pub struct Framer;
+
+impl EncodeBatch<'_> for Framer {
+    #[inline]
+    fn encode(&mut self, _id: PeerId, peer: &PeerEntry, packet: &[u8], out: &mut [u8]) -> Encoded {
+        match peer.header.encapsulate(packet, out) {
+            Some(n) => Encoded::Datagram(n),
+            None => Encoded::Drop(DropReason::Malformed),
+        }
     }
 }
 
@@ -173,7 +134,10 @@ pub fn decode<'a>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::routes::{Local, Peer, Routes};
+    use crate::datapath::runs::{Runs, MAX_GSO_BYTES};
+    use crate::datapath::worker::encode_batch;
+    use crate::peers::Peer;
+    use crate::routes::{Local, Routes};
     use crate::wire::ip::tests_support::ipv4_packet;
 
     pub(crate) fn routes() -> Routes {
@@ -182,54 +146,64 @@ mod tests {
             vni: 1,
             port: 8472,
         });
-        r.update(&[
-            Peer {
-                name: "b".into(),
-                address: "198.18.0.2".parse().unwrap(),
-                subnet: "10.244.2.0/24".parse().unwrap(),
-            },
-            Peer {
-                name: "c".into(),
-                address: "198.18.0.3".parse().unwrap(),
-                subnet: "10.244.3.0/24".parse().unwrap(),
-            },
-        ]);
+        r.install(
+            &[
+                Peer::clear(
+                    "b",
+                    "198.18.0.2".parse().unwrap(),
+                    "10.244.2.0/24".parse().unwrap(),
+                ),
+                Peer::clear(
+                    "c",
+                    "198.18.0.3".parse().unwrap(),
+                    "10.244.3.0/24".parse().unwrap(),
+                ),
+            ],
+            Vec::new(),
+        );
         r
+    }
+
+    /// One packet through the TX path's per-packet loop.
+    fn push(e: &mut Runs, t: &RouteTable, packet: &[u8], drops: &mut DropTally) {
+        encode_batch(&Vxlan { vni: 1 }, t, std::iter::once(packet), e, drops);
     }
 
     #[test]
     fn equal_frames_to_one_peer_form_one_run_until_a_short_one() {
         let r = routes();
         let t = r.load();
-        let mut e = Encoder::new(64 * 1024, 16, 64);
+        let mut e = Runs::new(16, 4096, 64);
         let mut drops = DropTally::default();
         let full = ipv4_packet([10, 244, 1, 2], [10, 244, 2, 9], 1000);
         let short = ipv4_packet([10, 244, 1, 2], [10, 244, 2, 9], 10);
         for _ in 0..3 {
-            e.push(&t, &full, &mut drops);
+            push(&mut e, &t, &full, &mut drops);
         }
-        e.push(&t, &short, &mut drops);
-        e.push(&t, &full, &mut drops); // after a short frame: a new run
-        e.push(
+        push(&mut e, &t, &short, &mut drops);
+        push(&mut e, &t, &full, &mut drops); // after a short frame: a new run
+        push(
+            &mut e,
             &t,
             &ipv4_packet([10, 244, 1, 2], [10, 244, 3, 9], 1000),
             &mut drops,
         );
-        e.push(
+        push(
+            &mut e,
             &t,
             &ipv4_packet([10, 244, 1, 2], [10, 244, 9, 9], 1000),
             &mut drops,
         );
         let runs = e.runs();
         assert_eq!(runs.len(), 3, "{runs:?}");
-        assert_eq!(runs[0].frames, 4);
+        assert_eq!(runs[0].datagrams, 4);
         assert_eq!(runs[0].segment, HEADER_LEN + full.len());
         assert_eq!(
             runs[0].len,
             3 * (HEADER_LEN + full.len()) + HEADER_LEN + short.len()
         );
         assert_eq!(t.peer(runs[0].peer).name, "b");
-        assert_eq!(runs[1].frames, 1);
+        assert_eq!(runs[1].datagrams, 1);
         assert_eq!(t.peer(runs[2].peer).name, "c");
         // Every frame in a run decodes back to the packet that went in.
         let bytes = e.bytes(&runs[0]);
@@ -247,11 +221,11 @@ mod tests {
     fn runs_stay_within_one_udp_datagram() {
         let r = routes();
         let t = r.load();
-        let mut e = Encoder::new(256 * 1500, 256, 64);
+        let mut e = Runs::new(256, 1500, 64);
         let mut drops = DropTally::default();
         let p = ipv4_packet([10, 244, 1, 2], [10, 244, 2, 9], 1430);
         for _ in 0..100 {
-            e.push(&t, &p, &mut drops);
+            push(&mut e, &t, &p, &mut drops);
         }
         assert!(e.runs().len() >= 3);
         assert!(
@@ -259,21 +233,21 @@ mod tests {
             "{:?}",
             e.runs()
         );
-        assert_eq!(e.runs().iter().map(|r| r.frames).sum::<usize>(), 100);
+        assert_eq!(e.runs().iter().map(|r| r.datagrams).sum::<usize>(), 100);
     }
 
     #[test]
     fn without_gso_every_frame_is_its_own_run() {
         let r = routes();
         let t = r.load();
-        let mut e = Encoder::new(64 * 1024, 16, 1);
+        let mut e = Runs::new(16, 4096, 1);
         let mut drops = DropTally::default();
         let p = ipv4_packet([10, 244, 1, 2], [10, 244, 2, 9], 500);
         for _ in 0..4 {
-            e.push(&t, &p, &mut drops);
+            push(&mut e, &t, &p, &mut drops);
         }
         assert_eq!(e.runs().len(), 4);
-        assert!(e.runs().iter().all(|r| r.frames == 1));
+        assert!(e.runs().iter().all(|r| r.datagrams == 1));
     }
 
     #[test]

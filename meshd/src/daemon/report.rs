@@ -1,0 +1,145 @@
+//! One [`Status`] snapshot gathered from every source the daemon has: the fixed facts of the
+//! node, the route table and its counters, the WireGuard sessions, gossip and the secrets.
+//! The status socket serves it; a metrics endpoint would read the same snapshot.
+
+use ipnet::Ipv4Net;
+use meshd_gossip::MemberState;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::membership::Shared;
+use super::subnet::to_net;
+use crate::backend::Backend;
+use crate::peers::wireguard::WgPeer;
+use crate::status::{
+    GossipCounters, MemberStatus, PeerStatus, SecretStatus, Status, WireguardStatus,
+};
+
+/// The fixed part of the status and where the rest is read, fresh on every request.
+pub struct Report {
+    pub base: Status,
+    pub backend: Arc<Backend>,
+    /// Gossip state, when gossip runs.
+    pub gossip: Option<Arc<Mutex<Shared>>>,
+    /// The node's current subnet, when gossip assigns it.
+    pub subnet: Option<Arc<Mutex<Option<Ipv4Net>>>>,
+}
+
+impl Report {
+    /// The status now: the fixed part, then every source the daemon has.
+    pub fn current(&self) -> Status {
+        let routes = self.backend.routes();
+        let table = routes.load();
+        let mut s = self.base.clone();
+        s.peers = table
+            .peers()
+            .iter()
+            .map(|p| PeerStatus {
+                name: p.name.clone(),
+                endpoint: p.endpoint.to_string(),
+                subnet: p.subnet.to_string(),
+                vtep_mac: p.mac.to_string(),
+                stats: p.stats.snapshot(),
+                wireguard: p.wg.as_deref().map(wireguard_status),
+            })
+            .collect();
+        s.unattributed = routes.unattributed.snapshot();
+        if let Some(g) = &self.gossip {
+            let shared = g.lock().unwrap_or_else(|p| p.into_inner());
+            let (members, counters) = gossip_report(&shared);
+            s.members = Some(members);
+            s.gossip = Some(counters);
+            s.secrets = Some(gossip_secrets(&shared));
+        } else if let Some(c) = self.backend.crypto() {
+            let ring = c.keyring();
+            s.secrets = Some(
+                ring.secrets()
+                    .map(|(id, _)| SecretStatus {
+                        id: id.to_string(),
+                        sealing: id == ring.primary_id(),
+                        opened: None,
+                    })
+                    .collect(),
+            );
+        }
+        if let Some(net) = &self.subnet {
+            s.subnet = match *net.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(n) => n.to_string(),
+                None => "(waiting for a gossip lease)".into(),
+            };
+        }
+        if let Some(c) = self.backend.crypto() {
+            s.cookie_replies_sent = c.cookie_replies.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        s
+    }
+}
+
+/// One peer's WireGuard session, from `meshd_crypto::Session::stats`.
+fn wireguard_status(wg: &WgPeer) -> WireguardStatus {
+    let st = wg.lock().stats();
+    let pair = wg.pair();
+    WireguardStatus {
+        psk_secret: pair.secret.to_string(),
+        psk_agreed: pair.agreed,
+        psk_switches: st.psk_switches,
+        psk_pending: st.psk_pending,
+        retiring: st.retiring,
+        public_key: wg.key.to_base64(),
+        last_handshake_secs: st.last_handshake.map(|d| d.as_secs_f64()),
+        handshakes: st.handshakes,
+        rekeys: st.rekeys,
+        decrypt_failures: st.decrypt_failures,
+        handshake_failures: st.handshake_failures,
+        replays: st.replays,
+        cookie_replies_sent: st.cookie_replies_sent,
+        handshake_rtt_ms: st.handshake_rtt_ms,
+    }
+}
+
+/// Members with state and seconds in it, and the counters, for `meshd status`.
+fn gossip_report(g: &Shared) -> (Vec<MemberStatus>, GossipCounters) {
+    let now = Instant::now();
+    let members = g
+        .gossip
+        .members()
+        .map(|m| MemberStatus {
+            name: m.record.name.clone(),
+            state: state_name(m.state).into(),
+            since_secs: now.saturating_duration_since(m.since).as_secs(),
+            address: m.record.gossip_addr.to_string(),
+            subnet: m.record.subnet.map(|c| to_net(c.subnet).to_string()),
+        })
+        .collect();
+    let c = g.gossip.counters();
+    let counters = GossipCounters {
+        datagrams_in: c.datagrams_in,
+        datagrams_out: c.datagrams_out,
+        open_failures: g.open_failures,
+        decode_failures: c.decode_failures,
+        send_failures: g.send_failures,
+    };
+    (members, counters)
+}
+
+/// The cluster secrets: which seals, and how many datagrams each opened.
+fn gossip_secrets(g: &Shared) -> Vec<SecretStatus> {
+    let sealing = g.sealer.sealing_id();
+    g.sealer
+        .opened()
+        .map(|(id, opened)| SecretStatus {
+            id: id.to_string(),
+            sealing: id == sealing,
+            opened: Some(opened),
+        })
+        .collect()
+}
+
+fn state_name(s: MemberState) -> &'static str {
+    match s {
+        MemberState::Alive => "alive",
+        MemberState::Suspect => "suspect",
+        MemberState::Down => "down",
+        MemberState::Left => "left",
+    }
+}

@@ -1,0 +1,136 @@
+//! Standard WireGuard between nodes as an [`Encap`], through `meshd_crypto`.
+//!
+//! TX ([`tx`]): each packet is encrypted by its peer's session straight into the run buffer.
+//! RX ([`rx`]): demultiplex (by receiver index, or by initiator key after the rate limiter),
+//! decrypt, and check the inner source against the peer's subnet (cryptokey routing). A
+//! control thread ([`Encap::control`]) drives every session's timers and resets the shared
+//! handshake rate limiter once a second.
+//!
+//! Each peer's session sits behind its own `Mutex` in a [`WgPeer`], held by the route table;
+//! the registry that keeps it across peer-set changes is [`crate::peers::wireguard::Sessions`].
+//! Nothing here parses packets beyond routing hints: `meshd_crypto` checks and decrypts.
+
+pub mod rx;
+pub mod tx;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshd_crypto::session::MIN_OUT_LEN;
+use meshd_crypto::wire::DATA_OVERHEAD;
+use meshd_crypto::{Action, SessionError};
+
+use super::{Encap, Received};
+use crate::peers::wireguard::NodeCrypto;
+use crate::routes::{RouteTable, Routes};
+use crate::stats::{DropReason, DropTally};
+
+pub use crate::peers::wireguard::WgPeer;
+
+/// A buffer any session call accepts whatever it returns: the largest IP packet plus
+/// WireGuard's data overhead (see `meshd_crypto::session`).
+pub const SCRATCH_LEN: usize = 65_535 + DATA_OVERHEAD;
+/// How often the control plane runs every session's timers. boringtun's timers have a
+/// resolution of 250 ms; running them a bit more often keeps retries and keepalives on time.
+pub const TIMER_TICK: Duration = Duration::from_millis(100);
+/// How often the shared handshake rate limiter's count is cleared (WireGuard's one second).
+pub const LIMITER_RESET: Duration = Duration::from_secs(1);
+/// Inner packets handed to one `send_multiple` (and so to one GRO coalescing pass). Each
+/// buffer can grow to a coalesced 64 KiB packet, so this many cost 4 MiB per worker.
+const RX_WRITE_BATCH: usize = 64;
+/// Slack over the MTU for a datagram read without GRO: WireGuard's 32 bytes and room to spare.
+const RX_SLACK: usize = 128;
+
+/// The encrypted encapsulation: the node's keys, secrets and rate limiter.
+pub struct Wireguard {
+    pub crypto: Arc<NodeCrypto>,
+}
+
+impl Encap for Wireguard {
+    const NAME: &'static str = "wg";
+    const RX_WRITE_BATCH: usize = RX_WRITE_BATCH;
+    const HAS_CONTROL: bool = true;
+    type Tx<'t> = tx::Sealer<'t>;
+    type RxScratch = Vec<u8>;
+
+    fn datagram_len(len: usize) -> usize {
+        (len + DATA_OVERHEAD).max(MIN_OUT_LEN)
+    }
+
+    fn max_datagram(mtu: usize) -> usize {
+        mtu + RX_SLACK
+    }
+
+    /// Plaintext is never longer than its datagram; the session wants at least MIN_OUT_LEN.
+    fn packet_room(len: usize) -> usize {
+        len.max(MIN_OUT_LEN)
+    }
+
+    fn tx<'t>(&'t self, _table: &'t RouteTable) -> tx::Sealer<'t> {
+        tx::Sealer::default()
+    }
+
+    fn rx_scratch(&self) -> Vec<u8> {
+        vec![0u8; SCRATCH_LEN]
+    }
+
+    #[inline]
+    fn receive(
+        &self,
+        scratch: &mut Vec<u8>,
+        table: &RouteTable,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+        reply: &mut impl FnMut(&[u8], SocketAddr),
+        drops: &mut DropTally,
+    ) -> Received {
+        rx::receive(
+            &self.crypto,
+            table,
+            from,
+            datagram,
+            out,
+            scratch,
+            reply,
+            drops,
+        )
+    }
+
+    /// Run every session's timers and reset the rate limiter until `stop` is set. Sends
+    /// whatever the timers produce (handshake retries, rekeys, keepalives) from `socket`.
+    fn control(&self, routes: &Routes, socket: &UdpSocket, stop: &AtomicBool) {
+        let mut out = vec![0u8; SCRATCH_LEN];
+        let mut last_reset = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(TIMER_TICK);
+            if last_reset.elapsed() >= LIMITER_RESET {
+                self.crypto.limiter.reset_count();
+                last_reset = Instant::now();
+            }
+            let table = routes.load();
+            for peer in table.peers() {
+                let Some(wg) = &peer.wg else { continue };
+                let action = wg.lock().update_timers(&mut out);
+                match action {
+                    Action::WriteToNetwork(n) => {
+                        if let Err(e) = socket.send_to(&out[..n], peer.endpoint) {
+                            tracing::trace!(error = %e, peer = %peer.name, "timer send");
+                            peer.stats.count_drop(DropReason::SendError, 1);
+                        }
+                    }
+                    // Repeats every tick while the peer stays idle: trace, not debug.
+                    Action::Error(SessionError::Expired) => {
+                        tracing::trace!(peer = %peer.name, "WireGuard session expired");
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

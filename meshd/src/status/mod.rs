@@ -1,0 +1,148 @@
+//! The status API's types: one [`Status`] document, which the daemon gathers
+//! (`daemon::report`), serves on a Unix socket under the run directory ([`server`]), and
+//! `meshd status` fetches ([`query`]) and prints ([`render`]). The CNI plugin reads the
+//! companion file `network.json` ([`crate::runfiles`]) instead, so it never needs the daemon to
+//! answer.
+
+mod render;
+pub mod server;
+
+pub use render::render;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::datapath::TierReport;
+use crate::stats::PeerStatsSnapshot;
+
+pub use crate::runfiles::SOCKET_NAME;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub version: String,
+    pub pid: u32,
+    pub address: String,
+    pub subnet: String,
+    pub vtep_mac: String,
+    pub encryption: String,
+    /// This node's WireGuard public key, in encrypted mode.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// Cookie replies the shared handshake rate limiter sent (before a peer was identified).
+    #[serde(default)]
+    pub cookie_replies_sent: u64,
+    pub mtu: u16,
+    pub tiers: TierReport,
+    pub peers: Vec<PeerStatus>,
+    /// Drops that belong to no peer: datagrams from unknown sources, packets with no route.
+    pub unattributed: PeerStatsSnapshot,
+    /// Gossip members other than this node, when gossip runs.
+    #[serde(default)]
+    pub members: Option<Vec<MemberStatus>>,
+    /// Gossip traffic and error counters, when gossip runs.
+    #[serde(default)]
+    pub gossip: Option<GossipCounters>,
+    /// The cluster secrets held, primary first, when any is used.
+    #[serde(default)]
+    pub secrets: Option<Vec<SecretStatus>>,
+}
+
+/// One cluster secret of the node's keyring, by its public id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretStatus {
+    pub id: String,
+    /// Seals what this node sends (the primary).
+    pub sealing: bool,
+    /// Gossip datagrams it opened since it was loaded (`None` without gossip). A retired
+    /// secret whose count stops growing is no longer used by any node.
+    pub opened: Option<u64>,
+}
+
+/// One gossip member as this node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub name: String,
+    /// alive, suspect, down or left.
+    pub state: String,
+    /// Seconds since this node saw it enter that state.
+    pub since_secs: u64,
+    /// Its gossip address.
+    pub address: String,
+    /// The subnet it claims, once it holds one.
+    pub subnet: Option<String>,
+}
+
+/// Gossip datagrams in and out, and what was dropped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GossipCounters {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Datagrams that did not open (wrong cluster secret, tampered, replayed, too old): never parsed.
+    pub open_failures: u64,
+    /// Opened datagrams the gossip codec refused.
+    pub decode_failures: u64,
+    pub send_failures: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub endpoint: String,
+    pub subnet: String,
+    pub vtep_mac: String,
+    #[serde(flatten)]
+    pub stats: PeerStatsSnapshot,
+    /// The WireGuard session, in encrypted mode.
+    #[serde(default)]
+    pub wireguard: Option<WireguardStatus>,
+}
+
+/// One peer's WireGuard session, from `meshd_crypto::Session::stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WireguardStatus {
+    pub public_key: String,
+    /// Seconds since the current session's handshake; `None` without a session.
+    pub last_handshake_secs: Option<f64>,
+    pub handshakes: u64,
+    pub rekeys: u64,
+    pub decrypt_failures: u64,
+    pub handshake_failures: u64,
+    pub replays: u64,
+    /// Cookie replies this session sent (the shared limiter's are counted on the node).
+    pub cookie_replies_sent: u64,
+    pub handshake_rtt_ms: Option<u32>,
+    /// Id of the cluster secret the pair's preshared key comes from.
+    #[serde(default)]
+    pub psk_secret: String,
+    /// False when the peer holds none of our secrets: handshakes fail until that is fixed.
+    #[serde(default)]
+    pub psk_agreed: bool,
+    /// Preshared key changes (cluster secret rotations) this session went through.
+    #[serde(default)]
+    pub psk_switches: u64,
+    /// Traffic still rides the session under the previous preshared key: the handshake under
+    /// the new one has not completed (the peer has not switched yet).
+    #[serde(default)]
+    pub psk_pending: bool,
+    /// A session under the previous preshared key is still kept (for packets in flight).
+    #[serde(default)]
+    pub retiring: bool,
+}
+
+/// Ask the daemon whose run directory is `run_dir` for its status.
+pub fn query(run_dir: &Path) -> Result<Status> {
+    let path = run_dir.join(SOCKET_NAME);
+    let mut stream = UnixStream::connect(&path)
+        .with_context(|| format!("connecting to {} (is meshd running?)", path.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut body = String::new();
+    stream
+        .read_to_string(&mut body)
+        .context("reading the status")?;
+    serde_json::from_str(&body).context("decoding the status")
+}

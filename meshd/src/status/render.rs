@@ -1,0 +1,128 @@
+//! `meshd status` as text: the node, its tiers, one line per peer (and its WireGuard session),
+//! the drops nobody owns, and the gossip members.
+
+use super::Status;
+use crate::stats::PeerStatsSnapshot;
+
+/// Human-readable rendering for `meshd status`.
+pub fn render(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "node        {} (pid {}, meshd {})",
+        s.node, s.pid, s.version
+    );
+    let _ = writeln!(
+        o,
+        "address     {}   subnet {}   vtep {}",
+        s.address, s.subnet, s.vtep_mac
+    );
+    let _ = writeln!(o, "encryption  {}   mtu {}", s.encryption, s.mtu);
+    if let Some(k) = &s.public_key {
+        let _ = writeln!(
+            o,
+            "public key  {k}   cookie replies sent {}",
+            s.cookie_replies_sent
+        );
+    }
+    if let Some(secrets) = &s.secrets {
+        let list: Vec<String> = secrets
+            .iter()
+            .map(|k| {
+                let role = if k.sealing { "sealing" } else { "accepted" };
+                match k.opened {
+                    Some(n) => format!("{} ({role}, opened {n})", k.id),
+                    None => format!("{} ({role})", k.id),
+                }
+            })
+            .collect();
+        let _ = writeln!(o, "secrets     {}", list.join(", "));
+    }
+    let _ = writeln!(o, "tiers       queues {}", s.tiers.queues);
+    let _ = writeln!(o, "  multi-queue TUN   {}", s.tiers.multi_queue);
+    let _ = writeln!(o, "  TUN offload       {}", s.tiers.tun_offload);
+    let _ = writeln!(o, "  UDP GSO           {}", s.tiers.udp_gso);
+    let _ = writeln!(o, "  UDP GRO           {}", s.tiers.udp_gro);
+    let _ = writeln!(
+        o,
+        "{:<16} {:<22} {:<16} {:>10} {:>14} {:>10} {:>14}  drops",
+        "peer", "endpoint", "subnet", "tx pkts", "tx bytes", "rx pkts", "rx bytes"
+    );
+    for p in &s.peers {
+        let _ = writeln!(
+            o,
+            "{:<16} {:<22} {:<16} {:>10} {:>14} {:>10} {:>14}  {}",
+            p.name,
+            p.endpoint,
+            p.subnet,
+            p.stats.tx_packets,
+            p.stats.tx_bytes,
+            p.stats.rx_packets,
+            p.stats.rx_bytes,
+            drops(&p.stats)
+        );
+        if let Some(w) = &p.wireguard {
+            let age = match w.last_handshake_secs {
+                Some(secs) => format!("{secs:.0} s ago"),
+                None => "never".into(),
+            };
+            let _ = writeln!(
+                o,
+                "  wireguard {}  psk from {}{}{}  handshake {age}  handshakes {}  rekeys {}  decrypt failures {}  handshake failures {}  replays {}  cookie replies sent {}",
+                w.public_key,
+                w.psk_secret,
+                if w.psk_agreed { "" } else { " (NO SECRET IN COMMON)" },
+                if w.psk_pending {
+                    " (switching: traffic on the previous key)"
+                } else {
+                    ""
+                },
+                w.handshakes,
+                w.rekeys,
+                w.decrypt_failures,
+                w.handshake_failures,
+                w.replays,
+                w.cookie_replies_sent
+            );
+        }
+    }
+    let _ = writeln!(o, "unattributed drops: {}", drops(&s.unattributed));
+    if let Some(g) = &s.gossip {
+        let _ = writeln!(
+            o,
+            "gossip      datagrams in {}  out {}  open failures {}  decode failures {}  send failures {}",
+            g.datagrams_in, g.datagrams_out, g.open_failures, g.decode_failures, g.send_failures
+        );
+    }
+    if let Some(members) = &s.members {
+        let _ = writeln!(
+            o,
+            "{:<16} {:<8} {:>8}  {:<22} subnet",
+            "member", "state", "since s", "gossip address"
+        );
+        for m in members {
+            let _ = writeln!(
+                o,
+                "{:<16} {:<8} {:>8}  {:<22} {}",
+                m.name,
+                m.state,
+                m.since_secs,
+                m.address,
+                m.subnet.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    o
+}
+
+fn drops(s: &PeerStatsSnapshot) -> String {
+    if s.drops.is_empty() {
+        return "-".into();
+    }
+    s.drops
+        .iter()
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
