@@ -54,19 +54,16 @@ pub trait Encap: Send + Sync + Sized + 'static {
     fn tx<'t>(&'t self, table: &'t RouteTable) -> Self::Tx<'t>;
     fn rx_scratch(&self) -> Self::RxScratch;
 
-    /// Check (and decrypt) one datagram from `from` into `out`. Replies (handshakes) go to
-    /// `reply(bytes, to)`. Drops are counted against the peer, or in `drops` when no peer owns
-    /// them.
-    #[allow(clippy::too_many_arguments)]
+    /// Check (and decrypt) one datagram from `from` into `out`, which holds at least
+    /// [`Encap::packet_room`] bytes. Replies (handshakes) go to `rx.reply`; drops are counted
+    /// against the peer, or in `rx.drops` when no peer owns them.
     fn receive(
         &self,
-        scratch: &mut Self::RxScratch,
+        rx: &mut Rx<'_, Self::RxScratch>,
         table: &RouteTable,
         from: SocketAddr,
         datagram: &[u8],
         out: &mut [u8],
-        reply: &mut impl FnMut(&[u8], SocketAddr),
-        drops: &mut DropTally,
     ) -> Received;
 
     /// Whether [`Encap::control`] has work: the data path then runs it on a thread of its own.
@@ -94,6 +91,14 @@ pub enum Encoded {
     PeerDrop(DropReason),
     /// Dropped; counted against no peer.
     Drop(DropReason),
+}
+
+/// What an RX worker hands [`Encap::receive`] with every datagram: the encapsulation's scratch,
+/// the drops that belong to no peer, and where replies (handshake messages) go.
+pub struct Rx<'a, S> {
+    pub scratch: S,
+    pub drops: DropTally,
+    pub reply: &'a mut dyn FnMut(&[u8], SocketAddr),
 }
 
 /// What one datagram came to.

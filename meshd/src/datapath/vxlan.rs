@@ -5,9 +5,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{Encap, EncodeBatch, Encoded, Received};
+use super::{Encap, EncodeBatch, Encoded, Received, Rx};
 use crate::routes::{PeerEntry, PeerId, RouteTable};
-use crate::stats::{DropReason, DropTally};
+use crate::stats::DropReason;
 use crate::wire::vxlan::HEADER_LEN;
 use crate::wire::{FrameError, VxlanFrame};
 
@@ -49,14 +49,13 @@ impl Encap for Vxlan {
     #[inline]
     fn receive(
         &self,
-        _scratch: &mut (),
+        rx: &mut Rx<'_, ()>,
         table: &RouteTable,
         from: SocketAddr,
         datagram: &[u8],
         out: &mut [u8],
-        _reply: &mut impl FnMut(&[u8], SocketAddr),
-        drops: &mut DropTally,
     ) -> Received {
+        let drops = &mut rx.drops;
         match decode(table, from.ip(), self.vni, datagram) {
             Ok((peer, packet)) => {
                 let Some(dst) = out.get_mut(..packet.len()) else {
@@ -138,6 +137,7 @@ mod tests {
     use crate::datapath::worker::encode_batch;
     use crate::peers::Peer;
     use crate::routes::{Local, Routes};
+    use crate::stats::DropTally;
     use crate::wire::ip::tests_support::ipv4_packet;
 
     pub(crate) fn routes() -> Routes {

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::io::{send_runs, wait, PeerAcc, TunReader, TunWriter, UdpReader, TX_BATCH};
 use super::runs::Runs;
-use super::{Encap, EncodeBatch, Encoded, Queue, Received, Shared};
+use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
 use crate::routes::RouteTable;
 use crate::stats::{DropReason, DropTally};
 
@@ -75,38 +75,33 @@ pub fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
 pub fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
     let mut reader = UdpReader::new(q.gro, E::max_datagram(shared.mtu));
     let mut out = TunWriter::new(E::RX_WRITE_BATCH);
-    let mut scratch = shared.encap.rx_scratch();
-    let mut drops = DropTally::default();
     let (sock, state) = &*q.socket;
     let mut reply = |bytes: &[u8], to: SocketAddr| {
         if let Err(e) = sock.send_to(bytes, to) {
             tracing::trace!(error = %e, "UDP send of a handshake message");
         }
     };
+    let mut rx = Rx {
+        scratch: shared.encap.rx_scratch(),
+        drops: DropTally::default(),
+        reply: &mut reply,
+    };
     while !shared.stop.load(Ordering::Relaxed) {
         let table = shared.routes.load();
         let mut acc = PeerAcc::default();
         let got = reader.recv(sock, state, |from, datagram| {
             let buf = out.next(E::packet_room(datagram.len()));
-            let r = shared.encap.receive(
-                &mut scratch,
-                &table,
-                from,
-                datagram,
-                buf,
-                &mut reply,
-                &mut drops,
-            );
+            let r = shared.encap.receive(&mut rx, &table, from, datagram, buf);
             if let Received::Deliver { peer, len } = r {
                 acc.add(&table, peer, len);
                 if out.commit(len) {
-                    out.flush(&q.tun, &mut drops);
+                    out.flush(&q.tun, &mut rx.drops);
                 }
             }
         });
         acc.flush(&table);
-        out.flush(&q.tun, &mut drops);
-        drops.flush_into(&shared.routes.unattributed);
+        out.flush(&q.tun, &mut rx.drops);
+        rx.drops.flush_into(&shared.routes.unattributed);
         if !got {
             wait(sock, libc::POLLIN);
         }

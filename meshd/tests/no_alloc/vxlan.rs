@@ -2,7 +2,7 @@ use super::{allocations_in, packet};
 use meshd::datapath::runs::Runs;
 use meshd::datapath::vxlan::Vxlan;
 use meshd::datapath::worker::encode_batch;
-use meshd::datapath::{Encap, Received};
+use meshd::datapath::{Encap, Received, Rx};
 use meshd::peers::Peer;
 use meshd::routes::{Local, Routes};
 use meshd::stats::DropTally;
@@ -49,17 +49,14 @@ fn encode_and_decode_allocate_nothing_per_packet() {
 
     // One warm-up pass: the first route-table load on a thread sets up arc-swap's per-thread
     // state, an allocation that happens once per worker, not per packet.
-    let receive = |table: &meshd::routes::RouteTable, out: &mut [u8]| {
-        let mut no_reply = |_: &[u8], _| {};
-        let r = vxlan.receive(
-            &mut (),
-            table,
-            from,
-            &incoming,
-            out,
-            &mut no_reply,
-            &mut DropTally::default(),
-        );
+    let mut no_reply = |_: &[u8], _| {};
+    let mut rx = Rx {
+        scratch: (),
+        drops: DropTally::default(),
+        reply: &mut no_reply,
+    };
+    let mut receive = |table: &meshd::routes::RouteTable, out: &mut [u8]| {
+        let r = vxlan.receive(&mut rx, table, from, &incoming, out);
         match r {
             Received::Deliver { len, .. } => len,
             Received::Nothing => 0,

@@ -25,10 +25,10 @@ use meshd_crypto::session::MIN_OUT_LEN;
 use meshd_crypto::wire::DATA_OVERHEAD;
 use meshd_crypto::{Action, SessionError};
 
-use super::{Encap, Received};
+use super::{Encap, Received, Rx};
 use crate::peers::wireguard::NodeCrypto;
 use crate::routes::{RouteTable, Routes};
-use crate::stats::{DropReason, DropTally};
+use crate::stats::DropReason;
 
 pub use crate::peers::wireguard::WgPeer;
 
@@ -82,24 +82,13 @@ impl Encap for Wireguard {
     #[inline]
     fn receive(
         &self,
-        scratch: &mut Vec<u8>,
+        cx: &mut Rx<'_, Vec<u8>>,
         table: &RouteTable,
-        from: SocketAddr,
+        src: SocketAddr,
         datagram: &[u8],
         out: &mut [u8],
-        reply: &mut impl FnMut(&[u8], SocketAddr),
-        drops: &mut DropTally,
     ) -> Received {
-        rx::receive(
-            &self.crypto,
-            table,
-            from,
-            datagram,
-            out,
-            scratch,
-            reply,
-            drops,
-        )
+        rx::receive(&self.crypto, cx, table, src, datagram, out)
     }
 
     /// Run every session's timers and reset the rate limiter until `stop` is set. Sends

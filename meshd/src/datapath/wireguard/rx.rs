@@ -13,31 +13,27 @@ use std::sync::atomic::Ordering;
 
 use meshd_crypto::{identify_initiator, Action, Admission, MessageType, WgDatagram};
 
-use crate::datapath::Received;
+use crate::datapath::{Received, Rx};
 use crate::peers::wireguard::NodeCrypto;
 use crate::routes::{PeerId, RouteTable};
-use crate::stats::{DropReason, DropTally};
+use crate::stats::DropReason;
 
 /// Demultiplex, decrypt and check one datagram from `src`. Plaintext lands in `out`, which
-/// must be at least as long as the datagram; `scratch` ([`super::SCRATCH_LEN`] bytes) holds replies,
-/// which go to `reply(bytes, to)`. Drops that belong to no peer go to `drops`; the others to
-/// the peer's counters.
-// Each argument is one thing the per-datagram path needs; bundling them would only add a
-// struct to build per batch.
-#[allow(clippy::too_many_arguments)]
+/// must be at least as long as the datagram; `cx.scratch` ([`super::SCRATCH_LEN`] bytes) holds
+/// replies, which go to `cx.reply`. Drops that belong to no peer go to `cx.drops`; the others
+/// to the peer's counters.
 pub fn receive(
     crypto: &NodeCrypto,
+    cx: &mut Rx<'_, Vec<u8>>,
     table: &RouteTable,
     src: SocketAddr,
     datagram: &[u8],
     out: &mut [u8],
-    scratch: &mut [u8],
-    reply: &mut impl FnMut(&[u8], SocketAddr),
-    drops: &mut DropTally,
 ) -> Received {
-    let Some(id) = demux(crypto, table, src, datagram, scratch, reply, drops) else {
+    let Some(id) = demux(crypto, cx, table, src, datagram) else {
         return Received::Nothing;
     };
+    let (scratch, reply) = (&mut cx.scratch, &mut cx.reply);
     let entry = table.peer(id);
     let Some(wg) = &entry.wg else {
         return Received::Nothing;
@@ -68,13 +64,12 @@ pub fn receive(
 /// The peer a datagram is for, or `None` once it is dropped (counted) or answered.
 fn demux(
     crypto: &NodeCrypto,
+    cx: &mut Rx<'_, Vec<u8>>,
     table: &RouteTable,
     src: SocketAddr,
     datagram: &[u8],
-    scratch: &mut [u8],
-    reply: &mut impl FnMut(&[u8], SocketAddr),
-    drops: &mut DropTally,
 ) -> Option<PeerId> {
+    let drops = &mut cx.drops;
     let Ok(d) = WgDatagram::new_checked(datagram) else {
         drops.add(DropReason::Malformed);
         return None;
@@ -87,10 +82,13 @@ fn demux(
         }
         return id;
     }
-    match crypto.limiter.check(Some(src.ip()), datagram, scratch) {
+    match crypto
+        .limiter
+        .check(Some(src.ip()), datagram, &mut cx.scratch)
+    {
         Admission::Accept => {}
         Admission::CookieReply(n) => {
-            reply(&scratch[..n], src);
+            (cx.reply)(&cx.scratch[..n], src);
             crypto.cookie_replies.fetch_add(1, Ordering::Relaxed);
             return None;
         }

@@ -9,7 +9,7 @@ use super::Wireguard;
 use crate::backend::Backend;
 use crate::datapath::runs::Runs;
 use crate::datapath::worker::encode_batch;
-use crate::datapath::{Encap, Received};
+use crate::datapath::{Encap, Received, Rx};
 use crate::peers::wireguard::NodeCrypto;
 use crate::peers::{Peer, PeerKey, PeerSet};
 use crate::routes::{Local, Routes};
@@ -83,17 +83,22 @@ impl Node {
         });
     }
 
+    /// A batch of packets through the TX path's per-packet loop into `batch`.
+    fn encode(&self, packets: &[Vec<u8>], batch: &mut Runs, drops: &mut DropTally) {
+        let table = self.routes().load();
+        encode_batch(
+            &self.encap,
+            &table,
+            packets.iter().map(|p| &p[..]),
+            batch,
+            drops,
+        );
+    }
+
     /// The datagrams a batch of packets becomes, in order.
     fn send(&self, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
         let mut batch = Runs::new(64, Wireguard::datagram_len(1420), 64);
-        let mut drops = DropTally::default();
-        encode_batch(
-            &self.encap,
-            &self.routes().load(),
-            packets.iter().map(|p| &p[..]),
-            &mut batch,
-            &mut drops,
-        );
+        self.encode(packets, &mut batch, &mut DropTally::default());
         let mut out = Vec::new();
         for r in batch.runs() {
             for d in batch.bytes(r).chunks(r.segment) {
@@ -111,20 +116,18 @@ impl Node {
         datagram: &[u8],
     ) -> (Received, Vec<u8>, Vec<Vec<u8>>, PeerStats) {
         let mut out = vec![0u8; 65_600];
-        let mut scratch = self.encap.rx_scratch();
         let mut replies = Vec::new();
-        let mut drops = DropTally::default();
-        let r = self.encap.receive(
-            &mut scratch,
-            &self.routes().load(),
-            from,
-            datagram,
-            &mut out,
-            &mut |b: &[u8], _to| replies.push(b.to_vec()),
-            &mut drops,
-        );
+        let mut reply = |b: &[u8], _to| replies.push(b.to_vec());
+        let mut rx = Rx {
+            scratch: self.encap.rx_scratch(),
+            drops: DropTally::default(),
+            reply: &mut reply,
+        };
+        let r = self
+            .encap
+            .receive(&mut rx, &self.routes().load(), from, datagram, &mut out);
         let unattributed = PeerStats::default();
-        drops.flush_into(&unattributed);
+        rx.drops.flush_into(&unattributed);
         let len = match r {
             Received::Deliver { len, .. } => len,
             Received::Nothing => 0,
@@ -302,7 +305,7 @@ fn tx_groups_equal_sizes_per_peer_into_runs() {
     handshake(&a, &b, &packet([10, 244, 1, 2], [10, 244, 2, 3], 10));
     handshake(&a, &c, &packet([10, 244, 1, 2], [10, 244, 3, 3], 10));
     let to = |n: u8, len| packet([10, 244, 1, 2], [10, 244, n, 3], len);
-    let packets = [
+    let packets = vec![
         to(2, 1000),
         to(2, 1000),
         to(2, 1000),
@@ -314,13 +317,7 @@ fn tx_groups_equal_sizes_per_peer_into_runs() {
     ];
     let mut batch = Runs::new(64, Wireguard::datagram_len(1420), 64);
     let mut drops = DropTally::default();
-    encode_batch(
-        &a.encap,
-        &a.routes().load(),
-        packets.iter().map(|p| &p[..]),
-        &mut batch,
-        &mut drops,
-    );
+    a.encode(&packets, &mut batch, &mut drops);
     let shape: Vec<(u32, usize, usize)> = batch
         .runs()
         .iter()
@@ -334,13 +331,7 @@ fn tx_groups_equal_sizes_per_peer_into_runs() {
     // Without GSO every datagram is a run of its own.
     batch.clear();
     batch.set_max_per_run(1);
-    encode_batch(
-        &a.encap,
-        &a.routes().load(),
-        packets.iter().map(|p| &p[..]),
-        &mut batch,
-        &mut drops,
-    );
+    a.encode(&packets, &mut batch, &mut drops);
     assert_eq!(batch.runs().len(), 7);
 }
 
