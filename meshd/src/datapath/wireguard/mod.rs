@@ -10,7 +10,7 @@
 //! the registry that keeps it across peer-set changes is [`crate::peers::wireguard::Sessions`].
 //! Nothing here parses packets beyond routing hints: `meshd_crypto` checks and decrypts.
 
-pub mod rx;
+mod rx;
 pub mod tx;
 
 #[cfg(test)]
@@ -79,6 +79,8 @@ impl Encap for Wireguard {
         vec![0u8; SCRATCH_LEN]
     }
 
+    /// Demultiplex (see `rx.rs`), decrypt and check one datagram from `src`. Plaintext lands
+    /// in `out`; `cx.scratch` ([`SCRATCH_LEN`] bytes) holds replies, which go to `cx.reply`.
     #[inline]
     fn receive(
         &self,
@@ -88,7 +90,35 @@ impl Encap for Wireguard {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Received {
-        rx::receive(&self.crypto, cx, table, src, datagram, out)
+        let Some(id) = rx::demux(&self.crypto, cx, table, src, datagram) else {
+            return Received::Nothing;
+        };
+        let (scratch, reply) = (&mut cx.scratch, &mut cx.reply);
+        let entry = table.peer(id);
+        let Some(wg) = &entry.wg else {
+            return Received::Nothing;
+        };
+        let mut session = wg.lock();
+        match session.decapsulate(Some(src.ip()), datagram, out) {
+            Action::WriteToTunnelV4(len, inner_src) => {
+                if entry.subnet.contains(&inner_src) {
+                    return Received::Deliver { peer: id, len };
+                }
+                entry.stats.count_drop(DropReason::SpoofedSource, 1);
+            }
+            // No pod has an IPv6 address yet, so no IPv6 source is inside a peer's subnet.
+            Action::WriteToTunnelV6(..) => entry.stats.count_drop(DropReason::SpoofedSource, 1),
+            Action::WriteToNetwork(n) => {
+                reply(&out[..n], src);
+                // Packets queued while the handshake was under way go out now.
+                while let Action::WriteToNetwork(n) = session.flush_queued(scratch) {
+                    reply(&scratch[..n], entry.endpoint);
+                }
+            }
+            Action::Done => {}
+            Action::Error(e) => entry.stats.count_drop(DropReason::from_session(e), 1),
+        }
+        Received::Nothing
     }
 
     /// Run every session's timers and reset the rate limiter until `stop` is set. Sends

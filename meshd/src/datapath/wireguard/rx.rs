@@ -1,68 +1,25 @@
-//! UDP → TUN, encrypted: each datagram is demultiplexed to its peer, decrypted by that peer's
-//! session and checked against the peer's subnet (cryptokey routing); the generic RX loop
-//! queues what is delivered for one GRO-coalescing write to the TUN device.
+//! UDP → TUN, encrypted, step one: which peer's session a datagram is for.
 //!
 //! Demultiplexing (before any cryptography): data, responses and cookie replies by receiver
 //! index ([`meshd_crypto::wire::local_index_of`]); initiations by the initiator's static key,
 //! after the shared rate limiter admitted them ([`meshd_crypto::RateLimiter::check`], which
 //! answers a flood with cookie replies) and [`meshd_crypto::identify_initiator`] found the key.
-//! [`receive`] does all of that without I/O of its own: replies go through a callback.
+//! [`demux`] does all of that without I/O of its own: replies go through the RX context. The
+//! session then decrypts, and the inner source is checked against the peer's subnet
+//! (cryptokey routing), in [`super::Wireguard`]'s `receive`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use meshd_crypto::{identify_initiator, Action, Admission, MessageType, WgDatagram};
+use meshd_crypto::{identify_initiator, Admission, MessageType, WgDatagram};
 
-use crate::datapath::{Received, Rx};
+use crate::datapath::Rx;
 use crate::peers::wireguard::NodeCrypto;
 use crate::routes::{PeerId, RouteTable};
 use crate::stats::DropReason;
 
-/// Demultiplex, decrypt and check one datagram from `src`. Plaintext lands in `out`, which
-/// must be at least as long as the datagram; `cx.scratch` ([`super::SCRATCH_LEN`] bytes) holds
-/// replies, which go to `cx.reply`. Drops that belong to no peer go to `cx.drops`; the others
-/// to the peer's counters.
-pub fn receive(
-    crypto: &NodeCrypto,
-    cx: &mut Rx<'_, Vec<u8>>,
-    table: &RouteTable,
-    src: SocketAddr,
-    datagram: &[u8],
-    out: &mut [u8],
-) -> Received {
-    let Some(id) = demux(crypto, cx, table, src, datagram) else {
-        return Received::Nothing;
-    };
-    let (scratch, reply) = (&mut cx.scratch, &mut cx.reply);
-    let entry = table.peer(id);
-    let Some(wg) = &entry.wg else {
-        return Received::Nothing;
-    };
-    let mut session = wg.lock();
-    match session.decapsulate(Some(src.ip()), datagram, out) {
-        Action::WriteToTunnelV4(len, inner_src) => {
-            if entry.subnet.contains(&inner_src) {
-                return Received::Deliver { peer: id, len };
-            }
-            entry.stats.count_drop(DropReason::SpoofedSource, 1);
-        }
-        // No pod has an IPv6 address yet, so no IPv6 source is inside a peer's subnet.
-        Action::WriteToTunnelV6(..) => entry.stats.count_drop(DropReason::SpoofedSource, 1),
-        Action::WriteToNetwork(n) => {
-            reply(&out[..n], src);
-            // Packets queued while the handshake was under way go out now.
-            while let Action::WriteToNetwork(n) = session.flush_queued(scratch) {
-                reply(&scratch[..n], entry.endpoint);
-            }
-        }
-        Action::Done => {}
-        Action::Error(e) => entry.stats.count_drop(DropReason::from_session(e), 1),
-    }
-    Received::Nothing
-}
-
 /// The peer a datagram is for, or `None` once it is dropped (counted) or answered.
-fn demux(
+pub(super) fn demux(
     crypto: &NodeCrypto,
     cx: &mut Rx<'_, Vec<u8>>,
     table: &RouteTable,
