@@ -1,7 +1,7 @@
 //! Standard WireGuard between nodes as an [`Encap`], through `meshd_crypto`.
 //!
 //! TX ([`tx`]): each packet is encrypted by its peer's session straight into the run buffer.
-//! RX ([`rx`]): demultiplex (by receiver index, or by initiator key after the rate limiter),
+//! RX (`rx.rs`): demultiplex (by receiver index, or by initiator key after the rate limiter),
 //! decrypt, and check the inner source against the peer's subnet (cryptokey routing). A
 //! control thread ([`Encap::control`]) drives every session's timers and resets the shared
 //! handshake rate limiter once a second.
