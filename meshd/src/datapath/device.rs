@@ -17,9 +17,9 @@ use crate::config::Config;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "state", content = "detail")]
 pub enum Tier {
-    InUse(String),
+    InUse(InUse),
     DisabledByConfig,
-    Unavailable(String),
+    Unavailable(Unavailable),
 }
 
 impl Tier {
@@ -28,13 +28,95 @@ impl Tier {
     }
 }
 
+/// What a speed-up in use gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InUse {
+    Yes,
+    /// Multi-queue TUN with this many queues.
+    Queues(usize),
+    /// TUN offload with TCP segmentation only.
+    Tso,
+    /// TUN offload with TCP and UDP segmentation.
+    TsoUso,
+    /// UDP GSO with up to this many segments per send.
+    Segments(usize),
+}
+
+/// Why a speed-up the configuration asked for is not in use. A later fallback compares these,
+/// so they are values, not text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unavailable {
+    /// The kernel refused to create the TUN device with the feature.
+    DeviceRefused(OsError),
+    /// The kernel refused to open another queue of the TUN device.
+    ExtraQueueRefused(OsError),
+    /// Only one queue is wanted (one CPU, or `queues = 1`).
+    OneQueue,
+    /// The kernel refused the socket option (`UDP_SEGMENT`, `UDP_GRO`).
+    SocketOptionRefused(SocketOption),
+}
+
+/// An error from the kernel: its errno, when there is one, and its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsError {
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+impl From<&std::io::Error> for OsError {
+    fn from(e: &std::io::Error) -> Self {
+        OsError {
+            errno: e.raw_os_error(),
+            message: e.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SocketOption {
+    #[serde(rename = "UDP_SEGMENT")]
+    UdpSegment,
+    #[serde(rename = "UDP_GRO")]
+    UdpGro,
+}
+
 impl std::fmt::Display for Tier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Tier::InUse(d) if d.is_empty() => write!(f, "yes"),
+            Tier::InUse(InUse::Yes) => write!(f, "yes"),
             Tier::InUse(d) => write!(f, "yes ({d})"),
             Tier::DisabledByConfig => write!(f, "no (disabled by config)"),
             Tier::Unavailable(why) => write!(f, "no (unavailable: {why})"),
+        }
+    }
+}
+
+impl std::fmt::Display for InUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InUse::Yes => write!(f, "yes"),
+            InUse::Queues(n) => write!(f, "{n} queues"),
+            InUse::Tso => write!(f, "TSO"),
+            InUse::TsoUso => write!(f, "TSO + USO"),
+            InUse::Segments(n) => write!(f, "up to {n} segments"),
+        }
+    }
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unavailable::DeviceRefused(e) => write!(f, "{}", e.message),
+            Unavailable::ExtraQueueRefused(e) => write!(f, "extra queue: {}", e.message),
+            Unavailable::OneQueue => write!(f, "one CPU or `queues = 1`"),
+            Unavailable::SocketOptionRefused(SocketOption::UdpSegment) => {
+                write!(f, "UDP_SEGMENT refused")
+            }
+            Unavailable::SocketOptionRefused(SocketOption::UdpGro) => {
+                write!(f, "UDP_GRO refused")
+            }
         }
     }
 }
@@ -76,7 +158,7 @@ pub fn open_tun(cfg: &Config) -> Result<TunQueues> {
     let wanted = cfg.queue_count();
     let try_mq = cfg.tiers.multi_queue && wanted > 1;
     let try_offload = cfg.tiers.tun_offload;
-    let mut last_err = None;
+    let mut last_err: Option<OsError> = None;
     // Most capable first; each step down gives up one feature.
     for (mq, offload) in [(true, true), (true, false), (false, true), (false, false)] {
         if (mq && !try_mq) || (offload && !try_offload) {
@@ -87,7 +169,7 @@ pub fn open_tun(cfg: &Config) -> Result<TunQueues> {
                 let offload_on = dev.tcp_gso();
                 let mut queues = vec![dev];
                 let mut mq_tier = if mq {
-                    Tier::InUse(String::new())
+                    Tier::InUse(InUse::Yes)
                 } else {
                     Tier::DisabledByConfig
                 };
@@ -96,28 +178,28 @@ pub fn open_tun(cfg: &Config) -> Result<TunQueues> {
                         match queues[0].try_clone() {
                             Ok(q) => queues.push(q),
                             Err(e) => {
-                                mq_tier = Tier::Unavailable(format!("extra queue: {e}"));
+                                mq_tier =
+                                    Tier::Unavailable(Unavailable::ExtraQueueRefused((&e).into()));
                                 break;
                             }
                         }
                     }
                     if queues.len() > 1 {
-                        mq_tier = Tier::InUse(format!("{} queues", queues.len()));
+                        mq_tier = Tier::InUse(InUse::Queues(queues.len()));
                     }
                 } else if try_mq {
-                    mq_tier =
-                        Tier::Unavailable(last_err.clone().unwrap_or_else(|| "refused".into()));
+                    mq_tier = Tier::Unavailable(refused(&last_err));
                 } else if cfg.tiers.multi_queue {
-                    mq_tier = Tier::Unavailable("one CPU or `queues = 1`".into());
+                    mq_tier = Tier::Unavailable(Unavailable::OneQueue);
                 }
                 let off_tier = if offload_on {
-                    Tier::InUse(if dev_udp_gso(&queues[0]) {
-                        "TSO + USO".into()
+                    Tier::InUse(if queues[0].udp_gso() {
+                        InUse::TsoUso
                     } else {
-                        "TSO".into()
+                        InUse::Tso
                     })
                 } else if try_offload {
-                    Tier::Unavailable(last_err.clone().unwrap_or_else(|| "refused".into()))
+                    Tier::Unavailable(refused(&last_err))
                 } else {
                     Tier::DisabledByConfig
                 };
@@ -132,18 +214,22 @@ pub fn open_tun(cfg: &Config) -> Result<TunQueues> {
                     tun_offload: off_tier,
                 });
             }
-            Err(e) => last_err = Some(e.to_string()),
+            Err(e) => last_err = Some((&e).into()),
         }
     }
     Err(anyhow::anyhow!(
         "cannot create TUN device `{}`: {} (is /dev/net/tun present and are we root?)",
         cfg.tun,
-        last_err.unwrap_or_default()
+        last_err.map(|e| e.message).unwrap_or_default()
     ))
 }
 
-fn dev_udp_gso(dev: &SyncDevice) -> bool {
-    dev.udp_gso()
+/// The error of the last, more capable attempt that the kernel refused.
+fn refused(last: &Option<OsError>) -> Unavailable {
+    Unavailable::DeviceRefused(last.clone().unwrap_or_else(|| OsError {
+        errno: None,
+        message: "refused".into(),
+    }))
 }
 
 fn build(cfg: &Config, multi_queue: bool, offload: bool) -> std::io::Result<SyncDevice> {
@@ -180,16 +266,19 @@ pub fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQueues> {
     let kernel_gro = sockets[0].1.gro_segments() > 1;
     let (gso_segments, udp_gso) = match (cfg.tiers.udp_gso, kernel_gso > 1) {
         (false, _) => (1, Tier::DisabledByConfig),
-        (true, false) => (1, Tier::Unavailable("UDP_SEGMENT refused".into())),
-        (true, true) => (
-            kernel_gso,
-            Tier::InUse(format!("up to {kernel_gso} segments")),
+        (true, false) => (
+            1,
+            Tier::Unavailable(Unavailable::SocketOptionRefused(SocketOption::UdpSegment)),
         ),
+        (true, true) => (kernel_gso, Tier::InUse(InUse::Segments(kernel_gso))),
     };
     let (gro, udp_gro) = match (cfg.tiers.udp_gro, kernel_gro) {
         (false, _) => (false, Tier::DisabledByConfig),
-        (true, false) => (false, Tier::Unavailable("UDP_GRO refused".into())),
-        (true, true) => (true, Tier::InUse(String::new())),
+        (true, false) => (
+            false,
+            Tier::Unavailable(Unavailable::SocketOptionRefused(SocketOption::UdpGro)),
+        ),
+        (true, true) => (true, Tier::InUse(InUse::Yes)),
     };
     if !gro {
         for (s, _) in &sockets {
