@@ -2,7 +2,7 @@
 //!
 //! This library holds everything the `meshd` binary does, so tests and the lab can drive it:
 //! configuration, the wire format, the route table, the data-path workers, host setup over
-//! netlink, the status API, and the local lab. It deliberately holds no protocol state machine
+//! netlink, and the status API. It deliberately holds no protocol state machine
 //! that reads the clock or owns sockets outside the data path: gossip and crypto are crates of
 //! their own.
 
@@ -11,7 +11,6 @@ pub mod daemon;
 pub mod datapath;
 pub mod gossip;
 pub mod host;
-pub mod lab;
 pub mod routes;
 pub mod runfiles;
 pub mod secrets;

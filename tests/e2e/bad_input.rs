@@ -10,10 +10,10 @@
 
 use super::cluster::spec;
 use super::support::drops;
-use meshd::lab::netns::{in_netns, ip};
-use meshd::lab::probe::ping;
-use meshd::lab::{Backend, Topology};
 use meshd::wire::{vtep_mac, VxlanHeader};
+use meshd_lab::netns::{in_netns, ip};
+use meshd_lab::probe::ping;
+use meshd_lab::{Backend, Topology};
 use meshd_tests::require_root;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};

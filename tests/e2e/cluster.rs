@@ -8,8 +8,8 @@
 //! ```
 
 use meshd::config::Encryption;
-use meshd::lab::probe::{ping, tcp_transfer};
-use meshd::lab::{Backend, Membership, Spec, Topology};
+use meshd_lab::probe::{ping, tcp_transfer};
+use meshd_lab::{Backend, Membership, Spec, Topology};
 use meshd_tests::{meshd_bin, prefix, require_root};
 
 /// A cleartext (VXLAN) lab: these tests exercise the VXLAN tiers; `encrypted.rs` covers

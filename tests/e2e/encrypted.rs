@@ -11,8 +11,8 @@
 
 use super::cluster::{assert_transfer, spec, unreachable_pairs};
 use meshd::config::Encryption;
-use meshd::lab::netns::in_netns;
-use meshd::lab::{Backend, Spec, Topology};
+use meshd_lab::netns::in_netns;
+use meshd_lab::{Backend, Spec, Topology};
 use meshd_tests::require_root;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -142,7 +142,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn capture_during_canaries(t: &Topology) -> (Vec<u8>, usize) {
     let file = std::env::temp_dir().join(format!("{}-u0.pcap", t.spec.prefix));
     // Sessions (or neighbours) first, so no canary waits behind a handshake.
-    meshd::lab::probe::ping(&t.hosts[1].pods[0].ns, t.hosts[0].pods[0].addr, 5).unwrap();
+    meshd_lab::probe::ping(&t.hosts[1].pods[0].ns, t.hosts[0].pods[0].addr, 5).unwrap();
     let cap = Capture::start(&t.hosts[0].ns, file);
     let arrived = send_canaries(t, (1, 0), (0, 0), 5501);
     (cap.finish(), arrived)

@@ -9,7 +9,7 @@
 //! ```
 
 use super::cluster::{assert_transfer, spec, unreachable_pairs};
-use meshd::lab::{Backend, Topology};
+use meshd_lab::{Backend, Topology};
 use meshd_tests::require_root;
 
 #[test]

@@ -3,9 +3,9 @@
 //! a foreign link in meshd's way is reported and left alone.
 
 use super::cluster::spec;
-use meshd::lab::netns::ip;
-use meshd::lab::probe::ping;
-use meshd::lab::{Backend, Topology};
+use meshd_lab::netns::ip;
+use meshd_lab::probe::ping;
+use meshd_lab::{Backend, Topology};
 use meshd_tests::{meshd_bin, require_root};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -11,11 +11,11 @@
 
 use super::encrypted::{encrypted_spec, status};
 use super::support::drops;
-use meshd::lab::netns::{in_netns, ip};
-use meshd::lab::probe::{ping, tcp_transfer};
-use meshd::lab::{Backend, Topology};
 use meshd::status::Status;
 use meshd_crypto::{Action, PrivateKey, PublicKey, RateLimiter, Session};
+use meshd_lab::netns::{in_netns, ip};
+use meshd_lab::probe::{ping, tcp_transfer};
+use meshd_lab::{Backend, Topology};
 use meshd_tests::require_root;
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
@@ -47,7 +47,7 @@ fn a_node_with_the_wrong_cluster_secret_gets_nothing_through() {
     meshd_crypto::ClusterSecret::generate()
         .write_new_file(&other)
         .unwrap();
-    let lab_secret = meshd::lab::wireguard::host_secret_path(h3);
+    let lab_secret = meshd_lab::wireguard::host_secret_path(h3);
     let config = t.meshd_config(h3).replace(
         &lab_secret.display().to_string(),
         &other.display().to_string(),

@@ -19,12 +19,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::netns::{self, ip, run};
-use super::wireguard;
-use crate::config::Encryption;
-use crate::wire::vtep_mac;
+use crate::netns::{self, ip, run};
+use crate::wireguard;
+use meshd::config::Encryption;
+use meshd::wire::vtep_mac;
 
-/// How a lab host carries overlay traffic.
+/// What runs on a lab host and carries its overlay traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     /// A meshd daemon (userspace data path).
@@ -49,11 +49,11 @@ pub struct Spec {
     /// What meshd hosts use between nodes; kernel-VXLAN hosts need `None`, wireguard-go hosts
     /// `Wireguard`.
     pub encryption: Encryption,
-    /// How meshd hosts learn about each other.
+    /// How meshd hosts find each other.
     pub membership: Membership,
 }
 
-/// How the lab's meshd hosts find each other.
+/// How the lab's meshd hosts form the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Membership {
     /// Every host's config lists every other host as a `[[peers]]` entry with a fixed subnet.
@@ -152,7 +152,9 @@ impl Topology {
         if self.spec.membership == Membership::Gossip
             && self.hosts.iter().any(|h| h.backend != Backend::Meshd)
         {
-            bail!("a gossip lab runs meshd on every host; use static peers with other backends");
+            bail!(
+                "a gossip lab runs meshd on every host; use static peers with other kinds of host"
+            );
         }
         let secret = match (self.spec.encryption, self.spec.membership) {
             (Encryption::Wireguard, _) => {
@@ -251,7 +253,7 @@ impl Topology {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = std::fs::remove_file(h.dir.join("run").join(crate::runfiles::SOCKET_NAME));
+        let _ = std::fs::remove_file(h.dir.join("run").join(meshd::runfiles::SOCKET_NAME));
         self.start_meshd_with(h, config)?;
         wait_for_socket(h)
     }
@@ -411,7 +413,7 @@ impl Topology {
         Ok(())
     }
 
-    /// Pod MTU on a host without meshd: the underlay MTU minus the host backend's overhead.
+    /// Pod MTU on a host without meshd: the underlay MTU minus the overhead of what the host runs.
     fn overlay_mtu(&self, h: &Host) -> u16 {
         let overhead = match h.backend {
             Backend::WireguardGo => Encryption::Wireguard.overhead(),
@@ -434,7 +436,7 @@ impl Topology {
             "add",
             &format!(
                 "{}/{}",
-                crate::host::gateway(h.subnet),
+                meshd::host::gateway(h.subnet),
                 h.subnet.prefix_len()
             ),
             "dev",
@@ -554,7 +556,7 @@ impl Topology {
             "add",
             "default",
             "via",
-            &crate::host::gateway(h.subnet).to_string(),
+            &meshd::host::gateway(h.subnet).to_string(),
         ])?;
         Ok(())
     }
@@ -641,10 +643,10 @@ fn plan(spec: &Spec) -> Vec<Host> {
 
 /// The subnet gossip leased host `h`, once its `network.json` names it.
 pub fn wait_for_lease(h: &Host) -> Result<ipnet::Ipv4Net> {
-    let path = h.dir.join("run").join(crate::runfiles::NETWORK_FILE);
+    let path = h.dir.join("run").join(meshd::runfiles::NETWORK_FILE);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let file: Option<crate::runfiles::NetworkFile> = std::fs::read_to_string(&path)
+        let file: Option<meshd::runfiles::NetworkFile> = std::fs::read_to_string(&path)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
         if let Some(net) = file.and_then(|f| f.subnet.parse().ok()) {
@@ -661,7 +663,7 @@ fn wait_for_socket(h: &Host) -> Result<()> {
     let run_dir = h.dir.join("run");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if crate::status::query(&run_dir).is_ok() {
+        if meshd::status::query(&run_dir).is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
