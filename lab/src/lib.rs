@@ -19,7 +19,7 @@ pub mod wireguard;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
-pub use topology::{Backend, Membership, Spec, Topology};
+pub use topology::{Formation, HostKind, Spec, Topology};
 
 /// Prefix of everything `meshd lab` makes unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "meshlab";
@@ -79,13 +79,13 @@ pub fn check(t: &Topology, megabytes: u64) -> Result<()> {
 pub fn save(spec: &Spec) -> Result<()> {
     let v = serde_json::json!({
         "prefix": spec.prefix,
-        "kernel_vxlan": spec.hosts.iter().map(|b| *b == Backend::KernelVxlan).collect::<Vec<_>>(),
-        "wireguard_go": spec.hosts.iter().map(|b| *b == Backend::WireguardGo).collect::<Vec<_>>(),
+        "kernel_vxlan": spec.hosts.iter().map(|b| *b == HostKind::KernelVxlan).collect::<Vec<_>>(),
+        "wireguard_go": spec.hosts.iter().map(|b| *b == HostKind::WireguardGo).collect::<Vec<_>>(),
         "encryption": spec.encryption.as_str(),
         "pods": spec.pods_per_host,
         "meshd_bin": spec.meshd_bin,
         "underlay_mtu": spec.underlay_mtu,
-        "gossip": spec.membership == Membership::Gossip,
+        "gossip": spec.formation == Formation::Gossip,
     });
     std::fs::write(spec_file(&spec.prefix), serde_json::to_vec_pretty(&v)?)?;
     Ok(())
@@ -114,11 +114,11 @@ pub fn load(prefix: &str) -> Result<Spec> {
     let hosts = (0..kernel.len())
         .map(|i| {
             if kernel[i] {
-                Backend::KernelVxlan
+                HostKind::KernelVxlan
             } else if wg_go.get(i) == Some(&true) {
-                Backend::WireguardGo
+                HostKind::WireguardGo
             } else {
-                Backend::Meshd
+                HostKind::Meshd
             }
         })
         .collect();
@@ -135,10 +135,10 @@ pub fn load(prefix: &str) -> Result<Spec> {
         meshd_bin: PathBuf::from(v["meshd_bin"].as_str().unwrap_or("meshd")),
         underlay_mtu: v["underlay_mtu"].as_u64().unwrap_or(1500) as u16,
         encryption,
-        membership: if v["gossip"].as_bool() == Some(true) {
-            Membership::Gossip
+        formation: if v["gossip"].as_bool() == Some(true) {
+            Formation::Gossip
         } else {
-            Membership::Static
+            Formation::Static
         },
     })
 }

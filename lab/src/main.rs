@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use meshd::config::Encryption;
-use meshd_lab::{topology, Backend, Membership, Spec, Topology, DEFAULT_PREFIX};
+use meshd_lab::{topology, Formation, HostKind, Spec, Topology, DEFAULT_PREFIX};
 
 #[derive(Parser)]
 #[command(
@@ -97,11 +97,11 @@ fn real_main(cmd: LabCommand) -> Result<()> {
             let hosts = (0..nodes)
                 .map(|i| {
                     if i >= nodes - kernel_vxlan {
-                        Backend::KernelVxlan
+                        HostKind::KernelVxlan
                     } else if i >= nodes - kernel_vxlan - wireguard_go {
-                        Backend::WireguardGo
+                        HostKind::WireguardGo
                     } else {
-                        Backend::Meshd
+                        HostKind::Meshd
                     }
                 })
                 .collect();
@@ -121,10 +121,10 @@ fn real_main(cmd: LabCommand) -> Result<()> {
                 meshd_bin,
                 underlay_mtu: 1500,
                 encryption,
-                membership: if static_peers || kernel_vxlan + wireguard_go > 0 {
-                    Membership::Static
+                formation: if static_peers || kernel_vxlan + wireguard_go > 0 {
+                    Formation::Static
                 } else {
-                    Membership::Gossip
+                    Formation::Gossip
                 },
             };
             let mut t = Topology::up(spec.clone())?;
@@ -135,7 +135,7 @@ fn real_main(cmd: LabCommand) -> Result<()> {
                 println!(
                     "{:<12} {:<12} underlay {:<12} subnet {:<15} pods {}",
                     h.ns,
-                    format!("{:?}", h.backend),
+                    format!("{:?}", h.kind),
                     h.underlay,
                     h.subnet,
                     pods.join(" ")

@@ -26,7 +26,7 @@ use meshd::wire::vtep_mac;
 
 /// What runs on a lab host and carries its overlay traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub enum HostKind {
     /// A meshd daemon (userspace data path).
     Meshd,
     /// A Linux VXLAN device set up as flannel's vxlan backend does, with no meshd.
@@ -39,7 +39,7 @@ pub enum Backend {
 pub struct Spec {
     /// Prefix of every namespace name; also names the state directory.
     pub prefix: String,
-    pub hosts: Vec<Backend>,
+    pub hosts: Vec<HostKind>,
     pub pods_per_host: usize,
     /// Extra arguments for every `meshd run` (tier switches, say).
     pub meshd_args: Vec<String>,
@@ -50,12 +50,12 @@ pub struct Spec {
     /// `Wireguard`.
     pub encryption: Encryption,
     /// How meshd hosts find each other.
-    pub membership: Membership,
+    pub formation: Formation,
 }
 
 /// How the lab's meshd hosts form the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Membership {
+pub enum Formation {
     /// Every host's config lists every other host as a `[[peers]]` entry with a fixed subnet.
     Static,
     /// Host 1 is the gossip seed, the others join it, subnets are allocated by gossip.
@@ -70,7 +70,7 @@ pub struct Host {
     pub index: usize,
     pub name: String,
     pub ns: String,
-    pub backend: Backend,
+    pub kind: HostKind,
     pub underlay: Ipv4Addr,
     pub subnet: ipnet::Ipv4Net,
     pub dir: PathBuf,
@@ -132,11 +132,11 @@ impl Topology {
             );
         }
         for h in &self.hosts {
-            match (h.backend, self.spec.encryption) {
-                (Backend::KernelVxlan, Encryption::Wireguard) => {
+            match (h.kind, self.spec.encryption) {
+                (HostKind::KernelVxlan, Encryption::Wireguard) => {
                     bail!("a kernel-VXLAN host needs a cleartext lab (--encryption none)")
                 }
-                (Backend::WireguardGo, Encryption::None) => {
+                (HostKind::WireguardGo, Encryption::None) => {
                     bail!("a wireguard-go host needs an encrypted lab (--encryption wireguard)")
                 }
                 _ => {}
@@ -149,14 +149,14 @@ impl Topology {
         for h in self.hosts.clone() {
             self.build_host(&h)?;
         }
-        if self.spec.membership == Membership::Gossip
-            && self.hosts.iter().any(|h| h.backend != Backend::Meshd)
+        if self.spec.formation == Formation::Gossip
+            && self.hosts.iter().any(|h| h.kind != HostKind::Meshd)
         {
             bail!(
                 "a gossip lab runs meshd on every host; use static peers with other kinds of host"
             );
         }
-        let secret = match (self.spec.encryption, self.spec.membership) {
+        let secret = match (self.spec.encryption, self.spec.formation) {
             (Encryption::Wireguard, _) => {
                 for h in &mut self.hosts {
                     h.public_key = Some(wireguard::node_key(h)?);
@@ -165,21 +165,21 @@ impl Topology {
                     &self.spec.prefix,
                 ))?)
             }
-            (Encryption::None, Membership::Gossip) => Some(wireguard::cluster_secret(
+            (Encryption::None, Formation::Gossip) => Some(wireguard::cluster_secret(
                 &Topology::state_dir(&self.spec.prefix),
             )?),
-            (Encryption::None, Membership::Static) => None,
+            (Encryption::None, Formation::Static) => None,
         };
         if let Some(secret) = &secret {
-            for h in self.hosts.iter().filter(|h| h.backend == Backend::Meshd) {
+            for h in self.hosts.iter().filter(|h| h.kind == HostKind::Meshd) {
                 wireguard::host_secret(h, secret)?;
             }
         }
         for h in self.hosts.clone() {
-            match h.backend {
-                Backend::Meshd => self.start_meshd(&h)?,
-                Backend::KernelVxlan => self.kernel_vxlan(&h)?,
-                Backend::WireguardGo => {
+            match h.kind {
+                HostKind::Meshd => self.start_meshd(&h)?,
+                HostKind::KernelVxlan => self.kernel_vxlan(&h)?,
+                HostKind::WireguardGo => {
                     let peers: Vec<&Host> =
                         self.hosts.iter().filter(|p| p.index != h.index).collect();
                     let secret = secret.as_ref().context("no cluster secret")?;
@@ -196,9 +196,9 @@ impl Topology {
         }
         for i in 0..self.hosts.len() {
             let mut h = self.hosts[i].clone();
-            if h.backend == Backend::Meshd {
+            if h.kind == HostKind::Meshd {
                 wait_for_socket(&h)?;
-                if self.spec.membership == Membership::Gossip {
+                if self.spec.formation == Formation::Gossip {
                     h.subnet = wait_for_lease(&h)?;
                 }
             }
@@ -276,7 +276,7 @@ impl Topology {
 
     /// The config file a meshd host runs with. Public so tests can start a variant of it.
     pub fn meshd_config(&self, h: &Host) -> String {
-        let gossip = self.spec.membership == Membership::Gossip;
+        let gossip = self.spec.formation == Formation::Gossip;
         let mut c = format!(
             "node-name = \"{}\"\naddress = \"{}\"\nencryption = \"{}\"\nunderlay-mtu = {}\nrun-dir = \"{}\"\nstate-dir = \"{}\"\nlog-level = \"info\"\n",
             h.name,
@@ -363,7 +363,7 @@ impl Topology {
         // VXLAN device compute it in software, as `ethtool -K vxlan0 tx off` would.
         // Only needed when a userspace node is among the peers: an all-kernel lab (the
         // benchmark's baseline) keeps the offloads a real deployment would have.
-        if self.hosts.iter().any(|p| p.backend != Backend::KernelVxlan) {
+        if self.hosts.iter().any(|p| p.kind != HostKind::KernelVxlan) {
             netns::in_netns(ns, || netns::set_tx_checksum("vxlan0", false))??;
         }
         self.pod_bridge(h)?;
@@ -415,8 +415,8 @@ impl Topology {
 
     /// Pod MTU on a host without meshd: the underlay MTU minus the overhead of what the host runs.
     fn overlay_mtu(&self, h: &Host) -> u16 {
-        let overhead = match h.backend {
-            Backend::WireguardGo => Encryption::Wireguard.overhead(),
+        let overhead = match h.kind {
+            HostKind::WireguardGo => Encryption::Wireguard.overhead(),
             _ => Encryption::None.overhead(),
         };
         self.spec.underlay_mtu - overhead as u16
@@ -459,12 +459,12 @@ impl Topology {
     fn add_pod(&self, h: &Host, j: usize, p: &mut Pod) -> Result<()> {
         ip(&["netns", "add", &p.ns])?;
         ip(&["-n", &p.ns, "link", "set", "lo", "up"])?;
-        match h.backend {
-            Backend::Meshd => {
+        match h.kind {
+            HostKind::Meshd => {
                 p.addr = self.cni_add(h, p)?;
                 Ok(())
             }
-            Backend::KernelVxlan | Backend::WireguardGo => self.manual_pod(h, j, p),
+            HostKind::KernelVxlan | HostKind::WireguardGo => self.manual_pod(h, j, p),
         }
     }
 
@@ -616,7 +616,7 @@ fn plan(spec: &Spec) -> Vec<Host> {
     spec.hosts
         .iter()
         .enumerate()
-        .map(|(i, &backend)| {
+        .map(|(i, &kind)| {
             let n = i + 1;
             let name = format!("{}-h{n}", spec.prefix);
             let subnet =
@@ -625,7 +625,7 @@ fn plan(spec: &Spec) -> Vec<Host> {
                 index: n,
                 ns: name.clone(),
                 name,
-                backend,
+                kind,
                 underlay: Ipv4Addr::new(198, 18, 0, n as u8),
                 subnet,
                 dir: dir.join(format!("h{n}")),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use meshd::config::Encryption;
 use meshd::status::Status;
 use meshd_lab::probe::ping;
-use meshd_lab::{Backend, Membership, Spec, Topology};
+use meshd_lab::{Formation, HostKind, Spec, Topology};
 use meshd_tests::{meshd_bin, prefix, require_root};
 
 use crate::cluster::unreachable_pairs;
@@ -28,12 +28,12 @@ pub(crate) fn gossip_spec(tag: &str, nodes: usize, encryption: Encryption) -> Sp
     Spec {
         encryption,
         prefix: prefix(tag),
-        hosts: vec![Backend::Meshd; nodes],
+        hosts: vec![HostKind::Meshd; nodes],
         pods_per_host: 1,
         meshd_args: Vec::new(),
         meshd_bin: meshd_bin(),
         underlay_mtu: 1500,
-        membership: Membership::Gossip,
+        formation: Formation::Gossip,
     }
 }
 
