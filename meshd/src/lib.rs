@@ -15,7 +15,6 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod host;
-pub mod lab;
 pub mod peers;
 pub mod routes;
 pub mod runfiles;

@@ -1,7 +1,9 @@
-//! The `meshd` command: the daemon, its status client, host cleanup, and the local lab.
+//! The `meshd` command: the daemon, its status client, host cleanup, and `meshd lab` (which runs
+//! the `meshd-lab` binary).
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,9 +41,13 @@ enum Command {
     /// Remove everything meshd created on this host (bridge, TUN device, runtime files).
     Cleanup(ConfigArgs),
     /// A local cluster in network namespaces, for trying meshd out.
+    ///
+    /// Runs the `meshd-lab` binary next to this one with the arguments that follow, so
+    /// `meshd lab up --help` shows the lab's own help.
+    #[command(disable_help_flag = true)]
     Lab {
-        #[command(subcommand)]
-        command: meshd::lab::LabCommand,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
     },
 }
 
@@ -218,8 +224,30 @@ fn real_main(cli: Cli) -> Result<()> {
             };
             runtime()?.block_on(meshd::daemon::cleanup(&cfg))
         }
-        Command::Lab { command } => meshd::lab::main(command),
+        Command::Lab { args } => exec_lab(&args),
     }
+}
+
+/// Replace this process with the `meshd-lab` binary next to it: the lab is a crate of its own,
+/// never linked into the daemon, and `meshd lab ...` stays the command users type.
+fn exec_lab(args: &[OsString]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let bin = std::env::current_exe()
+        .context("finding the meshd binary")?
+        .with_file_name("meshd-lab");
+    if !bin.is_file() {
+        anyhow::bail!(
+            "meshd lab needs the meshd-lab binary next to meshd ({} is missing): \
+             cargo build --release",
+            bin.display()
+        );
+    }
+    // argv[0] names the command as the user typed it, for the lab's usage lines.
+    let err = std::process::Command::new(&bin)
+        .arg0("meshd lab")
+        .args(args)
+        .exec();
+    Err(err).with_context(|| format!("running {}", bin.display()))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -236,4 +264,36 @@ fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab_args(argv: &[&str]) -> Option<Vec<OsString>> {
+        match Cli::try_parse_from(argv).ok()?.command {
+            Command::Lab { args } => Some(args),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn lab_arguments_pass_through_unchanged() {
+        let argv = [
+            "meshd",
+            "lab",
+            "up",
+            "--help",
+            "--prefix",
+            "x",
+            "--meshd-arg=--no-udp-gso",
+        ];
+        let rest = argv[2..].iter().map(OsString::from).collect();
+        assert_eq!(lab_args(&argv), Some(rest));
+        assert_eq!(
+            lab_args(&["meshd", "lab", "--help"]),
+            Some(vec!["--help".into()])
+        );
+        assert_eq!(lab_args(&["meshd", "lab"]), Some(vec![]));
+    }
 }

@@ -10,10 +10,10 @@
 
 use super::cluster::spec;
 use super::support::drops;
-use meshd::lab::netns::{in_netns, ip};
-use meshd::lab::probe::ping;
-use meshd::lab::{Backend, Topology};
 use meshd::wire::{vtep_mac, VxlanHeader};
+use meshd_lab::netns::{in_netns, ip};
+use meshd_lab::probe::ping;
+use meshd_lab::{HostKind, Topology};
 use meshd_tests::require_root;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ fn send_all(ns: &str, datagrams: Vec<Vec<u8>>) {
 #[test]
 fn malformed_datagrams_are_dropped_counted_and_harmless() {
     require_root();
-    let t = Topology::up(spec("bad", vec![Backend::Meshd; 2], &[])).unwrap();
+    let t = Topology::up(spec("bad", vec![HostKind::Meshd; 2], &[])).unwrap();
     let (h1, h2) = (&t.hosts[0], &t.hosts[1]);
     let stranger = format!("{}-x", t.spec.prefix);
     ip(&["netns", "add", &stranger]).unwrap();

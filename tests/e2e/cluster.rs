@@ -8,13 +8,13 @@
 //! ```
 
 use meshd::config::Encryption;
-use meshd::lab::probe::{ping, tcp_transfer};
-use meshd::lab::{Backend, Membership, Spec, Topology};
+use meshd_lab::probe::{ping, tcp_transfer};
+use meshd_lab::{Formation, HostKind, Spec, Topology};
 use meshd_tests::{meshd_bin, prefix, require_root};
 
 /// A cleartext (VXLAN) lab: these tests exercise the VXLAN tiers; `encrypted.rs` covers
 /// WireGuard clusters.
-pub fn spec(tag: &str, hosts: Vec<Backend>, args: &[&str]) -> Spec {
+pub fn spec(tag: &str, hosts: Vec<HostKind>, args: &[&str]) -> Spec {
     Spec {
         encryption: Encryption::None,
         prefix: prefix(tag),
@@ -23,7 +23,7 @@ pub fn spec(tag: &str, hosts: Vec<Backend>, args: &[&str]) -> Spec {
         meshd_args: args.iter().map(|s| s.to_string()).collect(),
         meshd_bin: meshd_bin(),
         underlay_mtu: 1500,
-        membership: Membership::Static,
+        formation: Formation::Static,
     }
 }
 
@@ -54,7 +54,7 @@ pub fn assert_transfer(t: &Topology, from: usize, to: usize, port: u16) {
 
 fn full_check(tag: &str, args: &[&str]) -> Topology {
     require_root();
-    let t = Topology::up(spec(tag, vec![Backend::Meshd; 3], args)).unwrap();
+    let t = Topology::up(spec(tag, vec![HostKind::Meshd; 3], args)).unwrap();
     let bad = unreachable_pairs(&t);
     assert!(
         bad.is_empty(),

@@ -1,7 +1,7 @@
 //! A bad configuration fails with a message that names the key, a non-zero exit, and nothing
 //! configured on the host.
 
-use meshd::lab::netns::{self, ip};
+use meshd_lab::netns::{self, ip};
 use meshd_tests::{meshd_bin, prefix, require_root};
 use std::process::Command;
 

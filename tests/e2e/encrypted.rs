@@ -11,15 +11,15 @@
 
 use super::cluster::{assert_transfer, spec, unreachable_pairs};
 use meshd::config::Encryption;
-use meshd::lab::netns::in_netns;
-use meshd::lab::{Backend, Spec, Topology};
+use meshd_lab::netns::in_netns;
+use meshd_lab::{HostKind, Spec, Topology};
 use meshd_tests::require_root;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// An encrypted lab (keys and cluster secret made by the lab).
-pub fn encrypted_spec(tag: &str, hosts: Vec<Backend>) -> Spec {
+pub fn encrypted_spec(tag: &str, hosts: Vec<HostKind>) -> Spec {
     Spec {
         encryption: Encryption::Wireguard,
         ..spec(tag, hosts, &[])
@@ -33,7 +33,7 @@ pub fn status(t: &Topology, host: usize) -> meshd::status::Status {
 #[test]
 fn three_node_encrypted_cluster() {
     require_root();
-    let t = Topology::up(encrypted_spec("wg3", vec![Backend::Meshd; 3])).unwrap();
+    let t = Topology::up(encrypted_spec("wg3", vec![HostKind::Meshd; 3])).unwrap();
     let bad = unreachable_pairs(&t);
     assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
     assert_transfer(&t, 0, 1, 5401);
@@ -142,7 +142,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn capture_during_canaries(t: &Topology) -> (Vec<u8>, usize) {
     let file = std::env::temp_dir().join(format!("{}-u0.pcap", t.spec.prefix));
     // Sessions (or neighbours) first, so no canary waits behind a handshake.
-    meshd::lab::probe::ping(&t.hosts[1].pods[0].ns, t.hosts[0].pods[0].addr, 5).unwrap();
+    meshd_lab::probe::ping(&t.hosts[1].pods[0].ns, t.hosts[0].pods[0].addr, 5).unwrap();
     let cap = Capture::start(&t.hosts[0].ns, file);
     let arrived = send_canaries(t, (1, 0), (0, 0), 5501);
     (cap.finish(), arrived)
@@ -151,7 +151,7 @@ fn capture_during_canaries(t: &Topology) -> (Vec<u8>, usize) {
 #[test]
 fn the_underlay_never_sees_plaintext() {
     require_root();
-    let t = Topology::up(encrypted_spec("wgcap", vec![Backend::Meshd; 2])).unwrap();
+    let t = Topology::up(encrypted_spec("wgcap", vec![HostKind::Meshd; 2])).unwrap();
     let (pcap, arrived) = capture_during_canaries(&t);
     assert!(
         arrived >= 55,
@@ -170,7 +170,7 @@ fn the_underlay_never_sees_plaintext() {
     drop(t);
 
     // The same capture of a cleartext cluster finds the pattern: the check above can fail.
-    let t = Topology::up(spec("wgclr", vec![Backend::Meshd; 2], &[])).unwrap();
+    let t = Topology::up(spec("wgclr", vec![HostKind::Meshd; 2], &[])).unwrap();
     let (pcap, arrived) = capture_during_canaries(&t);
     assert!(arrived >= 55, "only {arrived} of 60 canaries crossed");
     assert!(

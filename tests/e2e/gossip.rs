@@ -14,9 +14,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use meshd::config::Encryption;
-use meshd::lab::probe::ping;
-use meshd::lab::{Backend, Membership, Spec, Topology};
 use meshd::status::Status;
+use meshd_lab::probe::ping;
+use meshd_lab::{Formation, HostKind, Spec, Topology};
 use meshd_tests::{meshd_bin, prefix, require_root};
 
 use crate::cluster::unreachable_pairs;
@@ -28,12 +28,12 @@ pub(crate) fn gossip_spec(tag: &str, nodes: usize, encryption: Encryption) -> Sp
     Spec {
         encryption,
         prefix: prefix(tag),
-        hosts: vec![Backend::Meshd; nodes],
+        hosts: vec![HostKind::Meshd; nodes],
         pods_per_host: 1,
         meshd_args: Vec::new(),
         meshd_bin: meshd_bin(),
         underlay_mtu: 1500,
-        membership: Membership::Gossip,
+        formation: Formation::Gossip,
     }
 }
 
@@ -218,7 +218,7 @@ fn a_node_with_the_wrong_cluster_secret_never_becomes_a_member() {
     meshd_crypto::ClusterSecret::generate()
         .write_new_file(&other)
         .unwrap();
-    let lab_secret = meshd::lab::wireguard::host_secret_path(h3);
+    let lab_secret = meshd_lab::wireguard::host_secret_path(h3);
     // A new node (name and state) with the wrong secret, on h3's address.
     let intruder = "intruder";
     let config = t

@@ -9,7 +9,7 @@
 //! ```
 
 use super::cluster::{assert_transfer, spec, unreachable_pairs};
-use meshd::lab::{Backend, Topology};
+use meshd_lab::{HostKind, Topology};
 use meshd_tests::require_root;
 
 #[test]
@@ -17,7 +17,7 @@ fn kernel_vxlan_node_and_meshd_nodes_interoperate() {
     require_root();
     let t = Topology::up(spec(
         "kvx",
-        vec![Backend::Meshd, Backend::Meshd, Backend::KernelVxlan],
+        vec![HostKind::Meshd, HostKind::Meshd, HostKind::KernelVxlan],
         &[],
     ))
     .unwrap();

@@ -3,9 +3,9 @@
 //! a foreign link in meshd's way is reported and left alone.
 
 use super::cluster::spec;
-use meshd::lab::netns::ip;
-use meshd::lab::probe::ping;
-use meshd::lab::{Backend, Topology};
+use meshd_lab::netns::ip;
+use meshd_lab::probe::ping;
+use meshd_lab::{HostKind, Topology};
 use meshd_tests::{meshd_bin, require_root};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -54,7 +54,7 @@ fn wait_gone(pid: i32) {
 #[test]
 fn stop_restart_and_cleanup() {
     require_root();
-    let t = Topology::up(spec("life", vec![Backend::Meshd; 2], &[])).unwrap();
+    let t = Topology::up(spec("life", vec![HostKind::Meshd; 2], &[])).unwrap();
     let h = &t.hosts[0];
     let cfg = h.dir.join("meshd.toml");
     assert!(addrs(&h.ns, "meshbr0").contains("10.244.1.1/24"));
@@ -148,7 +148,7 @@ fn stop_restart_and_cleanup() {
 #[test]
 fn a_foreign_link_in_the_way_is_reported_and_left_alone() {
     require_root();
-    let t = Topology::up(spec("forn", vec![Backend::Meshd; 2], &[])).unwrap();
+    let t = Topology::up(spec("forn", vec![HostKind::Meshd; 2], &[])).unwrap();
     let h = &t.hosts[1];
     // SAFETY: kill(2) on the pid of the meshd this test started.
     unsafe { libc::kill(meshd_pid(&t, 1), libc::SIGTERM) };

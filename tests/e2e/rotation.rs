@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshd::config::Encryption;
-use meshd::lab::probe::ping;
-use meshd::lab::wireguard::host_secret_path;
-use meshd::lab::Topology;
 use meshd::status::Status;
 use meshd_crypto::{ClusterSecret, SecretId};
+use meshd_lab::probe::ping;
+use meshd_lab::wireguard::host_secret_path;
+use meshd_lab::Topology;
 use meshd_tests::require_root;
 
 use crate::gossip::{gossip_spec, meshd_pid, peer_names, status, wait_for, wait_for_all_alive};

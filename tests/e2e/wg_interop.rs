@@ -11,7 +11,7 @@
 
 use super::cluster::{assert_transfer, unreachable_pairs};
 use super::encrypted::{encrypted_spec, status};
-use meshd::lab::{Backend, Topology};
+use meshd_lab::{HostKind, Topology};
 use meshd_tests::require_root;
 use std::process::Command;
 
@@ -20,7 +20,7 @@ fn wireguard_go_node_and_meshd_nodes_interoperate() {
     require_root();
     let t = Topology::up(encrypted_spec(
         "wgo",
-        vec![Backend::Meshd, Backend::Meshd, Backend::WireguardGo],
+        vec![HostKind::Meshd, HostKind::Meshd, HostKind::WireguardGo],
     ))
     .unwrap();
     let bad = unreachable_pairs(&t);
@@ -38,7 +38,7 @@ fn wireguard_go_node_and_meshd_nodes_interoperate() {
     assert!(wg.handshakes >= 1 && wg.decrypt_failures == 0, "{wg:?}");
 
     // And wireguard-go saw handshakes with both meshd nodes.
-    let dev = meshd::lab::wireguard::ifname(&t.hosts[2].ns);
+    let dev = meshd_lab::wireguard::ifname(&t.hosts[2].ns);
     let out = Command::new("ip")
         .args([
             "netns",

@@ -11,11 +11,11 @@
 
 use super::encrypted::{encrypted_spec, status};
 use super::support::drops;
-use meshd::lab::netns::{in_netns, ip};
-use meshd::lab::probe::{ping, tcp_transfer};
-use meshd::lab::{Backend, Topology};
 use meshd::status::Status;
 use meshd_crypto::{Action, PrivateKey, PublicKey, RateLimiter, Session};
+use meshd_lab::netns::{in_netns, ip};
+use meshd_lab::probe::{ping, tcp_transfer};
+use meshd_lab::{HostKind, Topology};
 use meshd_tests::require_root;
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
@@ -41,13 +41,13 @@ fn wait_for(t: &Topology, host: usize, what: &str, cond: impl Fn(&Status) -> boo
 #[test]
 fn a_node_with_the_wrong_cluster_secret_gets_nothing_through() {
     require_root();
-    let t = Topology::up(encrypted_spec("wgsec", vec![Backend::Meshd; 3])).unwrap();
+    let t = Topology::up(encrypted_spec("wgsec", vec![HostKind::Meshd; 3])).unwrap();
     let h3 = &t.hosts[2];
     let other = h3.dir.join("other.secret");
     meshd_crypto::ClusterSecret::generate()
         .write_new_file(&other)
         .unwrap();
-    let lab_secret = meshd::lab::wireguard::host_secret_path(h3);
+    let lab_secret = meshd_lab::wireguard::host_secret_path(h3);
     let config = t.meshd_config(h3).replace(
         &lab_secret.display().to_string(),
         &other.display().to_string(),
@@ -196,7 +196,7 @@ fn capture_data_from_h2(t: &Topology) -> Vec<Vec<u8>> {
 #[test]
 fn strangers_replays_floods_and_garbage_are_refused_and_counted() {
     require_root();
-    let t = Topology::up(encrypted_spec("wgatk", vec![Backend::Meshd; 2])).unwrap();
+    let t = Topology::up(encrypted_spec("wgatk", vec![HostKind::Meshd; 2])).unwrap();
     let (h1, h2) = (&t.hosts[0], &t.hosts[1]);
     let x = add_stranger(&t);
     let h1_key = h1.public_key.unwrap();

@@ -1,7 +1,7 @@
 //! Shared pieces of the end-to-end tests: where the binaries are, and per-test names.
 //!
 //! The tests themselves live in `e2e/`. Each builds its own topology through
-//! [`meshd::lab::Topology`], under a name prefix unique to the test and the process, and the
+//! [`meshd_lab::Topology`], under a name prefix unique to the test and the process, and the
 //! topology's `Drop` removes it even when the test fails.
 
 use std::path::PathBuf;

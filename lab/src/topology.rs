@@ -19,14 +19,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::netns::{self, ip, run};
-use super::wireguard;
-use crate::config::Encryption;
-use crate::wire::vtep_mac;
+use crate::netns::{self, ip, run};
+use crate::wireguard;
+use meshd::config::Encryption;
+use meshd::wire::vtep_mac;
 
-/// How a lab host carries overlay traffic.
+/// What runs on a lab host and carries its overlay traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub enum HostKind {
     /// A meshd daemon (userspace data path).
     Meshd,
     /// A Linux VXLAN device set up as flannel's vxlan backend does, with no meshd.
@@ -39,7 +39,7 @@ pub enum Backend {
 pub struct Spec {
     /// Prefix of every namespace name; also names the state directory.
     pub prefix: String,
-    pub hosts: Vec<Backend>,
+    pub hosts: Vec<HostKind>,
     pub pods_per_host: usize,
     /// Extra arguments for every `meshd run` (tier switches, say).
     pub meshd_args: Vec<String>,
@@ -49,13 +49,13 @@ pub struct Spec {
     /// What meshd hosts use between nodes; kernel-VXLAN hosts need `None`, wireguard-go hosts
     /// `Wireguard`.
     pub encryption: Encryption,
-    /// How meshd hosts learn about each other.
-    pub membership: Membership,
+    /// How meshd hosts find each other.
+    pub formation: Formation,
 }
 
-/// How the lab's meshd hosts find each other.
+/// How the lab's meshd hosts form the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Membership {
+pub enum Formation {
     /// Every host's config lists every other host as a `[[peers]]` entry with a fixed subnet.
     Static,
     /// Host 1 is the gossip seed, the others join it, subnets are allocated by gossip.
@@ -70,7 +70,7 @@ pub struct Host {
     pub index: usize,
     pub name: String,
     pub ns: String,
-    pub backend: Backend,
+    pub kind: HostKind,
     pub underlay: Ipv4Addr,
     pub subnet: ipnet::Ipv4Net,
     pub dir: PathBuf,
@@ -132,11 +132,11 @@ impl Topology {
             );
         }
         for h in &self.hosts {
-            match (h.backend, self.spec.encryption) {
-                (Backend::KernelVxlan, Encryption::Wireguard) => {
+            match (h.kind, self.spec.encryption) {
+                (HostKind::KernelVxlan, Encryption::Wireguard) => {
                     bail!("a kernel-VXLAN host needs a cleartext lab (--encryption none)")
                 }
-                (Backend::WireguardGo, Encryption::None) => {
+                (HostKind::WireguardGo, Encryption::None) => {
                     bail!("a wireguard-go host needs an encrypted lab (--encryption wireguard)")
                 }
                 _ => {}
@@ -149,12 +149,14 @@ impl Topology {
         for h in self.hosts.clone() {
             self.build_host(&h)?;
         }
-        if self.spec.membership == Membership::Gossip
-            && self.hosts.iter().any(|h| h.backend != Backend::Meshd)
+        if self.spec.formation == Formation::Gossip
+            && self.hosts.iter().any(|h| h.kind != HostKind::Meshd)
         {
-            bail!("a gossip lab runs meshd on every host; use static peers with other backends");
+            bail!(
+                "a gossip lab runs meshd on every host; use static peers with other kinds of host"
+            );
         }
-        let secret = match (self.spec.encryption, self.spec.membership) {
+        let secret = match (self.spec.encryption, self.spec.formation) {
             (Encryption::Wireguard, _) => {
                 for h in &mut self.hosts {
                     h.public_key = Some(wireguard::node_key(h)?);
@@ -163,21 +165,21 @@ impl Topology {
                     &self.spec.prefix,
                 ))?)
             }
-            (Encryption::None, Membership::Gossip) => Some(wireguard::cluster_secret(
+            (Encryption::None, Formation::Gossip) => Some(wireguard::cluster_secret(
                 &Topology::state_dir(&self.spec.prefix),
             )?),
-            (Encryption::None, Membership::Static) => None,
+            (Encryption::None, Formation::Static) => None,
         };
         if let Some(secret) = &secret {
-            for h in self.hosts.iter().filter(|h| h.backend == Backend::Meshd) {
+            for h in self.hosts.iter().filter(|h| h.kind == HostKind::Meshd) {
                 wireguard::host_secret(h, secret)?;
             }
         }
         for h in self.hosts.clone() {
-            match h.backend {
-                Backend::Meshd => self.start_meshd(&h)?,
-                Backend::KernelVxlan => self.kernel_vxlan(&h)?,
-                Backend::WireguardGo => {
+            match h.kind {
+                HostKind::Meshd => self.start_meshd(&h)?,
+                HostKind::KernelVxlan => self.kernel_vxlan(&h)?,
+                HostKind::WireguardGo => {
                     let peers: Vec<&Host> =
                         self.hosts.iter().filter(|p| p.index != h.index).collect();
                     let secret = secret.as_ref().context("no cluster secret")?;
@@ -194,9 +196,9 @@ impl Topology {
         }
         for i in 0..self.hosts.len() {
             let mut h = self.hosts[i].clone();
-            if h.backend == Backend::Meshd {
+            if h.kind == HostKind::Meshd {
                 wait_for_socket(&h)?;
-                if self.spec.membership == Membership::Gossip {
+                if self.spec.formation == Formation::Gossip {
                     h.subnet = wait_for_lease(&h)?;
                 }
             }
@@ -251,7 +253,7 @@ impl Topology {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = std::fs::remove_file(h.dir.join("run").join(crate::runfiles::SOCKET_NAME));
+        let _ = std::fs::remove_file(h.dir.join("run").join(meshd::runfiles::SOCKET_NAME));
         self.start_meshd_with(h, config)?;
         wait_for_socket(h)
     }
@@ -274,7 +276,7 @@ impl Topology {
 
     /// The config file a meshd host runs with. Public so tests can start a variant of it.
     pub fn meshd_config(&self, h: &Host) -> String {
-        let gossip = self.spec.membership == Membership::Gossip;
+        let gossip = self.spec.formation == Formation::Gossip;
         let mut c = format!(
             "node-name = \"{}\"\naddress = \"{}\"\nencryption = \"{}\"\nunderlay-mtu = {}\nrun-dir = \"{}\"\nstate-dir = \"{}\"\nlog-level = \"info\"\n",
             h.name,
@@ -361,7 +363,7 @@ impl Topology {
         // VXLAN device compute it in software, as `ethtool -K vxlan0 tx off` would.
         // Only needed when a userspace node is among the peers: an all-kernel lab (the
         // benchmark's baseline) keeps the offloads a real deployment would have.
-        if self.hosts.iter().any(|p| p.backend != Backend::KernelVxlan) {
+        if self.hosts.iter().any(|p| p.kind != HostKind::KernelVxlan) {
             netns::in_netns(ns, || netns::set_tx_checksum("vxlan0", false))??;
         }
         self.pod_bridge(h)?;
@@ -411,10 +413,10 @@ impl Topology {
         Ok(())
     }
 
-    /// Pod MTU on a host without meshd: the underlay MTU minus the host backend's overhead.
+    /// Pod MTU on a host without meshd: the underlay MTU minus the overhead of what the host runs.
     fn overlay_mtu(&self, h: &Host) -> u16 {
-        let overhead = match h.backend {
-            Backend::WireguardGo => Encryption::Wireguard.overhead(),
+        let overhead = match h.kind {
+            HostKind::WireguardGo => Encryption::Wireguard.overhead(),
             _ => Encryption::None.overhead(),
         };
         self.spec.underlay_mtu - overhead as u16
@@ -434,7 +436,7 @@ impl Topology {
             "add",
             &format!(
                 "{}/{}",
-                crate::host::gateway(h.subnet),
+                meshd::host::gateway(h.subnet),
                 h.subnet.prefix_len()
             ),
             "dev",
@@ -457,12 +459,12 @@ impl Topology {
     fn add_pod(&self, h: &Host, j: usize, p: &mut Pod) -> Result<()> {
         ip(&["netns", "add", &p.ns])?;
         ip(&["-n", &p.ns, "link", "set", "lo", "up"])?;
-        match h.backend {
-            Backend::Meshd => {
+        match h.kind {
+            HostKind::Meshd => {
                 p.addr = self.cni_add(h, p)?;
                 Ok(())
             }
-            Backend::KernelVxlan | Backend::WireguardGo => self.manual_pod(h, j, p),
+            HostKind::KernelVxlan | HostKind::WireguardGo => self.manual_pod(h, j, p),
         }
     }
 
@@ -554,7 +556,7 @@ impl Topology {
             "add",
             "default",
             "via",
-            &crate::host::gateway(h.subnet).to_string(),
+            &meshd::host::gateway(h.subnet).to_string(),
         ])?;
         Ok(())
     }
@@ -614,7 +616,7 @@ fn plan(spec: &Spec) -> Vec<Host> {
     spec.hosts
         .iter()
         .enumerate()
-        .map(|(i, &backend)| {
+        .map(|(i, &kind)| {
             let n = i + 1;
             let name = format!("{}-h{n}", spec.prefix);
             let subnet =
@@ -623,7 +625,7 @@ fn plan(spec: &Spec) -> Vec<Host> {
                 index: n,
                 ns: name.clone(),
                 name,
-                backend,
+                kind,
                 underlay: Ipv4Addr::new(198, 18, 0, n as u8),
                 subnet,
                 dir: dir.join(format!("h{n}")),
@@ -641,10 +643,10 @@ fn plan(spec: &Spec) -> Vec<Host> {
 
 /// The subnet gossip leased host `h`, once its `network.json` names it.
 pub fn wait_for_lease(h: &Host) -> Result<ipnet::Ipv4Net> {
-    let path = h.dir.join("run").join(crate::runfiles::NETWORK_FILE);
+    let path = h.dir.join("run").join(meshd::runfiles::NETWORK_FILE);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let file: Option<crate::runfiles::NetworkFile> = std::fs::read_to_string(&path)
+        let file: Option<meshd::runfiles::NetworkFile> = std::fs::read_to_string(&path)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
         if let Some(net) = file.and_then(|f| f.subnet.parse().ok()) {
@@ -661,7 +663,7 @@ fn wait_for_socket(h: &Host) -> Result<()> {
     let run_dir = h.dir.join("run");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if crate::status::query(&run_dir).is_ok() {
+        if meshd::status::query(&run_dir).is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {

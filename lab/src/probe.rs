@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::netns::in_netns;
+use crate::netns::in_netns;
 
 /// Send ICMP echo requests from namespace `ns` to `dst` until one is answered or `attempts`
 /// have timed out. Returns the round-trip time of the answered one.

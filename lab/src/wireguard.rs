@@ -17,9 +17,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::netns::{self, ip, run};
-use super::topology::Host;
-use crate::config::{NODE_KEY_FILE, WIREGUARD_OVERHEAD};
+use crate::netns::{self, ip, run};
+use crate::topology::Host;
+use meshd::config::{NODE_KEY_FILE, WIREGUARD_OVERHEAD};
 
 /// The lab's cluster secret file.
 pub const SECRET_FILE: &str = "cluster.secret";

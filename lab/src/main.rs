@@ -1,0 +1,203 @@
+//! The `meshd-lab` command, which `meshd lab` runs: `up`, `check` and `down` for a local cluster
+//! in network namespaces. The daemons it starts are the `meshd` binary next to this one (cargo
+//! builds both into one directory), or `$MESHD_BIN`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use meshd::config::Encryption;
+use meshd_lab::{topology, Formation, HostKind, Spec, Topology, DEFAULT_PREFIX};
+
+#[derive(Parser)]
+#[command(
+    name = "meshd-lab",
+    version,
+    about = "A local cluster in network namespaces, for trying meshd out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Build N hosts, run meshd in each, attach pods.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2)]
+        pods: usize,
+        /// How many of the hosts (the last ones) use a kernel VXLAN device instead of meshd
+        /// (cleartext labs only).
+        #[arg(long, default_value_t = 0)]
+        kernel_vxlan: usize,
+        /// How many of the hosts (the last ones) run Debian's wireguard-go instead of meshd
+        /// (encrypted labs only).
+        #[arg(long, default_value_t = 0)]
+        wireguard_go: usize,
+        /// `wireguard` (keys and a cluster secret are made for the lab) or `none` (VXLAN).
+        #[arg(long, default_value = "wireguard")]
+        encryption: Encryption,
+        #[arg(long, default_value = DEFAULT_PREFIX)]
+        prefix: String,
+        /// Extra arguments for each `meshd run`, e.g. `--meshd-arg=--no-tun-offload`.
+        #[arg(long = "meshd-arg", allow_hyphen_values = true)]
+        meshd_args: Vec<String>,
+        /// Write every host's peers and subnet into its config instead of forming the cluster
+        /// by gossip from host 1 (implied with --kernel-vxlan or --wireguard-go hosts).
+        #[arg(long = "static")]
+        static_peers: bool,
+    },
+    /// Ping every pod from every pod, then time a TCP transfer between two hosts.
+    Check {
+        #[arg(long, default_value = DEFAULT_PREFIX)]
+        prefix: String,
+        /// Megabytes for the TCP transfer.
+        #[arg(long, default_value_t = 512)]
+        megabytes: u64,
+    },
+    /// Remove the lab: daemons, namespaces, files. Safe after a crash of `up`.
+    Down {
+        #[arg(long, default_value = DEFAULT_PREFIX)]
+        prefix: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshd lab: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cmd: LabCommand) -> Result<()> {
+    match cmd {
+        LabCommand::Up {
+            nodes,
+            pods,
+            kernel_vxlan,
+            wireguard_go,
+            encryption,
+            prefix,
+            meshd_args,
+            static_peers,
+        } => {
+            if !(2..=200).contains(&nodes) {
+                bail!("--nodes must be between 2 and 200");
+            }
+            if kernel_vxlan + wireguard_go > nodes || !(1..=200).contains(&pods) {
+                bail!("--kernel-vxlan plus --wireguard-go must not exceed --nodes, and --pods must be 1 to 200");
+            }
+            let hosts = (0..nodes)
+                .map(|i| {
+                    if i >= nodes - kernel_vxlan {
+                        HostKind::KernelVxlan
+                    } else if i >= nodes - kernel_vxlan - wireguard_go {
+                        HostKind::WireguardGo
+                    } else {
+                        HostKind::Meshd
+                    }
+                })
+                .collect();
+            let meshd_bin = meshd_bin()?;
+            if !meshd_bin.is_file() && kernel_vxlan + wireguard_go < nodes {
+                bail!(
+                    "the meshd binary {} is missing: the lab runs it in its hosts; build it next \
+                     to meshd-lab (`cargo build --release`), or name it with MESHD_BIN",
+                    meshd_bin.display()
+                );
+            }
+            let spec = Spec {
+                prefix: prefix.clone(),
+                hosts,
+                pods_per_host: pods,
+                meshd_args,
+                meshd_bin,
+                underlay_mtu: 1500,
+                encryption,
+                formation: if static_peers || kernel_vxlan + wireguard_go > 0 {
+                    Formation::Static
+                } else {
+                    Formation::Gossip
+                },
+            };
+            let mut t = Topology::up(spec.clone())?;
+            t.cleanup_on_drop = false;
+            meshd_lab::save(&spec)?;
+            for h in &t.hosts {
+                let pods: Vec<String> = h.pods.iter().map(|p| p.addr.to_string()).collect();
+                println!(
+                    "{:<12} {:<12} underlay {:<12} subnet {:<15} pods {}",
+                    h.ns,
+                    format!("{:?}", h.kind),
+                    h.underlay,
+                    h.subnet,
+                    pods.join(" ")
+                );
+            }
+            println!(
+                "lab `{prefix}` is up: `meshd lab check` tests it, `meshd lab down` removes it"
+            );
+            println!(
+                "status of a node: ip netns exec {} meshd status --run-dir {}",
+                t.hosts[0].ns,
+                t.hosts[0].dir.join("run").display()
+            );
+            Ok(())
+        }
+        LabCommand::Check { prefix, megabytes } => {
+            let spec = meshd_lab::load(&prefix)?;
+            let mut t = Topology::attach(spec);
+            t.refresh_pod_addrs();
+            meshd_lab::check(&t, megabytes)
+        }
+        LabCommand::Down { prefix } => {
+            topology::down(&prefix);
+            println!("lab `{prefix}` removed");
+            Ok(())
+        }
+    }
+}
+
+/// The `meshd` binary the lab's hosts run: `$MESHD_BIN`, or the one next to this binary.
+fn meshd_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MESHD_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    Ok(std::env::current_exe()
+        .context("finding the meshd-lab binary")?
+        .with_file_name("meshd"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn meshd_arguments_may_start_with_hyphens() {
+        let argv = [
+            "meshd lab",
+            "up",
+            "--meshd-arg=--no-tun-offload",
+            "--meshd-arg",
+            "--no-udp-gso",
+        ];
+        let meshd_args = match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(LabCommand::Up { meshd_args, .. }) => meshd_args,
+            _ => Vec::new(),
+        };
+        assert_eq!(meshd_args, ["--no-tun-offload", "--no-udp-gso"]);
+    }
+}
