@@ -132,7 +132,7 @@ pub struct TierReport {
 }
 
 /// Open the TUN queues and one UDP socket per queue, and report the tiers in use.
-pub fn open(cfg: &Config, address: IpAddr) -> Result<(TunQueues, UdpQueues, TierReport)> {
+pub(crate) fn open(cfg: &Config, address: IpAddr) -> Result<(TunQueues, UdpQueues, TierReport)> {
     let tun = open_tun(cfg)?;
     let udp = open_udp(cfg, address, tun.queues.len())?;
     let tiers = TierReport {
@@ -146,15 +146,14 @@ pub fn open(cfg: &Config, address: IpAddr) -> Result<(TunQueues, UdpQueues, Tier
 }
 
 /// The TUN queues, one per worker pair.
-pub struct TunQueues {
+pub(crate) struct TunQueues {
     pub queues: Vec<SyncDevice>,
-    pub offload: bool,
     pub multi_queue: Tier,
     pub tun_offload: Tier,
 }
 
 /// Open the TUN device `cfg.tun` with as many queues and as much offload as the kernel allows.
-pub fn open_tun(cfg: &Config) -> Result<TunQueues> {
+pub(crate) fn open_tun(cfg: &Config) -> Result<TunQueues> {
     let wanted = cfg.queue_count();
     let try_mq = cfg.tiers.multi_queue && wanted > 1;
     let try_offload = cfg.tiers.tun_offload;
@@ -209,7 +208,6 @@ pub fn open_tun(cfg: &Config) -> Result<TunQueues> {
                 }
                 return Ok(TunQueues {
                     queues,
-                    offload: offload_on,
                     multi_queue: mq_tier,
                     tun_offload: off_tier,
                 });
@@ -244,7 +242,7 @@ fn build(cfg: &Config, multi_queue: bool, offload: bool) -> std::io::Result<Sync
 
 /// One UDP socket per queue, all bound to the data port (VXLAN or WireGuard) with SO_REUSEPORT so the kernel spreads
 /// flows across them.
-pub struct UdpQueues {
+pub(crate) struct UdpQueues {
     pub sockets: Vec<(UdpSocket, UdpSocketState)>,
     pub gso_segments: usize,
     pub gro: bool,
@@ -252,7 +250,7 @@ pub struct UdpQueues {
     pub udp_gro: Tier,
 }
 
-pub fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQueues> {
+pub(crate) fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQueues> {
     let mut sockets = Vec::with_capacity(count);
     for _ in 0..count {
         let port = cfg.data_port();

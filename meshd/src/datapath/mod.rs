@@ -111,7 +111,7 @@ pub enum Received {
 }
 
 /// What every worker of a data path shares.
-pub struct Shared<E> {
+pub(crate) struct Shared<E> {
     pub routes: Arc<Routes>,
     pub encap: Arc<E>,
     pub stop: Arc<AtomicBool>,
@@ -120,7 +120,7 @@ pub struct Shared<E> {
 }
 
 /// One TUN queue and its UDP socket, shared by the queue's TX and RX workers.
-pub struct Queue {
+pub(crate) struct Queue {
     pub tun: Arc<tun_rs::SyncDevice>,
     pub socket: Arc<(UdpSocket, UdpSocketState)>,
     pub gro: bool,

@@ -45,7 +45,7 @@ pub fn encode_batch<'p, 't, E: Encap>(
     }
 }
 
-pub fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
+pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
     let mut reader = TunReader::new(shared.mtu);
     let mut runs = Runs::new(TX_BATCH, E::datagram_len(shared.mtu), q.gso_segments);
     let mut drops = DropTally::default();
@@ -72,7 +72,7 @@ pub fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
     }
 }
 
-pub fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
+pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
     let mut reader = UdpReader::new(q.gro, E::max_datagram(shared.mtu));
     let mut out = TunWriter::new(E::RX_WRITE_BATCH);
     let (sock, state) = &*q.socket;

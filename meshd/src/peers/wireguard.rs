@@ -68,7 +68,7 @@ impl NodeCrypto {
     }
 
     /// A fresh session with the node whose key is `key`, under a new local index.
-    pub fn new_peer(
+    pub(crate) fn new_peer(
         &self,
         key: PublicKey,
         peer_ids: Option<&[SecretId]>,

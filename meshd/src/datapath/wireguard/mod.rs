@@ -37,9 +37,9 @@ pub use crate::peers::wireguard::WgPeer;
 pub const SCRATCH_LEN: usize = 65_535 + DATA_OVERHEAD;
 /// How often the control plane runs every session's timers. boringtun's timers have a
 /// resolution of 250 ms; running them a bit more often keeps retries and keepalives on time.
-pub const TIMER_TICK: Duration = Duration::from_millis(100);
+pub(crate) const TIMER_TICK: Duration = Duration::from_millis(100);
 /// How often the shared handshake rate limiter's count is cleared (WireGuard's one second).
-pub const LIMITER_RESET: Duration = Duration::from_secs(1);
+pub(crate) const LIMITER_RESET: Duration = Duration::from_secs(1);
 /// Inner packets handed to one `send_multiple` (and so to one GRO coalescing pass). Each
 /// buffer can grow to a coalesced 64 KiB packet, so this many cost 4 MiB per worker.
 const RX_WRITE_BATCH: usize = 64;
