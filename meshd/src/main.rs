@@ -20,6 +20,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start-up: a `run` with a flag for every config key may be large.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the node daemon.
     Run(RunArgs),

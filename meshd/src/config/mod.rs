@@ -9,6 +9,7 @@
 
 pub mod cli;
 mod file;
+mod peer_flag;
 mod validate;
 
 use ipnet::Ipv4Net;
