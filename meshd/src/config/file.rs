@@ -22,9 +22,13 @@ impl Config {
 
 fn toml_error(e: &toml::de::Error, text: &str) -> ConfigError {
     let msg = e.message().trim().to_string();
-    // Unknown keys are named in the message; type errors only carry a span: name the key that
-    // starts the line the span points into, and give the line number.
-    if let Some(key) = msg.split('`').nth(1) {
+    // serde names the key in unknown, missing and duplicate field errors. Other errors quote the
+    // value if anything (a mistyped value, an unknown variant) and carry a span: name the key
+    // that starts the line the span points into, and give the line number.
+    let names_a_field = ["unknown field", "missing field", "duplicate field"]
+        .iter()
+        .any(|p| msg.starts_with(p));
+    if let Some(key) = msg.split('`').nth(1).filter(|_| names_a_field) {
         return err(key, msg.clone());
     }
     let Some(span) = e.span() else {
@@ -183,6 +187,9 @@ pub(super) mod tests {
         let cases = [
             ("[vxlan]\nvnii = 2", "vnii", ""),
             ("[tiers]\nudp-gso = \"yes\"", "udp-gso", "line 3"),
+            ("[gossip]\nenabled = 1", "enabled", "line 3"),
+            ("encryption = \"wg\"", "encryption", "line 2"),
+            ("[vxlan]\nport = 1.5", "port", "line 3"),
             (
                 "[[peers]]\nname = \"c\"\naddress = \"198.18.0.3\"",
                 "subnet",
