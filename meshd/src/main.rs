@@ -2,11 +2,12 @@
 //! the `meshd-lab` binary).
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use meshd::config::cli::{ConfigArgs, RunArgs};
 use meshd::config::Config;
 
 #[derive(Parser)]
@@ -21,6 +22,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start-up: a `run` with a flag for every config key may be large.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the node daemon.
     Run(RunArgs),
@@ -49,115 +52,6 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-}
-
-#[derive(Args)]
-struct ConfigArgs {
-    /// Configuration file (TOML).
-    #[arg(long, short, env = "MESHD_CONFIG")]
-    config: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct RunArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
-    /// Validate the configuration (and read the cluster secrets) and exit without touching
-    /// the host.
-    #[arg(long)]
-    check_config: bool,
-    #[arg(long, env = "MESHD_NODE_NAME")]
-    node_name: Option<String>,
-    /// Underlay address other nodes reach this one at.
-    #[arg(long, env = "MESHD_ADDRESS")]
-    address: Option<std::net::IpAddr>,
-    /// This node's pod subnet.
-    #[arg(long, env = "MESHD_SUBNET")]
-    subnet: Option<ipnet::Ipv4Net>,
-    /// Gossip seed `host:port` to join through (repeatable; MESHD_JOIN takes a comma-separated
-    /// list). Added to the config's `seeds`; turns gossip on.
-    #[arg(long = "join", env = "MESHD_JOIN", value_delimiter = ',')]
-    join: Vec<String>,
-    /// UDP port of the gossip socket.
-    #[arg(long, env = "MESHD_GOSSIP_PORT")]
-    gossip_port: Option<u16>,
-    #[arg(long, env = "MESHD_RUN_DIR")]
-    run_dir: Option<PathBuf>,
-    #[arg(long, env = "MESHD_STATE_DIR")]
-    state_dir: Option<PathBuf>,
-    #[arg(long, env = "MESHD_LOG_LEVEL")]
-    log_level: Option<String>,
-    #[arg(long, env = "MESHD_QUEUES")]
-    queues: Option<usize>,
-    /// `wireguard` (the default) or `none` (cleartext VXLAN, trusted networks only).
-    #[arg(long, env = "MESHD_ENCRYPTION")]
-    encryption: Option<meshd::config::Encryption>,
-    /// File holding the cluster secret (mode 0600). MESHD_CLUSTER_SECRET may carry the secret
-    /// itself instead.
-    #[arg(long, env = "MESHD_CLUSTER_SECRET_FILE")]
-    cluster_secret_file: Option<PathBuf>,
-    /// Do not use multi-queue TUN even where the kernel has it.
-    #[arg(long, env = "MESHD_NO_MULTI_QUEUE")]
-    no_multi_queue: bool,
-    /// Do not use TUN TSO/GRO offload (virtio-net header).
-    #[arg(long, env = "MESHD_NO_TUN_OFFLOAD")]
-    no_tun_offload: bool,
-    /// Do not send with UDP GSO.
-    #[arg(long, env = "MESHD_NO_UDP_GSO")]
-    no_udp_gso: bool,
-    /// Do not receive with UDP GRO.
-    #[arg(long, env = "MESHD_NO_UDP_GRO")]
-    no_udp_gro: bool,
-}
-
-impl RunArgs {
-    fn load(&self) -> Result<Config> {
-        let mut c = match &self.config.config {
-            Some(p) => Config::from_file(p)?,
-            None => Config::default(),
-        };
-        if let Some(v) = &self.node_name {
-            c.node_name = v.clone();
-        }
-        if self.address.is_some() {
-            c.address = self.address;
-        }
-        if self.subnet.is_some() {
-            c.subnet = self.subnet;
-        }
-        for seed in &self.join {
-            if !c.seeds.contains(seed) {
-                c.seeds.push(seed.clone());
-            }
-        }
-        if let Some(v) = self.gossip_port {
-            c.gossip.port = v;
-        }
-        if let Some(v) = &self.run_dir {
-            c.run_dir = v.clone();
-        }
-        if let Some(v) = &self.state_dir {
-            c.state_dir = v.clone();
-        }
-        if let Some(v) = &self.log_level {
-            c.log_level = v.clone();
-        }
-        if let Some(v) = self.queues {
-            c.queues = v;
-        }
-        if let Some(v) = self.encryption {
-            c.encryption = v;
-        }
-        if let Some(v) = &self.cluster_secret_file {
-            c.cluster_secret_file = Some(v.clone());
-        }
-        c.tiers.multi_queue &= !self.no_multi_queue;
-        c.tiers.tun_offload &= !self.no_tun_offload;
-        c.tiers.udp_gso &= !self.no_udp_gso;
-        c.tiers.udp_gro &= !self.no_udp_gro;
-        c.validate()?;
-        Ok(c)
-    }
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,402 @@
+//! meshd's configuration: one TOML file (kebab-case keys, a default for everything that can have
+//! one), overridden by the flags of `meshd run` ([`cli`]), each of which also reads a `MESHD_*`
+//! variable.
+//!
+//! The file is read straight into [`Config`]: serde's `default` fills what the file leaves out,
+//! so there is no second, all-`Option` copy of the struct to keep in step with this one. Every
+//! check lives in [`Config::validate`] (`validate.rs`), and every error names the key and says
+//! what is wrong with it, so `meshd run --check-config` is useful to an operator.
+
+pub mod cli;
+mod file;
+mod peer_flag;
+mod validate;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use crate::wire::VXLAN_OVERHEAD;
+
+/// Bytes a WireGuard data message adds to a pod packet on an IPv6 underlay: IPv6 (40), UDP (8),
+/// WireGuard header and tag (32). wg-quick subtracts the same 80 whatever the underlay, so an
+/// MTU chosen for IPv4 keeps working when a peer moves to IPv6.
+pub const WIREGUARD_OVERHEAD: usize = 80;
+pub use crate::runfiles::NODE_KEY_FILE;
+/// Environment variable that carries the cluster secret itself (base64).
+pub const CLUSTER_SECRET_ENV: &str = "MESHD_CLUSTER_SECRET";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name, unique in the cluster; its VTEP MAC derives from it.
+    pub node_name: String,
+    /// Underlay address other nodes send to. Required.
+    pub address: Option<IpAddr>,
+    /// This node's pod subnet. Required without gossip; with gossip, an explicit claim (absent:
+    /// the lease persisted under `state-dir`, else a free subnet picked by the cluster).
+    pub subnet: Option<Ipv4Net>,
+    /// Gossip seeds, `host:port`: any live member will do. Turns gossip on.
+    pub seeds: Vec<String>,
+    pub gossip: GossipConfig,
+    /// All pod subnets together; routed into the overlay.
+    pub cluster_cidr: Ipv4Net,
+    /// "wireguard" (the default): standard WireGuard between nodes. "none": cleartext VXLAN
+    /// framing, for trusted networks only.
+    pub encryption: Encryption,
+    pub vxlan: VxlanConfig,
+    pub wireguard: WireguardConfig,
+    /// File holding the cluster secret (base64, mode 0600); `MESHD_CLUSTER_SECRET` may carry the
+    /// secret itself instead. Required with `encryption = "wireguard"`.
+    pub cluster_secret_file: Option<PathBuf>,
+    /// MTU of the underlay path; the TUN MTU is this minus the encapsulation overhead.
+    pub underlay_mtu: u16,
+    /// Name of the pod bridge meshd creates.
+    pub bridge: String,
+    /// Name of the TUN device meshd creates.
+    pub tun: String,
+    /// Data-path queues (TUN queues and UDP sockets, one worker pair each); 0 = one per CPU.
+    pub queues: usize,
+    /// Send and receive buffer of each UDP socket, in bytes (forced as root).
+    pub socket_buffer: usize,
+    /// Transmit queue length of the TUN device, in packets.
+    pub tun_txqueuelen: u32,
+    pub tiers: Tiers,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    /// A `tracing` filter.
+    pub log_level: String,
+    /// Peers known without gossip.
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encryption {
+    #[default]
+    Wireguard,
+    None,
+}
+
+impl Encryption {
+    /// Bytes the encapsulation adds to a pod packet: the TUN MTU is the underlay MTU minus this.
+    pub fn overhead(self) -> usize {
+        match self {
+            Encryption::Wireguard => WIREGUARD_OVERHEAD,
+            Encryption::None => VXLAN_OVERHEAD,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encryption::Wireguard => "wireguard",
+            Encryption::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for Encryption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "wireguard" => Ok(Encryption::Wireguard),
+            "none" => Ok(Encryption::None),
+            _ => Err(format!(
+                "`{s}` is not an encryption mode: wireguard or none"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct WireguardConfig {
+    /// UDP port for WireGuard datagrams, on this node and on every peer.
+    pub port: u16,
+    /// Handshake initiations per second answered before initiators must show a cookie.
+    pub handshakes_per_second: u64,
+}
+
+/// Membership and subnet allocation by gossip (UDP, every datagram sealed with a key derived
+/// from the cluster secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct GossipConfig {
+    /// Run gossip. Absent: on when `seeds` are given or `subnet` is not (a seed node with an
+    /// explicit subnet sets `enabled = true`).
+    pub enabled: Option<bool>,
+    /// UDP port of the gossip socket, on this node and (unless a seed says otherwise) on peers.
+    pub port: u16,
+}
+
+/// Cleartext mode: the VXLAN UDP port and network identifier, the same on every node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct VxlanConfig {
+    pub port: u16,
+    pub vni: u32,
+}
+
+/// Each optional speed-up can be switched off to exercise the path an older kernel takes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Tiers {
+    pub multi_queue: bool,
+    pub tun_offload: bool,
+    pub udp_gso: bool,
+    pub udp_gro: bool,
+}
+
+/// A peer known without gossip. No `default` here, unlike the tables above: a peer without a
+/// name, an address or a subnet is a mistake to report, not a gap to fill.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    pub address: IpAddr,
+    pub subnet: Ipv4Net,
+    /// The peer's WireGuard public key (base64, as `meshd pubkey` or `wg pubkey` prints it).
+    /// Required with `encryption = "wireguard"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+impl PeerConfig {
+    /// The peer's public key, once [`Config::validate`] has accepted it.
+    pub fn key(&self) -> Option<meshd_crypto::PublicKey> {
+        self.public_key.as_deref().and_then(|k| k.parse().ok())
+    }
+}
+
+/// A configuration value that cannot work, with the key it came from.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("config key `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: default_node_name(),
+            address: None,
+            subnet: None,
+            seeds: Vec::new(),
+            gossip: GossipConfig::default(),
+            cluster_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
+            encryption: Encryption::default(),
+            vxlan: VxlanConfig::default(),
+            wireguard: WireguardConfig::default(),
+            cluster_secret_file: None,
+            underlay_mtu: 1500,
+            bridge: "meshbr0".into(),
+            tun: "mesh0".into(),
+            queues: 0,
+            socket_buffer: 8 << 20,
+            tun_txqueuelen: 1000,
+            tiers: Tiers::default(),
+            state_dir: "/var/lib/meshd".into(),
+            run_dir: "/run/meshd".into(),
+            log_level: "info".into(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            enabled: None,
+            port: 7946,
+        }
+    }
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig { port: 8472, vni: 1 }
+    }
+}
+
+impl Default for WireguardConfig {
+    fn default() -> Self {
+        WireguardConfig {
+            port: 51820,
+            handshakes_per_second: meshd_crypto::handshake::DEFAULT_HANDSHAKES_PER_SECOND,
+        }
+    }
+}
+
+impl Default for Tiers {
+    fn default() -> Self {
+        Tiers {
+            multi_queue: true,
+            tun_offload: true,
+            udp_gso: true,
+            udp_gro: true,
+        }
+    }
+}
+
+impl Config {
+    /// Whether this node runs gossip: `gossip.enabled`, else on with seeds or without a subnet.
+    pub fn gossip_enabled(&self) -> bool {
+        self.gossip
+            .enabled
+            .unwrap_or(!self.seeds.is_empty() || self.subnet.is_none())
+    }
+
+    /// Prefix length of node subnets cut from the cluster CIDR by gossip.
+    pub fn node_prefix(&self) -> u8 {
+        24u8.max(self.cluster_cidr.prefix_len())
+    }
+
+    /// MTU of the TUN device and of pods.
+    pub fn overlay_mtu(&self) -> u16 {
+        self.underlay_mtu
+            .saturating_sub(self.encryption.overhead() as u16)
+    }
+
+    /// UDP port of the data path in the configured mode.
+    pub fn data_port(&self) -> u16 {
+        match self.encryption {
+            Encryption::Wireguard => self.wireguard.port,
+            Encryption::None => self.vxlan.port,
+        }
+    }
+
+    /// Where the node's WireGuard private key lives.
+    pub fn node_key_path(&self) -> PathBuf {
+        self.state_dir.join(NODE_KEY_FILE)
+    }
+
+    /// The cluster secrets (one, or several during a rotation, primary first):
+    /// `MESHD_CLUSTER_SECRET` (the secrets themselves, separated by commas) if set, otherwise
+    /// the file named by `cluster-secret-file` (one per line; refused when group or others can
+    /// read it). Read again on SIGHUP and whenever the file changes.
+    pub fn cluster_keyring(&self) -> Result<meshd_crypto::Keyring, ConfigError> {
+        if let Ok(v) = std::env::var(CLUSTER_SECRET_ENV) {
+            return meshd_crypto::Keyring::parse(&v)
+                .map_err(|e| err(CLUSTER_SECRET_ENV, e.to_string()));
+        }
+        let path = self.cluster_secret_file.as_ref().ok_or_else(|| {
+            err(
+                "cluster-secret-file",
+                format!("required with encryption = \"wireguard\" or gossip unless {CLUSTER_SECRET_ENV} is set; `meshd secret > FILE` makes one"),
+            )
+        })?;
+        meshd_crypto::Keyring::read_file(path)
+            .map_err(|e| err("cluster-secret-file", e.to_string()))
+    }
+
+    /// Number of data-path queues to ask for.
+    pub fn queue_count(&self) -> usize {
+        if self.queues > 0 {
+            return self.queues;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8)
+    }
+}
+
+/// `host:port` split at the last colon (IPv6 literals in brackets); `None` when malformed.
+pub fn split_seed(seed: &str) -> Option<(&str, u16)> {
+    let (host, port) = seed.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty() && port != 0).then_some((host, port))
+}
+
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "meshd-node".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::path::Path;
+
+    pub(super) const GOOD: &str = r#"
+        node-name = "a"
+        address = "198.18.0.1"
+        subnet = "10.244.1.0/24"
+        [[peers]]
+        name = "b"
+        address = "198.18.0.2"
+        subnet = "10.244.2.0/24"
+        public-key = "U1o8m1yUdU0cGWJAPZ5ch6xvnQuAoMTqlbQDTujHiH4="
+    "#;
+
+    #[test]
+    fn defaults_fill_the_rest() {
+        let c = Config::from_toml(GOOD).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.vxlan.port, 8472);
+        assert_eq!(c.vxlan.vni, 1);
+        assert_eq!(c.encryption, Encryption::Wireguard);
+        assert_eq!(c.wireguard.port, 51820);
+        assert_eq!(c.data_port(), 51820);
+        assert_eq!(c.overlay_mtu(), 1420);
+        assert_eq!(c.node_key_path(), Path::new("/var/lib/meshd/node.key"));
+        let mut clear = c.clone();
+        clear.encryption = Encryption::None;
+        assert_eq!(clear.overlay_mtu(), 1450);
+        assert_eq!(clear.data_port(), 8472);
+        assert!(c.tiers.tun_offload && c.tiers.udp_gso && c.tiers.udp_gro && c.tiers.multi_queue);
+        assert_eq!(c.peers.len(), 1);
+    }
+
+    #[test]
+    fn cluster_secret_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("meshd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        let _ = std::fs::remove_file(&path);
+        let secret = meshd_crypto::ClusterSecret::generate();
+        secret.write_new_file(&path).unwrap();
+        let mut c = Config::from_toml(GOOD).unwrap();
+        if std::env::var_os(CLUSTER_SECRET_ENV).is_none() {
+            assert_eq!(c.cluster_keyring().unwrap_err().key, "cluster-secret-file");
+            c.cluster_secret_file = Some(path.clone());
+            assert_eq!(
+                c.cluster_keyring().unwrap().ids(),
+                vec![meshd_crypto::SecretId::of(&secret)]
+            );
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert_eq!(c.cluster_keyring().unwrap_err().key, "cluster-secret-file");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn gossip_makes_the_subnet_optional() {
+        let c =
+            Config::from_toml("address = \"198.18.0.1\"\nseeds = [\"198.18.0.2:7946\"]").unwrap();
+        c.validate().unwrap();
+        assert!(c.gossip_enabled());
+        assert_eq!(c.gossip.port, 7946);
+        // No subnet and no seeds: the first node of a gossip cluster.
+        let first = Config::from_toml("address = \"198.18.0.1\"").unwrap();
+        first.validate().unwrap();
+        assert!(first.gossip_enabled());
+        // Static peers alone keep gossip off.
+        assert!(!Config::from_toml(GOOD).unwrap().gossip_enabled());
+    }
+}

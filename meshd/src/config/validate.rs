@@ -1,0 +1,326 @@
+//! Every check on a [`Config`], whichever layer (file, flag, environment) a value came from.
+//!
+//! Checks run once, on the merged configuration, because most of them relate keys to each other
+//! (a subnet inside `cluster-cidr`, a peer's address not this node's, the MTU against the
+//! encryption's overhead): checking a layer alone would miss those and report the rest twice.
+//! Errors use the file's key names, so one message format serves every layer.
+
+use ipnet::Ipv4Net;
+use std::net::IpAddr;
+
+use super::{err, split_seed, Config, ConfigError, Encryption, PeerConfig};
+
+impl Config {
+    /// Check that the configuration can work; nothing on the host is touched.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_ifname("node-name", &self.node_name, 253)?;
+        if self.node_name.is_empty() || self.node_name.chars().any(|c| c.is_whitespace()) {
+            return Err(err(
+                "node-name",
+                "must be non-empty and contain no whitespace",
+            ));
+        }
+        let address = self.address.ok_or_else(|| {
+            err(
+                "address",
+                "required: the underlay address other nodes reach this node at",
+            )
+        })?;
+        if address.is_unspecified() || address.is_multicast() {
+            return Err(err(
+                "address",
+                format!("{address} is not a unicast address"),
+            ));
+        }
+        if self.subnet.is_none() && !self.gossip_enabled() {
+            return Err(err(
+                "subnet",
+                "required without gossip: this node's pod subnet, e.g. 10.244.1.0/24",
+            ));
+        }
+        if let Some(subnet) = self.subnet {
+            self.check_subnet("subnet", subnet)?;
+            if subnet.prefix_len() > 30 {
+                return Err(err(
+                    "subnet",
+                    format!("{subnet} is too small: a /30 or larger is needed"),
+                ));
+            }
+        }
+        if self.gossip_enabled() {
+            self.validate_gossip()?;
+        }
+        if self.cluster_cidr.prefix_len() > 30 {
+            return Err(err(
+                "cluster-cidr",
+                format!("{} is too small", self.cluster_cidr),
+            ));
+        }
+        if self.vxlan.vni == 0 || self.vxlan.vni >= 1 << 24 {
+            return Err(err(
+                "vxlan.vni",
+                format!("{} is outside 1..=16777215", self.vxlan.vni),
+            ));
+        }
+        if self.vxlan.port == 0 {
+            return Err(err("vxlan.port", "must not be 0"));
+        }
+        if self.wireguard.port == 0 {
+            return Err(err("wireguard.port", "must not be 0"));
+        }
+        if self.wireguard.handshakes_per_second == 0 {
+            return Err(err("wireguard.handshakes-per-second", "must not be 0"));
+        }
+        let min_mtu = 576 + self.encryption.overhead() as u16;
+        if self.underlay_mtu < min_mtu {
+            return Err(err(
+                "underlay-mtu",
+                format!(
+                    "{} leaves less than 576 bytes for pod packets; at least {min_mtu}",
+                    self.underlay_mtu
+                ),
+            ));
+        }
+        validate_ifname("bridge", &self.bridge, 15)?;
+        validate_ifname("tun", &self.tun, 15)?;
+        if self.bridge == self.tun {
+            return Err(err("tun", "must differ from `bridge`"));
+        }
+        if self.queues > 64 {
+            return Err(err("queues", format!("{} is more than 64", self.queues)));
+        }
+        if self.socket_buffer < 64 << 10 || self.socket_buffer > 1 << 30 {
+            return Err(err("socket-buffer", "must be between 64 KiB and 1 GiB"));
+        }
+        self.validate_peers(address, self.subnet)
+    }
+
+    fn validate_gossip(&self) -> Result<(), ConfigError> {
+        if self.gossip.port == 0 {
+            return Err(err("gossip.port", "must not be 0"));
+        }
+        for (i, s) in self.seeds.iter().enumerate() {
+            if split_seed(s).is_none() {
+                return Err(err(
+                    format!("seeds[{i}]"),
+                    format!("`{s}` is not host:port (e.g. 192.0.2.10:7946)"),
+                ));
+            }
+        }
+        if let Some(subnet) = self.subnet {
+            if subnet.prefix_len() != self.node_prefix() {
+                return Err(err(
+                    "subnet",
+                    format!(
+                        "with gossip, node subnets are /{}: {subnet} is not",
+                        self.node_prefix()
+                    ),
+                ));
+            }
+        }
+        if self.node_name.len() > meshd_gossip::MAX_NAME_LEN {
+            return Err(err(
+                "node-name",
+                format!(
+                    "longer than {} bytes, the gossip limit",
+                    meshd_gossip::MAX_NAME_LEN
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_peers(&self, address: IpAddr, subnet: Option<Ipv4Net>) -> Result<(), ConfigError> {
+        let mut seen: Vec<(&str, IpAddr, Ipv4Net)> = Vec::new();
+        if let Some(subnet) = subnet {
+            seen.push((&self.node_name, address, subnet));
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            let key = format!("peers[{i}]");
+            if p.name.is_empty() {
+                return Err(err(format!("{key}.name"), "must not be empty"));
+            }
+            self.check_subnet(&format!("{key}.subnet"), p.subnet)?;
+            for (name, addr, net) in &seen {
+                if *name == p.name {
+                    return Err(err(
+                        format!("{key}.name"),
+                        format!("`{}` is used twice", p.name),
+                    ));
+                }
+                if *addr == p.address {
+                    return Err(err(
+                        format!("{key}.address"),
+                        format!("{} is also the address of `{name}`", p.address),
+                    ));
+                }
+                if net.contains(&p.subnet) || p.subnet.contains(net) {
+                    return Err(err(
+                        format!("{key}.subnet"),
+                        format!("{} overlaps {net} of `{name}`", p.subnet),
+                    ));
+                }
+            }
+            self.check_public_key(&key, p)?;
+            seen.push((&p.name, p.address, p.subnet));
+        }
+        Ok(())
+    }
+
+    fn check_public_key(&self, key: &str, p: &PeerConfig) -> Result<(), ConfigError> {
+        let key = format!("{key}.public-key");
+        match (&p.public_key, self.encryption) {
+            (None, Encryption::Wireguard) => Err(err(
+                key,
+                format!(
+                    "required with encryption = \"wireguard\": peer `{}`'s public key (`meshd pubkey < its node.key`)",
+                    p.name
+                ),
+            )),
+            (None, Encryption::None) => Ok(()),
+            (Some(k), _) => k
+                .parse::<meshd_crypto::PublicKey>()
+                .map(|_| ())
+                .map_err(|e| err(key, format!("`{k}` is not a WireGuard public key: {e}"))),
+        }
+    }
+
+    fn check_subnet(&self, key: &str, subnet: Ipv4Net) -> Result<(), ConfigError> {
+        if subnet.network() != subnet.addr() {
+            return Err(err(
+                key,
+                format!(
+                    "{subnet} has host bits set; did you mean {}?",
+                    subnet.trunc()
+                ),
+            ));
+        }
+        if !self.cluster_cidr.contains(&subnet) {
+            return Err(err(
+                key,
+                format!("{subnet} is outside cluster-cidr {}", self.cluster_cidr),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn validate_ifname(key: &str, name: &str, max: usize) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > max {
+        return Err(err(key, format!("`{name}` must be 1 to {max} bytes long")));
+    }
+    if name.contains(['/', ':', '\0']) || name.chars().any(char::is_whitespace) {
+        return Err(err(
+            key,
+            format!("`{name}` contains '/', ':', NUL or whitespace"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::super::tests::GOOD;
+    use super::*;
+
+    fn invalid(extra: &str) -> ConfigError {
+        let c = Config::from_toml(&format!("{GOOD}\n{extra}"));
+        match c {
+            Err(e) => e,
+            Ok(c) => c.validate().unwrap_err(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[vxlan]\nvni = 0", "vxlan.vni"),
+            ("underlay-mtu = 600", "underlay-mtu"),
+            ("bridge = \"a-name-that-is-far-too-long\"", "bridge"),
+            (
+                "[[peers]]\nname = \"c\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.2.128/25\"",
+                "peers[1].subnet",
+            ),
+            (
+                "[[peers]]\nname = \"b\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.3.0/24\"",
+                "peers[1].name",
+            ),
+            (
+                "[[peers]]\nname = \"c\"\naddress = \"198.18.0.3\"\nsubnet = \"10.9.3.0/24\"",
+                "peers[1].subnet",
+            ),
+            ("socket-buffer = 10", "socket-buffer"),
+            ("[wireguard]\nport = 0", "wireguard.port"),
+            // 576 + 80 is the least WireGuard can carry; VXLAN would get by with 626.
+            ("underlay-mtu = 640", "underlay-mtu"),
+            (
+                "[[peers]]\nname = \"c\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.3.0/24\"",
+                "peers[1].public-key",
+            ),
+            (
+                "[[peers]]\nname = \"c\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.3.0/24\"\npublic-key = \"bm90IGEga2V5\"",
+                "peers[1].public-key",
+            ),
+        ];
+        for (extra, key) in cases {
+            let e = invalid(extra);
+            assert_eq!(e.key, key, "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn cleartext_peers_need_no_key() {
+        let text = "node-name = \"a\"\naddress = \"198.18.0.1\"\nsubnet = \"10.244.1.0/24\"\nencryption = \"none\"\n[[peers]]\nname = \"b\"\naddress = \"198.18.0.2\"\nsubnet = \"10.244.2.0/24\"";
+        let c = Config::from_toml(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.peers[0].key(), None);
+        let e = Config::from_toml(&text.replace("\"none\"", "\"wireguard\""))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "peers[0].public-key");
+        assert!(e.reason.contains("`b`"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_keys() {
+        assert_eq!(
+            Config::from_toml("").unwrap().validate().unwrap_err().key,
+            "address"
+        );
+        let e = Config::from_toml("address = \"198.18.0.1\"\n[gossip]\nenabled = false")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "subnet");
+    }
+
+    #[test]
+    fn gossip_keys_are_checked() {
+        let seeds = |s: &str| {
+            Config::from_toml(&format!("address = \"198.18.0.1\"\nseeds = [\"{s}\"]"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .key
+        };
+        assert_eq!(seeds("no-port"), "seeds[0]");
+        assert_eq!(seeds("h:0"), "seeds[0]");
+        let e = Config::from_toml(
+            "address = \"198.18.0.1\"\nsubnet = \"10.244.0.0/23\"\n[gossip]\nenabled = true",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.key, "subnet");
+        assert_eq!(
+            split_seed("[2001:db8::1]:7946"),
+            Some(("2001:db8::1", 7946))
+        );
+        assert_eq!(
+            split_seed("seed.example:7946"),
+            Some(("seed.example", 7946))
+        );
+    }
+}
