@@ -213,5 +213,11 @@ fn kind(link: &LinkMessage) -> Option<InfoKind> {
 
 /// Let the host route between the bridge and the TUN device.
 pub fn enable_forwarding() -> Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    // In a container /proc/sys is read-only; the runtime sets the sysctl (compose `sysctls`).
+    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(PATH, "1")
+        .context("enabling IPv4 forwarding (in a container, set the sysctl net.ipv4.ip_forward=1)")
 }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cluster;
+mod compose;
 mod config;
 mod encrypted;
 mod gossip;

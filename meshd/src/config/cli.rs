@@ -40,7 +40,8 @@ pub struct RunArgs {
     /// This node's name, unique in the cluster.
     #[arg(long, env = "MESHD_NODE_NAME")]
     node_name: Option<String>,
-    /// Underlay address other nodes reach this one at.
+    /// Underlay address other nodes reach this one at (default: from the route towards the
+    /// first seed, else the default route).
     #[arg(long, env = "MESHD_ADDRESS")]
     address: Option<IpAddr>,
     /// This node's pod subnet.

@@ -32,7 +32,8 @@ pub const CLUSTER_SECRET_ENV: &str = "MESHD_CLUSTER_SECRET";
 pub struct Config {
     /// This node's name, unique in the cluster; its VTEP MAC derives from it.
     pub node_name: String,
-    /// Underlay address other nodes send to. Required.
+    /// Underlay address other nodes send to. Absent: the source address of the route towards
+    /// the first seed, else of the default route (`meshd status` says which).
     pub address: Option<IpAddr>,
     /// This node's pod subnet. Required without gossip; with gossip, an explicit claim (absent:
     /// the lease persisted under `state-dir`, else a free subnet picked by the cluster).

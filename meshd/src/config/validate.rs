@@ -20,17 +20,15 @@ impl Config {
                 "must be non-empty and contain no whitespace",
             ));
         }
-        let address = self.address.ok_or_else(|| {
-            err(
-                "address",
-                "required: the underlay address other nodes reach this node at",
-            )
-        })?;
-        if address.is_unspecified() || address.is_multicast() {
-            return Err(err(
-                "address",
-                format!("{address} is not a unicast address"),
-            ));
+        // Absent: `meshd run` takes the source address of the route towards the first seed,
+        // else of the default route (see `daemon::underlay`).
+        if let Some(address) = self.address {
+            if address.is_unspecified() || address.is_multicast() {
+                return Err(err(
+                    "address",
+                    format!("{address} is not a unicast address"),
+                ));
+            }
         }
         if self.subnet.is_none() && !self.gossip_enabled() {
             return Err(err(
@@ -92,7 +90,7 @@ impl Config {
         if self.socket_buffer < 64 << 10 || self.socket_buffer > 1 << 30 {
             return Err(err("socket-buffer", "must be between 64 KiB and 1 GiB"));
         }
-        self.validate_peers(address, self.subnet)
+        self.validate_peers(self.address, self.subnet)
     }
 
     fn validate_gossip(&self) -> Result<(), ConfigError> {
@@ -130,8 +128,12 @@ impl Config {
         Ok(())
     }
 
-    fn validate_peers(&self, address: IpAddr, subnet: Option<Ipv4Net>) -> Result<(), ConfigError> {
-        let mut seen: Vec<(&str, IpAddr, Ipv4Net)> = Vec::new();
+    fn validate_peers(
+        &self,
+        address: Option<IpAddr>,
+        subnet: Option<Ipv4Net>,
+    ) -> Result<(), ConfigError> {
+        let mut seen: Vec<(&str, Option<IpAddr>, Ipv4Net)> = Vec::new();
         if let Some(subnet) = subnet {
             seen.push((&self.node_name, address, subnet));
         }
@@ -148,7 +150,7 @@ impl Config {
                         format!("`{}` is used twice", p.name),
                     ));
                 }
-                if *addr == p.address {
+                if *addr == Some(p.address) {
                     return Err(err(
                         format!("{key}.address"),
                         format!("{} is also the address of `{name}`", p.address),
@@ -162,7 +164,7 @@ impl Config {
                 }
             }
             self.check_public_key(&key, p)?;
-            seen.push((&p.name, p.address, p.subnet));
+            seen.push((&p.name, Some(p.address), p.subnet));
         }
         Ok(())
     }
@@ -285,8 +287,15 @@ mod tests {
 
     #[test]
     fn missing_required_keys() {
+        // No address: `run` finds it from the routes (towards the first seed, else the default
+        // route); an explicit one must be unicast.
+        Config::from_toml("").unwrap().validate().unwrap();
         assert_eq!(
-            Config::from_toml("").unwrap().validate().unwrap_err().key,
+            Config::from_toml("address = \"0.0.0.0\"")
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .key,
             "address"
         );
         let e = Config::from_toml("address = \"198.18.0.1\"\n[gossip]\nenabled = false")

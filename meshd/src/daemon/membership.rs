@@ -8,12 +8,15 @@
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use meshd_crypto::{GossipSealer, Keyring, PublicKey, SealerConfig, SecretId};
-use meshd_gossip::{Capabilities, Event, Gossip, Lease, LocalNode, NodeRecord, SubnetRequest};
+use meshd_gossip::{
+    Capabilities, Event, Gossip, Lease, LocalNode, MemberState, NodeRecord, SubnetRequest,
+};
 use tokio::net::UdpSocket;
 
 use super::subnet::{self, to_net, to_subnet};
@@ -27,6 +30,10 @@ use crate::wire::vtep_mac;
 const RECV_BUFFER: usize = 64 << 10;
 /// Datagrams handled per wake-up before timers get a turn, so a flood cannot starve them.
 const MAX_DATAGRAMS_PER_WAKE: usize = 64;
+/// How often the seeds' names are resolved and joined again while this node knows no live
+/// member: a seed started at the same moment (a compose service) may not resolve at first, and
+/// a seed that was recreated may have a new address.
+const SEED_RETRY: Duration = Duration::from_secs(2);
 
 /// What the status API reads: the state machine itself and the daemon's own counters.
 pub struct Shared {
@@ -52,6 +59,8 @@ pub struct Membership {
     backend: Arc<Backend>,
     encryption: Encryption,
     seeds: Vec<String>,
+    /// The last resolution error of each seed that does not resolve, so it is logged once.
+    seed_errors: HashMap<String, String>,
     own_addr: SocketAddr,
     host: Host,
     cfg: Config,
@@ -125,6 +134,7 @@ impl Membership {
             backend,
             encryption: cfg.encryption,
             seeds: cfg.seeds.clone(),
+            seed_errors: HashMap::new(),
             own_addr,
             host: Host::connect()?,
             cfg: cfg.clone(),
@@ -134,6 +144,9 @@ impl Membership {
     /// Drives gossip until `stop` fires, then announces the departure and returns.
     pub async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>) -> Result<()> {
         self.join_seeds().await;
+        let mut retry = tokio::time::interval(SEED_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        retry.tick().await;
         let mut buf = vec![0u8; RECV_BUFFER];
         let mut plain = vec![0u8; RECV_BUFFER];
         loop {
@@ -155,6 +168,7 @@ impl Membership {
                 _ = sleep => {
                     self.lock().gossip.handle_timeout(Instant::now());
                 }
+                _ = retry.tick(), if self.alone() => self.join_seeds().await,
                 r = self.socket.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
                         self.receive(&buf[..n], from, &mut plain);
@@ -180,6 +194,18 @@ impl Membership {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Seeds are configured and no member is alive (or suspect): keep trying them.
+    fn alone(&self) -> bool {
+        !self.seeds.is_empty()
+            && !self
+                .lock()
+                .gossip
+                .members()
+                .any(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
+    }
+
+    /// Resolves every seed's name again and joins what it resolves to. A name that does not
+    /// resolve is logged once per distinct error, and again when it resolves.
     async fn join_seeds(&mut self) {
         let now = Instant::now();
         for seed in self.seeds.clone() {
@@ -188,12 +214,21 @@ impl Membership {
             };
             match tokio::net::lookup_host((host, port)).await {
                 Ok(addrs) => {
+                    if self.seed_errors.remove(&seed).is_some() {
+                        tracing::info!(%seed, "the gossip seed resolves now");
+                    }
                     for a in addrs.filter(|a| *a != self.own_addr) {
-                        tracing::info!(seed = %a, "joining");
+                        tracing::debug!(%seed, addr = %a, "joining");
                         self.lock().gossip.join(a, now);
                     }
                 }
-                Err(e) => tracing::warn!(seed = %seed, error = %e, "cannot resolve a gossip seed"),
+                Err(e) => {
+                    let text = e.to_string();
+                    if self.seed_errors.get(&seed) != Some(&text) {
+                        tracing::warn!(%seed, error = %text, "cannot resolve a gossip seed; retrying every 2 s");
+                        self.seed_errors.insert(seed.clone(), text);
+                    }
+                }
             }
         }
         self.flush().await;

@@ -11,6 +11,7 @@ pub mod membership;
 pub mod report;
 pub mod secrets;
 pub mod subnet;
+pub mod underlay;
 
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -32,8 +33,7 @@ use membership::Membership;
 use report::Report;
 
 /// Run until SIGTERM or SIGINT. The configuration must already be validated.
-pub async fn run(cfg: Config) -> Result<()> {
-    let address = cfg.address.context("no address")?;
+pub async fn run(mut cfg: Config) -> Result<()> {
     if meshd_crypto::MOCK_CLOCK {
         anyhow::bail!("this meshd was built with meshd-crypto's mock-clock feature (tests only): its WireGuard timers would never fire");
     }
@@ -49,6 +49,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     } else {
         None
     };
+    // The underlay address: configured, or worked out from the routes.
+    let (address, address_source) = underlay::address(&cfg).await?;
+    cfg.address = Some(address);
+    tracing::info!(%address, source = %address_source, "underlay address");
     std::fs::create_dir_all(&cfg.run_dir)
         .with_context(|| format!("creating the run directory {}", cfg.run_dir.display()))?;
     std::fs::create_dir_all(&cfg.state_dir)
@@ -114,7 +118,10 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     // Status.
     let report = Report {
-        base: base_status(&cfg, address, subnet, crypto.as_deref(), &datapath),
+        base: Status {
+            address_source: Some(address_source.to_string()),
+            ..base_status(&cfg, address, subnet, crypto.as_deref(), &datapath)
+        },
         backend: backend.clone(),
         gossip: membership.as_ref().map(|m| m.shared.clone()),
         subnet: membership.as_ref().map(|m| m.subnet.clone()),
@@ -158,6 +165,7 @@ fn base_status(
         version: env!("CARGO_PKG_VERSION").into(),
         pid: std::process::id(),
         address: address.to_string(),
+        address_source: None,
         subnet: subnet.map(|s| s.to_string()).unwrap_or_default(),
         vtep_mac: vtep_mac(&cfg.node_name).to_string(),
         encryption: match cfg.encryption {

@@ -27,6 +27,9 @@ pub struct Status {
     pub version: String,
     pub pid: u32,
     pub address: String,
+    /// Where the address came from: configured, the route towards a seed, the default route.
+    #[serde(default)]
+    pub address_source: Option<String>,
     pub subnet: String,
     pub vtep_mac: String,
     pub encryption: String,

@@ -15,8 +15,14 @@ pub fn render(s: &Status) -> String {
     );
     let _ = writeln!(
         o,
-        "address     {}   subnet {}   vtep {}",
-        s.address, s.subnet, s.vtep_mac
+        "address     {}{}   subnet {}   vtep {}",
+        s.address,
+        s.address_source
+            .as_deref()
+            .map(|how| format!(" ({how})"))
+            .unwrap_or_default(),
+        s.subnet,
+        s.vtep_mac
     );
     let _ = writeln!(o, "encryption  {}   mtu {}", s.encryption, s.mtu);
     if let Some(k) = &s.public_key {
