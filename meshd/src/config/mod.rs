@@ -12,6 +12,9 @@ mod file;
 mod peer_flag;
 mod validate;
 
+/// The parser of one `--peer` value (public for its fuzz target).
+pub use peer_flag::parse as parse_peer_flag;
+
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};

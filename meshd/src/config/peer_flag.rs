@@ -11,7 +11,7 @@ use super::PeerConfig;
 /// checked here, and each error quotes the part it is about; what a value means (a valid key,
 /// a subnet inside `cluster-cidr`, no duplicates) is
 /// [`Config::validate`](super::Config::validate)'s, as for the file.
-pub(super) fn parse(text: &str) -> Result<PeerConfig, String> {
+pub fn parse(text: &str) -> Result<PeerConfig, String> {
     const FORM: &str = "name=NAME,address=ADDR,subnet=CIDR[,public-key=KEY]";
     if text.trim().is_empty() {
         return Err(format!("an empty peer; expected {FORM}"));
