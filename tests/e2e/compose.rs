@@ -42,6 +42,18 @@ fn compose_cmd() -> Vec<&'static str> {
     }
 }
 
+/// `docker/build` from the binaries cargo built for this test run, tagged `tag`.
+fn build_image(tag: &str) {
+    let bin_dir = meshd_bin().parent().unwrap().to_path_buf();
+    let out = Command::new(repo().join("docker/build"))
+        .args(["--no-secret", "--bin-dir"])
+        .arg(&bin_dir)
+        .env("MESHD_IMAGE", tag)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker/build: {}", text(&out));
+}
+
 struct Cluster {
     project: String,
     image: String,
@@ -60,14 +72,7 @@ impl Cluster {
             project,
             encryption,
         };
-        let bin_dir = meshd_bin().parent().unwrap().to_path_buf();
-        let out = Command::new(repo().join("docker/build"))
-            .args(["--no-secret", "--bin-dir"])
-            .arg(&bin_dir)
-            .env("MESHD_IMAGE", &c.image)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "docker/build: {}", text(&out));
+        build_image(&c.image);
         let secret = Command::new(meshd_bin()).arg("secret").output().unwrap();
         std::fs::write(&c.secret, &secret.stdout).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -274,14 +279,7 @@ fn the_cleartext_dev_cluster_works() {
 fn bad_input_is_named_in_the_logs() {
     require_root();
     let image = format!("{}:test", prefix("mcb"));
-    let bin_dir = meshd_bin().parent().unwrap().to_path_buf();
-    let out = Command::new(repo().join("docker/build"))
-        .args(["--no-secret", "--bin-dir"])
-        .arg(&bin_dir)
-        .env("MESHD_IMAGE", &image)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "docker/build: {}", text(&out));
+    build_image(&image);
     struct Image(String);
     impl Drop for Image {
         fn drop(&mut self) {
