@@ -19,6 +19,10 @@
 use std::fmt;
 use std::path::Path;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use zeroize::Zeroizing;
+
 use crate::kdf::{self, gossip_key_id, GOSSIP_KEY_ID_LEN};
 use crate::keys::{KeyError, PublicKey};
 use crate::secret::ClusterSecret;
@@ -54,7 +58,8 @@ impl fmt::Debug for SecretId {
     }
 }
 
-/// Why a keyring text was refused. Entries are counted from 1, in the order written.
+/// Why a keyring text was refused. Entries are counted from 1, in the order written. Messages
+/// include their cause; none is also a `source()` (see [`SecretFileError`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyringError {
     /// No secret at all.
@@ -67,13 +72,17 @@ pub enum KeyringError {
         found: usize,
     },
     /// An entry that is not a base64 secret.
-    #[error("secret {entry} is not a cluster secret ({source}); `meshd secret` makes one")]
+    #[error(
+        "secret {entry} (line {line}): {error}; secrets are separated by newlines, commas or \
+         blanks, and `meshd secret` makes one"
+    )]
     Invalid {
         /// Which entry.
         entry: usize,
+        /// The line it is on, counted from 1.
+        line: usize,
         /// What is wrong with it.
-        #[source]
-        source: KeyError,
+        error: KeyError,
     },
     /// The same secret twice.
     #[error("secret {entry} repeats secret {first}")]
@@ -103,6 +112,14 @@ impl fmt::Debug for PairKey {
             .field("secret", &self.secret)
             .field("agreed", &self.agreed)
             .finish_non_exhaustive()
+    }
+}
+
+impl PairKey {
+    /// The preshared key in WireGuard's base64 form, as `wg set ... preshared-key FILE` reads
+    /// it (`meshd psk`); zeroed on drop.
+    pub fn psk_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(STANDARD.encode(self.psk))
     }
 }
 
@@ -150,17 +167,22 @@ impl Keyring {
         let mut secrets = Vec::new();
         let words = text
             .lines()
-            .map(|line| line.split('#').next().unwrap_or(""))
-            .flat_map(|line| line.split(|c: char| c == ',' || c.is_whitespace()))
-            .filter(|w| !w.is_empty());
-        for (i, word) in words.enumerate() {
+            .enumerate()
+            .map(|(n, line)| (n + 1, line.split('#').next().unwrap_or("")))
+            .flat_map(|(n, line)| {
+                line.split(|c: char| c == ',' || c.is_whitespace())
+                    .map(move |w| (n, w))
+            })
+            .filter(|(_, w)| !w.is_empty());
+        for (i, (line, word)) in words.enumerate() {
             if i >= MAX_SECRETS {
                 return Err(KeyringError::TooMany { found: i + 1 });
             }
             let secret =
-                ClusterSecret::from_base64(word).map_err(|source| KeyringError::Invalid {
+                ClusterSecret::from_base64(word).map_err(|error| KeyringError::Invalid {
                     entry: i + 1,
-                    source,
+                    line,
+                    error,
                 })?;
             secrets.push(secret);
         }
@@ -170,9 +192,9 @@ impl Keyring {
     /// Reads a ring from a file only its owner can access (as [`ClusterSecret::read_file`]).
     pub fn read_file(path: &Path) -> Result<Self, SecretFileError> {
         let text = read_secret_file(path)?;
-        Self::parse(&text).map_err(|source| SecretFileError::Keyring {
+        Self::parse(&text).map_err(|error| SecretFileError::Keyring {
             path: path.to_owned(),
-            source,
+            error,
         })
     }
 
@@ -280,9 +302,22 @@ mod tests {
         );
         let err = Keyring::parse(&format!("{}\nnot-a-key\n", good.as_str())).unwrap_err();
         assert!(
-            matches!(err, KeyringError::Invalid { entry: 2, .. }),
+            matches!(
+                err,
+                KeyringError::Invalid {
+                    entry: 2,
+                    line: 2,
+                    ..
+                }
+            ),
             "{err}"
         );
+        // A line of garbage: what was expected, what was found, and why a word was taken.
+        let text = Keyring::parse("not a secret").unwrap_err().to_string();
+        assert!(text.contains("secret 1 (line 1)"), "{text}");
+        assert!(text.contains("expected 32 bytes in base64"), "{text}");
+        assert!(text.contains("found 3 characters"), "{text}");
+        assert!(text.contains("separated by"), "{text}");
         let err = Keyring::parse(&format!("{0}\n{0}\n", good.as_str())).unwrap_err();
         assert_eq!(err, KeyringError::Duplicate { entry: 2, first: 1 });
         let five: Vec<_> = (1..=5).map(|n| secret(n).to_base64().to_string()).collect();
@@ -356,6 +391,11 @@ mod tests {
         let k = r.pair_key(&x, &y, None);
         assert!(k.agreed);
         assert_eq!(k.psk, kdf::wireguard_psk(&secret(1), &x, &y));
+        // The text form is the bytes in base64, as `wg` reads a preshared key.
+        assert_eq!(
+            STANDARD.decode(k.psk_base64().as_bytes()).unwrap(),
+            k.psk.to_vec()
+        );
         assert_eq!(r.pair_key(&x, &y, Some(&[])).secret, r.primary_id());
     }
 

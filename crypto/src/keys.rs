@@ -21,8 +21,8 @@ pub const KEY_BASE64_LEN: usize = 44;
 pub enum KeyError {
     /// The text (surrounding whitespace removed) is not 44 characters long.
     #[error(
-        "expected {KEY_BASE64_LEN} base64 characters (32 bytes, as printed by `wg genkey`), \
-         found {found}"
+        "expected {KEY_LEN} bytes in base64, {KEY_BASE64_LEN} characters (as `wg genkey` and \
+         `meshd secret` print them), found {found} characters"
     )]
     WrongLength {
         /// Number of characters found.
@@ -38,7 +38,10 @@ pub enum KeyError {
     #[error("the last base64 character is not canonical (was the key mistyped?)")]
     NonCanonical,
     /// 44 characters that decode to fewer than 32 bytes (`==` padding).
-    #[error("the base64 text decodes to {found} bytes, expected {KEY_LEN}")]
+    #[error(
+        "expected {KEY_LEN} bytes in base64, found {KEY_BASE64_LEN} characters that decode to \
+         {found} bytes"
+    )]
     WrongDecodedLength {
         /// Number of bytes decoded.
         found: usize,
@@ -302,9 +305,13 @@ mod tests {
             PublicKey::from_base64(&short),
             Err(KeyError::WrongDecodedLength { found: 31 })
         );
-        assert!(KeyError::WrongLength { found: 3 }
-            .to_string()
-            .contains("wg genkey"));
+        // What was expected and what was found, each with its unit.
+        let text = KeyError::WrongLength { found: 3 }.to_string();
+        assert!(text.contains("wg genkey"), "{text}");
+        assert!(text.contains("expected 32 bytes"), "{text}");
+        assert!(text.contains("found 3 characters"), "{text}");
+        let text = KeyError::WrongDecodedLength { found: 31 }.to_string();
+        assert!(text.contains("decode to 31 bytes"), "{text}");
     }
 
     proptest! {

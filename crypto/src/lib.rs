@@ -38,7 +38,9 @@ pub use keyring::{Keyring, KeyringError, PairKey, SecretId, MAX_SECRETS};
 pub use keys::{KeyError, PrivateKey, PublicKey};
 pub use sealer::{GossipSealer, OpenError, SealError, SealerConfig};
 pub use secret::ClusterSecret;
-pub use secret_file::{load_or_create_private_key, KeyFileStatus, SecretFileError};
+pub use secret_file::{
+    load_or_create_private_key, read_private_key, KeyFileStatus, SecretFileError,
+};
 pub use session::Session;
 pub use wire::{MessageType, WgDatagram, WireError};
 

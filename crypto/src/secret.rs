@@ -39,9 +39,9 @@ impl ClusterSecret {
     /// Reads the base64 form from a file that only its owner can access.
     pub fn read_file(path: &Path) -> Result<Self, SecretFileError> {
         let text = read_secret_file(path)?;
-        Self::from_base64(&text).map_err(|source| SecretFileError::Invalid {
+        Self::from_base64(&text).map_err(|error| SecretFileError::Invalid {
             path: path.to_owned(),
-            source,
+            error,
         })
     }
 
@@ -128,6 +128,6 @@ mod tests {
         create_secret_file(&path, "hello").unwrap();
         let err = ClusterSecret::read_file(&path).unwrap_err();
         assert!(err.to_string().contains("cluster.secret"), "{err}");
-        assert!(err.to_string().contains("found 5"), "{err}");
+        assert!(err.to_string().contains("found 5 characters"), "{err}");
     }
 }

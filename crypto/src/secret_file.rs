@@ -16,18 +16,28 @@ const MAX_SECRET_FILE_LEN: u64 = 4096;
 const GROUP_OTHER_BITS: u32 = 0o077;
 
 /// Why a secret file could not be read or created.
+///
+/// Each message is complete, the underlying error included, so no variant also returns it as
+/// its `source()`: a caller printing the chain (anyhow's `{:#}`) would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretFileError {
     /// The operating system refused an operation on the file.
-    #[error("cannot {action} {path}: {source}", path = path.display())]
+    #[error("cannot {action} {path}: {error}", path = path.display())]
     Io {
         /// What we were doing ("read", "create", ...).
         action: &'static str,
         /// The file concerned.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
+    },
+    /// Something other than a regular file is at the path (a directory, say).
+    #[error("{path} is {kind}, not a file: a secret file is expected there", path = path.display())]
+    NotAFile {
+        /// The path concerned.
+        path: PathBuf,
+        /// What is there instead ("a directory", ...).
+        kind: &'static str,
     },
     /// Group or others have some access to the file.
     #[error(
@@ -48,23 +58,28 @@ pub enum SecretFileError {
         path: PathBuf,
     },
     /// The file's contents are not a base64 key.
-    #[error("{path}: {source}", path = path.display())]
+    #[error("{path}: {error}", path = path.display())]
     Invalid {
         /// The file concerned.
         path: PathBuf,
         /// What is wrong with the contents.
-        #[source]
-        source: KeyError,
+        error: KeyError,
     },
     /// The file's contents are not a keyring (one to four base64 secrets).
-    #[error("{path}: {source}", path = path.display())]
+    #[error("{path}: {error}", path = path.display())]
     Keyring {
         /// The file concerned.
         path: PathBuf,
         /// What is wrong with the contents.
-        #[source]
-        source: crate::keyring::KeyringError,
+        error: crate::keyring::KeyringError,
     },
+}
+
+impl SecretFileError {
+    /// True when the file does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, SecretFileError::Io { error, .. } if error.kind() == io::ErrorKind::NotFound)
+    }
 }
 
 /// Whether [`load_or_create_private_key`] found a key or made one.
@@ -83,13 +98,13 @@ pub fn load_or_create_private_key(
 ) -> Result<(PrivateKey, KeyFileStatus), SecretFileError> {
     match read_secret_file(path) {
         Ok(text) => Ok((parse_at(path, &text)?, KeyFileStatus::Loaded)),
-        Err(SecretFileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+        Err(e) if e.is_not_found() => {
             let key = PrivateKey::generate();
             match create_secret_file(path, &key.to_base64()) {
                 Ok(()) => Ok((key, KeyFileStatus::Created)),
                 // Another process won the race: use its key, not ours.
-                Err(SecretFileError::Io { source, .. })
-                    if source.kind() == io::ErrorKind::AlreadyExists =>
+                Err(SecretFileError::Io { error, .. })
+                    if error.kind() == io::ErrorKind::AlreadyExists =>
                 {
                     let text = read_secret_file(path)?;
                     Ok((parse_at(path, &text)?, KeyFileStatus::Loaded))
@@ -101,10 +116,20 @@ pub fn load_or_create_private_key(
     }
 }
 
+/// Reads the node key at `path` with every check [`load_or_create_private_key`] makes, but
+/// creates nothing: `None` when there is no file yet (`meshd run --check-config`).
+pub fn read_private_key(path: &Path) -> Result<Option<PrivateKey>, SecretFileError> {
+    match read_secret_file(path) {
+        Ok(text) => parse_at(path, &text).map(Some),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn parse_at(path: &Path, text: &str) -> Result<PrivateKey, SecretFileError> {
-    PrivateKey::from_base64(text).map_err(|source| SecretFileError::Invalid {
+    PrivateKey::from_base64(text).map_err(|error| SecretFileError::Invalid {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
@@ -112,14 +137,21 @@ fn parse_at(path: &Path, text: &str) -> Result<PrivateKey, SecretFileError> {
 /// check is made on the opened file, so a swap between check and read is not possible.
 pub(crate) fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, SecretFileError> {
     let io_err = |action| {
-        move |source| SecretFileError::Io {
+        move |error| SecretFileError::Io {
             action,
             path: path.to_owned(),
-            source,
+            error,
         }
     };
     let file = File::open(path).map_err(io_err("open"))?;
     let meta = file.metadata().map_err(io_err("stat"))?;
+    if !meta.is_file() {
+        // A directory's mode would otherwise be reported as too open, with chmod as the fix.
+        return Err(SecretFileError::NotAFile {
+            path: path.to_owned(),
+            kind: kind_of(&meta.file_type()),
+        });
+    }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & GROUP_OTHER_BITS != 0 {
         return Err(SecretFileError::TooOpen {
@@ -145,10 +177,10 @@ pub(crate) fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, SecretF
 pub(crate) fn create_secret_file(path: &Path, contents: &str) -> Result<(), SecretFileError> {
     let io_err = |action, p: &Path| {
         let p = p.to_owned();
-        move |source| SecretFileError::Io {
+        move |error| SecretFileError::Io {
             action,
             path: p,
-            source,
+            error,
         }
     };
     let tmp = temporary_name(path);
@@ -177,6 +209,21 @@ pub(crate) fn create_secret_file(path: &Path, contents: &str) -> Result<(), Secr
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }
     Ok(())
+}
+
+fn kind_of(t: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "something other than a regular file"
+    }
 }
 
 fn temporary_name(path: &Path) -> PathBuf {
@@ -253,13 +300,67 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_is_reported_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        fs::create_dir(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        for err in [
+            load_or_create_private_key(&path).unwrap_err(),
+            read_private_key(&path).unwrap_err(),
+        ] {
+            let message = err.to_string();
+            assert!(matches!(err, SecretFileError::NotAFile { .. }), "{message}");
+            assert!(message.contains("is a directory"), "{message}");
+            assert!(!message.contains("chmod"), "{message}");
+        }
+    }
+
+    #[test]
+    fn reading_a_missing_key_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        assert!(read_private_key(&path).unwrap().is_none());
+        assert!(!path.exists());
+        let (key, _) = load_or_create_private_key(&path).unwrap();
+        let read = read_private_key(&path).unwrap().unwrap();
+        assert_eq!(read.as_bytes(), key.as_bytes());
+        create_secret_file(&dir.path().join("bad.key"), "abc").unwrap();
+        let err = read_private_key(&dir.path().join("bad.key")).unwrap_err();
+        assert!(matches!(err, SecretFileError::Invalid { .. }), "{err}");
+    }
+
+    /// A message printed with its chain of causes (as anyhow's `{:#}` does) says each thing
+    /// once: the causes are in the message, so none is also a `source()`.
+    #[test]
+    fn messages_do_not_repeat_their_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.key");
+        create_secret_file(&garbage, "abc").unwrap();
+        let errors = [
+            read_private_key(&garbage).unwrap_err(),
+            read_secret_file(&dir.path().join("no/such")).unwrap_err(),
+            crate::Keyring::read_file(&garbage).unwrap_err(),
+        ];
+        for err in errors {
+            let mut chain = err.to_string();
+            let mut cause = std::error::Error::source(&err);
+            while let Some(c) = cause {
+                chain += &format!(": {c}");
+                cause = c.source();
+            }
+            assert_eq!(chain, err.to_string());
+        }
+    }
+
+    #[test]
     fn create_refuses_to_replace() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         create_secret_file(&path, "a").unwrap();
         let err = create_secret_file(&path, "b").unwrap_err();
         assert!(
-            matches!(&err, SecretFileError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists)
+            matches!(&err, SecretFileError::Io { error, .. } if error.kind() == io::ErrorKind::AlreadyExists)
         );
         assert_eq!(fs::read_to_string(&path).unwrap(), "a\n");
     }

@@ -63,9 +63,10 @@ pub enum ConfigError {
     /// The node prefix does not fit the cluster CIDR.
     #[error(transparent)]
     Pool(#[from] PoolError),
-    /// The local node's record breaks a bound (name length, endpoint count, record size).
+    /// The local node's record breaks a bound (name length, endpoint count, record size). The
+    /// cause is in the message, so it is not also the `source()` (a chain would repeat it).
     #[error("local node record refused: {0}")]
-    LocalNode(#[from] crate::record::RecordError),
+    LocalNode(crate::record::RecordError),
     /// `max_datagram` is too small to carry a SWIM packet and a record.
     #[error("max_datagram {0} is below the minimum of {MIN_DATAGRAM}")]
     DatagramTooSmall(usize),

@@ -90,7 +90,9 @@ impl Gossip {
             secret_ids: local.secret_ids,
         };
         // Refuse here what every peer would refuse (and what would make our own broadcasts fail).
-        crate::record::decode_record(&crate::record::encode_record(&me)?)?;
+        crate::record::encode_record(&me)
+            .and_then(|bytes| crate::record::decode_record(&bytes))
+            .map_err(ConfigError::LocalNode)?;
         let mut g = Self {
             pool,
             swim,
@@ -385,5 +387,9 @@ mod tests {
         local.endpoints = vec![local.gossip_addr; crate::record::MAX_ENDPOINTS + 1];
         let err = Gossip::new(Config::default(), local, 1, Instant::now()).err();
         assert!(matches!(err, Some(ConfigError::LocalNode(_))));
+        // The cause is in the message, and so not also a source (a chain would repeat it).
+        let err = err.unwrap();
+        assert!(err.to_string().contains("refused: record"), "{err}");
+        assert!(std::error::Error::source(&err).is_none());
     }
 }

@@ -2,17 +2,19 @@
 //! (`meshd lab up|check|down`, which runs the `meshd-lab` binary) and for the end-to-end tests,
 //! which build the same topology through [`Topology`].
 //!
-//! It is test and tryout tooling, not part of the daemon. It shells out to `ip`, `bridge`, `wg`
-//! and `sysctl` (a harness reads better as the commands an operator would type, and a failure
-//! names the command), starts `meshd`, `meshd-cni` and `wireguard-go` as processes of their own,
-//! and is never linked into the `meshd` binary. It depends on the `meshd` library only for the
-//! contract the two share: config values and constants (`meshd::config`), the VTEP MAC
-//! (`meshd::wire::vtep_mac`), the runtime file names (`meshd::runfiles`), the status socket
+//! It is test and tryout tooling, not part of the daemon. It shells out to `ip`, `bridge`, `wg`,
+//! `ethtool` and `sysctl` (a harness reads better as the commands an operator would type, and a
+//! failure names the command); hosts without meshd are set up by the README's own recipes, run
+//! word for word ([`recipe`]). It starts `meshd`, `meshd-cni` and `wireguard-go` as processes
+//! of their own, and is never linked into the `meshd` binary. It depends on the `meshd` library
+//! only for the contract the two share: config values and constants (`meshd::config`), the
+//! runtime file names (`meshd::runfiles`), the status socket
 //! (`meshd::status::query`) and the pod gateway address (`meshd::host::gateway`). It makes
 //! nothing in the root namespace and keeps its state under `/run/meshd-lab/<prefix>/`.
 
 pub mod netns;
 pub mod probe;
+pub mod recipe;
 pub mod topology;
 pub mod wireguard;
 

@@ -20,9 +20,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::netns::{self, ip, run};
-use crate::wireguard;
+use crate::{recipe, wireguard};
 use meshd::config::Encryption;
-use meshd::wire::vtep_mac;
 
 /// What runs on a lab host and carries its overlay traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +170,11 @@ impl Topology {
             (Encryption::None, Formation::Static) => None,
         };
         if let Some(secret) = &secret {
-            for h in self.hosts.iter().filter(|h| h.kind == HostKind::Meshd) {
+            for h in self
+                .hosts
+                .iter()
+                .filter(|h| h.kind != HostKind::KernelVxlan)
+            {
                 wireguard::host_secret(h, secret)?;
             }
         }
@@ -182,14 +185,10 @@ impl Topology {
                 HostKind::WireguardGo => {
                     let peers: Vec<&Host> =
                         self.hosts.iter().filter(|p| p.index != h.index).collect();
-                    let secret = secret.as_ref().context("no cluster secret")?;
-                    wireguard::start_wireguard_go(
-                        &h,
-                        &peers,
-                        secret,
-                        self.spec.underlay_mtu,
-                        CLUSTER_CIDR,
-                    )?;
+                    if secret.is_none() {
+                        bail!("no cluster secret for the wireguard-go host");
+                    }
+                    wireguard::start_wireguard_go(&h, &peers, &self.spec, CLUSTER_CIDR)?;
                     self.pod_bridge(&h)?;
                 }
             }
@@ -318,97 +317,32 @@ impl Topology {
         c
     }
 
-    /// flannel's vxlan backend, by hand: device MAC = this node's VTEP MAC, the subnet's network
-    /// address on the device, and per peer a static FDB entry, a neighbour and an onlink route.
+    /// flannel's vxlan backend, by hand, as the README's recipe gives it (run word for word, see
+    /// [`crate::recipe`]): device MAC = this node's VTEP MAC, the subnet's network address on
+    /// the device, and per peer a static FDB entry, a neighbour and an onlink route.
     fn kernel_vxlan(&self, h: &Host) -> Result<()> {
-        let ns = &h.ns;
-        let mac = vtep_mac(&h.name).to_string();
-        let mtu = self.overlay_mtu(h).to_string();
-        let local = h.underlay.to_string();
-        ip(&[
-            "-n",
-            ns,
-            "link",
-            "add",
-            "vxlan0",
-            "address",
-            &mac,
-            "mtu",
-            &mtu,
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "local",
-            &local,
-            "dev",
-            "u0",
-            "dstport",
-            "8472",
-            "nolearning",
-        ])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{}/32", h.subnet.network()),
-            "dev",
-            "vxlan0",
-        ])?;
-        ip(&["-n", ns, "link", "set", "vxlan0", "up"])?;
-        // On veth, the kernel leaves the inner TCP checksum for "hardware" to fill in, and a
-        // veth never does: a receiver that reads the datagram in userspace (meshd, or any
-        // userspace VXLAN) sees a blank checksum. Real NICs complete it; here we make the
-        // VXLAN device compute it in software, as `ethtool -K vxlan0 tx off` would.
-        // Only needed when a userspace node is among the peers: an all-kernel lab (the
-        // benchmark's baseline) keeps the offloads a real deployment would have.
+        let bin = &self.spec.meshd_bin;
+        let host = [
+            ("NAME", h.name.clone()),
+            ("ADDRESS", h.underlay.to_string()),
+            ("SUBNET", h.subnet.to_string()),
+            ("UNDERLAY_MTU", self.spec.underlay_mtu.to_string()),
+        ];
+        recipe::run(&h.ns, "kernel-vxlan-host", &host, bin)?;
+        // The lab's underlay is veth, so with a userspace node among the peers the inner
+        // checksums must be filled in here (see the recipe). An all-kernel lab (the benchmark's
+        // baseline) keeps the offloads a real deployment would have.
         if self.hosts.iter().any(|p| p.kind != HostKind::KernelVxlan) {
-            netns::in_netns(ns, || netns::set_tx_checksum("vxlan0", false))??;
+            recipe::run(&h.ns, "kernel-vxlan-veth", &[], bin)?;
         }
         self.pod_bridge(h)?;
         for p in self.hosts.iter().filter(|p| p.index != h.index) {
-            let pmac = vtep_mac(&p.name).to_string();
-            let gw = p.subnet.network().to_string();
-            run(
-                "bridge",
-                &[
-                    "-n",
-                    ns,
-                    "fdb",
-                    "append",
-                    &pmac,
-                    "dev",
-                    "vxlan0",
-                    "dst",
-                    &p.underlay.to_string(),
-                ],
-            )?;
-            ip(&[
-                "-n",
-                ns,
-                "neigh",
-                "replace",
-                &gw,
-                "lladdr",
-                &pmac,
-                "dev",
-                "vxlan0",
-                "nud",
-                "permanent",
-            ])?;
-            ip(&[
-                "-n",
-                ns,
-                "route",
-                "replace",
-                &p.subnet.to_string(),
-                "via",
-                &gw,
-                "dev",
-                "vxlan0",
-                "onlink",
-            ])?;
+            let peer = [
+                ("PEER_NAME", p.name.clone()),
+                ("PEER_ADDRESS", p.underlay.to_string()),
+                ("PEER_SUBNET", p.subnet.to_string()),
+            ];
+            recipe::run(&h.ns, "kernel-vxlan-peer", &peer, bin)?;
         }
         Ok(())
     }

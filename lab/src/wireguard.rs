@@ -7,19 +7,21 @@
 //!   <prefix>-hN (wireguard-go):  wgXXXXXXXX (TUN, 10.244.0.0/16 routed into it, MTU − 80)
 //!                                meshbr0 10.244.N.1/24 ── veth ── <prefix>-hN-p1 ...
 //!   peers = every other host: endpoint 198.18.0.M:51820, allowed-ips = its subnet,
-//!           preshared key = meshd_crypto::kdf::wireguard_psk(cluster secret, both keys)
+//!           preshared key = what `meshd psk` prints for the pair
 //! ```
+//!
+//! Once wireguard-go has made its device, the host is configured by the README's recipe, word
+//! for word ([`crate::recipe`]).
 
 use anyhow::{bail, Context, Result};
-use meshd_crypto::{kdf, ClusterSecret, PublicKey};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use meshd_crypto::{ClusterSecret, PublicKey};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::netns::{self, ip, run};
-use crate::topology::Host;
-use meshd::config::{NODE_KEY_FILE, WIREGUARD_OVERHEAD};
+use crate::netns;
+use crate::recipe;
+use crate::topology::{Host, Spec};
+use meshd::config::NODE_KEY_FILE;
 
 /// The lab's cluster secret file.
 pub const SECRET_FILE: &str = "cluster.secret";
@@ -74,13 +76,13 @@ pub fn ifname(ns: &str) -> String {
     format!("wg{hash:08x}")
 }
 
-/// Start wireguard-go in `h`'s namespace and configure it with `wg`: our key, port 51820, and
-/// every other host as a peer. Pods hang off a bridge as on a kernel-VXLAN host.
+/// Start wireguard-go in `h`'s namespace, then configure it as the README says: our key, port
+/// 51820, and every other host as a peer with the preshared key `meshd psk` gives. Pods hang
+/// off a bridge as on a kernel-VXLAN host.
 pub fn start_wireguard_go(
     h: &Host,
     peers: &[&Host],
-    secret: &ClusterSecret,
-    underlay_mtu: u16,
+    spec: &Spec,
     cluster_cidr: &str,
 ) -> Result<()> {
     let ns = &h.ns;
@@ -96,39 +98,31 @@ pub fn start_wireguard_go(
     std::fs::write(h.dir.join("wireguard-go.pid"), pid.to_string())?;
     wait_for_uapi(&dev, h)?;
 
-    let key_file = h.dir.join("state").join(NODE_KEY_FILE);
-    let local = h.public_key.context("wireguard-go host without a key")?;
-    let mut args: Vec<String> = vec![
-        "set".into(),
-        dev.clone(),
-        "listen-port".into(),
-        "51820".into(),
-        "private-key".into(),
-        key_file.display().to_string(),
+    let key_file = h
+        .dir
+        .join("state")
+        .join(NODE_KEY_FILE)
+        .display()
+        .to_string();
+    let host = [
+        ("DEV", dev.clone()),
+        ("KEY_FILE", key_file.clone()),
+        ("UNDERLAY_MTU", spec.underlay_mtu.to_string()),
+        ("CLUSTER_CIDR", cluster_cidr.to_string()),
     ];
+    recipe::run(ns, "wireguard-host", &host, &spec.meshd_bin)?;
     for p in peers {
         let theirs = p.public_key.context("peer without a key")?;
-        let psk_file = h.dir.join(format!("psk-h{}", p.index));
-        // A preshared key is 32 bytes in the same base64 form as a cluster secret.
-        let psk = ClusterSecret::from_bytes(kdf::wireguard_psk(secret, &local, &theirs));
-        write_0600(&psk_file, psk.to_base64().as_bytes())?;
-        args.extend([
-            "peer".into(),
-            theirs.to_base64(),
-            "preshared-key".into(),
-            psk_file.display().to_string(),
-            "endpoint".into(),
-            format!("{}:51820", p.underlay),
-            "allowed-ips".into(),
-            p.subnet.to_string(),
-        ]);
+        let peer = [
+            ("DEV", dev.clone()),
+            ("KEY_FILE", key_file.clone()),
+            ("SECRET_FILE", host_secret_path(h).display().to_string()),
+            ("PEER_KEY", theirs.to_base64()),
+            ("PEER_ADDRESS", p.underlay.to_string()),
+            ("PEER_SUBNET", p.subnet.to_string()),
+        ];
+        recipe::run(ns, "wireguard-peer", &peer, &spec.meshd_bin)?;
     }
-    let mut wg = vec!["netns", "exec", ns, "wg"];
-    wg.extend(args.iter().map(String::as_str));
-    run("ip", &wg)?;
-    let mtu = (underlay_mtu - WIREGUARD_OVERHEAD as u16).to_string();
-    ip(&["-n", ns, "link", "set", &dev, "mtu", &mtu, "up"])?;
-    ip(&["-n", ns, "route", "add", cluster_cidr, "dev", &dev])?;
     Ok(())
 }
 
@@ -156,17 +150,4 @@ fn uapi_socket(dev: &str) -> PathBuf {
 /// Remove the control socket a killed wireguard-go may have left for namespace `ns`.
 pub fn remove_leftovers(ns: &str) {
     let _ = std::fs::remove_file(uapi_socket(&ifname(ns)));
-}
-
-fn write_0600(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.write_all(b"\n")?;
-    Ok(())
 }

@@ -160,6 +160,30 @@ impl Host {
         Ok(())
     }
 
+    /// Whether `addr` is assigned to an interface in this network namespace (its local
+    /// address: on a point-to-point link, not the far end's).
+    pub async fn has_address(&self, addr: IpAddr) -> Result<bool> {
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .context("listing the host's addresses")?
+        {
+            let local = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let address = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if local.or(address) == Some(addr) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Delete `name` if it exists and meshd made it. Returns whether it was deleted.
     pub async fn remove_owned(&self, name: &str) -> Result<bool> {
         let Some(link) = self.link(name).await? else {

@@ -20,4 +20,6 @@ pub mod routes;
 pub mod runfiles;
 pub mod stats;
 pub mod status;
+#[cfg(test)]
+pub(crate) mod testlog;
 pub mod wire;

@@ -1,5 +1,6 @@
-//! The `meshd` command: the daemon, its status client, host cleanup, and `meshd lab` (which runs
-//! the `meshd-lab` binary).
+//! The `meshd` command: the daemon, its status client, keys and secrets, what a host without
+//! meshd needs to join (`psk`, `vtep-mac`), host cleanup, and `meshd lab` (which runs the
+//! `meshd-lab` binary).
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -41,6 +42,16 @@ enum Command {
     Pubkey,
     /// Print a new cluster secret (base64). Store it mode 0600: `meshd secret > FILE`.
     Secret,
+    /// Print the WireGuard preshared key meshd uses with a static peer (base64, for
+    /// `wg set DEV peer KEY preshared-key FILE`): how a wireguard-go or kernel WireGuard host
+    /// joins (README: "A WireGuard host without meshd").
+    Psk(PskArgs),
+    /// Print the VTEP MAC of the node called NAME, the MAC a kernel VXLAN device of that node
+    /// must have (README: "A kernel VXLAN host without meshd").
+    VtepMac {
+        /// The node's name (`node-name`).
+        name: String,
+    },
     /// Remove everything meshd created on this host (bridge, TUN device, runtime files).
     Cleanup(ConfigArgs),
     /// A local cluster in network namespaces, for trying meshd out.
@@ -52,6 +63,28 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+}
+
+/// `meshd psk`: the secrets as `meshd run` reads them (the file's `cluster-secret-file`,
+/// these flags, or `MESHD_CLUSTER_SECRET`), and this node's key from its state directory
+/// unless `--public-key` gives it.
+#[derive(clap::Args)]
+struct PskArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The other end's WireGuard public key (base64, as `wg pubkey` prints it).
+    #[arg(long)]
+    peer: meshd_crypto::PublicKey,
+    /// This end's public key, instead of the one of `<state-dir>/node.key`: the preshared key
+    /// of a pair is the same from either end.
+    #[arg(long)]
+    public_key: Option<meshd_crypto::PublicKey>,
+    /// File holding the cluster secret (mode 0600).
+    #[arg(long, env = "MESHD_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// Where this node's key is (`node.key`).
+    #[arg(long, env = "MESHD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -70,14 +103,9 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Run(args) => {
             let cfg = args.load()?;
             if args.check_config {
-                // The secrets too: an operator checks an edited secret file before a SIGHUP.
-                if cfg.encryption == meshd::config::Encryption::Wireguard || cfg.gossip_enabled() {
-                    let ring = cfg.cluster_keyring()?;
-                    let ids = meshd::daemon::secrets::ids_text(&ring.ids());
-                    println!("cluster secrets: {} (the first seals)", ids.join(", "));
-                }
-                println!("configuration is valid");
-                return Ok(());
+                // What `run` checks before it touches the host, secrets included: an operator
+                // checks an edited secret file before a SIGHUP.
+                return runtime()?.block_on(meshd::daemon::preflight::check_config(&cfg));
             }
             init_logging(&cfg.log_level);
             runtime()?.block_on(meshd::daemon::run(cfg))
@@ -111,6 +139,11 @@ fn real_main(cli: Cli) -> Result<()> {
             println!("{}", *meshd_crypto::ClusterSecret::generate().to_base64());
             Ok(())
         }
+        Command::Psk(args) => psk(&args),
+        Command::VtepMac { name } => {
+            println!("{}", meshd::wire::vtep_mac(&name));
+            Ok(())
+        }
         Command::Cleanup(args) => {
             let cfg = match &args.config {
                 Some(p) => Config::from_file(p)?,
@@ -120,6 +153,37 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Command::Lab { args } => exec_lab(&args),
     }
+}
+
+fn psk(args: &PskArgs) -> Result<()> {
+    let mut cfg = match &args.config.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(f) = &args.cluster_secret_file {
+        cfg.cluster_secret_file = Some(f.clone());
+    }
+    if let Some(d) = &args.state_dir {
+        cfg.state_dir = d.clone();
+    }
+    let ring = cfg.cluster_keyring()?;
+    let local = match args.public_key {
+        Some(k) => k,
+        None => match meshd::daemon::preflight::node_key(&cfg, false)? {
+            Some((key, _)) => key.public_key(),
+            None => anyhow::bail!(
+                "no node key at {}: `meshd run` creates it on first start; or give this end's \
+                 public key with --public-key",
+                cfg.node_key_path().display()
+            ),
+        },
+    };
+    if local == args.peer {
+        anyhow::bail!("--peer is this end's own public key: give the other end's");
+    }
+    let pair = meshd::peers::wireguard::static_pair_key(&ring, &local, &args.peer);
+    println!("{}", *pair.psk_base64());
+    Ok(())
 }
 
 /// Replace this process with the `meshd-lab` binary next to it: the lab is a crate of its own,
@@ -151,17 +215,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the control-plane runtime")
 }
 
+/// Logs go to stderr, in colour only when that is a terminal: a log file or the journal gets
+/// plain text, without escape codes.
 fn init_logging(level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn lab_args(argv: &[&str]) -> Option<Vec<OsString>> {
@@ -169,6 +239,24 @@ mod tests {
             Command::Lab { args } => Some(args),
             _ => None,
         }
+    }
+
+    #[test]
+    fn psk_takes_keys_and_refuses_what_is_not_one() {
+        let key = meshd_crypto::PrivateKey::generate()
+            .public_key()
+            .to_base64();
+        let cli = Cli::try_parse_from(["meshd", "psk", "--peer", &key, "--public-key", &key]);
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Command::Psk(a)) if Some(a.peer) == a.public_key
+        ));
+        let e = Cli::try_parse_from(["meshd", "psk", "--peer", "abc"])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("--peer"), "{e}");
+        assert!(e.to_string().contains("found 3 characters"), "{e}");
+        assert!(Cli::try_parse_from(["meshd", "vtep-mac"]).is_err());
     }
 
     #[test]

@@ -34,6 +34,8 @@ fn bad_values_name_their_key_and_touch_nothing() {
     require_root();
     let ns = Ns(prefix("cfg"));
     ip(&["netns", "add", &ns.0]).unwrap();
+    // The node's address is on this "host": --check-config checks that too.
+    ip(&["-n", &ns.0, "addr", "add", "198.18.0.1/32", "dev", "lo"]).unwrap();
     let dir = std::env::temp_dir().join(&ns.0);
     std::fs::create_dir_all(&dir).unwrap();
     let cases = [

@@ -1,6 +1,6 @@
 //! meshd and the Linux kernel's VXLAN device speak the same bytes: a host with a kernel VXLAN
-//! device (set up as flannel's vxlan backend does) and meshd hosts reach each other's pods in
-//! both directions.
+//! device (set up as flannel's vxlan backend does, by the README's recipe run word for word,
+//! `meshd vtep-mac` included) and meshd hosts reach each other's pods in both directions.
 //!
 //! ```text
 //!   sw: br0 ─┬─ h1 (meshd)        ── meshbr0 ── p1, p2
@@ -10,7 +10,8 @@
 
 use super::cluster::{assert_transfer, spec, unreachable_pairs};
 use meshd_lab::{HostKind, Topology};
-use meshd_tests::require_root;
+use meshd_tests::{meshd_bin, require_root};
+use std::process::Command;
 
 #[test]
 fn kernel_vxlan_node_and_meshd_nodes_interoperate() {
@@ -32,4 +33,19 @@ fn kernel_vxlan_node_and_meshd_nodes_interoperate() {
         k.stats.drops.is_empty(),
         "the kernel's frames were dropped: {k:?}"
     );
+    // The MAC the recipe gave the kernel device (`meshd vtep-mac`) is the one meshd sends to.
+    let h3 = &t.hosts[2];
+    let out = Command::new(meshd_bin())
+        .args(["vtep-mac", &h3.name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(printed, k.vtep_mac);
+    let link = Command::new("ip")
+        .args(["-n", &h3.ns, "-o", "link", "show", "vxlan0"])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains(&format!("link/ether {printed} ")), "{link}");
 }

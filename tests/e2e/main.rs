@@ -10,6 +10,7 @@ mod encrypted;
 mod gossip;
 mod interop;
 mod lifecycle;
+mod messages;
 mod rotation;
 mod support;
 mod wg_interop;

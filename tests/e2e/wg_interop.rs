@@ -1,7 +1,8 @@
 //! meshd and Debian's `wireguard-go` speak the same bytes: a host running wireguard-go
-//! (configured with `wg`: its key, port 51820, each meshd node as a peer with the preshared key
-//! derived from the cluster secret and allowed-ips = the node's subnet) and meshd hosts reach
-//! each other's pods in both directions.
+//! (configured with `wg` by the README's recipe, run word for word: its key, port 51820, each
+//! meshd node as a peer with the preshared key `meshd psk` prints and allowed-ips = the node's
+//! subnet) and meshd hosts reach each other's pods in both directions. And `meshd psk` on each
+//! meshd node, reading its own config and node key, prints the key wireguard-go holds for it.
 //!
 //! ```text
 //!   sw: br0 ─┬─ h1 (meshd)        ── meshbr0 ── p1, p2
@@ -12,7 +13,7 @@
 use super::cluster::{assert_transfer, unreachable_pairs};
 use super::encrypted::{encrypted_spec, status};
 use meshd_lab::{HostKind, Topology};
-use meshd_tests::require_root;
+use meshd_tests::{meshd_bin, require_root};
 use std::process::Command;
 
 #[test]
@@ -38,20 +39,7 @@ fn wireguard_go_node_and_meshd_nodes_interoperate() {
     assert!(wg.handshakes >= 1 && wg.decrypt_failures == 0, "{wg:?}");
 
     // And wireguard-go saw handshakes with both meshd nodes.
-    let dev = meshd_lab::wireguard::ifname(&t.hosts[2].ns);
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.hosts[2].ns,
-            "wg",
-            "show",
-            &dev,
-            "latest-handshakes",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = wg_show(&t, "latest-handshakes");
     let stamps: Vec<u64> = text
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
@@ -61,4 +49,39 @@ fn wireguard_go_node_and_meshd_nodes_interoperate() {
         stamps.iter().all(|&s| s > 0),
         "a peer never completed a handshake: {text}"
     );
+
+    // From the meshd side: `meshd psk --config` (the node's secret file and node key) prints
+    // the key the recipe gave wireguard-go for that node.
+    let held = wg_show(&t, "preshared-keys");
+    let wg_key = t.hosts[2].public_key.unwrap().to_base64();
+    for h in &t.hosts[..2] {
+        let out = Command::new(meshd_bin())
+            .args(["psk", "--peer", &wg_key, "--config"])
+            .arg(h.dir.join("meshd.toml"))
+            .env_remove("MESHD_CLUSTER_SECRET")
+            .env_remove("MESHD_CLUSTER_SECRET_FILE")
+            .env_remove("MESHD_STATE_DIR")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let psk = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let node_key = h.public_key.unwrap().to_base64();
+        let line = format!("{node_key}\t{psk}");
+        assert!(
+            held.lines().any(|l| l == line),
+            "{} {psk} not in:\n{held}",
+            h.name
+        );
+    }
+}
+
+/// `wg show DEV WHAT` on the wireguard-go host (host 3).
+fn wg_show(t: &Topology, what: &str) -> String {
+    let ns = &t.hosts[2].ns;
+    let dev = meshd_lab::wireguard::ifname(ns);
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "wg", "show", &dev, what])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -151,6 +151,25 @@ pub(super) mod tests {
         c.validate().unwrap();
     }
 
+    /// The template is a working configuration once `address` is the host's: gossip on, no
+    /// subnet, seed or peer of its own, on the first node as on the others.
+    #[test]
+    fn the_template_config_is_valid() {
+        let text = include_str!("../../../meshd.template.toml");
+        let first = Config::from_toml(text).unwrap();
+        first.validate().unwrap();
+        assert!(first.gossip_enabled());
+        assert!(first.subnet.is_none() && first.seeds.is_empty() && first.peers.is_empty());
+        assert!(first.cluster_secret_file.is_some());
+        let seeds = text
+            .lines()
+            .find(|l| l.starts_with("# seeds = "))
+            .expect("the template shows `seeds`, commented out");
+        let others = Config::from_toml(&text.replace(seeds, &seeds[2..])).unwrap();
+        others.validate().unwrap();
+        assert_eq!(others.seeds.len(), 1);
+    }
+
     #[test]
     fn the_example_config_shows_every_key() {
         let text = include_str!("../../../meshd.example.toml");

@@ -110,7 +110,7 @@ impl Membership {
             Gossip::new(gcfg, local, rand_seed(), Instant::now()).context("starting gossip")?;
         let initial = match request {
             SubnetRequest::Explicit(s) | SubnetRequest::Persisted(Lease { subnet: s, .. }) => {
-                Some(to_net(s))
+                to_net(s)
             }
             SubnetRequest::Auto => None,
         };
@@ -277,9 +277,18 @@ impl Membership {
                 break;
             };
             match event {
-                Event::MemberUp(r) | Event::MemberUpdated(r) => {
-                    tracing::info!(member = %r.name, subnet = ?r.subnet.map(|c| c.subnet), "member up");
+                Event::MemberUp(r) => {
+                    tracing::info!(member = %r.name, subnet = %claim_text(&r), "member up");
                     self.upsert(&r);
+                }
+                // A live member's record again: gossip hands a record on more than once, so this
+                // is news only when the peer changed (its subnet arrived, say).
+                Event::MemberUpdated(r) => {
+                    if self.upsert(&r) {
+                        tracing::info!(member = %r.name, subnet = %claim_text(&r), "member changed");
+                    } else {
+                        tracing::debug!(member = %r.name, "member record unchanged");
+                    }
                 }
                 Event::MemberDown(name) => {
                     tracing::warn!(member = %name, "member down: withdrawing its routes");
@@ -297,11 +306,11 @@ impl Membership {
                     }
                 }
                 Event::SubnetConflict(c) if c.explicit => tracing::error!(
-                    subnet = %to_net(c.subnet), other = %c.other, kept = c.kept,
+                    subnet = %c.subnet, other = %c.other, kept = c.kept,
                     "another node claims this node's configured subnet"
                 ),
                 Event::SubnetConflict(c) => tracing::warn!(
-                    subnet = %to_net(c.subnet), other = %c.other, kept = c.kept,
+                    subnet = %c.subnet, other = %c.other, kept = c.kept,
                     "subnet conflict"
                 ),
                 Event::SubnetExhausted => {
@@ -311,11 +320,17 @@ impl Membership {
         }
     }
 
-    fn upsert(&self, r: &NodeRecord) {
+    /// Turns a member's record into its peer; true when the peer set changed.
+    fn upsert(&self, r: &NodeRecord) -> bool {
         let endpoint = r.endpoints.first().map(|e| e.ip().to_canonical());
-        let (Some(address), Some(claim)) = (endpoint, r.subnet) else {
-            self.backend.update(|set| set.remove_member(&r.name));
-            return;
+        let subnet = r.subnet.and_then(|c| to_net(c.subnet));
+        let mut changed = false;
+        let (Some(address), Some(subnet)) = (endpoint, subnet) else {
+            self.backend.update(|set| {
+                changed = set.remove_member(&r.name);
+                changed
+            });
+            return changed;
         };
         let key = match self.encryption {
             Encryption::Wireguard => Some(PeerKey {
@@ -328,14 +343,19 @@ impl Membership {
         let peer = Peer {
             name: r.name.clone(),
             address,
-            subnet: to_net(claim.subnet),
+            subnet,
             key,
         };
-        self.backend.update(|set| set.upsert_member(peer));
+        self.backend.update(|set| {
+            changed = set.upsert_member(peer);
+            changed
+        });
+        changed
     }
 
     async fn assigned(&mut self, lease: Lease) -> Result<()> {
-        let subnet = to_net(lease.subnet);
+        let subnet = to_net(lease.subnet)
+            .with_context(|| format!("gossip assigned {}, which is no subnet", lease.subnet))?;
         tracing::info!(%subnet, "subnet lease");
         subnet::write_lease(&self.cfg.state_dir, &lease)?;
         *self.subnet.lock().unwrap_or_else(|p| p.into_inner()) = Some(subnet);
@@ -343,6 +363,12 @@ impl Membership {
         self.backend.update(|set| set.set_own_subnet(Some(subnet)));
         Ok(())
     }
+}
+
+/// A member's subnet claim as the logs print it.
+fn claim_text(r: &NodeRecord) -> String {
+    r.subnet
+        .map_or_else(|| "none yet".into(), |c| c.subnet.to_string())
 }
 
 fn boot_epoch() -> u32 {

@@ -1,13 +1,16 @@
 //! `meshd run`: one readable sequence from configuration to a running node and back.
 //!
-//! secrets → keys → peers → membership → backend (data path) → host → status → wait → stop.
+//! preflight (secrets, address, node key) → keys → peers → membership → backend (data path) →
+//! host → status → wait → stop.
 //!
-//! Each step lives in a module of its own: [`secrets`] reads and reloads the cluster secrets,
-//! [`membership`] drives gossip, [`subnet`] decides and applies this node's subnet, [`report`]
-//! gathers the status. The peer set has one owner, [`crate::backend::Backend`]: every step that
-//! learns about peers hands its change there.
+//! Each step lives in a module of its own: [`preflight`] checks what can be checked before the
+//! host is touched (the same checks as `--check-config`), [`secrets`] reloads the cluster
+//! secrets, [`membership`] drives gossip, [`subnet`] decides and applies this node's subnet,
+//! [`report`] gathers the status. The peer set has one owner, [`crate::backend::Backend`]:
+//! every step that learns about peers hands its change there.
 
 pub mod membership;
+pub mod preflight;
 pub mod report;
 pub mod secrets;
 pub mod subnet;
@@ -37,22 +40,20 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     if meshd_crypto::MOCK_CLOCK {
         anyhow::bail!("this meshd was built with meshd-crypto's mock-clock feature (tests only): its WireGuard timers would never fire");
     }
-    // Secrets, read before anything is created. They seal gossip and key WireGuard; cleartext
-    // static peers need none.
-    let keyring = if cfg.encryption == Encryption::Wireguard || cfg.gossip_enabled() {
-        let ring = cfg.cluster_keyring()?;
-        tracing::info!(
-            sealing = %ring.primary_id(), held = ?secrets::ids_text(&ring.ids()),
-            "cluster secrets"
-        );
-        Some(ring)
-    } else {
-        None
-    };
+    // Before anything is created: the secrets (they seal gossip and key WireGuard; cleartext
+    // static peers need none), the address, an existing node key.
+    let host = Host::connect()?;
     // The underlay address: configured, or worked out from the routes.
     let (address, address_source) = underlay::address(&cfg).await?;
     cfg.address = Some(address);
     tracing::info!(%address, source = %address_source, "underlay address");
+    let keyring = preflight::check(&cfg, &host).await?;
+    if let Some(ring) = &keyring {
+        tracing::info!(
+            sealing = %ring.primary_id(), held = ?secrets::ids_text(&ring.ids()),
+            "cluster secrets"
+        );
+    }
     std::fs::create_dir_all(&cfg.run_dir)
         .with_context(|| format!("creating the run directory {}", cfg.run_dir.display()))?;
     std::fs::create_dir_all(&cfg.state_dir)
@@ -96,7 +97,6 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     };
 
     // Backend: the data path. The TUN device exists from here until it stops.
-    let host = Host::connect()?;
     let datapath = match &crypto {
         Some(c) => DataPath::start(&cfg, routes.clone(), Wireguard { crypto: c.clone() })?,
         None => DataPath::start(&cfg, routes.clone(), Vxlan { vni: cfg.vxlan.vni })?,
@@ -207,11 +207,9 @@ fn static_peers(cfg: &Config) -> Vec<Peer> {
 
 /// The node key (created under the state directory on first start) and the cluster secrets.
 fn node_crypto(cfg: &Config, keyring: meshd_crypto::Keyring) -> Result<NodeCrypto> {
-    let path = cfg.node_key_path();
-    let (key, how) = meshd_crypto::load_or_create_private_key(&path)
-        .with_context(|| format!("loading the node key {}", path.display()))?;
+    let (key, how) = preflight::node_key(cfg, true)?.context("no node key")?;
     if how == meshd_crypto::KeyFileStatus::Created {
-        tracing::info!(path = %path.display(), "created the node key");
+        tracing::info!(path = %cfg.node_key_path().display(), "created the node key");
     }
     tracing::info!(public_key = %key.public_key(), "WireGuard node key");
     Ok(NodeCrypto::new(

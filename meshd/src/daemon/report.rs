@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::membership::Shared;
-use super::subnet::to_net;
 use crate::backend::Backend;
 use crate::peers::wireguard::WgPeer;
 use crate::status::{
@@ -108,7 +107,7 @@ fn gossip_report(g: &Shared) -> (Vec<MemberStatus>, GossipCounters) {
             state: state_name(m.state).into(),
             since_secs: now.saturating_duration_since(m.since).as_secs(),
             address: m.record.gossip_addr.to_string(),
-            subnet: m.record.subnet.map(|c| to_net(c.subnet).to_string()),
+            subnet: m.record.subnet.map(|c| c.subnet.to_string()),
         })
         .collect();
     let c = g.gossip.counters();

@@ -38,13 +38,22 @@ pub fn request(cfg: &Config) -> Result<SubnetRequest> {
     if let Some(s) = cfg.subnet {
         return Ok(SubnetRequest::Explicit(to_subnet(s).context("subnet")?));
     }
-    match read_lease(&cfg.state_dir) {
-        Some(l) if cfg.cluster_cidr.contains(&to_net(l.subnet)) => Ok(SubnetRequest::Persisted(l)),
-        Some(l) => {
-            tracing::warn!(subnet = %to_net(l.subnet), "the persisted lease is outside cluster-cidr: ignored");
+    let Some(lease) = read_lease(&cfg.state_dir) else {
+        return Ok(SubnetRequest::Auto);
+    };
+    match to_net(lease.subnet) {
+        Some(net) if cfg.cluster_cidr.contains(&net) => Ok(SubnetRequest::Persisted(lease)),
+        Some(net) => {
+            tracing::warn!(subnet = %net, cluster_cidr = %cfg.cluster_cidr, "the persisted lease is outside cluster-cidr: ignored");
             Ok(SubnetRequest::Auto)
         }
-        None => Ok(SubnetRequest::Auto),
+        None => {
+            tracing::error!(
+                lease = %lease.subnet, path = %lease_path(&cfg.state_dir).display(),
+                "the persisted lease is not an IPv4 subnet: ignored, the node takes a new one"
+            );
+            Ok(SubnetRequest::Auto)
+        }
     }
 }
 
@@ -62,10 +71,39 @@ pub fn write_lease(state_dir: &Path, lease: &Lease) -> Result<()> {
     runfiles::write_atomic(&lease_path(state_dir), lease)
 }
 
-pub fn to_net(s: Subnet) -> Ipv4Net {
-    Ipv4Net::new(s.addr(), s.prefix()).unwrap_or_default()
+/// `s` as an [`Ipv4Net`]; `None` for what no network is (a prefix over 32, which a
+/// hand-edited or corrupt lease file can hold: serde does not check it).
+pub fn to_net(s: Subnet) -> Option<Ipv4Net> {
+    Ipv4Net::new(s.addr(), s.prefix()).ok()
 }
 
 pub fn to_subnet(n: Ipv4Net) -> Option<Subnet> {
     Subnet::new(n.network(), n.prefix_len())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn an_impossible_lease_is_reported_as_it_is() {
+        let dir = std::env::temp_dir().join(format!("meshd-lease-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(LEASE_FILE),
+            r#"{"subnet":{"addr":"10.244.1.0","prefix":33},"stamp":5}"#,
+        )
+        .unwrap();
+        let cfg = Config {
+            state_dir: dir.clone(),
+            ..Config::default()
+        };
+        let (request, logs) = crate::testlog::capture(tracing::Level::WARN, || request(&cfg));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(request.unwrap(), SubnetRequest::Auto));
+        assert!(logs.contains("10.244.1.0/33"), "{logs}");
+        assert!(!logs.contains("0.0.0.0/0"), "{logs}");
+        assert!(logs.contains("not an IPv4 subnet"), "{logs}");
+    }
 }

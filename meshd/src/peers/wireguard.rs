@@ -67,9 +67,11 @@ impl NodeCrypto {
             .pair_key(&self.public, peer, peer_ids)
     }
 
-    /// A fresh session with the node whose key is `key`, under a new local index.
+    /// A fresh session with the node called `name` whose key is `key`, under a new local
+    /// index.
     pub(crate) fn new_peer(
         &self,
+        name: &str,
         key: PublicKey,
         peer_ids: Option<&[SecretId]>,
     ) -> Result<Arc<WgPeer>, SessionError> {
@@ -81,8 +83,17 @@ impl NodeCrypto {
             index,
             session: Mutex::new(session),
             pair: Mutex::new(pair),
+            // At error level so that it is on whenever any of boringtun's events are.
+            span: tracing::error_span!("wireguard", peer = %name),
         }))
     }
+}
+
+/// The preshared key this node (`local`) uses with the static peer whose key is `peer`, the
+/// one `meshd psk` prints for a host without meshd: a static peer publishes no secret ids,
+/// so the pair's key comes from the first secret of the ring (see [`Keyring::pair_key`]).
+pub fn static_pair_key(ring: &Keyring, local: &PublicKey, peer: &PublicKey) -> PairKey {
+    ring.pair_key(local, peer, None)
 }
 
 fn start_index() -> u32 {
@@ -100,6 +111,9 @@ pub struct WgPeer {
     session: Mutex<Session>,
     /// The preshared key in use and the secret it comes from (control plane and status only).
     pair: Mutex<PairKey>,
+    /// Names the peer in what boringtun logs while its timers run (handshake retries, expiry):
+    /// its own messages say nothing of which peer. Made once, so a timer tick allocates nothing.
+    pub span: tracing::Span,
 }
 
 impl WgPeer {
@@ -186,7 +200,7 @@ impl Sessions {
                     }
                     return Some(w.clone());
                 }
-                match c.new_peer(k.public, k.secret_ids.as_deref()) {
+                match c.new_peer(&p.name, k.public, k.secret_ids.as_deref()) {
                     Ok(w) => {
                         warn_if_no_common_secret(&p.name, &w.pair());
                         sessions.insert(k.public, w.clone());
@@ -208,6 +222,38 @@ fn warn_if_no_common_secret(peer: &str, pair: &PairKey) {
         tracing::error!(
             peer,
             "no cluster secret in common with this peer: handshakes with it will fail (was a rotation step skipped?)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::peers::PeerKey;
+    use meshd_crypto::ClusterSecret;
+
+    /// `meshd psk` prints the key this node's session with a static peer really uses.
+    #[test]
+    fn the_static_pair_key_is_the_one_sessions_use() {
+        let ring =
+            Keyring::new(vec![ClusterSecret::generate(), ClusterSecret::generate()]).unwrap();
+        let key = PrivateKey::generate();
+        let sessions = Sessions::new(Arc::new(NodeCrypto::new(key.clone(), ring.clone(), 100)));
+        let theirs = PrivateKey::generate().public_key();
+        let peer = Peer {
+            name: "wg-host".into(),
+            address: "198.18.0.9".parse().unwrap(),
+            subnet: "10.244.9.0/24".parse().unwrap(),
+            key: Some(PeerKey::fixed(theirs)),
+        };
+        let wg = sessions.sync(&[peer]).pop().flatten().unwrap();
+        let printed = static_pair_key(&ring, &key.public_key(), &theirs);
+        assert_eq!(wg.pair().psk, printed.psk);
+        // And the other end derives the same key from its side.
+        assert_eq!(
+            static_pair_key(&ring, &theirs, &key.public_key()).psk,
+            printed.psk
         );
     }
 }

@@ -135,7 +135,7 @@ impl Encap for Wireguard {
             let table = routes.load();
             for peer in table.peers() {
                 let Some(wg) = &peer.wg else { continue };
-                let action = wg.lock().update_timers(&mut out);
+                let action = run_timers(wg, &mut out);
                 match action {
                     Action::WriteToNetwork(n) => {
                         if let Err(e) = socket.send_to(&out[..n], peer.endpoint) {
@@ -152,4 +152,10 @@ impl Encap for Wireguard {
             }
         }
     }
+}
+
+/// One peer's timers, inside its span, so that what boringtun logs meanwhile (a handshake
+/// retry, an expiry) names the peer.
+fn run_timers(wg: &WgPeer, out: &mut [u8]) -> Action {
+    wg.span.in_scope(|| wg.lock().update_timers(out))
 }
