@@ -276,7 +276,7 @@ fn gc_releases_everything_not_listed() {
 
 #[test]
 fn status_and_add_without_a_ready_daemon() {
-    let node = Node::new("status");
+    let mut node = Node::new("status");
     let conf = node.conf("1.1.0");
     let pod = node.pod(0);
     node.run("STATUS", "", "", &conf).expect_ok();
@@ -293,19 +293,44 @@ fn status_and_add_without_a_ready_daemon() {
     assert!(e["msg"].as_str().unwrap().contains("no node subnet"), "{e}");
     node.run("ADD", "c", &pod.path(), &conf).expect_code(11);
 
-    node.write_network(&net(u32::MAX - 1, Some("10.244.1.0/24")));
-    let e = node.run("STATUS", "", "", &conf).expect_code(50);
-    assert!(e["msg"].as_str().unwrap().contains("not running"), "{e}");
+    // meshd stopped (its socket file left behind) while network.json names a live pid: ours,
+    // then 1, as meshd in a PID namespace of its own writes.
+    node.write_network(&net(me, Some("10.244.1.0/24")));
+    node.run("STATUS", "", "", &conf).expect_ok();
+    node.meshd.stop();
+    let before = node.snapshot();
+    for pid in [me, 1] {
+        node.write_network(&net(pid, Some("10.244.1.0/24")));
+        let e = node.run("STATUS", "", "", &conf).expect_code(51);
+        assert!(
+            e["msg"].as_str().unwrap().contains("meshd does not answer"),
+            "{e}"
+        );
+        let e = node.run("ADD", "c", &pod.path(), &conf).expect_code(11);
+        assert!(e["msg"].as_str().unwrap().contains("meshd.sock"), "{e}");
+        assert_eq!(node.snapshot(), before);
+    }
+    // A hung meshd: the kernel queues the connection, nothing answers.
+    let sock = node.runtime_dir().join("meshd.sock");
+    std::fs::remove_file(&sock).unwrap();
+    let hung = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let e = node.run("STATUS", "", "", &conf).expect_code(51);
+    assert!(
+        e["msg"].as_str().unwrap().contains("no answer within"),
+        "{e}"
+    );
+    drop(hung);
+    node.meshd = common::FakeMeshd::start(&node.runtime_dir());
+    node.run("STATUS", "", "", &conf).expect_ok();
 
     std::fs::remove_file(node.runtime_dir().join("network.json")).unwrap();
     node.run("STATUS", "", "", &conf).expect_code(50);
-    let before = node.snapshot();
     node.run("ADD", "c", &pod.path(), &conf).expect_code(11);
     assert_eq!(node.snapshot(), before);
 
     node.write_network(&net(me, Some("10.244.1.0/24")));
     node.host.ip(&["link", "del", "meshbr0"]);
-    let e = node.run("STATUS", "", "", &conf).expect_code(50);
+    let e = node.run("STATUS", "", "", &conf).expect_code(51);
     assert!(e["msg"].as_str().unwrap().contains("bridge meshbr0"), "{e}");
 }
 

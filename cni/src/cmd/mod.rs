@@ -11,6 +11,7 @@ use crate::env::{Command, Env};
 use crate::error::{Error, Result};
 use crate::ipam::Store;
 use crate::link::Nl;
+use crate::liveness;
 use crate::node::{self, NodeState};
 use crate::version::Version;
 
@@ -42,7 +43,12 @@ fn version(stdin: &[u8]) -> Value {
     })
 }
 
-/// STATUS: ready only when meshd runs, has a subnet, its bridge exists and our state is usable.
+/// STATUS: ready only when meshd answers, has a subnet, its bridge exists and our state is usable.
+///
+/// Code 50 when no pod is attached yet or attached pods are unaffected (meshd never came up
+/// here, no subnet yet, our state unusable); 51 when pods already attached may
+/// have lost connectivity: meshd wrote its network but stopped answering (its routes and peers
+/// are no longer kept), or the bridge is gone.
 fn status(conf: &NetConf) -> Result<()> {
     conf.version
         .require("STATUS", conf.version.has_gc_and_status(), "1.1.0")?;
@@ -54,11 +60,6 @@ fn status(conf: &NetConf) -> Result<()> {
                 p.display()
             )))
         }
-        Ok(NodeState::NotRunning(pid)) => {
-            return Err(Error::NotAvailable(format!(
-                "meshd (pid {pid}) is not running"
-            )))
-        }
         Ok(NodeState::NoSubnet) => {
             return Err(Error::NotAvailable("meshd has no node subnet yet".into()))
         }
@@ -68,13 +69,14 @@ fn status(conf: &NetConf) -> Result<()> {
             )))
         }
     };
+    liveness::probe(&conf.runtime_dir).map_err(|e| Error::Degraded(e.to_string()))?;
     let nl = Nl::new().map_err(|e| Error::NotAvailable(e.to_string()))?;
     if nl
         .link(&net.bridge)
         .map_err(|e| Error::NotAvailable(e.to_string()))?
         .is_none()
     {
-        return Err(Error::NotAvailable(format!(
+        return Err(Error::Degraded(format!(
             "bridge {} does not exist",
             net.bridge
         )));

@@ -9,12 +9,18 @@
 //! ```
 //! Every namespace and directory is owned by a guard whose `Drop` deletes it, so a failing
 //! test cleans up too. Nothing here touches the root namespace's network configuration.
+//!
+//! meshd itself is played by [`FakeMeshd`]: its control socket in the node's runtime directory,
+//! answering as meshd does, which is all the plugin asks of a live daemon.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use serde_json::{json, Value};
 
@@ -145,9 +151,61 @@ impl Out {
     }
 }
 
-/// A node: a host namespace with meshd's bridge, a runtime dir with network.json, a data dir.
+/// meshd's control socket (`<runtimeDir>/meshd.sock`): every connection gets one status
+/// document and is closed, as meshd/src/status/server.rs does. Stopping it leaves the socket
+/// file behind, as a crashed meshd does.
+pub struct FakeMeshd {
+    socket: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FakeMeshd {
+    pub fn start(runtime_dir: &Path) -> FakeMeshd {
+        let socket = runtime_dir.join("meshd.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(mut s) = stream {
+                    let doc = json!({"node": "node-a", "pid": std::process::id(), "peers": []});
+                    let _ = s.write_all(doc.to_string().as_bytes());
+                }
+            }
+        });
+        FakeMeshd {
+            socket,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Stops answering; the socket file stays.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.lock().unwrap().take() {
+            let _ = UnixStream::connect(&self.socket); // wakes the accept loop
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for FakeMeshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A node: a host namespace with meshd's bridge, a runtime dir with network.json and meshd's
+/// socket, a data dir.
 pub struct Node {
     pub host: Netns,
+    pub meshd: FakeMeshd,
     pub dir: TempDir,
     pub name: String,
 }
@@ -173,7 +231,13 @@ impl Node {
         ]);
         host.ip(&["link", "set", "meshbr0", "up"]);
         std::fs::create_dir_all(dir.0.join("run")).unwrap();
-        let node = Node { host, dir, name };
+        let meshd = FakeMeshd::start(&dir.0.join("run"));
+        let node = Node {
+            host,
+            meshd,
+            dir,
+            name,
+        };
         node.write_network(&json!({
             "node": "node-a", "subnet": subnet, "gateway": gateway, "bridge": "meshbr0",
             "mtu": 1450, "cluster_cidr": "10.244.0.0/16", "pid": std::process::id(),
