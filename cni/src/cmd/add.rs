@@ -9,11 +9,11 @@ use std::net::Ipv4Addr;
 
 use serde_json::Value;
 
-use super::host_link_name;
+use super::{host_link_alias, host_link_name};
 use crate::config::NetConf;
 use crate::env::Env;
 use crate::error::{Error, Result};
-use crate::ipam::Store;
+use crate::ipam::{Allocation, Store};
 use crate::link::{Link, Nl};
 use crate::netns::Netns;
 use crate::node::{self, NodeNetwork};
@@ -36,11 +36,11 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         .ok_or_else(|| Error::TryAgainLater(format!("bridge {} does not exist yet", net.bridge)))?;
     let host_name = host_link_name(&conf.name, container_id, ifname);
 
-    let store = Store::open(&conf.data_dir, &conf.name)?;
-    if let Some(ip) = store.find(container_id, ifname)? {
+    let store = Store::open(&conf.data_dir)?;
+    if let Some(held) = store.find(&conf.name, container_id, ifname)? {
         return Err(Error::AlreadyAttached(format!(
-            "{container_id}/{ifname} already holds {ip} in network {}",
-            conf.name
+            "{container_id}/{ifname} already holds {} in network {}",
+            held.ip, conf.name
         )));
     }
     if host.link(&host_name)?.is_some() {
@@ -48,23 +48,21 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value> {
             "host link {host_name} for {container_id}/{ifname} already exists"
         )));
     }
-    let ip = store.allocate(net.subnet, net.gateway, container_id, ifname)?;
+    let alloc = store.allocate(net.subnet, net.gateway, &conf.name, container_id, ifname)?;
+    let ip = alloc.ip;
     let mut undo = Undo {
         store: &store,
         host: &host,
-        ip,
+        alloc,
         host_link: None,
     };
-    let wired = wire(
-        &host,
-        &ns,
-        &net,
-        bridge.index,
-        &host_name,
+    let ends = Ends {
+        host_name: &host_name,
+        alias: host_link_alias(&conf.name),
         ifname,
         ip,
-        &mut undo,
-    );
+    };
+    let wired = wire(&host, &ns, &net, bridge.index, &ends, &mut undo);
     let (host_link, pod_link) = match wired {
         Ok(links) => links,
         Err(e) => {
@@ -112,24 +110,35 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     Ok(result.to_json(conf.version))
 }
 
+/// The two ends of one attachment, by name.
+struct Ends<'a> {
+    host_name: &'a str,
+    alias: Option<String>,
+    ifname: &'a str,
+    ip: Ipv4Addr,
+}
+
 /// Creates and configures both ends; records in `undo` what exists so far.
-#[allow(clippy::too_many_arguments)]
 fn wire(
     host: &Nl,
     ns: &Netns,
     net: &NodeNetwork,
     bridge_index: u32,
-    host_name: &str,
-    ifname: &str,
-    ip: Ipv4Addr,
+    ends: &Ends<'_>,
     undo: &mut Undo<'_>,
 ) -> Result<(Link, Link)> {
+    let Ends {
+        host_name,
+        ifname,
+        ip,
+        ..
+    } = *ends;
     host.create_veth(host_name, ifname, ns.raw_fd(), net.mtu)?;
     undo.host_link = Some(host_name.to_owned());
     let host_link = host
         .link(host_name)?
         .ok_or_else(|| Error::vanished(format!("veth {host_name} after creating it")))?;
-    host.enslave_up(host_link.index, bridge_index)?;
+    host.enslave_up(host_link.index, bridge_index, ends.alias.as_deref())?;
     let prefix = net.subnet.prefix_len();
     let gateway = net.gateway;
     let pod_link = ns.run(|| {
@@ -152,7 +161,7 @@ fn wire(
 struct Undo<'a> {
     store: &'a Store,
     host: &'a Nl,
-    ip: Ipv4Addr,
+    alloc: Allocation,
     host_link: Option<String>,
 }
 
@@ -170,8 +179,8 @@ impl Undo<'_> {
                 Err(e) => eprintln!("meshd-cni: rollback: looking up {name}: {e}"),
             }
         }
-        if let Err(e) = self.store.release(self.ip) {
-            eprintln!("meshd-cni: rollback: releasing {}: {e}", self.ip);
+        if let Err(e) = self.store.release(&self.alloc) {
+            eprintln!("meshd-cni: rollback: releasing {}: {e}", self.alloc.ip);
         }
     }
 }

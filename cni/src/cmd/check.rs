@@ -51,7 +51,10 @@ pub(super) fn check(env: &Env, conf: &NetConf) -> Result<()> {
     let reported_mac = pod_index.and_then(|i| prev.interfaces[i].mac.clone());
 
     // Our allocation.
-    let allocated = Store::open(&conf.data_dir, &conf.name)?.find(container_id, ifname)?;
+    let allocated = match Store::open_existing(&conf.data_dir, &conf.name)? {
+        Some(store) => store.find(&conf.name, container_id, ifname)?.map(|a| a.ip),
+        None => None,
+    };
     match (allocated, reported_ip) {
         (None, _) => problems.push(format!(
             "no address is allocated to {container_id}/{ifname}"
