@@ -4,6 +4,10 @@
 //! request that also places the peer in the pod), attach the host end, configure the pod end.
 //! If anything after the allocation fails, [`Undo`] deletes the host end (which takes the peer
 //! with it) and releases the address, so a failed ADD leaves nothing behind.
+//!
+//! A pod that already has a default route (a second interface, or meshd-cni as a secondary
+//! network behind another plugin) keeps it: the new interface gets its address and the subnet's
+//! connected route only, and the result reports no route, because none was installed.
 
 use std::net::Ipv4Addr;
 
@@ -63,7 +67,7 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         ip,
     };
     let wired = wire(&host, &ns, &net, bridge.index, &ends, &mut undo);
-    let (host_link, pod_link) = match wired {
+    let (host_link, pod_link, default_route) = match wired {
         Ok(links) => links,
         Err(e) => {
             undo.run();
@@ -93,11 +97,14 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value> {
             interface: Some(1),
             ..Default::default()
         }],
-        routes: vec![Route {
-            dst: "0.0.0.0/0".into(),
-            gw: Some(gateway),
-            ..Default::default()
-        }],
+        routes: default_route
+            .then(|| Route {
+                dst: "0.0.0.0/0".into(),
+                gw: Some(gateway),
+                ..Default::default()
+            })
+            .into_iter()
+            .collect(),
         dns: conf.dns.clone(),
     };
     let result = match prev {
@@ -118,7 +125,8 @@ struct Ends<'a> {
     ip: Ipv4Addr,
 }
 
-/// Creates and configures both ends; records in `undo` what exists so far.
+/// Creates and configures both ends; records in `undo` what exists so far. Returns the host
+/// and pod links, and whether the pod's default route is ours.
 fn wire(
     host: &Nl,
     ns: &Netns,
@@ -126,7 +134,7 @@ fn wire(
     bridge_index: u32,
     ends: &Ends<'_>,
     undo: &mut Undo<'_>,
-) -> Result<(Link, Link)> {
+) -> Result<(Link, Link, bool)> {
     let Ends {
         host_name,
         ifname,
@@ -141,7 +149,7 @@ fn wire(
     host.enslave_up(host_link.index, bridge_index, ends.alias.as_deref())?;
     let prefix = net.subnet.prefix_len();
     let gateway = net.gateway;
-    let pod_link = ns.run(|| {
+    let (pod_link, default_route) = ns.run(|| {
         let nl = Nl::new()?;
         let link = nl.link(ifname)?.ok_or_else(|| {
             Error::vanished(format!("{ifname} in the pod namespace after creating it"))
@@ -149,12 +157,13 @@ fn wire(
         nl.add_address(link.index, ip, prefix)?;
         nl.set_up(link.index)?;
         // A second attachment in the same pod keeps the first one's default route.
-        if nl.default_routes()?.is_empty() {
+        let ours = nl.default_routes()?.is_empty();
+        if ours {
             nl.add_default_route(gateway, link.index)?;
         }
-        Ok(link)
+        Ok((link, ours))
     })?;
-    Ok((host_link, pod_link))
+    Ok((host_link, pod_link, default_route))
 }
 
 /// What a failed ADD must take back.
