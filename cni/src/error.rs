@@ -58,6 +58,10 @@ pub enum Error {
     /// STATUS: the plugin cannot serve ADD now (code 50).
     #[error("plugin not available: {0}")]
     NotAvailable(String),
+    /// STATUS: the plugin cannot serve ADD, and pods already attached may have limited
+    /// connectivity (code 51): meshd stopped answering, or its bridge is gone.
+    #[error("plugin not available, attached pods may have limited connectivity: {0}")]
+    Degraded(String),
     /// ADD for an attachment that already exists (code 100): DEL it first.
     #[error("attachment already exists: {0}")]
     AlreadyAttached(String),
@@ -82,6 +86,7 @@ impl Error {
             Error::InvalidConfig(_) => 7,
             Error::TryAgainLater(_) => 11,
             Error::NotAvailable(_) => 50,
+            Error::Degraded(_) => 51,
             Error::AlreadyAttached(_) => 100,
             Error::CheckFailed(_) => 101,
             Error::PoolExhausted(_) => 102,
@@ -120,7 +125,7 @@ impl Error {
             Error::InvalidConfig(_) => {
                 "fix the network configuration or meshd's runtime file and retry".into()
             }
-            Error::TryAgainLater(_) | Error::NotAvailable(_) => {
+            Error::TryAgainLater(_) | Error::NotAvailable(_) | Error::Degraded(_) => {
                 "start meshd on this node and wait until it has joined the mesh and \
                  written its subnet"
                     .into()
@@ -179,5 +184,6 @@ mod tests {
         assert!(j["msg"].as_str().unwrap().contains("CNI_IFNAME"));
         assert_eq!(Error::TryAgainLater("x".into()).code(), 11);
         assert_eq!(Error::NotAvailable("x".into()).code(), 50);
+        assert_eq!(Error::Degraded("x".into()).code(), 51);
     }
 }

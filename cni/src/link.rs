@@ -28,6 +28,7 @@ pub struct Link {
     pub up: bool,
     pub master: Option<u32>,
     pub kind: Option<InfoKind>,
+    pub alias: Option<String>,
 }
 
 /// A default route, as read back from the kernel.
@@ -105,12 +106,13 @@ impl Nl {
             .map_err(|e| Error::netlink(format!("creating veth {host} <-> {peer}"), e))
     }
 
-    /// Attaches link `index` to bridge `master` and sets it up.
-    pub fn enslave_up(&self, index: u32, master: u32) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index)
-            .controller(master)
-            .up()
-            .build();
+    /// Attaches link `index` to bridge `master`, labels it with `alias` and sets it up.
+    pub fn enslave_up(&self, index: u32, master: u32, alias: Option<&str>) -> Result<()> {
+        let mut msg = LinkUnspec::new_with_index(index).controller(master).up();
+        if let Some(alias) = alias {
+            msg = msg.alias(alias);
+        }
+        let msg = msg.build();
         self.rt
             .block_on(self.handle.link().set(msg).execute())
             .map_err(|e| Error::netlink("attaching veth to the bridge", e))
@@ -222,6 +224,7 @@ fn to_link(msg: &LinkMessage) -> Link {
         up: msg.header.flags.contains(LinkFlags::Up),
         master: None,
         kind: None,
+        alias: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -229,6 +232,7 @@ fn to_link(msg: &LinkMessage) -> Link {
             LinkAttribute::Address(a) => link.mac = Some(format_mac(a)),
             LinkAttribute::Mtu(m) => link.mtu = Some(*m),
             LinkAttribute::Controller(m) => link.master = Some(*m),
+            LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {

@@ -1,8 +1,10 @@
 //! meshd's runtime file `network.json`: the node's subnet, gateway, bridge and MTU.
 //!
 //! meshd writes it atomically (temp file + rename), so a reader sees either the old or the new
-//! file, never half of one. We rely on `subnet`, `bridge`, `mtu`, `pid`, and use `gateway`
-//! (default: the subnet's `.1`) and `cluster_cidr` (when present the subnet must lie inside it).
+//! file, never half of one. We rely on `subnet`, `bridge`, `mtu`, and use `gateway` (default: the
+//! subnet's `.1`) and `cluster_cidr` (when present the subnet must lie inside it). `node` and
+//! `pid` are informational: the file outlives the daemon, so whether meshd is running is asked of
+//! meshd itself ([`crate::liveness`]), never read from here.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use serde::Deserialize;
 
 use crate::env::validate_ifname;
 use crate::error::{Error, Result};
+use crate::liveness;
 
 /// The file name inside the runtime directory.
 pub const FILE_NAME: &str = "network.json";
@@ -25,14 +28,12 @@ pub struct NodeNetwork {
     pub mtu: u32,
 }
 
-/// What the runtime file says about meshd.
+/// What the runtime file says about the node.
 #[derive(Debug)]
 pub enum NodeState {
     /// No file: meshd never ran here, or is not up yet.
     Missing(PathBuf),
-    /// The file names a pid that is not alive.
-    NotRunning(u32),
-    /// meshd runs but has not been given a subnet yet.
+    /// meshd has not been given a subnet yet.
     NoSubnet,
     /// Ready to attach pods.
     Ready(NodeNetwork),
@@ -45,11 +46,10 @@ struct Raw {
     bridge: Option<String>,
     mtu: Option<u32>,
     cluster_cidr: Option<String>,
-    pid: Option<u32>,
 }
 
-/// Reads `<runtime_dir>/network.json`. Decode and semantic errors are errors; absence and a
-/// stopped daemon are states, so each verb decides what they mean for it.
+/// Reads `<runtime_dir>/network.json`. Decode and semantic errors are errors; absence is a
+/// state, so each verb decides what it means for it. Says nothing of whether meshd runs.
 pub fn read(runtime_dir: &Path) -> Result<NodeState> {
     let path = runtime_dir.join(FILE_NAME);
     let bytes = match std::fs::read(&path) {
@@ -61,30 +61,29 @@ pub fn read(runtime_dir: &Path) -> Result<NodeState> {
         what: path.display().to_string(),
         source,
     })?;
-    if let Some(pid) = raw.pid {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            return Ok(NodeState::NotRunning(pid));
-        }
-    }
     let Some(subnet) = raw.subnet.clone().filter(|s| !s.is_empty()) else {
         return Ok(NodeState::NoSubnet);
     };
     validate(&path, &subnet, raw).map(NodeState::Ready)
 }
 
-/// Reads the runtime file and insists meshd is ready: ADD cannot proceed otherwise.
+/// Reads the runtime file and insists meshd is ready and answering: ADD cannot proceed
+/// otherwise.
 pub fn require_ready(runtime_dir: &Path) -> Result<NodeNetwork> {
-    match read(runtime_dir)? {
-        NodeState::Ready(n) => Ok(n),
-        NodeState::Missing(p) => Err(Error::TryAgainLater(format!(
-            "meshd is not running: {} does not exist",
-            p.display()
-        ))),
-        NodeState::NotRunning(pid) => Err(Error::TryAgainLater(format!(
-            "meshd (pid {pid}) is not running"
-        ))),
-        NodeState::NoSubnet => Err(Error::TryAgainLater("meshd has no node subnet yet".into())),
-    }
+    let net = match read(runtime_dir)? {
+        NodeState::Ready(n) => n,
+        NodeState::Missing(p) => {
+            return Err(Error::TryAgainLater(format!(
+                "meshd is not running: {} does not exist",
+                p.display()
+            )))
+        }
+        NodeState::NoSubnet => {
+            return Err(Error::TryAgainLater("meshd has no node subnet yet".into()))
+        }
+    };
+    liveness::probe(runtime_dir).map_err(|e| Error::TryAgainLater(e.to_string()))?;
+    Ok(net)
 }
 
 fn validate(path: &Path, subnet: &str, raw: Raw) -> Result<NodeNetwork> {
@@ -152,12 +151,9 @@ mod tests {
 
     #[test]
     fn ready_file_parses() {
-        let me = std::process::id();
         let d = dir(
             "ok",
-            &format!(
-                r#"{{"node":"a","subnet":"10.244.1.0/24","bridge":"meshbr0","mtu":1450,"cluster_cidr":"10.244.0.0/16","pid":{me}}}"#
-            ),
+            r#"{"node":"a","subnet":"10.244.1.0/24","bridge":"meshbr0","mtu":1450,"cluster_cidr":"10.244.0.0/16","pid":1}"#,
         );
         let NodeState::Ready(n) = read(&d).unwrap() else {
             panic!("not ready")
@@ -174,11 +170,15 @@ mod tests {
         assert_eq!(require_ready(&missing).unwrap_err().code(), 11);
         let d = dir("nosub", r#"{"bridge":"meshbr0","mtu":1450}"#);
         assert!(matches!(read(&d).unwrap(), NodeState::NoSubnet));
+        // A live pid (1 always is) in the file, but nothing answers on the socket.
         let d2 = dir(
             "dead",
-            r#"{"subnet":"10.0.0.0/24","bridge":"b","mtu":1450,"pid":4294967295}"#,
+            r#"{"subnet":"10.0.0.0/24","bridge":"b","mtu":1450,"pid":1}"#,
         );
-        assert!(matches!(read(&d2).unwrap(), NodeState::NotRunning(_)));
+        assert!(matches!(read(&d2).unwrap(), NodeState::Ready(_)));
+        let e = require_ready(&d2).unwrap_err();
+        assert_eq!(e.code(), 11);
+        assert!(e.to_string().contains("meshd.sock"), "{e}");
         let d3 = dir(
             "outside",
             r#"{"subnet":"10.9.1.0/24","bridge":"b","mtu":1450,"cluster_cidr":"10.244.0.0/16"}"#,

@@ -23,6 +23,7 @@ fn bad_configs_and_env_change_nothing() {
     };
     let before = node.snapshot();
     let p = pod.path();
+    let host_ns = node.host.path();
     let cases: Vec<(&str, Value, &str, &str, &str, u64)> = vec![
         (
             "unknown version",
@@ -143,11 +144,39 @@ fn bad_configs_and_env_change_nothing() {
             "eth0",
             4,
         ),
+        (
+            "netns a mount namespace",
+            good.clone(),
+            "c",
+            "/proc/self/ns/mnt",
+            "eth0",
+            4,
+        ),
+        (
+            "netns the node's own, as /proc/self",
+            good.clone(),
+            "c",
+            "/proc/self/ns/net",
+            "eth0",
+            4,
+        ),
+        (
+            "netns the node's own, by name",
+            good.clone(),
+            "c",
+            &host_ns,
+            "eth0",
+            4,
+        ),
     ];
     for (what, conf, cid, netns, ifname, code) in cases {
         let out = node.exec(PLUGIN, "ADD", cid, netns, ifname, &conf);
         let e = out.expect_code(code);
         assert!(!e["msg"].as_str().unwrap().is_empty(), "{what}: {e}");
+        if code == 4 {
+            // The spec: the message must name the invalid variable.
+            assert!(e["msg"].as_str().unwrap().contains("CNI_"), "{what}: {e}");
+        }
         assert_eq!(node.snapshot(), before, "{what} changed the host");
     }
 }

@@ -149,11 +149,31 @@ fn del_is_idempotent() {
     let node = Node::new("del");
     let conf = node.conf("1.1.0");
     let pod = node.pod(0);
+    // DEL and GC on a node that never attached anything create no state.
+    node.run("DEL", "c0", &pod.path(), &conf).expect_ok();
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    node.run("GC", "", "", &gc).expect_ok();
+    assert!(
+        !node.data_dir().exists(),
+        "DEL or GC created the data directory"
+    );
     node.run("ADD", "c1", &pod.path(), &conf).expect_ok();
     node.run("DEL", "c1", &pod.path(), &conf).expect_ok();
     node.run("DEL", "c1", &pod.path(), &conf).expect_ok();
     node.run("DEL", "never-added", &pod.path(), &conf)
         .expect_ok();
+    node.run(
+        "DEL",
+        "c1",
+        &pod.path(),
+        &node.conf_named("1.1.0", "nosuchnet"),
+    )
+    .expect_ok();
+    assert!(
+        !node.data_dir().join("nosuchnet").exists(),
+        "DEL made a state directory"
+    );
 
     // Empty CNI_NETNS: the runtime no longer knows the namespace.
     node.run("ADD", "c2", &pod.path(), &conf).expect_ok();
@@ -226,32 +246,31 @@ fn gc_releases_everything_not_listed() {
                 .json()
         })
         .collect();
-    // A stray veth of ours on the bridge (say, left by a crash) and a foreign one.
-    node.host.ip(&[
-        "link",
-        "add",
-        "vmeshdeadbeef00",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "strayp",
-    ]);
-    node.host
-        .ip(&["link", "set", "vmeshdeadbeef00", "master", "meshbr0"]);
-    node.host.ip(&[
-        "link", "add", "keepme0", "type", "veth", "peer", "name", "keepme1",
-    ]);
-    node.host
-        .ip(&["link", "set", "keepme0", "master", "meshbr0"]);
+    // Strays: a veth of this network whose record was lost, one of another network, and a
+    // foreign one; only the first is this network's to take.
+    for (name, peer, alias) in [
+        ("vmeshdeadbeef00", "stray0", Some("meshd-cni meshnet")),
+        ("vmeshdeadbeef01", "stray1", Some("meshd-cni othernet")),
+        ("keepme0", "keepme1", None),
+    ] {
+        node.host
+            .ip(&["link", "add", name, "type", "veth", "peer", "name", peer]);
+        node.host.ip(&["link", "set", name, "master", "meshbr0"]);
+        if let Some(alias) = alias {
+            node.host.ip(&["link", "set", name, "alias", alias]);
+        }
+    }
 
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
     node.run("GC", "", "", &gc).expect_ok();
 
     assert_eq!(node.allocations(), vec!["10.244.1.3".to_owned()]);
-    assert_eq!(node.host_veths().len(), 1);
-    assert!(node.host.ip(&["-o", "link"]).contains("keepme0"));
+    let links = node.host.ip(&["-o", "link"]);
+    assert!(!links.contains("vmeshdeadbeef00"), "{links}");
+    assert!(links.contains("vmeshdeadbeef01"), "{links}");
+    assert!(links.contains("keepme0"), "{links}");
+    assert_eq!(node.host_veths().len(), 2);
     assert!(!pods[0].ip(&["-o", "link"]).contains("eth0"));
     node.run(
         "CHECK",
@@ -260,23 +279,11 @@ fn gc_releases_everything_not_listed() {
         &with_prev(&conf, &results[1]),
     )
     .expect_ok();
-
-    let mut no_list = conf.clone();
-    no_list
-        .as_object_mut()
-        .unwrap()
-        .remove("cni.dev/valid-attachments");
-    node.run("GC", "", "", &no_list).expect_code(7);
-    assert_eq!(
-        node.allocations().len(),
-        1,
-        "GC without a list must not release anything"
-    );
 }
 
 #[test]
 fn status_and_add_without_a_ready_daemon() {
-    let node = Node::new("status");
+    let mut node = Node::new("status");
     let conf = node.conf("1.1.0");
     let pod = node.pod(0);
     node.run("STATUS", "", "", &conf).expect_ok();
@@ -293,20 +300,59 @@ fn status_and_add_without_a_ready_daemon() {
     assert!(e["msg"].as_str().unwrap().contains("no node subnet"), "{e}");
     node.run("ADD", "c", &pod.path(), &conf).expect_code(11);
 
-    node.write_network(&net(u32::MAX - 1, Some("10.244.1.0/24")));
-    let e = node.run("STATUS", "", "", &conf).expect_code(50);
-    assert!(e["msg"].as_str().unwrap().contains("not running"), "{e}");
+    // meshd stopped (its socket file left behind) while network.json names a live pid: ours,
+    // then 1, as meshd in a PID namespace of its own writes.
+    node.write_network(&net(me, Some("10.244.1.0/24")));
+    node.run("STATUS", "", "", &conf).expect_ok();
+    node.meshd.stop();
+    let before = node.snapshot();
+    for pid in [me, 1] {
+        node.write_network(&net(pid, Some("10.244.1.0/24")));
+        let e = node.run("STATUS", "", "", &conf).expect_code(51);
+        assert!(
+            e["msg"].as_str().unwrap().contains("meshd does not answer"),
+            "{e}"
+        );
+        let e = node.run("ADD", "c", &pod.path(), &conf).expect_code(11);
+        assert!(e["msg"].as_str().unwrap().contains("meshd.sock"), "{e}");
+        assert_eq!(node.snapshot(), before);
+    }
+    // A hung meshd: the kernel queues the connection, nothing answers.
+    let sock = node.runtime_dir().join("meshd.sock");
+    std::fs::remove_file(&sock).unwrap();
+    let hung = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let e = node.run("STATUS", "", "", &conf).expect_code(51);
+    assert!(
+        e["msg"].as_str().unwrap().contains("no answer within"),
+        "{e}"
+    );
+    drop(hung);
+    node.meshd = common::FakeMeshd::start(&node.runtime_dir());
+    node.run("STATUS", "", "", &conf).expect_ok();
 
     std::fs::remove_file(node.runtime_dir().join("network.json")).unwrap();
     node.run("STATUS", "", "", &conf).expect_code(50);
-    let before = node.snapshot();
     node.run("ADD", "c", &pod.path(), &conf).expect_code(11);
     assert_eq!(node.snapshot(), before);
 
     node.write_network(&net(me, Some("10.244.1.0/24")));
     node.host.ip(&["link", "del", "meshbr0"]);
-    let e = node.run("STATUS", "", "", &conf).expect_code(50);
+    let e = node.run("STATUS", "", "", &conf).expect_code(51);
     assert!(e["msg"].as_str().unwrap().contains("bridge meshbr0"), "{e}");
+}
+
+#[test]
+fn status_reports_a_full_subnet() {
+    // A /30: the gateway and one pod.
+    let node = Node::with_subnet("full", "10.244.1.0/30", "10.244.1.1");
+    let conf = node.conf("1.1.0");
+    let pod = node.pod(0);
+    node.run("STATUS", "", "", &conf).expect_ok();
+    node.run("ADD", "c", &pod.path(), &conf).expect_ok();
+    let e = node.run("STATUS", "", "", &conf).expect_code(50);
+    assert!(e["msg"].as_str().unwrap().contains("in use"), "{e}");
+    node.run("DEL", "c", &pod.path(), &conf).expect_ok();
+    node.run("STATUS", "", "", &conf).expect_ok();
 }
 
 #[test]

@@ -4,16 +4,20 @@
 //! request that also places the peer in the pod), attach the host end, configure the pod end.
 //! If anything after the allocation fails, [`Undo`] deletes the host end (which takes the peer
 //! with it) and releases the address, so a failed ADD leaves nothing behind.
+//!
+//! A pod that already has a default route (a second interface, or meshd-cni as a secondary
+//! network behind another plugin) keeps it: the new interface gets its address and the subnet's
+//! connected route only, and the result reports no route, because none was installed.
 
 use std::net::Ipv4Addr;
 
 use serde_json::Value;
 
-use super::host_link_name;
+use super::{host_link_alias, host_link_name};
 use crate::config::NetConf;
 use crate::env::Env;
 use crate::error::{Error, Result};
-use crate::ipam::Store;
+use crate::ipam::{Allocation, Store};
 use crate::link::{Link, Nl};
 use crate::netns::Netns;
 use crate::node::{self, NodeNetwork};
@@ -36,11 +40,11 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         .ok_or_else(|| Error::TryAgainLater(format!("bridge {} does not exist yet", net.bridge)))?;
     let host_name = host_link_name(&conf.name, container_id, ifname);
 
-    let store = Store::open(&conf.data_dir, &conf.name)?;
-    if let Some(ip) = store.find(container_id, ifname)? {
+    let store = Store::open(&conf.data_dir)?;
+    if let Some(held) = store.find(&conf.name, container_id, ifname)? {
         return Err(Error::AlreadyAttached(format!(
-            "{container_id}/{ifname} already holds {ip} in network {}",
-            conf.name
+            "{container_id}/{ifname} already holds {} in network {}",
+            held.ip, conf.name
         )));
     }
     if host.link(&host_name)?.is_some() {
@@ -48,24 +52,22 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value> {
             "host link {host_name} for {container_id}/{ifname} already exists"
         )));
     }
-    let ip = store.allocate(net.subnet, net.gateway, container_id, ifname)?;
+    let alloc = store.allocate(net.subnet, net.gateway, &conf.name, container_id, ifname)?;
+    let ip = alloc.ip;
     let mut undo = Undo {
         store: &store,
         host: &host,
-        ip,
+        alloc,
         host_link: None,
     };
-    let wired = wire(
-        &host,
-        &ns,
-        &net,
-        bridge.index,
-        &host_name,
+    let ends = Ends {
+        host_name: &host_name,
+        alias: host_link_alias(&conf.name),
         ifname,
         ip,
-        &mut undo,
-    );
-    let (host_link, pod_link) = match wired {
+    };
+    let wired = wire(&host, &ns, &net, bridge.index, &ends, &mut undo);
+    let (host_link, pod_link, default_route) = match wired {
         Ok(links) => links,
         Err(e) => {
             undo.run();
@@ -95,11 +97,14 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value> {
             interface: Some(1),
             ..Default::default()
         }],
-        routes: vec![Route {
-            dst: "0.0.0.0/0".into(),
-            gw: Some(gateway),
-            ..Default::default()
-        }],
+        routes: default_route
+            .then(|| Route {
+                dst: "0.0.0.0/0".into(),
+                gw: Some(gateway),
+                ..Default::default()
+            })
+            .into_iter()
+            .collect(),
         dns: conf.dns.clone(),
     };
     let result = match prev {
@@ -112,27 +117,39 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     Ok(result.to_json(conf.version))
 }
 
-/// Creates and configures both ends; records in `undo` what exists so far.
-#[allow(clippy::too_many_arguments)]
+/// The two ends of one attachment, by name.
+struct Ends<'a> {
+    host_name: &'a str,
+    alias: Option<String>,
+    ifname: &'a str,
+    ip: Ipv4Addr,
+}
+
+/// Creates and configures both ends; records in `undo` what exists so far. Returns the host
+/// and pod links, and whether the pod's default route is ours.
 fn wire(
     host: &Nl,
     ns: &Netns,
     net: &NodeNetwork,
     bridge_index: u32,
-    host_name: &str,
-    ifname: &str,
-    ip: Ipv4Addr,
+    ends: &Ends<'_>,
     undo: &mut Undo<'_>,
-) -> Result<(Link, Link)> {
+) -> Result<(Link, Link, bool)> {
+    let Ends {
+        host_name,
+        ifname,
+        ip,
+        ..
+    } = *ends;
     host.create_veth(host_name, ifname, ns.raw_fd(), net.mtu)?;
     undo.host_link = Some(host_name.to_owned());
     let host_link = host
         .link(host_name)?
         .ok_or_else(|| Error::vanished(format!("veth {host_name} after creating it")))?;
-    host.enslave_up(host_link.index, bridge_index)?;
+    host.enslave_up(host_link.index, bridge_index, ends.alias.as_deref())?;
     let prefix = net.subnet.prefix_len();
     let gateway = net.gateway;
-    let pod_link = ns.run(|| {
+    let (pod_link, default_route) = ns.run(|| {
         let nl = Nl::new()?;
         let link = nl.link(ifname)?.ok_or_else(|| {
             Error::vanished(format!("{ifname} in the pod namespace after creating it"))
@@ -140,19 +157,20 @@ fn wire(
         nl.add_address(link.index, ip, prefix)?;
         nl.set_up(link.index)?;
         // A second attachment in the same pod keeps the first one's default route.
-        if nl.default_routes()?.is_empty() {
+        let ours = nl.default_routes()?.is_empty();
+        if ours {
             nl.add_default_route(gateway, link.index)?;
         }
-        Ok(link)
+        Ok((link, ours))
     })?;
-    Ok((host_link, pod_link))
+    Ok((host_link, pod_link, default_route))
 }
 
 /// What a failed ADD must take back.
 struct Undo<'a> {
     store: &'a Store,
     host: &'a Nl,
-    ip: Ipv4Addr,
+    alloc: Allocation,
     host_link: Option<String>,
 }
 
@@ -170,8 +188,8 @@ impl Undo<'_> {
                 Err(e) => eprintln!("meshd-cni: rollback: looking up {name}: {e}"),
             }
         }
-        if let Err(e) = self.store.release(self.ip) {
-            eprintln!("meshd-cni: rollback: releasing {}: {e}", self.ip);
+        if let Err(e) = self.store.release(&self.alloc) {
+            eprintln!("meshd-cni: rollback: releasing {}: {e}", self.alloc.ip);
         }
     }
 }

@@ -1,4 +1,9 @@
 //! CHECK: compare the attachment with what ADD reported and made, and list every difference.
+//!
+//! What is expected comes from `prevResult`, as the spec asks: the pod interface, its address,
+//! and the default route only if the result lists one via our gateway (ADD reports it only when
+//! it installed it, so a secondary interface in a pod that had a default route is not held to
+//! one). Routes other plugins added or changed are theirs to check.
 
 use std::net::Ipv4Addr;
 
@@ -49,9 +54,16 @@ pub(super) fn check(env: &Env, conf: &NetConf) -> Result<()> {
             })
     });
     let reported_mac = pod_index.and_then(|i| prev.interfaces[i].mac.clone());
+    let gateway = net.gateway;
+    let want_default = prev.routes.iter().any(|r| {
+        r.dst == "0.0.0.0/0" && r.gw.as_deref().and_then(|g| g.parse().ok()) == Some(gateway)
+    });
 
     // Our allocation.
-    let allocated = Store::open(&conf.data_dir, &conf.name)?.find(container_id, ifname)?;
+    let allocated = match Store::open_existing(&conf.data_dir, &conf.name)? {
+        Some(store) => store.find(&conf.name, container_id, ifname)?.map(|a| a.ip),
+        None => None,
+    };
     match (allocated, reported_ip) {
         (None, _) => problems.push(format!(
             "no address is allocated to {container_id}/{ifname}"
@@ -96,7 +108,6 @@ pub(super) fn check(env: &Env, conf: &NetConf) -> Result<()> {
     }
 
     // The pod end.
-    let gateway = net.gateway;
     let mtu = net.mtu;
     let pod_problems = ns.run(|| {
         let mut p = Vec::new();
@@ -129,10 +140,10 @@ pub(super) fn check(env: &Env, conf: &NetConf) -> Result<()> {
             }
         }
         let routes = nl.default_routes()?;
-        if !routes
+        let have_default = routes
             .iter()
-            .any(|r| r.gateway == Some(gateway) && r.oif == Some(link.index))
-        {
+            .any(|r| r.gateway == Some(gateway) && r.oif == Some(link.index));
+        if want_default && !have_default {
             p.push(format!("no default route via {gateway} on {ifname}"));
         }
         Ok(p)

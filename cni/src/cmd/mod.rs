@@ -11,11 +11,17 @@ use crate::env::{Command, Env};
 use crate::error::{Error, Result};
 use crate::ipam::Store;
 use crate::link::Nl;
+use crate::liveness;
 use crate::node::{self, NodeState};
 use crate::version::Version;
 
 /// Host-side veth names start with this; GC only ever deletes links named so.
 pub const HOST_PREFIX: &str = "vmesh";
+/// Host-side veths carry the alias `meshd-cni <network>`: GC of one network tells its veths from
+/// another's by it, even for a veth whose record is lost.
+pub const ALIAS_PREFIX: &str = "meshd-cni ";
+/// The kernel keeps at most this many bytes of a link alias (`IFALIASZ` less the NUL).
+const MAX_ALIAS: usize = 255;
 
 /// Runs one invocation. `Ok(Some(json))` is printed on stdout; `Ok(None)` prints nothing.
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>> {
@@ -42,7 +48,12 @@ fn version(stdin: &[u8]) -> Value {
     })
 }
 
-/// STATUS: ready only when meshd runs, has a subnet, its bridge exists and our state is usable.
+/// STATUS: ready only when meshd answers, has a subnet, its bridge exists and an address is free.
+///
+/// Code 50 when no pod is attached yet or attached pods are unaffected (meshd never came up
+/// here, no subnet yet, our state unusable, the subnet full); 51 when pods already attached may
+/// have lost connectivity: meshd wrote its network but stopped answering (its routes and peers
+/// are no longer kept), or the bridge is gone.
 fn status(conf: &NetConf) -> Result<()> {
     conf.version
         .require("STATUS", conf.version.has_gc_and_status(), "1.1.0")?;
@@ -54,11 +65,6 @@ fn status(conf: &NetConf) -> Result<()> {
                 p.display()
             )))
         }
-        Ok(NodeState::NotRunning(pid)) => {
-            return Err(Error::NotAvailable(format!(
-                "meshd (pid {pid}) is not running"
-            )))
-        }
         Ok(NodeState::NoSubnet) => {
             return Err(Error::NotAvailable("meshd has no node subnet yet".into()))
         }
@@ -68,19 +74,29 @@ fn status(conf: &NetConf) -> Result<()> {
             )))
         }
     };
+    liveness::probe(&conf.runtime_dir).map_err(|e| Error::Degraded(e.to_string()))?;
     let nl = Nl::new().map_err(|e| Error::NotAvailable(e.to_string()))?;
     if nl
         .link(&net.bridge)
         .map_err(|e| Error::NotAvailable(e.to_string()))?
         .is_none()
     {
-        return Err(Error::NotAvailable(format!(
+        return Err(Error::Degraded(format!(
             "bridge {} does not exist",
             net.bridge
         )));
     }
-    Store::open(&conf.data_dir, &conf.name)
+    let store = Store::open(&conf.data_dir)
         .map_err(|e| Error::NotAvailable(format!("IPAM state is unusable: {e}")))?;
+    let free = store
+        .next_free(net.subnet, net.gateway)
+        .map_err(|e| Error::NotAvailable(format!("IPAM state is unusable: {e}")))?;
+    if free.is_none() {
+        return Err(Error::NotAvailable(format!(
+            "every address of {} is in use",
+            net.subnet
+        )));
+    }
     Ok(())
 }
 
@@ -100,6 +116,13 @@ pub fn host_link_name(network: &str, container_id: &str, ifname: &str) -> String
     format!("{HOST_PREFIX}{:010x}", h >> 24)
 }
 
+/// The alias of a host-side veth of `network`; none if the name is too long for an alias (GC
+/// then finds that network's veths through their records alone).
+pub fn host_link_alias(network: &str) -> Option<String> {
+    let alias = format!("{ALIAS_PREFIX}{network}");
+    (alias.len() <= MAX_ALIAS).then_some(alias)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -114,6 +137,13 @@ mod tests {
         assert_ne!(a, host_link_name("net", "c1", "eth1"));
         assert_ne!(a, host_link_name("net", "c1e", "th0"));
         assert_ne!(a, host_link_name("net2", "c1", "eth0"));
+    }
+
+    #[test]
+    fn aliases_name_the_network_and_fit_the_kernel() {
+        assert_eq!(host_link_alias("meshd").as_deref(), Some("meshd-cni meshd"));
+        assert!(host_link_alias(&"n".repeat(245)).is_some());
+        assert!(host_link_alias(&"n".repeat(246)).is_none());
     }
 
     #[test]

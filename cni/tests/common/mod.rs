@@ -9,12 +9,18 @@
 //! ```
 //! Every namespace and directory is owned by a guard whose `Drop` deletes it, so a failing
 //! test cleans up too. Nothing here touches the root namespace's network configuration.
+//!
+//! meshd itself is played by [`FakeMeshd`]: its control socket in the node's runtime directory,
+//! answering as meshd does, which is all the plugin asks of a live daemon.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use serde_json::{json, Value};
 
@@ -45,6 +51,18 @@ pub fn sh(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits for `cond`, which the kernel makes true in its own time (a deleted namespace's veth
+/// pair goes away when the namespace is cleaned up, asynchronously); panics after 10 s.
+pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("timed out waiting until {what}");
 }
 
 /// A named network namespace (`/var/run/netns/<name>`), deleted on drop.
@@ -145,9 +163,61 @@ impl Out {
     }
 }
 
-/// A node: a host namespace with meshd's bridge, a runtime dir with network.json, a data dir.
+/// meshd's control socket (`<runtimeDir>/meshd.sock`): every connection gets one status
+/// document and is closed, as meshd/src/status/server.rs does. Stopping it leaves the socket
+/// file behind, as a crashed meshd does.
+pub struct FakeMeshd {
+    socket: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FakeMeshd {
+    pub fn start(runtime_dir: &Path) -> FakeMeshd {
+        let socket = runtime_dir.join("meshd.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(mut s) = stream {
+                    let doc = json!({"node": "node-a", "pid": std::process::id(), "peers": []});
+                    let _ = s.write_all(doc.to_string().as_bytes());
+                }
+            }
+        });
+        FakeMeshd {
+            socket,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Stops answering; the socket file stays.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.lock().unwrap().take() {
+            let _ = UnixStream::connect(&self.socket); // wakes the accept loop
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for FakeMeshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A node: a host namespace with meshd's bridge, a runtime dir with network.json and meshd's
+/// socket, a data dir.
 pub struct Node {
     pub host: Netns,
+    pub meshd: FakeMeshd,
     pub dir: TempDir,
     pub name: String,
 }
@@ -173,7 +243,13 @@ impl Node {
         ]);
         host.ip(&["link", "set", "meshbr0", "up"]);
         std::fs::create_dir_all(dir.0.join("run")).unwrap();
-        let node = Node { host, dir, name };
+        let meshd = FakeMeshd::start(&dir.0.join("run"));
+        let node = Node {
+            host,
+            meshd,
+            dir,
+            name,
+        };
         node.write_network(&json!({
             "node": "node-a", "subnet": subnet, "gateway": gateway, "bridge": "meshbr0",
             "mtu": 1450, "cluster_cidr": "10.244.0.0/16", "pid": std::process::id(),
@@ -196,10 +272,15 @@ impl Node {
         std::fs::rename(&tmp, self.runtime_dir().join("network.json")).unwrap();
     }
 
-    /// Our plugin's config in `version`.
+    /// Our plugin's config in `version`, network "meshnet".
     pub fn conf(&self, version: &str) -> Value {
+        self.conf_named(version, "meshnet")
+    }
+
+    /// Our plugin's config in `version` for network `name`.
+    pub fn conf_named(&self, version: &str, name: &str) -> Value {
         json!({
-            "cniVersion": version, "name": "meshnet", "type": "meshd-cni",
+            "cniVersion": version, "name": name, "type": "meshd-cni",
             "runtimeDir": self.runtime_dir(), "dataDir": self.data_dir(),
         })
     }
@@ -219,26 +300,29 @@ impl Node {
         ifname: &str,
         conf: &Value,
     ) -> Out {
+        let env = [
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", cid),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", ifname),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ];
+        self.exec_with(plugin, &env, conf.to_string().as_bytes())
+    }
+
+    /// Runs `plugin` in the host namespace with exactly `env` (and a PATH) and `stdin`.
+    pub fn exec_with(&self, plugin: &str, env: &[(&str, &str)], stdin: &[u8]) -> Out {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.host.name, plugin])
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", cmd)
-            .env("CNI_CONTAINERID", cid)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", ifname)
-            .env("CNI_PATH", "/usr/lib/cni")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn plugin");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
         let out = child.wait_with_output().unwrap();
         Out {
             ok: out.status.success(),
@@ -284,17 +368,27 @@ impl Node {
         format!("{links:?}\n{addrs:?}\n{:?}", self.allocations())
     }
 
-    /// Addresses allocated in our IPAM store.
+    /// Addresses allocated in our IPAM store, of every network.
     pub fn allocations(&self) -> Vec<String> {
-        let dir = self.data_dir().join("meshnet");
-        let mut v: Vec<String> = std::fs::read_dir(dir)
+        self.records().into_iter().map(|(ip, _)| ip).collect()
+    }
+
+    /// Our IPAM records, of every network: (address, record), sorted.
+    pub fn records(&self) -> Vec<(String, Value)> {
+        let dir = self.data_dir().join("_pool");
+        let mut v: Vec<(String, Value)> = std::fs::read_dir(dir)
             .map(|rd| {
-                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
-                    .collect()
+                rd.filter_map(|e| {
+                    let e = e.ok()?;
+                    let name = e.file_name().into_string().ok()?;
+                    name.parse::<std::net::Ipv4Addr>().ok()?;
+                    let body = std::fs::read(e.path()).ok()?;
+                    Some((name, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+                })
+                .collect()
             })
             .unwrap_or_default();
-        v.sort();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 
@@ -308,6 +402,28 @@ impl Node {
             .filter(|n| n.starts_with("vmesh"))
             .collect()
     }
+}
+
+/// The address (without prefix) and MAC of interface `ifname` in sandbox `sandbox` of a result.
+pub fn pod_end(r: &Value, ifname: &str, sandbox: &str) -> (String, String) {
+    let ifaces = r["interfaces"].as_array().expect("interfaces");
+    let idx = ifaces
+        .iter()
+        .position(|i| i["name"] == ifname && i["sandbox"] == sandbox)
+        .unwrap_or_else(|| panic!("no {ifname} in {sandbox}: {r}"));
+    let ip = r["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .find(|ip| ip["interface"] == idx)
+        .unwrap_or_else(|| panic!("no address on {ifname}: {r}"))["address"]
+        .as_str()
+        .unwrap();
+    let ip = ip.split('/').next().unwrap().to_owned();
+    (
+        ip,
+        ifaces[idx]["mac"].as_str().unwrap_or_default().to_owned(),
+    )
 }
 
 /// Checks a result against the spec's rules for `version`; returns the pod's address.
