@@ -1,8 +1,8 @@
 //! The status API's types: one [`Status`] document, which the daemon gathers
 //! (`daemon::report`), serves on a Unix socket under the run directory ([`server`]), and
 //! `meshd status` fetches ([`query`]) and prints ([`render`]). The CNI plugin reads the
-//! companion file `network.json` ([`crate::runfiles`]) instead, so it never needs the daemon to
-//! answer.
+//! node's subnet from the companion file `network.json` ([`crate::runfiles`]), and connects to
+//! the socket only to learn that meshd is alive: only a live meshd answers it.
 
 mod render;
 pub mod server;
