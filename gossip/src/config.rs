@@ -66,6 +66,12 @@ pub enum ConfigError {
     /// The local node's record breaks a bound (name length, endpoint count, record size).
     #[error("local node record refused: {0}")]
     LocalNode(#[from] crate::record::RecordError),
+    /// More reserved (static peer) subnets inside the cluster CIDR than a record carries.
+    #[error(
+        "{0} static peer subnets inside the cluster CIDR: a gossip record carries at most {max}",
+        max = crate::record::MAX_RESERVED
+    )]
+    TooManyReserved(usize),
     /// `max_datagram` is too small to carry a SWIM packet and a record.
     #[error("max_datagram {0} is below the minimum of {MIN_DATAGRAM}")]
     DatagramTooSmall(usize),
