@@ -6,6 +6,7 @@ mod cluster;
 mod config;
 mod encrypted;
 mod gossip;
+mod host_faults;
 mod interop;
 mod lifecycle;
 mod rotation;
