@@ -67,6 +67,12 @@ pub enum ConfigError {
     /// cause is in the message, so it is not also the `source()` (a chain would repeat it).
     #[error("local node record refused: {0}")]
     LocalNode(crate::record::RecordError),
+    /// More reserved (static peer) subnets inside the cluster CIDR than a record carries.
+    #[error(
+        "{0} static peer subnets inside the cluster CIDR: a gossip record carries at most {max}",
+        max = crate::record::MAX_RESERVED
+    )]
+    TooManyReserved(usize),
     /// `max_datagram` is too small to carry a SWIM packet and a record.
     #[error("max_datagram {0} is below the minimum of {MIN_DATAGRAM}")]
     DatagramTooSmall(usize),

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use crate::config::{Config, ConfigError};
 use crate::identity::{Inbox, NodeId, RecordHandler, SharedInbox};
 use crate::io::{Counters, Transmit};
-use crate::record::{Lease, LocalNode, NodeRecord, SubnetClaim};
+use crate::record::{Lease, LocalNode, NodeRecord, Subnet, SubnetClaim, MAX_RESERVED};
 use crate::subnet::Pool;
 use crate::timers::{TimerKind, Timers};
 use crate::view::Entry;
@@ -42,7 +42,8 @@ pub struct Gossip {
     pub(crate) sync: Option<crate::sync::SyncState>,
     pub(crate) served: HashMap<SocketAddr, Instant>,
     pub(crate) pulled: HashMap<SocketAddr, Instant>,
-    pub(crate) reported: HashSet<(String, u64)>,
+    /// Conflicts already reported: (other node, its record generation, over a reservation).
+    pub(crate) reported: HashSet<(String, u64, bool)>,
     pub(crate) rng: SmallRng,
     pub(crate) max_packet: usize,
     pub(crate) leaving: bool,
@@ -63,6 +64,18 @@ impl Gossip {
         now: Instant,
     ) -> Result<Self, ConfigError> {
         let pool = config.pool()?;
+        // Only what could collide with a node subnet is published.
+        let mut reserved: Vec<Subnet> = local
+            .reserved
+            .iter()
+            .filter(|r| r.overlaps(&pool.cidr()))
+            .copied()
+            .collect();
+        reserved.sort();
+        reserved.dedup();
+        if reserved.len() > MAX_RESERVED {
+            return Err(ConfigError::TooManyReserved(reserved.len()));
+        }
         let max_packet = config.max_datagram - ENVELOPE_OVERHEAD;
         let id = NodeId {
             addr: local.gossip_addr,
@@ -88,6 +101,7 @@ impl Gossip {
             generation: u64::from(local.boot_epoch) << 32,
             leaving: false,
             secret_ids: local.secret_ids,
+            reserved,
         };
         // Refuse here what every peer would refuse (and what would make our own broadcasts fail).
         crate::record::encode_record(&me)
@@ -313,7 +327,7 @@ impl Gossip {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::record::{Subnet, SubnetRequest};
+    use crate::record::SubnetRequest;
     use crate::sim::Sim;
 
     fn lone(now: Instant) -> Gossip {

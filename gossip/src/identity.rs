@@ -164,6 +164,7 @@ mod tests {
             generation,
             leaving: false,
             secret_ids: Vec::new(),
+            reserved: Vec::new(),
         }
     }
 

@@ -57,7 +57,7 @@ pub use identity::NodeId;
 pub use io::{Counters, Transmit};
 pub use record::{
     Capabilities, Lease, LocalNode, NodeRecord, RecordError, Subnet, SubnetClaim, SubnetParseError,
-    SubnetRequest, MAX_ENDPOINTS, MAX_NAME_LEN, MAX_RECORD_LEN,
+    SubnetRequest, MAX_ENDPOINTS, MAX_NAME_LEN, MAX_RECORD_LEN, MAX_RESERVED,
 };
 pub use subnet::{Pool, PoolError};
 pub use view::{Member, MemberState};
@@ -80,7 +80,8 @@ pub enum Event {
     /// This node holds a subnet (first claim, or a new one after losing a conflict): persist
     /// the lease and (re)configure the bridge.
     SubnetAssigned(Lease),
-    /// Another live node claims this node's subnet. Log at warn; at error when `explicit`.
+    /// Another live node claims this node's subnet, or routes a static peer in it
+    /// (`reserved`). Log at warn; at error when `explicit`.
     SubnetConflict(SubnetConflict),
     /// No free subnet is left in the cluster CIDR; retried as members go.
     SubnetExhausted,

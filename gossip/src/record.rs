@@ -7,7 +7,8 @@
 //! record finds fewer extensions and leaves their fields empty (see [`decode_record`]).
 //!
 //! Extensions so far: 1. the ids of the cluster secrets the node holds
-//! ([`NodeRecord::secret_ids`]).
+//! ([`NodeRecord::secret_ids`]); 2. the subnets the node routes outside gossip, its static
+//! peers' ([`NodeRecord::reserved`]).
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -54,6 +55,11 @@ impl Subnet {
     /// Whether `other` lies entirely inside this network.
     pub fn contains(&self, other: &Subnet) -> bool {
         other.prefix >= self.prefix && u32::from(other.addr) & self.mask() == u32::from(self.addr)
+    }
+
+    /// Whether the two networks share an address (one contains the other).
+    pub fn overlaps(&self, other: &Subnet) -> bool {
+        self.contains(other) || other.contains(self)
     }
 
     fn is_valid(&self) -> bool {
@@ -159,6 +165,11 @@ pub struct NodeRecord {
     /// secret both hold.
     #[serde(skip)]
     pub secret_ids: Vec<[u8; 4]>,
+    /// Extension 2: subnets inside the cluster CIDR that the node routes to static peers
+    /// (`[[peers]]` entries: hosts outside gossip, a wireguard-go host say). No member may
+    /// claim one: every node leaves them out of its picks (empty from an older node).
+    #[serde(skip)]
+    pub reserved: Vec<Subnet>,
 }
 
 /// The local node, as the daemon knows it at start-up.
@@ -182,6 +193,10 @@ pub struct LocalNode {
     pub subnet: SubnetRequest,
     /// Ids of the cluster secrets this node holds, primary first.
     pub secret_ids: Vec<[u8; 4]>,
+    /// Subnets this node routes outside gossip (its static peers'). Those inside the cluster
+    /// CIDR are published ([`NodeRecord::reserved`]) and never given to a member; at most
+    /// [`MAX_RESERVED`] of them.
+    pub reserved: Vec<Subnet>,
     /// Must grow across restarts (seconds since the Unix epoch at start will do): a restarted
     /// node's identity and record then win over what the cluster remembers of its last life.
     pub boot_epoch: u32,
@@ -206,6 +221,9 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_ENDPOINTS: usize = 8;
 /// Most cluster secret ids accepted per node.
 pub const MAX_SECRET_IDS: usize = 8;
+/// Most reserved (static peer) subnets accepted per node: 16 take 81 bytes, which a record
+/// with every other field at its bound still fits in [`MAX_RECORD_LEN`] with.
+pub const MAX_RESERVED: usize = 16;
 
 /// Why a record blob was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -224,8 +242,8 @@ pub enum RecordError {
 /// Encodes a record into a fresh blob: the base fields, then each extension as a blob.
 pub fn encode_record(record: &NodeRecord) -> Result<Vec<u8>, RecordError> {
     let mut blob = postcard::to_allocvec(record).map_err(|_| RecordError::Malformed)?;
-    let ext = postcard::to_allocvec(&record.secret_ids).map_err(|_| RecordError::Malformed)?;
-    blob = postcard::to_extend(ext.as_slice(), blob).map_err(|_| RecordError::Malformed)?;
+    blob = append_extension(blob, &record.secret_ids)?;
+    blob = append_extension(blob, &record.reserved)?;
     if blob.len() > MAX_RECORD_LEN {
         return Err(RecordError::TooLong);
     }
@@ -240,21 +258,43 @@ pub fn decode_record(blob: &[u8]) -> Result<(NodeRecord, bool), RecordError> {
     }
     let (mut record, mut rest): (NodeRecord, _) =
         postcard::take_from_bytes(blob).map_err(|_| RecordError::Malformed)?;
-    if !rest.is_empty() {
-        let (ext, after): (&[u8], _) =
-            postcard::take_from_bytes(rest).map_err(|_| RecordError::Malformed)?;
-        record.secret_ids = postcard::from_bytes(ext).map_err(|_| RecordError::Malformed)?;
-        rest = after;
+    if let Some(ids) = take_extension(&mut rest)? {
+        record.secret_ids = ids;
+    }
+    if let Some(reserved) = take_extension(&mut rest)? {
+        record.reserved = reserved;
     }
     let bounded = !record.name.is_empty()
         && record.name.len() <= MAX_NAME_LEN
         && record.endpoints.len() <= MAX_ENDPOINTS
         && record.secret_ids.len() <= MAX_SECRET_IDS
+        && record.reserved.len() <= MAX_RESERVED
+        && record.reserved.iter().all(Subnet::is_valid)
         && record.subnet.is_none_or(|c| c.subnet.is_valid());
     if !bounded {
         return Err(RecordError::Invalid);
     }
     Ok((record, !rest.is_empty()))
+}
+
+fn append_extension(blob: Vec<u8>, value: &impl Serialize) -> Result<Vec<u8>, RecordError> {
+    let ext = postcard::to_allocvec(value).map_err(|_| RecordError::Malformed)?;
+    postcard::to_extend(ext.as_slice(), blob).map_err(|_| RecordError::Malformed)
+}
+
+/// The next extension, if the sender wrote one; a truncated one is malformed, not absent.
+fn take_extension<T: serde::de::DeserializeOwned>(
+    rest: &mut &[u8],
+) -> Result<Option<T>, RecordError> {
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let (ext, after): (&[u8], _) =
+        postcard::take_from_bytes(rest).map_err(|_| RecordError::Malformed)?;
+    *rest = after;
+    postcard::from_bytes(ext)
+        .map(Some)
+        .map_err(|_| RecordError::Malformed)
 }
 
 #[cfg(test)]
@@ -279,6 +319,7 @@ mod tests {
             generation: 3,
             leaving: false,
             secret_ids: vec![[1, 2, 3, 4], [5, 6, 7, 8]],
+            reserved: vec!["10.244.200.0/24".parse().unwrap()],
         }
     }
 
@@ -310,9 +351,11 @@ mod tests {
         let (old, skipped) = decode_record(&base).unwrap();
         assert!(!skipped);
         assert!(old.secret_ids.is_empty());
+        assert!(old.reserved.is_empty());
         assert_eq!(
             NodeRecord {
                 secret_ids: rec.secret_ids.clone(),
+                reserved: rec.reserved.clone(),
                 ..old
             },
             rec
@@ -320,6 +363,52 @@ mod tests {
         // And what this version sends carries the ids.
         let (new, _) = decode_record(&encode_record(&rec).unwrap()).unwrap();
         assert_eq!(new.secret_ids, rec.secret_ids);
+        assert_eq!(new.reserved, rec.reserved);
+    }
+
+    /// What this version sends, read as the previous version did (base and extension 1): the
+    /// reservations are skipped, everything else reads; and that version's records read here
+    /// with no reservations.
+    #[test]
+    fn reservations_are_an_extension_older_nodes_skip() {
+        let rec = sample("n1");
+        let blob = encode_record(&rec).unwrap();
+        let (base, rest): (NodeRecord, _) = postcard::take_from_bytes(&blob).unwrap();
+        let (ext1, rest): (&[u8], _) = postcard::take_from_bytes(rest).unwrap();
+        let ids: Vec<[u8; 4]> = postcard::from_bytes(ext1).unwrap();
+        assert_eq!((base.name.as_str(), ids), ("n1", rec.secret_ids.clone()));
+        assert!(
+            !rest.is_empty(),
+            "extension 2 is left for an older decoder to skip"
+        );
+        let previous = append_extension(postcard::to_allocvec(&rec).unwrap(), &rec.secret_ids);
+        let (read, skipped) = decode_record(&previous.unwrap()).unwrap();
+        assert!(!skipped);
+        assert!(read.reserved.is_empty());
+        assert_eq!(read.secret_ids, rec.secret_ids);
+    }
+
+    /// Every field at its bound still fits in one record.
+    #[test]
+    fn a_record_at_every_bound_fits() {
+        let mut rec = sample(&"n".repeat(MAX_NAME_LEN));
+        rec.gossip_addr = "[2001:db8::1]:65535".parse().unwrap();
+        rec.endpoints = vec!["[2001:db8::1]:65535".parse().unwrap(); MAX_ENDPOINTS];
+        rec.subnet = rec.subnet.map(|c| SubnetClaim {
+            stamp: u64::MAX,
+            ..c
+        });
+        rec.capabilities = Capabilities(u32::MAX);
+        rec.version = "0.1.0-rc.1+abcdef".into();
+        rec.generation = u64::MAX;
+        rec.secret_ids = vec![[0xff; 4]; MAX_SECRET_IDS];
+        rec.reserved = vec!["10.244.255.252/30".parse().unwrap(); MAX_RESERVED];
+        let blob = encode_record(&rec).unwrap();
+        assert!(blob.len() <= MAX_RECORD_LEN, "{} bytes", blob.len());
+        assert_eq!(decode_record(&blob).unwrap(), (rec.clone(), false));
+        rec.reserved.push("10.244.0.0/30".parse().unwrap());
+        let blob = encode_record(&rec).unwrap();
+        assert_eq!(decode_record(&blob), Err(RecordError::Invalid));
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! stable hash of its name and probing forward, so that nodes joining at the same moment
 //! usually start far apart; when they do collide, [`crate::SubnetClaim::beats`] settles it.
 
-use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use crate::record::Subnet;
@@ -76,12 +75,12 @@ impl Pool {
         Subnet::new(addr, self.node_prefix).unwrap_or(self.cidr)
     }
 
-    /// Picks the first subnet not in `taken`, probing from a slot derived from `name`.
-    pub fn pick(&self, name: &str, taken: &HashSet<Subnet>) -> Option<Subnet> {
+    /// Picks the first subnet not `taken`, probing from a slot derived from `name`.
+    pub fn pick(&self, name: &str, taken: impl Fn(&Subnet) -> bool) -> Option<Subnet> {
         let start = fnv1a(name.as_bytes());
         (0..self.len().min(MAX_PROBES))
             .map(|i| self.nth(start.wrapping_add(i)))
-            .find(|s| !taken.contains(s))
+            .find(|s| !taken(s))
     }
 }
 
@@ -96,6 +95,7 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use std::collections::HashSet;
 
     fn pool() -> Pool {
         Pool::new("10.244.0.0/16".parse().unwrap(), 24).unwrap()
@@ -116,11 +116,11 @@ mod tests {
     #[test]
     fn pick_is_deterministic_and_skips_taken() {
         let p = pool();
-        let none = HashSet::new();
-        let first = p.pick("node-a", &none).unwrap();
-        assert_eq!(p.pick("node-a", &none), Some(first));
+        let none = |_: &Subnet| false;
+        let first = p.pick("node-a", none).unwrap();
+        assert_eq!(p.pick("node-a", none), Some(first));
         let taken: HashSet<_> = [first].into_iter().collect();
-        let second = p.pick("node-a", &taken).unwrap();
+        let second = p.pick("node-a", |s| taken.contains(s)).unwrap();
         assert_ne!(first, second);
         assert!(p.holds(&second));
     }
@@ -129,7 +129,7 @@ mod tests {
     fn full_pool_yields_nothing() {
         let p = Pool::new("10.0.0.0/30".parse().unwrap(), 30).unwrap();
         let taken: HashSet<_> = [p.nth(0)].into_iter().collect();
-        assert_eq!(p.pick("x", &taken), None);
+        assert_eq!(p.pick("x", |s| taken.contains(s)), None);
     }
 
     #[test]

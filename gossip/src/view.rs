@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use foca::OwnedNotification;
 
+use crate::alloc::contests;
 use crate::gossip::Gossip;
 use crate::identity::NodeId;
 use crate::record::NodeRecord;
@@ -95,7 +96,7 @@ impl Gossip {
         let name = record.name.clone();
         let swim_alive = self.active.contains_key(&addr);
         let mine = self.own_claim().map(|c| c.subnet);
-        let touches_mine = record.subnet.is_some_and(|c| Some(c.subnet) == mine);
+        let touches_mine = mine.is_some_and(|m| contests(&record, m));
         match self.members.get_mut(&name) {
             Some(entry) => {
                 if entry.record.gossip_addr != addr {
@@ -165,6 +166,7 @@ impl Gossip {
     }
 
     fn mark_up(&mut self, addr: SocketAddr, now: Instant) {
+        let mine = self.own_claim().map(|c| c.subnet);
         let Some(entry) = self
             .by_addr
             .get(&addr)
@@ -176,9 +178,9 @@ impl Gossip {
         if !entry.is_live() {
             entry.state = Some(MemberState::Alive);
             entry.since = now;
-            let theirs = entry.record.subnet.map(|c| c.subnet);
+            let contested = mine.is_some_and(|m| contests(&entry.record, m));
             self.events.push_back(Event::MemberUp(entry.record.clone()));
-            if theirs.is_some() && self.own_claim().map(|c| c.subnet) == theirs {
+            if contested {
                 self.check_conflicts(now);
             }
         }

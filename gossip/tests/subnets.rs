@@ -244,3 +244,98 @@ fn a_node_renamed_on_the_same_address_retires_its_old_name() {
         );
     }
 }
+
+/// Static peers' subnets, reserved by node 0 alone and learnt by every other node through its
+/// record: newcomers that join through other nodes never pick one, and the pool counts them
+/// as taken (the sixth node finds it exhausted, where without them it would get a slot).
+#[test]
+fn static_peers_subnets_are_never_handed_out() {
+    let cfg = pool_of(8);
+    let pool = meshd_gossip::Pool::new(cfg.cluster_cidr, cfg.node_prefix).unwrap();
+    // A /23 over slots 2 and 3 and a /25 inside slot 5: five of the eight slots stay free.
+    let wide = Subnet::new(pool.nth(2).addr(), 23).unwrap();
+    let narrow = Subnet::new(pool.nth(5).addr(), 25).unwrap();
+    let mut sim = Sim::new(NetConfig::default(), 31);
+    let mut local = Sim::local_node(0, SubnetRequest::Auto);
+    local.reserved = vec![wide, narrow];
+    sim.add_node(cfg.clone(), local).unwrap();
+    let mut exhausted = HashSet::new();
+    let mut on_event = |i: usize, _: std::time::Instant, e: &Event| {
+        if let Event::SubnetExhausted = e {
+            exhausted.insert(i);
+        }
+    };
+    sim.run_for(Duration::from_secs(4), &mut on_event);
+    for i in 1..6 {
+        add(&mut sim, &cfg, i, SubnetRequest::Auto);
+        sim.join(i, i - 1);
+        sim.run_for(Duration::from_secs(5), &mut on_event);
+    }
+    for (i, n) in sim.nodes.iter().enumerate().take(5) {
+        assert!(n.gossip.lease().is_some(), "node {i} has no lease");
+        let lease = n.gossip.lease().unwrap();
+        assert!(
+            !lease.subnet.overlaps(&wide) && !lease.subnet.overlaps(&narrow),
+            "node {i} was given {}, a static peer's",
+            lease.subnet
+        );
+    }
+    assert_eq!(sim.nodes[5].gossip.lease(), None);
+    assert_eq!(exhausted, HashSet::from([5]));
+    // Only node 0 was given the reservations; node 5, which joined through node 4, holds
+    // them from node 0's record.
+    let zero = sim.nodes[5].gossip.member("node-0").unwrap();
+    assert_eq!(zero.record.reserved, [wide, narrow]);
+    sim.kill(5);
+    assert_unique_subnets(&sim);
+}
+
+/// A member that already holds a subnet a node then reserves (a static peer added there)
+/// moves off it; a member that claims a reserved subnet explicitly keeps it, and the conflict
+/// is reported as explicit (logged at error by the daemon).
+#[test]
+fn a_claim_on_a_static_peers_subnet_moves_unless_explicit() {
+    let cfg = pool_of(64);
+    let (mut sim, mut watch, _) = scenario::bootstrap(6, &cfg, NetConfig::default(), 17);
+    let held = sim.nodes[3].gossip.lease().unwrap().subnet;
+    let taken: HashSet<Subnet> = sim
+        .nodes
+        .iter()
+        .map(|n| n.gossip.lease().unwrap().subnet)
+        .collect();
+    let pool = meshd_gossip::Pool::new(cfg.cluster_cidr, cfg.node_prefix).unwrap();
+    let free = (0..64)
+        .map(|i| pool.nth(i))
+        .find(|s| !taken.contains(s))
+        .unwrap();
+    let mut local = Sim::local_node(6, SubnetRequest::Auto);
+    local.reserved = vec![held, free];
+    sim.add_node(cfg.clone(), local).unwrap();
+    sim.join(6, 0);
+    add(&mut sim, &cfg, 7, SubnetRequest::Explicit(free));
+    sim.join(7, 1);
+    let mut reports: Vec<(usize, SubnetConflict)> = Vec::new();
+    sim.run_for(Duration::from_secs(10), &mut |i, _, e| {
+        if let Event::SubnetConflict(c) = e {
+            reports.push((i, c.clone()));
+        }
+    });
+    assert!(scenario::run_until(&mut sim, &mut watch, scenario::fully_meshed).is_some());
+    let moved = sim.nodes[3].gossip.lease().unwrap().subnet;
+    assert!(moved != held && moved != free, "node 3 holds {moved}");
+    assert_eq!(sim.nodes[7].gossip.lease().unwrap().subnet, free);
+    let expect = |kept: bool| SubnetConflict {
+        subnet: if kept { free } else { held },
+        other: "node-6".into(),
+        kept,
+        explicit: kept,
+        reserved: true,
+    };
+    assert!(reports.contains(&(3, expect(false))), "{reports:#?}");
+    assert!(reports.contains(&(7, expect(true))), "{reports:#?}");
+    for (i, n) in sim.nodes.iter().enumerate().filter(|(i, _)| *i != 7) {
+        let s = n.gossip.lease().unwrap().subnet;
+        assert!(s != held && s != free, "node {i} holds a static peer's {s}");
+    }
+    assert_unique_subnets(&sim);
+}

@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
@@ -93,27 +93,15 @@ impl Host {
             .with_context(|| format!("bringing `{name}` up"))?;
         let gateway = gateway(subnet);
         // A subnet that changed (a new lease) leaves an old cluster address behind: remove it.
-        let mut addrs = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        let mut stale = Vec::new();
-        while let Some(a) = addrs.try_next().await.context("listing bridge addresses")? {
-            let addr = a.attributes.iter().find_map(|at| match at {
-                AddressAttribute::Local(IpAddr::V4(v4))
-                | AddressAttribute::Address(IpAddr::V4(v4)) => Some(*v4),
-                _ => None,
+        let stale = self
+            .v4_addresses(index)
+            .await?
+            .into_iter()
+            .filter(|(a, v4)| {
+                let same = *v4 == gateway && a.header.prefix_len == subnet.prefix_len();
+                !same && cluster.contains(v4)
             });
-            if let Some(v4) = addr {
-                let same = v4 == gateway && a.header.prefix_len == subnet.prefix_len();
-                if !same && cluster.contains(&v4) {
-                    stale.push(a);
-                }
-            }
-        }
-        for a in stale {
+        for (a, _) in stale {
             self.handle
                 .address()
                 .del(a)
@@ -131,9 +119,32 @@ impl Host {
         Ok(created)
     }
 
+    /// The subnet of `name`'s first IPv4 address inside `cluster` (what a previous run left on
+    /// the bridge), if the link exists and has one.
+    pub async fn cluster_subnet_on(&self, name: &str, cluster: Ipv4Net) -> Result<Option<Ipv4Net>> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(None);
+        };
+        let addrs = self.v4_addresses(link.header.index).await?;
+        Ok(addrs.into_iter().find_map(|(a, v4)| {
+            let net = Ipv4Net::new(v4, a.header.prefix_len).ok()?.trunc();
+            cluster.contains(&net).then_some(net)
+        }))
+    }
+
     /// Bring the TUN device up and route the cluster CIDR into it. The node's own subnet stays
     /// on the bridge: its connected route is more specific.
-    pub async fn route_cluster(&self, tun: &str, cluster: Ipv4Net) -> Result<()> {
+    ///
+    /// `source` (the bridge address, once the subnet is known) is the route's preferred source:
+    /// without it the kernel gives packets the host itself sends to a remote pod (a ping, a
+    /// kubelet probe, a node-local agent) the underlay address, which lies outside this node's
+    /// subnet, and the peer drops them as `spoofed-source`.
+    pub async fn route_cluster(
+        &self,
+        tun: &str,
+        cluster: Ipv4Net,
+        source: Option<Ipv4Addr>,
+    ) -> Result<()> {
         let index = self.index(tun).await?;
         self.handle
             .link()
@@ -146,10 +157,13 @@ impl Host {
             .execute()
             .await
             .with_context(|| format!("bringing `{tun}` up"))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(cluster.network(), cluster.prefix_len())
-            .output_interface(index)
-            .build();
+            .output_interface(index);
+        if let Some(source) = source {
+            route = route.pref_source(source);
+        }
+        let route = route.build();
         self.handle
             .route()
             .add(route)
@@ -203,6 +217,28 @@ impl Host {
             .await
             .with_context(|| format!("deleting `{name}`"))?;
         Ok(true)
+    }
+
+    /// The IPv4 addresses on link `index`.
+    async fn v4_addresses(&self, index: u32) -> Result<Vec<(AddressMessage, Ipv4Addr)>> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut found = Vec::new();
+        while let Some(a) = addrs.try_next().await.context("listing link addresses")? {
+            let v4 = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Local(IpAddr::V4(v4))
+                | AddressAttribute::Address(IpAddr::V4(v4)) => Some(*v4),
+                _ => None,
+            });
+            if let Some(v4) = v4 {
+                found.push((a, v4));
+            }
+        }
+        Ok(found)
     }
 
     async fn index(&self, name: &str) -> Result<u32> {

@@ -5,6 +5,8 @@
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 
 /// The control socket under the run directory (`meshd status` talks to it).
@@ -28,10 +30,95 @@ pub struct NetworkFile {
     pub pid: u32,
 }
 
-/// Write `value` as JSON to `path` so readers see the old or the new file, never half of one.
+/// Write `value` as JSON to `path` so readers see the old or the new file, never half of one,
+/// and so a crash or power loss cannot leave it empty or truncated: the body goes to a
+/// temporary file, which is synced, renamed over `path`, and the directory synced so the
+/// rename itself is on disk. On failure the temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
     let body = serde_json::to_vec_pretty(value)?;
-    std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    let tmp = path.with_extension("json.tmp");
+    let written = write_synced(&tmp, &body)
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing the directory {}", dir.display()))
+}
+
+/// Fails, with the cause, unless a file can be written in `dir` the way [`write_atomic`] does
+/// (a read-only or full file system fails here, not at the first real write).
+pub fn check_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(WRITE_PROBE);
+    write_atomic(&probe, &"meshd checks that it can write here")?;
+    std::fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))
+}
+
+/// What [`check_writable`] writes and removes.
+const WRITE_PROBE: &str = ".meshd-write-check.json";
+
+fn write_synced(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(body)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("meshd-runfiles-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn write_atomic_replaces_the_file_and_leaves_no_temporary() {
+        let dir = scratch("replace");
+        let path = dir.join("lease.json");
+        write_atomic(&path, &[1, 2, 3]).unwrap();
+        write_atomic(&path, &"second").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "\"second\"");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["lease.json"]);
+        check_writable(&dir).unwrap();
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "the probe is removed"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A failed write names the file and leaves the old one as it was.
+    #[test]
+    fn a_failed_write_names_the_path_and_keeps_the_old_file() {
+        let dir = scratch("fail");
+        let path = dir.join("lease.json");
+        write_atomic(&path, &"old").unwrap();
+        // A directory where the temporary file goes: the write fails before the rename.
+        std::fs::create_dir(dir.join("lease.json.tmp")).unwrap();
+        let e = format!("{:#}", write_atomic(&path, &"new").unwrap_err());
+        assert!(e.contains("lease.json.tmp"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "\"old\"");
+        let missing = dir.join("no-such-dir");
+        let e = format!("{:#}", check_writable(&missing).unwrap_err());
+        assert!(e.contains("no-such-dir"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -332,7 +332,7 @@ fn a_healed_partition_leaves_one_mesh_without_duplicate_subnets() {
 }
 
 /// Restarts host `i`'s meshd with a persisted lease on `subnet`, as if it had held it last.
-fn restart_with_lease(t: &Topology, i: usize, subnet: &str) {
+pub(crate) fn restart_with_lease(t: &Topology, i: usize, subnet: &str) {
     let h = &t.hosts[i];
     let (addr, prefix) = subnet.split_once('/').unwrap();
     let lease = format!("{{\"subnet\":{{\"addr\":\"{addr}\",\"prefix\":{prefix}}},\"stamp\":1}}");

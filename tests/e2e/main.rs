@@ -8,6 +8,7 @@ mod config;
 mod deploy;
 mod encrypted;
 mod gossip;
+mod host_faults;
 mod interop;
 mod lifecycle;
 mod messages;

@@ -148,6 +148,7 @@ impl Sim {
             version: "0.1.0".into(),
             subnet,
             secret_ids: vec![[0x5e, 0xc7, 0, 1]],
+            reserved: Vec::new(),
             boot_epoch: 1,
         }
     }

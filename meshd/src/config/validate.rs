@@ -116,6 +116,18 @@ impl Config {
                 ));
             }
         }
+        // Static peers' subnets are published in this node's gossip record, so that no member
+        // is given one; a record carries so many.
+        if self.peers.len() > meshd_gossip::MAX_RESERVED {
+            return Err(err(
+                "peers",
+                format!(
+                    "{} static peers next to gossip: at most {} (their subnets travel in this node's gossip record)",
+                    self.peers.len(),
+                    meshd_gossip::MAX_RESERVED
+                ),
+            ));
+        }
         if self.node_name.len() > meshd_gossip::MAX_NAME_LEN {
             return Err(err(
                 "node-name",
@@ -323,6 +335,17 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(e.key, "subnet");
+        let many: String = (0..=meshd_gossip::MAX_RESERVED)
+            .map(|i| {
+                format!(
+                    "[[peers]]\nname = \"p{i}\"\naddress = \"198.18.1.{i}\"\nsubnet = \"10.244.{}.0/24\"\n",
+                    100 + i
+                )
+            })
+            .collect();
+        let text = format!("address = \"198.18.0.1\"\nencryption = \"none\"\n{many}");
+        let e = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        assert_eq!(e.key, "peers", "{e}");
         assert_eq!(
             split_seed("[2001:db8::1]:7946"),
             Some(("2001:db8::1", 7946))

@@ -85,7 +85,8 @@ impl Membership {
         let socket = UdpSocket::bind(bind)
             .await
             .with_context(|| format!("binding the gossip socket {bind}"))?;
-        let request = subnet::request(cfg)?;
+        let host = Host::connect()?;
+        let request = subnet::request(cfg, &host).await?;
         let local = LocalNode {
             name: cfg.node_name.clone(),
             gossip_addr: own_addr,
@@ -99,6 +100,12 @@ impl Membership {
             version: env!("CARGO_PKG_VERSION").into(),
             subnet: request,
             secret_ids: super::secrets::ids_raw(&ring),
+            // Static peers' subnets are claims too: published, so no member is given one.
+            reserved: cfg
+                .peers
+                .iter()
+                .filter_map(|p| to_subnet(p.subnet))
+                .collect(),
             boot_epoch: boot_epoch(),
         };
         let gcfg = meshd_gossip::Config {
@@ -136,12 +143,13 @@ impl Membership {
             seeds: cfg.seeds.clone(),
             seed_errors: HashMap::new(),
             own_addr,
-            host: Host::connect()?,
+            host,
             cfg: cfg.clone(),
         })
     }
 
-    /// Drives gossip until `stop` fires, then announces the departure and returns.
+    /// Drives gossip until `stop` fires, or until a subnet lease cannot be persisted or
+    /// applied (returned as the error: the daemon exits on it), then announces the departure.
     pub async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>) -> Result<()> {
         self.join_seeds().await;
         let mut retry = tokio::time::interval(SEED_RETRY);
@@ -149,7 +157,7 @@ impl Membership {
         retry.tick().await;
         let mut buf = vec![0u8; RECV_BUFFER];
         let mut plain = vec![0u8; RECV_BUFFER];
-        loop {
+        let outcome = loop {
             let deadline = self.lock().gossip.poll_timeout();
             let sleep = async {
                 match deadline {
@@ -158,7 +166,7 @@ impl Membership {
                 }
             };
             tokio::select! {
-                _ = &mut stop => break,
+                _ = &mut stop => break Ok(()),
                 Ok(()) = self.keyring.changed() => {
                     let ring = self.keyring.borrow_and_update().clone();
                     let mut shared = self.lock();
@@ -182,12 +190,14 @@ impl Membership {
                 }
             }
             self.flush().await;
-            self.handle_events().await;
-        }
+            if let Err(e) = self.handle_events().await {
+                break Err(e);
+            }
+        };
         tracing::info!("leaving the cluster");
         self.lock().gossip.leave(Instant::now());
         self.flush().await;
-        Ok(())
+        outcome
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -271,10 +281,10 @@ impl Membership {
         }
     }
 
-    async fn handle_events(&mut self) {
+    async fn handle_events(&mut self) -> Result<()> {
         loop {
             let Some(event) = self.lock().gossip.poll_event() else {
-                break;
+                return Ok(());
             };
             match event {
                 Event::MemberUp(r) => {
@@ -300,11 +310,15 @@ impl Membership {
                 }
                 Event::MemberSuspect(name) => tracing::info!(member = %name, "member suspect"),
                 Event::MemberAlive(name) => tracing::info!(member = %name, "member alive again"),
-                Event::SubnetAssigned(lease) => {
-                    if let Err(e) = self.assigned(lease).await {
-                        tracing::error!(error = %format!("{e:#}"), "applying the subnet lease");
-                    }
-                }
+                Event::SubnetAssigned(lease) => self.assigned(lease).await?,
+                Event::SubnetConflict(c) if c.reserved && c.explicit => tracing::error!(
+                    subnet = %c.subnet, reserved_by = %c.other,
+                    "this node's configured subnet overlaps a static peer's subnet (a [[peers]] entry of node `reserved_by`): kept, but that node routes it to its static peer, not here; change one of the two"
+                ),
+                Event::SubnetConflict(c) if c.reserved => tracing::warn!(
+                    subnet = %c.subnet, reserved_by = %c.other,
+                    "this node's subnet overlaps a static peer's subnet (a [[peers]] entry of node `reserved_by`): taking another; pods on the old one need restarting"
+                ),
                 Event::SubnetConflict(c) if c.explicit => tracing::error!(
                     subnet = %c.subnet, other = %c.other, kept = c.kept,
                     "another node claims this node's configured subnet"
@@ -353,13 +367,20 @@ impl Membership {
         changed
     }
 
+    /// Persists the lease, then applies it. Either failing is fatal (see [`Membership::run`]):
+    /// a lease in use but not on disk could come back as another subnet after a restart and
+    /// orphan the pods, and a lease on disk but not applied leaves a node that routes nothing
+    /// of its own. Exiting lets the supervisor (systemd, the kubelet) retry and show it.
     async fn assigned(&mut self, lease: Lease) -> Result<()> {
         let subnet = to_net(lease.subnet)
             .with_context(|| format!("gossip assigned {}, which is no subnet", lease.subnet))?;
         tracing::info!(%subnet, "subnet lease");
-        subnet::write_lease(&self.cfg.state_dir, &lease)?;
+        subnet::write_lease(&self.cfg.state_dir, &lease)
+            .with_context(|| format!("persisting the subnet lease {subnet}"))?;
+        subnet::apply(&self.host, &self.cfg, subnet)
+            .await
+            .with_context(|| format!("applying the subnet lease {subnet}"))?;
         *self.subnet.lock().unwrap_or_else(|p| p.into_inner()) = Some(subnet);
-        subnet::apply(&self.host, &self.cfg, subnet).await?;
         self.backend.update(|set| set.set_own_subnet(Some(subnet)));
         Ok(())
     }

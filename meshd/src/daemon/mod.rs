@@ -28,7 +28,7 @@ use crate::host::{self, Host};
 use crate::peers::wireguard::NodeCrypto;
 use crate::peers::{Peer, PeerKey};
 use crate::routes::{Local, Routes};
-use crate::runfiles::SOCKET_NAME;
+use crate::runfiles::{self, SOCKET_NAME};
 use crate::status::Status;
 use crate::wire::vtep_mac;
 use ipnet::Ipv4Net;
@@ -58,6 +58,21 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         .with_context(|| format!("creating the run directory {}", cfg.run_dir.display()))?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
+    // A directory meshd cannot write (read-only, full) is fatal, and found here, before
+    // anything is created: network.json is what the CNI plugin wires pods from, and a lease must
+    // be on disk before its subnet is used (see `Membership::assigned`). Exiting non-zero with
+    // the path is what a supervisor (systemd, a kubelet) restarts and shows; a daemon that
+    // stayed up without them would look healthy and never give pods a network.
+    runfiles::check_writable(&cfg.run_dir)
+        .with_context(|| format!("the run directory {}", cfg.run_dir.display()))?;
+    if cfg.gossip_enabled() {
+        runfiles::check_writable(&cfg.state_dir).with_context(|| {
+            format!(
+                "the state directory {} (it keeps the subnet lease)",
+                cfg.state_dir.display()
+            )
+        })?;
+    }
 
     // Keys.
     let crypto = match (cfg.encryption, &keyring) {
@@ -131,10 +146,20 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         report.current()
     }));
     let (stop_gossip, stopped) = tokio::sync::oneshot::channel();
-    let gossip_task = membership.map(|m| tokio::spawn(m.run(stopped)));
+    let mut gossip_task = membership.map(|m| tokio::spawn(m.run(stopped)));
 
-    // Wait, then stop.
-    wait_for_signal().await?;
+    // Wait for a signal, or for gossip to fail (it only stops on its own when a lease cannot be
+    // persisted or applied: fatal, see `Membership::run`), then stop.
+    let failure = tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            None
+        }
+        e = gossip_failure(&mut gossip_task) => {
+            gossip_task = None;
+            Some(e)
+        }
+    };
     tracing::info!("stopping; the bridge stays so pods keep their addresses");
     if let Some(task) = gossip_task {
         let _ = stop_gossip.send(());
@@ -149,7 +174,19 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     server.abort();
     let _ = std::fs::remove_file(&socket);
     datapath.stop();
-    Ok(())
+    failure.map_or(Ok(()), Err)
+}
+
+/// Resolves when the gossip task ends by itself, with why; never without gossip.
+async fn gossip_failure(task: &mut Option<tokio::task::JoinHandle<Result<()>>>) -> anyhow::Error {
+    match task {
+        Some(t) => match t.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => anyhow::anyhow!("gossip stopped unasked"),
+            Err(e) => anyhow::Error::new(e).context("the gossip task failed"),
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// What the status says of this node whatever happens later.
@@ -185,11 +222,13 @@ fn base_status(
 }
 
 async fn setup_host(host: &Host, cfg: &Config, subnet: Option<Ipv4Net>) -> Result<()> {
-    if let Some(subnet) = subnet {
-        // The bridge and network.json; with gossip, a later lease redoes both.
-        subnet::apply(host, cfg, subnet).await?;
+    match subnet {
+        // The bridge, the cluster route from its address, network.json; with gossip, a later
+        // lease redoes all three.
+        Some(subnet) => subnet::apply(host, cfg, subnet).await?,
+        // Pods cannot exist yet; the route gets its preferred source with the lease.
+        None => host.route_cluster(&cfg.tun, cfg.cluster_cidr, None).await?,
     }
-    host.route_cluster(&cfg.tun, cfg.cluster_cidr).await?;
     host::enable_forwarding()
 }
 

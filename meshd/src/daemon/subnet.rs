@@ -1,6 +1,7 @@
 //! Where this node's pod subnet comes from (explicit in the config, the lease a previous run
 //! persisted, or a new gossip lease), the lease file, and what a subnet means on the host: the
-//! bridge holds its gateway address and `network.json` tells the CNI plugin about it.
+//! bridge holds its gateway address, the cluster route prefers it as the source, and
+//! `network.json` tells the CNI plugin about it.
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
@@ -11,7 +12,7 @@ use crate::config::Config;
 use crate::host::{self, Host};
 use crate::runfiles::{self, NetworkFile, LEASE_FILE, NETWORK_FILE};
 
-/// Bridge address and `network.json` for `subnet`.
+/// Bridge address, cluster route and `network.json` for `subnet`. The TUN device must exist.
 pub async fn apply(host: &Host, cfg: &Config, subnet: Ipv4Net) -> Result<()> {
     host.ensure_bridge(
         &cfg.bridge,
@@ -21,6 +22,10 @@ pub async fn apply(host: &Host, cfg: &Config, subnet: Ipv4Net) -> Result<()> {
         cfg.overlay_mtu(),
     )
     .await?;
+    // After the bridge: the kernel takes only a local address as a preferred source (and drops
+    // the route when a stale bridge address it preferred goes, which this replaces).
+    host.route_cluster(&cfg.tun, cfg.cluster_cidr, Some(host::gateway(subnet)))
+        .await?;
     let network = NetworkFile {
         node: cfg.node_name.clone(),
         subnet: subnet.to_string(),
@@ -34,25 +39,65 @@ pub async fn apply(host: &Host, cfg: &Config, subnet: Ipv4Net) -> Result<()> {
 }
 
 /// An explicit subnet, else the persisted lease (if it still fits the cluster), else auto.
-pub fn request(cfg: &Config) -> Result<SubnetRequest> {
+/// A lease file that exists but cannot be read falls back on the bridge's subnet.
+pub async fn request(cfg: &Config, host: &Host) -> Result<SubnetRequest> {
     if let Some(s) = cfg.subnet {
         return Ok(SubnetRequest::Explicit(to_subnet(s).context("subnet")?));
     }
-    let Some(lease) = read_lease(&cfg.state_dir) else {
-        return Ok(SubnetRequest::Auto);
+    let path = lease_path(&cfg.state_dir);
+    match read_lease(&path) {
+        Ok(Some(l)) => match to_net(l.subnet) {
+            Some(net) if cfg.cluster_cidr.contains(&net) => Ok(SubnetRequest::Persisted(l)),
+            Some(net) => {
+                tracing::warn!(subnet = %net, cluster_cidr = %cfg.cluster_cidr, "the persisted lease is outside cluster-cidr: ignored");
+                Ok(SubnetRequest::Auto)
+            }
+            None => {
+                tracing::error!(
+                    lease = %l.subnet, path = %path.display(),
+                    "the persisted lease is not an IPv4 subnet: ignored, the node takes a new one"
+                );
+                Ok(SubnetRequest::Auto)
+            }
+        },
+        Ok(None) => Ok(SubnetRequest::Auto),
+        Err(e) => Ok(bridge_claim(cfg, host, &path, &e).await),
+    }
+}
+
+/// The claim when the lease file is unusable (empty, truncated, corrupt, unreadable): not the
+/// same as no lease. The bridge a previous run left may carry pods of the subnet it held, and a
+/// new pick would re-address it under them; so its subnet is claimed again when it is a node
+/// subnet of this cluster. The file's stamp is lost with it: 0 ranks the claim as the oldest
+/// picked one, as the subnet that pods already use most likely is. The next lease rewrites
+/// the file.
+async fn bridge_claim(
+    cfg: &Config,
+    host: &Host,
+    path: &Path,
+    error: &anyhow::Error,
+) -> SubnetRequest {
+    let on_bridge = match host.cluster_subnet_on(&cfg.bridge, cfg.cluster_cidr).await {
+        Ok(s) => s.filter(|s| s.prefix_len() == cfg.node_prefix()),
+        Err(e) => {
+            tracing::warn!(bridge = %cfg.bridge, error = %format!("{e:#}"), "cannot read the bridge's address");
+            None
+        }
     };
-    match to_net(lease.subnet) {
-        Some(net) if cfg.cluster_cidr.contains(&net) => Ok(SubnetRequest::Persisted(lease)),
-        Some(net) => {
-            tracing::warn!(subnet = %net, cluster_cidr = %cfg.cluster_cidr, "the persisted lease is outside cluster-cidr: ignored");
-            Ok(SubnetRequest::Auto)
+    match on_bridge.and_then(to_subnet) {
+        Some(subnet) => {
+            tracing::error!(
+                path = %path.display(), error = %format!("{error:#}"), subnet = %subnet,
+                "the subnet lease file is unusable: keeping the subnet of the bridge, which pods may use; the file is rewritten with the lease"
+            );
+            SubnetRequest::Persisted(Lease { subnet, stamp: 0 })
         }
         None => {
             tracing::error!(
-                lease = %lease.subnet, path = %lease_path(&cfg.state_dir).display(),
-                "the persisted lease is not an IPv4 subnet: ignored, the node takes a new one"
+                path = %path.display(), error = %format!("{error:#}"), bridge = %cfg.bridge,
+                "the subnet lease file is unusable and the bridge holds no node subnet of the cluster: taking a new subnet"
             );
-            Ok(SubnetRequest::Auto)
+            SubnetRequest::Auto
         }
     }
 }
@@ -61,10 +106,24 @@ fn lease_path(state_dir: &Path) -> PathBuf {
     state_dir.join(LEASE_FILE)
 }
 
-/// The lease a previous run persisted; `None` when absent or unreadable.
-pub fn read_lease(state_dir: &Path) -> Option<Lease> {
-    let text = std::fs::read_to_string(lease_path(state_dir)).ok()?;
-    serde_json::from_str(&text).ok()
+/// The lease a previous run persisted: `None` when there is no file, an error when there is
+/// one that does not read as a lease.
+pub fn read_lease(path: &Path) -> Result<Option<Lease>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("reading it"),
+    };
+    let lease: Lease =
+        serde_json::from_str(&text).context("it is not a lease (empty, truncated or corrupt)")?;
+    // serde builds the subnet field by field: check it is a network at all.
+    let (addr, prefix) = (lease.subnet.addr(), lease.subnet.prefix());
+    if Subnet::new(addr, prefix).is_none() {
+        anyhow::bail!(
+            "its subnet {addr}/{prefix} is not a network (prefix over 32 or host bits set)"
+        );
+    }
+    Ok(Some(lease))
 }
 
 pub fn write_lease(state_dir: &Path, lease: &Lease) -> Result<()> {
@@ -99,11 +158,20 @@ mod tests {
             state_dir: dir.clone(),
             ..Config::default()
         };
-        let (request, logs) = crate::testlog::capture(tracing::Level::WARN, || request(&cfg));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (request, logs) = crate::testlog::capture(tracing::Level::WARN, || {
+            rt.block_on(async {
+                let host = Host::connect().unwrap();
+                request(&cfg, &host).await
+            })
+        });
         let _ = std::fs::remove_dir_all(&dir);
         assert!(matches!(request.unwrap(), SubnetRequest::Auto));
         assert!(logs.contains("10.244.1.0/33"), "{logs}");
         assert!(!logs.contains("0.0.0.0/0"), "{logs}");
-        assert!(logs.contains("not an IPv4 subnet"), "{logs}");
+        assert!(logs.contains("is not a network"), "{logs}");
     }
 }
