@@ -117,8 +117,33 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         None => DataPath::start(&cfg, routes.clone(), Vxlan { vni: cfg.vxlan.vni })?,
     };
 
+    // Status, served before the host has network.json: the CNI plugin wires a pod only when
+    // this socket answers, so it must answer as soon as the file exists.
+    let report = Report {
+        base: Status {
+            address_source: Some(address_source.to_string()),
+            ..base_status(&cfg, address, subnet, crypto.as_deref(), &datapath)
+        },
+        backend: backend.clone(),
+        gossip: membership.as_ref().map(|m| m.shared.clone()),
+        subnet: membership.as_ref().map(|m| m.subnet.clone()),
+    };
+    let socket = cfg.run_dir.join(SOCKET_NAME);
+    let listener = match crate::status::server::bind(&socket) {
+        Ok(l) => l,
+        Err(e) => {
+            datapath.stop();
+            return Err(e);
+        }
+    };
+    let server = tokio::spawn(crate::status::server::serve(listener, move || {
+        report.current()
+    }));
+
     // Host.
     if let Err(e) = setup_host(&host, &cfg, subnet).await {
+        server.abort();
+        let _ = std::fs::remove_file(&socket);
         datapath.stop();
         return Err(e);
     }
@@ -131,20 +156,6 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         peers = cfg.peers.len(), gossip = membership.is_some(), "meshd is up"
     );
 
-    // Status.
-    let report = Report {
-        base: Status {
-            address_source: Some(address_source.to_string()),
-            ..base_status(&cfg, address, subnet, crypto.as_deref(), &datapath)
-        },
-        backend: backend.clone(),
-        gossip: membership.as_ref().map(|m| m.shared.clone()),
-        subnet: membership.as_ref().map(|m| m.subnet.clone()),
-    };
-    let socket = cfg.run_dir.join(SOCKET_NAME);
-    let server = tokio::spawn(crate::status::server::serve(socket.clone(), move || {
-        report.current()
-    }));
     let (stop_gossip, stopped) = tokio::sync::oneshot::channel();
     let mut gossip_task = membership.map(|m| tokio::spawn(m.run(stopped)));
 

@@ -1,17 +1,23 @@
 //! The status socket: every connection gets one JSON document, gathered fresh, and is closed.
 
 use anyhow::{Context, Result};
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
+use tokio::net::UnixListener;
 
 use super::Status;
 
+/// Binds the socket at `path` (replacing a stale one). Binding before serving lets the daemon
+/// answer from the moment it returns, before anything else (network.json) announces it.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path)
+        .with_context(|| format!("binding the status socket {}", path.display()))
+}
+
 /// Serve status requests until the task is dropped.
-pub async fn serve(path: PathBuf, gather: impl Fn() -> Status) -> Result<()> {
+pub async fn serve(listener: UnixListener, gather: impl Fn() -> Status) {
     use tokio::io::AsyncWriteExt;
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)
-        .with_context(|| format!("binding the status socket {}", path.display()))?;
     loop {
         let (mut stream, _) = match listener.accept().await {
             Ok(s) => s,
