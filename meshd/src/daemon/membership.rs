@@ -256,6 +256,10 @@ impl Membership {
                 }
                 Event::MemberSuspect(name) => tracing::info!(member = %name, "member suspect"),
                 Event::MemberAlive(name) => tracing::info!(member = %name, "member alive again"),
+                Event::MemberHeld(name) => tracing::info!(
+                    member = %name,
+                    "gossip has this member down but its traffic arrived moments ago: keeping its routes"
+                ),
                 Event::SubnetAssigned(lease) => {
                     if let Err(e) = self.assigned(lease).await {
                         tracing::error!(error = %format!("{e:#}"), "applying the subnet lease");
