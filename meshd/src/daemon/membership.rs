@@ -5,12 +5,18 @@
 //! The state machine itself is `meshd_gossip::Gossip` (sans-IO); this module only drives it.
 //! Every datagram is sealed with a key derived from the cluster secret; one that does not open
 //! is counted and dropped before the state machine sees a byte of it.
+//!
+//! In encrypted mode the data path's per-peer "last heard" (a packet that authenticated) is
+//! handed to the state machine as evidence that the member is alive
+//! ([`Gossip::handle_evidence`]), so that a member a lossy gossip path would declare down keeps
+//! its routes while its traffic flows. Cleartext packets prove nothing (anyone on the underlay
+//! can forge them), so they are not used.
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use meshd_crypto::{GossipSealer, Keyring, PublicKey, SealerConfig, SecretId};
 use meshd_gossip::{Capabilities, Event, Gossip, Lease, LocalNode, NodeRecord, SubnetRequest};
@@ -21,12 +27,16 @@ use crate::backend::Backend;
 use crate::config::{split_seed, Config, Encryption};
 use crate::host::Host;
 use crate::peers::{Peer, PeerKey};
+use crate::stats::Stamp;
 use crate::wire::vtep_mac;
 
 /// Largest datagram read from the socket: anything a peer may seal, with room to spare.
 const RECV_BUFFER: usize = 64 << 10;
 /// Datagrams handled per wake-up before timers get a turn, so a flood cannot starve them.
 const MAX_DATAGRAMS_PER_WAKE: usize = 64;
+/// How often the data path's evidence is handed to gossip: its default tick, at which it
+/// re-checks the members it holds; feeding it more often would change no decision.
+const EVIDENCE_EVERY: Duration = Duration::from_millis(250);
 
 /// What the status API reads: the state machine itself and the daemon's own counters.
 pub struct Shared {
@@ -53,6 +63,8 @@ pub struct Membership {
     encryption: Encryption,
     seeds: Vec<String>,
     own_addr: SocketAddr,
+    /// Evidence older than this counts for nothing in gossip: not worth handing over.
+    evidence_window: Duration,
     host: Host,
     cfg: Config,
 }
@@ -97,6 +109,7 @@ impl Membership {
             node_prefix: cfg.node_prefix(),
             ..meshd_gossip::Config::default()
         };
+        let evidence_window = gcfg.evidence_window;
         let gossip =
             Gossip::new(gcfg, local, rand_seed(), Instant::now()).context("starting gossip")?;
         let initial = match request {
@@ -126,6 +139,7 @@ impl Membership {
             encryption: cfg.encryption,
             seeds: cfg.seeds.clone(),
             own_addr,
+            evidence_window,
             host: Host::connect()?,
             cfg: cfg.clone(),
         })
@@ -136,6 +150,9 @@ impl Membership {
         self.join_seeds().await;
         let mut buf = vec![0u8; RECV_BUFFER];
         let mut plain = vec![0u8; RECV_BUFFER];
+        let mut evidence = tokio::time::interval(EVIDENCE_EVERY);
+        evidence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let authenticated = self.encryption == Encryption::Wireguard;
         loop {
             let deadline = self.lock().gossip.poll_timeout();
             let sleep = async {
@@ -155,6 +172,7 @@ impl Membership {
                 _ = sleep => {
                     self.lock().gossip.handle_timeout(Instant::now());
                 }
+                _ = evidence.tick(), if authenticated => self.feed_evidence(),
                 r = self.socket.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
                         self.receive(&buf[..n], from, &mut plain);
@@ -174,6 +192,23 @@ impl Membership {
         self.lock().gossip.leave(Instant::now());
         self.flush().await;
         Ok(())
+    }
+
+    /// Hands gossip, for every peer that sent authenticated traffic within the evidence
+    /// window, when it last did.
+    fn feed_evidence(&self) {
+        let table = self.backend.routes().load();
+        let (now, stamp) = (Instant::now(), Stamp::now());
+        let mut shared = self.lock();
+        let window = self.evidence_window;
+        for p in table.peers() {
+            let Some(age) = p.stats.last_heard().map(|t| t.age(stamp)) else {
+                continue;
+            };
+            if let (true, Some(at)) = (age < window, now.checked_sub(age)) {
+                shared.gossip.handle_evidence(&p.name, at);
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
