@@ -5,6 +5,7 @@ mod bad_input;
 mod cluster;
 mod config;
 mod encrypted;
+mod faults;
 mod gossip;
 mod interop;
 mod lifecycle;
