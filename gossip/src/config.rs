@@ -40,6 +40,12 @@ pub struct Config {
     pub expected_nodes: u32,
     /// How often suspicion is scanned for, pulls of missing records are sent and joins retried.
     pub tick: Duration,
+    /// How recent data-path evidence ([`crate::Gossip::handle_evidence`]) must be to keep a
+    /// member up against SWIM. 2 s: longer than any gap in a flow that is really running (a
+    /// lossy path drops packets, not seconds of them), and about the [`Profile::Fast`]
+    /// detection time, so a node that dies mid-flow is withdrawn at most that much later than
+    /// one that dies idle. Zero turns evidence off.
+    pub evidence_window: Duration,
 }
 
 impl Default for Config {
@@ -53,6 +59,7 @@ impl Default for Config {
             profile: Profile::Fast,
             expected_nodes: 256,
             tick: Duration::from_millis(250),
+            evidence_window: Duration::from_secs(2),
         }
     }
 }

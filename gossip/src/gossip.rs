@@ -194,6 +194,10 @@ impl Gossip {
         while let Some(kind) = self.timers.pop_due(now) {
             match kind {
                 TimerKind::Swim(timer) => {
+                    if let Some(at) = self.postpone_down(&timer, now) {
+                        self.timers.at(at, TimerKind::Swim(timer));
+                        continue;
+                    }
                     let result = self.swim.handle_timer(timer, &mut self.rt);
                     self.swim_result(result);
                 }

@@ -32,4 +32,9 @@ pub struct Counters {
     pub swim_errors: u64,
     /// Times we came back under a renewed identity after being declared down.
     pub rejoins: u64,
+    /// Suspicions that ran out here while the data path vouched for the member, so that this
+    /// node did not declare it down (see [`crate::Gossip::handle_evidence`]).
+    pub downs_postponed: u64,
+    /// Downs heard that were held on data-path evidence ([`crate::Event::MemberHeld`]).
+    pub downs_held: u64,
 }

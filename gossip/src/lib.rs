@@ -6,8 +6,11 @@
 //! to send ([`Gossip::poll_transmit`]), when to wake ([`Gossip::poll_timeout`]) and what
 //! happened ([`Gossip::poll_event`]). It opens no socket, reads no clock, spawns nothing and
 //! does no cryptography: datagrams in and out are plaintext, sealed and opened by the daemon
-//! with the `crypto` crate's AEAD. The [`sim`] module drives thousands of instances in one
-//! process on a virtual clock, for the tests and the benchmark.
+//! with the `crypto` crate's AEAD. What the daemon's data path knows about liveness goes in
+//! too ([`Gossip::handle_evidence`]: authenticated traffic from a member just arrived), so
+//! that a member a lossy gossip path would declare down stays up while its traffic flows. The
+//! [`sim`] module drives thousands of instances in one process on a virtual clock, for the
+//! tests and the benchmark.
 //!
 //! Driving it (the daemon's loop, minus the socket and the sealing):
 //!
@@ -22,6 +25,7 @@
 //! loop {
 //!     // 1. datagram opened from the socket:  g.handle_datagram(from, &plaintext, now)
 //!     // 2. at g.poll_timeout():              g.handle_timeout(now)
+//!     // 3. a member's traffic arrived at t:  g.handle_evidence(name, t)
 //!     while let Some(t) = g.poll_transmit() {
 //!         let _ = (t.dst, t.payload); // seal, then send_to(dst)
 //!     }
@@ -39,6 +43,7 @@
 
 mod alloc;
 mod config;
+mod evidence;
 mod gossip;
 mod identity;
 mod io;
@@ -71,8 +76,13 @@ pub enum Event {
     MemberUpdated(NodeRecord),
     /// A member failed a probe; it stays routed unless declared down.
     MemberSuspect(String),
-    /// A suspect member refuted the suspicion.
+    /// A suspect member refuted the suspicion, or a held one came back.
     MemberAlive(String),
+    /// SWIM declared a member down, but the data path heard from it within the evidence window
+    /// ([`Gossip::handle_evidence`]): it stays routed, reported suspect, until it comes back
+    /// under a renewed identity ([`Event::MemberAlive`]) or the evidence is older than the
+    /// window ([`Event::MemberDown`]).
+    MemberHeld(String),
     /// A member was declared down: withdraw its routes.
     MemberDown(String),
     /// A member left gracefully: withdraw its routes.

@@ -3,6 +3,7 @@
 //! A member appears (and [`Event::MemberUp`] fires) once SWIM holds it alive *and* its record
 //! is known; a record that has not arrived by rumour is pulled from the member itself.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Bound::{Excluded, Unbounded};
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use foca::OwnedNotification;
 
 use crate::alloc::contests;
+use crate::evidence::Hold;
 use crate::gossip::Gossip;
 use crate::identity::NodeId;
 use crate::record::NodeRecord;
@@ -38,6 +40,11 @@ pub struct Member<'a> {
     pub state: MemberState,
     /// When this node saw it enter that state.
     pub since: Instant,
+    /// SWIM has it down (or its suspicion ran out), but the data path heard from it within
+    /// the evidence window: it stays routed (see [`Gossip::handle_evidence`]).
+    pub held: bool,
+    /// When the data path last heard from it, as reported to [`Gossip::handle_evidence`].
+    pub heard: Option<Instant>,
 }
 
 /// A known record, with SWIM state once SWIM has reported the member.
@@ -46,6 +53,10 @@ pub(crate) struct Entry {
     pub(crate) record: NodeRecord,
     pub(crate) state: Option<MemberState>,
     pub(crate) since: Instant,
+    /// Latest data-path evidence that it is alive.
+    pub(crate) heard: Option<Instant>,
+    /// Kept up on that evidence against SWIM's verdict (see `evidence.rs`).
+    pub(crate) hold: Option<Hold>,
 }
 
 impl Entry {
@@ -103,7 +114,13 @@ impl Gossip {
                     self.by_addr.remove(&entry.record.gossip_addr);
                 }
                 entry.record = record;
-                if entry.is_live() {
+                if entry.hold.is_some() && !swim_alive && entry.record.leaving {
+                    // Held on its traffic when SWIM's notice of its departure came first.
+                    entry.hold = None;
+                    entry.state = Some(MemberState::Left);
+                    entry.since = now;
+                    self.events.push_back(Event::MemberLeft(name.clone()));
+                } else if entry.is_live() {
                     self.events
                         .push_back(Event::MemberUpdated(entry.record.clone()));
                 } else if entry.state == Some(MemberState::Down) && entry.record.leaving {
@@ -128,6 +145,8 @@ impl Gossip {
                         record,
                         state,
                         since: now,
+                        heard: None,
+                        hold: None,
                     },
                 );
             }
@@ -167,15 +186,18 @@ impl Gossip {
 
     fn mark_up(&mut self, addr: SocketAddr, now: Instant) {
         let mine = self.own_claim().map(|c| c.subnet);
-        let Some(entry) = self
-            .by_addr
-            .get(&addr)
-            .and_then(|n| self.members.get_mut(n))
-        else {
+        let Some(entry) = entry_at(&self.by_addr, &mut self.members, &addr) else {
             self.pull(addr, now);
             return;
         };
-        if !entry.is_live() {
+        if entry.hold.is_some() {
+            // Back under a renewed identity while we held it: it was alive all along.
+            entry.hold = None;
+            entry.state = Some(MemberState::Alive);
+            entry.since = now;
+            self.events
+                .push_back(Event::MemberAlive(entry.record.name.clone()));
+        } else if !entry.is_live() {
             entry.state = Some(MemberState::Alive);
             entry.since = now;
             let contested = mine.is_some_and(|m| contests(&entry.record, m));
@@ -187,11 +209,10 @@ impl Gossip {
     }
 
     fn mark_down(&mut self, addr: SocketAddr, now: Instant) {
-        let Some(entry) = self
-            .by_addr
-            .get(&addr)
-            .and_then(|n| self.members.get_mut(n))
-        else {
+        if self.hold_down(addr, now) {
+            return;
+        }
+        let Some(entry) = entry_at(&self.by_addr, &mut self.members, &addr) else {
             return;
         };
         if entry.is_live() {
@@ -203,6 +224,7 @@ impl Gossip {
             };
             entry.state = Some(state);
             entry.since = now;
+            entry.hold = None;
             self.events.push_back(event);
         }
     }
@@ -214,6 +236,7 @@ impl Gossip {
             if entry.is_live() {
                 entry.state = Some(MemberState::Down);
                 entry.since = now;
+                entry.hold = None;
                 self.events.push_back(Event::MemberDown(name.to_owned()));
             }
         }
@@ -232,10 +255,11 @@ impl Gossip {
         self.send(addr, Kind::RecordPull, &[]);
     }
 
-    /// Housekeeping: suspicion, missing records, isolation, subnet claims.
+    /// Housekeeping: suspicion, held members, missing records, isolation, subnet claims.
     pub(crate) fn tick(&mut self, now: Instant) {
         self.ticks += 1;
         self.scan_suspicion();
+        self.release_held(now);
         self.pull_missing(now);
         self.rejoin_if_isolated(now);
         self.resync_tick(now);
@@ -269,6 +293,7 @@ impl Gossip {
                 }
                 (Some(MemberState::Suspect), foca::State::Alive) => {
                     entry.state = Some(MemberState::Alive);
+                    entry.hold = None;
                     self.events.push_back(Event::MemberAlive(name()));
                 }
                 _ => {}
@@ -327,10 +352,22 @@ impl Gossip {
     }
 }
 
+/// The entry of the member at gossip address `addr`. A function of the two maps rather than a
+/// method, so that callers keep the state machine's other fields to borrow.
+pub(crate) fn entry_at<'a>(
+    by_addr: &BTreeMap<SocketAddr, String>,
+    members: &'a mut BTreeMap<String, Entry>,
+    addr: &SocketAddr,
+) -> Option<&'a mut Entry> {
+    by_addr.get(addr).and_then(|n| members.get_mut(n))
+}
+
 fn to_member(e: &Entry) -> Option<Member<'_>> {
     Some(Member {
         record: &e.record,
         state: e.state?,
         since: e.since,
+        held: e.hold.is_some(),
+        heard: e.heard,
     })
 }

@@ -1,5 +1,6 @@
-//! What `lab check` and the end-to-end tests measure: ICMP echo and a checksummed TCP transfer,
-//! both in-process from inside the namespaces (no ping or iperf3 needed).
+//! What `lab check` and the end-to-end tests measure: ICMP echo (once, or a steady stream whose
+//! silences are timed, [`Pinger`]) and a checksummed TCP transfer, all in-process from inside
+//! the namespaces (no ping or iperf3 needed).
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -7,6 +8,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::netns::in_netns;
@@ -23,42 +27,160 @@ fn ping_here(dst: Ipv4Addr, attempts: u32) -> Result<Duration> {
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
     let ident = (std::process::id() as u16) ^ 0x6d73;
     for seq in 0..attempts as u16 {
-        let mut req = [0u8; 64];
-        req[0] = 8; // echo request
-        req[4..6].copy_from_slice(&ident.to_be_bytes());
-        req[6..8].copy_from_slice(&seq.to_be_bytes());
-        req[8..]
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = i as u8);
-        let c = checksum(&req);
-        req[2..4].copy_from_slice(&c.to_be_bytes());
+        let req = echo_request(ident, seq);
         let start = Instant::now();
         s.send_to(&req, &SocketAddr::from((dst, 0)).into())?;
         while start.elapsed() < Duration::from_secs(1) {
-            let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
-            let Ok((n, _)) = s.recv_from(&mut buf) else {
+            let Some(reply) = read_reply(&s, dst, ident) else {
                 break;
             };
-            // SAFETY: recv_from initialised the first n bytes.
-            let b: Vec<u8> = buf[..n]
-                .iter()
-                .map(|x| unsafe { x.assume_init() })
-                .collect();
-            let ihl = usize::from(b.first().copied().unwrap_or(0) & 0x0f) * 4;
-            let Some(icmp) = b.get(ihl..) else { continue };
-            let from = b.get(12..16).map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3]));
-            if icmp.len() >= 8
-                && icmp[0] == 0
-                && from == Some(dst)
-                && icmp[4..6] == ident.to_be_bytes()
-                && icmp[6..8] == seq.to_be_bytes()
-            {
+            if reply == Some(seq) {
                 return Ok(start.elapsed());
             }
         }
     }
     bail!("no echo reply from {dst} after {attempts} attempts")
+}
+
+/// Echo requests from a namespace to one address at a fixed interval, on a thread of their own,
+/// recording when each reply came back: how long a path goes silent, not whether it works.
+pub struct Pinger {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<PingLog>>,
+}
+
+/// What a [`Pinger`] saw.
+#[derive(Debug, Clone)]
+pub struct PingLog {
+    pub start: Instant,
+    pub end: Instant,
+    pub sent: u64,
+    /// When each reply arrived, in order.
+    pub replies: Vec<Instant>,
+}
+
+impl PingLog {
+    /// The longest time without a reply, counting from the start and up to the end.
+    pub fn longest_gap(&self) -> Duration {
+        let mut last = self.start;
+        let mut longest = Duration::ZERO;
+        for &t in self.replies.iter().chain(std::iter::once(&self.end)) {
+            longest = longest.max(t.saturating_duration_since(last));
+            last = t;
+        }
+        longest
+    }
+
+    /// When the longest gap began, as an offset from the start.
+    pub fn longest_gap_at(&self) -> Duration {
+        let mut last = self.start;
+        let (mut longest, mut at) = (Duration::ZERO, Duration::ZERO);
+        for &t in self.replies.iter().chain(std::iter::once(&self.end)) {
+            if t.saturating_duration_since(last) > longest {
+                longest = t.saturating_duration_since(last);
+                at = last.saturating_duration_since(self.start);
+            }
+            last = t;
+        }
+        at
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.sent.saturating_sub(self.replies.len() as u64)
+    }
+}
+
+impl Pinger {
+    /// Starts pinging `dst` from namespace `ns` every `every`.
+    pub fn start(ns: &str, dst: Ipv4Addr, every: Duration) -> Result<Pinger> {
+        static IDENT: AtomicU16 = AtomicU16::new(0x7000);
+        let ident = IDENT.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u16);
+        let socket = in_netns(ns, || {
+            Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+        })?
+        .context("raw ICMP socket")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || ping_every(&socket, dst, ident, every, &flag));
+        Ok(Pinger { stop, thread })
+    }
+
+    /// Stops and returns what was seen.
+    pub fn stop(self) -> Result<PingLog> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("pinger panicked"))?
+    }
+}
+
+fn ping_every(
+    s: &Socket,
+    dst: Ipv4Addr,
+    ident: u16,
+    every: Duration,
+    stop: &AtomicBool,
+) -> Result<PingLog> {
+    let start = Instant::now();
+    let mut log = PingLog {
+        start,
+        end: start,
+        sent: 0,
+        replies: Vec::new(),
+    };
+    let mut next = start;
+    let to = SocketAddr::from((dst, 0)).into();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= next {
+            s.send_to(&echo_request(ident, log.sent as u16), &to)?;
+            log.sent += 1;
+            next += every;
+            continue;
+        }
+        s.set_read_timeout(Some((next - now).max(Duration::from_millis(1))))?;
+        if let Some(Some(_)) = read_reply(s, dst, ident) {
+            log.replies.push(Instant::now());
+        }
+    }
+    log.end = Instant::now();
+    Ok(log)
+}
+
+fn echo_request(ident: u16, seq: u16) -> [u8; 64] {
+    let mut req = [0u8; 64];
+    req[0] = 8; // echo request
+    req[4..6].copy_from_slice(&ident.to_be_bytes());
+    req[6..8].copy_from_slice(&seq.to_be_bytes());
+    req[8..]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = i as u8);
+    let c = checksum(&req);
+    req[2..4].copy_from_slice(&c.to_be_bytes());
+    req
+}
+
+/// Reads one datagram: `None` when the read timed out, else the sequence number if it is an echo
+/// reply from `dst` to our `ident` (`Some(None)` for anything else the raw socket saw).
+fn read_reply(s: &Socket, dst: Ipv4Addr, ident: u16) -> Option<Option<u16>> {
+    let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
+    let (n, _) = s.recv_from(&mut buf).ok()?;
+    // SAFETY: recv_from initialised the first n bytes.
+    let b: Vec<u8> = buf[..n]
+        .iter()
+        .map(|x| unsafe { x.assume_init() })
+        .collect();
+    Some(is_reply(&b, dst, ident))
+}
+
+/// The sequence number of an echo reply from `dst` to our `ident`, in an IPv4 packet.
+fn is_reply(b: &[u8], dst: Ipv4Addr, ident: u16) -> Option<u16> {
+    let ihl = usize::from(b.first().copied().unwrap_or(0) & 0x0f) * 4;
+    let icmp = b.get(ihl..)?;
+    let from = b.get(12..16).map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+    (icmp.len() >= 8 && icmp[0] == 0 && from == Some(dst) && icmp[4..6] == ident.to_be_bytes())
+        .then(|| u16::from_be_bytes([icmp[6], icmp[7]]))
 }
 
 fn checksum(b: &[u8]) -> u16 {

@@ -1,10 +1,12 @@
-//! Counters the data path keeps per peer and per drop reason.
+//! Counters the data path keeps per peer and per drop reason, and when each peer was last
+//! heard from.
 //!
 //! Workers add to them once per batch run, with relaxed atomics: they are statistics, not
 //! synchronisation.
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 /// Every reason the data path discards a packet. Each one is counted, never silent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -95,12 +97,50 @@ impl DropReason {
     }
 }
 
+/// A coarse monotonic time in milliseconds: `CLOCK_MONOTONIC_COARSE`, which the vDSO answers
+/// without a system call at the resolution of one scheduler tick (1 to 10 ms). Cheap enough
+/// for an RX worker to read once per receive batch; never zero, so zero can mean "never".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp(u64);
+
+impl Stamp {
+    pub fn now() -> Stamp {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec we own; the clock id is a constant.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        let ms = (ts.tv_sec as u64)
+            .saturating_mul(1000)
+            .saturating_add(ts.tv_nsec as u64 / 1_000_000);
+        Stamp(ms.max(1))
+    }
+
+    /// How long before `now` this was (zero if it is not before).
+    pub fn age(self, now: Stamp) -> Duration {
+        Duration::from_millis(now.0.saturating_sub(self.0))
+    }
+
+    pub(crate) fn from_raw(ms: u64) -> Option<Stamp> {
+        (ms != 0).then_some(Stamp(ms))
+    }
+
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct PeerStats {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     rx_packets: AtomicU64,
     rx_bytes: AtomicU64,
+    /// When the last packet from the peer was delivered ([`Stamp`] ms, 0 for never). In
+    /// encrypted mode only packets that authenticated are delivered, so this is evidence that
+    /// the peer is alive (see `daemon::membership`).
+    last_rx: AtomicU64,
     drops: [AtomicU64; DROP_REASONS.len()],
 }
 
@@ -125,6 +165,17 @@ impl PeerStats {
     pub fn rx(&self, packets: u64, bytes: u64) {
         self.rx_packets.fetch_add(packets, Relaxed);
         self.rx_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// Packets from the peer were delivered in the batch read at `at`.
+    #[inline]
+    pub fn heard(&self, at: Stamp) {
+        self.last_rx.store(at.0, Relaxed);
+    }
+
+    /// When a packet from the peer was last delivered.
+    pub fn last_heard(&self) -> Option<Stamp> {
+        Stamp::from_raw(self.last_rx.load(Relaxed))
     }
 
     #[inline]

@@ -263,7 +263,7 @@ fn a_node_with_the_wrong_cluster_secret_never_becomes_a_member() {
 }
 
 /// Drops, in host `i`'s namespace, everything to and from the underlay addresses of `others`.
-fn partition(t: &Topology, i: usize, others: &[usize]) {
+pub(crate) fn partition(t: &Topology, i: usize, others: &[usize]) {
     let addrs: Vec<String> = others
         .iter()
         .map(|&o| t.hosts[o].underlay.to_string())
@@ -275,11 +275,11 @@ fn partition(t: &Topology, i: usize, others: &[usize]) {
     nft(t, i, &rules, &["-f", "-"]);
 }
 
-fn heal(t: &Topology, i: usize) {
+pub(crate) fn heal(t: &Topology, i: usize) {
     nft(t, i, "", &["delete", "table", "inet", "gpart"]);
 }
 
-fn nft(t: &Topology, i: usize, stdin: &str, args: &[&str]) {
+pub(crate) fn nft(t: &Topology, i: usize, stdin: &str, args: &[&str]) {
     use std::io::Write;
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", &t.hosts[i].ns, "nft"])

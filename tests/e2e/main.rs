@@ -7,6 +7,7 @@ mod compose;
 mod config;
 mod deploy;
 mod encrypted;
+mod faults;
 mod gossip;
 mod host_faults;
 mod interop;

@@ -5,7 +5,7 @@
 //! outcomes and the benchmark report figures that anyone can reproduce.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -92,6 +92,8 @@ pub struct Sim {
     scheduled: Vec<Option<Instant>>,
     by_addr: HashMap<SocketAddr, usize>,
     groups: Vec<u32>,
+    /// Links cut one by one (both directions), on top of the groups.
+    cut: HashSet<(usize, usize)>,
     rewrite: Vec<Option<Rewrite>>,
     seq: u64,
 }
@@ -116,6 +118,7 @@ impl Sim {
             scheduled: Vec::new(),
             by_addr: HashMap::new(),
             groups: Vec::new(),
+            cut: HashSet::new(),
             rewrite: Vec::new(),
             seq: 0,
         }
@@ -222,9 +225,26 @@ impl Sim {
         self.rewrite[i] = Some(rewrite);
     }
 
-    /// Heals every partition.
+    /// Cuts (`up` false) or restores the link between nodes `a` and `b`, both ways: for
+    /// partitions groups cannot draw (a node cut from some nodes of a group but not others).
+    pub fn set_link(&mut self, a: usize, b: usize, up: bool) {
+        for pair in [(a, b), (b, a)] {
+            if up {
+                self.cut.remove(&pair);
+            } else {
+                self.cut.insert(pair);
+            }
+        }
+    }
+
+    /// Heals every partition, and every cut link.
     pub fn heal(&mut self) {
         self.groups.iter_mut().for_each(|g| *g = 0);
+        self.cut.clear();
+    }
+
+    fn linked(&self, a: usize, b: usize) -> bool {
+        self.groups[a] == self.groups[b] && !self.cut.contains(&(a, b))
     }
 
     /// Runs for `d` of virtual time, handing every event to `on_event(node, now, event)`.
@@ -269,13 +289,45 @@ impl Sim {
         self.now = end;
     }
 
+    /// Like [`Sim::run_for`], with data-path traffic between every two up nodes of the same
+    /// partition group: every `every`, each reports to its state machine that it heard from
+    /// each of the others ([`Gossip::handle_evidence`]), unless the network's loss took that
+    /// packet.
+    pub fn run_with_traffic(
+        &mut self,
+        d: Duration,
+        every: Duration,
+        on_event: &mut impl FnMut(usize, Instant, &Event),
+    ) {
+        let end = self.now + d;
+        while self.now < end {
+            let step = every.min(end.saturating_duration_since(self.now));
+            self.run_for(step, on_event);
+            let names: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| n.gossip.local_record().name.clone())
+                .collect();
+            for a in 0..self.nodes.len() {
+                for (b, name) in names.iter().enumerate() {
+                    let linked =
+                        a != b && self.nodes[a].up && self.nodes[b].up && self.linked(a, b);
+                    if linked && !self.rng.random_bool(self.net.loss) {
+                        let now = self.now;
+                        self.nodes[a].gossip.handle_evidence(name, now);
+                    }
+                }
+            }
+        }
+    }
+
     fn send(&mut self, i: usize, from: SocketAddr, dst: SocketAddr, bytes: Vec<u8>) {
         self.nodes[i].bytes_out += bytes.len() as u64;
         self.nodes[i].datagrams_out += 1;
         let Some(&to) = self.by_addr.get(&dst) else {
             return;
         };
-        if self.groups[to] != self.groups[i] || self.rng.random_bool(self.net.loss) {
+        if !self.linked(i, to) || self.rng.random_bool(self.net.loss) {
             return;
         }
         let span = self

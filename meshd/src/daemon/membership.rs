@@ -5,6 +5,12 @@
 //! The state machine itself is `meshd_gossip::Gossip` (sans-IO); this module only drives it.
 //! Every datagram is sealed with a key derived from the cluster secret; one that does not open
 //! is counted and dropped before the state machine sees a byte of it.
+//!
+//! In encrypted mode the data path's per-peer "last heard" (a packet that authenticated) is
+//! handed to the state machine as evidence that the member is alive
+//! ([`Gossip::handle_evidence`]), so that a member a lossy gossip path would declare down keeps
+//! its routes while its traffic flows. Cleartext packets prove nothing (anyone on the underlay
+//! can forge them), so they are not used.
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
@@ -24,6 +30,7 @@ use crate::backend::Backend;
 use crate::config::{split_seed, Config, Encryption};
 use crate::host::Host;
 use crate::peers::{Peer, PeerKey};
+use crate::stats::Stamp;
 use crate::wire::vtep_mac;
 
 /// Largest datagram read from the socket: anything a peer may seal, with room to spare.
@@ -34,6 +41,9 @@ const MAX_DATAGRAMS_PER_WAKE: usize = 64;
 /// member: a seed started at the same moment (a compose service) may not resolve at first, and
 /// a seed that was recreated may have a new address.
 const SEED_RETRY: Duration = Duration::from_secs(2);
+/// How often the data path's evidence is handed to gossip: its default tick, at which it
+/// re-checks the members it holds; feeding it more often would change no decision.
+const EVIDENCE_EVERY: Duration = Duration::from_millis(250);
 
 /// What the status API reads: the state machine itself and the daemon's own counters.
 pub struct Shared {
@@ -62,6 +72,8 @@ pub struct Membership {
     /// The last resolution error of each seed that does not resolve, so it is logged once.
     seed_errors: HashMap<String, String>,
     own_addr: SocketAddr,
+    /// Evidence older than this counts for nothing in gossip: not worth handing over.
+    evidence_window: Duration,
     host: Host,
     cfg: Config,
 }
@@ -113,6 +125,7 @@ impl Membership {
             node_prefix: cfg.node_prefix(),
             ..meshd_gossip::Config::default()
         };
+        let evidence_window = gcfg.evidence_window;
         let gossip =
             Gossip::new(gcfg, local, rand_seed(), Instant::now()).context("starting gossip")?;
         let initial = match request {
@@ -143,6 +156,7 @@ impl Membership {
             seeds: cfg.seeds.clone(),
             seed_errors: HashMap::new(),
             own_addr,
+            evidence_window,
             host,
             cfg: cfg.clone(),
         })
@@ -157,6 +171,9 @@ impl Membership {
         retry.tick().await;
         let mut buf = vec![0u8; RECV_BUFFER];
         let mut plain = vec![0u8; RECV_BUFFER];
+        let mut evidence = tokio::time::interval(EVIDENCE_EVERY);
+        evidence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let authenticated = self.encryption == Encryption::Wireguard;
         let outcome = loop {
             let deadline = self.lock().gossip.poll_timeout();
             let sleep = async {
@@ -177,6 +194,7 @@ impl Membership {
                     self.lock().gossip.handle_timeout(Instant::now());
                 }
                 _ = retry.tick(), if self.alone() => self.join_seeds().await,
+                _ = evidence.tick(), if authenticated => self.feed_evidence(),
                 r = self.socket.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
                         self.receive(&buf[..n], from, &mut plain);
@@ -198,6 +216,23 @@ impl Membership {
         self.lock().gossip.leave(Instant::now());
         self.flush().await;
         outcome
+    }
+
+    /// Hands gossip, for every peer that sent authenticated traffic within the evidence
+    /// window, when it last did.
+    fn feed_evidence(&self) {
+        let table = self.backend.routes().load();
+        let (now, stamp) = (Instant::now(), Stamp::now());
+        let mut shared = self.lock();
+        let window = self.evidence_window;
+        for p in table.peers() {
+            let Some(age) = p.stats.last_heard().map(|t| t.age(stamp)) else {
+                continue;
+            };
+            if let (true, Some(at)) = (age < window, now.checked_sub(age)) {
+                shared.gossip.handle_evidence(&p.name, at);
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -310,6 +345,10 @@ impl Membership {
                 }
                 Event::MemberSuspect(name) => tracing::info!(member = %name, "member suspect"),
                 Event::MemberAlive(name) => tracing::info!(member = %name, "member alive again"),
+                Event::MemberHeld(name) => tracing::info!(
+                    member = %name,
+                    "gossip has this member down but its traffic arrived moments ago: keeping its routes"
+                ),
                 Event::SubnetAssigned(lease) => self.assigned(lease).await?,
                 Event::SubnetConflict(c) if c.reserved && c.explicit => tracing::error!(
                     subnet = %c.subnet, reserved_by = %c.other,

@@ -108,6 +108,10 @@ fn gossip_report(g: &Shared) -> (Vec<MemberStatus>, GossipCounters) {
             since_secs: now.saturating_duration_since(m.since).as_secs(),
             address: m.record.gossip_addr.to_string(),
             subnet: m.record.subnet.map(|c| c.subnet.to_string()),
+            held: m.held,
+            heard_ms_ago: m
+                .heard
+                .map(|t| now.saturating_duration_since(t).as_millis() as u64),
         })
         .collect();
     let c = g.gossip.counters();

@@ -12,7 +12,7 @@ use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::runs::Runs;
 use crate::routes::{PeerId, RouteTable};
-use crate::stats::{DropReason, DropTally};
+use crate::stats::{DropReason, DropTally, Stamp};
 
 /// Packets per TX batch. A TSO super-packet of 64 KiB split at the smallest MSS we allow
 /// (576-byte MTU → 536) is 123 segments, so a batch must hold that many after a first read.
@@ -184,15 +184,26 @@ impl TunWriter {
     }
 }
 
-/// Received counters for the peer of the current stretch of datagrams, added once per stretch.
-#[derive(Default)]
+/// Received counters for the peer of the current stretch of datagrams, added once per stretch,
+/// with the time the batch was read: the peer's "last heard" is one relaxed store per stretch.
 pub struct PeerAcc {
     peer: Option<PeerId>,
     packets: u64,
     bytes: u64,
+    at: Stamp,
 }
 
 impl PeerAcc {
+    /// An accumulator for a batch read at `at`.
+    pub fn new(at: Stamp) -> Self {
+        PeerAcc {
+            peer: None,
+            packets: 0,
+            bytes: 0,
+            at,
+        }
+    }
+
     #[inline]
     pub fn add(&mut self, table: &RouteTable, peer: PeerId, bytes: usize) {
         if self.peer != Some(peer) {
@@ -205,7 +216,9 @@ impl PeerAcc {
 
     pub fn flush(&mut self, table: &RouteTable) {
         if let Some(p) = self.peer.take() {
-            table.peer(p).stats.rx(self.packets, self.bytes);
+            let stats = &table.peer(p).stats;
+            stats.rx(self.packets, self.bytes);
+            stats.heard(self.at);
         }
         self.packets = 0;
         self.bytes = 0;

@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::routes::{PeerEntry, PeerId, RouteTable, Routes};
 use crate::stats::{DropReason, DropTally};
 pub use device::{Tier, TierReport};
+pub use io::PeerAcc;
 
 /// One way of carrying pod packets between nodes inside UDP.
 pub trait Encap: Send + Sync + Sized + 'static {

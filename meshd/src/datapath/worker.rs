@@ -13,7 +13,7 @@ use super::io::{send_runs, wait, PeerAcc, TunReader, TunWriter, UdpReader, TX_BA
 use super::runs::Runs;
 use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
 use crate::routes::RouteTable;
-use crate::stats::{DropReason, DropTally};
+use crate::stats::{DropReason, DropTally, Stamp};
 
 /// Route and encode a batch of packets read from the TUN device into `runs`: the TX path's
 /// per-packet loop, without I/O (the no-allocation test drives it directly).
@@ -88,7 +88,7 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
     };
     while !shared.stop.load(Ordering::Relaxed) {
         let table = shared.routes.load();
-        let mut acc = PeerAcc::default();
+        let mut acc = PeerAcc::new(Stamp::now());
         let got = reader.recv(sock, state, |from, datagram| {
             let buf = out.next(E::packet_room(datagram.len()));
             let r = shared.encap.receive(&mut rx, &table, from, datagram, buf);

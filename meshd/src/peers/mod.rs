@@ -5,6 +5,7 @@
 //! Nothing here does I/O or touches the data path; the WireGuard half (node keys and the
 //! sessions that outlive peer-set changes) is [`wireguard`].
 
+pub mod rejected;
 pub mod wireguard;
 
 use ipnet::Ipv4Net;

@@ -78,6 +78,14 @@ pub struct MemberStatus {
     pub address: String,
     /// The subnet it claims, once it holds one.
     pub subnet: Option<String>,
+    /// Gossip has it down (or its suspicion ran out), but its authenticated traffic arrived
+    /// within the evidence window: it keeps its routes (state says suspect).
+    #[serde(default)]
+    pub held: bool,
+    /// Milliseconds since the data path last heard from it (authenticated traffic, encrypted
+    /// mode only), as last handed to gossip.
+    #[serde(default)]
+    pub heard_ms_ago: Option<u64>,
 }
 
 /// Gossip datagrams in and out, and what was dropped.

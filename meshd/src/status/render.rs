@@ -108,9 +108,14 @@ pub fn render(s: &Status) -> String {
             "member", "state", "since s", "gossip address"
         );
         for m in members {
+            let held = match (m.held, m.heard_ms_ago) {
+                (true, Some(ms)) => format!("  held up by its traffic ({ms} ms ago)"),
+                (true, None) => "  held up by its traffic".into(),
+                (false, _) => String::new(),
+            };
             let _ = writeln!(
                 o,
-                "{:<16} {:<8} {:>8}  {:<22} {}",
+                "{:<16} {:<8} {:>8}  {:<22} {}{held}",
                 m.name,
                 m.state,
                 m.since_secs,

@@ -2,7 +2,8 @@
 //! global allocator around steady-state loops, not by timing them:
 //! - cleartext VXLAN: route + frame into GSO runs, and the receive decoder;
 //! - WireGuard: route + encrypt into runs (TX batch), and demultiplex + decrypt + the
-//!   cryptokey-routing check (RX).
+//!   cryptokey-routing check (RX), refusals included (what they remember for the control
+//!   thread), and the per-peer receive tally.
 //!
 //! Counting is per thread: the tests of this binary run in parallel, and each counts only its own
 //! allocations.

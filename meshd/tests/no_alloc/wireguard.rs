@@ -2,11 +2,11 @@ use super::{allocations_in, packet};
 use meshd::datapath::runs::Runs;
 use meshd::datapath::wireguard::{Wireguard, SCRATCH_LEN};
 use meshd::datapath::worker::encode_batch;
-use meshd::datapath::{Encap, Received, Rx};
+use meshd::datapath::{Encap, PeerAcc, Received, Rx};
 use meshd::peers::wireguard::{NodeCrypto, Sessions};
 use meshd::peers::{Peer, PeerKey};
 use meshd::routes::{Local, Routes};
-use meshd::stats::DropTally;
+use meshd::stats::{DropTally, Stamp};
 use meshd_crypto::{ClusterSecret, Keyring, PrivateKey, PublicKey};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -144,4 +144,45 @@ fn encrypt_and_decrypt_allocate_nothing_per_packet() {
     assert_eq!(delivered, 100 * 44 * 1400);
     assert!(no_replies.is_empty());
     assert_eq!(allocs, 0, "the encrypted per-packet path allocated");
+}
+
+/// What the RX path refuses it also remembers for the control thread: data from a peer on a
+/// session we lost flags that peer for a handshake, a refused initiator is noted; and the
+/// receive tally stamps the peer's "last heard". None of it allocates. (Identifying an
+/// initiator, `meshd_crypto::identify_initiator`, allocates once per initiation: a handshake
+/// cost, rate-limited, not a per-packet one; the note it leads to is counted here alone.)
+#[test]
+fn refusals_and_the_receive_tally_allocate_nothing() {
+    let secret = ClusterSecret::generate();
+    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+    let b = node(2, &kb, &secret, (1, ka.public_key()));
+    let a_addr: SocketAddr = "198.18.0.1:51820".parse().unwrap();
+    // Data on a session B does not have: type 4, an index no session of B's holds.
+    let mut lost = vec![0u8; 132];
+    lost[0] = 4;
+    lost[4..8].copy_from_slice(&0x7f_ffffu32.to_le_bytes());
+    let mut rx = Receiver::new();
+    let mut replies = Vec::with_capacity(0);
+    let stranger = PrivateKey::generate().public_key();
+    let table = b.routes.load();
+    let allocs = allocations_in(|| {
+        for _ in 0..100 {
+            assert_eq!(rx.take(&b, a_addr, &lost, &mut replies), Received::Nothing);
+            b.wg.crypto.rejected.note(&stranger, Stamp::now());
+            let mut acc = PeerAcc::new(Stamp::now());
+            acc.add(&table, 0, 100);
+            acc.add(&table, 0, 100);
+            acc.flush(&table);
+        }
+    });
+    assert!(replies.is_empty());
+    assert_eq!(allocs, 0, "refusing (and remembering) allocated");
+    assert!(table.peer(0).stats.last_heard().is_some());
+    assert!(table
+        .peer(0)
+        .wg
+        .as_ref()
+        .unwrap()
+        .take_handshake_wanted(Stamp::now()));
+    assert!(b.wg.crypto.rejected.take(&stranger, Stamp::now()));
 }

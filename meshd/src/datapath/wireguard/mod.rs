@@ -3,8 +3,9 @@
 //! TX ([`tx`]): each packet is encrypted by its peer's session straight into the run buffer.
 //! RX (`rx.rs`): demultiplex (by receiver index, or by initiator key after the rate limiter),
 //! decrypt, and check the inner source against the peer's subnet (cryptokey routing). A
-//! control thread ([`Encap::control`]) drives every session's timers and resets the shared
-//! handshake rate limiter once a second.
+//! control thread ([`Encap::control`]) drives every session's timers, starts the handshakes
+//! the RX path asked for (a peer on a lost session, an initiator refused moments before it
+//! became a peer), and resets the shared handshake rate limiter once a second.
 //!
 //! Each peer's session sits behind its own `Mutex` in a [`WgPeer`], held by the route table;
 //! the registry that keeps it across peer-set changes is [`crate::peers::wireguard::Sessions`].
@@ -27,8 +28,8 @@ use meshd_crypto::{Action, SessionError};
 
 use super::{Encap, Received, Rx};
 use crate::peers::wireguard::NodeCrypto;
-use crate::routes::{RouteTable, Routes};
-use crate::stats::DropReason;
+use crate::routes::{PeerEntry, RouteTable, Routes};
+use crate::stats::{DropReason, Stamp};
 
 pub use crate::peers::wireguard::WgPeer;
 
@@ -133,10 +134,10 @@ impl Encap for Wireguard {
                 last_reset = Instant::now();
             }
             let table = routes.load();
+            let now = Stamp::now();
             for peer in table.peers() {
                 let Some(wg) = &peer.wg else { continue };
-                let action = run_timers(wg, &mut out);
-                match action {
+                match timers(peer, wg, now, &mut out) {
                     Action::WriteToNetwork(n) => {
                         if let Err(e) = socket.send_to(&out[..n], peer.endpoint) {
                             tracing::trace!(error = %e, peer = %peer.name, "timer send");
@@ -154,8 +155,20 @@ impl Encap for Wireguard {
     }
 }
 
-/// One peer's timers, inside its span, so that what boringtun logs meanwhile (a handshake
+/// One control tick for one peer: the handshake the data path asked for, if any (rate-limited,
+/// see [`WgPeer::take_handshake_wanted`]), else the session's timers. What to send is in
+/// `out`. It runs inside the peer's span, so that what boringtun logs meanwhile (a handshake
 /// retry, an expiry) names the peer.
-fn run_timers(wg: &WgPeer, out: &mut [u8]) -> Action {
-    wg.span.in_scope(|| wg.lock().update_timers(out))
+pub(crate) fn timers(peer: &PeerEntry, wg: &WgPeer, now: Stamp, out: &mut [u8]) -> Action {
+    let _span = wg.span.enter();
+    let mut session = wg.lock();
+    if wg.take_handshake_wanted(now) {
+        let action = session.initiate_handshake(out);
+        let started = action != Action::Done;
+        tracing::debug!(peer = %peer.name, started, "handshake asked for by the data path");
+        if started {
+            return action;
+        }
+    }
+    session.update_timers(out)
 }

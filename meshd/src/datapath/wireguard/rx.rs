@@ -7,6 +7,11 @@
 //! [`demux`] does all of that without I/O of its own: replies go through the RX context. The
 //! session then decrypts, and the inner source is checked against the peer's subnet
 //! (cryptokey routing), in [`super::Wireguard`]'s `receive`.
+//!
+//! What it refuses it also remembers, for the control thread to repair: data from a peer's
+//! address on a session we no longer have flags that peer for a handshake
+//! ([`crate::peers::wireguard::WgPeer::want_handshake`]), and an initiator that is no peer
+//! is noted ([`crate::peers::rejected`]) in case it becomes one moments later.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -16,7 +21,7 @@ use meshd_crypto::{identify_initiator, Admission, MessageType, WgDatagram};
 use crate::datapath::Rx;
 use crate::peers::wireguard::NodeCrypto;
 use crate::routes::{PeerId, RouteTable};
-use crate::stats::DropReason;
+use crate::stats::{DropReason, Stamp};
 
 /// The peer a datagram is for, or `None` once it is dropped (counted) or answered.
 pub(super) fn demux(
@@ -31,11 +36,15 @@ pub(super) fn demux(
         drops.add(DropReason::Malformed);
         return None;
     };
-    if d.message_type() != MessageType::Initiation {
+    let kind = d.message_type();
+    if kind != MessageType::Initiation {
         let index = d.receiver_index().map(meshd_crypto::wire::local_index_of);
         let id = index.and_then(|i| table.by_index(i));
         if id.is_none() {
             drops.add(DropReason::UnknownIndex);
+            if kind == MessageType::Data {
+                lost_session(table, src);
+            }
         }
         return id;
     }
@@ -54,10 +63,27 @@ pub(super) fn demux(
             return None;
         }
     }
-    let id = identify_initiator(&crypto.private, &crypto.public, datagram)
-        .and_then(|key| table.by_key(&key));
+    let key = identify_initiator(&crypto.private, &crypto.public, datagram);
+    let id = key.and_then(|key| table.by_key(&key));
     if id.is_none() {
         drops.add(DropReason::HandshakeRejected);
+        if let Some(key) = key {
+            // Perhaps a member we have not learnt yet: see `crate::peers::rejected`.
+            crypto.rejected.note(&key, Stamp::now());
+        }
     }
     id
+}
+
+/// Data from a peer's address on a session we do not have: the peer kept a session we dropped
+/// (or lost in a restart), and keeps sending on it until its own timers give up, 15 s later.
+/// Ask for a handshake now; the control thread starts it (at most one a second per peer).
+#[inline]
+fn lost_session(table: &RouteTable, src: SocketAddr) {
+    if let Some(wg) = table
+        .by_source(src.ip())
+        .and_then(|id| table.peer(id).wg.as_ref())
+    {
+        wg.want_handshake();
+    }
 }

@@ -1,9 +1,10 @@
 //! Two (or three) nodes in one process, wired by hand: handshake through the real TX batch and
 //! RX demultiplexer, then cryptokey routing, replays, unknown indices, strangers, a wrong
 //! cluster secret, and how TX groups datagrams into GSO runs. Rotation is in `rotation.rs`,
-//! the timer thread's logs in `timers.rs`.
+//! membership flaps and restarts in `flaps.rs`, the timer thread's logs in `timers.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod flaps;
 mod rotation;
 mod timers;
 

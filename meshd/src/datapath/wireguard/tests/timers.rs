@@ -2,7 +2,8 @@
 //! expiry) do not, so an operator could not tell which peer is unreachable.
 
 use super::{packet, pair};
-use crate::datapath::wireguard::{run_timers, SCRATCH_LEN};
+use crate::datapath::wireguard::{timers, SCRATCH_LEN};
+use crate::stats::Stamp;
 use meshd_crypto::Action;
 use std::time::Duration;
 
@@ -21,7 +22,12 @@ fn handshake_retries_name_the_peer() {
         std::thread::sleep(PAST_REKEY_TIMEOUT);
         let table = a.routes().load();
         let wg = table.peer(0).wg.clone().unwrap();
-        run_timers(&wg, &mut vec![0u8; SCRATCH_LEN])
+        timers(
+            table.peer(0),
+            &wg,
+            Stamp::now(),
+            &mut vec![0u8; SCRATCH_LEN],
+        )
     });
     assert!(
         matches!(retry, Action::WriteToNetwork(148)),
