@@ -195,8 +195,9 @@ fn exec_lab(args: &[OsString]) -> Result<()> {
         .with_file_name("meshd-lab");
     if !bin.is_file() {
         anyhow::bail!(
-            "meshd lab needs the meshd-lab binary next to meshd ({} is missing): \
-             cargo build --release",
+            "meshd lab needs the meshd-lab binary next to meshd ({} is missing): build the \
+             whole workspace (`cargo build --release`, or `cargo build -p meshd-lab` for a debug \
+             build)",
             bin.display()
         );
     }

@@ -120,10 +120,13 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     // Status, served before the host has network.json: the CNI plugin wires a pod only when
     // this socket answers, so it must answer as soon as the file exists.
     let report = Report {
-        base: Status {
-            address_source: Some(address_source.to_string()),
-            ..base_status(&cfg, address, subnet, crypto.as_deref(), &datapath)
-        },
+        base: base_status(
+            &cfg,
+            (address, &address_source),
+            subnet,
+            crypto.as_deref(),
+            &datapath,
+        ),
         backend: backend.clone(),
         gossip: membership.as_ref().map(|m| m.shared.clone()),
         subnet: membership.as_ref().map(|m| m.subnet.clone()),
@@ -203,7 +206,7 @@ async fn gossip_failure(task: &mut Option<tokio::task::JoinHandle<Result<()>>>) 
 /// What the status says of this node whatever happens later.
 fn base_status(
     cfg: &Config,
-    address: std::net::IpAddr,
+    (address, source): (std::net::IpAddr, &underlay::AddressSource),
     subnet: Option<Ipv4Net>,
     crypto: Option<&NodeCrypto>,
     datapath: &DataPath,
@@ -213,7 +216,7 @@ fn base_status(
         version: env!("CARGO_PKG_VERSION").into(),
         pid: std::process::id(),
         address: address.to_string(),
-        address_source: None,
+        address_source: Some(source.to_string()),
         subnet: subnet.map(|s| s.to_string()).unwrap_or_default(),
         vtep_mac: vtep_mac(&cfg.node_name).to_string(),
         encryption: match cfg.encryption {
