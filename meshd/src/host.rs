@@ -29,6 +29,11 @@ impl Host {
         Ok(Host { handle })
     }
 
+    /// The netlink handle, for the kernel fast path's own requests ([`crate::kernel`]).
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// The link called `name`, if there is one.
     pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
         let mut links = self
@@ -203,11 +208,7 @@ impl Host {
         let Some(link) = self.link(name).await? else {
             return Ok(false);
         };
-        let ours = link
-            .attributes
-            .iter()
-            .any(|a| matches!(a, LinkAttribute::IfAlias(s) if s == OWNER_ALIAS));
-        if !ours {
+        if !owned(&link) {
             bail!("link `{name}` was not created by meshd (no `{OWNER_ALIAS}` alias); leaving it alone");
         }
         self.handle
@@ -220,7 +221,7 @@ impl Host {
     }
 
     /// The IPv4 addresses on link `index`.
-    async fn v4_addresses(&self, index: u32) -> Result<Vec<(AddressMessage, Ipv4Addr)>> {
+    pub async fn v4_addresses(&self, index: u32) -> Result<Vec<(AddressMessage, Ipv4Addr)>> {
         let mut addrs = self
             .handle
             .address()
@@ -241,7 +242,7 @@ impl Host {
         Ok(found)
     }
 
-    async fn index(&self, name: &str) -> Result<u32> {
+    pub async fn index(&self, name: &str) -> Result<u32> {
         Ok(self
             .link(name)
             .await?
@@ -249,6 +250,13 @@ impl Host {
             .header
             .index)
     }
+}
+
+/// Whether meshd made `link` (it carries the owner alias).
+pub fn owned(link: &LinkMessage) -> bool {
+    link.attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::IfAlias(s) if s == OWNER_ALIAS))
 }
 
 /// The bridge's MAC: stable per node, distinct from the VTEP MAC.
@@ -261,7 +269,8 @@ pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + 1)
 }
 
-fn kind(link: &LinkMessage) -> Option<InfoKind> {
+/// The kind of a link (bridge, vxlan, veth, …), when the kernel says.
+pub fn kind(link: &LinkMessage) -> Option<InfoKind> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
             LinkInfo::Kind(k) => Some(k.clone()),

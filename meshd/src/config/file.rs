@@ -61,6 +61,8 @@ pub(super) mod tests {
         seeds = ["198.18.0.2:7000"]
         cluster-cidr = "10.250.0.0/16"
         encryption = "none"
+        datapath = "kernel"
+        host-gw = true
         cluster-secret-file = "/etc/meshd/full.secret"
         underlay-mtu = 9000
         bridge = "fullbr0"
@@ -77,9 +79,11 @@ pub(super) mod tests {
         [vxlan]
         port = 4789
         vni = 42
+        device = "fullvx0"
         [wireguard]
         port = 51000
         handshakes-per-second = 7
+        device = "fullwg0"
         [tiers]
         multi-queue = false
         tun-offload = false

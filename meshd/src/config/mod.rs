@@ -51,6 +51,13 @@ pub struct Config {
     pub encryption: Encryption,
     pub vxlan: VxlanConfig,
     pub wireguard: WireguardConfig,
+    /// Which data path carries pod packets: "auto" (the default: the kernel's where it has
+    /// one and it passes probes, per peer, else meshd's userspace path), "kernel" (the kernel's
+    /// or fail at start) or "userspace" (never the kernel's).
+    pub datapath: Datapath,
+    /// Cleartext only: route straight to a peer's underlay address, without encapsulation,
+    /// when it is on this node's L2 segment and probes pass (flannel's host-gw, per peer).
+    pub host_gw: bool,
     /// File holding the cluster secret (base64, mode 0600); `MESHD_CLUSTER_SECRET` may carry the
     /// secret itself instead. Required with `encryption = "wireguard"`.
     pub cluster_secret_file: Option<PathBuf>,
@@ -100,6 +107,40 @@ impl Encryption {
     }
 }
 
+/// What carries pod packets (`datapath`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Datapath {
+    #[default]
+    Auto,
+    Kernel,
+    Userspace,
+}
+
+impl Datapath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Datapath::Auto => "auto",
+            Datapath::Kernel => "kernel",
+            Datapath::Userspace => "userspace",
+        }
+    }
+}
+
+impl std::str::FromStr for Datapath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Datapath::Auto),
+            "kernel" => Ok(Datapath::Kernel),
+            "userspace" => Ok(Datapath::Userspace),
+            _ => Err(format!(
+                "`{s}` is not a datapath: auto, kernel or userspace"
+            )),
+        }
+    }
+}
+
 impl std::str::FromStr for Encryption {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -120,6 +161,8 @@ pub struct WireguardConfig {
     pub port: u16,
     /// Handshake initiations per second answered before initiators must show a cookie.
     pub handshakes_per_second: u64,
+    /// Name of the kernel WireGuard device, where the kernel has WireGuard.
+    pub device: String,
 }
 
 /// Membership and subnet allocation by gossip (UDP, every datagram sealed with a key derived
@@ -140,6 +183,8 @@ pub struct GossipConfig {
 pub struct VxlanConfig {
     pub port: u16,
     pub vni: u32,
+    /// Name of the kernel VXLAN device, where the kernel has VXLAN.
+    pub device: String,
 }
 
 /// Each optional speed-up can be switched off to exercise the path an older kernel takes.
@@ -200,6 +245,8 @@ impl Default for Config {
             encryption: Encryption::default(),
             vxlan: VxlanConfig::default(),
             wireguard: WireguardConfig::default(),
+            datapath: Datapath::default(),
+            host_gw: false,
             cluster_secret_file: None,
             underlay_mtu: 1500,
             bridge: "meshbr0".into(),
@@ -227,7 +274,11 @@ impl Default for GossipConfig {
 
 impl Default for VxlanConfig {
     fn default() -> Self {
-        VxlanConfig { port: 8472, vni: 1 }
+        VxlanConfig {
+            port: 8472,
+            vni: 1,
+            device: "meshvx0".into(),
+        }
     }
 }
 
@@ -236,6 +287,7 @@ impl Default for WireguardConfig {
         WireguardConfig {
             port: 51820,
             handshakes_per_second: meshd_crypto::handshake::DEFAULT_HANDSHAKES_PER_SECOND,
+            device: "meshwg0".into(),
         }
     }
 }

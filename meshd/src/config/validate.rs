@@ -84,6 +84,28 @@ impl Config {
         if self.bridge == self.tun {
             return Err(err("tun", "must differ from `bridge`"));
         }
+        validate_ifname("vxlan.device", &self.vxlan.device, 15)?;
+        validate_ifname("wireguard.device", &self.wireguard.device, 15)?;
+        for (key, name) in [
+            ("vxlan.device", &self.vxlan.device),
+            ("wireguard.device", &self.wireguard.device),
+        ] {
+            if name == &self.bridge || name == &self.tun {
+                return Err(err(key, "must differ from `bridge` and `tun`"));
+            }
+        }
+        if self.host_gw && self.encryption != super::Encryption::None {
+            return Err(err(
+                "host-gw",
+                "routes pod packets unencapsulated, in the clear: it needs encryption = \"none\"",
+            ));
+        }
+        if self.host_gw && self.datapath == super::Datapath::Userspace {
+            return Err(err(
+                "host-gw",
+                "is a kernel path: it cannot be used with datapath = \"userspace\"",
+            ));
+        }
         if self.queues > 64 {
             return Err(err("queues", format!("{} is more than 64", self.queues)));
         }

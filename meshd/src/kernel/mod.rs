@@ -1,0 +1,91 @@
+//! The kernel fast path: netlink state that carries pod packets without meshd in the way.
+//! A kernel backend is not a loop: it is a device plus per-peer objects (FDB and neighbour
+//! entries, routes, WireGuard peers) reconciled from the peer set by [`crate::paths`], which
+//! also decides, per peer and on probe evidence, which path its packets take.
+//!
+//! Everything is found out by trying: creating the device is the detection, and a refusal is
+//! kept with the kernel's own words ([`Refusal`]) for `meshd status`.
+
+pub mod ethtool;
+pub mod probe;
+pub mod routes;
+pub mod vxlan;
+
+use serde::{Deserialize, Serialize};
+
+/// Why the kernel would not do something: its errno, when there is one, and its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(message: impl Into<String>) -> Self {
+        Refusal {
+            errno: None,
+            message: message.into(),
+        }
+    }
+
+    /// From an rtnetlink error: a netlink error code becomes the errno and its strerror text.
+    pub fn from_netlink(e: &rtnetlink::Error) -> Self {
+        match e {
+            rtnetlink::Error::NetlinkError(m) if m.raw_code() < 0 => {
+                Refusal::from_errno(-m.raw_code())
+            }
+            other => Refusal::new(other.to_string()),
+        }
+    }
+
+    pub fn from_errno(errno: i32) -> Self {
+        let text = std::io::Error::from_raw_os_error(errno).to_string();
+        // "Operation not supported (os error 95)" → "Operation not supported".
+        let message = match text.rfind(" (os error") {
+            Some(i) => text[..i].to_string(),
+            None => text,
+        };
+        Refusal {
+            errno: Some(errno),
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Set `rp_filter` of `dev` to loose (2). With paths chosen per peer and per direction, a
+/// peer's packets may arrive on one device (the TUN device, the VXLAN device, the underlay)
+/// while the route back to it leaves by another; strict reverse-path filtering would drop them.
+/// The kernel uses the larger of `all` and the device's value, so this makes either loose.
+/// Best effort: in a container `/proc/sys` is often read-only, and the runtime's value stands.
+pub fn loose_rp_filter(dev: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "2" || v.trim() == "0") {
+        return;
+    }
+    if let Err(e) = std::fs::write(&path, "2") {
+        tracing::warn!(%dev, error = %e, "could not set rp_filter to loose (2): asymmetric per-peer paths may be dropped by reverse-path filtering");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn refusals_read_like_the_kernel() {
+        let r = Refusal::from_errno(95);
+        assert_eq!(r.errno, Some(95));
+        assert_eq!(r.to_string(), "Operation not supported");
+        assert_eq!(
+            Refusal::from_errno(98).to_string(),
+            "Address already in use"
+        );
+    }
+}

@@ -1,0 +1,284 @@
+//! Path probes that look like pod traffic: an ICMP echo request from this node's bridge address
+//! to the peer's bridge address, as large as a pod packet may be (the pod MTU), DF set, handed
+//! as an Ethernet frame to the very device pod packets of that peer would leave by, addressed
+//! to the MAC their route resolves to (the peer's VTEP MAC on the VXLAN device; the peer's
+//! underlay MAC for host-gw). So a path can be probed while the peer's packets take another,
+//! and what breaks pod packets on that path (a firewall, an MTU black hole, a VPC dropping
+//! foreign destinations) breaks the probe too.
+//!
+//! The peer's kernel answers, by whichever path it routes to us; replies arrive at a raw ICMP
+//! socket that sees only echo replies.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::wire::MacAddr;
+
+const ETH_P_IP: u16 = 0x0800;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO: u8 = 8;
+const ICMP_FILTER: libc::c_int = 1;
+const SOL_RAW: libc::c_int = 255;
+
+/// One probe: who it is from and to, how big (the IPv4 total length), and its sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub ifindex: u32,
+    pub dst_mac: MacAddr,
+    pub src_mac: MacAddr,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub size: u16,
+    pub seq: u16,
+}
+
+pub struct Prober {
+    frames: OwnedFd,
+    icmp: OwnedFd,
+    ident: u16,
+    buf: Vec<u8>,
+}
+
+impl Prober {
+    /// The sockets, in the current network namespace; `ident` marks this node's echoes.
+    pub fn new(ident: u16) -> io::Result<Prober> {
+        // SAFETY: plain socket(2) calls; each result is checked before it is owned.
+        let frames =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if frames < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor just returned by socket(2), owned from here on.
+        let frames = unsafe { OwnedFd::from_raw_fd(frames) };
+        // SAFETY: as above.
+        let icmp = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::IPPROTO_ICMP,
+            )
+        };
+        if icmp < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        let icmp = unsafe { OwnedFd::from_raw_fd(icmp) };
+        // Only echo replies reach the socket: every other type is filtered in the kernel.
+        let filter: u32 = !(1u32 << ICMP_ECHO_REPLY);
+        // SAFETY: setsockopt with a u32 the call reads.
+        let rc = unsafe {
+            libc::setsockopt(
+                icmp.as_raw_fd(),
+                SOL_RAW,
+                ICMP_FILTER,
+                (&filter as *const u32).cast(),
+                4,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Prober {
+            frames,
+            icmp,
+            ident,
+            buf: Vec::with_capacity(9216),
+        })
+    }
+
+    /// Send `p` as a frame on its device.
+    pub fn send(&mut self, p: &Probe) -> io::Result<()> {
+        frame(&mut self.buf, p, self.ident);
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = ETH_P_IP.to_be();
+        sll.sll_ifindex = p.ifindex as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&p.dst_mac.0);
+        // SAFETY: sendto with a buffer and address that live across the call.
+        let n = unsafe {
+            libc::sendto(
+                self.frames.as_raw_fd(),
+                self.buf.as_ptr().cast(),
+                self.buf.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// A small echo request to `dst` routed as the host routes it: it makes the kernel resolve
+    /// `dst`'s MAC (host-gw probes need it). The reply is ignored (sequence 0).
+    pub fn nudge(&mut self, dst: Ipv4Addr) -> io::Result<()> {
+        let mut icmp = [0u8; 16];
+        icmp[0] = ICMP_ECHO;
+        icmp[4..6].copy_from_slice(&self.ident.to_be_bytes());
+        let sum = checksum(&icmp);
+        icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+        // SAFETY: sockaddr_in is plain data.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sin.sin_family = libc::AF_INET as u16;
+        sin.sin_addr.s_addr = u32::from(dst).to_be();
+        // SAFETY: sendto with a buffer and address that live across the call.
+        let n = unsafe {
+            libc::sendto(
+                self.icmp.as_raw_fd(),
+                icmp.as_ptr().cast(),
+                icmp.len(),
+                0,
+                (&sin as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Every echo reply waiting, as (its source, its sequence number); never blocks.
+    pub fn replies(&mut self, out: &mut Vec<(Ipv4Addr, u16)>) {
+        let mut buf = [0u8; 1600];
+        loop {
+            // SAFETY: recv into a stack buffer of the given length.
+            let n = unsafe {
+                libc::recv(
+                    self.icmp.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
+            if n < 0 {
+                return;
+            }
+            let n = (n as usize).min(buf.len());
+            if let Some(r) = parse_reply(&buf[..n], self.ident) {
+                out.push(r);
+            }
+        }
+    }
+}
+
+/// Write the Ethernet frame of `p` into `buf`.
+pub fn frame(buf: &mut Vec<u8>, p: &Probe, ident: u16) {
+    let size = usize::from(p.size.max(28));
+    buf.clear();
+    buf.extend_from_slice(&p.dst_mac.0);
+    buf.extend_from_slice(&p.src_mac.0);
+    buf.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    let ip = buf.len();
+    buf.resize(ip + size, 0);
+    let h = &mut buf[ip..ip + 20];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&(size as u16).to_be_bytes());
+    h[4..6].copy_from_slice(&p.seq.to_be_bytes());
+    h[6] = 0x40; // DF
+    h[8] = 64;
+    h[9] = libc::IPPROTO_ICMP as u8;
+    h[12..16].copy_from_slice(&p.src.octets());
+    h[16..20].copy_from_slice(&p.dst.octets());
+    let sum = checksum(h);
+    h[10..12].copy_from_slice(&sum.to_be_bytes());
+    let icmp = &mut buf[ip + 20..];
+    icmp[0] = ICMP_ECHO;
+    icmp[4..6].copy_from_slice(&ident.to_be_bytes());
+    icmp[6..8].copy_from_slice(&p.seq.to_be_bytes());
+    // A payload that is not all zeroes, so nothing on the way can compress it away.
+    for (i, b) in icmp[8..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let sum = checksum(icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// (source, sequence) of an echo reply to one of `ident`'s probes, from an IPv4 packet.
+pub fn parse_reply(packet: &[u8], ident: u16) -> Option<(Ipv4Addr, u16)> {
+    let ihl = usize::from(packet.first()? & 0x0f) * 4;
+    if packet.first()? >> 4 != 4 || ihl < 20 || packet.len() < ihl + 8 {
+        return None;
+    }
+    let icmp = &packet[ihl..];
+    if icmp[0] != ICMP_ECHO_REPLY || u16::from_be_bytes([icmp[4], icmp[5]]) != ident {
+        return None;
+    }
+    let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
+    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+    Some((src, seq))
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn probe() -> Probe {
+        Probe {
+            ifindex: 3,
+            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            src: "10.244.1.1".parse().unwrap(),
+            dst: "10.244.2.1".parse().unwrap(),
+            size: 1450,
+            seq: 77,
+        }
+    }
+
+    #[test]
+    fn frames_are_pod_sized_df_echoes_with_valid_checksums() {
+        let mut buf = Vec::new();
+        frame(&mut buf, &probe(), 0x1234);
+        assert_eq!(buf.len(), 14 + 1450);
+        assert_eq!(&buf[0..6], &[2, 0, 0, 0, 0, 2]);
+        assert_eq!(&buf[12..14], &[0x08, 0x00]);
+        let ip = &buf[14..];
+        assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 1450);
+        assert_eq!(ip[6] & 0x40, 0x40, "DF");
+        assert_eq!(checksum(&ip[..20]), 0, "IP header checksum");
+        assert_eq!(checksum(&ip[20..]), 0, "ICMP checksum");
+        assert_eq!(ip[20], ICMP_ECHO);
+        assert_eq!(&ip[12..16], &[10, 244, 1, 1]);
+        assert_eq!(&ip[16..20], &[10, 244, 2, 1]);
+    }
+
+    #[test]
+    fn replies_are_matched_by_ident() {
+        let mut buf = Vec::new();
+        frame(&mut buf, &probe(), 0x1234);
+        let mut reply = buf[14..].to_vec();
+        reply[20] = ICMP_ECHO_REPLY;
+        reply[12..16].copy_from_slice(&[10, 244, 2, 1]);
+        assert_eq!(
+            parse_reply(&reply, 0x1234),
+            Some(("10.244.2.1".parse().unwrap(), 77))
+        );
+        assert_eq!(parse_reply(&reply, 0x4321), None);
+        assert_eq!(parse_reply(&reply[..25], 0x1234), None);
+        assert_eq!(parse_reply(&[], 0x1234), None);
+        reply[20] = ICMP_ECHO;
+        assert_eq!(parse_reply(&reply, 0x1234), None);
+    }
+}

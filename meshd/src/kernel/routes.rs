@@ -1,0 +1,123 @@
+//! Per-peer routes: a peer's subnet goes to the TUN device (userspace), via its VTEP address
+//! on the VXLAN device (kernel VXLAN), or via its underlay address (host-gw). Moving a peer
+//! between paths is one route replace. Every route meshd makes carries its protocol number,
+//! [`PROTOCOL`], so a restarted meshd finds its own routes ([`list`]) and `meshd cleanup`
+//! removes only those.
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::RouteMessageBuilder;
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::host::Host;
+
+/// The route protocol number of meshd's routes (`ip route show proto 109`).
+pub const PROTOCOL: u8 = 109;
+
+/// Where a peer's subnet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The TUN device: meshd's userspace data path.
+    Tun { index: u32 },
+    /// The VXLAN device, via the peer's VTEP address (onlink: no subnet of the device covers it).
+    Vxlan { index: u32, vtep: Ipv4Addr },
+    /// Straight to the peer's underlay address, no encapsulation (host-gw).
+    Gateway { address: Ipv4Addr },
+}
+
+/// Route `subnet` as `via` says, from `source` (the bridge address: packets the host itself
+/// sends to pods need a source inside its subnet).
+pub async fn set(host: &Host, subnet: Ipv4Net, via: Via, source: Ipv4Addr) -> Result<()> {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(subnet.network(), subnet.prefix_len())
+        .protocol(RouteProtocol::Other(PROTOCOL))
+        .pref_source(source);
+    b = match via {
+        Via::Tun { index } => b.output_interface(index),
+        Via::Vxlan { index, vtep } => b.output_interface(index).gateway(vtep).onlink(),
+        Via::Gateway { address } => b.gateway(address),
+    };
+    host.handle()
+        .route()
+        .add(b.build())
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("routing {subnet} {via:?}"))
+}
+
+/// Remove meshd's route for `subnet`, if there is one.
+pub async fn remove(host: &Host, subnet: Ipv4Net) -> Result<()> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(subnet.network(), subnet.prefix_len())
+        .protocol(RouteProtocol::Other(PROTOCOL))
+        .build();
+    match host.handle().route().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        // ESRCH: no such route.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing the route for {subnet}")),
+    }
+}
+
+/// A route meshd made, as found in the main table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub subnet: Ipv4Net,
+    pub oif: Option<u32>,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// meshd's routes in the main table.
+pub async fn list(host: &Host) -> Result<Vec<Found>> {
+    let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    let mut dump = host.handle().route().get(filter).execute();
+    let mut out = Vec::new();
+    while let Some(r) = dump.try_next().await.context("listing routes")? {
+        if let Some(f) = found(&r) {
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
+fn found(r: &RouteMessage) -> Option<Found> {
+    if u8::from(r.header.protocol) != PROTOCOL {
+        return None;
+    }
+    let mut dst = None;
+    let mut oif = None;
+    let mut gateway = None;
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            _ => {}
+        }
+    }
+    let subnet = Ipv4Net::new(dst?, r.header.destination_prefix_length).ok()?;
+    Some(Found {
+        subnet,
+        oif,
+        gateway,
+    })
+}
+
+/// Whether `peer` is on this node's L2 segment: inside the prefix of the underlay address
+/// `local` holds on its link (`index`), so a route via it needs no router.
+pub async fn same_segment(host: &Host, index: u32, local: Ipv4Addr, peer: IpAddr) -> bool {
+    let IpAddr::V4(peer) = peer else {
+        return false;
+    };
+    let Ok(addrs) = host.v4_addresses(index).await else {
+        return false;
+    };
+    addrs.iter().any(|(a, v4)| {
+        *v4 == local
+            && Ipv4Net::new(local, a.header.prefix_len)
+                .is_ok_and(|net| net.trunc().contains(&peer) && peer != local)
+    })
+}

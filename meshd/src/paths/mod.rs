@@ -1,0 +1,364 @@
+//! Per-peer path choice: which way a peer's pod packets leave this node (host-gw, kernel
+//! VXLAN, kernel WireGuard, meshd's userspace path), and why.
+//!
+//! [`PeerPath`] is the decision, with no I/O: it is told what this node and peer can do
+//! ([`Offer`]) and how each probed path's probes fared ([`PeerPath::record`]), and it says when
+//! to move ([`PeerPath::decide`]). The rules:
+//! - a peer starts on the path a previous meshd left it on (adopted), else on its floor
+//!   (userspace; the kernel VXLAN path with `datapath = "kernel"`), and moves up as soon as a
+//!   better path passes its first probe;
+//! - a path that loses [`LOSSES_TO_DEMOTE`] probes in a row is left for the best one below it
+//!   that is passing (within 3 s of the break at the probe rate the manager keeps);
+//! - a path that was left returns only after passing probes without a loss for a quiet period
+//!   that doubles with each demotion ([`quiet`]), so a flapping path does not flap the peer.
+//!
+//! [`manager`] runs it: probes, routes and the status.
+
+pub mod manager;
+
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::kernel::Refusal;
+
+/// Probes lost in a row that demote a path.
+pub const LOSSES_TO_DEMOTE: u32 = 3;
+/// The quiet period before a path is returned to after its first demotion.
+pub const BASE_QUIET: Duration = Duration::from_secs(10);
+/// The longest quiet period.
+pub const MAX_QUIET: Duration = Duration::from_secs(160);
+/// A path in use this long without a failure forgets its demotions.
+pub const FORGIVE_AFTER: Duration = Duration::from_secs(600);
+
+/// The ways out, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathKind {
+    HostGw,
+    KernelVxlan,
+    KernelWireguard,
+    Userspace,
+}
+
+impl PathKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathKind::HostGw => "host-gw",
+            PathKind::KernelVxlan => "kernel-vxlan",
+            PathKind::KernelWireguard => "kernel-wireguard",
+            PathKind::Userspace => "userspace",
+        }
+    }
+}
+
+impl std::fmt::Display for PathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a path is not on offer to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotOffered {
+    /// The configuration rules it out (the text names the key).
+    Config(String),
+    /// The kernel refused to make its device.
+    Refused(Refusal),
+    /// host-gw: the peer is not on this node's L2 segment.
+    NotOnSegment,
+}
+
+/// One better-than-floor path and whether this peer can have it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub kind: PathKind,
+    pub available: Result<(), NotOffered>,
+}
+
+/// How one probed path is doing.
+#[derive(Debug, Clone, Default)]
+struct Track {
+    lost_in_row: u32,
+    passing_since: Option<Instant>,
+    ever_passed: bool,
+    failing: bool,
+    failing_since: Option<SystemTime>,
+    demotions: u32,
+    sent: u64,
+    lost: u64,
+}
+
+impl Track {
+    fn promotable(&self, now: Instant) -> bool {
+        !self.failing
+            && self.ever_passed
+            && self
+                .passing_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= quiet(self.demotions))
+    }
+}
+
+/// The quiet period after `demotions` demotions: none before the first, then
+/// [`BASE_QUIET`] doubling up to [`MAX_QUIET`].
+pub fn quiet(demotions: u32) -> Duration {
+    match demotions {
+        0 => Duration::ZERO,
+        n => BASE_QUIET
+            .saturating_mul(1 << (n - 1).min(8))
+            .min(MAX_QUIET),
+    }
+}
+
+/// One peer's path, the evidence for it, and the way to explain it.
+#[derive(Debug, Clone)]
+pub struct PeerPath {
+    offers: Vec<Offer>,
+    tracks: Vec<Track>,
+    floor: PathKind,
+    /// Why the floor is the floor, when that needs saying (`datapath = "userspace"`).
+    floor_reason: Option<String>,
+    current: PathKind,
+    since: Instant,
+    since_wall: SystemTime,
+    moves: u64,
+    probe_size: u16,
+}
+
+/// A move [`PeerPath::decide`] made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    pub from: PathKind,
+    pub to: PathKind,
+    /// The path left was failing its probes (not a promotion).
+    pub demotion: bool,
+}
+
+impl PeerPath {
+    /// `offers` are the paths to probe, best first: those better than `floor`, and the floor
+    /// itself when it is probed too (a kernel floor, so its failures are shown); `adopted` the path a previous
+    /// meshd left the peer on; `probe_size` the size of the probes (the pod MTU).
+    pub fn new(
+        offers: Vec<Offer>,
+        floor: PathKind,
+        floor_reason: Option<String>,
+        adopted: Option<PathKind>,
+        probe_size: u16,
+        now: Instant,
+    ) -> PeerPath {
+        let usable =
+            |k: PathKind| k == floor || offers.iter().any(|o| o.kind == k && o.available.is_ok());
+        let current = adopted.filter(|k| usable(*k)).unwrap_or(floor);
+        PeerPath {
+            tracks: vec![Track::default(); offers.len()],
+            offers,
+            floor,
+            floor_reason,
+            current,
+            since: now,
+            since_wall: SystemTime::now(),
+            moves: 0,
+            probe_size,
+        }
+    }
+
+    pub fn current(&self) -> PathKind {
+        self.current
+    }
+
+    pub fn moves(&self) -> u64 {
+        self.moves
+    }
+
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
+    /// The paths to probe: every available offer.
+    pub fn probed(&self) -> impl Iterator<Item = PathKind> + '_ {
+        self.offers
+            .iter()
+            .filter(|o| o.available.is_ok())
+            .map(|o| o.kind)
+    }
+
+    /// A probe on `kind` came back (`ok`) or timed out.
+    pub fn record(&mut self, kind: PathKind, ok: bool, now: Instant) {
+        let Some(i) = self.offers.iter().position(|o| o.kind == kind) else {
+            return;
+        };
+        let t = &mut self.tracks[i];
+        t.sent += 1;
+        if ok {
+            t.lost_in_row = 0;
+            t.ever_passed = true;
+            t.failing = false;
+            t.passing_since.get_or_insert(now);
+        } else {
+            t.lost += 1;
+            t.lost_in_row += 1;
+            t.passing_since = None;
+            if t.lost_in_row >= LOSSES_TO_DEMOTE && !t.failing {
+                t.failing = true;
+                t.failing_since = Some(SystemTime::now());
+            }
+        }
+    }
+
+    fn track(&self, kind: PathKind) -> Option<&Track> {
+        let i = self.offers.iter().position(|o| o.kind == kind)?;
+        self.tracks.get(i)
+    }
+
+    fn available(&self, kind: PathKind) -> bool {
+        self.offers
+            .iter()
+            .any(|o| o.kind == kind && o.available.is_ok())
+    }
+
+    /// The path the evidence says the peer should be on.
+    fn target(&self, now: Instant) -> PathKind {
+        for o in &self.offers {
+            let k = o.kind;
+            if k >= self.floor {
+                break;
+            }
+            if !self.available(k) {
+                continue;
+            }
+            let Some(t) = self.track(k) else { continue };
+            let ok = if k == self.current {
+                !t.failing
+            } else if k < self.current {
+                t.promotable(now)
+            } else {
+                // Stepping down: only onto a path that is passing right now.
+                t.ever_passed && t.lost_in_row == 0
+            };
+            if ok {
+                return k;
+            }
+        }
+        self.floor
+    }
+
+    /// Move if the evidence says so; the move made, if any.
+    pub fn decide(&mut self, now: Instant) -> Option<Move> {
+        if let Some(i) = self.offers.iter().position(|o| o.kind == self.current) {
+            let t = &mut self.tracks[i];
+            if !t.failing && now.saturating_duration_since(self.since) >= FORGIVE_AFTER {
+                t.demotions = 0;
+            }
+        }
+        let to = self.target(now);
+        if to == self.current {
+            return None;
+        }
+        let from = self.current;
+        let demotion = self.track(from).is_some_and(|t| t.failing);
+        if demotion {
+            if let Some(i) = self.offers.iter().position(|o| o.kind == from) {
+                self.tracks[i].demotions += 1;
+            }
+        }
+        self.current = to;
+        self.since = now;
+        self.since_wall = SystemTime::now();
+        self.moves += 1;
+        Some(Move { from, to, demotion })
+    }
+
+    /// Why the peer is on its path: `None` when it is on the best there is for it.
+    pub fn reason(&self, now: Instant) -> Option<String> {
+        if let Some(t) = self.track(self.current).filter(|t| t.failing) {
+            // Only the floor is kept while failing (datapath = "kernel").
+            return Some(format!(
+                "{}; datapath = \"kernel\": no fallback",
+                self.lost_text(self.current, t)
+            ));
+        }
+        for o in self.offers.iter().filter(|o| o.kind < self.current) {
+            let text = match &o.available {
+                Err(NotOffered::Config(why)) => why.clone(),
+                Err(NotOffered::Refused(r)) => format!("{} unavailable ({r})", describe(o.kind)),
+                Err(NotOffered::NotOnSegment) => {
+                    format!("{}: not on this node's L2 segment", o.kind)
+                }
+                Ok(()) => {
+                    let Some(t) = self.track(o.kind) else {
+                        continue;
+                    };
+                    if t.failing {
+                        format!(
+                            "{}, retry in {} s",
+                            self.lost_text(o.kind, t),
+                            quiet(t.demotions).as_secs()
+                        )
+                    } else if let Some(since) = t.passing_since.filter(|_| t.demotions > 0) {
+                        let left =
+                            quiet(t.demotions).saturating_sub(now.saturating_duration_since(since));
+                        format!(
+                            "{} passing probes again, retry in {} s",
+                            o.kind,
+                            left.as_secs().max(1)
+                        )
+                    } else if !t.ever_passed && t.lost_in_row > 0 {
+                        format!("probes at {} B lost on {}", self.probe_size, o.kind)
+                    } else {
+                        format!("probing {}", o.kind)
+                    }
+                }
+            };
+            return Some(text);
+        }
+        if self.current == self.floor {
+            return self.floor_reason.clone();
+        }
+        None
+    }
+
+    fn lost_text(&self, kind: PathKind, t: &Track) -> String {
+        let since = t.failing_since.map(clock).unwrap_or_else(|| "?".into());
+        format!(
+            "probes at {} B lost on {kind} since {since}",
+            self.probe_size
+        )
+    }
+
+    /// Probes sent and lost per probed path.
+    pub fn probe_counts(&self) -> Vec<(PathKind, u64, u64, bool)> {
+        self.offers
+            .iter()
+            .zip(&self.tracks)
+            .filter(|(o, _)| o.available.is_ok())
+            .map(|(o, t)| (o.kind, t.sent, t.lost, t.failing))
+            .collect()
+    }
+
+    /// When the peer took its path (wall clock).
+    pub fn since_wall(&self) -> SystemTime {
+        self.since_wall
+    }
+}
+
+/// How a path reads in a "why not" sentence.
+fn describe(kind: PathKind) -> &'static str {
+    match kind {
+        PathKind::HostGw => "host-gw",
+        PathKind::KernelVxlan => "kernel vxlan",
+        PathKind::KernelWireguard => "kernel wireguard",
+        PathKind::Userspace => "userspace",
+    }
+}
+
+/// `HH:MM:SS` (UTC) of `t`.
+pub fn clock(t: SystemTime) -> String {
+    let s = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,269 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+
+const SIZE: u16 = 1450;
+
+fn vxlan_peer(now: Instant) -> PeerPath {
+    PeerPath::new(
+        vec![Offer {
+            kind: PathKind::KernelVxlan,
+            available: Ok(()),
+        }],
+        PathKind::Userspace,
+        None,
+        None,
+        SIZE,
+        now,
+    )
+}
+
+fn probe(p: &mut PeerPath, kind: PathKind, ok: bool, now: Instant) -> Option<Move> {
+    p.record(kind, ok, now);
+    p.decide(now)
+}
+
+fn at(t0: Instant, secs: f64) -> Instant {
+    t0 + Duration::from_secs_f64(secs)
+}
+
+#[test]
+fn a_new_peer_moves_up_at_its_first_passing_probe() {
+    let t0 = Instant::now();
+    let mut p = vxlan_peer(t0);
+    assert_eq!(p.current(), PathKind::Userspace);
+    assert_eq!(p.reason(t0).as_deref(), Some("probing kernel-vxlan"));
+    assert_eq!(p.decide(t0), None);
+    let m = probe(&mut p, PathKind::KernelVxlan, true, at(t0, 0.5)).unwrap();
+    assert_eq!(
+        (m.from, m.to, m.demotion),
+        (PathKind::Userspace, PathKind::KernelVxlan, false)
+    );
+    assert_eq!(p.reason(at(t0, 0.5)), None);
+    assert_eq!(p.moves(), 1);
+}
+
+#[test]
+fn three_lost_probes_demote_and_the_return_waits_for_the_quiet_period_once() {
+    let t0 = Instant::now();
+    let mut p = vxlan_peer(t0);
+    probe(&mut p, PathKind::KernelVxlan, true, t0);
+    assert_eq!(p.current(), PathKind::KernelVxlan);
+    // Two losses are not enough; the third is.
+    assert_eq!(
+        probe(&mut p, PathKind::KernelVxlan, false, at(t0, 1.0)),
+        None
+    );
+    assert_eq!(
+        probe(&mut p, PathKind::KernelVxlan, false, at(t0, 1.5)),
+        None
+    );
+    let m = probe(&mut p, PathKind::KernelVxlan, false, at(t0, 2.0)).unwrap();
+    assert!(m.demotion);
+    assert_eq!(m.to, PathKind::Userspace);
+    let why = p.reason(at(t0, 2.0)).unwrap();
+    assert!(
+        why.starts_with("probes at 1450 B lost on kernel-vxlan since "),
+        "{why}"
+    );
+    assert!(why.ends_with(", retry in 10 s"), "{why}");
+    // Repaired: passing again, but the peer stays put for the quiet period.
+    let mut t = 3.0;
+    while t < 12.9 {
+        assert_eq!(
+            probe(&mut p, PathKind::KernelVxlan, true, at(t0, t)),
+            None,
+            "at {t}"
+        );
+        t += 0.5;
+    }
+    let why = p.reason(at(t0, 12.9)).unwrap();
+    assert_eq!(why, "kernel-vxlan passing probes again, retry in 1 s");
+    let m = probe(&mut p, PathKind::KernelVxlan, true, at(t0, 13.0)).unwrap();
+    assert_eq!((m.to, m.demotion), (PathKind::KernelVxlan, false));
+    for i in 0..40 {
+        assert_eq!(
+            probe(
+                &mut p,
+                PathKind::KernelVxlan,
+                true,
+                at(t0, 13.5 + f64::from(i) * 0.5)
+            ),
+            None
+        );
+    }
+    assert_eq!(p.moves(), 3, "up, down, up: once each");
+}
+
+#[test]
+fn a_loss_in_the_quiet_period_starts_it_again_and_each_demotion_doubles_it() {
+    let t0 = Instant::now();
+    let mut p = vxlan_peer(t0);
+    probe(&mut p, PathKind::KernelVxlan, true, t0);
+    for i in 1..=3 {
+        probe(&mut p, PathKind::KernelVxlan, false, at(t0, f64::from(i)));
+    }
+    assert_eq!(p.current(), PathKind::Userspace);
+    probe(&mut p, PathKind::KernelVxlan, true, at(t0, 4.0));
+    probe(&mut p, PathKind::KernelVxlan, false, at(t0, 9.0));
+    probe(&mut p, PathKind::KernelVxlan, true, at(t0, 10.0));
+    assert_eq!(
+        probe(&mut p, PathKind::KernelVxlan, true, at(t0, 19.0)),
+        None
+    );
+    assert!(probe(&mut p, PathKind::KernelVxlan, true, at(t0, 20.0)).is_some());
+    // Second demotion: 20 s.
+    for i in 1..=3 {
+        probe(
+            &mut p,
+            PathKind::KernelVxlan,
+            false,
+            at(t0, 20.0 + f64::from(i)),
+        );
+    }
+    assert_eq!(p.current(), PathKind::Userspace);
+    assert!(p.reason(at(t0, 23.0)).unwrap().ends_with("retry in 20 s"));
+    probe(&mut p, PathKind::KernelVxlan, true, at(t0, 24.0));
+    assert_eq!(
+        probe(&mut p, PathKind::KernelVxlan, true, at(t0, 43.0)),
+        None
+    );
+    assert!(probe(&mut p, PathKind::KernelVxlan, true, at(t0, 44.0)).is_some());
+    assert_eq!(quiet(1), BASE_QUIET);
+    assert_eq!(quiet(2), BASE_QUIET * 2);
+    assert_eq!(quiet(30), MAX_QUIET);
+}
+
+#[test]
+fn a_failing_host_gw_steps_down_to_a_passing_vxlan_else_to_userspace() {
+    let t0 = Instant::now();
+    let offers = vec![
+        Offer {
+            kind: PathKind::HostGw,
+            available: Ok(()),
+        },
+        Offer {
+            kind: PathKind::KernelVxlan,
+            available: Ok(()),
+        },
+    ];
+    let mut p = PeerPath::new(offers.clone(), PathKind::Userspace, None, None, SIZE, t0);
+    probe(&mut p, PathKind::KernelVxlan, true, t0);
+    assert_eq!(p.current(), PathKind::KernelVxlan);
+    assert_eq!(p.reason(t0).as_deref(), Some("probing host-gw"));
+    probe(&mut p, PathKind::HostGw, true, t0);
+    assert_eq!(p.current(), PathKind::HostGw);
+    for i in 1..=3 {
+        p.record(PathKind::KernelVxlan, true, at(t0, f64::from(i)));
+        probe(&mut p, PathKind::HostGw, false, at(t0, f64::from(i)));
+    }
+    assert_eq!(p.current(), PathKind::KernelVxlan);
+    assert!(p.reason(at(t0, 3.0)).unwrap().contains("lost on host-gw"));
+    // Both broken: vxlan's own losses take it to userspace.
+    let mut q = PeerPath::new(
+        offers,
+        PathKind::Userspace,
+        None,
+        Some(PathKind::HostGw),
+        SIZE,
+        t0,
+    );
+    assert_eq!(q.current(), PathKind::HostGw, "adopted");
+    for i in 1..=3 {
+        q.record(PathKind::KernelVxlan, false, at(t0, f64::from(i)));
+        probe(&mut q, PathKind::HostGw, false, at(t0, f64::from(i)));
+    }
+    assert_eq!(q.current(), PathKind::Userspace);
+}
+
+#[test]
+fn what_is_not_offered_is_said_and_never_taken() {
+    let t0 = Instant::now();
+    let refused = Refusal::from_errno(95);
+    let mut p = PeerPath::new(
+        vec![Offer {
+            kind: PathKind::KernelVxlan,
+            available: Err(NotOffered::Refused(refused)),
+        }],
+        PathKind::Userspace,
+        None,
+        Some(PathKind::KernelVxlan),
+        SIZE,
+        t0,
+    );
+    assert_eq!(
+        p.current(),
+        PathKind::Userspace,
+        "an adopted path that is gone is not kept"
+    );
+    assert_eq!(p.probed().count(), 0);
+    assert_eq!(
+        p.reason(t0).as_deref(),
+        Some("kernel vxlan unavailable (Operation not supported)")
+    );
+    assert_eq!(probe(&mut p, PathKind::KernelVxlan, true, t0), None);
+    let q = PeerPath::new(
+        vec![
+            Offer {
+                kind: PathKind::HostGw,
+                available: Err(NotOffered::NotOnSegment),
+            },
+            Offer {
+                kind: PathKind::KernelVxlan,
+                available: Ok(()),
+            },
+        ],
+        PathKind::Userspace,
+        None,
+        Some(PathKind::KernelVxlan),
+        SIZE,
+        t0,
+    );
+    assert_eq!(
+        q.reason(t0).as_deref(),
+        Some("host-gw: not on this node's L2 segment")
+    );
+    let r = PeerPath::new(
+        Vec::new(),
+        PathKind::Userspace,
+        Some("datapath = \"userspace\"".into()),
+        None,
+        SIZE,
+        t0,
+    );
+    assert_eq!(r.reason(t0).as_deref(), Some("datapath = \"userspace\""));
+}
+
+#[test]
+fn a_kernel_floor_is_kept_failing_and_says_so() {
+    let t0 = Instant::now();
+    let mut p = PeerPath::new(
+        vec![Offer {
+            kind: PathKind::KernelVxlan,
+            available: Ok(()),
+        }],
+        PathKind::KernelVxlan,
+        None,
+        None,
+        SIZE,
+        t0,
+    );
+    assert_eq!(p.current(), PathKind::KernelVxlan);
+    for i in 1..=3 {
+        assert_eq!(
+            probe(&mut p, PathKind::KernelVxlan, false, at(t0, f64::from(i))),
+            None
+        );
+    }
+    let why = p.reason(at(t0, 3.0)).unwrap();
+    assert!(
+        why.ends_with("; datapath = \"kernel\": no fallback"),
+        "{why}"
+    );
+    assert_eq!(p.moves(), 0);
+}
+
+#[test]
+fn clock_is_utc_hours_minutes_seconds() {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 12 * 3600 + 3 * 60 + 4);
+    assert_eq!(clock(t), "12:03:04");
+}
