@@ -21,7 +21,7 @@ pub mod wireguard;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
-pub use topology::{Formation, HostKind, Spec, Topology};
+pub use topology::{Formation, HostKind, LabPaths, Spec, Topology};
 
 /// Prefix of everything `meshd lab` makes unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "meshlab";
@@ -88,6 +88,10 @@ pub fn save(spec: &Spec) -> Result<()> {
         "meshd_bin": spec.meshd_bin,
         "underlay_mtu": spec.underlay_mtu,
         "gossip": spec.formation == Formation::Gossip,
+        "datapath": spec.paths.datapath.as_str(),
+        "userspace_nodes": spec.paths.userspace_nodes,
+        "host_gw": spec.paths.host_gw,
+        "routed": spec.paths.routed,
     });
     std::fs::write(spec_file(&spec.prefix), serde_json::to_vec_pretty(&v)?)?;
     Ok(())
@@ -141,6 +145,16 @@ pub fn load(prefix: &str) -> Result<Spec> {
             Formation::Gossip
         } else {
             Formation::Static
+        },
+        paths: LabPaths {
+            datapath: v["datapath"]
+                .as_str()
+                .unwrap_or("userspace")
+                .parse()
+                .map_err(anyhow::Error::msg)?,
+            userspace_nodes: v["userspace_nodes"].as_u64().unwrap_or(0) as usize,
+            host_gw: v["host_gw"].as_bool() == Some(true),
+            routed: v["routed"].as_u64().unwrap_or(0) as usize,
         },
     })
 }

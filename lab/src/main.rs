@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use meshd::config::Encryption;
-use meshd_lab::{topology, Formation, HostKind, Spec, Topology, DEFAULT_PREFIX};
+use meshd::config::{Datapath, Encryption};
+use meshd_lab::{topology, Formation, HostKind, LabPaths, Spec, Topology, DEFAULT_PREFIX};
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +49,20 @@ enum LabCommand {
         /// by gossip from host 1 (implied with --kernel-vxlan or --wireguard-go hosts).
         #[arg(long = "static")]
         static_peers: bool,
+        /// `auto` (kernel paths where they work, per peer), `kernel` or `userspace`: meshd's
+        /// `datapath` on every meshd host but the --userspace-nodes.
+        #[arg(long, default_value = "auto")]
+        datapath: Datapath,
+        /// How many meshd hosts (the last ones) run with `datapath = "userspace"`: a mixed
+        /// cluster, so the paths can be seen side by side in `meshd status`.
+        #[arg(long, default_value_t = 0)]
+        userspace_nodes: usize,
+        /// `host-gw = true` on the meshd hosts (cleartext labs).
+        #[arg(long)]
+        host_gw: bool,
+        /// How many hosts (the last ones) sit behind a router on a second underlay segment.
+        #[arg(long, default_value_t = 0)]
+        routed: usize,
     },
     /// Ping every pod from every pod, then time a TCP transfer between two hosts.
     Check {
@@ -87,7 +101,14 @@ fn real_main(cmd: LabCommand) -> Result<()> {
             prefix,
             meshd_args,
             static_peers,
+            datapath,
+            userspace_nodes,
+            host_gw,
+            routed,
         } => {
+            if userspace_nodes > nodes || routed > nodes {
+                bail!("--userspace-nodes and --routed must not exceed --nodes");
+            }
             if !(2..=200).contains(&nodes) {
                 bail!("--nodes must be between 2 and 200");
             }
@@ -127,6 +148,12 @@ fn real_main(cmd: LabCommand) -> Result<()> {
                     Formation::Static
                 } else {
                     Formation::Gossip
+                },
+                paths: LabPaths {
+                    datapath,
+                    userspace_nodes,
+                    host_gw,
+                    routed,
                 },
             };
             let mut t = Topology::up(spec.clone())?;

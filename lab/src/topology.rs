@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::netns::{self, ip, run};
 use crate::{recipe, wireguard};
-use meshd::config::Encryption;
+use meshd::config::{Datapath, Encryption};
 
 /// What runs on a lab host and carries its overlay traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,35 @@ pub struct Spec {
     pub encryption: Encryption,
     /// How meshd hosts find each other.
     pub formation: Formation,
+    /// Which data paths meshd hosts may use, and the underlay's shape.
+    pub paths: LabPaths,
+}
+
+/// The data paths of a lab's meshd hosts, and where its hosts sit on the underlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabPaths {
+    /// `datapath` of every meshd host but the userspace ones.
+    pub datapath: Datapath,
+    /// How many meshd hosts (the last ones) run with `datapath = "userspace"` (mixed clusters).
+    pub userspace_nodes: usize,
+    /// `host-gw = true` on every meshd host that may use the kernel (cleartext labs).
+    pub host_gw: bool,
+    /// How many hosts (the last ones) sit on a second underlay segment, behind a router
+    /// namespace: host-gw cannot reach them, VXLAN can.
+    pub routed: usize,
+}
+
+impl Default for LabPaths {
+    /// What the end-to-end tests of the userspace data path use: userspace everywhere, one
+    /// segment.
+    fn default() -> Self {
+        LabPaths {
+            datapath: Datapath::Userspace,
+            userspace_nodes: 0,
+            host_gw: false,
+            routed: 0,
+        }
+    }
 }
 
 /// How the lab's meshd hosts form the cluster.
@@ -145,6 +174,9 @@ impl Topology {
         ip(&["netns", "add", &sw])?;
         ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        if self.spec.paths.routed > 0 {
+            self.router()?;
+        }
         for h in self.hosts.clone() {
             self.build_host(&h)?;
         }
@@ -210,8 +242,48 @@ impl Topology {
         Ok(())
     }
 
+    /// A second segment (switch `sw2`) and a router namespace `rt` between the two, for the
+    /// routed hosts: 198.18.0.254 on the first segment, 198.18.1.254 on the second.
+    fn router(&self) -> Result<()> {
+        let p = &self.spec.prefix;
+        let (sw2, rt) = (format!("{p}-sw2"), format!("{p}-rt"));
+        let mtu = self.spec.underlay_mtu.to_string();
+        ip(&["netns", "add", &sw2])?;
+        ip(&["-n", &sw2, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw2, "link", "set", "br0", "up"])?;
+        ip(&["netns", "add", &rt])?;
+        ip(&["-n", &rt, "link", "set", "lo", "up"])?;
+        for (i, sw) in [self.switch(), sw2].iter().enumerate() {
+            let (port, inside) = (format!("rt{i}"), format!("u{i}"));
+            ip(&[
+                "-n", sw, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name",
+                &inside, "mtu", &mtu, "netns", &rt,
+            ])?;
+            ip(&["-n", sw, "link", "set", &port, "master", "br0", "up"])?;
+            let addr = format!("198.18.{i}.254/{UNDERLAY_PREFIX}");
+            ip(&["-n", &rt, "addr", "add", &addr, "dev", &inside])?;
+            ip(&["-n", &rt, "link", "set", &inside, "up"])?;
+        }
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &rt,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )
+    }
+
     fn build_host(&self, h: &Host) -> Result<()> {
-        let sw = self.switch();
+        let routed = h.underlay.octets()[2] == 1;
+        let sw = if routed {
+            format!("{}-sw2", self.spec.prefix)
+        } else {
+            self.switch()
+        };
         let port = format!("h{}", h.index);
         let mtu = self.spec.underlay_mtu.to_string();
         ip(&["netns", "add", &h.ns])?;
@@ -231,6 +303,14 @@ impl Topology {
             "u0",
         ])?;
         ip(&["-n", &h.ns, "link", "set", "u0", "up"])?;
+        if self.spec.paths.routed > 0 {
+            let (other, via) = if routed {
+                ("198.18.0.0/24", "198.18.1.254")
+            } else {
+                ("198.18.1.0/24", "198.18.0.254")
+            };
+            ip(&["-n", &h.ns, "route", "add", other, "via", via])?;
+        }
         std::fs::create_dir_all(&h.dir).with_context(|| format!("creating {}", h.dir.display()))?;
         Ok(())
     }
@@ -285,6 +365,28 @@ impl Topology {
             h.dir.join("run").display(),
             h.dir.join("state").display(),
         );
+        let meshd_hosts: Vec<usize> = self
+            .hosts
+            .iter()
+            .filter(|p| p.kind == HostKind::Meshd)
+            .map(|p| p.index)
+            .collect();
+        let userspace_from = meshd_hosts
+            .len()
+            .saturating_sub(self.spec.paths.userspace_nodes);
+        let forced = meshd_hosts
+            .iter()
+            .position(|i| *i == h.index)
+            .is_some_and(|pos| pos >= userspace_from);
+        let datapath = if forced {
+            Datapath::Userspace
+        } else {
+            self.spec.paths.datapath
+        };
+        c.push_str(&format!("datapath = \"{}\"\n", datapath.as_str()));
+        if self.spec.paths.host_gw && datapath != Datapath::Userspace {
+            c.push_str("host-gw = true\n");
+        }
         if gossip {
             // Subnets come from gossip; host 1 is the seed everyone else joins.
             if let Some(seed) = self.hosts.first().filter(|s| s.index != h.index) {
@@ -560,7 +662,12 @@ fn plan(spec: &Spec) -> Vec<Host> {
                 ns: name.clone(),
                 name,
                 kind,
-                underlay: Ipv4Addr::new(198, 18, 0, n as u8),
+                underlay: Ipv4Addr::new(
+                    198,
+                    18,
+                    u8::from(i >= spec.hosts.len().saturating_sub(spec.paths.routed)),
+                    n as u8,
+                ),
                 subnet,
                 dir: dir.join(format!("h{n}")),
                 pods: (0..spec.pods_per_host)

@@ -4,13 +4,15 @@
 //! to the backend in use: today the userspace data path, whose state is WireGuard sessions
 //! ([`Sessions::sync`]) and the route-table snapshot ([`Routes::install`]).
 //!
-//! A kernel fast path will be another backend behind the same step; nothing that feeds the peer
-//! set needs to know which one runs.
+//! The kernel backends sit behind the same step: the path manager ([`Paths`]) gets every peer
+//! set too, and keeps the kernel objects and each peer's path in step with it. Nothing that
+//! feeds the peer set needs to know which backend carries which peer.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use meshd_crypto::Keyring;
 
+use crate::paths::manager::Paths;
 use crate::peers::wireguard::{NodeCrypto, Sessions};
 use crate::peers::{Peer, PeerSet};
 use crate::routes::Routes;
@@ -20,6 +22,8 @@ pub struct Backend {
     routes: Arc<Routes>,
     /// In encrypted mode; `None` in cleartext mode.
     sessions: Option<Sessions>,
+    /// The kernel backends' half (the path manager), when the daemon runs one.
+    paths: Option<Arc<Paths>>,
 }
 
 impl Backend {
@@ -31,7 +35,18 @@ impl Backend {
             set: Mutex::new(PeerSet::new(statics)),
             routes,
             sessions: crypto.map(Sessions::new),
+            paths: None,
         }
+    }
+
+    /// Hand every peer set to the path manager too (the kernel backends).
+    pub fn with_paths(mut self, paths: Arc<Paths>) -> Self {
+        self.paths = Some(paths);
+        self
+    }
+
+    pub fn paths(&self) -> Option<&Arc<Paths>> {
+        self.paths.as_ref()
     }
 
     pub fn routes(&self) -> &Arc<Routes> {
@@ -75,6 +90,9 @@ impl Backend {
         };
         tracing::debug!(peers = peers.len(), "peer table updated");
         self.routes.install(&peers, sessions);
+        if let Some(p) = &self.paths {
+            p.publish(&peers, set.own_subnet());
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, PeerSet> {

@@ -24,6 +24,7 @@ pub fn spec(tag: &str, hosts: Vec<HostKind>, args: &[&str]) -> Spec {
         meshd_bin: meshd_bin(),
         underlay_mtu: 1500,
         formation: Formation::Static,
+        paths: Default::default(),
     }
 }
 

@@ -34,6 +34,7 @@ pub(crate) fn gossip_spec(tag: &str, nodes: usize, encryption: Encryption) -> Sp
         meshd_bin: meshd_bin(),
         underlay_mtu: 1500,
         formation: Formation::Gossip,
+        paths: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@
 //! [`report`] gathers the status. The peer set has one owner, [`crate::backend::Backend`]:
 //! every step that learns about peers hands its change there.
 
+pub mod fastpath;
 pub mod membership;
 pub mod preflight;
 pub mod report;
@@ -87,11 +88,12 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         vni: cfg.vxlan.vni,
         port: cfg.data_port(),
     }));
-    let backend = Arc::new(Backend::new(
-        routes.clone(),
-        crypto.clone(),
-        static_peers(&cfg),
-    ));
+    // The kernel fast path: devices made (or adopted) before the data path binds its port.
+    let (fast, kernel_status) = fastpath::prepare(&cfg, address).await?;
+    let paths = crate::paths::manager::Paths::new(kernel_status);
+    let backend = Arc::new(
+        Backend::new(routes.clone(), crypto.clone(), static_peers(&cfg)).with_paths(paths.clone()),
+    );
     let keyring = match keyring {
         Some(ring) => Some(secrets::spawn(cfg.clone(), ring, backend.clone())?),
         None => None,
@@ -112,10 +114,24 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     };
 
     // Backend: the data path. The TUN device exists from here until it stops.
+    // A kernel VXLAN device owns the VXLAN port and receives from every peer: the userspace
+    // path then only sends, from a port of its own.
+    let mut dp_cfg = cfg.clone();
+    if fast.vxlan.is_ok() {
+        dp_cfg.vxlan.port = 0;
+    }
     let datapath = match &crypto {
-        Some(c) => DataPath::start(&cfg, routes.clone(), Wireguard { crypto: c.clone() })?,
-        None => DataPath::start(&cfg, routes.clone(), Vxlan { vni: cfg.vxlan.vni })?,
+        Some(c) => DataPath::start(&dp_cfg, routes.clone(), Wireguard { crypto: c.clone() })?,
+        None => DataPath::start(&dp_cfg, routes.clone(), Vxlan { vni: cfg.vxlan.vni })?,
     };
+    let (stop_paths, paths_stopped) = tokio::sync::oneshot::channel::<()>();
+    let paths_task = tokio::spawn(crate::paths::manager::run(
+        paths.clone(),
+        fast,
+        async move {
+            let _ = paths_stopped.await;
+        },
+    ));
 
     // Status, served before the host has network.json: the CNI plugin wires a pod only when
     // this socket answers, so it must answer as soon as the file exists.
@@ -185,6 +201,8 @@ pub async fn run(mut cfg: Config) -> Result<()> {
             Err(_) => tracing::warn!("gossip did not stop within 2 s"),
         }
     }
+    let _ = stop_paths.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), paths_task).await;
     server.abort();
     let _ = std::fs::remove_file(&socket);
     datapath.stop();
@@ -232,6 +250,7 @@ fn base_status(
         members: None,
         gossip: None,
         secrets: None,
+        kernel: None,
     }
 }
 
@@ -289,6 +308,7 @@ pub async fn cleanup(cfg: &Config) -> Result<()> {
         anyhow::bail!("meshd is running (its status socket answers); stop it first");
     }
     let host = Host::connect()?;
+    fastpath::cleanup(&host, cfg).await;
     for name in [&cfg.tun, &cfg.bridge] {
         match host.remove_owned(name).await {
             Ok(true) => println!("removed link {name}"),

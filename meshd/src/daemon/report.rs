@@ -40,9 +40,11 @@ impl Report {
                 vtep_mac: p.mac.to_string(),
                 stats: p.stats.snapshot(),
                 wireguard: p.wg.as_deref().map(wireguard_status),
+                path: self.backend.paths().and_then(|x| x.peer_status(&p.name)),
             })
             .collect();
         s.unattributed = routes.unattributed.snapshot();
+        s.kernel = self.backend.paths().map(|p| p.kernel_status());
         if let Some(g) = &self.gossip {
             let shared = g.lock().unwrap_or_else(|p| p.into_inner());
             let (members, counters) = gossip_report(&shared);

@@ -100,6 +100,8 @@ pub async fn ensure(host: &Host, spec: &VxlanSpec) -> Result<VxlanDevice, Refusa
             .port(spec.port)
             .local(spec.local)
             .learning(false)
+            // RFC 7348: the UDP checksum SHOULD be zero over IPv4 (the inner packet has its own).
+            .udp_csum(false)
             .address(spec.mac.0.to_vec())
             .mtu(u32::from(spec.mtu))
             .build();
@@ -154,6 +156,7 @@ fn mismatch(link: &LinkMessage, spec: &VxlanSpec) -> Option<String> {
     let mut port = None;
     let mut local = None;
     let mut learning = None;
+    let mut csum = None;
     for a in &link.attributes {
         if let LinkAttribute::LinkInfo(infos) = a {
             for i in infos {
@@ -164,6 +167,7 @@ fn mismatch(link: &LinkMessage, spec: &VxlanSpec) -> Option<String> {
                             InfoVxlan::Port(p) => port = Some(*p),
                             InfoVxlan::Local(l) => local = Some(*l),
                             InfoVxlan::Learning(b) => learning = Some(*b),
+                            InfoVxlan::UDPCsum(b) => csum = Some(*b),
                             _ => {}
                         }
                     }
@@ -179,7 +183,8 @@ fn mismatch(link: &LinkMessage, spec: &VxlanSpec) -> Option<String> {
         LinkAttribute::Mtu(m) => Some(*m),
         _ => None,
     });
-    let checks: [(bool, String); 6] = [
+    let checks: [(bool, String); 7] = [
+        (csum != Some(true), "UDP checksums on".into()),
         (
             vni == Some(spec.vni),
             format!("VNI {vni:?}, want {}", spec.vni),

@@ -84,6 +84,10 @@ impl PeerSet {
     }
 
     /// This node's subnet (a gossip lease), which no member may be routed into.
+    pub fn own_subnet(&self) -> Option<Ipv4Net> {
+        self.own_subnet
+    }
+
     pub fn set_own_subnet(&mut self, subnet: Option<Ipv4Net>) -> bool {
         std::mem::replace(&mut self.own_subnet, subnet) != subnet
     }

@@ -53,6 +53,58 @@ pub struct Status {
     /// The cluster secrets held, primary first, when any is used.
     #[serde(default)]
     pub secrets: Option<Vec<SecretStatus>>,
+    /// The kernel fast path: what this node could make, and what it adopted.
+    #[serde(default)]
+    pub kernel: Option<KernelStatus>,
+}
+
+/// What the kernel offers this node, found by trying.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KernelStatus {
+    /// The configured `datapath`.
+    pub datapath: String,
+    /// The VXLAN device: in use (and how), unavailable (the kernel's words), or not used (why).
+    pub vxlan: String,
+    /// The WireGuard device, likewise.
+    pub wireguard: String,
+    /// host-gw: on or off.
+    pub host_gw: String,
+    /// Kernel objects a previous meshd left and this one kept.
+    pub adopted: Vec<String>,
+    /// Path moves of every peer since start.
+    pub moves: u64,
+}
+
+/// The path a peer's packets take from this node, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PathStatus {
+    /// host-gw, kernel-vxlan, kernel-wireguard or userspace.
+    pub path: String,
+    /// Why not a better one; absent when it is the best this peer can have.
+    pub reason: Option<String>,
+    /// Seconds on this path.
+    pub since_secs: u64,
+    /// Moves between paths since this node learnt of the peer.
+    pub moves: u64,
+    /// Per probed path: probes sent and lost, and whether it is failing now.
+    pub probes: Vec<ProbeStatus>,
+}
+
+impl std::fmt::Display for PathStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.reason {
+            Some(why) => write!(f, "{}: {why}", self.path),
+            None => f.write_str(&self.path),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProbeStatus {
+    pub path: String,
+    pub sent: u64,
+    pub lost: u64,
+    pub failing: bool,
 }
 
 /// One cluster secret of the node's keyring, by its public id.
@@ -111,6 +163,9 @@ pub struct PeerStatus {
     /// The WireGuard session, in encrypted mode.
     #[serde(default)]
     pub wireguard: Option<WireguardStatus>,
+    /// The path its packets take, and why.
+    #[serde(default)]
+    pub path: Option<PathStatus>,
 }
 
 /// One peer's WireGuard session, from `meshd_crypto::Session::stats`.

@@ -50,6 +50,15 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(o, "  TUN offload       {}", s.tiers.tun_offload);
     let _ = writeln!(o, "  UDP GSO           {}", s.tiers.udp_gso);
     let _ = writeln!(o, "  UDP GRO           {}", s.tiers.udp_gro);
+    if let Some(k) = &s.kernel {
+        let _ = writeln!(o, "datapath    {}   path moves {}", k.datapath, k.moves);
+        let _ = writeln!(o, "  kernel vxlan      {}", k.vxlan);
+        let _ = writeln!(o, "  kernel wireguard  {}", k.wireguard);
+        let _ = writeln!(o, "  host-gw           {}", k.host_gw);
+        if !k.adopted.is_empty() {
+            let _ = writeln!(o, "  adopted           {}", k.adopted.join(", "));
+        }
+    }
     let _ = writeln!(
         o,
         "{:<16} {:<22} {:<16} {:>10} {:>14} {:>10} {:>14}  drops",
@@ -68,6 +77,21 @@ pub fn render(s: &Status) -> String {
             p.stats.rx_bytes,
             drops(&p.stats)
         );
+        if let Some(path) = &p.path {
+            let probes: Vec<String> = path
+                .probes
+                .iter()
+                .map(|x| format!("{} {}/{} lost", x.path, x.lost, x.sent))
+                .collect();
+            let _ = writeln!(
+                o,
+                "  path {path}  (for {} s, {} moves{}{})",
+                path.since_secs,
+                path.moves,
+                if probes.is_empty() { "" } else { "; probes " },
+                probes.join(", ")
+            );
+        }
         if let Some(w) = &p.wireguard {
             let age = match w.last_handshake_secs {
                 Some(secs) => format!("{secs:.0} s ago"),

@@ -1,0 +1,176 @@
+//! The kernel fast path at start-up: find out, by trying, what the kernel will carry for this
+//! node (a VXLAN device in cleartext mode, a WireGuard device in encrypted mode), adopt what a
+//! previous meshd left, and describe it for `meshd status`. With `datapath = "kernel"` a kernel
+//! that refuses is fatal here, with its reason; with `auto` the node falls back to userspace.
+
+use anyhow::{bail, Result};
+use futures::TryStreamExt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::config::{Config, Datapath, Encryption};
+use crate::host::Host;
+use crate::kernel::vxlan::{self, Origin, VxlanDevice, VxlanSpec};
+use crate::kernel::{routes, Refusal};
+use crate::paths::manager::Setup;
+use crate::paths::NotOffered;
+use crate::status::KernelStatus;
+use crate::wire::{vtep_mac, MacAddr};
+
+/// Set up the kernel side; the result goes to the path manager, the status to the report.
+pub async fn prepare(cfg: &Config, address: IpAddr) -> Result<(Setup, KernelStatus)> {
+    let host = Host::connect()?;
+    let local = match address {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    };
+    let underlay_index = vxlan::underlay_index(&host, local).await;
+    let underlay_mac = match underlay_index {
+        Some(i) => link_mac(&host, i).await,
+        None => None,
+    };
+    let cleartext = cfg.encryption == Encryption::None;
+    let mut adopted = Vec::new();
+    let vxlan = if !cleartext {
+        remove_stale_vxlan(&host, cfg).await;
+        Err(NotOffered::Config("encryption = \"wireguard\"".into()))
+    } else if cfg.datapath == Datapath::Userspace {
+        remove_stale_vxlan(&host, cfg).await;
+        Err(NotOffered::Config("datapath = \"userspace\"".into()))
+    } else if local.is_unspecified() {
+        Err(NotOffered::Refused(Refusal::new(
+            "an IPv6 underlay address (kernel VXLAN is set up for IPv4 only)",
+        )))
+    } else {
+        let spec = VxlanSpec {
+            name: cfg.vxlan.device.clone(),
+            vni: cfg.vxlan.vni,
+            port: cfg.vxlan.port,
+            local,
+            mac: vtep_mac(&cfg.node_name),
+            mtu: cfg.overlay_mtu(),
+        };
+        match vxlan::ensure(&host, &spec).await {
+            Ok(dev) => {
+                if dev.origin == Origin::Adopted {
+                    adopted.push(format!("device {}", dev.name));
+                }
+                Ok(dev)
+            }
+            Err(r) if cfg.datapath == Datapath::Kernel => bail!(
+                "datapath = \"kernel\": the kernel would not make the VXLAN device `{}`: {r}",
+                spec.name
+            ),
+            Err(r) => {
+                tracing::warn!(device = %spec.name, reason = %r, "kernel VXLAN unavailable: every peer uses the userspace path");
+                Err(NotOffered::Refused(r))
+            }
+        }
+    };
+    let wireguard = wireguard(cfg).await?;
+    let status = KernelStatus {
+        datapath: cfg.datapath.as_str().into(),
+        vxlan: vxlan_text(&vxlan),
+        wireguard: not_offered_text("kernel wireguard", &wireguard),
+        host_gw: if cfg.host_gw { "on" } else { "off" }.into(),
+        adopted,
+        moves: 0,
+    };
+    let setup = Setup {
+        host,
+        mode: cfg.datapath,
+        encryption: cfg.encryption,
+        host_gw: cfg.host_gw,
+        local,
+        underlay_index,
+        underlay_mac,
+        tun: cfg.tun.clone(),
+        pod_mtu: cfg.overlay_mtu(),
+        vxlan,
+        wireguard,
+    };
+    Ok((setup, status))
+}
+
+/// Kernel WireGuard: never used by this build (the node's whole encrypted path is userspace),
+/// so `kernel` mode with encryption fails here.
+async fn wireguard(cfg: &Config) -> Result<NotOffered> {
+    if cfg.encryption != Encryption::Wireguard {
+        return Ok(NotOffered::Config("encryption = \"none\"".into()));
+    }
+    if cfg.datapath == Datapath::Userspace {
+        return Ok(NotOffered::Config("datapath = \"userspace\"".into()));
+    }
+    let why = Refusal::new("kernel WireGuard is not wired in yet");
+    if cfg.datapath == Datapath::Kernel {
+        bail!(
+            "datapath = \"kernel\": the kernel would not make the WireGuard device `{}`: {why}",
+            cfg.wireguard.device
+        );
+    }
+    Ok(NotOffered::Refused(why))
+}
+
+/// With the kernel path off, a VXLAN device an earlier meshd left would hold the UDP port the
+/// userspace path binds: remove it (and meshd's routes, which lead into it or past it).
+async fn remove_stale_vxlan(host: &Host, cfg: &Config) {
+    match host.remove_owned(&cfg.vxlan.device).await {
+        Ok(true) => {
+            tracing::info!(device = %cfg.vxlan.device, "removed the kernel VXLAN device an earlier meshd left (kernel path off)")
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "kernel VXLAN device"),
+    }
+    for r in routes::list(host).await.unwrap_or_default() {
+        let _ = routes::remove(host, r.subnet).await;
+    }
+}
+
+fn vxlan_text(v: &Result<VxlanDevice, NotOffered>) -> String {
+    match v {
+        Ok(d) => {
+            let mut s = format!("in use: {} ({}", d.name, d.origin);
+            if let Some(why) = &d.checksum_in_software {
+                s += &format!("; transmit checksums in software: {why}");
+            }
+            s + ")"
+        }
+        Err(n) => not_offered_text("kernel vxlan", n),
+    }
+}
+
+pub fn not_offered_text(what: &str, n: &NotOffered) -> String {
+    match n {
+        NotOffered::Config(why) => format!("not used ({why})"),
+        NotOffered::Refused(r) => format!("unavailable ({r})"),
+        NotOffered::NotOnSegment => format!("{what}: not on this node's L2 segment"),
+    }
+}
+
+async fn link_mac(host: &Host, index: u32) -> Option<MacAddr> {
+    let mut links = host.handle().link().get().match_index(index).execute();
+    let link = links.try_next().await.ok()??;
+    link.attributes.iter().find_map(|a| match a {
+        netlink_packet_route::link::LinkAttribute::Address(m) if m.len() == 6 => {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(m);
+            Some(MacAddr(mac))
+        }
+        _ => None,
+    })
+}
+
+/// `meshd cleanup`'s part: the kernel devices and meshd's routes.
+pub async fn cleanup(host: &Host, cfg: &Config) {
+    for name in [&cfg.vxlan.device, &cfg.wireguard.device] {
+        match host.remove_owned(name).await {
+            Ok(true) => println!("removed link {name}"),
+            Ok(false) => {}
+            Err(e) => eprintln!("{e:#}"),
+        }
+    }
+    for r in routes::list(host).await.unwrap_or_default() {
+        if routes::remove(host, r.subnet).await.is_ok() {
+            println!("removed route {}", r.subnet);
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! One tick of the manager: collect probe replies, expire what went unanswered, send the
+//! probes that are due, apply the moves the evidence calls for, and drop what a previous
+//! meshd left for peers that never came back.
+
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime};
+
+use super::{lock, Manager, PeerState, PROBE_INTERVAL, PROBE_TIMEOUT};
+use crate::host::gateway;
+use crate::kernel::probe::Probe;
+use crate::kernel::{routes, vxlan};
+use crate::paths::PathKind;
+use crate::status::{PathStatus, ProbeStatus};
+use crate::wire::MacAddr;
+
+impl Manager {
+    pub(super) async fn step(&mut self) {
+        let now = Instant::now();
+        self.collect(now);
+        self.expire(now);
+        self.send_due(now).await;
+        let mut moved = false;
+        for st in self.peers.values_mut() {
+            if let Some(m) = st.path.decide(now) {
+                moved = true;
+                self.moves += 1;
+                let why = st.path.reason(now).unwrap_or_default();
+                if m.demotion {
+                    tracing::warn!(peer = %st.peer.name, from = %m.from, to = %m.to, reason = %why, "path demoted");
+                } else {
+                    tracing::warn!(peer = %st.peer.name, from = %m.from, to = %m.to, "path promoted");
+                }
+            }
+        }
+        if moved {
+            self.route_all().await;
+        }
+        if now >= self.grace_until {
+            self.drop_leftovers().await;
+        }
+    }
+
+    fn collect(&mut self, now: Instant) {
+        let Some(prober) = &mut self.prober else {
+            return;
+        };
+        let mut replies = Vec::new();
+        prober.replies(&mut replies);
+        for (src, seq) in replies {
+            let Some((name, kind, _)) = self.outstanding.remove(&seq) else {
+                continue;
+            };
+            if let Some(st) = self.peers.get_mut(&name) {
+                if src == gateway(st.peer.subnet) {
+                    st.path.record(kind, true, now);
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let late: Vec<u16> = self
+            .outstanding
+            .iter()
+            .filter(|(_, (_, _, sent))| now.saturating_duration_since(*sent) >= PROBE_TIMEOUT)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in late {
+            if let Some((name, kind, _)) = self.outstanding.remove(&seq) {
+                if let Some(st) = self.peers.get_mut(&name) {
+                    st.path.record(kind, false, now);
+                }
+            }
+        }
+    }
+
+    async fn send_due(&mut self, now: Instant) {
+        let Some(own) = self.own else { return };
+        if self.prober.is_none() {
+            return;
+        }
+        let due: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, st)| st.next_probe <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let wants_host_gw = due.iter().any(|n| {
+            self.peers
+                .get(n)
+                .is_some_and(|st| st.path.probed().any(|k| k == PathKind::HostGw))
+        });
+        let macs = match (wants_host_gw, self.s.underlay_index) {
+            (true, Some(i)) => underlay_macs(&self.s.host, i).await,
+            _ => Vec::new(),
+        };
+        for name in due {
+            let Some(st) = self.peers.get_mut(&name) else {
+                continue;
+            };
+            st.next_probe = now + PROBE_INTERVAL;
+            let kinds: Vec<PathKind> = st.path.probed().collect();
+            for kind in kinds {
+                let target = match kind {
+                    PathKind::KernelVxlan => match &self.s.vxlan {
+                        Ok(dev) => Some((dev.index, st.mac, dev.mac)),
+                        Err(_) => None,
+                    },
+                    PathKind::HostGw => {
+                        let peer_mac = macs
+                            .iter()
+                            .find(|(ip, _)| IpAddr::V4(*ip) == st.peer.address)
+                            .map(|(_, m)| *m);
+                        match (peer_mac, self.s.underlay_index, self.s.underlay_mac) {
+                            (Some(pm), Some(i), Some(own_mac)) => Some((i, pm, own_mac)),
+                            _ => {
+                                // Not resolved (yet): make the kernel ask, and count a loss.
+                                if let (Some(p), IpAddr::V4(a)) =
+                                    (&mut self.prober, st.peer.address)
+                                {
+                                    let _ = p.nudge(a);
+                                }
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                let Some((ifindex, dst_mac, src_mac)) = target else {
+                    st.path.record(kind, false, now);
+                    continue;
+                };
+                self.seq = self.seq.wrapping_add(1).max(1);
+                let probe = Probe {
+                    ifindex,
+                    dst_mac,
+                    src_mac,
+                    src: gateway(own),
+                    dst: gateway(st.peer.subnet),
+                    size: self.s.pod_mtu,
+                    seq: self.seq,
+                };
+                let sent = self.prober.as_mut().map(|p| p.send(&probe));
+                match sent {
+                    Some(Ok(())) => {
+                        self.outstanding.insert(self.seq, (name.clone(), kind, now));
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(peer = %name, path = %kind, error = %e, "probe not sent");
+                        st.path.record(kind, false, now);
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Routes and entries for peers no longer known, once the grace after start is over.
+    async fn drop_leftovers(&mut self) {
+        for (subnet, _) in std::mem::take(&mut self.adopted_routes) {
+            tracing::info!(%subnet, "removing a route a previous meshd left for a peer that is gone");
+            let _ = routes::remove(&self.s.host, subnet).await;
+        }
+        if self.leftovers_checked {
+            return;
+        }
+        self.leftovers_checked = true;
+        let Ok(dev) = &self.s.vxlan else { return };
+        let Ok(found) = vxlan::entries(&self.s.host, dev.index).await else {
+            return;
+        };
+        let known = |mac: MacAddr| self.peers.values().any(|st| st.mac == mac);
+        for (mac, _) in &found.fdb {
+            if !known(*mac) {
+                let vtep = found
+                    .neighbours
+                    .iter()
+                    .find(|(_, m)| m == mac)
+                    .map(|(ip, _)| *ip);
+                if let Some(vtep) = vtep {
+                    vxlan::remove_peer(&self.s.host, dev.index, *mac, vtep).await;
+                }
+            }
+        }
+    }
+
+    pub(super) fn publish_status(&self) {
+        let now = Instant::now();
+        let mut out = lock(&self.paths.peers);
+        out.clear();
+        for (name, st) in &self.peers {
+            out.insert(name.clone(), status(st, now));
+        }
+        drop(out);
+        lock(&self.paths.kernel).moves = self.moves;
+    }
+}
+
+fn status(st: &PeerState, now: Instant) -> PathStatus {
+    PathStatus {
+        path: st.path.current().to_string(),
+        reason: st.path.reason(now),
+        since_secs: SystemTime::now()
+            .duration_since(st.path.since_wall())
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        moves: st.path.moves(),
+        probes: st
+            .path
+            .probe_counts()
+            .into_iter()
+            .map(|(k, sent, lost, failing)| ProbeStatus {
+                path: k.to_string(),
+                sent,
+                lost,
+                failing,
+            })
+            .collect(),
+    }
+}
+
+/// Resolved neighbours on the underlay link: (address, MAC).
+async fn underlay_macs(host: &crate::host::Host, index: u32) -> Vec<(std::net::Ipv4Addr, MacAddr)> {
+    use futures::TryStreamExt;
+    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+    let mut out = Vec::new();
+    let mut dump = host.handle().neighbours().get().execute();
+    while let Ok(Some(n)) = dump.try_next().await {
+        if n.header.ifindex != index
+            || matches!(
+                n.header.state,
+                NeighbourState::Failed | NeighbourState::Incomplete
+            )
+        {
+            continue;
+        }
+        let mut ip = None;
+        let mut mac = None;
+        for a in &n.attributes {
+            match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(*v4),
+                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                    let mut m = [0u8; 6];
+                    m.copy_from_slice(l);
+                    mac = Some(MacAddr(m));
+                }
+                _ => {}
+            }
+        }
+        if let (Some(ip), Some(mac)) = (ip, mac) {
+            out.push((ip, mac));
+        }
+    }
+    out
+}
