@@ -212,7 +212,7 @@ impl Topology {
         }
         for h in self.hosts.clone() {
             match h.kind {
-                HostKind::Meshd => self.start_meshd(&h)?,
+                HostKind::Meshd => self.start_meshd_with(&h, &self.meshd_config(&h))?,
                 HostKind::KernelVxlan => self.kernel_vxlan(&h)?,
                 HostKind::WireguardGo => {
                     let peers: Vec<&Host> =
@@ -318,6 +318,22 @@ impl Topology {
     /// Stop host `i`'s meshd, and start it again with `config` (a variant of
     /// [`Topology::meshd_config`], say); returns once its status socket answers.
     pub fn restart_meshd(&self, i: usize, config: &str) -> Result<()> {
+        self.stop_meshd(i)?;
+        let h = &self.hosts[i];
+        self.start_meshd_with(h, config)?;
+        wait_for_socket(h)
+    }
+
+    /// Start host `i`'s meshd again with its usual config (after [`Topology::stop_meshd`]);
+    /// returns once its status socket answers.
+    pub fn start_meshd(&self, i: usize) -> Result<()> {
+        let h = &self.hosts[i];
+        self.start_meshd_with(h, &self.meshd_config(h))?;
+        wait_for_socket(h)
+    }
+
+    /// Stop host `i`'s meshd (SIGTERM) and wait until it has exited.
+    pub fn stop_meshd(&self, i: usize) -> Result<()> {
         let h = &self.hosts[i];
         let pid_file = h.dir.join("meshd.pid");
         let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
@@ -333,12 +349,7 @@ impl Topology {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = std::fs::remove_file(h.dir.join("run").join(meshd::runfiles::SOCKET_NAME));
-        self.start_meshd_with(h, config)?;
-        wait_for_socket(h)
-    }
-
-    fn start_meshd(&self, h: &Host) -> Result<()> {
-        self.start_meshd_with(h, &self.meshd_config(h))
+        Ok(())
     }
 
     fn start_meshd_with(&self, h: &Host, cfg: &str) -> Result<()> {
