@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod host;
+pub mod kernel;
 pub mod peers;
 pub mod routes;
 pub mod runfiles;
