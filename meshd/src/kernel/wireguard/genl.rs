@@ -35,6 +35,13 @@ pub(super) struct Genl {
 impl Genl {
     /// A socket in the current network namespace, with the `wireguard` family resolved.
     pub(super) fn connect() -> Result<Genl, Error> {
+        let mut genl = Genl::open()?;
+        genl.family = genl.resolve(FAMILY)?;
+        Ok(genl)
+    }
+
+    /// The socket alone, no family resolved yet.
+    fn open() -> Result<Genl, Error> {
         let io = |what: &str| {
             let what = what.to_string();
             move |source| Error::Io { what, source }
@@ -48,13 +55,11 @@ impl Genl {
             .connect(&SocketAddr::new(0, 0))
             .map_err(io("connecting a generic netlink socket"))?;
         set_timeout(&socket).map_err(io("setting a generic netlink socket's timeout"))?;
-        let mut genl = Genl {
+        Ok(Genl {
             socket,
             family: 0,
             seq: 0,
-        };
-        genl.family = genl.resolve()?;
-        Ok(genl)
+        })
     }
 
     /// Sends each message, stopping at the first the kernel refuses.
@@ -76,19 +81,16 @@ impl Genl {
         self.request(what, msg, NLM_F_REQUEST | NLM_F_DUMP)
     }
 
-    /// The `wireguard` family's id; ENOENT (no such family) means the kernel cannot configure
-    /// a WireGuard device.
-    fn resolve(&mut self) -> Result<u16, Error> {
+    /// The id of generic netlink family `name` (`CTRL_CMD_GETFAMILY`); ENOENT (no such family)
+    /// means the kernel cannot configure a WireGuard device.
+    fn resolve(&mut self, name: &str) -> Result<u16, Error> {
         let mut msg = GenlMessage::from_payload(GenlCtrl {
             cmd: GenlCtrlCmd::GetFamily,
-            nlas: vec![GenlCtrlAttrs::FamilyName(FAMILY.to_string())],
+            nlas: vec![GenlCtrlAttrs::FamilyName(name.to_string())],
         });
         msg.finalize();
-        let replies = match self.request(
-            "resolving the generic netlink family `wireguard`",
-            msg,
-            NLM_F_REQUEST | NLM_F_ACK,
-        ) {
+        let what = format!("resolving the generic netlink family `{name}`");
+        let replies = match self.request(&what, msg, NLM_F_REQUEST | NLM_F_ACK) {
             Err(Error::Refused { errno, .. }) if errno == libc::ENOENT => {
                 return Err(Unavailable::NoFamily.into())
             }
@@ -102,7 +104,7 @@ impl Genl {
                 _ => None,
             })
             .ok_or_else(|| Error::Netlink {
-                what: "resolving the generic netlink family `wireguard`".into(),
+                what,
                 detail: "the answer carries no family id".into(),
             })
     }
@@ -199,4 +201,24 @@ fn set_timeout(socket: &Socket) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// The request and acknowledgement path against the real kernel: `nlctrl` itself is
+    /// always there, at its fixed id (`GENL_ID_CTRL`).
+    #[test]
+    fn a_family_resolves_and_an_unknown_one_is_enoent() {
+        let mut genl = Genl::open().unwrap();
+        assert_eq!(genl.resolve("nlctrl").unwrap(), 0x10);
+        match genl.resolve("meshd-nonesuch") {
+            Err(Error::Unavailable(Unavailable::NoFamily)) => {}
+            other => panic!("{other:?}"),
+        }
+        // The socket stays usable after a refusal.
+        assert_eq!(genl.resolve("nlctrl").unwrap(), 0x10);
+    }
 }

@@ -217,11 +217,10 @@ impl<'a> Batcher<'a> {
             if head_len + ip_len > self.room() && !self.peers.is_empty() {
                 self.flush();
             }
-            let fit = if ip_len == 0 {
-                0
-            } else {
-                (self.room().saturating_sub(head_len) / ip_len).clamp(1, ips.len())
-            };
+            // None with no allowed IPs left (`ip_len` 0).
+            let fit = (self.room().saturating_sub(head_len))
+                .checked_div(ip_len)
+                .map_or(0, |n| n.clamp(1, ips.len()));
             let (now, rest) = ips.split_at(fit);
             let mut attrs = head;
             if !now.is_empty() {
