@@ -265,7 +265,7 @@ impl<'a> Batcher<'a> {
 /// A peer as read so far: a later part may add allowed IPs.
 struct PartialPeer {
     key: PublicKey,
-    psk: Option<[u8; 32]>,
+    psk: Option<Zeroizing<[u8; 32]>>,
     endpoint: Option<std::net::SocketAddr>,
     keepalive: Option<NonZeroU16>,
     ips: Vec<Ipv4Net>,
@@ -295,7 +295,7 @@ fn merge_peer(peers: &mut Vec<PartialPeer>, peer: &WireguardPeer) -> Result<(), 
     let p = &mut peers[at];
     for attr in peer.iter() {
         match attr {
-            WireguardPeerAttribute::PresharedKey(k) => p.psk = Some(*k),
+            WireguardPeerAttribute::PresharedKey(k) => p.psk = Some(Zeroizing::new(*k)),
             WireguardPeerAttribute::Endpoint(e) => p.endpoint = Some(*e),
             WireguardPeerAttribute::PersistentKeepalive(k) => p.keepalive = NonZeroU16::new(*k),
             WireguardPeerAttribute::AllowedIps(ips) => {
@@ -334,7 +334,7 @@ impl PartialPeer {
     fn finish(self) -> Result<PeerConfig, ParseError> {
         Ok(PeerConfig {
             public_key: self.key,
-            preshared_key: Zeroizing::new(self.psk.ok_or(ParseError::NoPresharedKey(self.key))?),
+            preshared_key: self.psk.ok_or(ParseError::NoPresharedKey(self.key))?,
             endpoint: self.endpoint.ok_or(ParseError::NoEndpoint(self.key))?,
             allowed_ips: self.ips,
             persistent_keepalive: self.keepalive,
