@@ -221,4 +221,52 @@ mod tests {
         // The socket stays usable after a refusal.
         assert_eq!(genl.resolve("nlctrl").unwrap(), 0x10);
     }
+
+    /// A dump: many families, several to a datagram, ended by `NLMSG_DONE`.
+    #[test]
+    fn a_dump_collects_every_message_until_done() {
+        let mut genl = Genl::open().unwrap();
+        let mut msg = GenlMessage::from_payload(GenlCtrl {
+            cmd: GenlCtrlCmd::GetFamily,
+            nlas: Vec::new(),
+        });
+        msg.finalize();
+        let families = genl
+            .request("listing families", msg, NLM_F_REQUEST | NLM_F_DUMP)
+            .unwrap();
+        let names: Vec<&str> = families
+            .iter()
+            .flat_map(|f| f.nlas.iter())
+            .filter_map(|a| match a {
+                GenlCtrlAttrs::FamilyName(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(names.contains(&"nlctrl"), "{names:?}");
+        assert!(names.len() > 1, "{names:?}");
+        assert_eq!(names.len(), families.len());
+    }
+
+    /// Bytes that are not netlink are an error, not a panic.
+    #[test]
+    fn a_bad_datagram_is_an_error() {
+        let mut good = vec![0u8; 20];
+        good[..4].copy_from_slice(&20u32.to_ne_bytes());
+        good[4..6].copy_from_slice(&3u16.to_ne_bytes()); // NLMSG_DONE
+        assert_eq!(messages::<GenlCtrl>("t", &good).unwrap().len(), 1);
+        let mut two = good.clone();
+        two.extend_from_slice(&good);
+        assert_eq!(messages::<GenlCtrl>("t", &two).unwrap().len(), 2);
+        for bad in [
+            &good[..10],    // shorter than a header
+            &two[..30],     // the second message cut short
+            &[0u8; 16][..], // a zero length
+        ] {
+            let got = messages::<GenlCtrl>("t", bad);
+            assert!(matches!(got, Err(Error::Netlink { .. })), "{got:?}");
+        }
+        let mut long = good.clone();
+        long[..4].copy_from_slice(&64u32.to_ne_bytes());
+        assert!(messages::<GenlCtrl>("t", &long).is_err());
+    }
 }

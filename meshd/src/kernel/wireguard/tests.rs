@@ -107,3 +107,36 @@ fn interface_names_are_checked_before_the_kernel_sees_them() {
     assert!(check_name("meshwg0").is_ok());
     assert!(check_name("fifteen-bytes-x").is_ok());
 }
+
+/// What `meshd status` prints for each reason.
+#[test]
+fn reasons_read_well() {
+    let cases = [
+        (
+            Unavailable::LinkRefused {
+                errno: libc::EOPNOTSUPP,
+            },
+            "kernel wireguard unavailable (Operation not supported)",
+        ),
+        (
+            Unavailable::LinkRefused { errno: libc::EPERM },
+            "kernel wireguard unavailable (Operation not permitted)",
+        ),
+        (
+            Unavailable::NoFamily,
+            "kernel wireguard unavailable (generic netlink family wireguard not found)",
+        ),
+    ];
+    for (reason, text) in cases {
+        assert_eq!(reason.to_string(), text);
+        assert_eq!(Error::from(reason).to_string(), text, "through Error");
+    }
+    let refused = Error::Refused {
+        what: "configuring `meshwg0`".into(),
+        errno: libc::EADDRINUSE,
+    };
+    assert_eq!(
+        refused.to_string(),
+        "configuring `meshwg0`: Address already in use"
+    );
+}
