@@ -156,8 +156,22 @@ async fn drive_a_real_device() {
     let mut back = dev.device().unwrap();
     back.peers.sort_by_key(|p| p.endpoint);
     assert_eq!(back, cfg);
-    dev.remove_peers(&[cfg.peers[0].public_key]).unwrap();
+    // A reconcile that drops one peer and adds another.
+    let mut next = cfg.clone();
+    next.peers.remove(0);
+    next.peers.push(PeerConfig {
+        endpoint: ([198, 18, 0, 9], 51820).into(),
+        ..cfg.peers[0].clone()
+    });
+    next.peers[2].public_key = PrivateKey::generate().public_key();
+    dev.sync(&next).unwrap();
+    let mut back = dev.device().unwrap();
+    back.peers.sort_by_key(|p| p.endpoint);
+    assert_eq!(back, next);
+    dev.remove_peers(&[next.peers[0].public_key]).unwrap();
     assert_eq!(dev.device().unwrap().peers.len(), 2);
+    dev.replace(&cfg).unwrap();
+    assert_eq!(dev.device().unwrap().peers.len(), 3);
     drop(dev);
     let again = KernelWireguard::open("meshwg0", 1400).await.unwrap();
     assert!(again.adopted());

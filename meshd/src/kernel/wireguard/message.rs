@@ -42,13 +42,7 @@ const NLA_HEADER: usize = 4;
 /// The messages that make the device exactly `cfg`: keys, port, fwmark (absent: 0, no mark),
 /// and a peer set that replaces whatever the device held, each peer's allowed IPs replaced.
 pub fn set_device(cfg: &DeviceConfig) -> Vec<WireguardMessage> {
-    let first = vec![
-        WireguardAttribute::PrivateKey(*cfg.private_key.as_bytes()),
-        WireguardAttribute::ListenPort(cfg.listen_port),
-        WireguardAttribute::Fwmark(cfg.fwmark.map_or(0, NonZeroU32::get)),
-        WireguardAttribute::Flags(WireguardDeviceFlags::ReplacePeers),
-    ];
-    let mut batch = Batcher::new(&cfg.ifname, first);
+    let mut batch = Batcher::new(&cfg.ifname, device_attrs(cfg, true));
     for peer in &cfg.peers {
         batch.add_peer(peer.public_key, peer_head(peer), &peer.allowed_ips);
     }
@@ -120,21 +114,13 @@ pub fn parse_device(replies: &[WireguardMessage]) -> Result<DeviceConfig, ParseE
     let mut private = None;
     let mut port = None;
     let mut fwmark = None;
-    let mut peers: Vec<PartialPeer> = Vec::new();
-    for msg in replies {
-        for attr in &msg.attributes {
-            match attr {
-                WireguardAttribute::IfName(n) => ifname = Some(n.clone()),
-                WireguardAttribute::PrivateKey(k) => private = Some(PrivateKey::from_bytes(*k)),
-                WireguardAttribute::ListenPort(p) => port = Some(*p),
-                WireguardAttribute::Fwmark(m) => fwmark = NonZeroU32::new(*m),
-                WireguardAttribute::Peers(list) => {
-                    for p in list {
-                        merge_peer(&mut peers, p)?;
-                    }
-                }
-                _ => {}
-            }
+    for attr in replies.iter().flat_map(|m| m.attributes.iter()) {
+        match attr {
+            WireguardAttribute::IfName(n) => ifname = Some(n.clone()),
+            WireguardAttribute::PrivateKey(k) => private = Some(PrivateKey::from_bytes(*k)),
+            WireguardAttribute::ListenPort(p) => port = Some(*p),
+            WireguardAttribute::Fwmark(m) => fwmark = NonZeroU32::new(*m),
+            _ => {}
         }
     }
     Ok(DeviceConfig {
@@ -142,15 +128,41 @@ pub fn parse_device(replies: &[WireguardMessage]) -> Result<DeviceConfig, ParseE
         private_key: private.ok_or(ParseError::NoPrivateKey)?,
         listen_port: port.ok_or(ParseError::NoListenPort)?,
         fwmark,
-        peers: peers
-            .into_iter()
-            .map(PartialPeer::finish)
-            .collect::<Result<_, _>>()?,
+        peers: parse_peers(replies)?,
     })
 }
 
+/// The peers the replies describe, whatever the device's own attributes (a device not yet
+/// configured has no private key).
+pub fn parse_peers(replies: &[WireguardMessage]) -> Result<Vec<PeerConfig>, ParseError> {
+    let mut peers: Vec<PartialPeer> = Vec::new();
+    for attr in replies.iter().flat_map(|m| m.attributes.iter()) {
+        if let WireguardAttribute::Peers(list) = attr {
+            for p in list {
+                merge_peer(&mut peers, p)?;
+            }
+        }
+    }
+    peers.into_iter().map(PartialPeer::finish).collect()
+}
+
+/// The device's own attributes, for the first message; `replace` drops every peer first.
+pub(super) fn device_attrs(cfg: &DeviceConfig, replace: bool) -> Vec<WireguardAttribute> {
+    let mut attrs = vec![
+        WireguardAttribute::PrivateKey(*cfg.private_key.as_bytes()),
+        WireguardAttribute::ListenPort(cfg.listen_port),
+        WireguardAttribute::Fwmark(cfg.fwmark.map_or(0, NonZeroU32::get)),
+    ];
+    if replace {
+        attrs.push(WireguardAttribute::Flags(
+            WireguardDeviceFlags::ReplacePeers,
+        ));
+    }
+    attrs
+}
+
 /// A peer's attributes but its allowed IPs, for its first (or only) part.
-fn peer_head(peer: &PeerConfig) -> Vec<WireguardPeerAttribute> {
+pub(super) fn peer_head(peer: &PeerConfig) -> Vec<WireguardPeerAttribute> {
     vec![
         WireguardPeerAttribute::PublicKey(*peer.public_key.as_bytes()),
         WireguardPeerAttribute::PresharedKey(*peer.preshared_key),
@@ -171,7 +183,7 @@ fn allowed_ip(net: &Ipv4Net) -> WireguardAllowedIp {
 }
 
 /// Fills messages up to [`MAX_MESSAGE`], opening a new one when the next item would not fit.
-struct Batcher<'a> {
+pub(super) struct Batcher<'a> {
     ifname: &'a str,
     done: Vec<WireguardMessage>,
     attrs: Vec<WireguardAttribute>,
@@ -182,7 +194,7 @@ struct Batcher<'a> {
 
 impl<'a> Batcher<'a> {
     /// A batch whose first message carries `first` after the device's name.
-    fn new(ifname: &'a str, first: Vec<WireguardAttribute>) -> Self {
+    pub(super) fn new(ifname: &'a str, first: Vec<WireguardAttribute>) -> Self {
         let mut b = Batcher {
             ifname,
             done: Vec::new(),
@@ -205,7 +217,12 @@ impl<'a> Batcher<'a> {
     }
 
     /// Adds a peer: `head` and as many of `ips` as fit, the rest in continuation parts.
-    fn add_peer(&mut self, key: PublicKey, head: Vec<WireguardPeerAttribute>, ips: &[Ipv4Net]) {
+    pub(super) fn add_peer(
+        &mut self,
+        key: PublicKey,
+        head: Vec<WireguardPeerAttribute>,
+        ips: &[Ipv4Net],
+    ) {
         let mut head = head;
         let mut ips = ips;
         loop {
@@ -253,7 +270,7 @@ impl<'a> Batcher<'a> {
         self.open(Vec::new());
     }
 
-    fn finish(mut self) -> Vec<WireguardMessage> {
+    pub(super) fn finish(mut self) -> Vec<WireguardMessage> {
         // The first message goes out even with no peers: it may replace them all with none.
         if !self.peers.is_empty() || self.done.is_empty() {
             self.flush();
@@ -279,7 +296,9 @@ fn merge_peer(peers: &mut Vec<PartialPeer>, peer: &WireguardPeer) -> Result<(), 
             _ => None,
         })
         .ok_or(ParseError::PeerWithoutKey)?;
-    let at = match peers.iter().position(|p| p.key == key) {
+    // A peer goes on only right after its first part (the kernel's dump and our batches
+    // both split that way), so only the last peer can be continued.
+    let at = match peers.len().checked_sub(1).filter(|&i| peers[i].key == key) {
         Some(at) => at,
         None => {
             peers.push(PartialPeer {

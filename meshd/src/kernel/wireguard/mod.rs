@@ -6,8 +6,9 @@
 //!
 //! Driving it: [`detect`] once at start-up (a printable [`Unavailable`] when the kernel cannot),
 //! [`KernelWireguard::open`] to make or adopt the device, then on every peer-set change
-//! [`device_config`] from the peer set and [`KernelWireguard::sync`], which replaces the
-//! device's whole state; [`KernelWireguard::update_peers`] and
+//! [`device_config`] from the peer set and [`KernelWireguard::sync`], which makes the device
+//! hold exactly that state without resetting the sessions of peers that stay;
+//! [`KernelWireguard::update_peers`] and
 //! [`KernelWireguard::remove_peers`] are the incremental forms. [`remove_device`] is for
 //! `meshd cleanup`.
 //!
@@ -15,6 +16,7 @@
 //! all peers go through it or none do. It does not route (the caller points peer subnets at the
 //! device) and does not probe.
 
+pub mod diff;
 mod error;
 mod genl;
 mod link;
@@ -184,16 +186,32 @@ impl KernelWireguard {
         self.adopted
     }
 
-    /// Makes the device exactly `desired`: key, port, fwmark, and a peer set that replaces
-    /// the one it holds. Peers that stay keep their sessions (the kernel keys peers by public
-    /// key); a changed preshared key applies from the next handshake.
+    /// Makes the device exactly `desired`: key, port, fwmark and peer set. Only what differs
+    /// from what the device holds is sent ([`diff::sync_device`]), so peers that stay keep
+    /// their sessions; a changed preshared key applies from the next handshake. A device
+    /// holding peers meshd cannot read is replaced wholesale ([`KernelWireguard::replace`]).
     pub fn sync(&self, desired: &DeviceConfig) -> Result<(), Error> {
-        if desired.ifname != self.ifname {
-            return Err(Error::OtherDevice {
-                device: self.ifname.clone(),
-                given: desired.ifname.clone(),
-            });
-        }
+        self.check(desired)?;
+        let mut genl = self.lock();
+        let replies = genl.dump(
+            &format!("reading `{}`", self.ifname),
+            message::get_device(&self.ifname),
+        )?;
+        let msgs = match message::parse_peers(&replies) {
+            Ok(current) => diff::sync_device(desired, &current),
+            Err(error) => {
+                tracing::warn!(device = %self.ifname, %error, "the device holds peers meshd cannot read: replacing them all");
+                message::set_device(desired)
+            }
+        };
+        genl.set(&format!("configuring `{}`", self.ifname), msgs)
+    }
+
+    /// Makes the device exactly `desired` with `WGDEVICE_F_REPLACE_PEERS`: every peer is
+    /// dropped and written again, so every session starts over. For a device whose state is
+    /// unknown; [`KernelWireguard::sync`] is the reconcile step.
+    pub fn replace(&self, desired: &DeviceConfig) -> Result<(), Error> {
+        self.check(desired)?;
         let what = format!("configuring `{}`", self.ifname);
         self.lock().set(&what, message::set_device(desired))
     }
@@ -217,6 +235,16 @@ impl KernelWireguard {
         let what = format!("reading `{}`", self.ifname);
         let replies = self.lock().dump(&what, message::get_device(&self.ifname))?;
         Ok(message::parse_device(&replies)?)
+    }
+
+    fn check(&self, desired: &DeviceConfig) -> Result<(), Error> {
+        if desired.ifname != self.ifname {
+            return Err(Error::OtherDevice {
+                device: self.ifname.clone(),
+                given: desired.ifname.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Genl> {
