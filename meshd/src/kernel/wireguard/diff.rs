@@ -4,7 +4,8 @@
 //! (`wg_peer_remove_all` in `drivers/net/wireguard/netlink.c`): each peer's session goes, and
 //! the next packet to it waits for a handshake. meshd reconciles on every membership change,
 //! so, as `wg syncconf` does, it sends only what differs from what the device holds: the
-//! device's own attributes (the kernel skips an unchanged key or port), the peers that are new
+//! device's own attributes (the kernel skips an unchanged key or port; a fwmark written again
+//! only makes each peer look up its source address anew), the peers that are new
 //! or changed, and removals for the peers that left. Changed peers are written before stale
 //! ones go, so a subnet that moves from a leaving peer to a new one is never unrouted.
 
