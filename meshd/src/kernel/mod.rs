@@ -10,6 +10,7 @@ pub mod ethtool;
 pub mod probe;
 pub mod routes;
 pub mod vxlan;
+pub mod wireguard;
 
 use serde::{Deserialize, Serialize};
 
