@@ -24,6 +24,8 @@ pub struct Backend {
     sessions: Option<Sessions>,
     /// The kernel backends' half (the path manager), when the daemon runs one.
     paths: Option<Arc<Paths>>,
+    /// Bumped by every new keyring, so the kernel backends re-key too.
+    keyring_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Backend {
@@ -36,6 +38,7 @@ impl Backend {
             routes,
             sessions: crypto.map(Sessions::new),
             paths: None,
+            keyring_epoch: Default::default(),
         }
     }
 
@@ -77,6 +80,8 @@ impl Backend {
     pub fn set_keyring(&self, ring: Keyring) {
         if let Some(c) = self.crypto() {
             c.set_keyring(ring);
+            self.keyring_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.apply();
         }
     }
@@ -91,7 +96,10 @@ impl Backend {
         tracing::debug!(peers = peers.len(), "peer table updated");
         self.routes.install(&peers, sessions);
         if let Some(p) = &self.paths {
-            p.publish(&peers, set.own_subnet());
+            let epoch = self
+                .keyring_epoch
+                .load(std::sync::atomic::Ordering::Relaxed);
+            p.publish(&peers, set.own_subnet(), epoch);
         }
     }
 

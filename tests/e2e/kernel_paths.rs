@@ -55,11 +55,15 @@ fn status(t: &Topology, host: usize) -> Status {
 fn path(t: &Topology, from: usize, to: usize) -> PathStatus {
     let s = status(t, from);
     let name = &t.hosts[to].name;
+    find_path(&s, name)
+        .unwrap_or_else(|| panic!("{} has no path for {name}: {s:#?}", t.hosts[from].name))
+}
+
+fn find_path(s: &Status, name: &str) -> Option<PathStatus> {
     s.peers
         .iter()
-        .find(|p| &p.name == name)
+        .find(|p| p.name == name)
         .and_then(|p| p.path.clone())
-        .unwrap_or_else(|| panic!("{} has no path for {name}: {s:#?}", t.hosts[from].name))
 }
 
 /// Waits until host `from`'s path to `to` satisfies `cond`; panics with the last one after
@@ -73,9 +77,9 @@ fn wait_path(
 ) -> (PathStatus, Duration) {
     let start = Instant::now();
     loop {
-        let p = path(t, from, to);
-        if cond(&p) {
-            return (p, start.elapsed());
+        let p = find_path(&status(t, from), &t.hosts[to].name);
+        if let Some(p) = p.as_ref().filter(|p| cond(p)) {
+            return (p.clone(), start.elapsed());
         }
         if start.elapsed() > within {
             panic!(
@@ -109,8 +113,8 @@ fn break_kernel_path(ns: &str, peer: std::net::Ipv4Addr, extra: &str) {
     nft(
         ns,
         &format!(
-            "table ip kbreak {{ chain out {{ type filter hook output priority 0; \
-             ip daddr {peer} udp dport 8472 udp checksum 0 {extra} drop; }} }}"
+            "table ip kbreak {{\n chain out {{\n type filter hook output priority 0;\n \
+             ip daddr {peer} udp dport 8472 udp checksum 0 {extra} drop\n }}\n}}\n"
         ),
     );
 }
@@ -145,10 +149,17 @@ fn a_mixed_cluster_reaches_every_pod_and_says_which_path_and_why() {
         assert!(k.vxlan.starts_with("in use: meshvx0 (created"), "{k:?}");
         assert_eq!(k.datapath, "auto");
     }
-    assert!(status(&t, 2).kernel.unwrap().vxlan.contains("datapath = \"userspace\""));
+    assert!(status(&t, 2)
+        .kernel
+        .unwrap()
+        .vxlan
+        .contains("datapath = \"userspace\""));
     let bad = unreachable_pairs(&t);
     assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
-    for (i, (a, b)) in [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)].into_iter().enumerate() {
+    for (i, (a, b)) in [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)]
+        .into_iter()
+        .enumerate()
+    {
         let (src, dst) = (&t.hosts[a].pods[0], &t.hosts[b].pods[0]);
         let x = tcp_transfer(&src.ns, &dst.ns, dst.addr, 5600 + i as u16, 16 << 20).unwrap();
         assert!(x.verified, "h{} → h{}: {x:?}", a + 1, b + 1);
@@ -178,13 +189,18 @@ fn fall_back_and_return(tag: &str, extra: &str, port: u16) {
     assert!(x.verified, "the transfer across the break: {x:?}");
     assert_eq!(path(&t, 0, 1).moves, moves_before + 1);
     repair(&t.hosts[0].ns, "kbreak");
-    let (p, took) = wait_path(&t, 0, 1, Duration::from_secs(30), |p| p.path == "kernel-vxlan");
+    let (p, took) = wait_path(&t, 0, 1, Duration::from_secs(30), |p| {
+        p.path == "kernel-vxlan"
+    });
     eprintln!("{tag}: back on the kernel path {took:?} after the repair");
     assert_eq!(p.moves, moves_before + 2);
     // And it stays there: the return happened once.
     std::thread::sleep(Duration::from_secs(3));
     let p = path(&t, 0, 1);
-    assert_eq!((p.path.as_str(), p.moves), ("kernel-vxlan", moves_before + 2));
+    assert_eq!(
+        (p.path.as_str(), p.moves),
+        ("kernel-vxlan", moves_before + 2)
+    );
     let (src, dst) = (&t.hosts[0].pods[0], &t.hosts[1].pods[0]);
     let x = tcp_transfer(&src.ns, &dst.ns, dst.addr, port + 1, 16 << 20).unwrap();
     assert!(x.verified, "after the return: {x:?}");
@@ -224,17 +240,23 @@ fn host_gw_on_the_segment_vxlan_past_the_router_and_a_vpc_that_drops_foreign_add
     // h2's "VPC" drops packets for addresses it did not assign (pod addresses) on the underlay.
     nft(
         &t.hosts[1].ns,
-        "table ip vpc { chain pre { type filter hook prerouting priority -300; \
-         iifname \"u0\" ip daddr 10.244.0.0/16 drop; } }",
+        "table ip vpc {\n chain pre {\n type filter hook prerouting priority -300;\n \
+         iifname \"u0\" ip daddr 10.244.0.0/16 drop\n }\n}\n",
     );
     let (p, took) = wait_path(&t, 0, 1, SETTLE, |p| p.path == "kernel-vxlan");
     assert!(
-        p.reason.as_deref().unwrap_or("").contains("lost on host-gw"),
+        p.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("lost on host-gw"),
         "{p:?}"
     );
     eprintln!("host-gw → kernel-vxlan {took:?} after the VPC rule");
     let bad = unreachable_pairs(&t);
-    assert!(bad.is_empty(), "unreachable pod pairs after the fallback: {bad:#?}");
+    assert!(
+        bad.is_empty(),
+        "unreachable pod pairs after the fallback: {bad:#?}"
+    );
     assert!(
         tcp_transfer(&src.ns, &dst.ns, dst.addr, 5631, 16 << 20)
             .unwrap()
@@ -259,9 +281,12 @@ fn pods_on_kernel_paths_keep_talking_while_meshd_is_down_and_restarts() {
     assert!(k.vxlan.starts_with("in use: meshvx0 (adopted"), "{k:?}");
     assert!(k.adopted.iter().any(|a| a == "device meshvx0"), "{k:?}");
     assert!(k.adopted.iter().any(|a| a.ends_with("routes")), "{k:?}");
-    let p = path(&t, 0, 1);
+    let (p, _) = wait_path(&t, 0, 1, SETTLE, |_| true);
     assert_eq!(p.path, "kernel-vxlan", "{p:?}");
-    assert_eq!(p.moves, 0, "adopted on the kernel path, not moved there: {p:?}");
+    assert_eq!(
+        p.moves, 0,
+        "adopted on the kernel path, not moved there: {p:?}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let log = pinger.stop().unwrap();
     assert!(log.sent > 80, "{log:?}");
@@ -270,6 +295,36 @@ fn pods_on_kernel_paths_keep_talking_while_meshd_is_down_and_restarts() {
         0,
         "pings lost across the restart (longest gap {:?})",
         log.longest_gap()
+    );
+    // `meshd cleanup` (meshd stopped) removes the device and meshd's routes, nothing else.
+    t.stop_meshd(0).unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.hosts[0].ns])
+        .arg(meshd_bin())
+        .args(["cleanup", "--config"])
+        .arg(t.hosts[0].dir.join("meshd.toml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("removed link meshvx0"), "{said}");
+    let routes = Command::new("ip")
+        .args(["-n", &t.hosts[0].ns, "route", "show", "proto", "109"])
+        .output()
+        .unwrap();
+    assert!(
+        routes.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&routes.stdout)
+    );
+    let links = Command::new("ip")
+        .args(["-n", &t.hosts[0].ns, "-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !links.contains("meshvx0") && links.contains("u0"),
+        "{links}"
     );
 }
 
@@ -285,7 +340,9 @@ fn encrypted_auto_falls_back_to_userspace_with_the_kernels_reason_and_kernel_mod
     assert!(why.starts_with("kernel wireguard unavailable ("), "{why}");
     assert!(unreachable_pairs(&t).is_empty());
     // datapath = "kernel" cannot be had here: meshd refuses to start, saying why.
-    let cfg = t.meshd_config(&t.hosts[0]).replace("datapath = \"auto\"", "datapath = \"kernel\"");
+    let cfg = t
+        .meshd_config(&t.hosts[0])
+        .replace("datapath = \"auto\"", "datapath = \"kernel\"");
     t.stop_meshd(0).unwrap();
     let path = t.hosts[0].dir.join("kernel.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -300,7 +357,9 @@ fn encrypted_auto_falls_back_to_userspace_with_the_kernels_reason_and_kernel_mod
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("datapath = \"kernel\": the kernel would not make the WireGuard device `meshwg0`"),
+        stderr.contains(
+            "datapath = \"kernel\": the kernel would not make the WireGuard device `meshwg0`"
+        ),
         "{stderr}"
     );
     // And it left nothing behind: no TUN device, no WireGuard device.
@@ -309,5 +368,8 @@ fn encrypted_auto_falls_back_to_userspace_with_the_kernels_reason_and_kernel_mod
         .output()
         .unwrap();
     let links = String::from_utf8_lossy(&links.stdout);
-    assert!(!links.contains("meshwg0") && !links.contains("mesh0:"), "{links}");
+    assert!(
+        !links.contains("meshwg0") && !links.contains("mesh0:"),
+        "{links}"
+    );
 }

@@ -11,6 +11,7 @@ mod faults;
 mod gossip;
 mod host_faults;
 mod interop;
+mod kernel_paths;
 mod lifecycle;
 mod messages;
 mod rotation;

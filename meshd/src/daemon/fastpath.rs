@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use crate::config::{Config, Datapath, Encryption};
 use crate::host::Host;
 use crate::kernel::vxlan::{self, Origin, VxlanDevice, VxlanSpec};
+use crate::kernel::wireguard::{Error as WgError, KernelWireguard, Unavailable};
 use crate::kernel::{routes, Refusal};
 use crate::paths::manager::Setup;
 use crate::paths::NotOffered;
@@ -67,10 +68,21 @@ pub async fn prepare(cfg: &Config, address: IpAddr) -> Result<(Setup, KernelStat
         }
     };
     let wireguard = wireguard(cfg).await?;
+    let wireguard_text = match &wireguard {
+        Ok(dev) => format!(
+            "in use: {} ({}; every peer)",
+            dev.ifname(),
+            if dev.adopted() { "adopted" } else { "created" }
+        ),
+        Err(n) => not_offered_text("kernel wireguard", n),
+    };
+    if wireguard.as_ref().is_ok_and(|d| d.adopted()) {
+        adopted.push(format!("device {}", cfg.wireguard.device));
+    }
     let status = KernelStatus {
         datapath: cfg.datapath.as_str().into(),
         vxlan: vxlan_text(&vxlan),
-        wireguard: not_offered_text("kernel wireguard", &wireguard),
+        wireguard: wireguard_text,
         host_gw: if cfg.host_gw { "on" } else { "off" }.into(),
         adopted,
         moves: 0,
@@ -87,27 +99,53 @@ pub async fn prepare(cfg: &Config, address: IpAddr) -> Result<(Setup, KernelStat
         pod_mtu: cfg.overlay_mtu(),
         vxlan,
         wireguard,
+        crypto: None,
+        wireguard_port: cfg.wireguard.port,
     };
     Ok((setup, status))
 }
 
-/// Kernel WireGuard: never used by this build (the node's whole encrypted path is userspace),
-/// so `kernel` mode with encryption fails here.
-async fn wireguard(cfg: &Config) -> Result<NotOffered> {
+/// Kernel WireGuard, a whole-node choice: one device owns the WireGuard port and every
+/// session, so either every peer goes through it or none does. Tried by making a throwaway
+/// device; `kernel` mode fails here when the kernel will not.
+async fn wireguard(cfg: &Config) -> Result<Result<KernelWireguard, NotOffered>> {
     if cfg.encryption != Encryption::Wireguard {
-        return Ok(NotOffered::Config("encryption = \"none\"".into()));
+        return Ok(Err(NotOffered::Config("encryption = \"none\"".into())));
     }
     if cfg.datapath == Datapath::Userspace {
-        return Ok(NotOffered::Config("datapath = \"userspace\"".into()));
+        if let Err(e) = crate::kernel::wireguard::remove_device(&cfg.wireguard.device).await {
+            tracing::warn!(error = %e, "kernel WireGuard device");
+        }
+        return Ok(Err(NotOffered::Config("datapath = \"userspace\"".into())));
     }
-    let why = Refusal::new("kernel WireGuard is not wired in yet");
-    if cfg.datapath == Datapath::Kernel {
-        bail!(
+    let opened = match crate::kernel::wireguard::detect().await {
+        Ok(()) => KernelWireguard::open(&cfg.wireguard.device, cfg.overlay_mtu())
+            .await
+            .map_err(|e| match e {
+                WgError::Unavailable(u) => refusal(&u),
+                other => Refusal::new(other.to_string()),
+            }),
+        Err(u) => Err(refusal(&u)),
+    };
+    match opened {
+        Ok(dev) => Ok(Ok(dev)),
+        Err(why) if cfg.datapath == Datapath::Kernel => bail!(
             "datapath = \"kernel\": the kernel would not make the WireGuard device `{}`: {why}",
             cfg.wireguard.device
-        );
+        ),
+        Err(why) => {
+            tracing::warn!(reason = %why, "kernel WireGuard unavailable: every peer uses the userspace path");
+            Ok(Err(NotOffered::Refused(why)))
+        }
     }
-    Ok(NotOffered::Refused(why))
+}
+
+fn refusal(u: &Unavailable) -> Refusal {
+    match u {
+        Unavailable::LinkRefused { errno } => Refusal::from_errno(*errno),
+        Unavailable::NoFamily => Refusal::new("generic netlink family wireguard not found"),
+        Unavailable::Netlink { detail } => Refusal::new(format!("netlink: {detail}")),
+    }
 }
 
 /// With the kernel path off, a VXLAN device an earlier meshd left would hold the UDP port the

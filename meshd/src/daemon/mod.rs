@@ -89,7 +89,8 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         port: cfg.data_port(),
     }));
     // The kernel fast path: devices made (or adopted) before the data path binds its port.
-    let (fast, kernel_status) = fastpath::prepare(&cfg, address).await?;
+    let (mut fast, kernel_status) = fastpath::prepare(&cfg, address).await?;
+    fast.crypto = crypto.clone();
     let paths = crate::paths::manager::Paths::new(kernel_status);
     let backend = Arc::new(
         Backend::new(routes.clone(), crypto.clone(), static_peers(&cfg)).with_paths(paths.clone()),
@@ -119,6 +120,10 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     let mut dp_cfg = cfg.clone();
     if fast.vxlan.is_ok() {
         dp_cfg.vxlan.port = 0;
+    }
+    // Likewise a kernel WireGuard device owns the WireGuard port, and every session.
+    if fast.wireguard.is_ok() {
+        dp_cfg.wireguard.port = 0;
     }
     let datapath = match &crypto {
         Some(c) => DataPath::start(&dp_cfg, routes.clone(), Wireguard { crypto: c.clone() })?,
@@ -165,6 +170,10 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         let _ = std::fs::remove_file(&socket);
         datapath.stop();
         return Err(e);
+    }
+    if membership.is_none() {
+        // Without gossip the subnet is the configured one; the kernel paths route from it.
+        backend.update(|set| set.set_own_subnet(subnet));
     }
     backend.apply();
     let t = &datapath.tiers;

@@ -19,8 +19,8 @@ pub const PROTOCOL: u8 = 109;
 /// Where a peer's subnet goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
-    /// The TUN device: meshd's userspace data path.
-    Tun { index: u32 },
+    /// A device: the TUN device (meshd's userspace path) or the kernel WireGuard device.
+    Device { index: u32 },
     /// The VXLAN device, via the peer's VTEP address (onlink: no subnet of the device covers it).
     Vxlan { index: u32, vtep: Ipv4Addr },
     /// Straight to the peer's underlay address, no encapsulation (host-gw).
@@ -35,7 +35,7 @@ pub async fn set(host: &Host, subnet: Ipv4Net, via: Via, source: Ipv4Addr) -> Re
         .protocol(RouteProtocol::Other(PROTOCOL))
         .pref_source(source);
     b = match via {
-        Via::Tun { index } => b.output_interface(index),
+        Via::Device { index } => b.output_interface(index),
         Via::Vxlan { index, vtep } => b.output_interface(index).gateway(vtep).onlink(),
         Via::Gateway { address } => b.gateway(address),
     };

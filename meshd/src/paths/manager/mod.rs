@@ -21,6 +21,8 @@ use crate::host::{gateway, Host};
 use crate::kernel::probe::Prober;
 use crate::kernel::routes::{self, Via};
 use crate::kernel::vxlan::{self, VxlanDevice};
+use crate::kernel::wireguard::{device_config, KernelWireguard};
+use crate::peers::wireguard::NodeCrypto;
 use crate::peers::Peer;
 use crate::status::{KernelStatus, PathStatus};
 use crate::wire::{vtep_mac, MacAddr};
@@ -39,6 +41,8 @@ const TICK: Duration = Duration::from_millis(100);
 pub struct Desired {
     pub peers: Vec<Peer>,
     pub own_subnet: Option<Ipv4Net>,
+    /// Bumped when the cluster secrets change: kernel WireGuard peers get new preshared keys.
+    pub keyring_epoch: u64,
 }
 
 /// The manager's handle: the backend publishes to it, the status reads from it.
@@ -58,10 +62,11 @@ impl Paths {
     }
 
     /// A new peer set (the reconcile step's call).
-    pub fn publish(&self, peers: &[Peer], own_subnet: Option<Ipv4Net>) {
+    pub fn publish(&self, peers: &[Peer], own_subnet: Option<Ipv4Net>, keyring_epoch: u64) {
         let d = Desired {
             peers: peers.to_vec(),
             own_subnet,
+            keyring_epoch,
         };
         self.desired.send_if_modified(|cur| {
             let changed = *cur != d;
@@ -102,7 +107,11 @@ pub struct Setup {
     /// The pod MTU: the probes' size.
     pub pod_mtu: u16,
     pub vxlan: Result<VxlanDevice, NotOffered>,
-    pub wireguard: NotOffered,
+    /// The kernel WireGuard device, when the kernel has one: then it carries every peer.
+    pub wireguard: Result<KernelWireguard, NotOffered>,
+    /// The node's keys (encrypted mode), for the kernel WireGuard peers.
+    pub crypto: Option<Arc<NodeCrypto>>,
+    pub wireguard_port: u16,
 }
 
 struct PeerState {
@@ -136,7 +145,8 @@ struct Manager {
 /// paths keep talking while meshd is down, and the next meshd adopts them.
 pub async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Future<Output = ()>) {
     let mut rx = paths.subscribe();
-    let kernel_in_play = s.encryption == Encryption::None && s.vxlan.is_ok();
+    let kernel_in_play =
+        (s.encryption == Encryption::None && s.vxlan.is_ok()) || s.wireguard.is_ok();
     let tun_index = s.host.index(&s.tun).await.ok();
     let prober = match kernel_in_play.then(|| Prober::new(std::process::id() as u16)) {
         Some(Ok(p)) => Some(p),
@@ -215,13 +225,25 @@ async fn underlay_name(s: &Setup) -> Option<String> {
 
 impl Manager {
     fn kernel_in_play(&self) -> bool {
-        self.s.encryption == Encryption::None && self.s.vxlan.is_ok()
+        (self.s.encryption == Encryption::None && self.s.vxlan.is_ok()) || self.s.wireguard.is_ok()
+    }
+
+    /// Kernel WireGuard: the device's peers are the peer set (only what changed is sent).
+    fn sync_wireguard(&self, peers: &[Peer]) {
+        let (Ok(dev), Some(crypto)) = (&self.s.wireguard, &self.s.crypto) else {
+            return;
+        };
+        let desired = device_config(dev.ifname(), crypto, self.s.wireguard_port, None, peers);
+        if let Err(e) = dev.sync(&desired) {
+            tracing::error!(error = %e, "configuring the kernel WireGuard device");
+        }
     }
 
     /// Bring the kernel objects in step with a new peer set.
     async fn apply(&mut self, d: Desired) {
         let own_changed = self.own != d.own_subnet;
         self.own = d.own_subnet;
+        self.sync_wireguard(&d.peers);
         let gone: Vec<String> = self
             .peers
             .iter()
@@ -292,9 +314,14 @@ impl Manager {
     /// The paths a peer could take, and the floor.
     async fn offers(&self, peer: &Peer) -> (Vec<Offer>, PathKind, Option<String>) {
         if self.s.encryption == Encryption::Wireguard {
-            let why = match self.s.mode {
-                Datapath::Userspace => NotOffered::Config("datapath = \"userspace\"".into()),
-                _ => self.s.wireguard.clone(),
+            if self.s.wireguard.is_ok() {
+                // The whole node: no probes, no fallback per peer.
+                return (Vec::new(), PathKind::KernelWireguard, None);
+            }
+            let why = match (&self.s.wireguard, self.s.mode) {
+                (_, Datapath::Userspace) => NotOffered::Config("datapath = \"userspace\"".into()),
+                (Err(n), _) => n.clone(),
+                (Ok(_), _) => NotOffered::Config(String::new()),
             };
             let offer = Offer {
                 kind: PathKind::KernelWireguard,
@@ -384,7 +411,7 @@ impl Manager {
 
     fn via(&self, st: &PeerState, kind: PathKind) -> Option<Via> {
         match kind {
-            PathKind::Userspace => self.tun_index.map(|index| Via::Tun { index }),
+            PathKind::Userspace => self.tun_index.map(|index| Via::Device { index }),
             PathKind::KernelVxlan => self.s.vxlan.as_ref().ok().map(|d| Via::Vxlan {
                 index: d.index,
                 vtep: st.vtep,
@@ -393,7 +420,12 @@ impl Manager {
                 IpAddr::V4(address) => Some(Via::Gateway { address }),
                 IpAddr::V6(_) => None,
             },
-            PathKind::KernelWireguard => None,
+            PathKind::KernelWireguard => self
+                .s
+                .wireguard
+                .as_ref()
+                .ok()
+                .map(|d| Via::Device { index: d.index() }),
         }
     }
 }
