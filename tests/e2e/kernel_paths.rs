@@ -373,3 +373,36 @@ fn encrypted_auto_falls_back_to_userspace_with_the_kernels_reason_and_kernel_mod
         "{links}"
     );
 }
+
+#[test]
+fn gossip_tells_who_receives_in_the_kernel_and_checksums_follow() {
+    require_root();
+    // All auto: every peer's record says it receives VXLAN in its kernel, so the device keeps
+    // its checksum offload even on this veth underlay.
+    let mut s = spec("kpgsp", 2, Encryption::None, auto(0, false, 0));
+    s.formation = Formation::Gossip;
+    let t = Topology::up(s).unwrap();
+    wait_path(&t, 0, 1, SETTLE, |p| p.path == "kernel-vxlan");
+    let k = status(&t, 0).kernel.unwrap();
+    assert!(!k.vxlan.contains("checksums in software"), "{k:?}");
+    let (src, dst) = (&t.hosts[0].pods[0], &t.hosts[1].pods[0]);
+    assert!(
+        tcp_transfer(&src.ns, &dst.ns, dst.addr, 5640, 16 << 20)
+            .unwrap()
+            .verified
+    );
+    drop(t);
+    // A userspace receiver among the members: the kernel nodes checksum in software, and TCP
+    // to it arrives intact.
+    let mut s = spec("kpgsu", 3, Encryption::None, auto(1, false, 0));
+    s.formation = Formation::Gossip;
+    let t = Topology::up(s).unwrap();
+    wait_path(&t, 0, 2, SETTLE, |p| p.path == "kernel-vxlan");
+    let k = status(&t, 0).kernel.unwrap();
+    assert!(k.vxlan.contains("checksums in software"), "{k:?}");
+    for (i, (a, b)) in [(0, 2), (1, 2), (2, 0)].into_iter().enumerate() {
+        let (src, dst) = (&t.hosts[a].pods[0], &t.hosts[b].pods[0]);
+        let x = tcp_transfer(&src.ns, &dst.ns, dst.addr, 5650 + i as u16, 16 << 20).unwrap();
+        assert!(x.verified, "h{} → h{}: {x:?}", a + 1, b + 1);
+    }
+}

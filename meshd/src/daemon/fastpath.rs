@@ -105,6 +105,23 @@ pub async fn prepare(cfg: &Config, address: IpAddr) -> Result<(Setup, KernelStat
     Ok((setup, status))
 }
 
+/// What this node tells the cluster it can do: its wire format, and whether it receives VXLAN
+/// in its kernel (peers on a veth underlay then need not checksum in software for it).
+pub fn capabilities(cfg: &Config, setup: &Setup) -> meshd_gossip::Capabilities {
+    use meshd_gossip::Capabilities as C;
+    let mut bits = match cfg.encryption {
+        Encryption::Wireguard => C::ENCRYPTION_WIREGUARD,
+        Encryption::None => C::ENCRYPTION_NONE,
+    };
+    if setup.vxlan.is_ok() {
+        bits |= C::KERNEL_VXLAN;
+    }
+    if setup.wireguard.is_ok() {
+        bits |= C::KERNEL_WIREGUARD;
+    }
+    C(bits)
+}
+
 /// Kernel WireGuard, a whole-node choice: one device owns the WireGuard port and every
 /// session, so either every peer goes through it or none does. Tried by making a throwaway
 /// device; `kernel` mode fails here when the kernel will not.
@@ -165,15 +182,18 @@ async fn remove_stale_vxlan(host: &Host, cfg: &Config) {
 
 fn vxlan_text(v: &Result<VxlanDevice, NotOffered>) -> String {
     match v {
-        Ok(d) => {
-            let mut s = format!("in use: {} ({}", d.name, d.origin);
-            if let Some(why) = &d.checksum_in_software {
-                s += &format!("; transmit checksums in software: {why}");
-            }
-            s + ")"
-        }
+        Ok(d) => device_text(d, false),
         Err(n) => not_offered_text("kernel vxlan", n),
     }
+}
+
+/// The VXLAN device line of `meshd status`.
+pub fn device_text(d: &VxlanDevice, software_checksums: bool) -> String {
+    let mut s = format!("in use: {} ({}", d.name, d.origin);
+    if software_checksums {
+        s += "; checksums in software: veth underlay, a peer receives in userspace";
+    }
+    s + ")"
 }
 
 pub fn not_offered_text(what: &str, n: &NotOffered) -> String {

@@ -85,6 +85,7 @@ impl Membership {
         backend: Arc<Backend>,
         public_key: Option<PublicKey>,
         keyring: tokio::sync::watch::Receiver<Keyring>,
+        capabilities: Capabilities,
     ) -> Result<Membership> {
         let address = cfg.address.context("no address")?;
         let ring = keyring.borrow().clone();
@@ -105,10 +106,7 @@ impl Membership {
             public_key: public_key.map(|k| *k.as_bytes()).unwrap_or([0; 32]),
             endpoints: vec![SocketAddr::new(address, cfg.data_port())],
             vtep_mac: vtep_mac(&cfg.node_name).0,
-            capabilities: Capabilities(match cfg.encryption {
-                Encryption::Wireguard => Capabilities::ENCRYPTION_WIREGUARD,
-                Encryption::None => Capabilities::ENCRYPTION_NONE,
-            }),
+            capabilities,
             version: env!("CARGO_PKG_VERSION").into(),
             subnet: request,
             secret_ids: super::secrets::ids_raw(&ring),
@@ -398,6 +396,7 @@ impl Membership {
             address,
             subnet,
             key,
+            kernel_vxlan: r.capabilities.has(Capabilities::KERNEL_VXLAN),
         };
         self.backend.update(|set| {
             changed = set.upsert_member(peer);

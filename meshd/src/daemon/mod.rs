@@ -103,7 +103,8 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     // Membership.
     let membership = match (&keyring, cfg.gossip_enabled()) {
         (Some(ring), true) => {
-            Some(Membership::start(&cfg, backend.clone(), public, ring.clone()).await?)
+            let caps = fastpath::capabilities(&cfg, &fast);
+            Some(Membership::start(&cfg, backend.clone(), public, ring.clone(), caps).await?)
         }
         _ => None,
     };
@@ -282,6 +283,7 @@ fn static_peers(cfg: &Config) -> Vec<Peer> {
             address: p.address,
             subnet: p.subnet,
             key: p.key().map(PeerKey::fixed),
+            kernel_vxlan: false,
         })
         .collect()
 }

@@ -66,8 +66,8 @@ pub struct VxlanDevice {
     pub index: u32,
     pub mac: MacAddr,
     pub origin: Origin,
-    /// Why transmit checksum offload was turned off, when it was.
-    pub checksum_in_software: Option<String>,
+    /// The underlay is a veth (containers, namespaces): see [`set_software_checksums`].
+    pub veth_underlay: bool,
 }
 
 /// Create the device, or adopt the one a previous meshd left; `Err` says why the kernel will
@@ -124,27 +124,23 @@ pub async fn ensure(host: &Host, spec: &VxlanSpec) -> Result<VxlanDevice, Refusa
         return Err(refusal);
     }
     super::loose_rp_filter(&spec.name);
-    let checksum_in_software = match underlay_kind(host, spec.local).await {
-        Some(InfoKind::Veth) => {
-            // A veth hands partial checksums on as they are; a userspace peer reads the
-            // datagram as bytes and its pods would get packets with unfinished checksums.
-            match super::ethtool::set_tx_checksum(&spec.name, false) {
-                Ok(()) => Some("veth underlay".to_string()),
-                Err(e) => {
-                    tracing::warn!(device = %spec.name, error = %e, "could not turn off transmit checksum offload on a veth underlay: userspace peers may get packets with unfinished checksums");
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let veth_underlay = underlay_kind(host, spec.local).await == Some(InfoKind::Veth);
     Ok(VxlanDevice {
         name: spec.name.clone(),
         index,
         mac: spec.mac,
         origin,
-        checksum_in_software,
+        veth_underlay,
     })
+}
+
+/// Checksums in software (transmit checksum offload off) or offloaded. A veth hands partial
+/// checksums on as they are: a kernel VXLAN receiver copes (the packet stays partial up to the
+/// pod), but a userspace one reads the datagram as bytes and its pods would get packets with
+/// unfinished checksums. So on a veth underlay, while any peer receives in userspace (or may:
+/// static peers), the device checksums in software, at the cost of its segmentation offload.
+pub fn set_software_checksums(dev: &str, on: bool) -> std::io::Result<()> {
+    super::ethtool::set_tx_checksum(dev, !on)
 }
 
 /// Why an existing device does not match `spec`, if it does not.

@@ -22,6 +22,9 @@ pub struct Peer {
     pub subnet: Ipv4Net,
     /// Its WireGuard identity; `None` in cleartext mode (or a member that published no key).
     pub key: Option<PeerKey>,
+    /// It receives VXLAN in its kernel (its gossip record says so). Unknown for static peers,
+    /// which count as userspace receivers.
+    pub kernel_vxlan: bool,
 }
 
 impl Peer {
@@ -32,6 +35,7 @@ impl Peer {
             address,
             subnet,
             key: None,
+            kernel_vxlan: false,
         }
     }
 }

@@ -368,6 +368,7 @@ mod tests {
             address: "198.18.0.9".parse().unwrap(),
             subnet: "10.244.9.0/24".parse().unwrap(),
             key: Some(PeerKey::fixed(theirs)),
+            kernel_vxlan: false,
         };
         let wg = sessions.sync(&[peer]).pop().flatten().unwrap();
         let printed = static_pair_key(&ring, &key.public_key(), &theirs);
@@ -390,6 +391,7 @@ mod tests {
             address: std::net::IpAddr::from([198, 18, (n >> 8) as u8, n as u8]),
             subnet: format!("10.{}.{}.0/24", n >> 8, n & 0xff).parse().unwrap(),
             key: Some(PeerKey::fixed(key)),
+            kernel_vxlan: false,
         }
     }
 

@@ -33,6 +33,7 @@ fn node(n: u8, key: &PrivateKey, secret: &ClusterSecret, peer: (u8, PublicKey)) 
         address: format!("198.18.0.{}", peer.0).parse().unwrap(),
         subnet: format!("10.244.{}.0/24", peer.0).parse().unwrap(),
         key: Some(PeerKey::fixed(peer.1)),
+        kernel_vxlan: false,
     };
     let sessions = Sessions::new(crypto.clone()).sync(std::slice::from_ref(&p));
     routes.install(&[p], sessions);

@@ -15,6 +15,7 @@ fn member(n: u8, public: PublicKey, ids: Option<Vec<SecretId>>) -> Peer {
             public,
             secret_ids: ids,
         }),
+        kernel_vxlan: false,
     }
 }
 

@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+mod offers;
 mod step;
 
-use super::{NotOffered, Offer, PathKind, PeerPath};
+use super::{NotOffered, PathKind, PeerPath};
 use crate::config::{Datapath, Encryption};
 use crate::host::{gateway, Host};
 use crate::kernel::probe::Prober;
-use crate::kernel::routes::{self, Via};
+use crate::kernel::routes;
 use crate::kernel::vxlan::{self, VxlanDevice};
 use crate::kernel::wireguard::{device_config, KernelWireguard};
 use crate::peers::wireguard::NodeCrypto;
@@ -138,6 +139,8 @@ struct Manager {
     grace_until: Instant,
     /// The VXLAN entries a previous meshd left were checked against the peers.
     leftovers_checked: bool,
+    /// The VXLAN device checksums in software (see `vxlan::set_software_checksums`).
+    software_checksums: Option<bool>,
     moves: u64,
 }
 
@@ -191,6 +194,7 @@ pub async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Future<Out
         adopted_routes,
         grace_until: Instant::now() + ADOPTION_GRACE,
         leftovers_checked: false,
+        software_checksums: None,
         moves: 0,
     };
     let mut tick = tokio::time::interval(TICK);
@@ -228,6 +232,25 @@ impl Manager {
         (self.s.encryption == Encryption::None && self.s.vxlan.is_ok()) || self.s.wireguard.is_ok()
     }
 
+    /// On a veth underlay, checksum in software while any peer may receive in userspace.
+    fn checksums(&mut self, peers: &[Peer]) {
+        let Ok(dev) = &self.s.vxlan else { return };
+        let want = dev.veth_underlay && peers.iter().any(|p| !p.kernel_vxlan);
+        if self.software_checksums == Some(want) {
+            return;
+        }
+        match vxlan::set_software_checksums(&dev.name, want) {
+            Ok(()) => {
+                self.software_checksums = Some(want);
+                lock(&self.paths.kernel).vxlan = crate::daemon::fastpath::device_text(dev, want);
+                tracing::info!(device = %dev.name, software = want, "VXLAN device checksums");
+            }
+            Err(e) => {
+                tracing::warn!(device = %dev.name, error = %e, "cannot switch the VXLAN device's checksum offload: userspace peers on a veth underlay may get packets with unfinished checksums")
+            }
+        }
+    }
+
     /// Kernel WireGuard: the device's peers are the peer set (only what changed is sent).
     fn sync_wireguard(&self, peers: &[Peer]) {
         let (Ok(dev), Some(crypto)) = (&self.s.wireguard, &self.s.crypto) else {
@@ -244,6 +267,7 @@ impl Manager {
         let own_changed = self.own != d.own_subnet;
         self.own = d.own_subnet;
         self.sync_wireguard(&d.peers);
+        self.checksums(&d.peers);
         let gone: Vec<String> = self
             .peers
             .iter()
@@ -311,57 +335,6 @@ impl Manager {
         }
     }
 
-    /// The paths a peer could take, and the floor.
-    async fn offers(&self, peer: &Peer) -> (Vec<Offer>, PathKind, Option<String>) {
-        if self.s.encryption == Encryption::Wireguard {
-            if self.s.wireguard.is_ok() {
-                // The whole node: no probes, no fallback per peer.
-                return (Vec::new(), PathKind::KernelWireguard, None);
-            }
-            let why = match (&self.s.wireguard, self.s.mode) {
-                (_, Datapath::Userspace) => NotOffered::Config("datapath = \"userspace\"".into()),
-                (Err(n), _) => n.clone(),
-                (Ok(_), _) => NotOffered::Config(String::new()),
-            };
-            let offer = Offer {
-                kind: PathKind::KernelWireguard,
-                available: Err(why),
-            };
-            return (vec![offer], PathKind::Userspace, None);
-        }
-        if self.s.mode == Datapath::Userspace {
-            return (
-                Vec::new(),
-                PathKind::Userspace,
-                Some("datapath = \"userspace\"".into()),
-            );
-        }
-        let mut offers = Vec::new();
-        if self.s.host_gw {
-            let on_segment = match self.s.underlay_index {
-                Some(i) => routes::same_segment(&self.s.host, i, self.s.local, peer.address).await,
-                None => false,
-            };
-            offers.push(Offer {
-                kind: PathKind::HostGw,
-                available: if on_segment {
-                    Ok(())
-                } else {
-                    Err(NotOffered::NotOnSegment)
-                },
-            });
-        }
-        offers.push(Offer {
-            kind: PathKind::KernelVxlan,
-            available: self.s.vxlan.as_ref().map(|_| ()).map_err(Clone::clone),
-        });
-        let floor = match self.s.mode {
-            Datapath::Kernel => PathKind::KernelVxlan,
-            _ => PathKind::Userspace,
-        };
-        (offers, floor, None)
-    }
-
     /// Remove a peer's route and entries.
     async fn forget(&mut self, st: &PeerState) {
         if st.routed.is_some() {
@@ -406,26 +379,6 @@ impl Manager {
                     tracing::error!(peer = %name, path = %want, error = %format!("{e:#}"), "cannot route the peer's subnet")
                 }
             }
-        }
-    }
-
-    fn via(&self, st: &PeerState, kind: PathKind) -> Option<Via> {
-        match kind {
-            PathKind::Userspace => self.tun_index.map(|index| Via::Device { index }),
-            PathKind::KernelVxlan => self.s.vxlan.as_ref().ok().map(|d| Via::Vxlan {
-                index: d.index,
-                vtep: st.vtep,
-            }),
-            PathKind::HostGw => match st.peer.address {
-                IpAddr::V4(address) => Some(Via::Gateway { address }),
-                IpAddr::V6(_) => None,
-            },
-            PathKind::KernelWireguard => self
-                .s
-                .wireguard
-                .as_ref()
-                .ok()
-                .map(|d| Via::Device { index: d.index() }),
         }
     }
 }

@@ -75,6 +75,7 @@ impl Node {
                 public: self.public(),
                 secret_ids: Some(ids),
             }),
+            kernel_vxlan: false,
         }
     }
 
