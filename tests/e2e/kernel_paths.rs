@@ -55,8 +55,13 @@ fn status(t: &Topology, host: usize) -> Status {
 fn path(t: &Topology, from: usize, to: usize) -> PathStatus {
     let s = status(t, from);
     let name = &t.hosts[to].name;
-    find_path(&s, name)
-        .unwrap_or_else(|| panic!("{} has no path for {name}: {s:#?}", t.hosts[from].name))
+    let p = find_path(&s, name);
+    assert!(
+        p.is_some(),
+        "{} has no path for {name}: {s:#?}",
+        t.hosts[from].name
+    );
+    p.unwrap()
 }
 
 fn find_path(s: &Status, name: &str) -> Option<PathStatus> {
@@ -81,13 +86,12 @@ fn wait_path(
         if let Some(p) = p.as_ref().filter(|p| cond(p)) {
             return (p.clone(), start.elapsed());
         }
-        if start.elapsed() > within {
-            panic!(
-                "h{} → h{}: path did not change as expected within {within:?}; last: {p:?}",
-                from + 1,
-                to + 1
-            );
-        }
+        assert!(
+            start.elapsed() <= within,
+            "h{} → h{}: path did not change as expected within {within:?}; last: {p:?}",
+            from + 1,
+            to + 1
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
