@@ -410,3 +410,27 @@ fn gossip_tells_who_receives_in_the_kernel_and_checksums_follow() {
         assert!(x.verified, "h{} → h{}: {x:?}", a + 1, b + 1);
     }
 }
+
+#[test]
+fn kernel_mode_starts_on_the_kernel_path_and_keeps_it_when_it_breaks_saying_so() {
+    require_root();
+    let paths = LabPaths {
+        datapath: Datapath::Kernel,
+        ..auto(0, false, 0)
+    };
+    let t = Topology::up(spec("kpkrn", 2, Encryption::None, paths)).unwrap();
+    let (p, _) = wait_path(&t, 0, 1, SETTLE, |p| p.probes.iter().any(|x| x.sent > 0));
+    assert_eq!((p.path.as_str(), p.moves), ("kernel-vxlan", 0), "{p:?}");
+    assert!(unreachable_pairs(&t).is_empty());
+    break_kernel_path(&t.hosts[0].ns, t.hosts[1].underlay, "");
+    let (p, _) = wait_path(&t, 0, 1, SETTLE, |p| p.reason.is_some());
+    assert_eq!(p.path, "kernel-vxlan");
+    assert!(
+        p.reason
+            .as_deref()
+            .unwrap_or("")
+            .ends_with("; datapath = \"kernel\": no fallback"),
+        "{p:?}"
+    );
+    assert_eq!(p.moves, 0);
+}
