@@ -13,6 +13,7 @@ mod host_faults;
 mod interop;
 mod lifecycle;
 mod messages;
+mod ordering;
 mod rotation;
 mod support;
 mod wg_interop;
