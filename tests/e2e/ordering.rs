@@ -116,11 +116,7 @@ fn one_flow_keeps_its_order(tag: &str, encryption: Encryption) {
     let echoed = echoer.join().unwrap();
     let back = loader.join().unwrap();
 
-    let out_of_order: Vec<_> = seen
-        .windows(2)
-        .filter(|w| w[1] <= w[0])
-        .take(10)
-        .collect();
+    let out_of_order: Vec<_> = seen.windows(2).filter(|w| w[1] <= w[0]).take(10).collect();
     assert!(
         out_of_order.is_empty(),
         "{} → {}: datagrams of one flow overtook each other ({} received in {:?}): {out_of_order:?}",

@@ -13,7 +13,7 @@
 //! per-packet path has no virtual call.
 
 pub mod device;
-mod io;
+pub mod io;
 pub mod runs;
 pub mod vxlan;
 pub mod wireguard;
