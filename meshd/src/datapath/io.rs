@@ -47,10 +47,13 @@ impl TunReader {
     }
 
     /// Read what is ready, up to a batch; 0 when nothing is (the caller waits with [`wait`]).
-    pub fn read(&mut self, tun: &SyncDevice, drops: &mut DropTally) -> usize {
+    /// With `fill`, read again while a batch has room (under load: fewer, fuller sends);
+    /// without, stop at the first read that returned packets (after idle: the first packet
+    /// goes out without waiting for a read that finds the queue empty).
+    pub fn read(&mut self, tun: &SyncDevice, drops: &mut DropTally, fill: bool) -> usize {
         let mut n = 0;
         self.drained = false;
-        while TX_BATCH - n >= TX_READ_ROOM || n == 0 {
+        while n == 0 || (fill && TX_BATCH - n >= TX_READ_ROOM) {
             match tun.recv_multiple(
                 &mut self.original,
                 &mut self.bufs[n..],

@@ -6,10 +6,11 @@
 //! full (a UDP send buffer, say), the loop waits for it instead of dropping: backpressure reaches
 //! the sender through the TUN queue.
 //!
-//! Idle to busy: a loop that found its source empty waits in `poll` at once (no second read
-//! that would only say "empty" again), and the RX loop sends the answers its own TUN write
-//! produced when the TX loop sleeps ([`answer_from_rx`]): a ping crosses each node on one
-//! thread, where it took two wake-ups. The TX state ([`TxState`]) sits behind a per-queue lock
+//! Idle to busy: a TX loop just woken sends its first read at once (it fills batches again
+//! from the next read on), a loop that found its source empty waits in `poll` at once (no
+//! second read that would only say "empty" again), and the RX loop sends the answers its own
+//! TUN write produced when the TX loop sleeps ([`answer_from_rx`]): a ping crosses each node
+//! on one thread, where it took two. The TX state ([`TxState`]) sits behind a per-queue lock
 //! that only those two take, once per batch, so one flow's packets leave in the order they came.
 
 use std::net::SocketAddr;
@@ -71,10 +72,11 @@ impl TxState {
     }
 }
 
-/// Read one batch from the queue's TUN device, encode it and send it; whether more may be
-/// waiting (false once a read found the queue empty).
-fn send_batch<E: Encap>(shared: &Shared<E>, q: &Queue, st: &mut TxState) -> bool {
-    let n = st.reader.read(&q.tun, &mut st.drops);
+/// Read one batch from the queue's TUN device (filling it only with `fill`, see
+/// [`TunReader::read`]), encode it and send it; whether more may be waiting (false once a read
+/// found the queue empty).
+fn send_batch<E: Encap>(shared: &Shared<E>, q: &Queue, st: &mut TxState, fill: bool) -> bool {
+    let n = st.reader.read(&q.tun, &mut st.drops, fill);
     if n > 0 {
         let (sock, state) = &*q.socket;
         let table = shared.routes.load();
@@ -100,12 +102,16 @@ fn lock_tx(q: &Queue) -> MutexGuard<'_, TxState> {
 }
 
 pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
+    // Just woken: send the first read at once; busy: fill batches.
+    let mut woke = true;
     while !shared.stop.load(Ordering::Relaxed) {
-        let more = send_batch(shared, q, &mut lock_tx(q));
+        let more = send_batch(shared, q, &mut lock_tx(q), !woke);
+        woke = false;
         if !more {
             q.tx_idle.store(true, Ordering::SeqCst);
             wait(&*q.tun, libc::POLLIN);
             q.tx_idle.store(false, Ordering::SeqCst);
+            woke = true;
         }
     }
 }
@@ -120,7 +126,8 @@ fn answer_from_rx<E: Encap>(shared: &Shared<E>, q: &Queue) {
         return;
     }
     if let Ok(mut st) = q.tx.try_lock() {
-        send_batch(shared, q, &mut st);
+        // The answer at once; the TX worker, woken all the same, takes whatever follows.
+        send_batch(shared, q, &mut st, false);
     }
 }
 

@@ -150,10 +150,10 @@ fn run_in_namespace() -> (usize, usize, usize) {
         }
         assert!(writer.flush(&tun, &mut drops));
         // The kernel answered in the write's own softirq; read the answers (waiting if not).
-        let mut n = reader.read(&tun, &mut drops);
+        let mut n = reader.read(&tun, &mut drops, true);
         while n == 0 {
             wait(&tun, libc::POLLIN);
-            n = reader.read(&tun, &mut drops);
+            n = reader.read(&tun, &mut drops, false);
         }
         *answered += n;
         let table = routes.load();
