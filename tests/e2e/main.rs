@@ -14,6 +14,7 @@ mod interop;
 mod kernel_paths;
 mod lifecycle;
 mod messages;
+mod ordering;
 mod rotation;
 mod support;
 mod wg_interop;

@@ -33,6 +33,7 @@ pub struct TunReader {
     original: Vec<u8>,
     bufs: Vec<Vec<u8>>,
     sizes: Vec<usize>,
+    drained: bool,
 }
 
 impl TunReader {
@@ -41,13 +42,18 @@ impl TunReader {
             original: vec![0u8; VIRTIO_NET_HDR_LEN + 65535],
             bufs: (0..TX_BATCH).map(|_| vec![0u8; mtu]).collect(),
             sizes: vec![0; TX_BATCH],
+            drained: false,
         }
     }
 
     /// Read what is ready, up to a batch; 0 when nothing is (the caller waits with [`wait`]).
-    pub fn read(&mut self, tun: &SyncDevice, drops: &mut DropTally) -> usize {
+    /// With `fill`, read again while a batch has room (under load: fewer, fuller sends);
+    /// without, stop at the first read that returned packets (after idle: the first packet
+    /// goes out without waiting for a read that finds the queue empty).
+    pub fn read(&mut self, tun: &SyncDevice, drops: &mut DropTally, fill: bool) -> usize {
         let mut n = 0;
-        while TX_BATCH - n >= TX_READ_ROOM || n == 0 {
+        self.drained = false;
+        while n == 0 || (fill && TX_BATCH - n >= TX_READ_ROOM) {
             match tun.recv_multiple(
                 &mut self.original,
                 &mut self.bufs[n..],
@@ -55,7 +61,10 @@ impl TunReader {
                 0,
             ) {
                 Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::trace!(error = %e, "TUN read");
@@ -65,6 +74,13 @@ impl TunReader {
             }
         }
         n
+    }
+
+    /// Whether the last read emptied the queue: the caller may then wait at once rather than
+    /// read again (`poll` returns straight away if a packet came meanwhile), a system call less
+    /// each time the path goes idle.
+    pub fn drained(&self) -> bool {
+        self.drained
     }
 
     /// The first `n` packets of the last read.
@@ -96,7 +112,9 @@ impl UdpReader {
     }
 
     /// Receive one batch and call `f(source, datagram)` for each datagram in it, GRO
-    /// segments split apart. Returns false when nothing was ready (the caller waits).
+    /// segments split apart. Returns whether more may be waiting: false when the batch was not
+    /// full (the socket was empty; the caller waits, and `poll` returns straight away if a
+    /// datagram came meanwhile).
     pub fn recv(
         &mut self,
         sock: &UdpSocket,
@@ -112,6 +130,7 @@ impl UdpReader {
         let n = match received {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            // An ICMP error queued on the socket, say: read again.
             Err(e) => {
                 tracing::trace!(error = %e, "UDP receive");
                 return true;
@@ -126,7 +145,7 @@ impl UdpReader {
                 f(m.addr, datagram);
             }
         }
-        true
+        n == RX_BATCH
     }
 }
 
@@ -171,9 +190,10 @@ impl TunWriter {
         self.used == self.bufs.len()
     }
 
-    pub fn flush(&mut self, tun: &SyncDevice, drops: &mut DropTally) {
+    /// Write the batch; whether there was anything to write.
+    pub fn flush(&mut self, tun: &SyncDevice, drops: &mut DropTally) -> bool {
         if self.used == 0 {
-            return;
+            return false;
         }
         if let Err(e) = tun.send_multiple(&mut self.gro, &mut self.bufs[..self.used], WRITE_OFFSET)
         {
@@ -181,6 +201,7 @@ impl TunWriter {
             drops.add(DropReason::TunWriteError);
         }
         self.used = 0;
+        true
     }
 }
 

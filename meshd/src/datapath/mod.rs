@@ -4,6 +4,7 @@
 //! ```text
 //!  TUN queue ─▶ tx_loop: read batch ─▶ route ─▶ Encap::Tx::encode into Runs ─▶ GSO sendmsg ─▶ UDP
 //!  UDP       ─▶ rx_loop: recvmmsg/GRO ─▶ Encap::receive (check, decrypt) ─▶ GRO write ─▶ TUN queue
+//!                  └─ TX worker asleep: send the answer now in the TUN queue, as tx_loop would
 //! ```
 //!
 //! An [`Encap`] is sans-IO: it turns one packet into one datagram in a buffer it is given, and
@@ -12,7 +13,7 @@
 //! per-packet path has no virtual call.
 
 pub mod device;
-mod io;
+pub mod io;
 pub mod runs;
 pub mod vxlan;
 pub mod wireguard;
@@ -22,7 +23,7 @@ use anyhow::{Context, Result};
 use quinn_udp::UdpSocketState;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::config::Config;
@@ -126,6 +127,13 @@ pub(crate) struct Queue {
     pub socket: Arc<(UdpSocket, UdpSocketState)>,
     pub gro: bool,
     pub gso_segments: usize,
+    /// The queue's TUN → UDP state. Whoever holds it reads the TUN queue and sends what it
+    /// read before letting go, so one flow's packets leave in the order they came: the TX
+    /// worker, or the RX worker when the TX worker sleeps (see [`worker`]'s hand-off).
+    pub tx: Mutex<worker::TxState>,
+    /// Set while the TX worker waits for the TUN queue: the RX worker may then take
+    /// [`Queue::tx`] and send the reply its own TUN write just produced.
+    pub tx_idle: AtomicBool,
 }
 
 pub struct DataPath {
@@ -170,6 +178,8 @@ impl DataPath {
                 socket: Arc::new(sock),
                 gro: udp.gro,
                 gso_segments: udp.gso_segments,
+                tx: Mutex::new(worker::TxState::new::<E>(shared.mtu, udp.gso_segments)),
+                tx_idle: AtomicBool::new(false),
             });
             let (s, q2) = (shared.clone(), q.clone());
             threads.push(spawn(

@@ -5,9 +5,17 @@
 //! snapshot, and writes it out in as few system calls as the kernel allows. When the far side is
 //! full (a UDP send buffer, say), the loop waits for it instead of dropping: backpressure reaches
 //! the sender through the TUN queue.
+//!
+//! Idle to busy: a TX loop just woken sends its first read at once (it fills batches again
+//! from the next read on), a loop that found its source empty waits in `poll` at once (no
+//! second read that would only say "empty" again), and the RX loop sends the answers its own
+//! TUN write produced when the TX loop sleeps ([`answer_from_rx`]): a ping crosses each node
+//! on one thread, where it took two. The TX state ([`TxState`]) sits behind a per-queue lock
+//! that only those two take, once per batch, so one flow's packets leave in the order they came.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::{MutexGuard, PoisonError};
 
 use super::io::{send_runs, wait, PeerAcc, TunReader, TunWriter, UdpReader, TX_BATCH};
 use super::runs::Runs;
@@ -45,30 +53,81 @@ pub fn encode_batch<'p, 't, E: Encap>(
     }
 }
 
-pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
-    let mut reader = TunReader::new(shared.mtu);
-    let mut runs = Runs::new(TX_BATCH, E::datagram_len(shared.mtu), q.gso_segments);
-    let mut drops = DropTally::default();
-    let (sock, state) = &*q.socket;
-    while !shared.stop.load(Ordering::Relaxed) {
-        let n = reader.read(&q.tun, &mut drops);
-        if n == 0 {
-            drops.flush_into(&shared.routes.unattributed);
-            wait(&*q.tun, libc::POLLIN);
-            continue;
+/// A queue's TUN → UDP buffers: the batch read from the TUN device, the runs it is encoded
+/// into, and the drops counted meanwhile. It lives in [`Queue::tx`], so that either worker can
+/// send (one at a time).
+pub(crate) struct TxState {
+    reader: TunReader,
+    runs: Runs,
+    drops: DropTally,
+}
+
+impl TxState {
+    pub(crate) fn new<E: Encap>(mtu: usize, gso_segments: usize) -> Self {
+        TxState {
+            reader: TunReader::new(mtu),
+            runs: Runs::new(TX_BATCH, E::datagram_len(mtu), gso_segments),
+            drops: DropTally::default(),
         }
+    }
+}
+
+/// Read one batch from the queue's TUN device (filling it only with `fill`, see
+/// [`TunReader::read`]), encode it and send it; whether more may be waiting (false once a read
+/// found the queue empty).
+fn send_batch<E: Encap>(shared: &Shared<E>, q: &Queue, st: &mut TxState, fill: bool) -> bool {
+    let n = st.reader.read(&q.tun, &mut st.drops, fill);
+    if n > 0 {
+        let (sock, state) = &*q.socket;
         let table = shared.routes.load();
-        runs.clear();
-        runs.set_max_per_run(state.max_gso_segments().min(q.gso_segments));
+        st.runs.clear();
+        st.runs
+            .set_max_per_run(state.max_gso_segments().min(q.gso_segments));
         encode_batch(
             &*shared.encap,
             &table,
-            reader.packets(n),
-            &mut runs,
-            &mut drops,
+            st.reader.packets(n),
+            &mut st.runs,
+            &mut st.drops,
         );
-        send_runs(&table, sock, state, &shared.stop, &runs);
-        drops.flush_into(&shared.routes.unattributed);
+        send_runs(&table, sock, state, &shared.stop, &st.runs);
+    }
+    st.drops.flush_into(&shared.routes.unattributed);
+    n > 0 && !st.reader.drained()
+}
+
+fn lock_tx(q: &Queue) -> MutexGuard<'_, TxState> {
+    // A worker that panicked while holding it left only buffers behind: keep using them.
+    q.tx.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
+    // Just woken: send the first read at once; busy: fill batches.
+    let mut woke = true;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let more = send_batch(shared, q, &mut lock_tx(q), !woke);
+        woke = false;
+        if !more {
+            q.tx_idle.store(true, Ordering::SeqCst);
+            wait(&*q.tun, libc::POLLIN);
+            q.tx_idle.store(false, Ordering::SeqCst);
+            woke = true;
+        }
+    }
+}
+
+/// The RX worker's hand-off to TX: a packet it just wrote to the TUN device often has its
+/// answer waiting in the TUN queue when the write returns (the kernel delivers it and replies
+/// in the same softirq: a ping's echo, a TCP ACK). When the TX worker sleeps, send that answer
+/// from here rather than wake it: one thread wake-up less per round trip. The TX worker, woken
+/// all the same, finds the queue empty or waits for the lock; order is kept by the lock.
+fn answer_from_rx<E: Encap>(shared: &Shared<E>, q: &Queue) {
+    if !q.tx_idle.load(Ordering::SeqCst) {
+        return;
+    }
+    if let Ok(mut st) = q.tx.try_lock() {
+        // The answer at once; the TX worker, woken all the same, takes whatever follows.
+        send_batch(shared, q, &mut st, false);
     }
 }
 
@@ -89,20 +148,24 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
     while !shared.stop.load(Ordering::Relaxed) {
         let table = shared.routes.load();
         let mut acc = PeerAcc::new(Stamp::now());
-        let got = reader.recv(sock, state, |from, datagram| {
+        let mut wrote = false;
+        let more = reader.recv(sock, state, |from, datagram| {
             let buf = out.next(E::packet_room(datagram.len()));
             let r = shared.encap.receive(&mut rx, &table, from, datagram, buf);
             if let Received::Deliver { peer, len } = r {
                 acc.add(&table, peer, len);
                 if out.commit(len) {
-                    out.flush(&q.tun, &mut rx.drops);
+                    wrote |= out.flush(&q.tun, &mut rx.drops);
                 }
             }
         });
         acc.flush(&table);
-        out.flush(&q.tun, &mut rx.drops);
+        wrote |= out.flush(&q.tun, &mut rx.drops);
         rx.drops.flush_into(&shared.routes.unattributed);
-        if !got {
+        if wrote {
+            answer_from_rx(shared, q);
+        }
+        if !more {
             wait(sock, libc::POLLIN);
         }
     }

@@ -3,7 +3,9 @@
 //! - cleartext VXLAN: route + frame into GSO runs, and the receive decoder;
 //! - WireGuard: route + encrypt into runs (TX batch), and demultiplex + decrypt + the
 //!   cryptokey-routing check (RX), refusals included (what they remember for the control
-//!   thread), and the per-peer receive tally.
+//!   thread), and the per-peer receive tally;
+//! - the I/O both share (`io.rs`, as root): batched TUN reads and GRO TUN writes on a real TUN
+//!   device, batched UDP receives and GSO run sends on real sockets, in a namespace of its own.
 //!
 //! Counting is per thread: the tests of this binary run in parallel, and each counts only its own
 //! allocations.
@@ -68,5 +70,6 @@ fn packet(src: [u8; 4], dst: [u8; 4], payload: usize) -> Vec<u8> {
     p
 }
 
+mod io;
 mod vxlan;
 mod wireguard;
