@@ -88,6 +88,9 @@ pub struct Session {
     /// Largest packet given to `encapsulate`, so `flush_queued` can size-check `out`
     /// (boringtun panics when a queued packet does not fit).
     largest_packet: usize,
+    /// `encapsulate` queued a packet (there was no session to send it on) and no
+    /// `flush_queued` has drained the queue since.
+    queued: bool,
     /// Bytes counted by `Tunn`s since dropped (boringtun counts per `Tunn`).
     retired_tx: u64,
     retired_rx: u64,
@@ -127,6 +130,7 @@ impl Session {
             switch: None,
             recipe,
             largest_packet: 0,
+            queued: false,
             retired_tx: 0,
             retired_rx: 0,
             stats: SessionStats::default(),
@@ -189,7 +193,17 @@ impl Session {
             _ => &mut self.current.tunn,
         };
         let raw = Raw::from(out.as_ptr(), tunn.encapsulate(packet, out));
+        // Without a session the packet is queued, and the answer is an initiation or nothing.
+        let sent_data = matches!(raw, Raw::Net(o, _) if out.get(o) == Some(&4));
+        if !sent_data {
+            self.queued = true;
+        }
         self.finish(raw, out, None)
+    }
+
+    /// Packets may be waiting for a session ([`Session::flush_queued`] sends them).
+    pub fn has_queued(&self) -> bool {
+        self.queued
     }
 
     /// Handles a datagram from the peer: decrypts data, answers handshakes, takes cookies.
@@ -233,9 +247,27 @@ impl Session {
         if out.len() < MIN_OUT_LEN || out.len() < self.largest_packet + DATA_OVERHEAD {
             return self.fail(SessionError::BufferTooSmall);
         }
-        let mut raw = Raw::from(out.as_ptr(), self.current.tunn.decapsulate(None, &[], out));
+        // A `Tunn` with no current session would take each queued packet from the front of
+        // its queue and queue it again at the back (and answer with an initiation): the queue
+        // would come out rotated. The responder of a handshake is in that state until the
+        // initiator's first data arrives, so such a `Tunn` keeps its queue until then.
+        let mut raw = Raw::Done;
+        if self.current.tunn.time_since_last_handshake().is_some() {
+            raw = Raw::from(out.as_ptr(), self.current.tunn.decapsulate(None, &[], out));
+        }
         if let (Raw::Done, Some(s)) = (&raw, self.switch.as_deref_mut()) {
-            raw = Raw::from(out.as_ptr(), s.retiring.tunn.decapsulate(None, &[], out));
+            if s.retiring.tunn.time_since_last_handshake().is_some() {
+                raw = Raw::from(out.as_ptr(), s.retiring.tunn.decapsulate(None, &[], out));
+            }
+        }
+        if matches!(raw, Raw::Done) {
+            let current = self.current.tunn.time_since_last_handshake().is_some();
+            let retiring = self
+                .switch
+                .as_deref()
+                .is_none_or(|s| s.retiring.tunn.time_since_last_handshake().is_some());
+            // Drained, unless a Tunn still waits for its session to send what it holds.
+            self.queued = !(current && retiring);
         }
         self.finish(raw, out, None)
     }

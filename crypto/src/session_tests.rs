@@ -55,7 +55,9 @@ fn deliver(to: &mut Peer, datagram: &[u8]) -> Outcome {
     let mut o = Outcome::default();
     let mut out = vec![0u8; BUF];
     let action = to.session.decapsulate(None, datagram, &mut out);
-    let sent = matches!(action, Action::WriteToNetwork(_));
+    // As the daemon does: flush after a handshake message, and after data while packets wait.
+    let sent = matches!(action, Action::WriteToNetwork(_))
+        || (matches!(action, Action::WriteToTunnelV4(..)) && to.session.has_queued());
     record(action, &out, &mut o);
     if sent {
         loop {
@@ -130,6 +132,46 @@ fn ipv6_packet(src: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Completes a handshake initiated by `a` carrying `packet`, which `b` must deliver.
+/// Both sides queue traffic before either has a session (two pods talking at once): b answers
+/// a's initiation, and b's session becomes current only with a's first data. b's queue must
+/// then come out whole and in order, not rotated by a flush made while it had no session.
+#[test]
+fn a_responders_queue_leaves_in_order_once_its_session_is_current() {
+    let (mut a, mut b) = pair();
+    let packets: Vec<Vec<u8>> = (0..6u8)
+        .map(|i| ipv4_packet([10, 244, 2, 9], &[i; 16]))
+        .collect();
+    // b queues six packets; its own initiation is lost.
+    for p in &packets {
+        let _ = send(&mut b, p);
+    }
+    assert!(b.session.has_queued());
+    // a's packet starts a's handshake, which b answers.
+    let first = send(&mut a, &ipv4_packet([10, 244, 1, 9], b"hello"));
+    assert_eq!(first.len(), 1, "a's initiation");
+    let at_b = deliver(&mut b, &first[0]);
+    assert_eq!(
+        at_b.sent.len(),
+        1,
+        "only b's response, no second initiation: {at_b:?}"
+    );
+    // a completes the handshake and sends its queued packet (and a keepalive).
+    let at_a = deliver(&mut a, &at_b.sent[0]);
+    assert!(!at_a.sent.is_empty(), "{at_a:?}");
+    let mut from_b = Vec::new();
+    for d in &at_a.sent {
+        let o = deliver(&mut b, d);
+        assert!(o.errors.is_empty(), "{:?}", o.errors);
+        from_b.extend(o.sent);
+    }
+    assert!(!b.session.has_queued());
+    let mut got = Vec::new();
+    for d in &from_b {
+        got.extend(deliver(&mut a, d).delivered.into_iter().map(|(p, _)| p));
+    }
+    assert_eq!(got, packets, "b's queued packets, whole and in order");
+}
+
 fn establish(a: &mut Peer, b: &mut Peer, packet: &[u8]) {
     let init = send(a, packet);
     assert_eq!(init.len(), 1);

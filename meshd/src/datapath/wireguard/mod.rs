@@ -102,6 +102,14 @@ impl Encap for Wireguard {
         let mut session = wg.lock();
         match session.decapsulate(Some(src.ip()), datagram, out) {
             Action::WriteToTunnelV4(len, inner_src) => {
+                // A responder's session becomes current with the initiator's first data: what
+                // was queued for it goes out now, before anything encrypted later (which needs
+                // this lock), so the peer gets it in order.
+                if session.has_queued() {
+                    while let Action::WriteToNetwork(n) = session.flush_queued(scratch) {
+                        reply(&scratch[..n], entry.endpoint);
+                    }
+                }
                 if entry.subnet.contains(&inner_src) {
                     return Received::Deliver { peer: id, len };
                 }
