@@ -49,6 +49,12 @@ impl Host {
         }
     }
 
+    /// The link with index `index`, if there is one (and netlink answers).
+    pub async fn link_by_index(&self, index: u32) -> Option<LinkMessage> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        links.try_next().await.ok().flatten()
+    }
+
     /// Make `name` a bridge, up, holding the gateway address (`.1`) of `subnet` and nothing
     /// else from the cluster. Returns true when this call created it.
     pub async fn ensure_bridge(

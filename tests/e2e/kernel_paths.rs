@@ -20,22 +20,26 @@ use meshd::config::{Datapath, Encryption};
 use meshd::status::{PathStatus, Status};
 use meshd_lab::probe::{tcp_transfer, Pinger};
 use meshd_lab::{Formation, HostKind, LabPaths, Spec, Topology};
-use meshd_tests::{meshd_bin, prefix, require_root};
+use meshd_tests::{meshd_bin, require_root};
 
-use crate::cluster::unreachable_pairs;
+use crate::cluster::{self, unreachable_pairs};
 
+/// The cleartext test lab of `cluster.rs` with `nodes` meshd hosts of one pod each, in
+/// `encryption` mode, with the data paths `paths`.
 fn spec(tag: &str, nodes: usize, encryption: Encryption, paths: LabPaths) -> Spec {
     Spec {
         encryption,
-        prefix: prefix(tag),
-        hosts: vec![HostKind::Meshd; nodes],
         pods_per_host: 1,
-        meshd_args: Vec::new(),
-        meshd_bin: meshd_bin(),
-        underlay_mtu: 1500,
-        formation: Formation::Static,
         paths,
+        ..cluster::spec(tag, vec![HostKind::Meshd; nodes], &[])
     }
+}
+
+/// What `ip ARGS` prints.
+fn ip_out(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn auto(userspace_nodes: usize, host_gw: bool, routed: usize) -> LabPaths {
@@ -312,20 +316,9 @@ fn pods_on_kernel_paths_keep_talking_while_meshd_is_down_and_restarts() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("removed link meshvx0"), "{said}");
-    let routes = Command::new("ip")
-        .args(["-n", &t.hosts[0].ns, "route", "show", "proto", "109"])
-        .output()
-        .unwrap();
-    assert!(
-        routes.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&routes.stdout)
-    );
-    let links = Command::new("ip")
-        .args(["-n", &t.hosts[0].ns, "-o", "link"])
-        .output()
-        .unwrap();
-    let links = String::from_utf8_lossy(&links.stdout);
+    let routes = ip_out(&["-n", &t.hosts[0].ns, "route", "show", "proto", "109"]);
+    assert!(routes.is_empty(), "{routes}");
+    let links = ip_out(&["-n", &t.hosts[0].ns, "-o", "link"]);
     assert!(
         !links.contains("meshvx0") && links.contains("u0"),
         "{links}"
@@ -367,11 +360,7 @@ fn encrypted_auto_falls_back_to_userspace_with_the_kernels_reason_and_kernel_mod
         "{stderr}"
     );
     // And it left nothing behind: no TUN device, no WireGuard device.
-    let links = Command::new("ip")
-        .args(["-n", &t.hosts[0].ns, "-o", "link"])
-        .output()
-        .unwrap();
-    let links = String::from_utf8_lossy(&links.stdout);
+    let links = ip_out(&["-n", &t.hosts[0].ns, "-o", "link"]);
     assert!(
         !links.contains("meshwg0") && !links.contains("mesh0:"),
         "{links}"

@@ -4,7 +4,6 @@
 //! that refuses is fatal here, with its reason; with `auto` the node falls back to userspace.
 
 use anyhow::{bail, Result};
-use futures::TryStreamExt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::config::{Config, Datapath, Encryption};
@@ -205,14 +204,9 @@ pub fn not_offered_text(what: &str, n: &NotOffered) -> String {
 }
 
 async fn link_mac(host: &Host, index: u32) -> Option<MacAddr> {
-    let mut links = host.handle().link().get().match_index(index).execute();
-    let link = links.try_next().await.ok()??;
+    let link = host.link_by_index(index).await?;
     link.attributes.iter().find_map(|a| match a {
-        netlink_packet_route::link::LinkAttribute::Address(m) if m.len() == 6 => {
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(m);
-            Some(MacAddr(mac))
-        }
+        netlink_packet_route::link::LinkAttribute::Address(m) => MacAddr::from_slice(m),
         _ => None,
     })
 }

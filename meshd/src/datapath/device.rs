@@ -74,6 +74,46 @@ impl From<&std::io::Error> for OsError {
     }
 }
 
+impl OsError {
+    /// A refusal with no errno, in words.
+    pub fn new(message: impl Into<String>) -> Self {
+        OsError {
+            errno: None,
+            message: message.into(),
+        }
+    }
+
+    /// `errno` with the C library's text, without Rust's ` (os error N)` suffix: what `ip`
+    /// prints ("Operation not supported").
+    pub fn from_errno(errno: i32) -> Self {
+        let text = std::io::Error::from_raw_os_error(errno).to_string();
+        let message = match text.strip_suffix(&format!(" (os error {errno})")) {
+            Some(t) => t.to_string(),
+            None => text,
+        };
+        OsError {
+            errno: Some(errno),
+            message,
+        }
+    }
+
+    /// From an rtnetlink error: a netlink error code becomes the errno and its text.
+    pub fn from_netlink(e: &rtnetlink::Error) -> Self {
+        match e {
+            rtnetlink::Error::NetlinkError(m) if m.raw_code() < 0 => {
+                OsError::from_errno(-m.raw_code())
+            }
+            other => OsError::new(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for OsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SocketOption {
     #[serde(rename = "UDP_SEGMENT")]

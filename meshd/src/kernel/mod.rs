@@ -12,52 +12,9 @@ pub mod routes;
 pub mod vxlan;
 pub mod wireguard;
 
-use serde::{Deserialize, Serialize};
-
-/// Why the kernel would not do something: its errno, when there is one, and its text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Refusal {
-    pub errno: Option<i32>,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn new(message: impl Into<String>) -> Self {
-        Refusal {
-            errno: None,
-            message: message.into(),
-        }
-    }
-
-    /// From an rtnetlink error: a netlink error code becomes the errno and its strerror text.
-    pub fn from_netlink(e: &rtnetlink::Error) -> Self {
-        match e {
-            rtnetlink::Error::NetlinkError(m) if m.raw_code() < 0 => {
-                Refusal::from_errno(-m.raw_code())
-            }
-            other => Refusal::new(other.to_string()),
-        }
-    }
-
-    pub fn from_errno(errno: i32) -> Self {
-        let text = std::io::Error::from_raw_os_error(errno).to_string();
-        // "Operation not supported (os error 95)" → "Operation not supported".
-        let message = match text.rfind(" (os error") {
-            Some(i) => text[..i].to_string(),
-            None => text,
-        };
-        Refusal {
-            errno: Some(errno),
-            message,
-        }
-    }
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
+/// Why the kernel would not do something: its errno, when there is one, and its text. The same
+/// type the data path's tiers report refusals with.
+pub use crate::datapath::device::OsError as Refusal;
 
 /// Set `rp_filter` of `dev` to loose (2). With paths chosen per peer and per direction, a
 /// peer's packets may arrive on one device (the TUN device, the VXLAN device, the underlay)

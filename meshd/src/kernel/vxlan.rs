@@ -209,9 +209,7 @@ fn mismatch(link: &LinkMessage, spec: &VxlanSpec) -> Option<String> {
 /// The kind of the link that holds `addr` (the underlay device).
 async fn underlay_kind(host: &Host, addr: Ipv4Addr) -> Option<InfoKind> {
     let index = underlay_index(host, addr).await?;
-    let mut links = host.handle().link().get().match_index(index).execute();
-    let link = links.try_next().await.ok()??;
-    host::kind(&link)
+    host::kind(&host.link_by_index(index).await?)
 }
 
 /// The index of the link that holds `addr`.
@@ -321,11 +319,7 @@ fn parts(n: &NeighbourMessage) -> (Option<MacAddr>, Option<IpAddr>) {
     let mut dst = None;
     for a in &n.attributes {
         match a {
-            NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                let mut m = [0u8; 6];
-                m.copy_from_slice(l);
-                mac = Some(MacAddr(m));
-            }
+            NeighbourAttribute::LinkLayerAddress(l) => mac = MacAddr::from_slice(l),
             NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
                 dst = Some(IpAddr::V4(*v4))
             }

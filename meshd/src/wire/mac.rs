@@ -24,6 +24,11 @@ impl MacAddr {
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 0x01 != 0
     }
+
+    /// The MAC in `bytes`, when they are six (a netlink link-layer address).
+    pub fn from_slice(bytes: &[u8]) -> Option<MacAddr> {
+        <[u8; 6]>::try_from(bytes).ok().map(MacAddr)
+    }
 }
 
 impl fmt::Display for MacAddr {

@@ -70,11 +70,7 @@ pub enum Error {
 
 /// The C library's text for `errno`, without Rust's ` (os error N)` suffix: what `ip` prints.
 pub fn errno_message(errno: i32) -> String {
-    let text = std::io::Error::from_raw_os_error(errno).to_string();
-    match text.strip_suffix(&format!(" (os error {errno})")) {
-        Some(t) => t.to_string(),
-        None => text,
-    }
+    crate::kernel::Refusal::from_errno(errno).message
 }
 
 /// An rtnetlink failure as an errno when the kernel gave one, else as text.

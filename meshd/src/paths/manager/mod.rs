@@ -217,10 +217,7 @@ pub async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Future<Out
 }
 
 async fn underlay_name(s: &Setup) -> Option<String> {
-    let index = s.underlay_index?;
-    let mut links = s.host.handle().link().get().match_index(index).execute();
-    use futures::TryStreamExt;
-    let link = links.try_next().await.ok()??;
+    let link = s.host.link_by_index(s.underlay_index?).await?;
     link.attributes.iter().find_map(|a| match a {
         netlink_packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
         _ => None,

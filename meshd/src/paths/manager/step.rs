@@ -242,11 +242,7 @@ async fn underlay_macs(host: &crate::host::Host, index: u32) -> Vec<(std::net::I
         for a in &n.attributes {
             match a {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(*v4),
-                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                    let mut m = [0u8; 6];
-                    m.copy_from_slice(l);
-                    mac = Some(MacAddr(m));
-                }
+                NeighbourAttribute::LinkLayerAddress(l) => mac = MacAddr::from_slice(l),
                 _ => {}
             }
         }
