@@ -1,6 +1,7 @@
 //! meshd and the Linux kernel's VXLAN device speak the same bytes: a host with a kernel VXLAN
 //! device (set up as flannel's vxlan backend does, by the README's recipe run word for word,
-//! `meshd vtep-mac` included) and meshd hosts reach each other's pods in both directions.
+//! `meshd vtep-mac` included) and meshd hosts reach each other's pods in both directions, also
+//! when a meshd node sends one peer's flows from several source ports.
 //!
 //! ```text
 //!   sw: br0 ─┬─ h1 (meshd)        ── meshbr0 ── p1, p2
@@ -9,6 +10,7 @@
 //! ```
 
 use super::cluster::{assert_transfer, spec, unreachable_pairs};
+use super::flows::{assert_flows, record_source_ports, source_ports};
 use meshd_lab::{HostKind, Topology};
 use meshd_tests::{meshd_bin, require_root};
 use std::process::Command;
@@ -26,6 +28,15 @@ fn kernel_vxlan_node_and_meshd_nodes_interoperate() {
     assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
     assert_transfer(&t, 0, 2, 5301); // meshd -> kernel
     assert_transfer(&t, 2, 1, 5302); // kernel -> meshd
+                                     // Several UDP flows per peer: the kernel device takes each of h1's source ports.
+    record_source_ports(&t.hosts[2].ns, t.hosts[0].underlay, 8472);
+    assert_flows(&t, 0, 2, 5310);
+    assert_flows(&t, 2, 0, 5330);
+    let ports = source_ports(&t.hosts[2].ns);
+    assert!(
+        ports.len() >= 2,
+        "h1 reached the kernel from {ports:?} only"
+    );
     let s = meshd::status::query(&t.hosts[0].dir.join("run")).unwrap();
     let k = s.peers.iter().find(|p| p.name == t.hosts[2].name).unwrap();
     assert!(k.stats.rx_bytes > 0 && k.stats.tx_bytes > 0, "{k:?}");

@@ -8,6 +8,7 @@ mod config;
 mod deploy;
 mod encrypted;
 mod faults;
+mod flows;
 mod gossip;
 mod host_faults;
 mod interop;

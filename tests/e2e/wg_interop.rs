@@ -1,7 +1,8 @@
 //! meshd and Debian's `wireguard-go` speak the same bytes: a host running wireguard-go
 //! (configured with `wg` by the README's recipe, run word for word: its key, port 51820, each
 //! meshd node as a peer with the preshared key `meshd psk` prints and allowed-ips = the node's
-//! subnet) and meshd hosts reach each other's pods in both directions. And `meshd psk` on each
+//! subnet) and meshd hosts reach each other's pods in both directions, also when a meshd node
+//! sends from several source ports (wireguard-go answers the latest). And `meshd psk` on each
 //! meshd node, reading its own config and node key, prints the key wireguard-go holds for it.
 //!
 //! ```text
@@ -12,6 +13,7 @@
 
 use super::cluster::{assert_transfer, unreachable_pairs};
 use super::encrypted::{encrypted_spec, status};
+use super::flows::{assert_flows, record_source_ports, source_ports};
 use meshd_lab::{HostKind, Topology};
 use meshd_tests::{meshd_bin, require_root};
 use std::process::Command;
@@ -28,6 +30,19 @@ fn wireguard_go_node_and_meshd_nodes_interoperate() {
     assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
     assert_transfer(&t, 0, 2, 5601); // meshd -> wireguard-go
     assert_transfer(&t, 2, 1, 5602); // wireguard-go -> meshd
+                                     // Several UDP flows per peer: wireguard-go follows h1's latest source port and answers
+                                     // there; h1 reads those ports too, so the flows (and their ACKs) get through both ways.
+    record_source_ports(&t.hosts[2].ns, t.hosts[0].underlay, 51820);
+    assert_flows(&t, 0, 2, 5610);
+    assert_flows(&t, 2, 0, 5630);
+    let data: Vec<u16> = source_ports(&t.hosts[2].ns)
+        .into_iter()
+        .filter(|&p| p != 51820)
+        .collect();
+    assert!(
+        data.len() >= 2,
+        "h1's data reached wireguard-go from {data:?} only"
+    );
     let s = status(&t, 0);
     let g = s.peers.iter().find(|p| p.name == t.hosts[2].name).unwrap();
     assert!(g.stats.rx_bytes > 0 && g.stats.tx_bytes > 0, "{g:?}");

@@ -89,6 +89,7 @@ pub(super) mod tests {
         tun-offload = false
         udp-gso = false
         udp-gro = false
+        udp-flows = false
         [[peers]]
         name = "p"
         address = "198.18.0.10"

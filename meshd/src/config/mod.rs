@@ -195,6 +195,10 @@ pub struct Tiers {
     pub tun_offload: bool,
     pub udp_gso: bool,
     pub udp_gro: bool,
+    /// Send each queue's datagrams from a source port of its own, so that one peer's inner
+    /// flows reach the receiver as several UDP flows (spread over its queues, and over a
+    /// NIC's RSS queues).
+    pub udp_flows: bool,
 }
 
 /// A peer known without gossip. No `default` here, unlike the tables above: a peer without a
@@ -299,6 +303,7 @@ impl Default for Tiers {
             tun_offload: true,
             udp_gso: true,
             udp_gro: true,
+            udp_flows: true,
         }
     }
 }
@@ -415,6 +420,7 @@ mod tests {
         assert_eq!(clear.overlay_mtu(), 1450);
         assert_eq!(clear.data_port(), 8472);
         assert!(c.tiers.tun_offload && c.tiers.udp_gso && c.tiers.udp_gro && c.tiers.multi_queue);
+        assert!(c.tiers.udp_flows);
         assert_eq!(c.peers.len(), 1);
     }
 

@@ -152,6 +152,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         backend: backend.clone(),
         gossip: membership.as_ref().map(|m| m.shared.clone()),
         subnet: membership.as_ref().map(|m| m.subnet.clone()),
+        queues: datapath.queues.clone(),
     };
     let socket = cfg.run_dir.join(SOCKET_NAME);
     let listener = match crate::status::server::bind(&socket) {
@@ -181,7 +182,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     tracing::info!(
         node = %cfg.node_name, subnet = ?subnet, %address, queues = t.queues,
         multi_queue = %t.multi_queue, tun_offload = %t.tun_offload,
-        udp_gso = %t.udp_gso, udp_gro = %t.udp_gro,
+        udp_gso = %t.udp_gso, udp_gro = %t.udp_gro, udp_flows = %t.udp_flows,
         peers = cfg.peers.len(), gossip = membership.is_some(), "meshd is up"
     );
 
@@ -261,6 +262,7 @@ fn base_status(
         gossip: None,
         secrets: None,
         kernel: None,
+        queues: Vec::new(),
     }
 }
 

@@ -4,14 +4,16 @@
 
 use ipnet::Ipv4Net;
 use meshd_gossip::MemberState;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::membership::Shared;
 use crate::backend::Backend;
+use crate::datapath::QueueCounters;
 use crate::peers::wireguard::WgPeer;
 use crate::status::{
-    GossipCounters, MemberStatus, PeerStatus, SecretStatus, Status, WireguardStatus,
+    GossipCounters, MemberStatus, PeerStatus, QueueStatus, SecretStatus, Status, WireguardStatus,
 };
 
 /// The fixed part of the status and where the rest is read, fresh on every request.
@@ -22,6 +24,8 @@ pub struct Report {
     pub gossip: Option<Arc<Mutex<Shared>>>,
     /// The node's current subnet, when gossip assigns it.
     pub subnet: Option<Arc<Mutex<Option<Ipv4Net>>>>,
+    /// The data path's queue counters.
+    pub queues: Vec<Arc<QueueCounters>>,
 }
 
 impl Report {
@@ -44,6 +48,15 @@ impl Report {
             })
             .collect();
         s.unattributed = routes.unattributed.snapshot();
+        s.queues = self
+            .queues
+            .iter()
+            .map(|q| QueueStatus {
+                source_port: q.source_port,
+                rx_datagrams: q.rx_datagrams.load(Ordering::Relaxed),
+                tx_datagrams: q.tx_datagrams.load(Ordering::Relaxed),
+            })
+            .collect();
         s.kernel = self.backend.paths().map(|p| p.kernel_status());
         if let Some(g) = &self.gossip {
             let shared = g.lock().unwrap_or_else(|p| p.into_inner());
@@ -70,7 +83,7 @@ impl Report {
             };
         }
         if let Some(c) = self.backend.crypto() {
-            s.cookie_replies_sent = c.cookie_replies.load(std::sync::atomic::Ordering::Relaxed);
+            s.cookie_replies_sent = c.cookie_replies.load(Ordering::Relaxed);
         }
         s
     }

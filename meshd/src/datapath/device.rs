@@ -41,6 +41,14 @@ pub enum InUse {
     TsoUso,
     /// UDP GSO with up to this many segments per send.
     Segments(usize),
+    /// Each queue sends from a source port of its own: `ports` ports from `first` on;
+    /// `steered` when the receiving sockets take datagrams by source port (see
+    /// [`steer_by_source_port`]), so consecutive ports land on different queues.
+    Flows {
+        ports: usize,
+        first: u16,
+        steered: bool,
+    },
 }
 
 /// Why a speed-up the configuration asked for is not in use. A later fallback compares these,
@@ -56,6 +64,8 @@ pub enum Unavailable {
     OneQueue,
     /// The kernel refused the socket option (`UDP_SEGMENT`, `UDP_GRO`).
     SocketOptionRefused(SocketOption),
+    /// No source port of its own could be bound for every queue.
+    BindRefused(OsError),
 }
 
 /// An error from the kernel: its errno, when there is one, and its text.
@@ -141,6 +151,18 @@ impl std::fmt::Display for InUse {
             InUse::Tso => write!(f, "TSO"),
             InUse::TsoUso => write!(f, "TSO + USO"),
             InUse::Segments(n) => write!(f, "up to {n} segments"),
+            InUse::Flows {
+                ports,
+                first,
+                steered,
+            } => {
+                write!(f, "{ports} source ports from {first}")?;
+                if *steered {
+                    write!(f, ", received by source port")
+                } else {
+                    Ok(())
+                }
+            }
         }
     }
 }
@@ -157,6 +179,7 @@ impl std::fmt::Display for Unavailable {
             Unavailable::SocketOptionRefused(SocketOption::UdpGro) => {
                 write!(f, "UDP_GRO refused")
             }
+            Unavailable::BindRefused(e) => write!(f, "binding a source port: {}", e.message),
         }
     }
 }
@@ -168,6 +191,8 @@ pub struct TierReport {
     pub tun_offload: Tier,
     pub udp_gso: Tier,
     pub udp_gro: Tier,
+    /// Several UDP flows per peer: a source port per queue.
+    pub udp_flows: Tier,
     pub queues: usize,
 }
 
@@ -180,6 +205,7 @@ pub(crate) fn open(cfg: &Config, address: IpAddr) -> Result<(TunQueues, UdpQueue
         tun_offload: tun.tun_offload.clone(),
         udp_gso: udp.udp_gso.clone(),
         udp_gro: udp.udp_gro.clone(),
+        udp_flows: udp.udp_flows.clone(),
         queues: tun.queues.len(),
     };
     Ok((tun, udp, tiers))
@@ -280,21 +306,33 @@ fn build(cfg: &Config, multi_queue: bool, offload: bool) -> std::io::Result<Sync
         .build_sync()
 }
 
-/// One UDP socket per queue, all bound to the data port (VXLAN or WireGuard) with SO_REUSEPORT so the kernel spreads
-/// flows across them.
+/// A UDP socket and quinn-udp's state for it (its GSO and GRO settings).
+pub(crate) type QueueSocket = (UdpSocket, UdpSocketState);
+
+/// The data path's UDP sockets: one per queue bound to the data port (VXLAN or WireGuard) with
+/// SO_REUSEPORT, which receive, and where each queue sends from.
+///
+/// Several UDP flows per peer: with more than one queue, each queue sends from a port of its
+/// own (`senders`), so one peer's inner flows (which the TUN device spreads over its queues by
+/// flow hash) reach the receiver as several UDP flows: a NIC's RSS spreads them over cores, and
+/// the receiving meshd over its queues. Peers that answer the latest source (wireguard-go, the
+/// kernel's WireGuard) may answer on those ports, so a queue's RX worker reads its sender too.
 pub(crate) struct UdpQueues {
-    pub sockets: Vec<(UdpSocket, UdpSocketState)>,
+    pub sockets: Vec<QueueSocket>,
+    /// Per queue, the socket it sends from when that is not its receiving socket.
+    pub senders: Vec<Option<QueueSocket>>,
     pub gso_segments: usize,
     pub gro: bool,
     pub udp_gso: Tier,
     pub udp_gro: Tier,
+    pub udp_flows: Tier,
 }
 
 pub(crate) fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQueues> {
+    let port = cfg.data_port();
     let mut sockets = Vec::with_capacity(count);
     for _ in 0..count {
-        let port = cfg.data_port();
-        let s = bind_socket(SocketAddr::new(bind, port), cfg.socket_buffer)
+        let s = bind_socket(SocketAddr::new(bind, port), cfg.socket_buffer, true)
             .with_context(|| format!("binding UDP {bind}:{port}"))?;
         let state =
             UdpSocketState::new(UdpSockRef::from(&s)).context("configuring the UDP socket")?;
@@ -318,29 +356,208 @@ pub(crate) fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQu
         ),
         (true, true) => (true, Tier::InUse(InUse::Yes)),
     };
-    if !gro {
-        for (s, _) in &sockets {
+    let (senders, udp_flows) = open_senders(cfg, bind, &sockets)?;
+    for (s, _) in sockets.iter().chain(senders.iter().flatten()) {
+        if !gro {
             // quinn-udp turns GRO on when it can; turn it back off when config says so.
             set_udp_gro(s, false);
         }
     }
     Ok(UdpQueues {
         sockets,
+        senders,
         gso_segments,
         gro,
         udp_gso,
         udp_gro,
+        udp_flows,
     })
 }
 
-fn bind_socket(addr: SocketAddr, buffer: usize) -> Result<UdpSocket> {
+/// Ports of consecutive flows are chosen from multiples of this (the least common multiple of
+/// 1..=8, and meshd runs at most 8 queues): a receiver with N queues that takes datagrams by
+/// source port modulo N gives consecutive flows consecutive queues, whatever its N.
+const FLOW_PORT_STEP: u16 = 840;
+
+/// Where each queue sends from, and the tier that says so.
+fn open_senders(
+    cfg: &Config,
+    bind: IpAddr,
+    sockets: &[QueueSocket],
+) -> Result<(Vec<Option<QueueSocket>>, Tier)> {
+    let count = sockets.len();
+    let none = || (0..count).map(|_| None).collect();
+    if !cfg.tiers.udp_flows {
+        return Ok((none(), Tier::DisabledByConfig));
+    }
+    if count < 2 {
+        return Ok((none(), Tier::Unavailable(Unavailable::OneQueue)));
+    }
+    if cfg.data_port() == 0 {
+        // A kernel device owns the data port: the queues' sockets have ports of their own
+        // already, and receive nothing.
+        let first = sockets[0].0.local_addr().map(|a| a.port()).unwrap_or(0);
+        let tier = Tier::InUse(InUse::Flows {
+            ports: count,
+            first,
+            steered: false,
+        });
+        return Ok((none(), tier));
+    }
+    let steered = match steer_by_source_port(&sockets[0].0, bind.is_ipv4(), count) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused: received flows spread by the kernel's hash");
+            false
+        }
+    };
+    let bound = match bind_flow_ports(bind, count, cfg.socket_buffer) {
+        Ok(b) => b,
+        Err(e) => {
+            let why = OsError::from(&e);
+            return Ok((none(), Tier::Unavailable(Unavailable::BindRefused(why))));
+        }
+    };
+    let first = bound[0].local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut senders = Vec::with_capacity(count);
+    for s in bound {
+        let state =
+            UdpSocketState::new(UdpSockRef::from(&s)).context("configuring the UDP socket")?;
+        senders.push(Some((s, state)));
+    }
+    let tier = Tier::InUse(InUse::Flows {
+        ports: count,
+        first,
+        steered,
+    });
+    Ok((senders, tier))
+}
+
+/// `count` sockets on consecutive ports from a multiple of [`FLOW_PORT_STEP`] in the kernel's
+/// ephemeral range (trying each such start once, from one picked by the process and the
+/// clock); if none is free, on ports the kernel picks.
+fn bind_flow_ports(bind: IpAddr, count: usize, buffer: usize) -> std::io::Result<Vec<UdpSocket>> {
+    let (lo, hi) = ephemeral_range();
+    let step = u32::from(FLOW_PORT_STEP);
+    let starts: Vec<u32> = (lo.div_ceil(step)..)
+        .map(|k| k * step)
+        .take_while(|p| p + count as u32 - 1 <= hi)
+        .collect();
+    if !starts.is_empty() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            ^ std::process::id();
+        let first = seed as usize % starts.len();
+        for &start in starts[first..].iter().chain(&starts[..first]) {
+            let ports = (0..count as u32).map(|i| (start + i) as u16);
+            let bound: std::io::Result<Vec<UdpSocket>> = ports
+                .map(|p| bind_socket(SocketAddr::new(bind, p), buffer, false).map_err(io_error))
+                .collect();
+            if let Ok(b) = bound {
+                return Ok(b);
+            }
+        }
+    }
+    (0..count)
+        .map(|_| bind_socket(SocketAddr::new(bind, 0), buffer, false).map_err(io_error))
+        .collect()
+}
+
+fn io_error(e: anyhow::Error) -> std::io::Error {
+    match e.downcast::<std::io::Error>() {
+        Ok(e) => e,
+        Err(e) => std::io::Error::other(e.to_string()),
+    }
+}
+
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`), where flow ports go so
+/// that no listening service's port is taken.
+fn ephemeral_range() -> (u32, u32) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|x| x.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .filter(|(lo, hi)| lo <= hi && *hi <= 65535)
+        .unwrap_or((32768, 60999))
+}
+
+/// A classic BPF program for the data port's SO_REUSEPORT group: a datagram goes to socket
+/// number (source port mod `count`). Senders send consecutive flows from consecutive ports,
+/// so they land on different queues (the kernel's default, a hash of the addresses and ports,
+/// puts two flows on one queue half the time with two queues). Where the program's answer is
+/// not a socket, the kernel falls back to its hash.
+pub(crate) fn reuseport_program(ipv4: bool, count: usize) -> Vec<libc::sock_filter> {
+    // Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
+    const LD: u16 = 0x00;
+    const LDX: u16 = 0x01;
+    const ALU: u16 = 0x04;
+    const RET: u16 = 0x06;
+    const H: u16 = 0x08;
+    const B: u16 = 0x10;
+    const ABS: u16 = 0x20;
+    const IND: u16 = 0x40;
+    const MSH: u16 = 0xa0;
+    const MOD: u16 = 0x90;
+    const K: u16 = 0x00;
+    const A: u16 = 0x10;
+    // Offsets from SKF_NET_OFF reach the network header; the UDP header follows it.
+    const NET: u32 = (-0x10_0000i32) as u32;
+    let op = |code, k| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut prog = if ipv4 {
+        vec![
+            // X = IPv4 header length; A = the UDP source port after it.
+            op(LDX | B | MSH, NET),
+            op(LD | H | IND, NET),
+        ]
+    } else {
+        vec![op(LD | H | ABS, NET.wrapping_add(40))]
+    };
+    prog.push(op(ALU | MOD | K, count as u32));
+    prog.push(op(RET | A, 0));
+    prog
+}
+
+/// Attach [`reuseport_program`] to the group `socket` belongs to.
+fn steer_by_source_port(socket: &UdpSocket, ipv4: bool, count: usize) -> std::io::Result<()> {
+    let mut prog = reuseport_program(ipv4, count);
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: a valid fd, and a sock_fprog pointing at `prog`, alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn bind_socket(addr: SocketAddr, buffer: usize, reuse_port: bool) -> Result<UdpSocket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
         Domain::IPV6
     };
     let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_port(true)?;
+    s.set_reuse_port(reuse_port)?;
     if addr.is_ipv6() {
         s.set_only_v6(false)?;
     }

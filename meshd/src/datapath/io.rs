@@ -296,6 +296,29 @@ pub fn send(
     }
 }
 
+/// Sleep until `fd`, or `other` when there is one, is ready for `events`, or the idle period
+/// ends; which of the two are ready.
+pub fn wait_either(
+    fd: &impl AsRawFd,
+    other: Option<&impl AsRawFd>,
+    events: libc::c_short,
+) -> (bool, bool) {
+    let Some(other) = other else {
+        wait(fd, events);
+        return (true, false);
+    };
+    let mut p = [fd.as_raw_fd(), other.as_raw_fd()].map(|fd| libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    });
+    // SAFETY: two valid pollfds for the duration of the call.
+    unsafe {
+        libc::poll(p.as_mut_ptr(), 2, IDLE_POLL_MS);
+    }
+    (p[0].revents != 0, p[1].revents != 0)
+}
+
 /// Sleep until `fd` is ready for `events` or the idle period ends.
 pub fn wait(fd: &impl AsRawFd, events: libc::c_short) {
     let mut p = libc::pollfd {

@@ -22,7 +22,7 @@ pub mod worker;
 use anyhow::{Context, Result};
 use quinn_udp::UdpSocketState;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -121,10 +121,14 @@ pub(crate) struct Shared<E> {
     pub mtu: usize,
 }
 
-/// One TUN queue and its UDP socket, shared by the queue's TX and RX workers.
+/// One TUN queue and its UDP sockets, shared by the queue's TX and RX workers.
 pub(crate) struct Queue {
     pub tun: Arc<tun_rs::SyncDevice>,
+    /// The queue's socket on the data port: it receives (and sends when `sender` is none).
     pub socket: Arc<(UdpSocket, UdpSocketState)>,
+    /// The socket on the queue's own source port, when several UDP flows per peer are on: the
+    /// queue sends from it, and its RX worker reads it too (a peer may answer the source).
+    pub sender: Option<(UdpSocket, UdpSocketState)>,
     pub gro: bool,
     pub gso_segments: usize,
     /// The queue's TUN → UDP state. Whoever holds it reads the TUN queue and sends what it
@@ -134,12 +138,32 @@ pub(crate) struct Queue {
     /// Set while the TX worker waits for the TUN queue: the RX worker may then take
     /// [`Queue::tx`] and send the reply its own TUN write just produced.
     pub tx_idle: AtomicBool,
+    pub counters: Arc<QueueCounters>,
+}
+
+impl Queue {
+    /// Where this queue's TX sends from.
+    pub fn send_socket(&self) -> &(UdpSocket, UdpSocketState) {
+        self.sender.as_ref().unwrap_or(&self.socket)
+    }
+}
+
+/// Datagrams one queue received and sent: how a node's traffic spreads over its queues (and so
+/// over cores). Each counter has one writer at a time, once per batch.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// The port the queue sends from.
+    pub source_port: u16,
+    pub rx_datagrams: AtomicU64,
+    pub tx_datagrams: AtomicU64,
 }
 
 pub struct DataPath {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     pub tiers: TierReport,
+    /// One per queue, in queue order.
+    pub queues: Vec<Arc<QueueCounters>>,
 }
 
 impl DataPath {
@@ -172,14 +196,24 @@ impl DataPath {
                 Box::new(move || s.encap.control(&s.routes, &socket, &s.stop)),
             )?);
         }
-        for (i, (dev, sock)) in tun.queues.into_iter().zip(udp.sockets).enumerate() {
+        let mut queues = Vec::new();
+        let sockets = udp.sockets.into_iter().zip(udp.senders);
+        for (i, (dev, (sock, sender))) in tun.queues.into_iter().zip(sockets).enumerate() {
+            let from = sender.as_ref().unwrap_or(&sock);
+            let counters = Arc::new(QueueCounters {
+                source_port: from.0.local_addr().map(|a| a.port()).unwrap_or(0),
+                ..QueueCounters::default()
+            });
+            queues.push(counters.clone());
             let q = Arc::new(Queue {
                 tun: Arc::new(dev),
                 socket: Arc::new(sock),
+                sender,
                 gro: udp.gro,
                 gso_segments: udp.gso_segments,
                 tx: Mutex::new(worker::TxState::new::<E>(shared.mtu, udp.gso_segments)),
                 tx_idle: AtomicBool::new(false),
+                counters,
             });
             let (s, q2) = (shared.clone(), q.clone());
             threads.push(spawn(
@@ -196,6 +230,7 @@ impl DataPath {
             stop,
             threads,
             tiers,
+            queues,
         })
     }
 

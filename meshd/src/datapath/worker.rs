@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{MutexGuard, PoisonError};
 
-use super::io::{send_runs, wait, PeerAcc, TunReader, TunWriter, UdpReader, TX_BATCH};
+use super::io::{send_runs, wait, wait_either, PeerAcc, TunReader, TunWriter, UdpReader, TX_BATCH};
 use super::runs::Runs;
 use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
 use crate::routes::RouteTable;
@@ -78,7 +78,7 @@ impl TxState {
 fn send_batch<E: Encap>(shared: &Shared<E>, q: &Queue, st: &mut TxState, fill: bool) -> bool {
     let n = st.reader.read(&q.tun, &mut st.drops, fill);
     if n > 0 {
-        let (sock, state) = &*q.socket;
+        let (sock, state) = q.send_socket();
         let table = shared.routes.load();
         st.runs.clear();
         st.runs
@@ -91,6 +91,10 @@ fn send_batch<E: Encap>(shared: &Shared<E>, q: &Queue, st: &mut TxState, fill: b
             &mut st.drops,
         );
         send_runs(&table, sock, state, &shared.stop, &st.runs);
+        let sent: usize = st.runs.runs().iter().map(|r| r.datagrams).sum();
+        q.counters
+            .tx_datagrams
+            .fetch_add(sent as u64, Ordering::Relaxed);
     }
     st.drops.flush_into(&shared.routes.unattributed);
     n > 0 && !st.reader.drained()
@@ -145,28 +149,53 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
         drops: DropTally::default(),
         reply: &mut reply,
     };
+    // The queue's own source port, when it has one, is read too, but only when `poll` said it
+    // had datagrams or its last read was full, and once every FLOW_READ_EVERY busy rounds: a
+    // peer answers the data port, so it is usually empty and a read of it is a wasted call.
+    let mut flow_ready = false;
+    let mut rounds = 0u32;
     while !shared.stop.load(Ordering::Relaxed) {
         let table = shared.routes.load();
         let mut acc = PeerAcc::new(Stamp::now());
         let mut wrote = false;
-        let more = reader.recv(sock, state, |from, datagram| {
-            let buf = out.next(E::packet_room(datagram.len()));
-            let r = shared.encap.receive(&mut rx, &table, from, datagram, buf);
-            if let Received::Deliver { peer, len } = r {
-                acc.add(&table, peer, len);
-                if out.commit(len) {
-                    wrote |= out.flush(&q.tun, &mut rx.drops);
+        let mut datagrams = 0u64;
+        let more = {
+            let mut deliver = |from: SocketAddr, datagram: &[u8]| {
+                datagrams += 1;
+                let buf = out.next(E::packet_room(datagram.len()));
+                let r = shared.encap.receive(&mut rx, &table, from, datagram, buf);
+                if let Received::Deliver { peer, len } = r {
+                    acc.add(&table, peer, len);
+                    if out.commit(len) {
+                        wrote |= out.flush(&q.tun, &mut rx.drops);
+                    }
+                }
+            };
+            let mut more = reader.recv(sock, state, &mut deliver);
+            rounds = rounds.wrapping_add(1);
+            if let Some((fsock, fstate)) = &q.sender {
+                if flow_ready || rounds % FLOW_READ_EVERY == 0 {
+                    flow_ready = reader.recv(fsock, fstate, &mut deliver);
+                    more |= flow_ready;
                 }
             }
-        });
+            more
+        };
         acc.flush(&table);
         wrote |= out.flush(&q.tun, &mut rx.drops);
         rx.drops.flush_into(&shared.routes.unattributed);
+        q.counters
+            .rx_datagrams
+            .fetch_add(datagrams, Ordering::Relaxed);
         if wrote {
             answer_from_rx(shared, q);
         }
         if !more {
-            wait(sock, libc::POLLIN);
+            let flow = q.sender.as_ref().map(|(s, _)| s);
+            flow_ready = wait_either(sock, flow, libc::POLLIN).1;
         }
     }
 }
+
+/// How often (in busy rounds) an RX worker reads its queue's source port without being told.
+const FLOW_READ_EVERY: u32 = 16;

@@ -56,6 +56,17 @@ pub struct Status {
     /// The kernel fast path: what this node could make, and what it adopted.
     #[serde(default)]
     pub kernel: Option<KernelStatus>,
+    /// The userspace data path's queues: the port each sends from, and its datagrams.
+    #[serde(default)]
+    pub queues: Vec<QueueStatus>,
+}
+
+/// One queue of the userspace data path (a TUN queue, its workers and sockets).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueStatus {
+    pub source_port: u16,
+    pub rx_datagrams: u64,
+    pub tx_datagrams: u64,
 }
 
 /// What the kernel offers this node, found by trying.

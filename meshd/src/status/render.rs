@@ -50,6 +50,14 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(o, "  TUN offload       {}", s.tiers.tun_offload);
     let _ = writeln!(o, "  UDP GSO           {}", s.tiers.udp_gso);
     let _ = writeln!(o, "  UDP GRO           {}", s.tiers.udp_gro);
+    let _ = writeln!(o, "  UDP flows/peer    {}", s.tiers.udp_flows);
+    for (i, q) in s.queues.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "  queue {i}           from UDP {}, datagrams rx {} tx {}",
+            q.source_port, q.rx_datagrams, q.tx_datagrams
+        );
+    }
     if let Some(k) = &s.kernel {
         let _ = writeln!(o, "datapath    {}   path moves {}", k.datapath, k.moves);
         let _ = writeln!(o, "  kernel vxlan      {}", k.vxlan);

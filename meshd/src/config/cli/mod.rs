@@ -124,6 +124,9 @@ pub struct RunArgs {
     /// Receive with UDP GRO where the kernel has it.
     #[arg(long, env = "MESHD_TIERS_UDP_GRO", value_name = "true|false")]
     tiers_udp_gro: Option<bool>,
+    /// Send each queue's datagrams from a source port of its own (several UDP flows per peer).
+    #[arg(long, env = "MESHD_TIERS_UDP_FLOWS", value_name = "true|false")]
+    tiers_udp_flows: Option<bool>,
     /// Do not use multi-queue TUN even where the kernel has it (wins over --tiers-multi-queue).
     #[arg(long, env = "MESHD_NO_MULTI_QUEUE")]
     no_multi_queue: bool,
@@ -136,6 +139,10 @@ pub struct RunArgs {
     /// Do not receive with UDP GRO (wins over --tiers-udp-gro).
     #[arg(long, env = "MESHD_NO_UDP_GRO")]
     no_udp_gro: bool,
+    /// Send every datagram from the data port, one UDP flow per peer (wins over
+    /// --tiers-udp-flows).
+    #[arg(long, env = "MESHD_NO_UDP_FLOWS")]
+    no_udp_flows: bool,
     /// Where the node keeps state across restarts.
     #[arg(long, env = "MESHD_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -213,6 +220,7 @@ impl RunArgs {
             tun_offload,
             udp_gso,
             udp_gro,
+            udp_flows,
         } = tiers;
         set(node_name, &self.node_name);
         set_some(address, &self.address);
@@ -245,11 +253,13 @@ impl RunArgs {
         set(tun_offload, &self.tiers_tun_offload);
         set(udp_gso, &self.tiers_udp_gso);
         set(udp_gro, &self.tiers_udp_gro);
+        set(udp_flows, &self.tiers_udp_flows);
         // Switching a speed-up off is how an operator rules it out, so the `--no-*` form wins.
         *multi_queue &= !self.no_multi_queue;
         *tun_offload &= !self.no_tun_offload;
         *udp_gso &= !self.no_udp_gso;
         *udp_gro &= !self.no_udp_gro;
+        *udp_flows &= !self.no_udp_flows;
         set(state_dir, &self.state_dir);
         set(run_dir, &self.run_dir);
         set(log_level, &self.log_level);

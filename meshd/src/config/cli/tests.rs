@@ -38,10 +38,12 @@ const FLAGS: &[(&str, &str, &str)] = &[
     ("--tiers-tun-offload", "false", "tiers.tun-offload"),
     ("--tiers-udp-gso", "false", "tiers.udp-gso"),
     ("--tiers-udp-gro", "false", "tiers.udp-gro"),
+    ("--tiers-udp-flows", "false", "tiers.udp-flows"),
     ("--no-multi-queue", "", "tiers.multi-queue"),
     ("--no-tun-offload", "", "tiers.tun-offload"),
     ("--no-udp-gso", "", "tiers.udp-gso"),
     ("--no-udp-gro", "", "tiers.udp-gro"),
+    ("--no-udp-flows", "", "tiers.udp-flows"),
     ("--state-dir", "/var/lib/f", "state-dir"),
     ("--run-dir", "/run/f", "run-dir"),
     ("--log-level", "debug", "log-level"),
@@ -131,6 +133,8 @@ fn flags_lie_over_the_file() {
     // Switching off wins over switching on.
     let both = parse("--tiers-udp-gro true --no-udp-gro").unwrap();
     assert!(!applied(&both, Config::default()).tiers.udp_gro);
+    let flows = parse("--tiers-udp-flows true --no-udp-flows").unwrap();
+    assert!(!applied(&flows, Config::default()).tiers.udp_flows);
 }
 
 /// The README's promise: MESHD_ and the flag's name (`--peer` reads MESHD_PEERS).

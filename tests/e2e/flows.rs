@@ -1,0 +1,186 @@
+//! Several UDP flows per peer (`tiers.udp-flows`): each queue sends from a source port of its
+//! own, so one peer's inner flows (spread over the TUN queues by flow hash) reach the receiver
+//! as several UDP flows, and the receiver's sockets take them by source port, a queue each.
+//! With the tier off, everything a peer sends comes from the data port and lands on one queue;
+//! and since the TUN device sends a flow out of the queue its answers came in on, one queue
+//! then carries nearly all of it on both nodes.
+//! Foreign peers keep working: a kernel VXLAN device takes any source port, and wireguard-go
+//! answers the latest source, which the sending queue's RX worker reads (`interop.rs`,
+//! `wg_interop.rs` run [`assert_flows`] against them).
+//!
+//! ```text
+//!   h1 pod ══ 16 TCP flows ══▶ h1 TUN queues 0, 1 ─▶ UDP from ports B, B+1 ─▶ h2 queues 0, 1 ─▶ h2 pod
+//! ```
+
+use super::cluster::spec;
+use meshd::config::Encryption;
+use meshd::datapath::device::InUse;
+use meshd::datapath::Tier;
+use meshd::status::Status;
+use meshd_lab::probe::tcp_transfer;
+use meshd_lab::{HostKind, Topology};
+use meshd_tests::require_root;
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+/// Concurrent TCP flows in [`assert_flows`]: with two queues, the chance that the TUN device's
+/// flow hash puts all of them on one queue is 2^-15.
+pub const FLOWS: u16 = 16;
+
+/// [`FLOWS`] TCP transfers at once from host `from`'s first pod to host `to`'s, on ports from
+/// `base`, each 4 MiB and checked end to end.
+pub fn assert_flows(t: &Topology, from: usize, to: usize, base: u16) {
+    let (a, b) = (t.hosts[from].pods[0].clone(), t.hosts[to].pods[0].clone());
+    let flows: Vec<_> = (0..FLOWS)
+        .map(|i| {
+            let (a, b) = (a.clone(), b.clone());
+            std::thread::spawn(move || tcp_transfer(&a.ns, &b.ns, b.addr, base + i, 4 << 20))
+        })
+        .collect();
+    for (i, f) in flows.into_iter().enumerate() {
+        let x = f.join().unwrap().unwrap();
+        assert!(
+            x.verified,
+            "flow {i} of {FLOWS}, {} -> {}: arrived corrupted or short ({} bytes)",
+            a.addr, b.addr, x.bytes
+        );
+    }
+}
+
+fn nft(ns: &str, script: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(script.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "nft in {ns}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// From now on, host namespace `ns` records the UDP source ports of datagrams from `from` to
+/// its port `dport`.
+pub fn record_source_ports(ns: &str, from: Ipv4Addr, dport: u16) {
+    nft(
+        ns,
+        &format!(
+            "table ip meshd_test_flows {{
+               set sports {{ type inet_service; flags dynamic; size 4096; }}
+               chain input {{
+                 type filter hook input priority -10; policy accept;
+                 ip saddr {from} udp dport {dport} add @sports {{ udp sport }}
+               }}
+             }}"
+        ),
+    );
+}
+
+/// The source ports [`record_source_ports`] saw.
+pub fn source_ports(ns: &str) -> Vec<u16> {
+    let text = nft(ns, "list set ip meshd_test_flows sports");
+    let Some(inside) = text
+        .split_once("elements = {")
+        .and_then(|(_, r)| r.split_once('}'))
+        .map(|(e, _)| e)
+    else {
+        return Vec::new();
+    };
+    inside
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+fn status(t: &Topology, host: usize) -> Status {
+    meshd::status::query(&t.hosts[host].dir.join("run")).unwrap()
+}
+
+fn two_queue_lab(tag: &str, encryption: Encryption, args: &[&str]) -> Topology {
+    require_root();
+    let mut args = args.to_vec();
+    args.extend(["--queues", "2"]);
+    let mut s = spec(tag, vec![HostKind::Meshd, HostKind::Meshd], &args);
+    s.pods_per_host = 1;
+    s.encryption = encryption;
+    Topology::up(s).unwrap()
+}
+
+fn flows_spread_over_the_receivers_queues(tag: &str, encryption: Encryption) {
+    let t = two_queue_lab(tag, encryption, &[]);
+    let port = status(&t, 1).peers[0]
+        .endpoint
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse::<u16>()
+        .unwrap();
+    record_source_ports(&t.hosts[1].ns, t.hosts[0].underlay, port);
+    assert_flows(&t, 0, 1, 6301);
+    let (s1, s2) = (status(&t, 0), status(&t, 1));
+    let first = match s1.tiers.udp_flows {
+        Tier::InUse(InUse::Flows {
+            ports: 2,
+            first,
+            steered: true,
+        }) => first,
+        ref other => unreachable!("udp flows: {other:?}"),
+    };
+    assert_eq!(first % 840, 0, "flow ports start at a multiple of 840");
+    let sent: Vec<u16> = s1.queues.iter().map(|q| q.source_port).collect();
+    assert_eq!(sent, [first, first + 1]);
+    // Both of h1's queues sent, from their own ports, and h2 took each port on its own queue.
+    let seen = source_ports(&t.hosts[1].ns);
+    assert!(
+        seen.contains(&first) && seen.contains(&(first + 1)),
+        "h2 saw source ports {seen:?}, h1 sends from {sent:?}"
+    );
+    for (i, (q1, q2)) in s1.queues.iter().zip(&s2.queues).enumerate() {
+        assert!(
+            q1.tx_datagrams > 100 && q2.rx_datagrams >= q1.tx_datagrams / 100 * 95,
+            "queue {i}: h1 sent {} datagrams from port {}, h2's queue {i} received {}: {:?} / {:?}",
+            q1.tx_datagrams,
+            q1.source_port,
+            q2.rx_datagrams,
+            s1.queues,
+            s2.queues
+        );
+    }
+    assert!(s2.peers[0].stats.drops.is_empty(), "{:?}", s2.peers[0]);
+}
+
+#[test]
+fn a_peers_flows_spread_over_the_receivers_queues_cleartext() {
+    flows_spread_over_the_receivers_queues("flwc", Encryption::None);
+}
+
+#[test]
+fn a_peers_flows_spread_over_the_receivers_queues_wireguard() {
+    flows_spread_over_the_receivers_queues("flww", Encryption::Wireguard);
+}
+
+#[test]
+fn without_udp_flows_a_peer_is_one_flow_on_one_queue() {
+    let t = two_queue_lab("flwoff", Encryption::Wireguard, &["--no-udp-flows"]);
+    record_source_ports(&t.hosts[1].ns, t.hosts[0].underlay, 51820);
+    assert_flows(&t, 0, 1, 6401);
+    let (s1, s2) = (status(&t, 0), status(&t, 1));
+    assert_eq!(s1.tiers.udp_flows, Tier::DisabledByConfig);
+    assert_eq!(source_ports(&t.hosts[1].ns), [51820]);
+    assert!(
+        s1.queues.iter().all(|q| q.source_port == 51820),
+        "{:?}",
+        s1.queues
+    );
+    let busy = s2.queues.iter().filter(|q| q.rx_datagrams > 0).count();
+    assert_eq!(
+        busy, 1,
+        "one source port, one receiving queue: {:?}",
+        s2.queues
+    );
+}
