@@ -51,29 +51,50 @@ impl TunReader {
     /// without, stop at the first read that returned packets (after idle: the first packet
     /// goes out without waiting for a read that finds the queue empty).
     pub fn read(&mut self, tun: &SyncDevice, drops: &mut DropTally, fill: bool) -> usize {
-        let mut n = 0;
-        self.drained = false;
-        while n == 0 || (fill && TX_BATCH - n >= TX_READ_ROOM) {
-            match tun.recv_multiple(
-                &mut self.original,
-                &mut self.bufs[n..],
-                &mut self.sizes[n..],
-                0,
-            ) {
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.drained = true;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::trace!(error = %e, "TUN read");
-                    drops.add(DropReason::Malformed);
-                    break;
-                }
-            }
-        }
+        let (n, drained) = read_batch(
+            tun,
+            &mut self.original,
+            &mut self.bufs,
+            &mut self.sizes,
+            0,
+            drops,
+            fill,
+        );
+        self.drained = drained;
         n
+    }
+
+    /// [`TunReader::read`] straight into `buf`: packet `i` at `i * stride + headroom`, its
+    /// length at [`TunReader::size`]`(i)`, so the caller can frame it where it lies.
+    pub fn read_slots(
+        &mut self,
+        tun: &SyncDevice,
+        buf: &mut [u8],
+        stride: usize,
+        headroom: usize,
+        drops: &mut DropTally,
+        fill: bool,
+    ) -> usize {
+        let mut chunks = buf.chunks_mut(stride);
+        let mut slots: [&mut [u8]; TX_BATCH] =
+            std::array::from_fn(|_| chunks.next().unwrap_or_default());
+        let (n, drained) = read_batch(
+            tun,
+            &mut self.original,
+            &mut slots,
+            &mut self.sizes,
+            headroom,
+            drops,
+            fill,
+        );
+        self.drained = drained;
+        n
+    }
+
+    /// Length of packet `i` of the last read.
+    #[inline]
+    pub fn size(&self, i: usize) -> usize {
+        self.sizes[i]
     }
 
     /// Whether the last read emptied the queue: the caller may then wait at once rather than
@@ -91,6 +112,48 @@ impl TunReader {
             .take(n)
             .map(|(b, &len)| &b[..len])
     }
+}
+
+/// Read what is ready into `bufs` (each packet at `offset` in its buffer), up to a batch; see
+/// [`TunReader::read`]. Returns the packets read and whether the queue was found empty.
+fn read_batch<B: AsRef<[u8]> + AsMut<[u8]>>(
+    tun: &SyncDevice,
+    original: &mut [u8],
+    bufs: &mut [B],
+    sizes: &mut [usize],
+    offset: usize,
+    drops: &mut DropTally,
+    fill: bool,
+) -> (usize, bool) {
+    let mut n = 0;
+    // Without a buffer of a whole slot the queue cannot be read (a slot past the end of the
+    // caller's buffer is empty).
+    let usable = bufs
+        .iter()
+        .take_while(|b| b.as_ref().len() > offset)
+        .count()
+        .min(sizes.len());
+    while n == 0 || (fill && usable - n >= TX_READ_ROOM) {
+        if n == usable {
+            break;
+        }
+        match tun.recv_multiple(
+            original,
+            &mut bufs[n..usable],
+            &mut sizes[n..usable],
+            offset,
+        ) {
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (n, true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::trace!(error = %e, "TUN read");
+                drops.add(DropReason::Malformed);
+                break;
+            }
+        }
+    }
+    (n, false)
 }
 
 /// Batched UDP receives (recvmmsg, GRO when on), handed out one datagram at a time.

@@ -48,6 +48,11 @@ pub trait Encap: Send + Sync + Sized + 'static {
 
     /// Bytes one packet of `len` bytes needs in the TX buffer.
     fn datagram_len(len: usize) -> usize;
+    /// Whether the encapsulation frames a packet where it lies, with
+    /// `datagram_len(len) - len` bytes of room in front ([`EncodeBatch::frame`]): the TX path
+    /// then reads the TUN device straight into its send buffer, one copy fewer per byte.
+    /// Encryption writes its output elsewhere ([`EncodeBatch::encode`]).
+    const FRAMES_IN_PLACE: bool = false;
     /// Largest datagram to expect (without GRO) for a TUN MTU of `mtu`.
     fn max_datagram(mtu: usize) -> usize;
     /// Bytes of output buffer [`Encap::receive`] needs for a datagram of `len` bytes.
@@ -80,6 +85,12 @@ pub trait Encap: Send + Sync + Sized + 'static {
 pub trait EncodeBatch<'t> {
     fn encode(&mut self, id: PeerId, peer: &'t PeerEntry, packet: &[u8], out: &mut [u8])
         -> Encoded;
+
+    /// Frame the packet that follows the encapsulation's room in `datagram`, in place (only
+    /// called where [`Encap::FRAMES_IN_PLACE`]).
+    fn frame(&mut self, _id: PeerId, _peer: &'t PeerEntry, _datagram: &mut [u8]) -> Encoded {
+        Encoded::Drop(DropReason::Malformed)
+    }
 }
 
 /// What [`EncodeBatch::encode`] made of one packet.

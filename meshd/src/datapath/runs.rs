@@ -61,20 +61,53 @@ impl Runs {
         (room.len() >= need && self.runs.len() < self.runs.capacity()).then_some(room)
     }
 
+    /// The whole buffer, for a reader that puts each packet in a slot of its own, framed where
+    /// it lies and kept with [`Runs::commit_in_place`].
+    pub fn buf_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// Keep the `len`-byte datagram framed where it lies, at `at` (past everything kept so
+    /// far), as a datagram to `peer` carrying `inner` bytes of packet. Where it joins the last
+    /// run but does not follow it (the datagram before it was shorter than its slot: a lone
+    /// ACK, a drop), it moves down to the run's end; where it starts a run it stays put. A TSO
+    /// super-packet split at full segments, slot after slot, is therefore never copied.
+    #[inline]
+    pub fn commit_in_place(&mut self, peer: PeerId, at: usize, len: usize, inner: usize) {
+        debug_assert!(at >= self.used && at + len <= self.buf.len());
+        let end = match self.runs.last() {
+            Some(r) if self.joins(r, peer, len) => r.start + r.len,
+            _ => at,
+        };
+        if end != at {
+            self.buf.copy_within(at..at + len, end);
+        }
+        self.used = end;
+        self.commit(peer, len, inner);
+    }
+
+    /// Whether a datagram of `len` bytes to `peer` may extend run `r`, wherever it lies.
+    #[inline]
+    fn joins(&self, r: &Run, peer: PeerId, len: usize) -> bool {
+        r.peer == peer
+            && r.datagrams < self.max_per_run
+            && r.last == r.segment
+            && len <= r.segment
+            && r.len + len <= MAX_GSO_BYTES
+    }
+
     /// Keep the `len` bytes just written into [`Runs::room`] as a datagram to `peer` that
     /// carries `inner` bytes of packet.
     #[inline]
     pub fn commit(&mut self, peer: PeerId, len: usize, inner: usize) {
         let start = self.used;
         self.used += len;
+        let joins = self
+            .runs
+            .last()
+            .is_some_and(|r| self.joins(r, peer, len) && r.start + r.len == start);
         if let Some(r) = self.runs.last_mut() {
-            let extends = r.peer == peer
-                && r.datagrams < self.max_per_run
-                && r.last == r.segment
-                && len <= r.segment
-                && r.len + len <= MAX_GSO_BYTES
-                && r.start + r.len == start;
-            if extends {
+            if joins {
                 r.len += len;
                 r.datagrams += 1;
                 r.last = len;
@@ -132,6 +165,46 @@ mod tests {
         assert_eq!(r.runs()[0].len, 3400);
         assert_eq!(r.runs()[0].inner_bytes, 3400 - 40);
         assert!(r.bytes(&r.runs()[2]).iter().all(|&b| b == 1));
+    }
+
+    /// Datagrams framed in slots of 1500 bytes: full ones are never moved, a run is one
+    /// contiguous stretch whatever moved, and a short datagram ends its run.
+    #[test]
+    fn in_place_datagrams_join_runs_and_move_only_after_a_short_one() {
+        let mut r = Runs::new(8, 1500, 64);
+        let mut put = |r: &mut Runs, slot: usize, peer: PeerId, len: usize| {
+            let at = slot * 1500;
+            r.buf_mut()[at..at + len].fill(slot as u8 + 1);
+            r.commit_in_place(peer, at, len, len - 22);
+        };
+        put(&mut r, 0, 0, 1500);
+        put(&mut r, 1, 0, 1500);
+        put(&mut r, 2, 0, 700); // the short last one of a super-packet
+        put(&mut r, 3, 0, 1500); // a new run, where it lies
+        put(&mut r, 4, 0, 1500);
+        put(&mut r, 5, 1, 60); // another peer: ACKs, each moved down to the run's end
+        put(&mut r, 6, 1, 60);
+        put(&mut r, 7, 1, 60);
+        let shape: Vec<_> = r
+            .runs()
+            .iter()
+            .map(|x| (x.peer, x.start, x.datagrams, x.segment, x.len))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (0, 0, 3, 1500, 3700),
+                (0, 4500, 2, 1500, 3000),
+                (1, 7500, 3, 60, 180)
+            ]
+        );
+        let bytes = |i: usize| r.bytes(&r.runs()[i]).to_vec();
+        assert!(bytes(0)[..3000].iter().all(|&b| b == 1 || b == 2));
+        assert!(bytes(0)[3000..].iter().all(|&b| b == 3));
+        assert!(bytes(1)[..1500].iter().all(|&b| b == 4));
+        let acks = bytes(2);
+        assert_eq!([acks[0], acks[60], acks[120]], [6, 7, 8]);
+        assert_eq!(r.runs()[2].inner_bytes, 3 * 38);
     }
 
     #[test]

@@ -25,6 +25,7 @@ const RX_SLACK: usize = 64;
 impl Encap for Vxlan {
     const NAME: &'static str = "vxlan";
     const RX_WRITE_BATCH: usize = RX_WRITE_BATCH;
+    const FRAMES_IN_PLACE: bool = true;
     type Tx<'t> = Framer;
     type RxScratch = ();
 
@@ -87,6 +88,14 @@ impl EncodeBatch<'_> for Framer {
     #[inline]
     fn encode(&mut self, _id: PeerId, peer: &PeerEntry, packet: &[u8], out: &mut [u8]) -> Encoded {
         match peer.header.encapsulate(packet, out) {
+            Some(n) => Encoded::Datagram(n),
+            None => Encoded::Drop(DropReason::Malformed),
+        }
+    }
+
+    #[inline]
+    fn frame(&mut self, _id: PeerId, peer: &PeerEntry, datagram: &mut [u8]) -> Encoded {
+        match peer.header.frame_in_place(datagram) {
             Some(n) => Encoded::Datagram(n),
             None => Encoded::Drop(DropReason::Malformed),
         }

@@ -53,6 +53,41 @@ pub fn encode_batch<'p, 't, E: Encap>(
     }
 }
 
+/// Frame, in place, the `n` packets a [`TunReader::read_slots`] put in `runs`' buffer (packet
+/// `i` at `i * stride + headroom`, `headroom` = the encapsulation's framing), and keep them as
+/// runs: the TX path's per-packet loop where the encapsulation frames in place
+/// ([`Encap::FRAMES_IN_PLACE`]), without I/O.
+pub fn frame_batch<E: Encap>(
+    encap: &E,
+    table: &RouteTable,
+    reader: &TunReader,
+    n: usize,
+    stride: usize,
+    runs: &mut Runs,
+    drops: &mut DropTally,
+) {
+    let headroom = E::datagram_len(0);
+    let mut tx = encap.tx(table);
+    for i in 0..n {
+        let (at, len) = (i * stride, reader.size(i));
+        let Some(datagram) = runs.buf_mut().get_mut(at..at + headroom + len) else {
+            drops.add(DropReason::Malformed);
+            continue;
+        };
+        let Some(id) = table.route(&datagram[headroom..]) else {
+            drops.add(DropReason::NoRoute);
+            continue;
+        };
+        let peer = table.peer(id);
+        match tx.frame(id, peer, datagram) {
+            Encoded::Datagram(k) => runs.commit_in_place(id, at, k, len),
+            Encoded::Queued => {}
+            Encoded::PeerDrop(reason) => peer.stats.count_drop(reason, 1),
+            Encoded::Drop(reason) => drops.add(reason),
+        }
+    }
+}
+
 /// A queue's TUN → UDP buffers: the batch read from the TUN device, the runs it is encoded
 /// into, and the drops counted meanwhile. It lives in [`Queue::tx`], so that either worker can
 /// send (one at a time).
@@ -60,14 +95,19 @@ pub(crate) struct TxState {
     reader: TunReader,
     runs: Runs,
     drops: DropTally,
+    /// Where the encapsulation frames in place: the slot each packet is read into.
+    stride: usize,
 }
 
 impl TxState {
     pub(crate) fn new<E: Encap>(mtu: usize, gso_segments: usize) -> Self {
+        let stride = E::datagram_len(mtu);
         TxState {
-            reader: TunReader::new(mtu),
-            runs: Runs::new(TX_BATCH, E::datagram_len(mtu), gso_segments),
+            // Framing in place reads into the runs' buffer: no buffers of its own.
+            reader: TunReader::new(if E::FRAMES_IN_PLACE { 0 } else { mtu }),
+            runs: Runs::new(TX_BATCH, stride, gso_segments),
             drops: DropTally::default(),
+            stride,
         }
     }
 }
@@ -76,20 +116,39 @@ impl TxState {
 /// [`TunReader::read`]), encode it and send it; whether more may be waiting (false once a read
 /// found the queue empty).
 fn send_batch<E: Encap>(shared: &Shared<E>, q: &Queue, st: &mut TxState, fill: bool) -> bool {
-    let n = st.reader.read(&q.tun, &mut st.drops, fill);
+    let n = if E::FRAMES_IN_PLACE {
+        let headroom = E::datagram_len(0);
+        let buf = st.runs.buf_mut();
+        st.reader
+            .read_slots(&q.tun, buf, st.stride, headroom, &mut st.drops, fill)
+    } else {
+        st.reader.read(&q.tun, &mut st.drops, fill)
+    };
     if n > 0 {
         let (sock, state) = q.send_socket();
         let table = shared.routes.load();
         st.runs.clear();
         st.runs
             .set_max_per_run(state.max_gso_segments().min(q.gso_segments));
-        encode_batch(
-            &*shared.encap,
-            &table,
-            st.reader.packets(n),
-            &mut st.runs,
-            &mut st.drops,
-        );
+        if E::FRAMES_IN_PLACE {
+            frame_batch(
+                &*shared.encap,
+                &table,
+                &st.reader,
+                n,
+                st.stride,
+                &mut st.runs,
+                &mut st.drops,
+            );
+        } else {
+            encode_batch(
+                &*shared.encap,
+                &table,
+                st.reader.packets(n),
+                &mut st.runs,
+                &mut st.drops,
+            );
+        }
         send_runs(&table, sock, state, &shared.stop, &st.runs);
         let sent: usize = st.runs.runs().iter().map(|r| r.datagrams).sum();
         q.counters

@@ -143,6 +143,15 @@ impl VxlanHeader {
         Some(())
     }
 
+    /// Frame the packet that follows the header's room in `frame` (`frame[HEADER_LEN..]`)
+    /// where it lies; returns the frame length.
+    #[inline]
+    pub fn frame_in_place(&self, frame: &mut [u8]) -> Option<usize> {
+        let (head, packet) = frame.split_at_mut_checked(HEADER_LEN)?;
+        self.emit(packet, head)?;
+        Some(frame.len())
+    }
+
     /// Frame `packet` into `out`; returns the frame length.
     #[inline]
     pub fn encapsulate(&self, packet: &[u8], out: &mut [u8]) -> Option<usize> {
@@ -185,6 +194,28 @@ mod tests {
         assert_eq!(f.dst_mac(), b);
         assert_eq!(f.packet(), &packet[..]);
         assert_eq!(f.addrs().dst.to_string(), "10.244.2.2");
+    }
+
+    /// Framing where the packet lies gives the bytes framing into another buffer gives.
+    #[test]
+    fn frame_in_place_equals_encapsulate() {
+        let (a, b) = macs();
+        let hdr = VxlanHeader::new(7, a, b);
+        for packet in [ipv4_packet([10, 244, 1, 2], [10, 244, 2, 2], 100), {
+            let mut v6 = vec![0x60u8; 60];
+            v6[1..].fill(0);
+            v6
+        }] {
+            let mut copied = vec![0u8; HEADER_LEN + packet.len()];
+            assert_eq!(hdr.encapsulate(&packet, &mut copied), Some(copied.len()));
+            let mut slot = vec![0xeeu8; HEADER_LEN];
+            slot.extend_from_slice(&packet);
+            assert_eq!(hdr.frame_in_place(&mut slot), Some(copied.len()));
+            assert_eq!(slot, copied);
+        }
+        let mut not_ip = vec![0u8; HEADER_LEN + 20];
+        assert_eq!(hdr.frame_in_place(&mut not_ip), None);
+        assert_eq!(hdr.frame_in_place(&mut [0u8; 10]), None);
     }
 
     #[test]
