@@ -6,9 +6,9 @@
 //! `ethtool` and `sysctl` (a harness reads better as the commands an operator would type, and a
 //! failure names the command); hosts without meshd are set up by the README's own recipes, run
 //! word for word ([`recipe`]). It starts `meshd`, `meshd-cni`, `wireguard-go` and
-//! `boringtun-cli` as processes of their own, and is never linked into the `meshd` binary. It depends on the `meshd` library
-//! only for the contract the two share: config values and constants (`meshd::config`), the
-//! runtime file names (`meshd::runfiles`), the status socket
+//! `boringtun-cli` as processes of their own, and is never linked into the `meshd` binary. It
+//! depends on the `meshd` library only for the contract the two share: config values and
+//! constants (`meshd::config`), the runtime file names (`meshd::runfiles`), the status socket
 //! (`meshd::status::query`) and the pod gateway address (`meshd::host::gateway`). It makes
 //! nothing in the root namespace and keeps its state under `/run/meshd-lab/<prefix>/`.
 

@@ -51,7 +51,8 @@ enum LabCommand {
         #[arg(long = "meshd-arg", allow_hyphen_values = true)]
         meshd_args: Vec<String>,
         /// Write every host's peers and subnet into its config instead of forming the cluster
-        /// by gossip from host 1 (implied with --kernel-vxlan, --wireguard-go or --boringtun hosts).
+        /// by gossip from host 1 (implied with --kernel-vxlan, --wireguard-go or --boringtun
+        /// hosts).
         #[arg(long = "static")]
         static_peers: bool,
         /// `auto` (kernel paths where they work, per peer), `kernel` or `userspace`: meshd's

@@ -212,7 +212,8 @@ fn uapi_socket(dev: &str) -> PathBuf {
     Path::new(WG_RUN_DIR).join(format!("{dev}.sock"))
 }
 
-/// Remove the control socket a killed wireguard-go or boringtun-cli may have left for namespace `ns`.
+/// Remove the control socket a killed wireguard-go or boringtun-cli may have left for namespace
+/// `ns`.
 pub fn remove_leftovers(ns: &str) {
     let _ = std::fs::remove_file(uapi_socket(&ifname(ns)));
 }
