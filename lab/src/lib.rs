@@ -5,10 +5,10 @@
 //! It is test and tryout tooling, not part of the daemon. It shells out to `ip`, `bridge`, `wg`,
 //! `ethtool` and `sysctl` (a harness reads better as the commands an operator would type, and a
 //! failure names the command); hosts without meshd are set up by the README's own recipes, run
-//! word for word ([`recipe`]). It starts `meshd`, `meshd-cni` and `wireguard-go` as processes
-//! of their own, and is never linked into the `meshd` binary. It depends on the `meshd` library
-//! only for the contract the two share: config values and constants (`meshd::config`), the
-//! runtime file names (`meshd::runfiles`), the status socket
+//! word for word ([`recipe`]). It starts `meshd`, `meshd-cni`, `wireguard-go` and
+//! `boringtun-cli` as processes of their own, and is never linked into the `meshd` binary. It
+//! depends on the `meshd` library only for the contract the two share: config values and
+//! constants (`meshd::config`), the runtime file names (`meshd::runfiles`), the status socket
 //! (`meshd::status::query`) and the pod gateway address (`meshd::host::gateway`). It makes
 //! nothing in the root namespace and keeps its state under `/run/meshd-lab/<prefix>/`.
 
@@ -83,6 +83,7 @@ pub fn save(spec: &Spec) -> Result<()> {
         "prefix": spec.prefix,
         "kernel_vxlan": spec.hosts.iter().map(|b| *b == HostKind::KernelVxlan).collect::<Vec<_>>(),
         "wireguard_go": spec.hosts.iter().map(|b| *b == HostKind::WireguardGo).collect::<Vec<_>>(),
+        "boringtun": spec.hosts.iter().map(|b| *b == HostKind::Boringtun).collect::<Vec<_>>(),
         "encryption": spec.encryption.as_str(),
         "pods": spec.pods_per_host,
         "meshd_bin": spec.meshd_bin,
@@ -113,7 +114,11 @@ pub fn load(prefix: &str) -> Result<Spec> {
             .map(|a| a.iter().map(|k| k.as_bool() == Some(true)).collect())
             .unwrap_or_default()
     };
-    let (kernel, wg_go) = (flags("kernel_vxlan"), flags("wireguard_go"));
+    let (kernel, wg_go, bt) = (
+        flags("kernel_vxlan"),
+        flags("wireguard_go"),
+        flags("boringtun"),
+    );
     if kernel.is_empty() {
         bail!("lab.json: kernel_vxlan missing");
     }
@@ -123,6 +128,8 @@ pub fn load(prefix: &str) -> Result<Spec> {
                 HostKind::KernelVxlan
             } else if wg_go.get(i) == Some(&true) {
                 HostKind::WireguardGo
+            } else if bt.get(i) == Some(&true) {
+                HostKind::Boringtun
             } else {
                 HostKind::Meshd
             }

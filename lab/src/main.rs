@@ -37,6 +37,11 @@ enum LabCommand {
         /// (encrypted labs only).
         #[arg(long, default_value_t = 0)]
         wireguard_go: usize,
+        /// How many of the hosts (the last ones before the wireguard-go hosts) run boringtun's
+        /// `boringtun-cli` instead of meshd (encrypted labs only): `$BORINGTUN_BIN`, or the
+        /// one on the PATH (`cargo install boringtun-cli --locked`).
+        #[arg(long, default_value_t = 0)]
+        boringtun: usize,
         /// `wireguard` (keys and a cluster secret are made for the lab) or `none` (VXLAN).
         #[arg(long, default_value = "wireguard")]
         encryption: Encryption,
@@ -46,7 +51,8 @@ enum LabCommand {
         #[arg(long = "meshd-arg", allow_hyphen_values = true)]
         meshd_args: Vec<String>,
         /// Write every host's peers and subnet into its config instead of forming the cluster
-        /// by gossip from host 1 (implied with --kernel-vxlan or --wireguard-go hosts).
+        /// by gossip from host 1 (implied with --kernel-vxlan, --wireguard-go or --boringtun
+        /// hosts).
         #[arg(long = "static")]
         static_peers: bool,
         /// `auto` (kernel paths where they work, per peer), `kernel` or `userspace`: meshd's
@@ -97,6 +103,7 @@ fn real_main(cmd: LabCommand) -> Result<()> {
             pods,
             kernel_vxlan,
             wireguard_go,
+            boringtun,
             encryption,
             prefix,
             meshd_args,
@@ -112,8 +119,9 @@ fn real_main(cmd: LabCommand) -> Result<()> {
             if !(2..=200).contains(&nodes) {
                 bail!("--nodes must be between 2 and 200");
             }
-            if kernel_vxlan + wireguard_go > nodes || !(1..=200).contains(&pods) {
-                bail!("--kernel-vxlan plus --wireguard-go must not exceed --nodes, and --pods must be 1 to 200");
+            let others = kernel_vxlan + wireguard_go + boringtun;
+            if others > nodes || !(1..=200).contains(&pods) {
+                bail!("--kernel-vxlan plus --wireguard-go plus --boringtun must not exceed --nodes, and --pods must be 1 to 200");
             }
             let hosts = (0..nodes)
                 .map(|i| {
@@ -121,6 +129,8 @@ fn real_main(cmd: LabCommand) -> Result<()> {
                         HostKind::KernelVxlan
                     } else if i >= nodes - kernel_vxlan - wireguard_go {
                         HostKind::WireguardGo
+                    } else if i >= nodes - others {
+                        HostKind::Boringtun
                     } else {
                         HostKind::Meshd
                     }
@@ -144,7 +154,7 @@ fn real_main(cmd: LabCommand) -> Result<()> {
                 meshd_bin,
                 underlay_mtu: 1500,
                 encryption,
-                formation: if static_peers || kernel_vxlan + wireguard_go > 0 {
+                formation: if static_peers || others > 0 {
                     Formation::Static
                 } else {
                     Formation::Gossip
@@ -228,5 +238,19 @@ mod tests {
             _ => Vec::new(),
         };
         assert_eq!(meshd_args, ["--no-tun-offload", "--no-udp-gso"]);
+    }
+
+    #[test]
+    fn boringtun_hosts_are_counted_like_wireguard_go_hosts() {
+        let argv = ["meshd lab", "up", "--boringtun", "2", "--wireguard-go", "1"];
+        let counts = match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(LabCommand::Up {
+                boringtun,
+                wireguard_go,
+                ..
+            }) => Some((boringtun, wireguard_go)),
+            _ => None,
+        };
+        assert_eq!(counts, Some((2, 1)));
     }
 }

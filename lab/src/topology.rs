@@ -32,6 +32,20 @@ pub enum HostKind {
     KernelVxlan,
     /// Debian's `wireguard-go` configured with `wg`, with no meshd (encrypted labs only).
     WireguardGo,
+    /// boringtun's userspace daemon `boringtun-cli` (`$BORINGTUN_BIN`, or on the `PATH`)
+    /// configured with `wg`, with no meshd (encrypted labs only).
+    Boringtun,
+}
+
+impl HostKind {
+    /// The userspace WireGuard daemon a host of this kind runs instead of meshd, if any.
+    pub fn wireguard_daemon(self) -> Option<wireguard::Daemon> {
+        match self {
+            HostKind::WireguardGo => Some(wireguard::Daemon::WireguardGo),
+            HostKind::Boringtun => Some(wireguard::Daemon::Boringtun),
+            HostKind::Meshd | HostKind::KernelVxlan => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -45,8 +59,8 @@ pub struct Spec {
     /// The meshd binary to run in each host.
     pub meshd_bin: PathBuf,
     pub underlay_mtu: u16,
-    /// What meshd hosts use between nodes; kernel-VXLAN hosts need `None`, wireguard-go hosts
-    /// `Wireguard`.
+    /// What meshd hosts use between nodes; kernel-VXLAN hosts need `None`, wireguard-go and
+    /// boringtun hosts `Wireguard`.
     pub encryption: Encryption,
     /// How meshd hosts find each other.
     pub formation: Formation,
@@ -164,8 +178,11 @@ impl Topology {
                 (HostKind::KernelVxlan, Encryption::Wireguard) => {
                     bail!("a kernel-VXLAN host needs a cleartext lab (--encryption none)")
                 }
-                (HostKind::WireguardGo, Encryption::None) => {
-                    bail!("a wireguard-go host needs an encrypted lab (--encryption wireguard)")
+                (HostKind::WireguardGo | HostKind::Boringtun, Encryption::None) => {
+                    bail!(
+                        "a {:?} host needs an encrypted lab (--encryption wireguard)",
+                        h.kind
+                    )
                 }
                 _ => {}
             }
@@ -214,13 +231,14 @@ impl Topology {
             match h.kind {
                 HostKind::Meshd => self.start_meshd_with(&h, &self.meshd_config(&h))?,
                 HostKind::KernelVxlan => self.kernel_vxlan(&h)?,
-                HostKind::WireguardGo => {
+                HostKind::WireguardGo | HostKind::Boringtun => {
                     let peers: Vec<&Host> =
                         self.hosts.iter().filter(|p| p.index != h.index).collect();
                     if secret.is_none() {
-                        bail!("no cluster secret for the wireguard-go host");
+                        bail!("no cluster secret for the {:?} host", h.kind);
                     }
-                    wireguard::start_wireguard_go(&h, &peers, &self.spec, CLUSTER_CIDR)?;
+                    let daemon = h.kind.wireguard_daemon().context("no WireGuard daemon")?;
+                    wireguard::start_daemon(daemon, &h, &peers, &self.spec, CLUSTER_CIDR)?;
                     self.pod_bridge(&h)?;
                 }
             }
@@ -463,7 +481,7 @@ impl Topology {
     /// Pod MTU on a host without meshd: the underlay MTU minus the overhead of what the host runs.
     fn overlay_mtu(&self, h: &Host) -> u16 {
         let overhead = match h.kind {
-            HostKind::WireguardGo => Encryption::Wireguard.overhead(),
+            HostKind::WireguardGo | HostKind::Boringtun => Encryption::Wireguard.overhead(),
             _ => Encryption::None.overhead(),
         };
         self.spec.underlay_mtu - overhead as u16
@@ -511,7 +529,9 @@ impl Topology {
                 p.addr = self.cni_add(h, p)?;
                 Ok(())
             }
-            HostKind::KernelVxlan | HostKind::WireguardGo => self.manual_pod(h, j, p),
+            HostKind::KernelVxlan | HostKind::WireguardGo | HostKind::Boringtun => {
+                self.manual_pod(h, j, p)
+            }
         }
     }
 
