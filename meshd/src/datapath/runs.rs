@@ -172,7 +172,7 @@ mod tests {
     #[test]
     fn in_place_datagrams_join_runs_and_move_only_after_a_short_one() {
         let mut r = Runs::new(8, 1500, 64);
-        let mut put = |r: &mut Runs, slot: usize, peer: PeerId, len: usize| {
+        let put = |r: &mut Runs, slot: usize, peer: PeerId, len: usize| {
             let at = slot * 1500;
             r.buf_mut()[at..at + len].fill(slot as u8 + 1);
             r.commit_in_place(peer, at, len, len - 22);
