@@ -213,6 +213,10 @@ impl DropTally {
         self.0[reason as usize] += 1;
     }
 
+    pub fn add_n(&mut self, reason: DropReason, n: u64) {
+        self.0[reason as usize] += n;
+    }
+
     pub fn flush_into(&mut self, stats: &PeerStats) {
         for (i, n) in self.0.iter_mut().enumerate() {
             if *n > 0 {

@@ -1,6 +1,6 @@
 //! The I/O both data paths (cleartext VXLAN and WireGuard) share: batched TUN reads, batched UDP
-//! receives, GRO-coalescing TUN writes, sends that wait out a full socket buffer, and the
-//! per-peer receive tally. What differs between the paths (framing, crypto) is an
+//! receives, sends that wait out a full socket buffer, and the per-peer receive tally (the
+//! TUN writes, coalesced, are [`super::gro`]'s). What differs between the paths (framing, crypto) is an
 //! [`super::Encap`].
 
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
@@ -8,7 +8,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::runs::Runs;
 use crate::routes::{PeerId, RouteTable};
@@ -21,10 +21,8 @@ pub const TX_BATCH: usize = 256;
 const TX_READ_ROOM: usize = 128;
 /// Datagrams per `recvmmsg`: quinn-udp's own batch size on Linux.
 const RX_BATCH: usize = 32;
-/// A GRO-coalesced UDP read, and a GRO-coalesced TUN write, is at most 64 KiB.
+/// A GRO-coalesced UDP read is at most 64 KiB.
 const GRO_BUF: usize = 65535;
-/// Headroom in front of each packet written to TUN: the virtio-net header when offload is on.
-const WRITE_OFFSET: usize = VIRTIO_NET_HDR_LEN;
 /// How long an idle worker sleeps before it looks at the stop flag again.
 const IDLE_POLL_MS: i32 = 200;
 
@@ -209,62 +207,6 @@ impl UdpReader {
             }
         }
         n == RX_BATCH
-    }
-}
-
-/// Packets waiting to be written to the TUN device in one `send_multiple`, GRO-coalesced there
-/// when the device has offload.
-pub struct TunWriter {
-    bufs: Vec<Vec<u8>>,
-    used: usize,
-    gro: GROTable,
-}
-
-impl TunWriter {
-    pub fn new(batch: usize) -> Self {
-        TunWriter {
-            // tun-rs coalesces a flow's packets into the first buffer of the flow only when that
-            // buffer's capacity can hold the result: give each room for a 64 KiB super-packet.
-            // Pages are touched only as coalescing reaches them.
-            bufs: (0..batch)
-                .map(|_| Vec::with_capacity(2 * WRITE_OFFSET + GRO_BUF))
-                .collect(),
-            used: 0,
-            gro: GROTable::default(),
-        }
-    }
-
-    /// The next free buffer, past the headroom, `len` bytes long (at most the buffer's
-    /// capacity), for a caller that produces the packet in place.
-    #[inline]
-    pub fn next(&mut self, len: usize) -> &mut [u8] {
-        let b = &mut self.bufs[self.used];
-        let want = (WRITE_OFFSET + len).min(b.capacity());
-        b.resize(want, 0);
-        &mut b[WRITE_OFFSET..]
-    }
-
-    /// Keep the packet of `len` bytes just written into [`TunWriter::next`]; true when the
-    /// batch is full and must be flushed.
-    #[inline]
-    pub fn commit(&mut self, len: usize) -> bool {
-        self.bufs[self.used].truncate(WRITE_OFFSET + len);
-        self.used += 1;
-        self.used == self.bufs.len()
-    }
-
-    /// Write the batch; whether there was anything to write.
-    pub fn flush(&mut self, tun: &SyncDevice, drops: &mut DropTally) -> bool {
-        if self.used == 0 {
-            return false;
-        }
-        if let Err(e) = tun.send_multiple(&mut self.gro, &mut self.bufs[..self.used], WRITE_OFFSET)
-        {
-            tracing::trace!(error = %e, "TUN write");
-            drops.add(DropReason::TunWriteError);
-        }
-        self.used = 0;
-        true
     }
 }
 

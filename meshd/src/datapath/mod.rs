@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  TUN queue ─▶ tx_loop: read batch ─▶ route ─▶ Encap::Tx::encode into Runs ─▶ GSO sendmsg ─▶ UDP
-//!  UDP       ─▶ rx_loop: recvmmsg/GRO ─▶ Encap::receive (check, decrypt) ─▶ GRO write ─▶ TUN queue
+//!  UDP       ─▶ rx_loop: recvmmsg/GRO ─▶ Encap::receive (check, decrypt) ─▶ gro::Coalescer ─▶ TUN queue
 //!                  └─ TX worker asleep: send the answer now in the TUN queue, as tx_loop would
 //! ```
 //!
@@ -13,6 +13,7 @@
 //! per-packet path has no virtual call.
 
 pub mod device;
+pub mod gro;
 pub mod io;
 pub mod runs;
 pub mod vxlan;
@@ -55,8 +56,13 @@ pub trait Encap: Send + Sync + Sized + 'static {
     const FRAMES_IN_PLACE: bool = false;
     /// Largest datagram to expect (without GRO) for a TUN MTU of `mtu`.
     fn max_datagram(mtu: usize) -> usize;
-    /// Bytes of output buffer [`Encap::receive`] needs for a datagram of `len` bytes.
+    /// Bytes of output buffer [`Encap::receive`] needs for a datagram of `len` bytes (0 where
+    /// it delivers packets where they lie, [`Received::Inside`]).
     fn packet_room(len: usize) -> usize;
+    /// Whether every packet [`Encap::receive`] delivers was authenticated on the way
+    /// (encryption): a segment's own TCP checksum then need not be checked before it is
+    /// coalesced with others under one checksum the kernel computes.
+    const AUTHENTICATED: bool = false;
 
     fn tx<'t>(&'t self, table: &'t RouteTable) -> Self::Tx<'t>;
     fn rx_scratch(&self) -> Self::RxScratch;
@@ -119,6 +125,9 @@ pub struct Rx<'a, S> {
 pub enum Received {
     /// `out[..len]` is an IP packet from `peer`, inside its subnet: deliver it.
     Deliver { peer: PeerId, len: usize },
+    /// `datagram[at..at + len]` is such a packet, where it lies (cleartext): deliver it from
+    /// there, `out` is left alone.
+    Inside { peer: PeerId, at: usize, len: usize },
     /// Handled (a handshake answered, a keepalive, a cookie taken) or dropped and counted.
     Nothing,
 }

@@ -37,8 +37,8 @@ impl Encap for Vxlan {
         mtu + HEADER_LEN + RX_SLACK
     }
 
-    fn packet_room(len: usize) -> usize {
-        len
+    fn packet_room(_len: usize) -> usize {
+        0
     }
 
     fn tx<'t>(&'t self, _table: &'t RouteTable) -> Framer {
@@ -54,21 +54,16 @@ impl Encap for Vxlan {
         table: &RouteTable,
         from: SocketAddr,
         datagram: &[u8],
-        out: &mut [u8],
+        _out: &mut [u8],
     ) -> Received {
         let drops = &mut rx.drops;
         match decode(table, from.ip(), self.vni, datagram) {
-            Ok((peer, packet)) => {
-                let Some(dst) = out.get_mut(..packet.len()) else {
-                    drops.add(DropReason::Malformed);
-                    return Received::Nothing;
-                };
-                dst.copy_from_slice(packet);
-                Received::Deliver {
-                    peer,
-                    len: packet.len(),
-                }
-            }
+            // The packet goes to the TUN device from where it lies, after the header.
+            Ok((peer, packet)) => Received::Inside {
+                peer,
+                at: HEADER_LEN,
+                len: packet.len(),
+            },
             Err((Some(peer), reason)) => {
                 table.peer(peer).stats.count_drop(reason, 1);
                 Received::Nothing

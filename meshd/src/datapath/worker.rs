@@ -17,7 +17,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{MutexGuard, PoisonError};
 
-use super::io::{send_runs, wait, wait_either, PeerAcc, TunReader, TunWriter, UdpReader, TX_BATCH};
+use super::gro::Coalescer;
+use super::io::{send_runs, wait, wait_either, PeerAcc, TunReader, UdpReader, TX_BATCH};
 use super::runs::Runs;
 use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
 use crate::routes::RouteTable;
@@ -196,7 +197,7 @@ fn answer_from_rx<E: Encap>(shared: &Shared<E>, q: &Queue) {
 
 pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
     let mut reader = UdpReader::new(q.gro, E::max_datagram(shared.mtu));
-    let mut out = TunWriter::new(E::RX_WRITE_BATCH);
+    let mut out = Coalescer::new(E::RX_WRITE_BATCH, q.tun.tcp_gso(), !E::AUTHENTICATED);
     let (sock, state) = &*q.socket;
     let mut reply = |bytes: &[u8], to: SocketAddr| {
         if let Err(e) = sock.send_to(bytes, to) {
@@ -222,12 +223,19 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
             let mut deliver = |from: SocketAddr, datagram: &[u8]| {
                 datagrams += 1;
                 let buf = out.next(E::packet_room(datagram.len()));
-                let r = shared.encap.receive(&mut rx, &table, from, datagram, buf);
-                if let Received::Deliver { peer, len } = r {
-                    acc.add(&table, peer, len);
-                    if out.commit(len) {
-                        wrote |= out.flush(&q.tun, &mut rx.drops);
+                let full = match shared.encap.receive(&mut rx, &table, from, datagram, buf) {
+                    Received::Deliver { peer, len } => {
+                        acc.add(&table, peer, len);
+                        out.commit(len)
                     }
+                    Received::Inside { peer, at, len } => {
+                        acc.add(&table, peer, len);
+                        out.push(&datagram[at..at + len])
+                    }
+                    Received::Nothing => false,
+                };
+                if full {
+                    wrote |= flush(&mut out, q, &mut rx.drops);
                 }
             };
             let mut more = reader.recv(sock, state, &mut deliver);
@@ -241,7 +249,7 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
             more
         };
         acc.flush(&table);
-        wrote |= out.flush(&q.tun, &mut rx.drops);
+        wrote |= flush(&mut out, q, &mut rx.drops);
         rx.drops.flush_into(&shared.routes.unattributed);
         q.counters
             .rx_datagrams
@@ -254,6 +262,17 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
             flow_ready = wait_either(sock, flow, libc::POLLIN).1;
         }
     }
+}
+
+/// Write what `out` holds to the queue's TUN device; whether there was anything.
+fn flush(out: &mut Coalescer, q: &Queue, drops: &mut DropTally) -> bool {
+    let mut failed = 0;
+    let wrote = out.flush(&*q.tun, &mut failed);
+    if failed > 0 {
+        tracing::trace!(failed, "TUN writes");
+        drops.add_n(DropReason::TunWriteError, failed);
+    }
+    wrote
 }
 
 /// How often (in busy rounds) an RX worker reads its queue's source port without being told.

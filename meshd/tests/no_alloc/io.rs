@@ -1,12 +1,15 @@
 //! The data path's I/O allocates nothing per packet once warm: batched TUN reads (with TUN
-//! offload), GRO-coalescing TUN writes, batched UDP receives and the GSO run sends, in a network
+//! offload), coalescing TUN writes, batched UDP receives and the GSO run sends, in a network
 //! namespace of the test's own with a real TUN device and real UDP sockets. The kernel answers
 //! the ICMP echo requests written to the TUN device, and those answers, read back, go out as
 //! VXLAN datagrams to a socket in the same namespace: the path a ping takes through a node.
+//! Each round also writes TCP segments of one flow, which the coalescer joins into one
+//! super-packet (the kernel answers it with a reset, as no one listens).
 //! Needs root (a namespace and a TUN device), as the end-to-end tests do.
 
 use super::allocations_in;
-use meshd::datapath::io::{send_runs, wait, TunReader, TunWriter, UdpReader, TX_BATCH};
+use meshd::datapath::gro::Coalescer;
+use meshd::datapath::io::{send_runs, wait, TunReader, UdpReader, TX_BATCH};
 use meshd::datapath::runs::Runs;
 use meshd::datapath::vxlan::Vxlan;
 use meshd::datapath::worker::{encode_batch, frame_batch};
@@ -51,6 +54,35 @@ fn echo_request(seq: u16) -> Vec<u8> {
     p[26..28].copy_from_slice(&seq.to_be_bytes());
     let c = checksum(&p[20..]);
     p[22..24].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// A TCP segment of 1000 bytes from 10.99.0.2:40000 to 10.99.0.1:9 at `seq`, checksums
+/// filled in.
+fn tcp_segment(seq: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 20 + 20 + 1000];
+    let total = p.len() as u16;
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&[10, 99, 0, 2]);
+    p[16..20].copy_from_slice(&[10, 99, 0, 1]);
+    let c = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&9u16.to_be_bytes());
+    p[24..28].copy_from_slice(&seq.to_be_bytes());
+    p[32] = 5 << 4;
+    p[33] = 0x10; // ACK
+    p[34..36].copy_from_slice(&1000u16.to_be_bytes());
+    let mut pseudo = p[12..20].to_vec();
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&((p.len() - 20) as u16).to_be_bytes());
+    pseudo.extend_from_slice(&p[20..]);
+    let c = checksum(&pseudo);
+    p[36..38].copy_from_slice(&c.to_be_bytes());
     p
 }
 
@@ -138,22 +170,35 @@ fn run_in_namespace() -> (usize, usize, usize) {
     let vxlan = Vxlan { vni: 1 };
     let stop = AtomicBool::new(false);
     let mut reader = TunReader::new(1400);
-    let mut writer = TunWriter::new(64);
+    let mut writer = Coalescer::new(64, true, true);
     let mut udp = UdpReader::new(gro, 1400 + 128);
     let mut runs = Runs::new(TX_BATCH, 1400 + 64, tx_state.max_gso_segments());
     let mut drops = DropTally::default();
     let requests: Vec<Vec<u8>> = (0..8).map(echo_request).collect();
+    let segments: Vec<Vec<u8>> = (0..4).map(|i| tcp_segment(1 + 1000 * i)).collect();
     let (mut answered, mut received) = (0, 0);
     // Rounds alternate between the two TX loops: copying into the runs (encode_batch, as
     // WireGuard does) and reading into them to frame in place (frame_batch, cleartext).
     let mut in_place = false;
     let mut round = |answered: &mut usize, received: &mut usize| {
         in_place = !in_place;
+        // Written in place (as a decrypted packet is) and pushed from elsewhere (as a
+        // cleartext one is).
         for r in &requests {
             writer.next(r.len())[..r.len()].copy_from_slice(r);
             writer.commit(r.len());
         }
-        assert!(writer.flush(&tun, &mut drops));
+        for (i, s) in segments.iter().enumerate() {
+            if i % 2 == 0 {
+                writer.push(s);
+            } else {
+                writer.next(s.len()).copy_from_slice(s);
+                writer.commit(s.len());
+            }
+        }
+        let mut failed = 0;
+        assert!(writer.flush(&tun, &mut failed));
+        assert_eq!(failed, 0, "TUN writes refused");
         // The kernel answered in the write's own softirq; read the answers (waiting if not).
         let stride = HEADER_LEN + 1400;
         let mut read = |reader: &mut TunReader, runs: &mut Runs, fill| {

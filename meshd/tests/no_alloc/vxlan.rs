@@ -58,7 +58,7 @@ fn encode_and_decode_allocate_nothing_per_packet() {
     let mut receive = |table: &meshd::routes::RouteTable, out: &mut [u8]| {
         let r = vxlan.receive(&mut rx, table, from, &incoming, out);
         match r {
-            Received::Deliver { len, .. } => len,
+            Received::Deliver { len, .. } | Received::Inside { len, .. } => len,
             Received::Nothing => 0,
         }
     };

@@ -55,6 +55,8 @@ pub struct Wireguard {
 impl Encap for Wireguard {
     const NAME: &'static str = "wg";
     const RX_WRITE_BATCH: usize = RX_WRITE_BATCH;
+    // ChaCha20-Poly1305 authenticated every byte.
+    const AUTHENTICATED: bool = true;
     const HAS_CONTROL: bool = true;
     type Tx<'t> = tx::Sealer<'t>;
     type RxScratch = Vec<u8>;

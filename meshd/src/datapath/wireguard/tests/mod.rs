@@ -135,6 +135,7 @@ impl Node {
         let len = match r {
             Received::Deliver { len, .. } => len,
             Received::Nothing => 0,
+            Received::Inside { .. } => unreachable!("WireGuard delivers what it decrypted"),
         };
         (r, out[..len].to_vec(), replies, unattributed)
     }

@@ -1,0 +1,497 @@
+//! Coalescing received TCP segments into super-packets for the TUN device (GRO in userspace),
+//! written once per flow with a virtio-net header that tells the kernel how to treat it.
+//!
+//! Each packet is copied once, into its place in a write buffer: a segment that continues a flow
+//! already in the batch has only its payload appended to that flow's buffer; anything else gets
+//! a buffer of its own. A cleartext packet is copied there straight from the receive buffer
+//! ([`Coalescer::push`]); a decrypted one is written into a fresh buffer first
+//! ([`Coalescer::next`], [`Coalescer::commit`]) and only its payload moves if it coalesces.
+//! Nothing is allocated per packet: the buffers and the flow table are made once.
+//!
+//! Segments coalesce as the kernel's own GRO would merge them: same addresses, ports, IP and TCP
+//! headers (TTL, TOS, DF, options, ACK number, window), flags ACK or ACK+PSH, consecutive
+//! sequence numbers, all of one size but the last; a PSH or a short segment ends the flow.
+//! A coalesced buffer carries `VIRTIO_NET_HDR_F_NEEDS_CSUM` with the TCP pseudo-header sum in
+//! its checksum field, so its checksum is the kernel's to compute: where the packets were not
+//! authenticated (cleartext), each segment's own checksum is checked before it may join.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// Bytes of the virtio-net header in front of every write when offload is on.
+pub const VNET_HDR_LEN: usize = 10;
+/// The largest packet one write may carry (the IP length fields).
+const MAX_PACKET: usize = 65_535;
+/// Flows tracked in one batch; a packet of a further flow is written alone.
+const MAX_FLOWS: usize = 16;
+/// Segments per super-packet, at most (the kernel's own GRO stops at 64 as well).
+const MAX_SEGMENTS: u16 = 64;
+
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH: u8 = 0x08;
+const IPPROTO_TCP: u8 = 6;
+
+/// One coalescing flow of the current batch.
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    /// Which write buffer holds the flow's first segment (and its headers).
+    buf: usize,
+    /// IP and TCP header lengths.
+    iph: usize,
+    tcph: usize,
+    /// Payload bytes of every segment but possibly the last.
+    gso: usize,
+    /// Sequence number the next segment must carry.
+    next_seq: u32,
+    segments: u16,
+    /// A PSH or a short segment came: nothing more joins.
+    closed: bool,
+}
+
+/// A TCP segment's layout, as far as coalescing needs it.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    v6: bool,
+    iph: usize,
+    tcph: usize,
+    seq: u32,
+    flags: u8,
+}
+
+impl Segment {
+    fn payload(&self, packet: &[u8]) -> usize {
+        packet.len() - self.iph - self.tcph
+    }
+}
+
+/// Parse `packet` as a TCP segment that may coalesce: IPv4 without fragmentation or IPv6 with
+/// TCP as its next header, lengths that agree, flags ACK or ACK+PSH, and a payload.
+fn segment(packet: &[u8]) -> Option<Segment> {
+    let version = packet.first()? >> 4;
+    let (v6, iph) = match version {
+        4 => {
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            if ihl < 20 || packet.len() < ihl {
+                return None;
+            }
+            let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+            // Not a fragment: no MF flag, offset 0.
+            let frag = u16::from_be_bytes([packet[6], packet[7]]);
+            if total != packet.len() || frag & 0x3fff != 0 || packet[9] != IPPROTO_TCP {
+                return None;
+            }
+            (false, ihl)
+        }
+        6 => {
+            if packet.len() < 40 || packet[6] != IPPROTO_TCP {
+                return None;
+            }
+            let payload = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
+            if payload + 40 != packet.len() {
+                return None;
+            }
+            (true, 40)
+        }
+        _ => return None,
+    };
+    let tcp = packet.get(iph..iph + 20)?;
+    let tcph = usize::from(tcp[12] >> 4) * 4;
+    if tcph < 20 || packet.len() <= iph + tcph {
+        return None;
+    }
+    let flags = tcp[13];
+    if flags != TCP_ACK && flags != TCP_ACK | TCP_PSH {
+        return None;
+    }
+    Some(Segment {
+        v6,
+        iph,
+        tcph,
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        flags,
+    })
+}
+
+/// Whether segment `b` (layout `s`) belongs to the flow whose first segment is `a` and may
+/// follow it: every header byte equal but the IP length, ID and checksum, the sequence number,
+/// the TCP checksum and the PSH flag.
+fn same_flow(a: &[u8], b: &[u8], s: &Segment, f: &Flow) -> bool {
+    if s.iph != f.iph || s.tcph != f.tcph || a.len() < f.iph + f.tcph {
+        return false;
+    }
+    let ip_same = if s.v6 {
+        a[..4] == b[..4] && a[6..40] == b[6..40]
+    } else {
+        // Version/IHL, TOS; flags (DF); TTL, protocol; addresses and options.
+        a[..2] == b[..2] && a[6] == b[6] && a[8..10] == b[8..10] && a[12..f.iph] == b[12..f.iph]
+    };
+    let (ta, tb) = (&a[f.iph..f.iph + f.tcph], &b[f.iph..f.iph + f.tcph]);
+    // Ports; ACK number, data offset; window, urgent pointer, options. The flags: the flow's
+    // first segment is a plain ACK (a PSH closes the flow), checked by `closed`.
+    ip_same
+        && ta[..4] == tb[..4]
+        && ta[8..13] == tb[8..13]
+        && ta[14..16] == tb[14..16]
+        && ta[18..] == tb[18..]
+}
+
+/// Packets waiting to be written to one TUN queue, TCP segments of one flow coalesced.
+pub struct Coalescer {
+    bufs: Vec<Vec<u8>>,
+    used: usize,
+    flows: [Option<Flow>; MAX_FLOWS],
+    /// Whether the device takes a virtio-net header (TUN offload on); without, every packet is
+    /// written as it is.
+    vnet: bool,
+    /// Check each segment's own checksum before it joins a flow (packets that were not
+    /// authenticated on the way).
+    verify: bool,
+}
+
+impl Coalescer {
+    /// Room for `batch` writes; `vnet`: the device has offload; `verify`: see [`Coalescer`].
+    pub fn new(batch: usize, vnet: bool, verify: bool) -> Self {
+        Coalescer {
+            // Pages are touched only as packets reach them.
+            bufs: (0..batch)
+                .map(|_| Vec::with_capacity(VNET_HDR_LEN + MAX_PACKET))
+                .collect(),
+            used: 0,
+            flows: [None; MAX_FLOWS],
+            vnet,
+            verify,
+        }
+    }
+
+    /// The next free buffer, `len` bytes long (at most a packet's maximum), for a caller that
+    /// produces a packet in place; [`Coalescer::commit`] keeps it.
+    #[inline]
+    pub fn next(&mut self, len: usize) -> &mut [u8] {
+        let b = &mut self.bufs[self.used];
+        b.resize(VNET_HDR_LEN + len.min(MAX_PACKET), 0);
+        &mut b[VNET_HDR_LEN..]
+    }
+
+    /// Keep the `len`-byte packet just written into [`Coalescer::next`]: its payload joins a
+    /// flow of the batch, or it keeps the buffer. True when the batch is full and must be
+    /// flushed.
+    #[inline]
+    pub fn commit(&mut self, len: usize) -> bool {
+        let i = self.used;
+        self.bufs[i].truncate(VNET_HDR_LEN + len);
+        let seg = segment(&self.bufs[i][VNET_HDR_LEN..]);
+        if let Some(s) = seg {
+            if let Some(f) = self.joinable(&s, None, i) {
+                // Split the borrow: the flow's buffer comes before this one.
+                let (head, tail) = self.bufs.split_at_mut(i);
+                let packet = &tail[0][VNET_HDR_LEN..];
+                append(&mut head[self.flows[f].map_or(0, |x| x.buf)], packet, &s);
+                let len = packet.len();
+                self.joined(f, &s, len);
+                return false;
+            }
+        }
+        self.keep(i, seg);
+        self.used == self.bufs.len()
+    }
+
+    /// Take `packet` (in the caller's buffer, a receive buffer say): its payload joins a flow
+    /// of the batch, or it is copied into a buffer of its own. True when the batch is full and
+    /// must be flushed.
+    #[inline]
+    pub fn push(&mut self, packet: &[u8]) -> bool {
+        let packet = &packet[..packet.len().min(MAX_PACKET)];
+        let seg = segment(packet);
+        if let Some(s) = seg {
+            if let Some(f) = self.joinable(&s, Some(packet), self.used) {
+                let buf = self.flows[f].map_or(0, |x| x.buf);
+                append(&mut self.bufs[buf], packet, &s);
+                self.joined(f, &s, packet.len());
+                return false;
+            }
+        }
+        let i = self.used;
+        let b = &mut self.bufs[i];
+        b.clear();
+        b.resize(VNET_HDR_LEN, 0);
+        b.extend_from_slice(packet);
+        self.keep(i, seg);
+        self.used == self.bufs.len()
+    }
+
+    /// The flow (index into `flows`) that segment `s` may join: `packet` when given, else the
+    /// one in buffer `at`.
+    fn joinable(&self, s: &Segment, packet: Option<&[u8]>, at: usize) -> Option<usize> {
+        if !self.vnet {
+            return None;
+        }
+        let packet = match packet {
+            Some(p) => p,
+            None => &self.bufs[at][VNET_HDR_LEN..],
+        };
+        let payload = s.payload(packet);
+        let f = self.flows.iter().position(|f| {
+            f.is_some_and(|f| {
+                !f.closed
+                    && s.seq == f.next_seq
+                    && payload <= f.gso
+                    && f.segments < MAX_SEGMENTS
+                    && self.bufs[f.buf].len() + payload <= VNET_HDR_LEN + MAX_PACKET
+                    && same_flow(&self.bufs[f.buf][VNET_HDR_LEN..], packet, s, &f)
+            })
+        })?;
+        if self.verify && !checksum_ok(packet, s) {
+            return None;
+        }
+        // The flow's head was checked when it was kept, if it needed to be.
+        Some(f)
+    }
+
+    /// Segment `s` of `len` bytes joined flow `f`.
+    fn joined(&mut self, f: usize, s: &Segment, len: usize) {
+        let Some(flow) = self.flows[f].as_mut() else {
+            return;
+        };
+        let payload = len - s.iph - s.tcph;
+        flow.next_seq = s.seq.wrapping_add(payload as u32);
+        flow.segments += 1;
+        if payload < flow.gso || s.flags & TCP_PSH != 0 {
+            flow.closed = true;
+        }
+        if s.flags & TCP_PSH != 0 {
+            let head = &mut self.bufs[flow.buf][VNET_HDR_LEN..];
+            head[flow.iph + 13] |= TCP_PSH;
+        }
+    }
+
+    /// Buffer `i` holds a packet of its own: count it, and let it head a flow when it may.
+    fn keep(&mut self, i: usize, seg: Option<Segment>) {
+        self.used += 1;
+        let Some(s) = seg.filter(|_| self.vnet) else {
+            return;
+        };
+        let packet = &self.bufs[i][VNET_HDR_LEN..];
+        // A head whose own checksum is wrong is written alone: the kernel drops it, and no
+        // segment's payload is blessed by its checksum.
+        if self.verify && !checksum_ok(packet, &s) {
+            return;
+        }
+        let flow = Flow {
+            buf: i,
+            iph: s.iph,
+            tcph: s.tcph,
+            gso: s.payload(packet),
+            next_seq: s.seq.wrapping_add(s.payload(packet) as u32),
+            segments: 1,
+            closed: s.flags & TCP_PSH != 0,
+        };
+        if flow.closed {
+            return;
+        }
+        // The same connection may already have a (closed, or out-of-order) flow: this one
+        // replaces it as the one to join; otherwise a free slot, or none.
+        let key = |b: &[u8], f: &Flow| flow_key(b, f.iph, s.v6);
+        let mine = key(packet, &flow);
+        let slot = self
+            .flows
+            .iter()
+            .position(|f| f.is_some_and(|f| key(&self.bufs[f.buf][VNET_HDR_LEN..], &f) == mine))
+            .or_else(|| self.flows.iter().position(Option::is_none));
+        if let Some(k) = slot {
+            self.retire(k);
+            self.flows[k] = Some(flow);
+        }
+    }
+
+    /// Stop tracking flow slot `k`: its buffer becomes a finished super-packet if anything
+    /// joined it.
+    fn retire(&mut self, k: usize) {
+        if let Some(f) = self.flows[k].take() {
+            if f.segments > 1 {
+                finish(&mut self.bufs[f.buf], &f);
+            }
+        }
+    }
+
+    /// Write every buffer to the TUN device, in order, each coalesced flow as one
+    /// super-packet; whether there was anything to write. A failed write is counted in
+    /// `errors` and the rest still go.
+    pub fn flush(&mut self, tun: &impl AsRawFd, errors: &mut u64) -> bool {
+        self.flush_with(|bytes| write(tun, bytes), errors)
+    }
+
+    /// [`Coalescer::flush`] through `write`, one call per write.
+    pub fn flush_with(
+        &mut self,
+        mut write: impl FnMut(&[u8]) -> io::Result<()>,
+        errors: &mut u64,
+    ) -> bool {
+        if self.used == 0 {
+            return false;
+        }
+        for k in 0..MAX_FLOWS {
+            self.retire(k);
+        }
+        for b in &mut self.bufs[..self.used] {
+            let bytes: &[u8] = if self.vnet {
+                // A packet written alone carries a zeroed header, unless a flow filled it in.
+                if b[0] == 0 && b[1] == 0 {
+                    b[..VNET_HDR_LEN].fill(0);
+                }
+                b
+            } else {
+                &b[VNET_HDR_LEN..]
+            };
+            if write(bytes).is_err() {
+                *errors += 1;
+            }
+            // Marks the buffer as not coalesced for its next use.
+            b[..2].fill(0);
+        }
+        self.used = 0;
+        true
+    }
+}
+
+/// Append segment `s`'s payload (from `packet`) to the flow buffer `to`.
+#[inline]
+fn append(to: &mut Vec<u8>, packet: &[u8], s: &Segment) {
+    to.extend_from_slice(&packet[s.iph + s.tcph..]);
+}
+
+/// Turn a flow's buffer into a super-packet: the IP length (and IPv4 checksum), the TCP
+/// pseudo-header sum, and the virtio-net header asking the kernel for TCP checksum and GSO.
+fn finish(buf: &mut [u8], f: &Flow) {
+    let (hdr, packet) = buf.split_at_mut(VNET_HDR_LEN);
+    let v6 = packet[0] >> 4 == 6;
+    let len = packet.len();
+    let tcp_len = len - f.iph;
+    if v6 {
+        packet[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+    } else {
+        packet[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        packet[10..12].fill(0);
+        let c = !fold(sum(&packet[..f.iph], 0));
+        packet[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    // Pseudo-header sum, not complemented: the kernel adds the rest from csum_start on.
+    let addrs = if v6 { &packet[8..40] } else { &packet[12..20] };
+    let pseudo = fold(sum(addrs, u64::from(IPPROTO_TCP) + tcp_len as u64));
+    packet[f.iph + 16..f.iph + 18].copy_from_slice(&pseudo.to_be_bytes());
+    hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    hdr[1] = if v6 {
+        VIRTIO_NET_HDR_GSO_TCPV6
+    } else {
+        VIRTIO_NET_HDR_GSO_TCPV4
+    };
+    // The virtio-net header of a TUN device is in the host's byte order.
+    hdr[2..4].copy_from_slice(&((f.iph + f.tcph) as u16).to_ne_bytes());
+    hdr[4..6].copy_from_slice(&(f.gso as u16).to_ne_bytes());
+    hdr[6..8].copy_from_slice(&(f.iph as u16).to_ne_bytes());
+    hdr[8..10].copy_from_slice(&16u16.to_ne_bytes());
+}
+
+/// The connection a packet belongs to: addresses and ports, as one comparable value.
+fn flow_key(packet: &[u8], iph: usize, v6: bool) -> ([u8; 32], [u8; 4]) {
+    let mut a = [0u8; 32];
+    let addrs = if v6 { &packet[8..40] } else { &packet[12..20] };
+    a[..addrs.len()].copy_from_slice(addrs);
+    let mut p = [0u8; 4];
+    p.copy_from_slice(&packet[iph..iph + 4]);
+    (a, p)
+}
+
+/// Whether the TCP checksum of segment `s` in `packet` is right.
+fn checksum_ok(packet: &[u8], s: &Segment) -> bool {
+    let tcp = &packet[s.iph..];
+    let addrs = if s.v6 {
+        &packet[8..40]
+    } else {
+        &packet[12..20]
+    };
+    let pseudo = sum(addrs, u64::from(IPPROTO_TCP) + tcp.len() as u64);
+    fold(sum(tcp, pseudo)) == 0xffff
+}
+
+/// The ones'-complement sum of `data` (starting at an even offset of its packet) as
+/// big-endian 16-bit words, added to `acc`, unfolded.
+///
+/// The sum does not depend on byte order but for a final swap (RFC 1071), so it is taken over
+/// the host's own 64-bit words, 32 bytes a round in four independent lanes (which the compiler
+/// turns into vector adds), each word added as its two 32-bit halves so no carry is lost.
+/// Where the CPU has AVX2 (found at run time), the same loop compiled for it.
+#[inline]
+pub fn sum(data: &[u8], acc: u64) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return acc + u64::from(unsafe { sum_avx2(data) });
+    }
+    acc + u64::from(sum_words(data))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_avx2(data: &[u8]) -> u16 {
+    sum_words(data)
+}
+
+/// [`sum`]'s loop: the folded big-endian sum of `data`.
+#[inline(always)]
+fn sum_words(data: &[u8]) -> u16 {
+    let mut lanes = [0u64; 4];
+    let mut blocks = data.chunks_exact(32);
+    for b in &mut blocks {
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[8 * k..8 * k + 8]);
+            let w = u64::from_ne_bytes(w);
+            *lane += (w & 0xffff_ffff) + (w >> 32);
+        }
+    }
+    let mut native: u64 = lanes.iter().map(|&l| u64::from(fold(l))).sum();
+    let mut words = blocks.remainder().chunks_exact(2);
+    for w in &mut words {
+        native += u64::from(u16::from_ne_bytes([w[0], w[1]]));
+    }
+    if let [last] = words.remainder() {
+        // An odd last byte is the high byte of a big-endian word padded with zero.
+        native += u64::from(u16::from_ne_bytes([*last, 0]));
+    }
+    let host = fold(native);
+    if cfg!(target_endian = "little") {
+        host.swap_bytes()
+    } else {
+        host
+    }
+}
+
+/// Fold a [`sum`] to 16 bits.
+#[inline]
+pub fn fold(mut acc: u64) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+fn write(tun: &impl AsRawFd, bytes: &[u8]) -> io::Result<()> {
+    loop {
+        // SAFETY: a valid fd, and a pointer and length of one live slice.
+        let n = unsafe { libc::write(tun.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
