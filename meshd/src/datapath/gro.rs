@@ -1,5 +1,6 @@
-//! Coalescing received TCP segments into super-packets for the TUN device (GRO in userspace),
-//! written once per flow with a virtio-net header that tells the kernel how to treat it.
+//! Coalescing received TCP segments (and, where the device takes them, UDP datagrams) into
+//! super-packets for the TUN device (GRO in userspace), written once per flow with a virtio-net
+//! header that tells the kernel how to treat it.
 //!
 //! Each packet is copied once, into its place in a write buffer: a segment that continues a flow
 //! already in the batch has only its payload appended to that flow's buffer; anything else gets
@@ -10,7 +11,9 @@
 //!
 //! Segments coalesce as the kernel's own GRO would merge them: same addresses, ports, IP and TCP
 //! headers (TTL, TOS, DF, options, ACK number, window), flags ACK or ACK+PSH, consecutive
-//! sequence numbers, all of one size but the last; a PSH or a short segment ends the flow.
+//! sequence numbers, all of one size but the last; a PSH or a short segment ends the flow. UDP
+//! datagrams of one flow (same addresses, ports and IP header) coalesce likewise, all of one
+//! size but the last, when the device has USO.
 //! A coalesced buffer carries `VIRTIO_NET_HDR_F_NEEDS_CSUM` with the TCP pseudo-header sum in
 //! its checksum field, so its checksum is the kernel's to compute: where the packets were not
 //! authenticated (cleartext), each segment's own checksum is checked before it may join.
@@ -31,18 +34,22 @@ const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
 
+const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
+
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 
 /// One coalescing flow of the current batch.
 #[derive(Debug, Clone, Copy)]
 struct Flow {
     /// Which write buffer holds the flow's first segment (and its headers).
     buf: usize,
-    /// IP and TCP header lengths.
+    /// IP and TCP (or UDP) header lengths.
     iph: usize,
-    tcph: usize,
+    l4h: usize,
+    udp: bool,
     /// Payload bytes of every segment but possibly the last.
     gso: usize,
     /// Sequence number the next segment must carry.
@@ -52,27 +59,30 @@ struct Flow {
     closed: bool,
 }
 
-/// A TCP segment's layout, as far as coalescing needs it.
+/// A TCP segment's (or UDP datagram's) layout, as far as coalescing needs it.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
     v6: bool,
+    udp: bool,
     iph: usize,
-    tcph: usize,
+    l4h: usize,
+    /// TCP only: sequence number and flags.
     seq: u32,
     flags: u8,
 }
 
 impl Segment {
     fn payload(&self, packet: &[u8]) -> usize {
-        packet.len() - self.iph - self.tcph
+        packet.len() - self.iph - self.l4h
     }
 }
 
-/// Parse `packet` as a TCP segment that may coalesce: IPv4 without fragmentation or IPv6 with
-/// TCP as its next header, lengths that agree, flags ACK or ACK+PSH, and a payload.
-fn segment(packet: &[u8]) -> Option<Segment> {
+/// Parse `packet` as a TCP segment, or (with `udp`) a UDP datagram, that may coalesce: IPv4
+/// without fragmentation or IPv6 with TCP or UDP as its next header, lengths that agree, a
+/// payload, and for TCP flags ACK or ACK+PSH.
+fn segment(packet: &[u8], udp: bool) -> Option<Segment> {
     let version = packet.first()? >> 4;
-    let (v6, iph) = match version {
+    let (v6, iph, proto) = match version {
         4 => {
             let ihl = usize::from(packet[0] & 0x0f) * 4;
             if ihl < 20 || packet.len() < ihl {
@@ -81,46 +91,67 @@ fn segment(packet: &[u8]) -> Option<Segment> {
             let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
             // Not a fragment: no MF flag, offset 0.
             let frag = u16::from_be_bytes([packet[6], packet[7]]);
-            if total != packet.len() || frag & 0x3fff != 0 || packet[9] != IPPROTO_TCP {
+            if total != packet.len() || frag & 0x3fff != 0 {
                 return None;
             }
-            (false, ihl)
+            (false, ihl, packet[9])
         }
         6 => {
-            if packet.len() < 40 || packet[6] != IPPROTO_TCP {
+            if packet.len() < 40 {
                 return None;
             }
             let payload = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
             if payload + 40 != packet.len() {
                 return None;
             }
-            (true, 40)
+            (true, 40, packet[6])
         }
         _ => return None,
     };
-    let tcp = packet.get(iph..iph + 20)?;
-    let tcph = usize::from(tcp[12] >> 4) * 4;
-    if tcph < 20 || packet.len() <= iph + tcph {
-        return None;
+    match proto {
+        IPPROTO_TCP => {
+            let tcp = packet.get(iph..iph + 20)?;
+            let l4h = usize::from(tcp[12] >> 4) * 4;
+            if l4h < 20 || packet.len() <= iph + l4h {
+                return None;
+            }
+            let flags = tcp[13];
+            if flags != TCP_ACK && flags != TCP_ACK | TCP_PSH {
+                return None;
+            }
+            Some(Segment {
+                v6,
+                udp: false,
+                iph,
+                l4h,
+                seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+                flags,
+            })
+        }
+        IPPROTO_UDP if udp => {
+            let h = packet.get(iph..iph + 8)?;
+            let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+            if len != packet.len() - iph || len <= 8 {
+                return None;
+            }
+            Some(Segment {
+                v6,
+                udp: true,
+                iph,
+                l4h: 8,
+                seq: 0,
+                flags: 0,
+            })
+        }
+        _ => None,
     }
-    let flags = tcp[13];
-    if flags != TCP_ACK && flags != TCP_ACK | TCP_PSH {
-        return None;
-    }
-    Some(Segment {
-        v6,
-        iph,
-        tcph,
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-        flags,
-    })
 }
 
 /// Whether segment `b` (layout `s`) belongs to the flow whose first segment is `a` and may
 /// follow it: every header byte equal but the IP length, ID and checksum, the sequence number,
 /// the TCP checksum and the PSH flag.
 fn same_flow(a: &[u8], b: &[u8], s: &Segment, f: &Flow) -> bool {
-    if s.iph != f.iph || s.tcph != f.tcph || a.len() < f.iph + f.tcph {
+    if s.udp != f.udp || s.iph != f.iph || s.l4h != f.l4h || a.len() < f.iph + f.l4h {
         return false;
     }
     let ip_same = if s.v6 {
@@ -129,7 +160,11 @@ fn same_flow(a: &[u8], b: &[u8], s: &Segment, f: &Flow) -> bool {
         // Version/IHL, TOS; flags (DF); TTL, protocol; addresses and options.
         a[..2] == b[..2] && a[6] == b[6] && a[8..10] == b[8..10] && a[12..f.iph] == b[12..f.iph]
     };
-    let (ta, tb) = (&a[f.iph..f.iph + f.tcph], &b[f.iph..f.iph + f.tcph]);
+    let (ta, tb) = (&a[f.iph..f.iph + f.l4h], &b[f.iph..f.iph + f.l4h]);
+    if f.udp {
+        // Ports; the length and checksum are each datagram's own.
+        return ip_same && ta[..4] == tb[..4];
+    }
     // Ports; ACK number, data offset; window, urgent pointer, options. The flags: the flow's
     // first segment is a plain ACK (a PSH closes the flow), checked by `closed`.
     ip_same
@@ -147,14 +182,17 @@ pub struct Coalescer {
     /// Whether the device takes a virtio-net header (TUN offload on); without, every packet is
     /// written as it is.
     vnet: bool,
+    /// Whether it also takes UDP super-packets (USO): UDP datagrams of one flow coalesce too.
+    uso: bool,
     /// Check each segment's own checksum before it joins a flow (packets that were not
     /// authenticated on the way).
     verify: bool,
 }
 
 impl Coalescer {
-    /// Room for `batch` writes; `vnet`: the device has offload; `verify`: see [`Coalescer`].
-    pub fn new(batch: usize, vnet: bool, verify: bool) -> Self {
+    /// Room for `batch` writes; `vnet`: the device has offload (`uso`: for UDP as well);
+    /// `verify`: see [`Coalescer`].
+    pub fn new(batch: usize, vnet: bool, uso: bool, verify: bool) -> Self {
         Coalescer {
             // Pages are touched only as packets reach them.
             bufs: (0..batch)
@@ -163,6 +201,7 @@ impl Coalescer {
             used: 0,
             flows: [None; MAX_FLOWS],
             vnet,
+            uso: vnet && uso,
             verify,
         }
     }
@@ -183,7 +222,7 @@ impl Coalescer {
     pub fn commit(&mut self, len: usize) -> bool {
         let i = self.used;
         self.bufs[i].truncate(VNET_HDR_LEN + len);
-        let seg = segment(&self.bufs[i][VNET_HDR_LEN..]);
+        let seg = segment(&self.bufs[i][VNET_HDR_LEN..], self.uso);
         if let Some(s) = seg {
             if let Some(f) = self.joinable(&s, None, i) {
                 // Split the borrow: the flow's buffer comes before this one.
@@ -205,7 +244,7 @@ impl Coalescer {
     #[inline]
     pub fn push(&mut self, packet: &[u8]) -> bool {
         let packet = &packet[..packet.len().min(MAX_PACKET)];
-        let seg = segment(packet);
+        let seg = segment(packet, self.uso);
         if let Some(s) = seg {
             if let Some(f) = self.joinable(&s, Some(packet), self.used) {
                 let buf = self.flows[f].map_or(0, |x| x.buf);
@@ -237,7 +276,7 @@ impl Coalescer {
         let f = self.flows.iter().position(|f| {
             f.is_some_and(|f| {
                 !f.closed
-                    && s.seq == f.next_seq
+                    && (f.udp || s.seq == f.next_seq)
                     && payload <= f.gso
                     && f.segments < MAX_SEGMENTS
                     && self.bufs[f.buf].len() + payload <= VNET_HDR_LEN + MAX_PACKET
@@ -256,13 +295,13 @@ impl Coalescer {
         let Some(flow) = self.flows[f].as_mut() else {
             return;
         };
-        let payload = len - s.iph - s.tcph;
+        let payload = len - s.iph - s.l4h;
         flow.next_seq = s.seq.wrapping_add(payload as u32);
         flow.segments += 1;
         if payload < flow.gso || s.flags & TCP_PSH != 0 {
             flow.closed = true;
         }
-        if s.flags & TCP_PSH != 0 {
+        if !s.udp && s.flags & TCP_PSH != 0 {
             let head = &mut self.bufs[flow.buf][VNET_HDR_LEN..];
             head[flow.iph + 13] |= TCP_PSH;
         }
@@ -283,11 +322,12 @@ impl Coalescer {
         let flow = Flow {
             buf: i,
             iph: s.iph,
-            tcph: s.tcph,
+            l4h: s.l4h,
+            udp: s.udp,
             gso: s.payload(packet),
             next_seq: s.seq.wrapping_add(s.payload(packet) as u32),
             segments: 1,
-            closed: s.flags & TCP_PSH != 0,
+            closed: !s.udp && s.flags & TCP_PSH != 0,
         };
         if flow.closed {
             return;
@@ -360,39 +400,44 @@ impl Coalescer {
 /// Append segment `s`'s payload (from `packet`) to the flow buffer `to`.
 #[inline]
 fn append(to: &mut Vec<u8>, packet: &[u8], s: &Segment) {
-    to.extend_from_slice(&packet[s.iph + s.tcph..]);
+    to.extend_from_slice(&packet[s.iph + s.l4h..]);
 }
 
-/// Turn a flow's buffer into a super-packet: the IP length (and IPv4 checksum), the TCP
-/// pseudo-header sum, and the virtio-net header asking the kernel for TCP checksum and GSO.
+/// Turn a flow's buffer into a super-packet: the IP length (and IPv4 checksum), the UDP
+/// length, the TCP or UDP pseudo-header sum, and the virtio-net header asking the kernel for
+/// the checksum and segmentation.
 fn finish(buf: &mut [u8], f: &Flow) {
     let (hdr, packet) = buf.split_at_mut(VNET_HDR_LEN);
     let v6 = packet[0] >> 4 == 6;
     let len = packet.len();
-    let tcp_len = len - f.iph;
+    let l4_len = len - f.iph;
     if v6 {
-        packet[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        packet[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
     } else {
         packet[2..4].copy_from_slice(&(len as u16).to_be_bytes());
         packet[10..12].fill(0);
         let c = !fold(sum(&packet[..f.iph], 0));
         packet[10..12].copy_from_slice(&c.to_be_bytes());
     }
+    let (proto, csum_at, gso_type) = match (f.udp, v6) {
+        (true, _) => (IPPROTO_UDP, 6, VIRTIO_NET_HDR_GSO_UDP_L4),
+        (false, false) => (IPPROTO_TCP, 16, VIRTIO_NET_HDR_GSO_TCPV4),
+        (false, true) => (IPPROTO_TCP, 16, VIRTIO_NET_HDR_GSO_TCPV6),
+    };
+    if f.udp {
+        packet[f.iph + 4..f.iph + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    }
     // Pseudo-header sum, not complemented: the kernel adds the rest from csum_start on.
     let addrs = if v6 { &packet[8..40] } else { &packet[12..20] };
-    let pseudo = fold(sum(addrs, u64::from(IPPROTO_TCP) + tcp_len as u64));
-    packet[f.iph + 16..f.iph + 18].copy_from_slice(&pseudo.to_be_bytes());
+    let pseudo = fold(sum(addrs, u64::from(proto) + l4_len as u64));
+    packet[f.iph + csum_at..f.iph + csum_at + 2].copy_from_slice(&pseudo.to_be_bytes());
     hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-    hdr[1] = if v6 {
-        VIRTIO_NET_HDR_GSO_TCPV6
-    } else {
-        VIRTIO_NET_HDR_GSO_TCPV4
-    };
+    hdr[1] = gso_type;
     // The virtio-net header of a TUN device is in the host's byte order.
-    hdr[2..4].copy_from_slice(&((f.iph + f.tcph) as u16).to_ne_bytes());
+    hdr[2..4].copy_from_slice(&((f.iph + f.l4h) as u16).to_ne_bytes());
     hdr[4..6].copy_from_slice(&(f.gso as u16).to_ne_bytes());
     hdr[6..8].copy_from_slice(&(f.iph as u16).to_ne_bytes());
-    hdr[8..10].copy_from_slice(&16u16.to_ne_bytes());
+    hdr[8..10].copy_from_slice(&(csum_at as u16).to_ne_bytes());
 }
 
 /// The connection a packet belongs to: addresses and ports, as one comparable value.
@@ -405,16 +450,21 @@ fn flow_key(packet: &[u8], iph: usize, v6: bool) -> ([u8; 32], [u8; 4]) {
     (a, p)
 }
 
-/// Whether the TCP checksum of segment `s` in `packet` is right.
+/// Whether the TCP (or UDP) checksum of segment `s` in `packet` is right; a UDP datagram over
+/// IPv4 without a checksum (zero) has none to be wrong.
 fn checksum_ok(packet: &[u8], s: &Segment) -> bool {
-    let tcp = &packet[s.iph..];
+    let l4 = &packet[s.iph..];
+    if s.udp && !s.v6 && l4[6..8] == [0, 0] {
+        return true;
+    }
+    let proto = if s.udp { IPPROTO_UDP } else { IPPROTO_TCP };
     let addrs = if s.v6 {
         &packet[8..40]
     } else {
         &packet[12..20]
     };
-    let pseudo = sum(addrs, u64::from(IPPROTO_TCP) + tcp.len() as u64);
-    fold(sum(tcp, pseudo)) == 0xffff
+    let pseudo = sum(addrs, u64::from(proto) + l4.len() as u64);
+    fold(sum(l4, pseudo)) == 0xffff
 }
 
 /// The ones'-complement sum of `data` (starting at an even offset of its packet) as

@@ -197,7 +197,8 @@ fn answer_from_rx<E: Encap>(shared: &Shared<E>, q: &Queue) {
 
 pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
     let mut reader = UdpReader::new(q.gro, E::max_datagram(shared.mtu));
-    let mut out = Coalescer::new(E::RX_WRITE_BATCH, q.tun.tcp_gso(), !E::AUTHENTICATED);
+    let (vnet, uso) = (q.tun.tcp_gso(), q.tun.udp_gso());
+    let mut out = Coalescer::new(E::RX_WRITE_BATCH, vnet, uso, !E::AUTHENTICATED);
     let (sock, state) = &*q.socket;
     let mut reply = |bytes: &[u8], to: SocketAddr| {
         if let Err(e) = sock.send_to(bytes, to) {

@@ -170,7 +170,7 @@ fn run_in_namespace() -> (usize, usize, usize) {
     let vxlan = Vxlan { vni: 1 };
     let stop = AtomicBool::new(false);
     let mut reader = TunReader::new(1400);
-    let mut writer = Coalescer::new(64, true, true);
+    let mut writer = Coalescer::new(64, true, true, true);
     let mut udp = UdpReader::new(gro, 1400 + 128);
     let mut runs = Runs::new(TX_BATCH, 1400 + 64, tx_state.max_gso_segments());
     let mut drops = DropTally::default();

@@ -127,7 +127,7 @@ fn the_fast_sum_agrees_with_rfc_1071_at_every_length() {
 #[test]
 fn consecutive_segments_become_one_super_packet_with_the_kernels_headers() {
     for v6 in [false, true] {
-        let mut c = Coalescer::new(8, true, true);
+        let mut c = Coalescer::new(8, true, true, true);
         let mut seq = 5000u32;
         let mut want = Vec::new();
         for (i, len) in [MSS, MSS, MSS, 400].into_iter().enumerate() {
@@ -158,7 +158,7 @@ fn consecutive_segments_become_one_super_packet_with_the_kernels_headers() {
             assert_eq!(fold(sum(&p[..20], 0)), 0xffff, "IPv4 header checksum");
         }
         let done = complete(&w[0]);
-        let s = segment(&done).unwrap();
+        let s = segment(&done, false).unwrap();
         assert!(
             checksum_ok(&done, &s),
             "v6 {v6}: the completed checksum is valid"
@@ -169,7 +169,7 @@ fn consecutive_segments_become_one_super_packet_with_the_kernels_headers() {
 
 #[test]
 fn commit_coalesces_what_was_written_into_next() {
-    let mut c = Coalescer::new(4, true, false);
+    let mut c = Coalescer::new(4, true, true, false);
     let mut seq = 1u32;
     for i in 0..6 {
         let p = tcp(false, seq, TCP_ACK, MSS, i);
@@ -182,13 +182,13 @@ fn commit_coalesces_what_was_written_into_next() {
     assert_eq!(w[0].len(), VNET_HDR_LEN + 20 + 32 + 6 * MSS);
     assert!(checksum_ok(
         &complete(&w[0]),
-        &segment(&complete(&w[0])).unwrap()
+        &segment(&complete(&w[0]), false).unwrap()
     ));
 }
 
 #[test]
 fn gaps_other_flows_and_odd_packets_are_written_apart_in_order() {
-    let mut c = Coalescer::new(16, true, true);
+    let mut c = Coalescer::new(16, true, true, true);
     let a = |seq, fill| tcp(false, seq, TCP_ACK, MSS, fill);
     let mut other = tcp(false, 9000, TCP_ACK, MSS, 9);
     other[20..22].copy_from_slice(&40001u16.to_be_bytes()); // another source port
@@ -236,7 +236,7 @@ fn gaps_other_flows_and_odd_packets_are_written_apart_in_order() {
 
 #[test]
 fn a_psh_or_a_short_segment_ends_the_flow() {
-    let mut c = Coalescer::new(8, true, true);
+    let mut c = Coalescer::new(8, true, true, true);
     c.push(&tcp(false, 1, TCP_ACK, MSS, 1));
     c.push(&tcp(false, 1 + MSS as u32, TCP_ACK, 300, 2)); // short: joins, then closes
     c.push(&tcp(false, 1301 + MSS as u32, TCP_ACK, MSS, 3));
@@ -253,7 +253,7 @@ fn a_segment_with_a_bad_checksum_never_joins_where_packets_are_not_authenticated
     let mut bad = good(1 + MSS as u32, 2);
     bad[100] ^= 0xff;
     for verify in [true, false] {
-        let mut c = Coalescer::new(8, true, verify);
+        let mut c = Coalescer::new(8, true, true, verify);
         c.push(&good(1, 1));
         c.push(&bad);
         let w = flushed(&mut c);
@@ -265,7 +265,7 @@ fn a_segment_with_a_bad_checksum_never_joins_where_packets_are_not_authenticated
         }
     }
     // A bad head is written alone too, and the next good segment heads its own flow.
-    let mut c = Coalescer::new(8, true, true);
+    let mut c = Coalescer::new(8, true, true, true);
     let mut head = good(1, 1);
     head[80] ^= 1;
     c.push(&head);
@@ -278,7 +278,7 @@ fn a_segment_with_a_bad_checksum_never_joins_where_packets_are_not_authenticated
 
 #[test]
 fn without_offload_every_packet_is_written_as_it_is() {
-    let mut c = Coalescer::new(4, false, true);
+    let mut c = Coalescer::new(4, false, false, true);
     let p = tcp(false, 1, TCP_ACK, MSS, 1);
     let q = tcp(false, 1 + MSS as u32, TCP_ACK, MSS, 2);
     c.push(&p);
@@ -290,7 +290,7 @@ fn without_offload_every_packet_is_written_as_it_is() {
 
 #[test]
 fn super_packets_stop_at_64_segments_and_64_kib() {
-    let mut c = Coalescer::new(8, true, false);
+    let mut c = Coalescer::new(8, true, true, false);
     let mut seq = 1u32;
     for _ in 0..70 {
         c.push(&tcp(false, seq, TCP_ACK, 900, 7));
@@ -306,7 +306,7 @@ fn super_packets_stop_at_64_segments_and_64_kib() {
         "{:?}",
         w.iter().map(Vec::len).collect::<Vec<_>>()
     );
-    let mut c = Coalescer::new(8, true, false);
+    let mut c = Coalescer::new(8, true, true, false);
     let mut seq = 1u32;
     for _ in 0..50 {
         c.push(&tcp(false, seq, TCP_ACK, 1400, 7));
@@ -319,7 +319,7 @@ fn super_packets_stop_at_64_segments_and_64_kib() {
 
 #[test]
 fn a_full_batch_says_so_and_flush_starts_afresh() {
-    let mut c = Coalescer::new(2, true, true);
+    let mut c = Coalescer::new(2, true, true, true);
     let icmp = vec![
         0x45u8, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, 8, 0, 0, 0, 0, 0, 0, 0,
     ];
@@ -335,4 +335,69 @@ fn a_full_batch_says_so_and_flush_starts_afresh() {
         }
     }
     assert_eq!(writes, 4);
+}
+
+/// A UDP datagram 10.244.1.2:5000 → 10.244.2.2:5001 with `payload` bytes of `fill`, its
+/// checksum filled in (or left zero with `no_checksum`).
+fn udp(payload: usize, fill: u8, no_checksum: bool) -> Vec<u8> {
+    let len = 20 + 8 + payload;
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = IPPROTO_UDP;
+    p[12..16].copy_from_slice(&A4);
+    p[16..20].copy_from_slice(&B4);
+    let c = !fold(sum(&p[..20], 0));
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20..22].copy_from_slice(&5000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&5001u16.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+    p[28..].fill(fill);
+    if !no_checksum {
+        let pseudo = sum(&p[12..20], u64::from(IPPROTO_UDP) + (8 + payload) as u64);
+        let c = !fold(sum(&p[20..], pseudo));
+        p[26..28].copy_from_slice(&c.to_be_bytes());
+    }
+    p
+}
+
+#[test]
+fn udp_datagrams_of_one_flow_coalesce_where_the_device_has_uso() {
+    let mut c = Coalescer::new(8, true, true, true);
+    for (i, len) in [1200, 1200, 1200, 500].into_iter().enumerate() {
+        c.push(&udp(len, i as u8, i == 1));
+    }
+    c.push(&udp(1200, 9, false)); // after the short one: a new super-packet
+    let w = flushed(&mut c);
+    assert_eq!(w.len(), 2);
+    let (hdr, p) = w[0].split_at(VNET_HDR_LEN);
+    assert_eq!(hdr[1], VIRTIO_NET_HDR_GSO_UDP_L4);
+    assert_eq!(u16::from_ne_bytes([hdr[4], hdr[5]]), 1200);
+    assert_eq!(
+        u16::from_ne_bytes([hdr[8], hdr[9]]),
+        6,
+        "csum_offset: UDP's checksum"
+    );
+    assert_eq!(usize::from(u16::from_be_bytes([p[24], p[25]])), 8 + 4100);
+    assert_eq!(p.len(), 28 + 4100);
+    let done = complete(&w[0]);
+    assert!(checksum_ok(&done, &segment(&done, true).unwrap()));
+    assert_eq!(
+        &w[1][VNET_HDR_LEN..],
+        &udp(1200, 9, false)[..],
+        "alone, as it came"
+    );
+    // A bad checksum never joins; without USO nothing UDP coalesces.
+    let mut bad = udp(1200, 1, false);
+    bad[100] ^= 1;
+    let mut c = Coalescer::new(8, true, true, true);
+    c.push(&udp(1200, 0, false));
+    c.push(&bad);
+    assert_eq!(flushed(&mut c).len(), 2);
+    let mut c = Coalescer::new(8, true, false, true);
+    c.push(&udp(1200, 0, false));
+    c.push(&udp(1200, 1, false));
+    assert_eq!(flushed(&mut c).len(), 2);
 }
