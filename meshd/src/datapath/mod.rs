@@ -37,7 +37,7 @@ pub use io::PeerAcc;
 pub trait Encap: Send + Sync + Sized + 'static {
     /// Short name, for thread names.
     const NAME: &'static str;
-    /// Inner packets handed to one TUN `send_multiple` (and so to one GRO coalescing pass).
+    /// Inner packets coalesced and written to the TUN device in one flush ([`gro::Coalescer`]).
     const RX_WRITE_BATCH: usize;
     /// Per-batch TX state; it may borrow from the route table (a session lock held across
     /// consecutive packets to one peer).

@@ -223,7 +223,14 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
         let more = {
             let mut deliver = |from: SocketAddr, datagram: &[u8]| {
                 datagrams += 1;
-                let buf = out.next(E::packet_room(datagram.len()));
+                // A buffer only for an encapsulation that delivers into one (WireGuard
+                // decrypts there); cleartext delivers from where the packet lies.
+                let room = E::packet_room(datagram.len());
+                let buf = if room == 0 {
+                    &mut [][..]
+                } else {
+                    out.next(room)
+                };
                 let full = match shared.encap.receive(&mut rx, &table, from, datagram, buf) {
                     Received::Deliver { peer, len } => {
                         acc.add(&table, peer, len);

@@ -41,7 +41,7 @@ pub const SCRATCH_LEN: usize = 65_535 + DATA_OVERHEAD;
 pub(crate) const TIMER_TICK: Duration = Duration::from_millis(100);
 /// How often the shared handshake rate limiter's count is cleared (WireGuard's one second).
 pub(crate) const LIMITER_RESET: Duration = Duration::from_secs(1);
-/// Inner packets handed to one `send_multiple` (and so to one GRO coalescing pass). Each
+/// Inner packets coalesced and written to the TUN device in one flush ([`super::gro`]). Each
 /// buffer can grow to a coalesced 64 KiB packet, so this many cost 4 MiB per worker.
 const RX_WRITE_BATCH: usize = 64;
 /// Slack over the MTU for a datagram read without GRO: WireGuard's 32 bytes and room to spare.
