@@ -55,6 +55,7 @@ impl Report {
                 source_port: q.source_port,
                 rx_datagrams: q.rx_datagrams.load(Ordering::Relaxed),
                 tx_datagrams: q.tx_datagrams.load(Ordering::Relaxed),
+                answered: q.answered.load(Ordering::Relaxed),
             })
             .collect();
         s.kernel = self.backend.paths().map(|p| p.kernel_status());

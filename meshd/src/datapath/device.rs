@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use tun_rs::{DeviceBuilder, SyncDevice};
 
-use crate::config::Config;
+use crate::config::{Config, Encryption};
 
 /// Whether a speed-up is in use, and why not when it is not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,13 +42,26 @@ pub enum InUse {
     /// UDP GSO with up to this many segments per send.
     Segments(usize),
     /// Each queue sends from a source port of its own: `ports` ports from `first` on;
-    /// `steered` when the receiving sockets take datagrams by source port (see
-    /// [`steer_by_source_port`]), so consecutive ports land on different queues.
+    /// `steered` says how the receiving sockets share out datagrams (see [`steer`]), or is
+    /// none where the kernel's hash does.
     Flows {
         ports: usize,
         first: u16,
-        steered: bool,
+        steered: Option<Steer>,
     },
+}
+
+/// How the data port's sockets (a queue each) share out the datagrams they receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Steer {
+    /// By source port: a peer's flows, sent from consecutive ports, land on different queues.
+    /// Cleartext, where nothing depends on the order across flows.
+    SourcePort,
+    /// By the peer's address: all of one peer's datagrams on one queue, read and decrypted in
+    /// the order they came. WireGuard: its replay window (1,024 counters in boringtun) drops
+    /// what two receiving threads racing on one peer's session would put further apart.
+    PeerAddress,
 }
 
 /// Why a speed-up the configuration asked for is not in use. A later fallback compares these,
@@ -157,10 +170,10 @@ impl std::fmt::Display for InUse {
                 steered,
             } => {
                 write!(f, "{ports} source ports from {first}")?;
-                if *steered {
-                    write!(f, ", received by source port")
-                } else {
-                    Ok(())
+                match steered {
+                    Some(Steer::SourcePort) => write!(f, ", received by source port"),
+                    Some(Steer::PeerAddress) => write!(f, ", received by peer address"),
+                    None => Ok(()),
                 }
             }
         }
@@ -400,15 +413,19 @@ fn open_senders(
         let tier = Tier::InUse(InUse::Flows {
             ports: count,
             first,
-            steered: false,
+            steered: None,
         });
         return Ok((none(), tier));
     }
-    let steered = match steer_by_source_port(&sockets[0].0, bind.is_ipv4(), count) {
-        Ok(()) => true,
+    let by = match cfg.encryption {
+        Encryption::None => Steer::SourcePort,
+        Encryption::Wireguard => Steer::PeerAddress,
+    };
+    let steered = match steer(&sockets[0].0, bind.is_ipv4(), count, by) {
+        Ok(()) => Some(by),
         Err(e) => {
             tracing::warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused: received flows spread by the kernel's hash");
-            false
+            None
         }
     };
     let bound = match bind_flow_ports(bind, count, cfg.socket_buffer) {
@@ -486,16 +503,18 @@ fn ephemeral_range() -> (u32, u32) {
 }
 
 /// A classic BPF program for the data port's SO_REUSEPORT group: a datagram goes to socket
-/// number (source port mod `count`). Senders send consecutive flows from consecutive ports,
-/// so they land on different queues (the kernel's default, a hash of the addresses and ports,
-/// puts two flows on one queue half the time with two queues). Where the program's answer is
-/// not a socket, the kernel falls back to its hash.
-pub(crate) fn reuseport_program(ipv4: bool, count: usize) -> Vec<libc::sock_filter> {
+/// number (its source port, or the low 32 bits of its source address, mod `count`). Senders
+/// send consecutive flows from consecutive ports, so by port they land on different queues
+/// (the kernel's default, a hash of the addresses and ports, puts two flows on one queue half
+/// the time with two queues). Where the program's answer is not a socket, the kernel falls
+/// back to its hash.
+pub(crate) fn reuseport_program(ipv4: bool, count: usize, by: Steer) -> Vec<libc::sock_filter> {
     // Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
     const LD: u16 = 0x00;
     const LDX: u16 = 0x01;
     const ALU: u16 = 0x04;
     const RET: u16 = 0x06;
+    const W: u16 = 0x00;
     const H: u16 = 0x08;
     const B: u16 = 0x10;
     const ABS: u16 = 0x20;
@@ -512,14 +531,16 @@ pub(crate) fn reuseport_program(ipv4: bool, count: usize) -> Vec<libc::sock_filt
         jf: 0,
         k,
     };
-    let mut prog = if ipv4 {
-        vec![
+    let mut prog = match (by, ipv4) {
+        (Steer::SourcePort, true) => vec![
             // X = IPv4 header length; A = the UDP source port after it.
             op(LDX | B | MSH, NET),
             op(LD | H | IND, NET),
-        ]
-    } else {
-        vec![op(LD | H | ABS, NET.wrapping_add(40))]
+        ],
+        (Steer::SourcePort, false) => vec![op(LD | H | ABS, NET.wrapping_add(40))],
+        // The IPv4 source address; the last word of the IPv6 one.
+        (Steer::PeerAddress, true) => vec![op(LD | W | ABS, NET.wrapping_add(12))],
+        (Steer::PeerAddress, false) => vec![op(LD | W | ABS, NET.wrapping_add(20))],
     };
     prog.push(op(ALU | MOD | K, count as u32));
     prog.push(op(RET | A, 0));
@@ -527,8 +548,8 @@ pub(crate) fn reuseport_program(ipv4: bool, count: usize) -> Vec<libc::sock_filt
 }
 
 /// Attach [`reuseport_program`] to the group `socket` belongs to.
-fn steer_by_source_port(socket: &UdpSocket, ipv4: bool, count: usize) -> std::io::Result<()> {
-    let mut prog = reuseport_program(ipv4, count);
+fn steer(socket: &UdpSocket, ipv4: bool, count: usize, by: Steer) -> std::io::Result<()> {
+    let mut prog = reuseport_program(ipv4, count, by);
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_mut_ptr(),

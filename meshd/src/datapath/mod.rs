@@ -176,6 +176,8 @@ pub struct QueueCounters {
     pub source_port: u16,
     pub rx_datagrams: AtomicU64,
     pub tx_datagrams: AtomicU64,
+    /// Of `tx_datagrams`, those the RX workers sent as answers (the hand-off in [`worker`]).
+    pub answered: AtomicU64,
 }
 
 pub struct DataPath {
@@ -217,15 +219,16 @@ impl DataPath {
             )?);
         }
         let mut queues = Vec::new();
+        let mut all = Vec::new();
         let sockets = udp.sockets.into_iter().zip(udp.senders);
-        for (i, (dev, (sock, sender))) in tun.queues.into_iter().zip(sockets).enumerate() {
+        for (dev, (sock, sender)) in tun.queues.into_iter().zip(sockets) {
             let from = sender.as_ref().unwrap_or(&sock);
             let counters = Arc::new(QueueCounters {
                 source_port: from.0.local_addr().map(|a| a.port()).unwrap_or(0),
                 ..QueueCounters::default()
             });
             queues.push(counters.clone());
-            let q = Arc::new(Queue {
+            all.push(Arc::new(Queue {
                 tun: Arc::new(dev),
                 socket: Arc::new(sock),
                 sender,
@@ -234,16 +237,21 @@ impl DataPath {
                 tx: Mutex::new(worker::TxState::new::<E>(shared.mtu, udp.gso_segments)),
                 tx_idle: AtomicBool::new(false),
                 counters,
-            });
+            }));
+        }
+        // Every RX worker sees every queue: an answer may land in another queue than the
+        // request came in on (see the hand-off in `worker`).
+        let all: Arc<[Arc<Queue>]> = all.into();
+        for (i, q) in all.iter().enumerate() {
             let (s, q2) = (shared.clone(), q.clone());
             threads.push(spawn(
                 format!("meshd-{}-tx-{i}", E::NAME),
                 Box::new(move || worker::tx_loop(&s, &q2)),
             )?);
-            let s = shared.clone();
+            let (s, q, all) = (shared.clone(), q.clone(), all.clone());
             threads.push(spawn(
                 format!("meshd-{}-rx-{i}", E::NAME),
-                Box::new(move || worker::rx_loop(&s, &q)),
+                Box::new(move || worker::rx_loop(&s, &q, &all)),
             )?);
         }
         Ok(DataPath {

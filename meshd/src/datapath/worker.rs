@@ -15,7 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{MutexGuard, PoisonError};
+use std::sync::{Arc, MutexGuard, PoisonError};
 
 use super::gro::Coalescer;
 use super::io::{send_runs, wait, wait_either, PeerAcc, TunReader, UdpReader, TX_BATCH};
@@ -114,9 +114,15 @@ impl TxState {
 }
 
 /// Read one batch from the queue's TUN device (filling it only with `fill`, see
-/// [`TunReader::read`]), encode it and send it; whether more may be waiting (false once a read
-/// found the queue empty).
-fn send_batch<E: Encap>(shared: &Shared<E>, q: &Queue, st: &mut TxState, fill: bool) -> bool {
+/// [`TunReader::read`]), encode it and send it: the datagrams sent, and whether more may be
+/// waiting (false once a read found the queue empty).
+fn send_batch<E: Encap>(
+    shared: &Shared<E>,
+    q: &Queue,
+    st: &mut TxState,
+    fill: bool,
+) -> (usize, bool) {
+    let mut sent = 0;
     let n = if E::FRAMES_IN_PLACE {
         let headroom = E::datagram_len(0);
         let buf = st.runs.buf_mut();
@@ -151,13 +157,13 @@ fn send_batch<E: Encap>(shared: &Shared<E>, q: &Queue, st: &mut TxState, fill: b
             );
         }
         send_runs(&table, sock, state, &shared.stop, &st.runs);
-        let sent: usize = st.runs.runs().iter().map(|r| r.datagrams).sum();
+        sent = st.runs.runs().iter().map(|r| r.datagrams).sum();
         q.counters
             .tx_datagrams
             .fetch_add(sent as u64, Ordering::Relaxed);
     }
     st.drops.flush_into(&shared.routes.unattributed);
-    n > 0 && !st.reader.drained()
+    (sent, n > 0 && !st.reader.drained())
 }
 
 fn lock_tx(q: &Queue) -> MutexGuard<'_, TxState> {
@@ -169,7 +175,7 @@ pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
     // Just woken: send the first read at once; busy: fill batches.
     let mut woke = true;
     while !shared.stop.load(Ordering::Relaxed) {
-        let more = send_batch(shared, q, &mut lock_tx(q), !woke);
+        let (_, more) = send_batch(shared, q, &mut lock_tx(q), !woke);
         woke = false;
         if !more {
             q.tx_idle.store(true, Ordering::SeqCst);
@@ -185,17 +191,39 @@ pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
 /// in the same softirq: a ping's echo, a TCP ACK). When the TX worker sleeps, send that answer
 /// from here rather than wake it: one thread wake-up less per round trip. The TX worker, woken
 /// all the same, finds the queue empty or waits for the lock; order is kept by the lock.
-fn answer_from_rx<E: Encap>(shared: &Shared<E>, q: &Queue) {
-    if !q.tx_idle.load(Ordering::SeqCst) {
+///
+/// The kernel puts an answer in the TUN queue its flow hashes to, which need not be `own`: an
+/// ICMP echo reply does not hash as its request did, and lands in another queue. So when
+/// `own` has nothing and the round was a `lone` datagram (a request at a low rate, not a
+/// burst), the other queues whose TX workers sleep are looked at too: a read each.
+fn answer_from_rx<E: Encap>(shared: &Shared<E>, own: &Queue, all: &[Arc<Queue>], lone: bool) {
+    if answer_from(shared, own) || !lone {
         return;
     }
-    if let Ok(mut st) = q.tx.try_lock() {
-        // The answer at once; the TX worker, woken all the same, takes whatever follows.
-        send_batch(shared, q, &mut st, false);
+    for q in all.iter().filter(|q| !std::ptr::eq(&***q, own)) {
+        if answer_from(shared, q) {
+            return;
+        }
     }
 }
 
-pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
+/// Send what `q`'s TUN queue holds, if its TX worker sleeps and nobody else holds its state;
+/// whether anything was sent.
+fn answer_from<E: Encap>(shared: &Shared<E>, q: &Queue) -> bool {
+    if !q.tx_idle.load(Ordering::SeqCst) {
+        return false;
+    }
+    let Ok(mut st) = q.tx.try_lock() else {
+        return false;
+    };
+    let (sent, _) = send_batch(shared, q, &mut st, false);
+    q.counters
+        .answered
+        .fetch_add(sent as u64, Ordering::Relaxed);
+    sent > 0
+}
+
+pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>]) {
     let mut reader = UdpReader::new(q.gro, E::max_datagram(shared.mtu));
     let (vnet, uso) = (q.tun.tcp_gso(), q.tun.udp_gso());
     let mut out = Coalescer::new(E::RX_WRITE_BATCH, vnet, uso, !E::AUTHENTICATED);
@@ -263,7 +291,7 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
             .rx_datagrams
             .fetch_add(datagrams, Ordering::Relaxed);
         if wrote {
-            answer_from_rx(shared, q);
+            answer_from_rx(shared, q, all, datagrams == 1);
         }
         if !more {
             let flow = q.sender.as_ref().map(|(s, _)| s);

@@ -67,6 +67,9 @@ pub struct QueueStatus {
     pub source_port: u16,
     pub rx_datagrams: u64,
     pub tx_datagrams: u64,
+    /// Of `tx_datagrams`, the answers an RX worker sent right after its TUN write.
+    #[serde(default)]
+    pub answered: u64,
 }
 
 /// What the kernel offers this node, found by trying.

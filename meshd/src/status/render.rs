@@ -54,8 +54,8 @@ pub fn render(s: &Status) -> String {
     for (i, q) in s.queues.iter().enumerate() {
         let _ = writeln!(
             o,
-            "  queue {i}           from UDP {}, datagrams rx {} tx {}",
-            q.source_port, q.rx_datagrams, q.tx_datagrams
+            "  queue {i}           from UDP {}, datagrams rx {} tx {} ({} answers sent by RX)",
+            q.source_port, q.rx_datagrams, q.tx_datagrams, q.answered
         );
     }
     if let Some(k) = &s.kernel {
