@@ -9,9 +9,10 @@
 //! Idle to busy: a TX loop just woken sends its first read at once (it fills batches again
 //! from the next read on), a loop that found its source empty waits in `poll` at once (no
 //! second read that would only say "empty" again), and the RX loop sends the answers its own
-//! TUN write produced when the TX loop sleeps ([`answer_from_rx`]): a ping crosses each node
-//! on one thread, where it took two. The TX state ([`TxState`]) sits behind a per-queue lock
-//! that only those two take, once per batch, so one flow's packets leave in the order they came.
+//! TUN write produced, from whichever TUN queue holds them, when that queue's TX loop sleeps
+//! ([`answer_from_rx`]): a ping crosses each node on one thread, where it took two. The TX
+//! state ([`TxState`]) sits behind a per-queue lock that only the queue's TX loop and the RX
+//! loops take, once per batch, so one flow's packets leave in the order they came.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
