@@ -7,8 +7,8 @@
 //! and since the TUN device sends a flow out of the queue its answers came in on, one queue
 //! then carries nearly all of it on both nodes.
 //! Foreign peers keep working: a kernel VXLAN device takes any source port, and wireguard-go
-//! answers the latest source, which the sending queue's RX worker reads (`interop.rs`,
-//! `wg_interop.rs` run [`assert_flows`] against them).
+//! answers the latest source, which an RX worker reads (the one its address picks, whichever
+//! port: `wg_interop.rs`); `interop.rs` and `wg_interop.rs` run [`assert_flows`] against them.
 //!
 //! ```text
 //!   h1 pod ══ 16 TCP flows ══▶ h1 TUN queues 0, 1 ─▶ UDP from ports B, B+1 ─▶ h2 queues 0, 1 ─▶ h2 pod
@@ -69,23 +69,53 @@ fn nft(ns: &str, script: &str) -> String {
 /// From now on, host namespace `ns` records the UDP source ports of datagrams from `from` to
 /// its port `dport`.
 pub fn record_source_ports(ns: &str, from: Ipv4Addr, dport: u16) {
+    record_ports(
+        ns,
+        "sports",
+        &format!("ip saddr {from} udp dport {dport}"),
+        "udp sport",
+    );
+}
+
+/// The source ports [`record_source_ports`] saw.
+pub fn source_ports(ns: &str) -> Vec<u16> {
+    recorded_ports(ns, "sports")
+}
+
+/// From now on, host namespace `ns` records the ports datagrams from `from`'s port `sport`
+/// are sent to.
+pub fn record_destination_ports(ns: &str, from: Ipv4Addr, sport: u16) {
+    record_ports(
+        ns,
+        "dports",
+        &format!("ip saddr {from} udp sport {sport}"),
+        "udp dport",
+    );
+}
+
+/// The ports [`record_destination_ports`] saw.
+pub fn destination_ports(ns: &str) -> Vec<u16> {
+    recorded_ports(ns, "dports")
+}
+
+/// An nftables set `set` in `ns` that collects `what` of the datagrams matching `filter`.
+fn record_ports(ns: &str, set: &str, filter: &str, what: &str) {
     nft(
         ns,
         &format!(
-            "table ip meshd_test_flows {{
-               set sports {{ type inet_service; flags dynamic; size 4096; }}
+            "table ip meshd_test_{set} {{
+               set ports {{ type inet_service; flags dynamic; size 4096; }}
                chain input {{
                  type filter hook input priority -10; policy accept;
-                 ip saddr {from} udp dport {dport} add @sports {{ udp sport }}
+                 {filter} add @ports {{ {what} }}
                }}
              }}"
         ),
     );
 }
 
-/// The source ports [`record_source_ports`] saw.
-pub fn source_ports(ns: &str) -> Vec<u16> {
-    let text = nft(ns, "list set ip meshd_test_flows sports");
+fn recorded_ports(ns: &str, set: &str) -> Vec<u16> {
+    let text = nft(ns, &format!("list set ip meshd_test_{set} ports"));
     let Some(inside) = text
         .split_once("elements = {")
         .and_then(|(_, r)| r.split_once('}'))

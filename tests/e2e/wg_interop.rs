@@ -13,7 +13,9 @@
 
 use super::cluster::{assert_transfer, unreachable_pairs};
 use super::encrypted::{encrypted_spec, status};
-use super::flows::{assert_flows, record_source_ports, source_ports};
+use super::flows::{
+    assert_flows, destination_ports, record_destination_ports, record_source_ports, source_ports,
+};
 use meshd_lab::{HostKind, Topology};
 use meshd_tests::{meshd_bin, require_root};
 use std::process::Command;
@@ -21,11 +23,12 @@ use std::process::Command;
 #[test]
 fn wireguard_go_node_and_meshd_nodes_interoperate() {
     require_root();
-    let t = Topology::up(encrypted_spec(
+    let mut spec = encrypted_spec(
         "wgo",
         vec![HostKind::Meshd, HostKind::Meshd, HostKind::WireguardGo],
-    ))
-    .unwrap();
+    );
+    spec.meshd_args = vec!["--queues".into(), "2".into()];
+    let t = Topology::up(spec).unwrap();
     let bad = unreachable_pairs(&t);
     assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
     assert_transfer(&t, 0, 2, 5601); // meshd -> wireguard-go
@@ -33,6 +36,12 @@ fn wireguard_go_node_and_meshd_nodes_interoperate() {
                                      // Several UDP flows per peer: wireguard-go follows h1's latest source port and answers
                                      // there; h1 reads those ports too, so the flows (and their ACKs) get through both ways.
     record_source_ports(&t.hosts[2].ns, t.hosts[0].underlay, 51820);
+    record_destination_ports(&t.hosts[0].ns, t.hosts[2].underlay, 51820);
+    let before: Vec<u64> = status(&t, 0)
+        .queues
+        .iter()
+        .map(|q| q.rx_datagrams)
+        .collect();
     assert_flows(&t, 0, 2, 5610);
     assert_flows(&t, 2, 0, 5630);
     let data: Vec<u16> = source_ports(&t.hosts[2].ns)
@@ -42,6 +51,23 @@ fn wireguard_go_node_and_meshd_nodes_interoperate() {
     assert!(
         data.len() >= 2,
         "h1's data reached wireguard-go from {data:?} only"
+    );
+    // wireguard-go followed: it sent to h1's source ports, and h1 read all of it on one queue.
+    let answered = destination_ports(&t.hosts[0].ns);
+    assert!(
+        answered.iter().filter(|p| data.contains(p)).count() >= 2,
+        "wireguard-go sent to h1's ports {answered:?}, h1 sends from {data:?}"
+    );
+    let after = status(&t, 0).queues;
+    let got: Vec<u64> = after
+        .iter()
+        .zip(&before)
+        .map(|(q, b)| q.rx_datagrams - b)
+        .collect();
+    let total: u64 = got.iter().sum();
+    assert!(
+        got.iter().any(|&n| n >= total / 100 * 99),
+        "h1's queues read {got:?} datagrams during the flows (wireguard-go sent to {answered:?})"
     );
     let s = status(&t, 0);
     let g = s.peers.iter().find(|p| p.name == t.hosts[2].name).unwrap();

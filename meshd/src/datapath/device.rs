@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 use crate::config::{Config, Encryption};
@@ -329,11 +330,18 @@ pub(crate) type QueueSocket = (UdpSocket, UdpSocketState);
 /// own (`senders`), so one peer's inner flows (which the TUN device spreads over its queues by
 /// flow hash) reach the receiver as several UDP flows: a NIC's RSS spreads them over cores, and
 /// the receiving meshd over its queues. Peers that answer the latest source (wireguard-go, the
-/// kernel's WireGuard) may answer on those ports, so a queue's RX worker reads its sender too.
+/// kernel's WireGuard) may answer on those ports, so RX workers read them too (`flows`).
+/// Cleartext: a socket per source port, read by the queue that sends from it. WireGuard: a
+/// reuseport group per source port with a member per queue, steered by peer address as the
+/// data port is, so that whichever of our ports such a peer answers, all its datagrams reach
+/// one RX worker (two would race on its session's replay window).
 pub(crate) struct UdpQueues {
     pub sockets: Vec<QueueSocket>,
     /// Per queue, the socket it sends from when that is not its receiving socket.
-    pub senders: Vec<Option<QueueSocket>>,
+    pub senders: Vec<Option<Arc<QueueSocket>>>,
+    /// Per queue, the sockets on source ports its RX worker reads (at most
+    /// [`MAX_FLOW_PORTS`]).
+    pub flows: Vec<Vec<Arc<QueueSocket>>>,
     pub gso_segments: usize,
     pub gro: bool,
     pub udp_gso: Tier,
@@ -369,8 +377,9 @@ pub(crate) fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQu
         ),
         (true, true) => (true, Tier::InUse(InUse::Yes)),
     };
-    let (senders, udp_flows) = open_senders(cfg, bind, &sockets)?;
-    for (s, _) in sockets.iter().chain(senders.iter().flatten()) {
+    let (senders, flows, udp_flows) = open_senders(cfg, bind, &sockets)?;
+    let flow_sockets = flows.iter().flatten().map(|s| &**s);
+    for (s, _) in sockets.iter().chain(flow_sockets) {
         if !gro {
             // quinn-udp turns GRO on when it can; turn it back off when config says so.
             set_udp_gro(s, false);
@@ -379,6 +388,7 @@ pub(crate) fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQu
     Ok(UdpQueues {
         sockets,
         senders,
+        flows,
         gso_segments,
         gro,
         udp_gso,
@@ -392,73 +402,123 @@ pub(crate) fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQu
 /// source port modulo N gives consecutive flows consecutive queues, whatever its N.
 const FLOW_PORT_STEP: u16 = 840;
 
-/// Where each queue sends from, and the tier that says so.
-fn open_senders(
-    cfg: &Config,
-    bind: IpAddr,
-    sockets: &[QueueSocket],
-) -> Result<(Vec<Option<QueueSocket>>, Tier)> {
+/// Source ports a WireGuard node sends from at most, whatever its queue count: each is a group
+/// with a member per queue, and each RX worker reads one member of every group.
+pub const MAX_FLOW_PORTS: usize = 8;
+
+/// What each queue sends from, what its RX worker reads besides the data port, and the tier.
+type Senders = (
+    Vec<Option<Arc<QueueSocket>>>,
+    Vec<Vec<Arc<QueueSocket>>>,
+    Tier,
+);
+
+/// Where each queue sends from, the source-port sockets each RX worker reads, and the tier that
+/// says so.
+fn open_senders(cfg: &Config, bind: IpAddr, sockets: &[QueueSocket]) -> Result<Senders> {
     let count = sockets.len();
-    let none = || (0..count).map(|_| None).collect();
+    let none = |tier| {
+        Ok((
+            (0..count).map(|_| None).collect(),
+            vec![Vec::new(); count],
+            tier,
+        ))
+    };
     if !cfg.tiers.udp_flows {
-        return Ok((none(), Tier::DisabledByConfig));
+        return none(Tier::DisabledByConfig);
     }
     if count < 2 {
-        return Ok((none(), Tier::Unavailable(Unavailable::OneQueue)));
+        return none(Tier::Unavailable(Unavailable::OneQueue));
     }
     if cfg.data_port() == 0 {
         // A kernel device owns the data port: the queues' sockets have ports of their own
         // already, and receive nothing.
         let first = sockets[0].0.local_addr().map(|a| a.port()).unwrap_or(0);
-        let tier = Tier::InUse(InUse::Flows {
+        return none(Tier::InUse(InUse::Flows {
             ports: count,
             first,
             steered: None,
-        });
-        return Ok((none(), tier));
+        }));
     }
     let by = match cfg.encryption {
         Encryption::None => Steer::SourcePort,
         Encryption::Wireguard => Steer::PeerAddress,
     };
-    let steered = match steer(&sockets[0].0, bind.is_ipv4(), count, by) {
+    let ipv4 = bind.is_ipv4();
+    let steered = match steer(&sockets[0].0, ipv4, count, by) {
         Ok(()) => Some(by),
         Err(e) => {
             tracing::warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused: received flows spread by the kernel's hash");
             None
         }
     };
-    let bound = match bind_flow_ports(bind, count, cfg.socket_buffer) {
+    // Steered by peer address, a group of `count` per port (queue i sends from member i of
+    // port i mod `ports` and its worker reads member i of each); else a socket per queue.
+    let by_peer = steered == Some(Steer::PeerAddress);
+    let (ports, members) = if by_peer {
+        (count.min(MAX_FLOW_PORTS), count)
+    } else {
+        (count, 1)
+    };
+    let bound = match bind_flow_ports(bind, ports, members, cfg.socket_buffer) {
         Ok(b) => b,
         Err(e) => {
             let why = OsError::from(&e);
-            return Ok((none(), Tier::Unavailable(Unavailable::BindRefused(why))));
+            return none(Tier::Unavailable(Unavailable::BindRefused(why)));
         }
     };
-    let first = bound[0].local_addr().map(|a| a.port()).unwrap_or(0);
-    let mut senders = Vec::with_capacity(count);
-    for s in bound {
-        let state =
-            UdpSocketState::new(UdpSockRef::from(&s)).context("configuring the UDP socket")?;
-        senders.push(Some((s, state)));
+    let first = bound[0][0].local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut groups: Vec<Vec<Arc<QueueSocket>>> = Vec::with_capacity(ports);
+    for group in bound {
+        if members > 1 {
+            if let Err(e) = steer(&group[0], ipv4, members, by) {
+                tracing::warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused on a source port: its datagrams spread by the kernel's hash");
+            }
+        }
+        let mut g = Vec::with_capacity(members);
+        for s in group {
+            let state =
+                UdpSocketState::new(UdpSockRef::from(&s)).context("configuring the UDP socket")?;
+            g.push(Arc::new((s, state)));
+        }
+        groups.push(g);
     }
+    let member = |i: usize| if members > 1 { i } else { 0 };
+    let senders = (0..count)
+        .map(|i| Some(groups[i % ports][member(i)].clone()))
+        .collect();
+    let flows = (0..count)
+        .map(|i| {
+            if by_peer {
+                groups.iter().map(|g| g[i].clone()).collect()
+            } else {
+                vec![groups[i][0].clone()]
+            }
+        })
+        .collect();
     let tier = Tier::InUse(InUse::Flows {
-        ports: count,
+        ports,
         first,
         steered,
     });
-    Ok((senders, tier))
+    Ok((senders, flows, tier))
 }
 
-/// `count` sockets on consecutive ports from a multiple of [`FLOW_PORT_STEP`] in the kernel's
-/// ephemeral range (trying each such start once, from one picked by the process and the
-/// clock); if none is free, on ports the kernel picks.
-fn bind_flow_ports(bind: IpAddr, count: usize, buffer: usize) -> std::io::Result<Vec<UdpSocket>> {
+/// `ports` consecutive ports from a multiple of [`FLOW_PORT_STEP`] in the kernel's ephemeral
+/// range (trying each such start once, from one picked by the process and the clock), with
+/// `members` sockets bound to each (a reuseport group when more than one); if none is free, on
+/// ports the kernel picks.
+fn bind_flow_ports(
+    bind: IpAddr,
+    ports: usize,
+    members: usize,
+    buffer: usize,
+) -> std::io::Result<Vec<Vec<UdpSocket>>> {
     let (lo, hi) = ephemeral_range();
     let step = u32::from(FLOW_PORT_STEP);
     let starts: Vec<u32> = (lo.div_ceil(step)..)
         .map(|k| k * step)
-        .take_while(|p| p + count as u32 - 1 <= hi)
+        .take_while(|p| p + ports as u32 - 1 <= hi)
         .collect();
     if !starts.is_empty() {
         let seed = std::time::SystemTime::now()
@@ -468,17 +528,31 @@ fn bind_flow_ports(bind: IpAddr, count: usize, buffer: usize) -> std::io::Result
             ^ std::process::id();
         let first = seed as usize % starts.len();
         for &start in starts[first..].iter().chain(&starts[..first]) {
-            let ports = (0..count as u32).map(|i| (start + i) as u16);
-            let bound: std::io::Result<Vec<UdpSocket>> = ports
-                .map(|p| bind_socket(SocketAddr::new(bind, p), buffer, false).map_err(io_error))
+            let bound: std::io::Result<Vec<_>> = (0..ports as u32)
+                .map(|i| bind_group(SocketAddr::new(bind, (start + i) as u16), members, buffer))
                 .collect();
             if let Ok(b) = bound {
                 return Ok(b);
             }
         }
     }
-    (0..count)
-        .map(|_| bind_socket(SocketAddr::new(bind, 0), buffer, false).map_err(io_error))
+    (0..ports)
+        .map(|_| bind_group(SocketAddr::new(bind, 0), members, buffer))
+        .collect()
+}
+
+/// `members` sockets on `addr` (port 0: one the kernel picks), with SO_REUSEPORT when more
+/// than one. A group is only made on a port nobody holds: a plain bind tries it first, so
+/// that no other process's reuseport socket (of the same user) is joined.
+fn bind_group(addr: SocketAddr, members: usize, buffer: usize) -> std::io::Result<Vec<UdpSocket>> {
+    let first = bind_socket(addr, buffer, false).map_err(io_error)?;
+    if members == 1 {
+        return Ok(vec![first]);
+    }
+    let addr = first.local_addr()?;
+    drop(first);
+    (0..members)
+        .map(|_| bind_socket(addr, buffer, true).map_err(io_error))
         .collect()
 }
 

@@ -6,10 +6,11 @@
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
+use super::device::MAX_FLOW_PORTS;
 use super::runs::Runs;
 use crate::routes::{PeerId, RouteTable};
 use crate::stats::{DropReason, DropTally, Stamp};
@@ -301,27 +302,33 @@ pub fn send(
     }
 }
 
-/// Sleep until `fd`, or `other` when there is one, is ready for `events`, or the idle period
-/// ends; which of the two are ready.
-pub fn wait_either(
-    fd: &impl AsRawFd,
-    other: Option<&impl AsRawFd>,
-    events: libc::c_short,
-) -> (bool, bool) {
-    let Some(other) = other else {
-        wait(fd, events);
-        return (true, false);
-    };
-    let mut p = [fd.as_raw_fd(), other.as_raw_fd()].map(|fd| libc::pollfd {
-        fd,
-        events,
+/// Sleep until `fd` or one of `others` (at most [`MAX_FLOW_PORTS`]) is ready for `events`, or
+/// the idle period ends; `ready[i]` says whether `others[i]` is.
+pub fn wait_any(fd: &impl AsRawFd, others: &[RawFd], events: libc::c_short, ready: &mut [bool]) {
+    let none = libc::pollfd {
+        fd: -1,
+        events: 0,
         revents: 0,
-    });
-    // SAFETY: two valid pollfds for the duration of the call.
-    unsafe {
-        libc::poll(p.as_mut_ptr(), 2, IDLE_POLL_MS);
+    };
+    let mut p = [none; 1 + MAX_FLOW_PORTS];
+    let n = 1 + others.len().min(MAX_FLOW_PORTS);
+    for (slot, fd) in p
+        .iter_mut()
+        .zip(std::iter::once(fd.as_raw_fd()).chain(others.iter().copied()))
+    {
+        *slot = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
     }
-    (p[0].revents != 0, p[1].revents != 0)
+    // SAFETY: `n` valid pollfds for the duration of the call.
+    unsafe {
+        libc::poll(p.as_mut_ptr(), n as libc::nfds_t, IDLE_POLL_MS);
+    }
+    for (r, p) in ready.iter_mut().zip(&p[1..n]) {
+        *r = p.revents != 0;
+    }
 }
 
 /// Sleep until `fd` is ready for `events` or the idle period ends.

@@ -147,8 +147,11 @@ pub(crate) struct Queue {
     /// The queue's socket on the data port: it receives (and sends when `sender` is none).
     pub socket: Arc<(UdpSocket, UdpSocketState)>,
     /// The socket on the queue's own source port, when several UDP flows per peer are on: the
-    /// queue sends from it, and its RX worker reads it too (a peer may answer the source).
-    pub sender: Option<(UdpSocket, UdpSocketState)>,
+    /// queue sends from it.
+    pub sender: Option<Arc<(UdpSocket, UdpSocketState)>>,
+    /// The sockets on source ports the RX worker reads too, since a peer may answer the source
+    /// (see [`device::UdpQueues`]): its own sender, or its member of every port's group.
+    pub flows: Vec<Arc<(UdpSocket, UdpSocketState)>>,
     pub gro: bool,
     pub gso_segments: usize,
     /// The queue's TUN → UDP state. Whoever holds it reads the TUN queue and sends what it
@@ -164,7 +167,7 @@ pub(crate) struct Queue {
 impl Queue {
     /// Where this queue's TX sends from.
     pub fn send_socket(&self) -> &(UdpSocket, UdpSocketState) {
-        self.sender.as_ref().unwrap_or(&self.socket)
+        self.sender.as_deref().unwrap_or(&self.socket)
     }
 }
 
@@ -220,9 +223,9 @@ impl DataPath {
         }
         let mut queues = Vec::new();
         let mut all = Vec::new();
-        let sockets = udp.sockets.into_iter().zip(udp.senders);
-        for (dev, (sock, sender)) in tun.queues.into_iter().zip(sockets) {
-            let from = sender.as_ref().unwrap_or(&sock);
+        let sockets = udp.sockets.into_iter().zip(udp.senders).zip(udp.flows);
+        for (dev, ((sock, sender), flows)) in tun.queues.into_iter().zip(sockets) {
+            let from = sender.as_deref().unwrap_or(&sock);
             let counters = Arc::new(QueueCounters {
                 source_port: from.0.local_addr().map(|a| a.port()).unwrap_or(0),
                 ..QueueCounters::default()
@@ -232,6 +235,7 @@ impl DataPath {
                 tun: Arc::new(dev),
                 socket: Arc::new(sock),
                 sender,
+                flows,
                 gro: udp.gro,
                 gso_segments: udp.gso_segments,
                 tx: Mutex::new(worker::TxState::new::<E>(shared.mtu, udp.gso_segments)),

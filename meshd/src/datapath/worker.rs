@@ -15,11 +15,13 @@
 //! loops take, once per batch, so one flow's packets leave in the order they came.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard, PoisonError};
 
+use super::device::MAX_FLOW_PORTS;
 use super::gro::Coalescer;
-use super::io::{send_runs, wait, wait_either, PeerAcc, TunReader, UdpReader, TX_BATCH};
+use super::io::{send_runs, wait, wait_any, PeerAcc, TunReader, UdpReader, TX_BATCH};
 use super::runs::Runs;
 use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
 use crate::routes::RouteTable;
@@ -239,10 +241,16 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
         drops: DropTally::default(),
         reply: &mut reply,
     };
-    // The queue's own source port, when it has one, is read too, but only when `poll` said it
-    // had datagrams or its last read was full, and once every FLOW_READ_EVERY busy rounds: a
-    // peer answers the data port, so it is usually empty and a read of it is a wasted call.
-    let mut flow_ready = false;
+    // The source ports' sockets are read too, each only when `poll` said it had datagrams or
+    // its last read was full, and once every FLOW_READ_EVERY busy rounds: a meshd peer answers
+    // the data port, so they are usually empty and a read of one is a wasted call.
+    let flows = &q.flows[..q.flows.len().min(MAX_FLOW_PORTS)];
+    let mut flow_fds: [RawFd; MAX_FLOW_PORTS] = [-1; MAX_FLOW_PORTS];
+    for (fd, s) in flow_fds.iter_mut().zip(flows) {
+        *fd = s.0.as_raw_fd();
+    }
+    let flow_fds = &flow_fds[..flows.len()];
+    let mut flow_ready = [false; MAX_FLOW_PORTS];
     let mut rounds = 0u32;
     while !shared.stop.load(Ordering::Relaxed) {
         let table = shared.routes.load();
@@ -277,10 +285,10 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
             };
             let mut more = reader.recv(sock, state, &mut deliver);
             rounds = rounds.wrapping_add(1);
-            if let Some((fsock, fstate)) = &q.sender {
-                if flow_ready || rounds % FLOW_READ_EVERY == 0 {
-                    flow_ready = reader.recv(fsock, fstate, &mut deliver);
-                    more |= flow_ready;
+            for (ready, s) in flow_ready.iter_mut().zip(flows) {
+                if *ready || rounds % FLOW_READ_EVERY == 0 {
+                    *ready = reader.recv(&s.0, &s.1, &mut deliver);
+                    more |= *ready;
                 }
             }
             more
@@ -295,8 +303,7 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
             answer_from_rx(shared, q, all, datagrams == 1);
         }
         if !more {
-            let flow = q.sender.as_ref().map(|(s, _)| s);
-            flow_ready = wait_either(sock, flow, libc::POLLIN).1;
+            wait_any(sock, flow_fds, libc::POLLIN, &mut flow_ready[..flows.len()]);
         }
     }
 }
