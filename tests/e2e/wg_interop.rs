@@ -33,8 +33,9 @@ fn wireguard_go_node_and_meshd_nodes_interoperate() {
     assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
     assert_transfer(&t, 0, 2, 5601); // meshd -> wireguard-go
     assert_transfer(&t, 2, 1, 5602); // wireguard-go -> meshd
-                                     // Several UDP flows per peer: wireguard-go follows h1's latest source port and answers
-                                     // there; h1 reads those ports too, so the flows (and their ACKs) get through both ways.
+
+    // Several UDP flows per peer: wireguard-go follows h1's latest source port and answers
+    // there; h1 reads those ports too, so the flows (and their ACKs) get through both ways.
     record_source_ports(&t.hosts[2].ns, t.hosts[0].underlay, 51820);
     record_destination_ports(&t.hosts[0].ns, t.hosts[2].underlay, 51820);
     let before: Vec<u64> = status(&t, 0)

@@ -470,7 +470,7 @@ fn open_senders(cfg: &Config, bind: IpAddr, sockets: &[QueueSocket]) -> Result<S
     let first = bound[0][0].local_addr().map(|a| a.port()).unwrap_or(0);
     let mut groups: Vec<Vec<Arc<QueueSocket>>> = Vec::with_capacity(ports);
     for group in bound {
-        if members > 1 {
+        if by_peer {
             if let Err(e) = steer(&group[0], ipv4, members, by) {
                 tracing::warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused on a source port: its datagrams spread by the kernel's hash");
             }
@@ -483,7 +483,7 @@ fn open_senders(cfg: &Config, bind: IpAddr, sockets: &[QueueSocket]) -> Result<S
         }
         groups.push(g);
     }
-    let member = |i: usize| if members > 1 { i } else { 0 };
+    let member = |i: usize| if by_peer { i } else { 0 };
     let senders = (0..count)
         .map(|i| Some(groups[i % ports][member(i)].clone()))
         .collect();
