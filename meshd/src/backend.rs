@@ -1,48 +1,67 @@
 //! The one receiver of the peer set. Whoever learns something about peers (the daemon's static
-//! peers at start, a gossip member coming or going, a new subnet lease, new cluster secrets)
-//! changes the [`PeerSet`] through [`Backend::update`], and one reconcile step applies the result
-//! to the backend in use: today the userspace data path, whose state is WireGuard sessions
-//! ([`Sessions::sync`]) and the route-table snapshot ([`Routes::install`]).
+//! peers at start, gossip members coming or going, a new subnet lease, new cluster secrets)
+//! changes the [`PeerSet`] through [`Backend::update`], and one reconcile step applies the
+//! result: [`Links::reconcile`] updates each peer's link in place (by diff), the route table
+//! gets a new snapshot of the links when any came, went or changed ([`Routes::install`]), and
+//! the path manager ([`Paths`]) gets the same links to bring the kernel in step.
 //!
-//! The kernel backends sit behind the same step: the path manager ([`Paths`]) gets every peer
-//! set too, and keeps the kernel objects and each peer's path in step with it. Nothing that
-//! feeds the peer set needs to know which backend carries which peer.
+//! A pass is O(N) with hashed lookups and does no I/O: the kernel work happens on the path
+//! manager's own thread, so a large change never holds up the gossip thread that calls here.
+//! Nothing that feeds the peer set needs to know which backend carries which peer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use meshd_crypto::Keyring;
 
+use crate::link::registry::Links;
 use crate::paths::manager::Paths;
-use crate::peers::wireguard::{NodeCrypto, Sessions};
+use crate::peers::wireguard::NodeCrypto;
 use crate::peers::{Peer, PeerSet};
 use crate::routes::Routes;
 
 pub struct Backend {
-    set: Mutex<PeerSet>,
+    state: Mutex<State>,
     routes: Arc<Routes>,
-    /// In encrypted mode; `None` in cleartext mode.
-    sessions: Option<Sessions>,
+    /// The node's keys, in encrypted mode.
+    crypto: Option<Arc<NodeCrypto>>,
     /// The kernel backends' half (the path manager), when the daemon runs one.
     paths: Option<Arc<Paths>>,
-    /// Bumped by every new keyring, so the kernel backends re-key too.
-    keyring_epoch: std::sync::atomic::AtomicU64,
+    /// Bumped by every new keyring, so sessions and the kernel backends re-key.
+    keyring_epoch: AtomicU64,
+}
+
+/// What is desired (the peer set) and what was made of it (the links).
+struct State {
+    set: PeerSet,
+    links: Links,
 }
 
 impl Backend {
     /// A backend for `statics` (and later gossip members) that routes through `routes`; with
-    /// `crypto`, every peer with a key gets a WireGuard session. Nothing is applied until the
-    /// first [`Backend::apply`] or [`Backend::update`].
-    pub fn new(routes: Arc<Routes>, crypto: Option<Arc<NodeCrypto>>, statics: Vec<Peer>) -> Self {
+    /// `crypto`, every peer with a key gets a WireGuard session; `mtu` is the pod MTU every
+    /// link starts with. Nothing is applied until the first [`Backend::apply`] or
+    /// [`Backend::update`].
+    pub fn new(
+        routes: Arc<Routes>,
+        crypto: Option<Arc<NodeCrypto>>,
+        statics: Vec<Peer>,
+        mtu: u16,
+    ) -> Self {
+        let links = Links::new(routes.local().clone(), crypto.clone(), mtu);
         Backend {
-            set: Mutex::new(PeerSet::new(statics)),
+            state: Mutex::new(State {
+                set: PeerSet::new(statics),
+                links,
+            }),
             routes,
-            sessions: crypto.map(Sessions::new),
+            crypto,
             paths: None,
-            keyring_epoch: Default::default(),
+            keyring_epoch: AtomicU64::new(0),
         }
     }
 
-    /// Hand every peer set to the path manager too (the kernel backends).
+    /// Hand every pass's links to the path manager too (the kernel backends).
     pub fn with_paths(mut self, paths: Arc<Paths>) -> Self {
         self.paths = Some(paths);
         self
@@ -58,20 +77,21 @@ impl Backend {
 
     /// The node's keys and secrets, in encrypted mode.
     pub fn crypto(&self) -> Option<&Arc<NodeCrypto>> {
-        self.sessions.as_ref().map(Sessions::crypto)
+        self.crypto.as_ref()
     }
 
     /// Applies the current peer set.
     pub fn apply(&self) {
-        let set = self.lock();
-        self.reconcile(&set);
+        let mut state = self.lock();
+        self.reconcile(&mut state);
     }
 
     /// Changes the peer set with `change`, and applies it when `change` says it changed.
+    /// Changes that arrive together belong in one call: one pass applies them all.
     pub fn update(&self, change: impl FnOnce(&mut PeerSet) -> bool) {
-        let mut set = self.lock();
-        if change(&mut set) {
-            self.reconcile(&set);
+        let mut state = self.lock();
+        if change(&mut state.set) {
+            self.reconcile(&mut state);
         }
     }
 
@@ -80,30 +100,26 @@ impl Backend {
     pub fn set_keyring(&self, ring: Keyring) {
         if let Some(c) = self.crypto() {
             c.set_keyring(ring);
-            self.keyring_epoch
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.keyring_epoch.fetch_add(1, Ordering::Relaxed);
             self.apply();
         }
     }
 
     /// The reconcile step: the one place the peer set reaches the data path.
-    fn reconcile(&self, set: &PeerSet) {
-        let peers = set.resolve();
-        let sessions = match &self.sessions {
-            Some(s) => s.sync(&peers),
-            None => Vec::new(),
-        };
-        tracing::debug!(peers = peers.len(), "peer table updated");
-        self.routes.install(&peers, sessions);
+    fn reconcile(&self, state: &mut State) {
+        let epoch = self.keyring_epoch.load(Ordering::Relaxed);
+        let peers = state.set.resolve();
+        let pass = state.links.reconcile(&peers, epoch);
+        if pass.changed {
+            tracing::debug!(peers = peers.len(), "peer table updated");
+            self.routes.install(&pass.links);
+        }
         if let Some(p) = &self.paths {
-            let epoch = self
-                .keyring_epoch
-                .load(std::sync::atomic::Ordering::Relaxed);
-            p.publish(&peers, set.own_subnet(), epoch);
+            p.publish(pass.links, state.set.own_subnet(), epoch);
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, PeerSet> {
-        self.set.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod host;
 pub mod kernel;
+pub mod link;
 pub mod paths;
 pub mod peers;
 pub mod routes;

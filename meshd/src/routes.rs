@@ -1,35 +1,41 @@
 //! The per-packet route table: destination pod address → peer ([`RouteTable::route`]), and for
 //! received datagrams underlay source, WireGuard index or key → peer.
 //!
-//! The table is an immutable snapshot. The backend builds a new one whenever the peer set
-//! changes and swaps it in atomically ([`Routes::install`]); data-path workers `load` it once per
-//! batch, without a lock. Peer counters live outside the snapshot, keyed by name, so they survive
-//! swaps; so do WireGuard sessions, which [`crate::peers::wireguard::Sessions`] keeps.
+//! The table is an immutable snapshot of the peers' links ([`crate::link::PeerLink`]). The
+//! reconcile step builds a new one whenever a link comes, goes or changes and swaps it in
+//! atomically ([`Routes::install`]); data-path workers `load` it once per batch, without a
+//! lock. What outlives a snapshot (counters, the endpoint in use, the session) lives on the
+//! link, which every snapshot shares.
 
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Deref;
+use std::sync::Arc;
 
+use crate::link::PeerLink;
 use crate::peers::wireguard::WgPeer;
-use crate::peers::Peer;
 use crate::stats::PeerStats;
 use crate::wire::ip::v4_dst;
-use crate::wire::{vtep_mac, MacAddr, VxlanHeader};
 use meshd_crypto::PublicKey;
 
-/// What the data path needs about one peer.
+/// One peer in a snapshot: its link, and what the data path reads of it without a lock (the
+/// session and subnet as of this snapshot; a change swaps in a new snapshot).
 #[derive(Debug)]
 pub struct PeerEntry {
-    pub name: String,
-    pub endpoint: SocketAddr,
+    pub link: Arc<PeerLink>,
     pub subnet: Ipv4Net,
-    pub mac: MacAddr,
-    pub header: VxlanHeader,
-    pub stats: Arc<PeerStats>,
     /// The WireGuard session, in encrypted mode (a lock per peer; it outlives snapshots).
     pub wg: Option<Arc<WgPeer>>,
+}
+
+impl Deref for PeerEntry {
+    type Target = PeerLink;
+    #[inline]
+    fn deref(&self) -> &PeerLink {
+        &self.link
+    }
 }
 
 /// Index of a peer in a snapshot.
@@ -105,11 +111,10 @@ pub struct Local {
     pub port: u16,
 }
 
-/// The swappable snapshot plus the counters that outlive it.
+/// The swappable snapshot, and the counter of drops no peer owns.
 pub struct Routes {
     local: Local,
     current: ArcSwap<RouteTable>,
-    stats: Mutex<HashMap<String, Arc<PeerStats>>>,
     /// Drops that belong to no peer (unknown source, no route), by reason.
     pub unattributed: Arc<PeerStats>,
 }
@@ -119,9 +124,13 @@ impl Routes {
         Routes {
             local,
             current: ArcSwap::from_pointee(RouteTable::default()),
-            stats: Mutex::new(HashMap::new()),
             unattributed: Arc::new(PeerStats::default()),
         }
+    }
+
+    /// The local end of every tunnel.
+    pub fn local(&self) -> &Local {
+        &self.local
     }
 
     /// The snapshot to route a batch with.
@@ -130,26 +139,16 @@ impl Routes {
         self.current.load()
     }
 
-    /// Swap in a table for `peers`, each with its WireGuard session where it has one
-    /// (`sessions[i]` belongs to `peers[i]`; missing entries mean none, as in cleartext mode).
-    /// Peers no longer present lose their counters.
-    pub fn install(&self, peers: &[Peer], sessions: Vec<Option<Arc<WgPeer>>>) {
-        let local_mac = vtep_mac(&self.local.name);
-        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.retain(|name, _| peers.iter().any(|p| &p.name == name));
-        let mut sessions = sessions.into_iter();
-        let entries: Vec<PeerEntry> = peers
+    /// Swap in a table of `links` (the reconcile step's call).
+    pub fn install(&self, links: &[Arc<PeerLink>]) {
+        let entries: Vec<PeerEntry> = links
             .iter()
-            .map(|p| {
-                let mac = vtep_mac(&p.name);
+            .map(|l| {
+                let a = l.applied();
                 PeerEntry {
-                    name: p.name.clone(),
-                    endpoint: SocketAddr::new(p.address, self.local.port),
-                    subnet: p.subnet,
-                    mac,
-                    header: VxlanHeader::new(self.local.vni, local_mac, mac),
-                    stats: stats.entry(p.name.clone()).or_default().clone(),
-                    wg: sessions.next().flatten(),
+                    link: l.clone(),
+                    subnet: a.peer.subnet,
+                    wg: a.wg.clone(),
                 }
             })
             .collect();
@@ -168,7 +167,7 @@ impl Routes {
         let by_address = entries
             .iter()
             .enumerate()
-            .map(|(i, e)| (e.endpoint.ip(), i as PeerId))
+            .map(|(i, e)| (e.endpoint().ip(), i as PeerId))
             .collect();
         let with_wg = || {
             entries
@@ -186,31 +185,47 @@ impl Routes {
             by_key,
         }));
     }
+
+    /// Cleartext peers straight into a table, links and all: for tests and fuzz targets that
+    /// need a table without a control plane.
+    #[doc(hidden)]
+    pub fn install_clear(&self, peers: &[crate::peers::Peer]) {
+        let mut links = crate::link::registry::Links::new(self.local.clone(), None, 1500);
+        self.install(&links.reconcile(peers, 0).links);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::peers::Peer;
+    use crate::wire::{vtep_mac, VxlanHeader};
+    use std::net::SocketAddr;
 
     fn peer(name: &str, addr: &str, subnet: &str) -> Peer {
-        Peer::clear(name, addr.parse().unwrap(), subnet.parse().unwrap())
+        Peer::clear(
+            name,
+            SocketAddr::new(addr.parse().unwrap(), 8472),
+            subnet.parse().unwrap(),
+        )
     }
 
-    fn routes() -> Routes {
-        let r = Routes::new(Local {
+    fn routes_only() -> Routes {
+        Routes::new(Local {
             name: "a".into(),
             vni: 1,
             port: 8472,
-        });
-        r.install(
-            &[
-                peer("c", "198.18.0.3", "10.244.3.0/24"),
-                peer("b", "198.18.0.2", "10.244.2.0/24"),
-                peer("big", "198.18.0.9", "10.244.128.0/17"),
-            ],
-            Vec::new(),
-        );
+        })
+    }
+
+    fn routes() -> Routes {
+        let r = routes_only();
+        r.install_clear(&[
+            peer("c", "198.18.0.3", "10.244.3.0/24"),
+            peer("b", "198.18.0.2", "10.244.2.0/24"),
+            peer("big", "198.18.0.9", "10.244.128.0/17"),
+        ]);
         r
     }
 
@@ -239,27 +254,33 @@ mod tests {
         let id = t.by_source("198.18.0.2".parse().unwrap()).unwrap();
         let e = t.peer(id);
         assert_eq!(e.name, "b");
-        assert_eq!(e.endpoint.port(), 8472);
+        assert_eq!(e.endpoint().port(), 8472);
         assert_eq!(e.mac, vtep_mac("b"));
         assert_eq!(e.header, VxlanHeader::new(1, vtep_mac("a"), vtep_mac("b")));
         assert!(t.by_source("198.18.0.7".parse().unwrap()).is_none());
     }
 
+    /// Counters live on the link: they survive snapshots, and go with the peer.
     #[test]
     fn counters_survive_swaps_and_leave_with_the_peer() {
-        let r = routes();
-        let before = r
-            .load()
-            .peer(r.load().by_source("198.18.0.2".parse().unwrap()).unwrap())
-            .stats
-            .clone();
+        let r = routes_only();
+        let mut links = crate::link::registry::Links::new(r.local().clone(), None, 1500);
+        let mut install = |peers: &[Peer]| r.install(&links.reconcile(peers, 0).links);
+        install(&[
+            peer("c", "198.18.0.3", "10.244.3.0/24"),
+            peer("b", "198.18.0.2", "10.244.2.0/24"),
+        ]);
+        let t = r.load();
+        let before = &t
+            .peer(t.by_source("198.18.0.2".parse().unwrap()).unwrap())
+            .stats;
         before.tx(3, 300);
-        r.install(&[peer("b", "198.18.0.2", "10.244.2.0/24")], Vec::new());
+        install(&[peer("b", "198.18.0.2", "10.244.2.0/24")]);
         let t = r.load();
         assert_eq!(t.peers().len(), 1);
         assert_eq!(t.peer(0).stats.snapshot().tx_packets, 3);
-        r.install(&[], Vec::new());
-        r.install(&[peer("b", "198.18.0.2", "10.244.2.0/24")], Vec::new());
+        install(&[]);
+        install(&[peer("b", "198.18.0.2", "10.244.2.0/24")]);
         assert_eq!(r.load().peer(0).stats.snapshot().tx_packets, 0);
     }
 }

@@ -181,18 +181,9 @@ async fn remove_stale_vxlan(host: &Host, cfg: &Config) {
 
 fn vxlan_text(v: &Result<VxlanDevice, NotOffered>) -> String {
     match v {
-        Ok(d) => device_text(d, false),
+        Ok(d) => vxlan::device_text(d, false),
         Err(n) => not_offered_text("kernel vxlan", n),
     }
-}
-
-/// The VXLAN device line of `meshd status`.
-pub fn device_text(d: &VxlanDevice, software_checksums: bool) -> String {
-    let mut s = format!("in use: {} ({}", d.name, d.origin);
-    if software_checksums {
-        s += "; checksums in software: veth underlay, a peer receives in userspace";
-    }
-    s + ")"
 }
 
 pub fn not_offered_text(what: &str, n: &NotOffered) -> String {

@@ -29,7 +29,7 @@ use super::subnet::{self, to_net, to_subnet};
 use crate::backend::Backend;
 use crate::config::{split_seed, Config, Encryption};
 use crate::host::Host;
-use crate::peers::{Peer, PeerKey};
+use crate::peers::{Endpoint, EndpointSource, Peer, PeerKey};
 use crate::stats::Stamp;
 use crate::wire::vtep_mac;
 
@@ -373,10 +373,17 @@ impl Membership {
 
     /// Turns a member's record into its peer; true when the peer set changed.
     fn upsert(&self, r: &NodeRecord) -> bool {
-        let endpoint = r.endpoints.first().map(|e| e.ip().to_canonical());
+        let endpoints: Vec<Endpoint> = r
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                addr: SocketAddr::new(e.ip().to_canonical(), e.port()),
+                source: EndpointSource::Gossiped,
+            })
+            .collect();
         let subnet = r.subnet.and_then(|c| to_net(c.subnet));
         let mut changed = false;
-        let (Some(address), Some(subnet)) = (endpoint, subnet) else {
+        let (false, Some(subnet)) = (endpoints.is_empty(), subnet) else {
             self.backend.update(|set| {
                 changed = set.remove_member(&r.name);
                 changed
@@ -393,7 +400,7 @@ impl Membership {
         };
         let peer = Peer {
             name: r.name.clone(),
-            address,
+            endpoints,
             subnet,
             key,
             kernel_vxlan: r.capabilities.has(Capabilities::KERNEL_VXLAN),

@@ -27,7 +27,7 @@ use crate::datapath::wireguard::Wireguard;
 use crate::datapath::DataPath;
 use crate::host::{self, Host};
 use crate::peers::wireguard::NodeCrypto;
-use crate::peers::{Peer, PeerKey};
+use crate::peers::{Endpoint, EndpointSource, Peer, PeerKey};
 use crate::routes::{Local, Routes};
 use crate::runfiles::{self, SOCKET_NAME};
 use crate::status::Status;
@@ -93,7 +93,13 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     fast.crypto = crypto.clone();
     let paths = crate::paths::manager::Paths::new(kernel_status);
     let backend = Arc::new(
-        Backend::new(routes.clone(), crypto.clone(), static_peers(&cfg)).with_paths(paths.clone()),
+        Backend::new(
+            routes.clone(),
+            crypto.clone(),
+            static_peers(&cfg),
+            cfg.overlay_mtu(),
+        )
+        .with_paths(paths.clone()),
     );
     let keyring = match keyring {
         Some(ring) => Some(secrets::spawn(cfg.clone(), ring, backend.clone())?),
@@ -130,14 +136,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         Some(c) => DataPath::start(&dp_cfg, routes.clone(), Wireguard { crypto: c.clone() })?,
         None => DataPath::start(&dp_cfg, routes.clone(), Vxlan { vni: cfg.vxlan.vni })?,
     };
-    let (stop_paths, paths_stopped) = tokio::sync::oneshot::channel::<()>();
-    let paths_task = tokio::spawn(crate::paths::manager::run(
-        paths.clone(),
-        fast,
-        async move {
-            let _ = paths_stopped.await;
-        },
-    ));
+    let (stop_paths, paths_task) = crate::paths::manager::spawn(paths.clone(), fast)?;
 
     // Status, served before the host has network.json: the CNI plugin wires a pod only when
     // this socket answers, so it must answer as soon as the file exists.
@@ -213,7 +212,8 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         }
     }
     let _ = stop_paths.send(());
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), paths_task).await;
+    let joined = tokio::task::spawn_blocking(move || paths_task.join());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), joined).await;
     server.abort();
     let _ = std::fs::remove_file(&socket);
     datapath.stop();
@@ -282,7 +282,11 @@ fn static_peers(cfg: &Config) -> Vec<Peer> {
         .iter()
         .map(|p| Peer {
             name: p.name.clone(),
-            address: p.address,
+            // A static peer listens on the cluster's data port, as this node does.
+            endpoints: vec![Endpoint {
+                addr: std::net::SocketAddr::new(p.address, cfg.data_port()),
+                source: EndpointSource::Configured,
+            }],
             subnet: p.subnet,
             key: p.key().map(PeerKey::fixed),
             kernel_vxlan: false,

@@ -1,5 +1,6 @@
 //! One [`Status`] snapshot gathered from every source the daemon has: the fixed facts of the
-//! node, the route table and its counters, the WireGuard sessions, gossip and the secrets.
+//! node, every peer's link (counters, endpoint, session, path: one object each, no joins),
+//! gossip and the secrets.
 //! The status socket serves it; a metrics endpoint would read the same snapshot.
 
 use ipnet::Ipv4Net;
@@ -34,17 +35,19 @@ impl Report {
         let routes = self.backend.routes();
         let table = routes.load();
         let mut s = self.base.clone();
+        let now = Instant::now();
         s.peers = table
             .peers()
             .iter()
             .map(|p| PeerStatus {
                 name: p.name.clone(),
-                endpoint: p.endpoint.to_string(),
+                endpoint: p.endpoint().to_string(),
                 subnet: p.subnet.to_string(),
                 vtep_mac: p.mac.to_string(),
+                mtu: p.mtu(),
                 stats: p.stats.snapshot(),
                 wireguard: p.wg.as_deref().map(wireguard_status),
-                path: self.backend.paths().and_then(|x| x.peer_status(&p.name)),
+                path: p.path().as_ref().map(|c| c.status(now)),
             })
             .collect();
         s.unattributed = routes.unattributed.snapshot();

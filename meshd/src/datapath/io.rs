@@ -264,7 +264,7 @@ pub fn send_runs(
     for run in runs.runs() {
         let peer = table.peer(run.peer);
         let t = Transmit {
-            destination: peer.endpoint,
+            destination: peer.endpoint(),
             ecn: None,
             contents: runs.bytes(run),
             segment_size: (run.datagrams > 1).then_some(run.segment),

@@ -150,21 +150,18 @@ mod tests {
             vni: 1,
             port: 8472,
         });
-        r.install(
-            &[
-                Peer::clear(
-                    "b",
-                    "198.18.0.2".parse().unwrap(),
-                    "10.244.2.0/24".parse().unwrap(),
-                ),
-                Peer::clear(
-                    "c",
-                    "198.18.0.3".parse().unwrap(),
-                    "10.244.3.0/24".parse().unwrap(),
-                ),
-            ],
-            Vec::new(),
-        );
+        r.install_clear(&[
+            Peer::clear(
+                "b",
+                "198.18.0.2:8472".parse().unwrap(),
+                "10.244.2.0/24".parse().unwrap(),
+            ),
+            Peer::clear(
+                "c",
+                "198.18.0.3:8472".parse().unwrap(),
+                "10.244.3.0/24".parse().unwrap(),
+            ),
+        ]);
         r
     }
 

@@ -83,6 +83,15 @@ pub async fn list(host: &Host) -> Result<Vec<Found>> {
     Ok(out)
 }
 
+/// Whether a route the kernel has goes where `via` says.
+pub fn matches(found: &Found, via: Via) -> bool {
+    match via {
+        Via::Device { index } => found.oif == Some(index) && found.gateway.is_none(),
+        Via::Vxlan { index, vtep } => found.oif == Some(index) && found.gateway == Some(vtep),
+        Via::Gateway { address } => found.gateway == Some(address),
+    }
+}
+
 fn found(r: &RouteMessage) -> Option<Found> {
     if u8::from(r.header.protocol) != PROTOCOL {
         return None;

@@ -335,3 +335,12 @@ fn parts(n: &NeighbourMessage) -> (Option<MacAddr>, Option<IpAddr>) {
 fn other(e: anyhow::Error) -> Refusal {
     Refusal::new(format!("{e:#}"))
 }
+
+/// The VXLAN device line of `meshd status`.
+pub fn device_text(d: &VxlanDevice, software_checksums: bool) -> String {
+    let mut s = format!("in use: {} ({}", d.name, d.origin);
+    if software_checksums {
+        s += "; checksums in software: veth underlay, a peer receives in userspace";
+    }
+    s + ")"
+}

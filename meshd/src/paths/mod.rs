@@ -14,6 +14,7 @@
 //!
 //! [`manager`] runs it: probes, routes and the status.
 
+pub mod cell;
 pub mod manager;
 
 use serde::{Deserialize, Serialize};

@@ -10,15 +10,17 @@ pub mod wireguard;
 
 use ipnet::Ipv4Net;
 use meshd_crypto::{PublicKey, SecretId};
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::{IpAddr, SocketAddr};
 
-/// A peer as the control plane knows it.
+/// A peer as the control plane knows it: what is desired, not what is observed (that lives on
+/// its [`crate::link::PeerLink`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub name: String,
-    /// Underlay address its datagrams come from and ours go to.
-    pub address: IpAddr,
+    /// Where it can be reached, best first, each with where we learnt it. Never empty once
+    /// admitted to the peer set (a member that publishes none is not routed).
+    pub endpoints: Vec<Endpoint>,
     pub subnet: Ipv4Net,
     /// Its WireGuard identity; `None` in cleartext mode (or a member that published no key).
     pub key: Option<PeerKey>,
@@ -27,16 +29,55 @@ pub struct Peer {
     pub kernel_vxlan: bool,
 }
 
+/// One address and port a peer may be reached at, and who said so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub source: EndpointSource,
+}
+
+/// Where an endpoint candidate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EndpointSource {
+    /// The config file's `[[peers]]` (or `--peer`), at the cluster's data port.
+    Configured,
+    /// The member's own gossip record.
+    Gossiped,
+}
+
+impl EndpointSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointSource::Configured => "configured",
+            EndpointSource::Gossiped => "gossiped",
+        }
+    }
+}
+
 impl Peer {
-    /// A peer without a WireGuard key (cleartext).
-    pub fn clear(name: impl Into<String>, address: IpAddr, subnet: Ipv4Net) -> Peer {
+    /// A peer without a WireGuard key (cleartext), reached at `endpoint`.
+    pub fn clear(name: impl Into<String>, endpoint: SocketAddr, subnet: Ipv4Net) -> Peer {
         Peer {
             name: name.into(),
-            address,
+            endpoints: vec![Endpoint {
+                addr: endpoint,
+                source: EndpointSource::Configured,
+            }],
             subnet,
             key: None,
             kernel_vxlan: false,
         }
+    }
+
+    /// The endpoint to send to first.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoints.first().map(|e| e.addr)
+    }
+
+    /// The underlay address of its first endpoint: what the kernel paths (FDB entries, host-gw
+    /// gateways) point at.
+    pub fn address(&self) -> Option<IpAddr> {
+        self.endpoint().map(|e| e.ip())
     }
 }
 
@@ -98,24 +139,58 @@ impl PeerSet {
 
     /// The peers to route to: static peers first, then members. A static peer wins over a
     /// member of the same name, and a member whose subnet overlaps one already routed (or this
-    /// node's own) waits until gossip settles the conflict.
+    /// node's own) waits until gossip settles the conflict. O(N log N): names in a hash set,
+    /// routed subnets in an ordered map of ranges.
     pub fn resolve(&self) -> Vec<Peer> {
         let mut all = self.statics.clone();
-        for p in self.members.values() {
-            let clash = all
-                .iter()
-                .any(|q| q.name == p.name || overlaps(q.subnet, p.subnet))
-                || self.own_subnet.is_some_and(|m| overlaps(m, p.subnet));
-            if !clash {
-                all.push(p.clone());
-            }
+        let mut names: HashSet<&str> = all.iter().map(|p| p.name.as_str()).collect();
+        let mut taken = Ranges::default();
+        for p in &all {
+            taken.insert(p.subnet);
         }
+        if let Some(own) = self.own_subnet {
+            taken.insert(own);
+        }
+        let mut admitted = Vec::new();
+        for p in self.members.values() {
+            if names.contains(p.name.as_str()) || taken.overlaps(p.subnet) || p.endpoints.is_empty()
+            {
+                continue;
+            }
+            names.insert(&p.name);
+            taken.insert(p.subnet);
+            admitted.push(p.clone());
+        }
+        all.extend(admitted);
         all
     }
 }
 
-pub(crate) fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b) || b.contains(&a)
+/// Address ranges, for overlap checks in O(log N). Ranges may overlap one another (statics
+/// are validated apart), so each start keeps the widest end seen there and a query looks at
+/// the ranges that start at or before its end.
+#[derive(Default)]
+struct Ranges {
+    /// First address → last addresses of the ranges starting there.
+    by_first: BTreeMap<u32, BTreeSet<u32>>,
+    /// The widest range length seen, which bounds how far back an overlapping range can start.
+    widest: u64,
+}
+
+impl Ranges {
+    fn insert(&mut self, n: Ipv4Net) {
+        let (first, last) = (u32::from(n.network()), u32::from(n.broadcast()));
+        self.by_first.entry(first).or_default().insert(last);
+        self.widest = self.widest.max(u64::from(last - first));
+    }
+
+    fn overlaps(&self, n: Ipv4Net) -> bool {
+        let (first, last) = (u32::from(n.network()), u32::from(n.broadcast()));
+        let from = u64::from(first).saturating_sub(self.widest) as u32;
+        self.by_first
+            .range(from..=last)
+            .any(|(_, lasts)| lasts.iter().next_back().is_some_and(|l| *l >= first))
+    }
 }
 
 #[cfg(test)]
@@ -124,7 +199,11 @@ mod tests {
     use super::*;
 
     fn peer(name: &str, n: u8, subnet: &str) -> Peer {
-        Peer::clear(name, IpAddr::from([198, 18, 0, n]), subnet.parse().unwrap())
+        Peer::clear(
+            name,
+            SocketAddr::from(([198, 18, 0, n], 8472)),
+            subnet.parse().unwrap(),
+        )
     }
 
     #[test]
@@ -150,5 +229,19 @@ mod tests {
         assert!(set.remove_member("c"));
         assert!(!set.remove_member("c"));
         assert!(!set.set_own_subnet(Some("10.244.4.0/24".parse().unwrap())));
+    }
+
+    /// Overlaps are found whichever side starts first, whatever the prefix lengths.
+    #[test]
+    fn overlaps_of_any_length_wait() {
+        let mut set = PeerSet::new(vec![peer("big", 9, "10.244.128.0/17")]);
+        set.upsert_member(peer("a", 1, "10.244.2.0/24"));
+        set.upsert_member(peer("b", 2, "10.244.2.0/23"));
+        set.upsert_member(peer("c", 3, "10.244.3.0/24"));
+        set.upsert_member(peer("d", 4, "10.244.200.0/24"));
+        set.upsert_member(peer("e", 5, "10.244.0.0/16"));
+        set.upsert_member(peer("f", 6, "10.244.4.0/24"));
+        let names: Vec<_> = set.resolve().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["big", "a", "c", "f"]);
     }
 }

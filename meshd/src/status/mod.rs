@@ -102,13 +102,21 @@ pub struct PathStatus {
     pub moves: u64,
     /// Per probed path: probes sent and lost, and whether it is failing now.
     pub probes: Vec<ProbeStatus>,
+    /// The kernel refused the route this path needs (its words); meshd retries it every
+    /// second. Absent when the kernel has the route (or the path needs none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_error: Option<String>,
 }
 
 impl std::fmt::Display for PathStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.reason {
-            Some(why) => write!(f, "{}: {why}", self.path),
-            None => f.write_str(&self.path),
+            Some(why) => write!(f, "{}: {why}", self.path)?,
+            None => f.write_str(&self.path)?,
+        }
+        match &self.route_error {
+            Some(e) => write!(f, " (route not installed: {e}; retrying)"),
+            None => Ok(()),
         }
     }
 }
@@ -172,6 +180,9 @@ pub struct PeerStatus {
     pub endpoint: String,
     pub subnet: String,
     pub vtep_mac: String,
+    /// The MTU of pod packets to it.
+    #[serde(default)]
+    pub mtu: u16,
     #[serde(flatten)]
     pub stats: PeerStatsSnapshot,
     /// The WireGuard session, in encrypted mode.

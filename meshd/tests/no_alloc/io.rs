@@ -152,14 +152,11 @@ fn run_in_namespace() -> (usize, usize, usize) {
         vni: 1,
         port: 8472,
     });
-    routes.install(
-        &[Peer::clear(
-            "b",
-            "127.0.0.1".parse().unwrap(),
-            "10.99.0.0/24".parse().unwrap(),
-        )],
-        Vec::new(),
-    );
+    routes.install_clear(&[Peer::clear(
+        "b",
+        "127.0.0.1:8472".parse().unwrap(),
+        "10.99.0.0/24".parse().unwrap(),
+    )]);
     let rx_sock = UdpSocket::bind("127.0.0.1:8472").unwrap();
     rx_sock.set_nonblocking(true).unwrap();
     let rx_state = UdpSocketState::new(UdpSockRef::from(&rx_sock)).unwrap();

@@ -19,12 +19,12 @@ fn encode_and_decode_allocate_nothing_per_packet() {
         .map(|i| {
             Peer::clear(
                 format!("n{i}"),
-                format!("198.18.0.{i}").parse().unwrap(),
+                format!("198.18.0.{i}:8472").parse().unwrap(),
                 format!("10.244.{i}.0/24").parse().unwrap(),
             )
         })
         .collect();
-    routes.install(&peers, Vec::new());
+    routes.install_clear(&peers);
     let vxlan = Vxlan { vni: 1 };
     let mut enc = Runs::new(256, 1500, 64);
     let mut out = vec![0u8; 1500];

@@ -3,8 +3,9 @@ use meshd::datapath::runs::Runs;
 use meshd::datapath::wireguard::{Wireguard, SCRATCH_LEN};
 use meshd::datapath::worker::encode_batch;
 use meshd::datapath::{Encap, PeerAcc, Received, Rx};
-use meshd::peers::wireguard::{NodeCrypto, Sessions};
-use meshd::peers::{Peer, PeerKey};
+use meshd::link::registry::Links;
+use meshd::peers::wireguard::NodeCrypto;
+use meshd::peers::{Endpoint, EndpointSource, Peer, PeerKey};
 use meshd::routes::{Local, Routes};
 use meshd::stats::{DropTally, Stamp};
 use meshd_crypto::{ClusterSecret, Keyring, PrivateKey, PublicKey};
@@ -30,13 +31,16 @@ fn node(n: u8, key: &PrivateKey, secret: &ClusterSecret, peer: (u8, PublicKey)) 
     });
     let p = Peer {
         name: format!("n{}", peer.0),
-        address: format!("198.18.0.{}", peer.0).parse().unwrap(),
+        endpoints: vec![Endpoint {
+            addr: format!("198.18.0.{}:51820", peer.0).parse().unwrap(),
+            source: EndpointSource::Configured,
+        }],
         subnet: format!("10.244.{}.0/24", peer.0).parse().unwrap(),
         key: Some(PeerKey::fixed(peer.1)),
         kernel_vxlan: false,
     };
-    let sessions = Sessions::new(crypto.clone()).sync(std::slice::from_ref(&p));
-    routes.install(&[p], sessions);
+    let mut links = Links::new(routes.local().clone(), Some(crypto.clone()), 1420);
+    routes.install(&links.reconcile(&[p], 0).links);
     Node {
         routes,
         wg: Wireguard { crypto },

@@ -15,10 +15,11 @@ fn routes() -> &'static Routes {
     static R: OnceLock<Routes> = OnceLock::new();
     R.get_or_init(|| {
         let r = Routes::new(Local { name: "a".into(), vni: 1, port: 8472 });
-        r.install(
-            &[Peer::clear("b", "198.18.0.2".parse().unwrap(), "10.244.2.0/24".parse().unwrap())],
-            Vec::new(),
-        );
+        r.install_clear(&[Peer::clear(
+            "b",
+            "198.18.0.2:8472".parse().unwrap(),
+            "10.244.2.0/24".parse().unwrap(),
+        )]);
         r
     })
 }

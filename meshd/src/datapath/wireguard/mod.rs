@@ -109,7 +109,7 @@ impl Encap for Wireguard {
                 // this lock), so the peer gets it in order.
                 if session.has_queued() {
                     while let Action::WriteToNetwork(n) = session.flush_queued(scratch) {
-                        reply(&scratch[..n], entry.endpoint);
+                        reply(&scratch[..n], entry.endpoint());
                     }
                 }
                 if entry.subnet.contains(&inner_src) {
@@ -123,7 +123,7 @@ impl Encap for Wireguard {
                 reply(&out[..n], src);
                 // Packets queued while the handshake was under way go out now.
                 while let Action::WriteToNetwork(n) = session.flush_queued(scratch) {
-                    reply(&scratch[..n], entry.endpoint);
+                    reply(&scratch[..n], entry.endpoint());
                 }
             }
             Action::Done => {}
@@ -149,7 +149,7 @@ impl Encap for Wireguard {
                 let Some(wg) = &peer.wg else { continue };
                 match timers(peer, wg, now, &mut out) {
                     Action::WriteToNetwork(n) => {
-                        if let Err(e) = socket.send_to(&out[..n], peer.endpoint) {
+                        if let Err(e) = socket.send_to(&out[..n], peer.endpoint()) {
                             tracing::trace!(error = %e, peer = %peer.name, "timer send");
                             peer.stats.count_drop(DropReason::SendError, 1);
                         }

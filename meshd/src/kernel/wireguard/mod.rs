@@ -118,7 +118,7 @@ pub fn device_config(
         fwmark,
         peers: peers
             .iter()
-            .filter_map(|p| peer_config(p, crypto, port))
+            .filter_map(|p| peer_config(p, crypto))
             .collect(),
     }
 }
@@ -126,13 +126,13 @@ pub fn device_config(
 /// `peer` as a device peer, `None` without a key. Its preshared key comes from the same
 /// [`NodeCrypto::pair_key`] the userspace sessions use, so a rotation of the cluster secrets
 /// moves both to the same key.
-pub fn peer_config(peer: &Peer, crypto: &NodeCrypto, port: u16) -> Option<PeerConfig> {
+pub fn peer_config(peer: &Peer, crypto: &NodeCrypto) -> Option<PeerConfig> {
     let key = peer.key.as_ref()?;
     let pair = crypto.pair_key(&key.public, key.secret_ids.as_deref());
     Some(PeerConfig {
         public_key: key.public,
         preshared_key: Zeroizing::new(pair.psk),
-        endpoint: SocketAddr::new(peer.address, port),
+        endpoint: peer.endpoint()?,
         allowed_ips: vec![peer.subnet.trunc()],
         persistent_keepalive: None,
     })

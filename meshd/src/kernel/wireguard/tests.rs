@@ -1,14 +1,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use super::*;
-use crate::peers::wireguard::Sessions;
-use crate::peers::PeerKey;
+use crate::link::registry::Links;
+use crate::peers::{Endpoint, EndpointSource, PeerKey};
+use crate::routes::Local;
 use meshd_crypto::{ClusterSecret, Keyring, SecretId};
 use std::sync::Arc;
 
 fn member(n: u8, public: PublicKey, ids: Option<Vec<SecretId>>) -> Peer {
     Peer {
         name: format!("n{n}"),
-        address: std::net::IpAddr::from([198, 18, 0, n]),
+        endpoints: vec![Endpoint {
+            addr: std::net::SocketAddr::from(([198, 18, 0, n], 51999)),
+            source: EndpointSource::Gossiped,
+        }],
         // Not truncated on purpose: the kernel stores the network.
         subnet: format!("10.244.{n}.7/24").parse().unwrap(),
         key: Some(PeerKey {
@@ -28,7 +32,13 @@ fn peers_get_the_preshared_key_the_userspace_sessions_use() {
     let (old_id, new_id) = (SecretId::of(&old), SecretId::of(&new));
     let ring = Keyring::new(vec![old.clone(), new.clone()]).unwrap();
     let crypto = Arc::new(NodeCrypto::new(PrivateKey::generate(), ring, 100));
-    let sessions = Sessions::new(crypto.clone());
+    let local = Local {
+        name: "me".into(),
+        vni: 1,
+        port: 51820,
+    };
+    let links = std::cell::RefCell::new(Links::new(local, Some(crypto.clone()), 1420));
+    let epoch = std::cell::Cell::new(0);
     let peers = vec![
         member(1, PrivateKey::generate().public_key(), None),
         member(2, PrivateKey::generate().public_key(), Some(vec![new_id])),
@@ -39,13 +49,19 @@ fn peers_get_the_preshared_key_the_userspace_sessions_use() {
         ),
         Peer::clear(
             "clear",
-            [198, 18, 0, 4].into(),
+            ([198, 18, 0, 4], 51999).into(),
             "10.244.4.0/24".parse().unwrap(),
         ),
     ];
     let check = |label: &str| {
         let cfg = device_config("meshwg0", &crypto, 51820, None, &peers);
-        let wg = sessions.sync(&peers);
+        let pass = links.borrow_mut().reconcile(&peers, epoch.get());
+        let wg: Vec<_> = pass
+            .links
+            .iter()
+            .map(|l| l.wg())
+            .filter(Option::is_some)
+            .collect();
         assert_eq!(
             cfg.peers.len(),
             3,
@@ -70,6 +86,7 @@ fn peers_get_the_preshared_key_the_userspace_sessions_use() {
         *before.peers[0].preshared_key
     );
     crypto.set_keyring(Keyring::single(new));
+    epoch.set(1);
     let after = check("after the rotation");
     assert_ne!(
         *after.peers[0].preshared_key, *before.peers[0].preshared_key,
@@ -89,7 +106,7 @@ fn a_peer_is_reached_at_its_underlay_address_with_its_subnet_allowed() {
         100,
     );
     let p = member(9, PrivateKey::generate().public_key(), None);
-    let c = peer_config(&p, &crypto, 51999).unwrap();
+    let c = peer_config(&p, &crypto).unwrap();
     assert_eq!(c.endpoint, "198.18.0.9:51999".parse().unwrap());
     assert_eq!(c.allowed_ips, ["10.244.9.0/24".parse().unwrap()]);
     assert_eq!(c.persistent_keepalive, None);

@@ -7,26 +7,29 @@
 //! once at `warn`. It runs as one tokio task; nothing here is on the per-packet path.
 
 use ipnet::Ipv4Net;
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+mod apply;
+mod converge;
 mod offers;
 mod step;
 
-use super::{NotOffered, PathKind, PeerPath};
+use super::{NotOffered, PathKind};
 use crate::config::{Datapath, Encryption};
-use crate::host::{gateway, Host};
+use crate::host::Host;
 use crate::kernel::probe::Prober;
 use crate::kernel::routes;
 use crate::kernel::vxlan::{self, VxlanDevice};
 use crate::kernel::wireguard::{device_config, KernelWireguard};
+use crate::link::PeerLink;
 use crate::peers::wireguard::NodeCrypto;
 use crate::peers::Peer;
-use crate::status::{KernelStatus, PathStatus};
-use crate::wire::{vtep_mac, MacAddr};
+use crate::status::KernelStatus;
+use crate::wire::MacAddr;
 
 /// How often each probed path of each peer is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -36,11 +39,17 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// this long after start, so a restart does not cut pods off while gossip catches up.
 pub const ADOPTION_GRACE: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(100);
+/// How often the routes meshd set are compared with what the kernel has (a device that went
+/// down takes its routes with it; someone may have deleted one by hand).
+const VERIFY_EVERY: Duration = Duration::from_secs(2);
+/// How soon a route or entry the kernel refused is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What the backend hands on at each reconcile.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Desired {
-    pub peers: Vec<Peer>,
+    /// Every routed peer's link, in the peer set's order.
+    pub links: Vec<Arc<PeerLink>>,
     pub own_subnet: Option<Ipv4Net>,
     /// Bumped when the cluster secrets change: kernel WireGuard peers get new preshared keys.
     pub keyring_epoch: u64,
@@ -49,7 +58,6 @@ pub struct Desired {
 /// The manager's handle: the backend publishes to it, the status reads from it.
 pub struct Paths {
     desired: watch::Sender<Desired>,
-    peers: Mutex<BTreeMap<String, PathStatus>>,
     kernel: Mutex<KernelStatus>,
 }
 
@@ -57,27 +65,25 @@ impl Paths {
     pub fn new(kernel: KernelStatus) -> Arc<Paths> {
         Arc::new(Paths {
             desired: watch::channel(Desired::default()).0,
-            peers: Mutex::new(BTreeMap::new()),
             kernel: Mutex::new(kernel),
         })
     }
 
-    /// A new peer set (the reconcile step's call).
-    pub fn publish(&self, peers: &[Peer], own_subnet: Option<Ipv4Net>, keyring_epoch: u64) {
-        let d = Desired {
-            peers: peers.to_vec(),
-            own_subnet,
-            keyring_epoch,
-        };
-        self.desired.send_if_modified(|cur| {
-            let changed = *cur != d;
-            *cur = d;
-            changed
+    /// A reconcile pass's links (the backend's call). Passes that arrive faster than the
+    /// manager takes them are applied once, the latest.
+    pub fn publish(
+        &self,
+        links: Vec<Arc<PeerLink>>,
+        own_subnet: Option<Ipv4Net>,
+        keyring_epoch: u64,
+    ) {
+        self.desired.send_modify(|cur| {
+            *cur = Desired {
+                links,
+                own_subnet,
+                keyring_epoch,
+            }
         });
-    }
-
-    pub fn peer_status(&self, name: &str) -> Option<PathStatus> {
-        lock(&self.peers).get(name).cloned()
     }
 
     pub fn kernel_status(&self) -> KernelStatus {
@@ -89,7 +95,7 @@ impl Paths {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -115,24 +121,15 @@ pub struct Setup {
     pub wireguard_port: u16,
 }
 
-struct PeerState {
-    peer: Peer,
-    path: PeerPath,
-    vtep: Ipv4Addr,
-    mac: MacAddr,
-    next_probe: Instant,
-    /// The path its route was last set for (`None`: no per-peer route, the cluster route).
-    routed: Option<PathKind>,
-}
-
 struct Manager {
     paths: Arc<Paths>,
     s: Setup,
     tun_index: Option<u32>,
     prober: Option<Prober>,
-    peers: HashMap<String, PeerState>,
+    /// The links it manages, by name: the same objects the route table holds.
+    links: HashMap<String, Arc<PeerLink>>,
     own: Option<Ipv4Net>,
-    outstanding: HashMap<u16, (String, PathKind, Instant)>,
+    outstanding: HashMap<u16, (Arc<PeerLink>, PathKind, Instant)>,
     seq: u16,
     /// Routes a previous meshd left, by subnet, until claimed or the grace ends.
     adopted_routes: HashMap<Ipv4Net, routes::Found>,
@@ -141,6 +138,10 @@ struct Manager {
     leftovers_checked: bool,
     /// The VXLAN device checksums in software (see `vxlan::set_software_checksums`).
     software_checksums: Option<bool>,
+    /// Routes of peers that left, which the kernel would not remove yet: retried each tick.
+    stale_routes: Vec<Ipv4Net>,
+    /// When the routes are next compared with what the kernel has.
+    next_verify: Instant,
     moves: u64,
 }
 
@@ -182,19 +183,22 @@ pub async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Future<Out
             }
         }
     }
+    let now = Instant::now();
     let mut m = Manager {
         paths: paths.clone(),
         s,
         tun_index,
         prober,
-        peers: HashMap::new(),
+        links: HashMap::new(),
         own: None,
         outstanding: HashMap::new(),
         seq: 0,
         adopted_routes,
-        grace_until: Instant::now() + ADOPTION_GRACE,
+        grace_until: now + ADOPTION_GRACE,
         leftovers_checked: false,
         software_checksums: None,
+        stale_routes: Vec::new(),
+        next_verify: now + VERIFY_EVERY,
         moves: 0,
     };
     let mut tick = tokio::time::interval(TICK);
@@ -212,8 +216,34 @@ pub async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Future<Out
             }
             _ = tick.tick() => m.step().await,
         }
-        m.publish_status();
     }
+}
+
+/// Starts the manager on a thread of its own, with its own runtime: its netlink calls, generic
+/// netlink requests (with their timeouts) and raw-socket sends then never hold up the gossip
+/// thread, which must answer SWIM probes on time. Send on the returned channel to stop it.
+pub fn spawn(
+    paths: Arc<Paths>,
+    s: Setup,
+) -> anyhow::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+)> {
+    use anyhow::Context;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the path manager's runtime")?;
+    let thread = std::thread::Builder::new()
+        .name("meshd-paths".into())
+        .spawn(move || {
+            rt.block_on(run(paths, s, async move {
+                let _ = stopped.await;
+            }))
+        })
+        .context("starting the path manager's thread")?;
+    Ok((stop, thread))
 }
 
 async fn underlay_name(s: &Setup) -> Option<String> {
@@ -239,7 +269,7 @@ impl Manager {
         match vxlan::set_software_checksums(&dev.name, want) {
             Ok(()) => {
                 self.software_checksums = Some(want);
-                lock(&self.paths.kernel).vxlan = crate::daemon::fastpath::device_text(dev, want);
+                lock(&self.paths.kernel).vxlan = vxlan::device_text(dev, want);
                 tracing::info!(device = %dev.name, software = want, "VXLAN device checksums");
             }
             Err(e) => {
@@ -256,126 +286,6 @@ impl Manager {
         let desired = device_config(dev.ifname(), crypto, self.s.wireguard_port, None, peers);
         if let Err(e) = dev.sync(&desired) {
             tracing::error!(error = %e, "configuring the kernel WireGuard device");
-        }
-    }
-
-    /// Bring the kernel objects in step with a new peer set.
-    async fn apply(&mut self, d: Desired) {
-        let own_changed = self.own != d.own_subnet;
-        self.own = d.own_subnet;
-        self.sync_wireguard(&d.peers);
-        self.checksums(&d.peers);
-        let gone: Vec<String> = self
-            .peers
-            .iter()
-            .filter(|(name, st)| !d.peers.iter().any(|p| &p.name == *name && *p == st.peer))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in gone {
-            if let Some(st) = self.peers.remove(&name) {
-                self.forget(&st).await;
-            }
-        }
-        for p in &d.peers {
-            if !self.peers.contains_key(&p.name) {
-                let st = self.admit(p.clone()).await;
-                self.peers.insert(p.name.clone(), st);
-            }
-        }
-        if own_changed {
-            for st in self.peers.values_mut() {
-                st.routed = None;
-            }
-        }
-        self.route_all().await;
-    }
-
-    /// A peer this manager has not seen: its entries, its offers, where it starts.
-    async fn admit(&mut self, peer: Peer) -> PeerState {
-        let vtep = peer.subnet.network();
-        let mac = vtep_mac(&peer.name);
-        if let (Ok(dev), true) = (&self.s.vxlan, self.s.encryption == Encryption::None) {
-            if let Err(e) = vxlan::set_peer(&self.s.host, dev.index, mac, vtep, peer.address).await
-            {
-                tracing::warn!(peer = %peer.name, error = %format!("{e:#}"), "cannot add the peer's VXLAN entries");
-            }
-        }
-        let (offers, floor, floor_reason) = self.offers(&peer).await;
-        let adopted = self.adopted_routes.remove(&peer.subnet).and_then(|f| {
-            let dev = self.s.vxlan.as_ref().ok()?;
-            if f.oif == Some(dev.index) && f.gateway == Some(vtep) {
-                Some(PathKind::KernelVxlan)
-            } else if f.gateway.map(IpAddr::V4) == Some(peer.address) {
-                Some(PathKind::HostGw)
-            } else {
-                None
-            }
-        });
-        let path = PeerPath::new(
-            offers,
-            floor,
-            floor_reason,
-            adopted,
-            self.s.pod_mtu,
-            Instant::now(),
-        );
-        if let Some(k) = adopted.filter(|k| *k == path.current()) {
-            tracing::info!(peer = %peer.name, path = %k, "adopted the peer's kernel path");
-        }
-        PeerState {
-            routed: adopted.filter(|k| *k == path.current()),
-            peer,
-            path,
-            vtep,
-            mac,
-            next_probe: Instant::now(),
-        }
-    }
-
-    /// Remove a peer's route and entries.
-    async fn forget(&mut self, st: &PeerState) {
-        if st.routed.is_some() {
-            if let Err(e) = routes::remove(&self.s.host, st.peer.subnet).await {
-                tracing::warn!(peer = %st.peer.name, error = %format!("{e:#}"), "removing the peer's route");
-            }
-        }
-        if let Ok(dev) = &self.s.vxlan {
-            vxlan::remove_peer(&self.s.host, dev.index, st.mac, st.vtep).await;
-        }
-        self.outstanding
-            .retain(|_, (name, _, _)| name != &st.peer.name);
-    }
-
-    /// Set every peer's route where it is not what its path needs.
-    async fn route_all(&mut self) {
-        if !self.kernel_in_play() {
-            return;
-        }
-        let Some(own) = self.own else { return };
-        let source = gateway(own);
-        let names: Vec<String> = self.peers.keys().cloned().collect();
-        for name in names {
-            let Some(st) = self.peers.get(&name) else {
-                continue;
-            };
-            let want = st.path.current();
-            if st.routed == Some(want) {
-                continue;
-            }
-            let Some(via) = self.via(st, want) else {
-                continue;
-            };
-            let subnet = st.peer.subnet;
-            match routes::set(&self.s.host, subnet, via, source).await {
-                Ok(()) => {
-                    if let Some(st) = self.peers.get_mut(&name) {
-                        st.routed = Some(want);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(peer = %name, path = %want, error = %format!("{e:#}"), "cannot route the peer's subnet")
-                }
-            }
         }
     }
 }

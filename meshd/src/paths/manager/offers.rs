@@ -3,9 +3,10 @@
 
 use std::net::IpAddr;
 
-use super::{Manager, PeerState};
+use super::Manager;
 use crate::config::{Datapath, Encryption};
 use crate::kernel::routes::{self, Via};
+use crate::paths::cell::PathCell;
 use crate::paths::{NotOffered, Offer, PathKind};
 use crate::peers::Peer;
 
@@ -38,7 +39,10 @@ impl Manager {
         let mut offers = Vec::new();
         if self.s.host_gw {
             let on_segment = match self.s.underlay_index {
-                Some(i) => routes::same_segment(&self.s.host, i, self.s.local, peer.address).await,
+                Some(i) => match peer.address() {
+                    Some(a) => routes::same_segment(&self.s.host, i, self.s.local, a).await,
+                    None => false,
+                },
                 None => false,
             };
             offers.push(Offer {
@@ -61,14 +65,14 @@ impl Manager {
         (offers, floor, None)
     }
 
-    pub(super) fn via(&self, st: &PeerState, kind: PathKind) -> Option<Via> {
+    pub(super) fn via(&self, c: &PathCell, kind: PathKind) -> Option<Via> {
         match kind {
             PathKind::Userspace => self.tun_index.map(|index| Via::Device { index }),
             PathKind::KernelVxlan => self.s.vxlan.as_ref().ok().map(|d| Via::Vxlan {
                 index: d.index,
-                vtep: st.vtep,
+                vtep: c.vtep,
             }),
-            PathKind::HostGw => match st.peer.address {
+            PathKind::HostGw => match c.address? {
                 IpAddr::V4(address) => Some(Via::Gateway { address }),
                 IpAddr::V6(_) => None,
             },

@@ -1,16 +1,17 @@
 //! One tick of the manager: collect probe replies, expire what went unanswered, send the
-//! probes that are due, apply the moves the evidence calls for, and drop what a previous
-//! meshd left for peers that never came back.
+//! probes that are due, apply the moves the evidence calls for, bring the kernel in step
+//! ([`super::converge`]), and drop what a previous meshd left for peers that never came back.
 
 use std::net::IpAddr;
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Instant;
 
-use super::{lock, Manager, PeerState, PROBE_INTERVAL, PROBE_TIMEOUT};
+use super::{lock, Manager, PROBE_INTERVAL, PROBE_TIMEOUT};
 use crate::host::gateway;
 use crate::kernel::probe::Probe;
 use crate::kernel::{routes, vxlan};
+use crate::link::PeerLink;
 use crate::paths::PathKind;
-use crate::status::{PathStatus, ProbeStatus};
 use crate::wire::MacAddr;
 
 impl Manager {
@@ -19,22 +20,27 @@ impl Manager {
         self.collect(now);
         self.expire(now);
         self.send_due(now).await;
-        let mut moved = false;
-        for st in self.peers.values_mut() {
-            if let Some(m) = st.path.decide(now) {
-                moved = true;
-                self.moves += 1;
-                let why = st.path.reason(now).unwrap_or_default();
+        let mut moved = 0;
+        for link in self.links.values() {
+            let mut cell = link.path();
+            let Some(c) = cell.as_mut() else { continue };
+            if let Some(m) = c.path.decide(now) {
+                moved += 1;
+                let why = c.path.reason(now).unwrap_or_default();
                 if m.demotion {
-                    tracing::warn!(peer = %st.peer.name, from = %m.from, to = %m.to, reason = %why, "path demoted");
+                    tracing::warn!(peer = %link.name, from = %m.from, to = %m.to, reason = %why, "path demoted");
                 } else {
-                    tracing::warn!(peer = %st.peer.name, from = %m.from, to = %m.to, "path promoted");
+                    tracing::warn!(peer = %link.name, from = %m.from, to = %m.to, "path promoted");
                 }
             }
         }
-        if moved {
-            self.route_all().await;
+        if moved > 0 {
+            self.moves += moved;
+            lock(&self.paths.kernel).moves = self.moves;
         }
+        self.verify_routes(now).await;
+        self.route_all().await;
+        self.retry_failed(now).await;
         if now >= self.grace_until {
             self.drop_leftovers().await;
         }
@@ -47,13 +53,12 @@ impl Manager {
         let mut replies = Vec::new();
         prober.replies(&mut replies);
         for (src, seq) in replies {
-            let Some((name, kind, _)) = self.outstanding.remove(&seq) else {
+            let Some((link, kind, _)) = self.outstanding.remove(&seq) else {
                 continue;
             };
-            if let Some(st) = self.peers.get_mut(&name) {
-                if src == gateway(st.peer.subnet) {
-                    st.path.record(kind, true, now);
-                }
+            let mut cell = link.path();
+            if let Some(c) = cell.as_mut().filter(|c| src == gateway(c.subnet)) {
+                c.path.record(kind, true, now);
             }
         }
     }
@@ -66,9 +71,10 @@ impl Manager {
             .map(|(seq, _)| *seq)
             .collect();
         for seq in late {
-            if let Some((name, kind, _)) = self.outstanding.remove(&seq) {
-                if let Some(st) = self.peers.get_mut(&name) {
-                    st.path.record(kind, false, now);
+            if let Some((link, kind, _)) = self.outstanding.remove(&seq) {
+                let mut cell = link.path();
+                if let Some(c) = cell.as_mut() {
+                    c.path.record(kind, false, now);
                 }
             }
         }
@@ -79,47 +85,46 @@ impl Manager {
         if self.prober.is_none() {
             return;
         }
-        let due: Vec<String> = self
-            .peers
-            .iter()
-            .filter(|(_, st)| st.next_probe <= now)
-            .map(|(n, _)| n.clone())
+        let due: Vec<Arc<PeerLink>> = self
+            .links
+            .values()
+            .filter(|l| l.path().as_ref().is_some_and(|c| c.next_probe <= now))
+            .cloned()
             .collect();
         if due.is_empty() {
             return;
         }
-        let wants_host_gw = due.iter().any(|n| {
-            self.peers
-                .get(n)
-                .is_some_and(|st| st.path.probed().any(|k| k == PathKind::HostGw))
+        let wants_host_gw = due.iter().any(|l| {
+            l.path()
+                .as_ref()
+                .is_some_and(|c| c.path.probed().any(|k| k == PathKind::HostGw))
         });
         let macs = match (wants_host_gw, self.s.underlay_index) {
             (true, Some(i)) => underlay_macs(&self.s.host, i).await,
             _ => Vec::new(),
         };
-        for name in due {
-            let Some(st) = self.peers.get_mut(&name) else {
-                continue;
-            };
-            st.next_probe = now + PROBE_INTERVAL;
-            let kinds: Vec<PathKind> = st.path.probed().collect();
+        for link in due {
+            let mut cell = link.path();
+            let Some(c) = cell.as_mut() else { continue };
+            c.next_probe = now + PROBE_INTERVAL;
+            let kinds: Vec<PathKind> = c.path.probed().collect();
             for kind in kinds {
                 let target = match kind {
                     PathKind::KernelVxlan => match &self.s.vxlan {
-                        Ok(dev) => Some((dev.index, st.mac, dev.mac)),
+                        Ok(dev) => Some((dev.index, link.mac, dev.mac)),
                         Err(_) => None,
                     },
                     PathKind::HostGw => {
                         let peer_mac = macs
                             .iter()
-                            .find(|(ip, _)| IpAddr::V4(*ip) == st.peer.address)
+                            .find(|(ip, _)| Some(IpAddr::V4(*ip)) == c.address)
                             .map(|(_, m)| *m);
                         match (peer_mac, self.s.underlay_index, self.s.underlay_mac) {
                             (Some(pm), Some(i), Some(own_mac)) => Some((i, pm, own_mac)),
                             _ => {
                                 // Not resolved (yet): make the kernel ask, and count a loss.
-                                if let (Some(p), IpAddr::V4(a)) =
-                                    (&mut self.prober, st.peer.address)
+                                if let (Some(p), Some(IpAddr::V4(a))) =
+                                    (&mut self.prober, c.address)
                                 {
                                     let _ = p.nudge(a);
                                 }
@@ -130,7 +135,7 @@ impl Manager {
                     _ => None,
                 };
                 let Some((ifindex, dst_mac, src_mac)) = target else {
-                    st.path.record(kind, false, now);
+                    c.path.record(kind, false, now);
                     continue;
                 };
                 self.seq = self.seq.wrapping_add(1).max(1);
@@ -139,18 +144,18 @@ impl Manager {
                     dst_mac,
                     src_mac,
                     src: gateway(own),
-                    dst: gateway(st.peer.subnet),
+                    dst: gateway(c.subnet),
                     size: self.s.pod_mtu,
                     seq: self.seq,
                 };
                 let sent = self.prober.as_mut().map(|p| p.send(&probe));
                 match sent {
                     Some(Ok(())) => {
-                        self.outstanding.insert(self.seq, (name.clone(), kind, now));
+                        self.outstanding.insert(self.seq, (link.clone(), kind, now));
                     }
                     Some(Err(e)) => {
-                        tracing::debug!(peer = %name, path = %kind, error = %e, "probe not sent");
-                        st.path.record(kind, false, now);
+                        tracing::debug!(peer = %link.name, path = %kind, error = %e, "probe not sent");
+                        c.path.record(kind, false, now);
                     }
                     None => {}
                 }
@@ -172,9 +177,10 @@ impl Manager {
         let Ok(found) = vxlan::entries(&self.s.host, dev.index).await else {
             return;
         };
-        let known = |mac: MacAddr| self.peers.values().any(|st| st.mac == mac);
+        let known: std::collections::HashSet<MacAddr> =
+            self.links.values().map(|l| l.mac).collect();
         for (mac, _) in &found.fdb {
-            if !known(*mac) {
+            if !known.contains(mac) {
                 let vtep = found
                     .neighbours
                     .iter()
@@ -185,40 +191,6 @@ impl Manager {
                 }
             }
         }
-    }
-
-    pub(super) fn publish_status(&self) {
-        let now = Instant::now();
-        let mut out = lock(&self.paths.peers);
-        out.clear();
-        for (name, st) in &self.peers {
-            out.insert(name.clone(), status(st, now));
-        }
-        drop(out);
-        lock(&self.paths.kernel).moves = self.moves;
-    }
-}
-
-fn status(st: &PeerState, now: Instant) -> PathStatus {
-    PathStatus {
-        path: st.path.current().to_string(),
-        reason: st.path.reason(now),
-        since_secs: SystemTime::now()
-            .duration_since(st.path.since_wall())
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        moves: st.path.moves(),
-        probes: st
-            .path
-            .probe_counts()
-            .into_iter()
-            .map(|(k, sent, lost, failing)| ProbeStatus {
-                path: k.to_string(),
-                sent,
-                lost,
-                failing,
-            })
-            .collect(),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::datapath::runs::Runs;
 use crate::datapath::worker::encode_batch;
 use crate::datapath::{Encap, Received, Rx};
 use crate::peers::wireguard::NodeCrypto;
-use crate::peers::{Peer, PeerKey, PeerSet};
+use crate::peers::{Endpoint, EndpointSource, Peer, PeerKey, PeerSet};
 use crate::routes::{Local, Routes};
 use crate::stats::{DropReason, DropTally, PeerStats};
 use meshd_crypto::{ClusterSecret, Keyring, PrivateKey, PublicKey};
@@ -48,7 +48,7 @@ impl Node {
             encap: Wireguard {
                 crypto: crypto.clone(),
             },
-            backend: Backend::new(Arc::new(Routes::new(local)), Some(crypto), Vec::new()),
+            backend: Backend::new(Arc::new(Routes::new(local)), Some(crypto), Vec::new(), 1420),
         }
     }
 
@@ -69,7 +69,10 @@ impl Node {
         let ids = self.encap.crypto.keyring().ids();
         Peer {
             name: format!("n{}", self.n),
-            address: self.addr().ip(),
+            endpoints: vec![Endpoint {
+                addr: self.addr(),
+                source: EndpointSource::Gossiped,
+            }],
             subnet: format!("10.244.{}.0/24", self.n).parse().unwrap(),
             key: Some(PeerKey {
                 public: self.public(),

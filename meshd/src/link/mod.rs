@@ -1,0 +1,136 @@
+//! One object per peer: [`PeerLink`], everything this node has observed and chosen for one
+//! peer, kept while the peer stays and changed in place when its record changes.
+//!
+//! The peer set ([`crate::peers`]) says what is desired; the link holds what is: its counters,
+//! its WireGuard session, its endpoint candidates and the endpoint in use, its path and why,
+//! the MTU its packets get. Every field has one writer:
+//!
+//! | field | writer | readers |
+//! |---|---|---|
+//! | `stats` | data-path workers (relaxed atomics) | status, gossip evidence |
+//! | record, candidates, session, `endpoint`, `mtu` | the reconcile step ([`registry::Links`]) | data path (lock-free), status, path manager |
+//! | path cell (path, route, entries) | the path manager ([`crate::paths::manager`]) | status |
+//!
+//! The route-table snapshot ([`crate::routes::RouteTable`]) and the path manager hold the same
+//! `Arc<PeerLink>`, so nothing is joined by name at read time.
+
+pub mod registry;
+
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::paths::cell::PathCell;
+use crate::peers::wireguard::WgPeer;
+use crate::peers::{Endpoint, Peer};
+use crate::stats::PeerStats;
+use crate::wire::{vtep_mac, MacAddr, VxlanHeader};
+
+/// Everything known about one peer.
+pub struct PeerLink {
+    pub name: String,
+    /// Its VTEP MAC, from its name.
+    pub mac: MacAddr,
+    /// The VXLAN header our datagrams to it carry.
+    pub header: VxlanHeader,
+    /// Counters; they live as long as the link.
+    pub stats: PeerStats,
+    /// The endpoint datagrams go to, swapped whole: TX reads it without a lock.
+    endpoint: ArcSwap<SocketAddr>,
+    /// The MTU of pod packets to it (today the node's; path-MTU discovery will set it).
+    mtu: AtomicU16,
+    /// What the reconcile step last applied: the record, where it came from, the session.
+    applied: Mutex<Applied>,
+    /// The path manager's per-peer state.
+    path: Mutex<Option<PathCell>>,
+}
+
+/// The reconcile step's half of a link.
+pub(crate) struct Applied {
+    pub(crate) peer: Peer,
+    /// The WireGuard session, in encrypted mode.
+    pub(crate) wg: Option<Arc<WgPeer>>,
+    /// The keyring epoch the session's preshared key was chosen under.
+    pub(crate) keyring_epoch: u64,
+}
+
+impl PeerLink {
+    pub(crate) fn new(
+        local: &crate::routes::Local,
+        peer: Peer,
+        wg: Option<Arc<WgPeer>>,
+        mtu: u16,
+        keyring_epoch: u64,
+    ) -> Self {
+        let mac = vtep_mac(&peer.name);
+        let endpoint = peer
+            .endpoint()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        PeerLink {
+            name: peer.name.clone(),
+            mac,
+            header: VxlanHeader::new(local.vni, vtep_mac(&local.name), mac),
+            stats: PeerStats::default(),
+            endpoint: ArcSwap::from_pointee(endpoint),
+            mtu: AtomicU16::new(mtu),
+            applied: Mutex::new(Applied {
+                peer,
+                wg,
+                keyring_epoch,
+            }),
+            path: Mutex::new(None),
+        }
+    }
+
+    /// Where its datagrams go now.
+    #[inline]
+    pub fn endpoint(&self) -> SocketAddr {
+        **self.endpoint.load()
+    }
+
+    /// Moves its datagrams to `to` (the reconcile step's call; later roaming's).
+    pub(crate) fn set_endpoint(&self, to: SocketAddr) {
+        if self.endpoint() != to {
+            self.endpoint.store(Arc::new(to));
+        }
+    }
+
+    /// The MTU of pod packets to this peer.
+    pub fn mtu(&self) -> u16 {
+        self.mtu.load(Ordering::Relaxed)
+    }
+
+    /// The record it was last reconciled with.
+    pub fn peer(&self) -> Peer {
+        self.applied().peer.clone()
+    }
+
+    /// Its endpoint candidates, best first, with where each came from.
+    pub fn candidates(&self) -> Vec<Endpoint> {
+        self.applied().peer.endpoints.clone()
+    }
+
+    /// Its WireGuard session, in encrypted mode.
+    pub fn wg(&self) -> Option<Arc<WgPeer>> {
+        self.applied().wg.clone()
+    }
+
+    pub(crate) fn applied(&self) -> MutexGuard<'_, Applied> {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The path manager's cell (`None` until the manager admits the peer).
+    pub(crate) fn path(&self) -> MutexGuard<'_, Option<PathCell>> {
+        self.path.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl std::fmt::Debug for PeerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLink")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint())
+            .finish_non_exhaustive()
+    }
+}

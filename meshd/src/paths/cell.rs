@@ -1,0 +1,74 @@
+//! The path manager's state for one peer, kept on the peer's link
+//! ([`crate::link::PeerLink`]) so that the status reads it where it lives: the path decision
+//! ([`PeerPath`]), the kernel entries made for the peer and the route as the kernel has it.
+//! Only the path manager writes it.
+
+use ipnet::Ipv4Net;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Instant, SystemTime};
+
+use super::{PathKind, PeerPath};
+use crate::status::{PathStatus, ProbeStatus};
+
+/// One peer's path, and the kernel objects made for it.
+#[derive(Debug, Clone)]
+pub struct PathCell {
+    pub path: PeerPath,
+    /// The underlay address its kernel entries point at (FDB, host-gw gateway).
+    pub address: Option<IpAddr>,
+    /// The subnet its route is for.
+    pub subnet: Ipv4Net,
+    /// Its VTEP address on the VXLAN device (its subnet's first address).
+    pub vtep: Ipv4Addr,
+    pub next_probe: Instant,
+    /// The path the kernel has its route for, as last set or verified (`None`: no per-peer
+    /// route, the cluster route carries it to the TUN device).
+    pub routed: Option<PathKind>,
+    /// The kernel's last refusal of its route, retried from `retry_at`.
+    pub route_error: Option<String>,
+    /// Its FDB and neighbour entries on the VXLAN device are in place (or not needed).
+    pub entries: bool,
+    /// When a failed route or entry is tried again.
+    pub retry_at: Instant,
+}
+
+impl PathCell {
+    pub fn new(path: PeerPath, address: Option<IpAddr>, subnet: Ipv4Net, now: Instant) -> Self {
+        PathCell {
+            path,
+            address,
+            subnet,
+            vtep: subnet.network(),
+            next_probe: now,
+            routed: None,
+            route_error: None,
+            entries: false,
+            retry_at: now,
+        }
+    }
+
+    /// What `meshd status` shows of it.
+    pub fn status(&self, now: Instant) -> PathStatus {
+        PathStatus {
+            path: self.path.current().to_string(),
+            reason: self.path.reason(now),
+            since_secs: SystemTime::now()
+                .duration_since(self.path.since_wall())
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            moves: self.path.moves(),
+            probes: self
+                .path
+                .probe_counts()
+                .into_iter()
+                .map(|(k, sent, lost, failing)| ProbeStatus {
+                    path: k.to_string(),
+                    sent,
+                    lost,
+                    failing,
+                })
+                .collect(),
+            route_error: self.route_error.clone(),
+        }
+    }
+}
