@@ -12,6 +12,8 @@
 //! its routes while its traffic flows. Cleartext packets prove nothing (anyone on the underlay
 //! can forge them), so they are not used.
 
+mod events;
+
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use std::collections::HashMap;
@@ -19,17 +21,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use meshd_crypto::{GossipSealer, Keyring, PublicKey, SealerConfig, SecretId};
-use meshd_gossip::{
-    Capabilities, Event, Gossip, Lease, LocalNode, MemberState, NodeRecord, SubnetRequest,
-};
+use meshd_crypto::{GossipSealer, Keyring, PublicKey, SealerConfig};
+use meshd_gossip::{Capabilities, Gossip, Lease, LocalNode, MemberState, SubnetRequest};
 use tokio::net::UdpSocket;
 
 use super::subnet::{self, to_net, to_subnet};
 use crate::backend::Backend;
 use crate::config::{split_seed, Config, Encryption};
 use crate::host::Host;
-use crate::peers::{Endpoint, EndpointSource, Peer, PeerKey};
 use crate::stats::Stamp;
 use crate::wire::vtep_mac;
 
@@ -314,104 +313,6 @@ impl Membership {
         }
     }
 
-    async fn handle_events(&mut self) -> Result<()> {
-        loop {
-            let Some(event) = self.lock().gossip.poll_event() else {
-                return Ok(());
-            };
-            match event {
-                Event::MemberUp(r) => {
-                    tracing::info!(member = %r.name, subnet = %claim_text(&r), "member up");
-                    self.upsert(&r);
-                }
-                // A live member's record again: gossip hands a record on more than once, so this
-                // is news only when the peer changed (its subnet arrived, say).
-                Event::MemberUpdated(r) => {
-                    if self.upsert(&r) {
-                        tracing::info!(member = %r.name, subnet = %claim_text(&r), "member changed");
-                    } else {
-                        tracing::debug!(member = %r.name, "member record unchanged");
-                    }
-                }
-                Event::MemberDown(name) => {
-                    tracing::warn!(member = %name, "member down: withdrawing its routes");
-                    self.backend.update(|set| set.remove_member(&name));
-                }
-                Event::MemberLeft(name) => {
-                    tracing::info!(member = %name, "member left: withdrawing its routes");
-                    self.backend.update(|set| set.remove_member(&name));
-                }
-                Event::MemberSuspect(name) => tracing::info!(member = %name, "member suspect"),
-                Event::MemberAlive(name) => tracing::info!(member = %name, "member alive again"),
-                Event::MemberHeld(name) => tracing::info!(
-                    member = %name,
-                    "gossip has this member down but its traffic arrived moments ago: keeping its routes"
-                ),
-                Event::SubnetAssigned(lease) => self.assigned(lease).await?,
-                Event::SubnetConflict(c) if c.reserved && c.explicit => tracing::error!(
-                    subnet = %c.subnet, reserved_by = %c.other,
-                    "this node's configured subnet overlaps a static peer's subnet (a [[peers]] entry of node `reserved_by`): kept, but that node routes it to its static peer, not here; change one of the two"
-                ),
-                Event::SubnetConflict(c) if c.reserved => tracing::warn!(
-                    subnet = %c.subnet, reserved_by = %c.other,
-                    "this node's subnet overlaps a static peer's subnet (a [[peers]] entry of node `reserved_by`): taking another; pods on the old one need restarting"
-                ),
-                Event::SubnetConflict(c) if c.explicit => tracing::error!(
-                    subnet = %c.subnet, other = %c.other, kept = c.kept,
-                    "another node claims this node's configured subnet"
-                ),
-                Event::SubnetConflict(c) => tracing::warn!(
-                    subnet = %c.subnet, other = %c.other, kept = c.kept,
-                    "subnet conflict"
-                ),
-                Event::SubnetExhausted => {
-                    tracing::error!("no free subnet left in the cluster CIDR")
-                }
-            }
-        }
-    }
-
-    /// Turns a member's record into its peer; true when the peer set changed.
-    fn upsert(&self, r: &NodeRecord) -> bool {
-        let endpoints: Vec<Endpoint> = r
-            .endpoints
-            .iter()
-            .map(|e| Endpoint {
-                addr: SocketAddr::new(e.ip().to_canonical(), e.port()),
-                source: EndpointSource::Gossiped,
-            })
-            .collect();
-        let subnet = r.subnet.and_then(|c| to_net(c.subnet));
-        let mut changed = false;
-        let (false, Some(subnet)) = (endpoints.is_empty(), subnet) else {
-            self.backend.update(|set| {
-                changed = set.remove_member(&r.name);
-                changed
-            });
-            return changed;
-        };
-        let key = match self.encryption {
-            Encryption::Wireguard => Some(PeerKey {
-                public: PublicKey::from_bytes(r.public_key),
-                // An older node publishes none: the pair then uses our primary secret.
-                secret_ids: Some(r.secret_ids.iter().map(|id| SecretId(*id)).collect()),
-            }),
-            Encryption::None => None,
-        };
-        let peer = Peer {
-            name: r.name.clone(),
-            endpoints,
-            subnet,
-            key,
-            kernel_vxlan: r.capabilities.has(Capabilities::KERNEL_VXLAN),
-        };
-        self.backend.update(|set| {
-            changed = set.upsert_member(peer);
-            changed
-        });
-        changed
-    }
-
     /// Persists the lease, then applies it. Either failing is fatal (see [`Membership::run`]):
     /// a lease in use but not on disk could come back as another subnet after a restart and
     /// orphan the pods, and a lease on disk but not applied leaves a node that routes nothing
@@ -420,7 +321,11 @@ impl Membership {
         let subnet = to_net(lease.subnet)
             .with_context(|| format!("gossip assigned {}, which is no subnet", lease.subnet))?;
         tracing::info!(%subnet, "subnet lease");
-        subnet::write_lease(&self.cfg.state_dir, &lease)
+        // The write is fsync'd: off this thread, which must keep answering SWIM probes.
+        let dir = self.cfg.state_dir.clone();
+        tokio::task::spawn_blocking(move || subnet::write_lease(&dir, &lease))
+            .await
+            .context("the lease writer failed")?
             .with_context(|| format!("persisting the subnet lease {subnet}"))?;
         subnet::apply(&self.host, &self.cfg, subnet)
             .await
@@ -429,12 +334,6 @@ impl Membership {
         self.backend.update(|set| set.set_own_subnet(Some(subnet)));
         Ok(())
     }
-}
-
-/// A member's subnet claim as the logs print it.
-fn claim_text(r: &NodeRecord) -> String {
-    r.subnet
-        .map_or_else(|| "none yet".into(), |c| c.subnet.to_string())
 }
 
 fn boot_epoch() -> u32 {

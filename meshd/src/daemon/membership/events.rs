@@ -1,0 +1,145 @@
+//! Gossip events become peer-set changes: a member's record becomes its peer (every endpoint
+//! it publishes, its subnet, its key and secret ids), a member that goes down or leaves is
+//! withdrawn, and everything one wake-up brings is applied in one reconcile pass.
+
+use anyhow::Result;
+use std::net::SocketAddr;
+
+use meshd_crypto::{PublicKey, SecretId};
+use meshd_gossip::{Capabilities, Event, NodeRecord};
+
+use super::subnet::to_net;
+use super::Membership;
+use crate::config::Encryption;
+use crate::peers::{Endpoint, EndpointSource, Peer, PeerKey};
+
+impl Membership {
+    /// Handles every event gossip has queued. Peer-set changes are gathered and applied in one
+    /// reconcile pass (a burst of members joining costs one pass, not one each).
+    pub(super) async fn handle_events(&mut self) -> Result<()> {
+        let mut batch: Vec<Change> = Vec::new();
+        loop {
+            let Some(event) = self.lock().gossip.poll_event() else {
+                self.apply(&mut batch);
+                return Ok(());
+            };
+            match event {
+                Event::MemberUp(r) => {
+                    tracing::info!(member = %r.name, subnet = %claim_text(&r), "member up");
+                    batch.push(self.change(&r, false));
+                }
+                // A live member's record again: gossip hands a record on more than once, so this
+                // is news only when the peer changed (its subnet arrived, say).
+                Event::MemberUpdated(r) => batch.push(self.change(&r, true)),
+                Event::MemberDown(name) => {
+                    tracing::warn!(member = %name, "member down: withdrawing its routes");
+                    batch.push(Change::Remove(name));
+                }
+                Event::MemberLeft(name) => {
+                    tracing::info!(member = %name, "member left: withdrawing its routes");
+                    batch.push(Change::Remove(name));
+                }
+                Event::SubnetAssigned(lease) => {
+                    self.apply(&mut batch);
+                    self.assigned(lease).await?
+                }
+                Event::MemberSuspect(name) => tracing::info!(member = %name, "member suspect"),
+                Event::MemberAlive(name) => tracing::info!(member = %name, "member alive again"),
+                Event::MemberHeld(name) => tracing::info!(
+                    member = %name,
+                    "gossip has this member down but its traffic arrived moments ago: keeping its routes"
+                ),
+                Event::SubnetConflict(c) if c.reserved && c.explicit => tracing::error!(
+                    subnet = %c.subnet, reserved_by = %c.other,
+                    "this node's configured subnet overlaps a static peer's subnet (a [[peers]] entry of node `reserved_by`): kept, but that node routes it to its static peer, not here; change one of the two"
+                ),
+                Event::SubnetConflict(c) if c.reserved => tracing::warn!(
+                    subnet = %c.subnet, reserved_by = %c.other,
+                    "this node's subnet overlaps a static peer's subnet (a [[peers]] entry of node `reserved_by`): taking another; pods on the old one need restarting"
+                ),
+                Event::SubnetConflict(c) if c.explicit => tracing::error!(
+                    subnet = %c.subnet, other = %c.other, kept = c.kept,
+                    "another node claims this node's configured subnet"
+                ),
+                Event::SubnetConflict(c) => tracing::warn!(
+                    subnet = %c.subnet, other = %c.other, kept = c.kept,
+                    "subnet conflict"
+                ),
+                Event::SubnetExhausted => {
+                    tracing::error!("no free subnet left in the cluster CIDR")
+                }
+            }
+        }
+    }
+
+    /// What a member's record asks of the peer set: its peer, or its withdrawal when it
+    /// publishes no endpoint or subnet (yet). `updated`: log it only if it changes anything.
+    fn change(&self, r: &NodeRecord, updated: bool) -> Change {
+        let endpoints: Vec<Endpoint> = r
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                addr: SocketAddr::new(e.ip().to_canonical(), e.port()),
+                source: EndpointSource::Gossiped,
+            })
+            .collect();
+        let subnet = r.subnet.and_then(|c| to_net(c.subnet));
+        let (false, Some(subnet)) = (endpoints.is_empty(), subnet) else {
+            return Change::Remove(r.name.clone());
+        };
+        let key = match self.encryption {
+            Encryption::Wireguard => Some(PeerKey {
+                public: PublicKey::from_bytes(r.public_key),
+                // An older node publishes none: the pair then uses our primary secret.
+                secret_ids: Some(r.secret_ids.iter().map(|id| SecretId(*id)).collect()),
+            }),
+            Encryption::None => None,
+        };
+        let peer = Peer {
+            name: r.name.clone(),
+            endpoints,
+            subnet,
+            key,
+            kernel_vxlan: r.capabilities.has(Capabilities::KERNEL_VXLAN),
+        };
+        Change::Upsert { peer, updated }
+    }
+
+    /// Applies the gathered changes in one reconcile pass.
+    fn apply(&self, batch: &mut Vec<Change>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.backend.update(|set| {
+            let mut changed = false;
+            for c in batch.drain(..) {
+                match c {
+                    Change::Upsert { peer, updated } => {
+                        let (name, subnet) = (peer.name.clone(), peer.subnet);
+                        let did = set.upsert_member(peer);
+                        if updated && did {
+                            tracing::info!(member = %name, %subnet, "member changed");
+                        } else if updated {
+                            tracing::debug!(member = %name, "member record unchanged");
+                        }
+                        changed |= did;
+                    }
+                    Change::Remove(name) => changed |= set.remove_member(&name),
+                }
+            }
+            changed
+        });
+    }
+}
+
+/// A change of the peer set that a gossip event asks for.
+enum Change {
+    Upsert { peer: Peer, updated: bool },
+    Remove(String),
+}
+
+/// A member's subnet claim as the logs print it.
+fn claim_text(r: &NodeRecord) -> String {
+    r.subnet
+        .map_or_else(|| "none yet".into(), |c| c.subnet.to_string())
+}
