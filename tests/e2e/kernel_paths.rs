@@ -26,7 +26,7 @@ use crate::cluster::{self, unreachable_pairs};
 
 /// The cleartext test lab of `cluster.rs` with `nodes` meshd hosts of one pod each, in
 /// `encryption` mode, with the data paths `paths`.
-fn spec(tag: &str, nodes: usize, encryption: Encryption, paths: LabPaths) -> Spec {
+pub(crate) fn spec(tag: &str, nodes: usize, encryption: Encryption, paths: LabPaths) -> Spec {
     Spec {
         encryption,
         pods_per_host: 1,
@@ -42,7 +42,7 @@ fn ip_out(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn auto(userspace_nodes: usize, host_gw: bool, routed: usize) -> LabPaths {
+pub(crate) fn auto(userspace_nodes: usize, host_gw: bool, routed: usize) -> LabPaths {
     LabPaths {
         datapath: Datapath::Auto,
         userspace_nodes,
@@ -51,7 +51,7 @@ fn auto(userspace_nodes: usize, host_gw: bool, routed: usize) -> LabPaths {
     }
 }
 
-fn status(t: &Topology, host: usize) -> Status {
+pub(crate) fn status(t: &Topology, host: usize) -> Status {
     meshd::status::query(&t.hosts[host].dir.join("run")).unwrap()
 }
 
@@ -77,7 +77,7 @@ fn find_path(s: &Status, name: &str) -> Option<PathStatus> {
 
 /// Waits until host `from`'s path to `to` satisfies `cond`; panics with the last one after
 /// `within`. Returns the path and how long it took.
-fn wait_path(
+pub(crate) fn wait_path(
     t: &Topology,
     from: usize,
     to: usize,
@@ -136,7 +136,7 @@ fn repair(ns: &str, table: &str) {
     assert!(ok, "removing nft table {table} in {ns}");
 }
 
-const SETTLE: Duration = Duration::from_secs(15);
+pub(crate) const SETTLE: Duration = Duration::from_secs(15);
 
 #[test]
 fn a_mixed_cluster_reaches_every_pod_and_says_which_path_and_why() {

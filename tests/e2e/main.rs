@@ -16,6 +16,7 @@ mod kernel_paths;
 mod lifecycle;
 mod messages;
 mod ordering;
+mod peer_links;
 mod rotation;
 mod support;
 mod wg_interop;

@@ -82,7 +82,7 @@ fn settled_on(s: &Status, secret: &str) -> bool {
 }
 
 /// One rotation step, applied host by host, a second apart; by SIGHUP or left to the file poll.
-fn step(t: &Topology, ring: &[&ClusterSecret], signal: bool) {
+pub(crate) fn step(t: &Topology, ring: &[&ClusterSecret], signal: bool) {
     for i in 0..t.hosts.len() {
         write_ring(t, i, ring);
         if signal {

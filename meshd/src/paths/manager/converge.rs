@@ -6,15 +6,19 @@
 //! routes with it; an operator deleted one), so that the status never shows a path the kernel
 //! does not have for long.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Manager, RETRY_AFTER, VERIFY_EVERY};
+use crate::config::Encryption;
 use crate::host::gateway;
 use crate::kernel::routes::{self, Via};
+use crate::kernel::vxlan;
 use crate::link::PeerLink;
 use crate::paths::PathKind;
+use crate::wire::MacAddr;
 
 impl Manager {
     /// Set every peer's route where it is not what its path needs (and its retry is due).
@@ -112,6 +116,32 @@ impl Manager {
             if !held.is_some_and(|f| routes::matches(f, via)) {
                 tracing::warn!(peer = %link.name, path = %k, "the kernel no longer has the peer's route: setting it again");
                 c.routed = None;
+                c.retry_at = now;
+            }
+        }
+        self.verify_entries(now).await;
+    }
+
+    /// Likewise the FDB and neighbour entries on the VXLAN device (a device taken down loses
+    /// its neighbours, permanent ones included).
+    async fn verify_entries(&mut self, now: Instant) {
+        let (Ok(dev), Encryption::None) = (&self.s.vxlan, self.s.encryption) else {
+            return;
+        };
+        let Ok(found) = vxlan::entries(&self.s.host, dev.index).await else {
+            return;
+        };
+        let fdb: HashSet<(MacAddr, IpAddr)> = found.fdb.into_iter().collect();
+        let neighbours: HashSet<(Ipv4Addr, MacAddr)> = found.neighbours.into_iter().collect();
+        for link in self.links.values() {
+            let mut cell = link.path();
+            let Some(c) = cell.as_mut().filter(|c| c.entries) else {
+                continue;
+            };
+            let Some(address) = c.address else { continue };
+            if !fdb.contains(&(link.mac, address)) || !neighbours.contains(&(c.vtep, link.mac)) {
+                tracing::warn!(peer = %link.name, "the kernel no longer has the peer's VXLAN entries: adding them again");
+                c.entries = false;
                 c.retry_at = now;
             }
         }

@@ -1,0 +1,195 @@
+//! One object per peer, seen from outside: a change that leaves a peer's path alone leaves its
+//! kernel state alone (a secret rotation on a cluster on kernel paths moves no path and removes
+//! no route), and kernel state converges on what meshd wants (a route the kernel refuses is
+//! retried, and shown as refused meanwhile, until it holds).
+//!
+//! ```text
+//!   sw: br0 ─┬─ h1 (meshd, kernel VXLAN) ── meshbr0 ── p1      `ip monitor route` in h1..h3
+//!            ├─ h2 (meshd, kernel VXLAN) ── meshbr0 ── p1
+//!            └─ h3 (meshd, kernel VXLAN) ── meshbr0 ── p1
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use meshd::config::{Datapath, Encryption};
+use meshd_crypto::{ClusterSecret, SecretId};
+use meshd_lab::wireguard::host_secret_path;
+use meshd_lab::{Formation, LabPaths, Topology};
+use meshd_tests::require_root;
+
+use crate::cluster::unreachable_pairs;
+use crate::gossip::{meshd_pid, peer_names, wait_for, wait_for_all_alive};
+use crate::kernel_paths::{auto, spec, status, wait_path, SETTLE};
+use crate::rotation::step;
+
+/// `ip monitor route` in a namespace, its lines collected as they come.
+struct RouteMonitor {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl RouteMonitor {
+    fn start(ns: &str) -> Self {
+        let mut child = Command::new("ip")
+            .args(["-n", ns, "monitor", "route"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        RouteMonitor { child, lines }
+    }
+
+    /// meshd's routes (protocol 109) deleted so far.
+    fn deleted(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("Deleted") && l.contains("proto 109"))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for RouteMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_secret_rotation_on_kernel_paths_moves_no_path_and_removes_no_route() {
+    require_root();
+    let mut s = spec("plrot", 3, Encryption::None, auto(0, false, 0));
+    s.formation = Formation::Gossip;
+    let t = Topology::up(s).unwrap();
+    let all = [0, 1, 2];
+    for i in all {
+        for j in all.iter().copied().filter(|j| *j != i) {
+            wait_path(&t, i, j, SETTLE, |p| p.path == "kernel-vxlan");
+        }
+    }
+    assert!(unreachable_pairs(&t).is_empty());
+    let monitors: Vec<RouteMonitor> = t.hosts.iter().map(|h| RouteMonitor::start(&h.ns)).collect();
+    let moves_before: Vec<u64> = all.map(|i| status(&t, i).kernel.unwrap().moves).to_vec();
+
+    let old = ClusterSecret::read_file(&host_secret_path(&t.hosts[0])).unwrap();
+    let new = ClusterSecret::generate();
+    let new_id = SecretId::of(&new).to_string();
+    step(&t, &[&old, &new], true);
+    step(&t, &[&new, &old], true);
+    step(&t, &[&new], true);
+    // The rotation happened: every node seals with the new secret alone, and gossip from both
+    // others opens under it.
+    for i in all {
+        wait_for(
+            &t,
+            i,
+            "sealing with the new secret, gossip opening under it",
+            |s| {
+                let held = s.secrets.as_deref().unwrap_or_default();
+                held.len() == 1
+                    && held[0].id == new_id
+                    && held[0].sealing
+                    && held[0].opened.unwrap_or(0) > 0
+            },
+        );
+        wait_for_all_alive(&t, i, 2);
+    }
+    for (i, m) in monitors.iter().enumerate() {
+        assert_eq!(m.deleted(), Vec::<String>::new(), "h{} lost a route", i + 1);
+        let s = status(&t, i);
+        assert_eq!(
+            s.kernel.as_ref().unwrap().moves,
+            moves_before[i],
+            "h{}",
+            i + 1
+        );
+        for p in &s.peers {
+            let path = p.path.as_ref().unwrap();
+            assert_eq!(
+                (path.path.as_str(), path.moves),
+                ("kernel-vxlan", 0),
+                "h{} → {}",
+                i + 1,
+                p.name
+            );
+        }
+    }
+    assert!(unreachable_pairs(&t).is_empty());
+
+    // And the monitors do see meshd remove a route: h3 leaves, the others withdraw it.
+    // SAFETY: kill(2) on the pid of the meshd this topology started.
+    unsafe { libc::kill(meshd_pid(&t, 2), libc::SIGTERM) };
+    let h3 = t.hosts[2].name.clone();
+    for i in [0, 1] {
+        wait_for(&t, i, "h3 withdrawn", |s| !peer_names(s).contains(&h3));
+        let m = &monitors[i];
+        wait_until(|| !m.deleted().is_empty(), "h3's route deleted");
+    }
+}
+
+#[test]
+fn a_route_the_kernel_refuses_is_retried_until_it_holds() {
+    require_root();
+    let paths = LabPaths {
+        datapath: Datapath::Kernel,
+        ..auto(0, false, 0)
+    };
+    let t = Topology::up(spec("plret", 2, Encryption::None, paths)).unwrap();
+    wait_path(&t, 0, 1, SETTLE, |p| p.probes.iter().any(|x| x.sent > 0));
+    assert!(unreachable_pairs(&t).is_empty());
+    let (ns, subnet) = (&t.hosts[0].ns, t.hosts[1].subnet.to_string());
+    let routed = || {
+        let out = Command::new("ip")
+            .args(["-n", ns, "route", "show", "proto", "109", &subnet])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("dev meshvx0")
+    };
+    assert!(routed());
+    let link = |state: &str| {
+        let ok = Command::new("ip")
+            .args(["-n", ns, "link", "set", "meshvx0", state])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip link set meshvx0 {state}");
+    };
+    // The device goes down: the kernel takes meshd's route with it, and refuses it back
+    // ("Network is down") while the device stays down.
+    link("down");
+    wait_until(|| !routed(), "the kernel dropped the route with the device");
+    let (p, _) = wait_path(&t, 0, 1, SETTLE, |p| p.route_error.is_some());
+    let refused = p.route_error.unwrap_or_default();
+    assert!(refused.contains("Network is down"), "{refused}");
+    assert!(!routed());
+    // Up again: the next retry holds, the entries the device lost come back, pods talk.
+    link("up");
+    wait_path(&t, 0, 1, SETTLE, |p| p.route_error.is_none());
+    wait_until(routed, "the route is back");
+    wait_until(
+        || unreachable_pairs(&t).is_empty(),
+        "pods reach each other again",
+    );
+    assert_eq!(wait_path(&t, 0, 1, SETTLE, |_| true).0.moves, 0);
+}
+
+/// Polls `cond` every 100 ms until it holds; fails after [`SETTLE`].
+fn wait_until(cond: impl Fn() -> bool, what: &str) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < SETTLE, "not within {SETTLE:?}: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
