@@ -4,7 +4,7 @@
 //!
 //! It is test and tryout tooling, not part of the daemon. It shells out to `ip`, `bridge`, `wg`,
 //! `ethtool` and `sysctl` (a harness reads better as the commands an operator would type, and a
-//! failure names the command); hosts without meshd are set up by the README's own recipes, run
+//! failure names the command); hosts without meshd are set up by docs/interop.md's recipes, run
 //! word for word ([`recipe`]). It starts `meshd`, `meshd-cni`, `wireguard-go` and
 //! `boringtun-cli` as processes of their own, and is never linked into the `meshd` binary. It
 //! depends on the `meshd` library only for the contract the two share: config values and

@@ -1,33 +1,33 @@
-//! The README's recipes for hosts without meshd (a kernel VXLAN host, a wireguard-go or kernel
-//! WireGuard host), run word for word.
+//! The recipes of `docs/interop.md` for hosts without meshd (a kernel VXLAN host, a wireguard-go
+//! or kernel WireGuard host), run word for word.
 //!
-//! Each recipe is a `sh` block of README.md between `<!-- recipe: NAME -->` and
-//! `<!-- /recipe -->`. The lab compiles README.md in and runs the block as it stands, with
-//! `sh -eu` in the host's namespace, the variables the README names set in its environment,
+//! Each recipe is a `sh` block of docs/interop.md between `<!-- recipe: NAME -->` and
+//! `<!-- /recipe -->`. The lab compiles docs/interop.md in and runs the block as it stands, with
+//! `sh -eu` in the host's namespace, the variables the document names set in its environment,
 //! and the `meshd` under test first on the `PATH` (the recipes call `meshd psk` and
-//! `meshd vtep-mac`). So the README and what the interop tests do cannot drift apart: edit a
+//! `meshd vtep-mac`). So the document and what the interop tests do cannot drift apart: edit a
 //! command there and the tests run the edited command.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-const README: &str = include_str!("../../README.md");
+const DOC: &str = include_str!("../../docs/interop.md");
 
-/// The commands of the README's recipe `name`.
+/// The commands of the recipe `name` in docs/interop.md.
 pub fn block(name: &str) -> Result<&'static str> {
     let start = format!("<!-- recipe: {name} -->");
-    let (_, rest) = README
+    let (_, rest) = DOC
         .split_once(&start)
-        .with_context(|| format!("README.md has no `{start}`"))?;
+        .with_context(|| format!("docs/interop.md has no `{start}`"))?;
     let (inside, _) = rest
         .split_once("<!-- /recipe -->")
-        .with_context(|| format!("README.md: recipe `{name}` has no `<!-- /recipe -->`"))?;
+        .with_context(|| format!("docs/interop.md: recipe `{name}` has no `<!-- /recipe -->`"))?;
     let code = inside
         .trim()
         .strip_prefix("```sh\n")
         .and_then(|c| c.strip_suffix("```"))
-        .with_context(|| format!("README.md: recipe `{name}` is not one ```sh block"))?;
+        .with_context(|| format!("docs/interop.md: recipe `{name}` is not one ```sh block"))?;
     Ok(code)
 }
 
@@ -50,7 +50,7 @@ pub fn run(ns: &str, name: &str, vars: &[(&str, String)], meshd_bin: &Path) -> R
     if !out.status.success() {
         let vars: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
         bail!(
-            "README recipe `{name}` failed in {ns} ({}):\n{script}\n{}{}",
+            "recipe `{name}` (docs/interop.md) failed in {ns} ({}):\n{script}\n{}{}",
             vars.join(" "),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -64,9 +64,9 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
-    /// Every recipe the lab runs is in the README, and calls the commands the README promises.
+    /// Every recipe the lab runs is in docs/interop.md, and calls the commands it promises.
     #[test]
-    fn the_readme_holds_every_recipe() {
+    fn the_doc_holds_every_recipe() {
         for name in [
             "kernel-vxlan-host",
             "kernel-vxlan-veth",

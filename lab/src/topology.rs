@@ -448,9 +448,9 @@ impl Topology {
         c
     }
 
-    /// flannel's vxlan backend, by hand, as the README's recipe gives it (run word for word, see
-    /// [`crate::recipe`]): device MAC = this node's VTEP MAC, the subnet's network address on
-    /// the device, and per peer a static FDB entry, a neighbour and an onlink route.
+    /// flannel's vxlan backend, by hand, as docs/interop.md's recipe gives it (run word for word,
+    /// see [`crate::recipe`]): device MAC = this node's VTEP MAC, the subnet's network address
+    /// on the device, and per peer a static FDB entry, a neighbour and an onlink route.
     fn kernel_vxlan(&self, h: &Host) -> Result<()> {
         let bin = &self.spec.meshd_bin;
         let host = [

@@ -13,8 +13,8 @@
 //!           preshared key = what `meshd psk` prints for the pair
 //! ```
 //!
-//! Once the daemon has made its device, the host is configured by the README's recipe, word
-//! for word ([`crate::recipe`]).
+//! Once the daemon has made its device, the host is configured by docs/interop.md's recipe,
+//! word for word ([`crate::recipe`]).
 
 use anyhow::{bail, Context, Result};
 use meshd_crypto::{ClusterSecret, PublicKey};
@@ -139,7 +139,7 @@ impl Daemon {
     }
 }
 
-/// Start `daemon` in `h`'s namespace, then configure it as the README says: our key, port
+/// Start `daemon` in `h`'s namespace, then configure it as docs/interop.md says: our key, port
 /// 51820, and every other host as a peer with the preshared key `meshd psk` gives. Pods hang
 /// off a bridge as on a kernel-VXLAN host.
 pub fn start_daemon(

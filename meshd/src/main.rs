@@ -44,10 +44,10 @@ enum Command {
     Secret,
     /// Print the WireGuard preshared key meshd uses with a static peer (base64, for
     /// `wg set DEV peer KEY preshared-key FILE`): how a wireguard-go or kernel WireGuard host
-    /// joins (README: "A WireGuard host without meshd").
+    /// joins (docs/interop.md: "A WireGuard host without meshd").
     Psk(PskArgs),
     /// Print the VTEP MAC of the node called NAME, the MAC a kernel VXLAN device of that node
-    /// must have (README: "A kernel VXLAN host without meshd").
+    /// must have (docs/interop.md: "A kernel VXLAN host without meshd").
     VtepMac {
         /// The node's name (`node-name`).
         name: String,

@@ -1,5 +1,5 @@
 //! meshd and the Linux kernel's VXLAN device speak the same bytes: a host with a kernel VXLAN
-//! device (set up as flannel's vxlan backend does, by the README's recipe run word for word,
+//! device (set up as flannel's vxlan backend does, by docs/interop.md's recipe run word for word,
 //! `meshd vtep-mac` included) and meshd hosts reach each other's pods in both directions, also
 //! when a meshd node sends one peer's flows from several source ports.
 //!

@@ -1,5 +1,5 @@
 //! meshd and Debian's `wireguard-go` speak the same bytes: a host running wireguard-go
-//! (configured with `wg` by the README's recipe, run word for word: its key, port 51820, each
+//! (configured with `wg` by docs/interop.md's recipe, run word for word: its key, port 51820, each
 //! meshd node as a peer with the preshared key `meshd psk` prints and allowed-ips = the node's
 //! subnet) and meshd hosts reach each other's pods in both directions, also when a meshd node
 //! sends from several source ports (wireguard-go answers the latest). And `meshd psk` on each

@@ -1,5 +1,5 @@
 //! The kernel VXLAN device and its per-peer entries, as flannel's vxlan backend makes them
-//! (and the README's kernel-VXLAN recipe by hand): a device with the node's VTEP MAC, learning
+//! (and docs/interop.md's kernel-VXLAN recipe by hand): a device with the node's VTEP MAC, learning
 //! off, the underlay MTU − 50; per peer a static FDB entry (its VTEP MAC → its underlay
 //! address) and a permanent neighbour (its VTEP address, the subnet's network address → its
 //! VTEP MAC). The route that sends a peer's subnet through the device is [`super::routes`].
