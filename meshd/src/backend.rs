@@ -109,7 +109,7 @@ impl Backend {
     fn reconcile(&self, state: &mut State) {
         let epoch = self.keyring_epoch.load(Ordering::Relaxed);
         let peers = state.set.resolve();
-        let pass = state.links.reconcile(&peers, epoch);
+        let pass = state.links.reconcile(peers.iter().copied(), epoch);
         if pass.changed {
             tracing::debug!(peers = peers.len(), "peer table updated");
             self.routes.install(&pass.links);

@@ -164,11 +164,13 @@ impl Routes {
             })
             .collect();
         ranges.sort_unstable();
-        let by_address = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.endpoint().ip(), i as PeerId))
-            .collect();
+        let mut by_address = HashMap::with_capacity(entries.len());
+        by_address.extend(
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.endpoint().ip(), i as PeerId)),
+        );
         let with_wg = || {
             entries
                 .iter()

@@ -73,25 +73,39 @@ impl Links {
     }
 
     /// Brings the links in step with `peers`, under the cluster secrets of `keyring_epoch`.
-    pub fn reconcile(&mut self, peers: &[Peer], keyring_epoch: u64) -> Pass {
-        self.reconcile_at(peers, keyring_epoch, Instant::now(), Stamp::now())
+    pub fn reconcile<'p>(
+        &mut self,
+        peers: impl IntoIterator<Item = &'p Peer>,
+        keyring_epoch: u64,
+    ) -> Pass {
+        let peers: Vec<&Peer> = peers.into_iter().collect();
+        self.reconcile_at(&peers, keyring_epoch, Instant::now(), Stamp::now())
     }
 
     pub(crate) fn reconcile_at(
         &mut self,
-        peers: &[Peer],
+        peers: &[&Peer],
         epoch: u64,
         now: Instant,
         stamp: Stamp,
     ) -> Pass {
         let mut changed = false;
-        let wanted: HashSet<&str> = peers.iter().map(|p| p.name.as_str()).collect();
-        let gone: Vec<String> = self
-            .live
-            .keys()
-            .filter(|n| !wanted.contains(n.as_str()))
-            .cloned()
-            .collect();
+        // Names are unique in a resolved peer set: if every live link is among the peers,
+        // none went, and no set of names is needed.
+        let kept = peers
+            .iter()
+            .filter(|p| self.live.contains_key(&p.name))
+            .count();
+        let gone: Vec<String> = if kept == self.live.len() {
+            Vec::new()
+        } else {
+            let wanted: HashSet<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+            self.live
+                .keys()
+                .filter(|n| !wanted.contains(n.as_str()))
+                .cloned()
+                .collect()
+        };
         for name in gone {
             if let Some(link) = self.live.remove(&name) {
                 changed = true;
@@ -102,7 +116,7 @@ impl Links {
         }
         self.expire(now);
         let mut links = Vec::with_capacity(peers.len());
-        for p in peers {
+        for &p in peers {
             let link = match self.live.get(&p.name).cloned() {
                 Some(link) => {
                     changed |= self.update(&link, p, epoch, now, stamp);

@@ -10,7 +10,7 @@ pub mod wireguard;
 
 use ipnet::Ipv4Net;
 use meshd_crypto::{PublicKey, SecretId};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 /// A peer as the control plane knows it: what is desired, not what is observed (that lives on
@@ -141,8 +141,8 @@ impl PeerSet {
     /// member of the same name, and a member whose subnet overlaps one already routed (or this
     /// node's own) waits until gossip settles the conflict. O(N log N): names in a hash set,
     /// routed subnets in an ordered map of ranges.
-    pub fn resolve(&self) -> Vec<Peer> {
-        let mut all = self.statics.clone();
+    pub fn resolve(&self) -> Vec<&Peer> {
+        let mut all: Vec<&Peer> = self.statics.iter().collect();
         let mut names: HashSet<&str> = all.iter().map(|p| p.name.as_str()).collect();
         let mut taken = Ranges::default();
         for p in &all {
@@ -151,7 +151,6 @@ impl PeerSet {
         if let Some(own) = self.own_subnet {
             taken.insert(own);
         }
-        let mut admitted = Vec::new();
         for p in self.members.values() {
             if names.contains(p.name.as_str()) || taken.overlaps(p.subnet) || p.endpoints.is_empty()
             {
@@ -159,37 +158,38 @@ impl PeerSet {
             }
             names.insert(&p.name);
             taken.insert(p.subnet);
-            admitted.push(p.clone());
+            all.push(p);
         }
-        all.extend(admitted);
         all
     }
 }
 
-/// Address ranges, for overlap checks in O(log N). Ranges may overlap one another (statics
-/// are validated apart), so each start keeps the widest end seen there and a query looks at
-/// the ranges that start at or before its end.
+/// Address ranges, for overlap checks in O(log N) without an allocation per range. Ranges
+/// may overlap one another (statics are validated apart, our own subnet is not), so each start
+/// keeps the widest end seen there, and a query looks at the ranges that start between its
+/// first address less the widest range seen and its last address.
 #[derive(Default)]
 struct Ranges {
-    /// First address → last addresses of the ranges starting there.
-    by_first: BTreeMap<u32, BTreeSet<u32>>,
+    /// First address → the last address of the widest range starting there.
+    by_first: BTreeMap<u32, u32>,
     /// The widest range length seen, which bounds how far back an overlapping range can start.
-    widest: u64,
+    widest: u32,
 }
 
 impl Ranges {
     fn insert(&mut self, n: Ipv4Net) {
         let (first, last) = (u32::from(n.network()), u32::from(n.broadcast()));
-        self.by_first.entry(first).or_default().insert(last);
-        self.widest = self.widest.max(u64::from(last - first));
+        let end = self.by_first.entry(first).or_insert(last);
+        *end = (*end).max(last);
+        self.widest = self.widest.max(last - first);
     }
 
     fn overlaps(&self, n: Ipv4Net) -> bool {
         let (first, last) = (u32::from(n.network()), u32::from(n.broadcast()));
-        let from = u64::from(first).saturating_sub(self.widest) as u32;
+        let from = first.saturating_sub(self.widest);
         self.by_first
             .range(from..=last)
-            .any(|(_, lasts)| lasts.iter().next_back().is_some_and(|l| *l >= first))
+            .any(|(_, end)| *end >= first)
     }
 }
 
@@ -224,7 +224,7 @@ mod tests {
         );
         assert!(set.upsert_member(peer("c", 4, "10.244.4.0/24")));
         assert!(set.set_own_subnet(Some("10.244.4.0/24".parse().unwrap())));
-        let names: Vec<_> = set.resolve().into_iter().map(|p| p.name).collect();
+        let names: Vec<_> = set.resolve().into_iter().map(|p| p.name.clone()).collect();
         assert_eq!(names, ["s", "a"]);
         assert!(set.remove_member("c"));
         assert!(!set.remove_member("c"));
@@ -241,7 +241,7 @@ mod tests {
         set.upsert_member(peer("d", 4, "10.244.200.0/24"));
         set.upsert_member(peer("e", 5, "10.244.0.0/16"));
         set.upsert_member(peer("f", 6, "10.244.4.0/24"));
-        let names: Vec<_> = set.resolve().into_iter().map(|p| p.name).collect();
+        let names: Vec<_> = set.resolve().into_iter().map(|p| p.name.clone()).collect();
         assert_eq!(names, ["big", "a", "c", "f"]);
     }
 }

@@ -42,7 +42,7 @@ fn peer(n: u32, key: PublicKey) -> Peer {
 }
 
 fn index(l: &mut Links, p: &Peer, now: Instant) -> u32 {
-    let pass = l.reconcile_at(std::slice::from_ref(p), 0, now, Stamp::now());
+    let pass = l.reconcile_at(&[p], 0, now, Stamp::now());
     pass.links[0].wg().unwrap().index
 }
 
