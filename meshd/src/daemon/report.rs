@@ -44,6 +44,11 @@ impl Report {
                 endpoint: p.endpoint().to_string(),
                 subnet: p.subnet.to_string(),
                 vtep_mac: p.mac.to_string(),
+                candidates: p
+                    .candidates()
+                    .iter()
+                    .map(|c| format!("{} ({})", c.addr, c.source.as_str()))
+                    .collect(),
                 mtu: p.mtu(),
                 stats: p.stats.snapshot(),
                 wireguard: p.wg.as_deref().map(wireguard_status),

@@ -180,6 +180,10 @@ pub struct PeerStatus {
     pub endpoint: String,
     pub subnet: String,
     pub vtep_mac: String,
+    /// Where it can be reached, best first, each with where it was learnt
+    /// (`198.18.0.2:51820 (gossiped)`); `endpoint` is the one in use.
+    #[serde(default)]
+    pub candidates: Vec<String>,
     /// The MTU of pod packets to it.
     #[serde(default)]
     pub mtu: u16,
