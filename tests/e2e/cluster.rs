@@ -93,7 +93,7 @@ fn all_tiers_off() {
         ],
     );
     let s = status(&t, 0);
-    let off = meshd::datapath::Tier::DisabledByConfig;
+    let off = meshd::tiers::Tier::DisabledByConfig;
     assert_eq!(s.tiers.multi_queue, off);
     assert_eq!(s.tiers.tun_offload, off);
     assert_eq!(s.tiers.udp_gso, off);
@@ -106,7 +106,7 @@ fn without_tun_offload() {
     let t = full_check("tnotso", &["--no-tun-offload"]);
     assert_eq!(
         status(&t, 1).tiers.tun_offload,
-        meshd::datapath::Tier::DisabledByConfig
+        meshd::tiers::Tier::DisabledByConfig
     );
 }
 
@@ -115,7 +115,7 @@ fn without_udp_gso() {
     let t = full_check("tnogso", &["--no-udp-gso"]);
     assert_eq!(
         status(&t, 1).tiers.udp_gso,
-        meshd::datapath::Tier::DisabledByConfig
+        meshd::tiers::Tier::DisabledByConfig
     );
 }
 
@@ -124,7 +124,7 @@ fn without_udp_gro() {
     let t = full_check("tnogro", &["--no-udp-gro"]);
     assert_eq!(
         status(&t, 1).tiers.udp_gro,
-        meshd::datapath::Tier::DisabledByConfig
+        meshd::tiers::Tier::DisabledByConfig
     );
 }
 
@@ -132,6 +132,6 @@ fn without_udp_gro() {
 fn single_queue() {
     let t = full_check("tnomq", &["--no-multi-queue"]);
     let s = status(&t, 2);
-    assert_eq!(s.tiers.multi_queue, meshd::datapath::Tier::DisabledByConfig);
+    assert_eq!(s.tiers.multi_queue, meshd::tiers::Tier::DisabledByConfig);
     assert_eq!(s.tiers.queues, 1);
 }

@@ -16,9 +16,8 @@
 
 use super::cluster::spec;
 use meshd::config::Encryption;
-use meshd::datapath::device::{InUse, Steer};
-use meshd::datapath::Tier;
 use meshd::status::Status;
+use meshd::tiers::{InUse, Steer, Tier};
 use meshd_lab::probe::tcp_transfer;
 use meshd_lab::{HostKind, Topology};
 use meshd_tests::require_root;

@@ -12,10 +12,12 @@
 //! encrypts. Dispatch is static (the loops are monomorphised per encapsulation), so the
 //! per-packet path has no virtual call.
 
-pub mod device;
+pub(crate) mod device;
+pub(crate) mod flows;
 pub mod gro;
 pub mod io;
 pub mod runs;
+pub(crate) mod socket;
 pub mod vxlan;
 pub mod wireguard;
 pub mod worker;
@@ -30,7 +32,7 @@ use std::thread::JoinHandle;
 use crate::config::Config;
 use crate::routes::{PeerEntry, PeerId, RouteTable, Routes};
 use crate::stats::{DropReason, DropTally};
-pub use device::{Tier, TierReport};
+use crate::tiers::TierReport;
 pub use io::PeerAcc;
 
 /// One way of carrying pod packets between nodes inside UDP.
