@@ -10,14 +10,18 @@ use std::sync::Arc;
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 use super::flows::open_senders;
-use super::socket::{bind_socket, set_udp_gro, QueueSocket};
+use super::socket::{bind_socket, set_udp_gro, DataPort, QueueSocket};
 use crate::config::Config;
 use crate::tiers::{InUse, OsError, SocketOption, Tier, TierReport, Unavailable};
 
 /// Open the TUN queues and one UDP socket per queue, and report the tiers in use.
-pub(crate) fn open(cfg: &Config, address: IpAddr) -> Result<(TunQueues, UdpQueues, TierReport)> {
+pub(crate) fn open(
+    cfg: &Config,
+    address: IpAddr,
+    data_port: DataPort,
+) -> Result<(TunQueues, UdpQueues, TierReport)> {
     let tun = open_tun(cfg)?;
-    let udp = open_udp(cfg, address, tun.queues.len())?;
+    let udp = open_udp(cfg, address, tun.queues.len(), data_port)?;
     let tiers = TierReport {
         multi_queue: tun.multi_queue.clone(),
         tun_offload: tun.tun_offload.clone(),
@@ -153,8 +157,17 @@ pub(crate) struct UdpQueues {
 
 /// Bind the data port once per queue (`count`) and each queue's source ports, and find out
 /// which of GSO and GRO the kernel gives.
-pub(crate) fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQueues> {
-    let port = cfg.data_port();
+pub(crate) fn open_udp(
+    cfg: &Config,
+    bind: IpAddr,
+    count: usize,
+    data_port: DataPort,
+) -> Result<UdpQueues> {
+    let port = match data_port {
+        DataPort::Bind => cfg.data_port(),
+        // Port 0: each socket gets a port of its own from the kernel.
+        DataPort::SendOnly => 0,
+    };
     let mut sockets = Vec::with_capacity(count);
     for _ in 0..count {
         let s = bind_socket(SocketAddr::new(bind, port), cfg.socket_buffer, true)
@@ -181,7 +194,7 @@ pub(crate) fn open_udp(cfg: &Config, bind: IpAddr, count: usize) -> Result<UdpQu
         ),
         (true, true) => (true, Tier::InUse(InUse::Yes)),
     };
-    let (senders, flows, udp_flows) = open_senders(cfg, bind, &sockets)?;
+    let (senders, flows, udp_flows) = open_senders(cfg, bind, &sockets, data_port)?;
     let flow_sockets = flows.iter().flatten().map(|s| &**s);
     for (s, _) in sockets.iter().chain(flow_sockets) {
         if !gro {

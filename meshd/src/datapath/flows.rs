@@ -8,7 +8,7 @@ use quinn_udp::{UdpSockRef, UdpSocketState};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
-use super::socket::{bind_group, steer, QueueSocket};
+use super::socket::{bind_group, steer, DataPort, QueueSocket};
 use crate::config::{Config, Encryption};
 use crate::tiers::{InUse, OsError, Steer, Tier, Unavailable};
 
@@ -30,7 +30,12 @@ pub(crate) type Senders = (
 
 /// Where each queue sends from, the source-port sockets each RX worker reads, and the tier that
 /// says so.
-pub(crate) fn open_senders(cfg: &Config, bind: IpAddr, sockets: &[QueueSocket]) -> Result<Senders> {
+pub(crate) fn open_senders(
+    cfg: &Config,
+    bind: IpAddr,
+    sockets: &[QueueSocket],
+    data_port: DataPort,
+) -> Result<Senders> {
     let count = sockets.len();
     let none = |tier| {
         Ok((
@@ -45,7 +50,7 @@ pub(crate) fn open_senders(cfg: &Config, bind: IpAddr, sockets: &[QueueSocket]) 
     if count < 2 {
         return none(Tier::Unavailable(Unavailable::OneQueue));
     }
-    if cfg.data_port() == 0 {
+    if data_port == DataPort::SendOnly {
         // A kernel device owns the data port: the queues' sockets have ports of their own
         // already, and receive nothing.
         let first = sockets[0].0.local_addr().map(|a| a.port()).unwrap_or(0);

@@ -34,6 +34,7 @@ use crate::routes::{PeerEntry, PeerId, RouteTable, Routes};
 use crate::stats::{DropReason, DropTally};
 use crate::tiers::TierReport;
 pub use io::PeerAcc;
+pub use socket::DataPort;
 
 /// One way of carrying pod packets between nodes inside UDP.
 pub trait Encap: Send + Sync + Sized + 'static {
@@ -194,10 +195,16 @@ pub struct DataPath {
 }
 
 impl DataPath {
-    /// Open the devices and start the workers of `encap`. Routes may be empty and filled later.
-    pub fn start<E: Encap>(cfg: &Config, routes: Arc<Routes>, encap: E) -> Result<DataPath> {
+    /// Open the devices and start the workers of `encap`, binding the data port or only
+    /// sending (`data_port`). Routes may be empty and filled later.
+    pub fn start<E: Encap>(
+        cfg: &Config,
+        data_port: DataPort,
+        routes: Arc<Routes>,
+        encap: E,
+    ) -> Result<DataPath> {
         let address = cfg.address.context("no underlay address")?;
-        let (tun, udp, tiers) = device::open(cfg, address)?;
+        let (tun, udp, tiers) = device::open(cfg, address, data_port)?;
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             routes,

@@ -10,6 +10,19 @@ use std::os::fd::AsRawFd;
 
 use crate::tiers::Steer;
 
+/// Whether the userspace data path binds the data port (VXLAN's or WireGuard's, per the
+/// encryption) or leaves it to a kernel device that owns it. Said explicitly, rather than with a
+/// configuration whose port is zeroed, so that the configuration keeps saying which port the
+/// node's peers send to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPort {
+    /// Bind the data port, a socket per queue in one reuseport group, and receive on it.
+    Bind,
+    /// A kernel device (VXLAN or WireGuard) owns the data port and receives from every peer:
+    /// only send, each queue from a port of its own that the kernel picks.
+    SendOnly,
+}
+
 /// A UDP socket and quinn-udp's state for it (its GSO and GRO settings).
 pub(crate) type QueueSocket = (UdpSocket, UdpSocketState);
 
