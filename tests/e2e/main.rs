@@ -5,6 +5,7 @@ mod bad_input;
 mod cluster;
 mod compose;
 mod config;
+mod contract;
 mod deploy;
 mod encrypted;
 mod faults;
