@@ -7,10 +7,10 @@
 //!            └─ h3 (meshd) ── meshbr0 ── p1, p2
 //! ```
 
+use crate::support::{meshd_bin, prefix, require_root, status};
 use meshd::config::Encryption;
 use meshd_lab::probe::{ping, tcp_transfer};
 use meshd_lab::{Formation, HostKind, Spec, Topology};
-use meshd_tests::{meshd_bin, prefix, require_root};
 
 /// A cleartext (VXLAN) lab: these tests exercise the VXLAN tiers; `encrypted.rs` covers
 /// WireGuard clusters.
@@ -64,10 +64,6 @@ fn full_check(tag: &str, args: &[&str]) -> Topology {
     assert_transfer(&t, 0, 1, 5201);
     assert_transfer(&t, 2, 0, 5202);
     t
-}
-
-fn status(t: &Topology, host: usize) -> meshd::status::Status {
-    meshd::status::query(&t.hosts[host].dir.join("run")).unwrap()
 }
 
 #[test]

@@ -30,7 +30,7 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(meshd_tests::prefix(&format!("contract-{tag}-")));
+        let dir = std::env::temp_dir().join(crate::support::prefix(&format!("contract-{tag}-")));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
