@@ -21,7 +21,8 @@ use nix::sys::socket::{
 use nix::sys::time::{TimeVal, TimeValLike};
 use serde_json::Value;
 
-/// The control socket in the runtime directory (meshd's `runfiles::SOCKET_NAME`).
+/// The control socket in the runtime directory (meshd's `runfiles::SOCKET_NAME`; checked
+/// against meshd's status server by `tests/e2e/contract.rs`).
 pub const SOCKET_NAME: &str = "meshd.sock";
 
 /// How long meshd may take to accept and answer, in all. It builds the document from memory in

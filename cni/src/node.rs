@@ -16,7 +16,9 @@ use crate::env::validate_ifname;
 use crate::error::{Error, Result};
 use crate::liveness;
 
-/// The file name inside the runtime directory.
+/// The file name inside the runtime directory (meshd's `runfiles::NETWORK_FILE`). meshd's side
+/// of this file is not linked in; `tests/e2e/contract.rs` writes it with meshd's writer and
+/// reads it with [`read`], and fails when a field one side uses is not the other's.
 pub const FILE_NAME: &str = "network.json";
 
 /// The node network, validated.

@@ -247,8 +247,11 @@ impl Topology {
             let mut h = self.hosts[i].clone();
             if h.kind == HostKind::Meshd {
                 wait_for_socket(&h)?;
+                // meshd answers on its socket before it has set the host up and written
+                // network.json, which the plugin attaching the pods below needs.
+                let subnet = wait_for_lease(&h)?;
                 if self.spec.formation == Formation::Gossip {
-                    h.subnet = wait_for_lease(&h)?;
+                    h.subnet = subnet;
                 }
             }
             let host = h.clone();
@@ -713,7 +716,8 @@ fn plan(spec: &Spec) -> Vec<Host> {
         .collect()
 }
 
-/// The subnet gossip leased host `h`, once its `network.json` names it.
+/// The subnet of host `h` (configured, or the one gossip leased), once its `network.json`
+/// names it.
 pub fn wait_for_lease(h: &Host) -> Result<ipnet::Ipv4Net> {
     let path = h.dir.join("run").join(meshd::runfiles::NETWORK_FILE);
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -25,4 +25,5 @@ pub mod stats;
 pub mod status;
 #[cfg(test)]
 pub(crate) mod testlog;
+pub mod tiers;
 pub mod wire;

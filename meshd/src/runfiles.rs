@@ -19,6 +19,10 @@ pub const LEASE_FILE: &str = "lease.json";
 pub const NODE_KEY_FILE: &str = "node.key";
 
 /// What the CNI plugin needs to wire a pod; written atomically whenever it changes.
+///
+/// The plugin does not link meshd and reads this with a parser of its own (`cni/src/node.rs`);
+/// `tests/e2e/contract.rs` writes it with [`NetworkFile::write`] and reads it back with that
+/// parser, so a field renamed, retyped or added on one side fails there, not in a pod's ADD.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NetworkFile {
     pub node: String,
@@ -28,6 +32,13 @@ pub struct NetworkFile {
     pub mtu: u16,
     pub cluster_cidr: String,
     pub pid: u32,
+}
+
+impl NetworkFile {
+    /// Write the file under `run_dir` ([`NETWORK_FILE`]), atomically ([`write_atomic`]).
+    pub fn write(&self, run_dir: &Path) -> Result<()> {
+        write_atomic(&run_dir.join(NETWORK_FILE), self)
+    }
 }
 
 /// Write `value` as JSON to `path` so readers see the old or the new file, never half of one,

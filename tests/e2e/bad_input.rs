@@ -9,14 +9,12 @@
 //! ```
 
 use super::cluster::spec;
-use super::support::drops;
+use crate::support::{add_stranger, drops, require_root, status, wait_until};
 use meshd::wire::{vtep_mac, VxlanHeader};
-use meshd_lab::netns::{in_netns, ip};
+use meshd_lab::netns::in_netns;
 use meshd_lab::probe::ping;
 use meshd_lab::{HostKind, Topology};
-use meshd_tests::require_root;
 use std::net::UdpSocket;
-use std::time::{Duration, Instant};
 
 fn ipv4(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     let mut p = vec![0u8; 28];
@@ -44,46 +42,7 @@ fn malformed_datagrams_are_dropped_counted_and_harmless() {
     require_root();
     let t = Topology::up(spec("bad", vec![HostKind::Meshd; 2], &[])).unwrap();
     let (h1, h2) = (&t.hosts[0], &t.hosts[1]);
-    let stranger = format!("{}-x", t.spec.prefix);
-    ip(&["netns", "add", &stranger]).unwrap();
-    ip(&[
-        "-n",
-        &format!("{}-sw", t.spec.prefix),
-        "link",
-        "add",
-        "x",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "u0",
-        "netns",
-        &stranger,
-    ])
-    .unwrap();
-    ip(&[
-        "-n",
-        &format!("{}-sw", t.spec.prefix),
-        "link",
-        "set",
-        "x",
-        "master",
-        "br0",
-        "up",
-    ])
-    .unwrap();
-    ip(&[
-        "-n",
-        &stranger,
-        "addr",
-        "add",
-        "198.18.0.200/24",
-        "dev",
-        "u0",
-    ])
-    .unwrap();
-    ip(&["-n", &stranger, "link", "set", "u0", "up"]).unwrap();
-
+    let stranger = add_stranger(&t);
     let hdr = VxlanHeader::new(1, vtep_mac(&h2.name), vtep_mac(&h1.name));
     let frame = |hdr: &VxlanHeader, packet: &[u8]| {
         let mut out = vec![0u8; 22 + packet.len()];
@@ -110,7 +69,6 @@ fn malformed_datagrams_are_dropped_counted_and_harmless() {
     send_all(&h2.ns, vec![arp; 2]);
     send_all(&h2.ns, vec![spoofed; 4]);
 
-    let run = h1.dir.join("run");
     let want = [
         (None, "unknown-source", 5),
         (Some(h2.name.as_str()), "malformed", 4),
@@ -118,20 +76,12 @@ fn malformed_datagrams_are_dropped_counted_and_harmless() {
         (Some(h2.name.as_str()), "not-ip", 2),
         (Some(h2.name.as_str()), "spoofed-source", 4),
     ];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = meshd::status::query(&run).unwrap();
+    let expected: Vec<u64> = want.iter().map(|w| w.2).collect();
+    wait_until(&format!("drop counters {expected:?}"), || {
+        let s = status(&t, 0);
         let got: Vec<u64> = want.iter().map(|(p, r, _)| drops(&s, *p, r)).collect();
-        let expected: Vec<u64> = want.iter().map(|w| w.2).collect();
-        if got == expected {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "drop counters {got:?}, expected {expected:?}: {s:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (got == expected).then_some(()).ok_or(Box::new((got, s)))
+    });
     // And the mesh still works.
     let (a, b) = (&h1.pods[0], &h2.pods[1]);
     ping(&a.ns, b.addr, 5).unwrap();

@@ -7,10 +7,10 @@
 //!            └─ h3 (meshd) ── meshbr0 ── p1, p2
 //! ```
 
+use crate::support::{meshd_bin, prefix, require_root, status};
 use meshd::config::Encryption;
 use meshd_lab::probe::{ping, tcp_transfer};
 use meshd_lab::{Formation, HostKind, Spec, Topology};
-use meshd_tests::{meshd_bin, prefix, require_root};
 
 /// A cleartext (VXLAN) lab: these tests exercise the VXLAN tiers; `encrypted.rs` covers
 /// WireGuard clusters.
@@ -66,10 +66,6 @@ fn full_check(tag: &str, args: &[&str]) -> Topology {
     t
 }
 
-fn status(t: &Topology, host: usize) -> meshd::status::Status {
-    meshd::status::query(&t.hosts[host].dir.join("run")).unwrap()
-}
-
 #[test]
 fn all_tiers_on() {
     let t = full_check("tall", &[]);
@@ -93,7 +89,7 @@ fn all_tiers_off() {
         ],
     );
     let s = status(&t, 0);
-    let off = meshd::datapath::Tier::DisabledByConfig;
+    let off = meshd::tiers::Tier::DisabledByConfig;
     assert_eq!(s.tiers.multi_queue, off);
     assert_eq!(s.tiers.tun_offload, off);
     assert_eq!(s.tiers.udp_gso, off);
@@ -106,7 +102,7 @@ fn without_tun_offload() {
     let t = full_check("tnotso", &["--no-tun-offload"]);
     assert_eq!(
         status(&t, 1).tiers.tun_offload,
-        meshd::datapath::Tier::DisabledByConfig
+        meshd::tiers::Tier::DisabledByConfig
     );
 }
 
@@ -115,7 +111,7 @@ fn without_udp_gso() {
     let t = full_check("tnogso", &["--no-udp-gso"]);
     assert_eq!(
         status(&t, 1).tiers.udp_gso,
-        meshd::datapath::Tier::DisabledByConfig
+        meshd::tiers::Tier::DisabledByConfig
     );
 }
 
@@ -124,7 +120,7 @@ fn without_udp_gro() {
     let t = full_check("tnogro", &["--no-udp-gro"]);
     assert_eq!(
         status(&t, 1).tiers.udp_gro,
-        meshd::datapath::Tier::DisabledByConfig
+        meshd::tiers::Tier::DisabledByConfig
     );
 }
 
@@ -132,6 +128,6 @@ fn without_udp_gro() {
 fn single_queue() {
     let t = full_check("tnomq", &["--no-multi-queue"]);
     let s = status(&t, 2);
-    assert_eq!(s.tiers.multi_queue, meshd::datapath::Tier::DisabledByConfig);
+    assert_eq!(s.tiers.multi_queue, meshd::tiers::Tier::DisabledByConfig);
     assert_eq!(s.tiers.queues, 1);
 }

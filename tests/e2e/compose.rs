@@ -18,12 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use crate::support::{meshd_bin, prefix, require_root, wait_within, SETTLE};
 use meshd::status::Status;
-use meshd_tests::{meshd_bin, prefix, require_root};
 
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
-/// Formation (image start, gossip join, leases) on a busy 2-core machine.
-const SETTLE: Duration = Duration::from_secs(90);
+/// Formation on a busy 2-core machine: containers start and load the image before gossip
+/// joins and leases, which a lab's [`SETTLE`] covers.
+const FORMATION: Duration = Duration::from_secs(3 * SETTLE.as_secs());
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -124,7 +125,7 @@ impl Cluster {
 
     /// Waits until every node routes to the two others and has its pod.
     fn wait_for_mesh(&self) -> Vec<(String, Status)> {
-        let deadline = Instant::now() + SETTLE;
+        let deadline = Instant::now() + FORMATION;
         loop {
             let all: Vec<_> = NODES
                 .iter()
@@ -319,8 +320,7 @@ fn bad_input_is_named_in_the_logs() {
 
     let no_secret = Container(format!("{}-nosecret", image.replace(':', "-")));
     run(&no_secret.0, &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
+    let exit = wait_within("the node without a secret should exit", SETTLE, || {
         let out = Command::new("docker")
             .args([
                 "inspect",
@@ -332,15 +332,11 @@ fn bad_input_is_named_in_the_logs() {
             .unwrap();
         let s = stdout(&out);
         if s.starts_with("exited") {
-            break s;
+            Ok(s)
+        } else {
+            Err(format!("still running: {}", logs(&no_secret.0)))
         }
-        assert!(
-            Instant::now() < deadline,
-            "still running: {}",
-            logs(&no_secret.0)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    });
     assert_ne!(exit, "exited 0", "{}", logs(&no_secret.0));
     let l = logs(&no_secret.0);
     assert!(
@@ -357,13 +353,10 @@ fn bad_input_is_named_in_the_logs() {
             &format!("MESHD_CLUSTER_SECRET={secret}"),
         ],
     );
-    let deadline = Instant::now() + SETTLE;
-    loop {
+    wait_within("a message about the seed", FORMATION, || {
         let l = logs(&bad_seed.0);
-        if l.contains("cannot resolve a gossip seed") && l.contains("no-such-seed.invalid:7946") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no message about the seed: {l}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        let said =
+            l.contains("cannot resolve a gossip seed") && l.contains("no-such-seed.invalid:7946");
+        said.then_some(()).ok_or(l)
+    });
 }

@@ -1,8 +1,8 @@
 //! A bad configuration fails with a message that names the key, a non-zero exit, and nothing
 //! configured on the host.
 
+use crate::support::{meshd_bin, prefix, require_root};
 use meshd_lab::netns::{self, ip};
-use meshd_tests::{meshd_bin, prefix, require_root};
 use std::process::Command;
 
 struct Ns(String);

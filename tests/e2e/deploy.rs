@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use meshd_tests::{meshd_bin, prefix};
+use crate::support::{meshd_bin, prefix};
 
 #[test]
 fn the_systemd_unit_verifies_and_its_commands_parse() {

@@ -10,13 +10,13 @@
 //! ```
 
 use super::cluster::{assert_transfer, spec, unreachable_pairs};
+use crate::support::capture::Capture;
+use crate::support::{require_root, status};
 use meshd::config::Encryption;
 use meshd_lab::netns::in_netns;
 use meshd_lab::{HostKind, Spec, Topology};
-use meshd_tests::require_root;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// An encrypted lab (keys and cluster secret made by the lab).
 pub fn encrypted_spec(tag: &str, hosts: Vec<HostKind>) -> Spec {
@@ -24,10 +24,6 @@ pub fn encrypted_spec(tag: &str, hosts: Vec<HostKind>) -> Spec {
         encryption: Encryption::Wireguard,
         ..spec(tag, hosts, &[])
     }
-}
-
-pub fn status(t: &Topology, host: usize) -> meshd::status::Status {
-    meshd::status::query(&t.hosts[host].dir.join("run")).unwrap()
 }
 
 #[test]
@@ -54,53 +50,14 @@ fn three_node_encrypted_cluster() {
     assert!(h2.stats.tx_bytes >= 32 << 20, "{h2:?}");
 }
 
-/// A tcpdump writing every UDP datagram seen on `u0` of namespace `ns` to `file`.
-struct Capture {
-    child: Child,
-    file: std::path::PathBuf,
-}
-
-impl Capture {
-    fn start(ns: &str, file: std::path::PathBuf) -> Capture {
-        let child = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "tcpdump", "-i", "u0", "-U", "-s", "0", "-w",
-            ])
-            .arg(&file)
-            .arg("udp")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tcpdump (apt-get install tcpdump)");
-        // tcpdump needs a moment to attach to the interface.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == 0 {
-            assert!(Instant::now() < deadline, "tcpdump did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        Capture { child, file }
-    }
-
-    /// Stop it and return the capture file's bytes.
-    fn finish(mut self) -> Vec<u8> {
-        std::thread::sleep(Duration::from_millis(300));
-        // SAFETY: kill(2) on the tcpdump this test started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-        std::fs::read(&self.file).unwrap()
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
-
 const CANARY: &[u8] = b"MESHD-CANARY-plaintext-that-must-never-cross-the-underlay-in-clear";
+
+/// What each canary datagram carries: the canary, repeated.
+fn canary_payload() -> Vec<u8> {
+    let mut payload = CANARY.repeat(10);
+    payload.truncate(1000);
+    payload
+}
 
 /// Sends the canary in 60 UDP datagrams from pod `from` to pod `to` and returns how many
 /// arrived (so the test knows they crossed the tunnel while it was captured). Sixty, because
@@ -117,8 +74,7 @@ fn send_canaries(t: &Topology, from: (usize, usize), to: (usize, usize), port: u
     .unwrap();
     in_netns(&a.ns, move || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        let mut payload = CANARY.repeat(10);
-        payload.truncate(1000);
+        let payload = canary_payload();
         for _ in 0..60 {
             s.send_to(&payload, dst).unwrap();
             std::thread::sleep(Duration::from_micros(200));
@@ -140,12 +96,14 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn capture_during_canaries(t: &Topology) -> (Vec<u8>, usize) {
-    let file = std::env::temp_dir().join(format!("{}-u0.pcap", t.spec.prefix));
     // Sessions (or neighbours) first, so no canary waits behind a handshake.
     meshd_lab::probe::ping(&t.hosts[1].pods[0].ns, t.hosts[0].pods[0].addr, 5).unwrap();
-    let cap = Capture::start(&t.hosts[0].ns, file);
+    let cap = Capture::start(&t.hosts[0].ns, &format!("{}-u0", t.spec.prefix), "udp");
     let arrived = send_canaries(t, (1, 0), (0, 0), 5501);
-    (cap.finish(), arrived)
+    // Each canary that arrived crossed h1's u0 in a datagram at least as long as its payload:
+    // the capture is complete once it holds that many bytes.
+    let pcap = cap.finish_when(|p| p.len() >= arrived * canary_payload().len());
+    (pcap, arrived)
 }
 
 #[test]

@@ -13,12 +13,13 @@
 use std::time::{Duration, Instant};
 
 use meshd::config::Encryption;
-use meshd_lab::probe::{PingLog, Pinger};
+use meshd::status::Status;
+use meshd_lab::probe::{ping, PingLog, Pinger};
 use meshd_lab::Topology;
-use meshd_tests::require_root;
 
-use crate::gossip::{
-    gossip_spec, heal, nft, partition, peer_names, status, wait_for_all_alive, wait_for_mesh,
+use crate::gossip::{gossip_spec, heal, partition, peer_names, wait_for_all_alive, wait_for_mesh};
+use crate::support::{
+    log_mark, log_since, nft_delete, nft_load, require_root, try_status, wait_for, wait_until,
 };
 
 /// Interval between echo requests: fine enough that a sub-second silence shows.
@@ -39,12 +40,15 @@ fn cluster(tag: &str) -> Topology {
     t
 }
 
-/// A pinger from the pod of host `a` to the pod of host `b`, for every pair in `pairs`.
+/// A pinger from the pod of host `a` to the pod of host `b`, for every pair in `pairs`, each
+/// started once an echo got through (the pair's session is up: a handshake lost to the test's
+/// fault would cost a 5 s retry, which is not what is measured).
 fn pingers(t: &Topology, pairs: &[(usize, usize)]) -> Vec<((usize, usize), Pinger)> {
     pairs
         .iter()
         .map(|&(a, b)| {
             let (from, to) = (&t.hosts[a].pods[0], &t.hosts[b].pods[0]);
+            ping(&from.ns, to.addr, 10).unwrap();
             (
                 (a, b),
                 Pinger::start(&from.ns, to.addr, PING_EVERY).unwrap(),
@@ -92,34 +96,89 @@ fn assert_no_long_gap(logs: &[((usize, usize), PingLog)]) {
 ///
 /// Healed all at once, that one-sided flap showed in 1 run of 4 (the other runs flapped both
 /// ways, or not at all), so the heal is staged to make it happen every time: h3 meets h2
-/// first, and h1 only 5 s later, so h1 hears nothing about h2 being down. Pings go one way,
-/// h1 → h2, as in the issue: traffic from h2 would start a handshake of its own and hide the
-/// loss.
+/// first, and h1 only once h2 has doubted h1 and h3 has h2 alive again, so h1 hears nothing
+/// about h2 being down. The test fails if the staged flap does not happen (h2 never doubts
+/// h1), or is not one-sided (h1 doubts h2). Pings go one way, h1 → h2, as in the issue:
+/// traffic from h2 would start a handshake of its own and hide the loss.
 #[test]
 fn a_third_node_cut_off_and_healed_does_not_silence_the_other_two() {
     let t = cluster("fcut");
+    let [h1, h2, h3] = [0, 1, 2].map(|i| t.hosts[i].name.clone());
     let running = pingers(&t, &[(0, 1)]);
-    std::thread::sleep(Duration::from_secs(1));
     partition(&t, 2, &[0, 1]);
     partition(&t, 0, &[2]);
     partition(&t, 1, &[2]);
-    std::thread::sleep(Duration::from_secs(20));
-    let marks: Vec<usize> = (0..3).map(|i| log_len(&t, i)).collect();
+    // Cut off until each side has the other down.
+    wait_for(&t, 2, "h1 and h2 down, cut off", |s| {
+        state(s, &h1) == Some("down") && state(s, &h2) == Some("down")
+    });
+    for i in [0, 1] {
+        wait_for(&t, i, "h3 down, cut off", |s| state(s, &h3) == Some("down"));
+    }
+    let marks: Vec<usize> = (0..3).map(|i| log_mark(&t, i)).collect();
     heal(&t, 1);
     heal(&t, 2);
     partition(&t, 2, &[0]);
-    std::thread::sleep(Duration::from_secs(5));
+    // The staged fault: h3 tells h2 that h1 is down, and h2 doubts h1 (has it suspect or
+    // down, or holds it up on its traffic's evidence).
+    wait_until("h2 should doubt h1 once h3 tells it h1 is down", || {
+        let s = try_status(&t, 1);
+        let seen = s.as_ref().is_some_and(|s| doubted(s, &h1));
+        let logged = doubts(&t, 1, marks[1], &h1);
+        (seen || !logged.is_empty())
+            .then_some(())
+            .ok_or(Box::new(s))
+    });
+    // And h3 has h2 alive again before it meets h1, which so hears nothing of h2 being down.
+    wait_for(&t, 2, "h2 alive again", |s| state(s, &h2) == Some("alive"));
     heal(&t, 0);
     heal(&t, 2);
     wait_for_mesh(&t, &[0, 1, 2]);
-    // A lost session would stay lost for 15 s; 8 s is long enough to see it.
+    // Not a wait: a lost session would stay lost for 15 s; 8 s of pings is long enough to see it.
     std::thread::sleep(Duration::from_secs(8));
     let logs = stop(running);
-    for (i, mark) in marks.into_iter().enumerate() {
-        let members = log_tail(&t, i, mark, "member");
+    for (i, &mark) in marks.iter().enumerate() {
+        let members = log_since(&t, i, mark, &["member"]).join("\n");
         eprintln!("h{} after healing:\n{members}", i + 1);
     }
+    let h1_doubts = doubts(&t, 0, marks[0], &h2);
+    assert!(
+        h1_doubts.is_empty(),
+        "the flap was not one-sided: h1 doubted h2 too: {h1_doubts:#?}"
+    );
     assert_no_long_gap(&logs);
+}
+
+/// Member `name`'s state (alive, suspect, down, left) in a status.
+fn state<'s>(s: &'s Status, name: &str) -> Option<&'s str> {
+    let members = s.members.as_deref().unwrap_or_default();
+    members
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| m.state.as_str())
+}
+
+/// Whether a status has member `name` doubted: not alive, or held up against gossip.
+fn doubted(s: &Status, name: &str) -> bool {
+    let members = s.members.as_deref().unwrap_or_default();
+    members
+        .iter()
+        .any(|m| m.name == name && (m.state != "alive" || m.held))
+}
+
+/// The lines host `i` logged since `mark` that doubt member `name`: suspect, down, or a down
+/// held on its traffic's evidence.
+fn doubts(t: &Topology, i: usize, mark: usize, name: &str) -> Vec<String> {
+    let member = format!("member={name}");
+    log_since(t, i, mark, &[])
+        .into_iter()
+        .filter(|l| l.split_whitespace().any(|w| w == member))
+        .filter(|l| {
+            ["member suspect", "member down", "keeping its routes"]
+                .iter()
+                .any(|d| l.contains(d))
+        })
+        .collect()
 }
 
 /// 20 graceful restarts of h3 (SIGTERM, start again), each once the cluster has settled: no
@@ -131,32 +190,20 @@ fn a_third_node_cut_off_and_healed_does_not_silence_the_other_two() {
 fn graceful_restarts_cost_no_pair_more_than_a_moment() {
     let t = cluster("frestart");
     let running = pingers(&t, &[(0, 2), (1, 2), (0, 1)]);
-    std::thread::sleep(Duration::from_secs(1));
     let config = t.meshd_config(&t.hosts[2]);
     for _ in 0..20 {
         t.restart_meshd(2, &config).unwrap();
         wait_for_mesh(&t, &[0, 1, 2]);
-        std::thread::sleep(Duration::from_secs(1));
+        // Settled: every node has every member alive, and the old members' pods reach the
+        // restarted node's again (the next restart must not merge its silence with this one's).
+        for i in 0..3 {
+            wait_for_all_alive(&t, i, 2);
+        }
+        for a in [0, 1] {
+            ping(&t.hosts[a].pods[0].ns, t.hosts[2].pods[0].addr, 10).unwrap();
+        }
     }
     assert_no_long_gap(&stop(running));
-}
-
-/// The lines of host `i`'s log from byte `from` on that contain `what`.
-fn log_tail(t: &Topology, i: usize, from: usize, what: &str) -> String {
-    let log = std::fs::read_to_string(t.hosts[i].dir.join("meshd.log")).unwrap();
-    let lines: Vec<&str> = log
-        .get(from..)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(what))
-        .collect();
-    lines.join("\n")
-}
-
-fn log_len(t: &Topology, i: usize) -> usize {
-    std::fs::metadata(t.hosts[i].dir.join("meshd.log"))
-        .map(|m| m.len() as usize)
-        .unwrap()
 }
 
 /// 20 % loss on every host's underlay, in and out, for a minute, with every pair of pods
@@ -168,45 +215,54 @@ fn at_twenty_percent_loss_no_member_with_traffic_is_declared_down() {
     let t = cluster("floss");
     let all_pairs = [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)];
     let running = pingers(&t, &all_pairs);
-    // Sessions first: a handshake lost to the loss costs a 5 s retry, which is not the point.
-    std::thread::sleep(Duration::from_secs(1));
-    let marks: Vec<usize> = (0..3).map(|i| log_len(&t, i)).collect();
+    let marks: Vec<usize> = (0..3).map(|i| log_mark(&t, i)).collect();
     // 20 % in and 20 % out on every host: 36 % of every datagram between two of them.
     let rules = "table inet gloss {\n chain in { type filter hook input priority 0; iifname \"u0\" numgen random mod 100 < 20 drop; }\n chain out { type filter hook output priority 0; oifname \"u0\" numgen random mod 100 < 20 drop; }\n}\n";
     for i in 0..3 {
-        nft(&t, i, rules, &["-f", "-"]);
+        nft_load(&t.hosts[i].ns, rules);
     }
+    // Not a wait: a minute of loss, sampling what each node routes and holds up.
     let end = Instant::now() + Duration::from_secs(60);
     let mut withdrawn = Vec::new();
+    let mut held_up = Vec::new();
     while Instant::now() < end {
         for i in 0..3 {
-            let Some(s) = status(&t, i) else { continue };
+            let Some(s) = try_status(&t, i) else { continue };
             if peer_names(&s).len() != 2 {
                 withdrawn.push(format!("h{}: peers {:?}", i + 1, peer_names(&s)));
             }
+            let members = s.members.as_deref().unwrap_or_default();
+            held_up.extend(
+                members
+                    .iter()
+                    .filter(|m| m.held)
+                    .map(|m| format!("h{} held {}", i + 1, m.name)),
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     for i in 0..3 {
-        nft(&t, i, "", &["delete", "table", "inet", "gloss"]);
+        nft_delete(&t.hosts[i].ns, "inet", "gloss");
     }
     let logs = stop(running);
     let down: Vec<usize> = (0..3)
-        .map(|i| log_tail(&t, i, marks[i], "member down").lines().count())
+        .map(|i| log_since(&t, i, marks[i], &["member down"]).len())
         .collect();
     let held: Vec<usize> = (0..3)
-        .map(|i| {
-            log_tail(&t, i, marks[i], "keeping its routes")
-                .lines()
-                .count()
-        })
+        .map(|i| log_since(&t, i, marks[i], &["keeping its routes"]).len())
         .collect();
     let (sent, lost) = logs
         .iter()
         .fold((0, 0), |(s, l), (_, log)| (s + log.sent, l + log.lost()));
     eprintln!(
-        "a minute at 20 % loss in and out: member-down per host {down:?}, downs held {held:?}, pod pings lost {:.1} %",
+        "a minute at 20 % loss in and out: member-down per host {down:?}, downs held {held:?}, held in {} status samples, pod pings lost {:.1} %",
+        held_up.len(),
         100.0 * lost as f64 / sent.max(1) as f64
+    );
+    // The fault happened: gossip did give up on members, and their traffic held them up.
+    assert!(
+        held.iter().sum::<usize>() > 0 || !held_up.is_empty(),
+        "no member was held up: the loss never made gossip doubt one"
     );
     assert_eq!(down, [0, 0, 0], "members with traffic were declared down");
     assert!(withdrawn.is_empty(), "routes withdrawn: {withdrawn:?}");

@@ -15,13 +15,11 @@
 //! ```
 
 use super::cluster::spec;
+use crate::support::{nft, nft_load, require_root, status};
 use meshd::config::Encryption;
-use meshd::datapath::device::{InUse, Steer};
-use meshd::datapath::Tier;
-use meshd::status::Status;
+use meshd::tiers::{InUse, Steer, Tier};
 use meshd_lab::probe::tcp_transfer;
 use meshd_lab::{HostKind, Topology};
-use meshd_tests::require_root;
 use std::net::Ipv4Addr;
 use std::process::Command;
 
@@ -47,23 +45,6 @@ pub fn assert_flows(t: &Topology, from: usize, to: usize, base: u16) {
             a.addr, b.addr, x.bytes
         );
     }
-}
-
-fn nft(ns: &str, script: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(script.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success(), "nft in {ns}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// From now on, host namespace `ns` records the UDP source ports of datagrams from `from` to
@@ -100,7 +81,7 @@ pub fn destination_ports(ns: &str) -> Vec<u16> {
 
 /// An nftables set `set` in `ns` that collects `what` of the datagrams matching `filter`.
 fn record_ports(ns: &str, set: &str, filter: &str, what: &str) {
-    nft(
+    nft_load(
         ns,
         &format!(
             "table ip meshd_test_{set} {{
@@ -115,7 +96,11 @@ fn record_ports(ns: &str, set: &str, filter: &str, what: &str) {
 }
 
 fn recorded_ports(ns: &str, set: &str) -> Vec<u16> {
-    let text = nft(ns, &format!("list set ip meshd_test_{set} ports"));
+    let text = nft(
+        ns,
+        &["list", "set", "ip", &format!("meshd_test_{set}"), "ports"],
+        "",
+    );
     let Some(inside) = text
         .split_once("elements = {")
         .and_then(|(_, r)| r.split_once('}'))
@@ -127,10 +112,6 @@ fn recorded_ports(ns: &str, set: &str) -> Vec<u16> {
         .split(',')
         .filter_map(|p| p.trim().parse().ok())
         .collect()
-}
-
-fn status(t: &Topology, host: usize) -> Status {
-    meshd::status::query(&t.hosts[host].dir.join("run")).unwrap()
 }
 
 fn two_queue_lab(tag: &str, encryption: Encryption, args: &[&str]) -> Topology {

@@ -11,18 +11,20 @@
 //! Subnets are not configured: gossip allocates them.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshd::config::Encryption;
 use meshd::status::Status;
 use meshd_lab::probe::ping;
 use meshd_lab::{Formation, HostKind, Spec, Topology};
-use meshd_tests::{meshd_bin, prefix, require_root};
 
 use crate::cluster::unreachable_pairs;
-
-/// How long membership may take to settle in these tests (joins, deaths, heals).
-const SETTLE: Duration = Duration::from_secs(30);
+use crate::support::{
+    log, meshd_bin, meshd_pid, nft_delete, nft_load, prefix, require_root, status, wait_for,
+    wait_until,
+};
 
 pub(crate) fn gossip_spec(tag: &str, nodes: usize, encryption: Encryption) -> Spec {
     Spec {
@@ -35,30 +37,6 @@ pub(crate) fn gossip_spec(tag: &str, nodes: usize, encryption: Encryption) -> Sp
         underlay_mtu: 1500,
         formation: Formation::Gossip,
         paths: Default::default(),
-    }
-}
-
-pub(crate) fn status(t: &Topology, host: usize) -> Option<Status> {
-    meshd::status::query(&t.hosts[host].dir.join("run")).ok()
-}
-
-/// Polls host `host`'s status until `cond` holds; fails with the last status after [`SETTLE`].
-pub(crate) fn wait_for(
-    t: &Topology,
-    host: usize,
-    what: &str,
-    cond: impl Fn(&Status) -> bool,
-) -> Status {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let s = status(t, host);
-        if let Some(s) = &s {
-            if cond(s) {
-                return s.clone();
-            }
-        }
-        assert!(Instant::now() < deadline, "h{}: {what}: {s:#?}", host + 1);
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -93,23 +71,13 @@ pub(crate) fn wait_for_all_alive(t: &Topology, i: usize, n: usize) -> Status {
 }
 
 fn assert_unique_subnets(t: &Topology) {
-    let subnets: Vec<String> = (0..t.hosts.len())
-        .map(|i| status(t, i).unwrap().subnet)
-        .collect();
+    let subnets: Vec<String> = (0..t.hosts.len()).map(|i| status(t, i).subnet).collect();
     let unique: HashSet<&String> = subnets.iter().collect();
     assert_eq!(
         unique.len(),
         subnets.len(),
         "duplicate subnets: {subnets:?}"
     );
-}
-
-pub(crate) fn meshd_pid(t: &Topology, i: usize) -> i32 {
-    std::fs::read_to_string(t.hosts[i].dir.join("meshd.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 fn five_nodes_form_a_mesh(tag: &str, encryption: Encryption) {
@@ -144,25 +112,30 @@ fn a_killed_node_is_withdrawn_and_returns_with_its_subnet() {
     let all: Vec<usize> = (0..4).collect();
     wait_for_mesh(&t, &all);
     let victim = 3;
-    let subnet = status(&t, victim).unwrap().subnet;
+    let subnet = status(&t, victim).subnet;
     let name = t.hosts[victim].name.clone();
 
     // Pings between two survivors, from before the kill until the others withdrew the victim.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let pinged = Arc::new(AtomicUsize::new(0));
     let (src, dst) = (t.hosts[0].pods[0].ns.clone(), t.hosts[1].pods[0].addr);
     let pinger = {
-        let stop = stop.clone();
+        let (stop, pinged) = (stop.clone(), pinged.clone());
         std::thread::spawn(move || {
             let (mut sent, mut lost) = (0, 0);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 sent += 1;
                 lost += usize::from(ping(&src, dst, 2).is_err());
+                pinged.store(sent, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(50));
             }
             (sent, lost)
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until("h1 -> h2 pings before the kill", || {
+        let n = pinged.load(Ordering::Relaxed);
+        (n >= 2).then_some(()).ok_or(n)
+    });
 
     // SAFETY: kill(2) on the pid of the meshd this topology started.
     unsafe { libc::kill(meshd_pid(&t, victim), libc::SIGKILL) };
@@ -174,7 +147,7 @@ fn a_killed_node_is_withdrawn_and_returns_with_its_subnet() {
     }
     let withdrawn = killed.elapsed();
     eprintln!("routes to the killed node withdrawn everywhere after {withdrawn:?}");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let (sent, lost) = pinger.join().unwrap();
     eprintln!("h1 -> h2 while h4 died: {sent} pings, {lost} lost");
     assert_eq!(
@@ -194,12 +167,12 @@ fn a_killed_node_is_withdrawn_and_returns_with_its_subnet() {
     t.restart_meshd(victim, &config).unwrap();
     wait_for_mesh(&t, &all);
     assert_eq!(
-        status(&t, victim).unwrap().subnet,
+        status(&t, victim).subnet,
         subnet,
         "a new subnet after restart"
     );
     for i in 0..3 {
-        let s = status(&t, i).unwrap();
+        let s = status(&t, i);
         let p = s.peers.iter().find(|p| p.name == name).unwrap();
         assert_eq!(p.subnet, subnet);
     }
@@ -240,10 +213,11 @@ fn a_node_with_the_wrong_cluster_secret_never_becomes_a_member() {
     wait_for(&t, 0, "h1 should count datagrams that did not open", |s| {
         s.gossip.as_ref().unwrap().open_failures >= 5
     });
+    // Not a wait: for a while (many gossip rounds) nobody lets the intruder in.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         for i in 0..2 {
-            let s = status(&t, i).unwrap();
+            let s = status(&t, i);
             assert!(
                 s.members
                     .as_ref()
@@ -254,7 +228,7 @@ fn a_node_with_the_wrong_cluster_secret_never_becomes_a_member() {
             );
             assert!(!peer_names(&s).contains(intruder), "{s:#?}");
         }
-        let s = status(&t, 2).unwrap();
+        let s = status(&t, 2);
         assert!(
             s.members.as_ref().unwrap().is_empty() && s.peers.is_empty(),
             "the intruder learnt members: {s:#?}"
@@ -273,32 +247,12 @@ pub(crate) fn partition(t: &Topology, i: usize, others: &[usize]) {
     let rules = format!(
         "table inet gpart {{\n chain in {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}\n chain out {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}\n}}\n"
     );
-    nft(t, i, &rules, &["-f", "-"]);
+    nft_load(&t.hosts[i].ns, &rules);
 }
 
+/// Undoes [`partition`] in host `i`'s namespace.
 pub(crate) fn heal(t: &Topology, i: usize) {
-    nft(t, i, "", &["delete", "table", "inet", "gpart"]);
-}
-
-pub(crate) fn nft(t: &Topology, i: usize, stdin: &str, args: &[&str]) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", &t.hosts[i].ns, "nft"])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "nft {args:?} in h{}",
-        i + 1
-    );
+    nft_delete(&t.hosts[i].ns, "inet", "gpart");
 }
 
 #[test]
@@ -363,7 +317,7 @@ fn a_subnet_claimed_on_both_sides_of_a_partition_is_settled_after_healing() {
     let t = Topology::up(gossip_spec("gclaim", 4, Encryption::None)).unwrap();
     let all: Vec<usize> = (0..4).collect();
     wait_for_mesh(&t, &all);
-    let taken: HashSet<String> = all.iter().map(|&i| status(&t, i).unwrap().subnet).collect();
+    let taken: HashSet<String> = all.iter().map(|&i| status(&t, i).subnet).collect();
     let contested = (200..=255)
         .map(|n| format!("10.244.{n}.0/24"))
         .find(|s| !taken.contains(s))
@@ -393,14 +347,11 @@ fn a_subnet_claimed_on_both_sides_of_a_partition_is_settled_after_healing() {
     assert_unique_subnets(&t);
     let holders = all
         .iter()
-        .filter(|&&i| status(&t, i).unwrap().subnet == contested)
+        .filter(|&&i| status(&t, i).subnet == contested)
         .count();
     assert_eq!(holders, 1, "exactly one of h2 and h4 keeps {contested}");
     // The loser saw the conflict and took a new lease.
-    let logs: String = [1, 3]
-        .iter()
-        .map(|&i| std::fs::read_to_string(t.hosts[i].dir.join("meshd.log")).unwrap())
-        .collect();
+    let logs: String = [1, 3].iter().map(|&i| log(&t, i)).collect();
     assert!(logs.contains("subnet conflict"), "{logs}");
 }
 

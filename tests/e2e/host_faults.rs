@@ -13,19 +13,16 @@
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meshd::config::Encryption;
 use meshd_lab::probe::{ping, tcp_transfer};
 use meshd_lab::{HostKind, Topology};
-use meshd_tests::{meshd_bin, require_root};
 
 use crate::cluster::spec;
-use crate::gossip::{
-    gossip_spec, meshd_pid, peer_names, restart_with_lease, status, wait_for, wait_for_mesh,
-};
+use crate::gossip::{gossip_spec, peer_names, restart_with_lease, wait_for_mesh};
+use crate::support::{log, meshd_bin, require_root, status, wait_for, wait_for_log};
 
 /// Every host pings a pod on every other host from its own namespace, with no source chosen,
 /// and sends it 4 MiB over TCP. Returns what failed, with the route the host used.
@@ -94,7 +91,7 @@ fn a_static_peers_subnet_is_never_given_to_a_gossip_node() {
     let t = Topology::up(gossip_spec("hstatic", 3, Encryption::None)).unwrap();
     let all = [0, 1, 2];
     wait_for_mesh(&t, &all);
-    let x = status(&t, 2).unwrap().subnet;
+    let x = status(&t, 2).subnet;
     let h1 = &t.hosts[0];
     let with_static = format!(
         "{}\n[[peers]]\nname = \"static-x\"\naddress = \"198.18.0.250\"\nsubnet = \"{x}\"\n",
@@ -137,7 +134,7 @@ fn a_static_peers_subnet_is_never_given_to_a_gossip_node() {
     assert!(!leases.is_empty(), "h3 took no lease");
     assert!(!leases.contains(&x), "h3 was given {x}: {leases:?}");
     for i in all {
-        assert_ne!(status(&t, i).unwrap().subnet, x, "h{} holds {x}", i + 1);
+        assert_ne!(status(&t, i).subnet, x, "h{} holds {x}", i + 1);
     }
 
     // h2 claims it explicitly: kept, and an error says why it cannot be routed.
@@ -152,8 +149,7 @@ fn a_static_peers_subnet_is_never_given_to_a_gossip_node() {
 
 /// The `subnet lease` lines of host `i`'s log: every subnet it was given since it started.
 fn leases_in_log(t: &Topology, i: usize) -> Vec<String> {
-    let log = std::fs::read_to_string(t.hosts[i].dir.join("meshd.log")).unwrap();
-    without_colour(&log)
+    without_colour(&log(t, i))
         .lines()
         .filter(|l| l.contains("subnet lease"))
         .filter_map(|l| l.split("subnet=").nth(1))
@@ -180,38 +176,6 @@ fn without_colour(text: &str) -> String {
     out
 }
 
-/// Host `i`'s log once it contains `what` (fails after 30 s).
-fn wait_for_log(t: &Topology, i: usize, what: &str) -> String {
-    let path = t.hosts[i].dir.join("meshd.log");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = std::fs::read_to_string(&path).unwrap_or_default();
-        if log.contains(what) {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "h{}: no `{what}` in its log:\n{log}",
-            i + 1
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Stops host `i`'s meshd and waits until it is gone.
-fn stop_meshd(t: &Topology, i: usize) {
-    let pid = meshd_pid(t, i);
-    // SAFETY: kill(2) on the pid of the meshd this topology started.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        // SAFETY: waitpid with WNOHANG on our child's pid; no memory is involved.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        assert!(Instant::now() < deadline, "meshd {pid} did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A gossip node whose state directory is a read-only tmpfs, then a full one: meshd exits
 /// non-zero at start, naming the directory and the cause, and makes nothing (no network.json,
 /// no status socket). Before, it ran on with no lease, no bridge and no network.json.
@@ -219,7 +183,7 @@ fn stop_meshd(t: &Topology, i: usize) {
 fn a_state_directory_meshd_cannot_write_stops_it_with_the_path() {
     require_root();
     let t = Topology::up(gossip_spec("hstate", 1, Encryption::None)).unwrap();
-    stop_meshd(&t, 0);
+    t.stop_meshd(0).unwrap();
     let h = &t.hosts[0];
     let cases = [
         ("ro", "mount -t tmpfs -o ro,size=64k meshd-test \"$1\"", "Read-only file system"),
@@ -302,7 +266,7 @@ fn a_state_directory_meshd_cannot_write_stops_it_with_the_path() {
 fn a_corrupt_lease_keeps_the_bridges_subnet() {
     require_root();
     let t = Topology::up(gossip_spec("hlease", 1, Encryption::None)).unwrap();
-    let picked = status(&t, 0).unwrap().subnet;
+    let picked = status(&t, 0).subnet;
     let held = (200..=255)
         .map(|n| format!("10.244.{n}.0/24"))
         .find(|s| *s != picked)
@@ -325,7 +289,7 @@ fn a_corrupt_lease_keeps_the_bridges_subnet() {
         // Longer than the claim delay (3 s), after which a node with no claim picks one.
         let until = Instant::now() + Duration::from_secs(5);
         while Instant::now() < until {
-            let s = status(&t, 0).unwrap();
+            let s = status(&t, 0);
             assert_eq!(s.subnet, held, "{what} lease: the subnet moved");
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -336,13 +300,13 @@ fn a_corrupt_lease_keeps_the_bridges_subnet() {
         let addrs = String::from_utf8_lossy(&addrs.stdout);
         assert!(addrs.contains(&gateway), "{what}: bridge has {addrs}");
         assert_eq!(addrs.lines().count(), 1, "{what}: bridge has {addrs}");
-        let log = std::fs::read_to_string(h.dir.join("meshd.log")).unwrap();
-        let line = log
+        let text = log(&t, 0);
+        let line = text
             .lines()
             .find(|l| l.contains("ERROR") && l.contains(&lease.display().to_string()));
         assert!(
             line.is_some(),
-            "{what}: no error naming {}:\n{log}",
+            "{what}: no error naming {}:\n{text}",
             lease.display()
         );
         assert!(line.unwrap().contains(&held), "{what}: {line:?}");

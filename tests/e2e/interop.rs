@@ -11,8 +11,8 @@
 
 use super::cluster::{assert_transfer, spec, unreachable_pairs};
 use super::flows::{assert_flows, record_source_ports, source_ports};
+use crate::support::{meshd_bin, require_root, status};
 use meshd_lab::{HostKind, Topology};
-use meshd_tests::{meshd_bin, require_root};
 use std::process::Command;
 
 #[test]
@@ -37,7 +37,7 @@ fn kernel_vxlan_node_and_meshd_nodes_interoperate() {
         ports.len() >= 2,
         "h1 reached the kernel from {ports:?} only"
     );
-    let s = meshd::status::query(&t.hosts[0].dir.join("run")).unwrap();
+    let s = status(&t, 0);
     let k = s.peers.iter().find(|p| p.name == t.hosts[2].name).unwrap();
     assert!(k.stats.rx_bytes > 0 && k.stats.tx_bytes > 0, "{k:?}");
     assert!(

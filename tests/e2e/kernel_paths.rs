@@ -16,11 +16,13 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    meshd_bin, nft_delete, nft_load, require_root, status, tcp_established, wait_until,
+};
 use meshd::config::{Datapath, Encryption};
 use meshd::status::{PathStatus, Status};
-use meshd_lab::probe::{tcp_transfer, Pinger};
+use meshd_lab::probe::{ping, tcp_transfer, Pinger};
 use meshd_lab::{Formation, HostKind, LabPaths, Spec, Topology};
-use meshd_tests::{meshd_bin, require_root};
 
 use crate::cluster::{self, unreachable_pairs};
 
@@ -51,10 +53,6 @@ pub(crate) fn auto(userspace_nodes: usize, host_gw: bool, routed: usize) -> LabP
     }
 }
 
-pub(crate) fn status(t: &Topology, host: usize) -> Status {
-    meshd::status::query(&t.hosts[host].dir.join("run")).unwrap()
-}
-
 /// Host `from`'s path to host `to`.
 fn path(t: &Topology, from: usize, to: usize) -> PathStatus {
     let s = status(t, from);
@@ -75,50 +73,26 @@ fn find_path(s: &Status, name: &str) -> Option<PathStatus> {
         .and_then(|p| p.path.clone())
 }
 
-/// Waits until host `from`'s path to `to` satisfies `cond`; panics with the last one after
-/// `within`. Returns the path and how long it took.
+/// Waits until host `from`'s path to `to` satisfies `cond`; fails with the last one after
+/// [`crate::support::SETTLE`]. Returns the path and how long it took.
 pub(crate) fn wait_path(
     t: &Topology,
     from: usize,
     to: usize,
-    within: Duration,
     cond: impl Fn(&PathStatus) -> bool,
 ) -> (PathStatus, Duration) {
     let start = Instant::now();
-    loop {
+    let what = format!("h{} → h{}: the path as expected", from + 1, to + 1);
+    let p = wait_until(&what, || {
         let p = find_path(&status(t, from), &t.hosts[to].name);
-        if let Some(p) = p.as_ref().filter(|p| cond(p)) {
-            return (p.clone(), start.elapsed());
-        }
-        assert!(
-            start.elapsed() <= within,
-            "h{} → h{}: path did not change as expected within {within:?}; last: {p:?}",
-            from + 1,
-            to + 1
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn nft(ns: &str, ruleset: &str) {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(ruleset.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft -f in {ns}: {ruleset}");
+        p.clone().filter(|p| cond(p)).ok_or(p)
+    });
+    (p, start.elapsed())
 }
 
 /// Drop what `ns`'s kernel VXLAN device sends to `peer` (`extra` narrows it, e.g. by length).
 fn break_kernel_path(ns: &str, peer: std::net::Ipv4Addr, extra: &str) {
-    nft(
+    nft_load(
         ns,
         &format!(
             "table ip kbreak {{\n chain out {{\n type filter hook output priority 0;\n \
@@ -127,17 +101,6 @@ fn break_kernel_path(ns: &str, peer: std::net::Ipv4Addr, extra: &str) {
     );
 }
 
-fn repair(ns: &str, table: &str) {
-    let ok = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "delete", "table", "ip", table])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "removing nft table {table} in {ns}");
-}
-
-pub(crate) const SETTLE: Duration = Duration::from_secs(15);
-
 #[test]
 fn a_mixed_cluster_reaches_every_pod_and_says_which_path_and_why() {
     require_root();
@@ -145,7 +108,7 @@ fn a_mixed_cluster_reaches_every_pod_and_says_which_path_and_why() {
     // h1 and h2 send by kernel VXLAN to every peer, h3 (userspace) included: how a node sends
     // is its own choice, and h3's userspace path receives the kernel's datagrams.
     for (from, to) in [(0, 1), (0, 2), (1, 0), (1, 2)] {
-        let (p, _) = wait_path(&t, from, to, SETTLE, |p| p.path == "kernel-vxlan");
+        let (p, _) = wait_path(&t, from, to, |p| p.path == "kernel-vxlan");
         assert_eq!(p.reason, None, "h{} → h{}: {p:?}", from + 1, to + 1);
     }
     for to in [0, 1] {
@@ -179,14 +142,20 @@ fn a_mixed_cluster_reaches_every_pod_and_says_which_path_and_why() {
 fn fall_back_and_return(tag: &str, extra: &str, port: u16) {
     require_root();
     let t = Topology::up(spec(tag, 2, Encryption::None, auto(0, false, 0))).unwrap();
-    wait_path(&t, 0, 1, SETTLE, |p| p.path == "kernel-vxlan");
+    wait_path(&t, 0, 1, |p| p.path == "kernel-vxlan");
     let moves_before = path(&t, 0, 1).moves;
     let (src, dst) = (t.hosts[0].pods[0].clone(), t.hosts[1].pods[0].clone());
+    let ns = src.ns.clone();
     let transfer =
         std::thread::spawn(move || tcp_transfer(&src.ns, &dst.ns, dst.addr, port, 96 << 20));
-    std::thread::sleep(Duration::from_millis(200));
+    // The break lands while the transfer runs (were it done already, the assertions below
+    // would still hold; the wait only keeps the break from coming first).
+    wait_until("the transfer's connection", || {
+        let running = tcp_established(&ns, port) || transfer.is_finished();
+        running.then_some(()).ok_or(port)
+    });
     break_kernel_path(&t.hosts[0].ns, t.hosts[1].underlay, extra);
-    let (p, took) = wait_path(&t, 0, 1, SETTLE, |p| p.path == "userspace");
+    let (p, took) = wait_path(&t, 0, 1, |p| p.path == "userspace");
     let why = p.reason.clone().unwrap_or_default();
     assert!(
         why.starts_with("probes at 1450 B lost on kernel-vxlan since "),
@@ -196,10 +165,8 @@ fn fall_back_and_return(tag: &str, extra: &str, port: u16) {
     let x = transfer.join().unwrap().unwrap();
     assert!(x.verified, "the transfer across the break: {x:?}");
     assert_eq!(path(&t, 0, 1).moves, moves_before + 1);
-    repair(&t.hosts[0].ns, "kbreak");
-    let (p, took) = wait_path(&t, 0, 1, Duration::from_secs(30), |p| {
-        p.path == "kernel-vxlan"
-    });
+    nft_delete(&t.hosts[0].ns, "ip", "kbreak");
+    let (p, took) = wait_path(&t, 0, 1, |p| p.path == "kernel-vxlan");
     eprintln!("{tag}: back on the kernel path {took:?} after the repair");
     assert_eq!(p.moves, moves_before + 2);
     // And it stays there: the return happened once.
@@ -229,10 +196,10 @@ fn a_kernel_path_with_an_mtu_black_hole_falls_back_and_returns_once() {
 fn host_gw_on_the_segment_vxlan_past_the_router_and_a_vpc_that_drops_foreign_addresses() {
     require_root();
     let t = Topology::up(spec("kphgw", 3, Encryption::None, auto(0, true, 1))).unwrap();
-    let (p, _) = wait_path(&t, 0, 1, SETTLE, |p| p.path == "host-gw");
+    let (p, _) = wait_path(&t, 0, 1, |p| p.path == "host-gw");
     assert_eq!(p.reason, None, "{p:?}");
-    wait_path(&t, 1, 0, SETTLE, |p| p.path == "host-gw");
-    let (p, _) = wait_path(&t, 0, 2, SETTLE, |p| p.path == "kernel-vxlan");
+    wait_path(&t, 1, 0, |p| p.path == "host-gw");
+    let (p, _) = wait_path(&t, 0, 2, |p| p.path == "kernel-vxlan");
     assert_eq!(
         p.reason.as_deref(),
         Some("host-gw: not on this node's L2 segment")
@@ -246,12 +213,12 @@ fn host_gw_on_the_segment_vxlan_past_the_router_and_a_vpc_that_drops_foreign_add
             .verified
     );
     // h2's "VPC" drops packets for addresses it did not assign (pod addresses) on the underlay.
-    nft(
+    nft_load(
         &t.hosts[1].ns,
         "table ip vpc {\n chain pre {\n type filter hook prerouting priority -300;\n \
          iifname \"u0\" ip daddr 10.244.0.0/16 drop\n }\n}\n",
     );
-    let (p, took) = wait_path(&t, 0, 1, SETTLE, |p| p.path == "kernel-vxlan");
+    let (p, took) = wait_path(&t, 0, 1, |p| p.path == "kernel-vxlan");
     assert!(
         p.reason
             .as_deref()
@@ -276,12 +243,14 @@ fn host_gw_on_the_segment_vxlan_past_the_router_and_a_vpc_that_drops_foreign_add
 fn pods_on_kernel_paths_keep_talking_while_meshd_is_down_and_restarts() {
     require_root();
     let t = Topology::up(spec("kprst", 2, Encryption::None, auto(0, false, 0))).unwrap();
-    wait_path(&t, 0, 1, SETTLE, |p| p.path == "kernel-vxlan");
-    wait_path(&t, 1, 0, SETTLE, |p| p.path == "kernel-vxlan");
+    wait_path(&t, 0, 1, |p| p.path == "kernel-vxlan");
+    wait_path(&t, 1, 0, |p| p.path == "kernel-vxlan");
     let (src, dst) = (&t.hosts[0].pods[0], &t.hosts[1].pods[0]);
+    // The pods talk before meshd stops; then pings every 50 ms across its absence.
+    ping(&src.ns, dst.addr, 10).unwrap();
     let pinger = Pinger::start(&src.ns, dst.addr, Duration::from_millis(50)).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
     t.stop_meshd(0).unwrap();
+    // meshd stays down a while: the kernel path must carry the pings on its own.
     std::thread::sleep(Duration::from_secs(3));
     t.start_meshd(0).unwrap();
     // Adopted, not recreated: the device, the routes and the peer's path.
@@ -289,12 +258,13 @@ fn pods_on_kernel_paths_keep_talking_while_meshd_is_down_and_restarts() {
     assert!(k.vxlan.starts_with("in use: meshvx0 (adopted"), "{k:?}");
     assert!(k.adopted.iter().any(|a| a == "device meshvx0"), "{k:?}");
     assert!(k.adopted.iter().any(|a| a.ends_with("routes")), "{k:?}");
-    let (p, _) = wait_path(&t, 0, 1, SETTLE, |_| true);
+    let (p, _) = wait_path(&t, 0, 1, |_| true);
     assert_eq!(p.path, "kernel-vxlan", "{p:?}");
     assert_eq!(
         p.moves, 0,
         "adopted on the kernel path, not moved there: {p:?}"
     );
+    // And a while on the restarted meshd.
     std::thread::sleep(Duration::from_secs(2));
     let log = pinger.stop().unwrap();
     assert!(log.sent > 80, "{log:?}");
@@ -375,7 +345,7 @@ fn gossip_tells_who_receives_in_the_kernel_and_checksums_follow() {
     let mut s = spec("kpgsp", 2, Encryption::None, auto(0, false, 0));
     s.formation = Formation::Gossip;
     let t = Topology::up(s).unwrap();
-    wait_path(&t, 0, 1, SETTLE, |p| p.path == "kernel-vxlan");
+    wait_path(&t, 0, 1, |p| p.path == "kernel-vxlan");
     let k = status(&t, 0).kernel.unwrap();
     assert!(!k.vxlan.contains("checksums in software"), "{k:?}");
     let (src, dst) = (&t.hosts[0].pods[0], &t.hosts[1].pods[0]);
@@ -390,7 +360,7 @@ fn gossip_tells_who_receives_in_the_kernel_and_checksums_follow() {
     let mut s = spec("kpgsu", 3, Encryption::None, auto(1, false, 0));
     s.formation = Formation::Gossip;
     let t = Topology::up(s).unwrap();
-    wait_path(&t, 0, 2, SETTLE, |p| p.path == "kernel-vxlan");
+    wait_path(&t, 0, 2, |p| p.path == "kernel-vxlan");
     let k = status(&t, 0).kernel.unwrap();
     assert!(k.vxlan.contains("checksums in software"), "{k:?}");
     for (i, (a, b)) in [(0, 2), (1, 2), (2, 0)].into_iter().enumerate() {
@@ -408,11 +378,11 @@ fn kernel_mode_starts_on_the_kernel_path_and_keeps_it_when_it_breaks_saying_so()
         ..auto(0, false, 0)
     };
     let t = Topology::up(spec("kpkrn", 2, Encryption::None, paths)).unwrap();
-    let (p, _) = wait_path(&t, 0, 1, SETTLE, |p| p.probes.iter().any(|x| x.sent > 0));
+    let (p, _) = wait_path(&t, 0, 1, |p| p.probes.iter().any(|x| x.sent > 0));
     assert_eq!((p.path.as_str(), p.moves), ("kernel-vxlan", 0), "{p:?}");
     assert!(unreachable_pairs(&t).is_empty());
     break_kernel_path(&t.hosts[0].ns, t.hosts[1].underlay, "");
-    let (p, _) = wait_path(&t, 0, 1, SETTLE, |p| p.reason.is_some());
+    let (p, _) = wait_path(&t, 0, 1, |p| p.reason.is_some());
     assert_eq!(p.path, "kernel-vxlan");
     assert!(
         p.reason

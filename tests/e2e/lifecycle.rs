@@ -3,12 +3,11 @@
 //! a foreign link in meshd's way is reported and left alone.
 
 use super::cluster::spec;
+use crate::support::{meshd_bin, meshd_pid, require_root, wait_gone, wait_until};
 use meshd_lab::netns::ip;
 use meshd_lab::probe::ping;
 use meshd_lab::{HostKind, Topology};
-use meshd_tests::{meshd_bin, require_root};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 fn has_link(ns: &str, name: &str) -> bool {
     Command::new("ip")
@@ -25,30 +24,6 @@ fn addrs(ns: &str, dev: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn meshd_pid(t: &Topology, host: usize) -> i32 {
-    std::fs::read_to_string(t.hosts[host].dir.join("meshd.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn wait_gone(pid: i32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        // Reap it if it is our child's child; otherwise just wait.
-        // SAFETY: waitpid on a pid with WNOHANG has no memory-safety preconditions.
-        unsafe {
-            libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "meshd {pid} did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -94,11 +69,7 @@ fn stop_restart_and_cleanup() {
         .spawn()
         .unwrap();
     let run = h.dir.join("run");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while meshd::status::query(&run).is_err() {
-        assert!(Instant::now() < deadline, "meshd did not come back");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("meshd should come back", || meshd::status::query(&run));
     ping(&h.pods[0].ns, t.hosts[1].pods[0].addr, 10).unwrap();
     // The pods' gateway MAC is the node's, not borrowed from whichever pod port is lowest.
     let link = Command::new("ip")

@@ -1,10 +1,11 @@
 //! End-to-end tests: real namespaces, veth pairs, TUN devices, kernel VXLAN devices.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod bad_input;
 mod cluster;
 mod compose;
 mod config;
+mod contract;
 mod deploy;
 mod encrypted;
 mod faults;

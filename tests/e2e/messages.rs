@@ -8,9 +8,9 @@
 //!            └─ h2 (meshd, seeds = [h1]; stderr → meshd.log)
 //! ```
 
+use crate::support::{log, meshd_bin, prefix, require_root};
 use meshd_lab::netns::{self, ip};
 use meshd_lab::Topology;
-use meshd_tests::{meshd_bin, prefix, require_root};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -200,16 +200,16 @@ fn logs_are_plain_text_and_a_member_comes_up_once() {
     require_root();
     let t = Topology::up(gossip_spec("log", 2, meshd::config::Encryption::Wireguard)).unwrap();
     wait_for_mesh(&t, &[0, 1]);
-    // Time for every record of the other node to arrive again (its lease, rebroadcasts).
+    // Not a wait: time for every record of the other node to arrive again (its lease,
+    // rebroadcasts), any of which a careless log would report as another `member up`.
     std::thread::sleep(Duration::from_secs(3));
-    for (i, h) in t.hosts.iter().enumerate() {
-        let log = std::fs::read(h.dir.join("meshd.log")).unwrap();
+    for i in 0..t.hosts.len() {
+        let text = log(&t, i);
         assert!(
-            !log.contains(&0x1b),
+            !text.contains('\u{1b}'),
             "h{}'s log file holds escape codes",
             i + 1
         );
-        let text = String::from_utf8_lossy(&log);
         assert!(text.contains("meshd is up"), "{text}");
         let other = &t.hosts[1 - i].name;
         let ups = text

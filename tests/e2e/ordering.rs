@@ -12,11 +12,11 @@
 //! RX worker hands off on.
 
 use super::cluster::spec;
+use crate::support::require_root;
 use meshd::config::Encryption;
 use meshd_lab::netns::in_netns;
 use meshd_lab::probe::ping;
 use meshd_lab::{HostKind, Topology};
-use meshd_tests::require_root;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -13,16 +13,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use crate::cluster::unreachable_pairs;
+use crate::gossip::{peer_names, wait_for_all_alive};
+use crate::kernel_paths::{auto, spec, wait_path};
+use crate::rotation::step;
+use crate::support::{meshd_pid, require_root, status, wait_for, wait_until};
 use meshd::config::{Datapath, Encryption};
 use meshd_crypto::{ClusterSecret, SecretId};
 use meshd_lab::wireguard::host_secret_path;
 use meshd_lab::{Formation, LabPaths, Topology};
-use meshd_tests::require_root;
-
-use crate::cluster::unreachable_pairs;
-use crate::gossip::{meshd_pid, peer_names, wait_for, wait_for_all_alive};
-use crate::kernel_paths::{auto, spec, status, wait_path, SETTLE};
-use crate::rotation::step;
 
 /// `ip monitor route` in a namespace, its lines collected as they come.
 struct RouteMonitor {
@@ -76,7 +75,7 @@ fn a_secret_rotation_on_kernel_paths_moves_no_path_and_removes_no_route() {
     let all = [0, 1, 2];
     for i in all {
         for j in all.iter().copied().filter(|j| *j != i) {
-            wait_path(&t, i, j, SETTLE, |p| p.path == "kernel-vxlan");
+            wait_path(&t, i, j, |p| p.path == "kernel-vxlan");
         }
     }
     assert!(unreachable_pairs(&t).is_empty());
@@ -133,7 +132,14 @@ fn a_secret_rotation_on_kernel_paths_moves_no_path_and_removes_no_route() {
     for i in [0, 1] {
         wait_for(&t, i, "h3 withdrawn", |s| !peer_names(s).contains(&h3));
         let m = &monitors[i];
-        wait_until(|| !m.deleted().is_empty(), "h3's route deleted");
+        wait_until("h3's route deleted", || {
+            let d = m.deleted();
+            if d.is_empty() {
+                Err(d)
+            } else {
+                Ok(())
+            }
+        });
     }
 }
 
@@ -145,7 +151,7 @@ fn a_route_the_kernel_refuses_is_retried_until_it_holds() {
         ..auto(0, false, 0)
     };
     let t = Topology::up(spec("plret", 2, Encryption::None, paths)).unwrap();
-    wait_path(&t, 0, 1, SETTLE, |p| p.probes.iter().any(|x| x.sent > 0));
+    wait_path(&t, 0, 1, |p| p.probes.iter().any(|x| x.sent > 0));
     assert!(unreachable_pairs(&t).is_empty());
     let (ns, subnet) = (&t.hosts[0].ns, t.hosts[1].subnet.to_string());
     let routed = || {
@@ -167,27 +173,22 @@ fn a_route_the_kernel_refuses_is_retried_until_it_holds() {
     // The device goes down: the kernel takes meshd's route with it, and refuses it back
     // ("Network is down") while the device stays down.
     link("down");
-    wait_until(|| !routed(), "the kernel dropped the route with the device");
-    let (p, _) = wait_path(&t, 0, 1, SETTLE, |p| p.route_error.is_some());
+    wait_until("the kernel dropped the route with the device", || {
+        (!routed()).then_some(()).ok_or("still routed")
+    });
+    let (p, _) = wait_path(&t, 0, 1, |p| p.route_error.is_some());
     let refused = p.route_error.unwrap_or_default();
     assert!(refused.contains("Network is down"), "{refused}");
     assert!(!routed());
     // Up again: the next retry holds, the entries the device lost come back, pods talk.
     link("up");
-    wait_path(&t, 0, 1, SETTLE, |p| p.route_error.is_none());
-    wait_until(routed, "the route is back");
-    wait_until(
-        || unreachable_pairs(&t).is_empty(),
-        "pods reach each other again",
-    );
-    assert_eq!(wait_path(&t, 0, 1, SETTLE, |_| true).0.moves, 0);
-}
-
-/// Polls `cond` every 100 ms until it holds; fails after [`SETTLE`].
-fn wait_until(cond: impl Fn() -> bool, what: &str) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < SETTLE, "not within {SETTLE:?}: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_path(&t, 0, 1, |p| p.route_error.is_none());
+    wait_until("the route is back", || {
+        routed().then_some(()).ok_or("no route")
+    });
+    wait_until("pods reach each other again", || {
+        let bad = unreachable_pairs(&t);
+        bad.is_empty().then_some(()).ok_or(bad)
+    });
+    assert_eq!(wait_path(&t, 0, 1, |_| true).0.moves, 0);
 }

@@ -21,9 +21,9 @@ use meshd_crypto::{ClusterSecret, SecretId};
 use meshd_lab::probe::ping;
 use meshd_lab::wireguard::host_secret_path;
 use meshd_lab::Topology;
-use meshd_tests::require_root;
 
-use crate::gossip::{gossip_spec, meshd_pid, peer_names, status, wait_for, wait_for_all_alive};
+use crate::gossip::{gossip_spec, peer_names, wait_for_all_alive};
+use crate::support::{meshd_pid, require_root, status, wait_for};
 
 /// Replaces host `i`'s secret file the way an operator (or a Kubernetes Secret volume) would:
 /// a new file renamed over the old one, mode 0600.
@@ -92,6 +92,7 @@ pub(crate) fn step(t: &Topology, ring: &[&ClusterSecret], signal: bool) {
         wait_for(t, i, &format!("secrets should be {want:?}"), |s| {
             held(s) == want
         });
+        // Not a wait: a rolling change, the next host a second later.
         std::thread::sleep(Duration::from_secs(1));
     }
 }
@@ -172,7 +173,7 @@ fn the_cluster_secret_rotates_without_losing_a_ping() {
         assert_eq!(lost, 0, "h{} lost {lost} of {sent} pings", i + 1);
     }
     for &i in &all {
-        let s = status(&t, i).unwrap();
+        let s = status(&t, i);
         assert_eq!(s.gossip.as_ref().unwrap().open_failures, 0, "{s:#?}");
         // One preshared key change per pair over the whole rotation: at step 1 or step 3,
         // depending on which of the two secrets has the lower id.

@@ -12,12 +12,12 @@
 //! ```
 
 use super::cluster::{assert_transfer, unreachable_pairs};
-use super::encrypted::{encrypted_spec, status};
+use super::encrypted::encrypted_spec;
 use super::flows::{
     assert_flows, destination_ports, record_destination_ports, record_source_ports, source_ports,
 };
+use crate::support::{meshd_bin, require_root, status};
 use meshd_lab::{HostKind, Topology};
-use meshd_tests::{meshd_bin, require_root};
 use std::process::Command;
 
 #[test]

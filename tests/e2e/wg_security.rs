@@ -9,34 +9,19 @@
 //!            └─ x  (stranger, 198.18.0.200: crafted WireGuard datagrams) [second test only]
 //! ```
 
-use super::encrypted::{encrypted_spec, status};
-use super::support::drops;
-use meshd::status::Status;
+use super::encrypted::encrypted_spec;
+use crate::support::capture::{frames, udp_payloads, Capture};
+use crate::support::{add_stranger, drops, require_root, status, wait_for};
 use meshd_crypto::{Action, PrivateKey, PublicKey, RateLimiter, Session};
-use meshd_lab::netns::{in_netns, ip};
+use meshd_lab::netns::in_netns;
 use meshd_lab::probe::{ping, tcp_transfer};
 use meshd_lab::{HostKind, Topology};
-use meshd_tests::require_root;
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const H1: &str = "198.18.0.1:51820";
-
-/// Waits until `cond` holds for host `host`'s status, or fails with the status.
-fn wait_for(t: &Topology, host: usize, what: &str, cond: impl Fn(&Status) -> bool) -> Status {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = status(t, host);
-        if cond(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{what}: {s:#?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn a_node_with_the_wrong_cluster_secret_gets_nothing_through() {
@@ -87,21 +72,6 @@ fn a_node_with_the_wrong_cluster_secret_gets_nothing_through() {
     ping(&p2.ns, p1.addr, 5).unwrap();
 }
 
-/// A namespace on the lab's switch at 198.18.0.200 that is no node of the cluster.
-fn add_stranger(t: &Topology) -> String {
-    let sw = format!("{}-sw", t.spec.prefix);
-    let x = format!("{}-x", t.spec.prefix);
-    ip(&["netns", "add", &x]).unwrap();
-    ip(&[
-        "-n", &sw, "link", "add", "x", "type", "veth", "peer", "name", "u0", "netns", &x,
-    ])
-    .unwrap();
-    ip(&["-n", &sw, "link", "set", "x", "master", "br0", "up"]).unwrap();
-    ip(&["-n", &x, "addr", "add", "198.18.0.200/24", "dev", "u0"]).unwrap();
-    ip(&["-n", &x, "link", "set", "u0", "up"]).unwrap();
-    x
-}
-
 /// A handshake initiation to `to` from a key no node knows.
 fn stranger_initiation(to: PublicKey) -> Vec<u8> {
     let key = PrivateKey::generate();
@@ -134,61 +104,20 @@ fn send_and_listen(ns: &str, datagrams: Vec<Vec<u8>>, listen: Duration) -> Vec<V
     .unwrap()
 }
 
-/// UDP payloads of the datagrams in a pcap file (Ethernet link type, IPv4).
-fn udp_payloads(pcap: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut at = 24;
-    while at + 16 <= pcap.len() {
-        let len = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
-        let frame = &pcap[at + 16..(at + 16 + len).min(pcap.len())];
-        at += 16 + len;
-        if frame.len() < 14 + 20 + 8 {
-            continue;
-        }
-        let ihl = usize::from(frame[14] & 0x0f) * 4;
-        if let Some(p) = frame.get(14 + ihl + 8..) {
-            out.push(p.to_vec());
-        }
-    }
-    out
-}
-
 /// Captures a few data datagrams h2 sends to h1 while h2's pod pings h1's pod.
 fn capture_data_from_h2(t: &Topology) -> Vec<Vec<u8>> {
-    let file = std::env::temp_dir().join(format!("{}-replay.pcap", t.spec.prefix));
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.hosts[0].ns,
-            "tcpdump",
-            "-i",
-            "u0",
-            "-U",
-            "-c",
-            "4",
-        ])
-        .args(["-w"])
-        .arg(&file)
-        .args(["udp dst port 51820 and src host 198.18.0.2 and greater 120"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    let cap = Capture::start(
+        &t.hosts[0].ns,
+        &format!("{}-replay", t.spec.prefix),
+        "udp dst port 51820 and src host 198.18.0.2 and greater 120",
+    );
     for _ in 0..6 {
         let _ = ping(&t.hosts[1].pods[0].ns, t.hosts[0].pods[0].addr, 1);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let pcap = std::fs::read(&file).unwrap_or_default();
-    let _ = std::fs::remove_file(&file);
+    let pcap = cap.finish_when(|p| frames(p).len() >= 4);
     udp_payloads(&pcap)
         .into_iter()
+        .take(4)
         .filter(|p| p.first() == Some(&4))
         .collect()
 }
@@ -271,7 +200,10 @@ fn strangers_replays_floods_and_garbage_are_refused_and_counted() {
             .unwrap()
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The flood is on once h1 answers it with cookies.
+    wait_for(&t, 0, "cookie replies to the flood", |s| {
+        s.cookie_replies_sent > 0
+    });
     let pinged = ping(&h1.pods[0].ns, h2.pods[0].addr, 5);
     let sent = tcp_transfer(
         &h2.pods[0].ns,

@@ -124,17 +124,19 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     // Backend: the data path. The TUN device exists from here until it stops.
     // A kernel VXLAN device owns the VXLAN port and receives from every peer: the userspace
     // path then only sends, from a port of its own.
-    let mut dp_cfg = cfg.clone();
-    if fast.vxlan.is_ok() {
-        dp_cfg.vxlan.port = 0;
-    }
     // Likewise a kernel WireGuard device owns the WireGuard port, and every session.
-    if fast.wireguard.is_ok() {
-        dp_cfg.wireguard.port = 0;
-    }
+    let kernel_owns_port = match cfg.encryption {
+        Encryption::None => fast.vxlan.is_ok(),
+        Encryption::Wireguard => fast.wireguard.is_ok(),
+    };
+    let port = if kernel_owns_port {
+        crate::datapath::DataPort::SendOnly
+    } else {
+        crate::datapath::DataPort::Bind
+    };
     let datapath = match &crypto {
-        Some(c) => DataPath::start(&dp_cfg, routes.clone(), Wireguard { crypto: c.clone() })?,
-        None => DataPath::start(&dp_cfg, routes.clone(), Vxlan { vni: cfg.vxlan.vni })?,
+        Some(c) => DataPath::start(&cfg, port, routes.clone(), Wireguard { crypto: c.clone() })?,
+        None => DataPath::start(&cfg, port, routes.clone(), Vxlan { vni: cfg.vxlan.vni })?,
     };
     let (stop_paths, paths_task) = crate::paths::manager::spawn(paths.clone(), fast)?;
 

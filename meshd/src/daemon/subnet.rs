@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::host::{self, Host};
-use crate::runfiles::{self, NetworkFile, LEASE_FILE, NETWORK_FILE};
+use crate::runfiles::{self, NetworkFile, LEASE_FILE};
 
 /// Bridge address, cluster route and `network.json` for `subnet`. The TUN device must exist.
 pub async fn apply(host: &Host, cfg: &Config, subnet: Ipv4Net) -> Result<()> {
@@ -26,7 +26,13 @@ pub async fn apply(host: &Host, cfg: &Config, subnet: Ipv4Net) -> Result<()> {
     // the route when a stale bridge address it preferred goes, which this replaces).
     host.route_cluster(&cfg.tun, cfg.cluster_cidr, Some(host::gateway(subnet)))
         .await?;
-    let network = NetworkFile {
+    network_file(cfg, subnet).write(&cfg.run_dir)
+}
+
+/// What `network.json` says of this node once `subnet` is on its bridge. Public so that the
+/// test of the plugin's side of the file (`tests/e2e/contract.rs`) reads what meshd writes.
+pub fn network_file(cfg: &Config, subnet: Ipv4Net) -> NetworkFile {
+    NetworkFile {
         node: cfg.node_name.clone(),
         subnet: subnet.to_string(),
         gateway: host::gateway(subnet).to_string(),
@@ -34,8 +40,7 @@ pub async fn apply(host: &Host, cfg: &Config, subnet: Ipv4Net) -> Result<()> {
         mtu: cfg.overlay_mtu(),
         cluster_cidr: cfg.cluster_cidr.to_string(),
         pid: std::process::id(),
-    };
-    runfiles::write_atomic(&cfg.run_dir.join(NETWORK_FILE), &network)
+    }
 }
 
 /// An explicit subnet, else the persisted lease (if it still fits the cluster), else auto.

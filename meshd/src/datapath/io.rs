@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
-use super::device::MAX_FLOW_PORTS;
+use super::flows::MAX_FLOW_PORTS;
 use super::runs::Runs;
 use crate::routes::{PeerId, RouteTable};
 use crate::stats::{DropReason, DropTally, Stamp};

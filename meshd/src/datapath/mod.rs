@@ -12,10 +12,12 @@
 //! encrypts. Dispatch is static (the loops are monomorphised per encapsulation), so the
 //! per-packet path has no virtual call.
 
-pub mod device;
+pub(crate) mod device;
+pub(crate) mod flows;
 pub mod gro;
 pub mod io;
 pub mod runs;
+pub(crate) mod socket;
 pub mod vxlan;
 pub mod wireguard;
 pub mod worker;
@@ -30,8 +32,9 @@ use std::thread::JoinHandle;
 use crate::config::Config;
 use crate::routes::{PeerEntry, PeerId, RouteTable, Routes};
 use crate::stats::{DropReason, DropTally};
-pub use device::{Tier, TierReport};
+use crate::tiers::TierReport;
 pub use io::PeerAcc;
+pub use socket::DataPort;
 
 /// One way of carrying pod packets between nodes inside UDP.
 pub trait Encap: Send + Sync + Sized + 'static {
@@ -192,10 +195,16 @@ pub struct DataPath {
 }
 
 impl DataPath {
-    /// Open the devices and start the workers of `encap`. Routes may be empty and filled later.
-    pub fn start<E: Encap>(cfg: &Config, routes: Arc<Routes>, encap: E) -> Result<DataPath> {
+    /// Open the devices and start the workers of `encap`, binding the data port or only
+    /// sending (`data_port`). Routes may be empty and filled later.
+    pub fn start<E: Encap>(
+        cfg: &Config,
+        data_port: DataPort,
+        routes: Arc<Routes>,
+        encap: E,
+    ) -> Result<DataPath> {
         let address = cfg.address.context("no underlay address")?;
-        let (tun, udp, tiers) = device::open(cfg, address)?;
+        let (tun, udp, tiers) = device::open(cfg, address, data_port)?;
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             routes,

@@ -19,7 +19,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard, PoisonError};
 
-use super::device::MAX_FLOW_PORTS;
+use super::flows::MAX_FLOW_PORTS;
 use super::gro::Coalescer;
 use super::io::{send_runs, wait, wait_any, PeerAcc, TunReader, UdpReader, TX_BATCH};
 use super::runs::Runs;

@@ -14,7 +14,7 @@ pub mod wireguard;
 
 /// Why the kernel would not do something: its errno, when there is one, and its text. The same
 /// type the data path's tiers report refusals with.
-pub use crate::datapath::device::OsError as Refusal;
+pub use crate::tiers::OsError as Refusal;
 
 /// Set `rp_filter` of `dev` to loose (2). With paths chosen per peer and per direction, a
 /// peer's packets may arrive on one device (the TUN device, the VXLAN device, the underlay)

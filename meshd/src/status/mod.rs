@@ -16,8 +16,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::datapath::TierReport;
 use crate::stats::PeerStatsSnapshot;
+use crate::tiers::TierReport;
 
 pub use crate::runfiles::SOCKET_NAME;
 
