@@ -115,7 +115,7 @@ impl Backend {
             self.routes.install(&pass.links);
         }
         if let Some(p) = &self.paths {
-            p.publish(pass.links, state.set.own_subnet(), epoch);
+            p.publish(pass.links, state.set.own_subnet());
         }
     }
 

@@ -20,12 +20,6 @@ pub enum Tier {
     Unavailable(Unavailable),
 }
 
-impl Tier {
-    pub fn in_use(&self) -> bool {
-        matches!(self, Tier::InUse(_))
-    }
-}
-
 /// What a speed-up in use gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

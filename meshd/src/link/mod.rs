@@ -112,6 +112,7 @@ impl PeerLink {
     }
 
     /// Its WireGuard session, in encrypted mode.
+    #[cfg(test)]
     pub fn wg(&self) -> Option<Arc<WgPeer>> {
         self.applied().wg.clone()
     }

@@ -64,12 +64,9 @@ impl Links {
         }
     }
 
+    #[cfg(test)]
     pub fn crypto(&self) -> Option<&Arc<NodeCrypto>> {
         self.crypto.as_ref()
-    }
-
-    pub fn local(&self) -> &Local {
-        &self.local
     }
 
     /// Brings the links in step with `peers`, under the cluster secrets of `keyring_epoch`.

@@ -23,6 +23,7 @@ pub enum Unavailable {
 
 impl Unavailable {
     /// The netlink errno behind the reason, if there is one.
+    #[cfg(test)]
     pub fn errno(&self) -> Option<i32> {
         match self {
             Unavailable::LinkRefused { errno } => Some(*errno),

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::num::{NonZeroU16, NonZeroU32};
 
 use ipnet::Ipv4Net;
-use meshd_crypto::{PrivateKey, PublicKey};
+use meshd_crypto::PublicKey;
 use netlink_packet_core::Emitable;
 use netlink_packet_wireguard::{
     WireguardAddressFamily, WireguardAllowedIp, WireguardAllowedIpAttr, WireguardAttribute,
@@ -51,6 +51,7 @@ pub fn set_device(cfg: &DeviceConfig) -> Vec<WireguardMessage> {
 
 /// Messages that add `peers` to device `ifname`, or update them (endpoint, preshared key,
 /// keepalive, allowed IPs replaced), leaving the other peers alone.
+#[cfg(test)]
 pub fn update_peers(ifname: &str, peers: &[PeerConfig]) -> Vec<WireguardMessage> {
     let mut batch = Batcher::new(ifname, Vec::new());
     for peer in peers {
@@ -86,12 +87,15 @@ pub fn get_device(ifname: &str) -> WireguardMessage {
 pub enum ParseError {
     /// No message carried the device's name.
     #[error("no interface name in the reply")]
+    #[cfg(test)]
     NoIfName,
     /// The device has no private key (never configured, or read without CAP_NET_ADMIN).
     #[error("the device has no private key")]
+    #[cfg(test)]
     NoPrivateKey,
     /// No message carried the listen port.
     #[error("no listen port in the reply")]
+    #[cfg(test)]
     NoListenPort,
     /// A peer without its public key.
     #[error("a peer without a public key")]
@@ -109,6 +113,7 @@ pub enum ParseError {
 }
 
 /// The device the replies describe; a peer split across messages is merged back.
+#[cfg(test)]
 pub fn parse_device(replies: &[WireguardMessage]) -> Result<DeviceConfig, ParseError> {
     let mut ifname = None;
     let mut private = None;
@@ -117,7 +122,9 @@ pub fn parse_device(replies: &[WireguardMessage]) -> Result<DeviceConfig, ParseE
     for attr in replies.iter().flat_map(|m| m.attributes.iter()) {
         match attr {
             WireguardAttribute::IfName(n) => ifname = Some(n.clone()),
-            WireguardAttribute::PrivateKey(k) => private = Some(PrivateKey::from_bytes(*k)),
+            WireguardAttribute::PrivateKey(k) => {
+                private = Some(meshd_crypto::PrivateKey::from_bytes(*k))
+            }
             WireguardAttribute::ListenPort(p) => port = Some(*p),
             WireguardAttribute::Fwmark(m) => fwmark = NonZeroU32::new(*m),
             _ => {}

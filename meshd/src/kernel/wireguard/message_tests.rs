@@ -4,6 +4,7 @@
 //! the configuration they came from.
 
 use super::*;
+use meshd_crypto::PrivateKey;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
 use std::net::{Ipv4Addr, SocketAddr};

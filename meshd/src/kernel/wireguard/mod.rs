@@ -7,10 +7,8 @@
 //! Driving it: [`detect`] once at start-up (a printable [`Unavailable`] when the kernel cannot),
 //! [`KernelWireguard::open`] to make or adopt the device, then on every peer-set change
 //! [`device_config`] from the peer set and [`KernelWireguard::sync`], which makes the device
-//! hold exactly that state without resetting the sessions of peers that stay;
-//! [`KernelWireguard::update_peers`] and
-//! [`KernelWireguard::remove_peers`] are the incremental forms. [`remove_device`] is for
-//! `meshd cleanup`.
+//! hold exactly that state without resetting the sessions of peers that stay. [`remove_device`]
+//! is for `meshd cleanup`.
 //!
 //! It is a whole-node choice: the device owns the WireGuard port and every session, so either
 //! all peers go through it or none do. It does not route (the caller points peer subnets at the
@@ -31,9 +29,8 @@ use ipnet::Ipv4Net;
 use meshd_crypto::{PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
-pub use error::{errno_message, Error, Unavailable};
+pub use error::{Error, Unavailable};
 pub use link::{detect, remove_device};
-pub use message::ParseError;
 
 use crate::peers::wireguard::NodeCrypto;
 use crate::peers::Peer;
@@ -189,7 +186,7 @@ impl KernelWireguard {
     /// Makes the device exactly `desired`: key, port, fwmark and peer set. Only what differs
     /// from what the device holds is sent ([`diff::sync_device`]), so peers that stay keep
     /// their sessions; a changed preshared key applies from the next handshake. A device
-    /// holding peers meshd cannot read is replaced wholesale ([`KernelWireguard::replace`]).
+    /// holding peers meshd cannot read is replaced wholesale ([`message::set_device`]).
     pub fn sync(&self, desired: &DeviceConfig) -> Result<(), Error> {
         self.check(desired)?;
         let mut genl = self.lock();
@@ -210,20 +207,15 @@ impl KernelWireguard {
     /// Makes the device exactly `desired` with `WGDEVICE_F_REPLACE_PEERS`: every peer is
     /// dropped and written again, so every session starts over. For a device whose state is
     /// unknown; [`KernelWireguard::sync`] is the reconcile step.
+    #[cfg(test)]
     pub fn replace(&self, desired: &DeviceConfig) -> Result<(), Error> {
         self.check(desired)?;
         let what = format!("configuring `{}`", self.ifname);
         self.lock().set(&what, message::set_device(desired))
     }
 
-    /// Adds or updates `peers`, leaving the others alone.
-    pub fn update_peers(&self, peers: &[PeerConfig]) -> Result<(), Error> {
-        let what = format!("updating peers of `{}`", self.ifname);
-        self.lock()
-            .set(&what, message::update_peers(&self.ifname, peers))
-    }
-
     /// Removes the peers with `keys` (one that is not there is no error).
+    #[cfg(test)]
     pub fn remove_peers(&self, keys: &[PublicKey]) -> Result<(), Error> {
         let what = format!("removing peers of `{}`", self.ifname);
         self.lock()
@@ -231,6 +223,7 @@ impl KernelWireguard {
     }
 
     /// The device's configuration as the kernel holds it.
+    #[cfg(test)]
     pub fn device(&self) -> Result<DeviceConfig, Error> {
         let what = format!("reading `{}`", self.ifname);
         let replies = self.lock().dump(&what, message::get_device(&self.ifname))?;

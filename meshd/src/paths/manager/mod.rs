@@ -51,8 +51,6 @@ pub struct Desired {
     /// Every routed peer's link, in the peer set's order.
     pub links: Vec<Arc<PeerLink>>,
     pub own_subnet: Option<Ipv4Net>,
-    /// Bumped when the cluster secrets change: kernel WireGuard peers get new preshared keys.
-    pub keyring_epoch: u64,
 }
 
 /// The manager's handle: the backend publishes to it, the status reads from it.
@@ -71,19 +69,9 @@ impl Paths {
 
     /// A reconcile pass's links (the backend's call). Passes that arrive faster than the
     /// manager takes them are applied once, the latest.
-    pub fn publish(
-        &self,
-        links: Vec<Arc<PeerLink>>,
-        own_subnet: Option<Ipv4Net>,
-        keyring_epoch: u64,
-    ) {
-        self.desired.send_modify(|cur| {
-            *cur = Desired {
-                links,
-                own_subnet,
-                keyring_epoch,
-            }
-        });
+    pub fn publish(&self, links: Vec<Arc<PeerLink>>, own_subnet: Option<Ipv4Net>) {
+        self.desired
+            .send_modify(|cur| *cur = Desired { links, own_subnet });
     }
 
     pub fn kernel_status(&self) -> KernelStatus {
