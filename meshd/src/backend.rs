@@ -62,26 +62,26 @@ impl Backend {
     }
 
     /// Hand every pass's links to the path manager too (the kernel backends).
-    pub fn with_paths(mut self, paths: Arc<Paths>) -> Self {
+    pub(crate) fn with_paths(mut self, paths: Arc<Paths>) -> Self {
         self.paths = Some(paths);
         self
     }
 
-    pub fn paths(&self) -> Option<&Arc<Paths>> {
+    pub(crate) fn paths(&self) -> Option<&Arc<Paths>> {
         self.paths.as_ref()
     }
 
-    pub fn routes(&self) -> &Arc<Routes> {
+    pub(crate) fn routes(&self) -> &Arc<Routes> {
         &self.routes
     }
 
     /// The node's keys and secrets, in encrypted mode.
-    pub fn crypto(&self) -> Option<&Arc<NodeCrypto>> {
+    pub(crate) fn crypto(&self) -> Option<&Arc<NodeCrypto>> {
         self.crypto.as_ref()
     }
 
     /// Applies the current peer set.
-    pub fn apply(&self) {
+    pub(crate) fn apply(&self) {
         let mut state = self.lock();
         self.reconcile(&mut state);
     }

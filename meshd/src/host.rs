@@ -14,28 +14,28 @@ use std::net::{IpAddr, Ipv4Addr};
 use crate::wire::{derived_mac, MacAddr};
 
 /// The alias meshd puts on links it creates.
-pub const OWNER_ALIAS: &str = "meshd";
+pub(crate) const OWNER_ALIAS: &str = "meshd";
 const ENODEV: i32 = 19;
 
-pub struct Host {
+pub(crate) struct Host {
     handle: Handle,
 }
 
 impl Host {
     /// Open a netlink connection in the current network namespace. Needs a tokio runtime.
-    pub fn connect() -> Result<Host> {
+    pub(crate) fn connect() -> Result<Host> {
         let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
         tokio::spawn(conn);
         Ok(Host { handle })
     }
 
     /// The netlink handle, for the kernel fast path's own requests ([`crate::kernel`]).
-    pub fn handle(&self) -> &Handle {
+    pub(crate) fn handle(&self) -> &Handle {
         &self.handle
     }
 
     /// The link called `name`, if there is one.
-    pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
+    pub(crate) async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
         let mut links = self
             .handle
             .link()
@@ -50,14 +50,14 @@ impl Host {
     }
 
     /// The link with index `index`, if there is one (and netlink answers).
-    pub async fn link_by_index(&self, index: u32) -> Option<LinkMessage> {
+    pub(crate) async fn link_by_index(&self, index: u32) -> Option<LinkMessage> {
         let mut links = self.handle.link().get().match_index(index).execute();
         links.try_next().await.ok().flatten()
     }
 
     /// Make `name` a bridge, up, holding the gateway address (`.1`) of `subnet` and nothing
     /// else from the cluster. Returns true when this call created it.
-    pub async fn ensure_bridge(
+    pub(crate) async fn ensure_bridge(
         &self,
         name: &str,
         node: &str,
@@ -132,7 +132,11 @@ impl Host {
 
     /// The subnet of `name`'s first IPv4 address inside `cluster` (what a previous run left on
     /// the bridge), if the link exists and has one.
-    pub async fn cluster_subnet_on(&self, name: &str, cluster: Ipv4Net) -> Result<Option<Ipv4Net>> {
+    pub(crate) async fn cluster_subnet_on(
+        &self,
+        name: &str,
+        cluster: Ipv4Net,
+    ) -> Result<Option<Ipv4Net>> {
         let Some(link) = self.link(name).await? else {
             return Ok(None);
         };
@@ -150,7 +154,7 @@ impl Host {
     /// without it the kernel gives packets the host itself sends to a remote pod (a ping, a
     /// kubelet probe, a node-local agent) the underlay address, which lies outside this node's
     /// subnet, and the peer drops them as `spoofed-source`.
-    pub async fn route_cluster(
+    pub(crate) async fn route_cluster(
         &self,
         tun: &str,
         cluster: Ipv4Net,
@@ -187,7 +191,7 @@ impl Host {
 
     /// Whether `addr` is assigned to an interface in this network namespace (its local
     /// address: on a point-to-point link, not the far end's).
-    pub async fn has_address(&self, addr: IpAddr) -> Result<bool> {
+    pub(crate) async fn has_address(&self, addr: IpAddr) -> Result<bool> {
         let mut addrs = self.handle.address().get().execute();
         while let Some(a) = addrs
             .try_next()
@@ -210,7 +214,7 @@ impl Host {
     }
 
     /// Delete `name` if it exists and meshd made it. Returns whether it was deleted.
-    pub async fn remove_owned(&self, name: &str) -> Result<bool> {
+    pub(crate) async fn remove_owned(&self, name: &str) -> Result<bool> {
         let Some(link) = self.link(name).await? else {
             return Ok(false);
         };
@@ -227,7 +231,7 @@ impl Host {
     }
 
     /// The IPv4 addresses on link `index`.
-    pub async fn v4_addresses(&self, index: u32) -> Result<Vec<(AddressMessage, Ipv4Addr)>> {
+    pub(crate) async fn v4_addresses(&self, index: u32) -> Result<Vec<(AddressMessage, Ipv4Addr)>> {
         let mut addrs = self
             .handle
             .address()
@@ -248,7 +252,7 @@ impl Host {
         Ok(found)
     }
 
-    pub async fn index(&self, name: &str) -> Result<u32> {
+    pub(crate) async fn index(&self, name: &str) -> Result<u32> {
         Ok(self
             .link(name)
             .await?
@@ -259,7 +263,7 @@ impl Host {
 }
 
 /// Whether meshd made `link` (it carries the owner alias).
-pub fn owned(link: &LinkMessage) -> bool {
+pub(crate) fn owned(link: &LinkMessage) -> bool {
     link.attributes
         .iter()
         .any(|a| matches!(a, LinkAttribute::IfAlias(s) if s == OWNER_ALIAS))
@@ -276,7 +280,7 @@ pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
 }
 
 /// The kind of a link (bridge, vxlan, veth, …), when the kernel says.
-pub fn kind(link: &LinkMessage) -> Option<InfoKind> {
+pub(crate) fn kind(link: &LinkMessage) -> Option<InfoKind> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
             LinkInfo::Kind(k) => Some(k.clone()),
@@ -287,7 +291,7 @@ pub fn kind(link: &LinkMessage) -> Option<InfoKind> {
 }
 
 /// Let the host route between the bridge and the TUN device.
-pub fn enable_forwarding() -> Result<()> {
+pub(crate) fn enable_forwarding() -> Result<()> {
     const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
     // In a container /proc/sys is read-only; the runtime sets the sysctl (compose `sysctls`).
     if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {

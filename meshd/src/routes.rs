@@ -24,7 +24,7 @@ use meshd_crypto::PublicKey;
 /// session and subnet as of this snapshot; a change swaps in a new snapshot).
 #[derive(Debug)]
 pub struct PeerEntry {
-    pub link: Arc<PeerLink>,
+    pub(crate) link: Arc<PeerLink>,
     pub subnet: Ipv4Net,
     /// The WireGuard session, in encrypted mode (a lock per peer; it outlives snapshots).
     pub wg: Option<Arc<WgPeer>>,
@@ -39,7 +39,7 @@ impl Deref for PeerEntry {
 }
 
 /// Index of a peer in a snapshot.
-pub type PeerId = u32;
+pub(crate) type PeerId = u32;
 
 #[derive(Debug, Default)]
 pub struct RouteTable {
@@ -57,7 +57,7 @@ impl RouteTable {
     /// The peer that owns a packet's destination. Node subnets are IPv4 for now: an IPv6
     /// packet has no owner yet.
     #[inline]
-    pub fn route(&self, packet: &[u8]) -> Option<PeerId> {
+    pub(crate) fn route(&self, packet: &[u8]) -> Option<PeerId> {
         match packet.first()? >> 4 {
             4 => self.lookup_v4(v4_dst(packet)?),
             _ => None,
@@ -67,7 +67,7 @@ impl RouteTable {
     /// Longest-prefix match is unnecessary: node subnets never overlap (config validation and,
     /// later, gossip allocation guarantee it), so a binary search over ranges finds the owner.
     #[inline]
-    pub fn lookup_v4(&self, dst: Ipv4Addr) -> Option<PeerId> {
+    pub(crate) fn lookup_v4(&self, dst: Ipv4Addr) -> Option<PeerId> {
         let a = u32::from(dst);
         let i = self.ranges.partition_point(|&(first, _, _)| first <= a);
         let (_, last, peer) = *self.ranges.get(i.checked_sub(1)?)?;
@@ -77,19 +77,19 @@ impl RouteTable {
     /// The peer that sends from underlay address `ip`. By address only: a kernel VXLAN device
     /// picks its UDP source port per flow.
     #[inline]
-    pub fn by_source(&self, ip: IpAddr) -> Option<PeerId> {
+    pub(crate) fn by_source(&self, ip: IpAddr) -> Option<PeerId> {
         self.by_address.get(&ip).copied()
     }
 
     /// The peer whose session has WireGuard local index `index`.
     #[inline]
-    pub fn by_index(&self, index: u32) -> Option<PeerId> {
+    pub(crate) fn by_index(&self, index: u32) -> Option<PeerId> {
         self.by_index.get(&index).copied()
     }
 
     /// The peer with WireGuard static key `key`.
     #[inline]
-    pub fn by_key(&self, key: &PublicKey) -> Option<PeerId> {
+    pub(crate) fn by_key(&self, key: &PublicKey) -> Option<PeerId> {
         self.by_key.get(key).copied()
     }
 
@@ -98,7 +98,7 @@ impl RouteTable {
         &self.peers[id as usize]
     }
 
-    pub fn peers(&self) -> &[PeerEntry] {
+    pub(crate) fn peers(&self) -> &[PeerEntry] {
         &self.peers
     }
 }
@@ -116,7 +116,7 @@ pub struct Routes {
     local: Local,
     current: ArcSwap<RouteTable>,
     /// Drops that belong to no peer (unknown source, no route), by reason.
-    pub unattributed: Arc<PeerStats>,
+    pub(crate) unattributed: Arc<PeerStats>,
 }
 
 impl Routes {

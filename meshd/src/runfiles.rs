@@ -25,13 +25,13 @@ pub const NODE_KEY_FILE: &str = "node.key";
 /// parser, so a field renamed, retyped or added on one side fails there, not in a pod's ADD.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NetworkFile {
-    pub node: String,
+    pub(crate) node: String,
     pub subnet: String,
     pub gateway: String,
-    pub bridge: String,
-    pub mtu: u16,
-    pub cluster_cidr: String,
-    pub pid: u32,
+    pub(crate) bridge: String,
+    pub(crate) mtu: u16,
+    pub(crate) cluster_cidr: String,
+    pub(crate) pid: u32,
 }
 
 impl NetworkFile {
@@ -45,7 +45,7 @@ impl NetworkFile {
 /// and so a crash or power loss cannot leave it empty or truncated: the body goes to a
 /// temporary file, which is synced, renamed over `path`, and the directory synced so the
 /// rename itself is on disk. On failure the temporary file is removed and `path` is untouched.
-pub fn write_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
     let body = serde_json::to_vec_pretty(value)?;
     let tmp = path.with_extension("json.tmp");
     let written = write_synced(&tmp, &body)
@@ -68,7 +68,7 @@ pub fn write_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
 
 /// Fails, with the cause, unless a file can be written in `dir` the way [`write_atomic`] does
 /// (a read-only or full file system fails here, not at the first real write).
-pub fn check_writable(dir: &Path) -> Result<()> {
+pub(crate) fn check_writable(dir: &Path) -> Result<()> {
     let probe = dir.join(WRITE_PROBE);
     write_atomic(&probe, &"meshd checks that it can write here")?;
     std::fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))

@@ -42,7 +42,7 @@ pub enum DropReason {
     NoSession,
 }
 
-pub const DROP_REASONS: [DropReason; 13] = [
+pub(crate) const DROP_REASONS: [DropReason; 13] = [
     DropReason::UnknownSource,
     DropReason::WrongVni,
     DropReason::Malformed,
@@ -60,7 +60,7 @@ pub const DROP_REASONS: [DropReason; 13] = [
 
 impl DropReason {
     /// Why a WireGuard session refused a datagram, as a drop reason.
-    pub fn from_session(e: meshd_crypto::SessionError) -> Self {
+    pub(crate) fn from_session(e: meshd_crypto::SessionError) -> Self {
         use meshd_crypto::SessionError as E;
         match e {
             E::DecryptFailed => DropReason::DecryptFailed,
@@ -78,7 +78,7 @@ impl DropReason {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DropReason::UnknownSource => "unknown-source",
             DropReason::WrongVni => "wrong-vni",
@@ -118,7 +118,7 @@ impl Stamp {
     }
 
     /// How long before `now` this was (zero if it is not before).
-    pub fn age(self, now: Stamp) -> Duration {
+    pub(crate) fn age(self, now: Stamp) -> Duration {
         Duration::from_millis(now.0.saturating_sub(self.0))
     }
 
@@ -146,7 +146,7 @@ pub struct PeerStats {
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, serde::Deserialize)]
 pub struct PeerStatsSnapshot {
-    pub tx_packets: u64,
+    pub(crate) tx_packets: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
@@ -156,20 +156,20 @@ pub struct PeerStatsSnapshot {
 
 impl PeerStats {
     #[inline]
-    pub fn tx(&self, packets: u64, bytes: u64) {
+    pub(crate) fn tx(&self, packets: u64, bytes: u64) {
         self.tx_packets.fetch_add(packets, Relaxed);
         self.tx_bytes.fetch_add(bytes, Relaxed);
     }
 
     #[inline]
-    pub fn rx(&self, packets: u64, bytes: u64) {
+    pub(crate) fn rx(&self, packets: u64, bytes: u64) {
         self.rx_packets.fetch_add(packets, Relaxed);
         self.rx_bytes.fetch_add(bytes, Relaxed);
     }
 
     /// Packets from the peer were delivered in the batch read at `at`.
     #[inline]
-    pub fn heard(&self, at: Stamp) {
+    pub(crate) fn heard(&self, at: Stamp) {
         self.last_rx.store(at.0, Relaxed);
     }
 
@@ -179,15 +179,15 @@ impl PeerStats {
     }
 
     #[inline]
-    pub fn count_drop(&self, reason: DropReason, n: u64) {
+    pub(crate) fn count_drop(&self, reason: DropReason, n: u64) {
         self.drops[reason as usize].fetch_add(n, Relaxed);
     }
 
-    pub fn dropped(&self, reason: DropReason) -> u64 {
+    pub(crate) fn dropped(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize].load(Relaxed)
     }
 
-    pub fn snapshot(&self) -> PeerStatsSnapshot {
+    pub(crate) fn snapshot(&self) -> PeerStatsSnapshot {
         PeerStatsSnapshot {
             tx_packets: self.tx_packets.load(Relaxed),
             tx_bytes: self.tx_bytes.load(Relaxed),
@@ -209,15 +209,15 @@ pub struct DropTally([u64; DROP_REASONS.len()]);
 
 impl DropTally {
     #[inline]
-    pub fn add(&mut self, reason: DropReason) {
+    pub(crate) fn add(&mut self, reason: DropReason) {
         self.0[reason as usize] += 1;
     }
 
-    pub fn add_n(&mut self, reason: DropReason, n: u64) {
+    pub(crate) fn add_n(&mut self, reason: DropReason, n: u64) {
         self.0[reason as usize] += n;
     }
 
-    pub fn flush_into(&mut self, stats: &PeerStats) {
+    pub(crate) fn flush_into(&mut self, stats: &PeerStats) {
         for (i, n) in self.0.iter_mut().enumerate() {
             if *n > 0 {
                 stats.drops[i].fetch_add(*n, Relaxed);

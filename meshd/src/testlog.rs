@@ -22,7 +22,7 @@ impl Write for Buffer {
 }
 
 /// `f`'s result and what it logged at `max` or above, on this thread.
-pub fn capture<T>(max: tracing::Level, f: impl FnOnce() -> T) -> (T, String) {
+pub(crate) fn capture<T>(max: tracing::Level, f: impl FnOnce() -> T) -> (T, String) {
     let buffer = Buffer::default();
     let writer = buffer.clone();
     let subscriber = tracing_subscriber::fmt()

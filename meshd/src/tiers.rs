@@ -76,8 +76,8 @@ pub enum Unavailable {
 /// An error from the kernel: its errno, when there is one, and its text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OsError {
-    pub errno: Option<i32>,
-    pub message: String,
+    pub(crate) errno: Option<i32>,
+    pub(crate) message: String,
 }
 
 impl From<&std::io::Error> for OsError {
@@ -91,7 +91,7 @@ impl From<&std::io::Error> for OsError {
 
 impl OsError {
     /// A refusal with no errno, in words.
-    pub fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         OsError {
             errno: None,
             message: message.into(),
@@ -100,7 +100,7 @@ impl OsError {
 
     /// `errno` with the C library's text, without Rust's ` (os error N)` suffix: what `ip`
     /// prints ("Operation not supported").
-    pub fn from_errno(errno: i32) -> Self {
+    pub(crate) fn from_errno(errno: i32) -> Self {
         let text = std::io::Error::from_raw_os_error(errno).to_string();
         let message = match text.strip_suffix(&format!(" (os error {errno})")) {
             Some(t) => t.to_string(),
@@ -113,7 +113,7 @@ impl OsError {
     }
 
     /// From an rtnetlink error: a netlink error code becomes the errno and its text.
-    pub fn from_netlink(e: &rtnetlink::Error) -> Self {
+    pub(crate) fn from_netlink(e: &rtnetlink::Error) -> Self {
         match e {
             rtnetlink::Error::NetlinkError(m) if m.raw_code() < 0 => {
                 OsError::from_errno(-m.raw_code())

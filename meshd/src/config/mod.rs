@@ -25,10 +25,10 @@ use crate::wire::VXLAN_OVERHEAD;
 /// Bytes a WireGuard data message adds to a pod packet on an IPv6 underlay: IPv6 (40), UDP (8),
 /// WireGuard header and tag (32). wg-quick subtracts the same 80 whatever the underlay, so an
 /// MTU chosen for IPv4 keeps working when a peer moves to IPv6.
-pub const WIREGUARD_OVERHEAD: usize = 80;
+pub(crate) const WIREGUARD_OVERHEAD: usize = 80;
 pub use crate::runfiles::NODE_KEY_FILE;
 /// Environment variable that carries the cluster secret itself (base64).
-pub const CLUSTER_SECRET_ENV: &str = "MESHD_CLUSTER_SECRET";
+pub(crate) const CLUSTER_SECRET_ENV: &str = "MESHD_CLUSTER_SECRET";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -158,11 +158,11 @@ impl std::str::FromStr for Encryption {
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct WireguardConfig {
     /// UDP port for WireGuard datagrams, on this node and on every peer.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Handshake initiations per second answered before initiators must show a cookie.
-    pub handshakes_per_second: u64,
+    pub(crate) handshakes_per_second: u64,
     /// Name of the kernel WireGuard device, where the kernel has WireGuard.
-    pub device: String,
+    pub(crate) device: String,
 }
 
 /// Membership and subnet allocation by gossip (UDP, every datagram sealed with a key derived
@@ -172,33 +172,33 @@ pub struct WireguardConfig {
 pub struct GossipConfig {
     /// Run gossip. Absent: on when `seeds` are given or `subnet` is not (a seed node with an
     /// explicit subnet sets `enabled = true`).
-    pub enabled: Option<bool>,
+    pub(crate) enabled: Option<bool>,
     /// UDP port of the gossip socket, on this node and (unless a seed says otherwise) on peers.
-    pub port: u16,
+    pub(crate) port: u16,
 }
 
 /// Cleartext mode: the VXLAN UDP port and network identifier, the same on every node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct VxlanConfig {
-    pub port: u16,
-    pub vni: u32,
+    pub(crate) port: u16,
+    pub(crate) vni: u32,
     /// Name of the kernel VXLAN device, where the kernel has VXLAN.
-    pub device: String,
+    pub(crate) device: String,
 }
 
 /// Each optional speed-up can be switched off to exercise the path an older kernel takes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Tiers {
-    pub multi_queue: bool,
-    pub tun_offload: bool,
-    pub udp_gso: bool,
-    pub udp_gro: bool,
+    pub(crate) multi_queue: bool,
+    pub(crate) tun_offload: bool,
+    pub(crate) udp_gso: bool,
+    pub(crate) udp_gro: bool,
     /// Send each queue's datagrams from a source port of its own, so that one peer's inner
     /// flows reach the receiver as several UDP flows (spread over its queues, and over a
     /// NIC's RSS queues).
-    pub udp_flows: bool,
+    pub(crate) udp_flows: bool,
 }
 
 /// A peer known without gossip. No `default` here, unlike the tables above: a peer without a
@@ -206,13 +206,13 @@ pub struct Tiers {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct PeerConfig {
-    pub name: String,
-    pub address: IpAddr,
-    pub subnet: Ipv4Net,
+    pub(crate) name: String,
+    pub(crate) address: IpAddr,
+    pub(crate) subnet: Ipv4Net,
     /// The peer's WireGuard public key (base64, as `meshd pubkey` or `wg pubkey` prints it).
     /// Required with `encryption = "wireguard"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key: Option<String>,
+    pub(crate) public_key: Option<String>,
 }
 
 impl PeerConfig {
@@ -227,7 +227,7 @@ impl PeerConfig {
 #[error("config key `{key}`: {reason}")]
 pub struct ConfigError {
     pub key: String,
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 fn err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -310,14 +310,14 @@ impl Default for Tiers {
 
 impl Config {
     /// Whether this node runs gossip: `gossip.enabled`, else on with seeds or without a subnet.
-    pub fn gossip_enabled(&self) -> bool {
+    pub(crate) fn gossip_enabled(&self) -> bool {
         self.gossip
             .enabled
             .unwrap_or(!self.seeds.is_empty() || self.subnet.is_none())
     }
 
     /// Prefix length of node subnets cut from the cluster CIDR by gossip.
-    pub fn node_prefix(&self) -> u8 {
+    pub(crate) fn node_prefix(&self) -> u8 {
         24u8.max(self.cluster_cidr.prefix_len())
     }
 
@@ -372,7 +372,7 @@ impl Config {
 }
 
 /// `host:port` split at the last colon (IPv6 literals in brackets); `None` when malformed.
-pub fn split_seed(seed: &str) -> Option<(&str, u16)> {
+pub(crate) fn split_seed(seed: &str) -> Option<(&str, u16)> {
     let (host, port) = seed.rsplit_once(':')?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port: u16 = port.parse().ok()?;

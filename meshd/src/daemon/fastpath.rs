@@ -17,7 +17,7 @@ use crate::status::KernelStatus;
 use crate::wire::{vtep_mac, MacAddr};
 
 /// Set up the kernel side; the result goes to the path manager, the status to the report.
-pub async fn prepare(cfg: &Config, address: IpAddr) -> Result<(Setup, KernelStatus)> {
+pub(crate) async fn prepare(cfg: &Config, address: IpAddr) -> Result<(Setup, KernelStatus)> {
     let host = Host::connect()?;
     let local = match address {
         IpAddr::V4(v4) => v4,
@@ -106,7 +106,7 @@ pub async fn prepare(cfg: &Config, address: IpAddr) -> Result<(Setup, KernelStat
 
 /// What this node tells the cluster it can do: its wire format, and whether it receives VXLAN
 /// in its kernel (peers on a veth underlay then need not checksum in software for it).
-pub fn capabilities(cfg: &Config, setup: &Setup) -> meshd_gossip::Capabilities {
+pub(crate) fn capabilities(cfg: &Config, setup: &Setup) -> meshd_gossip::Capabilities {
     use meshd_gossip::Capabilities as C;
     let mut bits = match cfg.encryption {
         Encryption::Wireguard => C::ENCRYPTION_WIREGUARD,
@@ -186,7 +186,7 @@ fn vxlan_text(v: &Result<VxlanDevice, NotOffered>) -> String {
     }
 }
 
-pub fn not_offered_text(what: &str, n: &NotOffered) -> String {
+pub(crate) fn not_offered_text(what: &str, n: &NotOffered) -> String {
     match n {
         NotOffered::Config(why) => format!("not used ({why})"),
         NotOffered::Refused(r) => format!("unavailable ({r})"),
@@ -203,7 +203,7 @@ async fn link_mac(host: &Host, index: u32) -> Option<MacAddr> {
 }
 
 /// `meshd cleanup`'s part: the kernel devices and meshd's routes.
-pub async fn cleanup(host: &Host, cfg: &Config) {
+pub(crate) async fn cleanup(host: &Host, cfg: &Config) {
     for name in [&cfg.vxlan.device, &cfg.wireguard.device] {
         match host.remove_owned(name).await {
             Ok(true) => println!("removed link {name}"),

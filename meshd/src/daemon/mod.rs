@@ -9,13 +9,13 @@
 //! [`report`] gathers the status. The peer set has one owner, [`crate::backend::Backend`]:
 //! every step that learns about peers hands its change there.
 
-pub mod fastpath;
-pub mod membership;
+pub(crate) mod fastpath;
+pub(crate) mod membership;
 pub mod preflight;
-pub mod report;
-pub mod secrets;
+pub(crate) mod report;
+pub(crate) mod secrets;
 pub mod subnet;
-pub mod underlay;
+pub(crate) mod underlay;
 
 use anyhow::{Context, Result};
 use std::sync::Arc;

@@ -14,7 +14,7 @@ use crate::host::Host;
 
 /// Everything `run` checks before it touches the host, in its order; the cluster secrets it
 /// read, when the configuration needs them.
-pub async fn check(cfg: &Config, host: &Host) -> Result<Option<Keyring>> {
+pub(crate) async fn check(cfg: &Config, host: &Host) -> Result<Option<Keyring>> {
     let ring = keyring(cfg)?;
     address(cfg, host).await?;
     if cfg.encryption == Encryption::Wireguard {

@@ -18,20 +18,20 @@ use crate::status::{
 };
 
 /// The fixed part of the status and where the rest is read, fresh on every request.
-pub struct Report {
-    pub base: Status,
-    pub backend: Arc<Backend>,
+pub(crate) struct Report {
+    pub(crate) base: Status,
+    pub(crate) backend: Arc<Backend>,
     /// Gossip state, when gossip runs.
-    pub gossip: Option<Arc<Mutex<Shared>>>,
+    pub(crate) gossip: Option<Arc<Mutex<Shared>>>,
     /// The node's current subnet, when gossip assigns it.
-    pub subnet: Option<Arc<Mutex<Option<Ipv4Net>>>>,
+    pub(crate) subnet: Option<Arc<Mutex<Option<Ipv4Net>>>>,
     /// The data path's queue counters.
-    pub queues: Vec<Arc<QueueCounters>>,
+    pub(crate) queues: Vec<Arc<QueueCounters>>,
 }
 
 impl Report {
     /// The status now: the fixed part, then every source the daemon has.
-    pub fn current(&self) -> Status {
+    pub(crate) fn current(&self) -> Status {
         let routes = self.backend.routes();
         let table = routes.load();
         let mut s = self.base.clone();

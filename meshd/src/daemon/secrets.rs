@@ -18,20 +18,20 @@ use crate::backend::Backend;
 use crate::config::{Config, CLUSTER_SECRET_ENV};
 
 /// How often the secret file is read again.
-pub const POLL: Duration = Duration::from_secs(2);
+pub(crate) const POLL: Duration = Duration::from_secs(2);
 
 /// Ids as the logs and `meshd status` print them.
-pub fn ids_text(ids: &[SecretId]) -> Vec<String> {
+pub(crate) fn ids_text(ids: &[SecretId]) -> Vec<String> {
     ids.iter().map(ToString::to_string).collect()
 }
 
 /// Ids as a gossip record carries them.
-pub fn ids_raw(ring: &Keyring) -> Vec<[u8; 4]> {
+pub(crate) fn ids_raw(ring: &Keyring) -> Vec<[u8; 4]> {
     ring.ids().iter().map(|id| id.0).collect()
 }
 
 /// Watches the cluster secrets until the runtime stops. `initial` is the ring read at start.
-pub fn spawn(
+pub(crate) fn spawn(
     cfg: Config,
     initial: Keyring,
     backend: Arc<Backend>,

@@ -13,7 +13,7 @@ use crate::host::{self, Host};
 use crate::runfiles::{self, NetworkFile, LEASE_FILE};
 
 /// Bridge address, cluster route and `network.json` for `subnet`. The TUN device must exist.
-pub async fn apply(host: &Host, cfg: &Config, subnet: Ipv4Net) -> Result<()> {
+pub(crate) async fn apply(host: &Host, cfg: &Config, subnet: Ipv4Net) -> Result<()> {
     host.ensure_bridge(
         &cfg.bridge,
         &cfg.node_name,
@@ -45,7 +45,7 @@ pub fn network_file(cfg: &Config, subnet: Ipv4Net) -> NetworkFile {
 
 /// An explicit subnet, else the persisted lease (if it still fits the cluster), else auto.
 /// A lease file that exists but cannot be read falls back on the bridge's subnet.
-pub async fn request(cfg: &Config, host: &Host) -> Result<SubnetRequest> {
+pub(crate) async fn request(cfg: &Config, host: &Host) -> Result<SubnetRequest> {
     if let Some(s) = cfg.subnet {
         return Ok(SubnetRequest::Explicit(to_subnet(s).context("subnet")?));
     }
@@ -113,7 +113,7 @@ fn lease_path(state_dir: &Path) -> PathBuf {
 
 /// The lease a previous run persisted: `None` when there is no file, an error when there is
 /// one that does not read as a lease.
-pub fn read_lease(path: &Path) -> Result<Option<Lease>> {
+pub(crate) fn read_lease(path: &Path) -> Result<Option<Lease>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -131,17 +131,17 @@ pub fn read_lease(path: &Path) -> Result<Option<Lease>> {
     Ok(Some(lease))
 }
 
-pub fn write_lease(state_dir: &Path, lease: &Lease) -> Result<()> {
+pub(crate) fn write_lease(state_dir: &Path, lease: &Lease) -> Result<()> {
     runfiles::write_atomic(&lease_path(state_dir), lease)
 }
 
 /// `s` as an [`Ipv4Net`]; `None` for what no network is (a prefix over 32, which a
 /// hand-edited or corrupt lease file can hold: serde does not check it).
-pub fn to_net(s: Subnet) -> Option<Ipv4Net> {
+pub(crate) fn to_net(s: Subnet) -> Option<Ipv4Net> {
     Ipv4Net::new(s.addr(), s.prefix()).ok()
 }
 
-pub fn to_subnet(n: Ipv4Net) -> Option<Subnet> {
+pub(crate) fn to_subnet(n: Ipv4Net) -> Option<Subnet> {
     Subnet::new(n.network(), n.prefix_len())
 }
 

@@ -15,14 +15,14 @@ use crate::config::{split_seed, Config};
 
 /// How long the first seed's name may take to resolve before the default route is used.
 /// A compose service name resolves once its container exists, normally within a second.
-pub const SEED_RESOLVE_FOR: Duration = Duration::from_secs(10);
+pub(crate) const SEED_RESOLVE_FOR: Duration = Duration::from_secs(10);
 /// A destination behind the default route, used only to ask the routing table for a source
 /// address: TEST-NET-1 (RFC 5737), never sent to.
 const DEFAULT_ROUTE_PROBE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
 /// Where the underlay address came from, for the logs and `meshd status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AddressSource {
+pub(crate) enum AddressSource {
     Config,
     /// The source of the route towards this seed (`host:port` as configured).
     RouteToSeed(String),
@@ -40,7 +40,7 @@ impl fmt::Display for AddressSource {
 }
 
 /// The underlay address and where it came from.
-pub async fn address(cfg: &Config) -> Result<(IpAddr, AddressSource)> {
+pub(crate) async fn address(cfg: &Config) -> Result<(IpAddr, AddressSource)> {
     if let Some(a) = cfg.address {
         return Ok((a, AddressSource::Config));
     }

@@ -35,9 +35,9 @@ pub(crate) fn open(
 
 /// The TUN queues, one per worker pair.
 pub(crate) struct TunQueues {
-    pub queues: Vec<SyncDevice>,
-    pub multi_queue: Tier,
-    pub tun_offload: Tier,
+    pub(crate) queues: Vec<SyncDevice>,
+    pub(crate) multi_queue: Tier,
+    pub(crate) tun_offload: Tier,
 }
 
 /// Open the TUN device `cfg.tun` with as many queues and as much offload as the kernel allows.
@@ -142,17 +142,17 @@ fn build(cfg: &Config, multi_queue: bool, offload: bool) -> std::io::Result<Sync
 /// data port is, so that whichever of our ports such a peer answers, all its datagrams reach
 /// one RX worker (two would race on its session's replay window).
 pub(crate) struct UdpQueues {
-    pub sockets: Vec<QueueSocket>,
+    pub(crate) sockets: Vec<QueueSocket>,
     /// Per queue, the socket it sends from when that is not its receiving socket.
-    pub senders: Vec<Option<Arc<QueueSocket>>>,
+    pub(crate) senders: Vec<Option<Arc<QueueSocket>>>,
     /// Per queue, the sockets on source ports its RX worker reads (at most
     /// [`super::flows::MAX_FLOW_PORTS`]).
-    pub flows: Vec<Vec<Arc<QueueSocket>>>,
-    pub gso_segments: usize,
-    pub gro: bool,
-    pub udp_gso: Tier,
-    pub udp_gro: Tier,
-    pub udp_flows: Tier,
+    pub(crate) flows: Vec<Vec<Arc<QueueSocket>>>,
+    pub(crate) gso_segments: usize,
+    pub(crate) gro: bool,
+    pub(crate) udp_gso: Tier,
+    pub(crate) udp_gro: Tier,
+    pub(crate) udp_flows: Tier,
 }
 
 /// Bind the data port once per queue (`count`) and each queue's source ports, and find out

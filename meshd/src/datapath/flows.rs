@@ -19,7 +19,7 @@ const FLOW_PORT_STEP: u16 = 840;
 
 /// Source ports a WireGuard node sends from at most, whatever its queue count: each is a group
 /// with a member per queue, and each RX worker reads one member of every group.
-pub const MAX_FLOW_PORTS: usize = 8;
+pub(crate) const MAX_FLOW_PORTS: usize = 8;
 
 /// What each queue sends from, what its RX worker reads besides the data port, and the tier.
 pub(crate) type Senders = (

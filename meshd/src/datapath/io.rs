@@ -92,14 +92,14 @@ impl TunReader {
 
     /// Length of packet `i` of the last read.
     #[inline]
-    pub fn size(&self, i: usize) -> usize {
+    pub(crate) fn size(&self, i: usize) -> usize {
         self.sizes[i]
     }
 
     /// Whether the last read emptied the queue: the caller may then wait at once rather than
     /// read again (`poll` returns straight away if a packet came meanwhile), a system call less
     /// each time the path goes idle.
-    pub fn drained(&self) -> bool {
+    pub(crate) fn drained(&self) -> bool {
         self.drained
     }
 
@@ -282,7 +282,7 @@ pub fn send_runs(
 }
 
 /// Send one transmit, waiting while the socket buffer is full: backpressure, not loss.
-pub fn send(
+pub(crate) fn send(
     sock: &UdpSocket,
     state: &UdpSocketState,
     t: &Transmit<'_>,
@@ -304,7 +304,12 @@ pub fn send(
 
 /// Sleep until `fd` or one of `others` (at most [`MAX_FLOW_PORTS`]) is ready for `events`, or
 /// the idle period ends; `ready[i]` says whether `others[i]` is.
-pub fn wait_any(fd: &impl AsRawFd, others: &[RawFd], events: libc::c_short, ready: &mut [bool]) {
+pub(crate) fn wait_any(
+    fd: &impl AsRawFd,
+    others: &[RawFd],
+    events: libc::c_short,
+    ready: &mut [bool],
+) {
     let none = libc::pollfd {
         fd: -1,
         events: 0,

@@ -34,7 +34,7 @@ use crate::routes::{PeerEntry, PeerId, RouteTable, Routes};
 use crate::stats::{DropReason, DropTally};
 use crate::tiers::TierReport;
 pub use io::PeerAcc;
-pub use socket::DataPort;
+pub(crate) use socket::DataPort;
 
 /// One way of carrying pod packets between nodes inside UDP.
 pub trait Encap: Send + Sync + Sized + 'static {
@@ -137,39 +137,39 @@ pub enum Received {
 
 /// What every worker of a data path shares.
 pub(crate) struct Shared<E> {
-    pub routes: Arc<Routes>,
-    pub encap: Arc<E>,
-    pub stop: Arc<AtomicBool>,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) encap: Arc<E>,
+    pub(crate) stop: Arc<AtomicBool>,
     /// MTU of the TUN device: the largest packet a worker reads or writes.
-    pub mtu: usize,
+    pub(crate) mtu: usize,
 }
 
 /// One TUN queue and its UDP sockets, shared by the queue's TX and RX workers.
 pub(crate) struct Queue {
-    pub tun: Arc<tun_rs::SyncDevice>,
+    pub(crate) tun: Arc<tun_rs::SyncDevice>,
     /// The queue's socket on the data port: it receives (and sends when `sender` is none).
-    pub socket: Arc<(UdpSocket, UdpSocketState)>,
+    pub(crate) socket: Arc<(UdpSocket, UdpSocketState)>,
     /// The socket on the queue's own source port, when several UDP flows per peer are on: the
     /// queue sends from it.
-    pub sender: Option<Arc<(UdpSocket, UdpSocketState)>>,
+    pub(crate) sender: Option<Arc<(UdpSocket, UdpSocketState)>>,
     /// The sockets on source ports the RX worker reads too, since a peer may answer the source
     /// (see [`device::UdpQueues`]): its own sender, or its member of every port's group.
-    pub flows: Vec<Arc<(UdpSocket, UdpSocketState)>>,
-    pub gro: bool,
-    pub gso_segments: usize,
+    pub(crate) flows: Vec<Arc<(UdpSocket, UdpSocketState)>>,
+    pub(crate) gro: bool,
+    pub(crate) gso_segments: usize,
     /// The queue's TUN → UDP state. Whoever holds it reads the TUN queue and sends what it
     /// read before letting go, so one flow's packets leave in the order they came: the TX
     /// worker, or the RX worker when the TX worker sleeps (see [`worker`]'s hand-off).
-    pub tx: Mutex<worker::TxState>,
+    pub(crate) tx: Mutex<worker::TxState>,
     /// Set while the TX worker waits for the TUN queue: the RX worker may then take
     /// [`Queue::tx`] and send the reply its own TUN write just produced.
-    pub tx_idle: AtomicBool,
-    pub counters: Arc<QueueCounters>,
+    pub(crate) tx_idle: AtomicBool,
+    pub(crate) counters: Arc<QueueCounters>,
 }
 
 impl Queue {
     /// Where this queue's TX sends from.
-    pub fn send_socket(&self) -> &(UdpSocket, UdpSocketState) {
+    pub(crate) fn send_socket(&self) -> &(UdpSocket, UdpSocketState) {
         self.sender.as_deref().unwrap_or(&self.socket)
     }
 }
@@ -177,27 +177,27 @@ impl Queue {
 /// Datagrams one queue received and sent: how a node's traffic spreads over its queues (and so
 /// over cores). Each counter has one writer at a time, once per batch.
 #[derive(Debug, Default)]
-pub struct QueueCounters {
+pub(crate) struct QueueCounters {
     /// The port the queue sends from.
-    pub source_port: u16,
-    pub rx_datagrams: AtomicU64,
-    pub tx_datagrams: AtomicU64,
+    pub(crate) source_port: u16,
+    pub(crate) rx_datagrams: AtomicU64,
+    pub(crate) tx_datagrams: AtomicU64,
     /// Of `tx_datagrams`, those the RX workers sent as answers (the hand-off in [`worker`]).
-    pub answered: AtomicU64,
+    pub(crate) answered: AtomicU64,
 }
 
-pub struct DataPath {
+pub(crate) struct DataPath {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    pub tiers: TierReport,
+    pub(crate) tiers: TierReport,
     /// One per queue, in queue order.
-    pub queues: Vec<Arc<QueueCounters>>,
+    pub(crate) queues: Vec<Arc<QueueCounters>>,
 }
 
 impl DataPath {
     /// Open the devices and start the workers of `encap`, binding the data port or only
     /// sending (`data_port`). Routes may be empty and filled later.
-    pub fn start<E: Encap>(
+    pub(crate) fn start<E: Encap>(
         cfg: &Config,
         data_port: DataPort,
         routes: Arc<Routes>,
@@ -276,7 +276,7 @@ impl DataPath {
     }
 
     /// Stop the workers and close the devices (the TUN device disappears with its last queue).
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();

@@ -8,19 +8,19 @@ use crate::routes::PeerId;
 
 /// Largest UDP payload one GSO send may carry: a UDP datagram over IPv4 holds at most
 /// 65535 − 20 − 8 bytes, and the kernel refuses (EMSGSIZE) a GSO buffer larger than one datagram.
-pub const MAX_GSO_BYTES: usize = 65_507;
+pub(crate) const MAX_GSO_BYTES: usize = 65_507;
 
 /// Consecutive datagrams to one peer, contiguous in the batch buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Run {
-    pub peer: PeerId,
-    pub start: usize,
-    pub len: usize,
+    pub(crate) peer: PeerId,
+    pub(crate) start: usize,
+    pub(crate) len: usize,
     /// Size of every datagram but the last.
     pub segment: usize,
     pub datagrams: usize,
     /// Inner (plaintext) packet bytes carried, for counters.
-    pub inner_bytes: usize,
+    pub(crate) inner_bytes: usize,
     last: usize,
 }
 
@@ -50,13 +50,13 @@ impl Runs {
     }
 
     /// GSO may be switched off by the socket at run time (a driver that refuses it).
-    pub fn set_max_per_run(&mut self, n: usize) {
+    pub(crate) fn set_max_per_run(&mut self, n: usize) {
         self.max_per_run = n.max(1);
     }
 
     /// The free buffer for the next datagram, if `need` bytes and another run fit.
     #[inline]
-    pub fn room(&mut self, need: usize) -> Option<&mut [u8]> {
+    pub(crate) fn room(&mut self, need: usize) -> Option<&mut [u8]> {
         let room = &mut self.buf[self.used..];
         (room.len() >= need && self.runs.len() < self.runs.capacity()).then_some(room)
     }
@@ -73,7 +73,7 @@ impl Runs {
     /// ACK, a drop), it moves down to the run's end; where it starts a run it stays put. A TSO
     /// super-packet split at full segments, slot after slot, is therefore never copied.
     #[inline]
-    pub fn commit_in_place(&mut self, peer: PeerId, at: usize, len: usize, inner: usize) {
+    pub(crate) fn commit_in_place(&mut self, peer: PeerId, at: usize, len: usize, inner: usize) {
         debug_assert!(at >= self.used && at + len <= self.buf.len());
         let end = match self.runs.last() {
             Some(r) if self.joins(r, peer, len) => r.start + r.len,
@@ -99,7 +99,7 @@ impl Runs {
     /// Keep the `len` bytes just written into [`Runs::room`] as a datagram to `peer` that
     /// carries `inner` bytes of packet.
     #[inline]
-    pub fn commit(&mut self, peer: PeerId, len: usize, inner: usize) {
+    pub(crate) fn commit(&mut self, peer: PeerId, len: usize, inner: usize) {
         let start = self.used;
         self.used += len;
         let joins = self

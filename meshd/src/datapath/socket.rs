@@ -15,7 +15,7 @@ use crate::tiers::Steer;
 /// configuration whose port is zeroed, so that the configuration keeps saying which port the
 /// node's peers send to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DataPort {
+pub(crate) enum DataPort {
     /// Bind the data port, a socket per queue in one reuseport group, and receive on it.
     Bind,
     /// A kernel device (VXLAN or WireGuard) owns the data port and receives from every peer:

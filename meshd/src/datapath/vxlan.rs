@@ -98,7 +98,7 @@ impl EncodeBatch<'_> for Framer {
 }
 
 /// Why [`decode`] refused a datagram: the peer it came from, when known, and the reason.
-pub type Rejected = (Option<PeerId>, DropReason);
+pub(crate) type Rejected = (Option<PeerId>, DropReason);
 
 /// Validate one received VXLAN datagram from underlay address `from` and return the peer and
 /// the inner IP packet to deliver.

@@ -19,7 +19,7 @@ struct IfReq {
 }
 
 /// `ethtool -K DEV tx on|off`.
-pub fn set_tx_checksum(dev: &str, on: bool) -> io::Result<()> {
+pub(crate) fn set_tx_checksum(dev: &str, on: bool) -> io::Result<()> {
     if dev.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

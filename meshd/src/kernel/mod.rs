@@ -6,22 +6,22 @@
 //! Everything is found out by trying: creating the device is the detection, and a refusal is
 //! kept with the kernel's own words ([`Refusal`]) for `meshd status`.
 
-pub mod ethtool;
-pub mod probe;
-pub mod routes;
-pub mod vxlan;
-pub mod wireguard;
+pub(crate) mod ethtool;
+pub(crate) mod probe;
+pub(crate) mod routes;
+pub(crate) mod vxlan;
+pub(crate) mod wireguard;
 
 /// Why the kernel would not do something: its errno, when there is one, and its text. The same
 /// type the data path's tiers report refusals with.
-pub use crate::tiers::OsError as Refusal;
+pub(crate) use crate::tiers::OsError as Refusal;
 
 /// Set `rp_filter` of `dev` to loose (2). With paths chosen per peer and per direction, a
 /// peer's packets may arrive on one device (the TUN device, the VXLAN device, the underlay)
 /// while the route back to it leaves by another; strict reverse-path filtering would drop them.
 /// The kernel uses the larger of `all` and the device's value, so this makes either loose.
 /// Best effort: in a container `/proc/sys` is often read-only, and the runtime's value stands.
-pub fn loose_rp_filter(dev: &str) {
+pub(crate) fn loose_rp_filter(dev: &str) {
     let path = format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter");
     if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "2" || v.trim() == "0") {
         return;

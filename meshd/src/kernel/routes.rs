@@ -14,11 +14,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use crate::host::Host;
 
 /// The route protocol number of meshd's routes (`ip route show proto 109`).
-pub const PROTOCOL: u8 = 109;
+pub(crate) const PROTOCOL: u8 = 109;
 
 /// Where a peer's subnet goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
+pub(crate) enum Via {
     /// A device: the TUN device (meshd's userspace path) or the kernel WireGuard device.
     Device { index: u32 },
     /// The VXLAN device, via the peer's VTEP address (onlink: no subnet of the device covers it).
@@ -29,7 +29,7 @@ pub enum Via {
 
 /// Route `subnet` as `via` says, from `source` (the bridge address: packets the host itself
 /// sends to pods need a source inside its subnet).
-pub async fn set(host: &Host, subnet: Ipv4Net, via: Via, source: Ipv4Addr) -> Result<()> {
+pub(crate) async fn set(host: &Host, subnet: Ipv4Net, via: Via, source: Ipv4Addr) -> Result<()> {
     let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(subnet.network(), subnet.prefix_len())
         .protocol(RouteProtocol::Other(PROTOCOL))
@@ -49,7 +49,7 @@ pub async fn set(host: &Host, subnet: Ipv4Net, via: Via, source: Ipv4Addr) -> Re
 }
 
 /// Remove meshd's route for `subnet`, if there is one.
-pub async fn remove(host: &Host, subnet: Ipv4Net) -> Result<()> {
+pub(crate) async fn remove(host: &Host, subnet: Ipv4Net) -> Result<()> {
     let msg = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(subnet.network(), subnet.prefix_len())
         .protocol(RouteProtocol::Other(PROTOCOL))
@@ -64,14 +64,14 @@ pub async fn remove(host: &Host, subnet: Ipv4Net) -> Result<()> {
 
 /// A route meshd made, as found in the main table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Found {
-    pub subnet: Ipv4Net,
-    pub oif: Option<u32>,
-    pub gateway: Option<Ipv4Addr>,
+pub(crate) struct Found {
+    pub(crate) subnet: Ipv4Net,
+    pub(crate) oif: Option<u32>,
+    pub(crate) gateway: Option<Ipv4Addr>,
 }
 
 /// meshd's routes in the main table.
-pub async fn list(host: &Host) -> Result<Vec<Found>> {
+pub(crate) async fn list(host: &Host) -> Result<Vec<Found>> {
     let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
     let mut dump = host.handle().route().get(filter).execute();
     let mut out = Vec::new();
@@ -84,7 +84,7 @@ pub async fn list(host: &Host) -> Result<Vec<Found>> {
 }
 
 /// Whether a route the kernel has goes where `via` says.
-pub fn matches(found: &Found, via: Via) -> bool {
+pub(crate) fn matches(found: &Found, via: Via) -> bool {
     match via {
         Via::Device { index } => found.oif == Some(index) && found.gateway.is_none(),
         Via::Vxlan { index, vtep } => found.oif == Some(index) && found.gateway == Some(vtep),
@@ -117,7 +117,7 @@ fn found(r: &RouteMessage) -> Option<Found> {
 
 /// Whether `peer` is on this node's L2 segment: inside the prefix of the underlay address
 /// `local` holds on its link (`index`), so a route via it needs no router.
-pub async fn same_segment(host: &Host, index: u32, local: Ipv4Addr, peer: IpAddr) -> bool {
+pub(crate) async fn same_segment(host: &Host, index: u32, local: Ipv4Addr, peer: IpAddr) -> bool {
     let IpAddr::V4(peer) = peer else {
         return false;
     };

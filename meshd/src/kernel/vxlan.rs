@@ -25,21 +25,21 @@ use crate::wire::MacAddr;
 
 /// The device meshd wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanSpec {
-    pub name: String,
-    pub vni: u32,
-    pub port: u16,
+pub(crate) struct VxlanSpec {
+    pub(crate) name: String,
+    pub(crate) vni: u32,
+    pub(crate) port: u16,
     /// The node's underlay address: the datagrams' source.
-    pub local: Ipv4Addr,
+    pub(crate) local: Ipv4Addr,
     /// The node's VTEP MAC.
-    pub mac: MacAddr,
-    pub mtu: u16,
+    pub(crate) mac: MacAddr,
+    pub(crate) mtu: u16,
 }
 
 /// Where the device in use came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Origin {
+pub(crate) enum Origin {
     Created,
     /// A previous meshd made it, with the same settings: kept, with its entries and routes, so
     /// pods on kernel paths never noticed the restart.
@@ -61,19 +61,19 @@ impl std::fmt::Display for Origin {
 }
 
 #[derive(Debug, Clone)]
-pub struct VxlanDevice {
-    pub name: String,
-    pub index: u32,
-    pub mac: MacAddr,
-    pub origin: Origin,
+pub(crate) struct VxlanDevice {
+    pub(crate) name: String,
+    pub(crate) index: u32,
+    pub(crate) mac: MacAddr,
+    pub(crate) origin: Origin,
     /// The underlay is a veth (containers, namespaces): see [`set_software_checksums`].
-    pub veth_underlay: bool,
+    pub(crate) veth_underlay: bool,
 }
 
 /// Create the device, or adopt the one a previous meshd left; `Err` says why the kernel will
 /// not have it (no VXLAN support, the port taken, a foreign link of that name, …) and leaves
 /// nothing behind.
-pub async fn ensure(host: &Host, spec: &VxlanSpec) -> Result<VxlanDevice, Refusal> {
+pub(crate) async fn ensure(host: &Host, spec: &VxlanSpec) -> Result<VxlanDevice, Refusal> {
     let mut origin = Origin::Created;
     if let Some(link) = host.link(&spec.name).await.map_err(other)? {
         if !host::owned(&link) {
@@ -139,7 +139,7 @@ pub async fn ensure(host: &Host, spec: &VxlanSpec) -> Result<VxlanDevice, Refusa
 /// pod), but a userspace one reads the datagram as bytes and its pods would get packets with
 /// unfinished checksums. So on a veth underlay, while any peer receives in userspace (or may:
 /// static peers), the device checksums in software, at the cost of its segmentation offload.
-pub fn set_software_checksums(dev: &str, on: bool) -> std::io::Result<()> {
+pub(crate) fn set_software_checksums(dev: &str, on: bool) -> std::io::Result<()> {
     super::ethtool::set_tx_checksum(dev, !on)
 }
 
@@ -213,7 +213,7 @@ async fn underlay_kind(host: &Host, addr: Ipv4Addr) -> Option<InfoKind> {
 }
 
 /// The index of the link that holds `addr`.
-pub async fn underlay_index(host: &Host, addr: Ipv4Addr) -> Option<u32> {
+pub(crate) async fn underlay_index(host: &Host, addr: Ipv4Addr) -> Option<u32> {
     let mut addrs = host.handle().address().get().execute();
     while let Ok(Some(a)) = addrs.try_next().await {
         let has = a.attributes.iter().any(|at| {
@@ -229,7 +229,7 @@ pub async fn underlay_index(host: &Host, addr: Ipv4Addr) -> Option<u32> {
 }
 
 /// One peer's entries on the device: where its VTEP MAC lives, and its VTEP address's MAC.
-pub async fn set_peer(
+pub(crate) async fn set_peer(
     host: &Host,
     index: u32,
     mac: MacAddr,
@@ -260,12 +260,12 @@ pub async fn set_peer(
 
 /// The permanent entries on the device, as (VTEP MAC, underlay) and (VTEP address, MAC).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Entries {
-    pub fdb: Vec<(MacAddr, IpAddr)>,
-    pub neighbours: Vec<(Ipv4Addr, MacAddr)>,
+pub(crate) struct Entries {
+    pub(crate) fdb: Vec<(MacAddr, IpAddr)>,
+    pub(crate) neighbours: Vec<(Ipv4Addr, MacAddr)>,
 }
 
-pub async fn entries(host: &Host, index: u32) -> anyhow::Result<Entries> {
+pub(crate) async fn entries(host: &Host, index: u32) -> anyhow::Result<Entries> {
     let mut out = Entries::default();
     for family in [AddressFamily::Bridge, AddressFamily::Inet] {
         let mut dump = host
@@ -292,7 +292,7 @@ pub async fn entries(host: &Host, index: u32) -> anyhow::Result<Entries> {
 }
 
 /// Remove a peer's entries (absent ones are not an error).
-pub async fn remove_peer(host: &Host, index: u32, mac: MacAddr, vtep: Ipv4Addr) {
+pub(crate) async fn remove_peer(host: &Host, index: u32, mac: MacAddr, vtep: Ipv4Addr) {
     let mut fdb = NeighbourMessage::default();
     fdb.header.family = AddressFamily::Bridge;
     fdb.header.ifindex = index;
@@ -337,7 +337,7 @@ fn other(e: anyhow::Error) -> Refusal {
 }
 
 /// The VXLAN device line of `meshd status`.
-pub fn device_text(d: &VxlanDevice, software_checksums: bool) -> String {
+pub(crate) fn device_text(d: &VxlanDevice, software_checksums: bool) -> String {
     let mut s = format!("in use: {} ({}", d.name, d.origin);
     if software_checksums {
         s += "; checksums in software: veth underlay, a peer receives in userspace";

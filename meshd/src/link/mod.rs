@@ -29,11 +29,11 @@ use crate::wire::{vtep_mac, MacAddr, VxlanHeader};
 
 /// Everything known about one peer.
 pub struct PeerLink {
-    pub name: String,
+    pub(crate) name: String,
     /// Its VTEP MAC, from its name.
-    pub mac: MacAddr,
+    pub(crate) mac: MacAddr,
     /// The VXLAN header our datagrams to it carry.
-    pub header: VxlanHeader,
+    pub(crate) header: VxlanHeader,
     /// Counters; they live as long as the link.
     pub stats: PeerStats,
     /// The endpoint datagrams go to, swapped whole: TX reads it without a lock.
@@ -85,7 +85,7 @@ impl PeerLink {
 
     /// Where its datagrams go now.
     #[inline]
-    pub fn endpoint(&self) -> SocketAddr {
+    pub(crate) fn endpoint(&self) -> SocketAddr {
         **self.endpoint.load()
     }
 
@@ -97,23 +97,23 @@ impl PeerLink {
     }
 
     /// The MTU of pod packets to this peer.
-    pub fn mtu(&self) -> u16 {
+    pub(crate) fn mtu(&self) -> u16 {
         self.mtu.load(Ordering::Relaxed)
     }
 
     /// The record it was last reconciled with.
-    pub fn peer(&self) -> Peer {
+    pub(crate) fn peer(&self) -> Peer {
         self.applied().peer.clone()
     }
 
     /// Its endpoint candidates, best first, with where each came from.
-    pub fn candidates(&self) -> Vec<Endpoint> {
+    pub(crate) fn candidates(&self) -> Vec<Endpoint> {
         self.applied().peer.endpoints.clone()
     }
 
     /// Its WireGuard session, in encrypted mode.
     #[cfg(test)]
-    pub fn wg(&self) -> Option<Arc<WgPeer>> {
+    pub(crate) fn wg(&self) -> Option<Arc<WgPeer>> {
         self.applied().wg.clone()
     }
 

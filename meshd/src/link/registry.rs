@@ -28,10 +28,10 @@ use crate::stats::Stamp;
 
 /// How long a removed peer's session is kept for its return: WireGuard's reject-after-time,
 /// past which its keys are refused anyway.
-pub const SESSION_GRACE: Duration = Duration::from_secs(180);
+pub(crate) const SESSION_GRACE: Duration = Duration::from_secs(180);
 /// Removed peers' sessions kept at most (the oldest goes first): a bound on memory for a
 /// cluster that loses many members at once, not a number a flap should reach.
-pub const SESSION_GRACE_MAX: usize = 256;
+pub(crate) const SESSION_GRACE_MAX: usize = 256;
 
 /// Every peer's link, and the sessions of peers that left recently.
 pub struct Links {
@@ -48,7 +48,7 @@ pub struct Pass {
     /// A link per peer, in the peer set's order.
     pub links: Vec<Arc<PeerLink>>,
     /// Whether any link came, went or changed (the snapshot needs rebuilding).
-    pub changed: bool,
+    pub(crate) changed: bool,
 }
 
 impl Links {
@@ -65,7 +65,7 @@ impl Links {
     }
 
     #[cfg(test)]
-    pub fn crypto(&self) -> Option<&Arc<NodeCrypto>> {
+    pub(crate) fn crypto(&self) -> Option<&Arc<NodeCrypto>> {
         self.crypto.as_ref()
     }
 

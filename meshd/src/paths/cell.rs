@@ -12,28 +12,33 @@ use crate::status::{PathStatus, ProbeStatus};
 
 /// One peer's path, and the kernel objects made for it.
 #[derive(Debug, Clone)]
-pub struct PathCell {
-    pub path: PeerPath,
+pub(crate) struct PathCell {
+    pub(crate) path: PeerPath,
     /// The underlay address its kernel entries point at (FDB, host-gw gateway).
-    pub address: Option<IpAddr>,
+    pub(crate) address: Option<IpAddr>,
     /// The subnet its route is for.
-    pub subnet: Ipv4Net,
+    pub(crate) subnet: Ipv4Net,
     /// Its VTEP address on the VXLAN device (its subnet's first address).
-    pub vtep: Ipv4Addr,
-    pub next_probe: Instant,
+    pub(crate) vtep: Ipv4Addr,
+    pub(crate) next_probe: Instant,
     /// The path the kernel has its route for, as last set or verified (`None`: no per-peer
     /// route, the cluster route carries it to the TUN device).
-    pub routed: Option<PathKind>,
+    pub(crate) routed: Option<PathKind>,
     /// The kernel's last refusal of its route, retried from `retry_at`.
-    pub route_error: Option<String>,
+    pub(crate) route_error: Option<String>,
     /// Its FDB and neighbour entries on the VXLAN device are in place (or not needed).
-    pub entries: bool,
+    pub(crate) entries: bool,
     /// When a failed route or entry is tried again.
-    pub retry_at: Instant,
+    pub(crate) retry_at: Instant,
 }
 
 impl PathCell {
-    pub fn new(path: PeerPath, address: Option<IpAddr>, subnet: Ipv4Net, now: Instant) -> Self {
+    pub(crate) fn new(
+        path: PeerPath,
+        address: Option<IpAddr>,
+        subnet: Ipv4Net,
+        now: Instant,
+    ) -> Self {
         PathCell {
             path,
             address,
@@ -48,7 +53,7 @@ impl PathCell {
     }
 
     /// What `meshd status` shows of it.
-    pub fn status(&self, now: Instant) -> PathStatus {
+    pub(crate) fn status(&self, now: Instant) -> PathStatus {
         PathStatus {
             path: self.path.current().to_string(),
             reason: self.path.reason(now),

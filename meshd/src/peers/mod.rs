@@ -5,7 +5,7 @@
 //! Nothing here does I/O or touches the data path; the WireGuard half (node keys and the
 //! sessions that outlive peer-set changes) is [`wireguard`].
 
-pub mod rejected;
+pub(crate) mod rejected;
 pub mod wireguard;
 
 use ipnet::Ipv4Net;
@@ -46,7 +46,7 @@ pub enum EndpointSource {
 }
 
 impl EndpointSource {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EndpointSource::Configured => "configured",
             EndpointSource::Gossiped => "gossiped",
@@ -70,13 +70,13 @@ impl Peer {
     }
 
     /// The endpoint to send to first.
-    pub fn endpoint(&self) -> Option<SocketAddr> {
+    pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
         self.endpoints.first().map(|e| e.addr)
     }
 
     /// The underlay address of its first endpoint: what the kernel paths (FDB entries, host-gw
     /// gateways) point at.
-    pub fn address(&self) -> Option<IpAddr> {
+    pub(crate) fn address(&self) -> Option<IpAddr> {
         self.endpoint().map(|e| e.ip())
     }
 }
@@ -108,7 +108,7 @@ pub struct PeerSet {
 }
 
 impl PeerSet {
-    pub fn new(statics: Vec<Peer>) -> Self {
+    pub(crate) fn new(statics: Vec<Peer>) -> Self {
         PeerSet {
             statics,
             ..PeerSet::default()
@@ -124,16 +124,16 @@ impl PeerSet {
     }
 
     /// Withdraws a gossip member; true when it was there.
-    pub fn remove_member(&mut self, name: &str) -> bool {
+    pub(crate) fn remove_member(&mut self, name: &str) -> bool {
         self.members.remove(name).is_some()
     }
 
     /// This node's subnet (a gossip lease), which no member may be routed into.
-    pub fn own_subnet(&self) -> Option<Ipv4Net> {
+    pub(crate) fn own_subnet(&self) -> Option<Ipv4Net> {
         self.own_subnet
     }
 
-    pub fn set_own_subnet(&mut self, subnet: Option<Ipv4Net>) -> bool {
+    pub(crate) fn set_own_subnet(&mut self, subnet: Option<Ipv4Net>) -> bool {
         std::mem::replace(&mut self.own_subnet, subnet) != subnet
     }
 
@@ -141,7 +141,7 @@ impl PeerSet {
     /// member of the same name, and a member whose subnet overlaps one already routed (or this
     /// node's own) waits until gossip settles the conflict. O(N log N): names in a hash set,
     /// routed subnets in an ordered map of ranges.
-    pub fn resolve(&self) -> Vec<&Peer> {
+    pub(crate) fn resolve(&self) -> Vec<&Peer> {
         let mut all: Vec<&Peer> = self.statics.iter().collect();
         let mut names: HashSet<&str> = all.iter().map(|p| p.name.as_str()).collect();
         let mut taken = Ranges::default();

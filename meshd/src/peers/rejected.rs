@@ -18,10 +18,10 @@ use crate::stats::Stamp;
 /// traffic for it within a second or two; 256 covers a cluster that size without forgetting
 /// one, at 40 bytes a slot. Beyond it the oldest are forgotten: those members retry on their
 /// own after 5 s, as before.
-pub const REJECTED_SLOTS: usize = 256;
+pub(crate) const REJECTED_SLOTS: usize = 256;
 /// How long a refusal is remembered: twice boringtun's 5 s handshake retry (REKEY_TIMEOUT).
 /// A member that becomes a peer later than that has retried on its own by then.
-pub const REJECTED_MEMORY: Duration = Duration::from_secs(10);
+pub(crate) const REJECTED_MEMORY: Duration = Duration::from_secs(10);
 
 /// A ring of (key, when) slots. A writer that races another on the same slot may leave a torn
 /// key: it then matches no peer, which costs at most the 5 s retry this is here to save.

@@ -17,18 +17,18 @@ use crate::stats::Stamp;
 /// Handshakes started on the data path's say-so ([`WgPeer::want_handshake`]) at most this
 /// often per peer: a peer that keeps sending on a lost session costs one initiation a second,
 /// whatever its packet rate (or a spoofer's).
-pub const FORCED_HANDSHAKE_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const FORCED_HANDSHAKE_EVERY: Duration = Duration::from_secs(1);
 
 /// The node's keys, the cluster secrets the pair keys come from, and the shared rate limiter.
 pub struct NodeCrypto {
-    pub private: PrivateKey,
-    pub public: PublicKey,
+    pub(crate) private: PrivateKey,
+    pub(crate) public: PublicKey,
     /// Control plane only (new peers, reloads): the data path never takes this lock.
     keyring: Mutex<Keyring>,
-    pub limiter: RateLimiter,
+    pub(crate) limiter: RateLimiter,
     next_index: AtomicU32,
     /// Cookie replies the shared rate limiter sent before an initiator was identified.
-    pub cookie_replies: AtomicU64,
+    pub(crate) cookie_replies: AtomicU64,
     /// Initiators refused because they were no peer of ours (yet).
     pub rejected: RejectedInitiators,
 }
@@ -51,7 +51,7 @@ impl NodeCrypto {
     }
 
     /// The cluster secrets in use.
-    pub fn keyring(&self) -> Keyring {
+    pub(crate) fn keyring(&self) -> Keyring {
         self.keyring
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -60,13 +60,13 @@ impl NodeCrypto {
 
     /// Replaces the cluster secrets; the caller then re-applies the peer set
     /// ([`crate::backend::Backend::set_keyring`] does both).
-    pub fn set_keyring(&self, keyring: Keyring) {
+    pub(crate) fn set_keyring(&self, keyring: Keyring) {
         *self.keyring.lock().unwrap_or_else(|p| p.into_inner()) = keyring;
     }
 
     /// The preshared key for `peer`, from the secret we share with it (see
     /// [`Keyring::pair_key`]).
-    pub fn pair_key(&self, peer: &PublicKey, peer_ids: Option<&[SecretId]>) -> PairKey {
+    pub(crate) fn pair_key(&self, peer: &PublicKey, peer_ids: Option<&[SecretId]>) -> PairKey {
         self.keyring
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -114,14 +114,14 @@ fn start_index() -> u32 {
 
 /// One peer's WireGuard state: its key, the local index its datagrams carry, its session.
 pub struct WgPeer {
-    pub key: PublicKey,
-    pub index: u32,
+    pub(crate) key: PublicKey,
+    pub(crate) index: u32,
     session: Mutex<Session>,
     /// The preshared key in use and the secret it comes from (control plane and status only).
     pair: Mutex<PairKey>,
     /// Names the peer in what boringtun logs while its timers run (handshake retries, expiry):
     /// its own messages say nothing of which peer. Made once, so a timer tick allocates nothing.
-    pub span: tracing::Span,
+    pub(crate) span: tracing::Span,
     /// Set when a handshake should start now rather than on the session's timers: the peer
     /// sends on a session we no longer have, or we refused its initiation moments before it
     /// became a peer. The control thread acts on it ([`WgPeer::take_handshake_wanted`]).
@@ -134,19 +134,19 @@ impl WgPeer {
     /// The session, locked. A worker that panicked while holding it left nothing half-done
     /// that matters more than the traffic, so a poisoned lock is taken over.
     #[inline]
-    pub fn lock(&self) -> MutexGuard<'_, Session> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Session> {
         self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The preshared key in use and where it comes from.
-    pub fn pair(&self) -> PairKey {
+    pub(crate) fn pair(&self) -> PairKey {
         *self.pair.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Asks the control thread to start a handshake with this peer at once. Cheap enough for
     /// the RX path: one relaxed store.
     #[inline]
-    pub fn want_handshake(&self) {
+    pub(crate) fn want_handshake(&self) {
         self.handshake_wanted.store(true, Ordering::Relaxed);
     }
 
@@ -168,7 +168,7 @@ impl WgPeer {
     /// Moves the session to `pair`'s preshared key if it differs from the one in use. The
     /// session keeps its current keys until a handshake under the new one completes (see
     /// `meshd_crypto::Session::set_psk`), so nothing is lost while both ends switch.
-    pub fn set_pair(&self, pair: PairKey) -> bool {
+    pub(crate) fn set_pair(&self, pair: PairKey) -> bool {
         let mut current = self.pair.lock().unwrap_or_else(|p| p.into_inner());
         if current.psk == pair.psk {
             *current = pair;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::stats::PeerStatsSnapshot;
 use crate::tiers::TierReport;
 
-pub use crate::runfiles::SOCKET_NAME;
+pub(crate) use crate::runfiles::SOCKET_NAME;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -82,7 +82,7 @@ pub struct KernelStatus {
     /// The WireGuard device, likewise.
     pub wireguard: String,
     /// host-gw: on or off.
-    pub host_gw: String,
+    pub(crate) host_gw: String,
     /// Kernel objects a previous meshd left and this one kept.
     pub adopted: Vec<String>,
     /// Path moves of every peer since start.
@@ -97,7 +97,7 @@ pub struct PathStatus {
     /// Why not a better one; absent when it is the best this peer can have.
     pub reason: Option<String>,
     /// Seconds on this path.
-    pub since_secs: u64,
+    pub(crate) since_secs: u64,
     /// Moves between paths since this node learnt of the peer.
     pub moves: u64,
     /// Per probed path: probes sent and lost, and whether it is failing now.
@@ -123,10 +123,10 @@ impl std::fmt::Display for PathStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProbeStatus {
-    pub path: String,
+    pub(crate) path: String,
     pub sent: u64,
-    pub lost: u64,
-    pub failing: bool,
+    pub(crate) lost: u64,
+    pub(crate) failing: bool,
 }
 
 /// One cluster secret of the node's keyring, by its public id.
@@ -147,11 +147,11 @@ pub struct MemberStatus {
     /// alive, suspect, down or left.
     pub state: String,
     /// Seconds since this node saw it enter that state.
-    pub since_secs: u64,
+    pub(crate) since_secs: u64,
     /// Its gossip address.
-    pub address: String,
+    pub(crate) address: String,
     /// The subnet it claims, once it holds one.
-    pub subnet: Option<String>,
+    pub(crate) subnet: Option<String>,
     /// Gossip has it down (or its suspicion ran out), but its authenticated traffic arrived
     /// within the evidence window: it keeps its routes (state says suspect).
     #[serde(default)]
@@ -159,19 +159,19 @@ pub struct MemberStatus {
     /// Milliseconds since the data path last heard from it (authenticated traffic, encrypted
     /// mode only), as last handed to gossip.
     #[serde(default)]
-    pub heard_ms_ago: Option<u64>,
+    pub(crate) heard_ms_ago: Option<u64>,
 }
 
 /// Gossip datagrams in and out, and what was dropped.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GossipCounters {
     pub datagrams_in: u64,
-    pub datagrams_out: u64,
+    pub(crate) datagrams_out: u64,
     /// Datagrams that did not open (wrong cluster secret, tampered, replayed, too old): never parsed.
     pub open_failures: u64,
     /// Opened datagrams the gossip codec refused.
-    pub decode_failures: u64,
-    pub send_failures: u64,
+    pub(crate) decode_failures: u64,
+    pub(crate) send_failures: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,10 +183,10 @@ pub struct PeerStatus {
     /// Where it can be reached, best first, each with where it was learnt
     /// (`198.18.0.2:51820 (gossiped)`); `endpoint` is the one in use.
     #[serde(default)]
-    pub candidates: Vec<String>,
+    pub(crate) candidates: Vec<String>,
     /// The MTU of pod packets to it.
     #[serde(default)]
-    pub mtu: u16,
+    pub(crate) mtu: u16,
     #[serde(flatten)]
     pub stats: PeerStatsSnapshot,
     /// The WireGuard session, in encrypted mode.
@@ -200,17 +200,17 @@ pub struct PeerStatus {
 /// One peer's WireGuard session, from `meshd_crypto::Session::stats`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WireguardStatus {
-    pub public_key: String,
+    pub(crate) public_key: String,
     /// Seconds since the current session's handshake; `None` without a session.
     pub last_handshake_secs: Option<f64>,
     pub handshakes: u64,
-    pub rekeys: u64,
+    pub(crate) rekeys: u64,
     pub decrypt_failures: u64,
     pub handshake_failures: u64,
-    pub replays: u64,
+    pub(crate) replays: u64,
     /// Cookie replies this session sent (the shared limiter's are counted on the node).
-    pub cookie_replies_sent: u64,
-    pub handshake_rtt_ms: Option<u32>,
+    pub(crate) cookie_replies_sent: u64,
+    pub(crate) handshake_rtt_ms: Option<u32>,
     /// Id of the cluster secret the pair's preshared key comes from.
     #[serde(default)]
     pub psk_secret: String,

@@ -34,7 +34,7 @@ pub struct ConfigArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub config: ConfigArgs,
+    pub(crate) config: ConfigArgs,
     /// Validate the configuration (and read the cluster secrets) and exit without touching
     /// the host.
     #[arg(long)]
@@ -177,7 +177,7 @@ impl RunArgs {
     }
 
     /// Lay the flags that were given over `cfg`; absent flags leave their key alone.
-    pub fn apply(&self, cfg: &mut Config) {
+    pub(crate) fn apply(&self, cfg: &mut Config) {
         // No `..` here: a key added to Config does not compile until it has a flag below.
         let Config {
             node_name,

@@ -45,21 +45,21 @@ const SEED_RETRY: Duration = Duration::from_secs(2);
 const EVIDENCE_EVERY: Duration = Duration::from_millis(250);
 
 /// What the status API reads: the state machine itself and the daemon's own counters.
-pub struct Shared {
-    pub gossip: Gossip,
+pub(crate) struct Shared {
+    pub(crate) gossip: Gossip,
     /// Seals and opens every datagram; counts what each cluster secret opened.
-    pub sealer: GossipSealer,
+    pub(crate) sealer: GossipSealer,
     /// Datagrams that failed to open (wrong secret, tampered, replayed, too old).
-    pub open_failures: u64,
+    pub(crate) open_failures: u64,
     /// Datagrams that could not be sealed or sent.
-    pub send_failures: u64,
+    pub(crate) send_failures: u64,
 }
 
 /// Everything the gossip task needs from the daemon.
-pub struct Membership {
-    pub shared: Arc<Mutex<Shared>>,
+pub(crate) struct Membership {
+    pub(crate) shared: Arc<Mutex<Shared>>,
     /// The node's current subnet, for the status API.
-    pub subnet: Arc<Mutex<Option<Ipv4Net>>>,
+    pub(crate) subnet: Arc<Mutex<Option<Ipv4Net>>>,
     socket: UdpSocket,
     /// New cluster secrets from [`super::secrets`].
     keyring: tokio::sync::watch::Receiver<Keyring>,
@@ -79,7 +79,7 @@ pub struct Membership {
 
 impl Membership {
     /// Binds the gossip socket and builds the state machine for this node.
-    pub async fn start(
+    pub(crate) async fn start(
         cfg: &Config,
         backend: Arc<Backend>,
         public_key: Option<PublicKey>,
@@ -161,7 +161,7 @@ impl Membership {
 
     /// Drives gossip until `stop` fires, or until a subnet lease cannot be persisted or
     /// applied (returned as the error: the daemon exits on it), then announces the departure.
-    pub async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>) -> Result<()> {
+    pub(crate) async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>) -> Result<()> {
         self.join_seeds().await;
         let mut retry = tokio::time::interval(SEED_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -12,7 +12,7 @@
 //! Nothing here parses packets beyond routing hints: `meshd_crypto` checks and decrypts.
 
 mod rx;
-pub mod tx;
+pub(crate) mod tx;
 
 #[cfg(test)]
 mod tests;
@@ -31,7 +31,7 @@ use crate::peers::wireguard::NodeCrypto;
 use crate::routes::{PeerEntry, RouteTable, Routes};
 use crate::stats::{DropReason, Stamp};
 
-pub use crate::peers::wireguard::WgPeer;
+pub(crate) use crate::peers::wireguard::WgPeer;
 
 /// A buffer any session call accepts whatever it returns: the largest IP packet plus
 /// WireGuard's data overhead (see `meshd_crypto::session`).

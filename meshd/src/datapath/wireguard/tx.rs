@@ -12,7 +12,7 @@ use crate::stats::DropReason;
 /// Packets encrypted per lock of a session. Holding it for a whole batch (~100 µs) made the
 /// RX worker wait to decrypt the reverse direction's ACKs, which slowed a TCP stream; one lock
 /// per few packets costs nothing measurable when uncontended.
-pub const HOLD_PACKETS: usize = 4;
+pub(crate) const HOLD_PACKETS: usize = 4;
 
 /// The TX state of one batch: the session lock held across consecutive packets to one peer.
 #[derive(Default)]

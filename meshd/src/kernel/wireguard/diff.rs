@@ -18,7 +18,7 @@ use super::message::{device_attrs, peer_head, remove_peers, Batcher};
 use super::{DeviceConfig, PeerConfig};
 
 /// The messages that take a device holding `current` peers to `desired`.
-pub fn sync_device(desired: &DeviceConfig, current: &[PeerConfig]) -> Vec<WireguardMessage> {
+pub(crate) fn sync_device(desired: &DeviceConfig, current: &[PeerConfig]) -> Vec<WireguardMessage> {
     let held: HashMap<PublicKey, &PeerConfig> = current.iter().map(|p| (p.public_key, p)).collect();
     let mut batch = Batcher::new(&desired.ifname, device_attrs(desired, false));
     for peer in &desired.peers {

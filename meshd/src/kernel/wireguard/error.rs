@@ -8,7 +8,7 @@ use super::message::ParseError;
 /// Why this node cannot have a kernel WireGuard device. Printed as
 /// `kernel wireguard unavailable (Operation not supported)`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Unavailable {
+pub(crate) enum Unavailable {
     /// The kernel refused a link of kind `wireguard`: `errno` is its netlink error
     /// (`EOPNOTSUPP` without the module, `EPERM` without CAP_NET_ADMIN).
     #[error("kernel wireguard unavailable ({})", errno_message(*errno))]
@@ -24,7 +24,7 @@ pub enum Unavailable {
 impl Unavailable {
     /// The netlink errno behind the reason, if there is one.
     #[cfg(test)]
-    pub fn errno(&self) -> Option<i32> {
+    pub(crate) fn errno(&self) -> Option<i32> {
         match self {
             Unavailable::LinkRefused { errno } => Some(*errno),
             Unavailable::NoFamily => Some(libc::ENOENT),
@@ -35,7 +35,7 @@ impl Unavailable {
 
 /// What can fail opening or configuring the device.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// This kernel cannot hold the device: fall back to userspace.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
@@ -70,7 +70,7 @@ pub enum Error {
 }
 
 /// The C library's text for `errno`, without Rust's ` (os error N)` suffix: what `ip` prints.
-pub fn errno_message(errno: i32) -> String {
+pub(crate) fn errno_message(errno: i32) -> String {
     crate::kernel::Refusal::from_errno(errno).message
 }
 

@@ -16,7 +16,7 @@ use crate::host::OWNER_ALIAS;
 /// Whether this node can have a kernel WireGuard device: makes a link of kind `wireguard` under
 /// a name of its own, checks that generic netlink can configure it, and deletes it again.
 /// Needs a tokio runtime; leaves nothing behind, whatever the answer.
-pub async fn detect() -> Result<(), Unavailable> {
+pub(crate) async fn detect() -> Result<(), Unavailable> {
     let handle = connect().map_err(|e| Unavailable::Netlink {
         detail: e.to_string(),
     })?;
@@ -39,7 +39,7 @@ pub async fn detect() -> Result<(), Unavailable> {
 
 /// Deletes WireGuard link `ifname` if it exists and meshd made it; true when it was deleted.
 /// A link of that name that is not ours, or not WireGuard, is an error and stays.
-pub async fn remove_device(ifname: &str) -> Result<bool, Error> {
+pub(crate) async fn remove_device(ifname: &str) -> Result<bool, Error> {
     let handle = connect()?;
     let Some(link) = find(&handle, ifname).await? else {
         return Ok(false);

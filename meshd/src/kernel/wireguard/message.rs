@@ -33,7 +33,7 @@ use super::{DeviceConfig, PeerConfig};
 /// The largest message built, headers included: one page, where `wg setconf` splits too. The
 /// kernel would take more (up to the socket's send buffer), but a page is what every kernel
 /// since 5.6 has been exercised with.
-pub const MAX_MESSAGE: usize = 4096;
+pub(crate) const MAX_MESSAGE: usize = 4096;
 /// `nlmsghdr` and `genlmsghdr`.
 const HEADERS: usize = 16 + 4;
 /// The header of a nested attribute (`PEERS`, one peer, `ALLOWEDIPS`).
@@ -41,7 +41,7 @@ const NLA_HEADER: usize = 4;
 
 /// The messages that make the device exactly `cfg`: keys, port, fwmark (absent: 0, no mark),
 /// and a peer set that replaces whatever the device held, each peer's allowed IPs replaced.
-pub fn set_device(cfg: &DeviceConfig) -> Vec<WireguardMessage> {
+pub(crate) fn set_device(cfg: &DeviceConfig) -> Vec<WireguardMessage> {
     let mut batch = Batcher::new(&cfg.ifname, device_attrs(cfg, true));
     for peer in &cfg.peers {
         batch.add_peer(peer.public_key, peer_head(peer), &peer.allowed_ips);
@@ -52,7 +52,7 @@ pub fn set_device(cfg: &DeviceConfig) -> Vec<WireguardMessage> {
 /// Messages that add `peers` to device `ifname`, or update them (endpoint, preshared key,
 /// keepalive, allowed IPs replaced), leaving the other peers alone.
 #[cfg(test)]
-pub fn update_peers(ifname: &str, peers: &[PeerConfig]) -> Vec<WireguardMessage> {
+pub(crate) fn update_peers(ifname: &str, peers: &[PeerConfig]) -> Vec<WireguardMessage> {
     let mut batch = Batcher::new(ifname, Vec::new());
     for peer in peers {
         batch.add_peer(peer.public_key, peer_head(peer), &peer.allowed_ips);
@@ -61,7 +61,7 @@ pub fn update_peers(ifname: &str, peers: &[PeerConfig]) -> Vec<WireguardMessage>
 }
 
 /// Messages that remove the peers with `keys` from device `ifname` (`WGPEER_F_REMOVE_ME`).
-pub fn remove_peers(ifname: &str, keys: &[PublicKey]) -> Vec<WireguardMessage> {
+pub(crate) fn remove_peers(ifname: &str, keys: &[PublicKey]) -> Vec<WireguardMessage> {
     let mut batch = Batcher::new(ifname, Vec::new());
     for key in keys {
         let head = vec![
@@ -74,7 +74,7 @@ pub fn remove_peers(ifname: &str, keys: &[PublicKey]) -> Vec<WireguardMessage> {
 }
 
 /// The request for device `ifname`'s state (sent as a dump).
-pub fn get_device(ifname: &str) -> WireguardMessage {
+pub(crate) fn get_device(ifname: &str) -> WireguardMessage {
     WireguardMessage {
         cmd: WireguardCmd::GetDevice,
         attributes: vec![WireguardAttribute::IfName(ifname.to_string())],
@@ -84,7 +84,7 @@ pub fn get_device(ifname: &str) -> WireguardMessage {
 /// What does not make a [`DeviceConfig`] in a `WG_CMD_GET_DEVICE` reply (or a set of
 /// `WG_CMD_SET_DEVICE` messages read back).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     /// No message carried the device's name.
     #[error("no interface name in the reply")]
     #[cfg(test)]
@@ -114,7 +114,7 @@ pub enum ParseError {
 
 /// The device the replies describe; a peer split across messages is merged back.
 #[cfg(test)]
-pub fn parse_device(replies: &[WireguardMessage]) -> Result<DeviceConfig, ParseError> {
+pub(crate) fn parse_device(replies: &[WireguardMessage]) -> Result<DeviceConfig, ParseError> {
     let mut ifname = None;
     let mut private = None;
     let mut port = None;
@@ -141,7 +141,7 @@ pub fn parse_device(replies: &[WireguardMessage]) -> Result<DeviceConfig, ParseE
 
 /// The peers the replies describe, whatever the device's own attributes (a device not yet
 /// configured has no private key).
-pub fn parse_peers(replies: &[WireguardMessage]) -> Result<Vec<PeerConfig>, ParseError> {
+pub(crate) fn parse_peers(replies: &[WireguardMessage]) -> Result<Vec<PeerConfig>, ParseError> {
     let mut peers: Vec<PartialPeer> = Vec::new();
     for attr in replies.iter().flat_map(|m| m.attributes.iter()) {
         if let WireguardAttribute::Peers(list) = attr {

@@ -14,11 +14,11 @@
 //! all peers go through it or none do. It does not route (the caller points peer subnets at the
 //! device) and does not probe.
 
-pub mod diff;
+pub(crate) mod diff;
 mod error;
 mod genl;
 mod link;
-pub mod message;
+pub(crate) mod message;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,37 +29,37 @@ use ipnet::Ipv4Net;
 use meshd_crypto::{PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
-pub use error::{Error, Unavailable};
-pub use link::{detect, remove_device};
+pub(crate) use error::{Error, Unavailable};
+pub(crate) use link::{detect, remove_device};
 
 use crate::peers::wireguard::NodeCrypto;
 use crate::peers::Peer;
 use genl::Genl;
 
 /// Linux's `IFNAMSIZ` less the terminating NUL.
-pub const MAX_IFNAME: usize = 15;
+pub(crate) const MAX_IFNAME: usize = 15;
 
 /// The whole desired state of a kernel WireGuard device.
 #[derive(Clone)]
-pub struct DeviceConfig {
-    pub ifname: String,
-    pub private_key: PrivateKey,
-    pub listen_port: u16,
+pub(crate) struct DeviceConfig {
+    pub(crate) ifname: String,
+    pub(crate) private_key: PrivateKey,
+    pub(crate) listen_port: u16,
     /// The mark on the device's own datagrams; `None` sets none (0).
-    pub fwmark: Option<NonZeroU32>,
-    pub peers: Vec<PeerConfig>,
+    pub(crate) fwmark: Option<NonZeroU32>,
+    pub(crate) peers: Vec<PeerConfig>,
 }
 
 /// One peer of the device.
 #[derive(Clone, PartialEq, Eq)]
-pub struct PeerConfig {
-    pub public_key: PublicKey,
+pub(crate) struct PeerConfig {
+    pub(crate) public_key: PublicKey,
     /// Zeroed on drop; not in `Debug`.
-    pub preshared_key: Zeroizing<[u8; 32]>,
-    pub endpoint: SocketAddr,
-    pub allowed_ips: Vec<Ipv4Net>,
+    pub(crate) preshared_key: Zeroizing<[u8; 32]>,
+    pub(crate) endpoint: SocketAddr,
+    pub(crate) allowed_ips: Vec<Ipv4Net>,
     /// `None` sends no keepalives (0), as meshd's userspace sessions do.
-    pub persistent_keepalive: Option<NonZeroU16>,
+    pub(crate) persistent_keepalive: Option<NonZeroU16>,
 }
 
 impl PartialEq for DeviceConfig {
@@ -101,7 +101,7 @@ impl fmt::Debug for PeerConfig {
 /// The device's configuration for this node (`crypto`) and `peers`: every peer with a key,
 /// reached at its underlay address on `port` (the WireGuard port is the same on every node),
 /// its subnet as allowed IPs. Peers without a key (cleartext) are left out.
-pub fn device_config(
+pub(crate) fn device_config(
     ifname: &str,
     crypto: &NodeCrypto,
     port: u16,
@@ -123,7 +123,7 @@ pub fn device_config(
 /// `peer` as a device peer, `None` without a key. Its preshared key comes from the same
 /// [`NodeCrypto::pair_key`] the userspace sessions use, so a rotation of the cluster secrets
 /// moves both to the same key.
-pub fn peer_config(peer: &Peer, crypto: &NodeCrypto) -> Option<PeerConfig> {
+pub(crate) fn peer_config(peer: &Peer, crypto: &NodeCrypto) -> Option<PeerConfig> {
     let key = peer.key.as_ref()?;
     let pair = crypto.pair_key(&key.public, key.secret_ids.as_deref());
     Some(PeerConfig {
@@ -137,7 +137,7 @@ pub fn peer_config(peer: &Peer, crypto: &NodeCrypto) -> Option<PeerConfig> {
 
 /// A kernel WireGuard device meshd made or adopted, and the generic netlink socket that
 /// configures it. Configuration calls block briefly (a netlink round trip per message).
-pub struct KernelWireguard {
+pub(crate) struct KernelWireguard {
     ifname: String,
     index: u32,
     adopted: bool,
@@ -149,7 +149,7 @@ impl KernelWireguard {
     /// in the current network namespace. Needs a tokio runtime. On a kernel without WireGuard
     /// this is [`Error::Unavailable`] and leaves nothing behind. An adopted device keeps its
     /// peers (and their sessions) until the first [`KernelWireguard::sync`].
-    pub async fn open(ifname: &str, mtu: u16) -> Result<KernelWireguard, Error> {
+    pub(crate) async fn open(ifname: &str, mtu: u16) -> Result<KernelWireguard, Error> {
         check_name(ifname)?;
         let handle = link::connect()?;
         let (index, adopted) = link::create_or_adopt(&handle, ifname, mtu).await?;
@@ -169,17 +169,17 @@ impl KernelWireguard {
         }
     }
 
-    pub fn ifname(&self) -> &str {
+    pub(crate) fn ifname(&self) -> &str {
         &self.ifname
     }
 
     /// The link's interface index (for routes through it).
-    pub fn index(&self) -> u32 {
+    pub(crate) fn index(&self) -> u32 {
         self.index
     }
 
     /// Whether a previous run left the device and this one took it over.
-    pub fn adopted(&self) -> bool {
+    pub(crate) fn adopted(&self) -> bool {
         self.adopted
     }
 
@@ -187,7 +187,7 @@ impl KernelWireguard {
     /// from what the device holds is sent ([`diff::sync_device`]), so peers that stay keep
     /// their sessions; a changed preshared key applies from the next handshake. A device
     /// holding peers meshd cannot read is replaced wholesale ([`message::set_device`]).
-    pub fn sync(&self, desired: &DeviceConfig) -> Result<(), Error> {
+    pub(crate) fn sync(&self, desired: &DeviceConfig) -> Result<(), Error> {
         self.check(desired)?;
         let mut genl = self.lock();
         let replies = genl.dump(
@@ -208,7 +208,7 @@ impl KernelWireguard {
     /// dropped and written again, so every session starts over. For a device whose state is
     /// unknown; [`KernelWireguard::sync`] is the reconcile step.
     #[cfg(test)]
-    pub fn replace(&self, desired: &DeviceConfig) -> Result<(), Error> {
+    pub(crate) fn replace(&self, desired: &DeviceConfig) -> Result<(), Error> {
         self.check(desired)?;
         let what = format!("configuring `{}`", self.ifname);
         self.lock().set(&what, message::set_device(desired))
@@ -216,7 +216,7 @@ impl KernelWireguard {
 
     /// Removes the peers with `keys` (one that is not there is no error).
     #[cfg(test)]
-    pub fn remove_peers(&self, keys: &[PublicKey]) -> Result<(), Error> {
+    pub(crate) fn remove_peers(&self, keys: &[PublicKey]) -> Result<(), Error> {
         let what = format!("removing peers of `{}`", self.ifname);
         self.lock()
             .set(&what, message::remove_peers(&self.ifname, keys))
@@ -224,7 +224,7 @@ impl KernelWireguard {
 
     /// The device's configuration as the kernel holds it.
     #[cfg(test)]
-    pub fn device(&self) -> Result<DeviceConfig, Error> {
+    pub(crate) fn device(&self) -> Result<DeviceConfig, Error> {
         let what = format!("reading `{}`", self.ifname);
         let replies = self.lock().dump(&what, message::get_device(&self.ifname))?;
         Ok(message::parse_device(&replies)?)

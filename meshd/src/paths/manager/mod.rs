@@ -32,12 +32,12 @@ use crate::status::KernelStatus;
 use crate::wire::MacAddr;
 
 /// How often each probed path of each peer is probed.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// A probe not answered within this is lost.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Routes and entries a previous meshd left for peers this one has not (yet) heard of are kept
 /// this long after start, so a restart does not cut pods off while gossip catches up.
-pub const ADOPTION_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const ADOPTION_GRACE: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(100);
 /// How often the routes meshd set are compared with what the kernel has (a device that went
 /// down takes its routes with it; someone may have deleted one by hand).
@@ -47,20 +47,20 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What the backend hands on at each reconcile.
 #[derive(Debug, Clone, Default)]
-pub struct Desired {
+pub(crate) struct Desired {
     /// Every routed peer's link, in the peer set's order.
-    pub links: Vec<Arc<PeerLink>>,
-    pub own_subnet: Option<Ipv4Net>,
+    pub(crate) links: Vec<Arc<PeerLink>>,
+    pub(crate) own_subnet: Option<Ipv4Net>,
 }
 
 /// The manager's handle: the backend publishes to it, the status reads from it.
-pub struct Paths {
+pub(crate) struct Paths {
     desired: watch::Sender<Desired>,
     kernel: Mutex<KernelStatus>,
 }
 
 impl Paths {
-    pub fn new(kernel: KernelStatus) -> Arc<Paths> {
+    pub(crate) fn new(kernel: KernelStatus) -> Arc<Paths> {
         Arc::new(Paths {
             desired: watch::channel(Desired::default()).0,
             kernel: Mutex::new(kernel),
@@ -69,12 +69,12 @@ impl Paths {
 
     /// A reconcile pass's links (the backend's call). Passes that arrive faster than the
     /// manager takes them are applied once, the latest.
-    pub fn publish(&self, links: Vec<Arc<PeerLink>>, own_subnet: Option<Ipv4Net>) {
+    pub(crate) fn publish(&self, links: Vec<Arc<PeerLink>>, own_subnet: Option<Ipv4Net>) {
         self.desired
             .send_modify(|cur| *cur = Desired { links, own_subnet });
     }
 
-    pub fn kernel_status(&self) -> KernelStatus {
+    pub(crate) fn kernel_status(&self) -> KernelStatus {
         lock(&self.kernel).clone()
     }
 
@@ -88,25 +88,25 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// What the daemon set up before the manager starts.
-pub struct Setup {
-    pub host: Host,
-    pub mode: Datapath,
-    pub encryption: Encryption,
-    pub host_gw: bool,
+pub(crate) struct Setup {
+    pub(crate) host: Host,
+    pub(crate) mode: Datapath,
+    pub(crate) encryption: Encryption,
+    pub(crate) host_gw: bool,
     /// The underlay address and the index of its link.
-    pub local: Ipv4Addr,
-    pub underlay_index: Option<u32>,
+    pub(crate) local: Ipv4Addr,
+    pub(crate) underlay_index: Option<u32>,
     /// The underlay link's MAC (host-gw probes come from it).
-    pub underlay_mac: Option<MacAddr>,
-    pub tun: String,
+    pub(crate) underlay_mac: Option<MacAddr>,
+    pub(crate) tun: String,
     /// The pod MTU: the probes' size.
-    pub pod_mtu: u16,
-    pub vxlan: Result<VxlanDevice, NotOffered>,
+    pub(crate) pod_mtu: u16,
+    pub(crate) vxlan: Result<VxlanDevice, NotOffered>,
     /// The kernel WireGuard device, when the kernel has one: then it carries every peer.
-    pub wireguard: Result<KernelWireguard, NotOffered>,
+    pub(crate) wireguard: Result<KernelWireguard, NotOffered>,
     /// The node's keys (encrypted mode), for the kernel WireGuard peers.
-    pub crypto: Option<Arc<NodeCrypto>>,
-    pub wireguard_port: u16,
+    pub(crate) crypto: Option<Arc<NodeCrypto>>,
+    pub(crate) wireguard_port: u16,
 }
 
 struct Manager {
@@ -135,7 +135,7 @@ struct Manager {
 
 /// Run the manager until `stop` resolves. Kernel objects stay when it stops: pods on kernel
 /// paths keep talking while meshd is down, and the next meshd adopts them.
-pub async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Future<Output = ()>) {
+pub(crate) async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Future<Output = ()>) {
     let mut rx = paths.subscribe();
     let kernel_in_play =
         (s.encryption == Encryption::None && s.vxlan.is_ok()) || s.wireguard.is_ok();
@@ -210,7 +210,7 @@ pub async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Future<Out
 /// Starts the manager on a thread of its own, with its own runtime: its netlink calls, generic
 /// netlink requests (with their timeouts) and raw-socket sends then never hold up the gossip
 /// thread, which must answer SWIM probes on time. Send on the returned channel to stop it.
-pub fn spawn(
+pub(crate) fn spawn(
     paths: Arc<Paths>,
     s: Setup,
 ) -> anyhow::Result<(
