@@ -1,7 +1,7 @@
 //! Cleartext VXLAN (RFC 7348) as an [`Encap`]: each IP packet from the TUN device in an
 //! Ethernet frame between the two nodes' VTEP MACs, under the cluster's VNI, so a kernel VXLAN
 //! device at the other end takes it as its own. No I/O; the per-peer header is built once, in
-//! the route table ([`crate::routes::PeerEntry::header`]).
+//! the route table ([`crate::link::PeerLink::header`]).
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -5,7 +5,7 @@
 //! Why: a restarted node hears a member's first initiation before gossip has told it about
 //! that member. It must refuse it (it cannot tell a member from a stranger), but when the member
 //! becomes a peer moments later it starts a handshake at once instead of waiting the 5 s until
-//! the member's next retry ([`crate::peers::wireguard::Sessions::sync`]).
+//! the member's next retry ([`crate::link::registry::Links::reconcile`]).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;

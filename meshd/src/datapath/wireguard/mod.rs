@@ -8,7 +8,7 @@
 //! became a peer), and resets the shared handshake rate limiter once a second.
 //!
 //! Each peer's session sits behind its own `Mutex` in a [`WgPeer`], held by the route table;
-//! the registry that keeps it across peer-set changes is [`crate::peers::wireguard::Sessions`].
+//! the registry that keeps it across peer-set changes is [`crate::link::registry::Links`].
 //! Nothing here parses packets beyond routing hints: `meshd_crypto` checks and decrypts.
 
 mod rx;
