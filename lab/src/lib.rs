@@ -10,8 +10,10 @@
 //! depends on the `meshd` library only for the contract the two share: config values and
 //! constants (`meshd::config`), the runtime file names (`meshd::runfiles`), the status socket
 //! (`meshd::status::query`) and the pod gateway address (`meshd::host::gateway`). It makes
-//! nothing in the root namespace and keeps its state under `/run/meshd-lab/<prefix>/`.
+//! nothing in the root namespace but for the neighbour-table limits a large lab needs ([`neigh`]),
+//! and keeps its state under `/run/meshd-lab/<prefix>/`.
 
+pub mod neigh;
 pub mod netns;
 pub mod probe;
 pub mod recipe;
