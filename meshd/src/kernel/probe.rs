@@ -13,6 +13,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::wire::checksum::checksum;
 use crate::wire::MacAddr;
 
 const ETH_P_IP: u16 = 0x0800;
@@ -212,22 +213,6 @@ pub fn parse_reply(packet: &[u8], ident: u16) -> Option<(Ipv4Addr, u16)> {
     let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
     let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
     Some((src, seq))
-}
-
-/// The Internet checksum (RFC 1071) of `data`.
-pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[cfg(test)]
