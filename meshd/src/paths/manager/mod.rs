@@ -28,8 +28,6 @@ use crate::peers::Peer;
 use crate::status::{KernelStatus, PathStatus};
 use crate::wire::{vtep_mac, MacAddr};
 
-/// How often each probed path of each peer is probed.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// A probe not answered within this is lost.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Routes and entries a previous meshd left for peers this one has not (yet) heard of are kept
@@ -132,7 +130,8 @@ struct Manager {
     prober: Option<Prober>,
     peers: HashMap<String, PeerState>,
     own: Option<Ipv4Net>,
-    outstanding: HashMap<u16, (String, PathKind, Instant)>,
+    /// Probes awaiting a reply, by sequence number: peer, path, when sent, size.
+    outstanding: HashMap<u16, (String, PathKind, Instant, u16)>,
     seq: u16,
     /// Routes a previous meshd left, by subnet, until claimed or the grace ends.
     adopted_routes: HashMap<Ipv4Net, routes::Found>,
@@ -343,7 +342,7 @@ impl Manager {
             vxlan::remove_peer(&self.s.host, dev.index, st.mac, st.vtep).await;
         }
         self.outstanding
-            .retain(|_, (name, _, _)| name != &st.peer.name);
+            .retain(|_, (name, _, _, _)| name != &st.peer.name);
     }
 
     /// Set every peer's route where it is not what its path needs.

@@ -5,11 +5,11 @@
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
-use super::{lock, Manager, PeerState, PROBE_INTERVAL, PROBE_TIMEOUT};
+use super::{lock, Manager, PeerState, PROBE_TIMEOUT};
 use crate::host::gateway;
 use crate::kernel::probe::Probe;
 use crate::kernel::{routes, vxlan};
-use crate::paths::PathKind;
+use crate::paths::{probe_interval, PathKind};
 use crate::status::{PathStatus, ProbeStatus};
 use crate::wire::MacAddr;
 
@@ -47,12 +47,12 @@ impl Manager {
         let mut replies = Vec::new();
         prober.replies(&mut replies);
         for (src, seq) in replies {
-            let Some((name, kind, _)) = self.outstanding.remove(&seq) else {
+            let Some((name, kind, _, size)) = self.outstanding.remove(&seq) else {
                 continue;
             };
             if let Some(st) = self.peers.get_mut(&name) {
                 if src == gateway(st.peer.subnet) {
-                    st.path.record(kind, true, now);
+                    st.path.record_probe(kind, size, true, now);
                 }
             }
         }
@@ -62,13 +62,13 @@ impl Manager {
         let late: Vec<u16> = self
             .outstanding
             .iter()
-            .filter(|(_, (_, _, sent))| now.saturating_duration_since(*sent) >= PROBE_TIMEOUT)
+            .filter(|(_, (_, _, sent, _))| now.saturating_duration_since(*sent) >= PROBE_TIMEOUT)
             .map(|(seq, _)| *seq)
             .collect();
         for seq in late {
-            if let Some((name, kind, _)) = self.outstanding.remove(&seq) {
+            if let Some((name, kind, _, size)) = self.outstanding.remove(&seq) {
                 if let Some(st) = self.peers.get_mut(&name) {
-                    st.path.record(kind, false, now);
+                    st.path.record_probe(kind, size, false, now);
                 }
             }
         }
@@ -97,11 +97,12 @@ impl Manager {
             (true, Some(i)) => underlay_macs(&self.s.host, i).await,
             _ => Vec::new(),
         };
+        let per_round = self.peers.values().map(|st| st.path.probed().count()).sum();
         for name in due {
             let Some(st) = self.peers.get_mut(&name) else {
                 continue;
             };
-            st.next_probe = now + PROBE_INTERVAL;
+            st.next_probe = now + probe_interval(per_round);
             let kinds: Vec<PathKind> = st.path.probed().collect();
             for kind in kinds {
                 let target = match kind {
@@ -134,23 +135,25 @@ impl Manager {
                     continue;
                 };
                 self.seq = self.seq.wrapping_add(1).max(1);
+                let size = st.path.probe_size(kind);
                 let probe = Probe {
                     ifindex,
                     dst_mac,
                     src_mac,
                     src: gateway(own),
                     dst: gateway(st.peer.subnet),
-                    size: self.s.pod_mtu,
+                    size,
                     seq: self.seq,
                 };
                 let sent = self.prober.as_mut().map(|p| p.send(&probe));
                 match sent {
                     Some(Ok(())) => {
-                        self.outstanding.insert(self.seq, (name.clone(), kind, now));
+                        self.outstanding
+                            .insert(self.seq, (name.clone(), kind, now, size));
                     }
                     Some(Err(e)) => {
                         tracing::debug!(peer = %name, path = %kind, error = %e, "probe not sent");
-                        st.path.record(kind, false, now);
+                        st.path.record_probe(kind, size, false, now);
                     }
                     None => {}
                 }
