@@ -9,9 +9,12 @@
 //! `boringtun-cli` as processes of their own, and is never linked into the `meshd` binary. It
 //! depends on the `meshd` library only for the contract the two share: config values and
 //! constants (`meshd::config`), the runtime file names (`meshd::runfiles`), the status socket
-//! (`meshd::status::query`) and the pod gateway address (`meshd::host::gateway`). It makes
-//! nothing in the root namespace and keeps its state under `/run/meshd-lab/<prefix>/`.
+//! (`meshd::status::query`), the pod gateway address (`meshd::host::gateway`) and the Internet
+//! checksum its pings carry (`meshd::wire::checksum`). It makes nothing in the root namespace
+//! but for the neighbour-table limits a large lab needs ([`neigh`]), and keeps its state under
+//! `/run/meshd-lab/<prefix>/`.
 
+pub mod neigh;
 pub mod netns;
 pub mod probe;
 pub mod recipe;

@@ -168,6 +168,9 @@ fn real_main(cmd: LabCommand) -> Result<()> {
             };
             let mut t = Topology::up(spec.clone())?;
             t.cleanup_on_drop = false;
+            for c in &t.neigh_changes {
+                println!("raised {c} (the kernel's neighbour table, shared by every namespace; `meshd lab down` puts it back)");
+            }
             meshd_lab::save(&spec)?;
             for h in &t.hosts {
                 let pods: Vec<String> = h.pods.iter().map(|p| p.addr.to_string()).collect();
@@ -197,7 +200,17 @@ fn real_main(cmd: LabCommand) -> Result<()> {
             meshd_lab::check(&t, megabytes)
         }
         LabCommand::Down { prefix } => {
-            topology::down(&prefix);
+            let restored = topology::down(&prefix)?;
+            for c in &restored {
+                println!("restored {c}");
+            }
+            let root = std::path::Path::new(topology::STATE_ROOT);
+            if root.join(meshd_lab::neigh::ORIGINALS).exists() {
+                println!(
+                    "neighbour-table limits left raised: lab(s) {} still up",
+                    meshd_lab::neigh::other_labs(root, &prefix).join(", ")
+                );
+            }
             println!("lab `{prefix}` removed");
             Ok(())
         }

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::netns::in_netns;
+use meshd::wire::checksum::checksum;
 
 /// Send ICMP echo requests from namespace `ns` to `dst` until one is answered or `attempts`
 /// have timed out. Returns the round-trip time of the answered one.
@@ -181,17 +182,6 @@ fn is_reply(b: &[u8], dst: Ipv4Addr, ident: u16) -> Option<u16> {
     let from = b.get(12..16).map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3]));
     (icmp.len() >= 8 && icmp[0] == 0 && from == Some(dst) && icmp[4..6] == ident.to_be_bytes())
         .then(|| u16::from_be_bytes([icmp[6], icmp[7]]))
-}
-
-fn checksum(b: &[u8]) -> u16 {
-    let mut sum: u32 = b
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Outcome of a TCP transfer.

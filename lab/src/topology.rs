@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Nothing is made in the root namespace: on a machine running Docker the root namespace forwards
-//! nothing, and the lab must work there too. Dropping a `Topology` removes all of it.
+//! nothing, and the lab must work there too. The one root-namespace setting it touches is the
+//! neighbour table's size, which only exists there ([`neigh`]). Dropping a `Topology` removes
+//! all of it.
 
 use anyhow::{bail, Context, Result};
 use std::net::Ipv4Addr;
@@ -20,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::netns::{self, ip, run};
-use crate::{recipe, wireguard};
+use crate::{neigh, recipe, wireguard};
 use meshd::config::{Datapath, Encryption};
 
 /// What runs on a lab host and carries its overlay traffic.
@@ -132,18 +134,31 @@ pub struct Topology {
     pub hosts: Vec<Host>,
     /// Remove everything on drop (tests); `lab up` keeps it.
     pub cleanup_on_drop: bool,
+    /// The neighbour-table limits `up` raised for the lab's size ([`neigh::size`]).
+    pub neigh_changes: Vec<neigh::Change>,
 }
 
 pub const UNDERLAY_PREFIX: u8 = 24;
+/// Where every lab keeps its state, one directory per prefix.
+pub const STATE_ROOT: &str = "/run/meshd-lab";
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 impl Topology {
     /// Build the whole topology and start its daemons; on any failure, remove what was made.
     pub fn up(spec: Spec) -> Result<Topology> {
+        // Checked before anything is made: the cleanup of a failed `up` removes every namespace
+        // of the prefix, which here would be another lab's.
+        if !netns::list(&format!("{}-", spec.prefix)).is_empty() {
+            bail!(
+                "namespaces named {}-* exist already; run `meshd lab down` first",
+                spec.prefix
+            );
+        }
         let mut t = Topology {
             hosts: plan(&spec),
             spec,
             cleanup_on_drop: true,
+            neigh_changes: Vec::new(),
         };
         t.build().inspect_err(|_| t.down())?;
         Ok(t)
@@ -155,11 +170,12 @@ impl Topology {
             hosts: plan(&spec),
             spec,
             cleanup_on_drop: false,
+            neigh_changes: Vec::new(),
         }
     }
 
     pub fn state_dir(prefix: &str) -> PathBuf {
-        PathBuf::from("/run/meshd-lab").join(prefix)
+        PathBuf::from(STATE_ROOT).join(prefix)
     }
 
     fn switch(&self) -> String {
@@ -167,12 +183,6 @@ impl Topology {
     }
 
     fn build(&mut self) -> Result<()> {
-        if !netns::list(&format!("{}-", self.spec.prefix)).is_empty() {
-            bail!(
-                "namespaces named {}-* exist already; run `meshd lab down` first",
-                self.spec.prefix
-            );
-        }
         for h in &self.hosts {
             match (h.kind, self.spec.encryption) {
                 (HostKind::KernelVxlan, Encryption::Wireguard) => {
@@ -187,6 +197,12 @@ impl Topology {
                 _ => {}
             }
         }
+        self.neigh_changes = neigh::size(
+            std::path::Path::new(STATE_ROOT),
+            &self.spec.prefix,
+            self.hosts.len(),
+            self.spec.pods_per_host,
+        )?;
         let sw = self.switch();
         ip(&["netns", "add", &sw])?;
         ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
@@ -652,7 +668,9 @@ impl Topology {
 
     /// Stop every daemon and remove every namespace and file of this topology.
     pub fn down(&self) {
-        down(&self.spec.prefix);
+        if let Err(e) = down(&self.spec.prefix) {
+            eprintln!("meshd lab: {e:#}");
+        }
     }
 
     pub fn pods(&self) -> impl Iterator<Item = (&Host, &Pod)> {
@@ -670,8 +688,9 @@ impl Drop for Topology {
     }
 }
 
-/// Remove a topology by prefix, whatever state a crash left it in.
-pub fn down(prefix: &str) {
+/// Remove a topology by prefix, whatever state a crash left it in; once no other lab is left,
+/// put back the neighbour-table limits the first one raised. Returns what that changed.
+pub fn down(prefix: &str) -> Result<Vec<neigh::Change>> {
     // Pods and the switch first, hosts (with their daemons) last: order does not matter for
     // correctness, every namespace is killed and deleted on its own.
     for ns in netns::list(&format!("{prefix}-")) {
@@ -679,6 +698,8 @@ pub fn down(prefix: &str) {
         wireguard::remove_leftovers(&ns);
     }
     let _ = std::fs::remove_dir_all(Topology::state_dir(prefix));
+    neigh::restore(std::path::Path::new(STATE_ROOT), prefix)
+        .context("restoring the neighbour-table limits")
 }
 
 fn plan(spec: &Spec) -> Vec<Host> {

@@ -21,6 +21,8 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
+use crate::wire::checksum::{fold, sum};
+
 /// Bytes of the virtio-net header in front of every write when offload is on.
 pub const VNET_HDR_LEN: usize = 10;
 /// The largest packet one write may carry (the IP length fields).
@@ -465,68 +467,6 @@ fn checksum_ok(packet: &[u8], s: &Segment) -> bool {
     };
     let pseudo = sum(addrs, u64::from(proto) + l4.len() as u64);
     fold(sum(l4, pseudo)) == 0xffff
-}
-
-/// The ones'-complement sum of `data` (starting at an even offset of its packet) as
-/// big-endian 16-bit words, added to `acc`, unfolded.
-///
-/// The sum does not depend on byte order but for a final swap (RFC 1071), so it is taken over
-/// the host's own 64-bit words, 32 bytes a round in four independent lanes (which the compiler
-/// turns into vector adds), each word added as its two 32-bit halves so no carry is lost.
-/// Where the CPU has AVX2 (found at run time), the same loop compiled for it.
-#[inline]
-pub fn sum(data: &[u8], acc: u64) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return acc + u64::from(unsafe { sum_avx2(data) });
-    }
-    acc + u64::from(sum_words(data))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn sum_avx2(data: &[u8]) -> u16 {
-    sum_words(data)
-}
-
-/// [`sum`]'s loop: the folded big-endian sum of `data`.
-#[inline(always)]
-fn sum_words(data: &[u8]) -> u16 {
-    let mut lanes = [0u64; 4];
-    let mut blocks = data.chunks_exact(32);
-    for b in &mut blocks {
-        for (k, lane) in lanes.iter_mut().enumerate() {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&b[8 * k..8 * k + 8]);
-            let w = u64::from_ne_bytes(w);
-            *lane += (w & 0xffff_ffff) + (w >> 32);
-        }
-    }
-    let mut native: u64 = lanes.iter().map(|&l| u64::from(fold(l))).sum();
-    let mut words = blocks.remainder().chunks_exact(2);
-    for w in &mut words {
-        native += u64::from(u16::from_ne_bytes([w[0], w[1]]));
-    }
-    if let [last] = words.remainder() {
-        // An odd last byte is the high byte of a big-endian word padded with zero.
-        native += u64::from(u16::from_ne_bytes([*last, 0]));
-    }
-    let host = fold(native);
-    if cfg!(target_endian = "little") {
-        host.swap_bytes()
-    } else {
-        host
-    }
-}
-
-/// Fold a [`sum`] to 16 bits.
-#[inline]
-pub fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
 }
 
 fn write(tun: &impl AsRawFd, bytes: &[u8]) -> io::Result<()> {

@@ -1,6 +1,7 @@
 //! Path probes that look like pod traffic: an ICMP echo request from this node's bridge address
-//! to the peer's bridge address, as large as a pod packet may be (the pod MTU), DF set, handed
-//! as an Ethernet frame to the very device pod packets of that peer would leave by, addressed
+//! to the peer's bridge address, DF set, as large as a pod packet may be (the pod MTU) or small
+//! (the caller chooses: `paths::cadence`), handed as an Ethernet frame to the very device pod
+//! packets of that peer would leave by, addressed
 //! to the MAC their route resolves to (the peer's VTEP MAC on the VXLAN device; the peer's
 //! underlay MAC for host-gw). So a path can be probed while the peer's packets take another,
 //! and what breaks pod packets on that path (a firewall, an MTU black hole, a VPC dropping
@@ -13,6 +14,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::wire::checksum::checksum;
 use crate::wire::MacAddr;
 
 const ETH_P_IP: u16 = 0x0800;
@@ -20,6 +22,10 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO: u8 = 8;
 const ICMP_FILTER: libc::c_int = 1;
 const SOL_RAW: libc::c_int = 255;
+/// The reply socket's receive buffer: the kernel's default (208 KiB) held only about 75
+/// pod-sized replies, fewer than a node with 100 peers may have coming back together, and
+/// replies wait there for the manager's next tick (or longer, when its thread is busy).
+const REPLY_BUFFER: libc::c_int = 1 << 20;
 
 /// One probe: who it is from and to, how big (the IPv4 total length), and its sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +84,23 @@ impl Prober {
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());
+        }
+        // SO_RCVBUFFORCE passes net.core.rmem_max (meshd has CAP_NET_ADMIN); without it,
+        // SO_RCVBUF gets what rmem_max allows.
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: setsockopt with a c_int the call reads.
+            let rc = unsafe {
+                libc::setsockopt(
+                    icmp.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&REPLY_BUFFER as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
         }
         Ok(Prober {
             frames,
@@ -212,22 +235,6 @@ pub fn parse_reply(packet: &[u8], ident: u16) -> Option<(Ipv4Addr, u16)> {
     let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
     let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
     Some((src, seq))
-}
-
-/// The Internet checksum (RFC 1071) of `data`.
-pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[cfg(test)]

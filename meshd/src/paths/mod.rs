@@ -8,19 +8,28 @@
 //!   (userspace; the kernel VXLAN path with `datapath = "kernel"`), and moves up as soon as a
 //!   better path passes its first probe;
 //! - a path that loses [`LOSSES_TO_DEMOTE`] probes in a row is left for the best one below it
-//!   that is passing (within 3 s of the break at the probe rate the manager keeps);
+//!   that is passing (within 3 probe intervals and a timeout of the break: 2.5 s with a few
+//!   peers, longer with many, see [`probe_interval`]);
 //! - a path that was left returns only after passing probes without a loss for a quiet period
 //!   that doubles with each demotion ([`quiet`]), so a flapping path does not flap the peer.
 //!
+//! What probing costs is bounded ([`cadence`]): most probes are small, and a node keeps to a
+//! probe rate whatever the cluster's size. A small probe's pass never hides a failing pod-sized
+//! one ([`PeerPath::probe_size`], [`PeerPath::record_probe`]).
+//!
 //! [`manager`] runs it: probes, routes and the status.
 
-pub mod cell;
+mod cadence;
+pub(crate) mod cell;
 pub mod manager;
 
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::kernel::Refusal;
+pub use cadence::{
+    probe_interval, FULL_PROBE_EVERY, MAX_PROBE_RATE, MIN_PROBE_INTERVAL, SMALL_PROBE,
+};
 
 /// Probes lost in a row that demote a path.
 pub const LOSSES_TO_DEMOTE: u32 = 3;
@@ -87,6 +96,10 @@ struct Track {
     demotions: u32,
     sent: u64,
     lost: u64,
+    /// Probes sent since the last pod-sized one.
+    since_full: u32,
+    /// The last pod-sized probe resolved passed.
+    full_ok: bool,
 }
 
 impl Track {
@@ -182,13 +195,45 @@ impl PeerPath {
             .map(|o| o.kind)
     }
 
-    /// A probe on `kind` came back (`ok`) or timed out.
+    /// The size (IPv4 total length) of the next probe on `kind`: pod-sized until the path has
+    /// passed a pod-sized probe, after any loss until one passes again, and every
+    /// [`FULL_PROBE_EVERY`]th probe; [`SMALL_PROBE`] otherwise. Counts the probe as sent.
+    pub fn probe_size(&mut self, kind: PathKind) -> u16 {
+        let Some(i) = self.offers.iter().position(|o| o.kind == kind) else {
+            return self.probe_size;
+        };
+        let t = &mut self.tracks[i];
+        let full = !t.full_ok || t.lost_in_row > 0 || t.since_full + 1 >= FULL_PROBE_EVERY;
+        if full || self.probe_size <= SMALL_PROBE {
+            t.since_full = 0;
+            self.probe_size
+        } else {
+            t.since_full += 1;
+            SMALL_PROBE
+        }
+    }
+
+    /// A pod-sized probe on `kind` came back (`ok`) or timed out.
     pub fn record(&mut self, kind: PathKind, ok: bool, now: Instant) {
+        self.record_probe(kind, self.probe_size, ok, now);
+    }
+
+    /// A probe of `size` bytes on `kind` (as [`PeerPath::probe_size`] chose it) came back
+    /// (`ok`) or timed out. A small probe's pass says nothing while the last pod-sized probe
+    /// failed: it must not end the run of losses an MTU black hole makes.
+    pub fn record_probe(&mut self, kind: PathKind, size: u16, ok: bool, now: Instant) {
         let Some(i) = self.offers.iter().position(|o| o.kind == kind) else {
             return;
         };
+        let full = size >= self.probe_size;
         let t = &mut self.tracks[i];
         t.sent += 1;
+        if full {
+            t.full_ok = ok;
+        }
+        if ok && !t.full_ok {
+            return;
+        }
         if ok {
             t.lost_in_row = 0;
             t.ever_passed = true;

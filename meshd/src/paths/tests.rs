@@ -267,3 +267,88 @@ fn clock_is_utc_hours_minutes_seconds() {
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 12 * 3600 + 3 * 60 + 4);
     assert_eq!(clock(t), "12:03:04");
 }
+
+/// Sends the probe `p` asks for on kernel VXLAN at `t` seconds; `passes` says whether a probe
+/// of that size gets through. Returns the size and the move made.
+fn sized(
+    p: &mut PeerPath,
+    t0: Instant,
+    t: f64,
+    passes: impl Fn(u16) -> bool,
+) -> (u16, Option<Move>) {
+    let size = p.probe_size(PathKind::KernelVxlan);
+    p.record_probe(PathKind::KernelVxlan, size, passes(size), at(t0, t));
+    (size, p.decide(at(t0, t)))
+}
+
+#[test]
+fn probes_are_pod_sized_until_one_passes_then_one_in_four() {
+    let t0 = Instant::now();
+    let mut p = vxlan_peer(t0);
+    // A path that loses everything is probed at the pod size only.
+    for i in 0..5 {
+        assert_eq!(sized(&mut p, t0, f64::from(i), |_| false).0, SIZE);
+    }
+    assert_eq!(p.current(), PathKind::Userspace);
+    let sizes: Vec<u16> = (5..14)
+        .map(|i| sized(&mut p, t0, f64::from(i), |_| true).0)
+        .collect();
+    let (s, f) = (SMALL_PROBE, SIZE);
+    assert_eq!(sizes, [f, s, s, s, f, s, s, s, f]);
+    assert_eq!(p.current(), PathKind::KernelVxlan);
+    // A lost small probe: the next ones are pod-sized until one passes.
+    assert_eq!(sized(&mut p, t0, 14.0, |_| false), (s, None));
+    assert_eq!(sized(&mut p, t0, 15.0, |_| true), (f, None));
+    assert_eq!(sized(&mut p, t0, 16.0, |_| true).0, s);
+    assert_eq!(p.moves(), 1);
+}
+
+#[test]
+fn an_mtu_black_hole_demotes_though_small_probes_pass() {
+    let t0 = Instant::now();
+    let mut p = vxlan_peer(t0);
+    for i in 0..8 {
+        sized(&mut p, t0, f64::from(i), |_| true);
+    }
+    assert_eq!(p.current(), PathKind::KernelVxlan);
+    // From now on only small packets get through.
+    let mut demoted = None;
+    for i in 8..20 {
+        let (size, m) = sized(&mut p, t0, f64::from(i), |size| size < 1000);
+        if let Some(m) = m {
+            demoted = Some((i, size, m));
+            break;
+        }
+    }
+    let (i, size, m) = demoted.unwrap();
+    assert!(m.demotion && m.to == PathKind::Userspace, "{m:?}");
+    assert_eq!(size, SIZE, "the losses that demote are pod-sized");
+    assert!(
+        i < 8 + FULL_PROBE_EVERY as i32 + 3,
+        "within a pod-sized probe's turn and two more: at {i}"
+    );
+    let why = p.reason(at(t0, f64::from(i))).unwrap();
+    assert!(
+        why.starts_with("probes at 1450 B lost on kernel-vxlan since "),
+        "{why}"
+    );
+    // Small probes passing in between do not make the path look repaired.
+    for j in 1..=30 {
+        let t = f64::from(i + j);
+        assert_eq!(sized(&mut p, t0, t, |size| size < 1000).1, None, "at {t}");
+    }
+    assert_eq!(p.current(), PathKind::Userspace);
+}
+
+#[test]
+fn a_small_probe_passing_while_a_pod_sized_one_fails_changes_nothing() {
+    let t0 = Instant::now();
+    let mut p = vxlan_peer(t0);
+    probe(&mut p, PathKind::KernelVxlan, true, t0);
+    p.record(PathKind::KernelVxlan, false, at(t0, 1.0));
+    p.record_probe(PathKind::KernelVxlan, SMALL_PROBE, true, at(t0, 1.2));
+    p.record(PathKind::KernelVxlan, false, at(t0, 1.5));
+    p.record_probe(PathKind::KernelVxlan, SMALL_PROBE, true, at(t0, 1.7));
+    let m = probe(&mut p, PathKind::KernelVxlan, false, at(t0, 2.0)).unwrap();
+    assert!(m.demotion);
+}

@@ -3,6 +3,7 @@
 //! Every parser here validates lengths once in `new_checked` and then reads named byte ranges;
 //! nothing in this module allocates, so the data path can call it per packet.
 
+pub mod checksum;
 pub mod ip;
 pub mod mac;
 pub mod vxlan;

@@ -86,44 +86,6 @@ fn flushed(c: &mut Coalescer) -> Vec<Vec<u8>> {
 
 const MSS: usize = 1000;
 
-/// RFC 1071, word by word: what the fast [`sum`] must agree with.
-fn reference_sum(data: &[u8]) -> u16 {
-    let mut s: u64 = data
-        .chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
-#[test]
-fn the_fast_sum_agrees_with_rfc_1071_at_every_length() {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let data: Vec<u8> = (0..3000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    for len in (0..200).chain([1499, 1500, 2999, 3000]) {
-        assert_eq!(
-            fold(sum(&data[..len], 0)),
-            reference_sum(&data[..len]),
-            "len {len}"
-        );
-    }
-    assert_eq!(fold(sum(&[0xff; 4096], 0)), 0xffff);
-    assert_eq!(
-        fold(sum(&[0x12, 0x34], 0x1_0000)),
-        0x1235,
-        "acc is added and folded"
-    );
-}
-
 #[test]
 fn consecutive_segments_become_one_super_packet_with_the_kernels_headers() {
     for v6 in [false, true] {

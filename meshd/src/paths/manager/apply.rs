@@ -165,7 +165,8 @@ impl Manager {
                 vxlan::remove_peer(&self.s.host, dev.index, link.mac, cell.vtep).await;
             }
         }
-        self.outstanding.retain(|_, (l, _, _)| l.name != link.name);
+        self.outstanding
+            .retain(|_, (l, _, _, _)| l.name != link.name);
     }
 
     /// Remove meshd's route for `subnet`; kept for a retry when the kernel refuses.

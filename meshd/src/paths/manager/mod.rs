@@ -31,8 +31,6 @@ use crate::peers::Peer;
 use crate::status::KernelStatus;
 use crate::wire::MacAddr;
 
-/// How often each probed path of each peer is probed.
-pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// A probe not answered within this is lost.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Routes and entries a previous meshd left for peers this one has not (yet) heard of are kept
@@ -117,7 +115,8 @@ struct Manager {
     /// The links it manages, by name: the same objects the route table holds.
     links: HashMap<String, Arc<PeerLink>>,
     own: Option<Ipv4Net>,
-    outstanding: HashMap<u16, (Arc<PeerLink>, PathKind, Instant)>,
+    /// Probes awaiting a reply, by sequence number: peer, path, when sent, size.
+    outstanding: HashMap<u16, (Arc<PeerLink>, PathKind, Instant, u16)>,
     seq: u16,
     /// Routes a previous meshd left, by subnet, until claimed or the grace ends.
     adopted_routes: HashMap<Ipv4Net, routes::Found>,

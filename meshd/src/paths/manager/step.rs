@@ -6,12 +6,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{lock, Manager, PROBE_INTERVAL, PROBE_TIMEOUT};
+use super::{lock, Manager, PROBE_TIMEOUT};
 use crate::host::gateway;
 use crate::kernel::probe::Probe;
 use crate::kernel::{routes, vxlan};
 use crate::link::PeerLink;
-use crate::paths::PathKind;
+use crate::paths::{probe_interval, PathKind};
 use crate::wire::MacAddr;
 
 impl Manager {
@@ -53,12 +53,12 @@ impl Manager {
         let mut replies = Vec::new();
         prober.replies(&mut replies);
         for (src, seq) in replies {
-            let Some((link, kind, _)) = self.outstanding.remove(&seq) else {
+            let Some((link, kind, _, size)) = self.outstanding.remove(&seq) else {
                 continue;
             };
             let mut cell = link.path();
             if let Some(c) = cell.as_mut().filter(|c| src == gateway(c.subnet)) {
-                c.path.record(kind, true, now);
+                c.path.record_probe(kind, size, true, now);
             }
         }
     }
@@ -67,14 +67,14 @@ impl Manager {
         let late: Vec<u16> = self
             .outstanding
             .iter()
-            .filter(|(_, (_, _, sent))| now.saturating_duration_since(*sent) >= PROBE_TIMEOUT)
+            .filter(|(_, (_, _, sent, _))| now.saturating_duration_since(*sent) >= PROBE_TIMEOUT)
             .map(|(seq, _)| *seq)
             .collect();
         for seq in late {
-            if let Some((link, kind, _)) = self.outstanding.remove(&seq) {
+            if let Some((link, kind, _, size)) = self.outstanding.remove(&seq) {
                 let mut cell = link.path();
                 if let Some(c) = cell.as_mut() {
-                    c.path.record(kind, false, now);
+                    c.path.record_probe(kind, size, false, now);
                 }
             }
         }
@@ -103,10 +103,15 @@ impl Manager {
             (true, Some(i)) => underlay_macs(&self.s.host, i).await,
             _ => Vec::new(),
         };
+        let per_round = self
+            .links
+            .values()
+            .map(|l| l.path().as_ref().map_or(0, |c| c.path.probed().count()))
+            .sum();
         for link in due {
             let mut cell = link.path();
             let Some(c) = cell.as_mut() else { continue };
-            c.next_probe = now + PROBE_INTERVAL;
+            c.next_probe = now + probe_interval(per_round);
             let kinds: Vec<PathKind> = c.path.probed().collect();
             for kind in kinds {
                 let target = match kind {
@@ -139,23 +144,25 @@ impl Manager {
                     continue;
                 };
                 self.seq = self.seq.wrapping_add(1).max(1);
+                let size = c.path.probe_size(kind);
                 let probe = Probe {
                     ifindex,
                     dst_mac,
                     src_mac,
                     src: gateway(own),
                     dst: gateway(c.subnet),
-                    size: self.s.pod_mtu,
+                    size,
                     seq: self.seq,
                 };
                 let sent = self.prober.as_mut().map(|p| p.send(&probe));
                 match sent {
                     Some(Ok(())) => {
-                        self.outstanding.insert(self.seq, (link.clone(), kind, now));
+                        self.outstanding
+                            .insert(self.seq, (link.clone(), kind, now, size));
                     }
                     Some(Err(e)) => {
                         tracing::debug!(peer = %link.name, path = %kind, error = %e, "probe not sent");
-                        c.path.record(kind, false, now);
+                        c.path.record_probe(kind, size, false, now);
                     }
                     None => {}
                 }
