@@ -71,6 +71,10 @@ const PULL_EVERY: Duration = Duration::from_secs(1);
 const PULLS_PER_TICK: usize = 32;
 /// Ticks between anti-entropy record refreshes (1 s at the default tick).
 const REFRESH_TICKS: u64 = 4;
+/// A live member whose record still claims no subnet this long after it came up is pulled
+/// directly: its claim was most likely gossiped while this node missed it (a burst of joins),
+/// and the round-robin refresh, one member a second, would take up to N seconds to repair that.
+const LACKING_AFTER: Duration = Duration::from_secs(2);
 /// While isolated, seeds and remembered members are re-announced to this often.
 const REJOIN_EVERY: Duration = Duration::from_secs(1);
 
@@ -303,12 +307,27 @@ impl Gossip {
         self.any_suspect = any_suspect;
     }
 
-    /// Pulls records SWIM members lack, and every [`REFRESH_TICKS`] refreshes one known record
+    /// Pulls records SWIM members lack and those of live members that still claim no subnet
+    /// after [`LACKING_AFTER`], and every [`REFRESH_TICKS`] refreshes one known record
     /// (anti-entropy for an update every rumour missed). Each node walks the members in address
     /// order starting after its own address, so no member is pulled by everyone at once.
     fn pull_missing(&mut self, now: Instant) {
         let missing: Vec<SocketAddr> = self.missing.iter().take(PULLS_PER_TICK).copied().collect();
         for addr in missing {
+            self.pull(addr, now);
+        }
+        let lacking: Vec<SocketAddr> = self
+            .members
+            .values()
+            .filter(|e| {
+                e.state == Some(MemberState::Alive)
+                    && e.record.subnet.is_none()
+                    && now.saturating_duration_since(e.since) >= LACKING_AFTER
+            })
+            .map(|e| e.record.gossip_addr)
+            .take(PULLS_PER_TICK)
+            .collect();
+        for addr in lacking {
             self.pull(addr, now);
         }
         if !self.ticks.is_multiple_of(REFRESH_TICKS) {

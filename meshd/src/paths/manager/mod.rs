@@ -201,7 +201,9 @@ pub(crate) async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Fut
                 let d = rx.borrow_and_update().clone();
                 m.apply(d).await;
             }
-            _ = tick.tick() => m.step().await,
+            // Nothing to probe or route without a kernel path (encrypted on this kernel, or
+            // `datapath = "userspace"`): no tick, so an idle node stays asleep.
+            _ = tick.tick(), if kernel_in_play => m.step().await,
         }
     }
 }
