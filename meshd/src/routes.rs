@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Deref;
 use std::sync::Arc;
 
+pub use crate::link::Local;
 use crate::link::PeerLink;
 use crate::peers::wireguard::WgPeer;
 use crate::stats::PeerStats;
@@ -101,14 +102,6 @@ impl RouteTable {
     pub(crate) fn peers(&self) -> &[PeerEntry] {
         &self.peers
     }
-}
-
-/// The local end of every tunnel.
-#[derive(Debug, Clone)]
-pub struct Local {
-    pub name: String,
-    pub vni: u32,
-    pub port: u16,
 }
 
 /// The swappable snapshot, and the counter of drops no peer owns.

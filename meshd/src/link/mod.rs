@@ -27,6 +27,14 @@ use crate::peers::{Endpoint, Peer};
 use crate::stats::PeerStats;
 use crate::wire::{vtep_mac, MacAddr, VxlanHeader};
 
+/// The local end of every tunnel: this node's name (its VTEP MAC), VNI and data port.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+}
+
 /// Everything known about one peer.
 pub struct PeerLink {
     pub(crate) name: String,
@@ -57,7 +65,7 @@ pub(crate) struct Applied {
 
 impl PeerLink {
     pub(crate) fn new(
-        local: &crate::routes::Local,
+        local: &Local,
         peer: Peer,
         wg: Option<Arc<WgPeer>>,
         mtu: u16,

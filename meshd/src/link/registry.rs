@@ -20,10 +20,9 @@ use std::time::{Duration, Instant};
 
 use meshd_crypto::{PairKey, PublicKey};
 
-use super::PeerLink;
+use super::{Local, PeerLink};
 use crate::peers::wireguard::{NodeCrypto, WgPeer};
 use crate::peers::Peer;
-use crate::routes::Local;
 use crate::stats::Stamp;
 
 /// How long a removed peer's session is kept for its return: WireGuard's reject-after-time,
