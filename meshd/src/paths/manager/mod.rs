@@ -37,9 +37,11 @@ pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// this long after start, so a restart does not cut pods off while gossip catches up.
 pub(crate) const ADOPTION_GRACE: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(100);
-/// How often the routes meshd set are compared with what the kernel has (a device that went
-/// down takes its routes with it; someone may have deleted one by hand).
-const VERIFY_EVERY: Duration = Duration::from_secs(2);
+/// How often the routes and entries meshd set are compared with what the kernel has (a device
+/// that went down takes its routes with it; someone may have deleted one by hand). Each check
+/// is three netlink dumps: often enough that a loss is repaired within seconds, rare enough
+/// that a hundred idle nodes do not spend their time listing tables.
+const VERIFY_EVERY: Duration = Duration::from_secs(5);
 /// How soon a route or entry the kernel refused is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
