@@ -24,8 +24,64 @@ const TX_READ_ROOM: usize = 128;
 const RX_BATCH: usize = 32;
 /// A GRO-coalesced UDP read is at most 64 KiB.
 const GRO_BUF: usize = 65535;
-/// How long an idle worker sleeps before it looks at the stop flag again.
+/// How long a wait without a stop descriptor (tests, a full send buffer) sleeps before its
+/// caller looks at the stop flag again.
 const IDLE_POLL_MS: i32 = 200;
+/// How long an idle worker sleeps with the stop descriptor in its poll set: only a safety net,
+/// since [`Stop::set`] wakes it at once. An idle node's workers then wake for traffic alone.
+const STOP_POLL_MS: i32 = 5_000;
+
+/// The data path's stop: a flag the loops check, and an eventfd in every idle worker's poll
+/// set that [`Stop::set`] makes readable, so workers sleep until traffic or the stop instead of
+/// waking five times a second to look at the flag. Without an eventfd (the kernel refused one)
+/// idle waits fall back to [`IDLE_POLL_MS`].
+pub(crate) struct Stop {
+    flag: AtomicBool,
+    event: Option<std::os::fd::OwnedFd>,
+}
+
+impl Stop {
+    pub(crate) fn new() -> Self {
+        // SAFETY: eventfd(2) with valid flags; a non-negative result is a descriptor we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        let event = (fd >= 0).then(|| {
+            // SAFETY: `fd` was just returned by eventfd(2) and is owned by nothing else.
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+        });
+        Stop {
+            flag: AtomicBool::new(false),
+            event,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    /// The flag alone, for loops that check it between short waits.
+    pub(crate) fn flag(&self) -> &AtomicBool {
+        &self.flag
+    }
+
+    /// Stops the loops and wakes every idle worker.
+    pub(crate) fn set(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        if let Some(fd) = &self.event {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own.
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// The descriptor idle waits add to their poll set, and how long they may sleep.
+    fn poll_slot(&self) -> (RawFd, i32) {
+        match &self.event {
+            Some(fd) => (fd.as_raw_fd(), STOP_POLL_MS),
+            None => (-1, IDLE_POLL_MS),
+        }
+    }
+}
 
 /// Batched reads from one TUN queue; TSO super-packets come back split into segments.
 pub struct TunReader {
@@ -303,20 +359,28 @@ pub(crate) fn send(
 }
 
 /// Sleep until `fd` or one of `others` (at most [`MAX_FLOW_PORTS`]) is ready for `events`, or
-/// the idle period ends; `ready[i]` says whether `others[i]` is.
+/// `stop` is set; `ready[i]` says whether `others[i]` is.
 pub(crate) fn wait_any(
     fd: &impl AsRawFd,
     others: &[RawFd],
     events: libc::c_short,
     ready: &mut [bool],
+    stop: &Stop,
 ) {
     let none = libc::pollfd {
         fd: -1,
         events: 0,
         revents: 0,
     };
-    let mut p = [none; 1 + MAX_FLOW_PORTS];
+    let (stop_fd, timeout) = stop.poll_slot();
+    let mut p = [none; 2 + MAX_FLOW_PORTS];
     let n = 1 + others.len().min(MAX_FLOW_PORTS);
+    // The stop descriptor goes last, after the slots `ready` reads.
+    p[n] = libc::pollfd {
+        fd: stop_fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     for (slot, fd) in p
         .iter_mut()
         .zip(std::iter::once(fd.as_raw_fd()).chain(others.iter().copied()))
@@ -327,12 +391,33 @@ pub(crate) fn wait_any(
             revents: 0,
         };
     }
-    // SAFETY: `n` valid pollfds for the duration of the call.
+    // SAFETY: `n + 1` valid pollfds for the duration of the call (a -1 descriptor is ignored).
     unsafe {
-        libc::poll(p.as_mut_ptr(), n as libc::nfds_t, IDLE_POLL_MS);
+        libc::poll(p.as_mut_ptr(), (n + 1) as libc::nfds_t, timeout);
     }
     for (r, p) in ready.iter_mut().zip(&p[1..n]) {
         *r = p.revents != 0;
+    }
+}
+
+/// Sleep until `fd` is ready for `events` or `stop` is set.
+pub(crate) fn wait_or_stop(fd: &impl AsRawFd, events: libc::c_short, stop: &Stop) {
+    let (stop_fd, timeout) = stop.poll_slot();
+    let mut p = [
+        libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: two valid pollfds for the duration of the call (a -1 descriptor is ignored).
+    unsafe {
+        libc::poll(p.as_mut_ptr(), 2, timeout);
     }
 }
 

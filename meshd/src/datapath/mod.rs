@@ -25,7 +25,7 @@ pub mod worker;
 use anyhow::{Context, Result};
 use quinn_udp::UdpSocketState;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -139,7 +139,7 @@ pub enum Received {
 pub(crate) struct Shared<E> {
     pub(crate) routes: Arc<Routes>,
     pub(crate) encap: Arc<E>,
-    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) stop: Arc<io::Stop>,
     /// MTU of the TUN device: the largest packet a worker reads or writes.
     pub(crate) mtu: usize,
 }
@@ -187,7 +187,7 @@ pub(crate) struct QueueCounters {
 }
 
 pub(crate) struct DataPath {
-    stop: Arc<AtomicBool>,
+    stop: Arc<io::Stop>,
     threads: Vec<JoinHandle<()>>,
     pub(crate) tiers: TierReport,
     /// One per queue, in queue order.
@@ -205,7 +205,7 @@ impl DataPath {
     ) -> Result<DataPath> {
         let address = cfg.address.context("no underlay address")?;
         let (tun, udp, tiers) = device::open(cfg, address, data_port)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(io::Stop::new());
         let shared = Arc::new(Shared {
             routes,
             encap: Arc::new(encap),
@@ -227,7 +227,7 @@ impl DataPath {
             let s = shared.clone();
             threads.push(spawn(
                 format!("meshd-{}-timers", E::NAME),
-                Box::new(move || s.encap.control(&s.routes, &socket, &s.stop)),
+                Box::new(move || s.encap.control(&s.routes, &socket, s.stop.flag())),
             )?);
         }
         let mut queues = Vec::new();
@@ -277,7 +277,7 @@ impl DataPath {
 
     /// Stop the workers and close the devices (the TUN device disappears with its last queue).
     pub(crate) fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.set();
         for t in self.threads {
             let _ = t.join();
         }

@@ -21,7 +21,7 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 
 use super::flows::MAX_FLOW_PORTS;
 use super::gro::Coalescer;
-use super::io::{send_runs, wait, wait_any, PeerAcc, TunReader, UdpReader, TX_BATCH};
+use super::io::{send_runs, wait_any, wait_or_stop, PeerAcc, TunReader, UdpReader, TX_BATCH};
 use super::runs::Runs;
 use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
 use crate::routes::RouteTable;
@@ -159,7 +159,7 @@ fn send_batch<E: Encap>(
                 &mut st.drops,
             );
         }
-        send_runs(&table, sock, state, &shared.stop, &st.runs);
+        send_runs(&table, sock, state, shared.stop.flag(), &st.runs);
         sent = st.runs.runs().iter().map(|r| r.datagrams).sum();
         q.counters
             .tx_datagrams
@@ -177,12 +177,12 @@ fn lock_tx(q: &Queue) -> MutexGuard<'_, TxState> {
 pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
     // Just woken: send the first read at once; busy: fill batches.
     let mut woke = true;
-    while !shared.stop.load(Ordering::Relaxed) {
+    while !shared.stop.is_set() {
         let (_, more) = send_batch(shared, q, &mut lock_tx(q), !woke);
         woke = false;
         if !more {
             q.tx_idle.store(true, Ordering::SeqCst);
-            wait(&*q.tun, libc::POLLIN);
+            wait_or_stop(&*q.tun, libc::POLLIN, &shared.stop);
             q.tx_idle.store(false, Ordering::SeqCst);
             woke = true;
         }
@@ -252,7 +252,7 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
     let flow_fds = &flow_fds[..flows.len()];
     let mut flow_ready = [false; MAX_FLOW_PORTS];
     let mut rounds = 0u32;
-    while !shared.stop.load(Ordering::Relaxed) {
+    while !shared.stop.is_set() {
         let table = shared.routes.load();
         let mut acc = PeerAcc::new(Stamp::now());
         let mut wrote = false;
@@ -303,7 +303,13 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
             answer_from_rx(shared, q, all, datagrams == 1);
         }
         if !more {
-            wait_any(sock, flow_fds, libc::POLLIN, &mut flow_ready[..flows.len()]);
+            wait_any(
+                sock,
+                flow_fds,
+                libc::POLLIN,
+                &mut flow_ready[..flows.len()],
+                &shared.stop,
+            );
         }
     }
 }
