@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::rate_limiter::RateLimiter as BtRateLimiter;
 use boringtun::noise::Tunn;
 use zeroize::Zeroizing;

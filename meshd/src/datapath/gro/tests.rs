@@ -1,4 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::segment::TCP_ACK;
 use super::*;
 
 const A4: [u8; 4] = [10, 244, 1, 2];
