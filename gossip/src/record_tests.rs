@@ -181,10 +181,16 @@ fn record_bounds_are_enforced() {
     for key in [None, Some(&key())] {
         let blob = encode_record(&sample("n1"), key).unwrap();
         assert_eq!(
-            decode_verified(&blob[..blob.len() - 2]),
+            decode_verified(&blob[..blob.len() - 1]),
             Err(RecordError::Malformed)
         );
     }
+    // A signed record cut after a whole extension no longer matches its signature.
+    let blob = encode_record(&sample("n1"), Some(&key())).unwrap();
+    assert_eq!(
+        decode_verified(&blob[..blob.len() - 2]),
+        Err(RecordError::BadSignature)
+    );
     // Extension 3 of another length is no signature.
     let base = encode_record(&sample("n1"), None).unwrap();
     let odd = postcard::to_extend([0u8; 95].as_slice(), base).unwrap();
