@@ -82,7 +82,10 @@ impl Gossip {
         // A conflict matters as long as the record it was about is the member's latest.
         let (members, me) = (&self.members, &self.me.name);
         self.reported.retain(|(name, generation, _)| {
-            name == me || members.get(name).is_some_and(|e| e.record.generation == *generation)
+            name == me
+                || members
+                    .get(name)
+                    .is_some_and(|e| e.record.generation == *generation)
         });
         self.expire_forgets(now);
     }

@@ -372,7 +372,7 @@ impl Gossip {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::record::SubnetRequest;

@@ -214,7 +214,10 @@ impl Inbox {
         let mut released = Vec::new();
         for (name, known) in &mut self.names {
             if known.binding == Some(Binding::Bound(f.key)) && known.newest <= f.upto {
-                known.binding = Some(Binding::Released { key: f.key, since: now });
+                known.binding = Some(Binding::Released {
+                    key: f.key,
+                    since: now,
+                });
                 released.push(name.clone());
             }
         }
@@ -294,7 +297,10 @@ fn lossy_name(blob: &[u8]) -> String {
     let name = postcard::take_from_bytes::<String>(blob)
         .map(|(n, _)| n)
         .unwrap_or_default();
-    name.chars().take(80).flat_map(char::escape_default).collect()
+    name.chars()
+        .take(80)
+        .flat_map(char::escape_default)
+        .collect()
 }
 
 #[cfg(test)]

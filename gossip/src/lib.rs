@@ -74,8 +74,8 @@ pub use record::{
     SubnetParseError, SubnetRequest, MAX_ENDPOINTS, MAX_RECORD_LEN, MAX_RESERVED,
 };
 pub use signature::{short as short_key, SigningKey, PUBLIC_KEY_LEN};
-pub use trust::ForgetError;
 pub use subnet::{Pool, PoolError};
+pub use trust::ForgetError;
 pub use view::{Member, MemberState};
 
 /// Something the daemon acts on: routes, peers, the subnet lease, logs.

@@ -10,7 +10,8 @@
 pub const MAX_NAME_LEN: usize = 64;
 
 /// What a node name may be, in words (for error messages).
-pub const NAME_RULE: &str = "1 to 64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit";
+pub const NAME_RULE: &str =
+    "1 to 64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit";
 
 /// Whether `name` is a valid node name (see the module doc).
 pub fn is_valid_name(name: &str) -> bool {
@@ -18,8 +19,7 @@ pub fn is_valid_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= MAX_NAME_LEN
         && b[0].is_ascii_alphanumeric()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
@@ -29,7 +29,13 @@ mod tests {
 
     #[test]
     fn hostnames_pass_and_terminal_tricks_do_not() {
-        for ok in ["n1", "node-1", "worker_3.eu-west.example", "0", &"a".repeat(64)] {
+        for ok in [
+            "n1",
+            "node-1",
+            "worker_3.eu-west.example",
+            "0",
+            &"a".repeat(64),
+        ] {
             assert!(is_valid_name(ok), "{ok}");
         }
         for bad in [

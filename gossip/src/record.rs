@@ -310,7 +310,10 @@ impl Decoded {
 
 /// Encodes a record into a fresh blob: the base fields, then each extension as a blob; signed
 /// by `key` (extensions 3 and 4) unless it is `None` (as meshd did before signatures).
-pub fn encode_record(record: &NodeRecord, key: Option<&SigningKey>) -> Result<Vec<u8>, RecordError> {
+pub fn encode_record(
+    record: &NodeRecord,
+    key: Option<&SigningKey>,
+) -> Result<Vec<u8>, RecordError> {
     encode_with_trailer(record, key, &[])
 }
 

@@ -174,7 +174,13 @@ fn record_bounds_are_enforced() {
     let blob = encode_record(&rec, None).unwrap();
     assert_eq!(decode_verified(&blob), Err(RecordError::Invalid));
     let mut rec = sample("n1");
-    rec.forgets = vec![Forget { key: [1; 32], upto: 1 }; MAX_FORGETS + 1];
+    rec.forgets = vec![
+        Forget {
+            key: [1; 32],
+            upto: 1
+        };
+        MAX_FORGETS + 1
+    ];
     let blob = encode_record(&rec, Some(&key())).unwrap();
     assert_eq!(decode_verified(&blob), Err(RecordError::Invalid));
     // A truncated extension is malformed, not silently empty.

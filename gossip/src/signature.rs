@@ -54,7 +54,11 @@ impl SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SigningKey(<redacted>, public {})", short(&self.public()))
+        write!(
+            f,
+            "SigningKey(<redacted>, public {})",
+            short(&self.public())
+        )
     }
 }
 

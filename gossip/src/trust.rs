@@ -45,7 +45,11 @@ impl Gossip {
     /// this node's next record, on every member. The name binds anew to the next key seen
     /// after [`crate::inbox::REBIND_HOLD`], unless its owner outbids the forget meanwhile.
     /// Returns the key forgotten.
-    pub fn forget(&mut self, name: &str, now: Instant) -> Result<[u8; PUBLIC_KEY_LEN], ForgetError> {
+    pub fn forget(
+        &mut self,
+        name: &str,
+        now: Instant,
+    ) -> Result<[u8; PUBLIC_KEY_LEN], ForgetError> {
         if name == self.me.name {
             return Err(ForgetError::Own);
         }
@@ -99,11 +103,15 @@ impl Gossip {
 
     /// Restores bindings persisted by an earlier run (call once, before joining). Our own name
     /// keeps our key; invalid names are skipped; at most [`crate::inbox::MAX_NAMES`].
-    pub fn restore_bindings(&mut self, bindings: impl IntoIterator<Item = (String, [u8; PUBLIC_KEY_LEN])>) {
+    pub fn restore_bindings(
+        &mut self,
+        bindings: impl IntoIterator<Item = (String, [u8; PUBLIC_KEY_LEN])>,
+    ) {
         let mut inbox = self.inbox.lock();
         for (name, key) in bindings {
             let room = inbox.len() < crate::inbox::MAX_NAMES;
-            if room && name != self.me.name && is_valid_name(&name) && inbox.known(&name).is_none() {
+            if room && name != self.me.name && is_valid_name(&name) && inbox.known(&name).is_none()
+            {
                 inbox.bind(&name, key);
             }
         }

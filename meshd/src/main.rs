@@ -284,10 +284,19 @@ mod tests {
             panic!("not parsed");
         };
         assert_eq!(node, "n-2");
-        let err = format!("{:#}", meshd::control::forget(&run_dir, "a\u{1b}[2J").unwrap_err());
-        assert!(err.contains("not a node name") && !err.contains('\u{1b}'), "{err}");
+        let err = format!(
+            "{:#}",
+            meshd::control::forget(&run_dir, "a\u{1b}[2J").unwrap_err()
+        );
+        assert!(
+            err.contains("not a node name") && !err.contains('\u{1b}'),
+            "{err}"
+        );
         let err = format!("{:#}", meshd::control::forget(&run_dir, &node).unwrap_err());
-        assert!(err.contains("control.sock") && err.contains("is meshd running"), "{err}");
+        assert!(
+            err.contains("control.sock") && err.contains("is meshd running"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -315,9 +315,14 @@ mod tests {
             let e = c.validate().unwrap_err();
             let text = e.to_string();
             assert_eq!(e.key, "node-name", "{bad:?}");
-            assert!(text.contains("A-Z a-z 0-9") && !text.contains('\u{1b}'), "{text}");
+            assert!(
+                text.contains("A-Z a-z 0-9") && !text.contains('\u{1b}'),
+                "{text}"
+            );
         }
-        let e = invalid("[[peers]]\nname = \"c d\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.3.0/24\"");
+        let e = invalid(
+            "[[peers]]\nname = \"c d\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.3.0/24\"",
+        );
         assert_eq!(e.key, "peers[1].name");
     }
 

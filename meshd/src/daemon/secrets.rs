@@ -42,7 +42,10 @@ pub(crate) fn signing_key_path(cfg: &Config) -> PathBuf {
 
 /// The record-signing key: read with every check (no file, open to others, garbage: refused),
 /// and, when `create`, made on first start. `None`: no key yet and `create` is false.
-pub(crate) fn signing_key(cfg: &Config, create: bool) -> Result<Option<(SigningKey, KeyFileStatus)>> {
+pub(crate) fn signing_key(
+    cfg: &Config,
+    create: bool,
+) -> Result<Option<(SigningKey, KeyFileStatus)>> {
     let path = signing_key_path(cfg);
     let key = if create {
         meshd_crypto::load_or_create_private_key(&path).map(Some)
@@ -141,10 +144,16 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let (again, how) = signing_key(&c, true).unwrap().unwrap();
-        assert_eq!((again.public(), how), (first.public(), KeyFileStatus::Loaded));
+        assert_eq!(
+            (again.public(), how),
+            (first.public(), KeyFileStatus::Loaded)
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = format!("{:#}", signing_key(&c, true).unwrap_err());
-        assert!(err.contains("signing key") && err.contains("chmod 600"), "{err}");
+        assert!(
+            err.contains("signing key") && err.contains("chmod 600"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -85,7 +85,8 @@ pub(crate) fn save(path: &Path, bindings: &[(String, Key)]) -> Result<()> {
         .collect();
     let text = serde_json::to_string_pretty(&map)?;
     let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
@@ -97,11 +98,13 @@ fn to_hex(k: &Key) -> String {
 }
 
 fn from_hex(s: &str) -> Result<Key> {
-    anyhow::ensure!(s.len() == 2 * PUBLIC_KEY_LEN, "not {PUBLIC_KEY_LEN} bytes of hex");
+    anyhow::ensure!(
+        s.len() == 2 * PUBLIC_KEY_LEN,
+        "not {PUBLIC_KEY_LEN} bytes of hex"
+    );
     let mut k = [0u8; PUBLIC_KEY_LEN];
     for (i, b) in k.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2).unwrap_or("x"), 16)
-            .context("not hex")?;
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2).unwrap_or("x"), 16).context("not hex")?;
     }
     Ok(k)
 }
@@ -117,7 +120,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         assert!(load(&dir).unwrap().is_empty());
-        let b = vec![("a".to_string(), [1u8; 32]), ("n-2".to_string(), [0xfe; 32])];
+        let b = vec![
+            ("a".to_string(), [1u8; 32]),
+            ("n-2".to_string(), [0xfe; 32]),
+        ];
         save(&dir.join(BINDINGS_FILE), &b).unwrap();
         assert_eq!(load(&dir).unwrap(), b);
         std::fs::write(dir.join(BINDINGS_FILE), "{\"a\": \"zz\"}").unwrap();

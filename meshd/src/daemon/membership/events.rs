@@ -109,7 +109,9 @@ impl Membership {
                 member = %r.name, %from, %key, reason = why,
                 "refused a gossip record under a name bound to another signing key: a member speaks for another, or that node lost its state directory (then run `meshd forget NAME` on one node)"
             ),
-            _ => tracing::warn!(member = %r.name, %from, %key, reason = why, "refused a gossip record"),
+            _ => {
+                tracing::warn!(member = %r.name, %from, %key, reason = why, "refused a gossip record")
+            }
         }
     }
 
