@@ -20,5 +20,6 @@ mod ordering;
 mod peer_links;
 mod rotation;
 mod support;
+mod trust;
 mod wg_interop;
 mod wg_security;

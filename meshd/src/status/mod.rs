@@ -234,7 +234,7 @@ pub struct PeerStatus {
 /// One peer's WireGuard session, from `meshd_crypto::Session::stats`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WireguardStatus {
-    pub(crate) public_key: String,
+    pub public_key: String,
     /// Seconds since the current session's handshake; `None` without a session.
     pub last_handshake_secs: Option<f64>,
     pub handshakes: u64,
