@@ -181,7 +181,11 @@ impl Inbox {
             (Some(_), Some(_)) => return self.refuse(name, from, key, Refused::Impostor),
             (Some(_), None) => return self.refuse(name, from, key, Refused::Unsigned),
         };
-        if !rebind && known.is_some_and(|k| generation <= k.newest) {
+        // A signed copy of a generation believed unsigned is news too: a node older than
+        // signatures passes records on in its state dumps re-encoded, without their signature.
+        let signs_it = known.is_some_and(|k| k.binding.is_none() && generation == k.newest);
+        let signs_it = signs_it && key.is_some();
+        if !rebind && !signs_it && known.is_some_and(|k| generation <= k.newest) {
             return None;
         }
         if known.is_none() && self.names.len() >= MAX_NAMES {

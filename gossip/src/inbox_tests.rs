@@ -73,6 +73,25 @@ fn unsigned_records_are_believed_until_the_name_is_seen_signed() {
     assert_eq!(i.drain().len(), 3);
 }
 
+/// An older node's state dump carries signed records re-encoded without their signature: the
+/// signed copy of the same generation, arriving later, still binds the name.
+#[test]
+fn a_signed_copy_of_a_record_believed_unsigned_binds_it() {
+    let mut i = inbox();
+    assert!(i.offer_blob(&blob("a", 5, None), None).is_some());
+    assert!(i.offer_blob(&blob("a", 5, None), None).is_none());
+    assert!(i.offer_blob(&blob("a", 5, Some(&key(1))), None).is_some());
+    assert_eq!(
+        i.known("a").unwrap().binding,
+        Some(Binding::Bound(key(1).public()))
+    );
+    assert!(
+        i.offer_blob(&blob("a", 5, Some(&key(1))), None).is_none(),
+        "once"
+    );
+    assert!(i.offer_blob(&blob("a", 5, Some(&key(2))), None).is_none());
+}
+
 #[test]
 fn generations_from_the_future_are_refused() {
     let mut i = inbox();
