@@ -27,7 +27,7 @@ use meshd_lab::Topology;
 
 use crate::cluster::unreachable_pairs;
 use crate::gossip::{gossip_spec, wait_for_mesh};
-use crate::support::{log_mark, log_since, meshd_bin, require_root, status, wait_for};
+use crate::support::{log_mark, log_since, meshd_bin, meshd_pid, require_root, status, wait_for};
 
 /// The seconds since the Unix epoch: generations are `boot epoch << 32 | changes`.
 fn unix_now() -> u64 {
@@ -124,7 +124,11 @@ fn a_member_forging_another_members_record_is_refused_everywhere() {
     let (victim, thief) = (1, 2);
     let name = t.hosts[victim].name.clone();
     let real_key = status(&t, victim).public_key.unwrap();
-    let own_key = signing_key(&t, thief);
+    // Its own key (a build before signatures has none: any key of its own then).
+    let own_key = match t.hosts[thief].dir.join("state/signing.key").exists() {
+        true => signing_key(&t, thief),
+        false => SigningKey::from_seed(&[0x33; 32]),
+    };
     let marks: Vec<usize> = (0..3).map(|i| log_mark(&t, i)).collect();
 
     // h3 claims h2's name with its own signing key: newer, and leaving.
@@ -258,6 +262,16 @@ fn a_cluster_of_this_build_and_the_previous_one_forms_and_upgrades() {
     t.start_meshd(2).unwrap();
     t.spec.meshd_bin = meshd_bin();
     t.start_meshd(1).unwrap();
+    for (i, bin) in [(0, &prev), (1, &meshd_bin()), (2, &prev)] {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", meshd_pid(&t, i))).unwrap();
+        assert_eq!(
+            &exe,
+            &bin.canonicalize().unwrap(),
+            "h{} runs {}",
+            i + 1,
+            bin.display()
+        );
+    }
     // h1 now runs the previous build too (the seed); upgrade it while the others run.
     wait_for_mesh(&t, &[0, 1, 2]);
     t.restart_meshd(0, &t.meshd_config(&t.hosts[0])).unwrap();
