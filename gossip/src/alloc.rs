@@ -1,27 +1,41 @@
 //! Subnet claims: pick, announce, and settle conflicts without a central store.
 //!
-//! A claim carries a Lamport stamp (one more than any stamp this node has seen). When two live
-//! nodes claim the same subnet every node agrees on the winner ([`SubnetClaim::beats`]: an
-//! explicit claim, then the older stamp, then the lower name); the loser picks again, excluding
-//! every subnet it knows to be held, and announces the new claim. Subnets of down members stay
-//! held for [`crate::Config::reclaim_grace`].
+//! A claim carries a Lamport stamp: one more than any stamp this node has seen, never above
+//! [`MAX_STAMP`] (a stamp beyond it, from the wire, is refused and moves no clock, so nothing a
+//! member sends can make the `+ 1` overflow). Claims and static peers' subnets (reservations:
+//! the node that routes to a static peer publishes its subnet in its record,
+//! [`crate::NodeRecord::reserved`], so every node learns it) are *holds* on address ranges, and
+//! two holds conflict when they share an address, one containing the other, not only when
+//! they are equal.
 //!
-//! Static peers' subnets are claims too, stronger than any: the node that routes to them
-//! publishes them in its record ([`crate::NodeRecord::reserved`]), so every node learns them
-//! by gossip although only that node's config lists them. No pick lands on one, a picked claim
-//! on one moves, and an explicit claim on one is kept and reported as explicit (an operator
-//! must choose).
+//! Every node orders overlapping holds the same way ([`Precedence`]): the narrower range first,
+//! so a wide hold (a static `/17`, an explicit `/23`) never displaces the node subnets inside
+//! it and the cluster is never renumbered for it; at equal size a reservation, then an explicit
+//! claim, then a picked one; then the older stamp; then the lower name. A picked claim that
+//! loses moves: its node picks again, avoiding every subnet that overlaps a hold it knows. An
+//! explicit claim that loses is kept by its node and reported (an operator must act), and the
+//! other nodes do not route it while it loses. Subnets of down members stay held for
+//! [`crate::Config::reclaim_grace`]. Claims and reservations this node does not count at all
+//! ([`crate::Pool::check`]: outside the cluster, the wrong size, an implausible stamp) neither
+//! move anyone nor block a pick.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
 use std::time::Instant;
 
 use crate::gossip::Gossip;
 use crate::record::{Lease, NodeRecord, Subnet, SubnetClaim, SubnetRequest};
+use crate::subnet::Ranges;
 use crate::view::{Entry, MemberState};
 use crate::Event;
 
 /// Ticks between full conflict sweeps (5 s at the default 250 ms tick).
 const CONFLICT_SWEEP_TICKS: u64 = 20;
+
+/// The highest claim stamp counted. A stamp grows by one per pick anywhere in the cluster, and
+/// 2^32 picks is one a second for 136 years: a stamp beyond that came from no real cluster.
+/// An absolute bound rather than one relative to this node's clock: a node that joins a
+/// long-lived cluster legitimately sees stamps far ahead of its own 0.
+pub const MAX_STAMP: u64 = 1 << 32;
 
 /// Where this node stands with its own subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,20 +48,128 @@ pub(crate) enum ClaimState {
     Exhausted,
 }
 
+/// The kind of a hold on addresses, strongest first at equal size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HoldKind {
+    /// A static peer's subnet, routed by the node whose config lists the peer.
+    Reserved,
+    /// A subnet an operator configured (`subnet = ...`).
+    Explicit,
+    /// A subnet gossip picked.
+    Picked,
+}
+
+/// Where a hold stands against one it overlaps: the lower wins, and every node computes the
+/// same order from what the records say. Compared field by field: the narrower range, then
+/// the kind, then the older stamp, then the lower name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Precedence<'a> {
+    narrower: Reverse<u8>,
+    kind: HoldKind,
+    stamp: u64,
+    name: &'a str,
+}
+
+/// Why one hold beats another it overlaps, for logs and the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Settled {
+    /// Its range is narrower: a wider hold never displaces the ones inside it.
+    Narrower,
+    /// Equal ranges: a static peer's subnet beats a claim.
+    Reserved,
+    /// Equal ranges: an explicit claim beats a picked one.
+    Explicit,
+    /// Equal ranges and kinds: the older (lower) stamp wins.
+    Older,
+    /// All else equal: the lower node name wins.
+    Name,
+}
+
+impl std::fmt::Display for Settled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Settled::Narrower => "the narrower subnet wins",
+            Settled::Reserved => "a static peer's subnet wins over an equal claim",
+            Settled::Explicit => "a configured subnet wins over a picked one",
+            Settled::Older => "the older claim wins",
+            Settled::Name => "the lower node name wins",
+        })
+    }
+}
+
+impl<'a> Precedence<'a> {
+    /// `name`'s claim.
+    pub fn claim(claim: &SubnetClaim, name: &'a str) -> Self {
+        let kind = if claim.explicit {
+            HoldKind::Explicit
+        } else {
+            HoldKind::Picked
+        };
+        Precedence {
+            narrower: Reverse(claim.subnet.prefix()),
+            kind,
+            stamp: claim.stamp,
+            name,
+        }
+    }
+
+    /// A static peer's `subnet`, reserved by node `name`.
+    pub fn reserved(subnet: &Subnet, name: &'a str) -> Self {
+        Precedence {
+            narrower: Reverse(subnet.prefix()),
+            kind: HoldKind::Reserved,
+            stamp: 0,
+            name,
+        }
+    }
+
+    /// Whether this hold wins against `other` (which it overlaps).
+    pub fn beats(&self, other: &Precedence<'_>) -> bool {
+        self < other
+    }
+
+    /// Why the winner of the two wins.
+    pub fn settled(&self, other: &Precedence<'_>) -> Settled {
+        let (win, lose) = if self.beats(other) {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        if win.narrower != lose.narrower {
+            Settled::Narrower
+        } else if win.kind != lose.kind {
+            match win.kind {
+                HoldKind::Reserved => Settled::Reserved,
+                _ => Settled::Explicit,
+            }
+        } else if win.stamp != lose.stamp {
+            Settled::Older
+        } else {
+            Settled::Name
+        }
+    }
+}
+
 /// A conflict over a subnet this node claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetConflict {
-    /// The contested subnet.
+    /// This node's contested subnet.
     pub subnet: Subnet,
+    /// The other hold's subnet: `subnet` itself, or one that contains it or lies inside it.
+    pub theirs: Subnet,
     /// The other claimant: a member, or with `reserved` the node (perhaps this one) that
     /// routes a static peer there.
     pub other: String,
+    /// Whether this node's claim wins ([`Precedence`]).
+    pub won: bool,
+    /// Why the winner wins.
+    pub settled: Settled,
     /// Whether this node keeps the subnet (it won, or its claim is explicit).
     pub kept: bool,
-    /// Whether either claim was configured explicitly: an operator must act (log at error).
+    /// Whether this node's claim, or (against a member) the other one, was configured
+    /// explicitly: an operator must act (log at error).
     pub explicit: bool,
-    /// The other claim is a static peer's subnet ([`crate::NodeRecord::reserved`]), which no
-    /// member's claim beats.
+    /// The other hold is a static peer's subnet ([`crate::NodeRecord::reserved`]).
     pub reserved: bool,
 }
 
@@ -55,21 +177,28 @@ impl Gossip {
     pub(crate) fn start_claim(&mut self, request: SubnetRequest, now: Instant) {
         let claim = match request {
             SubnetRequest::Auto => None,
-            SubnetRequest::Persisted(lease)
-                if self.me.reserved.iter().any(|r| r.overlaps(&lease.subnet)) =>
-            {
-                // We route a static peer there now: the lease is void, pick another.
-                self.report_reserved(lease.subnet, self.me.name.clone(), 0, false);
-                None
-            }
-            SubnetRequest::Persisted(lease) if self.pool.holds(&lease.subnet) => {
-                Some(SubnetClaim {
+            SubnetRequest::Persisted(lease) => {
+                let claim = SubnetClaim {
                     subnet: lease.subnet,
-                    stamp: lease.stamp,
+                    // A lease written before stamps were bounded may hold any value.
+                    stamp: lease.stamp.min(MAX_STAMP),
                     explicit: false,
-                })
+                };
+                let me = self.me.name.clone();
+                let ours = Precedence::claim(&claim, &me);
+                let beaten = self.me.reserved.iter().copied().find(|r| {
+                    r.overlaps(&claim.subnet) && Precedence::reserved(r, &me).beats(&ours)
+                });
+                match beaten {
+                    // We route a static peer there now: the lease is void, pick another.
+                    Some(r) => {
+                        let conflict = self.conflict(claim, r, me, None);
+                        self.report(conflict, 0);
+                        None
+                    }
+                    None => self.pool.holds(&claim.subnet).then_some(claim),
+                }
             }
-            SubnetRequest::Persisted(_) => None,
             SubnetRequest::Explicit(subnet) => Some(SubnetClaim {
                 subnet,
                 stamp: 0,
@@ -78,7 +207,7 @@ impl Gossip {
         };
         match claim {
             Some(c) => {
-                self.lamport = self.lamport.max(c.stamp);
+                self.observe_stamp(c.stamp);
                 self.hold(c);
                 self.check_conflicts(now);
             }
@@ -87,6 +216,21 @@ impl Gossip {
                 self.publish_record();
             }
         }
+    }
+
+    /// Moves this node's Lamport clock up to `stamp`, a stamp read from a record; one beyond
+    /// [`MAX_STAMP`] moves nothing (its claim is refused, [`crate::Pool::check`]).
+    pub(crate) fn observe_stamp(&mut self, stamp: u64) {
+        if stamp <= MAX_STAMP {
+            self.lamport = self.lamport.max(stamp);
+        }
+    }
+
+    /// The stamp of a new claim: one more than any seen, held at [`MAX_STAMP`] (a cluster
+    /// pushed there by a member settles its ties by name, and never wraps).
+    fn next_stamp(&mut self) -> u64 {
+        self.lamport = self.lamport.saturating_add(1).min(MAX_STAMP);
+        self.lamport
     }
 
     /// Claims now if we were waiting and the state sync finished or the delay ran out.
@@ -107,20 +251,28 @@ impl Gossip {
         }
     }
 
-    /// Every subnet held by a live member, or by a down one still within its grace period.
-    pub fn held_subnets(&self, now: Instant) -> HashSet<Subnet> {
+    /// Every subnet claimed by a live member, or by a down one still within its grace
+    /// period, that this node counts ([`crate::Pool::check`]).
+    pub fn held_subnets(&self, now: Instant) -> Vec<Subnet> {
         self.held_entries(now)
-            .filter_map(|e| e.record.subnet.map(|c| c.subnet))
+            .filter_map(|e| self.counted_claim(e))
+            .map(|c| c.subnet)
             .collect()
     }
 
-    /// Every static peer's subnet known: this node's, and those of the members whose subnets
-    /// are held ([`Gossip::held_subnets`]).
+    /// Every static peer's subnet known and counted: this node's, and those of the members
+    /// whose subnets are held ([`Gossip::held_subnets`]).
     pub fn reserved_subnets(&self, now: Instant) -> Vec<Subnet> {
         let theirs = self
             .held_entries(now)
             .flat_map(|e| e.record.reserved.iter());
-        self.me.reserved.iter().chain(theirs).copied().collect()
+        self.me
+            .reserved
+            .iter()
+            .chain(theirs)
+            .filter(|r| self.pool.check_reserved(r).is_ok())
+            .copied()
+            .collect()
     }
 
     fn held_entries(&self, now: Instant) -> impl Iterator<Item = &Entry> {
@@ -131,19 +283,31 @@ impl Gossip {
         })
     }
 
+    /// A member's claim, if this node counts it.
+    fn counted_claim(&self, e: &Entry) -> Option<SubnetClaim> {
+        e.record
+            .subnet
+            .filter(|c| self.pool.check(c).is_ok())
+    }
+
+    /// Picks a subnet that overlaps no hold this node knows (claims, reservations, our own
+    /// previous claim), and claims it.
     fn pick_and_claim(&mut self, now: Instant) {
-        let mut taken = self.held_subnets(now);
-        if let Some(old) = self.own_claim() {
-            taken.insert(old.subnet);
+        let mut taken: Ranges<()> = Ranges::default();
+        for s in self
+            .held_subnets(now)
+            .iter()
+            .chain(&self.reserved_subnets(now))
+            .chain(self.own_claim().map(|c| c.subnet).as_ref())
+        {
+            taken.insert_subnet(s, ());
         }
-        let reserved = self.reserved_subnets(now);
-        let is_taken = |s: &Subnet| taken.contains(s) || reserved.iter().any(|r| r.overlaps(s));
-        match self.pool.pick(&self.me.name, is_taken) {
+        match self.pool.pick(&self.me.name, |s| taken.find_subnet(s).is_some()) {
             Some(subnet) => {
-                self.lamport += 1;
+                let stamp = self.next_stamp();
                 self.hold(SubnetClaim {
                     subnet,
-                    stamp: self.lamport,
+                    stamp,
                     explicit: false,
                 });
             }
@@ -166,75 +330,80 @@ impl Gossip {
         }));
     }
 
-    /// Settles any conflict between our claim and a live member's, or a static peer's.
+    /// Settles every conflict between our claim and a hold that overlaps it: a live member's
+    /// counted claim, or a static peer's subnet (ours or a live member's). A picked claim that
+    /// loses any of them moves.
     pub(crate) fn check_conflicts(&mut self, now: Instant) {
         let Some(mine) = self.own_claim() else { return };
-        // A static peer's subnet is routed outside gossip: no claim of ours can win it.
-        let mut lost = false;
-        if let Some((owner, generation)) = self.reserver_of(&mine.subnet) {
-            lost = !mine.explicit;
-            self.report_reserved(mine.subnet, owner, generation, mine.explicit);
-        }
-        let rivals: Vec<(String, u64, SubnetClaim)> = self
-            .members
-            .values()
-            .filter(|e| e.is_live())
-            .filter_map(|e| {
-                let c = e.record.subnet?;
-                (c.subnet == mine.subnet).then(|| (e.record.name.clone(), e.record.generation, c))
-            })
+        let mut holds: Vec<(String, u64, Subnet, Option<SubnetClaim>)> = self
+            .me
+            .reserved
+            .iter()
+            .filter(|r| r.overlaps(&mine.subnet))
+            .map(|r| (self.me.name.clone(), 0, *r, None))
             .collect();
-        for (other, generation, theirs) in rivals {
-            let we_win = mine.beats(&self.me.name, &theirs, &other);
-            let explicit = mine.explicit || theirs.explicit;
-            let kept = we_win || mine.explicit;
-            lost |= !kept;
-            if self.reported.insert((other.clone(), generation, false)) {
-                self.events.push_back(Event::SubnetConflict(SubnetConflict {
-                    subnet: mine.subnet,
-                    other,
-                    kept,
-                    explicit,
-                    reserved: false,
-                }));
+        for e in self.members.values().filter(|e| e.is_live()) {
+            let (name, generation) = (&e.record.name, e.record.generation);
+            for r in e.record.reserved.iter().filter(|r| r.overlaps(&mine.subnet)) {
+                if self.pool.check_reserved(r).is_ok() {
+                    holds.push((name.clone(), generation, *r, None));
+                }
+            }
+            if let Some(c) = self.counted_claim(e).filter(|c| c.subnet.overlaps(&mine.subnet)) {
+                holds.push((name.clone(), generation, c.subnet, Some(c)));
             }
         }
-        if lost {
+        let mut lost = false;
+        for (other, generation, subnet, claim) in holds {
+            let conflict = self.conflict(mine, subnet, other, claim);
+            lost |= !conflict.won;
+            self.report(conflict, generation);
+        }
+        if lost && !mine.explicit {
             self.pick_and_claim(now);
         }
     }
 
-    /// Who routes a static peer into `subnet`: this node (generation 0: its reservations never
-    /// change), or a live member, with its record's generation.
-    fn reserver_of(&self, subnet: &Subnet) -> Option<(String, u64)> {
-        if self.me.reserved.iter().any(|r| r.overlaps(subnet)) {
-            return Some((self.me.name.clone(), 0));
+    /// The conflict between our claim `mine` and `theirs`, held by `other`: its claim `claim`,
+    /// or without one a static peer's subnet it routes.
+    fn conflict(
+        &self,
+        mine: SubnetClaim,
+        theirs: Subnet,
+        other: String,
+        claim: Option<SubnetClaim>,
+    ) -> SubnetConflict {
+        let ours = Precedence::claim(&mine, &self.me.name);
+        let rival = match &claim {
+            Some(c) => Precedence::claim(c, &other),
+            None => Precedence::reserved(&theirs, &other),
+        };
+        let (won, settled) = (ours.beats(&rival), ours.settled(&rival));
+        SubnetConflict {
+            subnet: mine.subnet,
+            theirs,
+            other,
+            won,
+            settled,
+            kept: won || mine.explicit,
+            explicit: mine.explicit || claim.is_some_and(|c| c.explicit),
+            reserved: claim.is_none(),
         }
-        self.members
-            .values()
-            .filter(|e| e.is_live())
-            .find(|e| e.record.reserved.iter().any(|r| r.overlaps(subnet)))
-            .map(|e| (e.record.name.clone(), e.record.generation))
     }
 
-    /// Reports a claim on a static peer's subnet, once per reserving record. Only an explicit
-    /// claim is kept there, so `kept` also says whether an operator must act.
-    fn report_reserved(&mut self, subnet: Subnet, other: String, generation: u64, kept: bool) {
-        if self.reported.insert((other.clone(), generation, true)) {
-            self.events.push_back(Event::SubnetConflict(SubnetConflict {
-                subnet,
-                other,
-                kept,
-                explicit: kept,
-                reserved: true,
-            }));
+    /// Reports a conflict once per (other node, its record's generation, kind of hold).
+    fn report(&mut self, conflict: SubnetConflict, generation: u64) {
+        let key = (conflict.other.clone(), generation, conflict.reserved);
+        if self.reported.insert(key) {
+            self.events.push_back(Event::SubnetConflict(conflict));
         }
     }
 }
 
-/// Whether `record` contests `mine`: it claims the same subnet or routes a static peer in it.
+/// Whether `record` may contest `mine`: it claims or reserves a subnet that overlaps it. (The
+/// check itself, [`Gossip::check_conflicts`], leaves out what this node does not count.)
 pub(crate) fn contests(record: &NodeRecord, mine: Subnet) -> bool {
-    record.subnet.is_some_and(|c| c.subnet == mine)
+    record.subnet.is_some_and(|c| c.subnet.overlaps(&mine))
         || record.reserved.iter().any(|r| r.overlaps(&mine))
 }
 
@@ -259,10 +428,11 @@ mod tests {
         let now = Instant::now();
         let inside: Subnet = "10.244.9.0/25".parse().unwrap();
         let around: Subnet = "10.0.0.0/8".parse().unwrap();
+        let whole = Subnet::DEFAULT_CLUSTER_CIDR;
         let mut local = Sim::local_node(0, SubnetRequest::Auto);
-        local.reserved = vec!["10.99.0.0/24".parse().unwrap(), inside, around, inside];
+        local.reserved = vec!["10.99.0.0/24".parse().unwrap(), inside, around, whole, inside];
         let g = Gossip::new(Config::default(), local.clone(), 1, now).unwrap();
-        assert_eq!(g.local_record().reserved, [around, inside]);
+        assert_eq!(g.local_record().reserved, [inside]);
         local.reserved = (0..=MAX_RESERVED)
             .map(|i| Subnet::new([10, 244, i as u8, 0].into(), 24).unwrap())
             .collect();
@@ -295,7 +465,10 @@ mod tests {
         let events: Vec<Event> = std::iter::from_fn(|| g.poll_event()).collect();
         let conflict = SubnetConflict {
             subnet: first,
+            theirs: first,
             other: "node-0".into(),
+            won: false,
+            settled: Settled::Reserved,
             kept: false,
             explicit: false,
             reserved: true,
@@ -304,5 +477,76 @@ mod tests {
             events.contains(&Event::SubnetConflict(conflict)),
             "{events:?}"
         );
+    }
+
+    fn claim(s: &str, explicit: bool, stamp: u64) -> SubnetClaim {
+        SubnetClaim {
+            subnet: s.parse().unwrap(),
+            stamp,
+            explicit,
+        }
+    }
+
+    /// The narrower range first, then reservation, explicit, picked; then the stamp; then
+    /// the name. Equal subnets keep the order claims always had.
+    #[test]
+    fn precedence_is_narrower_then_kind_then_age_then_name() {
+        let slash24 = claim("10.244.2.0/24", false, 9);
+        let wide = claim("10.244.2.0/23", true, 0);
+        let (a, b) = (Precedence::claim(&slash24, "b"), Precedence::claim(&wide, "a"));
+        assert!(a.beats(&b) && !b.beats(&a));
+        assert_eq!(a.settled(&b), Settled::Narrower);
+        assert_eq!(b.settled(&a), Settled::Narrower);
+        let r17 = Precedence::reserved(&"10.244.0.0/17".parse().unwrap(), "s");
+        assert!(a.beats(&r17), "a static /17 never displaces a /24 inside it");
+        let r24 = Precedence::reserved(&slash24.subnet, "z");
+        assert!(r24.beats(&a));
+        assert_eq!(r24.settled(&a), Settled::Reserved);
+        let pinned = claim("10.244.2.0/24", true, 99);
+        assert!(Precedence::claim(&pinned, "z").beats(&a));
+        assert_eq!(Precedence::claim(&pinned, "z").settled(&a), Settled::Explicit);
+        let older = claim("10.244.2.0/24", false, 1);
+        assert_eq!(
+            Precedence::claim(&older, "z").settled(&a),
+            Settled::Older
+        );
+        assert!(Precedence::claim(&slash24, "a").beats(&a));
+        assert_eq!(Precedence::claim(&slash24, "a").settled(&a), Settled::Name);
+        assert!(slash24.beats("b", &wide, "a"), "SubnetClaim::beats agrees");
+    }
+
+    /// A stamp of u64::MAX from the wire moves no clock and makes no addition overflow; a
+    /// clock pushed to the bound stays there.
+    #[test]
+    fn stamps_from_the_wire_are_bounded() {
+        let t0 = Instant::now();
+        let mut g = Gossip::new(
+            Config::default(),
+            Sim::local_node(0, SubnetRequest::Auto),
+            1,
+            t0,
+        )
+        .unwrap();
+        let mut record = g.local_record().clone();
+        record.name = "node-9".into();
+        record.gossip_addr = "10.9.9.9:7946".parse().unwrap();
+        record.subnet = Some(claim("10.244.9.0/24", false, u64::MAX));
+        g.apply_record(record.clone(), t0);
+        assert_eq!(g.lamport, 0);
+        run_past_claim_delay(&mut g, t0);
+        assert_eq!(g.lease().unwrap().stamp, 1);
+        record.subnet = Some(claim("10.244.9.0/24", false, MAX_STAMP));
+        g.apply_record(record, t0);
+        assert_eq!(g.lamport, MAX_STAMP);
+        assert_eq!(g.next_stamp(), MAX_STAMP);
+        assert_eq!(g.next_stamp(), MAX_STAMP);
+        // A lease file from before the bound cannot push our own claim beyond it.
+        let mut local = Sim::local_node(1, SubnetRequest::Auto);
+        local.subnet = SubnetRequest::Persisted(Lease {
+            subnet: "10.244.4.0/24".parse().unwrap(),
+            stamp: u64::MAX,
+        });
+        let g = Gossip::new(Config::default(), local, 1, t0).unwrap();
+        assert_eq!(g.lease().unwrap().stamp, MAX_STAMP);
     }
 }

@@ -55,7 +55,7 @@ mod timers;
 mod view;
 pub mod wire;
 
-pub use alloc::SubnetConflict;
+pub use alloc::{HoldKind, Precedence, Settled, SubnetConflict, MAX_STAMP};
 pub use config::{Config, ConfigError, Profile, MIN_DATAGRAM};
 pub use gossip::Gossip;
 pub use identity::NodeId;
@@ -64,7 +64,7 @@ pub use record::{
     Capabilities, Lease, LocalNode, NodeRecord, RecordError, Subnet, SubnetClaim, SubnetParseError,
     SubnetRequest, MAX_ENDPOINTS, MAX_NAME_LEN, MAX_RECORD_LEN, MAX_RESERVED,
 };
-pub use subnet::{Pool, PoolError};
+pub use subnet::{ClaimFault, Pool, PoolError, Ranges, MAX_CLAIM_SLOTS};
 pub use view::{Member, MemberState};
 
 /// Something the daemon acts on: routes, peers, the subnet lease, logs.
@@ -90,8 +90,8 @@ pub enum Event {
     /// This node holds a subnet (first claim, or a new one after losing a conflict): persist
     /// the lease and (re)configure the bridge.
     SubnetAssigned(Lease),
-    /// Another live node claims this node's subnet, or routes a static peer in it
-    /// (`reserved`). Log at warn; at error when `explicit`.
+    /// Another live node claims a subnet that overlaps this node's, or routes a static peer
+    /// in one (`reserved`). Log at warn; at error when `explicit`.
     SubnetConflict(SubnetConflict),
     /// No free subnet is left in the cluster CIDR; retried as members go.
     SubnetExhausted,
