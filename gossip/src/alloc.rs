@@ -285,9 +285,7 @@ impl Gossip {
 
     /// A member's claim, if this node counts it.
     fn counted_claim(&self, e: &Entry) -> Option<SubnetClaim> {
-        e.record
-            .subnet
-            .filter(|c| self.pool.check(c).is_ok())
+        e.record.subnet.filter(|c| self.pool.check(c).is_ok())
     }
 
     /// Picks a subnet that overlaps no hold this node knows (claims, reservations, our own
@@ -302,7 +300,10 @@ impl Gossip {
         {
             taken.insert_subnet(s, ());
         }
-        match self.pool.pick(&self.me.name, |s| taken.find_subnet(s).is_some()) {
+        match self
+            .pool
+            .pick(&self.me.name, |s| taken.find_subnet(s).is_some())
+        {
             Some(subnet) => {
                 let stamp = self.next_stamp();
                 self.hold(SubnetClaim {
@@ -344,12 +345,20 @@ impl Gossip {
             .collect();
         for e in self.members.values().filter(|e| e.is_live()) {
             let (name, generation) = (&e.record.name, e.record.generation);
-            for r in e.record.reserved.iter().filter(|r| r.overlaps(&mine.subnet)) {
+            for r in e
+                .record
+                .reserved
+                .iter()
+                .filter(|r| r.overlaps(&mine.subnet))
+            {
                 if self.pool.check_reserved(r).is_ok() {
                     holds.push((name.clone(), generation, *r, None));
                 }
             }
-            if let Some(c) = self.counted_claim(e).filter(|c| c.subnet.overlaps(&mine.subnet)) {
+            if let Some(c) = self
+                .counted_claim(e)
+                .filter(|c| c.subnet.overlaps(&mine.subnet))
+            {
                 holds.push((name.clone(), generation, c.subnet, Some(c)));
             }
         }
@@ -430,7 +439,13 @@ mod tests {
         let around: Subnet = "10.0.0.0/8".parse().unwrap();
         let whole = Subnet::DEFAULT_CLUSTER_CIDR;
         let mut local = Sim::local_node(0, SubnetRequest::Auto);
-        local.reserved = vec!["10.99.0.0/24".parse().unwrap(), inside, around, whole, inside];
+        local.reserved = vec![
+            "10.99.0.0/24".parse().unwrap(),
+            inside,
+            around,
+            whole,
+            inside,
+        ];
         let g = Gossip::new(Config::default(), local.clone(), 1, now).unwrap();
         assert_eq!(g.local_record().reserved, [inside]);
         local.reserved = (0..=MAX_RESERVED)
@@ -493,23 +508,29 @@ mod tests {
     fn precedence_is_narrower_then_kind_then_age_then_name() {
         let slash24 = claim("10.244.2.0/24", false, 9);
         let wide = claim("10.244.2.0/23", true, 0);
-        let (a, b) = (Precedence::claim(&slash24, "b"), Precedence::claim(&wide, "a"));
+        let (a, b) = (
+            Precedence::claim(&slash24, "b"),
+            Precedence::claim(&wide, "a"),
+        );
         assert!(a.beats(&b) && !b.beats(&a));
         assert_eq!(a.settled(&b), Settled::Narrower);
         assert_eq!(b.settled(&a), Settled::Narrower);
         let r17 = Precedence::reserved(&"10.244.0.0/17".parse().unwrap(), "s");
-        assert!(a.beats(&r17), "a static /17 never displaces a /24 inside it");
+        assert!(
+            a.beats(&r17),
+            "a static /17 never displaces a /24 inside it"
+        );
         let r24 = Precedence::reserved(&slash24.subnet, "z");
         assert!(r24.beats(&a));
         assert_eq!(r24.settled(&a), Settled::Reserved);
         let pinned = claim("10.244.2.0/24", true, 99);
         assert!(Precedence::claim(&pinned, "z").beats(&a));
-        assert_eq!(Precedence::claim(&pinned, "z").settled(&a), Settled::Explicit);
-        let older = claim("10.244.2.0/24", false, 1);
         assert_eq!(
-            Precedence::claim(&older, "z").settled(&a),
-            Settled::Older
+            Precedence::claim(&pinned, "z").settled(&a),
+            Settled::Explicit
         );
+        let older = claim("10.244.2.0/24", false, 1);
+        assert_eq!(Precedence::claim(&older, "z").settled(&a), Settled::Older);
         assert!(Precedence::claim(&slash24, "a").beats(&a));
         assert_eq!(Precedence::claim(&slash24, "a").settled(&a), Settled::Name);
         assert!(slash24.beats("b", &wide, "a"), "SubnetClaim::beats agrees");

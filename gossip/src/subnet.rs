@@ -312,13 +312,19 @@ mod tests {
         ));
         for (s, explicit) in [("10.244.6.0/23", false), ("10.244.7.0/25", true)] {
             assert!(
-                matches!(p.check(&claim(s, explicit, 1)), Err(ClaimFault::Prefix { .. })),
+                matches!(
+                    p.check(&claim(s, explicit, 1)),
+                    Err(ClaimFault::Prefix { .. })
+                ),
                 "{s}"
             );
         }
         for s in ["10.244.0.0/19", "10.244.0.0/16"] {
             assert!(
-                matches!(p.check(&claim(s, true, 1)), Err(ClaimFault::TooLarge { .. })),
+                matches!(
+                    p.check(&claim(s, true, 1)),
+                    Err(ClaimFault::TooLarge { .. })
+                ),
                 "{s}"
             );
         }
@@ -330,7 +336,10 @@ mod tests {
         let one = Pool::new("10.9.0.0/24".parse().unwrap(), 24).unwrap();
         assert_eq!(one.check(&claim("10.9.0.0/24", true, 0)), Ok(()));
         // Reservations: any size inside the cluster, not the cluster itself.
-        assert_eq!(p.check_reserved(&"10.244.128.0/17".parse().unwrap()), Ok(()));
+        assert_eq!(
+            p.check_reserved(&"10.244.128.0/17".parse().unwrap()),
+            Ok(())
+        );
         assert_eq!(p.check_reserved(&"10.244.9.9/32".parse().unwrap()), Ok(()));
         assert!(p.check_reserved(&"10.244.0.0/16".parse().unwrap()).is_err());
         assert!(p.check_reserved(&"10.0.0.0/8".parse().unwrap()).is_err());

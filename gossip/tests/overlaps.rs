@@ -63,7 +63,10 @@ fn an_explicit_wider_claim_never_renumbers_the_nodes_inside_it() {
     let inner = before[&2];
     let wide = block_around(inner);
     let i = sim
-        .add_node(cfg.clone(), Sim::local_node(6, SubnetRequest::Explicit(wide)))
+        .add_node(
+            cfg.clone(),
+            Sim::local_node(6, SubnetRequest::Explicit(wide)),
+        )
         .unwrap();
     sim.join(i, 0);
     let seen = conflicts(&mut sim, Duration::from_secs(10));
@@ -211,5 +214,8 @@ fn claims_outside_the_rules_move_no_one() {
     let raised: Vec<_> = seen.iter().filter(|(i, _)| *i < 4).collect();
     assert!(raised.is_empty(), "{raised:#?}");
     let held = sim.nodes[0].gossip.held_subnets(sim.now);
-    assert!(!held.contains(&narrow) && !held.contains(&outside), "{held:?}");
+    assert!(
+        !held.contains(&narrow) && !held.contains(&outside),
+        "{held:?}"
+    );
 }

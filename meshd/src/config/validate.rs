@@ -127,15 +127,33 @@ impl Config {
                 ));
             }
         }
-        if let Some(subnet) = self.subnet {
-            if subnet.prefix_len() != self.node_prefix() {
+        // What every other node checks this node's claim, and its static peers' subnets,
+        // against (gossip's pool): refused here, not silently by the cluster.
+        let pool = crate::peers::claims::to_subnet(self.cluster_cidr)
+            .and_then(|c| meshd_gossip::Pool::new(c, self.node_prefix()).ok());
+        if let (Some(pool), Some(subnet)) = (pool, self.subnet) {
+            let claim =
+                crate::peers::claims::to_subnet(subnet).map(|subnet| meshd_gossip::SubnetClaim {
+                    subnet,
+                    stamp: 0,
+                    explicit: true,
+                });
+            if let Some(Err(e)) = claim.map(|c| pool.check(&c)) {
                 return Err(err(
                     "subnet",
                     format!(
-                        "with gossip, node subnets are /{}: {subnet} is not",
-                        self.node_prefix()
+                        "with gossip, node subnets are /{} (or an aligned block of at most {} of them): {e}",
+                        self.node_prefix(),
+                        meshd_gossip::MAX_CLAIM_SLOTS
                     ),
                 ));
+            }
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            let reserved = crate::peers::claims::to_subnet(p.subnet);
+            if let (Some(pool), Some(r)) = (pool, reserved) {
+                pool.check_reserved(&r)
+                    .map_err(|e| err(format!("peers[{i}].subnet"), e.to_string()))?;
             }
         }
         // Static peers' subnets are published in this node's gossip record, so that no member
@@ -350,13 +368,21 @@ mod tests {
         };
         assert_eq!(seeds("no-port"), "seeds[0]");
         assert_eq!(seeds("h:0"), "seeds[0]");
-        let e = Config::from_toml(
-            "address = \"198.18.0.1\"\nsubnet = \"10.244.0.0/23\"\n[gossip]\nenabled = true",
-        )
-        .unwrap()
-        .validate()
-        .unwrap_err();
-        assert_eq!(e.key, "subnet");
+        // An aligned block of node subnets is a claim gossip counts; smaller, or more than 16
+        // of them, is not.
+        let subnet = |s: &str| {
+            Config::from_toml(&format!(
+                "address = \"198.18.0.1\"\nsubnet = \"{s}\"\n[gossip]\nenabled = true"
+            ))
+            .unwrap()
+            .validate()
+        };
+        subnet("10.244.0.0/23").unwrap();
+        subnet("10.244.16.0/20").unwrap();
+        for bad in ["10.244.0.0/25", "10.244.0.0/19"] {
+            let e = subnet(bad).unwrap_err();
+            assert_eq!(e.key, "subnet", "{bad}: {e}");
+        }
         let many: String = (0..=meshd_gossip::MAX_RESERVED)
             .map(|i| {
                 format!(

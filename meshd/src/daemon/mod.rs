@@ -101,6 +101,12 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         )
         .with_paths(paths.clone()),
     );
+    // What every peer's subnet is checked against: the cluster, this node's own networks.
+    let guard = subnet::guard(&host, &cfg).await;
+    backend.update(|set| {
+        set.set_guard(guard);
+        false
+    });
     let keyring = match keyring {
         Some(ring) => Some(secrets::spawn(cfg.clone(), ring, backend.clone())?),
         None => None,
@@ -265,6 +271,8 @@ fn base_status(
         secrets: None,
         kernel: None,
         queues: Vec::new(),
+        refused: Vec::new(),
+        refusals: 0,
     }
 }
 
