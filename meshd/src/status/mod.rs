@@ -171,7 +171,7 @@ pub struct MemberStatus {
     /// Its gossip address.
     pub(crate) address: String,
     /// The subnet it claims, once it holds one.
-    pub(crate) subnet: Option<String>,
+    pub subnet: Option<String>,
     /// Gossip has it down (or its suspicion ran out), but its authenticated traffic arrived
     /// within the evidence window: it keeps its routes (state says suspect).
     #[serde(default)]
