@@ -47,6 +47,7 @@ mod evidence;
 mod gossip;
 mod identity;
 mod io;
+mod precedence;
 mod record;
 pub mod sim;
 mod subnet;
@@ -55,11 +56,12 @@ mod timers;
 mod view;
 pub mod wire;
 
-pub use alloc::{HoldKind, Precedence, Settled, SubnetConflict, MAX_STAMP};
+pub use alloc::{SubnetConflict, MAX_STAMP};
 pub use config::{Config, ConfigError, Profile, MIN_DATAGRAM};
 pub use gossip::Gossip;
 pub use identity::NodeId;
 pub use io::{Counters, Transmit};
+pub use precedence::{HoldKind, Precedence, Settled};
 pub use record::{
     Capabilities, Lease, LocalNode, NodeRecord, RecordError, Subnet, SubnetClaim, SubnetParseError,
     SubnetRequest, MAX_ENDPOINTS, MAX_NAME_LEN, MAX_RECORD_LEN, MAX_RESERVED,

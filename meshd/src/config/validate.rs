@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use std::net::IpAddr;
 
 use super::{err, split_seed, Config, ConfigError, Encryption, PeerConfig};
+use crate::peers::claims::to_subnet;
 
 impl Config {
     /// Check that the configuration can work; nothing on the host is touched.
@@ -127,33 +128,28 @@ impl Config {
                 ));
             }
         }
-        // What every other node checks this node's claim, and its static peers' subnets,
-        // against (gossip's pool): refused here, not silently by the cluster.
-        let pool = crate::peers::claims::to_subnet(self.cluster_cidr)
-            .and_then(|c| meshd_gossip::Pool::new(c, self.node_prefix()).ok());
-        if let (Some(pool), Some(subnet)) = (pool, self.subnet) {
-            let claim =
-                crate::peers::claims::to_subnet(subnet).map(|subnet| meshd_gossip::SubnetClaim {
-                    subnet,
-                    stamp: 0,
-                    explicit: true,
-                });
-            if let Some(Err(e)) = claim.map(|c| pool.check(&c)) {
-                return Err(err(
-                    "subnet",
-                    format!(
-                        "with gossip, node subnets are /{} (or an aligned block of at most {} of them): {e}",
-                        self.node_prefix(),
-                        meshd_gossip::MAX_CLAIM_SLOTS
-                    ),
-                ));
+        // Checked as every other node checks this node's claim and its static peers' subnets
+        // (gossip's pool): refused here, not silently by the cluster.
+        if let Some(pool) = self.gossip_pool() {
+            let claim = |subnet| meshd_gossip::SubnetClaim {
+                subnet,
+                stamp: 0,
+                explicit: true,
+            };
+            if let Some(Err(e)) = self
+                .subnet
+                .and_then(to_subnet)
+                .map(|s| pool.check(&claim(s)))
+            {
+                let (node, most) = (self.node_prefix(), meshd_gossip::MAX_CLAIM_SLOTS);
+                let why =
+                    format!("with gossip, a /{node} or an aligned block of at most {most}: {e}");
+                return Err(err("subnet", why));
             }
-        }
-        for (i, p) in self.peers.iter().enumerate() {
-            let reserved = crate::peers::claims::to_subnet(p.subnet);
-            if let (Some(pool), Some(r)) = (pool, reserved) {
-                pool.check_reserved(&r)
-                    .map_err(|e| err(format!("peers[{i}].subnet"), e.to_string()))?;
+            for (i, p) in self.peers.iter().enumerate() {
+                if let Some(Err(e)) = to_subnet(p.subnet).map(|r| pool.check_reserved(&r)) {
+                    return Err(err(format!("peers[{i}].subnet"), e.to_string()));
+                }
             }
         }
         // Static peers' subnets are published in this node's gossip record, so that no member
@@ -178,6 +174,12 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The node subnets gossip cuts `cluster-cidr` into.
+    fn gossip_pool(&self) -> Option<meshd_gossip::Pool> {
+        let cidr = to_subnet(self.cluster_cidr)?;
+        meshd_gossip::Pool::new(cidr, self.node_prefix()).ok()
     }
 
     fn validate_peers(
