@@ -192,7 +192,9 @@ mod tests {
         assert!(!RunLock::held(&dir));
         let again = RunLock::acquire(&dir).unwrap();
         drop(again);
-        let mode = std::fs::metadata(dir.join(LOCK_FILE)).unwrap().permissions();
+        let mode = std::fs::metadata(dir.join(LOCK_FILE))
+            .unwrap()
+            .permissions();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.mode() & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();

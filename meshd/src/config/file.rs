@@ -217,7 +217,11 @@ pub(super) mod tests {
     /// A key that is the empty string is named by its line, not as "unknown field ``".
     #[test]
     fn an_empty_key_is_named_by_its_line() {
-        for text in ["\"\"=\"=\"", "node-name = \"x\"\n\"\" = 1", "[vxlan]\n'' = 2"] {
+        for text in [
+            "\"\"=\"=\"",
+            "node-name = \"x\"\n\"\" = 1",
+            "[vxlan]\n'' = 2",
+        ] {
             let e = Config::from_toml(text).unwrap_err();
             assert_eq!(e.key, "<file>", "{text}: {e}");
             assert!(e.reason.contains("empty key"), "{text}: {e}");

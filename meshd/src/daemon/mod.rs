@@ -337,7 +337,11 @@ pub async fn cleanup(cfg: &Config) -> Result<()> {
             Err(e) => eprintln!("{e:#}"),
         }
     }
-    for f in [runfiles::NETWORK_FILE, runfiles::SOCKET_NAME, runfiles::LOCK_FILE] {
+    for f in [
+        runfiles::NETWORK_FILE,
+        runfiles::SOCKET_NAME,
+        runfiles::LOCK_FILE,
+    ] {
         let p = cfg.run_dir.join(f);
         if std::fs::remove_file(&p).is_ok() {
             println!("removed {}", p.display());
