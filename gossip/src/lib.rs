@@ -52,6 +52,7 @@ mod identity;
 mod inbox;
 mod io;
 mod name;
+mod precedence;
 pub mod record;
 mod signature;
 pub mod sim;
@@ -62,19 +63,20 @@ mod trust;
 mod view;
 pub mod wire;
 
-pub use alloc::SubnetConflict;
+pub use alloc::{SubnetConflict, MAX_STAMP};
 pub use config::{Config, ConfigError, Profile, MIN_DATAGRAM};
 pub use gossip::Gossip;
 pub use identity::NodeId;
 pub use inbox::{Refusal, Refused, MAX_CLOCK_AHEAD, MAX_NAMES, REBIND_HOLD};
 pub use io::{Counters, Transmit};
 pub use name::{is_valid_name, MAX_NAME_LEN, NAME_RULE};
+pub use precedence::{HoldKind, Precedence, Settled};
 pub use record::{
     Capabilities, Forget, Lease, LocalNode, NodeRecord, RecordError, Subnet, SubnetClaim,
     SubnetParseError, SubnetRequest, MAX_ENDPOINTS, MAX_RECORD_LEN, MAX_RESERVED,
 };
 pub use signature::{short as short_key, SigningKey, PUBLIC_KEY_LEN};
-pub use subnet::{Pool, PoolError};
+pub use subnet::{ClaimFault, Pool, PoolError, Ranges, MAX_CLAIM_SLOTS};
 pub use trust::ForgetError;
 pub use view::{Member, MemberState};
 
@@ -101,8 +103,8 @@ pub enum Event {
     /// This node holds a subnet (first claim, or a new one after losing a conflict): persist
     /// the lease and (re)configure the bridge.
     SubnetAssigned(Lease),
-    /// Another live node claims this node's subnet, or routes a static peer in it
-    /// (`reserved`). Log at warn; at error when `explicit`.
+    /// Another live node claims a subnet that overlaps this node's, or routes a static peer
+    /// in one (`reserved`). Log at warn; at error when `explicit`.
     SubnetConflict(SubnetConflict),
     /// No free subnet is left in the cluster CIDR; retried as members go.
     SubnetExhausted,

@@ -99,7 +99,7 @@ impl Gossip {
     /// Applies a record the inbox believed (see `inbox.rs`), and the forgets it carries.
     pub(crate) fn apply_record(&mut self, record: NodeRecord, blob: Vec<u8>, now: Instant) {
         if let Some(claim) = record.subnet {
-            self.lamport = self.lamport.max(claim.stamp);
+            self.observe_stamp(claim.stamp);
         }
         if record.name == self.me.name {
             // Someone holds a copy of our record at least as new as ours (a previous life):
