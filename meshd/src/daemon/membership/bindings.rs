@@ -93,6 +93,27 @@ pub(crate) fn save(path: &Path, bindings: &[(String, Key)]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
+impl super::Membership {
+    /// Persists the name bindings when they changed (off this thread: the write is synced).
+    pub(super) fn save_bindings(&mut self) {
+        let now = Instant::now();
+        let (version, list) = {
+            let shared = self.lock();
+            let version = shared.gossip.bindings_version();
+            if !self.saver.due(version, now) {
+                return;
+            }
+            (version, shared.gossip.bindings())
+        };
+        let path = self.saver.saving(version, now);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = save(&path, &list) {
+                tracing::warn!(error = %format!("{e:#}"), "cannot save the name bindings; retried at the next change");
+            }
+        });
+    }
+}
+
 fn to_hex(k: &Key) -> String {
     k.iter().map(|b| format!("{b:02x}")).collect()
 }

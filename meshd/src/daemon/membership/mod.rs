@@ -272,25 +272,6 @@ impl Membership {
         }
     }
 
-    /// Persists the name bindings when they changed (off this thread: the write is synced).
-    fn save_bindings(&mut self) {
-        let now = Instant::now();
-        let (version, list) = {
-            let shared = self.lock();
-            let version = shared.gossip.bindings_version();
-            if !self.saver.due(version, now) {
-                return;
-            }
-            (version, shared.gossip.bindings())
-        };
-        let path = self.saver.saving(version, now);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = bindings::save(&path, &list) {
-                tracing::warn!(error = %format!("{e:#}"), "cannot save the name bindings; retried at the next change");
-            }
-        });
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
