@@ -5,7 +5,8 @@
 //! ([`Keyring`]) and what is derived from it with domain separation
 //! ([`kdf`]: the WireGuard preshared key of each node pair, the gossip key), the sealing of
 //! gossip datagrams ([`GossipSealer`]), a checked view of WireGuard datagrams for
-//! demultiplexing ([`wire`]), handshake admission ([`RateLimiter`], [`identify_initiator`])
+//! demultiplexing ([`wire`]), handshake admission ([`RateLimiter`], [`identify_initiator`], and per source
+//! [`SourceLimiter`])
 //! and the per-peer WireGuard session ([`Session`]). Only [`session`] and [`handshake`] see
 //! boringtun's API; nothing boringtun-typed is public.
 //!
@@ -30,6 +31,7 @@ pub mod sealer;
 pub mod secret;
 mod secret_file;
 pub mod session;
+pub mod source_limit;
 pub mod wire;
 
 pub use action::{Action, SessionError, SessionStats};
@@ -42,6 +44,7 @@ pub use secret_file::{
     load_or_create_private_key, read_private_key, KeyFileStatus, SecretFileError,
 };
 pub use session::Session;
+pub use source_limit::SourceLimiter;
 pub use wire::{MessageType, WgDatagram, WireError};
 
 /// True when built with the `mock-clock` feature: boringtun's timers then run on a per-thread
