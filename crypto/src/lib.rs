@@ -7,7 +7,8 @@
 //! gossip datagrams ([`GossipSealer`]), a checked view of WireGuard datagrams for
 //! demultiplexing ([`wire`]), handshake admission ([`RateLimiter`], [`identify_initiator`], and per source
 //! [`SourceLimiter`])
-//! and the per-peer WireGuard session ([`Session`]). Only [`session`] and [`handshake`] see
+//! the per-peer WireGuard session ([`Session`]) and the bound on its data messages in flight
+//! from several senders ([`InFlight`]). Only [`session`] and [`handshake`] see
 //! boringtun's API; nothing boringtun-typed is public.
 //!
 //! It deliberately opens no socket, starts no thread and runs no async runtime; callers own
@@ -23,6 +24,7 @@
 
 mod action;
 pub mod handshake;
+pub mod in_flight;
 pub mod kdf;
 pub mod keyring;
 pub mod keys;
@@ -36,6 +38,7 @@ pub mod wire;
 
 pub use action::{Action, SessionError, SessionStats};
 pub use handshake::{identify_initiator, Admission, RateLimiter};
+pub use in_flight::{Blocked, InFlight};
 pub use keyring::{Keyring, KeyringError, PairKey, SecretId, MAX_SECRETS};
 pub use keys::{KeyError, PrivateKey, PublicKey};
 pub use sealer::{GossipSealer, OpenError, SealError, SealerConfig};
