@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 
 use crate::config::Config;
 use crate::routes::{PeerEntry, PeerId, RouteTable, Routes};
-use crate::stats::{DropReason, DropTally};
+use crate::stats::{DropReason, DropTally, Stamp};
 use crate::tiers::TierReport;
 pub use io::PeerAcc;
 pub(crate) use socket::DataPort;
@@ -67,7 +67,10 @@ pub trait Encap: Send + Sync + Sized + 'static {
     /// coalesced with others under one checksum the kernel computes.
     const AUTHENTICATED: bool = false;
 
-    fn tx<'t>(&'t self, table: &'t RouteTable) -> Self::Tx<'t>;
+    /// The TX state of one batch of queue `sender`.
+    fn tx<'t>(&'t self, table: &'t RouteTable, sender: usize) -> Self::Tx<'t>;
+    /// Queue `sender` has sent `runs` (sent or failed: they are out of its hands).
+    fn sent(&self, _table: &RouteTable, _sender: usize, _runs: &runs::Runs) {}
     fn rx_scratch(&self) -> Self::RxScratch;
 
     /// Check (and decrypt) one datagram from `from` into `out`, which holds at least
@@ -113,6 +116,10 @@ pub enum Encoded {
     PeerDrop(DropReason),
     /// Dropped; counted against no peer.
     Drop(DropReason),
+    /// Not encoded: the peer has as many datagrams in flight as its receiver can take out of
+    /// order (WireGuard's replay window, see `meshd_crypto::InFlight`). Send what the batch
+    /// holds, or wait for the other queues to send theirs, then offer the packet again.
+    Blocked,
 }
 
 /// What an RX worker hands [`Encap::receive`] with every datagram: the encapsulation's scratch,
@@ -121,6 +128,8 @@ pub struct Rx<'a, S> {
     pub scratch: S,
     pub drops: DropTally,
     pub reply: &'a mut dyn FnMut(&[u8], SocketAddr),
+    /// When the current batch was read: the time every datagram of it is judged at.
+    pub now: Stamp,
 }
 
 /// What one datagram came to.
@@ -233,7 +242,9 @@ impl DataPath {
         let mut queues = Vec::new();
         let mut all = Vec::new();
         let sockets = udp.sockets.into_iter().zip(udp.senders).zip(udp.flows);
-        for (dev, ((sock, sender), flows)) in tun.queues.into_iter().zip(sockets) {
+        for (index, (dev, ((sock, sender), flows))) in
+            tun.queues.into_iter().zip(sockets).enumerate()
+        {
             let from = sender.as_deref().unwrap_or(&sock);
             let counters = Arc::new(QueueCounters {
                 source_port: from.0.local_addr().map(|a| a.port()).unwrap_or(0),
@@ -247,7 +258,11 @@ impl DataPath {
                 flows,
                 gro: udp.gro,
                 gso_segments: udp.gso_segments,
-                tx: Mutex::new(worker::TxState::new::<E>(shared.mtu, udp.gso_segments)),
+                tx: Mutex::new(worker::TxState::new::<E>(
+                    index,
+                    shared.mtu,
+                    udp.gso_segments,
+                )),
                 tx_idle: AtomicBool::new(false),
                 counters,
             }));
