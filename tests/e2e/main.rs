@@ -22,3 +22,5 @@ mod rotation;
 mod support;
 mod wg_interop;
 mod wg_security;
+mod wg_spoof;
+mod wg_steering;

@@ -35,6 +35,7 @@ use crate::stats::{DropReason, DropTally, Stamp};
 use crate::tiers::TierReport;
 pub use io::PeerAcc;
 pub(crate) use socket::DataPort;
+use socket::QueueSocket;
 
 /// One way of carrying pod packets between nodes inside UDP.
 pub trait Encap: Send + Sync + Sized + 'static {
@@ -241,7 +242,14 @@ impl DataPath {
         }
         let mut queues = Vec::new();
         let mut all = Vec::new();
-        let sockets = udp.sockets.into_iter().zip(udp.senders).zip(udp.flows);
+        // One socket for every queue where the kernel would not steer by peer address (see
+        // `device::UdpQueues`): only the first queue's worker reads it.
+        let receivers = udp.sockets.len();
+        let mut data: Vec<Arc<QueueSocket>> = udp.sockets.into_iter().map(Arc::new).collect();
+        if let Some(first) = data.first().cloned() {
+            data.resize(tun.queues.len().max(receivers), first);
+        }
+        let sockets = data.into_iter().zip(udp.senders).zip(udp.flows);
         for (index, (dev, ((sock, sender), flows))) in
             tun.queues.into_iter().zip(sockets).enumerate()
         {
@@ -253,7 +261,7 @@ impl DataPath {
             queues.push(counters.clone());
             all.push(Arc::new(Queue {
                 tun: Arc::new(dev),
-                socket: Arc::new(sock),
+                socket: sock,
                 sender,
                 flows,
                 gro: udp.gro,
@@ -276,6 +284,9 @@ impl DataPath {
                 format!("meshd-{}-tx-{i}", E::NAME),
                 Box::new(move || worker::tx_loop(&s, &q2)),
             )?);
+            if i >= receivers {
+                continue;
+            }
             let (s, q, all) = (shared.clone(), q.clone(), all.clone());
             threads.push(spawn(
                 format!("meshd-{}-rx-{i}", E::NAME),
