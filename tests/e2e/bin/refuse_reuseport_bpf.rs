@@ -1,10 +1,10 @@
-//! `refuse-reuseport-bpf [PROGRAM] ARGS...`: runs `PROGRAM` (by default the `meshd` next to this
-//! binary, or `$MESHD_BIN`) with ARGS under a seccomp filter that makes the kernel refuse
+//! `refuse-reuseport-bpf [/PROGRAM] ARGS...`: runs `PROGRAM` (an absolute path; by default the
+//! `meshd` next to this binary, or `$MESHD_BIN`) with ARGS under a seccomp filter that makes the kernel refuse
 //! `setsockopt(SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF)` with EPERM, and nothing else: a kernel
 //! that will not steer a reuseport group, staged for real rather than pretended in meshd.
 //!
 //! Used as a lab's `meshd_bin`: `ip netns exec NS refuse-reuseport-bpf run --config …`. When
-//! the first argument is not an executable file, it is an argument of meshd's.
+//! the first argument is not an absolute path to a file, it is an argument of meshd's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::process::CommandExt;
@@ -25,7 +25,7 @@ const ARG2: u32 = 16 + 2 * 8;
 fn main() {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let program = match args.first().map(PathBuf::from) {
-        Some(p) if p.is_file() => {
+        Some(p) if p.is_absolute() && p.is_file() => {
             args.remove(0);
             p
         }
