@@ -70,9 +70,9 @@ fn eight_queues_never_overrun_the_peers_replay_window() {
     // Queue 0 encrypts its batch and is preempted before it sends.
     assert_eq!(encode(&a, &b, 0, &mut runs[0], &batch), 0);
     let mut waiting = Vec::new();
-    for q in 1..QUEUES {
-        match encode(&a, &b, q, &mut runs[q], &batch) {
-            0 => delivered += send(&a, &b, q, &mut runs[q]),
+    for (q, r) in runs.iter_mut().enumerate().skip(1) {
+        match encode(&a, &b, q, r, &batch) {
+            0 => delivered += send(&a, &b, q, r),
             left => waiting.push((q, left)),
         }
     }
