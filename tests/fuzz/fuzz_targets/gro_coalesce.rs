@@ -350,6 +350,16 @@ fn cut(w: &[u8], vnet: bool) -> (bool, Vec<Vec<u8>>) {
     (true, pieces)
 }
 
+/// Packets by connection (`None`: not TCP or UDP), each group in order.
+type Groups<T> = Vec<(Option<Vec<u8>>, Vec<T>)>;
+
+fn add<T>(groups: &mut Groups<T>, key: Option<Vec<u8>>, item: T) {
+    match groups.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, items)) => items.push(item),
+        None => groups.push((key, vec![item])),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut s = Script(data);
     let mode = s.byte();
@@ -399,34 +409,15 @@ fuzz_target!(|data: &[u8]| {
     MADE.with(|m| m.borrow_mut().push((config, c)));
 
     // The reference: each connection's packets, and everything else, in the order sent.
-    let mut want: Vec<(Option<Vec<u8>>, Vec<&[u8]>)> = Vec::new();
-    let group = |groups: &mut Vec<(Option<Vec<u8>>, Vec<_>)>, key: Option<Vec<u8>>| match groups
-        .iter()
-        .position(|(k, _)| *k == key)
-    {
-        Some(i) => i,
-        None => {
-            groups.push((key, Vec::new()));
-            groups.len() - 1
-        }
-    };
+    let mut want: Groups<&[u8]> = Vec::new();
     for p in &input {
-        let i = group(&mut want, connection(p));
-        want[i].1.push(&p[..]);
+        add(&mut want, connection(p), &p[..]);
     }
-    let mut got: Vec<(Option<Vec<u8>>, Vec<(bool, Vec<u8>)>)> = Vec::new();
+    let mut got: Groups<(bool, Vec<u8>)> = Vec::new();
     for w in &writes {
         let (merged, pieces) = cut(w, vnet);
         for piece in pieces {
-            let key = connection(&piece);
-            let i = match got.iter().position(|(k, _)| *k == key) {
-                Some(i) => i,
-                None => {
-                    got.push((key, Vec::new()));
-                    got.len() - 1
-                }
-            };
-            got[i].1.push((merged, piece));
+            add(&mut got, connection(&piece), (merged, piece));
         }
     }
     assert_eq!(got.len(), want.len(), "connections written");
