@@ -64,11 +64,11 @@ impl Gossip {
         now: Instant,
     ) -> Result<Self, ConfigError> {
         let pool = config.pool()?;
-        // Only what could collide with a node subnet is published.
+        // Only what could collide with a node subnet, and what peers count, is published.
         let mut reserved: Vec<Subnet> = local
             .reserved
             .iter()
-            .filter(|r| r.overlaps(&pool.cidr()))
+            .filter(|r| pool.check_reserved(r).is_ok())
             .copied()
             .collect();
         reserved.sort();

@@ -47,6 +47,7 @@ mod evidence;
 mod gossip;
 mod identity;
 mod io;
+mod precedence;
 mod record;
 pub mod sim;
 mod subnet;
@@ -55,16 +56,17 @@ mod timers;
 mod view;
 pub mod wire;
 
-pub use alloc::SubnetConflict;
+pub use alloc::{SubnetConflict, MAX_STAMP};
 pub use config::{Config, ConfigError, Profile, MIN_DATAGRAM};
 pub use gossip::Gossip;
 pub use identity::NodeId;
 pub use io::{Counters, Transmit};
+pub use precedence::{HoldKind, Precedence, Settled};
 pub use record::{
     Capabilities, Lease, LocalNode, NodeRecord, RecordError, Subnet, SubnetClaim, SubnetParseError,
     SubnetRequest, MAX_ENDPOINTS, MAX_NAME_LEN, MAX_RECORD_LEN, MAX_RESERVED,
 };
-pub use subnet::{Pool, PoolError};
+pub use subnet::{ClaimFault, Pool, PoolError, Ranges, MAX_CLAIM_SLOTS};
 pub use view::{Member, MemberState};
 
 /// Something the daemon acts on: routes, peers, the subnet lease, logs.
@@ -90,8 +92,8 @@ pub enum Event {
     /// This node holds a subnet (first claim, or a new one after losing a conflict): persist
     /// the lease and (re)configure the bridge.
     SubnetAssigned(Lease),
-    /// Another live node claims this node's subnet, or routes a static peer in it
-    /// (`reserved`). Log at warn; at error when `explicit`.
+    /// Another live node claims a subnet that overlaps this node's, or routes a static peer
+    /// in one (`reserved`). Log at warn; at error when `explicit`.
     SubnetConflict(SubnetConflict),
     /// No free subnet is left in the cluster CIDR; retried as members go.
     SubnetExhausted,

@@ -109,7 +109,7 @@ impl Capabilities {
     }
 }
 
-/// A node's claim on a subnet. Conflicting claims are settled by [`SubnetClaim::beats`].
+/// A node's claim on a subnet. Overlapping claims are settled by [`crate::Precedence`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SubnetClaim {
     /// The claimed network.
@@ -121,10 +121,11 @@ pub struct SubnetClaim {
 }
 
 impl SubnetClaim {
-    /// Total order on claims: an explicit claim beats a picked one, then the older (lower)
-    /// stamp wins, then the lower node name. Every node computes the same winner.
+    /// Whether this claim wins over `other`, which it overlaps ([`crate::Precedence`]: the
+    /// narrower subnet, then an explicit claim over a picked one, then the older (lower)
+    /// stamp, then the lower node name). Every node computes the same winner.
     pub fn beats(&self, own_name: &str, other: &SubnetClaim, other_name: &str) -> bool {
-        (!self.explicit, self.stamp, own_name) < (!other.explicit, other.stamp, other_name)
+        crate::Precedence::claim(self, own_name).beats(&crate::Precedence::claim(other, other_name))
     }
 }
 

@@ -96,7 +96,7 @@ impl Gossip {
 
     pub(crate) fn apply_record(&mut self, record: NodeRecord, now: Instant) {
         if let Some(claim) = record.subnet {
-            self.lamport = self.lamport.max(claim.stamp);
+            self.observe_stamp(claim.stamp);
         }
         if record.name == self.me.name {
             // Someone holds a copy of our record at least as new as ours (a previous life):

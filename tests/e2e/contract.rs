@@ -155,6 +155,8 @@ fn status(node: &str) -> Status {
         secrets: None,
         kernel: None,
         queues: Vec::new(),
+        refused: Vec::new(),
+        refusals: 0,
     }
 }
 

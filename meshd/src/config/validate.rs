@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use std::net::IpAddr;
 
 use super::{err, split_seed, Config, ConfigError, Encryption, PeerConfig};
+use crate::peers::claims::to_subnet;
 
 impl Config {
     /// Check that the configuration can work; nothing on the host is touched.
@@ -127,15 +128,28 @@ impl Config {
                 ));
             }
         }
-        if let Some(subnet) = self.subnet {
-            if subnet.prefix_len() != self.node_prefix() {
-                return Err(err(
-                    "subnet",
-                    format!(
-                        "with gossip, node subnets are /{}: {subnet} is not",
-                        self.node_prefix()
-                    ),
-                ));
+        // Checked as every other node checks this node's claim and its static peers' subnets
+        // (gossip's pool): refused here, not silently by the cluster.
+        if let Some(pool) = self.gossip_pool() {
+            let claim = |subnet| meshd_gossip::SubnetClaim {
+                subnet,
+                stamp: 0,
+                explicit: true,
+            };
+            if let Some(Err(e)) = self
+                .subnet
+                .and_then(to_subnet)
+                .map(|s| pool.check(&claim(s)))
+            {
+                let (node, most) = (self.node_prefix(), meshd_gossip::MAX_CLAIM_SLOTS);
+                let why =
+                    format!("with gossip, a /{node} or an aligned block of at most {most}: {e}");
+                return Err(err("subnet", why));
+            }
+            for (i, p) in self.peers.iter().enumerate() {
+                if let Some(Err(e)) = to_subnet(p.subnet).map(|r| pool.check_reserved(&r)) {
+                    return Err(err(format!("peers[{i}].subnet"), e.to_string()));
+                }
             }
         }
         // Static peers' subnets are published in this node's gossip record, so that no member
@@ -160,6 +174,12 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The node subnets gossip cuts `cluster-cidr` into.
+    fn gossip_pool(&self) -> Option<meshd_gossip::Pool> {
+        let cidr = to_subnet(self.cluster_cidr)?;
+        meshd_gossip::Pool::new(cidr, self.node_prefix()).ok()
     }
 
     fn validate_peers(
@@ -350,13 +370,21 @@ mod tests {
         };
         assert_eq!(seeds("no-port"), "seeds[0]");
         assert_eq!(seeds("h:0"), "seeds[0]");
-        let e = Config::from_toml(
-            "address = \"198.18.0.1\"\nsubnet = \"10.244.0.0/23\"\n[gossip]\nenabled = true",
-        )
-        .unwrap()
-        .validate()
-        .unwrap_err();
-        assert_eq!(e.key, "subnet");
+        // An aligned block of node subnets is a claim gossip counts; smaller, or more than 16
+        // of them, is not.
+        let subnet = |s: &str| {
+            Config::from_toml(&format!(
+                "address = \"198.18.0.1\"\nsubnet = \"{s}\"\n[gossip]\nenabled = true"
+            ))
+            .unwrap()
+            .validate()
+        };
+        subnet("10.244.0.0/23").unwrap();
+        subnet("10.244.16.0/20").unwrap();
+        for bad in ["10.244.0.0/25", "10.244.0.0/19"] {
+            let e = subnet(bad).unwrap_err();
+            assert_eq!(e.key, "subnet", "{bad}: {e}");
+        }
         let many: String = (0..=meshd_gossip::MAX_RESERVED)
             .map(|i| {
                 format!(

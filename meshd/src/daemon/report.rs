@@ -14,7 +14,8 @@ use crate::backend::Backend;
 use crate::datapath::QueueCounters;
 use crate::peers::wireguard::WgPeer;
 use crate::status::{
-    GossipCounters, MemberStatus, PeerStatus, QueueStatus, SecretStatus, Status, WireguardStatus,
+    GossipCounters, MemberStatus, PeerStatus, QueueStatus, RefusedStatus, SecretStatus, Status,
+    WireguardStatus,
 };
 
 /// The fixed part of the status and where the rest is read, fresh on every request.
@@ -56,6 +57,17 @@ impl Report {
             })
             .collect();
         s.unattributed = routes.unattributed.snapshot();
+        let (refused, refusals) = self.backend.refused();
+        s.refused = refused
+            .into_iter()
+            .map(|r| RefusedStatus {
+                name: r.name,
+                source: r.source.as_str().into(),
+                subnet: r.subnet.to_string(),
+                reason: r.why.to_string(),
+            })
+            .collect();
+        s.refusals = refusals;
         s.queues = self
             .queues
             .iter()

@@ -63,6 +63,26 @@ pub struct Status {
     /// The userspace data path's queues: the port each sends from, and its datagrams.
     #[serde(default)]
     pub queues: Vec<QueueStatus>,
+    /// Peers whose subnets this node refuses to route (a member's claim outside the cluster,
+    /// on the underlay, or overlapping a subnet that wins), and why.
+    #[serde(default)]
+    pub refused: Vec<RefusedStatus>,
+    /// Refusals since start: each new one, and each change of a standing one.
+    #[serde(default)]
+    pub refusals: u64,
+}
+
+/// A peer whose subnet this node does not route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefusedStatus {
+    /// The member's (or static peer's) name.
+    pub name: String,
+    /// `member` or `static peer`.
+    pub source: String,
+    /// The subnet it claims.
+    pub subnet: String,
+    /// Why it is not routed: the rule it breaks, or the peer whose subnet wins and why.
+    pub reason: String,
 }
 
 /// One queue of the userspace data path (a TUN queue, its workers and sockets).
@@ -155,7 +175,7 @@ pub struct MemberStatus {
     /// Its gossip address.
     pub(crate) address: String,
     /// The subnet it claims, once it holds one.
-    pub(crate) subnet: Option<String>,
+    pub subnet: Option<String>,
     /// Gossip has it down (or its suspicion ran out), but its authenticated traffic arrived
     /// within the evidence window: it keeps its routes (state says suspect).
     #[serde(default)]

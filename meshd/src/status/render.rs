@@ -128,6 +128,17 @@ pub fn render(s: &Status) -> String {
         }
     }
     let _ = writeln!(o, "unattributed drops: {}", drops(&s.unattributed));
+    if !s.refused.is_empty() || s.refusals > 0 {
+        let _ = writeln!(
+            o,
+            "refused     {} now, {} refusals since start",
+            s.refused.len(),
+            s.refusals
+        );
+        for r in &s.refused {
+            let _ = writeln!(o, "  {} {} ({}): {}", r.source, r.name, r.subnet, r.reason);
+        }
+    }
     if let Some(g) = &s.gossip {
         let _ = writeln!(
             o,

@@ -11,7 +11,7 @@ use meshd_gossip::{Capabilities, Event, NodeRecord};
 use super::subnet::to_net;
 use super::Membership;
 use crate::config::Encryption;
-use crate::peers::{Endpoint, EndpointSource, Peer, PeerKey};
+use crate::peers::{Claim, Endpoint, EndpointSource, Peer, PeerKey};
 
 impl Membership {
     /// Handles every event gossip has queued. Peer-set changes are gathered and applied in one
@@ -49,22 +49,7 @@ impl Membership {
                     member = %name,
                     "gossip has this member down but its traffic arrived moments ago: keeping its routes"
                 ),
-                Event::SubnetConflict(c) if c.reserved && c.explicit => tracing::error!(
-                    subnet = %c.subnet, reserved_by = %c.other,
-                    "this node's configured subnet overlaps a static peer's subnet (a [[peers]] entry of node `reserved_by`): kept, but that node routes it to its static peer, not here; change one of the two"
-                ),
-                Event::SubnetConflict(c) if c.reserved => tracing::warn!(
-                    subnet = %c.subnet, reserved_by = %c.other,
-                    "this node's subnet overlaps a static peer's subnet (a [[peers]] entry of node `reserved_by`): taking another; pods on the old one need restarting"
-                ),
-                Event::SubnetConflict(c) if c.explicit => tracing::error!(
-                    subnet = %c.subnet, other = %c.other, kept = c.kept,
-                    "another node claims this node's configured subnet"
-                ),
-                Event::SubnetConflict(c) => tracing::warn!(
-                    subnet = %c.subnet, other = %c.other, kept = c.kept,
-                    "subnet conflict"
-                ),
+                Event::SubnetConflict(c) => super::subnet::log_conflict(&c),
                 Event::SubnetExhausted => {
                     tracing::error!("no free subnet left in the cluster CIDR")
                 }
@@ -84,6 +69,11 @@ impl Membership {
             })
             .collect();
         let subnet = r.subnet.and_then(|c| to_net(c.subnet));
+        // How it holds the subnet: the peer set checks the claim and settles overlaps by it.
+        let claim = r.subnet.map_or(Claim::default(), |c| Claim {
+            explicit: c.explicit,
+            stamp: c.stamp,
+        });
         let (false, Some(subnet)) = (endpoints.is_empty(), subnet) else {
             return Change::Remove(r.name.clone());
         };
@@ -102,7 +92,11 @@ impl Membership {
             key,
             kernel_vxlan: r.capabilities.has(Capabilities::KERNEL_VXLAN),
         };
-        Change::Upsert { peer, updated }
+        Change::Upsert {
+            peer,
+            claim,
+            updated,
+        }
     }
 
     /// Applies the gathered changes in one reconcile pass.
@@ -114,9 +108,13 @@ impl Membership {
             let mut changed = false;
             for c in batch.drain(..) {
                 match c {
-                    Change::Upsert { peer, updated } => {
+                    Change::Upsert {
+                        peer,
+                        claim,
+                        updated,
+                    } => {
                         let (name, subnet) = (peer.name.clone(), peer.subnet);
-                        let did = set.upsert_member(peer);
+                        let did = set.upsert_claimed(peer, claim);
                         if updated && did {
                             tracing::info!(member = %name, %subnet, "member changed");
                         } else if updated {
@@ -134,7 +132,11 @@ impl Membership {
 
 /// A change of the peer set that a gossip event asks for.
 enum Change {
-    Upsert { peer: Peer, updated: bool },
+    Upsert {
+        peer: Peer,
+        claim: Claim,
+        updated: bool,
+    },
     Remove(String),
 }
 
