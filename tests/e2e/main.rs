@@ -24,3 +24,5 @@ mod support;
 mod trust;
 mod wg_interop;
 mod wg_security;
+mod wg_spoof;
+mod wg_steering;

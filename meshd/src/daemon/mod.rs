@@ -264,6 +264,7 @@ fn base_status(
         },
         public_key: crypto.map(|c| c.public.to_base64()),
         cookie_replies_sent: 0,
+        refusals_over_source_limit: 0,
         mtu: cfg.overlay_mtu(),
         tiers: datapath.tiers.clone(),
         peers: Vec::new(),

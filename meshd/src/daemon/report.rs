@@ -105,6 +105,7 @@ impl Report {
         }
         if let Some(c) = self.backend.crypto() {
             s.cookie_replies_sent = c.cookie_replies.load(Ordering::Relaxed);
+            s.refusals_over_source_limit = c.rejected.limited();
         }
         s
     }
@@ -114,7 +115,10 @@ impl Report {
 fn wireguard_status(wg: &WgPeer) -> WireguardStatus {
     let st = wg.lock().stats();
     let pair = wg.pair();
+    let (forced_handshakes, unknown_index_ignored) = wg.forced_counts();
     WireguardStatus {
+        forced_handshakes,
+        unknown_index_ignored,
         psk_secret: pair.secret.to_string(),
         psk_agreed: pair.agreed,
         psk_switches: st.psk_switches,

@@ -39,6 +39,10 @@ pub struct Status {
     /// Cookie replies the shared handshake rate limiter sent (before a peer was identified).
     #[serde(default)]
     pub cookie_replies_sent: u64,
+    /// Initiations refused (no peer's key) that were not remembered for a handshake later:
+    /// their source was over its limit.
+    #[serde(default)]
+    pub refusals_over_source_limit: u64,
     pub mtu: u16,
     pub tiers: TierReport,
     pub peers: Vec<PeerStatus>,
@@ -281,6 +285,13 @@ pub struct WireguardStatus {
     /// A session under the previous preshared key is still kept (for packets in flight).
     #[serde(default)]
     pub retiring: bool,
+    /// Handshakes started because the peer sent on a session we no longer have.
+    #[serde(default)]
+    pub forced_handshakes: u64,
+    /// Data on an unknown session from the peer's address that started no handshake: the
+    /// session had authenticated the peer lately (a straggler, or forged).
+    #[serde(default)]
+    pub unknown_index_ignored: u64,
 }
 
 /// Ask the daemon whose run directory is `run_dir` for its status.

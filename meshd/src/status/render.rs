@@ -28,8 +28,8 @@ pub fn render(s: &Status) -> String {
     if let Some(k) = &s.public_key {
         let _ = writeln!(
             o,
-            "public key  {k}   cookie replies sent {}",
-            s.cookie_replies_sent
+            "public key  {k}   cookie replies sent {}   refusals over a source's limit {}",
+            s.cookie_replies_sent, s.refusals_over_source_limit
         );
     }
     if let Some(secrets) = &s.secrets {
@@ -107,7 +107,7 @@ pub fn render(s: &Status) -> String {
             };
             let _ = writeln!(
                 o,
-                "  wireguard {}  psk from {}{}{}  handshake {age}  handshakes {}  rekeys {}  decrypt failures {}  handshake failures {}  replays {}  cookie replies sent {}",
+                "  wireguard {}  psk from {}{}{}  handshake {age}  handshakes {}  rekeys {}  decrypt failures {}  handshake failures {}  replays {}  cookie replies sent {}  forced handshakes {}  unknown-index data ignored {}",
                 w.public_key,
                 w.psk_secret,
                 if w.psk_agreed { "" } else { " (NO SECRET IN COMMON)" },
@@ -121,7 +121,9 @@ pub fn render(s: &Status) -> String {
                 w.decrypt_failures,
                 w.handshake_failures,
                 w.replays,
-                w.cookie_replies_sent
+                w.cookie_replies_sent,
+                w.forced_handshakes,
+                w.unknown_index_ignored
             );
         }
     }
