@@ -65,6 +65,8 @@ pub struct Gossip {
     pub(crate) missing: BTreeSet<SocketAddr>,
     pub(crate) any_suspect: bool,
     pub(crate) ticks: u64,
+    /// Path summaries: this node's and the members' (`summary/`).
+    pub(crate) summaries: crate::summary::Summaries,
 }
 
 impl Gossip {
@@ -159,6 +161,7 @@ impl Gossip {
             missing: BTreeSet::new(),
             any_suspect: false,
             ticks: 0,
+            summaries: crate::summary::Summaries::new(local.boot_epoch, now),
             config,
         };
         g.start_claim(local.subnet, now);
@@ -209,6 +212,8 @@ impl Gossip {
             Some(Kind::StateChunk) => self.apply_chunk(from, env.payload, now),
             Some(Kind::RecordPull) => self.serve_record(from),
             Some(Kind::Records) => self.apply_records(from, env.payload),
+            Some(Kind::Summary) => self.apply_summary(env.payload, now),
+            Some(Kind::SummaryPull) => self.serve_summary_pull(from, env.payload, now),
             None => self.counters.unknown_kinds += 1,
         }
         self.after_swim(now);
@@ -229,6 +234,7 @@ impl Gossip {
                 }
                 TimerKind::Tick => {
                     self.tick(now);
+                    self.summary_tick(now);
                     self.timers.at(now + self.config.tick, TimerKind::Tick);
                 }
             }

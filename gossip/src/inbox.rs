@@ -269,7 +269,7 @@ impl Inbox {
     }
 
     /// The latest boot epoch believed: this node's wall clock now, plus [`MAX_CLOCK_AHEAD`].
-    fn latest_epoch(&self) -> u64 {
+    pub(crate) fn latest_epoch(&self) -> u64 {
         let up = self.now.saturating_duration_since(self.start);
         self.boot_epoch
             .saturating_add(up.as_secs())

@@ -54,6 +54,16 @@ pub struct Counters {
     pub state_requests_refused: u64,
     /// Datagrams dropped because the transmit queue was full.
     pub transmits_dropped: u64,
+    /// Path summary chunks taken (signed by their reporter, a live member).
+    pub summary_chunks_in: u64,
+    /// Path summary chunks refused: malformed, from no live member, not signed by the key its
+    /// reporter's name is bound to, or of an implausible version.
+    pub summary_chunks_refused: u64,
+    /// Path summary chunks refused because the summaries held were at their bound.
+    pub summaries_full: u64,
+    /// Pulls of this node's summary not answered: not from a live member, too soon again, or
+    /// over the sending budget.
+    pub summary_pulls_refused: u64,
 }
 
 impl Counters {

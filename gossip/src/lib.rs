@@ -57,6 +57,7 @@ pub mod record;
 mod signature;
 pub mod sim;
 mod subnet;
+pub mod summary;
 mod sync;
 mod timers;
 mod trust;
@@ -77,6 +78,7 @@ pub use record::{
 };
 pub use signature::{short as short_key, SigningKey, PUBLIC_KEY_LEN};
 pub use subnet::{ClaimFault, Pool, PoolError, Ranges, MAX_CLAIM_SLOTS};
+pub use summary::{Health, PathCode, PathReport, Reason, Route, Summary};
 pub use trust::ForgetError;
 pub use view::{Member, MemberState};
 

@@ -23,7 +23,7 @@ const DOMAIN: &[u8] = b"meshd gossip record v1\0";
 /// Length of an ed25519 public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
 /// Length of an ed25519 signature.
-const SIGNATURE_LEN: usize = 64;
+pub(crate) const SIGNATURE_LEN: usize = 64;
 /// Length of extension 3's content: public key, then signature.
 pub(crate) const EXT_LEN: usize = PUBLIC_KEY_LEN + SIGNATURE_LEN;
 
@@ -50,6 +50,24 @@ impl SigningKey {
         ext[PUBLIC_KEY_LEN..].copy_from_slice(&sig.to_bytes());
         ext
     }
+
+    /// An ed25519 signature over `domain ‖ msg`: what signs messages other than records (path
+    /// summaries, `summary/`), each kind under a domain of its own.
+    pub(crate) fn sign(&self, domain: &[u8], msg: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.0.sign(&[domain, msg].concat()).to_bytes()
+    }
+}
+
+/// Whether `sig` is `key`'s signature over `domain ‖ msg` ([`SigningKey::sign`]), strictly.
+pub(crate) fn verify(key: &[u8; PUBLIC_KEY_LEN], domain: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    let (Ok(key), Ok(sig)) = (
+        VerifyingKey::from_bytes(key),
+        <[u8; SIGNATURE_LEN]>::try_from(sig),
+    ) else {
+        return false;
+    };
+    key.verify_strict(&[domain, msg].concat(), &Signature::from_bytes(&sig))
+        .is_ok()
 }
 
 impl fmt::Debug for SigningKey {

@@ -31,6 +31,10 @@ pub enum Kind {
     RecordPull,
     /// Records answering a pull: [`Records`].
     Records,
+    /// One signed chunk of a node's path summary (`summary/`).
+    Summary,
+    /// Asks the receiver for its path summary, if newer than a version (`summary/`).
+    SummaryPull,
 }
 
 impl Kind {
@@ -42,6 +46,8 @@ impl Kind {
             Kind::StateChunk => 3,
             Kind::RecordPull => 4,
             Kind::Records => 5,
+            Kind::Summary => 6,
+            Kind::SummaryPull => 7,
         }
     }
 
@@ -53,6 +59,8 @@ impl Kind {
             3 => Kind::StateChunk,
             4 => Kind::RecordPull,
             5 => Kind::Records,
+            6 => Kind::Summary,
+            7 => Kind::SummaryPull,
             _ => return None,
         })
     }
@@ -225,7 +233,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_envelope_round_trips(kind in 1u16..6, payload in proptest::collection::vec(any::<u8>(), 0..1500)) {
+        fn any_envelope_round_trips(kind in 1u16..8, payload in proptest::collection::vec(any::<u8>(), 0..1500)) {
             let kind = Kind::from_code(kind).unwrap();
             let mut out = Vec::new();
             encode_envelope(kind, &payload, &mut out);
