@@ -2,8 +2,9 @@
 //! reports (the status socket, read-only). One request per connection, one line each way:
 //!
 //! ```text
-//!   client → meshd   forget NAME\n
-//!   meshd → client   ok <what was done>\n     or     error <why>\n
+//!   client → meshd   forget NAME\n        or   summaries\n
+//!   meshd → client   ok <what was done>\n     or   ok <JSON: the path summaries held>\n
+//!                    error <why>\n
 //! ```
 //!
 //! The socket is `control.sock` in the run directory, mode 0600, and meshd answers only a
@@ -34,8 +35,22 @@ pub fn forget(run_dir: &Path, name: &str) -> Result<String> {
     request(run_dir, &format!("forget {name}"))
 }
 
+/// The members' path summaries the meshd of `run_dir` holds (`meshd status --all`, `--dot`).
+pub fn summaries(run_dir: &Path) -> Result<Vec<crate::status::SummaryStatus>> {
+    let json = request_up_to(run_dir, "summaries", MAX_ANSWER)?;
+    serde_json::from_str(&json).context("decoding the path summaries")
+}
+
+/// Longest answer read: the summaries of a large cluster (every pair of 500 nodes is about
+/// 40 MB of JSON).
+const MAX_ANSWER: u64 = 64 << 20;
+
 /// Sends one request line and returns the answer after `ok`; an `error` answer is the error.
 fn request(run_dir: &Path, line: &str) -> Result<String> {
+    request_up_to(run_dir, line, 4096)
+}
+
+fn request_up_to(run_dir: &Path, line: &str, limit: u64) -> Result<String> {
     let path = run_dir.join(CONTROL_SOCKET);
     let mut stream = UnixStream::connect(&path).with_context(|| {
         format!(
@@ -49,13 +64,14 @@ fn request(run_dir: &Path, line: &str) -> Result<String> {
         .context("sending the request")?;
     let mut answer = String::new();
     BufReader::new(stream)
-        .take(4096)
+        .take(limit)
         .read_line(&mut answer)
         .context("reading meshd's answer")?;
     let answer = answer.trim_end();
+    let verb = line.split(' ').next().unwrap_or(line);
     match answer.split_once(' ') {
         Some(("ok", what)) => Ok(what.to_owned()),
         Some(("error", why)) => bail!("meshd refused: {why}"),
-        _ => bail!("meshd gave no answer (an older meshd without `forget`?)"),
+        _ => bail!("meshd gave no answer (an older meshd without `{verb}`?)"),
     }
 }

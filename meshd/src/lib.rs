@@ -20,6 +20,8 @@ pub(crate) mod kernel;
 pub mod link;
 pub mod paths;
 pub mod peers;
+pub mod picture;
+pub mod ping;
 pub mod routes;
 pub mod runfiles;
 pub mod stats;

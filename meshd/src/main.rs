@@ -33,9 +33,21 @@ enum Command {
         #[arg(long, env = "MESHD_RUN_DIR", default_value = "/run/meshd")]
         run_dir: PathBuf,
         /// Print the raw JSON document.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["dot", "all"])]
         json: bool,
+        /// Print the whole mesh as this node sees it (every node, every pair with each end's
+        /// path, from the members' gossiped path summaries) as a Graphviz graph:
+        /// `meshd status --dot | dot -Tsvg > mesh.svg`.
+        #[arg(long, conflicts_with = "all")]
+        dot: bool,
+        /// Print every pair of the mesh as this node sees it, a line per end's report.
+        #[arg(long)]
+        all: bool,
     },
+    /// Send echo probes through the overlay to NODE's bridge address (or to a pod's address):
+    /// per reply the round trip and the path it took, then a summary. Exits non-zero, with the
+    /// likely reason, when nothing came back.
+    Ping(meshd::ping::Args),
     /// Forget the gossip signing key NODE is bound to, on this node and, through gossip, on
     /// every member: for a node reinstalled without its state directory (its old key gone),
     /// which the cluster refuses until then. NODE binds to the next key it signs with after
@@ -73,6 +85,33 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+}
+
+/// `meshd status`: the node's status, or the whole mesh as it sees it (`--dot`, `--all`).
+fn status(run_dir: &std::path::Path, json: bool, dot: bool, all: bool) -> Result<()> {
+    let s = meshd::status::query(run_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else if dot || all {
+        // The members' summaries come over the control socket, which runs with gossip.
+        let summaries = match (&s.members, meshd::control::summaries(run_dir)) {
+            (_, Ok(held)) => held,
+            (None, Err(_)) => Vec::new(),
+            (Some(_), Err(e)) => {
+                eprintln!("meshd: the members' path summaries are not available ({e:#}): only this node's pairs are shown");
+                Vec::new()
+            }
+        };
+        let m = meshd::status::Mesh::build(&s, &summaries, std::time::SystemTime::now());
+        let text = match dot {
+            true => meshd::status::graph::dot(&m),
+            false => meshd::status::graph::table(&m),
+        };
+        print!("{text}");
+    } else {
+        print!("{}", meshd::status::render(&s));
+    }
+    Ok(())
 }
 
 /// `meshd psk`: the secrets as `meshd run` reads them (the file's `cluster-secret-file`,
@@ -120,14 +159,16 @@ fn real_main(cli: Cli) -> Result<()> {
             init_logging(&cfg.log_level);
             runtime()?.block_on(meshd::daemon::run(cfg))
         }
-        Command::Status { run_dir, json } => {
-            let s = meshd::status::query(&run_dir)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                print!("{}", meshd::status::render(&s));
-            }
-            Ok(())
+        Command::Status {
+            run_dir,
+            json,
+            dot,
+            all,
+        } => status(&run_dir, json, dot, all),
+        Command::Ping(args) => {
+            let o = args.options()?;
+            let result = meshd::ping::run(&o, &mut std::io::stdout().lock());
+            result
         }
         Command::Forget { node, run_dir } => {
             println!("{}", meshd::control::forget(&run_dir, &node)?);

@@ -13,6 +13,7 @@ use super::membership::Shared;
 use crate::backend::Backend;
 use crate::datapath::QueueCounters;
 use crate::peers::wireguard::WgPeer;
+use crate::routes::PeerEntry;
 use crate::status::{
     GossipCounters, MemberStatus, PeerStatus, QueueStatus, RefusedRecords, RefusedStatus,
     SecretStatus, Status, WireguardStatus,
@@ -37,25 +38,7 @@ impl Report {
         let table = routes.load();
         let mut s = self.base.clone();
         let now = Instant::now();
-        s.peers = table
-            .peers()
-            .iter()
-            .map(|p| PeerStatus {
-                name: p.name.clone(),
-                endpoint: p.endpoint().to_string(),
-                subnet: p.subnet.to_string(),
-                vtep_mac: p.mac.to_string(),
-                candidates: p
-                    .candidates()
-                    .iter()
-                    .map(|c| format!("{} ({})", c.addr, c.source.as_str()))
-                    .collect(),
-                mtu: p.mtu(),
-                stats: p.stats.snapshot(),
-                wireguard: p.wg.as_deref().map(wireguard_status),
-                path: p.path().as_ref().map(|c| c.status(now)),
-            })
-            .collect();
+        s.peers = table.peers().iter().map(|p| peer_status(p, now)).collect();
         s.unattributed = routes.unattributed.snapshot();
         let (refused, refusals) = self.backend.refused();
         s.refused = refused
@@ -108,6 +91,39 @@ impl Report {
             s.refusals_over_source_limit = c.rejected.limited();
         }
         s
+    }
+}
+
+impl Report {
+    /// The whole mesh as this node sees it: its status, and the members' path summaries.
+    pub(crate) fn mesh(&self) -> crate::status::Mesh {
+        let s = self.current();
+        let summaries = match &self.gossip {
+            Some(g) => {
+                super::membership::summary::held(&g.lock().unwrap_or_else(|p| p.into_inner()))
+            }
+            None => Vec::new(),
+        };
+        crate::status::Mesh::build(&s, &summaries, std::time::SystemTime::now())
+    }
+}
+
+/// One peer as the status shows it, read off its link.
+pub(crate) fn peer_status(p: &PeerEntry, now: Instant) -> PeerStatus {
+    PeerStatus {
+        name: p.name.clone(),
+        endpoint: p.endpoint().to_string(),
+        subnet: p.subnet.to_string(),
+        vtep_mac: p.mac.to_string(),
+        candidates: p
+            .candidates()
+            .iter()
+            .map(|c| format!("{} ({})", c.addr, c.source.as_str()))
+            .collect(),
+        mtu: p.mtu(),
+        stats: p.stats.snapshot(),
+        wireguard: p.wg.as_deref().map(wireguard_status),
+        path: p.path().as_ref().map(|c| c.status(now)),
     }
 }
 
@@ -173,6 +189,9 @@ fn gossip_report(g: &Shared) -> (Vec<MemberStatus>, GossipCounters) {
         refused_records: c.refused_records(),
         state_requests_refused: c.state_requests_refused,
         transmits_dropped: c.transmits_dropped,
+        summary_chunks_in: c.summary_chunks_in,
+        summary_chunks_refused: c.summary_chunks_refused + c.summaries_full,
+        summary_pulls_refused: c.summary_pulls_refused,
     };
     (members, counters)
 }

@@ -4,9 +4,13 @@
 //! node's subnet from the companion file `network.json` ([`crate::runfiles`]), and connects to
 //! the socket only to learn that meshd is alive: only a live meshd answers it.
 
+pub mod graph;
+pub mod health;
+pub mod mesh;
 mod render;
 pub mod server;
 
+pub use mesh::{Mesh, SummaryStatus};
 pub use render::render;
 
 use anyhow::{Context, Result};
@@ -31,6 +35,9 @@ pub struct Status {
     #[serde(default)]
     pub address_source: Option<String>,
     pub subnet: String,
+    /// The cluster CIDR node subnets are cut from (`None` from a meshd before it was shown).
+    #[serde(default)]
+    pub cluster: Option<String>,
     pub vtep_mac: String,
     pub encryption: String,
     /// This node's WireGuard public key, in encrypted mode.
@@ -213,6 +220,15 @@ pub struct GossipCounters {
     /// Datagrams dropped because gossip's transmit queue was full.
     #[serde(default)]
     pub transmits_dropped: u64,
+    /// Path summary chunks taken from members, and refused (not signed by their reporter's
+    /// key, from no live member, malformed, or over the bound on what is held).
+    #[serde(default)]
+    pub summary_chunks_in: u64,
+    #[serde(default)]
+    pub summary_chunks_refused: u64,
+    /// Pulls of this node's summary not answered (not a member, too often, over the budget).
+    #[serde(default)]
+    pub summary_pulls_refused: u64,
 }
 
 /// Gossip records refused, by why (see `meshd_gossip::Refused`).

@@ -158,6 +158,11 @@ pub fn render(s: &Status) -> String {
             r.full,
             g.state_requests_refused
         );
+        let _ = writeln!(
+            o,
+            "  path summaries: chunks taken {}  refused {}  pulls of ours refused {}",
+            g.summary_chunks_in, g.summary_chunks_refused, g.summary_pulls_refused
+        );
     }
     if let Some(members) = &s.members {
         let _ = writeln!(

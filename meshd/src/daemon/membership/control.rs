@@ -1,4 +1,5 @@
-//! The daemon's side of the control socket ([`crate::control`]): `meshd forget NAME`.
+//! The daemon's side of the control socket ([`crate::control`]): `meshd forget NAME`, and the
+//! members' path summaries for `meshd status --all` and `--dot`.
 //!
 //! Served on the control-plane runtime beside gossip. A request takes the gossip lock for one
 //! call of the state machine, which queues what to send; the gossip task sends it on its next
@@ -80,8 +81,17 @@ async fn answer(mut stream: UnixStream, shared: &Mutex<Shared>) -> std::io::Resu
 
 /// One request line to its answer line.
 fn handle(line: &str, shared: &Mutex<Shared>) -> String {
+    if line == "summaries" {
+        let g = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let held = super::summary::held(&g);
+        drop(g);
+        return match serde_json::to_string(&held) {
+            Ok(json) => format!("ok {json}"),
+            Err(e) => format!("error {e}"),
+        };
+    }
     let Some(("forget", name)) = line.split_once(' ') else {
-        return "error unknown request (this meshd knows `forget NAME`)".to_owned();
+        return "error unknown request (this meshd knows `forget NAME` and `summaries`)".to_owned();
     };
     if !meshd_gossip::is_valid_name(name) {
         return format!("error not a node name: {}", meshd_gossip::NAME_RULE);

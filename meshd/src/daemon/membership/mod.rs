@@ -15,10 +15,14 @@
 //! Each node signs its record with its signing key ([`super::secrets::signing_key`]); the
 //! names gossip binds to signing keys are kept in the state directory ([`bindings`]), and an
 //! operator releases one with `meshd forget NAME` on the control socket ([`control`]).
+//!
+//! Every few seconds this node's path to each peer goes to gossip as its path summary
+//! ([`summary`]), which gossip spreads to every member when it changed.
 
 mod bindings;
 mod control;
 mod events;
+pub(crate) mod summary;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
@@ -203,6 +207,8 @@ impl Membership {
         let mut evidence = tokio::time::interval(EVIDENCE_EVERY);
         evidence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let authenticated = self.encryption == Encryption::Wireguard;
+        let mut paths = tokio::time::interval(summary::PATHS_EVERY);
+        paths.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let control = self
             .control
             .take()
@@ -228,6 +234,7 @@ impl Membership {
                 }
                 _ = retry.tick(), if self.alone() => self.join_seeds().await,
                 _ = evidence.tick(), if authenticated => self.feed_evidence(),
+                _ = paths.tick() => self.publish_paths(),
                 r = self.socket.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
                         self.receive(&buf[..n], from, &mut plain);

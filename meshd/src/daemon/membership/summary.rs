@@ -1,0 +1,102 @@
+//! This node's path summary, made from its links every [`PATHS_EVERY`] and handed to gossip
+//! (which publishes a new version only on a change, within its rate: `meshd_gossip::summary`),
+//! and the members' summaries this node holds, for the picture, `meshd status --all` and the
+//! control socket.
+
+use std::time::{Duration, Instant};
+
+use meshd_gossip::{Gossip, MemberState, PathReport, Route};
+
+use super::{Membership, Shared};
+use crate::daemon::report::peer_status;
+use crate::status::health::{assess, path_code};
+use crate::status::{PeerStatus, SummaryStatus};
+
+/// How often this node's reports are gathered: cheap (one pass over the links), and what
+/// changed reaches gossip within this; gossip decides whether it is news.
+pub(super) const PATHS_EVERY: Duration = Duration::from_secs(2);
+
+impl Membership {
+    /// Hands gossip this node's path to each of its peers as of now.
+    pub(super) fn publish_paths(&self) {
+        let table = self.backend.routes().load();
+        let now = Instant::now();
+        let peers: Vec<PeerStatus> = table.peers().iter().map(|p| peer_status(p, now)).collect();
+        let mut shared = self.lock();
+        let reports = reports(&peers, &shared.gossip);
+        shared.gossip.set_paths(reports, now);
+    }
+}
+
+/// What this node says of each peer in its summary.
+pub(crate) fn reports(peers: &[PeerStatus], gossip: &Gossip) -> Vec<PathReport> {
+    peers
+        .iter()
+        .map(|p| {
+            let suspect = gossip
+                .member(&p.name)
+                .is_some_and(|m| m.state == MemberState::Suspect);
+            let a = assess(p, suspect);
+            PathReport {
+                peer: p.name.clone(),
+                path: path_code(p),
+                // Every path is direct until relaying and hole punching land.
+                route: Route::Direct,
+                health: a.health,
+                reason: a.reason,
+                rtt: p
+                    .wireguard
+                    .as_ref()
+                    .and_then(|w| w.handshake_rtt_ms)
+                    .map(|ms| Duration::from_millis(u64::from(ms))),
+                mtu: p.mtu,
+            }
+        })
+        .collect()
+}
+
+/// The members' summaries this node holds, each its reporter's word.
+pub(crate) fn held(shared: &Shared) -> Vec<SummaryStatus> {
+    let now = Instant::now();
+    let mut out: Vec<SummaryStatus> = shared
+        .gossip
+        .summaries()
+        .map(|s| SummaryStatus::of(&s, now))
+        .collect();
+    out.sort_by(|a, b| a.reporter.cmp(&b.reporter));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::status::mesh::tests::named;
+    use meshd_gossip::{Health, PathCode, Reason};
+
+    #[test]
+    fn reports_name_each_peer_its_path_and_health() {
+        let g = Gossip::new(
+            meshd_gossip::Config::default(),
+            meshd_gossip::sim::Sim::local_node(0, meshd_gossip::SubnetRequest::Auto),
+            1,
+            Instant::now(),
+        )
+        .unwrap();
+        let mut b = named("b", "userspace");
+        b.wireguard = Some(crate::status::WireguardStatus {
+            psk_agreed: true,
+            last_handshake_secs: Some(3.0),
+            handshake_rtt_ms: Some(2),
+            ..Default::default()
+        });
+        let r = reports(&[named("a", "kernel-vxlan"), b], &g);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].path, r[0].health, r[0].reason, r[0].rtt, r[0].mtu),
+            (PathCode::KernelVxlan, Health::Ok, Reason::None, None, 1450)
+        );
+        assert_eq!(r[1].rtt, Some(Duration::from_millis(2)));
+        assert_eq!(r[1].path, PathCode::Userspace);
+    }
+}
