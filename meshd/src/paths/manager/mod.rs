@@ -21,7 +21,7 @@ mod step;
 use super::{NotOffered, PathKind};
 use crate::config::{Datapath, Encryption};
 use crate::host::Host;
-use crate::kernel::probe::Prober;
+use crate::kernel::probe::{Prober, Token};
 use crate::kernel::routes;
 use crate::kernel::vxlan::{self, VxlanDevice};
 use crate::kernel::wireguard::{device_config, KernelWireguard};
@@ -109,16 +109,29 @@ pub(crate) struct Setup {
     pub(crate) wireguard_port: u16,
 }
 
+/// A probe sent and not yet answered.
+struct Outstanding {
+    link: Arc<PeerLink>,
+    kind: PathKind,
+    sent: Instant,
+    /// Its IPv4 total length.
+    size: u16,
+    /// What a genuine reply carries back.
+    token: Token,
+}
+
 struct Manager {
     paths: Arc<Paths>,
     s: Setup,
     tun_index: Option<u32>,
     prober: Option<Prober>,
+    /// Why there is no prober, when there is none though a kernel path is in play.
+    unprobed: Option<String>,
     /// The links it manages, by name: the same objects the route table holds.
     links: HashMap<String, Arc<PeerLink>>,
     own: Option<Ipv4Net>,
-    /// Probes awaiting a reply, by sequence number: peer, path, when sent, size.
-    outstanding: HashMap<u16, (Arc<PeerLink>, PathKind, Instant, u16)>,
+    /// Probes awaiting a reply, by sequence number.
+    outstanding: HashMap<u16, Outstanding>,
     seq: u16,
     /// Routes a previous meshd left, by subnet, until claimed or the grace ends.
     adopted_routes: HashMap<Ipv4Net, routes::Found>,
@@ -141,10 +154,14 @@ pub(crate) async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Fut
     let kernel_in_play =
         (s.encryption == Encryption::None && s.vxlan.is_ok()) || s.wireguard.is_ok();
     let tun_index = s.host.index(&s.tun).await.ok();
+    let mut unprobed = None;
     let prober = match kernel_in_play.then(|| Prober::new(std::process::id() as u16)) {
         Some(Ok(p)) => Some(p),
         Some(Err(e)) => {
-            tracing::warn!(error = %e, "cannot open the probe sockets: kernel paths are not probed, peers stay where they are");
+            tracing::warn!(error = %e, "cannot open the probe sockets: kernel paths are not probed, peers stay where they are (probing needs CAP_NET_RAW and the AF_PACKET address family)");
+            unprobed = Some(format!(
+                "cannot open the probe sockets ({e}; probing needs CAP_NET_RAW and AF_PACKET)"
+            ));
             None
         }
         None => None,
@@ -178,6 +195,7 @@ pub(crate) async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Fut
         s,
         tun_index,
         prober,
+        unprobed,
         links: HashMap::new(),
         own: None,
         outstanding: HashMap::new(),
