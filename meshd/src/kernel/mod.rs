@@ -7,8 +7,10 @@
 //! kept with the kernel's own words ([`Refusal`]) for `meshd status`.
 
 pub(crate) mod ethtool;
+pub(crate) mod nft;
 pub(crate) mod probe;
 pub(crate) mod routes;
+pub(crate) mod source_check;
 pub(crate) mod vxlan;
 pub(crate) mod wireguard;
 

@@ -59,6 +59,7 @@ impl Manager {
                 }
             }
         }
+        self.sync_sources(Instant::now());
         self.route_all().await;
     }
 

@@ -16,7 +16,10 @@ use tokio::sync::watch;
 mod apply;
 mod converge;
 mod offers;
+mod sources;
 mod step;
+
+pub(crate) use sources::SourceCheck;
 
 use super::{NotOffered, PathKind};
 use crate::config::{Datapath, Encryption};
@@ -107,6 +110,9 @@ pub(crate) struct Setup {
     /// The node's keys (encrypted mode), for the kernel WireGuard peers.
     pub(crate) crypto: Option<Arc<NodeCrypto>>,
     pub(crate) wireguard_port: u16,
+    /// The inner-source check of kernel-received VXLAN, when the kernel VXLAN device is in
+    /// use (`fastpath` wrote its table before the device came up).
+    pub(crate) sources: Option<SourceCheck>,
 }
 
 /// A probe sent and not yet answered.
@@ -140,6 +146,8 @@ struct Manager {
     leftovers_checked: bool,
     /// The VXLAN device checksums in software (see `vxlan::set_software_checksums`).
     software_checksums: Option<bool>,
+    /// The inner-source check of kernel-received VXLAN (taken from the setup).
+    sources: Option<SourceCheck>,
     /// Routes of peers that left, which the kernel would not remove yet: retried each tick.
     stale_routes: Vec<Ipv4Net>,
     /// When the routes are next compared with what the kernel has.
@@ -149,7 +157,12 @@ struct Manager {
 
 /// Run the manager until `stop` resolves. Kernel objects stay when it stops: pods on kernel
 /// paths keep talking while meshd is down, and the next meshd adopts them.
-pub(crate) async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Future<Output = ()>) {
+pub(crate) async fn run(
+    paths: Arc<Paths>,
+    mut s: Setup,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let sources = s.sources.take();
     let mut rx = paths.subscribe();
     let kernel_in_play =
         (s.encryption == Encryption::None && s.vxlan.is_ok()) || s.wireguard.is_ok();
@@ -204,6 +217,7 @@ pub(crate) async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Fut
         grace_until: now + ADOPTION_GRACE,
         leftovers_checked: false,
         software_checksums: None,
+        sources,
         stale_routes: Vec::new(),
         next_verify: now + VERIFY_EVERY,
         moves: 0,
@@ -277,9 +291,9 @@ impl Manager {
         }
         match vxlan::set_software_checksums(&dev.name, want) {
             Ok(()) => {
-                self.software_checksums = Some(want);
-                lock(&self.paths.kernel).vxlan = vxlan::device_text(dev, want);
                 tracing::info!(device = %dev.name, software = want, "VXLAN device checksums");
+                self.software_checksums = Some(want);
+                self.show_vxlan();
             }
             Err(e) => {
                 tracing::warn!(device = %dev.name, error = %e, "cannot switch the VXLAN device's checksum offload: userspace peers on a veth underlay may get packets with unfinished checksums")

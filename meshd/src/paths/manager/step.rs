@@ -197,6 +197,11 @@ impl Manager {
 
     /// Routes and entries for peers no longer known, once the grace after start is over.
     async fn drop_leftovers(&mut self) {
+        if !self.leftovers_checked {
+            // The grace is over: the source checks a previous meshd left for peers that did
+            // not come back go too.
+            self.sync_sources(Instant::now());
+        }
         for (subnet, _) in std::mem::take(&mut self.adopted_routes) {
             tracing::info!(%subnet, "removing a route a previous meshd left for a peer that is gone");
             let _ = routes::remove(&self.s.host, subnet).await;
