@@ -91,7 +91,7 @@ pub(crate) fn wait_path(
 }
 
 /// Drop what `ns`'s kernel VXLAN device sends to `peer` (`extra` narrows it, e.g. by length).
-fn break_kernel_path(ns: &str, peer: std::net::Ipv4Addr, extra: &str) {
+pub(crate) fn break_kernel_path(ns: &str, peer: std::net::Ipv4Addr, extra: &str) {
     nft_load(
         ns,
         &format!(

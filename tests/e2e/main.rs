@@ -14,6 +14,7 @@ mod gossip;
 mod host_faults;
 mod interop;
 mod kernel_paths;
+mod kernel_trust;
 mod lifecycle;
 mod messages;
 mod ordering;

@@ -1,0 +1,456 @@
+//! The kernel paths hold what the userspace path holds (issue 21): kernel-received VXLAN is
+//! checked against the sending peer's subnet, forged probe replies do not keep a broken path
+//! up, and the shipped systemd unit lets meshd probe.
+//!
+//! ```text
+//!   sw: br0 ─┬─ h1 (meshd, auto: kernel VXLAN) ── p1       the node under test
+//!            ├─ h2 (meshd, auto) ── p1    forges VXLAN from its underlay address, and
+//!            │                            echo replies from its bridge address
+//!            ├─ h3 (meshd, userspace) ── p1   forges VXLAN too: h1's device receives from
+//!            │                                 every peer, whatever path it sends them by
+//!            └─ x (198.18.0.200, no member)  forges VXLAN from an address no peer has
+//! ```
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::unreachable_pairs;
+use crate::kernel_paths::{auto, break_kernel_path, spec, wait_path};
+use crate::support::{
+    add_stranger, drops, meshd_pid, nft, nft_load, require_root, status, try_status, wait_for,
+    wait_until, SETTLE,
+};
+use meshd::config::Encryption;
+use meshd::host::gateway;
+use meshd::wire::checksum::checksum;
+use meshd_lab::netns::in_netns;
+use meshd_lab::sandbox::Sandbox;
+use meshd_lab::Topology;
+
+const VNI: u32 = 1;
+const POD_PORT: u16 = 7777;
+
+#[test]
+fn kernel_received_vxlan_with_a_foreign_inner_source_is_dropped_and_counted() {
+    require_root();
+    let t = Topology::up(spec("ktsrc", 3, Encryption::None, auto(1, false, 0))).unwrap();
+    for to in [1, 2] {
+        wait_path(&t, 0, to, |p| p.path == "kernel-vxlan");
+    }
+    let s = status(&t, 0);
+    assert!(
+        s.kernel
+            .as_ref()
+            .unwrap()
+            .vxlan
+            .contains("inner sources checked: nft table inet meshd"),
+        "{:?}",
+        s.kernel
+    );
+    let h1_mac = mac(&s.vtep_mac);
+    let pod = t.hosts[0].pods[0].clone();
+    let listener = in_netns(&pod.ns, move || UdpSocket::bind((pod.addr, POD_PORT)))
+        .unwrap()
+        .unwrap();
+    listener.set_read_timeout(Some(SETTLE)).unwrap();
+    let h1 = t.hosts[0].underlay;
+    let stranger = add_stranger(&t);
+
+    // From h2's and h3's underlay addresses: one packet from the peer's own pod (delivered:
+    // the datagrams are well formed), then one from an address of another node's subnet.
+    // From the stranger: one from an address of h2's subnet.
+    let foreign = |i: usize| Ipv4Addr::from(u32::from(t.hosts[i].subnet.network()) + 77);
+    let sends = [
+        (t.hosts[1].ns.clone(), t.hosts[1].pods[0].addr, "h2-own"),
+        (t.hosts[1].ns.clone(), foreign(2), "h2-forged"),
+        (t.hosts[2].ns.clone(), t.hosts[2].pods[0].addr, "h3-own"),
+        (t.hosts[2].ns.clone(), foreign(1), "h3-forged"),
+        (stranger.clone(), t.hosts[1].pods[0].addr, "stranger"),
+    ];
+    for (ns, inner_src, what) in &sends {
+        let d = vxlan_datagram(h1_mac, *inner_src, t.hosts[0].pods[0].addr, what.as_bytes());
+        in_netns(ns, move || {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            s.send_to(&d, (h1, 8472))
+        })
+        .unwrap()
+        .unwrap();
+    }
+    // Arrived, and counted against the peer that sent them (the stranger's as unknown).
+    let (h2, h3) = (t.hosts[1].name.clone(), t.hosts[2].name.clone());
+    let s = wait_for(&t, 0, "the forged datagrams counted", |s| {
+        drops(s, Some(&h2), "spoofed-source") >= 1
+            && drops(s, Some(&h3), "spoofed-source") >= 1
+            && drops(s, None, "unknown-source") >= 1
+    });
+    eprintln!(
+        "h1 counted: h2 {}, h3 {} spoofed; {} from unknown sources",
+        drops(&s, Some(&h2), "spoofed-source"),
+        drops(&s, Some(&h3), "spoofed-source"),
+        drops(&s, None, "unknown-source")
+    );
+    // The pod got the genuine ones; then a last genuine one from h2, sent after the forged
+    // ones were dropped, ends what it can receive.
+    let last = vxlan_datagram(h1_mac, t.hosts[1].pods[0].addr, t.hosts[0].pods[0].addr, b"end");
+    in_netns(&t.hosts[1].ns, move || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?.send_to(&last, (h1, 8472))
+    })
+    .unwrap()
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.last().map(String::as_str) != Some("end") {
+        let (n, _) = listener
+            .recv_from(&mut buf)
+            .expect("the pod should receive the genuine datagrams");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    got.sort();
+    assert_eq!(got, ["end", "h2-own", "h3-own"], "what the pod received");
+}
+
+#[test]
+fn forged_probe_replies_do_not_keep_a_broken_kernel_path_up() {
+    require_root();
+    let t = Topology::up(spec("ktprb", 2, Encryption::None, auto(0, false, 0))).unwrap();
+    wait_path(&t, 0, 1, |p| p.path == "kernel-vxlan");
+    // A count, in h1, of the forged replies that reach it (they carry "FORG" after the 8
+    // bytes where a probe's token is).
+    let (from, to) = (gateway(t.hosts[1].subnet), gateway(t.hosts[0].subnet));
+    nft_load(
+        &t.hosts[0].ns,
+        &format!(
+            "table inet forged {{\n chain in {{\n type filter hook input priority -300;\n \
+             ip saddr {from} ip daddr {to} icmp type echo-reply @th,128,32 0x464f5247 counter\n }}\n}}\n"
+        ),
+    );
+    let forger = Forger::start(&t, from, to);
+    wait_until("forged replies reach h1", || {
+        let n = forged_count(&t.hosts[0].ns);
+        (n > 0).then_some(n).ok_or(n)
+    });
+    break_kernel_path(&t.hosts[0].ns, t.hosts[1].underlay, "");
+    let at_break = forged_count(&t.hosts[0].ns);
+    let (p, took) = wait_path(&t, 0, 1, |p| p.path == "userspace");
+    let why = p.reason.clone().unwrap_or_default();
+    assert!(
+        why.starts_with("probes at 1450 B lost on kernel-vxlan since "),
+        "{why}"
+    );
+    let received = forged_count(&t.hosts[0].ns) - at_break;
+    let sent = forger.stop();
+    eprintln!("demoted {took:?} after the break; {sent} forged replies sent, {received} reached h1 while the path was broken");
+    assert!(
+        received > 0,
+        "no forged reply reached h1 during the break"
+    );
+}
+
+#[test]
+fn meshd_under_the_shipped_systemd_units_limits_promotes_peers_to_the_kernel_path() {
+    require_root();
+    let unit = Unit::shipped();
+    let mut s = spec("ktunit", 3, Encryption::None, auto(0, false, 0));
+    s.sandbox = unit.sandbox(&unit.capabilities);
+    let mut t = Topology::up(s).unwrap();
+    // The limits hold: the bounding set is the unit's, the address-family filter is on.
+    let proc_status =
+        std::fs::read_to_string(format!("/proc/{}/status", meshd_pid(&t, 0))).unwrap();
+    let field = |name: &str| {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap()
+    };
+    assert_eq!(
+        u64::from_str_radix(&field("CapBnd:"), 16).unwrap(),
+        unit.capability_mask(&unit.capabilities),
+        "{proc_status}"
+    );
+    assert_eq!(field("Seccomp:"), "2", "{proc_status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{proc_status}");
+    for (from, to) in [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)] {
+        let (p, _) = wait_path(&t, from, to, |p| p.path == "kernel-vxlan");
+        assert!(p.moves >= 1, "promoted, not adopted: {p:?}");
+        assert!(p.probes.iter().any(|x| x.sent > 0), "{p:?}");
+    }
+    let k = status(&t, 0).kernel.unwrap();
+    assert!(k.vxlan.contains("inner sources checked"), "{k:?}");
+    let bad = unreachable_pairs(&t);
+    assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
+
+    // Without CAP_NET_RAW (the unit before issue 21) probing cannot work, and each peer's
+    // path line says so, instead of "probes 0/0 lost".
+    let without_raw: Vec<String> = unit
+        .capabilities
+        .iter()
+        .filter(|c| *c != "CAP_NET_RAW")
+        .cloned()
+        .collect();
+    t.spec.sandbox = unit.sandbox(&without_raw);
+    let cfg = t.meshd_config(&t.hosts[0]);
+    t.restart_meshd(0, &cfg).unwrap();
+    let name = t.hosts[1].name.clone();
+    let s = wait_until("h1: its path line says the paths are not probed", || {
+        let p = try_status(&t, 0)
+            .and_then(|s| s.peers.into_iter().find(|p| p.name == name))
+            .and_then(|p| p.path);
+        p.clone()
+            .filter(|p| {
+                p.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("paths not probed"))
+            })
+            .ok_or(p)
+    });
+    assert!(s.probes.is_empty(), "{s:?}");
+    assert!(
+        s.reason.as_deref().unwrap().contains("CAP_NET_RAW"),
+        "{s:?}"
+    );
+}
+
+/// The shipped unit's limits, read from the file, so the test and the unit cannot drift.
+struct Unit {
+    capabilities: Vec<String>,
+    ambient: bool,
+    address_families: Vec<String>,
+    no_new_privileges: bool,
+}
+
+impl Unit {
+    fn shipped() -> Unit {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../meshd/systemd/meshd.service");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let words = |key: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+                .flat_map(|v| v.split_whitespace().map(str::to_string))
+                .collect()
+        };
+        let capabilities = words("CapabilityBoundingSet");
+        assert!(!capabilities.is_empty(), "no CapabilityBoundingSet in the unit");
+        let ambient = words("AmbientCapabilities");
+        assert!(
+            ambient.is_empty() || ambient == capabilities,
+            "the test runs meshd with its ambient set equal to its bounding set"
+        );
+        Unit {
+            ambient: !ambient.is_empty(),
+            address_families: words("RestrictAddressFamilies"),
+            no_new_privileges: words("NoNewPrivileges") == ["yes"],
+            capabilities,
+        }
+    }
+
+    /// `setpriv` with `caps` as the bounding, inheritable and (as the unit says) ambient sets,
+    /// and the unit's address families.
+    fn sandbox(&self, caps: &[String]) -> Sandbox {
+        let list: Vec<String> = caps
+            .iter()
+            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect();
+        let set = format!("-all,{}", list.join(","));
+        let mut wrapper = vec![
+            "setpriv".to_string(),
+            format!("--bounding-set={set}"),
+            format!("--inh-caps={set}"),
+        ];
+        if self.ambient {
+            wrapper.push(format!("--ambient-caps={set}"));
+        }
+        if self.no_new_privileges {
+            wrapper.push("--no-new-privs".into());
+        }
+        let families = self
+            .address_families
+            .iter()
+            .map(|f| match f.as_str() {
+                "AF_UNIX" => libc::AF_UNIX,
+                "AF_INET" => libc::AF_INET,
+                "AF_INET6" => libc::AF_INET6,
+                "AF_NETLINK" => libc::AF_NETLINK,
+                "AF_PACKET" => libc::AF_PACKET,
+                other => panic!("the test does not know address family {other}"),
+            })
+            .collect();
+        Sandbox {
+            wrapper,
+            address_families: Some(families),
+        }
+    }
+
+    fn capability_mask(&self, caps: &[String]) -> u64 {
+        caps.iter()
+            .map(|c| match c.as_str() {
+                "CAP_NET_ADMIN" => 1u64 << 12,
+                "CAP_NET_RAW" => 1 << 13,
+                other => panic!("the test does not know capability {other}"),
+            })
+            .fold(0, |a, b| a | b)
+    }
+}
+
+/// Sends echo replies from h2's bridge address to h1's, with h1's meshd's echo identifier and
+/// the sequence numbers its probes are at (guessed from its status), but a guessed token.
+struct Forger {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Forger {
+    fn start(t: &Topology, from: Ipv4Addr, to: Ipv4Addr) -> Forger {
+        let socket = in_netns(&t.hosts[1].ns, move || icmp_socket(from))
+            .unwrap()
+            .unwrap();
+        let ident = meshd_pid(t, 0) as u16;
+        let run_dir = t.hosts[0].dir.join("run");
+        let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (stop2, sent2) = (stop.clone(), sent.clone());
+        let thread = std::thread::spawn(move || {
+            let mut guess = 0u64;
+            let mut n: u64 = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok(s) = meshd::status::query(&run_dir) {
+                    guess = s
+                        .peers
+                        .iter()
+                        .filter_map(|p| p.path.as_ref())
+                        .flat_map(|p| p.probes.iter().map(|x| x.sent))
+                        .sum();
+                }
+                for seq in guess.saturating_sub(3)..guess + 20 {
+                    n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let reply = echo_reply(ident, seq as u16, n.to_be_bytes());
+                    if send_icmp(&socket, to, &reply) {
+                        sent2.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Forger {
+            stop,
+            sent,
+            thread,
+        }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// Forged replies counted by h1's `inet forged` table.
+fn forged_count(ns: &str) -> u64 {
+    let out = nft(ns, &["list", "table", "inet", "forged"], "");
+    out.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A raw ICMP socket bound to `src` (the current namespace's).
+fn icmp_socket(src: Ipv4Addr) -> std::io::Result<OwnedFd> {
+    // SAFETY: socket(2); the result is checked before it is owned.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just returned by socket(2).
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let addr = sockaddr(src);
+    // SAFETY: bind with an address that lives across the call.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn send_icmp(fd: &OwnedFd, to: Ipv4Addr, msg: &[u8]) -> bool {
+    let addr = sockaddr(to);
+    // SAFETY: sendto with a buffer and address that live across the call.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    n >= 0
+}
+
+fn sockaddr(a: Ipv4Addr) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain data.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as u16;
+    sin.sin_addr.s_addr = u32::from(a).to_be();
+    sin
+}
+
+/// An ICMP echo reply: identifier, sequence, a guessed token, then "FORG".
+fn echo_reply(ident: u16, seq: u16, token: [u8; 8]) -> Vec<u8> {
+    let mut m = vec![0u8; 8 + 36];
+    m[4..6].copy_from_slice(&ident.to_be_bytes());
+    m[6..8].copy_from_slice(&seq.to_be_bytes());
+    m[8..16].copy_from_slice(&token);
+    m[16..20].copy_from_slice(b"FORG");
+    let sum = checksum(&m);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+/// A VXLAN datagram (VNI 1) carrying an Ethernet frame to `dst_mac` with a UDP packet from
+/// `src` to `dst`:POD_PORT.
+fn vxlan_datagram(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let mut d = vec![0x08, 0, 0, 0];
+    d.extend_from_slice(&(VNI << 8).to_be_bytes());
+    d.extend_from_slice(&dst_mac);
+    d.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    d.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = libc::IPPROTO_UDP as u8;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    d.extend_from_slice(&ip);
+    d.extend_from_slice(&40000u16.to_be_bytes());
+    d.extend_from_slice(&POD_PORT.to_be_bytes());
+    d.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    d.extend_from_slice(&[0, 0]); // no UDP checksum (IPv4 allows it)
+    d.extend_from_slice(payload);
+    d
+}
+
+fn mac(text: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, part) in m.iter_mut().zip(text.split(':')) {
+        *b = u8::from_str_radix(part, 16).unwrap();
+    }
+    m
+}
