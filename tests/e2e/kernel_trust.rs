@@ -1,6 +1,6 @@
 //! The kernel paths hold what the userspace path holds (issue 21): kernel-received VXLAN is
-//! checked against the sending peer's subnet, forged probe replies do not keep a broken path
-//! up, and the shipped systemd unit lets meshd probe.
+//! checked against the sending peer's subnet, and forged probe replies do not keep a broken
+//! path up. (That the shipped systemd unit lets meshd probe: `unit_limits.rs`.)
 //!
 //! ```text
 //!   sw: br0 ─┬─ h1 (meshd, auto: kernel VXLAN) ── p1       the node under test
@@ -17,17 +17,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::unreachable_pairs;
 use crate::kernel_paths::{auto, break_kernel_path, spec, wait_path};
 use crate::support::{
-    add_stranger, drops, meshd_pid, nft, nft_load, require_root, status, try_status, wait_for,
-    wait_until, SETTLE,
+    add_stranger, drops, meshd_pid, nft, nft_load, require_root, status, wait_for, wait_until,
+    SETTLE,
 };
 use meshd::config::Encryption;
 use meshd::host::gateway;
 use meshd::wire::checksum::checksum;
 use meshd_lab::netns::in_netns;
-use meshd_lab::sandbox::Sandbox;
 use meshd_lab::Topology;
 
 const VNI: u32 = 1;
@@ -111,7 +109,8 @@ fn kernel_received_vxlan_with_a_foreign_inner_source_is_dropped_and_counted() {
     assert_eq!(drops(&s, None, "unknown-source"), unknown_before + 1);
     let k = s.kernel.unwrap();
     assert!(
-        k.vxlan.contains("inner sources checked: nft table inet meshd"),
+        k.vxlan
+            .contains("inner sources checked: nft table inet meshd"),
         "{k:?}"
     );
 }
@@ -147,157 +146,7 @@ fn forged_probe_replies_do_not_keep_a_broken_kernel_path_up() {
     let received = forged_count(&t.hosts[0].ns) - at_break;
     let sent = forger.stop();
     eprintln!("demoted {took:?} after the break; {sent} forged replies sent, {received} reached h1 while the path was broken");
-    assert!(
-        received > 0,
-        "no forged reply reached h1 during the break"
-    );
-}
-
-#[test]
-fn meshd_under_the_shipped_systemd_units_limits_promotes_peers_to_the_kernel_path() {
-    require_root();
-    let unit = Unit::shipped();
-    let mut s = spec("ktunit", 3, Encryption::None, auto(0, false, 0));
-    s.sandbox = unit.sandbox(&unit.capabilities);
-    let mut t = Topology::up(s).unwrap();
-    // The limits hold: the bounding set is the unit's, the address-family filter is on.
-    let proc_status =
-        std::fs::read_to_string(format!("/proc/{}/status", meshd_pid(&t, 0))).unwrap();
-    let field = |name: &str| {
-        proc_status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-            .unwrap()
-    };
-    assert_eq!(
-        u64::from_str_radix(&field("CapBnd:"), 16).unwrap(),
-        unit.capability_mask(&unit.capabilities),
-        "{proc_status}"
-    );
-    assert_eq!(field("Seccomp:"), "2", "{proc_status}");
-    assert_eq!(field("NoNewPrivs:"), "1", "{proc_status}");
-    for (from, to) in [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)] {
-        let (p, _) = wait_path(&t, from, to, |p| p.path == "kernel-vxlan");
-        assert!(p.moves >= 1, "promoted, not adopted: {p:?}");
-        assert!(p.probes.iter().any(|x| x.sent > 0), "{p:?}");
-    }
-    let k = status(&t, 0).kernel.unwrap();
-    assert!(k.vxlan.contains("inner sources checked"), "{k:?}");
-    let bad = unreachable_pairs(&t);
-    assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
-
-    // Without CAP_NET_RAW (the unit before issue 21) probing cannot work, and each peer's
-    // path line says so, instead of "probes 0/0 lost".
-    let without_raw: Vec<String> = unit
-        .capabilities
-        .iter()
-        .filter(|c| *c != "CAP_NET_RAW")
-        .cloned()
-        .collect();
-    t.spec.sandbox = unit.sandbox(&without_raw);
-    let cfg = t.meshd_config(&t.hosts[0]);
-    t.restart_meshd(0, &cfg).unwrap();
-    let name = t.hosts[1].name.clone();
-    let s = wait_until("h1: its path line says the paths are not probed", || {
-        let p = try_status(&t, 0)
-            .and_then(|s| s.peers.into_iter().find(|p| p.name == name))
-            .and_then(|p| p.path);
-        p.clone()
-            .filter(|p| {
-                p.reason
-                    .as_deref()
-                    .is_some_and(|r| r.contains("paths not probed"))
-            })
-            .ok_or(p)
-    });
-    assert!(s.probes.is_empty(), "{s:?}");
-    assert!(
-        s.reason.as_deref().unwrap().contains("CAP_NET_RAW"),
-        "{s:?}"
-    );
-}
-
-/// The shipped unit's limits, read from the file, so the test and the unit cannot drift.
-struct Unit {
-    capabilities: Vec<String>,
-    ambient: bool,
-    address_families: Vec<String>,
-    no_new_privileges: bool,
-}
-
-impl Unit {
-    fn shipped() -> Unit {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../meshd/systemd/meshd.service");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let words = |key: &str| -> Vec<String> {
-            text.lines()
-                .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-                .flat_map(|v| v.split_whitespace().map(str::to_string))
-                .collect()
-        };
-        let capabilities = words("CapabilityBoundingSet");
-        assert!(!capabilities.is_empty(), "no CapabilityBoundingSet in the unit");
-        let ambient = words("AmbientCapabilities");
-        assert!(
-            ambient.is_empty() || ambient == capabilities,
-            "the test runs meshd with its ambient set equal to its bounding set"
-        );
-        Unit {
-            ambient: !ambient.is_empty(),
-            address_families: words("RestrictAddressFamilies"),
-            no_new_privileges: words("NoNewPrivileges") == ["yes"],
-            capabilities,
-        }
-    }
-
-    /// `setpriv` with `caps` as the bounding, inheritable and (as the unit says) ambient sets,
-    /// and the unit's address families.
-    fn sandbox(&self, caps: &[String]) -> Sandbox {
-        let list: Vec<String> = caps
-            .iter()
-            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
-            .collect();
-        let set = format!("-all,{}", list.join(","));
-        let mut wrapper = vec![
-            "setpriv".to_string(),
-            format!("--bounding-set={set}"),
-            format!("--inh-caps={set}"),
-        ];
-        if self.ambient {
-            wrapper.push(format!("--ambient-caps={set}"));
-        }
-        if self.no_new_privileges {
-            wrapper.push("--no-new-privs".into());
-        }
-        let families = self
-            .address_families
-            .iter()
-            .map(|f| match f.as_str() {
-                "AF_UNIX" => libc::AF_UNIX,
-                "AF_INET" => libc::AF_INET,
-                "AF_INET6" => libc::AF_INET6,
-                "AF_NETLINK" => libc::AF_NETLINK,
-                "AF_PACKET" => libc::AF_PACKET,
-                other => panic!("the test does not know address family {other}"),
-            })
-            .collect();
-        Sandbox {
-            wrapper,
-            address_families: Some(families),
-        }
-    }
-
-    fn capability_mask(&self, caps: &[String]) -> u64 {
-        caps.iter()
-            .map(|c| match c.as_str() {
-                "CAP_NET_ADMIN" => 1u64 << 12,
-                "CAP_NET_RAW" => 1 << 13,
-                other => panic!("the test does not know capability {other}"),
-            })
-            .fold(0, |a, b| a | b)
-    }
+    assert!(received > 0, "no forged reply reached h1 during the break");
 }
 
 /// Sends echo replies from h2's bridge address to h1's, with h1's meshd's echo identifier and
@@ -315,7 +164,10 @@ impl Forger {
             .unwrap();
         let ident = meshd_pid(t, 0) as u16;
         let run_dir = t.hosts[0].dir.join("run");
-        let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (stop, sent) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
         let (stop2, sent2) = (stop.clone(), sent.clone());
         let thread = std::thread::spawn(move || {
             let mut guess = 0u64;
@@ -330,7 +182,9 @@ impl Forger {
                         .sum();
                 }
                 for seq in guess.saturating_sub(3)..guess + 20 {
-                    n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    n = n
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     let reply = echo_reply(ident, seq as u16, n.to_be_bytes());
                     if send_icmp(&socket, to, &reply) {
                         sent2.fetch_add(1, Ordering::Relaxed);
@@ -339,11 +193,7 @@ impl Forger {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        Forger {
-            stop,
-            sent,
-            thread,
-        }
+        Forger { stop, sent, thread }
     }
 
     fn stop(self) -> u64 {

@@ -21,5 +21,6 @@ mod ordering;
 mod peer_links;
 mod rotation;
 mod support;
+mod unit_limits;
 mod wg_interop;
 mod wg_security;

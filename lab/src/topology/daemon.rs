@@ -53,7 +53,8 @@ impl Topology {
             vec!["run".as_ref(), "--config".as_ref(), path.as_os_str()];
         args.extend(self.spec.meshd_args.iter().map(std::ffi::OsStr::new));
         let log = h.dir.join("meshd.log");
-        let pid = crate::sandbox::spawn(&h.ns, &self.spec.sandbox, &self.spec.meshd_bin, &args, &log)?;
+        let pid =
+            crate::sandbox::spawn(&h.ns, &self.spec.sandbox, &self.spec.meshd_bin, &args, &log)?;
         std::fs::write(h.dir.join("meshd.pid"), pid.to_string())?;
         Ok(())
     }

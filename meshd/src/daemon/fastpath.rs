@@ -12,14 +12,14 @@ use std::sync::Arc;
 
 use crate::config::{Config, Datapath, Encryption};
 use crate::host::Host;
-use crate::kernel::vxlan::{self, Origin, VxlanDevice, VxlanSpec};
-use crate::kernel::wireguard::{Error as WgError, KernelWireguard, Unavailable};
 use crate::kernel::nft::{self, Ruleset};
 use crate::kernel::source_check::{self, SourceRule, VxlanSources};
+use crate::kernel::vxlan::{self, Origin, VxlanDevice, VxlanSpec};
+use crate::kernel::wireguard::{Error as WgError, KernelWireguard, Unavailable};
 use crate::kernel::{routes, Refusal};
-use crate::paths::manager::{SourceCheck, Setup};
-use crate::stats::PeerStats;
+use crate::paths::manager::{Setup, SourceCheck};
 use crate::paths::NotOffered;
+use crate::stats::PeerStats;
 use crate::status::KernelStatus;
 use crate::wire::{vtep_mac, MacAddr};
 

@@ -169,9 +169,9 @@ mod tests {
     #[test]
     fn an_empty_ruleset_is_a_table_with_nothing_in_it_replaced_whole() {
         let text = Ruleset::default().text();
-        assert!(text.starts_with(
-            "table inet meshd {}\ndelete table inet meshd\ntable inet meshd {\n"
-        ));
+        assert!(
+            text.starts_with("table inet meshd {}\ndelete table inet meshd\ntable inet meshd {\n")
+        );
         assert!(text.ends_with("}\n"));
         assert!(Ruleset::default().is_empty());
     }

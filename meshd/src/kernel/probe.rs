@@ -49,9 +49,8 @@ impl Token {
         let mut filled = 0;
         while filled < t.len() {
             // SAFETY: getrandom writes at most the given length into the buffer we own.
-            let n = unsafe {
-                libc::getrandom(t[filled..].as_mut_ptr().cast(), t.len() - filled, 0)
-            };
+            let n =
+                unsafe { libc::getrandom(t[filled..].as_mut_ptr().cast(), t.len() - filled, 0) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {

@@ -50,11 +50,11 @@ pub(crate) struct VxlanSources {
 }
 
 impl VxlanSources {
-    /// The rules sorted by address; of two peers at one address the first keeps it (as the
-    /// userspace path attributes a datagram to one peer per source address).
+    /// The rules sorted by address; of two peers at one address the one with the lower subnet
+    /// keeps it (the userspace path, too, attributes a datagram to one peer per source address).
     pub(crate) fn new(port: u16, rules: impl IntoIterator<Item = SourceRule>) -> VxlanSources {
         let mut rules: Vec<SourceRule> = rules.into_iter().collect();
-        rules.sort_by_key(|r| r.address);
+        rules.sort();
         rules.dedup_by_key(|r| r.address);
         VxlanSources { port, rules }
     }
@@ -181,16 +181,41 @@ mod tests {
                 rule("198.18.0.3", "10.244.9.0/24"),
             ],
         );
-        assert_eq!(v.rules().len(), 2, "one rule per address, the first kept");
+        assert_eq!(
+            v.rules().len(),
+            2,
+            "one rule per address, the lower subnet kept"
+        );
         let mut out = String::new();
         v.declare(&mut out);
-        assert!(out.contains("counter vx_198_18_0_2 { comment \"vxlan-source 198.18.0.2 10.244.2.0/23\"; }"), "{out}");
-        assert!(out.contains("elements = { 198.18.0.2 : jump vx_198_18_0_2, 198.18.0.3 : jump vx_198_18_0_3 }"), "{out}");
-        assert!(out.contains("udp dport 8472 ip saddr vmap @vxlan_peers"), "{out}");
-        assert!(out.contains("@th,224,16 0x0800 @th,336,23 0x57a01 accept"), "{out}");
-        assert!(out.contains("@th,224,16 0x0800 @th,336,24 0xaf403 accept"), "{out}");
+        assert!(
+            out.contains(
+                "counter vx_198_18_0_2 { comment \"vxlan-source 198.18.0.2 10.244.2.0/23\"; }"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "elements = { 198.18.0.2 : jump vx_198_18_0_2, 198.18.0.3 : jump vx_198_18_0_3 }"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("udp dport 8472 ip saddr vmap @vxlan_peers"),
+            "{out}"
+        );
+        assert!(
+            out.contains("@th,224,16 0x0800 @th,336,23 0x57a01 accept"),
+            "{out}"
+        );
+        assert!(
+            out.contains("@th,224,16 0x0800 @th,336,24 0xaf403 accept"),
+            "{out}"
+        );
         assert!(!out.contains("10.244.9.0"), "{out}");
-        assert!(out.contains("meta nfproto ipv4 udp dport 8472 counter name \"vxlan_unknown\" drop"));
+        assert!(
+            out.contains("meta nfproto ipv4 udp dport 8472 counter name \"vxlan_unknown\" drop")
+        );
     }
 
     #[test]

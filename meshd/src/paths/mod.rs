@@ -324,8 +324,14 @@ impl PeerPath {
 
     /// Why the peer is on its path: `None` when it is on the best there is for it.
     pub fn reason(&self, now: Instant) -> Option<String> {
-        if let Some(why) = self.unprobed.as_ref().filter(|_| self.probed().next().is_some()) {
-            return Some(format!("paths not probed, the peer stays where it is: {why}"));
+        if let Some(why) = self
+            .unprobed
+            .as_ref()
+            .filter(|_| self.probed().next().is_some())
+        {
+            return Some(format!(
+                "paths not probed, the peer stays where it is: {why}"
+            ));
         }
         if let Some(t) = self.track(self.current).filter(|t| t.failing) {
             // Only the floor is kept while failing (datapath = "kernel").
