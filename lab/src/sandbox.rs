@@ -126,8 +126,8 @@ mod tests {
         // family's true branch too.
         assert_eq!(1 + 1 + usize::from(f[1].jf), last);
         assert_eq!(3 + 1 + usize::from(f[3].jf), last);
-        for i in 5..5 + 2 {
-            assert_eq!(i + 1 + usize::from(f[i].jt), last, "family compare {i}");
+        for (i, op) in f.iter().enumerate().skip(5).take(2) {
+            assert_eq!(i + 1 + usize::from(op.jt), last, "family compare {i}");
         }
     }
 }
