@@ -175,7 +175,8 @@ impl Store {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(Error::io("removing", &alloc.file, e))
             }
-            _ => {}
+            Err(_) => {}
+            Ok(()) => sync_dir(alloc.file.parent().unwrap_or(&self.pool))?,
         }
         if let Some((_, dir)) = self
             .legacy
@@ -192,12 +193,30 @@ impl Store {
         Ok(())
     }
 
+    /// Writes `name` so that a crash or power loss leaves the old file or the new one, and a
+    /// record the runtime was told about is on disk: the body is synced before the rename, and
+    /// the directory after it (an allocation that vanished on reboot would hand its address to a
+    /// second pod).
     fn write_atomic(&self, name: &str, body: &[u8]) -> Result<()> {
+        use std::io::Write;
         let tmp = self.pool.join(format!(".{name}.tmp"));
         let path = self.pool.join(name);
-        fs::write(&tmp, body).map_err(|e| Error::io("writing", &tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| Error::io("renaming", &tmp, e))
+        File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(body)?;
+                f.sync_all()
+            })
+            .map_err(|e| Error::io("writing", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| Error::io("renaming", &tmp, e))?;
+        sync_dir(&self.pool)
     }
+}
+
+/// Makes the entries of `dir` (a rename, a removal) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("syncing", dir, e))
 }
 
 /// Takes the `flock` of store directory `dir`, waiting for it.

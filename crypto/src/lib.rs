@@ -5,8 +5,10 @@
 //! ([`Keyring`]) and what is derived from it with domain separation
 //! ([`kdf`]: the WireGuard preshared key of each node pair, the gossip key), the sealing of
 //! gossip datagrams ([`GossipSealer`]), a checked view of WireGuard datagrams for
-//! demultiplexing ([`wire`]), handshake admission ([`RateLimiter`], [`identify_initiator`])
-//! and the per-peer WireGuard session ([`Session`]). Only [`session`] and [`handshake`] see
+//! demultiplexing ([`wire`]), handshake admission ([`RateLimiter`], [`identify_initiator`], and per source
+//! [`SourceLimiter`])
+//! the per-peer WireGuard session ([`Session`]) and the bound on its data messages in flight
+//! from several senders ([`InFlight`]). Only [`session`] and [`handshake`] see
 //! boringtun's API; nothing boringtun-typed is public.
 //!
 //! It deliberately opens no socket, starts no thread and runs no async runtime; callers own
@@ -22,6 +24,7 @@
 
 mod action;
 pub mod handshake;
+pub mod in_flight;
 pub mod kdf;
 pub mod keyring;
 pub mod keys;
@@ -30,10 +33,12 @@ pub mod sealer;
 pub mod secret;
 mod secret_file;
 pub mod session;
+pub mod source_limit;
 pub mod wire;
 
 pub use action::{Action, SessionError, SessionStats};
 pub use handshake::{identify_initiator, Admission, RateLimiter};
+pub use in_flight::{Blocked, InFlight};
 pub use keyring::{Keyring, KeyringError, PairKey, SecretId, MAX_SECRETS};
 pub use keys::{KeyError, PrivateKey, PublicKey};
 pub use sealer::{GossipSealer, OpenError, SealError, SealerConfig};
@@ -42,6 +47,7 @@ pub use secret_file::{
     load_or_create_private_key, read_private_key, KeyFileStatus, SecretFileError,
 };
 pub use session::Session;
+pub use source_limit::SourceLimiter;
 pub use wire::{MessageType, WgDatagram, WireError};
 
 /// True when built with the `mock-clock` feature: boringtun's timers then run on a per-thread

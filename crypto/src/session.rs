@@ -37,6 +37,11 @@ pub const RETIRE_AFTER: Duration = Duration::from_secs(10);
 /// initiation the peer answers takes one of the 8 slots of its boringtun session ring, and the
 /// 8th would overwrite the live session it has with us; 4 leaves room for lost responses.
 pub const MAX_PSK_REJECTIONS: u32 = 4;
+/// How far behind the highest counter received a data message may arrive and still be taken:
+/// boringtun's receive window (`N_BITS`, 16 words of 64 bits). A sender that lets two of its
+/// datagrams reach the peer further apart than this, the later counter first, loses the other
+/// as a replay. [`Session::data_sent`] is what a sender bounds that with.
+pub const REPLAY_WINDOW: u64 = 1024;
 
 /// The WireGuard session with one peer. Not `Sync`: the daemon keeps each behind its own lock.
 ///
@@ -90,6 +95,8 @@ pub struct Session {
     /// `encapsulate` queued a packet (there was no session to send it on) and no
     /// `flush_queued` has drained the queue since.
     queued: bool,
+    /// Data messages (keepalives too) produced, over every `Tunn` (see [`Session::data_sent`]).
+    data_sent: u64,
     /// Bytes counted by `Tunn`s since dropped (boringtun counts per `Tunn`).
     retired_tx: u64,
     retired_rx: u64,
@@ -130,6 +137,7 @@ impl Session {
             recipe,
             largest_packet: 0,
             queued: false,
+            data_sent: 0,
             retired_tx: 0,
             retired_rx: 0,
             stats: SessionStats::default(),
@@ -347,6 +355,16 @@ impl Session {
             st.psk_rejections = s.rejections;
         }
         st
+    }
+
+    /// Data messages this session has produced so far, whichever call produced them
+    /// (`encapsulate`, `flush_queued`, a keepalive from `update_timers`) and on whichever
+    /// `Tunn`. Each took the next counter of its `Tunn`, so two data messages' counters are never
+    /// further apart than their places in this count: a sender that keeps the count between its
+    /// oldest unsent datagram and its next one under [`REPLAY_WINDOW`] keeps the peer's
+    /// window.
+    pub fn data_sent(&self) -> u64 {
+        self.data_sent
     }
 
     /// The peer's static public key.

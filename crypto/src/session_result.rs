@@ -29,6 +29,9 @@ impl Session {
         match raw {
             Raw::Net(..) => {
                 let sent = WgDatagram::new_checked(&out[..len]).map(|d| d.message_type());
+                if sent == Ok(MessageType::Data) {
+                    self.data_sent += 1;
+                }
                 match (kind, sent) {
                     (Some(_), Ok(MessageType::CookieReply)) => self.stats.cookie_replies_sent += 1,
                     // We answered an initiation, or confirmed our own with a keepalive.

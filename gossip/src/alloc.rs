@@ -1,27 +1,41 @@
 //! Subnet claims: pick, announce, and settle conflicts without a central store.
 //!
-//! A claim carries a Lamport stamp (one more than any stamp this node has seen). When two live
-//! nodes claim the same subnet every node agrees on the winner ([`SubnetClaim::beats`]: an
-//! explicit claim, then the older stamp, then the lower name); the loser picks again, excluding
-//! every subnet it knows to be held, and announces the new claim. Subnets of down members stay
-//! held for [`crate::Config::reclaim_grace`].
+//! A claim carries a Lamport stamp: one more than any stamp this node has seen, never above
+//! [`MAX_STAMP`] (a stamp beyond it, from the wire, is refused and moves no clock, so nothing a
+//! member sends can make the `+ 1` overflow). Claims and static peers' subnets (reservations:
+//! the node that routes to a static peer publishes its subnet in its record,
+//! [`crate::NodeRecord::reserved`], so every node learns it) are *holds* on address ranges, and
+//! two holds conflict when they share an address, one containing the other, not only when
+//! they are equal.
 //!
-//! Static peers' subnets are claims too, stronger than any: the node that routes to them
-//! publishes them in its record ([`crate::NodeRecord::reserved`]), so every node learns them
-//! by gossip although only that node's config lists them. No pick lands on one, a picked claim
-//! on one moves, and an explicit claim on one is kept and reported as explicit (an operator
-//! must choose).
+//! Every node orders overlapping holds the same way ([`Precedence`]): the narrower range first,
+//! so a wide hold (a static `/17`, an explicit `/23`) never displaces the node subnets inside
+//! it and the cluster is never renumbered for it; at equal size a reservation, then an explicit
+//! claim, then a picked one; then the older stamp; then the lower name. A picked claim that
+//! loses moves: its node picks again, avoiding every subnet that overlaps a hold it knows. An
+//! explicit claim that loses is kept by its node and reported (an operator must act), and the
+//! other nodes do not route it while it loses. Subnets of down members stay held for
+//! [`crate::Config::reclaim_grace`]. Claims and reservations this node does not count at all
+//! ([`crate::Pool::check`]: outside the cluster, the wrong size, an implausible stamp) neither
+//! move anyone nor block a pick.
 
-use std::collections::HashSet;
 use std::time::Instant;
 
 use crate::gossip::Gossip;
+use crate::precedence::{Precedence, Settled};
 use crate::record::{Lease, NodeRecord, Subnet, SubnetClaim, SubnetRequest};
+use crate::subnet::Ranges;
 use crate::view::{Entry, MemberState};
 use crate::Event;
 
 /// Ticks between full conflict sweeps (5 s at the default 250 ms tick).
 const CONFLICT_SWEEP_TICKS: u64 = 20;
+
+/// The highest claim stamp counted. A stamp grows by one per pick anywhere in the cluster, and
+/// 2^32 picks is one a second for 136 years: a stamp beyond that came from no real cluster.
+/// An absolute bound rather than one relative to this node's clock: a node that joins a
+/// long-lived cluster legitimately sees stamps far ahead of its own 0.
+pub const MAX_STAMP: u64 = 1 << 32;
 
 /// Where this node stands with its own subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,17 +51,23 @@ pub(crate) enum ClaimState {
 /// A conflict over a subnet this node claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetConflict {
-    /// The contested subnet.
+    /// This node's contested subnet.
     pub subnet: Subnet,
+    /// The other hold's subnet: `subnet` itself, or one that contains it or lies inside it.
+    pub theirs: Subnet,
     /// The other claimant: a member, or with `reserved` the node (perhaps this one) that
     /// routes a static peer there.
     pub other: String,
+    /// Whether this node's claim wins ([`Precedence`]).
+    pub won: bool,
+    /// Why the winner wins.
+    pub settled: Settled,
     /// Whether this node keeps the subnet (it won, or its claim is explicit).
     pub kept: bool,
-    /// Whether either claim was configured explicitly: an operator must act (log at error).
+    /// Whether this node's claim, or (against a member) the other one, was configured
+    /// explicitly: an operator must act (log at error).
     pub explicit: bool,
-    /// The other claim is a static peer's subnet ([`crate::NodeRecord::reserved`]), which no
-    /// member's claim beats.
+    /// The other hold is a static peer's subnet ([`crate::NodeRecord::reserved`]).
     pub reserved: bool,
 }
 
@@ -55,21 +75,28 @@ impl Gossip {
     pub(crate) fn start_claim(&mut self, request: SubnetRequest, now: Instant) {
         let claim = match request {
             SubnetRequest::Auto => None,
-            SubnetRequest::Persisted(lease)
-                if self.me.reserved.iter().any(|r| r.overlaps(&lease.subnet)) =>
-            {
-                // We route a static peer there now: the lease is void, pick another.
-                self.report_reserved(lease.subnet, self.me.name.clone(), 0, false);
-                None
-            }
-            SubnetRequest::Persisted(lease) if self.pool.holds(&lease.subnet) => {
-                Some(SubnetClaim {
+            SubnetRequest::Persisted(lease) => {
+                let claim = SubnetClaim {
                     subnet: lease.subnet,
-                    stamp: lease.stamp,
+                    // A lease written before stamps were bounded may hold any value.
+                    stamp: lease.stamp.min(MAX_STAMP),
                     explicit: false,
-                })
+                };
+                let me = self.me.name.clone();
+                let ours = Precedence::claim(&claim, &me);
+                let beaten = self.me.reserved.iter().copied().find(|r| {
+                    r.overlaps(&claim.subnet) && Precedence::reserved(r, &me).beats(&ours)
+                });
+                match beaten {
+                    // We route a static peer there now: the lease is void, pick another.
+                    Some(r) => {
+                        let conflict = self.conflict(claim, r, me, None);
+                        self.report(conflict, 0);
+                        None
+                    }
+                    None => self.pool.holds(&claim.subnet).then_some(claim),
+                }
             }
-            SubnetRequest::Persisted(_) => None,
             SubnetRequest::Explicit(subnet) => Some(SubnetClaim {
                 subnet,
                 stamp: 0,
@@ -78,7 +105,7 @@ impl Gossip {
         };
         match claim {
             Some(c) => {
-                self.lamport = self.lamport.max(c.stamp);
+                self.observe_stamp(c.stamp);
                 self.hold(c);
                 self.check_conflicts(now);
             }
@@ -87,6 +114,21 @@ impl Gossip {
                 self.publish_record();
             }
         }
+    }
+
+    /// Moves this node's Lamport clock up to `stamp`, a stamp read from a record; one beyond
+    /// [`MAX_STAMP`] moves nothing (its claim is refused, [`crate::Pool::check`]).
+    pub(crate) fn observe_stamp(&mut self, stamp: u64) {
+        if stamp <= MAX_STAMP {
+            self.lamport = self.lamport.max(stamp);
+        }
+    }
+
+    /// The stamp of a new claim: one more than any seen, held at [`MAX_STAMP`] (a cluster
+    /// pushed there by a member settles its ties by name, and never wraps).
+    fn next_stamp(&mut self) -> u64 {
+        self.lamport = self.lamport.saturating_add(1).min(MAX_STAMP);
+        self.lamport
     }
 
     /// Claims now if we were waiting and the state sync finished or the delay ran out.
@@ -107,20 +149,28 @@ impl Gossip {
         }
     }
 
-    /// Every subnet held by a live member, or by a down one still within its grace period.
-    pub fn held_subnets(&self, now: Instant) -> HashSet<Subnet> {
+    /// Every subnet claimed by a live member, or by a down one still within its grace
+    /// period, that this node counts ([`crate::Pool::check`]).
+    pub fn held_subnets(&self, now: Instant) -> Vec<Subnet> {
         self.held_entries(now)
-            .filter_map(|e| e.record.subnet.map(|c| c.subnet))
+            .filter_map(|e| self.counted_claim(e))
+            .map(|c| c.subnet)
             .collect()
     }
 
-    /// Every static peer's subnet known: this node's, and those of the members whose subnets
-    /// are held ([`Gossip::held_subnets`]).
+    /// Every static peer's subnet known and counted: this node's, and those of the members
+    /// whose subnets are held ([`Gossip::held_subnets`]).
     pub fn reserved_subnets(&self, now: Instant) -> Vec<Subnet> {
         let theirs = self
             .held_entries(now)
             .flat_map(|e| e.record.reserved.iter());
-        self.me.reserved.iter().chain(theirs).copied().collect()
+        self.me
+            .reserved
+            .iter()
+            .chain(theirs)
+            .filter(|r| self.pool.check_reserved(r).is_ok())
+            .copied()
+            .collect()
     }
 
     fn held_entries(&self, now: Instant) -> impl Iterator<Item = &Entry> {
@@ -131,19 +181,32 @@ impl Gossip {
         })
     }
 
+    /// A member's claim, if this node counts it.
+    fn counted_claim(&self, e: &Entry) -> Option<SubnetClaim> {
+        e.record.subnet.filter(|c| self.pool.check(c).is_ok())
+    }
+
+    /// Picks a subnet that overlaps no hold this node knows (claims, reservations, our own
+    /// previous claim), and claims it.
     fn pick_and_claim(&mut self, now: Instant) {
-        let mut taken = self.held_subnets(now);
-        if let Some(old) = self.own_claim() {
-            taken.insert(old.subnet);
+        let mut taken: Ranges<()> = Ranges::default();
+        for s in self
+            .held_subnets(now)
+            .iter()
+            .chain(&self.reserved_subnets(now))
+            .chain(self.own_claim().map(|c| c.subnet).as_ref())
+        {
+            taken.insert_subnet(s, ());
         }
-        let reserved = self.reserved_subnets(now);
-        let is_taken = |s: &Subnet| taken.contains(s) || reserved.iter().any(|r| r.overlaps(s));
-        match self.pool.pick(&self.me.name, is_taken) {
+        match self
+            .pool
+            .pick(&self.me.name, |s| taken.find_subnet(s).is_some())
+        {
             Some(subnet) => {
-                self.lamport += 1;
+                let stamp = self.next_stamp();
                 self.hold(SubnetClaim {
                     subnet,
-                    stamp: self.lamport,
+                    stamp,
                     explicit: false,
                 });
             }
@@ -166,143 +229,91 @@ impl Gossip {
         }));
     }
 
-    /// Settles any conflict between our claim and a live member's, or a static peer's.
+    /// Settles every conflict between our claim and a hold that overlaps it: a live member's
+    /// counted claim, or a static peer's subnet (ours or a live member's). A picked claim that
+    /// loses any of them moves.
     pub(crate) fn check_conflicts(&mut self, now: Instant) {
         let Some(mine) = self.own_claim() else { return };
-        // A static peer's subnet is routed outside gossip: no claim of ours can win it.
-        let mut lost = false;
-        if let Some((owner, generation)) = self.reserver_of(&mine.subnet) {
-            lost = !mine.explicit;
-            self.report_reserved(mine.subnet, owner, generation, mine.explicit);
-        }
-        let rivals: Vec<(String, u64, SubnetClaim)> = self
-            .members
-            .values()
-            .filter(|e| e.is_live())
-            .filter_map(|e| {
-                let c = e.record.subnet?;
-                (c.subnet == mine.subnet).then(|| (e.record.name.clone(), e.record.generation, c))
-            })
+        let mut holds: Vec<(String, u64, Subnet, Option<SubnetClaim>)> = self
+            .me
+            .reserved
+            .iter()
+            .filter(|r| r.overlaps(&mine.subnet))
+            .map(|r| (self.me.name.clone(), 0, *r, None))
             .collect();
-        for (other, generation, theirs) in rivals {
-            let we_win = mine.beats(&self.me.name, &theirs, &other);
-            let explicit = mine.explicit || theirs.explicit;
-            let kept = we_win || mine.explicit;
-            lost |= !kept;
-            if self.reported.insert((other.clone(), generation, false)) {
-                self.events.push_back(Event::SubnetConflict(SubnetConflict {
-                    subnet: mine.subnet,
-                    other,
-                    kept,
-                    explicit,
-                    reserved: false,
-                }));
+        for e in self.members.values().filter(|e| e.is_live()) {
+            let (name, generation) = (&e.record.name, e.record.generation);
+            for r in e
+                .record
+                .reserved
+                .iter()
+                .filter(|r| r.overlaps(&mine.subnet))
+            {
+                if self.pool.check_reserved(r).is_ok() {
+                    holds.push((name.clone(), generation, *r, None));
+                }
+            }
+            if let Some(c) = self
+                .counted_claim(e)
+                .filter(|c| c.subnet.overlaps(&mine.subnet))
+            {
+                holds.push((name.clone(), generation, c.subnet, Some(c)));
             }
         }
-        if lost {
+        let mut lost = false;
+        for (other, generation, subnet, claim) in holds {
+            let conflict = self.conflict(mine, subnet, other, claim);
+            lost |= !conflict.won;
+            self.report(conflict, generation);
+        }
+        if lost && !mine.explicit {
             self.pick_and_claim(now);
         }
     }
 
-    /// Who routes a static peer into `subnet`: this node (generation 0: its reservations never
-    /// change), or a live member, with its record's generation.
-    fn reserver_of(&self, subnet: &Subnet) -> Option<(String, u64)> {
-        if self.me.reserved.iter().any(|r| r.overlaps(subnet)) {
-            return Some((self.me.name.clone(), 0));
+    /// The conflict between our claim `mine` and `theirs`, held by `other`: its claim `claim`,
+    /// or without one a static peer's subnet it routes.
+    fn conflict(
+        &self,
+        mine: SubnetClaim,
+        theirs: Subnet,
+        other: String,
+        claim: Option<SubnetClaim>,
+    ) -> SubnetConflict {
+        let ours = Precedence::claim(&mine, &self.me.name);
+        let rival = match &claim {
+            Some(c) => Precedence::claim(c, &other),
+            None => Precedence::reserved(&theirs, &other),
+        };
+        let (won, settled) = (ours.beats(&rival), ours.settled(&rival));
+        SubnetConflict {
+            subnet: mine.subnet,
+            theirs,
+            other,
+            won,
+            settled,
+            kept: won || mine.explicit,
+            explicit: mine.explicit || claim.is_some_and(|c| c.explicit),
+            reserved: claim.is_none(),
         }
-        self.members
-            .values()
-            .filter(|e| e.is_live())
-            .find(|e| e.record.reserved.iter().any(|r| r.overlaps(subnet)))
-            .map(|e| (e.record.name.clone(), e.record.generation))
     }
 
-    /// Reports a claim on a static peer's subnet, once per reserving record. Only an explicit
-    /// claim is kept there, so `kept` also says whether an operator must act.
-    fn report_reserved(&mut self, subnet: Subnet, other: String, generation: u64, kept: bool) {
-        if self.reported.insert((other.clone(), generation, true)) {
-            self.events.push_back(Event::SubnetConflict(SubnetConflict {
-                subnet,
-                other,
-                kept,
-                explicit: kept,
-                reserved: true,
-            }));
+    /// Reports a conflict once per (other node, its record's generation, kind of hold).
+    fn report(&mut self, conflict: SubnetConflict, generation: u64) {
+        let key = (conflict.other.clone(), generation, conflict.reserved);
+        if self.reported.insert(key) {
+            self.events.push_back(Event::SubnetConflict(conflict));
         }
     }
 }
 
-/// Whether `record` contests `mine`: it claims the same subnet or routes a static peer in it.
+/// Whether `record` may contest `mine`: it claims or reserves a subnet that overlaps it. (The
+/// check itself, [`Gossip::check_conflicts`], leaves out what this node does not count.)
 pub(crate) fn contests(record: &NodeRecord, mine: Subnet) -> bool {
-    record.subnet.is_some_and(|c| c.subnet == mine)
+    record.subnet.is_some_and(|c| c.subnet.overlaps(&mine))
         || record.reserved.iter().any(|r| r.overlaps(&mine))
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-    use crate::config::{Config, ConfigError};
-    use crate::record::MAX_RESERVED;
-    use crate::sim::Sim;
-
-    fn run_past_claim_delay(g: &mut Gossip, t0: Instant) {
-        let mut now = t0;
-        while now < t0 + g.config.claim_delay + g.config.tick {
-            now = g.poll_timeout().unwrap();
-            g.handle_timeout(now);
-        }
-    }
-
-    #[test]
-    fn only_reservations_inside_the_cluster_are_published_and_their_number_is_bounded() {
-        let now = Instant::now();
-        let inside: Subnet = "10.244.9.0/25".parse().unwrap();
-        let around: Subnet = "10.0.0.0/8".parse().unwrap();
-        let mut local = Sim::local_node(0, SubnetRequest::Auto);
-        local.reserved = vec!["10.99.0.0/24".parse().unwrap(), inside, around, inside];
-        let g = Gossip::new(Config::default(), local.clone(), 1, now).unwrap();
-        assert_eq!(g.local_record().reserved, [around, inside]);
-        local.reserved = (0..=MAX_RESERVED)
-            .map(|i| Subnet::new([10, 244, i as u8, 0].into(), 24).unwrap())
-            .collect();
-        let err = Gossip::new(Config::default(), local, 1, now).err();
-        assert_eq!(err, Some(ConfigError::TooManyReserved(MAX_RESERVED + 1)));
-    }
-
-    /// A static peer added on the subnet this node held: the lease is given up (and the
-    /// conflict reported) and a lone node picks around the reservation.
-    #[test]
-    fn a_persisted_lease_on_our_own_static_peer_is_given_up() {
-        let t0 = Instant::now();
-        let cfg = Config::default();
-        let pool = cfg.pool().unwrap();
-        // The slot node-0 picks first, so that a pick that ignored the reservation lands on it.
-        let first = pool.pick("node-0", |_| false).unwrap();
-        let mut local = Sim::local_node(
-            0,
-            SubnetRequest::Persisted(Lease {
-                subnet: first,
-                stamp: 3,
-            }),
-        );
-        local.reserved = vec![first];
-        let mut g = Gossip::new(cfg, local, 1, t0).unwrap();
-        assert_eq!(g.lease(), None);
-        run_past_claim_delay(&mut g, t0);
-        let lease = g.lease().unwrap();
-        assert!(!lease.subnet.overlaps(&first), "{}", lease.subnet);
-        let events: Vec<Event> = std::iter::from_fn(|| g.poll_event()).collect();
-        let conflict = SubnetConflict {
-            subnet: first,
-            other: "node-0".into(),
-            kept: false,
-            explicit: false,
-            reserved: true,
-        };
-        assert!(
-            events.contains(&Event::SubnetConflict(conflict)),
-            "{events:?}"
-        );
-    }
-}
+#[path = "alloc_tests.rs"]
+mod tests;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use meshd_gossip::sim::scenario::{self, Watch};
 use meshd_gossip::sim::{NetConfig, Sim};
-use meshd_gossip::{Config, Event, Lease, MemberState, Subnet, SubnetConflict, SubnetRequest};
+use meshd_gossip::{
+    Config, Event, Lease, MemberState, Settled, Subnet, SubnetConflict, SubnetRequest,
+};
 
 /// A config whose cluster CIDR holds `slots` /24s.
 fn pool_of(slots: u32) -> Config {
@@ -326,7 +328,10 @@ fn a_claim_on_a_static_peers_subnet_moves_unless_explicit() {
     assert_eq!(sim.nodes[7].gossip.lease().unwrap().subnet, free);
     let expect = |kept: bool| SubnetConflict {
         subnet: if kept { free } else { held },
+        theirs: if kept { free } else { held },
         other: "node-6".into(),
+        won: false,
+        settled: Settled::Reserved,
         kept,
         explicit: kept,
         reserved: true,

@@ -105,6 +105,11 @@ impl Backend {
         }
     }
 
+    /// The peers whose subnets the last reconcile refused, and the refusals since start.
+    pub(crate) fn refused(&self) -> (Vec<crate::peers::refused::Refused>, u64) {
+        self.lock().set.refused()
+    }
+
     /// The reconcile step: the one place the peer set reaches the data path.
     fn reconcile(&self, state: &mut State) {
         let epoch = self.keyring_epoch.load(Ordering::Relaxed);

@@ -17,6 +17,8 @@ pub const NETWORK_FILE: &str = "network.json";
 pub const LEASE_FILE: &str = "lease.json";
 /// The node's WireGuard private key under the state directory.
 pub const NODE_KEY_FILE: &str = "node.key";
+/// The lock a running daemon holds under the run directory ([`RunLock`]).
+pub(crate) const LOCK_FILE: &str = "meshd.lock";
 
 /// What the CNI plugin needs to wire a pod; written atomically whenever it changes.
 ///
@@ -77,6 +79,66 @@ pub(crate) fn check_writable(dir: &Path) -> Result<()> {
 /// What [`check_writable`] writes and removes.
 const WRITE_PROBE: &str = ".meshd-write-check.json";
 
+/// One daemon per run directory: an exclusive `flock` on [`LOCK_FILE`], held until the process
+/// exits (the kernel drops it with the last descriptor, so a crash never leaves it stale). A
+/// second `meshd run` would otherwise join the first one's reuseport group, attach queues to its
+/// TUN device and replace its status socket. The file holds the holder's pid, for the error.
+#[derive(Debug)]
+pub(crate) struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    /// Takes the lock, or says who holds it.
+    pub(crate) fn acquire(run_dir: &Path) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = run_dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening the lock {}", path.display()))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = match holder.trim() {
+                    "" => String::new(),
+                    pid => format!(" (pid {pid})"),
+                };
+                anyhow::bail!(
+                    "another meshd{holder} is running with the run directory {}: one meshd per \
+                     run directory; stop it first, or give this one its own --run-dir",
+                    run_dir.display()
+                );
+            }
+            return Err(err).with_context(|| format!("locking {}", path.display()));
+        }
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self { _file: file })
+    }
+
+    /// Whether a running daemon holds the lock under `run_dir` (asked with a shared lock that
+    /// is released at once; nothing is written).
+    pub(crate) fn held(run_dir: &Path) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok(file) = File::open(run_dir.join(LOCK_FILE)) else {
+            return false;
+        };
+        // SAFETY: as in `acquire`.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+    }
+}
+
 fn write_synced(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(body)?;
@@ -113,6 +175,28 @@ mod tests {
             1,
             "the probe is removed"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A second lock on one run directory is refused while the first is held, names the
+    /// holder, and is granted once the first is dropped.
+    #[test]
+    fn one_lock_per_run_directory() {
+        let dir = scratch("lock");
+        let first = RunLock::acquire(&dir).unwrap();
+        let e = format!("{:#}", RunLock::acquire(&dir).unwrap_err());
+        assert!(e.contains("another meshd"), "{e}");
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+        assert!(RunLock::held(&dir));
+        drop(first);
+        assert!(!RunLock::held(&dir));
+        let again = RunLock::acquire(&dir).unwrap();
+        drop(again);
+        let mode = std::fs::metadata(dir.join(LOCK_FILE))
+            .unwrap()
+            .permissions();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.mode() & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

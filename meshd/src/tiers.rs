@@ -71,6 +71,9 @@ pub enum Unavailable {
     SocketOptionRefused(SocketOption),
     /// No source port of its own could be bound for every queue.
     BindRefused(OsError),
+    /// The kernel refused the program that steers received WireGuard datagrams by peer
+    /// address (`SO_ATTACH_REUSEPORT_CBPF`): one socket receives for every queue.
+    SteeringRefused(OsError),
 }
 
 /// An error from the kernel: its errno, when there is one, and its text.
@@ -186,6 +189,11 @@ impl std::fmt::Display for Unavailable {
                 write!(f, "UDP_GRO refused")
             }
             Unavailable::BindRefused(e) => write!(f, "binding a source port: {}", e.message),
+            Unavailable::SteeringRefused(e) => write!(
+                f,
+                "steering by peer address refused: {}; one socket receives for all queues",
+                e.message
+            ),
         }
     }
 }

@@ -138,6 +138,7 @@ fn status(node: &str) -> Status {
         encryption: String::new(),
         public_key: None,
         cookie_replies_sent: 0,
+        refusals_over_source_limit: 0,
         mtu: 0,
         tiers: TierReport {
             multi_queue: off(),
@@ -154,6 +155,8 @@ fn status(node: &str) -> Status {
         secrets: None,
         kernel: None,
         queues: Vec::new(),
+        refused: Vec::new(),
+        refusals: 0,
     }
 }
 

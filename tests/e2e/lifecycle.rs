@@ -161,3 +161,38 @@ fn a_foreign_link_in_the_way_is_reported_and_left_alone() {
         "cleanup removed a link meshd did not make"
     );
 }
+
+/// A second `meshd run` with the first one's run directory exits at once with an error that
+/// names the holder, and touches nothing of the first: its status socket still answers, its TUN
+/// device is still attached, and pods still reach the other node.
+#[test]
+fn a_second_daemon_on_one_run_directory_is_refused() {
+    require_root();
+    let t = Topology::up(spec("twice", vec![HostKind::Meshd; 2], &[])).unwrap();
+    let h = &t.hosts[0];
+    let run = h.dir.join("run");
+    let first = meshd_pid(&t, 0);
+    let socket = std::fs::metadata(run.join("meshd.sock")).unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &h.ns])
+        .arg(meshd_bin())
+        .args(["run", "--config"])
+        .arg(h.dir.join("meshd.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second meshd ran: {stderr}");
+    assert!(
+        stderr.contains("another meshd") && stderr.contains(&format!("pid {first}")),
+        "{stderr}"
+    );
+    // The first daemon is untouched: the same socket (not replaced), still answering.
+    use std::os::unix::fs::MetadataExt;
+    let now = std::fs::metadata(run.join("meshd.sock")).unwrap();
+    assert_eq!(now.ino(), socket.ino(), "the status socket was replaced");
+    assert_eq!(now.mode() & 0o777, 0o600, "the status socket is not 0600");
+    meshd::status::query(&run).unwrap();
+    assert_eq!(meshd_pid(&t, 0), first);
+    assert!(has_link(&h.ns, "mesh0"));
+    ping(&h.pods[0].ns, t.hosts[1].pods[0].addr, 5).unwrap();
+}

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod bad_input;
+mod claims;
 mod cluster;
 mod compose;
 mod config;
@@ -21,6 +22,9 @@ mod ordering;
 mod peer_links;
 mod rotation;
 mod support;
+mod trust;
 mod unit_limits;
 mod wg_interop;
 mod wg_security;
+mod wg_spoof;
+mod wg_steering;

@@ -28,7 +28,8 @@ fn toml_error(e: &toml::de::Error, text: &str) -> ConfigError {
     let names_a_field = ["unknown field", "missing field", "duplicate field"]
         .iter()
         .any(|p| msg.starts_with(p));
-    if let Some(key) = msg.split('`').nth(1).filter(|_| names_a_field) {
+    let named = msg.split('`').nth(1).filter(|_| names_a_field);
+    if let Some(key) = named.filter(|k| !k.is_empty()) {
         return err(key, msg.clone());
     }
     let Some(span) = e.span() else {
@@ -36,6 +37,13 @@ fn toml_error(e: &toml::de::Error, text: &str) -> ConfigError {
     };
     let start = span.start.min(text.len());
     let line_no = text[..start].matches('\n').count() + 1;
+    if named.is_some() {
+        // `"" = …`: serde names the empty string, which the operator cannot search for.
+        return err(
+            "<file>",
+            format!("an empty key (\"\") is not a setting (line {line_no})"),
+        );
+    }
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or("");
     let key = line.split('=').next().unwrap_or("").trim();
@@ -204,6 +212,21 @@ pub(super) mod tests {
             .unwrap_err();
         assert_eq!(e.key, "subnet");
         assert!(e.reason.contains("10.244.1.0/24"), "{e}");
+    }
+
+    /// A key that is the empty string is named by its line, not as "unknown field ``".
+    #[test]
+    fn an_empty_key_is_named_by_its_line() {
+        for text in [
+            "\"\"=\"=\"",
+            "node-name = \"x\"\n\"\" = 1",
+            "[vxlan]\n'' = 2",
+        ] {
+            let e = Config::from_toml(text).unwrap_err();
+            assert_eq!(e.key, "<file>", "{text}: {e}");
+            assert!(e.reason.contains("empty key"), "{text}: {e}");
+            assert!(e.reason.contains("line"), "{text}: {e}");
+        }
     }
 
     #[test]

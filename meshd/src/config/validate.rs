@@ -9,17 +9,12 @@ use ipnet::Ipv4Net;
 use std::net::IpAddr;
 
 use super::{err, split_seed, Config, ConfigError, Encryption, PeerConfig};
+use crate::peers::claims::to_subnet;
 
 impl Config {
     /// Check that the configuration can work; nothing on the host is touched.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        validate_ifname("node-name", &self.node_name, 253)?;
-        if self.node_name.is_empty() || self.node_name.chars().any(|c| c.is_whitespace()) {
-            return Err(err(
-                "node-name",
-                "must be non-empty and contain no whitespace",
-            ));
-        }
+        check_name("node-name", &self.node_name)?;
         // Absent: `meshd run` takes the source address of the route towards the first seed,
         // else of the default route (see `daemon::underlay`).
         if let Some(address) = self.address {
@@ -127,15 +122,28 @@ impl Config {
                 ));
             }
         }
-        if let Some(subnet) = self.subnet {
-            if subnet.prefix_len() != self.node_prefix() {
-                return Err(err(
-                    "subnet",
-                    format!(
-                        "with gossip, node subnets are /{}: {subnet} is not",
-                        self.node_prefix()
-                    ),
-                ));
+        // Checked as every other node checks this node's claim and its static peers' subnets
+        // (gossip's pool): refused here, not silently by the cluster.
+        if let Some(pool) = self.gossip_pool() {
+            let claim = |subnet| meshd_gossip::SubnetClaim {
+                subnet,
+                stamp: 0,
+                explicit: true,
+            };
+            if let Some(Err(e)) = self
+                .subnet
+                .and_then(to_subnet)
+                .map(|s| pool.check(&claim(s)))
+            {
+                let (node, most) = (self.node_prefix(), meshd_gossip::MAX_CLAIM_SLOTS);
+                let why =
+                    format!("with gossip, a /{node} or an aligned block of at most {most}: {e}");
+                return Err(err("subnet", why));
+            }
+            for (i, p) in self.peers.iter().enumerate() {
+                if let Some(Err(e)) = to_subnet(p.subnet).map(|r| pool.check_reserved(&r)) {
+                    return Err(err(format!("peers[{i}].subnet"), e.to_string()));
+                }
             }
         }
         // Static peers' subnets are published in this node's gossip record, so that no member
@@ -150,16 +158,14 @@ impl Config {
                 ),
             ));
         }
-        if self.node_name.len() > meshd_gossip::MAX_NAME_LEN {
-            return Err(err(
-                "node-name",
-                format!(
-                    "longer than {} bytes, the gossip limit",
-                    meshd_gossip::MAX_NAME_LEN
-                ),
-            ));
-        }
+
         Ok(())
+    }
+
+    /// The node subnets gossip cuts `cluster-cidr` into.
+    fn gossip_pool(&self) -> Option<meshd_gossip::Pool> {
+        let cidr = to_subnet(self.cluster_cidr)?;
+        meshd_gossip::Pool::new(cidr, self.node_prefix()).ok()
     }
 
     fn validate_peers(
@@ -173,9 +179,7 @@ impl Config {
         }
         for (i, p) in self.peers.iter().enumerate() {
             let key = format!("peers[{i}]");
-            if p.name.is_empty() {
-                return Err(err(format!("{key}.name"), "must not be empty"));
-            }
+            check_name(&format!("{key}.name"), &p.name)?;
             self.check_subnet(&format!("{key}.subnet"), p.subnet)?;
             for (name, addr, net) in &seen {
                 if *name == p.name {
@@ -239,6 +243,22 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Node names (this node's, static peers') reach logs, terminals and every member's gossip
+/// state: the gossip crate's rule, which records from the wire are held to as well.
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if meshd_gossip::is_valid_name(name) {
+        return Ok(());
+    }
+    Err(err(
+        key,
+        format!(
+            "`{}` is not a valid node name: {}",
+            name.escape_default(),
+            meshd_gossip::NAME_RULE
+        ),
+    ))
 }
 
 fn validate_ifname(key: &str, name: &str, max: usize) -> Result<(), ConfigError> {
@@ -306,6 +326,27 @@ mod tests {
     }
 
     #[test]
+    fn names_are_held_to_the_gossip_rule() {
+        let base = Config::from_toml(GOOD).unwrap();
+        let long = "n".repeat(65);
+        for bad in ["", "a b", "-x", "..", "n\u{1b}[31m", long.as_str()] {
+            let mut c = base.clone();
+            c.node_name = bad.into();
+            let e = c.validate().unwrap_err();
+            let text = e.to_string();
+            assert_eq!(e.key, "node-name", "{bad:?}");
+            assert!(
+                text.contains("A-Z a-z 0-9") && !text.contains('\u{1b}'),
+                "{text}"
+            );
+        }
+        let e = invalid(
+            "[[peers]]\nname = \"c d\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.3.0/24\"",
+        );
+        assert_eq!(e.key, "peers[1].name");
+    }
+
+    #[test]
     fn cleartext_peers_need_no_key() {
         let text = "node-name = \"a\"\naddress = \"198.18.0.1\"\nsubnet = \"10.244.1.0/24\"\nencryption = \"none\"\n[[peers]]\nname = \"b\"\naddress = \"198.18.0.2\"\nsubnet = \"10.244.2.0/24\"";
         let c = Config::from_toml(text).unwrap();
@@ -350,13 +391,21 @@ mod tests {
         };
         assert_eq!(seeds("no-port"), "seeds[0]");
         assert_eq!(seeds("h:0"), "seeds[0]");
-        let e = Config::from_toml(
-            "address = \"198.18.0.1\"\nsubnet = \"10.244.0.0/23\"\n[gossip]\nenabled = true",
-        )
-        .unwrap()
-        .validate()
-        .unwrap_err();
-        assert_eq!(e.key, "subnet");
+        // An aligned block of node subnets is a claim gossip counts; smaller, or more than 16
+        // of them, is not.
+        let subnet = |s: &str| {
+            Config::from_toml(&format!(
+                "address = \"198.18.0.1\"\nsubnet = \"{s}\"\n[gossip]\nenabled = true"
+            ))
+            .unwrap()
+            .validate()
+        };
+        subnet("10.244.0.0/23").unwrap();
+        subnet("10.244.16.0/20").unwrap();
+        for bad in ["10.244.0.0/25", "10.244.0.0/19"] {
+            let e = subnet(bad).unwrap_err();
+            assert_eq!(e.key, "subnet", "{bad}: {e}");
+        }
         let many: String = (0..=meshd_gossip::MAX_RESERVED)
             .map(|i| {
                 format!(

@@ -57,6 +57,8 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     }
     std::fs::create_dir_all(&cfg.run_dir)
         .with_context(|| format!("creating the run directory {}", cfg.run_dir.display()))?;
+    // Before anything on the host is touched: one daemon per run directory.
+    let _lock = runfiles::RunLock::acquire(&cfg.run_dir)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
     // A directory meshd cannot write (read-only, full) is fatal, and found here, before
@@ -102,6 +104,12 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         )
         .with_paths(paths.clone()),
     );
+    // What every peer's subnet is checked against: the cluster, this node's own networks.
+    let guard = subnet::guard(&host, &cfg).await;
+    backend.update(|set| {
+        set.set_guard(guard);
+        false
+    });
     let keyring = match keyring {
         Some(ring) => Some(secrets::spawn(cfg.clone(), ring, backend.clone())?),
         None => None,
@@ -257,6 +265,7 @@ fn base_status(
         },
         public_key: crypto.map(|c| c.public.to_base64()),
         cookie_replies_sent: 0,
+        refusals_over_source_limit: 0,
         mtu: cfg.overlay_mtu(),
         tiers: datapath.tiers.clone(),
         peers: Vec::new(),
@@ -266,6 +275,8 @@ fn base_status(
         secrets: None,
         kernel: None,
         queues: Vec::new(),
+        refused: Vec::new(),
+        refusals: 0,
     }
 }
 
@@ -324,8 +335,8 @@ async fn wait_for_signal() -> Result<()> {
 
 /// `meshd cleanup`: remove what meshd created on this host. Refuses while meshd runs.
 pub async fn cleanup(cfg: &Config) -> Result<()> {
-    if crate::status::query(&cfg.run_dir).is_ok() {
-        anyhow::bail!("meshd is running (its status socket answers); stop it first");
+    if runfiles::RunLock::held(&cfg.run_dir) || crate::status::query(&cfg.run_dir).is_ok() {
+        anyhow::bail!("meshd is running (it holds its run directory's lock); stop it first");
     }
     let host = Host::connect()?;
     fastpath::cleanup(&host, cfg).await;
@@ -336,7 +347,11 @@ pub async fn cleanup(cfg: &Config) -> Result<()> {
             Err(e) => eprintln!("{e:#}"),
         }
     }
-    for f in [crate::runfiles::NETWORK_FILE, crate::runfiles::SOCKET_NAME] {
+    for f in [
+        runfiles::NETWORK_FILE,
+        runfiles::SOCKET_NAME,
+        runfiles::LOCK_FILE,
+    ] {
         let p = cfg.run_dir.join(f);
         if std::fs::remove_file(&p).is_ok() {
             println!("removed {}", p.display());

@@ -14,7 +14,8 @@ use crate::backend::Backend;
 use crate::datapath::QueueCounters;
 use crate::peers::wireguard::WgPeer;
 use crate::status::{
-    GossipCounters, MemberStatus, PeerStatus, QueueStatus, SecretStatus, Status, WireguardStatus,
+    GossipCounters, MemberStatus, PeerStatus, QueueStatus, RefusedRecords, RefusedStatus,
+    SecretStatus, Status, WireguardStatus,
 };
 
 /// The fixed part of the status and where the rest is read, fresh on every request.
@@ -56,6 +57,17 @@ impl Report {
             })
             .collect();
         s.unattributed = routes.unattributed.snapshot();
+        let (refused, refusals) = self.backend.refused();
+        s.refused = refused
+            .into_iter()
+            .map(|r| RefusedStatus {
+                name: r.name,
+                source: r.source.as_str().into(),
+                subnet: r.subnet.to_string(),
+                reason: r.why.to_string(),
+            })
+            .collect();
+        s.refusals = refusals;
         s.queues = self
             .queues
             .iter()
@@ -93,6 +105,7 @@ impl Report {
         }
         if let Some(c) = self.backend.crypto() {
             s.cookie_replies_sent = c.cookie_replies.load(Ordering::Relaxed);
+            s.refusals_over_source_limit = c.rejected.limited();
         }
         s
     }
@@ -102,7 +115,10 @@ impl Report {
 fn wireguard_status(wg: &WgPeer) -> WireguardStatus {
     let st = wg.lock().stats();
     let pair = wg.pair();
+    let (forced_handshakes, unknown_index_ignored) = wg.forced_counts();
     WireguardStatus {
+        forced_handshakes,
+        unknown_index_ignored,
         psk_secret: pair.secret.to_string(),
         psk_agreed: pair.agreed,
         psk_switches: st.psk_switches,
@@ -136,6 +152,7 @@ fn gossip_report(g: &Shared) -> (Vec<MemberStatus>, GossipCounters) {
             heard_ms_ago: m
                 .heard
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            signing_key: m.record.signer.as_ref().map(meshd_gossip::short_key),
         })
         .collect();
     let c = g.gossip.counters();
@@ -145,6 +162,17 @@ fn gossip_report(g: &Shared) -> (Vec<MemberStatus>, GossipCounters) {
         open_failures: g.open_failures,
         decode_failures: c.decode_failures,
         send_failures: g.send_failures,
+        refused: RefusedRecords {
+            impostor: c.refused_impostor,
+            unsigned: c.refused_unsigned,
+            bad_signature: c.refused_bad_signature,
+            bad_name: c.refused_bad_name,
+            generation: c.refused_generation,
+            full: c.refused_full,
+        },
+        refused_records: c.refused_records(),
+        state_requests_refused: c.state_requests_refused,
+        transmits_dropped: c.transmits_dropped,
     };
     (members, counters)
 }

@@ -1,15 +1,22 @@
 //! Where this node's pod subnet comes from (explicit in the config, the lease a previous run
 //! persisted, or a new gossip lease), the lease file, and what a subnet means on the host: the
 //! bridge holds its gateway address, the cluster route prefers it as the source, and
-//! `network.json` tells the CNI plugin about it.
+//! `network.json` tells the CNI plugin about it. Also what other nodes' subnets are checked
+//! against ([`guard`]), and what a conflict over this node's subnet is logged as
+//! ([`log_conflict`]).
 
 use anyhow::{Context, Result};
+use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use meshd_gossip::{Lease, Subnet, SubnetRequest};
+use meshd_gossip::{Lease, Pool, Subnet, SubnetConflict, SubnetRequest};
+use netlink_packet_route::address::AddressAttribute;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::host::{self, Host};
+use crate::peers::claims::Guard;
+pub(crate) use crate::peers::claims::{to_net, to_subnet};
 use crate::runfiles::{self, NetworkFile, LEASE_FILE};
 
 /// Bridge address, cluster route and `network.json` for `subnet`. The TUN device must exist.
@@ -135,14 +142,87 @@ pub(crate) fn write_lease(state_dir: &Path, lease: &Lease) -> Result<()> {
     runfiles::write_atomic(&lease_path(state_dir), lease)
 }
 
-/// `s` as an [`Ipv4Net`]; `None` for what no network is (a prefix over 32, which a
-/// hand-edited or corrupt lease file can hold: serde does not check it).
-pub(crate) fn to_net(s: Subnet) -> Option<Ipv4Net> {
-    Ipv4Net::new(s.addr(), s.prefix()).ok()
+/// What every other node's subnet (a member's claim, a static peer's) is checked against on
+/// this node: the cluster's pool, and the networks of the addresses on this node's interfaces
+/// other than the pod bridge (whose network is this node's own subnet), with its underlay
+/// address. Read at start: a network added later is not known (the kernel's own routes are
+/// still never replaced, see [`crate::kernel::routes::set`]).
+pub(crate) async fn guard(host: &Host, cfg: &Config) -> Guard {
+    let pool = to_subnet(cfg.cluster_cidr).and_then(|c| Pool::new(c, cfg.node_prefix()).ok());
+    let mut local: Vec<Ipv4Net> = cfg
+        .address
+        .and_then(|a| match a {
+            IpAddr::V4(v4) => Ipv4Net::new(v4, 32).ok(),
+            IpAddr::V6(_) => None,
+        })
+        .into_iter()
+        .collect();
+    match local_networks(host, &cfg.bridge).await {
+        Ok(nets) => local.extend(nets),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot list this node's addresses: subnets are checked against the cluster and the endpoints only")
+        }
+    }
+    local.sort();
+    local.dedup();
+    Guard { pool, local }
 }
 
-pub(crate) fn to_subnet(n: Ipv4Net) -> Option<Subnet> {
-    Subnet::new(n.network(), n.prefix_len())
+/// The networks of the IPv4 addresses on every interface but `bridge`.
+async fn local_networks(host: &Host, bridge: &str) -> Result<Vec<Ipv4Net>> {
+    let skip = host.link(bridge).await?.map(|l| l.header.index);
+    let mut addrs = host.handle().address().get().execute();
+    let mut nets = Vec::new();
+    while let Some(a) = addrs
+        .try_next()
+        .await
+        .context("listing the host's addresses")?
+    {
+        if Some(a.header.index) == skip {
+            continue;
+        }
+        let v4 = a.attributes.iter().find_map(|at| match at {
+            AddressAttribute::Local(IpAddr::V4(v4)) | AddressAttribute::Address(IpAddr::V4(v4)) => {
+                Some(*v4)
+            }
+            _ => None,
+        });
+        if let Some(net) = v4.and_then(|v4| Ipv4Net::new(v4, a.header.prefix_len).ok()) {
+            nets.push(net.trunc());
+        }
+    }
+    Ok(nets)
+}
+
+/// Logs a conflict over this node's subnet, as gossip settled it ([`meshd_gossip::Precedence`]).
+pub(crate) fn log_conflict(c: &SubnetConflict) {
+    let (ours, theirs, other, why) = (&c.subnet, &c.theirs, &c.other, &c.settled);
+    match (c.reserved, c.won, c.explicit) {
+        (true, false, true) => tracing::error!(
+            subnet = %ours, static_subnet = %theirs, reserved_by = %other, reason = %why,
+            "this node's configured subnet overlaps a static peer's subnet (a [[peers]] entry of node `reserved_by`): kept, but that node routes it to its static peer, not here; change one of the two"
+        ),
+        (true, false, false) => tracing::warn!(
+            subnet = %ours, static_subnet = %theirs, reserved_by = %other, reason = %why,
+            "this node's subnet overlaps a static peer's subnet (a [[peers]] entry of node `reserved_by`): taking another; pods on the old one need restarting"
+        ),
+        (true, true, _) => tracing::warn!(
+            subnet = %ours, static_subnet = %theirs, reserved_by = %other, reason = %why,
+            "a static peer's wider subnet (a [[peers]] entry of node `reserved_by`) covers this node's subnet: this node keeps it, and that node does not route its static peer until the two no longer overlap"
+        ),
+        (false, false, true) if c.kept => tracing::error!(
+            subnet = %ours, theirs = %theirs, other = %other, reason = %why,
+            "this node's configured subnet overlaps another node's claim, which wins: kept here, but the other nodes do not route it; change `subnet`"
+        ),
+        (false, won, true) => tracing::error!(
+            subnet = %ours, theirs = %theirs, other = %other, kept = c.kept, won, reason = %why,
+            "another node's claim overlaps this node's subnet, one of them configured"
+        ),
+        (false, won, false) => tracing::warn!(
+            subnet = %ours, theirs = %theirs, other = %other, kept = c.kept, won, reason = %why,
+            "subnet conflict"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 use super::flows::open_senders;
-use super::socket::{bind_socket, set_udp_gro, DataPort, QueueSocket};
-use crate::config::Config;
-use crate::tiers::{InUse, OsError, SocketOption, Tier, TierReport, Unavailable};
+use super::socket::{bind_socket, set_udp_gro, steer, DataPort, QueueSocket};
+use crate::config::{Config, Encryption};
+use crate::tiers::{InUse, OsError, SocketOption, Steer, Tier, TierReport, Unavailable};
 
 /// Open the TUN queues and one UDP socket per queue, and report the tiers in use.
 pub(crate) fn open(
@@ -141,7 +141,14 @@ fn build(cfg: &Config, multi_queue: bool, offload: bool) -> std::io::Result<Sync
 /// reuseport group per source port with a member per queue, steered by peer address as the
 /// data port is, so that whichever of our ports such a peer answers, all its datagrams reach
 /// one RX worker (two would race on its session's replay window).
+///
+/// WireGuard holds that by construction: the data port's group is always steered by peer
+/// address, whatever the flows tier, and where the kernel refuses the program, one socket
+/// receives for every queue (`sockets` has one, which every queue shares; only the first queue
+/// has an RX worker) and no source port of its own is opened. One thread then decrypts
+/// everything, never two the same session.
 pub(crate) struct UdpQueues {
+    /// One per queue, or one for all (see above).
     pub(crate) sockets: Vec<QueueSocket>,
     /// Per queue, the socket it sends from when that is not its receiving socket.
     pub(crate) senders: Vec<Option<Arc<QueueSocket>>>,
@@ -153,6 +160,33 @@ pub(crate) struct UdpQueues {
     pub(crate) udp_gso: Tier,
     pub(crate) udp_gro: Tier,
     pub(crate) udp_flows: Tier,
+}
+
+/// WireGuard: steer the data port's group by peer address, so that one RX worker decrypts
+/// each peer's session. Where the kernel refuses, keep one socket of the group for every
+/// queue (the others close, and the kernel gives that one every datagram) and say why.
+fn steer_sessions(
+    cfg: &Config,
+    bind: IpAddr,
+    sockets: &mut Vec<QueueSocket>,
+    data_port: DataPort,
+) -> Option<OsError> {
+    if cfg.encryption != Encryption::Wireguard || data_port != DataPort::Bind || sockets.len() < 2 {
+        return None;
+    }
+    let e = steer(
+        &sockets[0].0,
+        bind.is_ipv4(),
+        sockets.len(),
+        Steer::PeerAddress,
+    )
+    .err()?;
+    tracing::warn!(
+        error = %e,
+        "SO_ATTACH_REUSEPORT_CBPF refused: one socket receives for every queue, so that one thread decrypts each peer's session"
+    );
+    sockets.truncate(1);
+    Some(OsError::from(&e))
 }
 
 /// Bind the data port once per queue (`count`) and each queue's source ports, and find out
@@ -176,6 +210,7 @@ pub(crate) fn open_udp(
             UdpSocketState::new(UdpSockRef::from(&s)).context("configuring the UDP socket")?;
         sockets.push((s, state));
     }
+    let refused = steer_sessions(cfg, bind, &mut sockets, data_port);
     let kernel_gso = sockets[0].1.max_gso_segments();
     let kernel_gro = sockets[0].1.gro_segments() > 1;
     let (gso_segments, udp_gso) = match (cfg.tiers.udp_gso, kernel_gso > 1) {
@@ -194,7 +229,7 @@ pub(crate) fn open_udp(
         ),
         (true, true) => (true, Tier::InUse(InUse::Yes)),
     };
-    let (senders, flows, udp_flows) = open_senders(cfg, bind, &sockets, data_port)?;
+    let (senders, flows, udp_flows) = open_senders(cfg, bind, &sockets, count, data_port, refused)?;
     let flow_sockets = flows.iter().flatten().map(|s| &**s);
     for (s, _) in sockets.iter().chain(flow_sockets) {
         if !gro {

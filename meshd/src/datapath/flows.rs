@@ -28,15 +28,17 @@ pub(crate) type Senders = (
     Tier,
 );
 
-/// Where each queue sends from, the source-port sockets each RX worker reads, and the tier that
-/// says so.
+/// Where each of `count` queues sends from, the source-port sockets each RX worker reads, and
+/// the tier that says so. `refused`: the kernel refused to steer the WireGuard data port by
+/// peer address (see [`super::device::UdpQueues`]), so one socket receives for all.
 pub(crate) fn open_senders(
     cfg: &Config,
     bind: IpAddr,
     sockets: &[QueueSocket],
+    count: usize,
     data_port: DataPort,
+    refused: Option<OsError>,
 ) -> Result<Senders> {
-    let count = sockets.len();
     let none = |tier| {
         Ok((
             (0..count).map(|_| None).collect(),
@@ -49,6 +51,10 @@ pub(crate) fn open_senders(
     }
     if count < 2 {
         return none(Tier::Unavailable(Unavailable::OneQueue));
+    }
+    if let Some(e) = refused {
+        // A peer answering our source ports would reach several RX workers.
+        return none(Tier::Unavailable(Unavailable::SteeringRefused(e)));
     }
     if data_port == DataPort::SendOnly {
         // A kernel device owns the data port: the queues' sockets have ports of their own
@@ -65,12 +71,16 @@ pub(crate) fn open_senders(
         Encryption::Wireguard => Steer::PeerAddress,
     };
     let ipv4 = bind.is_ipv4();
-    let steered = match steer(&sockets[0].0, ipv4, count, by) {
-        Ok(()) => Some(by),
-        Err(e) => {
-            tracing::warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused: received flows spread by the kernel's hash");
-            None
-        }
+    let steered = match by {
+        // Steered already, with the data port (`device::steer_sessions`).
+        Steer::PeerAddress => Some(by),
+        Steer::SourcePort => match steer(&sockets[0].0, ipv4, count, by) {
+            Ok(()) => Some(by),
+            Err(e) => {
+                tracing::warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused: received flows spread by the kernel's hash");
+                None
+            }
+        },
     };
     // Steered by peer address, a group of `count` per port (queue i sends from member i of
     // port i mod `ports` and its worker reads member i of each); else a socket per queue.
@@ -92,7 +102,11 @@ pub(crate) fn open_senders(
     for group in bound {
         if by_peer {
             if let Err(e) = steer(&group[0], ipv4, members, by) {
-                tracing::warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused on a source port: its datagrams spread by the kernel's hash");
+                // Its datagrams would spread by the kernel's hash, over several RX workers.
+                tracing::warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused on a source port: every queue sends from the data port");
+                return none(Tier::Unavailable(Unavailable::SteeringRefused(
+                    OsError::from(&e),
+                )));
             }
         }
         let mut g = Vec::with_capacity(members);

@@ -10,10 +10,13 @@
 //! Nothing is allocated per packet: the buffers and the flow table are made once.
 //!
 //! Segments coalesce as the kernel's own GRO would merge them: same addresses, ports, IP and TCP
-//! headers (TTL, TOS, DF, options, ACK number, window), flags ACK or ACK+PSH, consecutive
-//! sequence numbers, all of one size but the last; a PSH or a short segment ends the flow. UDP
-//! datagrams of one flow (same addresses, ports and IP header) coalesce likewise, all of one
-//! size but the last, when the device has USO.
+//! headers (TTL, TOS, DF, TCP options, ACK number, window), IPv4 without options and with a
+//! valid header checksum, flags ACK or ACK+PSH, consecutive sequence numbers, all of one size
+//! but the last; a PSH or a short segment ends the flow, and so does any packet of the
+//! connection that cannot join it (a pure ACK, a FIN, RST, SYN or URG, a gap, a bad checksum):
+//! it is written after the flow, and what follows starts a new one, so nothing within a
+//! connection is reordered. UDP datagrams of one flow (same addresses, ports and IP header)
+//! coalesce likewise, all of one size but the last, when the device has USO.
 //! A coalesced buffer carries `VIRTIO_NET_HDR_F_NEEDS_CSUM` with the TCP pseudo-header sum in
 //! its checksum field, so its checksum is the kernel's to compute: where the packets were not
 //! authenticated (cleartext), each segment's own checksum is checked before it may join.
@@ -178,10 +181,25 @@ impl Coalescer {
         }
     }
 
-    /// Buffer `i` holds a packet of its own: count it, and let it head a flow when it may.
+    /// Buffer `i` holds a packet of its own: count it, end the flow of its connection (a
+    /// later segment joining that flow would overtake it), and let it head a flow when it may.
     fn keep(&mut self, i: usize, seg: Option<Segment>) {
         self.used += 1;
-        let Some(s) = seg.filter(|_| self.vnet) else {
+        if !self.vnet {
+            return;
+        }
+        let packet = &self.bufs[i][VNET_HDR_LEN..];
+        let Some(key) = flow_key(packet) else {
+            return;
+        };
+        let slot = self
+            .flows
+            .iter()
+            .position(|f| f.is_some_and(|f| f.key == key));
+        if let Some(k) = slot {
+            self.retire(k);
+        }
+        let Some(s) = seg else {
             return;
         };
         let packet = &self.bufs[i][VNET_HDR_LEN..];
@@ -191,6 +209,7 @@ impl Coalescer {
             return;
         }
         let flow = Flow {
+            key,
             buf: i,
             iph: s.iph,
             l4h: s.l4h,
@@ -203,17 +222,8 @@ impl Coalescer {
         if flow.closed {
             return;
         }
-        // The same connection may already have a (closed, or out-of-order) flow: this one
-        // replaces it as the one to join; otherwise a free slot, or none.
-        let key = |b: &[u8], f: &Flow| flow_key(b, f.iph, s.v6);
-        let mine = key(packet, &flow);
-        let slot = self
-            .flows
-            .iter()
-            .position(|f| f.is_some_and(|f| key(&self.bufs[f.buf][VNET_HDR_LEN..], &f) == mine))
-            .or_else(|| self.flows.iter().position(Option::is_none));
-        if let Some(k) = slot {
-            self.retire(k);
+        // The slot of the connection's flow it ended, or a free one, or none.
+        if let Some(k) = slot.or_else(|| self.flows.iter().position(Option::is_none)) {
             self.flows[k] = Some(flow);
         }
     }
@@ -319,5 +329,7 @@ fn write(tun: &impl AsRawFd, bytes: &[u8]) -> io::Result<()> {
     }
 }
 
+#[cfg(test)]
+mod rules_tests;
 #[cfg(test)]
 mod tests;

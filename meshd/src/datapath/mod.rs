@@ -31,10 +31,11 @@ use std::thread::JoinHandle;
 
 use crate::config::Config;
 use crate::routes::{PeerEntry, PeerId, RouteTable, Routes};
-use crate::stats::{DropReason, DropTally};
+use crate::stats::{DropReason, DropTally, Stamp};
 use crate::tiers::TierReport;
 pub use io::PeerAcc;
 pub(crate) use socket::DataPort;
+use socket::QueueSocket;
 
 /// One way of carrying pod packets between nodes inside UDP.
 pub trait Encap: Send + Sync + Sized + 'static {
@@ -67,7 +68,10 @@ pub trait Encap: Send + Sync + Sized + 'static {
     /// coalesced with others under one checksum the kernel computes.
     const AUTHENTICATED: bool = false;
 
-    fn tx<'t>(&'t self, table: &'t RouteTable) -> Self::Tx<'t>;
+    /// The TX state of one batch of queue `sender`.
+    fn tx<'t>(&'t self, table: &'t RouteTable, sender: usize) -> Self::Tx<'t>;
+    /// Queue `sender` has sent `runs` (sent or failed: they are out of its hands).
+    fn sent(&self, _table: &RouteTable, _sender: usize, _runs: &runs::Runs) {}
     fn rx_scratch(&self) -> Self::RxScratch;
 
     /// Check (and decrypt) one datagram from `from` into `out`, which holds at least
@@ -113,6 +117,10 @@ pub enum Encoded {
     PeerDrop(DropReason),
     /// Dropped; counted against no peer.
     Drop(DropReason),
+    /// Not encoded: the peer has as many datagrams in flight as its receiver can take out of
+    /// order (WireGuard's replay window, see `meshd_crypto::InFlight`). Send what the batch
+    /// holds, or wait for the other queues to send theirs, then offer the packet again.
+    Blocked,
 }
 
 /// What an RX worker hands [`Encap::receive`] with every datagram: the encapsulation's scratch,
@@ -121,6 +129,8 @@ pub struct Rx<'a, S> {
     pub scratch: S,
     pub drops: DropTally,
     pub reply: &'a mut dyn FnMut(&[u8], SocketAddr),
+    /// When the current batch was read: the time every datagram of it is judged at.
+    pub now: Stamp,
 }
 
 /// What one datagram came to.
@@ -232,8 +242,17 @@ impl DataPath {
         }
         let mut queues = Vec::new();
         let mut all = Vec::new();
-        let sockets = udp.sockets.into_iter().zip(udp.senders).zip(udp.flows);
-        for (dev, ((sock, sender), flows)) in tun.queues.into_iter().zip(sockets) {
+        // One socket for every queue where the kernel would not steer by peer address (see
+        // `device::UdpQueues`): only the first queue's worker reads it.
+        let receivers = udp.sockets.len();
+        let mut data: Vec<Arc<QueueSocket>> = udp.sockets.into_iter().map(Arc::new).collect();
+        if let Some(first) = data.first().cloned() {
+            data.resize(tun.queues.len().max(receivers), first);
+        }
+        let sockets = data.into_iter().zip(udp.senders).zip(udp.flows);
+        for (index, (dev, ((sock, sender), flows))) in
+            tun.queues.into_iter().zip(sockets).enumerate()
+        {
             let from = sender.as_deref().unwrap_or(&sock);
             let counters = Arc::new(QueueCounters {
                 source_port: from.0.local_addr().map(|a| a.port()).unwrap_or(0),
@@ -242,12 +261,16 @@ impl DataPath {
             queues.push(counters.clone());
             all.push(Arc::new(Queue {
                 tun: Arc::new(dev),
-                socket: Arc::new(sock),
+                socket: sock,
                 sender,
                 flows,
                 gro: udp.gro,
                 gso_segments: udp.gso_segments,
-                tx: Mutex::new(worker::TxState::new::<E>(shared.mtu, udp.gso_segments)),
+                tx: Mutex::new(worker::TxState::new::<E>(
+                    index,
+                    shared.mtu,
+                    udp.gso_segments,
+                )),
                 tx_idle: AtomicBool::new(false),
                 counters,
             }));
@@ -261,6 +284,9 @@ impl DataPath {
                 format!("meshd-{}-tx-{i}", E::NAME),
                 Box::new(move || worker::tx_loop(&s, &q2)),
             )?);
+            if i >= receivers {
+                continue;
+            }
             let (s, q, all) = (shared.clone(), q.clone(), all.clone());
             threads.push(spawn(
                 format!("meshd-{}-rx-{i}", E::NAME),

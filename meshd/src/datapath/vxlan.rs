@@ -41,7 +41,7 @@ impl Encap for Vxlan {
         0
     }
 
-    fn tx<'t>(&'t self, _table: &'t RouteTable) -> Framer {
+    fn tx<'t>(&'t self, _table: &'t RouteTable, _sender: usize) -> Framer {
         Framer
     }
 
@@ -167,7 +167,7 @@ mod tests {
 
     /// One packet through the TX path's per-packet loop.
     fn push(e: &mut Runs, t: &RouteTable, packet: &[u8], drops: &mut DropTally) {
-        encode_batch(&Vxlan { vni: 1 }, t, std::iter::once(packet), e, drops);
+        encode_batch(&Vxlan { vni: 1 }, t, std::iter::once(packet), e, drops, 0);
     }
 
     #[test]

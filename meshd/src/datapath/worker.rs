@@ -27,24 +27,31 @@ use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
 use crate::routes::RouteTable;
 use crate::stats::{DropReason, DropTally, Stamp};
 
-/// Route and encode a batch of packets read from the TUN device into `runs`: the TX path's
-/// per-packet loop, without I/O (the no-allocation test drives it directly).
+/// Route and encode a batch of packets read from the TUN device into `runs`, for queue
+/// `sender`: the TX path's per-packet loop, without I/O (the no-allocation test drives it
+/// directly). Returns how many packets it took: all of them, unless a peer's datagrams in flight
+/// were at their limit ([`Encoded::Blocked`]), in which case the caller sends (or waits) and
+/// offers the rest again.
 pub fn encode_batch<'p, 't, E: Encap>(
     encap: &'t E,
     table: &'t RouteTable,
     packets: impl Iterator<Item = &'p [u8]>,
     runs: &mut Runs,
     drops: &mut DropTally,
-) {
-    let mut tx = encap.tx(table);
+    sender: usize,
+) -> usize {
+    let mut tx = encap.tx(table, sender);
+    let mut taken = 0;
     for packet in packets {
         let Some(id) = table.route(packet) else {
             drops.add(DropReason::NoRoute);
+            taken += 1;
             continue;
         };
         let Some(room) = runs.room(E::datagram_len(packet.len())) else {
             // The caller sizes batches so this cannot happen; count rather than overrun.
             drops.add(DropReason::SendError);
+            taken += 1;
             continue;
         };
         let peer = table.peer(id);
@@ -53,8 +60,11 @@ pub fn encode_batch<'p, 't, E: Encap>(
             Encoded::Queued => {}
             Encoded::PeerDrop(reason) => peer.stats.count_drop(reason, 1),
             Encoded::Drop(reason) => drops.add(reason),
+            Encoded::Blocked => return taken,
         }
+        taken += 1;
     }
+    taken
 }
 
 /// Frame, in place, the `n` packets a [`TunReader::read_slots`] put in `runs`' buffer (packet
@@ -71,7 +81,7 @@ pub fn frame_batch<E: Encap>(
     drops: &mut DropTally,
 ) {
     let headroom = E::datagram_len(0);
-    let mut tx = encap.tx(table);
+    let mut tx = encap.tx(table, 0);
     for i in 0..n {
         let (at, len) = (i * stride, reader.size(i));
         let Some(datagram) = runs.buf_mut().get_mut(at..at + headroom + len) else {
@@ -88,6 +98,8 @@ pub fn frame_batch<E: Encap>(
             Encoded::Queued => {}
             Encoded::PeerDrop(reason) => peer.stats.count_drop(reason, 1),
             Encoded::Drop(reason) => drops.add(reason),
+            // Framing has no counters to hold back (cleartext).
+            Encoded::Blocked => drops.add(DropReason::SendError),
         }
     }
 }
@@ -96,6 +108,8 @@ pub fn frame_batch<E: Encap>(
 /// into, and the drops counted meanwhile. It lives in [`Queue::tx`], so that either worker can
 /// send (one at a time).
 pub(crate) struct TxState {
+    /// The queue's index: its slot in each peer's `InFlight`.
+    sender: usize,
     reader: TunReader,
     runs: Runs,
     drops: DropTally,
@@ -104,9 +118,10 @@ pub(crate) struct TxState {
 }
 
 impl TxState {
-    pub(crate) fn new<E: Encap>(mtu: usize, gso_segments: usize) -> Self {
+    pub(crate) fn new<E: Encap>(sender: usize, mtu: usize, gso_segments: usize) -> Self {
         let stride = E::datagram_len(mtu);
         TxState {
+            sender,
             // Framing in place reads into the runs' buffer: no buffers of its own.
             reader: TunReader::new(if E::FRAMES_IN_PLACE { 0 } else { mtu }),
             runs: Runs::new(TX_BATCH, stride, gso_segments),
@@ -151,22 +166,66 @@ fn send_batch<E: Encap>(
                 &mut st.drops,
             );
         } else {
-            encode_batch(
-                &*shared.encap,
-                &table,
-                st.reader.packets(n),
-                &mut st.runs,
-                &mut st.drops,
-            );
+            let mut taken = 0;
+            let mut waits = 0u32;
+            loop {
+                taken += encode_batch(
+                    &*shared.encap,
+                    &table,
+                    st.reader.packets(n).skip(taken),
+                    &mut st.runs,
+                    &mut st.drops,
+                    st.sender,
+                );
+                if taken >= n || shared.stop.is_set() {
+                    break;
+                }
+                // A peer's datagrams in flight are at the limit: send what this batch holds
+                // (of every peer, so that no queue waits while holding), or, holding nothing,
+                // wait for the queues that hold the oldest to send theirs.
+                if st.runs.runs().is_empty() {
+                    wait_for_others(&mut waits);
+                } else {
+                    sent += send_held(shared, &table, sock, state, &mut st.runs, st.sender);
+                }
+            }
         }
-        send_runs(&table, sock, state, shared.stop.flag(), &st.runs);
-        sent = st.runs.runs().iter().map(|r| r.datagrams).sum();
+        sent += send_held(shared, &table, sock, state, &mut st.runs, st.sender);
         q.counters
             .tx_datagrams
             .fetch_add(sent as u64, Ordering::Relaxed);
     }
     st.drops.flush_into(&shared.routes.unattributed);
     (sent, n > 0 && !st.reader.drained())
+}
+
+/// Send `runs` from `sock`, tell the encapsulation they are out of queue `sender`'s hands, and
+/// empty them: the datagrams sent (or failed).
+fn send_held<E: Encap>(
+    shared: &Shared<E>,
+    table: &RouteTable,
+    sock: &std::net::UdpSocket,
+    state: &quinn_udp::UdpSocketState,
+    runs: &mut Runs,
+    sender: usize,
+) -> usize {
+    send_runs(table, sock, state, shared.stop.flag(), runs);
+    shared.encap.sent(table, sender, runs);
+    let sent = runs.runs().iter().map(|r| r.datagrams).sum();
+    runs.clear();
+    sent
+}
+
+/// Yield to the queues that hold a peer's oldest datagrams unsent: they are between encoding
+/// and sending a batch (never waiting themselves: a waiting queue holds nothing), so a few
+/// yields usually do; after that, short sleeps rather than a spin on a busy machine.
+fn wait_for_others(waits: &mut u32) {
+    *waits += 1;
+    if *waits <= 16 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
 }
 
 fn lock_tx(q: &Queue) -> MutexGuard<'_, TxState> {
@@ -240,6 +299,7 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
         scratch: shared.encap.rx_scratch(),
         drops: DropTally::default(),
         reply: &mut reply,
+        now: Stamp::now(),
     };
     // The source ports' sockets are read too, each only when `poll` said it had datagrams or
     // its last read was full, and once every FLOW_READ_EVERY busy rounds: a meshd peer answers
@@ -254,7 +314,8 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
     let mut rounds = 0u32;
     while !shared.stop.is_set() {
         let table = shared.routes.load();
-        let mut acc = PeerAcc::new(Stamp::now());
+        rx.now = Stamp::now();
+        let mut acc = PeerAcc::new(rx.now);
         let mut wrote = false;
         let mut datagrams = 0u64;
         let more = {

@@ -2,7 +2,9 @@
 //! on the VXLAN device (kernel VXLAN), or via its underlay address (host-gw). Moving a peer
 //! between paths is one route replace. Every route meshd makes carries its protocol number,
 //! [`PROTOCOL`], so a restarted meshd finds its own routes ([`list`]) and `meshd cleanup`
-//! removes only those.
+//! removes only those; and a route meshd did not make is never replaced ([`set`]): a subnet
+//! that collides with the host's own routes (a connected underlay network, say) is refused
+//! here even if a mistake upstream let it through.
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
@@ -28,7 +30,9 @@ pub(crate) enum Via {
 }
 
 /// Route `subnet` as `via` says, from `source` (the bridge address: packets the host itself
-/// sends to pods need a source inside its subnet).
+/// sends to pods need a source inside its subnet). A route for `subnet` that meshd made is
+/// replaced; one it did not make (another protocol: the kernel's connected route, an
+/// operator's static one) is left alone and the call fails, naming it.
 pub(crate) async fn set(host: &Host, subnet: Ipv4Net, via: Via, source: Ipv4Addr) -> Result<()> {
     let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(subnet.network(), subnet.prefix_len())
@@ -39,13 +43,72 @@ pub(crate) async fn set(host: &Host, subnet: Ipv4Net, via: Via, source: Ipv4Addr
         Via::Vxlan { index, vtep } => b.output_interface(index).gateway(vtep).onlink(),
         Via::Gateway { address } => b.gateway(address),
     };
-    host.handle()
-        .route()
-        .add(b.build())
-        .replace()
-        .execute()
-        .await
-        .with_context(|| format!("routing {subnet} {via:?}"))
+    let msg = b.build();
+    // Create-only first: the common case (a new peer) needs no look-up.
+    match host.handle().route().add(msg.clone()).execute().await {
+        Ok(()) => return Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+        Err(e) => return Err(e).with_context(|| format!("routing {subnet} {via:?}")),
+    }
+    match holder(host, subnet).await? {
+        Some(protocol) if protocol != PROTOCOL => anyhow::bail!(
+            "the kernel has a route for {subnet} that meshd did not make ({}): not replaced",
+            protocol_name(protocol)
+        ),
+        _ => host
+            .handle()
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("routing {subnet} {via:?}")),
+    }
+}
+
+/// The protocol of the main-table route a replace of `subnet` would hit (same destination and
+/// prefix, metric 0), if there is one. A dump: only paid when a create found a route there.
+async fn holder(host: &Host, subnet: Ipv4Net) -> Result<Option<u8>> {
+    let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    let mut dump = host.handle().route().get(filter).execute();
+    while let Some(r) = dump.try_next().await.context("listing routes")? {
+        let table = r
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(r.header.table));
+        let metric = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Priority(p) => Some(*p),
+            _ => None,
+        });
+        let dst = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+            _ => None,
+        });
+        let here = dst.unwrap_or(Ipv4Addr::UNSPECIFIED) == subnet.network()
+            && r.header.destination_prefix_length == subnet.prefix_len();
+        if here && table == MAIN_TABLE && metric.unwrap_or(0) == 0 {
+            return Ok(Some(u8::from(r.header.protocol)));
+        }
+    }
+    Ok(None)
+}
+
+/// The kernel's main routing table (RT_TABLE_MAIN), where meshd's routes go.
+const MAIN_TABLE: u32 = 254;
+
+/// A route protocol number as `ip route` names it.
+fn protocol_name(p: u8) -> String {
+    match p {
+        2 => "proto kernel: a connected network of this host".into(),
+        3 => "proto boot".into(),
+        4 => "proto static".into(),
+        16 => "proto dhcp".into(),
+        p => format!("proto {p}"),
+    }
 }
 
 /// Remove meshd's route for `subnet`, if there is one.
@@ -130,3 +193,7 @@ pub(crate) async fn same_segment(host: &Host, index: u32, local: Ipv4Addr, peer:
                 .is_ok_and(|net| net.trunc().contains(&peer) && peer != local)
     })
 }
+
+#[cfg(test)]
+#[path = "routes_tests.rs"]
+mod tests;

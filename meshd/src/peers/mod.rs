@@ -1,17 +1,27 @@
 //! The peer set: every node this one talks to, wherever it was learnt (the config file's
-//! `[[peers]]`, gossip members), merged by one rule. It is the one thing the control plane hands
-//! on: [`crate::backend::Backend`] is its only receiver, and applies it in one reconcile step.
+//! `[[peers]]`, gossip members), merged by one rule ([`resolve`]) after each subnet is checked
+//! ([`claims`]); what is refused, and why, is kept for the status ([`refused`]). It is the one
+//! thing the control plane hands on: [`crate::backend::Backend`] is its only receiver, and
+//! applies it in one reconcile step.
 //!
 //! Nothing here does I/O or touches the data path; the WireGuard half (node keys and the
 //! sessions that outlive peer-set changes) is [`wireguard`].
 
+pub(crate) mod claims;
+pub(crate) mod refused;
 pub(crate) mod rejected;
+mod resolve;
 pub mod wireguard;
 
 use ipnet::Ipv4Net;
 use meshd_crypto::{PublicKey, SecretId};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+pub use claims::Claim;
+use claims::Guard;
+use refused::{Refusals, Refused};
 
 /// A peer as the control plane knows it: what is desired, not what is observed (that lives on
 /// its [`crate::link::PeerLink`]).
@@ -100,11 +110,20 @@ impl PeerKey {
 }
 
 /// Static peers, gossip members and this node's own subnet, and the rule that merges them.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct PeerSet {
     statics: Vec<Peer>,
-    members: BTreeMap<String, Peer>,
+    members: BTreeMap<String, Member>,
     own_subnet: Option<Ipv4Net>,
+    guard: Guard,
+    refusals: Refusals,
+}
+
+/// A gossip member: its peer, and how it holds its subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub(crate) peer: Peer,
+    pub(crate) claim: Claim,
 }
 
 impl PeerSet {
@@ -115,10 +134,18 @@ impl PeerSet {
         }
     }
 
-    /// Adds or replaces a gossip member; true when the set changed.
+    /// Adds or replaces a gossip member that holds its subnet as a picked claim of stamp 0;
+    /// true when the set changed.
     pub fn upsert_member(&mut self, peer: Peer) -> bool {
-        self.members.get(&peer.name) != Some(&peer) && {
-            self.members.insert(peer.name.clone(), peer);
+        self.upsert_claimed(peer, Claim::default())
+    }
+
+    /// Adds or replaces a gossip member holding its subnet as `claim` says; true when the set
+    /// changed.
+    pub fn upsert_claimed(&mut self, peer: Peer, claim: Claim) -> bool {
+        let member = Member { peer, claim };
+        self.members.get(&member.peer.name) != Some(&member) && {
+            self.members.insert(member.peer.name.clone(), member);
             true
         }
     }
@@ -137,111 +164,26 @@ impl PeerSet {
         std::mem::replace(&mut self.own_subnet, subnet) != subnet
     }
 
-    /// The peers to route to: static peers first, then members. A static peer wins over a
-    /// member of the same name, and a member whose subnet overlaps one already routed (or this
-    /// node's own) waits until gossip settles the conflict. O(N log N): names in a hash set,
-    /// routed subnets in an ordered map of ranges.
-    pub(crate) fn resolve(&self) -> Vec<&Peer> {
-        let mut all: Vec<&Peer> = self.statics.iter().collect();
-        let mut names: HashSet<&str> = all.iter().map(|p| p.name.as_str()).collect();
-        let mut taken = Ranges::default();
-        for p in &all {
-            taken.insert(p.subnet);
-        }
-        if let Some(own) = self.own_subnet {
-            taken.insert(own);
-        }
-        for p in self.members.values() {
-            if names.contains(p.name.as_str()) || taken.overlaps(p.subnet) || p.endpoints.is_empty()
-            {
-                continue;
-            }
-            names.insert(&p.name);
-            taken.insert(p.subnet);
-            all.push(p);
-        }
-        all
-    }
-}
-
-/// Address ranges, for overlap checks in O(log N) without an allocation per range. Ranges
-/// may overlap one another (statics are validated apart, our own subnet is not), so each start
-/// keeps the widest end seen there, and a query looks at the ranges that start between its
-/// first address less the widest range seen and its last address.
-#[derive(Default)]
-struct Ranges {
-    /// First address → the last address of the widest range starting there.
-    by_first: BTreeMap<u32, u32>,
-    /// The widest range length seen, which bounds how far back an overlapping range can start.
-    widest: u32,
-}
-
-impl Ranges {
-    fn insert(&mut self, n: Ipv4Net) {
-        let (first, last) = (u32::from(n.network()), u32::from(n.broadcast()));
-        let end = self.by_first.entry(first).or_insert(last);
-        *end = (*end).max(last);
-        self.widest = self.widest.max(last - first);
+    /// What every subnet is checked against (the cluster, this node's networks).
+    pub(crate) fn set_guard(&mut self, guard: Guard) {
+        self.guard = guard;
     }
 
-    fn overlaps(&self, n: Ipv4Net) -> bool {
-        let (first, last) = (u32::from(n.network()), u32::from(n.broadcast()));
-        let from = first.saturating_sub(self.widest);
-        self.by_first
-            .range(from..=last)
-            .any(|(_, end)| *end >= first)
+    /// The peers to route: static peers first, then members by name. Each subnet is checked,
+    /// and overlaps are settled by one order ([`resolve`]); what is refused is recorded (and
+    /// logged once per change) for the status.
+    pub(crate) fn resolve(&mut self) -> Vec<&Peer> {
+        let (routed, refused) =
+            resolve::settle(&self.statics, &self.members, self.own_subnet, &self.guard);
+        self.refusals.update(refused, Instant::now());
+        routed
+    }
+
+    /// The peers refused at the last resolve, and the refusals since start.
+    pub(crate) fn refused(&self) -> (Vec<Refused>, u64) {
+        self.refusals.snapshot()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-
-    fn peer(name: &str, n: u8, subnet: &str) -> Peer {
-        Peer::clear(
-            name,
-            SocketAddr::from(([198, 18, 0, n], 8472)),
-            subnet.parse().unwrap(),
-        )
-    }
-
-    #[test]
-    fn statics_win_and_overlapping_members_wait() {
-        let mut set = PeerSet::new(vec![peer("s", 9, "10.244.9.0/24")]);
-        assert!(set.upsert_member(peer("a", 1, "10.244.1.0/24")));
-        assert!(
-            !set.upsert_member(peer("a", 1, "10.244.1.0/24")),
-            "no change"
-        );
-        assert!(
-            set.upsert_member(peer("s", 2, "10.244.2.0/24")),
-            "same name as a static"
-        );
-        assert!(
-            set.upsert_member(peer("b", 3, "10.244.9.0/25")),
-            "inside the static's"
-        );
-        assert!(set.upsert_member(peer("c", 4, "10.244.4.0/24")));
-        assert!(set.set_own_subnet(Some("10.244.4.0/24".parse().unwrap())));
-        let names: Vec<_> = set.resolve().into_iter().map(|p| p.name.clone()).collect();
-        assert_eq!(names, ["s", "a"]);
-        assert!(set.remove_member("c"));
-        assert!(!set.remove_member("c"));
-        assert!(!set.set_own_subnet(Some("10.244.4.0/24".parse().unwrap())));
-    }
-
-    /// Overlaps are found whichever side starts first, whatever the prefix lengths.
-    #[test]
-    fn overlaps_of_any_length_wait() {
-        let mut set = PeerSet::new(vec![peer("big", 9, "10.244.128.0/17")]);
-        set.upsert_member(peer("a", 1, "10.244.2.0/24"));
-        set.upsert_member(peer("b", 2, "10.244.2.0/23"));
-        set.upsert_member(peer("c", 3, "10.244.3.0/24"));
-        set.upsert_member(peer("d", 4, "10.244.200.0/24"));
-        set.upsert_member(peer("e", 5, "10.244.0.0/16"));
-        set.upsert_member(peer("f", 6, "10.244.4.0/24"));
-        let names: Vec<_> = set.resolve().into_iter().map(|p| p.name.clone()).collect();
-        assert_eq!(names, ["big", "a", "c", "f"]);
-    }
-}
+mod tests;

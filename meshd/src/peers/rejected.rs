@@ -6,11 +6,17 @@
 //! that member. It must refuse it (it cannot tell a member from a stranger), but when the member
 //! becomes a peer moments later it starts a handshake at once instead of waiting the 5 s until
 //! the member's next retry ([`crate::link::registry::Links::reconcile`]).
+//!
+//! Anyone who knows our public key can make an initiation we refuse, from a fresh key each
+//! time: the ring takes at most [`NOTE_BURST`] refusals from one source address at once and
+//! one per [`NOTE_EVERY`] after that (a member retries every 5 s), so one stranger holds at
+//! most a handful of the slots and cannot turn the ring over ([`meshd_crypto::SourceLimiter`]).
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use meshd_crypto::PublicKey;
+use meshd_crypto::{PublicKey, SourceLimiter};
 
 use crate::stats::Stamp;
 
@@ -22,12 +28,21 @@ pub(crate) const REJECTED_SLOTS: usize = 256;
 /// How long a refusal is remembered: twice boringtun's 5 s handshake retry (REKEY_TIMEOUT).
 /// A member that becomes a peer later than that has retried on its own by then.
 pub(crate) const REJECTED_MEMORY: Duration = Duration::from_secs(10);
+/// Refusals one source address may have remembered at once: a few members behind one NAT
+/// address, restarted together.
+pub(crate) const NOTE_BURST: u32 = 4;
+/// And then one per this long: WireGuard's REKEY_TIMEOUT, how often a member retries. Within
+/// [`REJECTED_MEMORY`] one source holds at most `NOTE_BURST + 2` of the slots.
+pub(crate) const NOTE_EVERY: Duration = Duration::from_secs(5);
+/// Buckets of the per-source limit: 8 KiB, and two sources rarely share one.
+const SOURCE_BUCKETS: usize = 1024;
 
 /// A ring of (key, when) slots. A writer that races another on the same slot may leave a torn
 /// key: it then matches no peer, which costs at most the 5 s retry this is here to save.
 pub struct RejectedInitiators {
     slots: Box<[Slot]>,
     next: AtomicUsize,
+    sources: SourceLimiter,
 }
 
 #[derive(Default)]
@@ -42,14 +57,19 @@ impl Default for RejectedInitiators {
         RejectedInitiators {
             slots: (0..REJECTED_SLOTS).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
+            sources: SourceLimiter::new(SOURCE_BUCKETS, NOTE_EVERY, NOTE_BURST),
         }
     }
 }
 
 impl RejectedInitiators {
-    /// The RX path refused an initiation from `key` at `now`.
+    /// The RX path refused an initiation from `key`, sent from `src`, at `now`. Whether it is
+    /// remembered: not when `src` is over its limit (counted, [`RejectedInitiators::limited`]).
     #[inline]
-    pub fn note(&self, key: &PublicKey, now: Stamp) {
+    pub fn note(&self, key: &PublicKey, src: IpAddr, now: Stamp) -> bool {
+        if !self.sources.allow(src, now.raw()) {
+            return false;
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let slot = &self.slots[i];
         slot.at.store(0, Ordering::Relaxed);
@@ -57,6 +77,12 @@ impl RejectedInitiators {
             word.store(chunk, Ordering::Relaxed);
         }
         slot.at.store(now.raw(), Ordering::Release);
+        true
+    }
+
+    /// Refusals not remembered because their source was over its limit.
+    pub fn limited(&self) -> u64 {
+        self.sources.refused()
     }
 
     /// Whether `key` was refused within [`REJECTED_MEMORY`] before `now`; forgets it if so, so
@@ -110,6 +136,10 @@ mod tests {
         Stamp::from_raw(s.raw() + d.as_millis() as u64).unwrap()
     }
 
+    fn source(n: u8) -> IpAddr {
+        IpAddr::from([198, 18, 0, n])
+    }
+
     #[test]
     fn a_refusal_is_remembered_once_and_for_ten_seconds() {
         let r = RejectedInitiators::default();
@@ -118,11 +148,11 @@ mod tests {
             PrivateKey::generate().public_key(),
         );
         let t0 = Stamp::now();
-        r.note(&a, t0);
+        assert!(r.note(&a, source(1), t0));
         assert!(!r.take(&b, t0), "never refused");
         assert!(r.take(&a, later(t0, Duration::from_secs(3))));
         assert!(!r.take(&a, t0), "one refusal, one handshake");
-        r.note(&a, t0);
+        assert!(r.note(&a, source(1), t0));
         assert!(!r.take(&a, later(t0, REJECTED_MEMORY + Duration::from_secs(1))));
     }
 
@@ -133,11 +163,42 @@ mod tests {
         let keys: Vec<PublicKey> = (0..REJECTED_SLOTS + 1)
             .map(|_| PrivateKey::generate().public_key())
             .collect();
-        for k in &keys {
-            r.note(k, t0);
+        // One source each (over the limit, one source would be refused): distinct buckets
+        // are not needed, a shared one only refuses more.
+        for (i, k) in keys.iter().enumerate() {
+            let src = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i as u32));
+            if !r.note(k, src, t0) {
+                // Two of these sources share a bucket: try the key from a source of its own.
+                let other = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i as u32));
+                assert!(r.note(k, other, t0));
+            }
         }
         assert!(!r.take(&keys[0], t0), "overwritten by the last one");
         assert!(r.take(&keys[1], t0));
         assert!(r.take(&keys[REJECTED_SLOTS], t0));
+    }
+
+    /// A stranger who knows our key sends initiations from fresh keys, as fast as the node
+    /// takes them, from one address: it gets a few slots, and a member's refusal noted before
+    /// the flood is still there after it.
+    #[test]
+    fn a_flood_from_one_source_evicts_nobody() {
+        let r = RejectedInitiators::default();
+        let t0 = Stamp::now();
+        let member = PrivateKey::generate().public_key();
+        assert!(r.note(&member, source(2), t0));
+        let stranger = source(200);
+        let mut kept = 0;
+        for i in 0..2 * REJECTED_SLOTS as u64 {
+            // 100 a second (the node's handshake limit) for five seconds.
+            let at = later(t0, Duration::from_millis(10 * i));
+            kept += usize::from(r.note(&PrivateKey::generate().public_key(), stranger, at));
+        }
+        assert!(
+            kept <= NOTE_BURST as usize + 1,
+            "the stranger kept {kept} slots"
+        );
+        assert_eq!(r.limited(), 2 * REJECTED_SLOTS as u64 - kept as u64);
+        assert!(r.take(&member, later(t0, Duration::from_secs(5))));
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use meshd_crypto::session::MAX_LOCAL_INDEX;
 use meshd_crypto::{
-    Keyring, PairKey, PrivateKey, PublicKey, RateLimiter, SecretId, Session, SessionError,
+    InFlight, Keyring, PairKey, PrivateKey, PublicKey, RateLimiter, SecretId, Session, SessionError,
 };
 
 use super::rejected::RejectedInitiators;
@@ -18,6 +18,20 @@ use crate::stats::Stamp;
 /// often per peer: a peer that keeps sending on a lost session costs one initiation a second,
 /// whatever its packet rate (or a spoofer's).
 pub(crate) const FORCED_HANDSHAKE_EVERY: Duration = Duration::from_secs(1);
+/// Data on a receiver index we do not know, from a peer's address, asks for a handshake only
+/// if nothing from that peer authenticated on its session for this long: WireGuard's
+/// REJECT_AFTER_TIME, the longest a session's keys are used.
+///
+/// Why the data path may ignore it for that long: such data means the peer holds a session
+/// on an index of ours that no longer exists, so we replaced or lost that session (a restart,
+/// a new key, a peer that left for longer than its session is kept). A session of ours that
+/// authenticated the peer since it was made is newer than any the peer could still send on:
+/// the peer's own handshake with it made that session its current one. So a stale index
+/// beside recent authenticated traffic is a reordered straggler or, more likely, a datagram
+/// anyone can forge (the header is not authenticated), and one would otherwise cost a
+/// Diffie-Hellman a second on both nodes. Should the rule ever be wrong, the peer's own timers
+/// start a handshake within 15 s of hearing nothing back.
+pub(crate) const AUTHENTICATED_RECENTLY: Duration = Duration::from_secs(180);
 
 /// The node's keys, the cluster secrets the pair keys come from, and the shared rate limiter.
 pub struct NodeCrypto {
@@ -93,6 +107,10 @@ impl NodeCrypto {
             span: tracing::error_span!("wireguard", peer = %name),
             handshake_wanted: AtomicBool::new(false),
             forced_at: AtomicU64::new(0),
+            forced: AtomicU64::new(0),
+            authenticated_at: AtomicU64::new(0),
+            unknown_index_ignored: AtomicU64::new(0),
+            in_flight: InFlight::default(),
         }))
     }
 }
@@ -128,6 +146,16 @@ pub struct WgPeer {
     handshake_wanted: AtomicBool,
     /// When the control thread last started such a handshake ([`Stamp`] ms, 0 for never).
     forced_at: AtomicU64,
+    /// Handshakes the data path asked for that the control thread acted on.
+    forced: AtomicU64,
+    /// When a data message from the peer last authenticated on this session (the RX batch's
+    /// [`Stamp`] ms, 0 for never).
+    authenticated_at: AtomicU64,
+    /// Data on an unknown index from the peer's address that asked for no handshake, since
+    /// this session authenticated the peer within [`AUTHENTICATED_RECENTLY`].
+    unknown_index_ignored: AtomicU64,
+    /// The data messages each TX queue holds unsent, kept within the peer's replay window.
+    pub(crate) in_flight: InFlight,
 }
 
 impl WgPeer {
@@ -150,6 +178,38 @@ impl WgPeer {
         self.handshake_wanted.store(true, Ordering::Relaxed);
     }
 
+    /// A data message from the peer authenticated on this session, in the batch read at
+    /// `now`. One relaxed load per packet, a store per batch.
+    #[inline]
+    pub(crate) fn authenticated(&self, now: Stamp) {
+        if self.authenticated_at.load(Ordering::Relaxed) != now.raw() {
+            self.authenticated_at.store(now.raw(), Ordering::Relaxed);
+        }
+    }
+
+    /// Data on a receiver index we do not know came from the peer's address at `now`: ask for
+    /// a handshake, unless this session authenticated the peer within
+    /// [`AUTHENTICATED_RECENTLY`] (then it is counted, see there). Whether one was asked for.
+    #[inline]
+    pub(crate) fn unknown_index(&self, now: Stamp) -> bool {
+        let heard = Stamp::from_raw(self.authenticated_at.load(Ordering::Relaxed));
+        if heard.is_some_and(|t| t.age(now) < AUTHENTICATED_RECENTLY) {
+            self.unknown_index_ignored.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.want_handshake();
+        true
+    }
+
+    /// Handshakes started on the data path's say-so, and unknown-index data that asked for
+    /// none (see [`WgPeer::unknown_index`]).
+    pub(crate) fn forced_counts(&self) -> (u64, u64) {
+        (
+            self.forced.load(Ordering::Relaxed),
+            self.unknown_index_ignored.load(Ordering::Relaxed),
+        )
+    }
+
     /// Whether to start a handshake now: one was wanted, and none was forced in the last
     /// [`FORCED_HANDSHAKE_EVERY`] (a wish made sooner waits for that, it is not lost).
     pub fn take_handshake_wanted(&self, now: Stamp) -> bool {
@@ -162,6 +222,7 @@ impl WgPeer {
         }
         self.handshake_wanted.store(false, Ordering::Relaxed);
         self.forced_at.store(now.raw(), Ordering::Relaxed);
+        self.forced.fetch_add(1, Ordering::Relaxed);
         true
     }
 

@@ -39,6 +39,10 @@ pub struct Status {
     /// Cookie replies the shared handshake rate limiter sent (before a peer was identified).
     #[serde(default)]
     pub cookie_replies_sent: u64,
+    /// Initiations refused (no peer's key) that were not remembered for a handshake later:
+    /// their source was over its limit.
+    #[serde(default)]
+    pub refusals_over_source_limit: u64,
     pub mtu: u16,
     pub tiers: TierReport,
     pub peers: Vec<PeerStatus>,
@@ -59,6 +63,26 @@ pub struct Status {
     /// The userspace data path's queues: the port each sends from, and its datagrams.
     #[serde(default)]
     pub queues: Vec<QueueStatus>,
+    /// Peers whose subnets this node refuses to route (a member's claim outside the cluster,
+    /// on the underlay, or overlapping a subnet that wins), and why.
+    #[serde(default)]
+    pub refused: Vec<RefusedStatus>,
+    /// Refusals since start: each new one, and each change of a standing one.
+    #[serde(default)]
+    pub refusals: u64,
+}
+
+/// A peer whose subnet this node does not route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefusedStatus {
+    /// The member's (or static peer's) name.
+    pub name: String,
+    /// `member` or `static peer`.
+    pub source: String,
+    /// The subnet it claims.
+    pub subnet: String,
+    /// Why it is not routed: the rule it breaks, or the peer whose subnet wins and why.
+    pub reason: String,
 }
 
 /// One queue of the userspace data path (a TUN queue, its workers and sockets).
@@ -151,7 +175,7 @@ pub struct MemberStatus {
     /// Its gossip address.
     pub(crate) address: String,
     /// The subnet it claims, once it holds one.
-    pub(crate) subnet: Option<String>,
+    pub subnet: Option<String>,
     /// Gossip has it down (or its suspicion ran out), but its authenticated traffic arrived
     /// within the evidence window: it keeps its routes (state says suspect).
     #[serde(default)]
@@ -160,6 +184,10 @@ pub struct MemberStatus {
     /// mode only), as last handed to gossip.
     #[serde(default)]
     pub(crate) heard_ms_ago: Option<u64>,
+    /// The signing key its record was checked against (first 8 bytes, hex); `None` for a
+    /// member older than signatures.
+    #[serde(default)]
+    pub signing_key: Option<String>,
 }
 
 /// Gossip datagrams in and out, and what was dropped.
@@ -172,6 +200,36 @@ pub struct GossipCounters {
     /// Opened datagrams the gossip codec refused.
     pub(crate) decode_failures: u64,
     pub(crate) send_failures: u64,
+    /// Records refused (the sum of `refused`): decoded and authenticated by the cluster
+    /// secret, but not believed.
+    #[serde(default)]
+    pub refused_records: u64,
+    /// Refused records by reason.
+    #[serde(default)]
+    pub refused: RefusedRecords,
+    /// State requests refused over the serve budget.
+    #[serde(default)]
+    pub state_requests_refused: u64,
+    /// Datagrams dropped because gossip's transmit queue was full.
+    #[serde(default)]
+    pub transmits_dropped: u64,
+}
+
+/// Gossip records refused, by why (see `meshd_gossip::Refused`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefusedRecords {
+    /// Signed by another key than the one the name is bound to: a member speaking for another.
+    pub impostor: u64,
+    /// Unsigned, under a name already seen signed.
+    pub unsigned: u64,
+    /// The signature does not verify.
+    pub bad_signature: u64,
+    /// Not a valid node name.
+    pub bad_name: u64,
+    /// A generation implausibly far ahead.
+    pub generation: u64,
+    /// A new name while the name table was full.
+    pub full: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -200,7 +258,7 @@ pub struct PeerStatus {
 /// One peer's WireGuard session, from `meshd_crypto::Session::stats`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WireguardStatus {
-    pub(crate) public_key: String,
+    pub public_key: String,
     /// Seconds since the current session's handshake; `None` without a session.
     pub last_handshake_secs: Option<f64>,
     pub handshakes: u64,
@@ -227,6 +285,13 @@ pub struct WireguardStatus {
     /// A session under the previous preshared key is still kept (for packets in flight).
     #[serde(default)]
     pub retiring: bool,
+    /// Handshakes started because the peer sent on a session we no longer have.
+    #[serde(default)]
+    pub forced_handshakes: u64,
+    /// Data on an unknown session from the peer's address that started no handshake: the
+    /// session had authenticated the peer lately (a straggler, or forged).
+    #[serde(default)]
+    pub unknown_index_ignored: u64,
 }
 
 /// Ask the daemon whose run directory is `run_dir` for its status.

@@ -28,8 +28,8 @@ pub fn render(s: &Status) -> String {
     if let Some(k) = &s.public_key {
         let _ = writeln!(
             o,
-            "public key  {k}   cookie replies sent {}",
-            s.cookie_replies_sent
+            "public key  {k}   cookie replies sent {}   refusals over a source's limit {}",
+            s.cookie_replies_sent, s.refusals_over_source_limit
         );
     }
     if let Some(secrets) = &s.secrets {
@@ -107,7 +107,7 @@ pub fn render(s: &Status) -> String {
             };
             let _ = writeln!(
                 o,
-                "  wireguard {}  psk from {}{}{}  handshake {age}  handshakes {}  rekeys {}  decrypt failures {}  handshake failures {}  replays {}  cookie replies sent {}",
+                "  wireguard {}  psk from {}{}{}  handshake {age}  handshakes {}  rekeys {}  decrypt failures {}  handshake failures {}  replays {}  cookie replies sent {}  forced handshakes {}  unknown-index data ignored {}",
                 w.public_key,
                 w.psk_secret,
                 if w.psk_agreed { "" } else { " (NO SECRET IN COMMON)" },
@@ -121,23 +121,49 @@ pub fn render(s: &Status) -> String {
                 w.decrypt_failures,
                 w.handshake_failures,
                 w.replays,
-                w.cookie_replies_sent
+                w.cookie_replies_sent,
+                w.forced_handshakes,
+                w.unknown_index_ignored
             );
         }
     }
     let _ = writeln!(o, "unattributed drops: {}", drops(&s.unattributed));
+    if !s.refused.is_empty() || s.refusals > 0 {
+        let _ = writeln!(
+            o,
+            "refused     {} now, {} refusals since start",
+            s.refused.len(),
+            s.refusals
+        );
+        for r in &s.refused {
+            let _ = writeln!(o, "  {} {} ({}): {}", r.source, r.name, r.subnet, r.reason);
+        }
+    }
     if let Some(g) = &s.gossip {
         let _ = writeln!(
             o,
             "gossip      datagrams in {}  out {}  open failures {}  decode failures {}  send failures {}",
             g.datagrams_in, g.datagrams_out, g.open_failures, g.decode_failures, g.send_failures
         );
+        let r = &g.refused;
+        let _ = writeln!(
+            o,
+            "  refused records {}  (impostor {}  unsigned {}  bad signature {}  bad name {}  generation ahead {}  table full {})  state requests refused {}",
+            g.refused_records,
+            r.impostor,
+            r.unsigned,
+            r.bad_signature,
+            r.bad_name,
+            r.generation,
+            r.full,
+            g.state_requests_refused
+        );
     }
     if let Some(members) = &s.members {
         let _ = writeln!(
             o,
-            "{:<16} {:<8} {:>8}  {:<22} subnet",
-            "member", "state", "since s", "gossip address"
+            "{:<16} {:<8} {:>8}  {:<22} {:<18} {:<16}",
+            "member", "state", "since s", "gossip address", "subnet", "signing key"
         );
         for m in members {
             let held = match (m.held, m.heard_ms_ago) {
@@ -147,12 +173,13 @@ pub fn render(s: &Status) -> String {
             };
             let _ = writeln!(
                 o,
-                "{:<16} {:<8} {:>8}  {:<22} {}{held}",
+                "{:<16} {:<8} {:>8}  {:<22} {:<18} {:<16}{held}",
                 m.name,
                 m.state,
                 m.since_secs,
                 m.address,
-                m.subnet.as_deref().unwrap_or("-")
+                m.subnet.as_deref().unwrap_or("-"),
+                m.signing_key.as_deref().unwrap_or("(unsigned)")
             );
         }
     }

@@ -216,7 +216,7 @@ fn run_in_namespace() -> (usize, usize, usize) {
         if in_place {
             frame_batch(&vxlan, &table, &reader, n, stride, &mut runs, &mut drops);
         } else {
-            encode_batch(&vxlan, &table, reader.packets(n), &mut runs, &mut drops);
+            encode_batch(&vxlan, &table, reader.packets(n), &mut runs, &mut drops, 0);
         }
         send_runs(&table, &tx_sock, &tx_state, &stop, &runs);
         // What went out (an IPv6 packet the kernel sent to the device has no route).

@@ -5,7 +5,7 @@ use meshd::datapath::worker::encode_batch;
 use meshd::datapath::{Encap, Received, Rx};
 use meshd::peers::Peer;
 use meshd::routes::{Local, Routes};
-use meshd::stats::DropTally;
+use meshd::stats::{DropTally, Stamp};
 use meshd::wire::{vtep_mac, VxlanHeader};
 
 #[test]
@@ -54,6 +54,7 @@ fn encode_and_decode_allocate_nothing_per_packet() {
         scratch: (),
         drops: DropTally::default(),
         reply: &mut no_reply,
+        now: Stamp::now(),
     };
     let mut receive = |table: &meshd::routes::RouteTable, out: &mut [u8]| {
         let r = vxlan.receive(&mut rx, table, from, &incoming, out);
@@ -67,7 +68,7 @@ fn encode_and_decode_allocate_nothing_per_packet() {
         let table = routes.load();
         enc.clear();
         let packets = outgoing.iter().map(|p| &p[..]);
-        encode_batch(&vxlan, &table, packets, enc, &mut drops);
+        encode_batch(&vxlan, &table, packets, enc, &mut drops, 0);
         (0..256).map(|_| receive(&table, out)).sum::<usize>()
     };
     assert_eq!(round(&mut enc, &mut out), 256 * 1220);

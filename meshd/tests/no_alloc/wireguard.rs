@@ -76,6 +76,7 @@ impl Receiver {
             scratch: std::mem::take(&mut self.scratch),
             drops: std::mem::take(&mut self.drops),
             reply: &mut reply,
+            now: Stamp::now(),
         };
         let r = at
             .wg
@@ -107,6 +108,7 @@ fn encrypt_and_decrypt_allocate_nothing_per_packet() {
         std::iter::once(&first[..]),
         &mut batch,
         &mut drops,
+        0,
     );
     let init = batch.bytes(&batch.runs()[0]).to_vec();
     let mut replies = Vec::new();
@@ -126,13 +128,18 @@ fn encrypt_and_decrypt_allocate_nothing_per_packet() {
     let allocs = allocations_in(|| {
         for _ in 0..100 {
             batch.clear();
-            encode_batch(
+            let table = a.routes.load();
+            let taken = encode_batch(
                 &a.wg,
-                &a.routes.load(),
+                &table,
                 segments.iter().map(|s| &s[..]),
                 &mut batch,
                 &mut drops,
+                0,
             );
+            assert_eq!(taken, segments.len());
+            // Sent, as the worker would: the queue holds nothing of the peer's any more.
+            a.wg.sent(&table, 0, &batch);
             for run in batch.runs() {
                 let bytes = batch.bytes(run);
                 for d in bytes.chunks(run.segment) {
@@ -173,7 +180,9 @@ fn refusals_and_the_receive_tally_allocate_nothing() {
     let allocs = allocations_in(|| {
         for _ in 0..100 {
             assert_eq!(rx.take(&b, a_addr, &lost, &mut replies), Received::Nothing);
-            b.wg.crypto.rejected.note(&stranger, Stamp::now());
+            b.wg.crypto
+                .rejected
+                .note(&stranger, a_addr.ip(), Stamp::now());
             let mut acc = PeerAcc::new(Stamp::now());
             acc.add(&table, 0, 100);
             acc.add(&table, 0, 100);

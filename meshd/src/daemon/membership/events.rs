@@ -4,14 +4,15 @@
 
 use anyhow::Result;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use meshd_crypto::{PublicKey, SecretId};
-use meshd_gossip::{Capabilities, Event, NodeRecord};
+use meshd_gossip::{short_key, Capabilities, Event, NodeRecord, Refusal, Refused};
 
 use super::subnet::to_net;
 use super::Membership;
 use crate::config::Encryption;
-use crate::peers::{Endpoint, EndpointSource, Peer, PeerKey};
+use crate::peers::{Claim, Endpoint, EndpointSource, Peer, PeerKey};
 
 impl Membership {
     /// Handles every event gossip has queued. Peer-set changes are gathered and applied in one
@@ -49,25 +50,52 @@ impl Membership {
                     member = %name,
                     "gossip has this member down but its traffic arrived moments ago: keeping its routes"
                 ),
-                Event::SubnetConflict(c) if c.reserved && c.explicit => tracing::error!(
-                    subnet = %c.subnet, reserved_by = %c.other,
-                    "this node's configured subnet overlaps a static peer's subnet (a [[peers]] entry of node `reserved_by`): kept, but that node routes it to its static peer, not here; change one of the two"
-                ),
-                Event::SubnetConflict(c) if c.reserved => tracing::warn!(
-                    subnet = %c.subnet, reserved_by = %c.other,
-                    "this node's subnet overlaps a static peer's subnet (a [[peers]] entry of node `reserved_by`): taking another; pods on the old one need restarting"
-                ),
-                Event::SubnetConflict(c) if c.explicit => tracing::error!(
-                    subnet = %c.subnet, other = %c.other, kept = c.kept,
-                    "another node claims this node's configured subnet"
-                ),
-                Event::SubnetConflict(c) => tracing::warn!(
-                    subnet = %c.subnet, other = %c.other, kept = c.kept,
-                    "subnet conflict"
-                ),
+                Event::SubnetConflict(c) => super::subnet::log_conflict(&c),
                 Event::SubnetExhausted => {
                     tracing::error!("no free subnet left in the cluster CIDR")
                 }
+                Event::RecordRefused(r) => self.log_refusal(r),
+                Event::KeyForgotten { name, by } => tracing::warn!(
+                    member = %name, by = %by,
+                    "a member asked to forget the signing key this name is bound to (meshd forget): it binds to a new key unless its owner keeps it"
+                ),
+                Event::OwnKeyForgotten { by } => tracing::error!(
+                    by = %by,
+                    "a member asked the cluster to forget this node's signing key: re-announced, so this node keeps its name; unless this name was reinstalled on another host, find out why `by` did that"
+                ),
+            }
+        }
+    }
+
+    /// Logs a refused record at warn, once a minute per name and reason (a flood is counted in
+    /// the status, not logged line by line).
+    fn log_refusal(&mut self, r: Refusal) {
+        let now = Instant::now();
+        let key = (r.name.clone(), r.why);
+        if self
+            .refusals_logged
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < REFUSAL_LOG_EVERY)
+        {
+            return;
+        }
+        if self.refusals_logged.len() >= MAX_REFUSALS_LOGGED {
+            self.refusals_logged
+                .retain(|_, t| now.duration_since(*t) < REFUSAL_LOG_EVERY);
+        }
+        if self.refusals_logged.len() < MAX_REFUSALS_LOGGED {
+            self.refusals_logged.insert(key, now);
+        }
+        let from = r.from.map_or_else(|| "-".into(), |a| a.to_string());
+        let key = r.key.map_or_else(|| "none".into(), |k| short_key(&k));
+        let why = r.why.as_str();
+        match r.why {
+            Refused::Impostor | Refused::Unsigned => tracing::warn!(
+                member = %r.name, %from, %key, reason = why,
+                "refused a gossip record under a name bound to another signing key: a member speaks for another, or that node lost its state directory (then run `meshd forget NAME` on one node)"
+            ),
+            _ => {
+                tracing::warn!(member = %r.name, %from, %key, reason = why, "refused a gossip record")
             }
         }
     }
@@ -84,6 +112,11 @@ impl Membership {
             })
             .collect();
         let subnet = r.subnet.and_then(|c| to_net(c.subnet));
+        // How it holds the subnet: the peer set checks the claim and settles overlaps by it.
+        let claim = r.subnet.map_or(Claim::default(), |c| Claim {
+            explicit: c.explicit,
+            stamp: c.stamp,
+        });
         let (false, Some(subnet)) = (endpoints.is_empty(), subnet) else {
             return Change::Remove(r.name.clone());
         };
@@ -102,7 +135,11 @@ impl Membership {
             key,
             kernel_vxlan: r.capabilities.has(Capabilities::KERNEL_VXLAN),
         };
-        Change::Upsert { peer, updated }
+        Change::Upsert {
+            peer,
+            claim,
+            updated,
+        }
     }
 
     /// Applies the gathered changes in one reconcile pass.
@@ -114,9 +151,13 @@ impl Membership {
             let mut changed = false;
             for c in batch.drain(..) {
                 match c {
-                    Change::Upsert { peer, updated } => {
+                    Change::Upsert {
+                        peer,
+                        claim,
+                        updated,
+                    } => {
                         let (name, subnet) = (peer.name.clone(), peer.subnet);
-                        let did = set.upsert_member(peer);
+                        let did = set.upsert_claimed(peer, claim);
                         if updated && did {
                             tracing::info!(member = %name, %subnet, "member changed");
                         } else if updated {
@@ -132,9 +173,19 @@ impl Membership {
     }
 }
 
+/// A refusal of one name, for one reason, is logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Names whose refusals are remembered for that; past it, refusals of new names go unlogged
+/// until the oldest expire (they are all counted in the status).
+const MAX_REFUSALS_LOGGED: usize = 1024;
+
 /// A change of the peer set that a gossip event asks for.
 enum Change {
-    Upsert { peer: Peer, updated: bool },
+    Upsert {
+        peer: Peer,
+        claim: Claim,
+        updated: bool,
+    },
     Remove(String),
 }
 

@@ -1,7 +1,14 @@
 //! What coalescing needs to know of one packet: its TCP segment or UDP datagram layout
 //! ([`segment`]), whether it continues a flow ([`same_flow`]), which connection it belongs to
-//! ([`flow_key`]) and whether its own checksum holds ([`checksum_ok`]). No I/O and no state:
-//! [`super::Coalescer`] keeps the flows.
+//! ([`flow_key`], for any TCP or UDP packet, coalescible or not) and whether its own checksum
+//! holds ([`checksum_ok`]). No I/O and no state: [`super::Coalescer`] keeps the flows.
+//!
+//! What may coalesce is what the kernel's GRO would merge (`inet_gro_receive`,
+//! `tcp_gro_receive`): IPv4 without options (IHL 5) and with a valid header checksum, not a
+//! fragment; IPv6 with TCP or UDP right after the fixed header; TCP with ACK, or ACK and PSH
+//! (which ends the flow), and a payload. Anything else of a connection (a pure ACK, FIN, RST,
+//! SYN, URG, ECN flags, options in the IP header, a bad checksum) is written alone, and ends
+//! that connection's flow, so that nothing of it is reordered.
 
 use crate::wire::checksum::{fold, sum};
 
@@ -10,9 +17,14 @@ pub(super) const TCP_PSH: u8 = 0x08;
 pub(super) const IPPROTO_TCP: u8 = 6;
 pub(super) const IPPROTO_UDP: u8 = 17;
 
+/// The connection (one direction of it) a packet belongs to: addresses, ports and protocol.
+pub(super) type FlowKey = ([u8; 32], [u8; 4], u8);
+
 /// One coalescing flow of the current batch.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Flow {
+    /// The connection, as [`flow_key`] gives it.
+    pub(super) key: FlowKey,
     /// Which write buffer holds the flow's first segment (and its headers).
     pub(super) buf: usize,
     /// IP and TCP (or UDP) header lengths.
@@ -47,14 +59,14 @@ impl Segment {
 }
 
 /// Parse `packet` as a TCP segment, or (with `udp`) a UDP datagram, that may coalesce: IPv4
-/// without fragmentation or IPv6 with TCP or UDP as its next header, lengths that agree, a
-/// payload, and for TCP flags ACK or ACK+PSH.
+/// without options or fragmentation and with a valid header checksum, or IPv6 with TCP or UDP
+/// as its next header; lengths that agree, a payload, and for TCP flags ACK or ACK+PSH.
 pub(super) fn segment(packet: &[u8], udp: bool) -> Option<Segment> {
     let version = packet.first()? >> 4;
     let (v6, iph, proto) = match version {
         4 => {
-            let ihl = usize::from(packet[0] & 0x0f) * 4;
-            if ihl < 20 || packet.len() < ihl {
+            // Options (IHL over 5) never coalesce, as in the kernel.
+            if packet[0] & 0x0f != 5 || packet.len() < 20 {
                 return None;
             }
             let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
@@ -63,7 +75,12 @@ pub(super) fn segment(packet: &[u8], udp: bool) -> Option<Segment> {
             if total != packet.len() || frag & 0x3fff != 0 {
                 return None;
             }
-            (false, ihl, packet[9])
+            // The header checksum is checked here, since a super-packet's is recomputed: a
+            // bad one must reach the kernel as it came (which drops it), never be blessed.
+            if fold(sum(&packet[..20], 0)) != 0xffff {
+                return None;
+            }
+            (false, 20, packet[9])
         }
         6 => {
             if packet.len() < 40 {
@@ -149,14 +166,30 @@ pub(super) fn append(to: &mut Vec<u8>, packet: &[u8], s: &Segment) {
     to.extend_from_slice(&packet[s.iph + s.l4h..]);
 }
 
-/// The connection a packet belongs to: addresses and ports, as one comparable value.
-pub(super) fn flow_key(packet: &[u8], iph: usize, v6: bool) -> ([u8; 32], [u8; 4]) {
+/// The connection a TCP or UDP packet belongs to, whether it may coalesce or not: addresses,
+/// ports and protocol as one comparable value. `None` for anything else, or where the ports
+/// are not in this packet (a fragment after the first).
+pub(super) fn flow_key(packet: &[u8]) -> Option<FlowKey> {
+    let (addrs, l4, proto) = match packet.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            let frag_offset = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x1fff;
+            if ihl < 20 || frag_offset != 0 {
+                return None;
+            }
+            (packet.get(12..20)?, ihl, packet[9])
+        }
+        6 => (packet.get(8..40)?, 40, packet[6]),
+        _ => return None,
+    };
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return None;
+    }
     let mut a = [0u8; 32];
-    let addrs = if v6 { &packet[8..40] } else { &packet[12..20] };
     a[..addrs.len()].copy_from_slice(addrs);
     let mut p = [0u8; 4];
-    p.copy_from_slice(&packet[iph..iph + 4]);
-    (a, p)
+    p.copy_from_slice(packet.get(l4..l4 + 4)?);
+    Some((a, p, proto))
 }
 
 /// Whether the TCP (or UDP) checksum of segment `s` in `packet` is right; a UDP datagram over

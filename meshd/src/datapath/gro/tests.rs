@@ -7,7 +7,7 @@ const B4: [u8; 4] = [10, 244, 2, 2];
 
 /// A TCP segment with valid checksums: IPv4 (or IPv6 with `v6`), ports 40000 → 5201, `seq`,
 /// `flags`, a timestamp option, and `payload` bytes of `fill`.
-fn tcp(v6: bool, seq: u32, flags: u8, payload: usize, fill: u8) -> Vec<u8> {
+pub(super) fn tcp(v6: bool, seq: u32, flags: u8, payload: usize, fill: u8) -> Vec<u8> {
     let iph = if v6 { 40 } else { 20 };
     let tcph = 32;
     let len = iph + tcph + payload;
@@ -50,7 +50,7 @@ fn tcp(v6: bool, seq: u32, flags: u8, payload: usize, fill: u8) -> Vec<u8> {
     p
 }
 
-fn fix_tcp_checksum(p: &mut [u8], iph: usize) {
+pub(super) fn fix_tcp_checksum(p: &mut [u8], iph: usize) {
     p[iph + 16..iph + 18].fill(0);
     let addrs = if iph == 40 { &p[8..40] } else { &p[12..20] };
     let pseudo = sum(addrs, u64::from(IPPROTO_TCP) + (p.len() - iph) as u64);
@@ -60,7 +60,7 @@ fn fix_tcp_checksum(p: &mut [u8], iph: usize) {
 
 /// What the kernel does with a NEEDS_CSUM write: the sum from csum_start on, over a checksum
 /// field that holds the pseudo-header sum, complemented into the field.
-fn complete(write: &[u8]) -> Vec<u8> {
+pub(super) fn complete(write: &[u8]) -> Vec<u8> {
     let (hdr, p) = write.split_at(VNET_HDR_LEN);
     let mut p = p.to_vec();
     assert_eq!(hdr[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
@@ -71,7 +71,7 @@ fn complete(write: &[u8]) -> Vec<u8> {
     p
 }
 
-fn flushed(c: &mut Coalescer) -> Vec<Vec<u8>> {
+pub(super) fn flushed(c: &mut Coalescer) -> Vec<Vec<u8>> {
     let mut writes = Vec::new();
     let mut errors = 0;
     c.flush_with(
@@ -85,7 +85,7 @@ fn flushed(c: &mut Coalescer) -> Vec<Vec<u8>> {
     writes
 }
 
-const MSS: usize = 1000;
+pub(super) const MSS: usize = 1000;
 
 #[test]
 fn consecutive_segments_become_one_super_packet_with_the_kernels_headers() {
@@ -171,8 +171,8 @@ fn gaps_other_flows_and_odd_packets_are_written_apart_in_order() {
     c.push(&icmp);
     c.push(&other2); // joins flow 2
     c.push(&a(1 + 3 * MSS as u32, 3)); // a gap: a buffer of its own, now the flow to join
-    c.push(&pure_ack);
-    c.push(&a(1 + 4 * MSS as u32, 4)); // joins the new head
+    c.push(&pure_ack); // the connection's: ends the new head's flow
+    c.push(&a(1 + 4 * MSS as u32, 4)); // so this one is written after it, not joined before
     let w = flushed(&mut c);
     let payloads: Vec<usize> = w.iter().map(|b| b.len() - VNET_HDR_LEN).collect();
     let seg = 52;
@@ -182,8 +182,9 @@ fn gaps_other_flows_and_odd_packets_are_written_apart_in_order() {
             seg + 2 * MSS,
             seg + 2 * MSS,
             icmp.len(),
-            seg + 2 * MSS,
-            pure_ack.len()
+            seg + MSS,
+            pure_ack.len(),
+            seg + MSS
         ]
     );
     // Packets written alone go as they came, behind a zeroed header.
@@ -302,7 +303,7 @@ fn a_full_batch_says_so_and_flush_starts_afresh() {
 
 /// A UDP datagram 10.244.1.2:5000 → 10.244.2.2:5001 with `payload` bytes of `fill`, its
 /// checksum filled in (or left zero with `no_checksum`).
-fn udp(payload: usize, fill: u8, no_checksum: bool) -> Vec<u8> {
+pub(super) fn udp(payload: usize, fill: u8, no_checksum: bool) -> Vec<u8> {
     let len = 20 + 8 + payload;
     let mut p = vec![0u8; len];
     p[0] = 0x45;

@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use meshd_crypto::session::MIN_OUT_LEN;
 use meshd_crypto::wire::DATA_OVERHEAD;
-use meshd_crypto::{Action, SessionError};
+use meshd_crypto::{Action, MessageType, SessionError, WgDatagram};
 
+use super::runs::Runs;
 use super::{Encap, Received, Rx};
 use crate::peers::wireguard::NodeCrypto;
 use crate::routes::{PeerEntry, RouteTable, Routes};
@@ -74,8 +75,17 @@ impl Encap for Wireguard {
         len.max(MIN_OUT_LEN)
     }
 
-    fn tx<'t>(&'t self, _table: &'t RouteTable) -> tx::Sealer<'t> {
-        tx::Sealer::default()
+    fn tx<'t>(&'t self, _table: &'t RouteTable, sender: usize) -> tx::Sealer<'t> {
+        tx::Sealer::new(sender)
+    }
+
+    /// The queue no longer holds datagrams of the peers it sent to ([`tx`]'s bound).
+    fn sent(&self, table: &RouteTable, sender: usize, runs: &Runs) {
+        for run in runs.runs() {
+            if let Some(wg) = &table.peer(run.peer).wg {
+                wg.in_flight.release(sender);
+            }
+        }
     }
 
     fn rx_scratch(&self) -> Vec<u8> {
@@ -102,7 +112,18 @@ impl Encap for Wireguard {
             return Received::Nothing;
         };
         let mut session = wg.lock();
-        match session.decapsulate(Some(src.ip()), datagram, out) {
+        let action = session.decapsulate(Some(src.ip()), datagram, out);
+        // Data that decrypted (a keepalive too) came from the peer's key: see `rx.rs`.
+        let authenticated = match action {
+            Action::WriteToTunnelV4(..) | Action::WriteToTunnelV6(..) => true,
+            Action::Done => WgDatagram::new_checked(datagram)
+                .is_ok_and(|d| d.message_type() == MessageType::Data),
+            _ => false,
+        };
+        if authenticated {
+            wg.authenticated(cx.now);
+        }
+        match action {
             Action::WriteToTunnelV4(len, inner_src) => {
                 // A responder's session becomes current with the initiator's first data: what
                 // was queued for it goes out now, before anything encrypted later (which needs

@@ -9,9 +9,11 @@
 //! (cryptokey routing), in [`super::Wireguard`]'s `receive`.
 //!
 //! What it refuses it also remembers, for the control thread to repair: data from a peer's
-//! address on a session we no longer have flags that peer for a handshake
-//! ([`crate::peers::wireguard::WgPeer::want_handshake`]), and an initiator that is no peer
-//! is noted ([`crate::peers::rejected`]) in case it becomes one moments later.
+//! address on a session we no longer have flags that peer for a handshake, unless its session
+//! authenticated it lately ([`crate::peers::wireguard::WgPeer::unknown_index`]: the index is
+//! not authenticated, so anyone can send such data), and an initiator that is no peer is
+//! noted, within a limit per source address ([`crate::peers::rejected`]), in case it becomes
+//! one moments later. Neither lets a stranger make the node do work beyond fixed rates.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -43,7 +45,7 @@ pub(super) fn demux(
         if id.is_none() {
             drops.add(DropReason::UnknownIndex);
             if kind == MessageType::Data {
-                lost_session(table, src);
+                lost_session(table, src, cx.now);
             }
         }
         return id;
@@ -69,7 +71,7 @@ pub(super) fn demux(
         drops.add(DropReason::HandshakeRejected);
         if let Some(key) = key {
             // Perhaps a member we have not learnt yet: see `crate::peers::rejected`.
-            crypto.rejected.note(&key, Stamp::now());
+            crypto.rejected.note(&key, src.ip(), cx.now);
         }
     }
     id
@@ -77,13 +79,15 @@ pub(super) fn demux(
 
 /// Data from a peer's address on a session we do not have: the peer kept a session we dropped
 /// (or lost in a restart), and keeps sending on it until its own timers give up, 15 s later.
-/// Ask for a handshake now; the control thread starts it (at most one a second per peer).
+/// Ask for a handshake now, unless the session we have authenticated the peer lately (see
+/// [`crate::peers::wireguard::AUTHENTICATED_RECENTLY`]); the control thread starts it (at
+/// most one a second per peer).
 #[inline]
-fn lost_session(table: &RouteTable, src: SocketAddr) {
+fn lost_session(table: &RouteTable, src: SocketAddr, now: Stamp) {
     if let Some(wg) = table
         .by_source(src.ip())
         .and_then(|id| table.peer(id).wg.as_ref())
     {
-        wg.want_handshake();
+        wg.unknown_index(now);
     }
 }

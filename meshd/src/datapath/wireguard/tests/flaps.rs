@@ -83,12 +83,58 @@ fn data_on_a_lost_session_makes_us_start_a_handshake_at_once() {
     let init = tick(&b, "n1", now).expect("B starts a handshake on the next tick");
     complete(&b, &a, &init);
     assert!(delivered(&b, &a, 2), "A's traffic does not reach B again");
-    // A flood on a lost session costs one handshake a second, not one per datagram.
+    // Now B's session has authenticated A: data on the old index is a straggler or a forgery
+    // (anyone can write an index), and asks for no handshake at all, not even a second later.
     let stale = d[0].clone();
+    for _ in 0..100 {
+        let (_, _, _, drops) = b.receive(a.addr(), &stale);
+        assert_eq!(drops.dropped(DropReason::UnknownIndex), 1);
+    }
+    let later = Stamp::from_raw(now.raw() + 2_000).unwrap();
+    assert_eq!(
+        tick(&b, "n1", later),
+        None,
+        "a forged index forced a handshake"
+    );
+    let wg = b.routes().load().peer(0).wg.clone().unwrap();
+    assert_eq!(
+        wg.forced_counts(),
+        (1, 100),
+        "forced once, then ignored 100"
+    );
+    assert!(delivered(&b, &a, 2));
+}
+
+/// A session that never authenticated its peer takes data on an unknown index as the peer's
+/// word that it lost us: one handshake a second, whatever the rate.
+#[test]
+fn a_flood_on_a_lost_session_costs_one_handshake_a_second() {
+    let secret = ClusterSecret::generate();
+    let (a, b) = (Node::new(1, &secret), Node::new(2, &secret));
+    a.knows(&[&b]);
+    b.knows(&[&a]);
+    handshake(&a, &b, &packet([10, 244, 1, 2], [10, 244, 2, 3], 10));
+    let crypto = NodeCrypto::new(b.key.clone(), Keyring::single(secret.clone()), 100);
+    let b = Node::with_crypto(2, b.key.clone(), crypto);
+    b.knows(&[&a]);
+    let stale = a
+        .send(&[packet([10, 244, 1, 2], [10, 244, 2, 3], 100)])
+        .remove(0);
     for _ in 0..100 {
         b.receive(a.addr(), &stale);
     }
-    assert_eq!(tick(&b, "n1", now), None);
+    let now = Stamp::now();
+    assert!(tick(&b, "n1", now).is_some());
+    for _ in 0..100 {
+        b.receive(a.addr(), &stale);
+    }
+    assert_eq!(
+        tick(&b, "n1", now),
+        None,
+        "a second handshake within the second"
+    );
+    let wg = b.routes().load().peer(0).wg.clone().unwrap();
+    assert_eq!(wg.forced_counts(), (1, 0));
 }
 
 #[test]

@@ -7,6 +7,7 @@
 mod flaps;
 mod rotation;
 mod timers;
+mod window;
 
 use super::Wireguard;
 use crate::backend::Backend;
@@ -16,7 +17,7 @@ use crate::datapath::{Encap, Received, Rx};
 use crate::peers::wireguard::NodeCrypto;
 use crate::peers::{Endpoint, EndpointSource, Peer, PeerKey, PeerSet};
 use crate::routes::{Local, Routes};
-use crate::stats::{DropReason, DropTally, PeerStats};
+use crate::stats::{DropReason, DropTally, PeerStats, Stamp};
 use meshd_crypto::{ClusterSecret, Keyring, PrivateKey, PublicKey};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,16 +91,20 @@ impl Node {
         });
     }
 
-    /// A batch of packets through the TX path's per-packet loop into `batch`.
+    /// A batch of packets through the TX path's per-packet loop into `batch`, by queue 0,
+    /// which then holds nothing (as once the worker sent the batch).
     fn encode(&self, packets: &[Vec<u8>], batch: &mut Runs, drops: &mut DropTally) {
         let table = self.routes().load();
-        encode_batch(
+        let taken = encode_batch(
             &self.encap,
             &table,
             packets.iter().map(|p| &p[..]),
             batch,
             drops,
+            0,
         );
+        assert_eq!(taken, packets.len());
+        self.encap.sent(&table, 0, batch);
     }
 
     /// The datagrams a batch of packets becomes, in order.
@@ -129,6 +134,7 @@ impl Node {
             scratch: self.encap.rx_scratch(),
             drops: DropTally::default(),
             reply: &mut reply,
+            now: Stamp::now(),
         };
         let r = self
             .encap

@@ -1,0 +1,86 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Against the real kernel, in a network namespace of the test's own (`unshare` on a fresh
+//! thread: the namespace dies with it).
+//!
+//! ```text
+//!   test thread ── unshare(CLONE_NEWNET) ──► [ lo, d0 (veth, 198.18.0.1/24), d1 (veth) ]
+//! ```
+
+use super::*;
+use std::process::Command;
+
+/// Runs `f` on a new thread in a new, empty network namespace, with a tokio runtime.
+fn in_fresh_netns<T: Send + 'static>(
+    f: impl FnOnce() -> futures::future::BoxFuture<'static, T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare(2) on this thread only; the namespace goes when the thread does.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(f())
+    })
+    .join()
+    .unwrap()
+}
+
+/// `ip ARGS` in the calling thread's namespace (a child starts in it); its output.
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A replace would have clobbered the connected route of the underlay (and a later removal
+/// deleted it, leaving the node with no route to its peers): it is refused, and the route
+/// stays. meshd's own routes are still created and replaced.
+#[test]
+fn a_route_meshd_did_not_make_is_never_replaced() {
+    in_fresh_netns(|| {
+        Box::pin(async {
+            // veth, not dummy: this kernel may lack the dummy module.
+            ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+            ip(&["addr", "add", "198.18.0.1/24", "dev", "d0"]);
+            ip(&["link", "set", "d0", "up"]);
+            ip(&["link", "set", "d1", "up"]);
+            let host = Host::connect().unwrap();
+            let (d0, d1) = (
+                host.index("d0").await.unwrap(),
+                host.index("d1").await.unwrap(),
+            );
+            let src = Ipv4Addr::new(198, 18, 0, 1);
+            let underlay: Ipv4Net = "198.18.0.0/24".parse().unwrap();
+            let err = set(&host, underlay, Via::Device { index: d1 }, src)
+                .await
+                .unwrap_err();
+            assert!(format!("{err:#}").contains("proto kernel"), "{err:#}");
+            let table = ip(&["route", "show", "198.18.0.0/24"]);
+            assert!(table.contains("dev d0 proto kernel"), "{table}");
+            assert!(!table.contains("d1"), "{table}");
+            remove(&host, underlay).await.unwrap();
+            let table = ip(&["route", "show", "198.18.0.0/24"]);
+            assert!(table.contains("dev d0 proto kernel"), "{table}");
+
+            let pod: Ipv4Net = "10.244.5.0/24".parse().unwrap();
+            set(&host, pod, Via::Device { index: d1 }, src)
+                .await
+                .unwrap();
+            set(&host, pod, Via::Device { index: d0 }, src)
+                .await
+                .unwrap();
+            let ours = list(&host).await.unwrap();
+            assert_eq!(ours.len(), 1, "{ours:?}");
+            assert_eq!(ours[0].oif, Some(d0));
+            // An operator's static route for a subnet is not meshd's either.
+            ip(&["route", "add", "10.244.6.0/24", "dev", "d1"]);
+            let six: Ipv4Net = "10.244.6.0/24".parse().unwrap();
+            let err = set(&host, six, Via::Device { index: d0 }, src)
+                .await
+                .unwrap_err();
+            assert!(format!("{err:#}").contains("proto boot"), "{err:#}");
+        })
+    });
+}
