@@ -157,13 +157,13 @@ struct Manager {
 
 /// Run the manager until `stop` resolves. Kernel objects stay when it stops: pods on kernel
 /// paths keep talking while meshd is down, and the next meshd adopts them.
-pub(crate) async fn run(
+async fn run(
     paths: Arc<Paths>,
+    mut rx: watch::Receiver<Desired>,
     mut s: Setup,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let sources = s.sources.take();
-    let mut rx = paths.subscribe();
     let kernel_in_play =
         (s.encryption == Encryption::None && s.vxlan.is_ok()) || s.wireguard.is_ok();
     let tun_index = s.host.index(&s.tun).await.ok();
@@ -253,6 +253,19 @@ pub(crate) fn spawn(
     std::thread::JoinHandle<()>,
 )> {
     use anyhow::Context;
+    // Subscribed here, before the daemon's first pass (and a pass published already is taken
+    // as new): a receiver made later, on the thread, which a busy machine may start late,
+    // would count the passes published before it as seen, and a node with static peers
+    // publishes none after its first, so its peers would never get paths. The empty value the
+    // channel starts with is not a pass: applied, it would empty an adopted WireGuard device.
+    let mut rx = paths.subscribe();
+    let published = {
+        let d = rx.borrow();
+        !d.links.is_empty() || d.own_subnet.is_some()
+    };
+    if published {
+        rx.mark_changed();
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -261,7 +274,7 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name("meshd-paths".into())
         .spawn(move || {
-            rt.block_on(run(paths, s, async move {
+            rt.block_on(run(paths, rx, s, async move {
                 let _ = stopped.await;
             }))
         })
