@@ -1,6 +1,7 @@
 //! The kernel paths hold what the userspace path holds (issue 21): kernel-received VXLAN is
-//! checked against the sending peer's subnet, and forged probe replies do not keep a broken
-//! path up. (That the shipped systemd unit lets meshd probe: `unit_limits.rs`.)
+//! checked against the sending peer's subnet (and without `nft` to check it, no kernel VXLAN
+//! device receives), and forged probe replies do not keep a broken path up. (That the shipped
+//! systemd unit lets meshd probe: `unit_limits.rs`.)
 //!
 //! ```text
 //!   sw: br0 ─┬─ h1 (meshd, auto: kernel VXLAN) ── p1       the node under test
@@ -13,19 +14,21 @@
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::kernel_paths::{auto, break_kernel_path, spec, wait_path};
 use crate::support::{
-    add_stranger, drops, meshd_pid, nft, nft_load, require_root, status, wait_for, wait_until,
-    SETTLE,
+    add_stranger, drops, meshd_bin, meshd_pid, nft, nft_load, require_root, status, wait_for,
+    wait_until, SETTLE,
 };
 use meshd::config::Encryption;
 use meshd::host::gateway;
 use meshd::wire::checksum::checksum;
 use meshd_lab::netns::in_netns;
+use meshd_lab::sandbox::Sandbox;
 use meshd_lab::Topology;
 
 const VNI: u32 = 1;
@@ -147,6 +150,65 @@ fn forged_probe_replies_do_not_keep_a_broken_kernel_path_up() {
     let sent = forger.stop();
     eprintln!("demoted {took:?} after the break; {sent} forged replies sent, {received} reached h1 while the path was broken");
     assert!(received > 0, "no forged reply reached h1 during the break");
+}
+
+#[test]
+fn without_nft_no_kernel_vxlan_device_receives_unchecked_and_the_status_says_why() {
+    require_root();
+    // meshd runs with a PATH that has no `nft` (it is in /usr/sbin).
+    let path = "PATH=/usr/bin:/bin";
+    let found = Command::new("env")
+        .args([path, "sh", "-c", "command -v nft"])
+        .output()
+        .unwrap();
+    assert!(!found.status.success(), "nft is reachable with {path}");
+    let mut s = spec("ktnft", 2, Encryption::None, auto(0, false, 0));
+    s.sandbox = Sandbox {
+        wrapper: vec!["env".into(), path.into()],
+        address_families: None,
+    };
+    let t = Topology::up(s).unwrap();
+    let why = "the inner sources it would receive cannot be checked: the nft program was not \
+               found (install nftables)";
+    let k = status(&t, 0).kernel.unwrap();
+    assert_eq!(k.vxlan, format!("unavailable ({why})"));
+    let (p, _) = wait_path(&t, 0, 1, |_| true);
+    assert_eq!(p.path, "userspace", "{p:?}");
+    assert_eq!(
+        p.reason.as_deref(),
+        Some(format!("kernel vxlan unavailable ({why})").as_str())
+    );
+    // No device: meshd's own socket receives, and checks, every datagram.
+    let links = Command::new("ip")
+        .args(["-n", &t.hosts[0].ns, "-o", "link"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("meshvx0"));
+    let bad = crate::cluster::unreachable_pairs(&t);
+    assert!(bad.is_empty(), "unreachable pod pairs: {bad:#?}");
+    // With the kernel path mandatory, meshd refuses to start, saying why.
+    let cfg = t
+        .meshd_config(&t.hosts[0])
+        .replace("datapath = \"auto\"", "datapath = \"kernel\"");
+    t.stop_meshd(0).unwrap();
+    let file = t.hosts[0].dir.join("kernel.toml");
+    std::fs::write(&file, cfg).unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.hosts[0].ns, "env", path])
+        .arg(meshd_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "datapath = \"kernel\": the kernel would not make the VXLAN device `meshvx0`: {why}"
+        )),
+        "{stderr}"
+    );
 }
 
 /// Sends echo replies from h2's bridge address to h1's, with h1's meshd's echo identifier and
