@@ -91,7 +91,8 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         port: cfg.data_port(),
     }));
     // The kernel fast path: devices made (or adopted) before the data path binds its port.
-    let (mut fast, kernel_status) = fastpath::prepare(&cfg, address).await?;
+    let (mut fast, kernel_status) =
+        fastpath::prepare(&cfg, address, routes.unattributed.clone()).await?;
     fast.crypto = crypto.clone();
     let paths = crate::paths::manager::Paths::new(kernel_status);
     let backend = Arc::new(
