@@ -134,6 +134,7 @@ fn status(node: &str) -> Status {
         address: String::new(),
         address_source: None,
         subnet: String::new(),
+        cluster: None,
         vtep_mac: String::new(),
         encryption: String::new(),
         public_key: None,

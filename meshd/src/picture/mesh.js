@@ -4,6 +4,7 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const REFRESH_MS = 2000;
+const RADIUS = 52;
 const svg = document.getElementById("mesh");
 
 function el(name, attrs, parent, text) {
@@ -23,7 +24,7 @@ function title(parent, text) {
 // Nodes on a circle, this node at the top, the others in name order.
 function layout(nodes, w, h) {
   const pos = new Map();
-  const r = Math.max(40, Math.min(w, h) / 2 - 80);
+  const r = Math.max(RADIUS * 2, Math.min(w, h) / 2 - RADIUS - 40);
   const cx = w / 2, cy = h / 2;
   const ordered = nodes.filter(n => n.state === "self").concat(nodes.filter(n => n.state !== "self"));
   ordered.forEach((n, i) => {
@@ -74,10 +75,10 @@ function drawPair(p, pos, many) {
 
 function drawNode(n, at) {
   const g = el("g", { class: "node " + n.state, "data-name": n.name, "data-state": n.state }, svg);
-  el("circle", { cx: at.x, cy: at.y, r: 30 }, g);
-  el("text", { class: "name", x: at.x, y: at.y - 36 }, g, n.name);
-  el("text", { class: "sub", x: at.x, y: at.y + 4 }, g, n.subnet || "no subnet");
-  el("text", { class: "sub", x: at.x, y: at.y + 46 }, g, n.state + (n.since ? " since " + n.since : ""));
+  el("circle", { cx: at.x, cy: at.y, r: RADIUS }, g);
+  el("text", { class: "name", x: at.x, y: at.y - 4 }, g, n.name);
+  el("text", { class: "sub", x: at.x, y: at.y + 13 }, g, n.subnet || "no subnet");
+  el("text", { class: "sub state", x: at.x, y: at.y + RADIUS + 15 }, g, n.state + (n.since ? " since " + n.since : ""));
   const summary = n.state === "self" ? "this node" :
     (n.summary_age_secs === null || n.summary_age_secs === undefined ? "no path summary from it" :
       "its path summary is " + n.summary_age_secs + " s old" + (n.omitted ? ", " + n.omitted + " peers left out" : ""));

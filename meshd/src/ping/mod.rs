@@ -78,10 +78,13 @@ pub fn run(o: &Options, out: &mut dyn Write) -> Result<()> {
     let mut send_error = None;
     let mut sent = 0u32;
     for seq in 1..=o.count.min(u32::from(u16::MAX)) as u16 {
-        let next = Instant::now() + o.interval;
+        let now = Instant::now();
+        let next = now + o.interval;
+        // The clock starts before the send: on a kernel path the whole round trip may happen
+        // inside the call.
         match pinger.send(t.dst, seq, o.size) {
             Ok(()) => {
-                sent_at[usize::from(seq)] = Some(Instant::now());
+                sent_at[usize::from(seq)] = Some(now);
                 sent += 1;
             }
             Err(e) => {
