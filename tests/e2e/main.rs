@@ -20,6 +20,7 @@ mod lifecycle;
 mod messages;
 mod ordering;
 mod peer_links;
+mod picture;
 mod ping;
 mod rotation;
 mod support;
