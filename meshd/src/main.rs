@@ -165,11 +165,7 @@ fn real_main(cli: Cli) -> Result<()> {
             dot,
             all,
         } => status(&run_dir, json, dot, all),
-        Command::Ping(args) => {
-            let o = args.options()?;
-            let result = meshd::ping::run(&o, &mut std::io::stdout().lock());
-            result
-        }
+        Command::Ping(args) => meshd::ping::run(&args.options()?, &mut std::io::stdout()),
         Command::Forget { node, run_dir } => {
             println!("{}", meshd::control::forget(&run_dir, &node)?);
             Ok(())
