@@ -53,7 +53,14 @@ fn artifacts() -> PathBuf {
 /// page's script had 4 s of virtual time (a few refreshes' worth).
 fn chromium(ns: &str, profile: &Path, args: &[&str]) -> Output {
     Command::new("ip")
-        .args(["netns", "exec", ns, "chromium", "--headless", "--no-sandbox"])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+        ])
         .args(["--disable-gpu", "--no-first-run", "--disable-dev-shm-usage"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(["--virtual-time-budget=4000", "--window-size=1200,800"])
@@ -125,7 +132,11 @@ fn wait_drawn(
         let (nodes, pairs) = drawn(&dom);
         match cond(&nodes, &pairs) {
             true => Ok((nodes, pairs)),
-            false => Err((nodes, pairs, String::from_utf8_lossy(&o.stderr).into_owned())),
+            false => Err((
+                nodes,
+                pairs,
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )),
         }
     })
 }
@@ -170,19 +181,32 @@ fn the_page_draws_the_mesh_in_a_browser_and_shows_a_dead_node() {
             && p.iter().all(|x| {
                 x.health == "ok"
                     && x.halves.len() == 2
-                    && x.halves.iter().all(|(_, path, h)| path == "kernel-vxlan" && h == "ok")
+                    && x.halves
+                        .iter()
+                        .all(|(_, path, h)| path == "kernel-vxlan" && h == "ok")
             })
     });
     let mut drawn_names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     drawn_names.sort();
     assert_eq!(drawn_names, names);
-    assert_eq!(nodes.iter().find(|n| n.name == names[0]).unwrap().state, "self");
+    assert_eq!(
+        nodes.iter().find(|n| n.name == names[0]).unwrap().state,
+        "self"
+    );
     for p in &pairs {
         let reporters: Vec<&str> = p.halves.iter().map(|h| h.0.as_str()).collect();
-        assert_eq!(reporters, [p.a.as_str(), p.b.as_str()], "each half is its end's word");
+        assert_eq!(
+            reporters,
+            [p.a.as_str(), p.b.as_str()],
+            "each half is its end's word"
+        );
     }
     let shot = out.join("mesh-3-nodes.png");
-    let o = chromium(&t.hosts[0].ns, &profile, &[&format!("--screenshot={}", shot.display())]);
+    let o = chromium(
+        &t.hosts[0].ns,
+        &profile,
+        &[&format!("--screenshot={}", shot.display())],
+    );
     assert!(shot.is_file(), "no screenshot: {o:?}");
 
     // The same graph for Graphviz, and the table of every pair.
@@ -195,15 +219,35 @@ fn the_page_draws_the_mesh_in_a_browser_and_shows_a_dead_node() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    graphviz.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
+    graphviz
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dot.as_bytes())
+        .unwrap();
     let plain = graphviz.wait_with_output().unwrap();
     assert!(plain.status.success(), "dot refused it: {plain:?}\n{dot}");
     let plain = String::from_utf8_lossy(&plain.stdout);
-    assert_eq!(plain.lines().filter(|l| l.starts_with("node ")).count(), 3, "{plain}");
-    assert_eq!(plain.lines().filter(|l| l.starts_with("edge ")).count(), 3, "{plain}");
+    assert_eq!(
+        plain.lines().filter(|l| l.starts_with("node ")).count(),
+        3,
+        "{plain}"
+    );
+    assert_eq!(
+        plain.lines().filter(|l| l.starts_with("edge ")).count(),
+        3,
+        "{plain}"
+    );
     let all = meshd_status(&t, 0, &["--all"]);
-    assert!(all.contains("3 nodes, 3 pairs (3 ok, 0 degraded, 0 down, 0 unknown)"), "{all}");
-    assert_eq!(all.lines().filter(|l| l.contains(" kernel-vxlan ")).count(), 6, "{all}");
+    assert!(
+        all.contains("3 nodes, 3 pairs (3 ok, 0 degraded, 0 down, 0 unknown)"),
+        "{all}"
+    );
+    assert_eq!(
+        all.lines().filter(|l| l.contains(" kernel-vxlan ")).count(),
+        6,
+        "{all}"
+    );
 
     // h3 dies: first that it died, then the picture says so.
     let pid = meshd_pid(&t, 2);
@@ -219,8 +263,15 @@ fn the_page_draws_the_mesh_in_a_browser_and_shows_a_dead_node() {
             && p.iter().filter(|x| x.health == "down").count() == 2
     });
     let down = pairs.iter().find(|p| p.health == "down").unwrap();
-    assert!(down.title.contains(&format!("{dead} down since")), "{down:?}");
+    assert!(
+        down.title.contains(&format!("{dead} down since")),
+        "{down:?}"
+    );
     let shot = out.join("mesh-node-down.png");
-    chromium(&t.hosts[0].ns, &profile, &[&format!("--screenshot={}", shot.display())]);
+    chromium(
+        &t.hosts[0].ns,
+        &profile,
+        &[&format!("--screenshot={}", shot.display())],
+    );
     assert!(shot.is_file());
 }

@@ -5,7 +5,7 @@
 
 use ipnet::Ipv4Net;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{PathKind, PeerPath};
 use crate::status::{PathStatus, ProbeStatus};
@@ -30,6 +30,9 @@ pub(crate) struct PathCell {
     pub(crate) entries: bool,
     /// When a failed route or entry is tried again.
     pub(crate) retry_at: Instant,
+    /// The round trip of the last probe answered on the path in use (the picture, the path
+    /// summary).
+    pub(crate) rtt: Option<Duration>,
 }
 
 impl PathCell {
@@ -49,6 +52,7 @@ impl PathCell {
             route_error: None,
             entries: false,
             retry_at: now,
+            rtt: None,
         }
     }
 
@@ -74,6 +78,7 @@ impl PathCell {
                 })
                 .collect(),
             route_error: self.route_error.clone(),
+            rtt_us: self.rtt.map(|d| d.as_micros() as u64),
         }
     }
 }

@@ -27,6 +27,15 @@ pub fn path_code(p: &PeerStatus) -> PathCode {
     }
 }
 
+/// The round trip to a peer: the last probe on its path, else its WireGuard handshake's.
+pub fn rtt(p: &PeerStatus) -> Option<std::time::Duration> {
+    let probe = p.path.as_ref().and_then(|x| x.rtt_us);
+    let handshake = p.wireguard.as_ref().and_then(|w| w.handshake_rtt_ms);
+    probe
+        .map(std::time::Duration::from_micros)
+        .or_else(|| handshake.map(|ms| std::time::Duration::from_millis(u64::from(ms))))
+}
+
 /// Rank of a path name, best first, as `paths::PathKind` orders them.
 fn rank(path: &str) -> u8 {
     match path {
@@ -112,6 +121,7 @@ pub(crate) mod tests {
                 moves: 0,
                 probes: Vec::new(),
                 route_error: None,
+                rtt_us: None,
             }),
         }
     }
@@ -141,6 +151,19 @@ pub(crate) mod tests {
         p.path.as_mut().unwrap().probes = vec![probe("kernel-vxlan", true)];
         assert_eq!(assess(&p, false).reason, Reason::NoFallback);
         assert_eq!(assess(&p, false).health, Health::Down);
+    }
+
+    #[test]
+    fn the_round_trip_is_the_probes_else_the_handshakes() {
+        let mut p = peer("userspace");
+        assert_eq!(rtt(&p), None);
+        p.wireguard = Some(WireguardStatus {
+            handshake_rtt_ms: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(rtt(&p), Some(std::time::Duration::from_millis(3)));
+        p.path.as_mut().unwrap().rtt_us = Some(250);
+        assert_eq!(rtt(&p), Some(std::time::Duration::from_micros(250)));
     }
 
     #[test]

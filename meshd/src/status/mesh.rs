@@ -190,11 +190,7 @@ impl Mesh {
                 peer: p.name.clone(),
                 path: super::health::path_code(p).as_str().into(),
                 route: "direct".into(),
-                rtt_ms: p
-                    .wireguard
-                    .as_ref()
-                    .and_then(|w| w.handshake_rtt_ms)
-                    .map(f64::from),
+                rtt_ms: super::health::rtt(p).map(|d| d.as_secs_f64() * 1000.0),
                 mtu: p.mtu,
                 health: a.health.as_str().into(),
                 reason: a.text.filter(|t| !t.is_empty()),

@@ -137,6 +137,10 @@ pub struct PathStatus {
     /// second. Absent when the kernel has the route (or the path needs none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_error: Option<String>,
+    /// The round trip of the last probe answered on this path, in microseconds (absent while
+    /// the path is not probed: the userspace floor is not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
 }
 
 impl std::fmt::Display for PathStatus {

@@ -91,9 +91,13 @@ pub fn render(s: &Status) -> String {
                 .iter()
                 .map(|x| format!("{} {}/{} lost", x.path, x.lost, x.sent))
                 .collect();
+            let rtt = path
+                .rtt_us
+                .map(|us| format!(", rtt {:.2} ms", us as f64 / 1000.0))
+                .unwrap_or_default();
             let _ = writeln!(
                 o,
-                "  path {path}  (for {} s, {} moves{}{})",
+                "  path {path}  (for {} s, {} moves{rtt}{}{})",
                 path.since_secs,
                 path.moves,
                 if probes.is_empty() { "" } else { "; probes " },

@@ -9,7 +9,7 @@ use meshd_gossip::{Gossip, MemberState, PathReport, Route};
 
 use super::{Membership, Shared};
 use crate::daemon::report::peer_status;
-use crate::status::health::{assess, path_code};
+use crate::status::health::{assess, path_code, rtt};
 use crate::status::{PeerStatus, SummaryStatus};
 
 /// How often this node's reports are gathered: cheap (one pass over the links), and what
@@ -44,11 +44,7 @@ pub(crate) fn reports(peers: &[PeerStatus], gossip: &Gossip) -> Vec<PathReport> 
                 route: Route::Direct,
                 health: a.health,
                 reason: a.reason,
-                rtt: p
-                    .wireguard
-                    .as_ref()
-                    .and_then(|w| w.handshake_rtt_ms)
-                    .map(|ms| Duration::from_millis(u64::from(ms))),
+                rtt: rtt(p),
                 mtu: p.mtu,
             }
         })
