@@ -4,7 +4,7 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const REFRESH_MS = 2000;
-const RADIUS = 52;
+const RADIUS = 60;
 const svg = document.getElementById("mesh");
 
 function el(name, attrs, parent, text) {
