@@ -16,7 +16,9 @@ use meshd_lab::Topology;
 
 use crate::gossip::{gossip_spec, wait_for_all_alive, wait_for_mesh};
 use crate::kernel_paths::{auto, wait_path};
-use crate::support::{meshd_bin, meshd_pid, require_root, status, wait_for, wait_gone};
+use crate::support::{
+    meshd_bin, meshd_pid, nft, nft_load, require_root, status, wait_for, wait_gone,
+};
 
 /// `meshd ping ARGS` on host `i`, as an operator would run it there.
 pub(crate) fn ping(t: &Topology, i: usize, args: &[&str]) -> Output {
@@ -129,4 +131,56 @@ fn ping_names_the_path_or_why_nothing_came_back() {
     // The live node still answers.
     let h3 = t.hosts[2].name.clone();
     assert!(ping(&t, 0, &[&h3, "--count", "1"]).status.success());
+}
+
+/// Encrypted, userspace: the path is named with its encapsulation, and a node whose WireGuard
+/// port drops everything (its gossip still flows, so it stays a routed member) is named for the
+/// handshake that never completes.
+///
+/// ```text
+///   sw: br0 ─┬─ h1 (meshd, gossip seed)   pings h2 and h3
+///            ├─ h2 (meshd)
+///            └─ h3 (meshd)                nftables: UDP to its WireGuard port dropped
+/// ```
+#[test]
+fn ping_over_userspace_wireguard_and_a_handshake_that_never_completes() {
+    require_root();
+    let t = Topology::up(gossip_spec("pingwg", 3, Encryption::Wireguard)).unwrap();
+    wait_for_mesh(&t, &[0, 1, 2]);
+    let (h2, h3) = (t.hosts[1].name.clone(), t.hosts[2].name.clone());
+    let port = status(&t, 2)
+        .encryption
+        .split("UDP ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')')
+        .to_owned();
+    nft_load(
+        &t.hosts[2].ns,
+        &format!(
+            "table inet pingblock {{\n chain in {{\n type filter hook input priority 0;\n \
+             udp dport {port} counter drop\n }}\n}}\n"
+        ),
+    );
+    let o = ping(&t, 0, &[&h2, "--count", "2"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert_eq!(out.matches("path userspace wireguard").count(), 3, "{out}");
+
+    let session = |s: &meshd::status::Status| {
+        s.peers
+            .iter()
+            .find(|p| p.name == h3)
+            .and_then(|p| p.wireguard.clone())
+            .unwrap()
+    };
+    assert_eq!(session(&status(&t, 0)).last_handshake_secs, None);
+    let o = ping(&t, 0, &[&h3, "--count", "2"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}{err}");
+    // The fault took: h1's handshakes reached h3 and were dropped, and none completed.
+    let rules = nft(&t.hosts[2].ns, &["list", "table", "inet", "pingblock"], "");
+    assert!(!rules.contains("packets 0 "), "{rules}");
+    assert_eq!(session(&status(&t, 0)).last_handshake_secs, None);
+    assert!(err.contains("handshake not completed"), "{err}");
 }
