@@ -198,6 +198,30 @@ pub struct Summary<'a> {
     pub omitted: u32,
 }
 
+/// A summary's chunks as `reporter` sends them, each signed by `key` and at most `room` bytes
+/// (the payloads of [`Kind::Summary`](crate::wire::Kind::Summary) datagrams): how a test or a
+/// fuzz target speaks as a node.
+pub fn encode_chunks(
+    reporter: &str,
+    version: u64,
+    reports: &[PathReport],
+    key: &crate::SigningKey,
+    room: usize,
+) -> Vec<Vec<u8>> {
+    codec::encode(reporter, version, reports, 0, key, room).chunks
+}
+
+/// What a chunk says, if it decodes within its bounds and `key` signed it: its reporter,
+/// version and entries. What a receiver checks before it takes a chunk, minus whose key that is.
+pub fn verified_chunk(
+    payload: &[u8],
+    key: &[u8; crate::PUBLIC_KEY_LEN],
+) -> Option<(String, u64, Vec<PathReport>)> {
+    let p = codec::decode(payload).ok()?;
+    p.verify(key)
+        .then(|| (p.reporter().to_owned(), p.version(), p.reports().0))
+}
+
 macro_rules! codes {
     ($t:ident, $unknown:ident, $($v:ident = $n:literal, $s:literal;)*) => {
         impl $t {
