@@ -43,6 +43,9 @@ pub(super) struct Own {
     /// As last published, sorted by peer.
     reports: Vec<PathReport>,
     omitted: u32,
+    /// The number of reports and of those left out as [`Gossip::set_paths`] last published
+    /// them (before the chunk bound), which the next call compares with.
+    given: (usize, u32),
     version: u64,
     published_at: Option<Instant>,
     pub(super) encoded: Encoded,
@@ -157,16 +160,18 @@ impl Gossip {
         if self.signing_key.is_none() {
             return;
         }
-        // The worst first when some must go, then by name.
-        reports.sort_by(|a, b| b.health.cmp(&a.health).then_with(|| a.peer.cmp(&b.peer)));
+        reports.sort_by(|a, b| a.peer.cmp(&b.peer));
         reports.dedup_by(|a, b| a.peer == b.peer);
         let omitted = reports.len().saturating_sub(MAX_ENTRIES) as u32;
-        reports.truncate(MAX_ENTRIES);
-        reports.sort_by(|a, b| a.peer.cmp(&b.peer));
+        if omitted > 0 {
+            // The worst kept when some must go.
+            reports.sort_by(|a, b| b.health.cmp(&a.health).then_with(|| a.peer.cmp(&b.peer)));
+            reports.truncate(MAX_ENTRIES);
+            reports.sort_by(|a, b| a.peer.cmp(&b.peer));
+        }
         let own = &mut self.summaries.own;
         let same = own.published_at.is_some()
-            && own.omitted == omitted
-            && own.reports.len() == reports.len()
+            && own.given == (reports.len(), omitted)
             && own.reports.iter().zip(&reports).all(|(a, b)| !a.differs(b));
         own.pending = (!same).then_some((reports, omitted));
         self.publish_summary(now);
@@ -281,7 +286,14 @@ impl Gossip {
             key,
             self.max_packet,
         );
+        own.given = (reports.len(), omitted);
         own.omitted = own.encoded.omitted;
+        // What did not fit the chunk bound is the tail, left out and counted.
+        let mut reports = reports;
+        let sent = reports
+            .len()
+            .saturating_sub((own.omitted - omitted) as usize);
+        reports.truncate(sent);
         own.reports = reports;
         own.published_at = Some(now);
         own.queue = self
