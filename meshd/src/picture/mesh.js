@@ -21,15 +21,17 @@ function title(parent, text) {
   el("title", {}, parent, text);
 }
 
-// Nodes on a circle, this node at the top, the others in name order.
+// Nodes on an ellipse as wide as the view allows, this node at the top, the others in name
+// order.
 function layout(nodes, w, h) {
   const pos = new Map();
-  const r = Math.max(RADIUS * 2, Math.min(w, h) / 2 - RADIUS - 40);
+  const ry = Math.max(RADIUS * 2, h / 2 - RADIUS - 30);
+  const rx = Math.max(RADIUS * 2, Math.min(w / 2 - RADIUS - 40, ry * 1.7));
   const cx = w / 2, cy = h / 2;
   const ordered = nodes.filter(n => n.state === "self").concat(nodes.filter(n => n.state !== "self"));
   ordered.forEach((n, i) => {
     const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(1, ordered.length);
-    pos.set(n.name, ordered.length === 1 ? { x: cx, y: cy } : { x: cx + r * Math.cos(a), y: cy + r * Math.sin(a) });
+    pos.set(n.name, ordered.length === 1 ? { x: cx, y: cy } : { x: cx + rx * Math.cos(a), y: cy + ry * Math.sin(a) });
   });
   return pos;
 }
@@ -43,15 +45,6 @@ function viewText(v) {
   const said = v.age_secs === 0 ? "now" : v.age_secs + " s ago";
   return v.reporter + " → " + v.peer + ", as " + v.reporter + " reports (" + said + "): " +
     v.path + route + rtt(v) + ", MTU " + v.mtu + ", " + v.health + (v.reason ? ": " + v.reason : "");
-}
-
-function label(p) {
-  if (p.views.length === 0) return p.health;
-  const paths = [...new Set(p.views.map(v => v.path))];
-  const withRtt = p.views.find(v => v.rtt_ms !== null && v.rtt_ms !== undefined);
-  const mtu = p.views[0].mtu;
-  if (paths.length === 1) return paths[0] + (withRtt ? rtt(withRtt) : "") + " · " + mtu;
-  return p.views.map(v => v.reporter + ": " + v.path).join(" / ");
 }
 
 function drawPair(p, pos, many) {
@@ -69,8 +62,17 @@ function drawPair(p, pos, many) {
     }, g);
     title(line, v ? viewText(v) : end + " → " + other + ": no report from " + end +
       (p.reason ? " (" + p.reason + ")" : ""));
+    // Each end's word beside its own half, a third of the way along.
+    if (!many && v && p.health !== "down") {
+      const far = end === p.a ? b : a;
+      const t = Math.min(0.36, (RADIUS + 70) / Math.max(1, Math.hypot(far.x - at.x, far.y - at.y)));
+      const x = at.x + (far.x - at.x) * t, y = at.y + (far.y - at.y) * t;
+      el("text", { class: "label", x: x, y: y - 5 }, g, v.path + rtt(v));
+    }
   }
-  if (!many) el("text", { class: "label", x: mid.x, y: mid.y - 6 }, g, label(p));
+  if (!many && (p.health === "down" || p.views.length === 0)) {
+    el("text", { class: "label", x: mid.x, y: mid.y - 6 }, g, p.health);
+  }
 }
 
 function drawNode(n, at) {

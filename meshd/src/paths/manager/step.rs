@@ -26,6 +26,8 @@ impl Manager {
             let Some(c) = cell.as_mut() else { continue };
             if let Some(m) = c.path.decide(now) {
                 moved += 1;
+                // The round trip measured was the old path's.
+                c.rtt = None;
                 let why = c.path.reason(now).unwrap_or_default();
                 if m.demotion {
                     tracing::warn!(peer = %link.name, from = %m.from, to = %m.to, reason = %why, "path demoted");
