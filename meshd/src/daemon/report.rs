@@ -112,6 +112,7 @@ impl Report {
 
 /// One peer as the status shows it, read off its link.
 pub(crate) fn peer_status(p: &PeerEntry, now: Instant) -> PeerStatus {
+    let cell = p.path();
     PeerStatus {
         name: p.name.clone(),
         endpoint: p.endpoint().to_string(),
@@ -125,7 +126,11 @@ pub(crate) fn peer_status(p: &PeerEntry, now: Instant) -> PeerStatus {
         mtu: p.mtu(),
         stats: p.stats.snapshot(),
         wireguard: p.wg.as_deref().map(wireguard_status),
-        path: p.path().as_ref().map(|c| c.status(now)),
+        path: cell.as_ref().map(|c| c.status(now)),
+        rtt_us: cell
+            .as_ref()
+            .and_then(|c| c.rtt)
+            .map(|d| d.as_micros() as u64),
     }
 }
 

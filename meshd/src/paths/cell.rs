@@ -78,7 +78,6 @@ impl PathCell {
                 })
                 .collect(),
             route_error: self.route_error.clone(),
-            rtt_us: self.rtt.map(|d| d.as_micros() as u64),
         }
     }
 }

@@ -29,7 +29,7 @@ pub fn path_code(p: &PeerStatus) -> PathCode {
 
 /// The round trip to a peer: the last probe on its path, else its WireGuard handshake's.
 pub fn rtt(p: &PeerStatus) -> Option<std::time::Duration> {
-    let probe = p.path.as_ref().and_then(|x| x.rtt_us);
+    let probe = p.rtt_us;
     let handshake = p.wireguard.as_ref().and_then(|w| w.handshake_rtt_ms);
     probe
         .map(std::time::Duration::from_micros)
@@ -121,8 +121,8 @@ pub(crate) mod tests {
                 moves: 0,
                 probes: Vec::new(),
                 route_error: None,
-                rtt_us: None,
             }),
+            rtt_us: None,
         }
     }
 
@@ -162,7 +162,7 @@ pub(crate) mod tests {
             ..Default::default()
         });
         assert_eq!(rtt(&p), Some(std::time::Duration::from_millis(3)));
-        p.path.as_mut().unwrap().rtt_us = Some(250);
+        p.rtt_us = Some(250);
         assert_eq!(rtt(&p), Some(std::time::Duration::from_micros(250)));
     }
 

@@ -137,10 +137,6 @@ pub struct PathStatus {
     /// second. Absent when the kernel has the route (or the path needs none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_error: Option<String>,
-    /// The round trip of the last probe answered on this path, in microseconds (absent while
-    /// the path is not probed: the userspace floor is not).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rtt_us: Option<u64>,
 }
 
 impl std::fmt::Display for PathStatus {
@@ -273,6 +269,10 @@ pub struct PeerStatus {
     /// The path its packets take, and why.
     #[serde(default)]
     pub path: Option<PathStatus>,
+    /// The round trip on that path, smoothed over its answered probes, in microseconds (absent
+    /// while the path is not probed: the userspace floor is not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
 }
 
 /// One peer's WireGuard session, from `meshd_crypto::Session::stats`.

@@ -91,7 +91,7 @@ pub fn render(s: &Status) -> String {
                 .iter()
                 .map(|x| format!("{} {}/{} lost", x.path, x.lost, x.sent))
                 .collect();
-            let rtt = path
+            let rtt = p
                 .rtt_us
                 .map(|us| format!(", rtt {:.2} ms", us as f64 / 1000.0))
                 .unwrap_or_default();
