@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod host;
+pub mod http;
 pub(crate) mod kernel;
 pub mod link;
 pub mod paths;

@@ -81,6 +81,9 @@ pub(super) mod tests {
         state-dir = "/var/lib/full"
         run-dir = "/run/full"
         log-level = "debug"
+        log-format = "json"
+        metrics-address = "[::1]:9999"
+        metrics-per-peer = true
         [gossip]
         enabled = true
         port = 7000

@@ -27,6 +27,9 @@ use crate::wire::VXLAN_OVERHEAD;
 /// MTU chosen for IPv4 keeps working when a peer moves to IPv6.
 pub(crate) const WIREGUARD_OVERHEAD: usize = 80;
 pub use crate::runfiles::NODE_KEY_FILE;
+/// Where `/metrics` is served unless configured: loopback, so neither pods nor other hosts
+/// reach it (9472: beside node_exporter's 9100 range, unused in Prometheus's port list).
+pub(crate) const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9472";
 /// Environment variable that carries the cluster secret itself (base64).
 pub(crate) const CLUSTER_SECRET_ENV: &str = "MESHD_CLUSTER_SECRET";
 
@@ -76,8 +79,16 @@ pub struct Config {
     pub tiers: Tiers,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
-    /// A `tracing` filter.
+    /// A `tracing` filter. Changed by SIGHUP without a restart.
     pub log_level: String,
+    /// How log lines are written: "text" (the default) or "json" (one object per line).
+    pub log_format: LogFormat,
+    /// Where `/metrics` (Prometheus text format) is served, `IP:port`; empty turns it off.
+    /// Changed by SIGHUP without a restart.
+    pub metrics_address: String,
+    /// Per-peer series (label `peer`) besides the node's totals: one set per member, so off by
+    /// default (the node's series then do not grow with the cluster).
+    pub metrics_per_peer: bool,
     /// Peers known without gossip.
     pub peers: Vec<PeerConfig>,
 }
@@ -103,6 +114,26 @@ impl Encryption {
         match self {
             Encryption::Wireguard => "wireguard",
             Encryption::None => "none",
+        }
+    }
+}
+
+/// How log lines are written (`log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("`{s}` is not a log format: text or json")),
         }
     }
 }
@@ -262,6 +293,9 @@ impl Default for Config {
             state_dir: "/var/lib/meshd".into(),
             run_dir: "/run/meshd".into(),
             log_level: "info".into(),
+            log_format: LogFormat::default(),
+            metrics_address: DEFAULT_METRICS_ADDRESS.into(),
+            metrics_per_peer: false,
             peers: Vec::new(),
         }
     }
@@ -357,6 +391,12 @@ impl Config {
         })?;
         meshd_crypto::Keyring::read_file(path)
             .map_err(|e| err("cluster-secret-file", e.to_string()))
+    }
+
+    /// The metrics listener's address; `None` when `metrics-address` is empty (off). Valid
+    /// once [`Config::validate`] accepted it.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_address.trim().parse().ok()
     }
 
     /// Number of data-path queues to ask for.
