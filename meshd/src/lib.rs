@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod host;
 pub mod http;
+pub(crate) mod metrics;
 pub(crate) mod kernel;
 pub mod link;
 pub mod paths;

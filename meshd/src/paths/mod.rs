@@ -20,6 +20,7 @@
 //! [`manager`] runs it: probes, routes and the status.
 
 mod cadence;
+mod why;
 pub(crate) mod cell;
 pub mod manager;
 
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::kernel::Refusal;
+pub use why::REASON_KINDS;
 pub use cadence::{
     probe_interval, FULL_PROBE_EVERY, MAX_PROBE_RATE, MIN_PROBE_INTERVAL, SMALL_PROBE,
 };
