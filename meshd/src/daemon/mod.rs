@@ -11,7 +11,9 @@
 
 pub(crate) mod fastpath;
 pub(crate) mod membership;
+pub(crate) mod observe;
 pub mod preflight;
+pub mod reload;
 pub(crate) mod report;
 pub(crate) mod secrets;
 pub mod subnet;
@@ -36,8 +38,10 @@ use ipnet::Ipv4Net;
 use membership::Membership;
 use report::Report;
 
-/// Run until SIGTERM or SIGINT. The configuration must already be validated.
-pub async fn run(mut cfg: Config) -> Result<()> {
+/// Run until SIGTERM or SIGINT. The configuration must already be validated; `live` reads it
+/// again on SIGHUP ([`reload`]).
+pub async fn run(mut cfg: Config, live: reload::Live) -> Result<()> {
+    let loaded = cfg.clone();
     if meshd_crypto::MOCK_CLOCK {
         anyhow::bail!("this meshd was built with meshd-crypto's mock-clock feature (tests only): its WireGuard timers would never fire");
     }
@@ -92,6 +96,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     }));
     // The kernel fast path: devices made (or adopted) before the data path binds its port.
     let (mut fast, kernel_status) = fastpath::prepare(&cfg, address).await?;
+    let kernel_devices = observe::kernel_devices(&cfg, &fast);
     fast.crypto = crypto.clone();
     let paths = crate::paths::manager::Paths::new(kernel_status);
     let backend = Arc::new(
@@ -114,11 +119,13 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         None => None,
     };
 
-    // Membership.
+    // Membership; a reload hands it new seeds.
+    let (seeds, seeds_rx) = tokio::sync::watch::channel(cfg.seeds.clone());
     let membership = match (&keyring, cfg.gossip_enabled()) {
         (Some(ring), true) => {
             let caps = fastpath::capabilities(&cfg, &fast);
-            Some(Membership::start(&cfg, backend.clone(), public, ring.clone(), caps).await?)
+            let m = Membership::start(&cfg, backend.clone(), public, ring.clone(), caps).await?;
+            Some(m.with_seeds(seeds_rx))
         }
         _ => None,
     };
@@ -150,7 +157,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
 
     // Status, served before the host has network.json: the CNI plugin wires a pod only when
     // this socket answers, so it must answer as soon as the file exists.
-    let report = Report {
+    let report = Arc::new(Report {
         base: base_status(
             &cfg,
             (address, &address_source),
@@ -162,7 +169,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         gossip: membership.as_ref().map(|m| m.shared.clone()),
         subnet: membership.as_ref().map(|m| m.subnet.clone()),
         queues: datapath.queues.clone(),
-    };
+    });
     let socket = cfg.run_dir.join(SOCKET_NAME);
     let listener = match crate::status::server::bind(&socket) {
         Ok(l) => l,
@@ -171,9 +178,13 @@ pub async fn run(mut cfg: Config) -> Result<()> {
             return Err(e);
         }
     };
+    let status_report = report.clone();
     let server = tokio::spawn(crate::status::server::serve(listener, move || {
-        report.current()
+        status_report.current()
     }));
+    // Metrics, and the SIGHUP reload that can move them.
+    let seeds = membership.is_some().then_some(seeds);
+    observe::start(&loaded, report, kernel_devices, live, seeds).await?;
 
     // Host.
     if let Err(e) = setup_host(&host, &cfg, subnet).await {
