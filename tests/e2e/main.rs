@@ -17,6 +17,8 @@ mod interop;
 mod kernel_paths;
 mod lifecycle;
 mod messages;
+mod metrics;
+mod observe;
 mod ordering;
 mod peer_links;
 mod rotation;
