@@ -21,6 +21,7 @@ mod metrics;
 mod observe;
 mod ordering;
 mod peer_links;
+mod reload;
 mod rotation;
 mod support;
 mod wg_interop;
