@@ -15,6 +15,7 @@ mod gossip;
 mod host_faults;
 mod interop;
 mod kernel_paths;
+mod listener;
 mod lifecycle;
 mod messages;
 mod metrics;
