@@ -10,9 +10,13 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use crate::config::{Config, ConfigError};
-use crate::identity::{Inbox, NodeId, RecordHandler, SharedInbox};
+use crate::identity::{NodeId, RecordHandler, SharedInbox};
+use crate::inbox::Inbox;
 use crate::io::{Counters, Transmit};
-use crate::record::{Lease, LocalNode, NodeRecord, Subnet, SubnetClaim, MAX_RESERVED};
+use crate::record::{
+    encode_record, Lease, LocalNode, NodeRecord, Subnet, SubnetClaim, MAX_RESERVED,
+};
+use crate::signature::SigningKey;
 use crate::subnet::Pool;
 use crate::timers::{TimerKind, Timers};
 use crate::view::Entry;
@@ -29,6 +33,13 @@ pub struct Gossip {
     pub(crate) rt: AccumulatingRuntime<NodeId>,
     pub(crate) inbox: SharedInbox,
     pub(crate) me: NodeRecord,
+    /// Our record as we send it (signed once per change, not per pull).
+    pub(crate) me_blob: Vec<u8>,
+    pub(crate) signing_key: Option<SigningKey>,
+    /// When each forget in our record was issued (`trust.rs`).
+    pub(crate) forgot_at: Vec<([u8; 32], Instant)>,
+    /// Forgets of our own key already outbid.
+    pub(crate) defended: HashSet<crate::record::Forget>,
     pub(crate) claim: crate::alloc::ClaimState,
     pub(crate) lamport: u64,
     pub(crate) members: BTreeMap<String, Entry>,
@@ -41,6 +52,8 @@ pub struct Gossip {
     pub(crate) seeds: Vec<SocketAddr>,
     pub(crate) sync: Option<crate::sync::SyncState>,
     pub(crate) served: HashMap<SocketAddr, Instant>,
+    /// State-dump chunks this node may still send now (`bounds.rs`).
+    pub(crate) serve_budget: crate::bounds::Budget,
     pub(crate) pulled: HashMap<SocketAddr, Instant>,
     /// Conflicts already reported: (other node, its record generation, over a reservation).
     pub(crate) reported: HashSet<(String, u64, bool)>,
@@ -81,7 +94,7 @@ impl Gossip {
             addr: local.gossip_addr,
             epoch: local.boot_epoch,
         };
-        let inbox = SharedInbox::default();
+        let inbox = SharedInbox::new(Inbox::new(local.boot_epoch, now));
         let swim = Foca::with_custom_broadcast(
             id,
             config.swim(max_packet),
@@ -102,17 +115,27 @@ impl Gossip {
             leaving: false,
             secret_ids: local.secret_ids,
             reserved,
+            signer: local.signing_key.as_ref().map(SigningKey::public),
+            forgets: Vec::new(),
         };
         // Refuse here what every peer would refuse (and what would make our own broadcasts fail).
-        crate::record::encode_record(&me)
-            .and_then(|bytes| crate::record::decode_record(&bytes))
+        let me_blob = encode_record(&me, local.signing_key.as_ref())
+            .and_then(|bytes| crate::record::decode_verified(&bytes).map(|_| bytes))
             .map_err(ConfigError::LocalNode)?;
+        if let Some(key) = &me.signer {
+            // Our name is ours: a record under it with another key is an impostor's.
+            inbox.lock().bind(&me.name, *key);
+        }
         let mut g = Self {
             pool,
             swim,
             rt: AccumulatingRuntime::new(),
             inbox,
             me,
+            me_blob,
+            signing_key: local.signing_key,
+            forgot_at: Vec::new(),
+            defended: HashSet::new(),
             claim: crate::alloc::ClaimState::Pending { since: now },
             lamport: 0,
             members: BTreeMap::new(),
@@ -125,6 +148,7 @@ impl Gossip {
             seeds: Vec::new(),
             sync: None,
             served: HashMap::new(),
+            serve_budget: crate::bounds::Budget::new(now),
             pulled: HashMap::new(),
             reported: HashSet::new(),
             rng: SmallRng::seed_from_u64(rng_seed ^ 0x9e37_79b9_7f4a_7c15),
@@ -166,6 +190,7 @@ impl Gossip {
 
     /// Handles one plaintext datagram (already opened by the daemon) from `from`.
     pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) {
+        self.inbox().now = now;
         self.counters.datagrams_in += 1;
         self.counters.bytes_in += bytes.len() as u64;
         let env = match wire::decode_envelope(bytes) {
@@ -181,9 +206,9 @@ impl Gossip {
                 self.swim_result(result);
             }
             Some(Kind::StateRequest) => self.serve_state(from, env.payload, now),
-            Some(Kind::StateChunk) => self.apply_chunk(env.payload, now),
+            Some(Kind::StateChunk) => self.apply_chunk(from, env.payload, now),
             Some(Kind::RecordPull) => self.serve_record(from),
-            Some(Kind::Records) => self.apply_records(env.payload),
+            Some(Kind::Records) => self.apply_records(from, env.payload),
             None => self.counters.unknown_kinds += 1,
         }
         self.after_swim(now);
@@ -191,6 +216,7 @@ impl Gossip {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.inbox().now = now;
         while let Some(kind) = self.timers.pop_due(now) {
             match kind {
                 TimerKind::Swim(timer) => {
@@ -252,9 +278,16 @@ impl Gossip {
     /// Traffic and error counters.
     pub fn counters(&self) -> Counters {
         let inbox = self.inbox.lock();
+        let [bad_name, generation, impostor, unsigned, bad_signature, full] = inbox.refused;
         Counters {
             decode_failures: self.counters.decode_failures + inbox.decode_failures,
             unknown_fields: self.counters.unknown_fields + inbox.unknown_fields,
+            refused_bad_name: bad_name,
+            refused_generation: generation,
+            refused_impostor: impostor,
+            refused_unsigned: unsigned,
+            refused_bad_signature: bad_signature,
+            refused_full: full,
             ..self.counters
         }
     }
@@ -295,28 +328,39 @@ impl Gossip {
         while let Some((dst, data)) = self.rt.to_send() {
             self.send(dst.addr, Kind::Swim, &data);
         }
-        let received = self.inbox().drain();
-        for record in received {
-            self.apply_record(record, now);
+        let (received, refused) = {
+            let mut inbox = self.inbox();
+            (inbox.drain(), inbox.drain_refusals())
+        };
+        for (record, blob) in received {
+            self.apply_record(record, blob, now);
         }
+        self.events
+            .extend(refused.into_iter().map(Event::RecordRefused));
         while let Some(n) = self.rt.to_notify() {
             self.apply_notification(n, now);
         }
     }
 
     pub(crate) fn send(&mut self, dst: SocketAddr, kind: Kind, payload: &[u8]) {
+        if self.transmits.len() >= crate::bounds::MAX_TRANSMITS {
+            self.counters.transmits_dropped += 1;
+            return;
+        }
         let mut out = Vec::with_capacity(payload.len() + ENVELOPE_OVERHEAD);
         wire::encode_envelope(kind, payload, &mut out);
         self.transmits.push_back(Transmit { dst, payload: out });
     }
 
-    /// Re-disseminates our record under a new generation.
+    /// Re-disseminates our record under a new generation. Saturating: the inbox refuses every
+    /// generation that could bring it near the end, ours included.
     pub(crate) fn publish_record(&mut self) {
-        self.me.generation += 1;
-        match crate::record::encode_record(&self.me) {
+        self.me.generation = self.me.generation.saturating_add(1);
+        match encode_record(&self.me, self.signing_key.as_ref()) {
             Ok(blob) => {
                 let result = self.swim.add_broadcast(&blob);
                 self.swim_result(result.map(|_| ()));
+                self.me_blob = blob;
             }
             Err(_) => self.counters.decode_failures += 1,
         }
@@ -328,86 +372,5 @@ impl Gossip {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-    use crate::record::SubnetRequest;
-    use crate::sim::Sim;
-
-    fn lone(now: Instant) -> Gossip {
-        Gossip::new(
-            Config::default(),
-            Sim::local_node(0, SubnetRequest::Auto),
-            1,
-            now,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn garbage_and_unknown_kinds_are_counted_not_parsed() {
-        let now = Instant::now();
-        let mut g = lone(now);
-        let from = "10.9.9.9:7946".parse().unwrap();
-        g.handle_datagram(from, &[0xff, 0xff, 0xff], now);
-        let mut future = Vec::new();
-        wire::encode_envelope(Kind::Swim, b"x", &mut future);
-        future[1] = 0x63; // kind 99
-        g.handle_datagram(from, &future, now);
-        let c = g.counters();
-        assert_eq!(
-            (c.datagrams_in, c.decode_failures, c.unknown_kinds),
-            (2, 1, 1)
-        );
-    }
-
-    #[test]
-    fn a_lone_first_node_claims_after_the_delay() {
-        let t0 = Instant::now();
-        let mut g = lone(t0);
-        assert!(g.lease().is_none());
-        let mut now = t0;
-        while now < t0 + g.config.claim_delay + g.config.tick {
-            now = g.poll_timeout().unwrap();
-            g.handle_timeout(now);
-        }
-        let lease = g.lease().unwrap();
-        assert!(g.pool().holds(&lease.subnet));
-        let events: Vec<Event> = std::iter::from_fn(|| g.poll_event()).collect();
-        assert!(events.contains(&Event::SubnetAssigned(lease)));
-    }
-
-    #[test]
-    fn explicit_and_persisted_subnets_are_held_at_once() {
-        let now = Instant::now();
-        let s: Subnet = "10.244.77.0/24".parse().unwrap();
-        let mut local = Sim::local_node(0, SubnetRequest::Explicit(s));
-        let g = Gossip::new(Config::default(), local.clone(), 1, now).unwrap();
-        assert_eq!(g.local_record().subnet.unwrap().subnet, s);
-        assert!(g.local_record().subnet.unwrap().explicit);
-        local.subnet = SubnetRequest::Persisted(Lease {
-            subnet: s,
-            stamp: 12,
-        });
-        let g = Gossip::new(Config::default(), local, 1, now).unwrap();
-        assert_eq!(
-            g.lease(),
-            Some(Lease {
-                subnet: s,
-                stamp: 12
-            })
-        );
-    }
-
-    #[test]
-    fn an_oversized_local_record_is_refused() {
-        let mut local = Sim::local_node(0, SubnetRequest::Auto);
-        local.endpoints = vec![local.gossip_addr; crate::record::MAX_ENDPOINTS + 1];
-        let err = Gossip::new(Config::default(), local, 1, Instant::now()).err();
-        assert!(matches!(err, Some(ConfigError::LocalNode(_))));
-        // The cause is in the message, and so not also a source (a chain would repeat it).
-        let err = err.unwrap();
-        assert!(err.to_string().contains("refused: record"), "{err}");
-        assert!(std::error::Error::source(&err).is_none());
-    }
-}
+#[path = "gossip_tests.rs"]
+pub(crate) mod tests;

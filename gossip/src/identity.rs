@@ -6,13 +6,12 @@
 //! cluster remembers as down, and [`foca::Identity::renew`] bumps it by one when the cluster
 //! declares us down while we are in fact alive.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{decode_record, NodeRecord};
+use crate::inbox::Inbox;
 
 /// A node's SWIM identity: its gossip address and a boot epoch that grows across restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -29,7 +28,8 @@ impl foca::Identity for NodeId {
     fn renew(&self) -> Option<Self> {
         Some(Self {
             addr: self.addr,
-            epoch: self.epoch.wrapping_add(1),
+            // Never wraps: at the last epoch foca keeps the identity it has.
+            epoch: self.epoch.checked_add(1)?,
         })
     }
 
@@ -60,56 +60,16 @@ impl foca::Invalidates for RecordKey {
     }
 }
 
-/// What the handler and the [`crate::Gossip`] share: the newest generation seen per name (to
-/// decide what is news and worth re-broadcasting) and the records received since last drained.
-#[derive(Debug, Default)]
-pub(crate) struct Inbox {
-    newest: HashMap<String, u64>,
-    received: Vec<NodeRecord>,
-    pub(crate) decode_failures: u64,
-    pub(crate) unknown_fields: u64,
-}
-
-impl Inbox {
-    /// Takes a record if it is newer than anything seen for its name.
-    pub(crate) fn offer(&mut self, record: NodeRecord) -> bool {
-        let newer = self
-            .newest
-            .get(&record.name)
-            .is_none_or(|&g| record.generation > g);
-        if newer {
-            self.newest.insert(record.name.clone(), record.generation);
-            self.received.push(record);
-        }
-        newer
-    }
-
-    /// Decodes and offers a record blob, counting failures and skipped fields.
-    pub(crate) fn offer_blob(&mut self, blob: &[u8]) -> Option<String> {
-        match decode_record(blob) {
-            Ok((record, extra)) => {
-                self.unknown_fields += u64::from(extra);
-                let name = record.name.clone();
-                self.offer(record).then_some(name)
-            }
-            Err(_) => {
-                self.decode_failures += 1;
-                None
-            }
-        }
-    }
-
-    pub(crate) fn drain(&mut self) -> Vec<NodeRecord> {
-        std::mem::take(&mut self.received)
-    }
-}
-
 /// Shared handle to the inbox. A mutex rather than a `RefCell` keeps [`crate::Gossip`] `Send`;
 /// it is only ever locked from the thread driving the state machine, so it never contends.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct SharedInbox(Arc<Mutex<Inbox>>);
 
 impl SharedInbox {
+    pub(crate) fn new(inbox: Inbox) -> Self {
+        Self(Arc::new(Mutex::new(inbox)))
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inbox> {
         self.0
             .lock()
@@ -132,11 +92,11 @@ impl foca::BroadcastHandler<NodeId> for RecordHandler {
     fn receive_item(
         &mut self,
         data: &[u8],
-        _sender: Option<&NodeId>,
+        sender: Option<&NodeId>,
     ) -> Result<Option<RecordKey>, BadRecord> {
         let mut inbox = self.0.lock();
         let before = inbox.decode_failures;
-        let news = inbox.offer_blob(data);
+        let news = inbox.offer_blob(data, sender.map(|s| s.addr));
         if inbox.decode_failures != before {
             return Err(BadRecord);
         }
@@ -148,41 +108,32 @@ impl foca::BroadcastHandler<NodeId> for RecordHandler {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::record::{encode_record, Capabilities};
+    use crate::record::encode_record;
+    use crate::record::tests::sample;
     use foca::{BroadcastHandler, Identity};
-
-    fn record(generation: u64) -> NodeRecord {
-        NodeRecord {
-            name: "n".into(),
-            gossip_addr: "127.0.0.1:1".parse().unwrap(),
-            public_key: [0; 32],
-            endpoints: vec![],
-            subnet: None,
-            vtep_mac: [0; 6],
-            capabilities: Capabilities::default(),
-            version: String::new(),
-            generation,
-            leaving: false,
-            secret_ids: Vec::new(),
-            reserved: Vec::new(),
-        }
-    }
+    use std::time::Instant;
 
     #[test]
-    fn only_newer_generations_are_news() {
-        let inbox = SharedInbox::default();
+    fn only_newer_generations_are_news_and_refusals_are_not_passed_on() {
+        let inbox = SharedInbox::new(Inbox::new(1, Instant::now()));
         let mut h = RecordHandler(inbox.clone());
-        let blob = |g| encode_record(&record(g)).unwrap();
+        let blob = |g| {
+            let mut r = sample("n");
+            r.generation = g;
+            encode_record(&r, None).unwrap()
+        };
         assert!(h.receive_item(&blob(2), None).unwrap().is_some());
         assert!(h.receive_item(&blob(2), None).unwrap().is_none());
         assert!(h.receive_item(&blob(1), None).unwrap().is_none());
         assert!(h.receive_item(&blob(3), None).unwrap().is_some());
+        // Refused (from the future), so not re-broadcast, but no decode failure either.
+        assert!(h.receive_item(&blob(u64::MAX), None).unwrap().is_none());
         assert!(h.receive_item(b"\xff\xff", None).is_err());
         assert_eq!(inbox.lock().drain().len(), 2);
     }
 
     #[test]
-    fn renewed_identity_wins() {
+    fn renewed_identity_wins_and_never_wraps() {
         let id = NodeId {
             addr: "127.0.0.1:1".parse().unwrap(),
             epoch: 5,
@@ -190,5 +141,10 @@ mod tests {
         let next = id.renew().unwrap();
         assert!(next.win_addr_conflict(&id));
         assert!(!id.win_addr_conflict(&next));
+        let last = NodeId {
+            epoch: u32::MAX,
+            ..id
+        };
+        assert_eq!(last.renew(), None);
     }
 }

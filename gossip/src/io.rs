@@ -37,4 +37,33 @@ pub struct Counters {
     pub downs_postponed: u64,
     /// Downs heard that were held on data-path evidence ([`crate::Event::MemberHeld`]).
     pub downs_held: u64,
+    /// Records refused for a name that is not a valid node name.
+    pub refused_bad_name: u64,
+    /// Records refused for a generation implausibly far ahead.
+    pub refused_generation: u64,
+    /// Records refused for a signature by another key than the one their name is bound to:
+    /// someone (a member) speaking for another.
+    pub refused_impostor: u64,
+    /// Unsigned records refused under a name already seen signed.
+    pub refused_unsigned: u64,
+    /// Records refused for a signature that does not verify.
+    pub refused_bad_signature: u64,
+    /// Records of new names refused while the name table was full.
+    pub refused_full: u64,
+    /// State requests refused over the serve budget.
+    pub state_requests_refused: u64,
+    /// Datagrams dropped because the transmit queue was full.
+    pub transmits_dropped: u64,
+}
+
+impl Counters {
+    /// Records refused for any reason (impostors, bad names, far-ahead generations, ...).
+    pub fn refused_records(&self) -> u64 {
+        self.refused_bad_name
+            + self.refused_generation
+            + self.refused_impostor
+            + self.refused_unsigned
+            + self.refused_bad_signature
+            + self.refused_full
+    }
 }

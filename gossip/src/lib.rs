@@ -4,9 +4,11 @@
 //! It is a sans-IO state machine. The daemon feeds it opened datagrams
 //! ([`Gossip::handle_datagram`]) and deadlines ([`Gossip::handle_timeout`]), and drains what
 //! to send ([`Gossip::poll_transmit`]), when to wake ([`Gossip::poll_timeout`]) and what
-//! happened ([`Gossip::poll_event`]). It opens no socket, reads no clock, spawns nothing and
-//! does no cryptography: datagrams in and out are plaintext, sealed and opened by the daemon
-//! with the `crypto` crate's AEAD. What the daemon's data path knows about liveness goes in
+//! happened ([`Gossip::poll_event`]). It opens no socket, reads no clock and spawns nothing.
+//! Datagrams in and out are plaintext, sealed and opened by the daemon with the `crypto`
+//! crate's AEAD; the one cryptography done here is the records' own: each node signs its
+//! record (ed25519, [`SigningKey`]) and a name is bound to its key on first sight, so a member
+//! speaks only for itself (`inbox.rs`, `trust.rs`). What the daemon's data path knows about liveness goes in
 //! too ([`Gossip::handle_evidence`]: authenticated traffic from a member just arrived), so
 //! that a member a lossy gossip path would declare down stays up while its traffic flows. The
 //! [`sim`] module drives thousands of instances in one process on a virtual clock, for the
@@ -42,17 +44,22 @@
 //! ```
 
 mod alloc;
+mod bounds;
 mod config;
 mod evidence;
 mod gossip;
 mod identity;
+mod inbox;
 mod io;
+mod name;
 mod precedence;
-mod record;
+pub mod record;
+mod signature;
 pub mod sim;
 mod subnet;
 mod sync;
 mod timers;
+mod trust;
 mod view;
 pub mod wire;
 
@@ -60,13 +67,17 @@ pub use alloc::{SubnetConflict, MAX_STAMP};
 pub use config::{Config, ConfigError, Profile, MIN_DATAGRAM};
 pub use gossip::Gossip;
 pub use identity::NodeId;
+pub use inbox::{Refusal, Refused, MAX_CLOCK_AHEAD, MAX_NAMES, REBIND_HOLD};
 pub use io::{Counters, Transmit};
+pub use name::{is_valid_name, MAX_NAME_LEN, NAME_RULE};
 pub use precedence::{HoldKind, Precedence, Settled};
 pub use record::{
-    Capabilities, Lease, LocalNode, NodeRecord, RecordError, Subnet, SubnetClaim, SubnetParseError,
-    SubnetRequest, MAX_ENDPOINTS, MAX_NAME_LEN, MAX_RECORD_LEN, MAX_RESERVED,
+    Capabilities, Forget, Lease, LocalNode, NodeRecord, RecordError, Subnet, SubnetClaim,
+    SubnetParseError, SubnetRequest, MAX_ENDPOINTS, MAX_RECORD_LEN, MAX_RESERVED,
 };
+pub use signature::{short as short_key, SigningKey, PUBLIC_KEY_LEN};
 pub use subnet::{ClaimFault, Pool, PoolError, Ranges, MAX_CLAIM_SLOTS};
+pub use trust::ForgetError;
 pub use view::{Member, MemberState};
 
 /// Something the daemon acts on: routes, peers, the subnet lease, logs.
@@ -97,4 +108,22 @@ pub enum Event {
     SubnetConflict(SubnetConflict),
     /// No free subnet is left in the cluster CIDR; retried as members go.
     SubnetExhausted,
+    /// A record was refused (and counted): log at warn, rate-limited, naming the name and the
+    /// sender. An impostor means a member speaks for another.
+    RecordRefused(Refusal),
+    /// `by` asked the cluster to forget the signing key `name` was bound to (`meshd forget`):
+    /// the name binds anew unless its owner outbids the forget. Log at warn.
+    KeyForgotten {
+        /// The name released.
+        name: String,
+        /// The member that asked (this node, for a local `meshd forget`).
+        by: String,
+    },
+    /// `by` asked the cluster to forget this node's own signing key; this node published a
+    /// newer record, which keeps its name bound to its key. Log at error: unless this node was
+    /// reinstalled elsewhere, someone tries to take its name.
+    OwnKeyForgotten {
+        /// The member that asked.
+        by: String,
+    },
 }

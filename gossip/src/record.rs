@@ -8,11 +8,18 @@
 //!
 //! Extensions so far: 1. the ids of the cluster secrets the node holds
 //! ([`NodeRecord::secret_ids`]); 2. the subnets the node routes outside gossip, its static
-//! peers' ([`NodeRecord::reserved`]).
+//! peers' ([`NodeRecord::reserved`]); 3. the owner's signature over every other byte of the
+//! record ([`crate::signature`]); 4. the signing keys the owner asks the cluster to forget
+//! ([`NodeRecord::forgets`], `meshd forget`). Decoding ([`decode_record`]) only parses; what
+//! is believed is decided by the inbox (`inbox.rs`), which checks the signature
+//! ([`Decoded::verify`]) against the key the name is bound to.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
+
+use crate::name::is_valid_name;
+use crate::signature::{Proof, SigningKey, EXT_LEN, PUBLIC_KEY_LEN};
 
 /// An IPv4 network: address with all host bits zero, and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -171,6 +178,24 @@ pub struct NodeRecord {
     /// claim one: every node leaves them out of its picks (empty from an older node).
     #[serde(skip)]
     pub reserved: Vec<Subnet>,
+    /// Extension 3: the ed25519 key whose signature over this record was checked; `None` for
+    /// a record from a node older than signatures (see `inbox.rs` for when one is believed).
+    #[serde(skip)]
+    pub signer: Option<[u8; PUBLIC_KEY_LEN]>,
+    /// Extension 4: signing keys this node asks the cluster to forget (`meshd forget`), each
+    /// bound to some name elsewhere; at most [`MAX_FORGETS`]. Signed records only.
+    #[serde(skip)]
+    pub forgets: Vec<Forget>,
+}
+
+/// One `meshd forget`: release the name bound to `key`, unless its owner shows that key is
+/// alive by publishing a record newer than `upto` (see `inbox.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Forget {
+    /// The signing key to forget.
+    pub key: [u8; PUBLIC_KEY_LEN],
+    /// The newest generation the issuer had seen under that key when it was forgotten.
+    pub upto: u64,
 }
 
 /// The local node, as the daemon knows it at start-up.
@@ -198,9 +223,14 @@ pub struct LocalNode {
     /// CIDR are published ([`NodeRecord::reserved`]) and never given to a member; at most
     /// [`MAX_RESERVED`] of them.
     pub reserved: Vec<Subnet>,
-    /// Must grow across restarts (seconds since the Unix epoch at start will do): a restarted
-    /// node's identity and record then win over what the cluster remembers of its last life.
+    /// Seconds since the Unix epoch at start (the wall clock): it grows across restarts, so a
+    /// restarted node's identity and record win over what the cluster remembers of its last
+    /// life; and with the time since start it bounds the generations this node believes
+    /// (`inbox.rs`: a record from "the future" is refused).
     pub boot_epoch: u32,
+    /// The key this node signs its record with. `None` signs nothing, as meshd did before
+    /// signatures (the simulator plays such an old node with it); the daemon always has one.
+    pub signing_key: Option<SigningKey>,
 }
 
 /// Where the node's subnet comes from.
@@ -215,11 +245,15 @@ pub enum SubnetRequest {
 }
 
 /// Largest record accepted from the network; bounds what one broadcast can make us store.
+/// Nodes before signatures refuse longer records, so this cannot grow.
 pub const MAX_RECORD_LEN: usize = 512;
-/// Longest node name accepted.
-pub const MAX_NAME_LEN: usize = 64;
-/// Most underlay endpoints accepted per node.
-pub const MAX_ENDPOINTS: usize = 8;
+/// Most underlay endpoints accepted per node: 6, so that a signed record with every field at
+/// its bound (IPv6 endpoints take 20 bytes each, the signature 97) fits [`MAX_RECORD_LEN`].
+/// meshd publishes one.
+pub const MAX_ENDPOINTS: usize = 6;
+/// Most keys one record asks to forget (`meshd forget`). A record at every other bound has no
+/// room for one; the command then says so.
+pub const MAX_FORGETS: usize = 2;
 /// Most cluster secret ids accepted per node.
 pub const MAX_SECRET_IDS: usize = 8;
 /// Most reserved (static peer) subnets accepted per node: 16 take 81 bytes, which a record
@@ -235,25 +269,84 @@ pub enum RecordError {
     /// The blob is not a postcard record.
     #[error("record does not decode")]
     Malformed,
-    /// The record decodes but breaks a bound (name, endpoints, subnet form).
+    /// The record decodes but breaks a bound (endpoints, subnet form).
     #[error("record out of bounds")]
     Invalid,
+    /// The record's name is not a valid node name ([`crate::is_valid_name`]).
+    #[error("record name is not a valid node name")]
+    BadName,
+    /// The signature is not the claimed key's over the record.
+    #[error("record signature does not verify")]
+    BadSignature,
 }
 
-/// Encodes a record into a fresh blob: the base fields, then each extension as a blob.
-pub fn encode_record(record: &NodeRecord) -> Result<Vec<u8>, RecordError> {
+/// A record as parsed from a blob, its signature not checked yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// The record, with [`NodeRecord::signer`] empty until [`Decoded::verify`].
+    pub record: NodeRecord,
+    /// Trailing bytes (extensions from a newer version) were skipped.
+    pub skipped: bool,
+    proof: Option<Proof>,
+}
+
+impl Decoded {
+    /// The key the record claims to be signed by, unchecked; `None` for an unsigned record.
+    pub fn claimed_key(&self) -> Option<[u8; PUBLIC_KEY_LEN]> {
+        self.proof.map(|p| p.key)
+    }
+
+    /// Checks the signature over `blob` (the one decoded) and returns the record with its
+    /// signer set; an unsigned record comes back as it is.
+    pub fn verify(mut self, blob: &[u8]) -> Result<NodeRecord, RecordError> {
+        if let Some(proof) = self.proof {
+            if !proof.holds(blob) {
+                return Err(RecordError::BadSignature);
+            }
+            self.record.signer = Some(proof.key);
+        }
+        Ok(self.record)
+    }
+}
+
+/// Encodes a record into a fresh blob: the base fields, then each extension as a blob; signed
+/// by `key` (extensions 3 and 4) unless it is `None` (as meshd did before signatures).
+pub fn encode_record(
+    record: &NodeRecord,
+    key: Option<&SigningKey>,
+) -> Result<Vec<u8>, RecordError> {
+    encode_with_trailer(record, key, &[])
+}
+
+/// [`encode_record`], with `trailer` appended after the last extension and signed with the
+/// rest: what a node one version ahead sends (tests of rolling upgrades).
+pub fn encode_with_trailer(
+    record: &NodeRecord,
+    key: Option<&SigningKey>,
+    trailer: &[u8],
+) -> Result<Vec<u8>, RecordError> {
     let mut blob = postcard::to_allocvec(record).map_err(|_| RecordError::Malformed)?;
     blob = append_extension(blob, &record.secret_ids)?;
     blob = append_extension(blob, &record.reserved)?;
+    if let Some(key) = key {
+        let mut suffix = append_extension(Vec::new(), &record.forgets)?;
+        suffix.extend_from_slice(trailer);
+        let ext = key.seal(&blob, &suffix);
+        blob = postcard::to_extend(ext.as_slice(), blob).map_err(|_| RecordError::Malformed)?;
+        blob.extend_from_slice(&suffix);
+    } else {
+        blob.extend_from_slice(trailer);
+    }
     if blob.len() > MAX_RECORD_LEN {
         return Err(RecordError::TooLong);
     }
     Ok(blob)
 }
 
-/// Decodes a record blob. Returns the record and whether trailing bytes (extensions from a
-/// newer version) were skipped. Extensions missing (an older sender) stay empty.
-pub fn decode_record(blob: &[u8]) -> Result<(NodeRecord, bool), RecordError> {
+/// Parses a record blob: the base fields and every extension this version knows; those
+/// missing (an older sender) stay empty. The signature is parsed, not checked: see
+/// [`Decoded::verify`].
+pub fn decode_record(blob: &[u8]) -> Result<Decoded, RecordError> {
     if blob.len() > MAX_RECORD_LEN {
         return Err(RecordError::TooLong);
     }
@@ -265,17 +358,48 @@ pub fn decode_record(blob: &[u8]) -> Result<(NodeRecord, bool), RecordError> {
     if let Some(reserved) = take_extension(&mut rest)? {
         record.reserved = reserved;
     }
-    let bounded = !record.name.is_empty()
-        && record.name.len() <= MAX_NAME_LEN
-        && record.endpoints.len() <= MAX_ENDPOINTS
+    let mut proof = None;
+    if !rest.is_empty() {
+        let start = blob.len() - rest.len();
+        let (content, after): (&[u8], _) =
+            postcard::take_from_bytes(rest).map_err(|_| RecordError::Malformed)?;
+        rest = after;
+        let end = blob.len() - rest.len();
+        proof = match content.len() {
+            EXT_LEN => Proof::parse(content, (start, end)),
+            _ => None,
+        };
+        if proof.is_none() {
+            return Err(RecordError::Malformed);
+        }
+        if let Some(forgets) = take_extension(&mut rest)? {
+            record.forgets = forgets;
+        }
+    }
+    let bounded = record.endpoints.len() <= MAX_ENDPOINTS
         && record.secret_ids.len() <= MAX_SECRET_IDS
         && record.reserved.len() <= MAX_RESERVED
+        && record.forgets.len() <= MAX_FORGETS
         && record.reserved.iter().all(Subnet::is_valid)
         && record.subnet.is_none_or(|c| c.subnet.is_valid());
     if !bounded {
         return Err(RecordError::Invalid);
     }
-    Ok((record, !rest.is_empty()))
+    if !is_valid_name(&record.name) {
+        return Err(RecordError::BadName);
+    }
+    Ok(Decoded {
+        record,
+        skipped: !rest.is_empty(),
+        proof,
+    })
+}
+
+/// [`decode_record`] then [`Decoded::verify`]: what a record says, if its signature holds.
+pub fn decode_verified(blob: &[u8]) -> Result<(NodeRecord, bool), RecordError> {
+    let decoded = decode_record(blob)?;
+    let skipped = decoded.skipped;
+    Ok((decoded.verify(blob)?, skipped))
 }
 
 fn append_extension(blob: Vec<u8>, value: &impl Serialize) -> Result<Vec<u8>, RecordError> {
@@ -299,160 +423,5 @@ fn take_extension<T: serde::de::DeserializeOwned>(
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-
-    pub(crate) fn sample(name: &str) -> NodeRecord {
-        NodeRecord {
-            name: name.to_string(),
-            gossip_addr: "192.0.2.1:7946".parse().unwrap(),
-            public_key: [7; 32],
-            endpoints: vec!["192.0.2.1:51820".parse().unwrap()],
-            subnet: Some(SubnetClaim {
-                subnet: "10.244.3.0/24".parse().unwrap(),
-                stamp: 4,
-                explicit: false,
-            }),
-            vtep_mac: [2, 0, 0, 0, 0, 1],
-            capabilities: Capabilities(Capabilities::KERNEL_VXLAN),
-            version: "0.1.0".to_string(),
-            generation: 3,
-            leaving: false,
-            secret_ids: vec![[1, 2, 3, 4], [5, 6, 7, 8]],
-            reserved: vec!["10.244.200.0/24".parse().unwrap()],
-        }
-    }
-
-    #[test]
-    fn subnet_parse_and_contains() {
-        let cidr: Subnet = "10.244.0.0/16".parse().unwrap();
-        let sub: Subnet = "10.244.9.0/24".parse().unwrap();
-        assert!(cidr.contains(&sub));
-        assert!(!sub.contains(&cidr));
-        assert!("10.244.9.1/24".parse::<Subnet>().is_err());
-        assert!("10.244.9.0/33".parse::<Subnet>().is_err());
-        assert_eq!(sub.to_string(), "10.244.9.0/24");
-    }
-
-    #[test]
-    fn record_round_trip_tolerates_appended_fields() {
-        let rec = sample("n1");
-        let mut blob = encode_record(&rec).unwrap();
-        assert_eq!(decode_record(&blob).unwrap(), (rec.clone(), false));
-        blob.extend_from_slice(&[1, 2, 3]);
-        assert_eq!(decode_record(&blob).unwrap(), (rec, true));
-    }
-
-    /// A record from a node that predates the extensions: only the base fields.
-    #[test]
-    fn base_only_record_decodes_with_empty_extensions() {
-        let rec = sample("n1");
-        let base = postcard::to_allocvec(&rec).unwrap();
-        let (old, skipped) = decode_record(&base).unwrap();
-        assert!(!skipped);
-        assert!(old.secret_ids.is_empty());
-        assert!(old.reserved.is_empty());
-        assert_eq!(
-            NodeRecord {
-                secret_ids: rec.secret_ids.clone(),
-                reserved: rec.reserved.clone(),
-                ..old
-            },
-            rec
-        );
-        // And what this version sends carries the ids.
-        let (new, _) = decode_record(&encode_record(&rec).unwrap()).unwrap();
-        assert_eq!(new.secret_ids, rec.secret_ids);
-        assert_eq!(new.reserved, rec.reserved);
-    }
-
-    /// What this version sends, read as the previous version did (base and extension 1): the
-    /// reservations are skipped, everything else reads; and that version's records read here
-    /// with no reservations.
-    #[test]
-    fn reservations_are_an_extension_older_nodes_skip() {
-        let rec = sample("n1");
-        let blob = encode_record(&rec).unwrap();
-        let (base, rest): (NodeRecord, _) = postcard::take_from_bytes(&blob).unwrap();
-        let (ext1, rest): (&[u8], _) = postcard::take_from_bytes(rest).unwrap();
-        let ids: Vec<[u8; 4]> = postcard::from_bytes(ext1).unwrap();
-        assert_eq!((base.name.as_str(), ids), ("n1", rec.secret_ids.clone()));
-        assert!(
-            !rest.is_empty(),
-            "extension 2 is left for an older decoder to skip"
-        );
-        let previous = append_extension(postcard::to_allocvec(&rec).unwrap(), &rec.secret_ids);
-        let (read, skipped) = decode_record(&previous.unwrap()).unwrap();
-        assert!(!skipped);
-        assert!(read.reserved.is_empty());
-        assert_eq!(read.secret_ids, rec.secret_ids);
-    }
-
-    /// Every field at its bound still fits in one record.
-    #[test]
-    fn a_record_at_every_bound_fits() {
-        let mut rec = sample(&"n".repeat(MAX_NAME_LEN));
-        rec.gossip_addr = "[2001:db8::1]:65535".parse().unwrap();
-        rec.endpoints = vec!["[2001:db8::1]:65535".parse().unwrap(); MAX_ENDPOINTS];
-        rec.subnet = rec.subnet.map(|c| SubnetClaim {
-            stamp: u64::MAX,
-            ..c
-        });
-        rec.capabilities = Capabilities(u32::MAX);
-        rec.version = "0.1.0-rc.1+abcdef".into();
-        rec.generation = u64::MAX;
-        rec.secret_ids = vec![[0xff; 4]; MAX_SECRET_IDS];
-        rec.reserved = vec!["10.244.255.252/30".parse().unwrap(); MAX_RESERVED];
-        let blob = encode_record(&rec).unwrap();
-        assert!(blob.len() <= MAX_RECORD_LEN, "{} bytes", blob.len());
-        assert_eq!(decode_record(&blob).unwrap(), (rec.clone(), false));
-        rec.reserved.push("10.244.0.0/30".parse().unwrap());
-        let blob = encode_record(&rec).unwrap();
-        assert_eq!(decode_record(&blob), Err(RecordError::Invalid));
-    }
-
-    #[test]
-    fn record_bounds_are_enforced() {
-        let mut rec = sample("n1");
-        rec.name = "x".repeat(MAX_NAME_LEN + 1);
-        let blob = postcard::to_allocvec(&rec).unwrap();
-        assert_eq!(decode_record(&blob), Err(RecordError::Invalid));
-        assert_eq!(decode_record(&[0xff; 3]), Err(RecordError::Malformed));
-        let mut rec = sample("n1");
-        rec.secret_ids = vec![[0; 4]; MAX_SECRET_IDS + 1];
-        let blob = encode_record(&rec).unwrap();
-        assert_eq!(decode_record(&blob), Err(RecordError::Invalid));
-        // A truncated extension is malformed, not silently empty.
-        let blob = encode_record(&sample("n1")).unwrap();
-        assert_eq!(
-            decode_record(&blob[..blob.len() - 2]),
-            Err(RecordError::Malformed)
-        );
-    }
-
-    #[test]
-    fn claim_order_is_explicit_then_age_then_name() {
-        let s: Subnet = "10.244.1.0/24".parse().unwrap();
-        let old = SubnetClaim {
-            subnet: s,
-            stamp: 1,
-            explicit: false,
-        };
-        let new = SubnetClaim {
-            subnet: s,
-            stamp: 9,
-            explicit: false,
-        };
-        let pinned = SubnetClaim {
-            subnet: s,
-            stamp: 99,
-            explicit: true,
-        };
-        assert!(old.beats("b", &new, "a"));
-        assert!(!new.beats("a", &old, "b"));
-        assert!(pinned.beats("z", &old, "a"));
-        assert!(old.beats("a", &old, "b"));
-        assert!(!old.beats("b", &old, "a"));
-    }
-}
+#[path = "record_tests.rs"]
+pub(crate) mod tests;

@@ -13,12 +13,11 @@ use foca::{Member, State};
 use rand::RngExt;
 
 use crate::gossip::Gossip;
-use crate::record::encode_record;
 use crate::wire::{self, Kind, Records, StateChunk, StateEntry, StateRequest};
 
 /// A seed serves one requester at most this often: a state dump is the one reply far larger
 /// than its request.
-const SERVE_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const SERVE_EVERY: Duration = Duration::from_secs(1);
 /// Bytes per chunk reserved for the chunk's own fields and the entry count.
 const CHUNK_HEADER: usize = 24;
 
@@ -100,8 +99,16 @@ impl Gossip {
         {
             return;
         }
-        self.served.insert(from, now);
         let chunks = self.pack_entries(self.state_entries());
+        // Within the budget, or not at all: half a dump is worth no more than none (the joiner
+        // asks again, and learns the rest by rumour and pulls meanwhile).
+        if self.served.len() >= crate::bounds::MAX_REQUESTERS
+            || !self.serve_budget.take(chunks.len(), now)
+        {
+            self.counters.state_requests_refused += 1;
+            return;
+        }
+        self.served.insert(from, now);
         let total = u16::try_from(chunks.len()).unwrap_or(u16::MAX);
         for (index, entries) in chunks.iter().take(usize::from(total)).enumerate() {
             let chunk = StateChunk {
@@ -117,17 +124,17 @@ impl Gossip {
 
     /// One blob per member foca knows (down ones included, so a joiner ignores their stale
     /// rumours), plus ourselves.
+    /// Records go as their owners signed them.
     fn state_entries(&self) -> Vec<Vec<u8>> {
         let blob = |addr: &SocketAddr| {
             let name = self.by_addr.get(addr)?;
-            encode_record(&self.members.get(name)?.record).ok()
+            Some(self.members.get(name)?.blob.as_slice())
         };
-        let own = encode_record(&self.me).ok();
         let me = StateEntry {
             id: *self.swim.identity(),
             incarnation: 0,
             state: 0,
-            record: own.as_deref(),
+            record: Some(&self.me_blob),
         };
         let mut out = vec![wire::encode_payload(&me)];
         for m in self.swim.iter_membership_state() {
@@ -141,7 +148,7 @@ impl Gossip {
                 id: *m.id(),
                 incarnation: m.incarnation(),
                 state,
-                record: record.as_deref(),
+                record,
             };
             out.push(wire::encode_payload(&entry));
         }
@@ -171,7 +178,7 @@ impl Gossip {
         chunks
     }
 
-    pub(crate) fn apply_chunk(&mut self, payload: &[u8], now: Instant) {
+    pub(crate) fn apply_chunk(&mut self, from: SocketAddr, payload: &[u8], now: Instant) {
         let Ok((chunk, extra)) = wire::decode_payload::<StateChunk<'_>>(payload) else {
             self.counters.decode_failures += 1;
             return;
@@ -192,7 +199,7 @@ impl Gossip {
                 _ => continue,
             };
             if let Some(record) = entry.record {
-                self.inbox().offer_blob(record);
+                self.inbox().offer_blob(record, Some(from));
             }
             if state == State::Down {
                 down.push(entry.id.addr);
@@ -246,16 +253,13 @@ impl Gossip {
     }
 
     pub(crate) fn serve_record(&mut self, from: SocketAddr) {
-        let Ok(own) = encode_record(&self.me) else {
-            return;
-        };
         let bytes = wire::encode_payload(&Records {
-            records: vec![own.as_slice()],
+            records: vec![self.me_blob.as_slice()],
         });
         self.send(from, Kind::Records, &bytes);
     }
 
-    pub(crate) fn apply_records(&mut self, payload: &[u8]) {
+    pub(crate) fn apply_records(&mut self, from: SocketAddr, payload: &[u8]) {
         let Ok((records, extra)) = wire::decode_payload::<Records<'_>>(payload) else {
             self.counters.decode_failures += 1;
             return;
@@ -263,7 +267,7 @@ impl Gossip {
         self.counters.unknown_fields += u64::from(extra);
         let mut inbox = self.inbox();
         for blob in records.records {
-            inbox.offer_blob(blob);
+            inbox.offer_blob(blob, Some(from));
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct Member<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) record: NodeRecord,
+    /// The record as its owner sent it: what state dumps pass on.
+    pub(crate) blob: Vec<u8>,
     pub(crate) state: Option<MemberState>,
     pub(crate) since: Instant,
     /// Latest data-path evidence that it is alive.
@@ -66,7 +68,7 @@ impl Entry {
 }
 
 /// A record pull is repeated at most this often per member.
-const PULL_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const PULL_EVERY: Duration = Duration::from_secs(1);
 /// Pulls sent per tick, so a joiner that lost part of a state dump catches up without a burst.
 const PULLS_PER_TICK: usize = 32;
 /// Ticks between anti-entropy record refreshes (1 s at the default tick).
@@ -94,7 +96,8 @@ impl Gossip {
         self.members.values().filter(|e| e.is_live()).count()
     }
 
-    pub(crate) fn apply_record(&mut self, record: NodeRecord, now: Instant) {
+    /// Applies a record the inbox believed (see `inbox.rs`), and the forgets it carries.
+    pub(crate) fn apply_record(&mut self, record: NodeRecord, blob: Vec<u8>, now: Instant) {
         if let Some(claim) = record.subnet {
             self.observe_stamp(claim.stamp);
         }
@@ -107,6 +110,10 @@ impl Gossip {
             }
             return;
         }
+        let forgets = match record.signer {
+            Some(_) => record.forgets.clone(),
+            None => Vec::new(),
+        };
         let addr = record.gossip_addr;
         let name = record.name.clone();
         let swim_alive = self.active.contains_key(&addr);
@@ -118,6 +125,7 @@ impl Gossip {
                     self.by_addr.remove(&entry.record.gossip_addr);
                 }
                 entry.record = record;
+                entry.blob = blob;
                 if entry.hold.is_some() && !swim_alive && entry.record.leaving {
                     // Held on its traffic when SWIM's notice of its departure came first.
                     entry.hold = None;
@@ -147,6 +155,7 @@ impl Gossip {
                     name.clone(),
                     Entry {
                         record,
+                        blob,
                         state,
                         since: now,
                         heard: None,
@@ -163,6 +172,9 @@ impl Gossip {
         self.missing.remove(&addr);
         if touches_mine {
             self.check_conflicts(now);
+        }
+        for f in forgets {
+            self.apply_forget(&name, f);
         }
     }
 
@@ -268,6 +280,7 @@ impl Gossip {
         self.rejoin_if_isolated(now);
         self.resync_tick(now);
         self.claim_tick(now);
+        self.bound_tick(now);
     }
 
     /// foca does not report Alive↔Suspect; read it off its member list.

@@ -7,18 +7,23 @@ use std::time::Duration;
 use meshd_gossip::sim::scenario::{self, Watch};
 use meshd_gossip::sim::{NetConfig, Sim};
 use meshd_gossip::wire::{self, Envelope, Kind, Records, WIRE_VERSION};
-use meshd_gossip::{Config, MemberState, SubnetRequest};
+use meshd_gossip::{record, Config, MemberState, SubnetRequest};
 
-/// Re-encodes a datagram as a version-ahead node would send it, and adds a message of a kind
-/// this version has never heard of.
+/// Re-encodes a datagram as a version-ahead node (node 3) would send it, and adds a message of
+/// a kind this version has never heard of. Its record grows an extension, which it signs
+/// with the rest.
 fn as_next_version(bytes: Vec<u8>) -> Vec<Vec<u8>> {
     let env = wire::decode_envelope(&bytes).unwrap();
     let payload = if env.kind == Kind::Records.code() {
         let (recs, _) = wire::decode_payload::<Records<'_>>(env.payload).unwrap();
+        let key = Sim::signing_key(3);
         let grown: Vec<Vec<u8>> = recs
             .records
             .iter()
-            .map(|r| [*r, b"new record field".as_slice()].concat())
+            .map(|r| {
+                let (rec, _) = record::decode_verified(r).unwrap();
+                record::encode_with_trailer(&rec, Some(&key), b"new record field").unwrap()
+            })
             .collect();
         let mut p = wire::encode_payload(&Records {
             records: grown.iter().map(Vec::as_slice).collect(),
@@ -75,6 +80,11 @@ fn node_one_version_ahead_keeps_talking() {
         let c = n.gossip.counters();
         assert!(c.unknown_kinds > 0, "node {i} saw the new kind");
         assert_eq!(c.decode_failures, 0, "node {i}");
+        assert_eq!(
+            c.refused_records(),
+            0,
+            "node {i} believed node-3's grown record"
+        );
     }
     let fields: u64 = sim
         .nodes

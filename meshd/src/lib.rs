@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod host;

@@ -36,6 +36,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Forget the gossip signing key NODE is bound to, on this node and, through gossip, on
+    /// every member: for a node reinstalled without its state directory (its old key gone),
+    /// which the cluster refuses until then. NODE binds to the next key it signs with after
+    /// 10 s, unless NODE is alive with its old key, which then keeps it.
+    Forget {
+        /// The node's name.
+        node: String,
+        #[arg(long, env = "MESHD_RUN_DIR", default_value = "/run/meshd")]
+        run_dir: PathBuf,
+    },
     /// Print a new WireGuard private key (base64, as `wg genkey` does).
     Keygen,
     /// Read a private key on stdin and print its public key (as `wg pubkey` does).
@@ -121,6 +131,10 @@ fn real_main(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", meshd::status::render(&s));
             }
+            Ok(())
+        }
+        Command::Forget { node, run_dir } => {
+            println!("{}", meshd::control::forget(&run_dir, &node)?);
             Ok(())
         }
         Command::Keygen => {
@@ -284,6 +298,29 @@ mod tests {
         assert!(e.to_string().contains("--peer"), "{e}");
         assert!(e.to_string().contains("found 3 characters"), "{e}");
         assert!(Cli::try_parse_from(["meshd", "vtep-mac"]).is_err());
+    }
+
+    #[test]
+    fn forget_takes_a_name_and_refuses_what_is_none_before_connecting() {
+        let cli = Cli::try_parse_from(["meshd", "forget", "n-2", "--run-dir", "/nonexistent"]);
+        let (node, run_dir) = match cli.map(|c| c.command) {
+            Ok(Command::Forget { node, run_dir }) => (node, run_dir),
+            _ => (String::new(), PathBuf::new()),
+        };
+        assert_eq!(node, "n-2");
+        let err = format!(
+            "{:#}",
+            meshd::control::forget(&run_dir, "a\u{1b}[2J").unwrap_err()
+        );
+        assert!(
+            err.contains("not a node name") && !err.contains('\u{1b}'),
+            "{err}"
+        );
+        let err = format!("{:#}", meshd::control::forget(&run_dir, &node).unwrap_err());
+        assert!(
+            err.contains("control.sock") && err.contains("is meshd running"),
+            "{err}"
+        );
     }
 
     #[test]

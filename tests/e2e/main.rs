@@ -25,6 +25,7 @@ mod peer_links;
 mod reload;
 mod rotation;
 mod support;
+mod trust;
 mod wg_interop;
 mod wg_security;
 mod wg_spoof;

@@ -153,7 +153,16 @@ impl Sim {
             secret_ids: vec![[0x5e, 0xc7, 0, 1]],
             reserved: Vec::new(),
             boot_epoch: 1,
+            signing_key: Some(Self::signing_key(i)),
         }
+    }
+
+    /// The record-signing key of the node [`Sim::local_node`] makes for index `i`: derived from
+    /// `i`, so that a test can speak as a node (a forger needs a key of its own).
+    pub fn signing_key(i: usize) -> crate::SigningKey {
+        let mut seed = [0x5au8; 32];
+        seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        crate::SigningKey::from_seed(&seed)
     }
 
     /// Adds a node (not yet joined anywhere) and returns its index.

@@ -14,13 +14,7 @@ use crate::peers::claims::to_subnet;
 impl Config {
     /// Check that the configuration can work; nothing on the host is touched.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        validate_ifname("node-name", &self.node_name, 253)?;
-        if self.node_name.is_empty() || self.node_name.chars().any(|c| c.is_whitespace()) {
-            return Err(err(
-                "node-name",
-                "must be non-empty and contain no whitespace",
-            ));
-        }
+        check_name("node-name", &self.node_name)?;
         // Absent: `meshd run` takes the source address of the route towards the first seed,
         // else of the default route (see `daemon::underlay`).
         if let Some(address) = self.address {
@@ -180,15 +174,7 @@ impl Config {
                 ),
             ));
         }
-        if self.node_name.len() > meshd_gossip::MAX_NAME_LEN {
-            return Err(err(
-                "node-name",
-                format!(
-                    "longer than {} bytes, the gossip limit",
-                    meshd_gossip::MAX_NAME_LEN
-                ),
-            ));
-        }
+
         Ok(())
     }
 
@@ -209,9 +195,7 @@ impl Config {
         }
         for (i, p) in self.peers.iter().enumerate() {
             let key = format!("peers[{i}]");
-            if p.name.is_empty() {
-                return Err(err(format!("{key}.name"), "must not be empty"));
-            }
+            check_name(&format!("{key}.name"), &p.name)?;
             self.check_subnet(&format!("{key}.subnet"), p.subnet)?;
             for (name, addr, net) in &seen {
                 if *name == p.name {
@@ -275,6 +259,22 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Node names (this node's, static peers') reach logs, terminals and every member's gossip
+/// state: the gossip crate's rule, which records from the wire are held to as well.
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if meshd_gossip::is_valid_name(name) {
+        return Ok(());
+    }
+    Err(err(
+        key,
+        format!(
+            "`{}` is not a valid node name: {}",
+            name.escape_default(),
+            meshd_gossip::NAME_RULE
+        ),
+    ))
 }
 
 fn validate_ifname(key: &str, name: &str, max: usize) -> Result<(), ConfigError> {
@@ -342,6 +342,27 @@ mod tests {
             let e = invalid(extra);
             assert_eq!(e.key, key, "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn names_are_held_to_the_gossip_rule() {
+        let base = Config::from_toml(GOOD).unwrap();
+        let long = "n".repeat(65);
+        for bad in ["", "a b", "-x", "..", "n\u{1b}[31m", long.as_str()] {
+            let mut c = base.clone();
+            c.node_name = bad.into();
+            let e = c.validate().unwrap_err();
+            let text = e.to_string();
+            assert_eq!(e.key, "node-name", "{bad:?}");
+            assert!(
+                text.contains("A-Z a-z 0-9") && !text.contains('\u{1b}'),
+                "{text}"
+            );
+        }
+        let e = invalid(
+            "[[peers]]\nname = \"c d\"\naddress = \"198.18.0.3\"\nsubnet = \"10.244.3.0/24\"",
+        );
+        assert_eq!(e.key, "peers[1].name");
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub(crate) async fn check(cfg: &Config, host: &Host) -> Result<Option<Keyring>> 
     if cfg.encryption == Encryption::Wireguard {
         node_key(cfg, false)?;
     }
+    if cfg.gossip_enabled() {
+        super::secrets::signing_key(cfg, false)?;
+    }
     Ok(ring)
 }
 
@@ -88,6 +91,20 @@ pub async fn check_config(cfg: &Config) -> Result<()> {
             ),
             None => println!(
                 "node key: {} does not exist yet; `meshd run` creates it",
+                path.display()
+            ),
+        }
+    }
+    if cfg.gossip_enabled() {
+        let path = super::secrets::signing_key_path(cfg);
+        match super::secrets::signing_key(cfg, false)? {
+            Some((key, _)) => println!(
+                "gossip signing key: {} (public key {})",
+                path.display(),
+                meshd_gossip::short_key(&key.public())
+            ),
+            None => println!(
+                "gossip signing key: {} does not exist yet; `meshd run` creates it",
                 path.display()
             ),
         }

@@ -14,8 +14,8 @@ use crate::backend::Backend;
 use crate::datapath::QueueCounters;
 use crate::peers::wireguard::WgPeer;
 use crate::status::{
-    GossipCounters, MemberStatus, PeerStatus, QueueStatus, RefusedStatus, SecretStatus, Status,
-    WireguardStatus,
+    GossipCounters, MemberStatus, PeerStatus, QueueStatus, RefusedRecords, RefusedStatus,
+    SecretStatus, Status, WireguardStatus,
 };
 
 /// The fixed part of the status and where the rest is read, fresh on every request.
@@ -152,6 +152,7 @@ fn gossip_report(g: &Shared) -> (Vec<MemberStatus>, GossipCounters) {
             heard_ms_ago: m
                 .heard
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            signing_key: m.record.signer.as_ref().map(meshd_gossip::short_key),
         })
         .collect();
     let c = g.gossip.counters();
@@ -161,6 +162,17 @@ fn gossip_report(g: &Shared) -> (Vec<MemberStatus>, GossipCounters) {
         open_failures: g.open_failures,
         decode_failures: c.decode_failures,
         send_failures: g.send_failures,
+        refused: RefusedRecords {
+            impostor: c.refused_impostor,
+            unsigned: c.refused_unsigned,
+            bad_signature: c.refused_bad_signature,
+            bad_name: c.refused_bad_name,
+            generation: c.refused_generation,
+            full: c.refused_full,
+        },
+        refused_records: c.refused_records(),
+        state_requests_refused: c.state_requests_refused,
+        transmits_dropped: c.transmits_dropped,
     };
     (members, counters)
 }

@@ -1,5 +1,15 @@
-//! Reloading the cluster secrets while meshd runs, so that the secret can be rotated without a
-//! restart and without downtime (the three steps are in `meshd_crypto::keyring`).
+//! The node's secrets besides the WireGuard key: the record-signing key, and the cluster
+//! secrets, reloaded while meshd runs so that they can be rotated without a restart and without
+//! downtime (the three steps are in `meshd_crypto::keyring`).
+//!
+//! The signing key ([`signing_key`]) signs this node's gossip record; every member binds this
+//! node's name to its public half on first sight. It lives next to `node.key` in the state
+//! directory, in the same format (32 random bytes in base64) and through the same code: created
+//! 0600 on first start without ever existing half-written, refused when group or others can
+//! read it. Those 32 bytes are the ed25519 seed (hashed into the signing scalar, so the bits
+//! `wg genkey`-style clamping fixes cost nothing that matters: 251 random bits remain).
+//! Losing it (a reinstalled node) makes the cluster refuse this node's name until an operator
+//! runs `meshd forget NAME` on another node.
 //!
 //! The ring is read again on SIGHUP and every [`POLL`], which also catches a Kubernetes Secret
 //! volume swapping its files. A ring that fails to read or parse is reported once and the one
@@ -11,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use meshd_crypto::{Keyring, SecretId};
+use meshd_crypto::{KeyFileStatus, Keyring, SecretId};
+use meshd_gossip::SigningKey;
+use std::path::PathBuf;
 use tokio::sync::watch;
 
 use crate::backend::Backend;
@@ -19,6 +31,30 @@ use crate::config::{Config, CLUSTER_SECRET_ENV};
 
 /// How often the secret file is read again.
 pub(crate) const POLL: Duration = Duration::from_secs(2);
+
+/// The signing key's file in the state directory.
+pub(crate) const SIGNING_KEY_FILE: &str = "signing.key";
+
+/// Where this node's record-signing key is.
+pub(crate) fn signing_key_path(cfg: &Config) -> PathBuf {
+    cfg.state_dir.join(SIGNING_KEY_FILE)
+}
+
+/// The record-signing key: read with every check (no file, open to others, garbage: refused),
+/// and, when `create`, made on first start. `None`: no key yet and `create` is false.
+pub(crate) fn signing_key(
+    cfg: &Config,
+    create: bool,
+) -> Result<Option<(SigningKey, KeyFileStatus)>> {
+    let path = signing_key_path(cfg);
+    let key = if create {
+        meshd_crypto::load_or_create_private_key(&path).map(Some)
+    } else {
+        meshd_crypto::read_private_key(&path).map(|k| k.map(|k| (k, KeyFileStatus::Loaded)))
+    };
+    let key = key.context("loading the gossip signing key")?;
+    Ok(key.map(|(k, how)| (SigningKey::from_seed(k.as_bytes()), how)))
+}
 
 /// Ids as the logs and `meshd status` print them.
 pub(crate) fn ids_text(ids: &[SecretId]) -> Vec<String> {
@@ -80,4 +116,44 @@ pub(crate) fn spawn(
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn cfg(dir: &std::path::Path) -> Config {
+        Config {
+            state_dir: dir.to_owned(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn the_signing_key_is_made_0600_once_and_refused_when_readable() {
+        let dir = std::env::temp_dir().join(format!("meshd-signing-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = cfg(&dir);
+        assert!(signing_key(&c, false).unwrap().is_none());
+        let (first, how) = signing_key(&c, true).unwrap().unwrap();
+        assert_eq!(how, KeyFileStatus::Created);
+        let path = signing_key_path(&c);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (again, how) = signing_key(&c, true).unwrap().unwrap();
+        assert_eq!(
+            (again.public(), how),
+            (first.public(), KeyFileStatus::Loaded)
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = format!("{:#}", signing_key(&c, true).unwrap_err());
+        assert!(
+            err.contains("signing key") && err.contains("chmod 600"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -184,6 +184,10 @@ pub struct MemberStatus {
     /// mode only), as last handed to gossip.
     #[serde(default)]
     pub(crate) heard_ms_ago: Option<u64>,
+    /// The signing key its record was checked against (first 8 bytes, hex); `None` for a
+    /// member older than signatures.
+    #[serde(default)]
+    pub signing_key: Option<String>,
 }
 
 /// Gossip datagrams in and out, and what was dropped.
@@ -196,6 +200,36 @@ pub struct GossipCounters {
     /// Opened datagrams the gossip codec refused.
     pub(crate) decode_failures: u64,
     pub(crate) send_failures: u64,
+    /// Records refused (the sum of `refused`): decoded and authenticated by the cluster
+    /// secret, but not believed.
+    #[serde(default)]
+    pub refused_records: u64,
+    /// Refused records by reason.
+    #[serde(default)]
+    pub refused: RefusedRecords,
+    /// State requests refused over the serve budget.
+    #[serde(default)]
+    pub state_requests_refused: u64,
+    /// Datagrams dropped because gossip's transmit queue was full.
+    #[serde(default)]
+    pub transmits_dropped: u64,
+}
+
+/// Gossip records refused, by why (see `meshd_gossip::Refused`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefusedRecords {
+    /// Signed by another key than the one the name is bound to: a member speaking for another.
+    pub impostor: u64,
+    /// Unsigned, under a name already seen signed.
+    pub unsigned: u64,
+    /// The signature does not verify.
+    pub bad_signature: u64,
+    /// Not a valid node name.
+    pub bad_name: u64,
+    /// A generation implausibly far ahead.
+    pub generation: u64,
+    /// A new name while the name table was full.
+    pub full: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,7 +258,7 @@ pub struct PeerStatus {
 /// One peer's WireGuard session, from `meshd_crypto::Session::stats`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WireguardStatus {
-    pub(crate) public_key: String,
+    pub public_key: String,
     /// Seconds since the current session's handshake; `None` without a session.
     pub last_handshake_secs: Option<f64>,
     pub handshakes: u64,

@@ -145,12 +145,25 @@ pub fn render(s: &Status) -> String {
             "gossip      datagrams in {}  out {}  open failures {}  decode failures {}  send failures {}",
             g.datagrams_in, g.datagrams_out, g.open_failures, g.decode_failures, g.send_failures
         );
+        let r = &g.refused;
+        let _ = writeln!(
+            o,
+            "  refused records {}  (impostor {}  unsigned {}  bad signature {}  bad name {}  generation ahead {}  table full {})  state requests refused {}",
+            g.refused_records,
+            r.impostor,
+            r.unsigned,
+            r.bad_signature,
+            r.bad_name,
+            r.generation,
+            r.full,
+            g.state_requests_refused
+        );
     }
     if let Some(members) = &s.members {
         let _ = writeln!(
             o,
-            "{:<16} {:<8} {:>8}  {:<22} subnet",
-            "member", "state", "since s", "gossip address"
+            "{:<16} {:<8} {:>8}  {:<22} {:<18} {:<16}",
+            "member", "state", "since s", "gossip address", "subnet", "signing key"
         );
         for m in members {
             let held = match (m.held, m.heard_ms_ago) {
@@ -160,12 +173,13 @@ pub fn render(s: &Status) -> String {
             };
             let _ = writeln!(
                 o,
-                "{:<16} {:<8} {:>8}  {:<22} {}{held}",
+                "{:<16} {:<8} {:>8}  {:<22} {:<18} {:<16}{held}",
                 m.name,
                 m.state,
                 m.since_secs,
                 m.address,
-                m.subnet.as_deref().unwrap_or("-")
+                m.subnet.as_deref().unwrap_or("-"),
+                m.signing_key.as_deref().unwrap_or("(unsigned)")
             );
         }
     }

@@ -4,9 +4,10 @@
 
 use anyhow::Result;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use meshd_crypto::{PublicKey, SecretId};
-use meshd_gossip::{Capabilities, Event, NodeRecord};
+use meshd_gossip::{short_key, Capabilities, Event, NodeRecord, Refusal, Refused};
 
 use super::subnet::to_net;
 use super::Membership;
@@ -53,6 +54,48 @@ impl Membership {
                 Event::SubnetExhausted => {
                     tracing::error!("no free subnet left in the cluster CIDR")
                 }
+                Event::RecordRefused(r) => self.log_refusal(r),
+                Event::KeyForgotten { name, by } => tracing::warn!(
+                    member = %name, by = %by,
+                    "a member asked to forget the signing key this name is bound to (meshd forget): it binds to a new key unless its owner keeps it"
+                ),
+                Event::OwnKeyForgotten { by } => tracing::error!(
+                    by = %by,
+                    "a member asked the cluster to forget this node's signing key: re-announced, so this node keeps its name; unless this name was reinstalled on another host, find out why `by` did that"
+                ),
+            }
+        }
+    }
+
+    /// Logs a refused record at warn, once a minute per name and reason (a flood is counted in
+    /// the status, not logged line by line).
+    fn log_refusal(&mut self, r: Refusal) {
+        let now = Instant::now();
+        let key = (r.name.clone(), r.why);
+        if self
+            .refusals_logged
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < REFUSAL_LOG_EVERY)
+        {
+            return;
+        }
+        if self.refusals_logged.len() >= MAX_REFUSALS_LOGGED {
+            self.refusals_logged
+                .retain(|_, t| now.duration_since(*t) < REFUSAL_LOG_EVERY);
+        }
+        if self.refusals_logged.len() < MAX_REFUSALS_LOGGED {
+            self.refusals_logged.insert(key, now);
+        }
+        let from = r.from.map_or_else(|| "-".into(), |a| a.to_string());
+        let key = r.key.map_or_else(|| "none".into(), |k| short_key(&k));
+        let why = r.why.as_str();
+        match r.why {
+            Refused::Impostor | Refused::Unsigned => tracing::warn!(
+                member = %r.name, %from, %key, reason = why,
+                "refused a gossip record under a name bound to another signing key: a member speaks for another, or that node lost its state directory (then run `meshd forget NAME` on one node)"
+            ),
+            _ => {
+                tracing::warn!(member = %r.name, %from, %key, reason = why, "refused a gossip record")
             }
         }
     }
@@ -129,6 +172,12 @@ impl Membership {
         });
     }
 }
+
+/// A refusal of one name, for one reason, is logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Names whose refusals are remembered for that; past it, refusals of new names go unlogged
+/// until the oldest expire (they are all counted in the status).
+const MAX_REFUSALS_LOGGED: usize = 1024;
 
 /// A change of the peer set that a gossip event asks for.
 enum Change {

@@ -11,7 +11,13 @@
 //! ([`Gossip::handle_evidence`]), so that a member a lossy gossip path would declare down keeps
 //! its routes while its traffic flows. Cleartext packets prove nothing (anyone on the underlay
 //! can forge them), so they are not used.
+//!
+//! Each node signs its record with its signing key ([`super::secrets::signing_key`]); the
+//! names gossip binds to signing keys are kept in the state directory ([`bindings`]), and an
+//! operator releases one with `meshd forget NAME` on the control socket ([`control`]).
 
+mod bindings;
+mod control;
 mod events;
 
 use anyhow::{Context, Result};
@@ -77,6 +83,12 @@ pub(crate) struct Membership {
     evidence_window: Duration,
     host: Host,
     cfg: Config,
+    /// The control socket, served while gossip runs.
+    control: Option<control::Control>,
+    /// When the name bindings were last persisted.
+    saver: bindings::Saver,
+    /// When each refusal (name, reason) was last logged, so a flood logs once a minute.
+    refusals_logged: HashMap<(String, meshd_gossip::Refused), Instant>,
 }
 
 impl Membership {
@@ -101,6 +113,13 @@ impl Membership {
             .with_context(|| format!("binding the gossip socket {bind}"))?;
         let host = Host::connect()?;
         let request = subnet::request(cfg, &host).await?;
+        let (signing_key, how) =
+            super::secrets::signing_key(cfg, true)?.context("no gossip signing key")?;
+        let path = super::secrets::signing_key_path(cfg);
+        if how == meshd_crypto::KeyFileStatus::Created {
+            tracing::info!(path = %path.display(), "created the gossip signing key");
+        }
+        tracing::info!(key = %meshd_gossip::short_key(&signing_key.public()), "gossip signing key");
         let local = LocalNode {
             name: cfg.node_name.clone(),
             gossip_addr: own_addr,
@@ -118,6 +137,7 @@ impl Membership {
                 .filter_map(|p| to_subnet(p.subnet))
                 .collect(),
             boot_epoch: boot_epoch(),
+            signing_key: Some(signing_key),
         };
         let gcfg = meshd_gossip::Config {
             cluster_cidr: to_subnet(cfg.cluster_cidr).context("cluster-cidr")?,
@@ -125,8 +145,17 @@ impl Membership {
             ..meshd_gossip::Config::default()
         };
         let evidence_window = gcfg.evidence_window;
-        let gossip =
+        let mut gossip =
             Gossip::new(gcfg, local, rand_seed(), Instant::now()).context("starting gossip")?;
+        match bindings::load(&cfg.state_dir) {
+            Ok(b) => gossip.restore_bindings(b),
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "cannot read the saved name bindings: names bind again on first sight; the file is rewritten"
+            ),
+        }
+        let saver = bindings::Saver::new(&cfg.state_dir, gossip.bindings_version());
+        let control = control::Control::bind(&cfg.run_dir)?;
         let initial = match request {
             SubnetRequest::Explicit(s) | SubnetRequest::Persisted(Lease { subnet: s, .. }) => {
                 to_net(s)
@@ -159,6 +188,9 @@ impl Membership {
             evidence_window,
             host,
             cfg: cfg.clone(),
+            control: Some(control),
+            saver,
+            refusals_logged: HashMap::new(),
         })
     }
 
@@ -180,6 +212,10 @@ impl Membership {
         let mut evidence = tokio::time::interval(EVIDENCE_EVERY);
         evidence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let authenticated = self.encryption == Encryption::Wireguard;
+        let control = self
+            .control
+            .take()
+            .map(|c| tokio::spawn(c.serve(self.shared.clone())));
         let outcome = loop {
             let deadline = self.lock().gossip.poll_timeout();
             let sleep = async {
@@ -223,7 +259,11 @@ impl Membership {
             if let Err(e) = self.handle_events().await {
                 break Err(e);
             }
+            self.save_bindings();
         };
+        if let Some(task) = control {
+            task.abort();
+        }
         tracing::info!("leaving the cluster");
         self.lock().gossip.leave(Instant::now());
         self.flush().await;
