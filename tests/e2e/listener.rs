@@ -96,13 +96,21 @@ fn bad_input_on_the_listener_leaves_the_data_path_and_memory_alone() {
         idle
     })
     .unwrap();
-    assert_eq!(idle.len(), IDLE, "every idle connection was accepted by the kernel");
+    assert_eq!(
+        idle.len(),
+        IDLE,
+        "every idle connection was accepted by the kernel"
+    );
     let rss_held = rss_kb(pid);
     drop(idle);
 
     // The listener saw it all (once the idle connections' slots are free again).
     let at = |text: &str, outcome: &str| {
-        value(text, &format!("meshd_http_requests_total{{outcome=\"{outcome}\"}}")).unwrap_or(0.0)
+        value(
+            text,
+            &format!("meshd_http_requests_total{{outcome=\"{outcome}\"}}"),
+        )
+        .unwrap_or(0.0)
     };
     let text = wait_until("the listener's counters to show the attack", || {
         let text = scrape_at(&t, 0, underlay);
@@ -111,12 +119,20 @@ fn bad_input_on_the_listener_leaves_the_data_path_and_memory_alone() {
     });
     assert!(at(&text, "bad-request") >= BAD as f64, "{text}");
     assert!(at(&text, "too-large") >= BAD as f64, "{text}");
-    assert!(at(&text, "busy") > 0.0, "connections past the limit were turned away: {text}");
+    assert!(
+        at(&text, "busy") > 0.0,
+        "connections past the limit were turned away: {text}"
+    );
 
     // The data path carried on, and memory stayed bounded (generously: 32 MiB).
     let pings = pinger.stop().unwrap();
     assert!(pings.sent > 0, "{pings:?}");
-    assert!(pings.lost() <= 1, "lost {} of {} pings", pings.lost(), pings.sent);
+    assert!(
+        pings.lost() <= 1,
+        "lost {} of {} pings",
+        pings.lost(),
+        pings.sent
+    );
     let rss_after = rss_kb(pid);
     eprintln!(
         "RSS {rss_before} kB before, {rss_held} kB with {IDLE} connections held, {rss_after} kB \

@@ -28,9 +28,14 @@ fn prometheus_sees_bytes_grow_on_userspace_and_kernel_paths() {
     require_root();
     let mut spec = gossip_spec("mprom", 3, Encryption::None);
     spec.paths = auto(1, false, 0);
-    spec.meshd_args = ["--metrics-address", "0.0.0.0:9472", "--metrics-per-peer", "true"]
-        .map(String::from)
-        .to_vec();
+    spec.meshd_args = [
+        "--metrics-address",
+        "0.0.0.0:9472",
+        "--metrics-per-peer",
+        "true",
+    ]
+    .map(String::from)
+    .to_vec();
     let t = Topology::up(spec).unwrap();
     wait_for_all_alive(&t, 0, 2);
     // h1 sends to h2 by kernel VXLAN; h3 (a userspace node) sends to h1 by its userspace path.
@@ -62,7 +67,9 @@ fn prometheus_sees_bytes_grow_on_userspace_and_kernel_paths() {
     for (q, before) in [(&kernel, k0), (&user, u0)] {
         wait_until(&format!("{q} to grow by {BYTES} bytes"), || {
             let now = prom.scalar(q).unwrap_or(before);
-            (now - before >= BYTES as f64).then_some(()).ok_or(now - before)
+            (now - before >= BYTES as f64)
+                .then_some(())
+                .ok_or(now - before)
         });
     }
     // Per-peer series name the peers, and the scrape passes promtool's checks.

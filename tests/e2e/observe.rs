@@ -39,12 +39,13 @@ pub fn http_get(ns: &str, addr: SocketAddr, path: &str) -> std::io::Result<(u16,
 
 /// Host `i`'s `/metrics`, asked from its own namespace at `addr` (its default: loopback).
 pub fn scrape_at(t: &Topology, i: usize, addr: SocketAddr) -> String {
-    wait_until(&format!("h{}'s /metrics at {addr}", i + 1), || {
-        match http_get(&t.hosts[i].ns, addr, "/metrics") {
+    wait_until(
+        &format!("h{}'s /metrics at {addr}", i + 1),
+        || match http_get(&t.hosts[i].ns, addr, "/metrics") {
             Ok((200, body)) => Ok(body),
             other => Err(format!("{other:?}")),
-        }
-    })
+        },
+    )
 }
 
 /// Host `i`'s `/metrics` on the default address.

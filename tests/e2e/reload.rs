@@ -61,7 +61,10 @@ fn sighup_changes_log_level_seeds_and_metrics_address_and_keeps_the_subnet() {
         "h2 is alone"
     );
     let mark = log_mark(&t, 1);
-    assert!(log_since(&t, 1, 0, &["DEBUG"]).is_empty(), "info level to start with");
+    assert!(
+        log_since(&t, 1, 0, &["DEBUG"]).is_empty(),
+        "info level to start with"
+    );
 
     // The operator fixes the seed, asks for debug logs, metrics on the underlay, and (in vain)
     // another subnet.
@@ -116,10 +119,7 @@ fn log_format_json_writes_one_object_per_line() {
     t.restart_meshd(0, &json).unwrap();
     let log = wait_for_log(&t, 0, "meshd is up");
     // The log file holds the first run's text lines, then this run's.
-    let ours: Vec<&str> = log
-        .lines()
-        .skip_while(|l| !l.starts_with('{'))
-        .collect();
+    let ours: Vec<&str> = log.lines().skip_while(|l| !l.starts_with('{')).collect();
     assert!(ours.len() > 3, "{log}");
     for line in ours {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {

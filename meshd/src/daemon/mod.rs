@@ -1,7 +1,7 @@
 //! `meshd run`: one readable sequence from configuration to a running node and back.
 //!
 //! preflight (secrets, address, node key) → keys → peers → membership → backend (data path) →
-//! host → status → wait → stop.
+//! status → metrics and reload ([`observe`], [`reload`]) → host → wait → stop.
 //!
 //! Each step lives in a module of its own: [`preflight`] checks what can be checked before the
 //! host is touched (the same checks as `--check-config`), [`secrets`] reloads the cluster

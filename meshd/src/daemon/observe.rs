@@ -27,7 +27,13 @@ pub(crate) async fn start(
 ) -> Result<()> {
     let counters = Arc::new(Counters::default());
     let probe_rtt = Arc::new(Histogram::new(&PROBE_RTT_BUCKETS));
-    let metrics = Metrics::new(report, kernel, cfg.metrics_per_peer, counters.clone(), probe_rtt);
+    let metrics = Metrics::new(
+        report,
+        kernel,
+        cfg.metrics_per_peer,
+        counters.clone(),
+        probe_rtt,
+    );
     let mut listener = Listener::new(routes(&metrics), counters);
     if let Err(e) = listener.set(cfg.metrics_addr()).await {
         tracing::error!(address = %cfg.metrics_address, error = %e, "cannot serve /metrics there; running without (fix metrics-address and send SIGHUP)");
@@ -87,14 +93,18 @@ impl Listener {
             return Ok(());
         }
         let Some(to) = to else {
-            self.server = None;
+            if let Some(old) = self.server.take() {
+                old.stop().await;
+            }
             tracing::info!("the metrics listener is off (metrics-address is empty)");
             return Ok(());
         };
         let started = match self.start(to).await {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && self.server.is_some() => {
                 let old = self.addr();
-                self.server = None;
+                if let Some(s) = self.server.take() {
+                    s.stop().await;
+                }
                 match self.start(to).await {
                     Ok(s) => Ok(s),
                     Err(e) => {
@@ -115,7 +125,13 @@ impl Listener {
     }
 
     async fn start(&self, to: SocketAddr) -> std::io::Result<Server> {
-        Server::start(to, self.router.clone(), self.counters.clone(), Limits::default()).await
+        Server::start(
+            to,
+            self.router.clone(),
+            self.counters.clone(),
+            Limits::default(),
+        )
+        .await
     }
 }
 

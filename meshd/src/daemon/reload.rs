@@ -18,12 +18,15 @@ use crate::metrics::Metrics;
 /// The keys a running node takes from a reload.
 pub const LIVE_KEYS: [&str; 4] = ["log-level", "metrics-address", "metrics-per-peer", "seeds"];
 
+/// Reads and checks the configuration again, as at start.
+pub type Loader = Box<dyn Fn() -> Result<Config> + Send + Sync>;
+/// Sets a new log filter (`log-level`); an error leaves the old one.
+pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
+
 /// What `meshd run` hands the daemon to reconfigure it while it runs.
 pub struct Live {
-    /// Reads and checks the configuration again, as at start.
-    pub load: Box<dyn Fn() -> Result<Config> + Send + Sync>,
-    /// Sets a new log filter (`log-level`); an error leaves the old one.
-    pub set_log_level: Box<dyn Fn(&str) -> Result<()> + Send + Sync>,
+    pub load: Loader,
+    pub set_log_level: LogLevelSetter,
 }
 
 impl Live {

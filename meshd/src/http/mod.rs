@@ -150,7 +150,7 @@ pub struct Counters {
 /// their timeouts).
 pub struct Server {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -164,7 +164,10 @@ impl Server {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(accept_loop(listener, Arc::new(router), counters, limits));
-        Ok(Server { addr, task })
+        Ok(Server {
+            addr,
+            task: Some(task),
+        })
     }
 
     /// The address it listens on (the port the kernel chose, when asked for 0).
@@ -173,9 +176,22 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Stop listening, and return once the listening socket is closed (so its address can be
+    /// bound again at once; a plain drop closes it a moment later).
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 

@@ -162,8 +162,14 @@ mod tests {
             (b"GET / SPDY/3\r\n\r\n", Status::BadRequest),
             (b"POST /metrics HTTP/1.1\r\n\r\n", Status::MethodNotAllowed),
             (b"get / HTTP/1.1\r\n\r\n", Status::BadRequest),
-            (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", Status::BadRequest),
-            (b"GET / HTTP/1.1\r\n: empty name\r\n\r\n", Status::BadRequest),
+            (
+                b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+                Status::BadRequest,
+            ),
+            (
+                b"GET / HTTP/1.1\r\n: empty name\r\n\r\n",
+                Status::BadRequest,
+            ),
             (b"GET / HTTP/1.1\r\n\xff\xfe: x\r\n\r\n", Status::BadRequest),
         ] {
             assert_eq!(parse(head), Head::Refused(status), "{head:?}");

@@ -17,9 +17,14 @@ async fn server_with(limits: Limits) -> (Server, Arc<Counters>) {
             Response::ok("text/plain", r.query.into_bytes())
         });
     let counters = Arc::new(Counters::default());
-    let s = Server::start("127.0.0.1:0".parse().unwrap(), router, counters.clone(), limits)
-        .await
-        .unwrap();
+    let s = Server::start(
+        "127.0.0.1:0".parse().unwrap(),
+        router,
+        counters.clone(),
+        limits,
+    )
+    .await
+    .unwrap();
     (s, counters)
 }
 
@@ -55,7 +60,11 @@ async fn routes_answer_and_unknown_paths_do_not() {
 #[tokio::test]
 async fn garbage_and_huge_heads_are_refused() {
     let (s, counters) = server().await;
-    let a = exchange(s.addr(), b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\n\n").await;
+    let a = exchange(
+        s.addr(),
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\n\n",
+    )
+    .await;
     assert!(a.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{a}");
     let a = exchange(s.addr(), b"DELETE /metrics HTTP/1.1\r\n\r\n").await;
     assert!(a.starts_with("HTTP/1.1 405 "), "{a}");
@@ -112,10 +121,12 @@ async fn idle_connections_are_bounded_and_time_out() {
 }
 
 #[tokio::test]
-async fn a_dropped_server_stops_listening() {
+async fn a_stopped_server_stops_listening() {
     let (s, _) = server().await;
     let addr = s.addr();
-    drop(s);
-    tokio::task::yield_now().await;
+    s.stop().await;
     assert!(TcpStream::connect(addr).await.is_err());
+    // And the address is free again at once.
+    let l = tokio::net::TcpListener::bind(addr).await;
+    assert!(l.is_ok(), "{l:?}");
 }

@@ -48,41 +48,109 @@ impl Collector for Scrape {
         let s = &self.sample;
         let version = env!("CARGO_PKG_VERSION");
         let labels = [("version", version), ("encryption", s.encryption)];
-        gauges(&mut e, "build_info", "meshd's version and encryption mode (always 1)", None, [(labels, 1)])?;
-        let tiers = s.tiers.iter().map(|(t, on)| ([("tier", *t)], u64::from(*on)));
-        gauges(&mut e, "tier_in_use", "Data-path speed-ups in use (1) or not (0)", None, tiers)?;
-        gauges(&mut e, "queues", "Data-path queues (TUN queue and UDP socket each)", None, [(NO, s.queues)])?;
+        gauges(
+            &mut e,
+            "build_info",
+            "meshd's version and encryption mode (always 1)",
+            None,
+            [(labels, 1)],
+        )?;
+        let tiers = s
+            .tiers
+            .iter()
+            .map(|(t, on)| ([("tier", *t)], u64::from(*on)));
+        gauges(
+            &mut e,
+            "tier_in_use",
+            "Data-path speed-ups in use (1) or not (0)",
+            None,
+            tiers,
+        )?;
+        gauges(
+            &mut e,
+            "queues",
+            "Data-path queues (TUN queue and UDP socket each)",
+            None,
+            [(NO, s.queues)],
+        )?;
         if let Some(m) = s.members {
             let states = ["alive", "suspect", "down", "left"].into_iter().zip(m);
             let states = states.map(|(st, n)| ([("state", st)], n));
-            gauges(&mut e, "members", "Gossip members other than this node, by state", None, states)?;
+            gauges(
+                &mut e,
+                "members",
+                "Gossip members other than this node, by state",
+                None,
+                states,
+            )?;
         }
         if let Some((dir, fail)) = s.gossip {
             let d = [("in", dir[0]), ("out", dir[1])].map(|(k, n)| ([("direction", k)], n));
-            counters(&mut e, "gossip_datagrams", "Gossip datagrams received and sent", None, d)?;
+            counters(
+                &mut e,
+                "gossip_datagrams",
+                "Gossip datagrams received and sent",
+                None,
+                d,
+            )?;
             let f = [("open", fail[0]), ("decode", fail[1]), ("send", fail[2])];
             let f = f.map(|(k, n)| ([("reason", k)], n));
             counters(&mut e, "gossip_failures", "Gossip datagrams that did not open (wrong secret, tampered, replayed), did not decode, or could not be sent", None, f)?;
         }
         if let Some(n) = s.cookie_replies {
-            counters(&mut e, "wireguard_cookie_replies", "WireGuard cookie replies sent (handshakes under load)", None, [(NO, n)])?;
+            counters(
+                &mut e,
+                "wireguard_cookie_replies",
+                "WireGuard cookie replies sent (handshakes under load)",
+                None,
+                [(NO, n)],
+            )?;
         }
         let drops = DROP_REASONS.iter().zip(s.tally.drops);
         let drops = drops.map(|(r, n)| ([("reason", r.as_str())], n));
-        counters(&mut e, "drops", "Packets and datagrams the data path discarded, by reason", None, drops)?;
+        counters(
+            &mut e,
+            "drops",
+            "Packets and datagrams the data path discarded, by reason",
+            None,
+            drops,
+        )?;
         self.traffic(&mut e)?;
         let by_path = PATH_KINDS.iter().zip(s.by_path);
         let by_path = by_path.map(|(k, n)| ([("path", k.as_str())], n));
-        gauges(&mut e, "peers", "Peers by the path their packets take from this node", None, by_path)?;
+        gauges(
+            &mut e,
+            "peers",
+            "Peers by the path their packets take from this node",
+            None,
+            by_path,
+        )?;
         let by_reason = REASON_KINDS.iter().zip(s.by_reason);
         let by_reason = by_reason.map(|(r, n)| ([("reason", *r)], n));
-        gauges(&mut e, "peers_by_reason", "Peers by why they are on their path (best: the best there is for them)", None, by_reason)?;
-        counters(&mut e, "path_moves", "Moves of peers between paths", None, [(NO, s.moves)])?;
+        gauges(
+            &mut e,
+            "peers_by_reason",
+            "Peers by why they are on their path (best: the best there is for them)",
+            None,
+            by_reason,
+        )?;
+        counters(
+            &mut e,
+            "path_moves",
+            "Moves of peers between paths",
+            None,
+            [(NO, s.moves)],
+        )?;
         if let Some(ages) = &s.handshake_ages {
             let h = HistogramSnapshot::of(&HANDSHAKE_AGE_BUCKETS, ages);
             histogram(&mut e, "wireguard_handshake_age", "Seconds since each peer's last WireGuard handshake, over the current peers (a distribution now, not cumulative: read it without rate())", &h)?;
         }
-        histogram(&mut e, "probe_rtt", "Round-trip times of path probes that came back", &self.probe_rtt)?;
+        histogram(
+            &mut e,
+            "probe_rtt",
+            "Round-trip times of path probes that came back",
+            &self.probe_rtt,
+        )?;
         let h = &self.http;
         let outcomes = [
             ("served", h.served),
@@ -93,7 +161,13 @@ impl Collector for Scrape {
             ("busy", h.busy),
         ];
         let outcomes = outcomes.map(|(o, n)| ([("outcome", o)], n));
-        counters(&mut e, "http_requests", "Connections to this listener, by outcome", None, outcomes)?;
+        counters(
+            &mut e,
+            "http_requests",
+            "Connections to this listener, by outcome",
+            None,
+            outcomes,
+        )?;
         if !s.peers.is_empty() {
             self.per_peer(&mut e)?;
         }
@@ -125,9 +199,21 @@ impl Scrape {
             out
         };
         let bytes = each(|t| (t.tx_bytes, t.rx_bytes));
-        counters(e, "path", "Bytes of pod packets sent (tx) and received (rx), by the path that carried them", Some(Unit::Bytes), bytes)?;
+        counters(
+            e,
+            "path",
+            "Bytes of pod packets sent (tx) and received (rx), by the path that carried them",
+            Some(Unit::Bytes),
+            bytes,
+        )?;
         let packets = each(|t| (t.tx_packets, t.rx_packets));
-        counters(e, "path_packets", "Pod packets sent (tx) and received (rx), by the path that carried them", None, packets)
+        counters(
+            e,
+            "path_packets",
+            "Pod packets sent (tx) and received (rx), by the path that carried them",
+            None,
+            packets,
+        )
     }
 
     /// `metrics-per-peer`: one set of series per peer, labelled `peer`.
@@ -143,22 +229,55 @@ impl Scrape {
             out
         };
         let bytes = each(|t| (t.tx_bytes, t.rx_bytes));
-        counters(e, "peer", "Bytes of pod packets meshd's userspace path sent to and received from each peer", Some(Unit::Bytes), bytes)?;
+        counters(
+            e,
+            "peer",
+            "Bytes of pod packets meshd's userspace path sent to and received from each peer",
+            Some(Unit::Bytes),
+            bytes,
+        )?;
         let packets = each(|t| (t.tx_packets, t.rx_packets));
-        counters(e, "peer_packets", "Pod packets meshd's userspace path sent to and received from each peer", None, packets)?;
+        counters(
+            e,
+            "peer_packets",
+            "Pod packets meshd's userspace path sent to and received from each peer",
+            None,
+            packets,
+        )?;
         let drops = peers.iter().flat_map(|p| {
-            let nonzero = DROP_REASONS.iter().zip(p.tally.drops).filter(|(_, n)| *n > 0);
+            let nonzero = DROP_REASONS
+                .iter()
+                .zip(p.tally.drops)
+                .filter(|(_, n)| *n > 0);
             nonzero.map(|(r, n)| ([("peer", p.name.as_str()), ("reason", r.as_str())], n))
         });
-        counters(e, "peer_drops", "Each peer's discarded packets, by reason (reasons with none are left out)", None, drops)?;
+        counters(
+            e,
+            "peer_drops",
+            "Each peer's discarded packets, by reason (reasons with none are left out)",
+            None,
+            drops,
+        )?;
         let paths = peers.iter().filter_map(|p| {
-            p.path.map(|k| ([("peer", p.name.as_str()), ("path", k.as_str())], 1))
+            p.path
+                .map(|k| ([("peer", p.name.as_str()), ("path", k.as_str())], 1))
         });
-        gauges(e, "peer_path", "The path each peer's packets take from this node (always 1)", None, paths)?;
-        let ages = peers.iter().filter_map(|p| {
-            p.handshake_age.map(|a| ([("peer", p.name.as_str())], a))
-        });
-        let mut m = e.encode_descriptor("peer_handshake_age", "Seconds since each peer's last WireGuard handshake", Some(&Unit::Seconds), MetricType::Gauge)?;
+        gauges(
+            e,
+            "peer_path",
+            "The path each peer's packets take from this node (always 1)",
+            None,
+            paths,
+        )?;
+        let ages = peers
+            .iter()
+            .filter_map(|p| p.handshake_age.map(|a| ([("peer", p.name.as_str())], a)));
+        let mut m = e.encode_descriptor(
+            "peer_handshake_age",
+            "Seconds since each peer's last WireGuard handshake",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
         for (l, v) in ages {
             m.encode_family(&l)?.encode_gauge(&v)?;
         }

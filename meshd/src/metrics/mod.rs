@@ -127,7 +127,12 @@ impl Histogram {
 
     pub(crate) fn snapshot(&self) -> HistogramSnapshot {
         let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
-        let mut buckets: Vec<(f64, u64)> = self.bounds.iter().copied().zip(counts.iter().copied()).collect();
+        let mut buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .zip(counts.iter().copied())
+            .collect();
         buckets.push((f64::INFINITY, counts.last().copied().unwrap_or(0)));
         HistogramSnapshot {
             sum: self.sum_nanos.load(Relaxed) as f64 / 1e9,

@@ -200,7 +200,10 @@ pub(crate) fn gather(report: &Report, retired: &mut Retired, per_peer: bool) -> 
         s.cookie_replies = Some(cookies + c.cookie_replies.load(Relaxed));
         s.handshake_ages = Some(ages);
     }
-    s.moves = report.backend.paths().map_or(0, |p| p.kernel_status().moves);
+    s.moves = report
+        .backend
+        .paths()
+        .map_or(0, |p| p.kernel_status().moves);
     if let Some(g) = &report.gossip {
         let g = g.lock().unwrap_or_else(|p| p.into_inner());
         let mut members = [0; 4];
@@ -266,8 +269,14 @@ mod tests {
     fn totals_keep_what_departed_links_counted() {
         let mut r = Retired::default();
         let (a, b) = (link("a"), link("b"));
-        assert_eq!(r.update([(&a, tx(10)), (&b, tx(5))].into_iter()), Tally::default());
-        assert_eq!(r.update([(&a, tx(12)), (&b, tx(7))].into_iter()), Tally::default());
+        assert_eq!(
+            r.update([(&a, tx(10)), (&b, tx(5))].into_iter()),
+            Tally::default()
+        );
+        assert_eq!(
+            r.update([(&a, tx(12)), (&b, tx(7))].into_iter()),
+            Tally::default()
+        );
         // b leaves.
         assert_eq!(r.update([(&a, tx(20))].into_iter()).traffic.tx_bytes, 7);
         // a is replaced by a new link of the same name, counting from zero.

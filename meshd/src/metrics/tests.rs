@@ -98,21 +98,45 @@ fn the_node_counters_are_written_with_their_names() {
     table.peers()[1]
         .stats
         .count_drop(crate::stats::DropReason::SpoofedSource, 5);
-    backend.routes().unattributed.count_drop(crate::stats::DropReason::NoRoute, 7);
+    backend
+        .routes()
+        .unattributed
+        .count_drop(crate::stats::DropReason::NoRoute, 7);
     let text = scrape(&m);
-    assert!(text.contains("# TYPE meshd_path_bytes_total counter"), "{text}");
+    assert!(
+        text.contains("# TYPE meshd_path_bytes_total counter"),
+        "{text}"
+    );
     let tx = "meshd_path_bytes_total{path=\"userspace\",direction=\"tx\"}";
     assert_eq!(value(&text, tx), 3000);
-    assert_eq!(value(&text, "meshd_path_packets_total{path=\"userspace\",direction=\"rx\"}"), 2);
-    assert_eq!(value(&text, "meshd_path_bytes_total{path=\"kernel-vxlan\",direction=\"rx\"}"), 0);
-    assert_eq!(value(&text, "meshd_drops_total{reason=\"spoofed-source\"}"), 5);
+    assert_eq!(
+        value(
+            &text,
+            "meshd_path_packets_total{path=\"userspace\",direction=\"rx\"}"
+        ),
+        2
+    );
+    assert_eq!(
+        value(
+            &text,
+            "meshd_path_bytes_total{path=\"kernel-vxlan\",direction=\"rx\"}"
+        ),
+        0
+    );
+    assert_eq!(
+        value(&text, "meshd_drops_total{reason=\"spoofed-source\"}"),
+        5
+    );
     assert_eq!(value(&text, "meshd_drops_total{reason=\"no-route\"}"), 7);
     assert_eq!(value(&text, "meshd_tier_in_use{tier=\"udp-gro\"}"), 0);
     assert_eq!(value(&text, "meshd_tier_in_use{tier=\"udp-gso\"}"), 1);
     assert_eq!(value(&text, "meshd_queues"), 2);
     assert_eq!(value(&text, "meshd_path_moves_total"), 0);
     assert!(text.contains("meshd_build_info{version=\""), "{text}");
-    assert!(text.contains("meshd_probe_rtt_seconds_bucket{le=\"+Inf\"} 0"), "{text}");
+    assert!(
+        text.contains("meshd_probe_rtt_seconds_bucket{le=\"+Inf\"} 0"),
+        "{text}"
+    );
     // Cleartext: no WireGuard families; no gossip: no member families.
     assert!(!text.contains("meshd_wireguard"), "{text}");
     assert!(!text.contains("meshd_members"), "{text}");
@@ -135,7 +159,13 @@ fn series_do_not_grow_with_the_cluster_by_default() {
     let per_peer = series(&text).len() - series(&many).len();
     // Bytes and packets each way: four per peer (no drops, no path yet, no session).
     assert_eq!(per_peer, 40 * 4, "{text}");
-    assert_eq!(value(&text, "meshd_peer_bytes_total{peer=\"node-9\",direction=\"tx\"}"), 100);
+    assert_eq!(
+        value(
+            &text,
+            "meshd_peer_bytes_total{peer=\"node-9\",direction=\"tx\"}"
+        ),
+        100
+    );
 }
 
 /// A peer that leaves takes its series with it, and the node's totals do not fall.
@@ -149,9 +179,7 @@ fn a_departed_peer_leaves_its_bytes_and_takes_its_series() {
     let before = scrape(&m);
     assert_eq!(value(&before, tx), 300);
     assert!(before.contains("peer=\"node-4\""));
-    backend.update(|set| {
-        set.remove_member("node-4")
-    });
+    backend.update(|set| set.remove_member("node-4"));
     assert_eq!(backend.routes().load().peers().len(), 2);
     let after = scrape(&m);
     assert!(!after.contains("peer=\"node-4\""), "{after}");

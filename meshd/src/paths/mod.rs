@@ -20,18 +20,18 @@
 //! [`manager`] runs it: probes, routes and the status.
 
 mod cadence;
-mod why;
 pub(crate) mod cell;
 pub mod manager;
+mod why;
 
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::kernel::Refusal;
-pub use why::REASON_KINDS;
 pub use cadence::{
     probe_interval, FULL_PROBE_EVERY, MAX_PROBE_RATE, MIN_PROBE_INTERVAL, SMALL_PROBE,
 };
+pub use why::REASON_KINDS;
 
 /// Probes lost in a row that demote a path.
 pub const LOSSES_TO_DEMOTE: u32 = 3;

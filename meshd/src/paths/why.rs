@@ -3,7 +3,6 @@
 //! order, and names the branch instead of describing it, so a label's values stay bounded
 //! whatever the addresses, sizes and times in the sentence.
 
-
 use super::{NotOffered, PeerPath};
 
 /// Every kind [`PeerPath::reason_kind`] returns, in a fixed order.
