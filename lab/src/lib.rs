@@ -18,6 +18,7 @@ pub mod neigh;
 pub mod netns;
 pub mod probe;
 pub mod recipe;
+pub mod sandbox;
 pub mod topology;
 pub mod wireguard;
 
@@ -149,6 +150,7 @@ pub fn load(prefix: &str) -> Result<Spec> {
         pods_per_host: v["pods"].as_u64().context("lab.json: pods")? as usize,
         meshd_args: Vec::new(),
         meshd_bin: PathBuf::from(v["meshd_bin"].as_str().unwrap_or("meshd")),
+        sandbox: Default::default(),
         underlay_mtu: v["underlay_mtu"].as_u64().unwrap_or(1500) as u16,
         encryption,
         formation: if v["gossip"].as_bool() == Some(true) {

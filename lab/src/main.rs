@@ -152,6 +152,7 @@ fn real_main(cmd: LabCommand) -> Result<()> {
                 pods_per_host: pods,
                 meshd_args,
                 meshd_bin,
+                sandbox: Default::default(),
                 underlay_mtu: 1500,
                 encryption,
                 formation: if static_peers || others > 0 {

@@ -22,6 +22,7 @@ pub fn spec(tag: &str, hosts: Vec<HostKind>, args: &[&str]) -> Spec {
         pods_per_host: 2,
         meshd_args: args.iter().map(|s| s.to_string()).collect(),
         meshd_bin: meshd_bin(),
+        sandbox: Default::default(),
         underlay_mtu: 1500,
         formation: Formation::Static,
         paths: Default::default(),

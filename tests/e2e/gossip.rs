@@ -34,6 +34,7 @@ pub(crate) fn gossip_spec(tag: &str, nodes: usize, encryption: Encryption) -> Sp
         pods_per_host: 1,
         meshd_args: Vec::new(),
         meshd_bin: meshd_bin(),
+        sandbox: Default::default(),
         underlay_mtu: 1500,
         formation: Formation::Gossip,
         paths: Default::default(),

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    meshd_bin, nft_delete, nft_load, require_root, status, tcp_established, wait_until,
+    meshd_bin, nft, nft_delete, nft_load, require_root, status, tcp_established, wait_until,
 };
 use meshd::config::{Datapath, Encryption};
 use meshd::status::{PathStatus, Status};
@@ -91,7 +91,7 @@ pub(crate) fn wait_path(
 }
 
 /// Drop what `ns`'s kernel VXLAN device sends to `peer` (`extra` narrows it, e.g. by length).
-fn break_kernel_path(ns: &str, peer: std::net::Ipv4Addr, extra: &str) {
+pub(crate) fn break_kernel_path(ns: &str, peer: std::net::Ipv4Addr, extra: &str) {
     nft_load(
         ns,
         &format!(
@@ -286,6 +286,9 @@ fn pods_on_kernel_paths_keep_talking_while_meshd_is_down_and_restarts() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("removed link meshvx0"), "{said}");
+    assert!(said.contains("removed nftables table inet meshd"), "{said}");
+    let tables = nft(&t.hosts[0].ns, &["list", "tables"], "");
+    assert!(!tables.contains("inet meshd"), "{tables}");
     let routes = ip_out(&["-n", &t.hosts[0].ns, "route", "show", "proto", "109"]);
     assert!(routes.is_empty(), "{routes}");
     let links = ip_out(&["-n", &t.hosts[0].ns, "-o", "link"]);

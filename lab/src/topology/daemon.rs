@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
 
 use super::{Formation, Host, HostKind, Topology, GOSSIP_PORT};
-use crate::{netns, wireguard};
+use crate::wireguard;
 use meshd::config::{Datapath, Encryption};
 
 impl Topology {
@@ -52,8 +52,9 @@ impl Topology {
         let mut args: Vec<&std::ffi::OsStr> =
             vec!["run".as_ref(), "--config".as_ref(), path.as_os_str()];
         args.extend(self.spec.meshd_args.iter().map(std::ffi::OsStr::new));
+        let log = h.dir.join("meshd.log");
         let pid =
-            netns::spawn_daemon(&h.ns, &self.spec.meshd_bin, &args, &h.dir.join("meshd.log"))?;
+            crate::sandbox::spawn(&h.ns, &self.spec.sandbox, &self.spec.meshd_bin, &args, &log)?;
         std::fs::write(h.dir.join("meshd.pid"), pid.to_string())?;
         Ok(())
     }

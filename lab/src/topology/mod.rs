@@ -64,6 +64,8 @@ pub struct Spec {
     pub meshd_args: Vec<String>,
     /// The meshd binary to run in each host.
     pub meshd_bin: PathBuf,
+    /// How meshd is confined (the shipped systemd unit's limits, say); by default it is not.
+    pub sandbox: crate::sandbox::Sandbox,
     pub underlay_mtu: u16,
     /// What meshd hosts use between nodes; kernel-VXLAN hosts need `None`, wireguard-go and
     /// boringtun hosts `Wireguard`.

@@ -2,22 +2,34 @@
 //! node (a VXLAN device in cleartext mode, a WireGuard device in encrypted mode), adopt what a
 //! previous meshd left, and describe it for `meshd status`. With `datapath = "kernel"` a kernel
 //! that refuses is fatal here, with its reason; with `auto` the node falls back to userspace.
+//! The kernel VXLAN device comes up only behind meshd's inner-source check
+//! ([`crate::kernel::source_check`]): a node that cannot write it (no `nft`, no nf_tables) runs
+//! every peer on the userspace path, which checks every datagram itself.
 
 use anyhow::{bail, Result};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use crate::config::{Config, Datapath, Encryption};
 use crate::host::Host;
+use crate::kernel::nft::{self, Ruleset};
+use crate::kernel::source_check::{self, SourceRule, VxlanSources};
 use crate::kernel::vxlan::{self, Origin, VxlanDevice, VxlanSpec};
 use crate::kernel::wireguard::{Error as WgError, KernelWireguard, Unavailable};
 use crate::kernel::{routes, Refusal};
-use crate::paths::manager::Setup;
+use crate::paths::manager::{Setup, SourceCheck};
 use crate::paths::NotOffered;
+use crate::stats::PeerStats;
 use crate::status::KernelStatus;
 use crate::wire::{vtep_mac, MacAddr};
 
 /// Set up the kernel side; the result goes to the path manager, the status to the report.
-pub(crate) async fn prepare(cfg: &Config, address: IpAddr) -> Result<(Setup, KernelStatus)> {
+/// `unattributed` counts the VXLAN the kernel refuses from addresses that are no peer's.
+pub(crate) async fn prepare(
+    cfg: &Config,
+    address: IpAddr,
+    unattributed: Arc<PeerStats>,
+) -> Result<(Setup, KernelStatus)> {
     let host = Host::connect()?;
     let local = match address {
         IpAddr::V4(v4) => v4,
@@ -30,6 +42,7 @@ pub(crate) async fn prepare(cfg: &Config, address: IpAddr) -> Result<(Setup, Ker
     };
     let cleartext = cfg.encryption == Encryption::None;
     let mut adopted = Vec::new();
+    let mut sources = None;
     let vxlan = if !cleartext {
         remove_stale_vxlan(&host, cfg).await;
         Err(NotOffered::Config("encryption = \"wireguard\"".into()))
@@ -49,7 +62,26 @@ pub(crate) async fn prepare(cfg: &Config, address: IpAddr) -> Result<(Setup, Ker
             mac: vtep_mac(&cfg.node_name),
             mtu: cfg.overlay_mtu(),
         };
-        match vxlan::ensure(&host, &spec).await {
+        // The check first: the device receives from the moment it is up.
+        let made = match check_sources(cfg.vxlan.port) {
+            Ok(rules) => {
+                let made = vxlan::ensure(&host, &spec).await;
+                if made.is_ok() {
+                    sources = Some(SourceCheck::new(cfg.vxlan.port, rules, Some(unattributed)));
+                } else if let Err(e) = nft::remove() {
+                    // Left in place it would drop what the userspace path should receive.
+                    tracing::error!(error = %e, "cannot remove meshd's nftables table");
+                }
+                made
+            }
+            Err(why) => {
+                remove_stale_vxlan(&host, cfg).await;
+                Err(Refusal::new(format!(
+                    "the inner sources it would receive cannot be checked: {why}"
+                )))
+            }
+        };
+        match made {
             Ok(dev) => {
                 if dev.origin == Origin::Adopted {
                     adopted.push(format!("device {}", dev.name));
@@ -100,8 +132,30 @@ pub(crate) async fn prepare(cfg: &Config, address: IpAddr) -> Result<(Setup, Ker
         wireguard,
         crypto: None,
         wireguard_port: cfg.wireguard.port,
+        sources,
     };
     Ok((setup, status))
+}
+
+/// Write meshd's nftables table with the inner-source checks of a previous meshd's table, if
+/// it left one (its peers keep their traffic while this meshd learns of them again), else with
+/// none (every VXLAN datagram refused until the peers are known, as the userspace path refuses
+/// unknown sources). `Err` says why it cannot be done: no `nft`, no nf_tables.
+fn check_sources(port: u16) -> Result<Vec<SourceRule>, nft::NftError> {
+    let rules = match nft::list()? {
+        Some(table) => source_check::adopted(&nft::counters(&table)),
+        None => Vec::new(),
+    };
+    if !rules.is_empty() {
+        tracing::info!(
+            peers = rules.len(),
+            "adopted the inner-source checks a previous meshd left"
+        );
+    }
+    nft::apply(&Ruleset {
+        vxlan_sources: Some(VxlanSources::new(port, rules.iter().copied())),
+    })?;
+    Ok(rules)
 }
 
 /// What this node tells the cluster it can do: its wire format, and whether it receives VXLAN
@@ -177,11 +231,17 @@ async fn remove_stale_vxlan(host: &Host, cfg: &Config) {
     for r in routes::list(host).await.unwrap_or_default() {
         let _ = routes::remove(host, r.subnet).await;
     }
+    // And its nftables table, which would drop what the userspace path receives.
+    match nft::remove() {
+        Ok(true) => tracing::info!("removed the nftables table an earlier meshd left"),
+        Ok(false) | Err(nft::NftError::Missing) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot remove meshd's nftables table"),
+    }
 }
 
 fn vxlan_text(v: &Result<VxlanDevice, NotOffered>) -> String {
     match v {
-        Ok(d) => vxlan::device_text(d, false),
+        Ok(d) => vxlan::device_text(d, false, None),
         Err(n) => not_offered_text("kernel vxlan", n),
     }
 }
@@ -215,5 +275,10 @@ pub(crate) async fn cleanup(host: &Host, cfg: &Config) {
         if routes::remove(host, r.subnet).await.is_ok() {
             println!("removed route {}", r.subnet);
         }
+    }
+    match nft::remove() {
+        Ok(true) => println!("removed nftables table {} {}", nft::FAMILY, nft::TABLE),
+        Ok(false) | Err(nft::NftError::Missing) => {}
+        Err(e) => eprintln!("{e}"),
     }
 }

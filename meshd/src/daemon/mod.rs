@@ -95,7 +95,8 @@ pub async fn run(mut cfg: Config, live: reload::Live) -> Result<()> {
         port: cfg.data_port(),
     }));
     // The kernel fast path: devices made (or adopted) before the data path binds its port.
-    let (mut fast, kernel_status) = fastpath::prepare(&cfg, address).await?;
+    let (mut fast, kernel_status) =
+        fastpath::prepare(&cfg, address, routes.unattributed.clone()).await?;
     let kernel_devices = observe::kernel_devices(&cfg, &fast);
     fast.crypto = crypto.clone();
     let paths = crate::paths::manager::Paths::new(kernel_status);

@@ -165,7 +165,12 @@ pub(crate) async fn guard(host: &Host, cfg: &Config) -> Guard {
     }
     local.sort();
     local.dedup();
-    Guard { pool, local }
+    let by_address = cfg.encryption == crate::config::Encryption::None;
+    Guard {
+        pool,
+        local,
+        by_address,
+    }
 }
 
 /// The networks of the IPv4 addresses on every interface but `bridge`.

@@ -3,12 +3,17 @@
 //! entries, routes, WireGuard peers) reconciled from the peer set by [`crate::paths`], which
 //! also decides, per peer and on probe evidence, which path its packets take.
 //!
+//! What the kernel VXLAN device receives is held to the userspace path's rule (a peer speaks
+//! only for its subnet) by meshd's own nftables table ([`nft`], [`source_check`]).
+//!
 //! Everything is found out by trying: creating the device is the detection, and a refusal is
 //! kept with the kernel's own words ([`Refusal`]) for `meshd status`.
 
 pub(crate) mod ethtool;
+pub(crate) mod nft;
 pub(crate) mod probe;
 pub(crate) mod routes;
+pub(crate) mod source_check;
 pub(crate) mod vxlan;
 pub(crate) mod wireguard;
 

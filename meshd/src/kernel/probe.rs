@@ -9,6 +9,12 @@
 //!
 //! The peer's kernel answers, by whichever path it routes to us; replies arrive at a raw ICMP
 //! socket that sees only echo replies.
+//!
+//! A reply counts only if it carries the probe's [`Token`]: 64 random bits (getrandom(2)) at
+//! the start of the echo's payload, which the peer's kernel echoes back. The identifier and
+//! the sequence number are 32 bits anyone can guess, and the source address is one a pod on
+//! the peer may use, so without the token anyone able to send ICMP to this node could keep a
+//! broken path "up" with forged replies.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -27,7 +33,39 @@ const SOL_RAW: libc::c_int = 255;
 /// replies wait there for the manager's next tick (or longer, when its thread is busy).
 const REPLY_BUFFER: libc::c_int = 1 << 20;
 
-/// One probe: who it is from and to, how big (the IPv4 total length), and its sequence number.
+/// The smallest probe (IPv4 total length): headers and the token.
+const MIN_PROBE: usize = 20 + 8 + TOKEN_LEN;
+const TOKEN_LEN: usize = 8;
+
+/// A probe's secret: random, unpredictable, checked on the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token(pub [u8; TOKEN_LEN]);
+
+impl Token {
+    /// A fresh token from the kernel's random source (getrandom(2), which never blocks once
+    /// the pool is initialised, long before meshd runs).
+    pub fn random() -> io::Result<Token> {
+        let mut t = [0u8; TOKEN_LEN];
+        let mut filled = 0;
+        while filled < t.len() {
+            // SAFETY: getrandom writes at most the given length into the buffer we own.
+            let n =
+                unsafe { libc::getrandom(t[filled..].as_mut_ptr().cast(), t.len() - filled, 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            filled += n as usize;
+        }
+        Ok(Token(t))
+    }
+}
+
+/// One probe: who it is from and to, how big (the IPv4 total length), its sequence number and
+/// its token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
     pub ifindex: u32,
@@ -37,6 +75,15 @@ pub struct Probe {
     pub dst: Ipv4Addr,
     pub size: u16,
     pub seq: u16,
+    pub token: Token,
+}
+
+/// An echo reply to one of this node's probes: its source, sequence number and token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub src: Ipv4Addr,
+    pub seq: u16,
+    pub token: Token,
 }
 
 pub struct Prober {
@@ -166,8 +213,8 @@ impl Prober {
         Ok(())
     }
 
-    /// Every echo reply waiting, as (its source, its sequence number); never blocks.
-    pub fn replies(&mut self, out: &mut Vec<(Ipv4Addr, u16)>) {
+    /// Every echo reply waiting; never blocks.
+    pub fn replies(&mut self, out: &mut Vec<Reply>) {
         let mut buf = [0u8; 1600];
         loop {
             // SAFETY: recv into a stack buffer of the given length.
@@ -192,7 +239,7 @@ impl Prober {
 
 /// Write the Ethernet frame of `p` into `buf`.
 pub fn frame(buf: &mut Vec<u8>, p: &Probe, ident: u16) {
-    let size = usize::from(p.size.max(28));
+    let size = usize::from(p.size).max(MIN_PROBE);
     buf.clear();
     buf.extend_from_slice(&p.dst_mac.0);
     buf.extend_from_slice(&p.src_mac.0);
@@ -214,18 +261,21 @@ pub fn frame(buf: &mut Vec<u8>, p: &Probe, ident: u16) {
     icmp[0] = ICMP_ECHO;
     icmp[4..6].copy_from_slice(&ident.to_be_bytes());
     icmp[6..8].copy_from_slice(&p.seq.to_be_bytes());
-    // A payload that is not all zeroes, so nothing on the way can compress it away.
-    for (i, b) in icmp[8..].iter_mut().enumerate() {
+    // The token, then a payload that is not all zeroes, so nothing on the way can compress it
+    // away.
+    icmp[8..8 + TOKEN_LEN].copy_from_slice(&p.token.0);
+    for (i, b) in icmp[8 + TOKEN_LEN..].iter_mut().enumerate() {
         *b = i as u8;
     }
     let sum = checksum(icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
 }
 
-/// (source, sequence) of an echo reply to one of `ident`'s probes, from an IPv4 packet.
-pub fn parse_reply(packet: &[u8], ident: u16) -> Option<(Ipv4Addr, u16)> {
+/// An echo reply to one of `ident`'s probes, from an IPv4 packet (the token is not checked
+/// here: only the sender knows which one it expects).
+pub fn parse_reply(packet: &[u8], ident: u16) -> Option<Reply> {
     let ihl = usize::from(packet.first()? & 0x0f) * 4;
-    if packet.first()? >> 4 != 4 || ihl < 20 || packet.len() < ihl + 8 {
+    if packet.first()? >> 4 != 4 || ihl < 20 || packet.len() < ihl + 8 + TOKEN_LEN {
         return None;
     }
     let icmp = &packet[ihl..];
@@ -234,7 +284,13 @@ pub fn parse_reply(packet: &[u8], ident: u16) -> Option<(Ipv4Addr, u16)> {
     }
     let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
     let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-    Some((src, seq))
+    let mut token = [0u8; TOKEN_LEN];
+    token.copy_from_slice(&icmp[8..8 + TOKEN_LEN]);
+    Some(Reply {
+        src,
+        seq,
+        token: Token(token),
+    })
 }
 
 #[cfg(test)]
@@ -251,6 +307,7 @@ mod tests {
             dst: "10.244.2.1".parse().unwrap(),
             size: 1450,
             seq: 77,
+            token: Token(*b"\x01\x02\x03\x04\x05\x06\x07\x08"),
         }
     }
 
@@ -280,12 +337,36 @@ mod tests {
         reply[12..16].copy_from_slice(&[10, 244, 2, 1]);
         assert_eq!(
             parse_reply(&reply, 0x1234),
-            Some(("10.244.2.1".parse().unwrap(), 77))
+            Some(Reply {
+                src: "10.244.2.1".parse().unwrap(),
+                seq: 77,
+                token: probe().token,
+            })
         );
         assert_eq!(parse_reply(&reply, 0x4321), None);
         assert_eq!(parse_reply(&reply[..25], 0x1234), None);
+        // Too short to carry a token: not one of ours.
+        assert_eq!(parse_reply(&reply[..35], 0x1234), None);
         assert_eq!(parse_reply(&[], 0x1234), None);
         reply[20] = ICMP_ECHO;
         assert_eq!(parse_reply(&reply, 0x1234), None);
+    }
+
+    #[test]
+    fn small_probes_carry_the_token_and_tokens_differ() {
+        let mut p = probe();
+        p.size = 64;
+        let mut buf = Vec::new();
+        frame(&mut buf, &p, 1);
+        assert_eq!(&buf[14 + 28..14 + 36], &p.token.0);
+        assert_eq!(checksum(&buf[14 + 20..]), 0, "ICMP checksum");
+        // Even a probe asked to be tiny has room for it.
+        p.size = 0;
+        frame(&mut buf, &p, 1);
+        assert_eq!(buf.len(), 14 + MIN_PROBE);
+        assert_eq!(&buf[14 + 28..], &p.token.0);
+        let a = Token::random().unwrap();
+        let b = Token::random().unwrap();
+        assert_ne!(a, b, "64 random bits twice alike");
     }
 }

@@ -5,7 +5,8 @@
 //! VTEP MAC). The route that sends a peer's subnet through the device is [`super::routes`].
 //!
 //! The device owns the VXLAN UDP port: it receives from every peer, kernel or userspace alike,
-//! so meshd's own socket only sends (see `daemon::run`).
+//! so meshd's own socket only sends (see `daemon::run`). What it receives is held to the
+//! userspace path's rule by [`super::source_check`], set up before the device comes up.
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
@@ -336,9 +337,24 @@ fn other(e: anyhow::Error) -> Refusal {
     Refusal::new(format!("{e:#}"))
 }
 
-/// The VXLAN device line of `meshd status`.
-pub(crate) fn device_text(d: &VxlanDevice, software_checksums: bool) -> String {
+/// The VXLAN device line of `meshd status`; `unchecked` says why the inner sources of what it
+/// receives are not checked right now (see [`super::source_check`]), when they are not.
+pub(crate) fn device_text(
+    d: &VxlanDevice,
+    software_checksums: bool,
+    unchecked: Option<&str>,
+) -> String {
     let mut s = format!("in use: {} ({}", d.name, d.origin);
+    match unchecked {
+        None => {
+            s += &format!(
+                "; inner sources checked: nft table {} {}",
+                super::nft::FAMILY,
+                super::nft::TABLE
+            )
+        }
+        Some(why) => s += &format!("; inner sources NOT checked: {why}; retrying"),
+    }
     if software_checksums {
         s += "; checksums in software: veth underlay, a peer receives in userspace";
     }

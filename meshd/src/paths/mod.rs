@@ -138,6 +138,9 @@ pub struct PeerPath {
     since_wall: SystemTime,
     moves: u64,
     probe_size: u16,
+    /// Why its paths cannot be probed on this node, when they cannot (no probe sockets): then
+    /// nothing moves it, and the status says so instead of showing probes that never left.
+    unprobed: Option<String>,
 }
 
 /// A move [`PeerPath::decide`] made.
@@ -174,7 +177,13 @@ impl PeerPath {
             since_wall: SystemTime::now(),
             moves: 0,
             probe_size,
+            unprobed: None,
         }
+    }
+
+    /// Its paths cannot be probed on this node (`why`): the peer stays where it is.
+    pub fn set_unprobed(&mut self, why: String) {
+        self.unprobed = Some(why);
     }
 
     pub fn current(&self) -> PathKind {
@@ -317,6 +326,15 @@ impl PeerPath {
 
     /// Why the peer is on its path: `None` when it is on the best there is for it.
     pub fn reason(&self, now: Instant) -> Option<String> {
+        if let Some(why) = self
+            .unprobed
+            .as_ref()
+            .filter(|_| self.probed().next().is_some())
+        {
+            return Some(format!(
+                "paths not probed, the peer stays where it is: {why}"
+            ));
+        }
         if let Some(t) = self.track(self.current).filter(|t| t.failing) {
             // Only the floor is kept while failing (datapath = "kernel").
             return Some(format!(
@@ -372,8 +390,11 @@ impl PeerPath {
         )
     }
 
-    /// Probes sent and lost per probed path.
+    /// Probes sent and lost per probed path (none when its paths cannot be probed).
     pub fn probe_counts(&self) -> Vec<(PathKind, u64, u64, bool)> {
+        if self.unprobed.is_some() {
+            return Vec::new();
+        }
         self.offers
             .iter()
             .zip(&self.tracks)

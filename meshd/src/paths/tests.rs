@@ -352,3 +352,23 @@ fn a_small_probe_passing_while_a_pod_sized_one_fails_changes_nothing() {
     let m = probe(&mut p, PathKind::KernelVxlan, false, at(t0, 2.0)).unwrap();
     assert!(m.demotion);
 }
+
+#[test]
+fn without_probe_sockets_the_status_says_so_instead_of_empty_probe_counts() {
+    let t0 = Instant::now();
+    let mut p = vxlan_peer(t0);
+    p.set_unprobed("cannot open the probe sockets (Operation not permitted)".into());
+    assert_eq!(
+        p.reason(t0).as_deref(),
+        Some(
+            "paths not probed, the peer stays where it is: cannot open the probe sockets \
+             (Operation not permitted)"
+        )
+    );
+    assert!(p.probe_counts().is_empty(), "no `probes 0/0 lost`");
+    assert_eq!(p.decide(at(t0, 60.0)), None);
+    // Nothing to probe (the floor is all there is): nothing to say either.
+    let mut floor = PeerPath::new(Vec::new(), PathKind::Userspace, None, None, SIZE, t0);
+    floor.set_unprobed("no sockets".into());
+    assert_eq!(floor.reason(t0), None);
+}

@@ -33,6 +33,9 @@ pub(crate) struct Guard {
     /// The networks of the addresses on this node's interfaces, bar the pod bridge's (this
     /// node's own subnet, which the settling order covers), and its underlay address.
     pub(crate) local: Vec<Ipv4Net>,
+    /// Senders are told apart by underlay address alone (cleartext VXLAN: a kernel device
+    /// picks its source port per flow), so two peers cannot share one.
+    pub(crate) by_address: bool,
 }
 
 /// Why a peer's subnet is not routed.
@@ -54,6 +57,9 @@ pub(crate) enum Why {
     },
     /// A static peer of the same name is routed instead.
     Name,
+    /// Cleartext: `with`, whose subnet is lower, sends from the same underlay address, and a
+    /// datagram's sender is known by its address alone.
+    SharedAddress { addr: IpAddr, with: String },
 }
 
 impl std::fmt::Display for Why {
@@ -77,6 +83,11 @@ impl std::fmt::Display for Why {
                 "it overlaps {theirs} of `{to}`, which is kept: {settled}"
             ),
             Why::Name => f.write_str("a static peer of the same name is routed instead"),
+            Why::SharedAddress { addr, with } => write!(
+                f,
+                "it shares the underlay address {addr} with `{with}`, which is kept (cleartext \
+                 tells senders apart by address)"
+            ),
         }
     }
 }
@@ -167,6 +178,7 @@ mod tests {
                 "198.18.0.0/24".parse().unwrap(),
                 "127.0.0.0/8".parse().unwrap(),
             ],
+            by_address: false,
         }
     }
 

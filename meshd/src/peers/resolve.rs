@@ -12,11 +12,16 @@
 //!    explicit claim, then a picked one; then the older stamp; then the lower name. A subnet
 //!    that overlaps one already kept is refused, naming the winner and why.
 //!
+//! 3. In cleartext, where a datagram's sender is known by its underlay address alone, of two
+//!    kept peers at one address the one with the lower subnet stays (the kernel path's source
+//!    check keeps the same one, see `kernel::source_check`) and the other is refused.
+//!
 //! O(N log N): a sort, and overlap look-ups in ordered ranges.
 
 use ipnet::Ipv4Net;
 use meshd_gossip::{Precedence, Ranges};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 
 use super::claims::{bounds, to_subnet, Guard, Why};
 use super::refused::{Refused, Source};
@@ -120,6 +125,24 @@ pub(super) fn settle<'a>(
                     settled: w.rank.settled(&c.rank),
                 };
                 refuse(c.peer, c.source, why)
+            }
+        }
+    }
+    if guard.by_address {
+        let mut by_subnet: Vec<usize> = (0..candidates.len()).filter(|&i| kept[i]).collect();
+        by_subnet.sort_by_key(|&i| candidates[i].peer.subnet);
+        let mut at: HashMap<IpAddr, usize> = HashMap::with_capacity(by_subnet.len());
+        for i in by_subnet {
+            let c = &candidates[i];
+            let Some(addr) = c.peer.address() else {
+                continue;
+            };
+            if let Some(&j) = at.get(&addr) {
+                kept[i] = false;
+                let with = candidates[j].peer.name.clone();
+                refuse(c.peer, c.source, Why::SharedAddress { addr, with });
+            } else {
+                at.insert(addr, i);
             }
         }
     }

@@ -44,6 +44,7 @@ fn cluster() -> Guard {
     Guard {
         pool: Pool::new("10.244.0.0/16".parse().unwrap(), 24).ok(),
         local: vec!["198.18.0.0/24".parse().unwrap()],
+        by_address: false,
     }
 }
 
@@ -205,4 +206,38 @@ fn claims_outside_the_cluster_or_on_the_underlay_are_refused() {
         why(&set, "s"),
         Some(Why::Fault(ClaimFault::TooLarge { .. }))
     ));
+}
+
+/// Cleartext knows a sender by its underlay address alone: of two peers at one address the
+/// one with the lower subnet is routed (as the kernel path's source check keeps), whatever
+/// the order they came in, and the other is refused naming it. Encrypted, both are routed.
+#[test]
+fn cleartext_peers_sharing_an_address_keep_the_lower_subnet() {
+    for by_address in [true, false] {
+        for order in [["a", "b"], ["b", "a"]] {
+            let mut set = PeerSet::new(Vec::new());
+            set.set_guard(Guard {
+                by_address,
+                ..cluster()
+            });
+            for name in order {
+                let subnet = if name == "a" {
+                    "10.244.3.0/24"
+                } else {
+                    "10.244.2.0/24"
+                };
+                set.upsert_member(peer(name, 7, subnet));
+            }
+            set.upsert_member(peer("c", 8, "10.244.4.0/24"));
+            if by_address {
+                assert_eq!(names(&mut set), ["b", "c"], "{order:?}");
+                assert!(
+                    matches!(why(&set, "a"), Some(Why::SharedAddress { ref with, .. }) if with == "b"),
+                    "{order:?}"
+                );
+            } else {
+                assert_eq!(names(&mut set), ["a", "b", "c"], "{order:?}");
+            }
+        }
+    }
 }

@@ -59,6 +59,7 @@ impl Manager {
                 }
             }
         }
+        self.sync_sources(Instant::now());
         self.route_all().await;
     }
 
@@ -77,7 +78,10 @@ impl Manager {
                 None
             }
         });
-        let path = PeerPath::new(offers, floor, floor_reason, adopted, self.s.pod_mtu, now);
+        let mut path = PeerPath::new(offers, floor, floor_reason, adopted, self.s.pod_mtu, now);
+        if let Some(why) = &self.unprobed {
+            path.set_unprobed(why.clone());
+        }
         if let Some(k) = adopted.filter(|k| *k == path.current()) {
             tracing::info!(peer = %peer.name, path = %k, "adopted the peer's kernel path");
         }
@@ -116,14 +120,18 @@ impl Manager {
             tracing::info!(peer = %peer.name, "peer's underlay address moved: moving its entries");
             let (offers, floor, floor_reason) = self.offers(peer).await;
             let current = Some(before.path.current());
-            PeerPath::new(
+            let mut path = PeerPath::new(
                 offers,
                 floor,
                 floor_reason,
                 current,
                 self.s.pod_mtu,
                 Instant::now(),
-            )
+            );
+            if let Some(why) = &self.unprobed {
+                path.set_unprobed(why.clone());
+            }
+            path
         } else {
             before.path.clone()
         };
@@ -165,8 +173,7 @@ impl Manager {
                 vxlan::remove_peer(&self.s.host, dev.index, link.mac, cell.vtep).await;
             }
         }
-        self.outstanding
-            .retain(|_, (l, _, _, _)| l.name != link.name);
+        self.outstanding.retain(|_, o| o.link.name != link.name);
     }
 
     /// Remove meshd's route for `subnet`; kept for a retry when the kernel refuses.

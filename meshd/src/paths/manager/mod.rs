@@ -16,12 +16,15 @@ use tokio::sync::watch;
 mod apply;
 mod converge;
 mod offers;
+mod sources;
 mod step;
+
+pub(crate) use sources::SourceCheck;
 
 use super::{NotOffered, PathKind};
 use crate::config::{Datapath, Encryption};
 use crate::host::Host;
-use crate::kernel::probe::Prober;
+use crate::kernel::probe::{Prober, Token};
 use crate::kernel::routes;
 use crate::kernel::vxlan::{self, VxlanDevice};
 use crate::kernel::wireguard::{device_config, KernelWireguard};
@@ -107,6 +110,20 @@ pub(crate) struct Setup {
     /// The node's keys (encrypted mode), for the kernel WireGuard peers.
     pub(crate) crypto: Option<Arc<NodeCrypto>>,
     pub(crate) wireguard_port: u16,
+    /// The inner-source check of kernel-received VXLAN, when the kernel VXLAN device is in
+    /// use (`fastpath` wrote its table before the device came up).
+    pub(crate) sources: Option<SourceCheck>,
+}
+
+/// A probe sent and not yet answered.
+struct Outstanding {
+    link: Arc<PeerLink>,
+    kind: PathKind,
+    sent: Instant,
+    /// Its IPv4 total length.
+    size: u16,
+    /// What a genuine reply carries back.
+    token: Token,
 }
 
 struct Manager {
@@ -114,11 +131,13 @@ struct Manager {
     s: Setup,
     tun_index: Option<u32>,
     prober: Option<Prober>,
+    /// Why there is no prober, when there is none though a kernel path is in play.
+    unprobed: Option<String>,
     /// The links it manages, by name: the same objects the route table holds.
     links: HashMap<String, Arc<PeerLink>>,
     own: Option<Ipv4Net>,
-    /// Probes awaiting a reply, by sequence number: peer, path, when sent, size.
-    outstanding: HashMap<u16, (Arc<PeerLink>, PathKind, Instant, u16)>,
+    /// Probes awaiting a reply, by sequence number.
+    outstanding: HashMap<u16, Outstanding>,
     seq: u16,
     /// Routes a previous meshd left, by subnet, until claimed or the grace ends.
     adopted_routes: HashMap<Ipv4Net, routes::Found>,
@@ -127,6 +146,8 @@ struct Manager {
     leftovers_checked: bool,
     /// The VXLAN device checksums in software (see `vxlan::set_software_checksums`).
     software_checksums: Option<bool>,
+    /// The inner-source check of kernel-received VXLAN (taken from the setup).
+    sources: Option<SourceCheck>,
     /// Routes of peers that left, which the kernel would not remove yet: retried each tick.
     stale_routes: Vec<Ipv4Net>,
     /// When the routes are next compared with what the kernel has.
@@ -136,15 +157,24 @@ struct Manager {
 
 /// Run the manager until `stop` resolves. Kernel objects stay when it stops: pods on kernel
 /// paths keep talking while meshd is down, and the next meshd adopts them.
-pub(crate) async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Future<Output = ()>) {
-    let mut rx = paths.subscribe();
+async fn run(
+    paths: Arc<Paths>,
+    mut rx: watch::Receiver<Desired>,
+    mut s: Setup,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let sources = s.sources.take();
     let kernel_in_play =
         (s.encryption == Encryption::None && s.vxlan.is_ok()) || s.wireguard.is_ok();
     let tun_index = s.host.index(&s.tun).await.ok();
+    let mut unprobed = None;
     let prober = match kernel_in_play.then(|| Prober::new(std::process::id() as u16)) {
         Some(Ok(p)) => Some(p),
         Some(Err(e)) => {
-            tracing::warn!(error = %e, "cannot open the probe sockets: kernel paths are not probed, peers stay where they are");
+            tracing::warn!(error = %e, "cannot open the probe sockets: kernel paths are not probed, peers stay where they are (probing needs CAP_NET_RAW and the AF_PACKET address family)");
+            unprobed = Some(format!(
+                "cannot open the probe sockets ({e}; probing needs CAP_NET_RAW and AF_PACKET)"
+            ));
             None
         }
         None => None,
@@ -178,6 +208,7 @@ pub(crate) async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Fut
         s,
         tun_index,
         prober,
+        unprobed,
         links: HashMap::new(),
         own: None,
         outstanding: HashMap::new(),
@@ -186,6 +217,7 @@ pub(crate) async fn run(paths: Arc<Paths>, s: Setup, stop: impl std::future::Fut
         grace_until: now + ADOPTION_GRACE,
         leftovers_checked: false,
         software_checksums: None,
+        sources,
         stale_routes: Vec::new(),
         next_verify: now + VERIFY_EVERY,
         moves: 0,
@@ -221,6 +253,19 @@ pub(crate) fn spawn(
     std::thread::JoinHandle<()>,
 )> {
     use anyhow::Context;
+    // Subscribed here, before the daemon's first pass (and a pass published already is taken
+    // as new): a receiver made later, on the thread, which a busy machine may start late,
+    // would count the passes published before it as seen, and a node with static peers
+    // publishes none after its first, so its peers would never get paths. The empty value the
+    // channel starts with is not a pass: applied, it would empty an adopted WireGuard device.
+    let mut rx = paths.subscribe();
+    let published = {
+        let d = rx.borrow();
+        !d.links.is_empty() || d.own_subnet.is_some()
+    };
+    if published {
+        rx.mark_changed();
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -229,7 +274,7 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name("meshd-paths".into())
         .spawn(move || {
-            rt.block_on(run(paths, s, async move {
+            rt.block_on(run(paths, rx, s, async move {
                 let _ = stopped.await;
             }))
         })
@@ -259,9 +304,9 @@ impl Manager {
         }
         match vxlan::set_software_checksums(&dev.name, want) {
             Ok(()) => {
-                self.software_checksums = Some(want);
-                lock(&self.paths.kernel).vxlan = vxlan::device_text(dev, want);
                 tracing::info!(device = %dev.name, software = want, "VXLAN device checksums");
+                self.software_checksums = Some(want);
+                self.show_vxlan();
             }
             Err(e) => {
                 tracing::warn!(device = %dev.name, error = %e, "cannot switch the VXLAN device's checksum offload: userspace peers on a veth underlay may get packets with unfinished checksums")

@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{lock, Manager, PROBE_TIMEOUT};
+use super::{lock, Manager, Outstanding, PROBE_TIMEOUT};
 use crate::host::gateway;
-use crate::kernel::probe::Probe;
+use crate::kernel::probe::{Probe, Token};
 use crate::kernel::{routes, vxlan};
 use crate::link::PeerLink;
 use crate::paths::{probe_interval, PathKind};
@@ -46,19 +46,31 @@ impl Manager {
         }
     }
 
+    /// Replies to outstanding probes. One counts only from the probed peer's bridge address and
+    /// with the probe's token; anything else (a forgery, a late reply to a probe already given
+    /// up) leaves the probe waiting, so a forged reply can neither pass nor fail it.
     fn collect(&mut self, now: Instant) {
         let Some(prober) = &mut self.prober else {
             return;
         };
         let mut replies = Vec::new();
         prober.replies(&mut replies);
-        for (src, seq) in replies {
-            let Some((link, kind, _, size)) = self.outstanding.remove(&seq) else {
+        for r in replies {
+            let genuine = self.outstanding.get(&r.seq).is_some_and(|o| {
+                o.token == r.token
+                    && o.link
+                        .path()
+                        .as_ref()
+                        .is_some_and(|c| r.src == gateway(c.subnet))
+            });
+            if !genuine {
+                tracing::debug!(src = %r.src, seq = r.seq, "an echo reply that answers no probe of ours: ignored");
                 continue;
-            };
-            let mut cell = link.path();
-            if let Some(c) = cell.as_mut().filter(|c| src == gateway(c.subnet)) {
-                c.path.record_probe(kind, size, true, now);
+            }
+            if let Some(o) = self.outstanding.remove(&r.seq) {
+                if let Some(c) = o.link.path().as_mut() {
+                    c.path.record_probe(o.kind, o.size, true, now);
+                }
             }
         }
     }
@@ -67,14 +79,13 @@ impl Manager {
         let late: Vec<u16> = self
             .outstanding
             .iter()
-            .filter(|(_, (_, _, sent, _))| now.saturating_duration_since(*sent) >= PROBE_TIMEOUT)
+            .filter(|(_, o)| now.saturating_duration_since(o.sent) >= PROBE_TIMEOUT)
             .map(|(seq, _)| *seq)
             .collect();
         for seq in late {
-            if let Some((link, kind, _, size)) = self.outstanding.remove(&seq) {
-                let mut cell = link.path();
-                if let Some(c) = cell.as_mut() {
-                    c.path.record_probe(kind, size, false, now);
+            if let Some(o) = self.outstanding.remove(&seq) {
+                if let Some(c) = o.link.path().as_mut() {
+                    c.path.record_probe(o.kind, o.size, false, now);
                 }
             }
         }
@@ -143,6 +154,13 @@ impl Manager {
                     c.path.record(kind, false, now);
                     continue;
                 };
+                let token = match Token::random() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no random bytes for a probe's token: probe not sent");
+                        continue;
+                    }
+                };
                 self.seq = self.seq.wrapping_add(1).max(1);
                 let size = c.path.probe_size(kind);
                 let probe = Probe {
@@ -153,12 +171,19 @@ impl Manager {
                     dst: gateway(c.subnet),
                     size,
                     seq: self.seq,
+                    token,
                 };
                 let sent = self.prober.as_mut().map(|p| p.send(&probe));
                 match sent {
                     Some(Ok(())) => {
-                        self.outstanding
-                            .insert(self.seq, (link.clone(), kind, now, size));
+                        let o = Outstanding {
+                            link: link.clone(),
+                            kind,
+                            sent: now,
+                            size,
+                            token,
+                        };
+                        self.outstanding.insert(self.seq, o);
                     }
                     Some(Err(e)) => {
                         tracing::debug!(peer = %link.name, path = %kind, error = %e, "probe not sent");
@@ -172,6 +197,11 @@ impl Manager {
 
     /// Routes and entries for peers no longer known, once the grace after start is over.
     async fn drop_leftovers(&mut self) {
+        if !self.leftovers_checked {
+            // The grace is over: the source checks a previous meshd left for peers that did
+            // not come back go too.
+            self.sync_sources(Instant::now());
+        }
         for (subnet, _) in std::mem::take(&mut self.adopted_routes) {
             tracing::info!(%subnet, "removing a route a previous meshd left for a peer that is gone");
             let _ = routes::remove(&self.s.host, subnet).await;
