@@ -72,6 +72,19 @@ fn prometheus_sees_bytes_grow_on_userspace_and_kernel_paths() {
                 .ok_or(now - before)
         });
     }
+    // h1 probes its kernel paths: their round trips are counted (kernel-stamped, so well
+    // under the path manager's tick on this lab; printed, not asserted).
+    let probes = format!("meshd_probe_rtt_seconds_count{{instance=\"{}\"}}", at(h1));
+    let count = wait_until("h1's probe round trips in Prometheus", || {
+        let n = prom.scalar(&probes).unwrap_or(0.0);
+        (n > 0.0).then_some(n).ok_or(n)
+    });
+    let sum = format!("meshd_probe_rtt_seconds_sum{{instance=\"{}\"}}", at(h1));
+    let mean = prom.scalar(&sum).unwrap_or(0.0) / count;
+    eprintln!(
+        "h1: {count} probe round trips, {:.3} ms on average",
+        mean * 1e3
+    );
     // Per-peer series name the peers, and the scrape passes promtool's checks.
     let text = scrape_at(&t, 0, at(h1));
     assert!(text.contains(&format!("peer=\"{}\"", h3.name)), "{text}");

@@ -26,7 +26,10 @@ pub(crate) async fn start(
     seeds: Option<watch::Sender<Vec<String>>>,
 ) -> Result<()> {
     let counters = Arc::new(Counters::default());
-    let probe_rtt = Arc::new(Histogram::new(&PROBE_RTT_BUCKETS));
+    let probe_rtt = match report.backend.paths() {
+        Some(p) => p.probe_rtt.clone(),
+        None => Arc::new(Histogram::new(&PROBE_RTT_BUCKETS)),
+    };
     let metrics = Metrics::new(
         report,
         kernel,

@@ -1,5 +1,5 @@
 //! The page from a real backend with static peers: names, values, bounded series, departures.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
 use crate::backend::Backend;

@@ -55,7 +55,7 @@ impl Manager {
         };
         let mut replies = Vec::new();
         prober.replies(&mut replies);
-        for r in replies {
+        for (r, arrived) in replies {
             let genuine = self.outstanding.get(&r.seq).is_some_and(|o| {
                 o.token == r.token
                     && o.link
@@ -68,6 +68,8 @@ impl Manager {
                 continue;
             }
             if let Some(o) = self.outstanding.remove(&r.seq) {
+                let rtt = arrived.saturating_duration_since(o.sent);
+                self.paths.probe_rtt.observe(rtt);
                 if let Some(c) = o.link.path().as_mut() {
                     c.path.record_probe(o.kind, o.size, true, now);
                 }
@@ -173,13 +175,15 @@ impl Manager {
                     seq: self.seq,
                     token,
                 };
+                // Timed at the send itself, not the tick: the round trip is what probes measure.
+                let at = Instant::now();
                 let sent = self.prober.as_mut().map(|p| p.send(&probe));
                 match sent {
                     Some(Ok(())) => {
                         let o = Outstanding {
                             link: link.clone(),
                             kind,
-                            sent: now,
+                            sent: at,
                             size,
                             token,
                         };
