@@ -9,9 +9,11 @@
 
 pub mod cli;
 mod file;
+mod modes;
 mod peer_flag;
 mod validate;
 
+pub use modes::{Datapath, Encryption, LogFormat};
 /// The parser of one `--peer` value (public for its fuzz target).
 pub use peer_flag::parse as parse_peer_flag;
 
@@ -19,8 +21,6 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-
-use crate::wire::VXLAN_OVERHEAD;
 
 /// Bytes a WireGuard data message adds to a pod packet on an IPv6 underlay: IPv6 (40), UDP (8),
 /// WireGuard header and tag (32). wg-quick subtracts the same 80 whatever the underlay, so an
@@ -91,98 +91,6 @@ pub struct Config {
     pub metrics_per_peer: bool,
     /// Peers known without gossip.
     pub peers: Vec<PeerConfig>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Encryption {
-    #[default]
-    Wireguard,
-    None,
-}
-
-impl Encryption {
-    /// Bytes the encapsulation adds to a pod packet: the TUN MTU is the underlay MTU minus this.
-    pub fn overhead(self) -> usize {
-        match self {
-            Encryption::Wireguard => WIREGUARD_OVERHEAD,
-            Encryption::None => VXLAN_OVERHEAD,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Encryption::Wireguard => "wireguard",
-            Encryption::None => "none",
-        }
-    }
-}
-
-/// How log lines are written (`log-format`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            _ => Err(format!("`{s}` is not a log format: text or json")),
-        }
-    }
-}
-
-/// What carries pod packets (`datapath`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Datapath {
-    #[default]
-    Auto,
-    Kernel,
-    Userspace,
-}
-
-impl Datapath {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Datapath::Auto => "auto",
-            Datapath::Kernel => "kernel",
-            Datapath::Userspace => "userspace",
-        }
-    }
-}
-
-impl std::str::FromStr for Datapath {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Datapath::Auto),
-            "kernel" => Ok(Datapath::Kernel),
-            "userspace" => Ok(Datapath::Userspace),
-            _ => Err(format!(
-                "`{s}` is not a datapath: auto, kernel or userspace"
-            )),
-        }
-    }
-}
-
-impl std::str::FromStr for Encryption {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "wireguard" => Ok(Encryption::Wireguard),
-            "none" => Ok(Encryption::None),
-            _ => Err(format!(
-                "`{s}` is not an encryption mode: wireguard or none"
-            )),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

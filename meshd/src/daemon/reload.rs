@@ -127,3 +127,88 @@ pub(crate) async fn apply(live: &Live, running: &mut Config, new: Config, t: &mu
         tracing::info!("SIGHUP: configuration unchanged");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::http::{Counters, Router};
+    use std::sync::Mutex;
+
+    /// A node's reload targets, what they were handed, and the `Live` that sets log levels.
+    struct Node {
+        targets: Targets,
+        seeds: watch::Receiver<Vec<String>>,
+        live: Live,
+        levels: Arc<Mutex<Vec<String>>>,
+    }
+
+    fn node() -> Node {
+        let (metrics, _) = crate::metrics::tests::node(2, false);
+        let (seeds, rx) = watch::channel(Vec::new());
+        let listener = Listener::new(Router::new(), Arc::new(Counters::default()));
+        let levels = Arc::new(Mutex::new(Vec::new()));
+        let set = levels.clone();
+        let live = Live {
+            load: Box::new(|| Ok(Config::default())),
+            set_log_level: Box::new(move |l| {
+                set.lock().unwrap().push(l.to_string());
+                Ok(())
+            }),
+        };
+        let targets = Targets {
+            listener,
+            metrics,
+            seeds: Some(seeds),
+        };
+        Node {
+            targets,
+            seeds: rx,
+            live,
+            levels,
+        }
+    }
+
+    #[tokio::test]
+    async fn live_keys_change_and_the_rest_keep_their_running_values() {
+        let Node {
+            targets: mut t,
+            seeds,
+            live,
+            levels,
+        } = node();
+        let mut running = Config {
+            metrics_address: String::new(),
+            ..Config::default()
+        };
+        let mut new = running.clone();
+        new.log_level = "debug".into();
+        new.seeds = vec!["198.18.0.9:7946".into()];
+        new.metrics_per_peer = true;
+        new.metrics_address = "127.0.0.1:0".into();
+        new.subnet = Some("10.244.9.0/24".parse().unwrap());
+        new.underlay_mtu = 9000;
+        apply(&live, &mut running, new, &mut t).await;
+        assert_eq!(*levels.lock().unwrap(), ["debug"]);
+        assert_eq!(*seeds.borrow(), ["198.18.0.9:7946"]);
+        assert!(t.listener.addr().is_some());
+        assert!(t.metrics.render().await.contains("peer="));
+        // What needs a restart keeps its running value, and is still different next time.
+        assert_eq!(running.subnet, None);
+        assert_eq!(running.underlay_mtu, 1500);
+        assert_eq!(running.log_level, "debug");
+        assert!(running.metrics_per_peer);
+        let next = Config {
+            subnet: Some("10.244.9.0/24".parse().unwrap()),
+            ..running.clone()
+        };
+        assert_eq!(running.changed_keys(&next), ["subnet"]);
+        // Without gossip, new seeds need a restart too.
+        t.seeds = None;
+        let mut more = running.clone();
+        more.seeds.push("198.18.0.10:7946".into());
+        apply(&live, &mut running, more, &mut t).await;
+        assert_eq!(running.seeds, ["198.18.0.9:7946"]);
+        assert_eq!(LIVE_KEYS.len(), 4);
+    }
+}

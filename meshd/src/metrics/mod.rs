@@ -192,4 +192,4 @@ impl HttpSnapshot {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -37,7 +37,8 @@ fn base() -> Status {
 }
 
 /// A node with `n` static peers (cleartext), its metrics, and its backend.
-fn node(n: u8, per_peer: bool) -> (Arc<Metrics>, Arc<Backend>) {
+/// (Also the reload's tests' node.)
+pub(crate) fn node(n: u8, per_peer: bool) -> (Arc<Metrics>, Arc<Backend>) {
     let routes = Arc::new(Routes::new(Local {
         name: "me".into(),
         vni: 1,
