@@ -17,7 +17,7 @@ use meshd_lab::Topology;
 
 use crate::gossip::{gossip_spec, wait_for_all_alive};
 use crate::kernel_paths::{auto, wait_path};
-use crate::observe::{promtool_check, scrape, scrape_at, series, Prometheus, METRICS_PORT};
+use crate::observe::{promtool_check, scrape, scrape_at, series, value, Prometheus, METRICS_PORT};
 use crate::support::{require_root, wait_for, wait_until};
 
 /// What each transfer sends.
@@ -96,7 +96,9 @@ fn prometheus_sees_bytes_grow_on_userspace_and_kernel_paths() {
         at(h1),
         h3.name
     );
-    assert_eq!(prom.query(&peer_q).len(), 2, "tx and rx");
+    // Each way on each path that carried its traffic: userspace, and kernel VXLAN.
+    let paths = prom.query(&peer_q);
+    assert!(paths.len() >= 2, "{paths:?}");
     t.stop_meshd(2).unwrap();
     wait_for(&t, 0, "h3 gone from h1's peers", |s| {
         s.peers.iter().all(|p| p.name != h3.name)
@@ -108,6 +110,46 @@ fn prometheus_sees_bytes_grow_on_userspace_and_kernel_paths() {
     let text = scrape_at(&t, 0, at(h1));
     assert!(!text.contains(&format!("peer=\"{}\"", h3.name)), "{text}");
     assert!(text.contains(&format!("peer=\"{}\"", h2.name)), "{text}");
+}
+
+/// host-gw's traffic leaves by the underlay interface, not a device of meshd's: nftables counts
+/// it per peer, each way, and the node's totals and per-peer series show it.
+#[test]
+fn host_gw_traffic_is_counted_each_way() {
+    require_root();
+    let mut spec = crate::kernel_paths::spec("mhostgw", 2, Encryption::None, auto(0, true, 0));
+    spec.meshd_args = ["--metrics-per-peer", "true"].map(String::from).to_vec();
+    let t = Topology::up(spec).unwrap();
+    wait_path(&t, 0, 1, |p| p.path == "host-gw");
+    wait_path(&t, 1, 0, |p| p.path == "host-gw");
+    let total = |i: usize, dir: &str| {
+        let text = scrape(&t, i);
+        let q = format!("meshd_path_bytes_total{{path=\"host-gw\",direction=\"{dir}\"}}");
+        value(&text, &q).unwrap_or(0.0)
+    };
+    let (tx0, rx0) = (total(0, "tx"), total(1, "rx"));
+    let (p1, p2) = (&t.hosts[0].pods[0], &t.hosts[1].pods[0]);
+    let sent = tcp_transfer(&p1.ns, &p2.ns, p2.addr, 5203, BYTES).unwrap();
+    assert!(sent.verified, "{sent:?}");
+    // Counted within a reading of the table (every few seconds).
+    for (i, dir, before) in [(0, "tx", tx0), (1, "rx", rx0)] {
+        wait_until(
+            &format!("h{}'s host-gw {dir} bytes to grow by {BYTES}", i + 1),
+            || {
+                let now = total(i, dir);
+                (now - before >= BYTES as f64)
+                    .then_some(())
+                    .ok_or(now - before)
+            },
+        );
+    }
+    let text = scrape(&t, 0);
+    let peer = format!(
+        "meshd_peer_bytes_total{{peer=\"{}\",path=\"host-gw\",direction=\"tx\"}}",
+        t.hosts[1].name
+    );
+    assert!(value(&text, &peer).unwrap_or(0.0) >= BYTES as f64, "{text}");
+    assert_eq!(promtool_check(&text), "", "{text}");
 }
 
 /// A node of a 10-node cluster has exactly the series of a node of a 3-node cluster.

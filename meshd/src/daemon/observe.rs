@@ -49,12 +49,10 @@ pub(crate) async fn start(
     reload::spawn(live, cfg.clone(), targets)
 }
 
-/// The kernel devices this node opened, whose counters are the kernel paths' traffic.
+/// The kernel devices this node opened whose counters are a kernel path's traffic: the
+/// WireGuard device (kernel VXLAN and host-gw are counted per peer by nftables).
 pub(crate) fn kernel_devices(cfg: &Config, fast: &Setup) -> KernelDevices {
     let mut devices = Vec::new();
-    if fast.vxlan.is_ok() {
-        devices.push((PathKind::KernelVxlan, cfg.vxlan.device.clone()));
-    }
     if fast.wireguard.is_ok() {
         devices.push((PathKind::KernelWireguard, cfg.wireguard.device.clone()));
     }

@@ -12,7 +12,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::sample::{Sample, Traffic, PATH_KINDS};
 use super::{HistogramSnapshot, HttpSnapshot};
-use crate::paths::REASON_KINDS;
+use crate::paths::manager::COUNTED_PATHS;
+use crate::paths::{PathKind, REASON_KINDS};
 use crate::stats::DROP_REASONS;
 
 /// Everything one scrape writes.
@@ -180,10 +181,15 @@ const NO: [(&str, &str); 0] = [];
 
 impl Scrape {
     /// Bytes and packets each way, by path kind: meshd's own counters for the userspace path,
-    /// the kernel devices' for kernel paths.
+    /// nftables' per peer for kernel VXLAN and host-gw, the device's for kernel WireGuard.
     fn traffic(&self, e: &mut DescriptorEncoder) -> R {
         let mut all = [Traffic::default(); 4];
         all[0] = self.sample.tally.traffic;
+        for (k, t) in COUNTED_PATHS.iter().zip(&self.sample.tally.kernel) {
+            if let Some(i) = PATH_KINDS.iter().position(|p| p == k) {
+                all[i] = *t;
+            }
+        }
         for (i, k) in self.kernel.iter().enumerate() {
             if let Some(t) = k {
                 all[i] = *t;
@@ -219,31 +225,34 @@ impl Scrape {
     /// `metrics-per-peer`: one set of series per peer, labelled `peer`.
     fn per_peer(&self, e: &mut DescriptorEncoder) -> R {
         let peers = &self.sample.peers;
+        // Userspace always; a kernel path once it carried something for the peer.
         let each = |f: fn(&Traffic) -> (u64, u64)| {
             let mut out = Vec::new();
             for p in peers {
-                let (tx, rx) = f(&p.tally.traffic);
-                out.push(([("peer", p.name.as_str()), ("direction", "tx")], tx));
-                out.push(([("peer", p.name.as_str()), ("direction", "rx")], rx));
+                let kernel = COUNTED_PATHS.iter().zip(&p.tally.kernel);
+                let used = kernel.filter(|(_, t)| **t != Traffic::default());
+                let paths = std::iter::once((&PathKind::Userspace, &p.tally.traffic)).chain(used);
+                for (k, t) in paths {
+                    let (tx, rx) = f(t);
+                    let name = p.name.as_str();
+                    out.push((
+                        [("peer", name), ("path", k.as_str()), ("direction", "tx")],
+                        tx,
+                    ));
+                    out.push((
+                        [("peer", name), ("path", k.as_str()), ("direction", "rx")],
+                        rx,
+                    ));
+                }
             }
             out
         };
         let bytes = each(|t| (t.tx_bytes, t.rx_bytes));
-        counters(
-            e,
-            "peer",
-            "Bytes of pod packets meshd's userspace path sent to and received from each peer",
-            Some(Unit::Bytes),
-            bytes,
-        )?;
+        let help = "Bytes of pod packets sent to (tx) and received from (rx) each peer, by the path that carried them";
+        counters(e, "peer", help, Some(Unit::Bytes), bytes)?;
         let packets = each(|t| (t.tx_packets, t.rx_packets));
-        counters(
-            e,
-            "peer_packets",
-            "Pod packets meshd's userspace path sent to and received from each peer",
-            None,
-            packets,
-        )?;
+        let help = "Pod packets sent to (tx) and received from (rx) each peer, by the path that carried them";
+        counters(e, "peer_packets", help, None, packets)?;
         let drops = peers.iter().flat_map(|p| {
             let nonzero = DROP_REASONS
                 .iter()

@@ -1,10 +1,8 @@
-//! Traffic the kernel carries, which meshd's own counters never see: the kernel VXLAN and
-//! WireGuard devices' counters (packets and bytes of pod packets each way), read over netlink on
-//! each scrape. Only the devices this meshd opened are read, so another program's device of the
-//! same name is never counted.
-//!
-//! host-gw traffic leaves by the underlay interface, mixed with everything else the host sends
-//! there; it is not counted here (node_exporter has the interface's counters).
+//! Traffic the kernel carries that no nftables counter of meshd's counts per peer: the kernel
+//! WireGuard device's counters (packets and bytes of pod packets each way), read over netlink on
+//! each scrape. Only a device this meshd opened is read, so another program's device of the same
+//! name is never counted. (Kernel VXLAN and host-gw traffic is counted per peer in meshd's
+//! nftables table: `crate::kernel::traffic`.)
 
 use netlink_packet_route::link::LinkAttribute;
 

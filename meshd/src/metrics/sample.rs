@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 use crate::daemon::report::Report;
 use crate::link::PeerLink;
 use crate::paths::{PathKind, REASON_KINDS};
-use crate::stats::{PeerStats, DROP_REASONS};
+use crate::stats::{PeerStats, DROP_REASONS, KERNEL_COUNTED};
 use crate::tiers::Tier;
 
 /// Every path kind, in the order the series are written.
@@ -43,10 +43,12 @@ impl Traffic {
     }
 }
 
-/// What one link's counters show: its userspace traffic and its drops by reason.
+/// What one link's counters show: its userspace traffic, what the kernel carried for it (per
+/// `paths::manager::COUNTED_PATHS`), and its drops by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Tally {
     pub(crate) traffic: Traffic,
+    pub(crate) kernel: [Traffic; KERNEL_COUNTED],
     pub(crate) drops: [u64; DROP_REASONS.len()],
 }
 
@@ -57,6 +59,14 @@ impl Tally {
         for (i, r) in DROP_REASONS.iter().enumerate() {
             drops[i] = stats.dropped(*r);
         }
+        let kernel = stats
+            .kernel_counts()
+            .map(|[tx_bytes, tx_packets, rx_bytes, rx_packets]| Traffic {
+                tx_bytes,
+                tx_packets,
+                rx_bytes,
+                rx_packets,
+            });
         Tally {
             traffic: Traffic {
                 tx_bytes: s.tx_bytes,
@@ -64,12 +74,16 @@ impl Tally {
                 rx_bytes: s.rx_bytes,
                 rx_packets: s.rx_packets,
             },
+            kernel,
             drops,
         }
     }
 
     fn add(&mut self, o: &Tally) {
         self.traffic.add(&o.traffic);
+        for (a, b) in self.kernel.iter_mut().zip(&o.kernel) {
+            a.add(b);
+        }
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }
@@ -109,7 +123,7 @@ impl Retired {
 pub(crate) struct PeerSample {
     pub(crate) name: String,
     pub(crate) tally: Tally,
-    /// Its path (`None` until the path manager admits it).
+    /// The path traffic to it took (`None` until the path manager admits it).
     pub(crate) path: Option<PathKind>,
     pub(crate) handshake_age: Option<f64>,
 }

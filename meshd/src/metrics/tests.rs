@@ -103,6 +103,12 @@ fn the_node_counters_are_written_with_their_names() {
         .routes()
         .unattributed
         .count_drop(crate::stats::DropReason::NoRoute, 7);
+    // What nftables counted for a peer on host-gw (the path manager's call).
+    let host_gw = crate::paths::manager::COUNTED_PATHS
+        .iter()
+        .position(|k| *k == crate::paths::PathKind::HostGw)
+        .unwrap();
+    table.peers()[1].stats.kernel(host_gw, true, 4, 4000);
     let text = scrape(&m);
     assert!(
         text.contains("# TYPE meshd_path_bytes_total counter"),
@@ -124,6 +130,10 @@ fn the_node_counters_are_written_with_their_names() {
         ),
         0
     );
+    let gw = "meshd_path_bytes_total{path=\"host-gw\",direction=\"rx\"}";
+    assert_eq!(value(&text, gw), 4000);
+    let gw = "meshd_path_packets_total{path=\"host-gw\",direction=\"rx\"}";
+    assert_eq!(value(&text, gw), 4);
     assert_eq!(
         value(&text, "meshd_drops_total{reason=\"spoofed-source\"}"),
         5
@@ -163,7 +173,7 @@ fn series_do_not_grow_with_the_cluster_by_default() {
     assert_eq!(
         value(
             &text,
-            "meshd_peer_bytes_total{peer=\"node-9\",direction=\"tx\"}"
+            "meshd_peer_bytes_total{peer=\"node-9\",path=\"userspace\",direction=\"tx\"}"
         ),
         100
     );

@@ -18,8 +18,10 @@ mod converge;
 mod offers;
 mod sources;
 mod step;
+mod traffic;
 
 pub(crate) use sources::SourceCheck;
+pub(crate) use traffic::COUNTED_PATHS;
 
 use super::{NotOffered, PathKind};
 use crate::config::{Datapath, Encryption};
