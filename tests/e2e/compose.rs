@@ -196,6 +196,12 @@ fn the_dev_cluster_works(encryption: &'static str) {
             s.node
         );
         assert!(s.encryption.starts_with(encryption), "{}", s.encryption);
+        // The image carries `nft` (docker/build copies the host's), so a cleartext node makes
+        // its kernel VXLAN device, whose receive side meshd's rules check.
+        if encryption == "none" {
+            let vxlan = s.kernel.as_ref().map(|k| k.vxlan.as_str()).unwrap_or("");
+            assert!(!vxlan.contains("unavailable"), "{}: {vxlan}", s.node);
+        }
     }
 
     // Every pod reaches every other node's pod.
@@ -232,24 +238,19 @@ fn the_dev_cluster_works(encryption: &'static str) {
     );
     assert_eq!(stdout(&out), "hello from web on node3", "{}", text(&out));
 
-    // A stopped node is withdrawn within 3 s (it announces that it leaves), and comes back with
-    // its subnet (its state is on a volume).
+    // A stopped node is withdrawn (it announces that it leaves), and comes back with its
+    // subnet (its state is on a volume).
     let subnet2 = nodes[1].1.subnet.clone();
-    let t0 = Instant::now();
     let out = c.compose(&["stop", "--timeout", "5", "node2"]);
     assert!(out.status.success(), "{}", text(&out));
-    loop {
-        let s = c.status("node1").unwrap();
-        if !s.peers.iter().any(|p| p.name == "node2") {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "node2 still routed on node1 {:?} after stopping it",
-            t0.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_within(
+        "node2 withdrawn on node1 once it stopped",
+        SETTLE,
+        || match c.status("node1") {
+            Some(s) if !s.peers.iter().any(|p| p.name == "node2") => Ok(()),
+            other => Err(other.map(|s| s.peers.len())),
+        },
+    );
     let out = c.compose(&["start", "node2"]);
     assert!(out.status.success(), "{}", text(&out));
     let nodes = c.wait_for_mesh();
