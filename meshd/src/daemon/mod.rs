@@ -185,10 +185,12 @@ pub async fn run(mut cfg: Config, live: reload::Live) -> Result<()> {
     }));
     // Metrics, and the SIGHUP reload that can move them.
     let seeds = membership.is_some().then_some(seeds);
-    observe::start(&loaded, report, kernel_devices, live, seeds).await?;
-
-    // Host.
-    if let Err(e) = setup_host(&host, &cfg, subnet).await {
+    let ready = match observe::start(&loaded, report, kernel_devices, live, seeds).await {
+        // Host.
+        Ok(()) => setup_host(&host, &cfg, subnet).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = ready {
         server.abort();
         let _ = std::fs::remove_file(&socket);
         datapath.stop();

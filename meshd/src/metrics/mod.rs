@@ -160,7 +160,8 @@ impl HistogramSnapshot {
             buckets[i].1 += 1;
         }
         HistogramSnapshot {
-            sum: values.iter().sum(),
+            // A fold from +0: an empty sum of floats is -0, which reads oddly on a page.
+            sum: values.iter().fold(0.0, |a, v| a + v),
             count: values.len() as u64,
             buckets,
         }

@@ -214,4 +214,10 @@ fn histograms_count_into_their_buckets() {
     assert!((s.sum - 5.0033).abs() < 1e-9, "{}", s.sum);
     let ages = HistogramSnapshot::of(&[5.0, 30.0], &[1.0, 10.0, 40.0, 2.0]);
     assert_eq!(ages.buckets, [(5.0, 2), (30.0, 1), (f64::INFINITY, 1)]);
+    let none = HistogramSnapshot::of(&[5.0], &[]);
+    assert!(
+        none.sum == 0.0 && none.sum.is_sign_positive(),
+        "{}",
+        none.sum
+    );
 }
