@@ -48,6 +48,16 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The answer must be taken within this (a client that does not read loses its slot).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The request in `bytes`, once its head has ended (`None` before): what the listener answers,
+/// or the status it refuses it with. (Public for its fuzz target.)
+pub fn parse_head(bytes: &[u8]) -> Option<Result<Request, Status>> {
+    let end = head_end(bytes)?;
+    Some(match request::parse(&bytes[..end]) {
+        Head::Request(r) => Ok(r),
+        Head::Refused(s) => Err(s),
+    })
+}
+
 /// The answer to a connection beyond [`MAX_CONNECTIONS`]: fixed bytes, written without waiting.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n";
 
