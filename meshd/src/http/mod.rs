@@ -184,9 +184,7 @@ impl Server {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
-}
 
-impl Server {
     /// Stop listening, and return once the listening socket is closed (so its address can be
     /// bound again at once; a plain drop closes it a moment later).
     pub async fn stop(mut self) {
