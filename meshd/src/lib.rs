@@ -6,7 +6,8 @@
 //! datagram, [`datapath::runs`] groups datagrams for one GSO send; the way back is the same in
 //! reverse. The control plane: [`config`], the [`daemon`] sequence, the peer set ([`peers`]) and
 //! its one receiver ([`backend`]), host setup over netlink ([`host`]), the status API
-//! ([`status`]) and the files other programs read ([`runfiles`]). It deliberately holds no
+//! ([`status`]), `/metrics` on a small HTTP listener ([`http`]) and the files other programs
+//! read ([`runfiles`]). It deliberately holds no
 //! protocol state machine that reads the clock or owns sockets outside the data path: gossip and
 //! crypto are crates of their own, and the local lab is `meshd-lab`.
 
@@ -16,8 +17,10 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod host;
+pub mod http;
 pub(crate) mod kernel;
 pub mod link;
+pub(crate) mod metrics;
 pub mod paths;
 pub mod peers;
 pub mod picture;

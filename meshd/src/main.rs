@@ -156,8 +156,12 @@ fn real_main(cli: Cli) -> Result<()> {
                 // checks an edited secret file before a SIGHUP.
                 return runtime()?.block_on(meshd::daemon::preflight::check_config(&cfg));
             }
-            init_logging(&cfg.log_level);
-            runtime()?.block_on(meshd::daemon::run(cfg))
+            let set_log_level = init_logging(&cfg.log_level, cfg.log_format);
+            let live = meshd::daemon::reload::Live {
+                load: Box::new(move || args.load()),
+                set_log_level: Box::new(set_log_level),
+            };
+            runtime()?.block_on(meshd::daemon::run(cfg, live))
         }
         Command::Status {
             run_dir,
@@ -267,18 +271,40 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the control-plane runtime")
 }
 
-/// Logs go to stderr, in colour only when that is a terminal: a log file or the journal gets
-/// plain text, without escape codes.
-fn init_logging(level: &str) {
+/// Logs go to stderr, as text (in colour only when that is a terminal: a log file or the
+/// journal gets no escape codes) or one JSON object per line. Returns what sets a new filter
+/// (`log-level`, on SIGHUP).
+fn init_logging(
+    level: &str,
+    format: meshd::config::LogFormat,
+) -> impl Fn(&str) -> Result<()> + Send + Sync + 'static {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let text = (format == meshd::config::LogFormat::Text).then(|| {
+        fmt::layer()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+    });
+    let json = (format == meshd::config::LogFormat::Json).then(|| {
+        fmt::layer()
+            .json()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
         .init();
+    move |level: &str| {
+        let filter = EnvFilter::try_new(level)
+            .with_context(|| format!("`{level}` is not a tracing filter"))?;
+        handle.reload(filter).context("replacing the log filter")
+    }
 }
 
 #[cfg(test)]

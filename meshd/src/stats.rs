@@ -142,7 +142,14 @@ pub struct PeerStats {
     /// the peer is alive (see `daemon::membership`).
     last_rx: AtomicU64,
     drops: [AtomicU64; DROP_REASONS.len()],
+    /// Pod traffic the kernel carried to and from the peer, by kernel path (in the order of
+    /// `paths::manager::COUNTED_PATHS`): tx bytes, tx packets, rx bytes, rx packets. meshd never
+    /// sees those packets; the path manager adds what nftables counted every few seconds.
+    kernel: [[AtomicU64; 4]; KERNEL_COUNTED],
 }
+
+/// How many kernel paths are counted per peer ([`PeerStats::kernel`]).
+pub(crate) const KERNEL_COUNTED: usize = 2;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, serde::Deserialize)]
 pub struct PeerStatsSnapshot {
@@ -181,6 +188,24 @@ impl PeerStats {
     #[inline]
     pub(crate) fn count_drop(&self, reason: DropReason, n: u64) {
         self.drops[reason as usize].fetch_add(n, Relaxed);
+    }
+
+    /// `packets` of `bytes` the kernel carried on counted path `path`, received (`rx`) or
+    /// sent.
+    pub(crate) fn kernel(&self, path: usize, rx: bool, packets: u64, bytes: u64) {
+        let Some(i) = (path < KERNEL_COUNTED).then_some(path) else {
+            return;
+        };
+        let at = if rx { 2 } else { 0 };
+        self.kernel[i][at].fetch_add(bytes, Relaxed);
+        self.kernel[i][at + 1].fetch_add(packets, Relaxed);
+    }
+
+    /// What the kernel carried, per counted path: tx bytes, tx packets, rx bytes, rx packets.
+    pub(crate) fn kernel_counts(&self) -> [[u64; 4]; KERNEL_COUNTED] {
+        self.kernel
+            .each_ref()
+            .map(|k| k.each_ref().map(|c| c.load(Relaxed)))
     }
 
     pub(crate) fn dropped(&self, reason: DropReason) -> u64 {

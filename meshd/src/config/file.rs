@@ -2,6 +2,7 @@
 //! error mapping, because an operator needs the key and the line, and the TOML parser names the
 //! key only for unknown keys: a mistyped value comes with nothing but a byte span.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{err, Config, ConfigError};
@@ -17,6 +18,51 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| err("--config", format!("cannot read {}: {e}", path.display())))?;
         Config::from_toml(&text)
+    }
+}
+
+impl Config {
+    /// The configuration as dotted key → value (arrays such as `peers` are one value), so
+    /// configurations can be compared key by key without listing the fields again: a reload
+    /// names the keys that changed, tests check that each flag sets its own.
+    pub(crate) fn leaves(&self) -> BTreeMap<String, toml::Value> {
+        fn walk(prefix: String, v: toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let key = if prefix.is_empty() {
+                            k
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(key, v, out);
+                    }
+                }
+                v => {
+                    out.insert(prefix, v);
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        // Every field serializes (no maps with non-string keys): the error cannot happen.
+        if let Ok(v) = toml::Value::try_from(self) {
+            walk(String::new(), v, &mut out);
+        }
+        out
+    }
+
+    /// The keys whose values differ between `self` and `other`, in order.
+    pub(crate) fn changed_keys(&self, other: &Config) -> Vec<String> {
+        let (a, b) = (self.leaves(), other.leaves());
+        let mut keys: Vec<String> = a
+            .keys()
+            .chain(b.keys())
+            .filter(|k| a.get(*k) != b.get(*k))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 }
 
@@ -59,7 +105,6 @@ fn toml_error(e: &toml::de::Error, text: &str) -> ConfigError {
 pub(super) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use std::collections::BTreeMap;
 
     /// Every key, each at a value other than its default (and still a valid configuration).
     pub(in crate::config) const FULL: &str = r#"
@@ -81,6 +126,9 @@ pub(super) mod tests {
         state-dir = "/var/lib/full"
         run-dir = "/run/full"
         log-level = "debug"
+        log-format = "json"
+        metrics-address = "[::1]:9999"
+        metrics-per-peer = true
         [gossip]
         enabled = true
         port = 7000
@@ -105,29 +153,8 @@ pub(super) mod tests {
         public-key = "U1o8m1yUdU0cGWJAPZ5ch6xvnQuAoMTqlbQDTujHiH4="
     "#;
 
-    /// A configuration as dotted key → value (arrays such as `peers` are one value), so tests
-    /// can compare configurations key by key without listing the fields again.
     pub(in crate::config) fn leaves(c: &Config) -> BTreeMap<String, toml::Value> {
-        fn walk(prefix: String, v: toml::Value, out: &mut BTreeMap<String, toml::Value>) {
-            match v {
-                toml::Value::Table(t) => {
-                    for (k, v) in t {
-                        let key = if prefix.is_empty() {
-                            k
-                        } else {
-                            format!("{prefix}.{k}")
-                        };
-                        walk(key, v, out);
-                    }
-                }
-                v => {
-                    out.insert(prefix, v);
-                }
-            }
-        }
-        let mut out = BTreeMap::new();
-        walk(String::new(), toml::Value::try_from(c).unwrap(), &mut out);
-        out
+        c.leaves()
     }
 
     #[test]

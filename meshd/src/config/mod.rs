@@ -9,9 +9,11 @@
 
 pub mod cli;
 mod file;
+mod modes;
 mod peer_flag;
 mod validate;
 
+pub use modes::{Datapath, Encryption, LogFormat};
 /// The parser of one `--peer` value (public for its fuzz target).
 pub use peer_flag::parse as parse_peer_flag;
 
@@ -20,13 +22,14 @@ use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-use crate::wire::VXLAN_OVERHEAD;
-
 /// Bytes a WireGuard data message adds to a pod packet on an IPv6 underlay: IPv6 (40), UDP (8),
 /// WireGuard header and tag (32). wg-quick subtracts the same 80 whatever the underlay, so an
 /// MTU chosen for IPv4 keeps working when a peer moves to IPv6.
 pub(crate) const WIREGUARD_OVERHEAD: usize = 80;
 pub use crate::runfiles::NODE_KEY_FILE;
+/// Where `/metrics` is served unless configured: loopback, so neither pods nor other hosts
+/// reach it (9472: beside node_exporter's 9100 range, unused in Prometheus's port list).
+pub(crate) const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9472";
 /// Environment variable that carries the cluster secret itself (base64).
 pub(crate) const CLUSTER_SECRET_ENV: &str = "MESHD_CLUSTER_SECRET";
 
@@ -76,82 +79,18 @@ pub struct Config {
     pub tiers: Tiers,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
-    /// A `tracing` filter.
+    /// A `tracing` filter. Changed by SIGHUP without a restart.
     pub log_level: String,
+    /// How log lines are written: "text" (the default) or "json" (one object per line).
+    pub log_format: LogFormat,
+    /// Where `/metrics` (Prometheus text format) is served, `IP:port`; empty turns it off.
+    /// Changed by SIGHUP without a restart.
+    pub metrics_address: String,
+    /// Per-peer series (label `peer`) besides the node's totals: one set per member, so off by
+    /// default (the node's series then do not grow with the cluster).
+    pub metrics_per_peer: bool,
     /// Peers known without gossip.
     pub peers: Vec<PeerConfig>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Encryption {
-    #[default]
-    Wireguard,
-    None,
-}
-
-impl Encryption {
-    /// Bytes the encapsulation adds to a pod packet: the TUN MTU is the underlay MTU minus this.
-    pub fn overhead(self) -> usize {
-        match self {
-            Encryption::Wireguard => WIREGUARD_OVERHEAD,
-            Encryption::None => VXLAN_OVERHEAD,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Encryption::Wireguard => "wireguard",
-            Encryption::None => "none",
-        }
-    }
-}
-
-/// What carries pod packets (`datapath`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Datapath {
-    #[default]
-    Auto,
-    Kernel,
-    Userspace,
-}
-
-impl Datapath {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Datapath::Auto => "auto",
-            Datapath::Kernel => "kernel",
-            Datapath::Userspace => "userspace",
-        }
-    }
-}
-
-impl std::str::FromStr for Datapath {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Datapath::Auto),
-            "kernel" => Ok(Datapath::Kernel),
-            "userspace" => Ok(Datapath::Userspace),
-            _ => Err(format!(
-                "`{s}` is not a datapath: auto, kernel or userspace"
-            )),
-        }
-    }
-}
-
-impl std::str::FromStr for Encryption {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "wireguard" => Ok(Encryption::Wireguard),
-            "none" => Ok(Encryption::None),
-            _ => Err(format!(
-                "`{s}` is not an encryption mode: wireguard or none"
-            )),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,6 +201,9 @@ impl Default for Config {
             state_dir: "/var/lib/meshd".into(),
             run_dir: "/run/meshd".into(),
             log_level: "info".into(),
+            log_format: LogFormat::default(),
+            metrics_address: DEFAULT_METRICS_ADDRESS.into(),
+            metrics_per_peer: false,
             peers: Vec::new(),
         }
     }
@@ -357,6 +299,12 @@ impl Config {
         })?;
         meshd_crypto::Keyring::read_file(path)
             .map_err(|e| err("cluster-secret-file", e.to_string()))
+    }
+
+    /// The metrics listener's address; `None` when `metrics-address` is empty (off). Valid
+    /// once [`Config::validate`] accepted it.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_address.trim().parse().ok()
     }
 
     /// Number of data-path queues to ask for.

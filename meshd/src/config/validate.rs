@@ -107,7 +107,23 @@ impl Config {
         if self.socket_buffer < 64 << 10 || self.socket_buffer > 1 << 30 {
             return Err(err("socket-buffer", "must be between 64 KiB and 1 GiB"));
         }
+        self.validate_metrics()?;
         self.validate_peers(self.address, self.subnet)
+    }
+
+    fn validate_metrics(&self) -> Result<(), ConfigError> {
+        let text = self.metrics_address.trim();
+        if text.is_empty() {
+            return Ok(());
+        }
+        match text.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.port() == 0 => Err(err("metrics-address", "the port must not be 0")),
+            Ok(_) => Ok(()),
+            Err(_) => Err(err(
+                "metrics-address",
+                format!("`{text}` is not IP:port (e.g. 127.0.0.1:9472), nor empty (off)"),
+            )),
+        }
     }
 
     fn validate_gossip(&self) -> Result<(), ConfigError> {
@@ -307,6 +323,9 @@ mod tests {
                 "peers[1].subnet",
             ),
             ("socket-buffer = 10", "socket-buffer"),
+            ("metrics-address = \"localhost:9472\"", "metrics-address"),
+            ("metrics-address = \"127.0.0.1:0\"", "metrics-address"),
+            ("metrics-address = \"127.0.0.1\"", "metrics-address"),
             ("[wireguard]\nport = 0", "wireguard.port"),
             // 576 + 80 is the least WireGuard can carry; VXLAN would get by with 626.
             ("underlay-mtu = 640", "underlay-mtu"),

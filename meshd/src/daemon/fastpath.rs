@@ -153,6 +153,7 @@ fn check_sources(port: u16) -> Result<Vec<SourceRule>, nft::NftError> {
         );
     }
     nft::apply(&Ruleset {
+        traffic: None,
         vxlan_sources: Some(VxlanSources::new(port, rules.iter().copied())),
     })?;
     Ok(rules)

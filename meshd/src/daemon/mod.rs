@@ -1,7 +1,7 @@
 //! `meshd run`: one readable sequence from configuration to a running node and back.
 //!
 //! preflight (secrets, address, node key) → keys → peers → membership → backend (data path) →
-//! host → status → wait → stop.
+//! status → metrics and reload ([`observe`], [`reload`]) → host → wait → stop.
 //!
 //! Each step lives in a module of its own: [`preflight`] checks what can be checked before the
 //! host is touched (the same checks as `--check-config`), [`secrets`] reloads the cluster
@@ -11,7 +11,9 @@
 
 pub(crate) mod fastpath;
 pub(crate) mod membership;
+pub(crate) mod observe;
 pub mod preflight;
+pub mod reload;
 pub(crate) mod report;
 pub(crate) mod secrets;
 pub mod subnet;
@@ -36,8 +38,10 @@ use ipnet::Ipv4Net;
 use membership::Membership;
 use report::Report;
 
-/// Run until SIGTERM or SIGINT. The configuration must already be validated.
-pub async fn run(mut cfg: Config) -> Result<()> {
+/// Run until SIGTERM or SIGINT. The configuration must already be validated; `live` reads it
+/// again on SIGHUP ([`reload`]).
+pub async fn run(mut cfg: Config, live: reload::Live) -> Result<()> {
+    let loaded = cfg.clone();
     if meshd_crypto::MOCK_CLOCK {
         anyhow::bail!("this meshd was built with meshd-crypto's mock-clock feature (tests only): its WireGuard timers would never fire");
     }
@@ -93,6 +97,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     // The kernel fast path: devices made (or adopted) before the data path binds its port.
     let (mut fast, kernel_status) =
         fastpath::prepare(&cfg, address, routes.unattributed.clone()).await?;
+    let kernel_devices = observe::kernel_devices(&cfg, &fast);
     fast.crypto = crypto.clone();
     let paths = crate::paths::manager::Paths::new(kernel_status);
     let backend = Arc::new(
@@ -115,11 +120,13 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         None => None,
     };
 
-    // Membership.
+    // Membership; a reload hands it new seeds.
+    let (seeds, seeds_rx) = tokio::sync::watch::channel(cfg.seeds.clone());
     let membership = match (&keyring, cfg.gossip_enabled()) {
         (Some(ring), true) => {
             let caps = fastpath::capabilities(&cfg, &fast);
-            Some(Membership::start(&cfg, backend.clone(), public, ring.clone(), caps).await?)
+            let m = Membership::start(&cfg, backend.clone(), public, ring.clone(), caps).await?;
+            Some(m.with_seeds(seeds_rx))
         }
         _ => None,
     };
@@ -151,7 +158,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
 
     // Status, served before the host has network.json: the CNI plugin wires a pod only when
     // this socket answers, so it must answer as soon as the file exists.
-    let report = Report {
+    let report = Arc::new(Report {
         base: base_status(
             &cfg,
             (address, &address_source),
@@ -163,7 +170,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         gossip: membership.as_ref().map(|m| m.shared.clone()),
         subnet: membership.as_ref().map(|m| m.subnet.clone()),
         queues: datapath.queues.clone(),
-    };
+    });
     let socket = cfg.run_dir.join(SOCKET_NAME);
     let listener = match crate::status::server::bind(&socket) {
         Ok(l) => l,
@@ -172,12 +179,18 @@ pub async fn run(mut cfg: Config) -> Result<()> {
             return Err(e);
         }
     };
+    let status_report = report.clone();
     let server = tokio::spawn(crate::status::server::serve(listener, move || {
-        report.current()
+        status_report.current()
     }));
-
-    // Host.
-    if let Err(e) = setup_host(&host, &cfg, subnet).await {
+    // Metrics, and the SIGHUP reload that can move them.
+    let seeds = membership.is_some().then_some(seeds);
+    let ready = match observe::start(&loaded, report, kernel_devices, live, seeds).await {
+        // Host.
+        Ok(()) => setup_host(&host, &cfg, subnet).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = ready {
         server.abort();
         let _ = std::fs::remove_file(&socket);
         datapath.stop();

@@ -96,8 +96,6 @@ impl Report {
 
 impl Report {
     /// The whole mesh as this node sees it: its status, and the members' path summaries.
-    // Read by the page's route (`picture::route`), which the HTTP listener serves once it is in.
-    #[allow(dead_code)]
     pub(crate) fn mesh(&self) -> crate::status::Mesh {
         let s = self.current();
         let summaries = match &self.gossip {

@@ -4,7 +4,8 @@
 //! also decides, per peer and on probe evidence, which path its packets take.
 //!
 //! What the kernel VXLAN device receives is held to the userspace path's rule (a peer speaks
-//! only for its subnet) by meshd's own nftables table ([`nft`], [`source_check`]).
+//! only for its subnet) by meshd's own nftables table ([`nft`], [`source_check`]), which also
+//! counts the pod traffic kernel paths carry per peer ([`traffic`]).
 //!
 //! Everything is found out by trying: creating the device is the detection, and a refusal is
 //! kept with the kernel's own words ([`Refusal`]) for `meshd status`.
@@ -14,6 +15,7 @@ pub(crate) mod nft;
 pub(crate) mod probe;
 pub(crate) mod routes;
 pub(crate) mod source_check;
+pub(crate) mod traffic;
 pub(crate) mod vxlan;
 pub(crate) mod wireguard;
 

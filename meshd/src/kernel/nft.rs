@@ -17,6 +17,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use super::source_check::VxlanSources;
+use super::traffic::PeerTraffic;
 
 /// The table's family and name.
 pub(crate) const FAMILY: &str = "inet";
@@ -27,11 +28,13 @@ pub(crate) const TABLE: &str = "meshd";
 pub(crate) struct Ruleset {
     /// Inner-source checks of the VXLAN the kernel receives (cleartext, kernel VXLAN device).
     pub(crate) vxlan_sources: Option<VxlanSources>,
+    /// Counters of the pod traffic kernel paths carry, per peer ([`super::traffic`]).
+    pub(crate) traffic: Option<PeerTraffic>,
 }
 
 impl Ruleset {
     pub(crate) fn is_empty(&self) -> bool {
-        self.vxlan_sources.is_none()
+        self.vxlan_sources.is_none() && self.traffic.is_none()
     }
 
     /// The `nft -f` text that replaces the table with this ruleset: declare it (so the delete
@@ -43,6 +46,9 @@ impl Ruleset {
         );
         if let Some(v) = &self.vxlan_sources {
             v.declare(&mut out);
+        }
+        if let Some(t) = &self.traffic {
+            t.declare(&mut out);
         }
         out.push_str("}\n");
         out
@@ -97,6 +103,7 @@ pub(crate) struct Counter {
     pub(crate) name: String,
     pub(crate) comment: String,
     pub(crate) packets: u64,
+    pub(crate) bytes: u64,
 }
 
 /// The named counters in a [`list`] answer.
@@ -116,6 +123,7 @@ pub(crate) fn counters(table: &serde_json::Value) -> Vec<Counter> {
                     .unwrap_or_default()
                     .to_string(),
                 packets: c.get("packets")?.as_u64()?,
+                bytes: c.get("bytes").and_then(|v| v.as_u64()).unwrap_or(0),
             })
         })
         .collect()
@@ -194,12 +202,14 @@ mod tests {
                 Counter {
                     name: "a".into(),
                     comment: "x y".into(),
-                    packets: 7
+                    packets: 7,
+                    bytes: 700,
                 },
                 Counter {
                     name: "b".into(),
                     comment: String::new(),
-                    packets: 0
+                    packets: 0,
+                    bytes: 0,
                 }
             ]
         );

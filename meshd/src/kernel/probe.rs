@@ -19,11 +19,14 @@
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Instant;
 
 use crate::wire::checksum::checksum;
 use crate::wire::MacAddr;
 
 const ETH_P_IP: u16 = 0x0800;
+/// `SIOCGSTAMPNS`: the receive time of the last packet read from a socket (a `timespec`).
+const SIOCGSTAMPNS: libc::c_ulong = 0x8907;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO: u8 = 8;
 const ICMP_FILTER: libc::c_int = 1;
@@ -149,6 +152,17 @@ impl Prober {
                 break;
             }
         }
+        // Every reply is stamped by the kernel when it arrives, read back with SIOCGSTAMPNS: the
+        // manager reads replies once per tick, so its own clock would round each round trip up
+        // to the tick. The first such call turns the stamps on (SO_TIMESTAMPNS would too, but
+        // then the kernel hands stamps only to recvmsg, not to the ioctl). Without stamps a
+        // reply is timed when read.
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: SIOCGSTAMPNS writes one timespec we own.
+        unsafe { libc::ioctl(icmp.as_raw_fd(), SIOCGSTAMPNS, &mut ts) };
         Ok(Prober {
             frames,
             icmp,
@@ -214,7 +228,8 @@ impl Prober {
     }
 
     /// Every echo reply waiting; never blocks.
-    pub fn replies(&mut self, out: &mut Vec<Reply>) {
+    /// Each with when it arrived.
+    pub fn replies(&mut self, out: &mut Vec<(Reply, Instant)>) {
         let mut buf = [0u8; 1600];
         loop {
             // SAFETY: recv into a stack buffer of the given length.
@@ -231,9 +246,33 @@ impl Prober {
             }
             let n = (n as usize).min(buf.len());
             if let Some(r) = parse_reply(&buf[..n], self.ident) {
-                out.push(r);
+                out.push((r, self.arrival()));
             }
         }
+    }
+
+    /// When the reply last read arrived, by the kernel's stamp (realtime, taken back to this
+    /// process's monotonic clock); now, if the kernel gave none.
+    fn arrival(&self) -> Instant {
+        let now = Instant::now();
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: SIOCGSTAMPNS writes one timespec we own.
+        let rc = unsafe { libc::ioctl(self.icmp.as_raw_fd(), SIOCGSTAMPNS, &mut ts) };
+        if rc != 0 || ts.tv_sec <= 0 {
+            return now;
+        }
+        let stamp = std::time::UNIX_EPOCH
+            + std::time::Duration::new(
+                ts.tv_sec.max(0) as u64,
+                ts.tv_nsec.clamp(0, 999_999_999) as u32,
+            );
+        let age = std::time::SystemTime::now()
+            .duration_since(stamp)
+            .unwrap_or_default();
+        now.checked_sub(age).unwrap_or(now)
     }
 }
 

@@ -229,6 +229,7 @@ mod tests {
     #[test]
     fn counters_map_back_to_peers_and_rules() {
         let c = |name: &str, comment: &str, packets| Counter {
+            bytes: 0,
             name: name.into(),
             comment: comment.into(),
             packets,

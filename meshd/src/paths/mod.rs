@@ -22,6 +22,7 @@
 mod cadence;
 pub(crate) mod cell;
 pub mod manager;
+mod why;
 
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant, SystemTime};
@@ -30,6 +31,7 @@ use crate::kernel::Refusal;
 pub use cadence::{
     probe_interval, FULL_PROBE_EVERY, MAX_PROBE_RATE, MIN_PROBE_INTERVAL, SMALL_PROBE,
 };
+pub use why::REASON_KINDS;
 
 /// Probes lost in a row that demote a path.
 pub const LOSSES_TO_DEMOTE: u32 = 3;

@@ -9,8 +9,13 @@
 //! image), so it works on a node cut off from the internet.
 //!
 //! The routes are answered by [`answer`], a function of the path and of where the mesh comes
-//! from; the HTTP listener (`metrics-address`) serves them beside `/metrics`.
+//! from; the HTTP listener (`metrics-address`, [`crate::http`]) serves them beside `/metrics`
+//! ([`route`]).
 
+use std::sync::Arc;
+
+use crate::daemon::report::Report;
+use crate::http::{Response, Router};
 use crate::status::Mesh;
 
 /// The page: markup and style, then the script, in one document.
@@ -28,6 +33,24 @@ pub const PATHS: [&str; 2] = ["/", "/mesh.json"];
 pub struct Answer {
     pub content_type: &'static str,
     pub body: Vec<u8>,
+}
+
+/// The picture's routes on `router`: the page, and the mesh gathered from `report` afresh for
+/// each request.
+pub(crate) fn route(mut router: Router, report: Arc<Report>) -> Router {
+    for path in PATHS {
+        let report = report.clone();
+        router = router.route(path, move |req| {
+            let report = report.clone();
+            async move {
+                match answer(&req.path, || report.mesh()) {
+                    Some(a) => Response::ok(a.content_type, a.body),
+                    None => Response::status(crate::http::Status::NotFound),
+                }
+            }
+        });
+    }
+    router
 }
 
 /// The answer for `path`, or `None` for a path that is not the picture's; `mesh` is called

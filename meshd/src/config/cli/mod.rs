@@ -18,7 +18,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use super::{
-    Config, Datapath, Encryption, GossipConfig, PeerConfig, Tiers, VxlanConfig, WireguardConfig,
+    Config, Datapath, Encryption, GossipConfig, LogFormat, PeerConfig, Tiers, VxlanConfig,
+    WireguardConfig,
 };
 
 /// The configuration file, shared by the subcommands that read it.
@@ -152,6 +153,15 @@ pub struct RunArgs {
     /// A tracing filter: error, warn, info, debug, trace, or per-module directives.
     #[arg(long, env = "MESHD_LOG_LEVEL")]
     log_level: Option<String>,
+    /// `text` (the default) or `json`: one JSON object per log line.
+    #[arg(long, env = "MESHD_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Where `/metrics` is served, `IP:port`; an empty value turns it off.
+    #[arg(long, env = "MESHD_METRICS_ADDRESS")]
+    metrics_address: Option<String>,
+    /// Per-peer metric series (label `peer`), one set per member.
+    #[arg(long, env = "MESHD_METRICS_PER_PEER", value_name = "true|false")]
+    metrics_per_peer: Option<bool>,
     /// A static peer, the keys of a `[[peers]]` table (repeatable; MESHD_PEERS separates peers
     /// with `;`). Added after the file's peers, so errors name it `peers[N]` counting those.
     #[arg(
@@ -202,6 +212,9 @@ impl RunArgs {
             state_dir,
             run_dir,
             log_level,
+            log_format,
+            metrics_address,
+            metrics_per_peer,
             peers,
         } = cfg;
         let GossipConfig { enabled, port } = gossip;
@@ -263,6 +276,9 @@ impl RunArgs {
         set(state_dir, &self.state_dir);
         set(run_dir, &self.run_dir);
         set(log_level, &self.log_level);
+        set(log_format, &self.log_format);
+        set(metrics_address, &self.metrics_address);
+        set(metrics_per_peer, &self.metrics_per_peer);
         peers.extend(self.peers.iter().cloned());
     }
 }

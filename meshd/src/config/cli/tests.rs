@@ -47,6 +47,9 @@ const FLAGS: &[(&str, &str, &str)] = &[
     ("--state-dir", "/var/lib/f", "state-dir"),
     ("--run-dir", "/run/f", "run-dir"),
     ("--log-level", "debug", "log-level"),
+    ("--log-format", "json", "log-format"),
+    ("--metrics-address", "10.0.0.1:9999", "metrics-address"),
+    ("--metrics-per-peer", "true", "metrics-per-peer"),
     (
         "--peer",
         "name=p,address=198.18.0.10,subnet=10.244.4.0/24;name=q,address=198.18.0.11,subnet=10.244.5.0/24,public-key=U1o8m1yUdU0cGWJAPZ5ch6xvnQuAoMTqlbQDTujHiH4=",

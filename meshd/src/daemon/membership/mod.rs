@@ -78,6 +78,8 @@ pub(crate) struct Membership {
     backend: Arc<Backend>,
     encryption: Encryption,
     seeds: Vec<String>,
+    /// New seeds from a reload ([`super::reload`]).
+    new_seeds: Option<tokio::sync::watch::Receiver<Vec<String>>>,
     /// The last resolution error of each seed that does not resolve, so it is logged once.
     seed_errors: HashMap<String, String>,
     own_addr: SocketAddr,
@@ -184,6 +186,7 @@ impl Membership {
             backend,
             encryption: cfg.encryption,
             seeds: cfg.seeds.clone(),
+            new_seeds: None,
             seed_errors: HashMap::new(),
             own_addr,
             evidence_window,
@@ -193,6 +196,12 @@ impl Membership {
             saver,
             refusals_logged: HashMap::new(),
         })
+    }
+
+    /// Join the seeds `rx` carries whenever they change (a reload).
+    pub(crate) fn with_seeds(mut self, rx: tokio::sync::watch::Receiver<Vec<String>>) -> Self {
+        self.new_seeds = Some(rx);
+        self
     }
 
     /// Drives gossip until `stop` fires, or until a subnet lease cannot be persisted or
@@ -233,6 +242,12 @@ impl Membership {
                     self.lock().gossip.handle_timeout(Instant::now());
                 }
                 _ = retry.tick(), if self.alone() => self.join_seeds().await,
+                seeds = next_seeds(&mut self.new_seeds) => {
+                    tracing::info!(?seeds, "gossip seeds changed; joining them");
+                    self.seeds = seeds;
+                    self.seed_errors.clear();
+                    self.join_seeds().await;
+                }
                 _ = evidence.tick(), if authenticated => self.feed_evidence(),
                 _ = paths.tick() => self.publish_paths(),
                 r = self.socket.recv_from(&mut buf) => {
@@ -381,6 +396,17 @@ impl Membership {
         self.backend.update(|set| set.set_own_subnet(Some(subnet)));
         Ok(())
     }
+}
+
+/// The next seeds a reload hands over; never, without a reload channel (or once it is closed).
+async fn next_seeds(rx: &mut Option<tokio::sync::watch::Receiver<Vec<String>>>) -> Vec<String> {
+    if let Some(r) = rx.as_mut() {
+        if r.changed().await.is_ok() {
+            return r.borrow_and_update().clone();
+        }
+    }
+    *rx = None;
+    std::future::pending().await
 }
 
 fn boot_epoch() -> u32 {

@@ -18,8 +18,10 @@ mod converge;
 mod offers;
 mod sources;
 mod step;
+mod traffic;
 
 pub(crate) use sources::SourceCheck;
+pub(crate) use traffic::COUNTED_PATHS;
 
 use super::{NotOffered, PathKind};
 use crate::config::{Datapath, Encryption};
@@ -29,6 +31,7 @@ use crate::kernel::routes;
 use crate::kernel::vxlan::{self, VxlanDevice};
 use crate::kernel::wireguard::{device_config, KernelWireguard};
 use crate::link::PeerLink;
+use crate::metrics::{Histogram, PROBE_RTT_BUCKETS};
 use crate::peers::wireguard::NodeCrypto;
 use crate::peers::Peer;
 use crate::status::KernelStatus;
@@ -60,6 +63,8 @@ pub(crate) struct Desired {
 pub(crate) struct Paths {
     desired: watch::Sender<Desired>,
     kernel: Mutex<KernelStatus>,
+    /// Round trips of the probes that came back (the manager observes, `/metrics` reads).
+    pub(crate) probe_rtt: Arc<Histogram>,
 }
 
 impl Paths {
@@ -67,6 +72,7 @@ impl Paths {
         Arc::new(Paths {
             desired: watch::channel(Desired::default()).0,
             kernel: Mutex::new(kernel),
+            probe_rtt: Arc::new(Histogram::new(&PROBE_RTT_BUCKETS)),
         })
     }
 

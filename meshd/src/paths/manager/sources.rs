@@ -12,8 +12,11 @@ use std::time::Instant;
 use super::{lock, Manager};
 use crate::kernel::nft::{self, Ruleset};
 use crate::kernel::source_check::{self, SourceRule, VxlanSources};
+use crate::kernel::traffic::{Direction, PeerTraffic};
 use crate::kernel::vxlan;
+use crate::paths::PathKind;
 use crate::stats::{DropReason, PeerStats};
+use ipnet::Ipv4Net;
 
 /// The check's state on the manager (cleartext with the kernel VXLAN device only).
 pub(crate) struct SourceCheck {
@@ -30,6 +33,10 @@ pub(crate) struct SourceCheck {
     unattributed: Option<Arc<PeerStats>>,
     /// Why the table could not be written, until it can.
     pub(super) error: Option<String>,
+    /// The traffic counters as last written, and the readings already counted
+    /// ([`super::traffic`]).
+    pub(super) traffic: Option<PeerTraffic>,
+    pub(super) traffic_seen: HashMap<(Ipv4Net, PathKind, Direction), (u64, u64)>,
 }
 
 impl SourceCheck {
@@ -47,6 +54,8 @@ impl SourceCheck {
             unknown_seen: 0,
             unattributed,
             error: None,
+            traffic: None,
+            traffic_seen: HashMap::new(),
         }
     }
 }
@@ -57,18 +66,25 @@ impl Manager {
         let Some(desired) = self.desired_sources(now) else {
             return;
         };
+        let traffic = self.desired_traffic();
         let Some(sc) = self.sources.as_ref() else {
             return;
         };
-        if sc.error.is_none() && sc.applied.as_ref() == Some(&desired) {
+        if sc.error.is_none()
+            && sc.applied.as_ref() == Some(&desired)
+            && sc.traffic.as_ref() == Some(&traffic)
+        {
             return;
         }
-        // Count what the table being replaced dropped: its counters start again at zero.
+        // Count what the table being replaced dropped and carried: its counters start again at
+        // zero.
         if let Ok(Some(table)) = nft::list() {
             self.count_drops(&nft::counters(&table));
+            self.count_traffic(&nft::counters(&table));
         }
         let ruleset = Ruleset {
             vxlan_sources: Some(desired.clone()),
+            traffic: Some(traffic.clone()),
         };
         let result = nft::apply(&ruleset);
         let Some(sc) = self.sources.as_mut() else {
@@ -82,6 +98,8 @@ impl Manager {
                 sc.applied = Some(desired);
                 sc.seen.clear();
                 sc.unknown_seen = 0;
+                sc.traffic = Some(traffic);
+                sc.traffic_seen.clear();
             }
             Err(e) => {
                 let text = e.to_string();
@@ -101,7 +119,11 @@ impl Manager {
             return;
         }
         match nft::list() {
-            Ok(Some(table)) => self.count_drops(&nft::counters(&table)),
+            Ok(Some(table)) => {
+                let counters = nft::counters(&table);
+                self.count_drops(&counters);
+                self.count_traffic(&counters);
+            }
             Ok(None) => {
                 if let Some(sc) = self.sources.as_mut().filter(|sc| sc.applied.is_some()) {
                     tracing::warn!(

@@ -57,7 +57,7 @@ impl Manager {
         };
         let mut replies = Vec::new();
         prober.replies(&mut replies);
-        for r in replies {
+        for (r, arrived) in replies {
             let genuine = self.outstanding.get(&r.seq).is_some_and(|o| {
                 o.token == r.token
                     && o.link
@@ -70,8 +70,15 @@ impl Manager {
                 continue;
             }
             if let Some(o) = self.outstanding.remove(&r.seq) {
+                let rtt = arrived.saturating_duration_since(o.sent);
+                self.paths.probe_rtt.observe(rtt);
                 if let Some(c) = o.link.path().as_mut() {
                     c.path.record_probe(o.kind, o.size, true, now);
+                    if o.kind == c.path.current() {
+                        // Smoothed as TCP's SRTT is (RFC 6298, α = 1/8): one slow reply on a
+                        // busy node is not news.
+                        c.rtt = Some(c.rtt.map_or(rtt, |s| (s * 7 + rtt) / 8));
+                    }
                 }
             }
         }
@@ -175,13 +182,15 @@ impl Manager {
                     seq: self.seq,
                     token,
                 };
+                // Timed at the send itself, not the tick: the round trip is what probes measure.
+                let at = Instant::now();
                 let sent = self.prober.as_mut().map(|p| p.send(&probe));
                 match sent {
                     Some(Ok(())) => {
                         let o = Outstanding {
                             link: link.clone(),
                             kind,
-                            sent: now,
+                            sent: at,
                             size,
                             token,
                         };
