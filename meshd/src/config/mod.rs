@@ -83,7 +83,8 @@ pub struct Config {
     pub log_level: String,
     /// How log lines are written: "text" (the default) or "json" (one object per line).
     pub log_format: LogFormat,
-    /// Where `/metrics` (Prometheus text format) is served, `IP:port`; empty turns it off.
+    /// Where `/metrics` (Prometheus text format) and the picture of the mesh (`/`) are served,
+    /// `IP:port`; empty turns it off.
     /// Changed by SIGHUP without a restart.
     pub metrics_address: String,
     /// Per-peer series (label `peer`) besides the node's totals: one set per member, so off by

@@ -156,7 +156,8 @@ pub struct RunArgs {
     /// `text` (the default) or `json`: one JSON object per log line.
     #[arg(long, env = "MESHD_LOG_FORMAT")]
     log_format: Option<LogFormat>,
-    /// Where `/metrics` is served, `IP:port`; an empty value turns it off.
+    /// Where `/metrics` and the picture of the mesh (`/`) are served, `IP:port`; an empty value
+    /// turns it off.
     #[arg(long, env = "MESHD_METRICS_ADDRESS")]
     metrics_address: Option<String>,
     /// Per-peer metric series (label `peer`), one set per member.
