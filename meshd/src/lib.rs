@@ -6,8 +6,8 @@
 //! datagram, [`datapath::runs`] groups datagrams for one GSO send; the way back is the same in
 //! reverse. The control plane: [`config`], the [`daemon`] sequence, the peer set ([`peers`]) and
 //! its one receiver ([`backend`]), host setup over netlink ([`host`]), the status API
-//! ([`status`]), `/metrics` on a small HTTP listener ([`http`]) and the files other programs
-//! read ([`runfiles`]). It deliberately holds no
+//! ([`status`]), `/metrics` and the picture of the mesh ([`picture`]) on a small HTTP listener
+//! ([`http`]), `meshd ping` ([`ping`]) and the files other programs read ([`runfiles`]). It deliberately holds no
 //! protocol state machine that reads the clock or owns sockets outside the data path: gossip and
 //! crypto are crates of their own, and the local lab is `meshd-lab`.
 
