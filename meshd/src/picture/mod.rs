@@ -10,7 +10,7 @@
 //!
 //! The routes are answered by [`answer`], a function of the path and of where the mesh comes
 //! from; the HTTP listener (`metrics-address`, [`crate::http`]) serves them beside `/metrics`
-//! ([`route`]).
+//! (`route`).
 
 use std::sync::Arc;
 
