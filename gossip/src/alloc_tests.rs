@@ -74,13 +74,7 @@ fn a_persisted_lease_on_our_own_static_peer_is_given_up() {
     );
 }
 
-fn claim(s: &str, explicit: bool, stamp: u64) -> SubnetClaim {
-    SubnetClaim {
-        subnet: s.parse().unwrap(),
-        stamp,
-        explicit,
-    }
-}
+use crate::subnet::test_claim as claim;
 
 /// A stamp of u64::MAX from the wire (what `apply_record` hands `observe_stamp` from every
 /// record) moves no clock and makes no addition overflow; a clock pushed to the bound stays

@@ -114,13 +114,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
-    fn claim(s: &str, explicit: bool, stamp: u64) -> SubnetClaim {
-        SubnetClaim {
-            subnet: s.parse().unwrap(),
-            stamp,
-            explicit,
-        }
-    }
+    use crate::subnet::test_claim as claim;
 
     /// The narrower range first, then reservation, explicit, picked; then the stamp; then
     /// the name. Equal subnets keep the order claims always had.

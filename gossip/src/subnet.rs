@@ -243,6 +243,17 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// A claim for tests: `s` parsed, explicit or picked, at `stamp`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_claim(s: &str, explicit: bool, stamp: u64) -> SubnetClaim {
+    SubnetClaim {
+        subnet: s.parse().unwrap(),
+        stamp,
+        explicit,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -284,13 +295,7 @@ mod tests {
         assert_eq!(p.pick("x", |s| taken.contains(s)), None);
     }
 
-    fn claim(s: &str, explicit: bool, stamp: u64) -> SubnetClaim {
-        SubnetClaim {
-            subnet: s.parse().unwrap(),
-            stamp,
-            explicit,
-        }
-    }
+    use super::test_claim as claim;
 
     /// Inside the cluster, the node prefix, or (explicit) an aligned block of up to 16; a
     /// plausible stamp. Reservations: inside and not the whole cluster.

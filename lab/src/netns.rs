@@ -38,26 +38,7 @@ pub fn spawn_daemon(
     args: &[&std::ffi::OsStr],
     log: &Path,
 ) -> Result<u32> {
-    use std::os::unix::process::CommandExt;
-    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns])
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    // SAFETY: setsid is async-signal-safe and touches only the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {} in {ns}", program.display()))?;
-    Ok(child.id())
+    crate::sandbox::spawn(ns, &crate::sandbox::Sandbox::default(), program, args, log)
 }
 
 /// Names of all named network namespaces that start with `prefix`.

@@ -11,6 +11,8 @@
 //! kept with the kernel's own words ([`Refusal`]) for `meshd status`.
 
 pub(crate) mod ethtool;
+#[cfg(test)]
+pub(crate) mod fresh_netns;
 pub(crate) mod nft;
 pub(crate) mod probe;
 pub(crate) mod routes;

@@ -7,25 +7,8 @@
 //! ```
 
 use super::*;
+use crate::kernel::fresh_netns::in_fresh_netns;
 use std::process::Command;
-
-/// Runs `f` on a new thread in a new, empty network namespace, with a tokio runtime.
-fn in_fresh_netns<T: Send + 'static>(
-    f: impl FnOnce() -> futures::future::BoxFuture<'static, T> + Send + 'static,
-) -> T {
-    std::thread::spawn(move || {
-        // SAFETY: unshare(2) on this thread only; the namespace goes when the thread does.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(f())
-    })
-    .join()
-    .unwrap()
-}
 
 /// `ip ARGS` in the calling thread's namespace (a child starts in it); its output.
 fn ip(args: &[&str]) -> String {

@@ -10,27 +10,10 @@
 //! iproute2 can make a WireGuard link, they drive a real device instead.
 
 use super::*;
+use crate::kernel::fresh_netns::in_fresh_netns;
 use crate::kernel::wireguard::{DeviceConfig, KernelWireguard, PeerConfig};
 use meshd_crypto::PrivateKey;
 use std::process::Command;
-
-/// Runs `f` on a new thread in a new, empty network namespace, with a tokio runtime.
-fn in_fresh_netns<T: Send + 'static>(
-    f: impl FnOnce() -> futures::future::BoxFuture<'static, T> + Send + 'static,
-) -> T {
-    std::thread::spawn(move || {
-        // SAFETY: unshare(2) on this thread only; the namespace goes when the thread does.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(f())
-    })
-    .join()
-    .unwrap()
-}
 
 /// The names of the links in the current namespace.
 async fn links() -> Vec<String> {
