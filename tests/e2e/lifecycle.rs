@@ -110,10 +110,9 @@ fn stop_restart_and_cleanup() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!has_link(&h.ns, "meshbr0"), "cleanup left the bridge");
-    assert!(
-        !run.join("network.json").exists(),
-        "cleanup left network.json"
-    );
+    for f in ["network.json", "meshd.sock", "control.sock", "meshd.lock"] {
+        assert!(!run.join(f).exists(), "cleanup left {f}");
+    }
 }
 
 #[test]

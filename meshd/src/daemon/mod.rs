@@ -364,6 +364,7 @@ pub async fn cleanup(cfg: &Config) -> Result<()> {
     for f in [
         runfiles::NETWORK_FILE,
         runfiles::SOCKET_NAME,
+        crate::control::CONTROL_SOCKET,
         runfiles::LOCK_FILE,
     ] {
         let p = cfg.run_dir.join(f);
