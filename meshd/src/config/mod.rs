@@ -8,6 +8,7 @@
 //! what is wrong with it, so `meshd run --check-config` is useful to an operator.
 
 pub mod cli;
+mod egress;
 mod file;
 mod modes;
 mod peer_flag;
@@ -66,6 +67,12 @@ pub struct Config {
     pub cluster_secret_file: Option<PathBuf>,
     /// MTU of the underlay path; the TUN MTU is this minus the encapsulation overhead.
     pub underlay_mtu: u16,
+    /// Masquerade pod traffic leaving `cluster-cidr` to the node's address ([`egress`]).
+    pub masquerade: bool,
+    /// Destinations outside the cluster that see pod addresses (never masqueraded).
+    pub no_masquerade_cidrs: Vec<Ipv4Net>,
+    /// Clamp the MSS of TCP SYNs into the overlay to the MTU of the peer they go to.
+    pub mss_clamping: bool,
     /// Name of the pod bridge meshd creates.
     pub bridge: String,
     /// Name of the TUN device meshd creates.
@@ -193,6 +200,9 @@ impl Default for Config {
             host_gw: false,
             cluster_secret_file: None,
             underlay_mtu: 1500,
+            masquerade: true,
+            no_masquerade_cidrs: Vec::new(),
+            mss_clamping: true,
             bridge: "meshbr0".into(),
             tun: "mesh0".into(),
             queues: 0,

@@ -62,6 +62,7 @@ impl Report {
             })
             .collect();
         s.kernel = self.backend.paths().map(|p| p.kernel_status());
+        s.egress = self.backend.paths().map(|p| p.egress_status());
         if let Some(g) = &self.gossip {
             let shared = g.lock().unwrap_or_else(|p| p.into_inner());
             let (members, counters) = gossip_report(&shared);

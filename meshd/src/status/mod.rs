@@ -4,12 +4,14 @@
 //! node's subnet from the companion file `network.json` ([`crate::runfiles`]), and connects to
 //! the socket only to learn that meshd is alive: only a live meshd answers it.
 
+mod egress;
 pub mod graph;
 pub mod health;
 pub mod mesh;
 mod render;
 pub mod server;
 
+pub use egress::{EgressStatus, MssStatus};
 pub use mesh::{Mesh, SummaryStatus};
 pub use render::render;
 
@@ -67,6 +69,9 @@ pub struct Status {
     /// The kernel fast path: what this node could make, and what it adopted.
     #[serde(default)]
     pub kernel: Option<KernelStatus>,
+    /// Egress masquerade and MSS clamping: on or off, why, and what they did.
+    #[serde(default)]
+    pub egress: Option<EgressStatus>,
     /// The userspace data path's queues: the port each sends from, and its datagrams.
     #[serde(default)]
     pub queues: Vec<QueueStatus>,

@@ -67,6 +67,9 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(o, "  adopted           {}", k.adopted.join(", "));
         }
     }
+    if let Some(e) = &s.egress {
+        e.render(&mut o);
+    }
     let _ = writeln!(
         o,
         "{:<16} {:<22} {:<16} {:>10} {:>14} {:>10} {:>14}  drops",

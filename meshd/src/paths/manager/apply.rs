@@ -59,7 +59,7 @@ impl Manager {
                 }
             }
         }
-        self.sync_sources(Instant::now());
+        self.sync_table(Instant::now());
         self.route_all().await;
     }
 

@@ -120,7 +120,6 @@ impl Manager {
             }
         }
         self.verify_entries(now).await;
-        self.verify_sources(now);
     }
 
     /// Likewise the FDB and neighbour entries on the VXLAN device (a device taken down loses

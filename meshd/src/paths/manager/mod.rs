@@ -18,6 +18,7 @@ mod converge;
 mod offers;
 mod sources;
 mod step;
+mod table;
 mod traffic;
 
 pub(crate) use sources::SourceCheck;
@@ -28,13 +29,14 @@ use crate::config::{Datapath, Encryption};
 use crate::host::Host;
 use crate::kernel::probe::{Prober, Token};
 use crate::kernel::routes;
+use crate::kernel::table::Table;
 use crate::kernel::vxlan::{self, VxlanDevice};
 use crate::kernel::wireguard::{device_config, KernelWireguard};
 use crate::link::PeerLink;
 use crate::metrics::{Histogram, PROBE_RTT_BUCKETS};
 use crate::peers::wireguard::NodeCrypto;
 use crate::peers::Peer;
-use crate::status::KernelStatus;
+use crate::status::{EgressStatus, KernelStatus};
 use crate::wire::MacAddr;
 
 /// A probe not answered within this is lost.
@@ -63,15 +65,18 @@ pub(crate) struct Desired {
 pub(crate) struct Paths {
     desired: watch::Sender<Desired>,
     kernel: Mutex<KernelStatus>,
+    /// Masquerade and MSS clamping, as the table last had them.
+    egress: Mutex<EgressStatus>,
     /// Round trips of the probes that came back (the manager observes, `/metrics` reads).
     pub(crate) probe_rtt: Arc<Histogram>,
 }
 
 impl Paths {
-    pub(crate) fn new(kernel: KernelStatus) -> Arc<Paths> {
+    pub(crate) fn new(kernel: KernelStatus, egress: EgressStatus) -> Arc<Paths> {
         Arc::new(Paths {
             desired: watch::channel(Desired::default()).0,
             kernel: Mutex::new(kernel),
+            egress: Mutex::new(egress),
             probe_rtt: Arc::new(Histogram::new(&PROBE_RTT_BUCKETS)),
         })
     }
@@ -85,6 +90,10 @@ impl Paths {
 
     pub(crate) fn kernel_status(&self) -> KernelStatus {
         lock(&self.kernel).clone()
+    }
+
+    pub(crate) fn egress_status(&self) -> EgressStatus {
+        lock(&self.egress).clone()
     }
 
     fn subscribe(&self) -> watch::Receiver<Desired> {
@@ -119,6 +128,8 @@ pub(crate) struct Setup {
     /// The inner-source check of kernel-received VXLAN, when the kernel VXLAN device is in
     /// use (`fastpath` wrote its table before the device came up).
     pub(crate) sources: Option<SourceCheck>,
+    /// meshd's nftables table, as `fastpath` first wrote it.
+    pub(crate) table: Table,
 }
 
 /// A probe sent and not yet answered.
@@ -158,6 +169,8 @@ struct Manager {
     stale_routes: Vec<Ipv4Net>,
     /// When the routes are next compared with what the kernel has.
     next_verify: Instant,
+    /// When the nftables table is next compared with what the kernel has.
+    next_table_verify: Instant,
     moves: u64,
 }
 
@@ -226,10 +239,14 @@ async fn run(
         sources,
         stale_routes: Vec::new(),
         next_verify: now + VERIFY_EVERY,
+        next_table_verify: now + VERIFY_EVERY,
         moves: 0,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut table_tick = tokio::time::interval(table::TABLE_TICK);
+    table_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let table_only = !kernel_in_play && m.s.table.wanted();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -244,6 +261,8 @@ async fn run(
             // Nothing to probe or route without a kernel path (encrypted on this kernel, or
             // `datapath = "userspace"`): no tick, so an idle node stays asleep.
             _ = tick.tick(), if kernel_in_play => m.step().await,
+            // Without kernel paths the table (masquerade, MSS clamp) still needs tending.
+            _ = table_tick.tick(), if table_only => m.tend_table(Instant::now()),
         }
     }
 }

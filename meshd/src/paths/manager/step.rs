@@ -46,6 +46,7 @@ impl Manager {
         if now >= self.grace_until {
             self.drop_leftovers().await;
         }
+        self.tend_table(now);
     }
 
     /// Replies to outstanding probes. One counts only from the probed peer's bridge address and
@@ -211,7 +212,7 @@ impl Manager {
         if !self.leftovers_checked {
             // The grace is over: the source checks a previous meshd left for peers that did
             // not come back go too.
-            self.sync_sources(Instant::now());
+            self.sync_table(Instant::now());
         }
         for (subnet, _) in std::mem::take(&mut self.adopted_routes) {
             tracing::info!(%subnet, "removing a route a previous meshd left for a peer that is gone");
