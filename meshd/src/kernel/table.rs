@@ -204,6 +204,84 @@ mod tests {
         );
     }
 
+    /// Against the real kernel (a namespace of the test's own): every job at once is valid nft
+    /// here, writing it again never doubles a rule, another table is never touched, and a
+    /// flushed table is noticed.
+    #[test]
+    fn the_whole_table_is_accepted_replaced_whole_and_never_doubled() {
+        use crate::kernel::fresh_netns::in_fresh_netns;
+        use crate::kernel::source_check::SourceRule;
+        use crate::paths::PathKind;
+        let nft = |args: &[&str], stdin: Option<&str>| {
+            use std::io::Write;
+            let mut c = std::process::Command::new("nft")
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            if let Some(text) = stdin {
+                c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            }
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "nft {args:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        in_fresh_netns(move || {
+            Box::pin(async move {
+                nft(
+                    &["-f", "-"],
+                    Some("table inet operator { chain c { type filter hook input priority 0; counter; }; }"),
+                );
+                let operator = nft(&["list", "table", "inet", "operator"], None);
+                let mut t = Table::new(&cfg("no-masquerade-cidrs = [\"192.0.2.0/24\"]"));
+                let checks = || {
+                    VxlanSources::new(
+                        8472,
+                        [SourceRule {
+                            address: "198.18.0.2".parse().unwrap(),
+                            subnet: "10.244.2.0/24".parse().unwrap(),
+                        }],
+                    )
+                };
+                let traffic =
+                    || PeerTraffic::new(vec![(PathKind::KernelVxlan, 1)], ["10.244.2.0/24".parse().unwrap()]);
+                let mtus = [
+                    ("10.244.2.0/24".parse().unwrap(), 1450),
+                    ("10.244.3.0/24".parse().unwrap(), 1280),
+                ];
+                for _ in 0..3 {
+                    let r = t.compose(Some(checks()), Some(traffic()), mtus);
+                    t.write(r).unwrap();
+                }
+                assert!(t.holds(&t.compose(Some(checks()), Some(traffic()), mtus)));
+                let listed = nft(&["list", "table", "inet", "meshd"], None);
+                for once in [
+                    "counter name \"egress_masq\" masquerade",
+                    "tcp option maxseg size set 1410",
+                    "tcp option maxseg size set 1240",
+                    "hook forward priority mangle",
+                    "hook output priority mangle",
+                    "hook postrouting priority srcnat",
+                    "ip saddr vmap @vxlan_peers",
+                ] {
+                    assert_eq!(listed.matches(once).count(), 1, "{once}: {listed}");
+                }
+                assert_eq!(nft(&["list", "table", "inet", "operator"], None), operator);
+                // A firewall reload flushes everything: the table is missed and written again.
+                nft(&["flush", "ruleset"], None);
+                assert_eq!(nft::list().unwrap(), None);
+                t.lost();
+                assert!(!t.holds(&t.compose(Some(checks()), Some(traffic()), mtus)));
+                // Nothing configured, nothing to check: no table at all.
+                let mut off = Table::new(&cfg("masquerade = false\nmss-clamping = false"));
+                off.write(off.compose(None, None, [])).unwrap();
+                assert!(off.empty());
+                assert_eq!(nft::list().unwrap(), None);
+            })
+        });
+    }
+
     #[test]
     fn counters_add_up_across_rewrites() {
         let c = |name: &str, comment: &str, packets| Counter {
