@@ -253,7 +253,9 @@ fn check_fails_for_a_pod_outside_the_nodes_new_subnet() {
         "pid": std::process::id(),
     }));
     // The staged fault: the pod still has what ADD gave it, inside the old subnet.
-    assert!(pod.ip(&["addr", "show", "dev", "eth0"]).contains("10.244.1.2/24"));
+    assert!(pod
+        .ip(&["addr", "show", "dev", "eth0"])
+        .contains("10.244.1.2/24"));
     let e = node
         .run("CHECK", "c", &pod.path(), &checked)
         .expect_code(101);
@@ -263,7 +265,8 @@ fn check_fails_for_a_pod_outside_the_nodes_new_subnet() {
         "{e}"
     );
     assert!(
-        details.contains("ADD reported gateway 10.244.1.1, but this node's gateway is now 10.244.7.1"),
+        details
+            .contains("ADD reported gateway 10.244.1.1, but this node's gateway is now 10.244.7.1"),
         "{e}"
     );
     node.run("DEL", "c", &pod.path(), &conf).expect_ok();

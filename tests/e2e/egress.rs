@@ -52,9 +52,27 @@ fn add_server(t: &Topology, i: usize) -> String {
     ip(&["-n", &s, "addr", "add", "203.0.113.2/32", "dev", "lo"]).unwrap();
     ip(&["-n", &s, "link", "set", "e0", "up"]).unwrap();
     // Only what the exempt address sends may go back to pod addresses.
-    ip(&["-n", &s, "rule", "add", "from", "203.0.113.2", "lookup", "100"]).unwrap();
     ip(&[
-        "-n", &s, "route", "add", "10.244.0.0/16", "via", "192.0.2.1", "table", "100",
+        "-n",
+        &s,
+        "rule",
+        "add",
+        "from",
+        "203.0.113.2",
+        "lookup",
+        "100",
+    ])
+    .unwrap();
+    ip(&[
+        "-n",
+        &s,
+        "route",
+        "add",
+        "10.244.0.0/16",
+        "via",
+        "192.0.2.1",
+        "table",
+        "100",
     ])
     .unwrap();
     s
@@ -89,7 +107,9 @@ pub(crate) fn peer_of(listen_ns: &str, from: &str, to: Ipv4Addr, port: u16) -> I
 /// when there is no table.
 pub(crate) fn rules(ns: &str) -> Vec<String> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-j", "list", "table", "inet", "meshd"])
+        .args([
+            "netns", "exec", ns, "nft", "-j", "list", "table", "inet", "meshd",
+        ])
         .output()
         .unwrap();
     if !out.status.success() {
@@ -127,11 +147,21 @@ fn check_egress(t: &Topology, servers: &[String], port: u16) {
         ping(&pod.ns, SERVER, 10)
             .unwrap_or_else(|e| panic!("h{}: pod cannot ping its server: {e}", i + 1));
         let seen = peer_of(s, &pod.ns, SERVER, port);
-        assert_eq!(seen, NODE_SIDE, "h{}: the server saw the pod unmasqueraded", i + 1);
+        assert_eq!(
+            seen,
+            NODE_SIDE,
+            "h{}: the server saw the pod unmasqueraded",
+            i + 1
+        );
         ping(&pod.ns, EXEMPT, 10)
             .unwrap_or_else(|e| panic!("h{}: pod cannot ping the exempt address: {e}", i + 1));
         let seen = peer_of(s, &pod.ns, EXEMPT, port + 1);
-        assert_eq!(seen, pod.addr, "h{}: an exempt destination saw the node", i + 1);
+        assert_eq!(
+            seen,
+            pod.addr,
+            "h{}: an exempt destination saw the node",
+            i + 1
+        );
         assert!(h.subnet.contains(&seen));
     }
     // Pod to pod, and host to pod: what the receiver sees is the sender's own address, and the
@@ -181,7 +211,10 @@ fn pods_leave_the_cluster_masqueraded_once_across_restarts() {
 
     let before = rules(&h1);
     assert_eq!(
-        before.iter().filter(|r| r.contains("\"masquerade\"")).count(),
+        before
+            .iter()
+            .filter(|r| r.contains("\"masquerade\""))
+            .count(),
         1,
         "{before:#?}"
     );
@@ -200,15 +233,25 @@ fn pods_leave_the_cluster_masqueraded_once_across_restarts() {
     unique.dedup();
     assert_eq!(unique, before, "a rule appears twice");
     ping(&t.hosts[0].pods[0].ns, SERVER, 10).unwrap();
-    assert_eq!(peer_of(&servers[0], &t.hosts[0].pods[0].ns, SERVER, 7110), NODE_SIDE);
+    assert_eq!(
+        peer_of(&servers[0], &t.hosts[0].pods[0].ns, SERVER, 7110),
+        NODE_SIDE
+    );
 
     t.stop_meshd(0).unwrap();
     let out = cleanup(&t, 0);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(rules(&h1).is_empty(), "cleanup left meshd's table");
     let tables = nft(&h1, &["list", "tables"], "");
     assert!(!tables.contains("meshd"), "{tables}");
-    assert_eq!(nft(&h1, &["list", "table", "inet", "operator"], ""), operator);
+    assert_eq!(
+        nft(&h1, &["list", "table", "inet", "operator"], ""),
+        operator
+    );
 }
 
 /// Encrypted, on the userspace path (no kernel WireGuard here: the manager has no kernel path
@@ -240,7 +283,10 @@ fn encrypted_userspace_nodes_masquerade_and_repair_a_flush() {
         }
     });
     ping(&t.hosts[1].pods[0].ns, SERVER, 10).unwrap();
-    assert_eq!(peer_of(&servers[1], &t.hosts[1].pods[0].ns, SERVER, 7210), NODE_SIDE);
+    assert_eq!(
+        peer_of(&servers[1], &t.hosts[1].pods[0].ns, SERVER, 7210),
+        NODE_SIDE
+    );
     assert!(nft(&h2, &["list", "tables"], "").contains("operator"));
     wait_for(&t, 1, "masqueraded connections counted", |s| {
         s.egress.as_ref().is_some_and(|e| e.masqueraded >= 1)
@@ -263,7 +309,13 @@ fn masquerade_off_leaves_pod_addresses_and_says_so() {
     let e = s.egress.unwrap();
     assert_eq!(e.masquerade_off.as_deref(), Some("masquerade = false"));
     assert!(!rules(&h.ns).iter().any(|r| r.contains("\"masquerade\"")));
-    assert!(ping(&h.pods[0].ns, SERVER, 3).is_err(), "answered without masquerade");
+    assert!(
+        ping(&h.pods[0].ns, SERVER, 3).is_err(),
+        "answered without masquerade"
+    );
     // The exempt route still works, from the pod's own address.
-    assert_eq!(peer_of(&servers[0], &h.pods[0].ns, EXEMPT, 7300), h.pods[0].addr);
+    assert_eq!(
+        peer_of(&servers[0], &h.pods[0].ns, EXEMPT, 7300),
+        h.pods[0].addr
+    );
 }

@@ -32,7 +32,9 @@ impl SynWatch {
     fn start(ns: &str, port: u16) -> SynWatch {
         let filter = format!("tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and dst port {port}");
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-i", "eth0", "-nn", "-l", "-v"])
+            .args([
+                "netns", "exec", ns, "tcpdump", "-i", "eth0", "-nn", "-l", "-v",
+            ])
             .args(["--immediate-mode", "-c", "1", &filter])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -82,14 +84,19 @@ impl Drop for SynWatch {
 fn syn_mss(t: &Topology, from: usize, to: usize, port: u16) -> u16 {
     let (a, b) = (&t.hosts[from].pods[0], &t.hosts[to].pods[0]);
     let addr = b.addr;
-    let _listener = in_netns(&b.ns, move || TcpListener::bind(SocketAddrV4::new(addr, port)))
-        .unwrap()
-        .unwrap();
+    let _listener = in_netns(&b.ns, move || {
+        TcpListener::bind(SocketAddrV4::new(addr, port))
+    })
+    .unwrap()
+    .unwrap();
     let watch = SynWatch::start(&b.ns, port);
     let from_ns = a.ns.clone();
     wait_until("the pod connects", || {
         in_netns(&from_ns, move || {
-            TcpStream::connect_timeout(&SocketAddrV4::new(addr, port).into(), Duration::from_secs(2))
+            TcpStream::connect_timeout(
+                &SocketAddrV4::new(addr, port).into(),
+                Duration::from_secs(2),
+            )
         })
         .unwrap()
     });
@@ -112,16 +119,27 @@ fn clamped_lab(tag: &str, encryption: Encryption, paths: LabPaths) {
     let name = format!("mss_{want}");
     let before = counter(&h1.ns, &name);
     assert_eq!(syn_mss(&t, 0, 1, 7400), want, "the SYN was not clamped");
-    assert!(counter(&h1.ns, &name) > before, "the clamp's counter did not move");
+    assert!(
+        counter(&h1.ns, &name) > before,
+        "the clamp's counter did not move"
+    );
     let e = status(&t, 0).egress.unwrap();
     assert!(e.mss_clamping, "{e:?}");
-    assert_eq!(e.mss.first().map(|m| (m.mss, m.peers)), Some((want, 1)), "{e:?}");
+    assert_eq!(
+        e.mss.first().map(|m| (m.mss, m.peers)),
+        Some((want, 1)),
+        "{e:?}"
+    );
 
     // Clamping off: the pod's own MSS gets through (what the test above would see if the
     // clamp did nothing).
     let config = format!("mss-clamping = false\n{}", t.meshd_config(h1));
     t.restart_meshd(0, &config).unwrap();
-    assert_eq!(syn_mss(&t, 0, 1, 7401), 8960, "clamped with mss-clamping = false");
+    assert_eq!(
+        syn_mss(&t, 0, 1, 7401),
+        8960,
+        "clamped with mss-clamping = false"
+    );
     let e = status(&t, 0).egress.unwrap();
     assert_eq!(e.mss_clamping_off.as_deref(), Some("mss-clamping = false"));
 }

@@ -49,7 +49,10 @@ impl Egress {
     pub(crate) fn declare(&self, out: &mut String) {
         let cluster = self.cluster;
         let _ = writeln!(out, "\tcounter {COUNTER} {{ comment \"{COMMENT}\"; }}");
-        let _ = write!(out, "\tset {SET} {{\n\t\ttype ipv4_addr\n\t\tflags interval\n");
+        let _ = write!(
+            out,
+            "\tset {SET} {{\n\t\ttype ipv4_addr\n\t\tflags interval\n"
+        );
         if !self.exempt.is_empty() {
             let list: Vec<String> = self.exempt.iter().map(|n| n.to_string()).collect();
             let _ = writeln!(out, "\t\telements = {{ {} }}", list.join(", "));
@@ -85,11 +88,18 @@ mod tests {
     fn pods_leaving_the_cluster_are_masqueraded_unless_exempt() {
         let e = Egress::new(
             net("10.244.0.0/16"),
-            &[net("192.0.2.0/25"), net("192.0.2.128/25"), net("198.51.100.0/24")],
+            &[
+                net("192.0.2.0/25"),
+                net("192.0.2.128/25"),
+                net("198.51.100.0/24"),
+            ],
         );
         let mut out = String::new();
         e.declare(&mut out);
-        assert!(out.contains("type nat hook postrouting priority srcnat;"), "{out}");
+        assert!(
+            out.contains("type nat hook postrouting priority srcnat;"),
+            "{out}"
+        );
         assert!(
             out.contains(
                 "ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 \

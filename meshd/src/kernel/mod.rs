@@ -16,8 +16,8 @@ pub(crate) mod egress;
 pub(crate) mod ethtool;
 #[cfg(test)]
 pub(crate) mod fresh_netns;
-pub(crate) mod nft;
 pub(crate) mod mss;
+pub(crate) mod nft;
 pub(crate) mod probe;
 pub(crate) mod routes;
 pub(crate) mod source_check;

@@ -121,12 +121,21 @@ mod tests {
         assert!(out.contains(
             "tcp option maxseg size > 1410 counter name \"mss_1410\" tcp option maxseg size set 1410"
         ), "{out}");
-        assert!(out.contains("counter mss_1240 { comment \"mss-clamp 1240\"; }"), "{out}");
+        assert!(
+            out.contains("counter mss_1240 { comment \"mss-clamp 1240\"; }"),
+            "{out}"
+        );
         assert!(out.contains(
             "elements = { 10.244.4.0/24 : jump mss_1240, 10.244.2.0/24 : jump mss_1410, 10.244.3.0/24 : jump mss_1410 }"
         ), "{out}");
-        assert!(out.contains("type filter hook forward priority mangle;"), "{out}");
-        assert!(out.contains("type filter hook output priority mangle;"), "{out}");
+        assert!(
+            out.contains("type filter hook forward priority mangle;"),
+            "{out}"
+        );
+        assert!(
+            out.contains("type filter hook output priority mangle;"),
+            "{out}"
+        );
         assert_eq!(out.matches("ip daddr vmap @mss_peers").count(), 2, "{out}");
         // No peer: the hooks stay, with nothing to look up.
         let mut none = String::new();

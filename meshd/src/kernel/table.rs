@@ -198,7 +198,9 @@ mod tests {
         let s = t.status();
         assert!(!s.masquerade && !s.mss_clamping);
         assert!(
-            s.masquerade_off.unwrap().contains("nft program was not found"),
+            s.masquerade_off
+                .unwrap()
+                .contains("nft program was not found"),
             "{:?}",
             t.status()
         );
@@ -244,8 +246,12 @@ mod tests {
                         }],
                     )
                 };
-                let traffic =
-                    || PeerTraffic::new(vec![(PathKind::KernelVxlan, 1)], ["10.244.2.0/24".parse().unwrap()]);
+                let traffic = || {
+                    PeerTraffic::new(
+                        vec![(PathKind::KernelVxlan, 1)],
+                        ["10.244.2.0/24".parse().unwrap()],
+                    )
+                };
                 let mtus = [
                     ("10.244.2.0/24".parse().unwrap(), 1450),
                     ("10.244.3.0/24".parse().unwrap(), 1280),
