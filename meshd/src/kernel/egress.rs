@@ -119,12 +119,7 @@ mod tests {
 
     #[test]
     fn the_counter_is_read_back() {
-        let c = |name: &str, packets| Counter {
-            name: name.into(),
-            comment: String::new(),
-            packets,
-            bytes: 0,
-        };
+        let c = |name: &str, packets| Counter::of(name, "", packets);
         assert_eq!(masqueraded(&[c("x", 1), c(COUNTER, 5)]), Some(5));
         assert_eq!(masqueraded(&[c("x", 1)]), None);
     }

@@ -145,16 +145,10 @@ mod tests {
 
     #[test]
     fn counters_are_read_back_per_mss() {
-        let c = |name: &str, comment: &str, packets| Counter {
-            name: name.into(),
-            comment: comment.into(),
-            packets,
-            bytes: 0,
-        };
         let got = clamped(&[
-            c("mss_1410", "mss-clamp 1410", 3),
-            c("egress_masq", "egress masquerade", 9),
-            c("mss_x", "mss-clamp many", 1),
+            Counter::of("mss_1410", "mss-clamp 1410", 3),
+            Counter::of("egress_masq", "egress masquerade", 9),
+            Counter::of("mss_x", "mss-clamp many", 1),
         ]);
         assert_eq!(got, [(1410, 3)]);
     }

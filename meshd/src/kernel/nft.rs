@@ -124,6 +124,19 @@ pub(crate) struct Counter {
     pub(crate) bytes: u64,
 }
 
+#[cfg(test)]
+impl Counter {
+    /// A reading as a test writes it.
+    pub(crate) fn of(name: &str, comment: &str, packets: u64) -> Counter {
+        Counter {
+            name: name.into(),
+            comment: comment.into(),
+            packets,
+            bytes: 0,
+        }
+    }
+}
+
 /// The named counters in a [`list`] answer.
 pub(crate) fn counters(table: &serde_json::Value) -> Vec<Counter> {
     let Some(items) = table.get("nftables").and_then(|v| v.as_array()) else {

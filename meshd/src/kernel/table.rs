@@ -290,12 +290,7 @@ mod tests {
 
     #[test]
     fn counters_add_up_across_rewrites() {
-        let c = |name: &str, comment: &str, packets| Counter {
-            name: name.into(),
-            comment: comment.into(),
-            packets,
-            bytes: 0,
-        };
+        let c = Counter::of;
         let mut t = Table::new(&cfg(""));
         t.count(&[c("egress_masq", "", 3), c("mss_1410", "mss-clamp 1410", 2)]);
         t.count(&[c("egress_masq", "", 5), c("mss_1410", "mss-clamp 1410", 2)]);
