@@ -319,24 +319,3 @@ fn masquerade_off_leaves_pod_addresses_and_says_so() {
         h.pods[0].addr
     );
 }
-
-/// A node without the `nft` program (meshd started with a `PATH` that has none): it runs,
-/// warns once, and its status says masquerade and clamping are off and why; pods still talk.
-#[test]
-fn without_nft_masquerade_is_off_and_the_status_says_why() {
-    require_root();
-    let mut s = spec("egnonft", 2, Encryption::Wireguard, LabPaths::default());
-    s.sandbox = meshd_lab::sandbox::Sandbox {
-        wrapper: vec!["env".into(), "PATH=/nonexistent".into()],
-        address_families: None,
-    };
-    let t = Topology::up(s).unwrap();
-    let e = status(&t, 0).egress.unwrap();
-    assert!(!e.masquerade && !e.mss_clamping, "{e:?}");
-    let why = e.masquerade_off.unwrap();
-    assert!(why.contains("the nft program was not found"), "{why}");
-    assert!(crate::support::log(&t, 0).contains("cannot write meshd's nftables table"));
-    let (a, b) = (&t.hosts[0].pods[0], &t.hosts[1].pods[0]);
-    ping(&a.ns, b.addr, 10).unwrap();
-    assert!(rules(&t.hosts[0].ns).is_empty());
-}
