@@ -171,6 +171,8 @@ struct Manager {
     next_verify: Instant,
     /// When the nftables table is next compared with what the kernel has.
     next_table_verify: Instant,
+    /// When a table the kernel refused is tried again.
+    table_retry_at: Instant,
     moves: u64,
 }
 
@@ -240,6 +242,7 @@ async fn run(
         stale_routes: Vec::new(),
         next_verify: now + VERIFY_EVERY,
         next_table_verify: now + VERIFY_EVERY,
+        table_retry_at: now,
         moves: 0,
     };
     let mut tick = tokio::time::interval(TICK);

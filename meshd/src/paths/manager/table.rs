@@ -36,11 +36,18 @@ impl Manager {
         if self.s.table.holds(&desired) {
             return;
         }
+        // A kernel (or a node) that refuses is asked again now and then, not on every tick.
+        if self.s.table.error().is_some() && now < self.table_retry_at {
+            return;
+        }
         // Count what the table being replaced counted: its counters start again at zero.
         if let Ok(Some(table)) = nft::list() {
             self.read_counters(&nft::counters(&table));
         }
         let written = self.s.table.write(desired).is_ok();
+        if !written {
+            self.table_retry_at = now + VERIFY_EVERY;
+        }
         if let (true, Some(sc)) = (written, self.sources.as_mut()) {
             sc.rewritten();
         }
