@@ -87,11 +87,13 @@ pub(super) fn check(env: &Env, conf: &NetConf) -> Result<()> {
             net.subnet
         ));
     }
-    let prev_gateway = prev
-        .ips
-        .iter()
-        .filter_map(|ip| ip.gateway.as_deref()?.parse::<Ipv4Addr>().ok())
-        .next();
+    // The gateway ADD reported for our interface (another plugin's entries are its own).
+    let prev_gateway = pod_index.and_then(|idx| {
+        prev.ips
+            .iter()
+            .filter(|ip| ip.interface == Some(idx))
+            .find_map(|ip| ip.gateway.as_deref()?.parse::<Ipv4Addr>().ok())
+    });
     if let Some(g) = prev_gateway.filter(|g| *g != gateway) {
         problems.push(format!(
             "ADD reported gateway {g}, but this node's gateway is now {gateway}"
