@@ -89,8 +89,11 @@ impl Table {
                 Ok(())
             }
             Err(e) => {
-                if self.error.as_ref() != Some(&e) {
-                    tracing::warn!(error = %e, masquerade = self.egress.is_some(), mss_clamping = self.clamping, "cannot write meshd's nftables table: pod traffic leaving the cluster is not masqueraded, TCP SYNs are not clamped (and kernel VXLAN, if any, is not checked); retrying");
+                let new_cause = self.error.as_ref() != Some(&e);
+                if new_cause && r.vxlan_sources.is_some() {
+                    tracing::error!(error = %e, "cannot write meshd's nftables table: VXLAN the kernel receives is not checked against its peers' subnets, pod traffic leaving the cluster is not masqueraded, TCP SYNs are not clamped; retrying");
+                } else if new_cause {
+                    tracing::warn!(error = %e, masquerade = self.egress.is_some(), mss_clamping = self.clamping, "cannot write meshd's nftables table: pod traffic leaving the cluster is not masqueraded, TCP SYNs are not clamped; retrying");
                 }
                 self.error = Some(e.clone());
                 self.applied = None;
