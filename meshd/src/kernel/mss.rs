@@ -104,16 +104,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn net(s: &str) -> Ipv4Net {
-        s.parse().unwrap()
-    }
-
     #[test]
     fn one_chain_per_mss_and_one_lookup_for_every_peer() {
         let m = MssClamp::new([
-            (net("10.244.3.0/24"), 1450),
-            (net("10.244.2.0/24"), 1450),
-            (net("10.244.4.0/24"), 1280),
+            ("10.244.3.0/24".parse().unwrap(), 1450),
+            ("10.244.2.0/24".parse().unwrap(), 1450),
+            ("10.244.4.0/24".parse().unwrap(), 1280),
         ]);
         assert_eq!(m.values().collect::<Vec<_>>(), [(1240, 1), (1410, 2)]);
         let mut out = String::new();
