@@ -208,6 +208,12 @@ impl PeerStats {
             .map(|k| k.each_ref().map(|c| c.load(Relaxed)))
     }
 
+    /// Bytes sent to the peer on any path (meshd's and, as last counted, the kernel's).
+    pub(crate) fn sent_bytes(&self) -> u64 {
+        let kernel: u64 = self.kernel.iter().map(|k| k[0].load(Relaxed)).sum();
+        self.tx_bytes.load(Relaxed) + kernel
+    }
+
     pub(crate) fn dropped(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize].load(Relaxed)
     }

@@ -118,6 +118,7 @@ pub(super) mod tests {
         host-gw = true
         cluster-secret-file = "/etc/meshd/full.secret"
         underlay-mtu = 9000
+        path-mtu-discovery = false
         bridge = "fullbr0"
         tun = "full0"
         queues = 3

@@ -10,6 +10,7 @@
 pub mod cli;
 mod file;
 mod modes;
+mod mtu;
 mod peer_flag;
 mod validate;
 
@@ -66,6 +67,9 @@ pub struct Config {
     pub cluster_secret_file: Option<PathBuf>,
     /// MTU of the underlay path; the TUN MTU is this minus the encapsulation overhead.
     pub underlay_mtu: u16,
+    /// Find each peer's path MTU with probes and give its pod packets that MTU (see
+    /// `config/mtu.rs`); off: every peer gets the TUN MTU.
+    pub path_mtu_discovery: bool,
     /// Name of the pod bridge meshd creates.
     pub bridge: String,
     /// Name of the TUN device meshd creates.
@@ -193,6 +197,7 @@ impl Default for Config {
             host_gw: false,
             cluster_secret_file: None,
             underlay_mtu: 1500,
+            path_mtu_discovery: true,
             bridge: "meshbr0".into(),
             tun: "mesh0".into(),
             queues: 0,

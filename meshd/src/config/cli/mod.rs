@@ -98,6 +98,9 @@ pub struct RunArgs {
     /// MTU of the underlay path.
     #[arg(long, env = "MESHD_UNDERLAY_MTU")]
     underlay_mtu: Option<u16>,
+    /// Find each peer's path MTU with probes (`path-mtu-discovery`).
+    #[arg(long, env = "MESHD_PATH_MTU_DISCOVERY", value_name = "true|false")]
+    path_mtu_discovery: Option<bool>,
     /// Name of the pod bridge.
     #[arg(long, env = "MESHD_BRIDGE")]
     bridge: Option<String>,
@@ -204,6 +207,7 @@ impl RunArgs {
             host_gw,
             cluster_secret_file,
             underlay_mtu,
+            path_mtu_discovery,
             bridge,
             tun,
             queues,
@@ -258,6 +262,7 @@ impl RunArgs {
         set(host_gw, &self.host_gw);
         set_some(cluster_secret_file, &self.cluster_secret_file);
         set(underlay_mtu, &self.underlay_mtu);
+        set(path_mtu_discovery, &self.path_mtu_discovery);
         set(bridge, &self.bridge);
         set(tun, &self.tun);
         set(queues, &self.queues);

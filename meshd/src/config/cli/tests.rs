@@ -29,6 +29,7 @@ const FLAGS: &[(&str, &str, &str)] = &[
     ),
     ("--cluster-secret-file", "/etc/f.secret", "cluster-secret-file"),
     ("--underlay-mtu", "9000", "underlay-mtu"),
+    ("--path-mtu-discovery", "false", "path-mtu-discovery"),
     ("--bridge", "flagbr0", "bridge"),
     ("--tun", "flag0", "tun"),
     ("--queues", "3", "queues"),

@@ -11,6 +11,7 @@ use super::{Desired, Manager};
 use crate::kernel::{routes, vxlan};
 use crate::link::PeerLink;
 use crate::paths::cell::PathCell;
+use crate::paths::mtud::MtuSearch;
 use crate::paths::{PathKind, PeerPath};
 use crate::peers::Peer;
 
@@ -86,6 +87,7 @@ impl Manager {
             tracing::info!(peer = %peer.name, path = %k, "adopted the peer's kernel path");
         }
         let mut cell = PathCell::new(path, peer.address(), peer.subnet, now);
+        cell.mtu = self.s.mtu.map(|(floor, ceiling)| MtuSearch::new(floor, ceiling, now));
         cell.routed = adopted.filter(|k| *k == cell.path.current());
         cell.entries = self.set_entries(&link.name, link, &cell).await;
         cell
@@ -137,6 +139,10 @@ impl Manager {
         };
         let mut cell = PathCell::new(path, peer.address(), peer.subnet, Instant::now());
         cell.next_probe = before.next_probe;
+        // The MTU search carries over; a new address is another path (the search starts over
+        // when its path differs from the one it measured).
+        cell.mtu = before.mtu;
+        cell.mtu_path = before.mtu_path.filter(|_| !address_moved);
         cell.entries = self.set_entries(&link.name, link, &cell).await;
         *link.path() = Some(cell);
     }
