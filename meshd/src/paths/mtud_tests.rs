@@ -81,7 +81,10 @@ fn a_black_hole_drops_to_the_floor_at_once_and_the_search_finds_the_exact_mtu() 
     let mut sim = Sim::new(1230 + 17);
     sim.run(Duration::from_secs(3));
     // Two strikes at the ceiling: at the floor within a second and a half.
-    assert!(sim.changes.first().is_some_and(|c| c.black_hole && c.to == FLOOR));
+    assert!(sim
+        .changes
+        .first()
+        .is_some_and(|c| c.black_hole && c.to == FLOOR));
     sim.run(Duration::from_secs(20));
     assert_eq!(sim.s.mtu(), 1247);
     assert_eq!(sim.s.source(), MtuSource::Probed);
@@ -155,7 +158,10 @@ fn a_path_that_grew_is_found_by_the_search_upward() {
     assert_eq!(sim.s.mtu(), 1300, "not before the re-check is due");
     sim.run(Duration::from_secs(40));
     assert_eq!(sim.s.mtu(), CEILING);
-    assert_eq!(sim.changes.last().map(|c| (c.from, c.to)), Some((1300, CEILING)));
+    assert_eq!(
+        sim.changes.last().map(|c| (c.from, c.to)),
+        Some((1300, CEILING))
+    );
 }
 
 #[test]

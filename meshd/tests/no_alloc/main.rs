@@ -4,6 +4,7 @@
 //! - WireGuard: route + encrypt into runs (TX batch), and demultiplex + decrypt + the
 //!   cryptokey-routing check (RX), refusals included (what they remember for the control
 //!   thread), and the per-peer receive tally;
+//! - packets over their peer's path MTU: dropped and answered, or sent (`too_big.rs`);
 //! - the I/O both share (`io.rs`, as root): batched TUN reads and GRO TUN writes on a real TUN
 //!   device, batched UDP receives and GSO run sends on real sockets, in a namespace of its own.
 //!
@@ -71,5 +72,6 @@ fn packet(src: [u8; 4], dst: [u8; 4], payload: usize) -> Vec<u8> {
 }
 
 mod io;
+mod too_big;
 mod vxlan;
 mod wireguard;

@@ -87,7 +87,10 @@ impl Manager {
             tracing::info!(peer = %peer.name, path = %k, "adopted the peer's kernel path");
         }
         let mut cell = PathCell::new(path, peer.address(), peer.subnet, now);
-        cell.mtu = self.s.mtu.map(|(floor, ceiling)| MtuSearch::new(floor, ceiling, now));
+        cell.mtu = self
+            .s
+            .mtu
+            .map(|(floor, ceiling)| MtuSearch::new(floor, ceiling, now));
         cell.routed = adopted.filter(|k| *k == cell.path.current());
         cell.entries = self.set_entries(&link.name, link, &cell).await;
         cell

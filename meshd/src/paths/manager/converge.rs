@@ -29,8 +29,7 @@ impl Manager {
         let Some(own) = self.own else { return };
         let source = gateway(own);
         let now = Instant::now();
-        let mut due: Vec<(Arc<PeerLink>, PathKind, Via, ipnet::Ipv4Net, Option<u16>)> =
-            Vec::new();
+        let mut due: Vec<(Arc<PeerLink>, PathKind, Via, ipnet::Ipv4Net, Option<u16>)> = Vec::new();
         for link in self.links.values() {
             let cell = link.path();
             let Some(c) = cell.as_ref() else { continue };

@@ -263,7 +263,10 @@ impl Manager {
 }
 
 /// Resolved neighbours on the underlay link: (address, MAC).
-pub(super) async fn underlay_macs(host: &crate::host::Host, index: u32) -> Vec<(std::net::Ipv4Addr, MacAddr)> {
+pub(super) async fn underlay_macs(
+    host: &crate::host::Host,
+    index: u32,
+) -> Vec<(std::net::Ipv4Addr, MacAddr)> {
     use futures::TryStreamExt;
     use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
     let mut out = Vec::new();
