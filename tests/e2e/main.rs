@@ -25,6 +25,7 @@ mod ordering;
 mod peer_links;
 mod picture;
 mod ping;
+mod pmtud;
 mod reload;
 mod rotation;
 mod support;

@@ -149,6 +149,8 @@ pub(crate) struct Found {
     pub(crate) subnet: Ipv4Net,
     pub(crate) oif: Option<u32>,
     pub(crate) gateway: Option<Ipv4Addr>,
+    /// The MTU it carries (a peer's path MTU), if any.
+    pub(crate) mtu: Option<u16>,
 }
 
 /// meshd's routes in the main table.
@@ -180,11 +182,18 @@ fn found(r: &RouteMessage) -> Option<Found> {
     let mut dst = None;
     let mut oif = None;
     let mut gateway = None;
+    let mut mtu = None;
     for a in &r.attributes {
         match a {
             RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            RouteAttribute::Metrics(m) => {
+                mtu = m.iter().find_map(|x| match x {
+                    netlink_packet_route::route::RouteMetric::Mtu(v) => u16::try_from(*v).ok(),
+                    _ => None,
+                });
+            }
             _ => {}
         }
     }
@@ -193,6 +202,7 @@ fn found(r: &RouteMessage) -> Option<Found> {
         subnet,
         oif,
         gateway,
+        mtu,
     })
 }
 

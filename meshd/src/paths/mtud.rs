@@ -136,6 +136,12 @@ impl MtuSearch {
         }
     }
 
+    /// Start from `mtu` rather than the ceiling (what a previous meshd found, from the route
+    /// it left): kept until probes say otherwise.
+    pub fn resume(&mut self, mtu: u16) {
+        self.mtu = mtu.clamp(self.floor, self.ceiling);
+    }
+
     /// The MTU pod packets to the peer may have now.
     pub fn mtu(&self) -> u16 {
         self.mtu
@@ -267,10 +273,10 @@ impl MtuSearch {
             return;
         }
         self.strikes = 0;
-        let lo = match self.phase {
-            Phase::Search { lo, .. } => lo,
+        let (lo, searching) = match self.phase {
+            Phase::Search { lo, .. } => (lo, true),
             // The MTU in use failed: a black hole. Search again from the floor.
-            Phase::Found { .. } => self.floor,
+            Phase::Found { .. } => (self.floor, false),
         };
         if size <= self.mtu {
             let source = if lo > self.floor {
@@ -281,6 +287,11 @@ impl MtuSearch {
             self.set(lo, source, true);
         }
         self.next_search(lo, size, now);
+        if searching && self.source == MtuSource::Floor && !self.searching() {
+            // Nothing above the floor passed: the floor itself is probed once at once, so a
+            // path of exactly that size shows as probed.
+            self.next_at = now;
+        }
     }
 
     /// `lo` passes and `hi` does not: probe halfway, or stop when they are one byte apart.

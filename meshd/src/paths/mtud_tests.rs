@@ -95,12 +95,29 @@ fn a_black_hole_drops_to_the_floor_at_once_and_the_search_finds_the_exact_mtu() 
 }
 
 #[test]
+fn a_path_of_exactly_the_floor_is_probed_there() {
+    let mut sim = Sim::new(FLOOR);
+    sim.run(Duration::from_secs(30));
+    assert_eq!(sim.s.mtu(), FLOOR);
+    assert_eq!(sim.s.source(), MtuSource::Probed);
+    assert!(sim.s.confirmed().is_some());
+    // Then confirmed once a minute, not probed in a loop.
+    let pairs = sim.pairs;
+    sim.run(Duration::from_secs(120));
+    assert!(sim.pairs - pairs <= 3, "{}", sim.pairs - pairs);
+}
+
+#[test]
 fn nothing_above_the_floor_leaves_the_floor_assumed() {
     let mut sim = Sim::new(1100);
     sim.run(Duration::from_secs(30));
     assert_eq!(sim.s.mtu(), FLOOR);
     assert_eq!(sim.s.source(), MtuSource::Floor);
     assert!(!sim.s.searching());
+    assert!(sim.s.confirmed().is_none());
+    let pairs = sim.pairs;
+    sim.run(Duration::from_secs(120));
+    assert!(sim.pairs - pairs <= 6, "a failing floor is not probed in a loop: {}", sim.pairs - pairs);
 }
 
 #[test]

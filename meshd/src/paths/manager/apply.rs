@@ -69,7 +69,9 @@ impl Manager {
         let now = Instant::now();
         let (offers, floor, floor_reason) = self.offers(peer).await;
         let vtep = peer.subnet.network();
-        let adopted = self.adopted_routes.remove(&peer.subnet).and_then(|f| {
+        let found = self.adopted_routes.remove(&peer.subnet);
+        let adopted_mtu = found.and_then(|f| f.mtu);
+        let adopted = found.and_then(|f| {
             let dev = self.s.vxlan.as_ref().ok()?;
             if f.oif == Some(dev.index) && f.gateway == Some(vtep) {
                 Some(PathKind::KernelVxlan)
@@ -92,6 +94,12 @@ impl Manager {
             .mtu
             .map(|(floor, ceiling)| MtuSearch::new(floor, ceiling, now));
         cell.routed = adopted.filter(|k| *k == cell.path.current());
+        // The MTU a previous meshd's route carries: kept while the search confirms it.
+        cell.routed_mtu = adopted_mtu;
+        if let (Some(m), Some(mtu)) = (cell.mtu.as_mut(), adopted_mtu) {
+            m.resume(mtu);
+            link.set_mtu(m.mtu());
+        }
         cell.entries = self.set_entries(&link.name, link, &cell).await;
         cell
     }
