@@ -134,6 +134,10 @@ pub(crate) fn peer_status(p: &PeerEntry, now: Instant) -> PeerStatus {
             .and_then(|m| m.confirmed())
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .map(|d| d.as_secs()),
+        mtu_searching: cell
+            .as_ref()
+            .and_then(|c| c.mtu.as_ref())
+            .is_some_and(|m| m.searching()),
         stats: p.stats.snapshot(),
         wireguard: p.wg.as_deref().map(wireguard_status),
         path: cell.as_ref().map(|c| c.status(now)),

@@ -117,7 +117,11 @@ fn nothing_above_the_floor_leaves_the_floor_assumed() {
     assert!(sim.s.confirmed().is_none());
     let pairs = sim.pairs;
     sim.run(Duration::from_secs(120));
-    assert!(sim.pairs - pairs <= 6, "a failing floor is not probed in a loop: {}", sim.pairs - pairs);
+    assert!(
+        sim.pairs - pairs <= 6,
+        "a failing floor is not probed in a loop: {}",
+        sim.pairs - pairs
+    );
 }
 
 #[test]

@@ -114,6 +114,7 @@ pub(crate) mod tests {
             mtu: 1450,
             mtu_source: "probed".into(),
             mtu_confirmed_secs: Some(2),
+            mtu_searching: false,
             stats: Default::default(),
             wireguard: None,
             path: Some(PathStatus {

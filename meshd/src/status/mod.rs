@@ -268,6 +268,9 @@ pub struct PeerStatus {
     /// Seconds since a probe of that size last came back (absent: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu_confirmed_secs: Option<u64>,
+    /// A search for it is under way (the MTU in use holds meanwhile).
+    #[serde(default)]
+    pub mtu_searching: bool,
     #[serde(flatten)]
     pub stats: PeerStatsSnapshot,
     /// The WireGuard session, in encrypted mode.

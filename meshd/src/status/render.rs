@@ -89,7 +89,12 @@ pub fn render(s: &Status) -> String {
             .mtu_confirmed_secs
             .map(|s| format!(", confirmed {s} s ago"))
             .unwrap_or_default();
-        let _ = writeln!(o, "  mtu {} ({}{confirmed})", p.mtu, p.mtu_source);
+        let searching = if p.mtu_searching { ", searching" } else { "" };
+        let _ = writeln!(
+            o,
+            "  mtu {} ({}{confirmed}{searching})",
+            p.mtu, p.mtu_source
+        );
         if let Some(path) = &p.path {
             let probes: Vec<String> = path
                 .probes
