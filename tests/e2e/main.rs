@@ -26,6 +26,7 @@ mod peer_links;
 mod picture;
 mod ping;
 mod pmtud;
+mod pmtud_change;
 mod reload;
 mod rotation;
 mod support;
