@@ -5,6 +5,7 @@
 //! `sendmsg` with UDP GSO; without GSO a run is one datagram.
 
 use super::too_big::TooBig;
+use crate::link::PeerLink;
 use crate::routes::PeerId;
 
 /// Largest UDP payload one GSO send may carry: a UDP datagram over IPv4 holds at most
@@ -49,17 +50,13 @@ impl Runs {
         }
     }
 
-    /// [`TooBig::check`] of the `len`-byte packet read into the buffer at `at` (framing in
+    /// [`TooBig::refuses`] the `len`-byte packet read into the buffer at `at` (framing in
     /// place).
     #[inline]
-    pub(crate) fn too_big_at(
-        &mut self,
-        at: usize,
-        len: usize,
-        mtu: u16,
-    ) -> Option<crate::stats::DropReason> {
-        let packet = self.buf.get(at..at + len)?;
-        self.too_big.check(packet, mtu)
+    pub(crate) fn too_big_at(&mut self, at: usize, len: usize, peer: &PeerLink) -> bool {
+        self.buf
+            .get(at..at + len)
+            .is_some_and(|packet| self.too_big.refuses(peer, packet))
     }
 
     /// The batch's answers to packets too big for their peer.

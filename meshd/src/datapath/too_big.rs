@@ -18,6 +18,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 use crate::kernel::probe;
+use crate::link::PeerLink;
 use crate::stats::DropReason;
 use crate::wire::checksum::checksum;
 
@@ -60,6 +61,21 @@ impl TooBig {
             last: None,
             ident: probe::ident(),
         }
+    }
+
+    /// Whether `packet` to `peer` is to be dropped for its size (counted against the peer, and
+    /// answered where it should be) rather than sent.
+    #[inline]
+    pub(crate) fn refuses(&mut self, peer: &PeerLink, packet: &[u8]) -> bool {
+        let mtu = peer.mtu();
+        if packet.len() <= usize::from(mtu) {
+            return false;
+        }
+        let Some(reason) = self.check(packet, mtu) else {
+            return false;
+        };
+        peer.stats.count_drop(reason, 1);
+        true
     }
 
     /// `packet` is larger than `mtu`, its peer's path MTU: `Some(reason)` to drop it (answered

@@ -49,12 +49,9 @@ pub fn encode_batch<'p, 't, E: Encap>(
             continue;
         };
         let peer = table.peer(id);
-        if packet.len() > usize::from(peer.mtu()) {
-            if let Some(reason) = runs.too_big().check(packet, peer.mtu()) {
-                peer.stats.count_drop(reason, 1);
-                taken += 1;
-                continue;
-            }
+        if runs.too_big().refuses(peer, packet) {
+            taken += 1;
+            continue;
         }
         let Some(room) = runs.room(E::datagram_len(packet.len())) else {
             // The caller sizes batches so this cannot happen; count rather than overrun.
@@ -100,11 +97,8 @@ pub fn frame_batch<E: Encap>(
             continue;
         };
         let peer = table.peer(id);
-        if len > usize::from(peer.mtu()) {
-            if let Some(reason) = runs.too_big_at(at + headroom, len, peer.mtu()) {
-                peer.stats.count_drop(reason, 1);
-                continue;
-            }
+        if runs.too_big_at(at + headroom, len, peer) {
+            continue;
         }
         let Some(datagram) = runs.buf_mut().get_mut(at..at + headroom + len) else {
             drops.add(DropReason::Malformed);

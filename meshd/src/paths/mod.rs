@@ -32,7 +32,8 @@ use crate::kernel::Refusal;
 pub use cadence::{
     probe_interval, FULL_PROBE_EVERY, MAX_PROBE_RATE, MIN_PROBE_INTERVAL, SMALL_PROBE,
 };
-pub use why::REASON_KINDS;
+use why::describe;
+pub use why::{clock, REASON_KINDS};
 
 /// Probes lost in a row that demote a path.
 pub const LOSSES_TO_DEMOTE: u32 = 3;
@@ -421,26 +422,6 @@ impl PeerPath {
     pub fn since_wall(&self) -> SystemTime {
         self.since_wall
     }
-}
-
-/// How a path reads in a "why not" sentence.
-fn describe(kind: PathKind) -> &'static str {
-    match kind {
-        PathKind::HostGw => "host-gw",
-        PathKind::KernelVxlan => "kernel vxlan",
-        PathKind::KernelWireguard => "kernel wireguard",
-        PathKind::Userspace => "userspace",
-    }
-}
-
-/// `HH:MM:SS` (UTC) of `t`.
-pub fn clock(t: SystemTime) -> String {
-    let s = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        % 86_400;
-    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 #[cfg(test)]

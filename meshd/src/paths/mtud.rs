@@ -34,8 +34,10 @@ pub const STRIKES: u32 = 2;
 /// search of a dozen sizes takes seconds; a slower path only finds a smaller MTU than it has,
 /// which is safe, and searches up again later.
 pub const MTU_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// How often the MTU in use is confirmed while the peer carries traffic.
-pub const CONFIRM_BUSY: Duration = Duration::from_secs(5);
+/// How often the MTU in use is confirmed while the peer carries traffic: a path whose MTU
+/// shrank under a transfer is found within this and two probe timeouts (a pair of probes
+/// every 2 s is about 1.5 KB/s, requests and replies, next to a flow of at least 40 KB/s).
+pub const CONFIRM_BUSY: Duration = Duration::from_secs(2);
 /// How often it is confirmed while the peer is idle.
 pub const CONFIRM_IDLE: Duration = Duration::from_secs(60);
 /// How long an MTU below the ceiling is kept before a search upward.

@@ -75,3 +75,23 @@ mod io;
 mod too_big;
 mod vxlan;
 mod wireguard;
+
+/// A cleartext route table of 48 peers, n2..n49, each owning 10.244.<i>.0/24.
+fn clear_routes() -> meshd::routes::Routes {
+    let routes = meshd::routes::Routes::new(meshd::routes::Local {
+        name: "a".into(),
+        vni: 1,
+        port: 8472,
+    });
+    let peers: Vec<meshd::peers::Peer> = (2..50u8)
+        .map(|i| {
+            meshd::peers::Peer::clear(
+                format!("n{i}"),
+                format!("198.18.0.{i}:8472").parse().unwrap(),
+                format!("10.244.{i}.0/24").parse().unwrap(),
+            )
+        })
+        .collect();
+    routes.install_clear(&peers);
+    routes
+}

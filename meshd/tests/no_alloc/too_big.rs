@@ -1,9 +1,7 @@
-use super::{allocations_in, packet};
+use super::{allocations_in, clear_routes, packet};
 use meshd::datapath::runs::Runs;
 use meshd::datapath::vxlan::Vxlan;
 use meshd::datapath::worker::encode_batch;
-use meshd::peers::Peer;
-use meshd::routes::{Local, Routes};
 use meshd::stats::DropTally;
 
 /// Packets larger than their peer's path MTU: those with DF set dropped and answered with
@@ -11,21 +9,7 @@ use meshd::stats::DropTally;
 /// allocates.
 #[test]
 fn packets_over_a_peers_path_mtu_are_answered_without_allocating() {
-    let routes = Routes::new(Local {
-        name: "a".into(),
-        vni: 1,
-        port: 8472,
-    });
-    let peers: Vec<Peer> = (2..50u8)
-        .map(|i| {
-            Peer::clear(
-                format!("n{i}"),
-                format!("198.18.0.{i}:8472").parse().unwrap(),
-                format!("10.244.{i}.0/24").parse().unwrap(),
-            )
-        })
-        .collect();
-    routes.install_clear(&peers);
+    let routes = clear_routes();
     routes.load().set_mtus(1230);
     let vxlan = Vxlan { vni: 1 };
     let mut enc = Runs::new(256, 1500, 64);

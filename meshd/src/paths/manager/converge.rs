@@ -20,6 +20,9 @@ use crate::link::PeerLink;
 use crate::paths::PathKind;
 use crate::wire::MacAddr;
 
+/// A route to set: the peer, its path, the way, its subnet and the MTU it carries.
+type DueRoute = (Arc<PeerLink>, PathKind, Via, ipnet::Ipv4Net, Option<u16>);
+
 impl Manager {
     /// Set every peer's route where it is not what its path needs (and its retry is due).
     pub(super) async fn route_all(&mut self) {
@@ -29,7 +32,7 @@ impl Manager {
         let Some(own) = self.own else { return };
         let source = gateway(own);
         let now = Instant::now();
-        let mut due: Vec<(Arc<PeerLink>, PathKind, Via, ipnet::Ipv4Net, Option<u16>)> = Vec::new();
+        let mut due: Vec<DueRoute> = Vec::new();
         for link in self.links.values() {
             let cell = link.path();
             let Some(c) = cell.as_ref() else { continue };

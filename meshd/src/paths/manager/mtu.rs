@@ -19,6 +19,11 @@ use crate::paths::cell::PathCell;
 use crate::paths::{PathKind, SMALL_PROBE};
 use crate::wire::MacAddr;
 
+/// Bytes sent to a peer within one tick (100 ms) that make it busy: more than the probes on
+/// the userspace path (ours, and our kernel's replies to the peer's, which meshd carries and
+/// counts like pod traffic) add, so probing alone never keeps a peer busy.
+const BUSY_BYTES: u64 = 4096;
+
 /// Where a probe leaves: the device, the MACs of its frame, and whether the device takes
 /// bare IP packets (no link layer).
 struct Target {
@@ -40,7 +45,7 @@ impl Manager {
             let Some(c) = cell.as_mut() else { continue };
             let current = c.path.current();
             let sent = link.stats.sent_bytes();
-            let busy = sent != c.mtu_tx;
+            let busy = sent.saturating_sub(c.mtu_tx) > BUSY_BYTES;
             c.mtu_tx = sent;
             let Some(m) = c.mtu.as_mut() else { continue };
             if c.mtu_path != Some(current) {
