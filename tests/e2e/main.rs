@@ -27,6 +27,8 @@ mod ordering;
 mod peer_links;
 mod picture;
 mod ping;
+mod pmtud;
+mod pmtud_change;
 mod reload;
 mod rotation;
 mod support;

@@ -121,6 +121,7 @@ pub(super) mod tests {
         masquerade = false
         no-masquerade-cidrs = ["192.0.2.0/24"]
         mss-clamping = false
+        path-mtu-discovery = false
         bridge = "fullbr0"
         tun = "full0"
         queues = 3

@@ -11,6 +11,7 @@ pub mod cli;
 mod egress;
 mod file;
 mod modes;
+mod mtu;
 mod peer_flag;
 mod validate;
 
@@ -73,6 +74,9 @@ pub struct Config {
     pub no_masquerade_cidrs: Vec<Ipv4Net>,
     /// Clamp the MSS of TCP SYNs into the overlay to the MTU of the peer they go to.
     pub mss_clamping: bool,
+    /// Find each peer's path MTU with probes and give its pod packets that MTU (see
+    /// `config/mtu.rs`); off: every peer gets the TUN MTU.
+    pub path_mtu_discovery: bool,
     /// Name of the pod bridge meshd creates.
     pub bridge: String,
     /// Name of the TUN device meshd creates.
@@ -203,6 +207,7 @@ impl Default for Config {
             masquerade: true,
             no_masquerade_cidrs: Vec::new(),
             mss_clamping: true,
+            path_mtu_discovery: true,
             bridge: "meshbr0".into(),
             tun: "mesh0".into(),
             queues: 0,

@@ -136,6 +136,9 @@ pub(crate) async fn prepare(
         underlay_mac,
         tun: cfg.tun.clone(),
         pod_mtu: cfg.overlay_mtu(),
+        mtu: cfg
+            .mtu_searched()
+            .then(|| (cfg.mtu_floor(), cfg.overlay_mtu())),
         vxlan,
         wireguard,
         crypto: None,

@@ -8,8 +8,9 @@
 //! | field | writer | readers |
 //! |---|---|---|
 //! | `stats` | data-path workers (relaxed atomics) | status, gossip evidence |
-//! | record, candidates, session, `endpoint`, `mtu` | the reconcile step ([`registry::Links`]) | data path (lock-free), status, path manager |
-//! | path cell (path, route, entries) | the path manager ([`crate::paths::manager`]) | status |
+//! | record, candidates, session, `endpoint` | the reconcile step ([`registry::Links`]) | data path (lock-free), status, path manager |
+//! | `mtu` (the node's until discovery finds the peer's) | the path manager's MTU search ([`crate::paths::mtud`]) | data path (lock-free), status, MSS clamping |
+//! | path cell (path, route, entries, MTU search) | the path manager ([`crate::paths::manager`]) | status |
 //!
 //! The route-table snapshot ([`crate::routes::RouteTable`]) and the path manager hold the same
 //! `Arc<PeerLink>`, so nothing is joined by name at read time.
@@ -46,7 +47,7 @@ pub struct PeerLink {
     pub stats: PeerStats,
     /// The endpoint datagrams go to, swapped whole: TX reads it without a lock.
     endpoint: ArcSwap<SocketAddr>,
-    /// The MTU of pod packets to it (today the node's; path-MTU discovery will set it).
+    /// The MTU of pod packets to it: the node's until path-MTU discovery finds the path's.
     mtu: AtomicU16,
     /// What the reconcile step last applied: the record, where it came from, the session.
     applied: Mutex<Applied>,
@@ -104,9 +105,17 @@ impl PeerLink {
         }
     }
 
-    /// The MTU of pod packets to this peer.
+    /// The MTU of pod packets to this peer: the one source of the per-peer value (the data
+    /// path's "fragmentation needed", the kernel route's `mtu`, MSS clamping, the status).
+    #[inline]
     pub(crate) fn mtu(&self) -> u16 {
         self.mtu.load(Ordering::Relaxed)
+    }
+
+    /// Sets the MTU of pod packets to this peer (the path manager's MTU search, its one
+    /// writer).
+    pub(crate) fn set_mtu(&self, mtu: u16) {
+        self.mtu.store(mtu, Ordering::Relaxed);
     }
 
     /// The record it was last reconciled with.

@@ -265,7 +265,17 @@ pub struct PeerStatus {
     pub(crate) candidates: Vec<String>,
     /// The MTU of pod packets to it.
     #[serde(default)]
-    pub(crate) mtu: u16,
+    pub mtu: u16,
+    /// How that MTU was found: `probed`, `floor` (nothing above it passed) or `configured`
+    /// (the pod MTU: discovery off, or not confirmed yet).
+    #[serde(default)]
+    pub mtu_source: String,
+    /// Seconds since a probe of that size last came back (absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu_confirmed_secs: Option<u64>,
+    /// A search for it is under way (the MTU in use holds meanwhile).
+    #[serde(default)]
+    pub mtu_searching: bool,
     #[serde(flatten)]
     pub stats: PeerStatsSnapshot,
     /// The WireGuard session, in encrypted mode.

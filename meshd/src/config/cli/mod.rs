@@ -108,6 +108,9 @@ pub struct RunArgs {
     /// Clamp the MSS of TCP SYNs into the overlay to the MTU of the peer they go to.
     #[arg(long, env = "MESHD_MSS_CLAMPING", value_name = "true|false")]
     mss_clamping: Option<bool>,
+    /// Find each peer's path MTU with probes (`path-mtu-discovery`).
+    #[arg(long, env = "MESHD_PATH_MTU_DISCOVERY", value_name = "true|false")]
+    path_mtu_discovery: Option<bool>,
     /// Name of the pod bridge.
     #[arg(long, env = "MESHD_BRIDGE")]
     bridge: Option<String>,
@@ -217,6 +220,7 @@ impl RunArgs {
             masquerade,
             no_masquerade_cidrs,
             mss_clamping,
+            path_mtu_discovery,
             bridge,
             tun,
             queues,
@@ -278,6 +282,7 @@ impl RunArgs {
             }
         }
         set(mss_clamping, &self.mss_clamping);
+        set(path_mtu_discovery, &self.path_mtu_discovery);
         set(bridge, &self.bridge);
         set(tun, &self.tun);
         set(queues, &self.queues);

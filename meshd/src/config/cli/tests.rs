@@ -36,6 +36,7 @@ const FLAGS: &[(&str, &str, &str)] = &[
         "no-masquerade-cidrs",
     ),
     ("--mss-clamping", "false", "mss-clamping"),
+    ("--path-mtu-discovery", "false", "path-mtu-discovery"),
     ("--bridge", "flagbr0", "bridge"),
     ("--tun", "flag0", "tun"),
     ("--queues", "3", "queues"),

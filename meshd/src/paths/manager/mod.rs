@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 mod apply;
 mod converge;
+mod mtu;
 mod offers;
 mod sources;
 mod step;
@@ -119,6 +120,8 @@ pub(crate) struct Setup {
     pub(crate) tun: String,
     /// The pod MTU: the probes' size.
     pub(crate) pod_mtu: u16,
+    /// Path-MTU discovery: the floor and ceiling of each peer's search (`None`: off).
+    pub(crate) mtu: Option<(u16, u16)>,
     pub(crate) vxlan: Result<VxlanDevice, NotOffered>,
     /// The kernel WireGuard device, when the kernel has one: then it carries every peer.
     pub(crate) wireguard: Result<KernelWireguard, NotOffered>,
@@ -141,6 +144,8 @@ struct Outstanding {
     size: u16,
     /// What a genuine reply carries back.
     token: Token,
+    /// It is the peer's MTU search's (`paths::mtud`), not the path choice's.
+    mtu: bool,
 }
 
 struct Manager {
@@ -187,12 +192,14 @@ async fn run(
     let sources = s.sources.take();
     let kernel_in_play =
         (s.encryption == Encryption::None && s.vxlan.is_ok()) || s.wireguard.is_ok();
+    // Path-MTU discovery probes every path, the userspace one too.
+    let probing = kernel_in_play || s.mtu.is_some();
     let tun_index = s.host.index(&s.tun).await.ok();
     let mut unprobed = None;
-    let prober = match kernel_in_play.then(|| Prober::new(std::process::id() as u16)) {
+    let prober = match probing.then(|| Prober::new(crate::kernel::probe::ident())) {
         Some(Ok(p)) => Some(p),
         Some(Err(e)) => {
-            tracing::warn!(error = %e, "cannot open the probe sockets: kernel paths are not probed, peers stay where they are (probing needs CAP_NET_RAW and the AF_PACKET address family)");
+            tracing::warn!(error = %e, "cannot open the probe sockets: paths and their MTUs are not probed, peers stay where they are with the configured MTU (probing needs CAP_NET_RAW and the AF_PACKET address family)");
             unprobed = Some(format!(
                 "cannot open the probe sockets ({e}; probing needs CAP_NET_RAW and AF_PACKET)"
             ));
@@ -249,7 +256,7 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut table_tick = tokio::time::interval(table::TABLE_TICK);
     table_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let table_only = !kernel_in_play && m.s.table.wanted();
+    let table_only = !probing && m.s.table.wanted();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -262,9 +269,10 @@ async fn run(
                 m.apply(d).await;
             }
             // Nothing to probe or route without a kernel path (encrypted on this kernel, or
-            // `datapath = "userspace"`): no tick, so an idle node stays asleep.
-            _ = tick.tick(), if kernel_in_play => m.step().await,
-            // Without kernel paths the table (masquerade, MSS clamp) still needs tending.
+            // `datapath = "userspace"`) and without path-MTU discovery: no tick, so an idle
+            // node stays asleep.
+            _ = tick.tick(), if probing => m.step().await,
+            // Without probing the table (masquerade, MSS clamp) still needs tending.
             _ = table_tick.tick(), if table_only => m.tend_table(Instant::now()),
         }
     }
