@@ -278,7 +278,7 @@ mod tests {
         let before = &t
             .peer(t.by_source("198.18.0.2".parse().unwrap()).unwrap())
             .stats;
-        before.tx(3, 300);
+        before.tx(3, 300, 300);
         install(&[peer("b", "198.18.0.2", "10.244.2.0/24")]);
         let t = r.load();
         assert_eq!(t.peers().len(), 1);

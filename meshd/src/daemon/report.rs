@@ -139,6 +139,18 @@ pub(crate) fn peer_status(p: &PeerEntry, now: Instant) -> PeerStatus {
             .as_ref()
             .and_then(|c| c.mtu.as_ref())
             .is_some_and(|m| m.searching()),
+        mtu_idle: cell
+            .as_ref()
+            .and_then(|c| c.mtu.as_ref())
+            .filter(|m| m.idle(now))
+            .map(|m| {
+                if m.untouched() {
+                    "no traffic yet"
+                } else {
+                    "no traffic lately"
+                }
+                .to_string()
+            }),
         stats: p.stats.snapshot(),
         wireguard: p.wg.as_deref().map(wireguard_status),
         path: cell.as_ref().map(|c| c.status(now)),

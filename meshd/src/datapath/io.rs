@@ -327,7 +327,11 @@ pub fn send_runs(
             src_ip: None,
         };
         match send(sock, state, &t, stop) {
-            Ok(()) => peer.stats.tx(run.datagrams as u64, run.inner_bytes as u64),
+            Ok(()) => peer.stats.tx(
+                run.datagrams as u64,
+                run.inner_bytes as u64,
+                run.pod_bytes as u64,
+            ),
             Err(e) => {
                 tracing::trace!(error = %e, peer = %peer.name, "UDP send");
                 peer.stats

@@ -24,6 +24,7 @@ use super::gro::Coalescer;
 use super::io::{send_runs, wait_any, wait_or_stop, PeerAcc, TunReader, UdpReader, TX_BATCH};
 use super::runs::Runs;
 use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
+use crate::kernel::probe;
 use crate::routes::RouteTable;
 use crate::stats::{DropReason, DropTally, Stamp};
 
@@ -53,6 +54,7 @@ pub fn encode_batch<'p, 't, E: Encap>(
             taken += 1;
             continue;
         }
+        let pod = !probe::is_node_echo(packet, peer.subnet);
         let Some(room) = runs.room(E::datagram_len(packet.len())) else {
             // The caller sizes batches so this cannot happen; count rather than overrun.
             drops.add(DropReason::SendError);
@@ -60,7 +62,7 @@ pub fn encode_batch<'p, 't, E: Encap>(
             continue;
         };
         match tx.encode(id, peer, packet, room) {
-            Encoded::Datagram(n) => runs.commit(id, n, packet.len()),
+            Encoded::Datagram(n) => runs.commit(id, n, packet.len(), pod),
             Encoded::Queued => {}
             Encoded::PeerDrop(reason) => peer.stats.count_drop(reason, 1),
             Encoded::Drop(reason) => drops.add(reason),
@@ -97,6 +99,7 @@ pub fn frame_batch<E: Encap>(
             continue;
         };
         let peer = table.peer(id);
+        let pod = !probe::is_node_echo(packet, peer.subnet);
         if runs.too_big_at(at + headroom, len, peer) {
             continue;
         }
@@ -105,7 +108,7 @@ pub fn frame_batch<E: Encap>(
             continue;
         };
         match tx.frame(id, peer, datagram) {
-            Encoded::Datagram(k) => runs.commit_in_place(id, at, k, len),
+            Encoded::Datagram(k) => runs.commit_in_place(id, at, k, len, pod),
             Encoded::Queued => {}
             Encoded::PeerDrop(reason) => peer.stats.count_drop(reason, 1),
             Encoded::Drop(reason) => drops.add(reason),

@@ -53,6 +53,20 @@ pub(crate) fn is_probe(packet: &[u8], ident: u16) -> bool {
         && packet.get(ihl + 4..ihl + 6) == Some(&ident.to_be_bytes()[..])
 }
 
+/// Whether IPv4 `packet` is an echo request or reply to `subnet`'s bridge address (its first
+/// host): a node's path or MTU probe, or a node's kernel answering one. Not pod traffic: what
+/// discovery sends must never make a peer look busy (its probes would keep themselves going,
+/// and each side's replies would make the other probe). One byte decides for any other packet.
+#[inline]
+pub(crate) fn is_node_echo(packet: &[u8], subnet: ipnet::Ipv4Net) -> bool {
+    if packet.get(9) != Some(&(libc::IPPROTO_ICMP as u8)) {
+        return false;
+    }
+    let ihl = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
+    matches!(packet.get(ihl), Some(&ICMP_ECHO | &ICMP_ECHO_REPLY))
+        && packet.get(16..20) == Some(&crate::host::gateway(subnet).octets()[..])
+}
+
 /// The smallest probe (IPv4 total length): headers and the token.
 const MIN_PROBE: usize = 20 + 8 + TOKEN_LEN;
 const TOKEN_LEN: usize = 8;

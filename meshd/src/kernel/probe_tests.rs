@@ -70,6 +70,33 @@ fn probes_are_known_by_their_identifier() {
 }
 
 #[test]
+fn echoes_between_bridge_addresses_are_not_pod_traffic() {
+    let peer: ipnet::Ipv4Net = "10.244.2.0/24".parse().unwrap();
+    let mut buf = Vec::new();
+    frame(&mut buf, &probe(), 0x1234);
+    let mut ip = buf[14..].to_vec();
+    // Any node's probe to the peer's bridge address, whatever its identifier, and a reply.
+    assert!(is_node_echo(&ip, peer));
+    ip[24] ^= 0xff;
+    assert!(is_node_echo(&ip, peer));
+    ip[20] = ICMP_ECHO_REPLY;
+    assert!(is_node_echo(&ip, peer));
+    // Another peer's subnet, a pod's address, another ICMP type, another protocol: pod traffic.
+    assert!(!is_node_echo(&ip, "10.244.3.0/24".parse().unwrap()));
+    let mut to_pod = ip.clone();
+    to_pod[19] = 2;
+    assert!(!is_node_echo(&to_pod, peer));
+    let mut unreachable = ip.clone();
+    unreachable[20] = 3;
+    assert!(!is_node_echo(&unreachable, peer));
+    let mut udp = ip.clone();
+    udp[9] = 17;
+    assert!(!is_node_echo(&udp, peer));
+    assert!(!is_node_echo(&ip[..20], peer), "truncated");
+    assert!(!is_node_echo(&[], peer));
+}
+
+#[test]
 fn small_probes_carry_the_token_and_tokens_differ() {
     let mut p = probe();
     p.size = 64;

@@ -38,7 +38,7 @@ pub(crate) struct PathCell {
     pub(crate) mtu: Option<MtuSearch>,
     /// The path the search measures: a move starts it over.
     pub(crate) mtu_path: Option<PathKind>,
-    /// The peer's bytes sent as last seen, so the search knows whether it is busy.
+    /// The peer's pod bytes sent as last seen, so the search knows whether it is busy.
     pub(crate) mtu_tx: u64,
     /// The MTU its kernel route carries, as last set (`None`: the device's).
     pub(crate) routed_mtu: Option<u16>,

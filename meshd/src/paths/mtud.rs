@@ -4,8 +4,12 @@
 //! ([`crate::link::PeerLink::set_mtu`]).
 //!
 //! A search in the spirit of RFC 8899 (PLPMTUD) and RFC 4821:
-//! - a new peer keeps the configured MTU (the pod MTU, the ceiling) and probes it at once: on
-//!   most paths that one probe confirms it;
+//! - nothing is probed for a peer without pod traffic: its MTU holds (the pod MTU, labelled
+//!   unconfirmed, for a peer nobody has talked to), so discovery never sends to an idle peer,
+//!   nor starts a WireGuard handshake with it. The first tick that sees traffic to a peer whose
+//!   MTU was not confirmed within [`CONFIRM_BUSY`] probes it at once: on most paths that one
+//!   probe confirms it. A peer is idle [`IDLE_AFTER`] after its last traffic, a search under
+//!   way ends [`SEARCH_IDLE_AFTER`] after it (so a burst that met a black hole gets its answer);
 //! - a size is *too big* only when its probe is lost [`STRIKES`] times while the small probe
 //!   sent beside it each time comes back: loss of both is an outage, not an MTU, and counts
 //!   for nothing;
@@ -13,9 +17,9 @@
 //!   largest size this search has seen pass (the floor when none), and the search goes on by
 //!   halves between that and the failing size until one byte apart;
 //! - found, the MTU is confirmed with one probe of its own size every [`CONFIRM_BUSY`] while
-//!   the peer carries traffic and every [`CONFIRM_IDLE`] otherwise (a path whose MTU shrank is a
-//!   black hole found by those), and a search upward starts every [`RAISE_AFTER`] when the MTU
-//!   is below the ceiling (a path that grew again).
+//!   the peer carries traffic (a path whose MTU shrank is a black hole found by those), and a
+//!   search upward starts once the MTU has been below the ceiling for [`RAISE_AFTER`] and the
+//!   peer carries traffic (a path that grew again).
 //!
 //! The floor ([`floor`]) is an underlay packet of [`FLOOR_UNDERLAY`] bytes, the IPv6 minimum,
 //! less the encapsulation: it is assumed to pass and never probed.
@@ -38,8 +42,13 @@ pub const MTU_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// shrank under a transfer is found within this and two probe timeouts (a pair of probes
 /// every 2 s is about 1.5 KB/s, requests and replies, next to a flow of at least 40 KB/s).
 pub const CONFIRM_BUSY: Duration = Duration::from_secs(2);
-/// How often it is confirmed while the peer is idle.
-pub const CONFIRM_IDLE: Duration = Duration::from_secs(60);
+/// How long after its last pod traffic a peer is idle, and nothing is probed: longer than
+/// the kernel paths' traffic counters are read apart (every 5 s), so a steady flow on a kernel
+/// path never looks idle between two readings.
+pub const IDLE_AFTER: Duration = Duration::from_secs(10);
+/// How long after the last pod traffic a search under way goes on: long enough for a search
+/// from the ceiling to the floor (a dozen sizes, each lost at most [`STRIKES`] times).
+pub const SEARCH_IDLE_AFTER: Duration = Duration::from_secs(30);
 /// How long an MTU below the ceiling is kept before a search upward.
 pub const RAISE_AFTER: Duration = Duration::from_secs(600);
 /// How soon a probe pair that found the path down (both lost) is sent again.
@@ -54,8 +63,11 @@ pub fn floor(overhead: u16) -> u16 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MtuSource {
-    /// The configured (pod) MTU, not yet confirmed by a probe, or discovery is off.
+    /// The configured (pod) MTU: discovery is off.
     Configured,
+    /// Not confirmed by a probe yet (no pod traffic to the peer yet, or no probe came back):
+    /// the pod MTU, or what a previous meshd found (from the route it left).
+    Unconfirmed,
     /// A probe of this size came back.
     Probed,
     /// Nothing above the floor passed: the floor, assumed.
@@ -66,6 +78,7 @@ impl MtuSource {
     pub fn as_str(self) -> &'static str {
         match self {
             MtuSource::Configured => "configured",
+            MtuSource::Unconfirmed => "unconfirmed",
             MtuSource::Probed => "probed",
             MtuSource::Floor => "floor",
         }
@@ -110,20 +123,23 @@ pub struct MtuSearch {
     strikes: u32,
     in_flight: Option<InFlight>,
     next_at: Instant,
+    /// When the peer last carried pod traffic (`None`: never).
+    traffic_at: Option<Instant>,
     change: Option<MtuChange>,
     /// MTU probe bytes sent (requests, as IPv4 total lengths), for the cost's measure.
     probe_bytes: u64,
 }
 
 impl MtuSearch {
-    /// A search between `floor` and `ceiling` (the pod MTU), starting now at the ceiling.
+    /// A search between `floor` and `ceiling` (the pod MTU), starting at the ceiling with the
+    /// peer's first pod traffic.
     pub fn new(floor: u16, ceiling: u16, now: Instant) -> MtuSearch {
         let floor = floor.min(ceiling);
         MtuSearch {
             floor,
             ceiling,
             mtu: ceiling,
-            source: MtuSource::Configured,
+            source: MtuSource::Unconfirmed,
             confirmed: None,
             phase: Phase::Search {
                 lo: floor,
@@ -133,6 +149,7 @@ impl MtuSearch {
             strikes: 0,
             in_flight: None,
             next_at: now,
+            traffic_at: None,
             change: None,
             probe_bytes: 0,
         }
@@ -162,6 +179,22 @@ impl MtuSearch {
         matches!(self.phase, Phase::Search { .. })
     }
 
+    /// Nothing is probed now: the peer carried no pod traffic lately (or ever).
+    pub fn idle(&self, now: Instant) -> bool {
+        let window = if self.searching() {
+            SEARCH_IDLE_AFTER
+        } else {
+            IDLE_AFTER
+        };
+        self.traffic_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= window)
+    }
+
+    /// The peer never carried pod traffic (since this search began).
+    pub fn untouched(&self) -> bool {
+        self.traffic_at.is_none()
+    }
+
     /// Bytes of MTU probes sent so far (IPv4 total lengths of the requests, small ones too).
     pub fn probe_bytes(&self) -> u64 {
         self.probe_bytes
@@ -169,9 +202,13 @@ impl MtuSearch {
 
     /// The size of the MTU probe to send now, if one is due; the caller sends it and a
     /// [`SMALL_PROBE`] beside it, on the path the peer's packets take, and reports both with
-    /// [`MtuSearch::record`]. `busy`: the peer carried traffic since the last call.
+    /// [`MtuSearch::record`]. `busy`: the peer carried pod traffic (not probes) since the
+    /// last call. Nothing is due while the peer is idle ([`MtuSearch::idle`]).
     pub fn poll(&mut self, now: Instant, busy: bool) -> Option<u16> {
-        if self.in_flight.is_some() {
+        if busy {
+            self.traffic_at = Some(now);
+        }
+        if self.in_flight.is_some() || self.idle(now) {
             return None;
         }
         if let Phase::Found { raise_at } = self.phase {
@@ -183,9 +220,6 @@ impl MtuSearch {
                 };
                 self.strikes = 0;
                 self.next_at = now;
-            } else if busy {
-                // Traffic: the next confirmation comes sooner.
-                self.next_at = self.next_at.min(now + CONFIRM_BUSY);
             }
         }
         if now < self.next_at {
@@ -263,7 +297,7 @@ impl MtuSearch {
             Phase::Search { hi, .. } => {
                 self.next_search(size, hi, now);
             }
-            Phase::Found { .. } => self.next_at = now + CONFIRM_IDLE,
+            Phase::Found { .. } => self.next_at = now + CONFIRM_BUSY,
         }
     }
 
@@ -306,7 +340,7 @@ impl MtuSearch {
             self.phase = Phase::Found {
                 raise_at: (self.mtu < self.ceiling).then(|| now + RAISE_AFTER),
             };
-            self.next_at = now + CONFIRM_IDLE;
+            self.next_at = now + CONFIRM_BUSY;
             return;
         }
         let size = lo + (hi - lo) / 2;

@@ -1,12 +1,14 @@
 //! The search in virtual time: a simulated path that carries packets up to its MTU and loses
-//! larger ones (a black hole: no ICMP), with outages and an MTU that changes under it.
+//! larger ones (a black hole: no ICMP), with outages and an MTU that changes under it, and a
+//! peer that carries pod traffic (`busy`) or not.
 
 use super::*;
 
 const FLOOR: u16 = 1230;
 const CEILING: u16 = 1450;
 
-/// A path: packets up to `mtu` pass; with `up` false nothing passes.
+/// A path: packets up to `mtu` pass; with `up` false nothing passes. Busy (pod traffic on
+/// every step) unless told otherwise.
 struct Sim {
     s: MtuSearch,
     now: Instant,
@@ -26,7 +28,7 @@ impl Sim {
             now,
             mtu,
             up: true,
-            busy: false,
+            busy: true,
             pairs: 0,
             changes: Vec::new(),
         }
@@ -101,10 +103,10 @@ fn a_path_of_exactly_the_floor_is_probed_there() {
     assert_eq!(sim.s.mtu(), FLOOR);
     assert_eq!(sim.s.source(), MtuSource::Probed);
     assert!(sim.s.confirmed().is_some());
-    // Then confirmed once a minute, not probed in a loop.
+    // Then confirmed every CONFIRM_BUSY under traffic, not probed in a loop.
     let pairs = sim.pairs;
     sim.run(Duration::from_secs(120));
-    assert!(sim.pairs - pairs <= 3, "{}", sim.pairs - pairs);
+    assert!(sim.pairs - pairs <= 61, "{}", sim.pairs - pairs);
 }
 
 #[test]
@@ -117,8 +119,9 @@ fn nothing_above_the_floor_leaves_the_floor_assumed() {
     assert!(sim.s.confirmed().is_none());
     let pairs = sim.pairs;
     sim.run(Duration::from_secs(120));
+    // At most a pair and its second strike per confirmation.
     assert!(
-        sim.pairs - pairs <= 6,
+        sim.pairs - pairs <= 122,
         "a failing floor is not probed in a loop: {}",
         sim.pairs - pairs
     );
@@ -130,7 +133,7 @@ fn an_outage_is_not_an_mtu_small_and_big_lost_together_count_for_nothing() {
     sim.up = false;
     sim.run(Duration::from_secs(10));
     assert_eq!(sim.s.mtu(), CEILING, "an outage must not shrink the MTU");
-    assert_eq!(sim.s.source(), MtuSource::Configured);
+    assert_eq!(sim.s.source(), MtuSource::Unconfirmed);
     assert!(sim.changes.is_empty());
     // Retried every second meanwhile, then confirmed once the path is back.
     assert!((5..=12).contains(&sim.pairs), "{}", sim.pairs);
@@ -155,20 +158,98 @@ fn a_path_mtu_that_shrinks_under_traffic_is_found_within_a_confirmation_and_two_
 }
 
 #[test]
-fn an_idle_peer_is_confirmed_rarely_and_a_busy_one_often() {
+fn a_peer_nobody_talks_to_is_never_probed_and_a_busy_one_often() {
     let mut idle = Sim::new(1500);
+    idle.busy = false;
     idle.run(Duration::from_secs(600));
-    // The first confirmation, then one a minute.
-    assert!((10..=12).contains(&idle.pairs), "{}", idle.pairs);
+    assert_eq!(idle.pairs, 0, "discovery alone must send nothing");
+    assert_eq!(idle.s.probe_bytes(), 0);
+    assert_eq!(idle.s.source(), MtuSource::Unconfirmed);
+    assert_eq!(idle.s.mtu(), CEILING, "the pod MTU holds, unconfirmed");
+    assert!(idle.s.idle(idle.now) && idle.s.untouched());
     let mut busy = Sim::new(1500);
-    busy.busy = true;
     busy.run(Duration::from_secs(600));
     assert!((295..=305).contains(&busy.pairs), "{}", busy.pairs);
+    assert!(!busy.s.idle(busy.now) && !busy.s.untouched());
     // What that costs: bytes of requests a second (replies as many again).
     let per_s = busy.s.probe_bytes() as f64 / 600.0;
     assert!(per_s < 800.0, "{per_s}");
-    let idle_per_s = idle.s.probe_bytes() as f64 / 600.0;
-    assert!(idle_per_s < 40.0, "{idle_per_s}");
+}
+
+#[test]
+fn traffic_that_starts_is_confirmed_at_once_and_probing_stops_when_it_does() {
+    let mut sim = Sim::new(1500);
+    sim.busy = false;
+    sim.run(Duration::from_secs(60));
+    assert_eq!(sim.pairs, 0);
+    // The first step with traffic sends the first probe.
+    sim.busy = true;
+    sim.run(Duration::from_millis(10));
+    assert_eq!(sim.pairs, 1);
+    assert_eq!(sim.s.source(), MtuSource::Probed);
+    assert!(sim.s.confirmed().is_some());
+    sim.run(Duration::from_secs(20));
+    // Traffic stops: confirmations go on until the peer is idle, then nothing.
+    sim.busy = false;
+    let pairs = sim.pairs;
+    sim.run(IDLE_AFTER);
+    let tail = sim.pairs - pairs;
+    assert!(tail <= 5, "{tail}");
+    assert!(sim.s.idle(sim.now));
+    sim.run(Duration::from_secs(600));
+    assert_eq!(sim.pairs - pairs, tail, "an idle peer was probed");
+    assert_eq!(sim.s.source(), MtuSource::Probed, "what was found holds");
+    // Traffic again, long after the last confirmation: confirmed in the first step.
+    sim.busy = true;
+    sim.run(Duration::from_millis(10));
+    assert_eq!(sim.pairs - pairs, tail + 1);
+}
+
+#[test]
+fn a_path_that_shrank_while_idle_is_found_when_traffic_returns() {
+    let mut sim = Sim::new(1500);
+    sim.run(Duration::from_secs(5));
+    sim.busy = false;
+    sim.run(Duration::from_secs(60));
+    sim.mtu = 1300;
+    sim.run(Duration::from_secs(60));
+    assert_eq!(sim.s.mtu(), CEILING, "nothing probed, nothing learnt");
+    sim.busy = true;
+    sim.run(MTU_PROBE_TIMEOUT * 3);
+    assert!(
+        sim.changes.iter().any(|c| c.black_hole && c.to == FLOOR),
+        "{:?}",
+        sim.changes
+    );
+    sim.run(Duration::from_secs(20));
+    assert_eq!(sim.s.mtu(), 1300);
+}
+
+#[test]
+fn a_burst_that_meets_a_black_hole_gets_its_search_finished() {
+    let mut sim = Sim::new(1247);
+    sim.run(Duration::from_millis(10));
+    sim.busy = false;
+    sim.run(SEARCH_IDLE_AFTER);
+    assert_eq!(sim.s.mtu(), 1247);
+    assert!(!sim.s.searching());
+    let pairs = sim.pairs;
+    sim.run(Duration::from_secs(600));
+    assert_eq!(sim.pairs, pairs, "found, then idle: nothing more");
+}
+
+#[test]
+fn the_search_upward_waits_for_traffic() {
+    let mut sim = Sim::new(1300);
+    sim.run(Duration::from_secs(30));
+    assert_eq!(sim.s.mtu(), 1300);
+    sim.mtu = 1500;
+    sim.busy = false;
+    sim.run(RAISE_AFTER * 2);
+    assert_eq!(sim.s.mtu(), 1300, "idle: no search upward");
+    sim.busy = true;
+    sim.run(Duration::from_secs(10));
+    assert_eq!(sim.s.mtu(), CEILING);
 }
 
 #[test]
@@ -192,8 +273,9 @@ fn replies_to_no_probe_in_flight_change_nothing() {
     let now = Instant::now();
     let mut s = MtuSearch::new(FLOOR, CEILING, now);
     s.record(CEILING, true, now);
-    assert_eq!(s.source(), MtuSource::Configured);
-    assert_eq!(s.poll(now, false), Some(CEILING));
+    assert_eq!(s.source(), MtuSource::Unconfirmed);
+    assert_eq!(s.poll(now, false), None, "no traffic: nothing to probe");
+    assert_eq!(s.poll(now, true), Some(CEILING));
     // Another size than the one in flight: ignored.
     s.record(1300, true, now);
     assert!(s.searching());

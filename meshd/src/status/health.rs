@@ -115,6 +115,7 @@ pub(crate) mod tests {
             mtu_source: "probed".into(),
             mtu_confirmed_secs: Some(2),
             mtu_searching: false,
+            mtu_idle: None,
             stats: Default::default(),
             wireguard: None,
             path: Some(PathStatus {

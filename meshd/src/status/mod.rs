@@ -266,8 +266,9 @@ pub struct PeerStatus {
     /// The MTU of pod packets to it.
     #[serde(default)]
     pub mtu: u16,
-    /// How that MTU was found: `probed`, `floor` (nothing above it passed) or `configured`
-    /// (the pod MTU: discovery off, or not confirmed yet).
+    /// How that MTU was found: `probed`, `floor` (nothing above it passed), `unconfirmed` (no
+    /// probe came back yet: the pod MTU, or what a previous meshd found) or `configured` (the
+    /// pod MTU: discovery off).
     #[serde(default)]
     pub mtu_source: String,
     /// Seconds since a probe of that size last came back (absent: never).
@@ -276,6 +277,10 @@ pub struct PeerStatus {
     /// A search for it is under way (the MTU in use holds meanwhile).
     #[serde(default)]
     pub mtu_searching: bool,
+    /// Why that MTU is not probed now, if it is not: `no traffic yet` or `no traffic lately`
+    /// (discovery probes only peers that carry pod traffic; the MTU holds meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu_idle: Option<String>,
     #[serde(flatten)]
     pub stats: PeerStatsSnapshot,
     /// The WireGuard session, in encrypted mode.

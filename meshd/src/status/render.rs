@@ -93,9 +93,14 @@ pub fn render(s: &Status) -> String {
             .map(|s| format!(", confirmed {s} s ago"))
             .unwrap_or_default();
         let searching = if p.mtu_searching { ", searching" } else { "" };
+        let idle = p
+            .mtu_idle
+            .as_ref()
+            .map(|why| format!("; not probed: {why}"))
+            .unwrap_or_default();
         let _ = writeln!(
             o,
-            "  mtu {} ({}{confirmed}{searching})",
+            "  mtu {} ({}{confirmed}{searching}{idle})",
             p.mtu, p.mtu_source
         );
         if let Some(path) = &p.path {

@@ -93,6 +93,8 @@ impl Manager {
             .s
             .mtu
             .map(|(floor, ceiling)| MtuSearch::new(floor, ceiling, now));
+        // Traffic counts from here on: what the link carried before is no news.
+        cell.mtu_tx = link.stats.pod_sent_bytes();
         cell.routed = adopted.filter(|k| *k == cell.path.current());
         // The MTU a previous meshd's route carries: kept while the search confirms it.
         cell.routed_mtu = adopted_mtu;
@@ -153,6 +155,7 @@ impl Manager {
         // The MTU search carries over; a new address is another path (the search starts over
         // when its path differs from the one it measured).
         cell.mtu = before.mtu;
+        cell.mtu_tx = before.mtu_tx;
         cell.mtu_path = before.mtu_path.filter(|_| !address_moved);
         cell.entries = self.set_entries(&link.name, link, &cell).await;
         *link.path() = Some(cell);

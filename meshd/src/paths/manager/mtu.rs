@@ -1,5 +1,7 @@
-//! Path-MTU discovery's part of the manager's tick: each peer's [`MtuSearch`] asks for probes,
-//! which go out on the path the peer's pod packets take now (the TUN device, whose reader is
+//! Path-MTU discovery's part of the manager's tick: each peer's [`MtuSearch`] is told whether
+//! the peer carried pod traffic since the last tick (probes, ours and the replies to the peer's,
+//! are not pod traffic: [`crate::stats::PeerStats::pod_sent_bytes`]) and asks for probes only
+//! while it does, which go out on the path the peer's pod packets take now (the TUN device, whose reader is
 //! meshd's own data path, for the userspace path; the VXLAN device, the underlay link or the
 //! WireGuard device for the kernel's), each beside a small one; what it finds goes to the
 //! peer's link ([`PeerLink::set_mtu`]: the data path answers larger packets with DF set with
@@ -18,11 +20,6 @@ use crate::link::PeerLink;
 use crate::paths::cell::PathCell;
 use crate::paths::{PathKind, SMALL_PROBE};
 use crate::wire::MacAddr;
-
-/// Bytes sent to a peer within one tick (100 ms) that make it busy: more than the probes on
-/// the userspace path (ours, and our kernel's replies to the peer's, which meshd carries and
-/// counts like pod traffic) add, so probing alone never keeps a peer busy.
-const BUSY_BYTES: u64 = 4096;
 
 /// Where a probe leaves: the device, the MACs of its frame, and whether the device takes
 /// bare IP packets (no link layer).
@@ -44,8 +41,8 @@ impl Manager {
             let mut cell = link.path();
             let Some(c) = cell.as_mut() else { continue };
             let current = c.path.current();
-            let sent = link.stats.sent_bytes();
-            let busy = sent.saturating_sub(c.mtu_tx) > BUSY_BYTES;
+            let sent = link.stats.pod_sent_bytes();
+            let busy = sent > c.mtu_tx;
             c.mtu_tx = sent;
             let Some(m) = c.mtu.as_mut() else { continue };
             if c.mtu_path != Some(current) {
