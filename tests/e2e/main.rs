@@ -29,6 +29,7 @@ mod picture;
 mod ping;
 mod pmtud;
 mod pmtud_change;
+mod pmtud_idle;
 mod reload;
 mod rotation;
 mod support;

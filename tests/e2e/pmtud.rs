@@ -74,14 +74,8 @@ pub(crate) fn black_hole(
         &rt,
         "table inet pmtud {\n chain out {\n  type filter hook output priority 0; policy accept;\n  icmp type destination-unreachable counter drop\n }\n}\n",
     );
+    // Nothing is probed before pod traffic flows: the first probes meet whatever this sets.
     set_link_mtu(&t, link_mtu);
-    if link_mtu < 1500 {
-        // The lab starts the daemons before the router is narrowed, and an idle peer's MTU is
-        // confirmed once a minute: start them again, so their first probes meet the hole.
-        for i in 0..t.hosts.len() {
-            t.restart_meshd(i, &t.meshd_config(&t.hosts[i])).unwrap();
-        }
-    }
     t
 }
 
@@ -128,23 +122,36 @@ pub(crate) fn pod_mtu(t: &Topology, i: usize) -> u16 {
     status(t, i).mtu
 }
 
-/// Waits until host `i` has probed its way to an MTU for host `j` below the pod MTU, its
-/// search over; returns it.
+/// One small ping from host `i`'s pod to host `j`'s: pod traffic, which discovery waits for.
+pub(crate) fn pod_traffic(t: &Topology, i: usize, j: usize) {
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &t.hosts[i].pods[0].ns, "ping", "-n", "-q"])
+        .args(["-c", "1", "-W", "1"])
+        .arg(t.hosts[j].pods[0].addr.to_string())
+        .output();
+}
+
+/// Waits, with pod traffic from host `i` to host `j` meanwhile, until host `i` has probed its
+/// way to an MTU for host `j` below the pod MTU, its search over; returns it.
 pub(crate) fn wait_discovered(t: &Topology, i: usize, j: usize) -> PeerStatus {
     let pod = pod_mtu(t, i);
     wait_until(
         &format!("h{}: a probed MTU below {pod} for h{}", i + 1, j + 1),
-        || match peer(t, i, j) {
-            Some(p)
-                if p.mtu_source == "probed"
-                    && p.mtu < pod
-                    && !p.mtu_searching
-                    && p.mtu_confirmed_secs.is_some() =>
-            {
-                Ok(p)
-            }
-            other => {
-                Err(other.map(|p| (p.mtu, p.mtu_source, p.mtu_searching, p.path.map(|x| x.path))))
+        || {
+            pod_traffic(t, i, j);
+            match peer(t, i, j) {
+                Some(p)
+                    if p.mtu_source == "probed"
+                        && p.mtu < pod
+                        && !p.mtu_searching
+                        && p.mtu_confirmed_secs.is_some() =>
+                {
+                    Ok(p)
+                }
+                other => {
+                    Err(other
+                        .map(|p| (p.mtu, p.mtu_source, p.mtu_searching, p.path.map(|x| x.path))))
+                }
             }
         },
     )

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::pmtud::{black_hole, icmp_dropped, peer, set_link_mtu, wait_discovered};
+use crate::pmtud::{black_hole, icmp_dropped, peer, pod_traffic, set_link_mtu, wait_discovered};
 use crate::support::{require_root, wait_until, SETTLE};
 use meshd::config::Encryption;
 use meshd_lab::netns::in_netns;
@@ -115,9 +115,12 @@ fn a_path_mtu_that_drops_mid_transfer_recovers() {
         ..Default::default()
     };
     let t = black_hole("pmd", Encryption::None, paths, 1500);
-    wait_until("h2 confirms the pod MTU for h1", || match peer(&t, 1, 0) {
-        Some(p) if p.mtu_source == "probed" && p.mtu == 1450 && !p.mtu_searching => Ok(()),
-        other => Err(other.map(|p| (p.mtu, p.mtu_source))),
+    wait_until("h2 confirms the pod MTU for h1", || {
+        pod_traffic(&t, 1, 0);
+        match peer(&t, 1, 0) {
+            Some(p) if p.mtu_source == "probed" && p.mtu == 1450 && !p.mtu_searching => Ok(()),
+            other => Err(other.map(|p| (p.mtu, p.mtu_source))),
+        }
     });
     let (src, dst) = (&t.hosts[1].pods[0], &t.hosts[0].pods[0]);
     let stream = Stream::start(&src.ns, &dst.ns, dst.addr, 5203);
