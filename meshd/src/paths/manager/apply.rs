@@ -89,9 +89,11 @@ impl Manager {
             tracing::info!(peer = %peer.name, path = %k, "adopted the peer's kernel path");
         }
         let mut cell = PathCell::new(path, peer.address(), peer.subnet, now);
+        // Without the probe sockets nothing is searched: the status says `configured`.
         cell.mtu = self
             .s
             .mtu
+            .filter(|_| self.prober.is_some())
             .map(|(floor, ceiling)| MtuSearch::new(floor, ceiling, now));
         // Traffic counts from here on: what the link carried before is no news.
         cell.mtu_tx = link.stats.pod_sent_bytes();
