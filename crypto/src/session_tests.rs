@@ -296,9 +296,6 @@ fn wrong_psk_gives_no_session() {
     assert_eq!(at_a.errors, vec![SessionError::HandshakeFailed]);
     assert_eq!(a.session.stats().handshake_failures, 1);
     assert_eq!(a.session.stats().last_handshake, None);
-    // The responder answered; no data came on what it answered: nothing completed there.
-    let st = b.session.stats();
-    assert_eq!((st.handshakes, st.last_handshake), (0, None), "{st:?}");
     // Whoever initiates, the handshake fails the same way.
     let (mut a, mut b) = pair_with([1; 32], [2; 32]);
     let init = send(&mut b, &p);
