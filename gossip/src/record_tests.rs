@@ -22,6 +22,7 @@ pub(crate) fn sample(name: &str) -> NodeRecord {
         reserved: vec!["10.244.200.0/24".parse().unwrap()],
         signer: None,
         forgets: Vec::new(),
+        learned: Vec::new(),
     }
 }
 

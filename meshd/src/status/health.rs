@@ -123,6 +123,7 @@ pub(crate) mod tests {
                 route_error: None,
             }),
             rtt_us: None,
+            reach: None,
         }
     }
 

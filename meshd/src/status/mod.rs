@@ -7,6 +7,7 @@
 pub mod graph;
 pub mod health;
 pub mod mesh;
+pub mod reach;
 mod render;
 pub mod server;
 
@@ -255,7 +256,7 @@ pub struct PeerStatus {
     pub subnet: String,
     pub vtep_mac: String,
     /// Where it can be reached, best first, each with where it was learnt
-    /// (`198.18.0.2:51820 (gossiped)`); `endpoint` is the one in use.
+    /// (`198.18.0.2:51820 (advertised)`); `endpoint` is the one in use.
     #[serde(default)]
     pub(crate) candidates: Vec<String>,
     /// The MTU of pod packets to it.
@@ -273,6 +274,10 @@ pub struct PeerStatus {
     /// while the path is not probed: the userspace floor is not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_us: Option<u64>,
+    /// How it is reached: route, endpoint and how it was learned, NAT, flows, keepalives
+    /// (encrypted mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<reach::ReachStatus>,
 }
 
 /// One peer's WireGuard session, from `meshd_crypto::Session::stats`.

@@ -104,6 +104,9 @@ pub fn render(s: &Status) -> String {
                 probes.join(", ")
             );
         }
+        if let Some(r) = &p.reach {
+            o.push_str(&r.render());
+        }
         if let Some(w) = &p.wireguard {
             let age = match w.last_handshake_secs {
                 Some(secs) => format!("{secs:.0} s ago"),

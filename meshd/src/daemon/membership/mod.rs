@@ -22,12 +22,13 @@
 mod bindings;
 mod control;
 mod events;
+mod observed;
 pub(crate) mod summary;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -93,6 +94,8 @@ pub(crate) struct Membership {
     saver: bindings::Saver,
     /// When each refusal (name, reason) was last logged, so a flood logs once a minute.
     refusals_logged: HashMap<(String, meshd_gossip::Refused), Instant>,
+    /// `address` was configured: it is advertised alone, whatever members observe.
+    address_configured: bool,
 }
 
 impl Membership {
@@ -108,10 +111,7 @@ impl Membership {
         let ring = keyring.borrow().clone();
         let sealer = GossipSealer::new(&ring, SealerConfig::default());
         let own_addr = SocketAddr::new(address, cfg.gossip.port);
-        let bind = match address {
-            IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], cfg.gossip.port)),
-            IpAddr::V6(_) => SocketAddr::from(([0u16; 8], cfg.gossip.port)),
-        };
+        let bind = SocketAddr::new(cfg.bind_address(), cfg.gossip.port);
         let socket = UdpSocket::bind(bind)
             .await
             .with_context(|| format!("binding the gossip socket {bind}"))?;
@@ -195,7 +195,14 @@ impl Membership {
             control: Some(control),
             saver,
             refusals_logged: HashMap::new(),
+            address_configured: false,
         })
+    }
+
+    /// `address` was configured (it wins over what members observe).
+    pub(crate) fn address_configured(mut self, configured: bool) -> Self {
+        self.address_configured = configured;
+        self
     }
 
     /// Join the seeds `rx` carries whenever they change (a reload).

@@ -47,6 +47,7 @@ impl Node {
             n,
             key,
             encap: Wireguard {
+                nat_keepalive: None,
                 crypto: crypto.clone(),
             },
             backend: Backend::new(Arc::new(Routes::new(local)), Some(crypto), Vec::new(), 1420),
