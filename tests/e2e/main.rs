@@ -19,6 +19,8 @@ mod kernel_trust;
 mod lifecycle;
 mod listener;
 mod messages;
+mod nat;
+mod nat_idle;
 mod metrics;
 mod observe;
 mod ordering;

@@ -43,6 +43,17 @@ pub(crate) const PEER_NAT: u8 = 1;
 /// This node is behind a NAT, as the peer sees it.
 pub(crate) const SELF_NAT: u8 = 2;
 
+/// What a peer's summary says of where it sees this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Nothing (yet).
+    Nothing,
+    /// At an address this node advertises.
+    Direct,
+    /// At an address this node does not advertise: through a NAT.
+    Elsewhere(SocketAddr),
+}
+
 /// How the endpoint in use was learned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum How {
@@ -72,8 +83,12 @@ pub(crate) struct EndpointCell {
     listens: AtomicBool,
     /// [`PEER_NAT`] | [`SELF_NAT`].
     nat: AtomicU8,
-    /// Where the peer reports seeing this node's traffic from, when we do not advertise it.
+    /// Where the peer reports seeing this node's traffic from, when we do not advertise it
+    /// (or, while it has reported nothing, where others see this node behind its NAT).
     seen_as: Mutex<Option<SocketAddr>>,
+    /// The peer reported this node at an address we advertise: no NAT between us, whatever
+    /// others see.
+    direct: AtomicBool,
     change: Mutex<Change>,
 }
 
@@ -86,6 +101,7 @@ impl EndpointCell {
             listens: AtomicBool::new(true),
             nat: AtomicU8::new(0),
             seen_as: Mutex::new(None),
+            direct: AtomicBool::new(false),
             change: Mutex::new(Change {
                 how: How::Candidate(first.map_or(EndpointSource::Configured, |e| e.source.clone())),
                 at: SystemTime::now(),
@@ -176,11 +192,26 @@ impl EndpointCell {
         self.nat.load(Ordering::Relaxed)
     }
 
-    /// Where the peer sees this node from, when that is not an address we advertise (its
-    /// signed summary says so): this node is behind a NAT towards it.
-    pub(crate) fn set_seen_as(&self, seen: Option<SocketAddr>) {
-        *self.seen_as.lock().unwrap_or_else(|p| p.into_inner()) = seen;
-        self.set_nat_bit(SELF_NAT, seen.is_some());
+    /// What the peer's signed summary says of this node: `Seen::Elsewhere(at)`, an address we
+    /// do not advertise (this node is behind a NAT towards it); `Seen::Direct`, one we do (no
+    /// NAT between us, remembered until it says otherwise); `Seen::Nothing` yet. `behind`:
+    /// where other members see this node behind its NAT, if any do: until the peer says
+    /// otherwise, it is presumed to see the same, and the pair starts its keepalives (the
+    /// first makes the mapping a peer behind no NAT of its own needs to answer).
+    pub(crate) fn set_seen(&self, seen: Seen, behind: Option<SocketAddr>) {
+        let at = match seen {
+            Seen::Elsewhere(at) => {
+                self.direct.store(false, Ordering::Relaxed);
+                Some(at)
+            }
+            Seen::Direct => {
+                self.direct.store(true, Ordering::Relaxed);
+                None
+            }
+            Seen::Nothing => behind.filter(|_| !self.direct.load(Ordering::Relaxed)),
+        };
+        *self.seen_as.lock().unwrap_or_else(|p| p.into_inner()) = at;
+        self.set_nat_bit(SELF_NAT, at.is_some());
     }
 
     pub(crate) fn seen_as(&self) -> Option<SocketAddr> {
@@ -238,9 +269,23 @@ mod tests {
         assert_eq!(cell.get(), nat);
         assert!(cell.working(t0));
         // Seen through a NAT by the peer: our bit.
-        cell.set_seen_as(Some("198.18.0.55:51820".parse().unwrap()));
+        let public: SocketAddr = "198.18.0.55:51820".parse().unwrap();
+        cell.set_seen(Seen::Elsewhere(public), None);
         assert_eq!(cell.nat(), PEER_NAT | SELF_NAT);
-        cell.set_seen_as(None);
+        // Seen directly: no bit, even while others see us through a NAT.
+        cell.set_seen(Seen::Direct, Some(public));
         assert_eq!(cell.nat(), PEER_NAT);
+        cell.set_seen(Seen::Nothing, Some(public));
+        assert_eq!(cell.nat(), PEER_NAT);
+    }
+
+    #[test]
+    fn a_node_behind_nat_presumes_it_towards_a_peer_that_said_nothing_yet() {
+        let cell = EndpointCell::new(Some(&ep("198.18.0.30:51820")));
+        let public: SocketAddr = "198.18.0.101:4000".parse().unwrap();
+        cell.set_seen(Seen::Nothing, None);
+        assert_eq!(cell.nat(), 0);
+        cell.set_seen(Seen::Nothing, Some(public));
+        assert_eq!((cell.nat(), cell.seen_as()), (SELF_NAT, Some(public)));
     }
 }

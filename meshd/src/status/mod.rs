@@ -258,7 +258,7 @@ pub struct PeerStatus {
     /// Where it can be reached, best first, each with where it was learnt
     /// (`198.18.0.2:51820 (advertised)`); `endpoint` is the one in use.
     #[serde(default)]
-    pub(crate) candidates: Vec<String>,
+    pub candidates: Vec<String>,
     /// The MTU of pod packets to it.
     #[serde(default)]
     pub(crate) mtu: u16,

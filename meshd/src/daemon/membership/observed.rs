@@ -4,7 +4,9 @@
 //!   come from, when that is no endpoint it advertises, is where its NAT maps it: published in
 //!   its own record ([`meshd_gossip::NodeRecord::learned`], most reported first), unless
 //!   `address` is configured (a configured address wins). The pair with each such member is
-//!   behind a NAT: keepalives and one flow ([`crate::link::endpoint`]).
+//!   behind a NAT: keepalives and one flow ([`crate::link::endpoint`]); so is the pair with
+//!   each member that has not reported seeing this node at an address it advertises (the
+//!   first keepalive, a handshake, makes the mapping that member's answers need).
 //! - **other peers' candidates.** Where a member sees a third node's traffic come from is a
 //!   candidate to try for that node, shown as `observed by NODE`, never more.
 //!
@@ -18,6 +20,7 @@ use std::sync::Arc;
 
 use super::Membership;
 use crate::config::Encryption;
+use crate::link::endpoint::Seen;
 use crate::peers::{Endpoint, EndpointSource};
 use crate::routes::RouteTable;
 
@@ -32,7 +35,7 @@ impl Membership {
         }
         let me = self.cfg.node_name.as_str();
         let mut counts: BTreeMap<SocketAddr, usize> = BTreeMap::new();
-        let mut seen_by: HashMap<String, SocketAddr> = HashMap::new();
+        let mut seen_by: HashMap<String, Seen> = HashMap::new();
         let mut others: HashMap<String, Vec<Endpoint>> = HashMap::new();
         {
             let mut shared = self.lock();
@@ -41,16 +44,16 @@ impl Membership {
             for s in shared.gossip.summaries() {
                 for r in s.reports {
                     if r.peer == me {
-                        match (r.observed, r.observed_gossip) {
+                        let seen = match (r.observed, r.observed_gossip) {
                             (Some(x), _) if !own.contains(&x) => {
                                 *counts.entry(x).or_default() += 1;
-                                seen_by.insert(s.reporter.to_string(), x);
+                                Seen::Elsewhere(x)
                             }
-                            (None, Some(g)) if g != own_gossip => {
-                                seen_by.insert(s.reporter.to_string(), g);
-                            }
-                            _ => {}
-                        }
+                            (Some(_), _) => Seen::Direct,
+                            (None, Some(g)) if g != own_gossip => Seen::Elsewhere(g),
+                            (None, _) => Seen::Nothing,
+                        };
+                        seen_by.insert(s.reporter.to_string(), seen);
                     } else if let Some(x) = r.observed.filter(|_| r.peer != s.reporter) {
                         let list = others.entry(r.peer.clone()).or_default();
                         if list.len() < MAX_OBSERVED && !list.iter().any(|e| e.addr == x) {
@@ -78,8 +81,14 @@ impl Membership {
                 shared.gossip.set_learned(learned);
             }
         }
+        // Behind a NAT as some member sees it: presumed so towards those that said nothing.
+        let behind = seen_by.values().find_map(|s| match s {
+            Seen::Elsewhere(at) => Some(*at),
+            _ => None,
+        });
         for p in table.peers() {
-            p.ep.set_seen_as(seen_by.get(&p.name).copied());
+            let seen = seen_by.get(&p.name).copied().unwrap_or(Seen::Nothing);
+            p.ep.set_seen(seen, behind);
             p.set_observed(others.remove(&p.name).unwrap_or_default());
         }
     }
