@@ -28,11 +28,16 @@ const IDLE: Duration = Duration::from_secs(14);
 
 /// Counts pub1's WireGuard datagrams to and from pub2 (gossip, port 7946, not counted).
 const COUNT_PUB2: &str = "table inet natidle {
-    chain out { type filter hook output priority 0; policy accept;
-        ip daddr 198.18.0.2 udp dport != 7946 udp sport != 7946 counter }
-    chain in { type filter hook input priority 0; policy accept;
-        ip saddr 198.18.0.2 udp dport != 7946 udp sport != 7946 counter }
-}";
+    chain out {
+        type filter hook output priority 0; policy accept;
+        ip daddr 198.18.0.2 udp dport != 7946 udp sport != 7946 counter
+    }
+    chain in {
+        type filter hook input priority 0; policy accept;
+        ip saddr 198.18.0.2 udp dport != 7946 udp sport != 7946 counter
+    }
+}
+";
 
 /// The NAT lab with short conntrack timeouts, every pair in use once, then idle; returns the
 /// datagrams pub1 and pub2 exchanged while idle, and whether pub1 → a1 and pub1 → b1 each
