@@ -389,8 +389,12 @@ pub fn decode_record(blob: &[u8]) -> Result<Decoded, RecordError> {
         if let Some(forgets) = take_extension(&mut rest)? {
             record.forgets = forgets;
         }
-        if let Some(learned) = take_extension(&mut rest)? {
+        // Bytes that do not read as extension 5 are left for the signature to judge (a
+        // relay's appendix fails it) rather than refused as malformed here.
+        let mut ext5 = rest;
+        if let Ok(Some(learned)) = take_extension(&mut ext5) {
             record.learned = learned;
+            rest = ext5;
         }
     }
     let bounded = record.endpoints.len() <= MAX_ENDPOINTS
