@@ -50,7 +50,11 @@ impl Via {
         if self.seen.len() >= MAX_VIA && !self.seen.contains_key(&src.addr) {
             self.expire(now);
             if self.seen.len() >= MAX_VIA {
-                let oldest = self.seen.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k);
+                let oldest = self
+                    .seen
+                    .iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(k, _)| *k);
                 if let Some(k) = oldest {
                     self.seen.remove(&k);
                 }

@@ -83,9 +83,20 @@ pub(crate) fn assert_no_member_down(t: &Topology) {
     for i in 0..t.hosts.len() {
         let s = status(t, i);
         let members = s.members.clone().unwrap_or_default();
-        assert_eq!(members.len(), t.hosts.len() - 1, "{}: {members:#?}", role(t, i));
+        assert_eq!(
+            members.len(),
+            t.hosts.len() - 1,
+            "{}: {members:#?}",
+            role(t, i)
+        );
         for m in &members {
-            assert_eq!(m.state, "alive", "{} sees {}: {members:#?}", role(t, i), m.name);
+            assert_eq!(
+                m.state,
+                "alive",
+                "{} sees {}: {members:#?}",
+                role(t, i),
+                m.name
+            );
         }
         assert!(
             !log(t, i).contains("member down"),
@@ -152,7 +163,12 @@ fn nat_lab_pairs_with_a_direct_path_reach_each_other_and_recover_from_nat_change
     });
     let r = reach_of(&s, &t, A1);
     assert_eq!(
-        (r.route.as_str(), r.nat.as_str(), r.flows.as_str(), r.keepalive.as_str()),
+        (
+            r.route.as_str(),
+            r.nat.as_str(),
+            r.flows.as_str(),
+            r.keepalive.as_str()
+        ),
         ("direct", "peer", "one", "on"),
         "{r:#?}"
     );
@@ -160,21 +176,30 @@ fn nat_lab_pairs_with_a_direct_path_reach_each_other_and_recover_from_nat_change
     assert_eq!(reach_of(&s, &t, C1).endpoint, format!("{c1_public}:51820"));
     let pub2 = reach_of(&s, &t, PUB2);
     assert_eq!(
-        (pub2.nat.as_str(), pub2.keepalive.as_str(), pub2.flows.as_str()),
+        (
+            pub2.nat.as_str(),
+            pub2.keepalive.as_str(),
+            pub2.flows.as_str()
+        ),
         ("none", "off", "several"),
         "{pub2:#?}"
     );
     // c1 learned its public endpoint from what others observe, and advertises it.
     let c1 = s.peers.iter().find(|p| p.name == t.hosts[C1].name).unwrap();
     assert!(
-        c1.candidates
-            .contains(&format!("{c1_public}:51820 (advertised (observed by others))")),
+        c1.candidates.contains(&format!(
+            "{c1_public}:51820 (advertised (observed by others))"
+        )),
         "{c1:#?}"
     );
     // a1 reaches a2 on their private network, as a2 advertises itself; no NAT, no keepalive.
     let s = status(&t, A1);
     let a2 = reach_of(&s, &t, A2);
-    assert_eq!(a2.endpoint, format!("{}:51820", t.hosts[A2].underlay), "{a2:#?}");
+    assert_eq!(
+        a2.endpoint,
+        format!("{}:51820", t.hosts[A2].underlay),
+        "{a2:#?}"
+    );
     assert_eq!(
         (a2.nat.as_str(), a2.keepalive.as_str(), a2.flows.as_str()),
         ("none", "off", "several"),
@@ -182,8 +207,15 @@ fn nat_lab_pairs_with_a_direct_path_reach_each_other_and_recover_from_nat_change
     );
     // a1 knows pub1 sees it through router-a.
     let p1 = reach_of(&s, &t, PUB1);
-    assert_eq!((p1.nat.as_str(), p1.keepalive.as_str()), ("this node", "on"), "{p1:#?}");
-    assert!(p1.seen_as.as_deref().is_some_and(|a| a.starts_with(&format!("{router_a}:"))));
+    assert_eq!(
+        (p1.nat.as_str(), p1.keepalive.as_str()),
+        ("this node", "on"),
+        "{p1:#?}"
+    );
+    assert!(p1
+        .seen_as
+        .as_deref()
+        .is_some_and(|a| a.starts_with(&format!("{router_a}:"))));
     assert_eq!(reach_of(&s, &t, C1).endpoint, format!("{c1_public}:51820"));
 
     let pids: Vec<i32> = (0..t.hosts.len()).map(|i| meshd_pid(&t, i)).collect();
@@ -204,7 +236,9 @@ fn nat_lab_pairs_with_a_direct_path_reach_each_other_and_recover_from_nat_change
         meshd_lab::netns::ip(&["-n", &ra, "addr", "add", &new, "dev", "u0"]).unwrap();
     });
     wait_for(&t, PUB1, "a1 roamed to router-a's new address", |s| {
-        reach_of(s, &t, A1).endpoint.starts_with(&format!("{new_public}:"))
+        reach_of(s, &t, A1)
+            .endpoint
+            .starts_with(&format!("{new_public}:"))
     });
     println!("router-a's public address {router_a} → {new_public}: longest silence a1→pub1 {:?}, pub1→a1 {:?}", gap.0, gap.1);
     for &(x, y) in &DIRECT {

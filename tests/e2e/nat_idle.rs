@@ -58,14 +58,24 @@ fn idle_lab(tag: &str, args: &[&str]) -> (Topology, u64, [bool; 2]) {
     nft_load(ns1, COUNT_PUB2);
     // The counters count: a ping to pub2 goes through them.
     reach(&t, PUB1, PUB2);
-    assert!(counted(ns1) > 0, "{}", nft(ns1, &["list", "table", "inet", "natidle"], ""));
+    assert!(
+        counted(ns1) > 0,
+        "{}",
+        nft(ns1, &["list", "table", "inet", "natidle"], "")
+    );
     std::thread::sleep(PASSIVE_KEEPALIVE);
     let before = counted(ns1);
     std::thread::sleep(IDLE);
     let idle = counted(ns1) - before;
     // Whether router-a still maps a1's data port (to pub1): the fault, or its absence.
-    let mapped = conntrack(&t.router_ns("ra"), &["-L", "-p", "udp", "-s", &t.hosts[A1].underlay.to_string()]);
-    println!("router-a's mappings of a1 after {:?} idle:\n{mapped}", PASSIVE_KEEPALIVE + IDLE);
+    let mapped = conntrack(
+        &t.router_ns("ra"),
+        &["-L", "-p", "udp", "-s", &t.hosts[A1].underlay.to_string()],
+    );
+    println!(
+        "router-a's mappings of a1 after {:?} idle:\n{mapped}",
+        PASSIVE_KEEPALIVE + IDLE
+    );
     let (ns, _) = pod(&t, PUB1);
     let first = [A1, B1].map(|j| ping(&ns, pod(&t, j).1, 1).is_ok());
     (t, idle, first)
@@ -87,7 +97,11 @@ fn keepalives_hold_idle_nat_mappings_and_public_pairs_stay_silent() {
     let (t, idle, first) = idle_lab("natka", &[KEEPALIVE]);
     assert_eq!(idle, 0, "pub1 and pub2 exchanged datagrams while idle");
     for (j, answered) in [A1, B1].iter().zip(first) {
-        assert!(answered, "pub1 → {}: the first ping after idling was lost", role(&t, *j));
+        assert!(
+            answered,
+            "pub1 → {}: the first ping after idling was lost",
+            role(&t, *j)
+        );
     }
     assert_no_member_down(&t);
 }
@@ -99,8 +113,15 @@ fn without_keepalives_an_idle_nat_mapping_expires() {
     assert_eq!(idle, 0);
     // The fault: router-a no longer maps a1's WireGuard port (its gossip port stays mapped:
     // SWIM probes every member every few seconds).
-    let mapped = conntrack(&t.router_ns("ra"), &["-L", "-p", "udp", "-s", &t.hosts[A1].underlay.to_string()]);
+    let mapped = conntrack(
+        &t.router_ns("ra"),
+        &["-L", "-p", "udp", "-s", &t.hosts[A1].underlay.to_string()],
+    );
     assert!(!mapped.contains("sport=51820"), "{mapped}");
-    assert_eq!(first, [false, false], "the first pings crossed an expired mapping");
+    assert_eq!(
+        first,
+        [false, false],
+        "the first pings crossed an expired mapping"
+    );
     assert_no_member_down(&t);
 }

@@ -214,16 +214,16 @@ impl<'a> Parsed<'a> {
                         .map(|(s, _)| s)
                         .unwrap_or_default();
                     out.push(PathReport {
-                    peer: e.peer.to_owned(),
-                    path: PathCode::from_code(e.path),
-                    route: Route::from_code(e.route),
-                    health: Health::from_code(e.health),
-                    reason: Reason::from_code(e.reason),
-                    rtt: (e.rtt_us > 0).then(|| Duration::from_micros(u64::from(e.rtt_us))),
-                    mtu: e.mtu,
-                    observed: seen.data,
-                    observed_gossip: seen.gossip,
-                })
+                        peer: e.peer.to_owned(),
+                        path: PathCode::from_code(e.path),
+                        route: Route::from_code(e.route),
+                        health: Health::from_code(e.health),
+                        reason: Reason::from_code(e.reason),
+                        rtt: (e.rtt_us > 0).then(|| Duration::from_micros(u64::from(e.rtt_us))),
+                        mtu: e.mtu,
+                        observed: seen.data,
+                        observed_gossip: seen.gossip,
+                    })
                 }
                 _ => bad += 1,
             }

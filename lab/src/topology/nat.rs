@@ -83,8 +83,18 @@ impl Topology {
             ip(&["netns", "add", &rt])?;
             ip(&["-n", &rt, "link", "set", "lo", "up"])?;
             for (inside, switch, port, addr) in [
-                ("u0", self.switch(), r.tag.to_string(), format!("{}/{UNDERLAY_PREFIX}", r.public)),
-                ("u1", sw.clone(), "rt".into(), format!("192.168.{}.254/24", r.site)),
+                (
+                    "u0",
+                    self.switch(),
+                    r.tag.to_string(),
+                    format!("{}/{UNDERLAY_PREFIX}", r.public),
+                ),
+                (
+                    "u1",
+                    sw.clone(),
+                    "rt".into(),
+                    format!("192.168.{}.254/24", r.site),
+                ),
             ] {
                 ip(&[
                     "-n", &switch, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer",
@@ -123,11 +133,25 @@ impl Topology {
         ])?;
         ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
         let prefix = if site.is_some() { 24 } else { UNDERLAY_PREFIX };
-        ip(&["-n", &h.ns, "addr", "add", &format!("{addr}/{prefix}"), "dev", "u0"])?;
+        ip(&[
+            "-n",
+            &h.ns,
+            "addr",
+            "add",
+            &format!("{addr}/{prefix}"),
+            "dev",
+            "u0",
+        ])?;
         ip(&["-n", &h.ns, "link", "set", "u0", "up"])?;
         match site {
             Some(s) => ip(&[
-                "-n", &h.ns, "route", "add", "default", "via", &format!("192.168.{s}.254"),
+                "-n",
+                &h.ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("192.168.{s}.254"),
             ]),
             // The "internet" is one segment: a default route on it, so meshd finds its address.
             None => ip(&["-n", &h.ns, "route", "add", "default", "dev", "u0"]),

@@ -179,7 +179,13 @@ pub(super) mod tests {
             .collect();
         assert_eq!(
             optional,
-            ["address", "cluster-secret-file", "gossip.enabled", "listen-address", "subnet"]
+            [
+                "address",
+                "cluster-secret-file",
+                "gossip.enabled",
+                "listen-address",
+                "subnet"
+            ]
         );
         // And what serializes reads back the same.
         let again = Config::from_toml(&toml::to_string(&full).unwrap()).unwrap();

@@ -12,8 +12,8 @@
 pub(crate) mod fastpath;
 pub(crate) mod membership;
 pub(crate) mod observe;
-pub(crate) mod reach;
 pub mod preflight;
+pub(crate) mod reach;
 pub mod reload;
 pub(crate) mod report;
 pub(crate) mod secrets;

@@ -33,7 +33,9 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
         (false, false) => ("none", None),
         (true, false) => (
             "peer",
-            Some(format!("the peer's traffic comes from {endpoint}, which it does not advertise")),
+            Some(format!(
+                "the peer's traffic comes from {endpoint}, which it does not advertise"
+            )),
         ),
         (false, true) => (
             "this node",
@@ -59,7 +61,10 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
         ),
         (Some(why), Some(every)) => (
             "on",
-            format!("every {} s of silence, to hold the NAT mapping open: {why}", every.as_secs()),
+            format!(
+                "every {} s of silence, to hold the NAT mapping open: {why}",
+                every.as_secs()
+            ),
             Some(every.as_secs()),
         ),
         (Some(why), None) => (

@@ -228,7 +228,10 @@ impl EndpointCell {
 
     /// The last change of the endpoint in use.
     pub(crate) fn change(&self) -> Change {
-        self.change.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.change
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

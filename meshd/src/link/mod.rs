@@ -25,8 +25,8 @@ use crate::paths::cell::PathCell;
 use crate::peers::wireguard::WgPeer;
 use crate::peers::{Endpoint, Peer};
 use crate::stats::{PeerStats, Stamp};
-use endpoint::EndpointCell;
 use crate::wire::{vtep_mac, MacAddr, VxlanHeader};
+use endpoint::EndpointCell;
 
 /// The local end of every tunnel: this node's name (its VTEP MAC), VNI and data port.
 #[derive(Debug, Clone)]
