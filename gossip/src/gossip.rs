@@ -291,6 +291,22 @@ impl Gossip {
         self.via.observed(m.record.gossip_addr)
     }
 
+    /// Pins member `name`'s gossip to `ip`, where its traffic authenticated under its own key
+    /// comes from (the daemon's WireGuard endpoint in use), or unpins it: a datagram naming it
+    /// from anywhere else then moves nothing (`via.rs`).
+    pub fn pin_source(&mut self, name: &str, ip: Option<std::net::IpAddr>) {
+        if let Some(m) = self.members.get(name) {
+            let addr = m.record.gossip_addr;
+            self.via.pin(addr, ip);
+        }
+    }
+
+    /// Datagrams that named a pinned member from another address (see
+    /// [`Gossip::pin_source`]).
+    pub fn via_refused(&self) -> u64 {
+        self.via.refused
+    }
+
     /// This node's current record.
     pub fn local_record(&self) -> &NodeRecord {
         &self.me

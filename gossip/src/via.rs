@@ -12,13 +12,17 @@
 //!
 //! What this lets a member do: any holder of the cluster secret can send a SWIM datagram
 //! naming another member's identity, as it can send any SWIM message (they are sealed with
-//! the cluster secret, not signed per member); an entry only moves where that member's SWIM
-//! traffic goes until its own next datagram puts it back. Records, which decide routes,
-//! are signed by their owner whichever way they travel. Entries are bounded
-//! ([`MAX_VIA`]) and forgotten when not refreshed within [`VIA_TTL`].
+//! the cluster secret, not signed per member). So where the daemon knows a member's address
+//! from traffic that authenticated under its own key (its WireGuard endpoint in use), the
+//! member is **pinned** there ([`Via::pin`]): a datagram naming it from another address moves
+//! nothing (it is counted), and a forger would have to send from behind the member's own NAT.
+//! Before that, an entry only moves where that member's SWIM traffic goes until its own next
+//! datagram puts it back. Records, which decide routes, are signed by their owner whichever
+//! way they travel. Entries are bounded ([`MAX_VIA`]) and forgotten when not refreshed within
+//! [`VIA_TTL`].
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::identity::NodeId;
@@ -33,6 +37,10 @@ pub(crate) const VIA_TTL: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub(crate) struct Via {
     seen: HashMap<SocketAddr, (SocketAddr, Instant)>,
+    /// Identity address → the address its owner's authenticated traffic comes from.
+    pins: HashMap<SocketAddr, IpAddr>,
+    /// Datagrams naming a pinned member from another address: moved nothing.
+    pub(crate) refused: u64,
 }
 
 impl Via {
@@ -45,6 +53,10 @@ impl Via {
         let ip = SocketAddr::new(src.addr.ip().to_canonical(), src.addr.port());
         if ip == from {
             self.seen.remove(&src.addr);
+            return;
+        }
+        if self.pins.get(&src.addr).is_some_and(|p| *p != from.ip()) {
+            self.refused += 1;
             return;
         }
         if self.seen.len() >= MAX_VIA && !self.seen.contains_key(&src.addr) {
@@ -71,6 +83,24 @@ impl Via {
     /// Where the member whose identity address is `addr` is heard from, when not there.
     pub(crate) fn observed(&self, addr: SocketAddr) -> Option<SocketAddr> {
         self.seen.get(&addr).map(|(via, _)| *via)
+    }
+
+    /// Pins the member whose identity address is `addr` to `ip` (where its authenticated
+    /// traffic comes from), or unpins it (`None`). A translation elsewhere is dropped.
+    pub(crate) fn pin(&mut self, addr: SocketAddr, ip: Option<IpAddr>) {
+        match ip {
+            Some(ip) => {
+                if self.seen.get(&addr).is_some_and(|(via, _)| via.ip() != ip) {
+                    self.seen.remove(&addr);
+                }
+                if self.pins.len() < MAX_VIA || self.pins.contains_key(&addr) {
+                    self.pins.insert(addr, ip);
+                }
+            }
+            None => {
+                self.pins.remove(&addr);
+            }
+        }
     }
 
     /// Forgets translations not refreshed within [`VIA_TTL`].
@@ -117,5 +147,32 @@ mod tests {
         v.heard(&swim_from("192.168.1.2:7946"), public, now);
         v.expire(now + VIA_TTL);
         assert_eq!(v.observed("192.168.1.2:7946".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn a_pinned_member_is_not_moved_by_a_datagram_from_elsewhere() {
+        let mut v = Via::default();
+        let now = Instant::now();
+        let private: SocketAddr = "192.168.1.1:7946".parse().unwrap();
+        let public: SocketAddr = "198.18.0.101:40000".parse().unwrap();
+        v.heard(&swim_from("192.168.1.1:7946"), public, now);
+        v.pin(private, Some(public.ip()));
+        // Another member claims its identity from its own address: nothing moves.
+        v.heard(
+            &swim_from("192.168.1.1:7946"),
+            "198.18.0.66:7946".parse().unwrap(),
+            now,
+        );
+        assert_eq!((v.route(private), v.refused), (public, 1));
+        // A new port of the pinned address (its NAT remapped): followed.
+        let remapped: SocketAddr = "198.18.0.101:40001".parse().unwrap();
+        v.heard(&swim_from("192.168.1.1:7946"), remapped, now);
+        assert_eq!(v.route(private), remapped);
+        // Its authenticated traffic moved to another address: the old translation goes.
+        v.pin(private, Some("198.18.0.111".parse().unwrap()));
+        assert_eq!(v.route(private), private);
+        v.pin(private, None);
+        v.heard(&swim_from("192.168.1.1:7946"), public, now);
+        assert_eq!(v.route(private), public);
     }
 }

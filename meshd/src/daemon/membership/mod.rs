@@ -285,13 +285,17 @@ impl Membership {
     }
 
     /// Hands gossip, for every peer that sent authenticated traffic within the evidence
-    /// window, when it last did.
+    /// window, when it last did; and pins each member's gossip to the address its
+    /// authenticated traffic comes from (`meshd_gossip::Gossip::pin_source`).
     fn feed_evidence(&self) {
         let table = self.backend.routes().load();
         let (now, stamp) = (Instant::now(), Stamp::now());
         let mut shared = self.lock();
         let window = self.evidence_window;
         for p in table.peers() {
+            // Its gossip is believed to come from where its authenticated traffic does.
+            let pin = p.ep.working(stamp).then(|| p.endpoint().ip());
+            shared.gossip.pin_source(&p.name, pin);
             let Some(age) = p.stats.last_heard().map(|t| t.age(stamp)) else {
                 continue;
             };
