@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod flaps;
+mod roaming;
 mod rotation;
 mod timers;
 mod window;
