@@ -14,8 +14,11 @@
 //! naming another member's identity, as it can send any SWIM message (they are sealed with
 //! the cluster secret, not signed per member). So where the daemon knows a member's address
 //! from traffic that authenticated under its own key (its WireGuard endpoint in use), the
-//! member is **pinned** there ([`Via::pin`]): a datagram naming it from another address moves
-//! nothing (it is counted), and a forger would have to send from behind the member's own NAT.
+//! member is **pinned** there ([`Via::pin`]): while its gossip keeps coming from that address
+//! (within [`PIN_HOLD`]), a datagram naming it from another address moves nothing (it is
+//! counted), so a forger would have to send from behind the member's own NAT or silence it
+//! first. A member whose NAT moved is followed once it has been quiet at the old address for
+//! that long.
 //! Before that, an entry only moves where that member's SWIM traffic goes until its own next
 //! datagram puts it back. Records, which decide routes, are signed by their owner whichever
 //! way they travel. Entries are bounded ([`MAX_VIA`]) and forgotten when not refreshed within
@@ -32,6 +35,10 @@ pub(crate) const MAX_VIA: usize = 4096;
 /// A translation not refreshed for this long is forgotten (the member went, or its NAT mapping
 /// with it); SWIM probes every member far more often.
 pub(crate) const VIA_TTL: Duration = Duration::from_secs(60);
+/// A pinned member's translation heard within this holds against datagrams from elsewhere;
+/// SWIM hears from every member several times a second in a small cluster, and within a few
+/// seconds in a large one.
+pub(crate) const PIN_HOLD: Duration = Duration::from_secs(3);
 
 /// Identity address → where that member's datagrams come from, and when one last did.
 #[derive(Debug, Default)]
@@ -55,9 +62,14 @@ impl Via {
             self.seen.remove(&src.addr);
             return;
         }
-        if self.pins.get(&src.addr).is_some_and(|p| *p != from.ip()) {
-            self.refused += 1;
-            return;
+        if let Some(pin) = self.pins.get(&src.addr).filter(|p| **p != from.ip()) {
+            let held = self.seen.get(&src.addr).is_some_and(|(via, t)| {
+                via.ip() == *pin && now.saturating_duration_since(*t) < PIN_HOLD
+            });
+            if held {
+                self.refused += 1;
+                return;
+            }
         }
         if self.seen.len() >= MAX_VIA && !self.seen.contains_key(&src.addr) {
             self.expire(now);
@@ -86,13 +98,10 @@ impl Via {
     }
 
     /// Pins the member whose identity address is `addr` to `ip` (where its authenticated
-    /// traffic comes from), or unpins it (`None`). A translation elsewhere is dropped.
+    /// traffic comes from), or unpins it (`None`).
     pub(crate) fn pin(&mut self, addr: SocketAddr, ip: Option<IpAddr>) {
         match ip {
             Some(ip) => {
-                if self.seen.get(&addr).is_some_and(|(via, _)| via.ip() != ip) {
-                    self.seen.remove(&addr);
-                }
                 if self.pins.len() < MAX_VIA || self.pins.contains_key(&addr) {
                     self.pins.insert(addr, ip);
                 }
@@ -168,9 +177,10 @@ mod tests {
         let remapped: SocketAddr = "198.18.0.101:40001".parse().unwrap();
         v.heard(&swim_from("192.168.1.1:7946"), remapped, now);
         assert_eq!(v.route(private), remapped);
-        // Its authenticated traffic moved to another address: the old translation goes.
-        v.pin(private, Some("198.18.0.111".parse().unwrap()));
-        assert_eq!(v.route(private), private);
+        // Quiet at the pinned address for a while (its NAT's address changed): followed.
+        let moved: SocketAddr = "198.18.0.111:40001".parse().unwrap();
+        v.heard(&swim_from("192.168.1.1:7946"), moved, now + PIN_HOLD);
+        assert_eq!((v.route(private), v.refused), (moved, 1));
         v.pin(private, None);
         v.heard(&swim_from("192.168.1.1:7946"), public, now);
         assert_eq!(v.route(private), public);
