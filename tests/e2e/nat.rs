@@ -201,8 +201,12 @@ fn nat_lab_pairs_with_a_direct_path_reach_each_other_and_recover_from_nat_change
         )),
         "{c1:#?}"
     );
-    // a1 reaches a2 on their private network, as a2 advertises itself; no NAT, no keepalive.
-    let s = status(&t, A1);
+    // a1 reaches a2 on their private network, as a2 advertises itself; no NAT, no keepalive
+    // once a2's summary says it sees a1 there (until then a1, behind a NAT as pub1 sees it,
+    // presumes one towards a2 too).
+    let s = wait_for(&t, A1, "a2 reports a1 at its own address", |s| {
+        reach_of(s, &t, A2).nat == "none"
+    });
     let a2 = reach_of(&s, &t, A2);
     assert_eq!(
         a2.endpoint,

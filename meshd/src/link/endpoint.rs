@@ -126,7 +126,9 @@ impl EndpointCell {
         advertised: impl FnOnce(SocketAddr) -> bool,
     ) {
         let cur = self.get();
-        if cur == src {
+        let listens = self.listens.load(Ordering::Relaxed);
+        // From the endpoint in use, or from another of its flows where it listens: heard.
+        if cur == src || (listens && cur.ip() == src.ip()) {
             if self.heard.load(Ordering::Relaxed) != now.raw() {
                 self.heard.store(now.raw(), Ordering::Relaxed);
             }
@@ -135,7 +137,7 @@ impl EndpointCell {
         if cur.ip() == src.ip() {
             let quiet = Stamp::from_raw(self.heard.load(Ordering::Relaxed))
                 .is_none_or(|t| t.age(now) >= ROAM_QUIET);
-            if self.listens.load(Ordering::Relaxed) || !quiet {
+            if !quiet {
                 return;
             }
         }
