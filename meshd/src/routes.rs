@@ -102,6 +102,15 @@ impl RouteTable {
     pub(crate) fn peers(&self) -> &[PeerEntry] {
         &self.peers
     }
+
+    /// Gives every peer `mtu`, as path-MTU discovery would: for tests and fuzz targets that
+    /// need a table without a control plane.
+    #[doc(hidden)]
+    pub fn set_mtus(&self, mtu: u16) {
+        for p in &self.peers {
+            p.set_mtu(mtu);
+        }
+    }
 }
 
 /// The swappable snapshot, and the counter of drops no peer owns.

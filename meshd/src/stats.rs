@@ -40,9 +40,12 @@ pub enum DropReason {
     UnknownIndex,
     /// WireGuard data for a session that does not exist (any more), or a peer without a key.
     NoSession,
+    /// A packet with DF set larger than its peer's path MTU: answered with an ICMP
+    /// "fragmentation needed" carrying that MTU (`datapath::too_big`).
+    TooBig,
 }
 
-pub(crate) const DROP_REASONS: [DropReason; 13] = [
+pub(crate) const DROP_REASONS: [DropReason; 14] = [
     DropReason::UnknownSource,
     DropReason::WrongVni,
     DropReason::Malformed,
@@ -56,6 +59,7 @@ pub(crate) const DROP_REASONS: [DropReason; 13] = [
     DropReason::HandshakeRejected,
     DropReason::UnknownIndex,
     DropReason::NoSession,
+    DropReason::TooBig,
 ];
 
 impl DropReason {
@@ -93,6 +97,7 @@ impl DropReason {
             DropReason::HandshakeRejected => "handshake-rejected",
             DropReason::UnknownIndex => "unknown-index",
             DropReason::NoSession => "no-session",
+            DropReason::TooBig => "too-big",
         }
     }
 }
@@ -206,6 +211,12 @@ impl PeerStats {
         self.kernel
             .each_ref()
             .map(|k| k.each_ref().map(|c| c.load(Relaxed)))
+    }
+
+    /// Bytes sent to the peer on any path (meshd's and, as last counted, the kernel's).
+    pub(crate) fn sent_bytes(&self) -> u64 {
+        let kernel: u64 = self.kernel.iter().map(|k| k[0].load(Relaxed)).sum();
+        self.tx_bytes.load(Relaxed) + kernel
     }
 
     pub(crate) fn dropped(&self, reason: DropReason) -> u64 {

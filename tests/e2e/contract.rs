@@ -155,6 +155,7 @@ fn status(node: &str) -> Status {
         gossip: None,
         secrets: None,
         kernel: None,
+        egress: None,
         queues: Vec::new(),
         refused: Vec::new(),
         refusals: 0,

@@ -119,6 +119,10 @@ pub(super) mod tests {
         host-gw = true
         cluster-secret-file = "/etc/meshd/full.secret"
         underlay-mtu = 9000
+        masquerade = false
+        no-masquerade-cidrs = ["192.0.2.0/24"]
+        mss-clamping = false
+        path-mtu-discovery = false
         bridge = "fullbr0"
         tun = "full0"
         queues = 3

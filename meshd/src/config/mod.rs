@@ -8,8 +8,10 @@
 //! what is wrong with it, so `meshd run --check-config` is useful to an operator.
 
 pub mod cli;
+mod egress;
 mod file;
 mod modes;
+mod mtu;
 mod peer_flag;
 mod validate;
 
@@ -70,6 +72,15 @@ pub struct Config {
     pub cluster_secret_file: Option<PathBuf>,
     /// MTU of the underlay path; the TUN MTU is this minus the encapsulation overhead.
     pub underlay_mtu: u16,
+    /// Masquerade pod traffic leaving `cluster-cidr` to the node's address ([`egress`]).
+    pub masquerade: bool,
+    /// Destinations outside the cluster that see pod addresses (never masqueraded).
+    pub no_masquerade_cidrs: Vec<Ipv4Net>,
+    /// Clamp the MSS of TCP SYNs into the overlay to the MTU of the peer they go to.
+    pub mss_clamping: bool,
+    /// Find each peer's path MTU with probes and give its pod packets that MTU (see
+    /// `config/mtu.rs`); off: every peer gets the TUN MTU.
+    pub path_mtu_discovery: bool,
     /// Name of the pod bridge meshd creates.
     pub bridge: String,
     /// Name of the TUN device meshd creates.
@@ -202,6 +213,10 @@ impl Default for Config {
             host_gw: false,
             cluster_secret_file: None,
             underlay_mtu: 1500,
+            masquerade: true,
+            no_masquerade_cidrs: Vec::new(),
+            mss_clamping: true,
+            path_mtu_discovery: true,
             bridge: "meshbr0".into(),
             tun: "mesh0".into(),
             queues: 0,

@@ -100,7 +100,7 @@ pub async fn run(mut cfg: Config, live: reload::Live) -> Result<()> {
         fastpath::prepare(&cfg, address, routes.unattributed.clone()).await?;
     let kernel_devices = observe::kernel_devices(&cfg, &fast);
     fast.crypto = crypto.clone();
-    let paths = crate::paths::manager::Paths::new(kernel_status);
+    let paths = crate::paths::manager::Paths::new(kernel_status, fast.table.status());
     let backend = Arc::new(
         Backend::new(
             routes.clone(),
@@ -297,6 +297,7 @@ fn base_status(
         gossip: None,
         secrets: None,
         kernel: None,
+        egress: None,
         queues: Vec::new(),
         refused: Vec::new(),
         refusals: 0,

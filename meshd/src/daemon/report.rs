@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use meshd_gossip::MemberState;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::membership::Shared;
 use crate::backend::Backend;
@@ -68,6 +68,7 @@ impl Report {
             })
             .collect();
         s.kernel = self.backend.paths().map(|p| p.kernel_status());
+        s.egress = self.backend.paths().map(|p| p.egress_status());
         if let Some(g) = &self.gossip {
             let shared = g.lock().unwrap_or_else(|p| p.into_inner());
             let (members, counters) = gossip_report(&shared);
@@ -129,6 +130,22 @@ pub(crate) fn peer_status(p: &PeerEntry, now: Instant, keepalive: Option<Duratio
             .map(|c| format!("{} ({})", c.addr, c.source.text()))
             .collect(),
         mtu: p.mtu(),
+        mtu_source: cell
+            .as_ref()
+            .and_then(|c| c.mtu.as_ref())
+            .map_or(crate::paths::mtud::MtuSource::Configured, |m| m.source())
+            .as_str()
+            .to_string(),
+        mtu_confirmed_secs: cell
+            .as_ref()
+            .and_then(|c| c.mtu.as_ref())
+            .and_then(|m| m.confirmed())
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map(|d| d.as_secs()),
+        mtu_searching: cell
+            .as_ref()
+            .and_then(|c| c.mtu.as_ref())
+            .is_some_and(|m| m.searching()),
         stats: p.stats.snapshot(),
         wireguard: p.wg.as_deref().map(wireguard_status),
         path: cell.as_ref().map(|c| c.status(now)),

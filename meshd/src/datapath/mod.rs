@@ -18,6 +18,7 @@ pub mod gro;
 pub mod io;
 pub mod runs;
 pub(crate) mod socket;
+pub mod too_big;
 pub mod vxlan;
 pub mod wireguard;
 pub mod worker;

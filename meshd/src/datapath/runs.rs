@@ -4,6 +4,8 @@
 //! be shorter, so that the kernel can split a run again at `segment` bytes. One run is one
 //! `sendmsg` with UDP GSO; without GSO a run is one datagram.
 
+use super::too_big::TooBig;
+use crate::link::PeerLink;
 use crate::routes::PeerId;
 
 /// Largest UDP payload one GSO send may carry: a UDP datagram over IPv4 holds at most
@@ -29,6 +31,9 @@ pub struct Runs {
     used: usize,
     runs: Vec<Run>,
     max_per_run: usize,
+    /// What goes back into the TUN device instead: answers to packets too big for their
+    /// peer's path MTU (written and cleared by the worker after the batch is sent).
+    too_big: TooBig,
 }
 
 impl Runs {
@@ -41,7 +46,22 @@ impl Runs {
             used: 0,
             runs: Vec::with_capacity(datagrams),
             max_per_run: max_per_run.max(1),
+            too_big: TooBig::new(),
         }
+    }
+
+    /// [`TooBig::refuses`] the `len`-byte packet read into the buffer at `at` (framing in
+    /// place).
+    #[inline]
+    pub(crate) fn too_big_at(&mut self, at: usize, len: usize, peer: &PeerLink) -> bool {
+        self.buf
+            .get(at..at + len)
+            .is_some_and(|packet| self.too_big.refuses(peer, packet))
+    }
+
+    /// The batch's answers to packets too big for their peer.
+    pub fn too_big(&mut self) -> &mut TooBig {
+        &mut self.too_big
     }
 
     pub fn clear(&mut self) {

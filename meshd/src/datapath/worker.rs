@@ -48,13 +48,17 @@ pub fn encode_batch<'p, 't, E: Encap>(
             taken += 1;
             continue;
         };
+        let peer = table.peer(id);
+        if runs.too_big().refuses(peer, packet) {
+            taken += 1;
+            continue;
+        }
         let Some(room) = runs.room(E::datagram_len(packet.len())) else {
             // The caller sizes batches so this cannot happen; count rather than overrun.
             drops.add(DropReason::SendError);
             taken += 1;
             continue;
         };
-        let peer = table.peer(id);
         match tx.encode(id, peer, packet, room) {
             Encoded::Datagram(n) => runs.commit(id, n, packet.len()),
             Encoded::Queued => {}
@@ -84,15 +88,22 @@ pub fn frame_batch<E: Encap>(
     let mut tx = encap.tx(table, 0);
     for i in 0..n {
         let (at, len) = (i * stride, reader.size(i));
-        let Some(datagram) = runs.buf_mut().get_mut(at..at + headroom + len) else {
+        let Some(packet) = runs.buf_mut().get(at + headroom..at + headroom + len) else {
             drops.add(DropReason::Malformed);
             continue;
         };
-        let Some(id) = table.route(&datagram[headroom..]) else {
+        let Some(id) = table.route(packet) else {
             drops.add(DropReason::NoRoute);
             continue;
         };
         let peer = table.peer(id);
+        if runs.too_big_at(at + headroom, len, peer) {
+            continue;
+        }
+        let Some(datagram) = runs.buf_mut().get_mut(at..at + headroom + len) else {
+            drops.add(DropReason::Malformed);
+            continue;
+        };
         match tx.frame(id, peer, datagram) {
             Encoded::Datagram(k) => runs.commit_in_place(id, at, k, len),
             Encoded::Queued => {}
@@ -194,6 +205,9 @@ fn send_batch<E: Encap>(
         q.counters
             .tx_datagrams
             .fetch_add(sent as u64, Ordering::Relaxed);
+        // Packets too big for their peer are answered, into the TUN device they came from.
+        let failed = st.runs.too_big().flush(&*q.tun, q.tun.tcp_gso());
+        st.drops.add_n(DropReason::TunWriteError, failed);
     }
     st.drops.flush_into(&shared.routes.unattributed);
     (sent, n > 0 && !st.reader.drained())

@@ -25,6 +25,8 @@ use crate::wire::checksum::checksum;
 use crate::wire::MacAddr;
 
 const ETH_P_IP: u16 = 0x0800;
+/// An Ethernet header: what [`Prober::send_ip`] leaves off a probe's frame.
+const ETH_HEADER: usize = 14;
 /// `SIOCGSTAMPNS`: the receive time of the last packet read from a socket (a `timespec`).
 const SIOCGSTAMPNS: libc::c_ulong = 0x8907;
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -35,6 +37,21 @@ const SOL_RAW: libc::c_int = 255;
 /// pod-sized replies, fewer than a node with 100 peers may have coming back together, and
 /// replies wait there for the manager's next tick (or longer, when its thread is busy).
 const REPLY_BUFFER: libc::c_int = 1 << 20;
+
+/// The identifier of this node's echoes: the low bits of meshd's pid.
+pub(crate) fn ident() -> u16 {
+    std::process::id() as u16
+}
+
+/// Whether IPv4 `packet` is an echo request with identifier `ident`: one of this node's probes
+/// (the data path lets them past the peer's MTU: they are how it is found).
+#[inline]
+pub(crate) fn is_probe(packet: &[u8], ident: u16) -> bool {
+    let ihl = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
+    packet.get(9) == Some(&(libc::IPPROTO_ICMP as u8))
+        && packet.get(ihl) == Some(&ICMP_ECHO)
+        && packet.get(ihl + 4..ihl + 6) == Some(&ident.to_be_bytes()[..])
+}
 
 /// The smallest probe (IPv4 total length): headers and the token.
 const MIN_PROBE: usize = 20 + 8 + TOKEN_LEN;
@@ -173,20 +190,35 @@ impl Prober {
 
     /// Send `p` as a frame on its device.
     pub fn send(&mut self, p: &Probe) -> io::Result<()> {
+        self.send_from(p, 0)
+    }
+
+    /// Send `p` as a bare IP packet on a device without a link layer (the TUN device, whose
+    /// reader is meshd's own data path; a WireGuard device): the probe then takes the path pod
+    /// packets to that device take.
+    pub fn send_ip(&mut self, p: &Probe) -> io::Result<()> {
+        self.send_from(p, ETH_HEADER)
+    }
+
+    /// Send the frame of `p` from byte `skip` on (the Ethernet header skipped for bare IP).
+    fn send_from(&mut self, p: &Probe, skip: usize) -> io::Result<()> {
         frame(&mut self.buf, p, self.ident);
+        let bytes = self.buf.get(skip..).unwrap_or_default();
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = ETH_P_IP.to_be();
         sll.sll_ifindex = p.ifindex as i32;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&p.dst_mac.0);
+        if skip == 0 {
+            sll.sll_halen = 6;
+            sll.sll_addr[..6].copy_from_slice(&p.dst_mac.0);
+        }
         // SAFETY: sendto with a buffer and address that live across the call.
         let n = unsafe {
             libc::sendto(
                 self.frames.as_raw_fd(),
-                self.buf.as_ptr().cast(),
-                self.buf.len(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
                 0,
                 (&sll as *const libc::sockaddr_ll).cast(),
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
@@ -333,79 +365,5 @@ pub fn parse_reply(packet: &[u8], ident: u16) -> Option<Reply> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn probe() -> Probe {
-        Probe {
-            ifindex: 3,
-            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
-            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
-            src: "10.244.1.1".parse().unwrap(),
-            dst: "10.244.2.1".parse().unwrap(),
-            size: 1450,
-            seq: 77,
-            token: Token(*b"\x01\x02\x03\x04\x05\x06\x07\x08"),
-        }
-    }
-
-    #[test]
-    fn frames_are_pod_sized_df_echoes_with_valid_checksums() {
-        let mut buf = Vec::new();
-        frame(&mut buf, &probe(), 0x1234);
-        assert_eq!(buf.len(), 14 + 1450);
-        assert_eq!(&buf[0..6], &[2, 0, 0, 0, 0, 2]);
-        assert_eq!(&buf[12..14], &[0x08, 0x00]);
-        let ip = &buf[14..];
-        assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 1450);
-        assert_eq!(ip[6] & 0x40, 0x40, "DF");
-        assert_eq!(checksum(&ip[..20]), 0, "IP header checksum");
-        assert_eq!(checksum(&ip[20..]), 0, "ICMP checksum");
-        assert_eq!(ip[20], ICMP_ECHO);
-        assert_eq!(&ip[12..16], &[10, 244, 1, 1]);
-        assert_eq!(&ip[16..20], &[10, 244, 2, 1]);
-    }
-
-    #[test]
-    fn replies_are_matched_by_ident() {
-        let mut buf = Vec::new();
-        frame(&mut buf, &probe(), 0x1234);
-        let mut reply = buf[14..].to_vec();
-        reply[20] = ICMP_ECHO_REPLY;
-        reply[12..16].copy_from_slice(&[10, 244, 2, 1]);
-        assert_eq!(
-            parse_reply(&reply, 0x1234),
-            Some(Reply {
-                src: "10.244.2.1".parse().unwrap(),
-                seq: 77,
-                token: probe().token,
-            })
-        );
-        assert_eq!(parse_reply(&reply, 0x4321), None);
-        assert_eq!(parse_reply(&reply[..25], 0x1234), None);
-        // Too short to carry a token: not one of ours.
-        assert_eq!(parse_reply(&reply[..35], 0x1234), None);
-        assert_eq!(parse_reply(&[], 0x1234), None);
-        reply[20] = ICMP_ECHO;
-        assert_eq!(parse_reply(&reply, 0x1234), None);
-    }
-
-    #[test]
-    fn small_probes_carry_the_token_and_tokens_differ() {
-        let mut p = probe();
-        p.size = 64;
-        let mut buf = Vec::new();
-        frame(&mut buf, &p, 1);
-        assert_eq!(&buf[14 + 28..14 + 36], &p.token.0);
-        assert_eq!(checksum(&buf[14 + 20..]), 0, "ICMP checksum");
-        // Even a probe asked to be tiny has room for it.
-        p.size = 0;
-        frame(&mut buf, &p, 1);
-        assert_eq!(buf.len(), 14 + MIN_PROBE);
-        assert_eq!(&buf[14 + 28..], &p.token.0);
-        let a = Token::random().unwrap();
-        let b = Token::random().unwrap();
-        assert_ne!(a, b, "64 random bits twice alike");
-    }
-}
+#[path = "probe_tests.rs"]
+mod tests;

@@ -8,8 +8,12 @@
 //! | field | writer | readers |
 //! |---|---|---|
 //! | `stats` | data-path workers (relaxed atomics) | status, gossip evidence |
-//! | record, candidates, session, `endpoint`, `mtu` | the reconcile step ([`registry::Links`]) | data path (lock-free), status, path manager |
-//! | path cell (path, route, entries) | the path manager ([`crate::paths::manager`]) | status |
+//! | record, candidates, session | the reconcile step ([`registry::Links`]) | data path (lock-free), status, path manager |
+//! | endpoint in use (`ep`) | the reconcile step while it authenticated nothing lately; RX roaming on authenticated traffic ([`endpoint`]) | data path (lock-free), status |
+//! | candidates observed by others, NAT seen by the peer | the gossip driver (`daemon/membership/observed.rs`) | WireGuard control thread, status |
+//! | keepalive bookkeeping | the WireGuard control thread | itself |
+//! | `mtu` (the node's until discovery finds the peer's) | the path manager's MTU search ([`crate::paths::mtud`]) | data path (lock-free), status, MSS clamping |
+//! | path cell (path, route, entries, MTU search) | the path manager ([`crate::paths::manager`]) | status |
 //!
 //! The route-table snapshot ([`crate::routes::RouteTable`]) and the path manager hold the same
 //! `Arc<PeerLink>`, so nothing is joined by name at read time.
@@ -55,7 +59,7 @@ pub struct PeerLink {
     /// Where other members see this peer's traffic come from (their signed summaries say so),
     /// when its record does not name it: candidates to try, written by the gossip driver.
     observed: Mutex<Vec<Endpoint>>,
-    /// The MTU of pod packets to it (today the node's; path-MTU discovery will set it).
+    /// The MTU of pod packets to it: the node's until path-MTU discovery finds the path's.
     mtu: AtomicU16,
     /// What the reconcile step last applied: the record, where it came from, the session.
     applied: Mutex<Applied>,
@@ -131,9 +135,17 @@ impl PeerLink {
         self.ep.nat() != 0
     }
 
-    /// The MTU of pod packets to this peer.
+    /// The MTU of pod packets to this peer: the one source of the per-peer value (the data
+    /// path's "fragmentation needed", the kernel route's `mtu`, MSS clamping, the status).
+    #[inline]
     pub(crate) fn mtu(&self) -> u16 {
         self.mtu.load(Ordering::Relaxed)
+    }
+
+    /// Sets the MTU of pod packets to this peer (the path manager's MTU search, its one
+    /// writer).
+    pub(crate) fn set_mtu(&self, mtu: u16) {
+        self.mtu.store(mtu, Ordering::Relaxed);
     }
 
     /// The record it was last reconciled with.

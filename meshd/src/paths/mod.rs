@@ -22,6 +22,7 @@
 mod cadence;
 pub(crate) mod cell;
 pub mod manager;
+pub mod mtud;
 mod why;
 
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,8 @@ use crate::kernel::Refusal;
 pub use cadence::{
     probe_interval, FULL_PROBE_EVERY, MAX_PROBE_RATE, MIN_PROBE_INTERVAL, SMALL_PROBE,
 };
-pub use why::REASON_KINDS;
+use why::describe;
+pub use why::{clock, REASON_KINDS};
 
 /// Probes lost in a row that demote a path.
 pub const LOSSES_TO_DEMOTE: u32 = 3;
@@ -224,6 +226,15 @@ impl PeerPath {
         }
     }
 
+    /// The size of full probes from now on: the peer's MTU as its search found it. Runs of
+    /// losses at the old size end: they were the MTU's, which the search has dealt with.
+    pub fn set_probe_size(&mut self, size: u16) {
+        self.probe_size = size;
+        for t in self.tracks.iter_mut().filter(|t| !t.failing) {
+            (t.lost_in_row, t.full_ok) = (0, false);
+        }
+    }
+
     /// A pod-sized probe on `kind` came back (`ok`) or timed out.
     pub fn record(&mut self, kind: PathKind, ok: bool, now: Instant) {
         self.record_probe(kind, self.probe_size, ok, now);
@@ -236,6 +247,10 @@ impl PeerPath {
         let Some(i) = self.offers.iter().position(|o| o.kind == kind) else {
             return;
         };
+        if size > self.probe_size {
+            // Sized for an MTU the search has since found too big: says nothing of the path.
+            return;
+        }
         let full = size >= self.probe_size;
         let t = &mut self.tracks[i];
         t.sent += 1;
@@ -407,26 +422,6 @@ impl PeerPath {
     pub fn since_wall(&self) -> SystemTime {
         self.since_wall
     }
-}
-
-/// How a path reads in a "why not" sentence.
-fn describe(kind: PathKind) -> &'static str {
-    match kind {
-        PathKind::HostGw => "host-gw",
-        PathKind::KernelVxlan => "kernel vxlan",
-        PathKind::KernelWireguard => "kernel wireguard",
-        PathKind::Userspace => "userspace",
-    }
-}
-
-/// `HH:MM:SS` (UTC) of `t`.
-pub fn clock(t: SystemTime) -> String {
-    let s = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        % 86_400;
-    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! order, and names the branch instead of describing it, so a label's values stay bounded
 //! whatever the addresses, sizes and times in the sentence.
 
-use super::{NotOffered, PeerPath};
+use std::time::SystemTime;
+
+use super::{NotOffered, PathKind, PeerPath};
 
 /// Every kind [`PeerPath::reason_kind`] returns, in a fixed order.
 pub const REASON_KINDS: [&str; 8] = [
@@ -47,6 +49,26 @@ impl PeerPath {
         }
         "best"
     }
+}
+
+/// How a path reads in a "why not" sentence.
+pub(super) fn describe(kind: PathKind) -> &'static str {
+    match kind {
+        PathKind::HostGw => "host-gw",
+        PathKind::KernelVxlan => "kernel vxlan",
+        PathKind::KernelWireguard => "kernel wireguard",
+        PathKind::Userspace => "userspace",
+    }
+}
+
+/// `HH:MM:SS` (UTC) of `t`.
+pub fn clock(t: SystemTime) -> String {
+    let s = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 #[cfg(test)]

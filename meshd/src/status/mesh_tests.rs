@@ -50,6 +50,7 @@ pub(crate) fn status(peers: Vec<crate::status::PeerStatus>, members: &[(&str, &s
         gossip: None,
         secrets: None,
         kernel: None,
+        egress: None,
         queues: Vec::new(),
         refused: Vec::new(),
         refusals: 0,

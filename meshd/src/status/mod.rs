@@ -4,6 +4,7 @@
 //! node's subnet from the companion file `network.json` ([`crate::runfiles`]), and connects to
 //! the socket only to learn that meshd is alive: only a live meshd answers it.
 
+mod egress;
 pub mod graph;
 pub mod health;
 pub mod mesh;
@@ -11,6 +12,7 @@ pub mod reach;
 mod render;
 pub mod server;
 
+pub use egress::{EgressStatus, MssStatus};
 pub use mesh::{Mesh, SummaryStatus};
 pub use render::render;
 
@@ -68,6 +70,9 @@ pub struct Status {
     /// The kernel fast path: what this node could make, and what it adopted.
     #[serde(default)]
     pub kernel: Option<KernelStatus>,
+    /// Egress masquerade and MSS clamping: on or off, why, and what they did.
+    #[serde(default)]
+    pub egress: Option<EgressStatus>,
     /// The userspace data path's queues: the port each sends from, and its datagrams.
     #[serde(default)]
     pub queues: Vec<QueueStatus>,
@@ -261,7 +266,17 @@ pub struct PeerStatus {
     pub candidates: Vec<String>,
     /// The MTU of pod packets to it.
     #[serde(default)]
-    pub(crate) mtu: u16,
+    pub mtu: u16,
+    /// How that MTU was found: `probed`, `floor` (nothing above it passed) or `configured`
+    /// (the pod MTU: discovery off, or not confirmed yet).
+    #[serde(default)]
+    pub mtu_source: String,
+    /// Seconds since a probe of that size last came back (absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu_confirmed_secs: Option<u64>,
+    /// A search for it is under way (the MTU in use holds meanwhile).
+    #[serde(default)]
+    pub mtu_searching: bool,
     #[serde(flatten)]
     pub stats: PeerStatsSnapshot,
     /// The WireGuard session, in encrypted mode.

@@ -67,6 +67,9 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(o, "  adopted           {}", k.adopted.join(", "));
         }
     }
+    if let Some(e) = &s.egress {
+        e.render(&mut o);
+    }
     let _ = writeln!(
         o,
         "{:<16} {:<22} {:<16} {:>10} {:>14} {:>10} {:>14}  drops",
@@ -84,6 +87,16 @@ pub fn render(s: &Status) -> String {
             p.stats.rx_packets,
             p.stats.rx_bytes,
             drops(&p.stats)
+        );
+        let confirmed = p
+            .mtu_confirmed_secs
+            .map(|s| format!(", confirmed {s} s ago"))
+            .unwrap_or_default();
+        let searching = if p.mtu_searching { ", searching" } else { "" };
+        let _ = writeln!(
+            o,
+            "  mtu {} ({}{confirmed}{searching})",
+            p.mtu, p.mtu_source
         );
         if let Some(path) = &p.path {
             let probes: Vec<String> = path

@@ -104,6 +104,19 @@ pub struct RunArgs {
     /// MTU of the underlay path.
     #[arg(long, env = "MESHD_UNDERLAY_MTU")]
     underlay_mtu: Option<u16>,
+    /// Masquerade pod traffic leaving the cluster CIDR to the node's address.
+    #[arg(long, env = "MESHD_MASQUERADE", value_name = "true|false")]
+    masquerade: Option<bool>,
+    /// A destination that sees pod addresses, not masqueraded (repeatable; the variable takes a
+    /// comma-separated list). Added to the config's `no-masquerade-cidrs`.
+    #[arg(long, env = "MESHD_NO_MASQUERADE_CIDRS", value_delimiter = ',')]
+    no_masquerade_cidrs: Vec<Ipv4Net>,
+    /// Clamp the MSS of TCP SYNs into the overlay to the MTU of the peer they go to.
+    #[arg(long, env = "MESHD_MSS_CLAMPING", value_name = "true|false")]
+    mss_clamping: Option<bool>,
+    /// Find each peer's path MTU with probes (`path-mtu-discovery`).
+    #[arg(long, env = "MESHD_PATH_MTU_DISCOVERY", value_name = "true|false")]
+    path_mtu_discovery: Option<bool>,
     /// Name of the pod bridge.
     #[arg(long, env = "MESHD_BRIDGE")]
     bridge: Option<String>,
@@ -211,6 +224,10 @@ impl RunArgs {
             host_gw,
             cluster_secret_file,
             underlay_mtu,
+            masquerade,
+            no_masquerade_cidrs,
+            mss_clamping,
+            path_mtu_discovery,
             bridge,
             tun,
             queues,
@@ -268,6 +285,14 @@ impl RunArgs {
         set(host_gw, &self.host_gw);
         set_some(cluster_secret_file, &self.cluster_secret_file);
         set(underlay_mtu, &self.underlay_mtu);
+        set(masquerade, &self.masquerade);
+        for n in &self.no_masquerade_cidrs {
+            if !no_masquerade_cidrs.contains(n) {
+                no_masquerade_cidrs.push(*n);
+            }
+        }
+        set(mss_clamping, &self.mss_clamping);
+        set(path_mtu_discovery, &self.path_mtu_discovery);
         set(bridge, &self.bridge);
         set(tun, &self.tun);
         set(queues, &self.queues);
