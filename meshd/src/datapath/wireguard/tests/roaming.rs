@@ -70,10 +70,13 @@ fn keepalives_go_to_a_pair_behind_nat_after_silence_and_never_to_a_public_pair()
     let d = a.send(&[packet([10, 244, 1, 2], [10, 244, 2, 3], 100)]);
     b.receive(SocketAddr::from(([198, 51, 100, 7], 40001)), &d[0]);
     assert!(link.one_flow());
-    let Action::WriteToNetwork(n) = keepalive(link, wg, every, now, &mut out) else {
-        panic!("no keepalive for a pair behind NAT");
-    };
-    assert_eq!(n, 32, "an empty data message");
+    assert!(
+        matches!(
+            keepalive(link, wg, every, now, &mut out),
+            Action::WriteToNetwork(32)
+        ),
+        "an empty data message at once for a pair behind NAT"
+    );
     assert_eq!(keepalive(link, wg, every, now, &mut out), Action::Done);
     let later = Stamp::from_raw(now.raw() + 24_000).unwrap();
     assert_eq!(keepalive(link, wg, every, later, &mut out), Action::Done);
