@@ -13,6 +13,7 @@ mod file;
 mod modes;
 mod mtu;
 mod peer_flag;
+mod underlay;
 mod validate;
 
 pub use modes::{Datapath, Encryption, LogFormat};
@@ -277,22 +278,6 @@ impl Default for Tiers {
 }
 
 impl Config {
-    /// The address UDP sockets bind to: `listen-address`, else every address of the family of
-    /// `address` (the advertised one).
-    pub(crate) fn bind_address(&self) -> IpAddr {
-        match (self.listen_address, self.address) {
-            (Some(a), _) => a,
-            (None, Some(IpAddr::V6(_))) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-            (None, _) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        }
-    }
-
-    /// How often a peer reached through a NAT gets a keepalive; `None`: never.
-    pub(crate) fn nat_keepalive(&self) -> Option<std::time::Duration> {
-        let secs = self.wireguard.nat_keepalive;
-        (secs > 0).then(|| std::time::Duration::from_secs(u64::from(secs)))
-    }
-
     /// Whether this node runs gossip: `gossip.enabled`, else on with seeds or without a subnet.
     pub(crate) fn gossip_enabled(&self) -> bool {
         self.gossip
