@@ -182,6 +182,16 @@ fn nat_lab_pairs_with_a_direct_path_reach_each_other_and_recover_from_nat_change
         "{r:#?}"
     );
     let c1_public = meshd_lab::topology::nat::ONE_TO_ONE_PUBLIC;
+    // Each NAT'd node shows what members observe of it and how its NAT maps.
+    let public = |i| {
+        let s = wait_for(&t, i, "public endpoints learned", |s| s.public.is_some());
+        s.public.unwrap()
+    };
+    let (b1, c1) = (public(B1), public(C1));
+    assert_eq!(c1.endpoints, [format!("{c1_public}:51820")], "{c1:?}");
+    assert_eq!(c1.mapping, "kept");
+    assert!(b1.endpoints[0].starts_with("198.18.0.102:"), "{b1:?}");
+    assert!(status(&t, PUB1).public.is_none(), "pub1 is behind no NAT");
     assert_eq!(reach_of(&s, &t, C1).endpoint, format!("{c1_public}:51820"));
     let pub2 = reach_of(&s, &t, PUB2);
     assert_eq!(

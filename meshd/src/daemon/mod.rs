@@ -279,6 +279,7 @@ fn base_status(
         pid: std::process::id(),
         address: address.to_string(),
         address_source: Some(source.to_string()),
+        public: None,
         subnet: subnet.map(|s| s.to_string()).unwrap_or_default(),
         cluster: Some(cfg.cluster_cidr.to_string()),
         vtep_mac: vtep_mac(&cfg.node_name).to_string(),

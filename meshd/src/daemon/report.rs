@@ -74,6 +74,8 @@ impl Report {
             let (members, counters) = gossip_report(&shared);
             s.members = Some(members);
             s.gossip = Some(counters);
+            s.public =
+                crate::status::reach::PublicStatus::of(&shared.gossip.local_record().learned);
             s.secrets = Some(gossip_secrets(&shared));
         } else if let Some(c) = self.backend.crypto() {
             let ring = c.keyring();

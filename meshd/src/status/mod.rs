@@ -37,6 +37,10 @@ pub struct Status {
     /// Where the address came from: configured, the route towards a seed, the default route.
     #[serde(default)]
     pub address_source: Option<String>,
+    /// Where other members see this node from outside, when that is not `address` (behind a
+    /// NAT): the endpoints its record advertises besides, and how its NAT maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<reach::PublicStatus>,
     pub subnet: String,
     /// The cluster CIDR node subnets are cut from (`None` from a meshd before it was shown).
     #[serde(default)]

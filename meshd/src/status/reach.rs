@@ -38,6 +38,30 @@ pub struct ReachStatus {
     pub keepalive_secs: Option<u64>,
 }
 
+/// This node's public endpoints as other members observe them (behind a NAT).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PublicStatus {
+    /// The endpoints its record advertises as observed (`learned`), most reported first.
+    pub endpoints: Vec<String>,
+    /// `kept` (one public port whoever sends) or `per destination` (a new port for each peer:
+    /// two such nodes have no direct path until hole punching or relays).
+    pub mapping: String,
+}
+
+impl PublicStatus {
+    /// From the learned endpoints; `None` when there are none (no NAT seen).
+    pub(crate) fn of(learned: &[std::net::SocketAddr]) -> Option<PublicStatus> {
+        let first = learned.first()?;
+        let varies = learned
+            .iter()
+            .any(|a| a.ip() == first.ip() && a.port() != first.port());
+        Some(PublicStatus {
+            endpoints: learned.iter().map(|a| a.to_string()).collect(),
+            mapping: if varies { "per destination" } else { "kept" }.into(),
+        })
+    }
+}
+
 impl ReachStatus {
     /// Two lines for `meshd status`.
     pub(crate) fn render(&self) -> String {
