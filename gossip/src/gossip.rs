@@ -209,7 +209,12 @@ impl Gossip {
         };
         match Kind::from_code(env.kind) {
             Some(Kind::Swim) => {
-                self.via.heard(env.payload, from, now);
+                if let Some(addr) = self.via.heard(env.payload, from, now) {
+                    // Heard through its NAT: alive (`via.rs`).
+                    if let Some(name) = self.by_addr.get(&addr).cloned() {
+                        self.handle_evidence(&name, now);
+                    }
+                }
                 let result = self.swim.handle_data(env.payload, &mut self.rt);
                 self.swim_result(result);
             }

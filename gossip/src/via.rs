@@ -52,15 +52,24 @@ pub(crate) struct Via {
 
 impl Via {
     /// A SWIM datagram (`payload`, a foca message) came from `from`: note where its sender is.
-    pub(crate) fn heard(&mut self, payload: &[u8], from: SocketAddr, now: Instant) {
+    ///
+    /// Returns the sender's identity address when the datagram came through a NAT and was
+    /// taken (not refused by a pin): a member behind a NAT is reachable only through the
+    /// mappings its own datagrams make, so hearing it is evidence that it is alive
+    /// (`evidence.rs`), which keeps it up while others' mappings to it are stale (its NAT
+    /// flushed or changed address) until its next datagram to them renews them.
+    pub(crate) fn heard(
+        &mut self,
+        payload: &[u8],
+        from: SocketAddr,
+        now: Instant,
+    ) -> Option<SocketAddr> {
         // foca's header starts with the sender's identity.
-        let Ok((src, _)) = postcard::take_from_bytes::<NodeId>(payload) else {
-            return;
-        };
+        let (src, _) = postcard::take_from_bytes::<NodeId>(payload).ok()?;
         let ip = SocketAddr::new(src.addr.ip().to_canonical(), src.addr.port());
         if ip == from {
             self.seen.remove(&src.addr);
-            return;
+            return None;
         }
         if let Some(pin) = self.pins.get(&src.addr).filter(|p| **p != from.ip()) {
             let held = self.seen.get(&src.addr).is_some_and(|(via, t)| {
@@ -68,7 +77,7 @@ impl Via {
             });
             if held {
                 self.refused += 1;
-                return;
+                return None;
             }
         }
         if self.seen.len() >= MAX_VIA && !self.seen.contains_key(&src.addr) {
@@ -85,6 +94,7 @@ impl Via {
             }
         }
         self.seen.insert(src.addr, (from, now));
+        Some(src.addr)
     }
 
     /// Where to send what is addressed to `addr`.
@@ -141,7 +151,10 @@ mod tests {
         let private: SocketAddr = "192.168.1.1:7946".parse().unwrap();
         let public: SocketAddr = "198.18.0.101:40000".parse().unwrap();
         assert_eq!(v.route(private), private);
-        v.heard(&swim_from("192.168.1.1:7946"), public, now);
+        assert_eq!(
+            v.heard(&swim_from("192.168.1.1:7946"), public, now),
+            Some(private)
+        );
         assert_eq!(v.route(private), public);
         assert_eq!(v.observed(private), Some(public));
         // Its NAT mapping moved: so do we.
@@ -166,12 +179,10 @@ mod tests {
         let public: SocketAddr = "198.18.0.101:40000".parse().unwrap();
         v.heard(&swim_from("192.168.1.1:7946"), public, now);
         v.pin(private, Some(public.ip()));
-        // Another member claims its identity from its own address: nothing moves.
-        v.heard(
-            &swim_from("192.168.1.1:7946"),
-            "198.18.0.66:7946".parse().unwrap(),
-            now,
-        );
+        // Another member claims its identity from its own address: nothing moves, and it is
+        // no evidence.
+        let forger: SocketAddr = "198.18.0.66:7946".parse().unwrap();
+        assert_eq!(v.heard(&swim_from("192.168.1.1:7946"), forger, now), None);
         assert_eq!((v.route(private), v.refused), (public, 1));
         // A new port of the pinned address (its NAT remapped): followed.
         let remapped: SocketAddr = "198.18.0.101:40001".parse().unwrap();
