@@ -20,9 +20,6 @@ use crate::support::{nft, nft_load, require_root};
 const TIMEOUT_SECS: u64 = 6;
 /// Keepalives, when on: well under the timeout, as 25 s is under common NATs' minutes.
 const KEEPALIVE: &str = "--wireguard-nat-keepalive=2";
-/// Path-MTU discovery confirms an idle peer's MTU with a probe a minute (and WireGuard answers
-/// the reply with its passive keepalive): off here, so that a public pair's silence is exact.
-const NO_PMTUD: &str = "--path-mtu-discovery=false";
 /// WireGuard's passive keepalive answers received data once, 10 s later: the silence of a
 /// public pair is counted from after it.
 const PASSIVE_KEEPALIVE: Duration = Duration::from_secs(11);
@@ -97,7 +94,7 @@ fn counted(ns: &str) -> u64 {
 #[test]
 fn keepalives_hold_idle_nat_mappings_and_public_pairs_stay_silent() {
     require_root();
-    let (t, idle, first) = idle_lab("natka", &[KEEPALIVE, NO_PMTUD]);
+    let (t, idle, first) = idle_lab("natka", &[KEEPALIVE]);
     assert_eq!(idle, 0, "pub1 and pub2 exchanged datagrams while idle");
     for (j, answered) in [A1, B1].iter().zip(first) {
         assert!(
@@ -112,7 +109,7 @@ fn keepalives_hold_idle_nat_mappings_and_public_pairs_stay_silent() {
 #[test]
 fn without_keepalives_an_idle_nat_mapping_expires() {
     require_root();
-    let (t, idle, first) = idle_lab("natnk", &["--wireguard-nat-keepalive=0", NO_PMTUD]);
+    let (t, idle, first) = idle_lab("natnk", &["--wireguard-nat-keepalive=0"]);
     assert_eq!(idle, 0);
     // The fault: router-a no longer maps a1's WireGuard port (its gossip port stays mapped:
     // SWIM probes every member every few seconds).
