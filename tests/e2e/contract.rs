@@ -133,6 +133,7 @@ fn status(node: &str) -> Status {
         pid: std::process::id(),
         address: String::new(),
         address_source: None,
+        public: None,
         subnet: String::new(),
         cluster: None,
         vtep_mac: String::new(),

@@ -50,6 +50,7 @@ pub(crate) fn auto(userspace_nodes: usize, host_gw: bool, routed: usize) -> LabP
         userspace_nodes,
         host_gw,
         routed,
+        nat: false,
     }
 }
 

@@ -22,6 +22,8 @@ mod listener;
 mod messages;
 mod metrics;
 mod mss;
+mod nat;
+mod nat_idle;
 mod observe;
 mod ordering;
 mod peer_links;

@@ -13,6 +13,7 @@ mod file;
 mod modes;
 mod mtu;
 mod peer_flag;
+mod underlay;
 mod validate;
 
 pub use modes::{Datapath, Encryption, LogFormat};
@@ -40,9 +41,13 @@ pub(crate) const CLUSTER_SECRET_ENV: &str = "MESHD_CLUSTER_SECRET";
 pub struct Config {
     /// This node's name, unique in the cluster; its VTEP MAC derives from it.
     pub node_name: String,
-    /// Underlay address other nodes send to. Absent: the source address of the route towards
-    /// the first seed, else of the default route (`meshd status` says which).
+    /// Underlay address other nodes send to (advertised; it need not be assigned here: a cloud
+    /// VM behind a 1:1 NAT sets its public address). Absent: the source address of the route
+    /// towards the first seed, else of the default route (`meshd status` says which), and
+    /// with gossip, whatever public endpoints other members observe this node at.
     pub address: Option<IpAddr>,
+    /// Address the UDP sockets (data and gossip) bind to. Absent: all addresses.
+    pub listen_address: Option<IpAddr>,
     /// This node's pod subnet. Required without gossip; with gossip, an explicit claim (absent:
     /// the lease persisted under `state-dir`, else a free subnet picked by the cluster).
     pub subnet: Option<Ipv4Net>,
@@ -114,6 +119,10 @@ pub struct WireguardConfig {
     pub(crate) handshakes_per_second: u64,
     /// Name of the kernel WireGuard device, where the kernel has WireGuard.
     pub(crate) device: String,
+    /// Seconds between keepalives to a peer reached through a NAT (either side behind one),
+    /// holding the NAT's mapping open while the pair is idle; 0 turns them off (a test switch:
+    /// an idle NAT mapping then expires). Public-only pairs never send them.
+    pub(crate) nat_keepalive: u16,
 }
 
 /// Membership and subnet allocation by gossip (UDP, every datagram sealed with a key derived
@@ -193,6 +202,7 @@ impl Default for Config {
         Config {
             node_name: default_node_name(),
             address: None,
+            listen_address: None,
             subnet: None,
             seeds: Vec::new(),
             gossip: GossipConfig::default(),
@@ -250,6 +260,7 @@ impl Default for WireguardConfig {
             port: 51820,
             handshakes_per_second: meshd_crypto::handshake::DEFAULT_HANDSHAKES_PER_SECOND,
             device: "meshwg0".into(),
+            nat_keepalive: 25,
         }
     }
 }

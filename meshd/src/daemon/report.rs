@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use meshd_gossip::MemberState;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::membership::Shared;
 use crate::backend::Backend;
@@ -29,6 +29,8 @@ pub(crate) struct Report {
     pub(crate) subnet: Option<Arc<Mutex<Option<Ipv4Net>>>>,
     /// The data path's queue counters.
     pub(crate) queues: Vec<Arc<QueueCounters>>,
+    /// NAT keepalive interval (`wireguard.nat-keepalive`; `None`: off), for the status.
+    pub(crate) nat_keepalive: Option<Duration>,
 }
 
 impl Report {
@@ -38,7 +40,11 @@ impl Report {
         let table = routes.load();
         let mut s = self.base.clone();
         let now = Instant::now();
-        s.peers = table.peers().iter().map(|p| peer_status(p, now)).collect();
+        s.peers = table
+            .peers()
+            .iter()
+            .map(|p| peer_status(p, now, self.nat_keepalive))
+            .collect();
         s.unattributed = routes.unattributed.snapshot();
         let (refused, refusals) = self.backend.refused();
         s.refused = refused
@@ -68,6 +74,8 @@ impl Report {
             let (members, counters) = gossip_report(&shared);
             s.members = Some(members);
             s.gossip = Some(counters);
+            s.public =
+                crate::status::reach::PublicStatus::of(&shared.gossip.local_record().learned);
             s.secrets = Some(gossip_secrets(&shared));
         } else if let Some(c) = self.backend.crypto() {
             let ring = c.keyring();
@@ -110,7 +118,8 @@ impl Report {
 }
 
 /// One peer as the status shows it, read off its link.
-pub(crate) fn peer_status(p: &PeerEntry, now: Instant) -> PeerStatus {
+/// `keepalive`: this node's NAT keepalive interval (`None`: off).
+pub(crate) fn peer_status(p: &PeerEntry, now: Instant, keepalive: Option<Duration>) -> PeerStatus {
     let cell = p.path();
     PeerStatus {
         name: p.name.clone(),
@@ -120,7 +129,7 @@ pub(crate) fn peer_status(p: &PeerEntry, now: Instant) -> PeerStatus {
         candidates: p
             .candidates()
             .iter()
-            .map(|c| format!("{} ({})", c.addr, c.source.as_str()))
+            .map(|c| format!("{} ({})", c.addr, c.source.text()))
             .collect(),
         mtu: p.mtu(),
         mtu_source: cell
@@ -158,6 +167,7 @@ pub(crate) fn peer_status(p: &PeerEntry, now: Instant) -> PeerStatus {
             .as_ref()
             .and_then(|c| c.rtt)
             .map(|d| d.as_micros() as u64),
+        reach: p.wg.is_some().then(|| super::reach::reach(p, keepalive)),
     }
 }
 

@@ -317,8 +317,21 @@ pub fn send_runs(
     stop: &AtomicBool,
     runs: &Runs,
 ) {
+    send_runs_from(table, (sock, state), (sock, state), stop, runs);
+}
+
+/// [`send_runs`], each run from `flow` (the queue's source port), or from `data` (the data
+/// port) for a peer reached through a NAT ([`crate::link::PeerLink::one_flow`]).
+pub(crate) fn send_runs_from(
+    table: &RouteTable,
+    flow: (&UdpSocket, &UdpSocketState),
+    data: (&UdpSocket, &UdpSocketState),
+    stop: &AtomicBool,
+    runs: &Runs,
+) {
     for run in runs.runs() {
         let peer = table.peer(run.peer);
+        let (sock, state) = if peer.one_flow() { data } else { flow };
         let t = Transmit {
             destination: peer.endpoint(),
             ecn: None,

@@ -214,8 +214,7 @@ impl DataPath {
         routes: Arc<Routes>,
         encap: E,
     ) -> Result<DataPath> {
-        let address = cfg.address.context("no underlay address")?;
-        let (tun, udp, tiers) = device::open(cfg, address, data_port)?;
+        let (tun, udp, tiers) = device::open(cfg, cfg.bind_address(), data_port)?;
         let stop = Arc::new(io::Stop::new());
         let shared = Arc::new(Shared {
             routes,

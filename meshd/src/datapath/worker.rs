@@ -21,7 +21,7 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 
 use super::flows::MAX_FLOW_PORTS;
 use super::gro::Coalescer;
-use super::io::{send_runs, wait_any, wait_or_stop, PeerAcc, TunReader, UdpReader, TX_BATCH};
+use super::io::{send_runs_from, wait_any, wait_or_stop, PeerAcc, TunReader, UdpReader, TX_BATCH};
 use super::runs::Runs;
 use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
 use crate::kernel::probe;
@@ -164,7 +164,7 @@ fn send_batch<E: Encap>(
         st.reader.read(&q.tun, &mut st.drops, fill)
     };
     if n > 0 {
-        let (sock, state) = q.send_socket();
+        let (_, state) = q.send_socket();
         let table = shared.routes.load();
         st.runs.clear();
         st.runs
@@ -200,11 +200,11 @@ fn send_batch<E: Encap>(
                 if st.runs.runs().is_empty() {
                     wait_for_others(&mut waits);
                 } else {
-                    sent += send_held(shared, &table, sock, state, &mut st.runs, st.sender);
+                    sent += send_held(shared, &table, q, &mut st.runs, st.sender);
                 }
             }
         }
-        sent += send_held(shared, &table, sock, state, &mut st.runs, st.sender);
+        sent += send_held(shared, &table, q, &mut st.runs, st.sender);
         q.counters
             .tx_datagrams
             .fetch_add(sent as u64, Ordering::Relaxed);
@@ -216,17 +216,24 @@ fn send_batch<E: Encap>(
     (sent, n > 0 && !st.reader.drained())
 }
 
-/// Send `runs` from `sock`, tell the encapsulation they are out of queue `sender`'s hands, and
-/// empty them: the datagrams sent (or failed).
+/// Send `runs` from queue `q`'s sockets, tell the encapsulation they are out of queue
+/// `sender`'s hands, and empty them: the datagrams sent (or failed).
 fn send_held<E: Encap>(
     shared: &Shared<E>,
     table: &RouteTable,
-    sock: &std::net::UdpSocket,
-    state: &quinn_udp::UdpSocketState,
+    q: &Queue,
     runs: &mut Runs,
     sender: usize,
 ) -> usize {
-    send_runs(table, sock, state, shared.stop.flag(), runs);
+    let (sock, state) = q.send_socket();
+    let (dsock, dstate) = &*q.socket;
+    send_runs_from(
+        table,
+        (sock, state),
+        (dsock, dstate),
+        shared.stop.flag(),
+        runs,
+    );
     shared.encap.sent(table, sender, runs);
     let sent = runs.runs().iter().map(|r| r.datagrams).sum();
     runs.clear();

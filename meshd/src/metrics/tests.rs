@@ -57,6 +57,7 @@ pub(crate) fn node(n: u8, per_peer: bool) -> (Arc<Metrics>, Arc<Backend>) {
         gossip: None,
         subnet: None,
         queues: Vec::new(),
+        nat_keepalive: None,
     });
     let m = Metrics::new(
         report,

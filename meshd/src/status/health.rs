@@ -127,6 +127,7 @@ pub(crate) mod tests {
                 route_error: None,
             }),
             rtt_us: None,
+            reach: None,
         }
     }
 

@@ -8,6 +8,7 @@ mod egress;
 pub mod graph;
 pub mod health;
 pub mod mesh;
+pub mod reach;
 mod render;
 pub mod server;
 
@@ -36,6 +37,10 @@ pub struct Status {
     /// Where the address came from: configured, the route towards a seed, the default route.
     #[serde(default)]
     pub address_source: Option<String>,
+    /// Where other members see this node from outside, when that is not `address` (behind a
+    /// NAT): the endpoints its record advertises besides, and how its NAT maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<reach::PublicStatus>,
     pub subnet: String,
     /// The cluster CIDR node subnets are cut from (`None` from a meshd before it was shown).
     #[serde(default)]
@@ -260,9 +265,9 @@ pub struct PeerStatus {
     pub subnet: String,
     pub vtep_mac: String,
     /// Where it can be reached, best first, each with where it was learnt
-    /// (`198.18.0.2:51820 (gossiped)`); `endpoint` is the one in use.
+    /// (`198.18.0.2:51820 (advertised)`); `endpoint` is the one in use.
     #[serde(default)]
-    pub(crate) candidates: Vec<String>,
+    pub candidates: Vec<String>,
     /// The MTU of pod packets to it.
     #[serde(default)]
     pub mtu: u16,
@@ -293,6 +298,10 @@ pub struct PeerStatus {
     /// while the path is not probed: the userspace floor is not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_us: Option<u64>,
+    /// How it is reached: route, endpoint and how it was learned, NAT, flows, keepalives
+    /// (encrypted mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<reach::ReachStatus>,
 }
 
 /// One peer's WireGuard session, from `meshd_crypto::Session::stats`.

@@ -24,6 +24,14 @@ pub fn render(s: &Status) -> String {
         s.subnet,
         s.vtep_mac
     );
+    if let Some(p) = &s.public {
+        let _ = writeln!(
+            o,
+            "public      {} (as members observe this node behind its NAT; mapping {})",
+            p.endpoints.join(", "),
+            p.mapping
+        );
+    }
     let _ = writeln!(o, "encryption  {}   mtu {}", s.encryption, s.mtu);
     if let Some(k) = &s.public_key {
         let _ = writeln!(
@@ -121,6 +129,9 @@ pub fn render(s: &Status) -> String {
                 if probes.is_empty() { "" } else { "; probes " },
                 probes.join(", ")
             );
+        }
+        if let Some(r) = &p.reach {
+            o.push_str(&r.render());
         }
         if let Some(w) = &p.wireguard {
             let age = match w.last_handshake_secs {

@@ -47,6 +47,9 @@ pub struct RunArgs {
     /// first seed, else the default route).
     #[arg(long, env = "MESHD_ADDRESS")]
     address: Option<IpAddr>,
+    /// Address the UDP sockets bind to (default: all).
+    #[arg(long, env = "MESHD_LISTEN_ADDRESS")]
+    listen_address: Option<IpAddr>,
     /// This node's pod subnet.
     #[arg(long, env = "MESHD_SUBNET")]
     subnet: Option<Ipv4Net>,
@@ -91,6 +94,9 @@ pub struct RunArgs {
     /// Handshake initiations per second answered before cookies are required.
     #[arg(long, env = "MESHD_WIREGUARD_HANDSHAKES_PER_SECOND")]
     wireguard_handshakes_per_second: Option<u64>,
+    /// Seconds between keepalives to peers reached through a NAT (0: off).
+    #[arg(long, env = "MESHD_WIREGUARD_NAT_KEEPALIVE")]
+    wireguard_nat_keepalive: Option<u16>,
     /// File holding the cluster secret (mode 0600). MESHD_CLUSTER_SECRET may carry the secret
     /// itself instead.
     #[arg(long, env = "MESHD_CLUSTER_SECRET_FILE")]
@@ -206,6 +212,7 @@ impl RunArgs {
         let Config {
             node_name,
             address,
+            listen_address,
             subnet,
             seeds,
             gossip,
@@ -245,6 +252,7 @@ impl RunArgs {
             port: wg_port,
             handshakes_per_second: handshakes,
             device: wg_device,
+            nat_keepalive,
         } = wireguard;
         let Tiers {
             multi_queue,
@@ -255,6 +263,7 @@ impl RunArgs {
         } = tiers;
         set(node_name, &self.node_name);
         set_some(address, &self.address);
+        set_some(listen_address, &self.listen_address);
         set_some(subnet, &self.subnet);
         for seed in &self.join {
             if !seeds.contains(seed) {
@@ -269,6 +278,7 @@ impl RunArgs {
         set(vni, &self.vxlan_vni);
         set(wg_port, &self.wireguard_port);
         set(handshakes, &self.wireguard_handshakes_per_second);
+        set(nat_keepalive, &self.wireguard_nat_keepalive);
         set(vxlan_device, &self.vxlan_device);
         set(wg_device, &self.wireguard_device);
         set(datapath, &self.datapath);

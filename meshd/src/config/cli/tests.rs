@@ -9,6 +9,7 @@ use clap::{Command, FromArgMatches};
 const FLAGS: &[(&str, &str, &str)] = &[
     ("--node-name", "flagged", "node-name"),
     ("--address", "198.18.0.7", "address"),
+    ("--listen-address", "198.18.0.8", "listen-address"),
     ("--subnet", "10.244.7.0/24", "subnet"),
     ("--join", "198.18.0.2:7946,198.18.0.3:7946", "seeds"),
     ("--gossip-enabled", "false", "gossip.enabled"),
@@ -27,6 +28,7 @@ const FLAGS: &[(&str, &str, &str)] = &[
         "7",
         "wireguard.handshakes-per-second",
     ),
+    ("--wireguard-nat-keepalive", "9", "wireguard.nat-keepalive"),
     ("--cluster-secret-file", "/etc/f.secret", "cluster-secret-file"),
     ("--underlay-mtu", "9000", "underlay-mtu"),
     ("--masquerade", "false", "masquerade"),
