@@ -233,7 +233,7 @@ pub(crate) fn pod_ping_df(t: &Topology, i: usize, j: usize, size: u16) -> String
 /// that sends too big.
 fn discovers_and_carries(t: &Topology, want_path: &str) {
     assert_black_hole(t);
-    let p = wait_discovered(t, 1, 0);
+    wait_discovered(t, 1, 0);
     // Before discovery the path probes went out at the pod MTU and fell into the hole, so a
     // kernel path may have been left for userspace meanwhile: sized to the MTU found, its
     // probes pass again and the peer goes back to it.
