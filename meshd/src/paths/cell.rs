@@ -78,6 +78,7 @@ impl PathCell {
                 })
                 .collect(),
             route_error: self.route_error.clone(),
+            receives: self.path.receiver().map(|r| r.text()),
         }
     }
 }

@@ -103,6 +103,9 @@ pub fn render(s: &Status) -> String {
                 if probes.is_empty() { "" } else { "; probes " },
                 probes.join(", ")
             );
+            if let Some(r) = &path.receives {
+                let _ = writeln!(o, "  receiver: {r}");
+            }
         }
         if let Some(w) = &p.wireguard {
             let age = match w.last_handshake_secs {

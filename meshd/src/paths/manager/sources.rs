@@ -202,10 +202,7 @@ impl Manager {
     pub(super) fn show_vxlan(&self) {
         let Ok(dev) = &self.s.vxlan else { return };
         let sources = self.sources.as_ref().and_then(|sc| sc.error.clone());
-        lock(&self.paths.kernel).vxlan = vxlan::device_text(
-            dev,
-            self.software_checksums.unwrap_or(false),
-            sources.as_deref(),
-        );
+        lock(&self.paths.kernel).vxlan =
+            vxlan::device_text(dev, self.checksum_note.as_deref(), sources.as_deref());
     }
 }

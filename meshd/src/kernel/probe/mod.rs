@@ -15,6 +15,11 @@
 //! the sequence number are 32 bits anyone can guess, and the source address is one a pod on
 //! the peer may use, so without the token anyone able to send ICMP to this node could keep a
 //! broken path "up" with forged replies.
+//!
+//! A probe may also be `partial`: its ICMP checksum left unfinished and handed to the kernel as
+//! one to be finished by whoever offloads it (a virtio-net header on the frame socket,
+//! `PACKET_VNET_HDR`), as a pod's TCP and UDP packets are. It shows whether the peer's receiver
+//! copes with what a veth underlay hands on ([`crate::paths::receiver`]).
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -31,6 +36,8 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO: u8 = 8;
 const ICMP_FILTER: libc::c_int = 1;
 const SOL_RAW: libc::c_int = 255;
+/// `PACKET_VNET_HDR` (linux/if_packet.h): frames written carry a virtio-net header.
+const PACKET_VNET_HDR: libc::c_int = 15;
 /// The reply socket's receive buffer: the kernel's default (208 KiB) held only about 75
 /// pod-sized replies, fewer than a node with 100 peers may have coming back together, and
 /// replies wait there for the manager's next tick (or longer, when its thread is busy).
@@ -79,6 +86,8 @@ pub struct Probe {
     pub size: u16,
     pub seq: u16,
     pub token: Token,
+    /// Its ICMP checksum is left for the offload to finish (see the module's text).
+    pub partial: bool,
 }
 
 /// An echo reply to one of this node's probes: its source, sequence number and token.
@@ -91,6 +100,9 @@ pub struct Reply {
 
 pub struct Prober {
     frames: OwnedFd,
+    /// The frame socket takes a virtio-net header (`PACKET_VNET_HDR`): `partial` probes can
+    /// be sent.
+    vnet: bool,
     icmp: OwnedFd,
     ident: u16,
     buf: Vec<u8>,
@@ -107,6 +119,17 @@ impl Prober {
         }
         // SAFETY: a descriptor just returned by socket(2), owned from here on.
         let frames = unsafe { OwnedFd::from_raw_fd(frames) };
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt with a c_int the call reads.
+        let vnet = unsafe {
+            libc::setsockopt(
+                frames.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_VNET_HDR,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        } == 0;
         // SAFETY: as above.
         let icmp = unsafe {
             libc::socket(
@@ -165,15 +188,30 @@ impl Prober {
         unsafe { libc::ioctl(icmp.as_raw_fd(), SIOCGSTAMPNS, &mut ts) };
         Ok(Prober {
             frames,
+            vnet,
             icmp,
             ident,
             buf: Vec::with_capacity(9216),
         })
     }
 
+    /// `partial` probes can be sent (the kernel takes a virtio-net header on frames).
+    pub fn partial_ok(&self) -> bool {
+        self.vnet
+    }
+
     /// Send `p` as a frame on its device.
     pub fn send(&mut self, p: &Probe) -> io::Result<()> {
-        frame(&mut self.buf, p, self.ident);
+        if self.vnet {
+            vnet_frame(&mut self.buf, p, self.ident);
+        } else if p.partial {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the kernel refused PACKET_VNET_HDR: no probe with an unfinished checksum",
+            ));
+        } else {
+            frame(&mut self.buf, p, self.ident);
+        }
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -276,136 +314,6 @@ impl Prober {
     }
 }
 
-/// Write the Ethernet frame of `p` into `buf`.
-pub fn frame(buf: &mut Vec<u8>, p: &Probe, ident: u16) {
-    let size = usize::from(p.size).max(MIN_PROBE);
-    buf.clear();
-    buf.extend_from_slice(&p.dst_mac.0);
-    buf.extend_from_slice(&p.src_mac.0);
-    buf.extend_from_slice(&ETH_P_IP.to_be_bytes());
-    let ip = buf.len();
-    buf.resize(ip + size, 0);
-    let h = &mut buf[ip..ip + 20];
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&(size as u16).to_be_bytes());
-    h[4..6].copy_from_slice(&p.seq.to_be_bytes());
-    h[6] = 0x40; // DF
-    h[8] = 64;
-    h[9] = libc::IPPROTO_ICMP as u8;
-    h[12..16].copy_from_slice(&p.src.octets());
-    h[16..20].copy_from_slice(&p.dst.octets());
-    let sum = checksum(h);
-    h[10..12].copy_from_slice(&sum.to_be_bytes());
-    let icmp = &mut buf[ip + 20..];
-    icmp[0] = ICMP_ECHO;
-    icmp[4..6].copy_from_slice(&ident.to_be_bytes());
-    icmp[6..8].copy_from_slice(&p.seq.to_be_bytes());
-    // The token, then a payload that is not all zeroes, so nothing on the way can compress it
-    // away.
-    icmp[8..8 + TOKEN_LEN].copy_from_slice(&p.token.0);
-    for (i, b) in icmp[8 + TOKEN_LEN..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    let sum = checksum(icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-}
-
-/// An echo reply to one of `ident`'s probes, from an IPv4 packet (the token is not checked
-/// here: only the sender knows which one it expects).
-pub fn parse_reply(packet: &[u8], ident: u16) -> Option<Reply> {
-    let ihl = usize::from(packet.first()? & 0x0f) * 4;
-    if packet.first()? >> 4 != 4 || ihl < 20 || packet.len() < ihl + 8 + TOKEN_LEN {
-        return None;
-    }
-    let icmp = &packet[ihl..];
-    if icmp[0] != ICMP_ECHO_REPLY || u16::from_be_bytes([icmp[4], icmp[5]]) != ident {
-        return None;
-    }
-    let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
-    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-    let mut token = [0u8; TOKEN_LEN];
-    token.copy_from_slice(&icmp[8..8 + TOKEN_LEN]);
-    Some(Reply {
-        src,
-        seq,
-        token: Token(token),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn probe() -> Probe {
-        Probe {
-            ifindex: 3,
-            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
-            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
-            src: "10.244.1.1".parse().unwrap(),
-            dst: "10.244.2.1".parse().unwrap(),
-            size: 1450,
-            seq: 77,
-            token: Token(*b"\x01\x02\x03\x04\x05\x06\x07\x08"),
-        }
-    }
-
-    #[test]
-    fn frames_are_pod_sized_df_echoes_with_valid_checksums() {
-        let mut buf = Vec::new();
-        frame(&mut buf, &probe(), 0x1234);
-        assert_eq!(buf.len(), 14 + 1450);
-        assert_eq!(&buf[0..6], &[2, 0, 0, 0, 0, 2]);
-        assert_eq!(&buf[12..14], &[0x08, 0x00]);
-        let ip = &buf[14..];
-        assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 1450);
-        assert_eq!(ip[6] & 0x40, 0x40, "DF");
-        assert_eq!(checksum(&ip[..20]), 0, "IP header checksum");
-        assert_eq!(checksum(&ip[20..]), 0, "ICMP checksum");
-        assert_eq!(ip[20], ICMP_ECHO);
-        assert_eq!(&ip[12..16], &[10, 244, 1, 1]);
-        assert_eq!(&ip[16..20], &[10, 244, 2, 1]);
-    }
-
-    #[test]
-    fn replies_are_matched_by_ident() {
-        let mut buf = Vec::new();
-        frame(&mut buf, &probe(), 0x1234);
-        let mut reply = buf[14..].to_vec();
-        reply[20] = ICMP_ECHO_REPLY;
-        reply[12..16].copy_from_slice(&[10, 244, 2, 1]);
-        assert_eq!(
-            parse_reply(&reply, 0x1234),
-            Some(Reply {
-                src: "10.244.2.1".parse().unwrap(),
-                seq: 77,
-                token: probe().token,
-            })
-        );
-        assert_eq!(parse_reply(&reply, 0x4321), None);
-        assert_eq!(parse_reply(&reply[..25], 0x1234), None);
-        // Too short to carry a token: not one of ours.
-        assert_eq!(parse_reply(&reply[..35], 0x1234), None);
-        assert_eq!(parse_reply(&[], 0x1234), None);
-        reply[20] = ICMP_ECHO;
-        assert_eq!(parse_reply(&reply, 0x1234), None);
-    }
-
-    #[test]
-    fn small_probes_carry_the_token_and_tokens_differ() {
-        let mut p = probe();
-        p.size = 64;
-        let mut buf = Vec::new();
-        frame(&mut buf, &p, 1);
-        assert_eq!(&buf[14 + 28..14 + 36], &p.token.0);
-        assert_eq!(checksum(&buf[14 + 20..]), 0, "ICMP checksum");
-        // Even a probe asked to be tiny has room for it.
-        p.size = 0;
-        frame(&mut buf, &p, 1);
-        assert_eq!(buf.len(), 14 + MIN_PROBE);
-        assert_eq!(&buf[14 + 28..], &p.token.0);
-        let a = Token::random().unwrap();
-        let b = Token::random().unwrap();
-        assert_ne!(a, b, "64 random bits twice alike");
-    }
-}
+mod frame;
+use frame::vnet_frame;
+pub use frame::{frame, parse_reply};
