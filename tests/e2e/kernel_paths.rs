@@ -85,7 +85,7 @@ pub(crate) fn wait_path(
     let what = format!("h{} → h{}: the path as expected", from + 1, to + 1);
     let p = wait_until(&what, || {
         let p = find_path(&status(t, from), &t.hosts[to].name);
-        p.clone().filter(|p| cond(p)).ok_or(p)
+        p.clone().filter(|p| cond(p)).ok_or(p.map(Box::new))
     });
     (p, start.elapsed())
 }

@@ -224,8 +224,15 @@ mod tests {
         let mut p = PeerPath::new(offers(), PathKind::Userspace, None, None, 1450, t0);
         p.check_receiver(ReceiveCheck::new(Receives::Unknown));
         p.record(PathKind::KernelVxlan, true, at(1));
-        assert_eq!(p.decide(at(1)), None, "passing, but the receiver is unknown");
-        assert!(p.reason(at(1)).unwrap_or_default().starts_with("checking whether"));
+        assert_eq!(
+            p.decide(at(1)),
+            None,
+            "passing, but the receiver is unknown"
+        );
+        assert!(p
+            .reason(at(1))
+            .unwrap_or_default()
+            .starts_with("checking whether"));
         assert_eq!(p.reason_kind(), "probing");
         p.receiver_mut().map(|r| r.record(true, true));
         let m = p.decide(at(2)).map(|m| m.to);
@@ -236,7 +243,10 @@ mod tests {
         }
         let m = p.decide(at(3)).map(|m| (m.to, m.demotion));
         assert_eq!(m, Some((PathKind::Userspace, false)), "left, not failed");
-        assert!(p.reason(at(3)).unwrap_or_default().contains("receives in userspace"));
+        assert!(p
+            .reason(at(3))
+            .unwrap_or_default()
+            .contains("receives in userspace"));
         assert_eq!(p.reason_kind(), "receives-in-userspace");
         // `datapath = "kernel"`: the kernel path is the floor, and stays.
         let mut k = PeerPath::new(offers(), PathKind::KernelVxlan, None, None, 1450, t0);
@@ -246,4 +256,3 @@ mod tests {
         assert_eq!(k.current(), PathKind::KernelVxlan);
     }
 }
-
