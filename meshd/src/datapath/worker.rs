@@ -26,6 +26,7 @@ use super::runs::Runs;
 use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
 use crate::routes::RouteTable;
 use crate::stats::{DropReason, DropTally, Stamp};
+use crate::wire::ip::may_answer;
 
 /// Route and encode a batch of packets read from the TUN device into `runs`, for queue
 /// `sender`: the TX path's per-packet loop, without I/O (the no-allocation test drives it
@@ -257,7 +258,10 @@ pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
 /// The kernel puts an answer in the TUN queue its flow hashes to, which need not be `own`: an
 /// ICMP echo reply does not hash as its request did, and lands in another queue. So when
 /// `own` has nothing and the round was a `lone` datagram (a request at a low rate, not a
-/// burst), the other queues whose TX workers sleep are looked at too: a read each.
+/// burst), the other queues whose TX workers sleep are looked at too: a read each. Only after
+/// a write of something the kernel may answer at once ([`may_answer`]): at the end of a round
+/// trip (an echo reply written) those reads found nothing and only kept the woken application
+/// off this CPU.
 fn answer_from_rx<E: Encap>(shared: &Shared<E>, own: &Queue, all: &[Arc<Queue>], lone: bool) {
     if answer_from(shared, own) || !lone {
         return;
@@ -317,6 +321,9 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
         rx.now = Stamp::now();
         let mut acc = PeerAcc::new(rx.now);
         let mut wrote = false;
+        // Something written may be answered by the kernel during the write (see
+        // `answer_from_rx`): an echo request, TCP. An echo reply, UDP cannot be.
+        let mut answerable = false;
         let mut datagrams = 0u64;
         let more = {
             let mut deliver = |from: SocketAddr, datagram: &[u8]| {
@@ -332,11 +339,14 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
                 let full = match shared.encap.receive(&mut rx, &table, from, datagram, buf) {
                     Received::Deliver { peer, len } => {
                         acc.add(&table, peer, len);
+                        answerable = answerable || may_answer(out.pending(len));
                         out.commit(len)
                     }
                     Received::Inside { peer, at, len } => {
                         acc.add(&table, peer, len);
-                        out.push(&datagram[at..at + len])
+                        let packet = &datagram[at..at + len];
+                        answerable = answerable || may_answer(packet);
+                        out.push(packet)
                     }
                     Received::Nothing => false,
                 };
@@ -360,7 +370,7 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
         q.counters
             .rx_datagrams
             .fetch_add(datagrams, Ordering::Relaxed);
-        if wrote {
+        if wrote && answerable {
             answer_from_rx(shared, q, all, datagrams == 1);
         }
         if !more {
