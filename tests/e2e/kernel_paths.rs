@@ -113,18 +113,7 @@ fn a_mixed_cluster_reaches_every_pod_and_says_which_path_and_why() {
         assert_eq!(p.reason, None, "h{} → h{}: {p:?}", from + 1, to + 1);
     }
     for from in [0, 1] {
-        let (p, _) = wait_path(&t, from, 2, |p| {
-            p.receives
-                .as_deref()
-                .is_some_and(|r| r.starts_with("userspace"))
-        });
-        assert_eq!(p.path, "userspace", "{p:?}");
-        assert!(
-            p.reason
-                .as_deref()
-                .is_some_and(|r| r.contains("receives in userspace")),
-            "{p:?}"
-        );
+        crate::kernel_receivers::held_on_userspace(&t, from, 2);
     }
     for to in [0, 1] {
         let p = path(&t, 2, to);

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use meshd::config::Encryption;
 use meshd::host::gateway;
+use meshd::status::PathStatus;
 use meshd_lab::probe::tcp_transfer;
 use meshd_lab::{Formation, Topology};
 
@@ -28,6 +29,23 @@ fn tx_checksumming(ns: &str, dev: &str) -> String {
         .and_then(|v| v.split_whitespace().next())
         .map(str::to_string);
     state.unwrap_or_else(|| panic!("no tx-checksumming line: {text}"))
+}
+
+/// Waits until host `from` has found that host `to` receives in userspace, and checks that it
+/// keeps `to` on the userspace path, saying why.
+pub(crate) fn held_on_userspace(t: &Topology, from: usize, to: usize) -> PathStatus {
+    let (p, _) = wait_path(t, from, to, |p| {
+        p.receives
+            .as_deref()
+            .is_some_and(|r| r.starts_with("userspace ("))
+    });
+    assert_eq!(p.path, "userspace", "{p:?}");
+    let why = p.reason.clone().unwrap_or_default();
+    assert!(
+        why.contains("receives in userspace") && why.contains("cost more than the userspace"),
+        "{p:?}"
+    );
+    p
 }
 
 /// Checked TCP transfers pod to pod and host to pod, both ways between hosts `a` and `b`.
@@ -116,20 +134,10 @@ fn a_static_peer_that_receives_in_userspace_stays_on_userspace_with_offload_on_a
     let t = Topology::up(spec("krus", 2, Encryption::None, auto(1, false, 0))).unwrap();
     let k2 = status(&t, 1).kernel.unwrap();
     assert!(k2.vxlan.contains("datapath = \"userspace\""), "{k2:?}");
-    let (p, _) = wait_path(&t, 0, 1, |p| {
-        p.receives
-            .as_deref()
-            .is_some_and(|r| r.starts_with("userspace ("))
-    });
+    let p = held_on_userspace(&t, 0, 1);
     // The kernel path itself works: its probes pass while the checks go unanswered.
     let vx = p.probes.iter().find(|x| x.path == "kernel-vxlan");
     assert!(vx.is_some_and(|x| x.sent > 0 && !x.failing), "{p:?}");
-    assert_eq!(p.path, "userspace", "{p:?}");
-    let why = p.reason.clone().unwrap_or_default();
-    assert!(
-        why.contains("receives in userspace") && why.contains("cost more than the userspace"),
-        "{p:?}"
-    );
     let k1 = status(&t, 0).kernel.unwrap();
     assert!(k1.vxlan.contains("checksum offload on"), "{k1:?}");
     assert_eq!(tx_checksumming(&t.hosts[0].ns, "meshvx0"), "on");
@@ -148,12 +156,7 @@ fn a_gossip_member_that_receives_in_userspace_stays_on_userspace_with_offload_on
     s.formation = Formation::Gossip;
     let t = Topology::up(s).unwrap();
     for from in [0, 1] {
-        let (p, _) = wait_path(&t, from, 2, |p| {
-            p.receives
-                .as_deref()
-                .is_some_and(|r| r.starts_with("userspace"))
-        });
-        assert_eq!(p.path, "userspace", "{p:?}");
+        held_on_userspace(&t, from, 2);
         wait_path(&t, from, 1 - from, |p| p.path == "kernel-vxlan");
         let k = status(&t, from).kernel.unwrap();
         assert!(k.vxlan.contains("checksum offload on"), "{k:?}");

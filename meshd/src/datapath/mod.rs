@@ -19,6 +19,7 @@ pub mod io;
 pub mod runs;
 pub(crate) mod socket;
 pub mod vxlan;
+mod waiter;
 pub mod wireguard;
 pub mod worker;
 

@@ -23,6 +23,7 @@ use super::flows::MAX_FLOW_PORTS;
 use super::gro::Coalescer;
 use super::io::{send_runs, wait_any, wait_or_stop, PeerAcc, TunReader, UdpReader, TX_BATCH};
 use super::runs::Runs;
+use super::waiter::Waiter;
 use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
 use crate::routes::RouteTable;
 use crate::stats::{DropReason, DropTally, Stamp};
@@ -235,6 +236,7 @@ fn lock_tx(q: &Queue) -> MutexGuard<'_, TxState> {
 }
 
 pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
+    let waiter = Waiter::new(q.tun.as_raw_fd(), &[], libc::POLLIN, &shared.stop).ok();
     // Just woken: send the first read at once; busy: fill batches.
     let mut woke = true;
     while !shared.stop.is_set() {
@@ -242,7 +244,12 @@ pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
         woke = false;
         if !more {
             q.tx_idle.store(true, Ordering::SeqCst);
-            wait_or_stop(&*q.tun, libc::POLLIN, &shared.stop);
+            match &waiter {
+                Some(w) => {
+                    w.wait(&mut []);
+                }
+                None => wait_or_stop(&*q.tun, libc::POLLIN, &shared.stop),
+            }
             q.tx_idle.store(false, Ordering::SeqCst);
             woke = true;
         }
@@ -315,6 +322,7 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
     }
     let flow_fds = &flow_fds[..flows.len()];
     let mut flow_ready = [false; MAX_FLOW_PORTS];
+    let waiter = Waiter::new(sock.as_raw_fd(), flow_fds, libc::POLLIN, &shared.stop).ok();
     let mut rounds = 0u32;
     while !shared.stop.is_set() {
         let table = shared.routes.load();
@@ -374,13 +382,13 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
             answer_from_rx(shared, q, all, datagrams == 1);
         }
         if !more {
-            wait_any(
-                sock,
-                flow_fds,
-                libc::POLLIN,
-                &mut flow_ready[..flows.len()],
-                &shared.stop,
-            );
+            let ready = &mut flow_ready[..flows.len()];
+            match &waiter {
+                Some(w) => {
+                    w.wait(ready);
+                }
+                None => wait_any(sock, flow_fds, libc::POLLIN, ready, &shared.stop),
+            }
         }
     }
 }
