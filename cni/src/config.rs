@@ -98,7 +98,7 @@ pub fn parse(bytes: &[u8]) -> Result<NetConf> {
         return Err(Error::UnsupportedField {
             field: "ipMasq".into(),
             value: "true".into(),
-            why: "meshd masquerades pod traffic itself; remove ipMasq".into(),
+            why: "meshd masquerades pod traffic leaving the cluster itself (its `masquerade` key, on by default); remove ipMasq".into(),
         });
     }
     if let Some(ipam) = &raw.ipam {

@@ -232,6 +232,46 @@ fn check_reports_what_is_wrong() {
     );
 }
 
+/// meshd restarted with another subnet (network.json and the bridge's address say so): a pod
+/// made under the old one keeps its address and its routes, but its gateway is gone and its
+/// traffic is not routed here. CHECK must say so, not pass.
+#[test]
+fn check_fails_for_a_pod_outside_the_nodes_new_subnet() {
+    let node = Node::new("check-subnet");
+    let conf = node.conf("1.0.0");
+    let pod = node.pod(0);
+    let r = node.run("ADD", "c", &pod.path(), &conf).expect_ok().json();
+    let checked = with_prev(&conf, &r);
+    node.run("CHECK", "c", &pod.path(), &checked).expect_ok();
+
+    node.host.ip(&["addr", "flush", "dev", "meshbr0"]);
+    node.host
+        .ip(&["addr", "add", "10.244.7.1/24", "dev", "meshbr0"]);
+    node.write_network(&json!({
+        "node": "node-a", "subnet": "10.244.7.0/24", "gateway": "10.244.7.1",
+        "bridge": "meshbr0", "mtu": 1450, "cluster_cidr": "10.244.0.0/16",
+        "pid": std::process::id(),
+    }));
+    // The staged fault: the pod still has what ADD gave it, inside the old subnet.
+    assert!(pod
+        .ip(&["addr", "show", "dev", "eth0"])
+        .contains("10.244.1.2/24"));
+    let e = node
+        .run("CHECK", "c", &pod.path(), &checked)
+        .expect_code(101);
+    let details = e["details"].as_str().unwrap();
+    assert!(
+        details.contains("address 10.244.1.2 lies outside this node's pod subnet 10.244.7.0/24"),
+        "{e}"
+    );
+    assert!(
+        details
+            .contains("ADD reported gateway 10.244.1.1, but this node's gateway is now 10.244.7.1"),
+        "{e}"
+    );
+    node.run("DEL", "c", &pod.path(), &conf).expect_ok();
+}
+
 #[test]
 fn gc_releases_everything_not_listed() {
     let node = Node::new("gc");

@@ -115,8 +115,10 @@ pub struct SessionStats {
     pub tx_bytes: u64,
     /// Plaintext bytes delivered.
     pub rx_bytes: u64,
-    /// Handshakes completed as initiator, or answered as responder (a responder cannot tell
-    /// whether its answer was accepted until data arrives).
+    /// Handshakes completed: as initiator when the response verified, as responder when the
+    /// initiator's first data arrived on the new session (an answer alone proves nothing: an
+    /// initiation does not depend on the preshared key, so a peer with another one gets an
+    /// answer it can never use). As the kernel's WireGuard counts them.
     pub handshakes: u64,
     /// Handshakes completed after the first: rekeys.
     pub rekeys: u64,

@@ -100,6 +100,9 @@ pub struct Session {
     /// Bytes counted by `Tunn`s since dropped (boringtun counts per `Tunn`).
     retired_tx: u64,
     retired_rx: u64,
+    /// Our index in the last handshake response we sent, until the initiator's first data on
+    /// that session confirms it.
+    unconfirmed: Option<u32>,
     stats: SessionStats,
 }
 
@@ -140,6 +143,7 @@ impl Session {
             data_sent: 0,
             retired_tx: 0,
             retired_rx: 0,
+            unconfirmed: None,
             stats: SessionStats::default(),
         })
     }
@@ -225,12 +229,15 @@ impl Session {
         if out.len() < MIN_OUT_LEN || out.len() < datagram.len() {
             return self.fail(SessionError::BufferTooSmall);
         }
+        let receiver = d.receiver_index();
         let Some(switch) = self.switch.as_deref_mut() else {
             let raw = Raw::from(
                 out.as_ptr(),
                 self.current.tunn.decapsulate(src, datagram, out),
             );
-            return self.finish(raw, out, Some(kind));
+            let action = self.finish(raw, out, Some(kind));
+            self.confirm_response(kind, receiver, action);
+            return action;
         };
         let generation = self.current.generation;
         let to_current = d
@@ -243,8 +250,22 @@ impl Session {
         };
         let raw = Raw::from(out.as_ptr(), tunn.decapsulate(src, datagram, out));
         let action = self.finish(raw, out, Some(kind));
+        self.confirm_response(kind, receiver, action);
         self.observe(to_current, kind, action, out);
         action
+    }
+
+    /// Data that authenticated on the session our last response made: that handshake is
+    /// complete.
+    fn confirm_response(&mut self, kind: MessageType, receiver: Option<u32>, action: Action) {
+        let authenticated = matches!(
+            action,
+            Action::Done | Action::WriteToTunnelV4(..) | Action::WriteToTunnelV6(..)
+        );
+        if kind == MessageType::Data && authenticated && receiver == self.unconfirmed {
+            self.unconfirmed = None;
+            self.stats.handshakes += 1;
+        }
     }
 
     /// Sends one packet queued while there was no session. Call after a `decapsulate` that
@@ -333,7 +354,9 @@ impl Session {
     pub fn stats(&self) -> SessionStats {
         let (last_handshake, tx, rx, loss, rtt) = self.current.tunn.stats();
         let mut st = SessionStats {
-            last_handshake,
+            // boringtun dates a responder's session from its answer; until one is confirmed
+            // there is none.
+            last_handshake: last_handshake.filter(|_| self.stats.handshakes > 0),
             tx_bytes: self.retired_tx + tx as u64,
             rx_bytes: self.retired_rx + rx as u64,
             estimated_loss: loss,
@@ -347,7 +370,7 @@ impl Session {
             st.rx_bytes += rx as u64;
             st.handshake_rtt_ms = st.handshake_rtt_ms.or(rtt);
             if !s.confirmed {
-                st.last_handshake = last_handshake;
+                st.last_handshake = last_handshake.filter(|_| self.stats.handshakes > 0);
                 st.estimated_loss = loss;
             }
             st.retiring = true;

@@ -34,9 +34,17 @@ impl Session {
                 }
                 match (kind, sent) {
                     (Some(_), Ok(MessageType::CookieReply)) => self.stats.cookie_replies_sent += 1,
-                    // We answered an initiation, or confirmed our own with a keepalive.
-                    (Some(MessageType::Initiation), Ok(MessageType::Response))
-                    | (Some(MessageType::Response), Ok(MessageType::Data)) => {
+                    // We answered an initiation: complete once the initiator's first data
+                    // arrives on the session it made (`Session::confirm_response`), as the
+                    // kernel's WireGuard counts it. An initiator with another preshared key
+                    // never sends any.
+                    (Some(MessageType::Initiation), Ok(MessageType::Response)) => {
+                        self.unconfirmed = WgDatagram::new_checked(&out[..len])
+                            .ok()
+                            .and_then(|d| d.sender_index());
+                    }
+                    // We confirmed our own with a keepalive.
+                    (Some(MessageType::Response), Ok(MessageType::Data)) => {
                         self.stats.handshakes += 1
                     }
                     _ => {}

@@ -242,6 +242,41 @@ fn round_trip_both_ways() {
 }
 
 #[test]
+fn a_responder_counts_a_handshake_only_once_the_initiator_confirms_it() {
+    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+    let la = RateLimiter::new(&ka.public_key(), DEFAULT_HANDSHAKES_PER_SECOND);
+    let lb = RateLimiter::new(&kb.public_key(), DEFAULT_HANDSHAKES_PER_SECOND);
+    let mut b = Peer {
+        session: Session::new(&kb, 2, ka.public_key(), [2; 32], &lb).unwrap(),
+    };
+    let p = ipv4_packet([10, 244, 1, 5], b"secret");
+    // An initiator under another preshared key, again and again (a restarted one each time):
+    // each initiation is answered, enough of them to use each of boringtun's 8 session slots.
+    for _ in 0..9 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut a = Peer {
+            session: Session::new(&ka, 1, kb.public_key(), [1; 32], &la).unwrap(),
+        };
+        let init = send(&mut a, &p);
+        let (at_a, _) = exchange(&mut a, &mut b, init);
+        assert_eq!(at_a.errors, vec![SessionError::HandshakeFailed]);
+    }
+    let st = b.session.stats();
+    assert_eq!((st.handshakes, st.last_handshake), (0, None), "{st:?}");
+    // The right key: the initiator's keepalive confirms the answer, and it counts once.
+    let mut a = Peer {
+        session: Session::new(&ka, 1, kb.public_key(), [2; 32], &la).unwrap(),
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let init = send(&mut a, &p);
+    let (_, at_b) = exchange(&mut a, &mut b, init);
+    assert_eq!(at_b.delivered.len(), 1);
+    let st = b.session.stats();
+    assert_eq!(st.handshakes, 1, "{st:?}");
+    assert!(st.last_handshake.is_some());
+}
+
+#[test]
 fn ipv6_round_trip() {
     let (mut a, mut b) = pair();
     let src: Ipv6Addr = "fd00::1:5".parse().unwrap();

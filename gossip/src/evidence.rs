@@ -1,7 +1,9 @@
 //! Data-path evidence, Lifeguard-style: a member whose authenticated traffic reached this node
 //! moments ago is alive, whatever a lossy gossip path says about it.
 //!
-//! The daemon reports that traffic ([`Gossip::handle_evidence`]). While it is fresh (younger
+//! The daemon reports that traffic ([`Gossip::handle_evidence`]); gossip itself counts a SWIM
+//! datagram from a member behind a NAT, taken through its translation (`via.rs`), the same
+//! way: such a member is reachable only through the mappings its own datagrams make. While it is fresh (younger
 //! than [`crate::Config::evidence_window`]) this node
 //! - does not declare the member down on its own suspicion: the down-timer waits until the
 //!   evidence would go stale, and the member has that much longer to refute; and

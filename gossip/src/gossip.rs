@@ -67,6 +67,8 @@ pub struct Gossip {
     pub(crate) ticks: u64,
     /// Path summaries: this node's and the members' (`summary/`).
     pub(crate) summaries: crate::summary::Summaries,
+    /// Members whose gossip comes through a NAT, and from where (`via.rs`).
+    pub(crate) via: crate::via::Via,
 }
 
 impl Gossip {
@@ -119,6 +121,7 @@ impl Gossip {
             reserved,
             signer: local.signing_key.as_ref().map(SigningKey::public),
             forgets: Vec::new(),
+            learned: Vec::new(),
         };
         // Refuse here what every peer would refuse (and what would make our own broadcasts fail).
         let me_blob = encode_record(&me, local.signing_key.as_ref())
@@ -162,6 +165,7 @@ impl Gossip {
             any_suspect: false,
             ticks: 0,
             summaries: crate::summary::Summaries::new(local.boot_epoch, now),
+            via: crate::via::Via::default(),
             config,
         };
         g.start_claim(local.subnet, now);
@@ -205,6 +209,12 @@ impl Gossip {
         };
         match Kind::from_code(env.kind) {
             Some(Kind::Swim) => {
+                if let Some(addr) = self.via.heard(env.payload, from, now) {
+                    // Heard through its NAT: alive (`via.rs`).
+                    if let Some(name) = self.by_addr.get(&addr).cloned() {
+                        self.handle_evidence(&name, now);
+                    }
+                }
                 let result = self.swim.handle_data(env.payload, &mut self.rt);
                 self.swim_result(result);
             }
@@ -266,6 +276,40 @@ impl Gossip {
             self.me.secret_ids = ids;
             self.publish_record();
         }
+    }
+
+    /// Publishes where other members see this node from outside (its public endpoints behind
+    /// a NAT, [`NodeRecord::learned`]), at most [`crate::MAX_LEARNED`]; a new record only when
+    /// they changed.
+    pub fn set_learned(&mut self, mut learned: Vec<SocketAddr>) {
+        learned.truncate(crate::record::MAX_LEARNED);
+        if self.me.learned != learned {
+            self.me.learned = learned;
+            self.publish_record();
+        }
+    }
+
+    /// Where member `name`'s gossip comes from, when that is not the address its record
+    /// names (it is behind a NAT).
+    pub fn observed_gossip(&self, name: &str) -> Option<SocketAddr> {
+        let m = self.members.get(name)?;
+        self.via.observed(m.record.gossip_addr)
+    }
+
+    /// Pins member `name`'s gossip to `ip`, where its traffic authenticated under its own key
+    /// comes from (the daemon's WireGuard endpoint in use), or unpins it: a datagram naming it
+    /// from anywhere else then moves nothing (`via.rs`).
+    pub fn pin_source(&mut self, name: &str, ip: Option<std::net::IpAddr>) {
+        if let Some(m) = self.members.get(name) {
+            let addr = m.record.gossip_addr;
+            self.via.pin(addr, ip);
+        }
+    }
+
+    /// Datagrams that named a pinned member from another address (see
+    /// [`Gossip::pin_source`]).
+    pub fn via_refused(&self) -> u64 {
+        self.via.refused
     }
 
     /// This node's current record.
@@ -349,6 +393,8 @@ impl Gossip {
     }
 
     pub(crate) fn send(&mut self, dst: SocketAddr, kind: Kind, payload: &[u8]) {
+        // A member behind NAT is sent to where its gossip comes from (`via.rs`).
+        let dst = self.via.route(dst);
         if self.transmits.len() >= crate::bounds::MAX_TRANSMITS {
             self.counters.transmits_dropped += 1;
             return;

@@ -61,6 +61,7 @@ pub mod summary;
 mod sync;
 mod timers;
 mod trust;
+mod via;
 mod view;
 pub mod wire;
 
@@ -74,7 +75,7 @@ pub use name::{is_valid_name, MAX_NAME_LEN, NAME_RULE};
 pub use precedence::{HoldKind, Precedence, Settled};
 pub use record::{
     Capabilities, Forget, Lease, LocalNode, NodeRecord, RecordError, Subnet, SubnetClaim,
-    SubnetParseError, SubnetRequest, MAX_ENDPOINTS, MAX_RECORD_LEN, MAX_RESERVED,
+    SubnetParseError, SubnetRequest, MAX_ENDPOINTS, MAX_LEARNED, MAX_RECORD_LEN, MAX_RESERVED,
 };
 pub use signature::{short as short_key, SigningKey, PUBLIC_KEY_LEN};
 pub use subnet::{ClaimFault, Pool, PoolError, Ranges, MAX_CLAIM_SLOTS};

@@ -10,7 +10,8 @@
 //! ([`NodeRecord::secret_ids`]); 2. the subnets the node routes outside gossip, its static
 //! peers' ([`NodeRecord::reserved`]); 3. the owner's signature over every other byte of the
 //! record ([`crate::signature`]); 4. the signing keys the owner asks the cluster to forget
-//! ([`NodeRecord::forgets`], `meshd forget`). Decoding ([`decode_record`]) only parses; what
+//! ([`NodeRecord::forgets`], `meshd forget`); 5. the endpoints other members observe this node
+//! at, behind a NAT ([`NodeRecord::learned`]). Decoding ([`decode_record`]) only parses; what
 //! is believed is decided by the inbox (`inbox.rs`), which checks the signature
 //! ([`Decoded::verify`]) against the key the name is bound to.
 
@@ -186,6 +187,13 @@ pub struct NodeRecord {
     /// bound to some name elsewhere; at most [`MAX_FORGETS`]. Signed records only.
     #[serde(skip)]
     pub forgets: Vec<Forget>,
+    /// Extension 5: where other members see this node's data port from outside (the source
+    /// address and port of its WireGuard traffic as they authenticate it, their signed path
+    /// summaries say so), when that is none of [`NodeRecord::endpoints`]: a node behind NAT
+    /// learns its public endpoints and advertises them here, at most [`MAX_LEARNED`], most
+    /// reported first. Signed records only; empty from an older node.
+    #[serde(skip)]
+    pub learned: Vec<SocketAddr>,
 }
 
 /// One `meshd forget`: release the name bound to `key`, unless its owner shows that key is
@@ -254,6 +262,9 @@ pub const MAX_ENDPOINTS: usize = 6;
 /// Most keys one record asks to forget (`meshd forget`). A record at every other bound has no
 /// room for one; the command then says so.
 pub const MAX_FORGETS: usize = 2;
+/// Most learned (observed) endpoints one record carries: two IPv6 ones take 40 bytes, which a
+/// record at every other bound still has room for.
+pub const MAX_LEARNED: usize = 2;
 /// Most cluster secret ids accepted per node.
 pub const MAX_SECRET_IDS: usize = 8;
 /// Most reserved (static peer) subnets accepted per node: 16 take 81 bytes, which a record
@@ -330,6 +341,9 @@ pub fn encode_with_trailer(
     blob = append_extension(blob, &record.reserved)?;
     if let Some(key) = key {
         let mut suffix = append_extension(Vec::new(), &record.forgets)?;
+        if !record.learned.is_empty() || !trailer.is_empty() {
+            suffix = append_extension(suffix, &record.learned)?;
+        }
         suffix.extend_from_slice(trailer);
         let ext = key.seal(&blob, &suffix);
         blob = postcard::to_extend(ext.as_slice(), blob).map_err(|_| RecordError::Malformed)?;
@@ -375,11 +389,19 @@ pub fn decode_record(blob: &[u8]) -> Result<Decoded, RecordError> {
         if let Some(forgets) = take_extension(&mut rest)? {
             record.forgets = forgets;
         }
+        // Bytes that do not read as extension 5 are left for the signature to judge (a
+        // relay's appendix fails it) rather than refused as malformed here.
+        let mut ext5 = rest;
+        if let Ok(Some(learned)) = take_extension(&mut ext5) {
+            record.learned = learned;
+            rest = ext5;
+        }
     }
     let bounded = record.endpoints.len() <= MAX_ENDPOINTS
         && record.secret_ids.len() <= MAX_SECRET_IDS
         && record.reserved.len() <= MAX_RESERVED
         && record.forgets.len() <= MAX_FORGETS
+        && record.learned.len() <= MAX_LEARNED
         && record.reserved.iter().all(Subnet::is_valid)
         && record.subnet.is_none_or(|c| c.subnet.is_valid());
     if !bounded {

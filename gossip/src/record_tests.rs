@@ -22,6 +22,7 @@ pub(crate) fn sample(name: &str) -> NodeRecord {
         reserved: vec!["10.244.200.0/24".parse().unwrap()],
         signer: None,
         forgets: Vec::new(),
+        learned: Vec::new(),
     }
 }
 
@@ -226,4 +227,24 @@ fn claim_order_is_explicit_then_age_then_name() {
     assert!(pinned.beats("z", &old, "a"));
     assert!(old.beats("a", &old, "b"));
     assert!(!old.beats("b", &old, "a"));
+}
+
+/// Extension 5: the endpoints others observe a node at, signed with the rest, read back; a
+/// record without it (an older node's) reads as none.
+#[test]
+fn learned_endpoints_round_trip_signed() {
+    let mut rec = sample("n1");
+    rec.learned = vec![
+        "198.51.100.7:40001".parse().unwrap(),
+        "[2001:db8::7]:51820".parse().unwrap(),
+    ];
+    let blob = encode_record(&rec, Some(&key())).unwrap();
+    assert_eq!(decode_verified(&blob).unwrap(), (signed(&rec), false));
+    let mut tampered = blob.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert!(decode_verified(&tampered).map_or(true, |(r, _)| r == signed(&rec)));
+    rec.learned.push("198.51.100.8:1".parse().unwrap());
+    let too_many = encode_record(&rec, Some(&key())).unwrap();
+    assert_eq!(decode_record(&too_many), Err(RecordError::Invalid));
 }

@@ -281,6 +281,7 @@ impl Gossip {
         self.resync_tick(now);
         self.claim_tick(now);
         self.bound_tick(now);
+        self.via.expire(now);
     }
 
     /// foca does not report Alive↔Suspect; read it off its member list.

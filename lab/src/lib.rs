@@ -25,6 +25,7 @@ pub mod wireguard;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
+pub use topology::nat::NAT_ROLES;
 pub use topology::{Formation, HostKind, LabPaths, Spec, Topology};
 
 /// Prefix of everything `meshd lab` makes unless told otherwise.
@@ -97,6 +98,7 @@ pub fn save(spec: &Spec) -> Result<()> {
         "userspace_nodes": spec.paths.userspace_nodes,
         "host_gw": spec.paths.host_gw,
         "routed": spec.paths.routed,
+        "nat": spec.paths.nat,
     });
     std::fs::write(spec_file(&spec.prefix), serde_json::to_vec_pretty(&v)?)?;
     Ok(())
@@ -167,6 +169,7 @@ pub fn load(prefix: &str) -> Result<Spec> {
             userspace_nodes: v["userspace_nodes"].as_u64().unwrap_or(0) as usize,
             host_gw: v["host_gw"].as_bool() == Some(true),
             routed: v["routed"].as_u64().unwrap_or(0) as usize,
+            nat: v["nat"].as_bool() == Some(true),
         },
     })
 }

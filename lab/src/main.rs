@@ -69,6 +69,11 @@ enum LabCommand {
         /// How many hosts (the last ones) sit behind a router on a second underlay segment.
         #[arg(long, default_value_t = 0)]
         routed: usize,
+        /// The NAT lab: pub1 and pub2 public; a1 and a2 behind a masquerading router that keeps
+        /// ports; b1 behind one that maps each destination anew (random-fully); c1 behind a
+        /// 1:1 NAT. Six gossip hosts, encrypted, configured with nothing but the seed.
+        #[arg(long)]
+        nat: bool,
     },
     /// Ping every pod from every pod, then time a TCP transfer between two hosts.
     Check {
@@ -112,7 +117,16 @@ fn real_main(cmd: LabCommand) -> Result<()> {
             userspace_nodes,
             host_gw,
             routed,
+            nat,
         } => {
+            let nodes = if nat {
+                if encryption != Encryption::Wireguard || static_peers || routed > 0 {
+                    bail!("--nat builds an encrypted gossip lab of its own shape: no --static, --routed or --encryption none");
+                }
+                meshd_lab::NAT_ROLES.len()
+            } else {
+                nodes
+            };
             if userspace_nodes > nodes || routed > nodes {
                 bail!("--userspace-nodes and --routed must not exceed --nodes");
             }
@@ -165,6 +179,7 @@ fn real_main(cmd: LabCommand) -> Result<()> {
                     userspace_nodes,
                     host_gw,
                     routed,
+                    nat,
                 },
             };
             let mut t = Topology::up(spec.clone())?;
@@ -175,10 +190,15 @@ fn real_main(cmd: LabCommand) -> Result<()> {
             meshd_lab::save(&spec)?;
             for h in &t.hosts {
                 let pods: Vec<String> = h.pods.iter().map(|p| p.addr.to_string()).collect();
+                let kind = if nat {
+                    meshd_lab::topology::nat::role(h).to_string()
+                } else {
+                    format!("{:?}", h.kind)
+                };
                 println!(
                     "{:<12} {:<12} underlay {:<12} subnet {:<15} pods {}",
                     h.ns,
-                    format!("{:?}", h.kind),
+                    kind,
                     h.underlay,
                     h.subnet,
                     pods.join(" ")

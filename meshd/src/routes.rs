@@ -102,6 +102,15 @@ impl RouteTable {
     pub(crate) fn peers(&self) -> &[PeerEntry] {
         &self.peers
     }
+
+    /// Gives every peer `mtu`, as path-MTU discovery would: for tests and fuzz targets that
+    /// need a table without a control plane.
+    #[doc(hidden)]
+    pub fn set_mtus(&self, mtu: u16) {
+        for p in &self.peers {
+            p.set_mtu(mtu);
+        }
+    }
 }
 
 /// The swappable snapshot, and the counter of drops no peer owns.
@@ -269,7 +278,7 @@ mod tests {
         let before = &t
             .peer(t.by_source("198.18.0.2".parse().unwrap()).unwrap())
             .stats;
-        before.tx(3, 300);
+        before.tx(3, 300, 300);
         install(&[peer("b", "198.18.0.2", "10.244.2.0/24")]);
         let t = r.load();
         assert_eq!(t.peers().len(), 1);

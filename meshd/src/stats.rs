@@ -40,9 +40,12 @@ pub enum DropReason {
     UnknownIndex,
     /// WireGuard data for a session that does not exist (any more), or a peer without a key.
     NoSession,
+    /// A packet with DF set larger than its peer's path MTU: answered with an ICMP
+    /// "fragmentation needed" carrying that MTU (`datapath::too_big`).
+    TooBig,
 }
 
-pub(crate) const DROP_REASONS: [DropReason; 13] = [
+pub(crate) const DROP_REASONS: [DropReason; 14] = [
     DropReason::UnknownSource,
     DropReason::WrongVni,
     DropReason::Malformed,
@@ -56,6 +59,7 @@ pub(crate) const DROP_REASONS: [DropReason; 13] = [
     DropReason::HandshakeRejected,
     DropReason::UnknownIndex,
     DropReason::NoSession,
+    DropReason::TooBig,
 ];
 
 impl DropReason {
@@ -93,6 +97,7 @@ impl DropReason {
             DropReason::HandshakeRejected => "handshake-rejected",
             DropReason::UnknownIndex => "unknown-index",
             DropReason::NoSession => "no-session",
+            DropReason::TooBig => "too-big",
         }
     }
 }
@@ -135,6 +140,9 @@ impl Stamp {
 pub struct PeerStats {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
+    /// Of `tx_bytes`, pod traffic: not nodes' probes and their replies
+    /// ([`crate::kernel::probe::is_node_echo`]), which the userspace path carries too.
+    pod_tx_bytes: AtomicU64,
     rx_packets: AtomicU64,
     rx_bytes: AtomicU64,
     /// When the last packet from the peer was delivered ([`Stamp`] ms, 0 for never). In
@@ -162,10 +170,14 @@ pub struct PeerStatsSnapshot {
 }
 
 impl PeerStats {
+    /// `packets` of `bytes` sent on meshd's path, `pod_bytes` of them pod traffic.
     #[inline]
-    pub(crate) fn tx(&self, packets: u64, bytes: u64) {
+    pub(crate) fn tx(&self, packets: u64, bytes: u64, pod_bytes: u64) {
         self.tx_packets.fetch_add(packets, Relaxed);
         self.tx_bytes.fetch_add(bytes, Relaxed);
+        if pod_bytes > 0 {
+            self.pod_tx_bytes.fetch_add(pod_bytes, Relaxed);
+        }
     }
 
     #[inline]
@@ -206,6 +218,14 @@ impl PeerStats {
         self.kernel
             .each_ref()
             .map(|k| k.each_ref().map(|c| c.load(Relaxed)))
+    }
+
+    /// Bytes of pod traffic sent to the peer on any path (meshd's and, as last counted, the
+    /// kernel's, whose counters see only forwarded packets): nodes' probes and their replies
+    /// left out.
+    pub(crate) fn pod_sent_bytes(&self) -> u64 {
+        let kernel: u64 = self.kernel.iter().map(|k| k[0].load(Relaxed)).sum();
+        self.pod_tx_bytes.load(Relaxed) + kernel
     }
 
     pub(crate) fn dropped(&self, reason: DropReason) -> u64 {

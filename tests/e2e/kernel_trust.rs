@@ -172,6 +172,12 @@ fn without_nft_no_kernel_vxlan_device_receives_unchecked_and_the_status_says_why
                found (install nftables)";
     let k = status(&t, 0).kernel.unwrap();
     assert_eq!(k.vxlan, format!("unavailable ({why})"));
+    // Nor masquerade, nor MSS clamping: off, and the status and the log say why.
+    let e = status(&t, 0).egress.unwrap();
+    assert!(!e.masquerade && !e.mss_clamping, "{e:?}");
+    let off = e.masquerade_off.unwrap_or_default();
+    assert!(off.contains("the nft program was not found"), "{off}");
+    assert!(crate::support::log(&t, 0).contains("cannot write meshd's nftables table"));
     let (p, _) = wait_path(&t, 0, 1, |_| true);
     assert_eq!(p.path, "userspace", "{p:?}");
     assert_eq!(

@@ -69,6 +69,7 @@ fn forged_record(t: &Topology, victim: usize, thief: usize) -> NodeRecord {
         reserved: Vec::new(),
         signer: None,
         forgets: Vec::new(),
+        learned: Vec::new(),
     }
 }
 

@@ -78,6 +78,27 @@ pub(super) fn check(env: &Env, conf: &NetConf) -> Result<()> {
     }
     let want_prefix = net.subnet.prefix_len();
     let want_ip = allocated.or(reported_ip.map(|(a, _)| a));
+    // meshd restarted with another subnet: the pod's address is no longer routed here and its
+    // gateway is gone, so nothing else about it matters (the pod must be made again).
+    if let Some(ip) = want_ip.filter(|ip| !net.subnet.contains(ip)) {
+        problems.push(format!(
+            "address {ip} lies outside this node's pod subnet {} (meshd now runs with another \
+             subnet: this pod's traffic is not routed and its gateway is gone; recreate the pod)",
+            net.subnet
+        ));
+    }
+    // The gateway ADD reported for our interface (another plugin's entries are its own).
+    let prev_gateway = pod_index.and_then(|idx| {
+        prev.ips
+            .iter()
+            .filter(|ip| ip.interface == Some(idx))
+            .find_map(|ip| ip.gateway.as_deref()?.parse::<Ipv4Addr>().ok())
+    });
+    if let Some(g) = prev_gateway.filter(|g| *g != gateway) {
+        problems.push(format!(
+            "ADD reported gateway {g}, but this node's gateway is now {gateway}"
+        ));
+    }
 
     // The host end.
     let host = Nl::new()?;

@@ -3,7 +3,7 @@
 //! ```text
 //!  Kind::Summary payload:  SignedChunk { body: bytes, signature: bytes (64) }
 //!  body:                   Body { reporter, version, index, total, omitted, entries: [bytes] }
-//!  each entry:             Entry { peer, path, route, health, reason, rtt_us, mtu }
+//!  each entry:             Entry { peer, path, route, health, reason, rtt_us, mtu } ‖ Seen { data, gossip }
 //!  signed:                 "meshd path summary v1\0" ‖ body
 //!  Kind::SummaryPull:      Pull { version }   (send yours if newer than this)
 //! ```
@@ -15,6 +15,7 @@
 //! own, so a receiver checks each as it comes, and a chunk of one version never completes
 //! another (the version is in the signed body).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,14 @@ struct Entry<'a> {
     mtu: u16,
 }
 
+/// An entry's second part (appended by meshd with NAT traversal; an older reader skips it):
+/// where the reporter sees the peer's traffic come from.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Seen {
+    data: Option<SocketAddr>,
+    gossip: Option<SocketAddr>,
+}
+
 /// A pull: the version the asker holds (0 for none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Pull {
@@ -92,7 +101,13 @@ pub(crate) fn encode(
     let mut used = 0;
     let mut left_out = 0u32;
     for r in reports {
-        let blob = crate::wire::encode_payload(&entry(r));
+        let mut blob = crate::wire::encode_payload(&entry(r));
+        if r.observed.is_some() || r.observed_gossip.is_some() {
+            blob.extend(crate::wire::encode_payload(&Seen {
+                data: r.observed,
+                gossip: r.observed_gossip,
+            }));
+        }
         // A blob under 16 KiB has a length prefix of at most 2 bytes.
         let cost = blob.len() + 2;
         if used + cost > room && used > 0 {
@@ -193,15 +208,23 @@ impl<'a> Parsed<'a> {
         let mut out = Vec::with_capacity(self.body.entries.len());
         for blob in &self.body.entries {
             match postcard::take_from_bytes::<Entry<'_>>(blob) {
-                Ok((e, _newer_fields)) if is_valid_name(e.peer) => out.push(PathReport {
-                    peer: e.peer.to_owned(),
-                    path: PathCode::from_code(e.path),
-                    route: Route::from_code(e.route),
-                    health: Health::from_code(e.health),
-                    reason: Reason::from_code(e.reason),
-                    rtt: (e.rtt_us > 0).then(|| Duration::from_micros(u64::from(e.rtt_us))),
-                    mtu: e.mtu,
-                }),
+                Ok((e, after)) if is_valid_name(e.peer) => {
+                    // A reader that cannot parse the second part takes the first alone.
+                    let seen = postcard::take_from_bytes::<Seen>(after)
+                        .map(|(s, _)| s)
+                        .unwrap_or_default();
+                    out.push(PathReport {
+                        peer: e.peer.to_owned(),
+                        path: PathCode::from_code(e.path),
+                        route: Route::from_code(e.route),
+                        health: Health::from_code(e.health),
+                        reason: Reason::from_code(e.reason),
+                        rtt: (e.rtt_us > 0).then(|| Duration::from_micros(u64::from(e.rtt_us))),
+                        mtu: e.mtu,
+                        observed: seen.data,
+                        observed_gossip: seen.gossip,
+                    })
+                }
                 _ => bad += 1,
             }
         }
@@ -244,7 +267,20 @@ pub(crate) mod tests {
             reason: Reason::None,
             rtt: Some(Duration::from_micros(rtt_us)),
             mtu: 1450,
+            observed: None,
+            observed_gossip: None,
         }
+    }
+
+    #[test]
+    fn observed_endpoints_round_trip_and_an_entry_without_them_reads_as_before() {
+        let key = SigningKey::from_seed(&[1; 32]);
+        let mut seen = report("b", 400);
+        seen.observed = Some("198.51.100.7:40001".parse().unwrap());
+        seen.observed_gossip = Some("198.51.100.7:7946".parse().unwrap());
+        let enc = encode("a", 1, &[seen.clone(), report("c", 5)], 0, &key, 1191);
+        let (back, bad) = decode(&enc.chunks[0]).unwrap().reports();
+        assert_eq!((back, bad), (vec![seen, report("c", 5)], 0));
     }
 
     #[test]

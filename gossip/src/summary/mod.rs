@@ -43,6 +43,7 @@ mod spread;
 #[cfg(test)]
 mod tests;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub(crate) use spread::Summaries;
@@ -152,6 +153,14 @@ pub struct PathReport {
     pub rtt: Option<Duration>,
     /// The MTU of pod packets to it.
     pub mtu: u16,
+    /// Where the peer's authenticated WireGuard traffic comes from, as the reporter sees it
+    /// (behind a NAT: the peer's public mapping). The peer learns its public endpoints from
+    /// these ([`crate::NodeRecord::learned`]); any other node may only add it as a candidate
+    /// to try, never switch to it: authenticated traffic decides.
+    pub observed: Option<SocketAddr>,
+    /// Where the peer's gossip comes from, as the reporter sees it, when that is not the
+    /// address its record names.
+    pub observed_gossip: Option<SocketAddr>,
 }
 
 impl PathReport {
@@ -172,6 +181,8 @@ impl PathReport {
             self.health,
             self.reason,
             self.mtu,
+            self.observed,
+            self.observed_gossip,
         ) != (
             &other.peer,
             other.path,
@@ -179,6 +190,8 @@ impl PathReport {
             other.health,
             other.reason,
             other.mtu,
+            other.observed,
+            other.observed_gossip,
         )
     }
 }

@@ -39,6 +39,9 @@ impl Topology {
         if self.spec.paths.routed > 0 {
             self.router()?;
         }
+        if self.spec.paths.nat {
+            self.nat_routers()?;
+        }
         for h in self.hosts.clone() {
             self.build_host(&h)?;
         }
@@ -144,6 +147,14 @@ impl Topology {
     }
 
     fn build_host(&self, h: &Host) -> Result<()> {
+        if self.spec.paths.nat {
+            ip(&["netns", "add", &h.ns])?;
+            ip(&["-n", &h.ns, "link", "set", "lo", "up"])?;
+            self.nat_host_link(h)?;
+            std::fs::create_dir_all(&h.dir)
+                .with_context(|| format!("creating {}", h.dir.display()))?;
+            return Ok(());
+        }
         let routed = h.underlay.octets()[2] == 1;
         let sw = if routed {
             format!("{}-sw2", self.spec.prefix)

@@ -62,10 +62,15 @@ impl Topology {
     /// The config file a meshd host runs with. Public so tests can start a variant of it.
     pub fn meshd_config(&self, h: &Host) -> String {
         let gossip = self.spec.formation == Formation::Gossip;
+        // The NAT lab configures nothing but the seed: each node finds its address.
+        let address = if self.spec.paths.nat {
+            String::new()
+        } else {
+            format!("address = \"{}\"\n", h.underlay)
+        };
         let mut c = format!(
-            "node-name = \"{}\"\naddress = \"{}\"\nencryption = \"{}\"\nunderlay-mtu = {}\nrun-dir = \"{}\"\nstate-dir = \"{}\"\nlog-level = \"info\"\n",
+            "node-name = \"{}\"\n{address}encryption = \"{}\"\nunderlay-mtu = {}\nrun-dir = \"{}\"\nstate-dir = \"{}\"\nlog-level = \"info\"\n",
             h.name,
-            h.underlay,
             self.spec.encryption.as_str(),
             self.spec.underlay_mtu,
             h.dir.join("run").display(),

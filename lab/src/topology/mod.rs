@@ -17,6 +17,7 @@
 
 mod build;
 mod daemon;
+pub mod nat;
 mod pods;
 
 use anyhow::{bail, Context, Result};
@@ -88,6 +89,9 @@ pub struct LabPaths {
     /// How many hosts (the last ones) sit on a second underlay segment, behind a router
     /// namespace: host-gw cannot reach them, VXLAN can.
     pub routed: usize,
+    /// The NAT lab ([`nat`]): six hosts, two public, four behind three kinds of NAT router;
+    /// every host configured with nothing but the seed.
+    pub nat: bool,
 }
 
 impl Default for LabPaths {
@@ -99,6 +103,7 @@ impl Default for LabPaths {
             userspace_nodes: 0,
             host_gw: false,
             routed: 0,
+            nat: false,
         }
     }
 }
@@ -239,12 +244,16 @@ fn plan(spec: &Spec) -> Vec<Host> {
                 ns: name.clone(),
                 name,
                 kind,
-                underlay: Ipv4Addr::new(
-                    198,
-                    18,
-                    u8::from(i >= spec.hosts.len().saturating_sub(spec.paths.routed)),
-                    n as u8,
-                ),
+                underlay: if spec.paths.nat {
+                    nat::place(n).0
+                } else {
+                    Ipv4Addr::new(
+                        198,
+                        18,
+                        u8::from(i >= spec.hosts.len().saturating_sub(spec.paths.routed)),
+                        n as u8,
+                    )
+                },
                 subnet,
                 dir: dir.join(format!("h{n}")),
                 pods: (0..spec.pods_per_host)

@@ -110,6 +110,7 @@ pub(super) mod tests {
     pub(in crate::config) const FULL: &str = r#"
         node-name = "full"
         address = "198.18.0.9"
+        listen-address = "198.18.0.8"
         subnet = "10.250.3.0/24"
         seeds = ["198.18.0.2:7000"]
         cluster-cidr = "10.250.0.0/16"
@@ -118,6 +119,10 @@ pub(super) mod tests {
         host-gw = true
         cluster-secret-file = "/etc/meshd/full.secret"
         underlay-mtu = 9000
+        masquerade = false
+        no-masquerade-cidrs = ["192.0.2.0/24"]
+        mss-clamping = false
+        path-mtu-discovery = false
         bridge = "fullbr0"
         tun = "full0"
         queues = 3
@@ -140,6 +145,7 @@ pub(super) mod tests {
         port = 51000
         handshakes-per-second = 7
         device = "fullwg0"
+        nat-keepalive = 9
         [tiers]
         multi-queue = false
         tun-offload = false
@@ -177,7 +183,13 @@ pub(super) mod tests {
             .collect();
         assert_eq!(
             optional,
-            ["address", "cluster-secret-file", "gossip.enabled", "subnet"]
+            [
+                "address",
+                "cluster-secret-file",
+                "gossip.enabled",
+                "listen-address",
+                "subnet"
+            ]
         );
         // And what serializes reads back the same.
         let again = Config::from_toml(&toml::to_string(&full).unwrap()).unwrap();

@@ -8,9 +8,12 @@
 //! what is wrong with it, so `meshd run --check-config` is useful to an operator.
 
 pub mod cli;
+mod egress;
 mod file;
 mod modes;
+mod mtu;
 mod peer_flag;
+mod underlay;
 mod validate;
 
 pub use modes::{Datapath, Encryption, LogFormat};
@@ -38,9 +41,13 @@ pub(crate) const CLUSTER_SECRET_ENV: &str = "MESHD_CLUSTER_SECRET";
 pub struct Config {
     /// This node's name, unique in the cluster; its VTEP MAC derives from it.
     pub node_name: String,
-    /// Underlay address other nodes send to. Absent: the source address of the route towards
-    /// the first seed, else of the default route (`meshd status` says which).
+    /// Underlay address other nodes send to (advertised; it need not be assigned here: a cloud
+    /// VM behind a 1:1 NAT sets its public address). Absent: the source address of the route
+    /// towards the first seed, else of the default route (`meshd status` says which), and
+    /// with gossip, whatever public endpoints other members observe this node at.
     pub address: Option<IpAddr>,
+    /// Address the UDP sockets (data and gossip) bind to. Absent: all addresses.
+    pub listen_address: Option<IpAddr>,
     /// This node's pod subnet. Required without gossip; with gossip, an explicit claim (absent:
     /// the lease persisted under `state-dir`, else a free subnet picked by the cluster).
     pub subnet: Option<Ipv4Net>,
@@ -66,6 +73,15 @@ pub struct Config {
     pub cluster_secret_file: Option<PathBuf>,
     /// MTU of the underlay path; the TUN MTU is this minus the encapsulation overhead.
     pub underlay_mtu: u16,
+    /// Masquerade pod traffic leaving `cluster-cidr` to the node's address ([`egress`]).
+    pub masquerade: bool,
+    /// Destinations outside the cluster that see pod addresses (never masqueraded).
+    pub no_masquerade_cidrs: Vec<Ipv4Net>,
+    /// Clamp the MSS of TCP SYNs into the overlay to the MTU of the peer they go to.
+    pub mss_clamping: bool,
+    /// Find each peer's path MTU with probes and give its pod packets that MTU (see
+    /// `config/mtu.rs`); off: every peer gets the TUN MTU.
+    pub path_mtu_discovery: bool,
     /// Name of the pod bridge meshd creates.
     pub bridge: String,
     /// Name of the TUN device meshd creates.
@@ -103,6 +119,10 @@ pub struct WireguardConfig {
     pub(crate) handshakes_per_second: u64,
     /// Name of the kernel WireGuard device, where the kernel has WireGuard.
     pub(crate) device: String,
+    /// Seconds between keepalives to a peer reached through a NAT (either side behind one),
+    /// holding the NAT's mapping open while the pair is idle; 0 turns them off (a test switch:
+    /// an idle NAT mapping then expires). Public-only pairs never send them.
+    pub(crate) nat_keepalive: u16,
 }
 
 /// Membership and subnet allocation by gossip (UDP, every datagram sealed with a key derived
@@ -182,6 +202,7 @@ impl Default for Config {
         Config {
             node_name: default_node_name(),
             address: None,
+            listen_address: None,
             subnet: None,
             seeds: Vec::new(),
             gossip: GossipConfig::default(),
@@ -193,6 +214,10 @@ impl Default for Config {
             host_gw: false,
             cluster_secret_file: None,
             underlay_mtu: 1500,
+            masquerade: true,
+            no_masquerade_cidrs: Vec::new(),
+            mss_clamping: true,
+            path_mtu_discovery: true,
             bridge: "meshbr0".into(),
             tun: "mesh0".into(),
             queues: 0,
@@ -235,6 +260,7 @@ impl Default for WireguardConfig {
             port: 51820,
             handshakes_per_second: meshd_crypto::handshake::DEFAULT_HANDSHAKES_PER_SECOND,
             device: "meshwg0".into(),
+            nat_keepalive: 25,
         }
     }
 }

@@ -74,6 +74,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_egress()?;
         validate_ifname("bridge", &self.bridge, 15)?;
         validate_ifname("tun", &self.tun, 15)?;
         if self.bridge == self.tun {

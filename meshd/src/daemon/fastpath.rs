@@ -4,7 +4,9 @@
 //! that refuses is fatal here, with its reason; with `auto` the node falls back to userspace.
 //! The kernel VXLAN device comes up only behind meshd's inner-source check
 //! ([`crate::kernel::source_check`]): a node that cannot write it (no `nft`, no nf_tables) runs
-//! every peer on the userspace path, which checks every datagram itself.
+//! every peer on the userspace path, which checks every datagram itself. Whatever the mode,
+//! meshd's nftables table is written here first ([`Table`]: masquerade, and those checks), then
+//! kept by the path manager.
 
 use anyhow::{bail, Result};
 use std::net::{IpAddr, Ipv4Addr};
@@ -12,8 +14,9 @@ use std::sync::Arc;
 
 use crate::config::{Config, Datapath, Encryption};
 use crate::host::Host;
-use crate::kernel::nft::{self, Ruleset};
+use crate::kernel::nft;
 use crate::kernel::source_check::{self, SourceRule, VxlanSources};
+use crate::kernel::table::Table;
 use crate::kernel::vxlan::{self, Origin, VxlanDevice, VxlanSpec};
 use crate::kernel::wireguard::{Error as WgError, KernelWireguard, Unavailable};
 use crate::kernel::{routes, Refusal};
@@ -43,6 +46,7 @@ pub(crate) async fn prepare(
     let cleartext = cfg.encryption == Encryption::None;
     let mut adopted = Vec::new();
     let mut sources = None;
+    let mut table = Table::new(cfg);
     let vxlan = if !cleartext {
         remove_stale_vxlan(&host, cfg).await;
         Err(NotOffered::Config("encryption = \"wireguard\"".into()))
@@ -63,15 +67,14 @@ pub(crate) async fn prepare(
             mtu: cfg.overlay_mtu(),
         };
         // The check first: the device receives from the moment it is up.
-        let made = match check_sources(cfg.vxlan.port) {
+        let made = match check_sources(&mut table, cfg.vxlan.port) {
             Ok(rules) => {
                 let made = vxlan::ensure(&host, &spec).await;
                 if made.is_ok() {
                     sources = Some(SourceCheck::new(cfg.vxlan.port, rules, Some(unattributed)));
-                } else if let Err(e) = nft::remove() {
-                    // Left in place it would drop what the userspace path should receive.
-                    tracing::error!(error = %e, "cannot remove meshd's nftables table");
                 }
+                // Otherwise the checks go below: left in place they would drop what the
+                // userspace path should receive.
                 made
             }
             Err(why) => {
@@ -98,6 +101,11 @@ pub(crate) async fn prepare(
             }
         }
     };
+    if sources.is_none() {
+        // No kernel VXLAN: the table without its checks (a previous meshd's go with them). A
+        // failure is logged by the table and shown by the status.
+        let _ = table.write(table.compose(None, None, []));
+    }
     let wireguard = wireguard(cfg).await?;
     let wireguard_text = match &wireguard {
         Ok(dev) => format!(
@@ -128,11 +136,15 @@ pub(crate) async fn prepare(
         underlay_mac,
         tun: cfg.tun.clone(),
         pod_mtu: cfg.overlay_mtu(),
+        mtu: cfg
+            .mtu_searched()
+            .then(|| (cfg.mtu_floor(), cfg.overlay_mtu())),
         vxlan,
         wireguard,
         crypto: None,
         wireguard_port: cfg.wireguard.port,
         sources,
+        table,
     };
     Ok((setup, status))
 }
@@ -141,7 +153,7 @@ pub(crate) async fn prepare(
 /// it left one (its peers keep their traffic while this meshd learns of them again), else with
 /// none (every VXLAN datagram refused until the peers are known, as the userspace path refuses
 /// unknown sources). `Err` says why it cannot be done: no `nft`, no nf_tables.
-fn check_sources(port: u16) -> Result<Vec<SourceRule>, nft::NftError> {
+fn check_sources(table: &mut Table, port: u16) -> Result<Vec<SourceRule>, nft::NftError> {
     let rules = match nft::list()? {
         Some(table) => source_check::adopted(&nft::counters(&table)),
         None => Vec::new(),
@@ -152,10 +164,8 @@ fn check_sources(port: u16) -> Result<Vec<SourceRule>, nft::NftError> {
             "adopted the inner-source checks a previous meshd left"
         );
     }
-    nft::apply(&Ruleset {
-        traffic: None,
-        vxlan_sources: Some(VxlanSources::new(port, rules.iter().copied())),
-    })?;
+    let checks = VxlanSources::new(port, rules.iter().copied());
+    table.write(table.compose(Some(checks), None, []))?;
     Ok(rules)
 }
 
@@ -220,7 +230,9 @@ fn refusal(u: &Unavailable) -> Refusal {
 }
 
 /// With the kernel path off, a VXLAN device an earlier meshd left would hold the UDP port the
-/// userspace path binds: remove it (and meshd's routes, which lead into it or past it).
+/// userspace path binds: remove it (and meshd's routes, which lead into it or past it). Its
+/// source checks, which would drop what the userspace path receives, leave the table when
+/// [`prepare`] writes it without them.
 async fn remove_stale_vxlan(host: &Host, cfg: &Config) {
     match host.remove_owned(&cfg.vxlan.device).await {
         Ok(true) => {
@@ -231,12 +243,6 @@ async fn remove_stale_vxlan(host: &Host, cfg: &Config) {
     }
     for r in routes::list(host).await.unwrap_or_default() {
         let _ = routes::remove(host, r.subnet).await;
-    }
-    // And its nftables table, which would drop what the userspace path receives.
-    match nft::remove() {
-        Ok(true) => tracing::info!("removed the nftables table an earlier meshd left"),
-        Ok(false) | Err(nft::NftError::Missing) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot remove meshd's nftables table"),
     }
 }
 

@@ -13,6 +13,7 @@ pub(crate) mod fastpath;
 pub(crate) mod membership;
 pub(crate) mod observe;
 pub mod preflight;
+pub(crate) mod reach;
 pub mod reload;
 pub(crate) mod report;
 pub(crate) mod secrets;
@@ -99,7 +100,7 @@ pub async fn run(mut cfg: Config, live: reload::Live) -> Result<()> {
         fastpath::prepare(&cfg, address, routes.unattributed.clone()).await?;
     let kernel_devices = observe::kernel_devices(&cfg, &fast);
     fast.crypto = crypto.clone();
-    let paths = crate::paths::manager::Paths::new(kernel_status);
+    let paths = crate::paths::manager::Paths::new(kernel_status, fast.table.status());
     let backend = Arc::new(
         Backend::new(
             routes.clone(),
@@ -126,7 +127,8 @@ pub async fn run(mut cfg: Config, live: reload::Live) -> Result<()> {
         (Some(ring), true) => {
             let caps = fastpath::capabilities(&cfg, &fast);
             let m = Membership::start(&cfg, backend.clone(), public, ring.clone(), caps).await?;
-            Some(m.with_seeds(seeds_rx))
+            let configured = address_source == underlay::AddressSource::Config;
+            Some(m.with_seeds(seeds_rx).address_configured(configured))
         }
         _ => None,
     };
@@ -151,7 +153,13 @@ pub async fn run(mut cfg: Config, live: reload::Live) -> Result<()> {
         crate::datapath::DataPort::Bind
     };
     let datapath = match &crypto {
-        Some(c) => DataPath::start(&cfg, port, routes.clone(), Wireguard { crypto: c.clone() })?,
+        Some(c) => {
+            let wg = Wireguard {
+                crypto: c.clone(),
+                nat_keepalive: cfg.nat_keepalive(),
+            };
+            DataPath::start(&cfg, port, routes.clone(), wg)?
+        }
         None => DataPath::start(&cfg, port, routes.clone(), Vxlan { vni: cfg.vxlan.vni })?,
     };
     let (stop_paths, paths_task) = crate::paths::manager::spawn(paths.clone(), fast)?;
@@ -170,6 +178,7 @@ pub async fn run(mut cfg: Config, live: reload::Live) -> Result<()> {
         gossip: membership.as_ref().map(|m| m.shared.clone()),
         subnet: membership.as_ref().map(|m| m.subnet.clone()),
         queues: datapath.queues.clone(),
+        nat_keepalive: cfg.nat_keepalive(),
     });
     let socket = cfg.run_dir.join(SOCKET_NAME);
     let listener = match crate::status::server::bind(&socket) {
@@ -270,6 +279,7 @@ fn base_status(
         pid: std::process::id(),
         address: address.to_string(),
         address_source: Some(source.to_string()),
+        public: None,
         subnet: subnet.map(|s| s.to_string()).unwrap_or_default(),
         cluster: Some(cfg.cluster_cidr.to_string()),
         vtep_mac: vtep_mac(&cfg.node_name).to_string(),
@@ -288,6 +298,7 @@ fn base_status(
         gossip: None,
         secrets: None,
         kernel: None,
+        egress: None,
         queues: Vec::new(),
         refused: Vec::new(),
         refusals: 0,

@@ -1,6 +1,6 @@
 //! What `meshd run` checks before it changes anything on the host, and so what
 //! `meshd run --check-config` checks beyond [`Config::validate`]: the cluster secrets, that
-//! `address` belongs to this host, and the node key.
+//! `address` (cleartext) and `listen-address` belong to this host, and the node key.
 //!
 //! Both commands go through [`check`], so a configuration the check accepts does not fail
 //! those checks at start, and a refusal reads the same from either. It creates nothing: a
@@ -36,18 +36,35 @@ fn keyring(cfg: &Config) -> Result<Option<Keyring>> {
     }
 }
 
-/// Fails unless `address` is assigned to an interface of this host: meshd binds its data-path
-/// sockets to it, and other nodes send to it.
+/// Fails unless `listen-address` (when set) is assigned to an interface of this host: the
+/// sockets bind to it. `address` is what other nodes send to: in encrypted mode it may be an
+/// address this host does not have (a cloud VM behind a 1:1 NAT advertises its public one);
+/// in cleartext mode the kernel paths send from it, so it must be assigned.
 async fn address(cfg: &Config, host: &Host) -> Result<()> {
+    if let Some(listen) = cfg.listen_address {
+        if !host.has_address(listen).await? {
+            return Err(ConfigError {
+                key: "listen-address".into(),
+                reason: format!(
+                    "{listen} is not assigned to any interface of this host (`ip addr` lists them): meshd binds its sockets to it"
+                ),
+            }
+            .into());
+        }
+    }
     let address = cfg.address.context("no address")?;
     if host.has_address(address).await? {
+        return Ok(());
+    }
+    if cfg.encryption == Encryption::Wireguard {
+        tracing::info!(%address, "`address` is not assigned here: advertised as this node's public address (behind a 1:1 NAT, say); the sockets listen on every address unless `listen-address` says otherwise");
         return Ok(());
     }
     Err(ConfigError {
         key: "address".into(),
         reason: format!(
             "{address} is not assigned to any interface of this host (`ip addr` lists them): \
-             meshd binds its sockets to it and the other nodes send to it"
+             in cleartext mode the kernel paths send from it and the other nodes send to it"
         ),
     }
     .into())

@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use meshd_gossip::MemberState;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::membership::Shared;
 use crate::backend::Backend;
@@ -29,6 +29,8 @@ pub(crate) struct Report {
     pub(crate) subnet: Option<Arc<Mutex<Option<Ipv4Net>>>>,
     /// The data path's queue counters.
     pub(crate) queues: Vec<Arc<QueueCounters>>,
+    /// NAT keepalive interval (`wireguard.nat-keepalive`; `None`: off), for the status.
+    pub(crate) nat_keepalive: Option<Duration>,
 }
 
 impl Report {
@@ -38,7 +40,11 @@ impl Report {
         let table = routes.load();
         let mut s = self.base.clone();
         let now = Instant::now();
-        s.peers = table.peers().iter().map(|p| peer_status(p, now)).collect();
+        s.peers = table
+            .peers()
+            .iter()
+            .map(|p| peer_status(p, now, self.nat_keepalive))
+            .collect();
         s.unattributed = routes.unattributed.snapshot();
         let (refused, refusals) = self.backend.refused();
         s.refused = refused
@@ -62,11 +68,14 @@ impl Report {
             })
             .collect();
         s.kernel = self.backend.paths().map(|p| p.kernel_status());
+        s.egress = self.backend.paths().map(|p| p.egress_status());
         if let Some(g) = &self.gossip {
             let shared = g.lock().unwrap_or_else(|p| p.into_inner());
             let (members, counters) = gossip_report(&shared);
             s.members = Some(members);
             s.gossip = Some(counters);
+            s.public =
+                crate::status::reach::PublicStatus::of(&shared.gossip.local_record().learned);
             s.secrets = Some(gossip_secrets(&shared));
         } else if let Some(c) = self.backend.crypto() {
             let ring = c.keyring();
@@ -109,7 +118,8 @@ impl Report {
 }
 
 /// One peer as the status shows it, read off its link.
-pub(crate) fn peer_status(p: &PeerEntry, now: Instant) -> PeerStatus {
+/// `keepalive`: this node's NAT keepalive interval (`None`: off).
+pub(crate) fn peer_status(p: &PeerEntry, now: Instant, keepalive: Option<Duration>) -> PeerStatus {
     let cell = p.path();
     PeerStatus {
         name: p.name.clone(),
@@ -119,9 +129,37 @@ pub(crate) fn peer_status(p: &PeerEntry, now: Instant) -> PeerStatus {
         candidates: p
             .candidates()
             .iter()
-            .map(|c| format!("{} ({})", c.addr, c.source.as_str()))
+            .map(|c| format!("{} ({})", c.addr, c.source.text()))
             .collect(),
         mtu: p.mtu(),
+        mtu_source: cell
+            .as_ref()
+            .and_then(|c| c.mtu.as_ref())
+            .map_or(crate::paths::mtud::MtuSource::Configured, |m| m.source())
+            .as_str()
+            .to_string(),
+        mtu_confirmed_secs: cell
+            .as_ref()
+            .and_then(|c| c.mtu.as_ref())
+            .and_then(|m| m.confirmed())
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map(|d| d.as_secs()),
+        mtu_searching: cell
+            .as_ref()
+            .and_then(|c| c.mtu.as_ref())
+            .is_some_and(|m| m.searching()),
+        mtu_idle: cell
+            .as_ref()
+            .and_then(|c| c.mtu.as_ref())
+            .filter(|m| m.idle(now))
+            .map(|m| {
+                if m.untouched() {
+                    "no traffic yet"
+                } else {
+                    "no traffic lately"
+                }
+                .to_string()
+            }),
         stats: p.stats.snapshot(),
         wireguard: p.wg.as_deref().map(wireguard_status),
         path: cell.as_ref().map(|c| c.status(now)),
@@ -129,6 +167,7 @@ pub(crate) fn peer_status(p: &PeerEntry, now: Instant) -> PeerStatus {
             .as_ref()
             .and_then(|c| c.rtt)
             .map(|d| d.as_micros() as u64),
+        reach: p.wg.is_some().then(|| super::reach::reach(p, keepalive)),
     }
 }
 

@@ -317,8 +317,21 @@ pub fn send_runs(
     stop: &AtomicBool,
     runs: &Runs,
 ) {
+    send_runs_from(table, (sock, state), (sock, state), stop, runs);
+}
+
+/// [`send_runs`], each run from `flow` (the queue's source port), or from `data` (the data
+/// port) for a peer reached through a NAT ([`crate::link::PeerLink::one_flow`]).
+pub(crate) fn send_runs_from(
+    table: &RouteTable,
+    flow: (&UdpSocket, &UdpSocketState),
+    data: (&UdpSocket, &UdpSocketState),
+    stop: &AtomicBool,
+    runs: &Runs,
+) {
     for run in runs.runs() {
         let peer = table.peer(run.peer);
+        let (sock, state) = if peer.one_flow() { data } else { flow };
         let t = Transmit {
             destination: peer.endpoint(),
             ecn: None,
@@ -327,7 +340,11 @@ pub fn send_runs(
             src_ip: None,
         };
         match send(sock, state, &t, stop) {
-            Ok(()) => peer.stats.tx(run.datagrams as u64, run.inner_bytes as u64),
+            Ok(()) => peer.stats.tx(
+                run.datagrams as u64,
+                run.inner_bytes as u64,
+                run.pod_bytes as u64,
+            ),
             Err(e) => {
                 tracing::trace!(error = %e, peer = %peer.name, "UDP send");
                 peer.stats

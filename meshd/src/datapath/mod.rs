@@ -18,6 +18,7 @@ pub mod gro;
 pub mod io;
 pub mod runs;
 pub(crate) mod socket;
+pub mod too_big;
 pub mod vxlan;
 mod waiter;
 pub mod wireguard;
@@ -214,8 +215,7 @@ impl DataPath {
         routes: Arc<Routes>,
         encap: E,
     ) -> Result<DataPath> {
-        let address = cfg.address.context("no underlay address")?;
-        let (tun, udp, tiers) = device::open(cfg, address, data_port)?;
+        let (tun, udp, tiers) = device::open(cfg, cfg.bind_address(), data_port)?;
         let stop = Arc::new(io::Stop::new());
         let shared = Arc::new(Shared {
             routes,

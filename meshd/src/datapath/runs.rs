@@ -4,6 +4,8 @@
 //! be shorter, so that the kernel can split a run again at `segment` bytes. One run is one
 //! `sendmsg` with UDP GSO; without GSO a run is one datagram.
 
+use super::too_big::TooBig;
+use crate::link::PeerLink;
 use crate::routes::PeerId;
 
 /// Largest UDP payload one GSO send may carry: a UDP datagram over IPv4 holds at most
@@ -21,6 +23,8 @@ pub struct Run {
     pub datagrams: usize,
     /// Inner (plaintext) packet bytes carried, for counters.
     pub(crate) inner_bytes: usize,
+    /// Of those, the bytes of pod traffic (not nodes' probes and their replies).
+    pub(crate) pod_bytes: usize,
     last: usize,
 }
 
@@ -29,6 +33,9 @@ pub struct Runs {
     used: usize,
     runs: Vec<Run>,
     max_per_run: usize,
+    /// What goes back into the TUN device instead: answers to packets too big for their
+    /// peer's path MTU (written and cleared by the worker after the batch is sent).
+    too_big: TooBig,
 }
 
 impl Runs {
@@ -41,7 +48,22 @@ impl Runs {
             used: 0,
             runs: Vec::with_capacity(datagrams),
             max_per_run: max_per_run.max(1),
+            too_big: TooBig::new(),
         }
+    }
+
+    /// [`TooBig::refuses`] the `len`-byte packet read into the buffer at `at` (framing in
+    /// place).
+    #[inline]
+    pub(crate) fn too_big_at(&mut self, at: usize, len: usize, peer: &PeerLink) -> bool {
+        self.buf
+            .get(at..at + len)
+            .is_some_and(|packet| self.too_big.refuses(peer, packet))
+    }
+
+    /// The batch's answers to packets too big for their peer.
+    pub fn too_big(&mut self) -> &mut TooBig {
+        &mut self.too_big
     }
 
     pub fn clear(&mut self) {
@@ -68,12 +90,20 @@ impl Runs {
     }
 
     /// Keep the `len`-byte datagram framed where it lies, at `at` (past everything kept so
-    /// far), as a datagram to `peer` carrying `inner` bytes of packet. Where it joins the last
+    /// far), as a datagram to `peer` carrying `inner` bytes of packet (`pod`: pod traffic,
+    /// not a node's probe, see [`crate::kernel::probe::is_node_echo`]). Where it joins the last
     /// run but does not follow it (the datagram before it was shorter than its slot: a lone
     /// ACK, a drop), it moves down to the run's end; where it starts a run it stays put. A TSO
     /// super-packet split at full segments, slot after slot, is therefore never copied.
     #[inline]
-    pub(crate) fn commit_in_place(&mut self, peer: PeerId, at: usize, len: usize, inner: usize) {
+    pub(crate) fn commit_in_place(
+        &mut self,
+        peer: PeerId,
+        at: usize,
+        len: usize,
+        inner: usize,
+        pod: bool,
+    ) {
         debug_assert!(at >= self.used && at + len <= self.buf.len());
         let end = match self.runs.last() {
             Some(r) if self.joins(r, peer, len) => r.start + r.len,
@@ -83,7 +113,7 @@ impl Runs {
             self.buf.copy_within(at..at + len, end);
         }
         self.used = end;
-        self.commit(peer, len, inner);
+        self.commit(peer, len, inner, pod);
     }
 
     /// Whether a datagram of `len` bytes to `peer` may extend run `r`, wherever it lies.
@@ -97,9 +127,10 @@ impl Runs {
     }
 
     /// Keep the `len` bytes just written into [`Runs::room`] as a datagram to `peer` that
-    /// carries `inner` bytes of packet.
+    /// carries `inner` bytes of packet (`pod`: as for [`Runs::commit_in_place`]).
     #[inline]
-    pub(crate) fn commit(&mut self, peer: PeerId, len: usize, inner: usize) {
+    pub(crate) fn commit(&mut self, peer: PeerId, len: usize, inner: usize, pod: bool) {
+        let pod_bytes = if pod { inner } else { 0 };
         let start = self.used;
         self.used += len;
         let joins = self
@@ -112,6 +143,7 @@ impl Runs {
                 r.datagrams += 1;
                 r.last = len;
                 r.inner_bytes += inner;
+                r.pod_bytes += pod_bytes;
                 return;
             }
         }
@@ -122,6 +154,7 @@ impl Runs {
             segment: len,
             datagrams: 1,
             inner_bytes: inner,
+            pod_bytes,
             last: len,
         });
     }
@@ -142,7 +175,7 @@ mod tests {
 
     fn push(r: &mut Runs, peer: PeerId, len: usize) {
         r.room(len).unwrap()[..len].fill(peer as u8);
-        r.commit(peer, len, len - 10);
+        r.commit(peer, len, len - 10, true);
     }
 
     #[test]
@@ -175,7 +208,7 @@ mod tests {
         let put = |r: &mut Runs, slot: usize, peer: PeerId, len: usize| {
             let at = slot * 1500;
             r.buf_mut()[at..at + len].fill(slot as u8 + 1);
-            r.commit_in_place(peer, at, len, len - 22);
+            r.commit_in_place(peer, at, len, len - 22, true);
         };
         put(&mut r, 0, 0, 1500);
         put(&mut r, 1, 0, 1500);

@@ -21,10 +21,11 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 
 use super::flows::MAX_FLOW_PORTS;
 use super::gro::Coalescer;
-use super::io::{send_runs, wait_any, wait_or_stop, PeerAcc, TunReader, UdpReader, TX_BATCH};
+use super::io::{send_runs_from, wait_any, wait_or_stop, PeerAcc, TunReader, UdpReader, TX_BATCH};
 use super::runs::Runs;
 use super::waiter::Waiter;
 use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
+use crate::kernel::probe;
 use crate::routes::RouteTable;
 use crate::stats::{DropReason, DropTally, Stamp};
 use crate::wire::ip::may_answer;
@@ -50,15 +51,20 @@ pub fn encode_batch<'p, 't, E: Encap>(
             taken += 1;
             continue;
         };
+        let peer = table.peer(id);
+        if runs.too_big().refuses(peer, packet) {
+            taken += 1;
+            continue;
+        }
+        let pod = !probe::is_node_echo(packet, peer.subnet);
         let Some(room) = runs.room(E::datagram_len(packet.len())) else {
             // The caller sizes batches so this cannot happen; count rather than overrun.
             drops.add(DropReason::SendError);
             taken += 1;
             continue;
         };
-        let peer = table.peer(id);
         match tx.encode(id, peer, packet, room) {
-            Encoded::Datagram(n) => runs.commit(id, n, packet.len()),
+            Encoded::Datagram(n) => runs.commit(id, n, packet.len(), pod),
             Encoded::Queued => {}
             Encoded::PeerDrop(reason) => peer.stats.count_drop(reason, 1),
             Encoded::Drop(reason) => drops.add(reason),
@@ -86,17 +92,25 @@ pub fn frame_batch<E: Encap>(
     let mut tx = encap.tx(table, 0);
     for i in 0..n {
         let (at, len) = (i * stride, reader.size(i));
-        let Some(datagram) = runs.buf_mut().get_mut(at..at + headroom + len) else {
+        let Some(packet) = runs.buf_mut().get(at + headroom..at + headroom + len) else {
             drops.add(DropReason::Malformed);
             continue;
         };
-        let Some(id) = table.route(&datagram[headroom..]) else {
+        let Some(id) = table.route(packet) else {
             drops.add(DropReason::NoRoute);
             continue;
         };
         let peer = table.peer(id);
+        let pod = !probe::is_node_echo(packet, peer.subnet);
+        if runs.too_big_at(at + headroom, len, peer) {
+            continue;
+        }
+        let Some(datagram) = runs.buf_mut().get_mut(at..at + headroom + len) else {
+            drops.add(DropReason::Malformed);
+            continue;
+        };
         match tx.frame(id, peer, datagram) {
-            Encoded::Datagram(k) => runs.commit_in_place(id, at, k, len),
+            Encoded::Datagram(k) => runs.commit_in_place(id, at, k, len, pod),
             Encoded::Queued => {}
             Encoded::PeerDrop(reason) => peer.stats.count_drop(reason, 1),
             Encoded::Drop(reason) => drops.add(reason),
@@ -152,7 +166,7 @@ fn send_batch<E: Encap>(
         st.reader.read(&q.tun, &mut st.drops, fill)
     };
     if n > 0 {
-        let (sock, state) = q.send_socket();
+        let (_, state) = q.send_socket();
         let table = shared.routes.load();
         st.runs.clear();
         st.runs
@@ -188,30 +202,40 @@ fn send_batch<E: Encap>(
                 if st.runs.runs().is_empty() {
                     wait_for_others(&mut waits);
                 } else {
-                    sent += send_held(shared, &table, sock, state, &mut st.runs, st.sender);
+                    sent += send_held(shared, &table, q, &mut st.runs, st.sender);
                 }
             }
         }
-        sent += send_held(shared, &table, sock, state, &mut st.runs, st.sender);
+        sent += send_held(shared, &table, q, &mut st.runs, st.sender);
         q.counters
             .tx_datagrams
             .fetch_add(sent as u64, Ordering::Relaxed);
+        // Packets too big for their peer are answered, into the TUN device they came from.
+        let failed = st.runs.too_big().flush(&*q.tun, q.tun.tcp_gso());
+        st.drops.add_n(DropReason::TunWriteError, failed);
     }
     st.drops.flush_into(&shared.routes.unattributed);
     (sent, n > 0 && !st.reader.drained())
 }
 
-/// Send `runs` from `sock`, tell the encapsulation they are out of queue `sender`'s hands, and
-/// empty them: the datagrams sent (or failed).
+/// Send `runs` from queue `q`'s sockets, tell the encapsulation they are out of queue
+/// `sender`'s hands, and empty them: the datagrams sent (or failed).
 fn send_held<E: Encap>(
     shared: &Shared<E>,
     table: &RouteTable,
-    sock: &std::net::UdpSocket,
-    state: &quinn_udp::UdpSocketState,
+    q: &Queue,
     runs: &mut Runs,
     sender: usize,
 ) -> usize {
-    send_runs(table, sock, state, shared.stop.flag(), runs);
+    let (sock, state) = q.send_socket();
+    let (dsock, dstate) = &*q.socket;
+    send_runs_from(
+        table,
+        (sock, state),
+        (dsock, dstate),
+        shared.stop.flag(),
+        runs,
+    );
     shared.encap.sent(table, sender, runs);
     let sent = runs.runs().iter().map(|r| r.datagrams).sum();
     runs.clear();

@@ -4,19 +4,24 @@
 //! also decides, per peer and on probe evidence, which path its packets take.
 //!
 //! What the kernel VXLAN device receives is held to the userspace path's rule (a peer speaks
-//! only for its subnet) by meshd's own nftables table ([`nft`], [`source_check`]), which also
-//! counts the pod traffic kernel paths carry per peer ([`traffic`]).
+//! only for its subnet) by meshd's own nftables table ([`nft`], [`source_check`], kept by
+//! [`table`]), which also counts the pod traffic kernel paths carry per peer ([`traffic`]),
+//! masquerades pod traffic leaving the cluster ([`egress`]) and clamps the MSS of TCP SYNs
+//! into the overlay ([`mss`]), on every data path.
 //!
 //! Everything is found out by trying: creating the device is the detection, and a refusal is
 //! kept with the kernel's own words ([`Refusal`]) for `meshd status`.
 
+pub(crate) mod egress;
 pub(crate) mod ethtool;
 #[cfg(test)]
 pub(crate) mod fresh_netns;
+pub(crate) mod mss;
 pub(crate) mod nft;
 pub(crate) mod probe;
 pub(crate) mod routes;
 pub(crate) mod source_check;
+pub(crate) mod table;
 pub(crate) mod traffic;
 pub(crate) mod vxlan;
 pub(crate) mod wireguard;

@@ -2,11 +2,14 @@
 //! nowhere else, so it never edits an operator's rules and an operator can read (`nft list
 //! table inet meshd`) or remove it whole.
 //!
-//! The table is generated, never edited: [`Ruleset`] holds one field per job (today the inner
-//! source checks of kernel-received VXLAN, [`super::source_check`]; egress masquerade and MSS
-//! clamping will join it) and [`apply`] writes the whole table in one `nft -f -` transaction,
-//! which replaces the previous one atomically: no packet ever meets half a table. A ruleset with
-//! nothing in it removes the table. `meshd cleanup` removes it too.
+//! The table is generated, never edited: [`Ruleset`] holds one field per job (the inner source
+//! checks of kernel-received VXLAN, [`super::source_check`]; the kernel paths' traffic counters,
+//! [`super::traffic`]; egress masquerade, [`super::egress`]; MSS clamping, [`super::mss`]), one
+//! place composes it ([`super::table::Table::compose`]), and [`apply`] writes the whole table in
+//! one `nft -f -` transaction, which replaces the previous one atomically: no packet ever meets
+//! half a table, and however often meshd restarts there is one copy of each rule. A ruleset with
+//! nothing in it removes the table. `meshd cleanup` removes it too. Nothing outside the table is
+//! ever named.
 //!
 //! meshd drives the `nft` program rather than speak nf_tables netlink itself: the ruleset text
 //! is what an operator reads, nft validates it, and the one maintained Rust binding (rustables)
@@ -16,6 +19,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use super::egress::Egress;
+use super::mss::MssClamp;
 use super::source_check::VxlanSources;
 use super::traffic::PeerTraffic;
 
@@ -30,11 +35,18 @@ pub(crate) struct Ruleset {
     pub(crate) vxlan_sources: Option<VxlanSources>,
     /// Counters of the pod traffic kernel paths carry, per peer ([`super::traffic`]).
     pub(crate) traffic: Option<PeerTraffic>,
+    /// Masquerade of pod traffic leaving the cluster (`masquerade = true`).
+    pub(crate) egress: Option<Egress>,
+    /// MSS clamping of SYNs into the overlay, per peer (`mss-clamping = true`).
+    pub(crate) mss: Option<MssClamp>,
 }
 
 impl Ruleset {
     pub(crate) fn is_empty(&self) -> bool {
-        self.vxlan_sources.is_none() && self.traffic.is_none()
+        self.vxlan_sources.is_none()
+            && self.traffic.is_none()
+            && self.egress.is_none()
+            && self.mss.is_none()
     }
 
     /// The `nft -f` text that replaces the table with this ruleset: declare it (so the delete
@@ -49,6 +61,12 @@ impl Ruleset {
         }
         if let Some(t) = &self.traffic {
             t.declare(&mut out);
+        }
+        if let Some(e) = &self.egress {
+            e.declare(&mut out);
+        }
+        if let Some(m) = &self.mss {
+            m.declare(&mut out);
         }
         out.push_str("}\n");
         out
@@ -104,6 +122,19 @@ pub(crate) struct Counter {
     pub(crate) comment: String,
     pub(crate) packets: u64,
     pub(crate) bytes: u64,
+}
+
+#[cfg(test)]
+impl Counter {
+    /// A reading as a test writes it.
+    pub(crate) fn of(name: &str, comment: &str, packets: u64) -> Counter {
+        Counter {
+            name: name.into(),
+            comment: comment.into(),
+            packets,
+            bytes: 0,
+        }
+    }
 }
 
 /// The named counters in a [`list`] answer.

@@ -30,10 +30,18 @@ pub(crate) enum Via {
 }
 
 /// Route `subnet` as `via` says, from `source` (the bridge address: packets the host itself
-/// sends to pods need a source inside its subnet). A route for `subnet` that meshd made is
-/// replaced; one it did not make (another protocol: the kernel's connected route, an
-/// operator's static one) is left alone and the call fails, naming it.
-pub(crate) async fn set(host: &Host, subnet: Ipv4Net, via: Via, source: Ipv4Addr) -> Result<()> {
+/// sends to pods need a source inside its subnet), with `mtu` when the peer's path MTU is below
+/// the device's: locked (`ip route … mtu lock N`), so the kernel answers larger packets with
+/// DF set with "fragmentation needed" itself and no ICMP it receives raises it. A route for
+/// `subnet` that meshd made is replaced; one it did not make (another protocol: the kernel's
+/// connected route, an operator's static one) is left alone and the call fails, naming it.
+pub(crate) async fn set(
+    host: &Host,
+    subnet: Ipv4Net,
+    via: Via,
+    source: Ipv4Addr,
+    mtu: Option<u16>,
+) -> Result<()> {
     let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(subnet.network(), subnet.prefix_len())
         .protocol(RouteProtocol::Other(PROTOCOL))
@@ -43,7 +51,14 @@ pub(crate) async fn set(host: &Host, subnet: Ipv4Net, via: Via, source: Ipv4Addr
         Via::Vxlan { index, vtep } => b.output_interface(index).gateway(vtep).onlink(),
         Via::Gateway { address } => b.gateway(address),
     };
-    let msg = b.build();
+    let mut msg = b.build();
+    if let Some(mtu) = mtu {
+        use netlink_packet_route::route::RouteMetric;
+        msg.attributes.push(RouteAttribute::Metrics(vec![
+            RouteMetric::Lock(1 << RTAX_MTU),
+            RouteMetric::Mtu(u32::from(mtu)),
+        ]));
+    }
     // Create-only first: the common case (a new peer) needs no look-up.
     match host.handle().route().add(msg.clone()).execute().await {
         Ok(()) => return Ok(()),
@@ -97,6 +112,9 @@ async fn holder(host: &Host, subnet: Ipv4Net) -> Result<Option<u8>> {
     Ok(None)
 }
 
+/// The route metric of the MTU (`RTAX_MTU`), whose bit in `RTAX_LOCK` locks it.
+const RTAX_MTU: u32 = 2;
+
 /// The kernel's main routing table (RT_TABLE_MAIN), where meshd's routes go.
 const MAIN_TABLE: u32 = 254;
 
@@ -131,6 +149,8 @@ pub(crate) struct Found {
     pub(crate) subnet: Ipv4Net,
     pub(crate) oif: Option<u32>,
     pub(crate) gateway: Option<Ipv4Addr>,
+    /// The MTU it carries (a peer's path MTU), if any.
+    pub(crate) mtu: Option<u16>,
 }
 
 /// meshd's routes in the main table.
@@ -162,11 +182,18 @@ fn found(r: &RouteMessage) -> Option<Found> {
     let mut dst = None;
     let mut oif = None;
     let mut gateway = None;
+    let mut mtu = None;
     for a in &r.attributes {
         match a {
             RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            RouteAttribute::Metrics(m) => {
+                mtu = m.iter().find_map(|x| match x {
+                    netlink_packet_route::route::RouteMetric::Mtu(v) => u16::try_from(*v).ok(),
+                    _ => None,
+                });
+            }
             _ => {}
         }
     }
@@ -175,6 +202,7 @@ fn found(r: &RouteMessage) -> Option<Found> {
         subnet,
         oif,
         gateway,
+        mtu,
     })
 }
 

@@ -36,7 +36,7 @@ fn a_route_meshd_did_not_make_is_never_replaced() {
             );
             let src = Ipv4Addr::new(198, 18, 0, 1);
             let underlay: Ipv4Net = "198.18.0.0/24".parse().unwrap();
-            let err = set(&host, underlay, Via::Device { index: d1 }, src)
+            let err = set(&host, underlay, Via::Device { index: d1 }, src, None)
                 .await
                 .unwrap_err();
             assert!(format!("{err:#}").contains("proto kernel"), "{err:#}");
@@ -48,10 +48,10 @@ fn a_route_meshd_did_not_make_is_never_replaced() {
             assert!(table.contains("dev d0 proto kernel"), "{table}");
 
             let pod: Ipv4Net = "10.244.5.0/24".parse().unwrap();
-            set(&host, pod, Via::Device { index: d1 }, src)
+            set(&host, pod, Via::Device { index: d1 }, src, None)
                 .await
                 .unwrap();
-            set(&host, pod, Via::Device { index: d0 }, src)
+            set(&host, pod, Via::Device { index: d0 }, src, None)
                 .await
                 .unwrap();
             let ours = list(&host).await.unwrap();
@@ -60,10 +60,37 @@ fn a_route_meshd_did_not_make_is_never_replaced() {
             // An operator's static route for a subnet is not meshd's either.
             ip(&["route", "add", "10.244.6.0/24", "dev", "d1"]);
             let six: Ipv4Net = "10.244.6.0/24".parse().unwrap();
-            let err = set(&host, six, Via::Device { index: d0 }, src)
+            let err = set(&host, six, Via::Device { index: d0 }, src, None)
                 .await
                 .unwrap_err();
             assert!(format!("{err:#}").contains("proto boot"), "{err:#}");
+        })
+    });
+}
+
+/// A peer's path MTU rides on its route, locked, and goes when the path carries the device's.
+#[test]
+fn a_path_mtu_is_a_locked_route_metric_replaced_in_place() {
+    in_fresh_netns(|| {
+        Box::pin(async {
+            ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+            ip(&["addr", "add", "198.18.0.1/24", "dev", "d0"]);
+            ip(&["link", "set", "d0", "up"]);
+            let host = Host::connect().unwrap();
+            let d0 = host.index("d0").await.unwrap();
+            let src = Ipv4Addr::new(198, 18, 0, 1);
+            let pod: Ipv4Net = "10.244.5.0/24".parse().unwrap();
+            set(&host, pod, Via::Device { index: d0 }, src, Some(1230))
+                .await
+                .unwrap();
+            let table = ip(&["route", "show", "10.244.5.0/24"]);
+            assert!(table.contains("mtu lock 1230"), "{table}");
+            set(&host, pod, Via::Device { index: d0 }, src, None)
+                .await
+                .unwrap();
+            let table = ip(&["route", "show", "10.244.5.0/24"]);
+            assert!(!table.contains("mtu"), "{table}");
+            assert_eq!(list(&host).await.unwrap().len(), 1);
         })
     });
 }

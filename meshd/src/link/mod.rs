@@ -8,24 +8,29 @@
 //! | field | writer | readers |
 //! |---|---|---|
 //! | `stats` | data-path workers (relaxed atomics) | status, gossip evidence |
-//! | record, candidates, session, `endpoint`, `mtu` | the reconcile step ([`registry::Links`]) | data path (lock-free), status, path manager |
-//! | path cell (path, route, entries) | the path manager ([`crate::paths::manager`]) | status |
+//! | record, candidates, session | the reconcile step ([`registry::Links`]) | data path (lock-free), status, path manager |
+//! | endpoint in use (`ep`) | the reconcile step while it authenticated nothing lately; RX roaming on authenticated traffic ([`endpoint`]) | data path (lock-free), status |
+//! | candidates observed by others, NAT seen by the peer | the gossip driver (`daemon/membership/observed.rs`) | WireGuard control thread, status |
+//! | keepalive bookkeeping | the WireGuard control thread | itself |
+//! | `mtu` (the node's until discovery finds the peer's) | the path manager's MTU search ([`crate::paths::mtud`]) | data path (lock-free), status, MSS clamping |
+//! | path cell (path, route, entries, MTU search) | the path manager ([`crate::paths::manager`]) | status |
 //!
 //! The route-table snapshot ([`crate::routes::RouteTable`]) and the path manager hold the same
 //! `Arc<PeerLink>`, so nothing is joined by name at read time.
 
+pub(crate) mod endpoint;
 pub mod registry;
 
-use arc_swap::ArcSwap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::paths::cell::PathCell;
 use crate::peers::wireguard::WgPeer;
 use crate::peers::{Endpoint, Peer};
-use crate::stats::PeerStats;
+use crate::stats::{PeerStats, Stamp};
 use crate::wire::{vtep_mac, MacAddr, VxlanHeader};
+use endpoint::EndpointCell;
 
 /// The local end of every tunnel: this node's name (its VTEP MAC), VNI and data port.
 #[derive(Debug, Clone)]
@@ -44,9 +49,17 @@ pub struct PeerLink {
     pub(crate) header: VxlanHeader,
     /// Counters; they live as long as the link.
     pub stats: PeerStats,
-    /// The endpoint datagrams go to, swapped whole: TX reads it without a lock.
-    endpoint: ArcSwap<SocketAddr>,
-    /// The MTU of pod packets to it (today the node's; path-MTU discovery will set it).
+    /// The endpoint datagrams go to (swapped whole: TX reads it without a lock), how it was
+    /// learned, and the pair's NAT state.
+    pub(crate) ep: EndpointCell,
+    /// The control thread's keepalive bookkeeping: the session's data count at its last look,
+    /// and when that count last moved (`Stamp` ms).
+    pub(crate) keepalive_seen: AtomicU64,
+    pub(crate) keepalive_at: AtomicU64,
+    /// Where other members see this peer's traffic come from (their signed summaries say so),
+    /// when its record does not name it: candidates to try, written by the gossip driver.
+    observed: Mutex<Vec<Endpoint>>,
+    /// The MTU of pod packets to it: the node's until path-MTU discovery finds the path's.
     mtu: AtomicU16,
     /// What the reconcile step last applied: the record, where it came from, the session.
     applied: Mutex<Applied>,
@@ -72,15 +85,16 @@ impl PeerLink {
         keyring_epoch: u64,
     ) -> Self {
         let mac = vtep_mac(&peer.name);
-        let endpoint = peer
-            .endpoint()
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let ep = EndpointCell::new(peer.endpoints.first());
         PeerLink {
             name: peer.name.clone(),
             mac,
             header: VxlanHeader::new(local.vni, vtep_mac(&local.name), mac),
             stats: PeerStats::default(),
-            endpoint: ArcSwap::from_pointee(endpoint),
+            ep,
+            keepalive_seen: AtomicU64::new(0),
+            keepalive_at: AtomicU64::new(0),
+            observed: Mutex::new(Vec::new()),
             mtu: AtomicU16::new(mtu),
             applied: Mutex::new(Applied {
                 peer,
@@ -94,19 +108,44 @@ impl PeerLink {
     /// Where its datagrams go now.
     #[inline]
     pub(crate) fn endpoint(&self) -> SocketAddr {
-        **self.endpoint.load()
+        self.ep.get()
     }
 
-    /// Moves its datagrams to `to` (the reconcile step's call; later roaming's).
-    pub(crate) fn set_endpoint(&self, to: SocketAddr) {
-        if self.endpoint() != to {
-            self.endpoint.store(Arc::new(to));
-        }
+    /// A datagram from `src` authenticated as this peer's (RX, WireGuard): the endpoint in use
+    /// follows it ([`EndpointCell::heard_from`]); a move is logged.
+    #[inline]
+    pub(crate) fn heard_from(&self, src: SocketAddr, now: Stamp) {
+        self.ep.heard_from(src, now, |to| {
+            tracing::info!(peer = %self.name, from = %self.endpoint(), %to, "peer endpoint roamed: its authenticated traffic comes from there");
+            self.applied().peer.endpoints.iter().any(|e| {
+                e.addr == to
+                    && matches!(
+                        e.source,
+                        crate::peers::EndpointSource::Configured
+                            | crate::peers::EndpointSource::Gossiped
+                    )
+            })
+        });
     }
 
-    /// The MTU of pod packets to this peer.
+    /// Whether its datagrams leave from the data port alone: the pair is behind a NAT, which
+    /// passes answers only from the address and port its mapping was made towards.
+    #[inline]
+    pub(crate) fn one_flow(&self) -> bool {
+        self.ep.nat() != 0
+    }
+
+    /// The MTU of pod packets to this peer: the one source of the per-peer value (the data
+    /// path's "fragmentation needed", the kernel route's `mtu`, MSS clamping, the status).
+    #[inline]
     pub(crate) fn mtu(&self) -> u16 {
         self.mtu.load(Ordering::Relaxed)
+    }
+
+    /// Sets the MTU of pod packets to this peer (the path manager's MTU search, its one
+    /// writer).
+    pub(crate) fn set_mtu(&self, mtu: u16) {
+        self.mtu.store(mtu, Ordering::Relaxed);
     }
 
     /// The record it was last reconciled with.
@@ -114,9 +153,24 @@ impl PeerLink {
         self.applied().peer.clone()
     }
 
-    /// Its endpoint candidates, best first, with where each came from.
+    /// Its endpoint candidates, best first, with where each came from: its record's (or
+    /// config's), then those other members observed.
     pub(crate) fn candidates(&self) -> Vec<Endpoint> {
-        self.applied().peer.endpoints.clone()
+        let mut all = self.applied().peer.endpoints.clone();
+        let observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        all.extend(
+            observed
+                .iter()
+                .filter(|o| !all.iter().any(|e| e.addr == o.addr))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        all
+    }
+
+    /// Sets the candidates other members observed (the gossip driver's call).
+    pub(crate) fn set_observed(&self, observed: Vec<Endpoint>) {
+        *self.observed.lock().unwrap_or_else(|p| p.into_inner()) = observed;
     }
 
     /// Its WireGuard session, in encrypted mode.

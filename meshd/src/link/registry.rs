@@ -3,7 +3,8 @@
 //! whose record and keyring epoch did not change costs one comparison: no key derivation, no
 //! allocation beyond the list handed on.
 //!
-//! What changes in place: a new endpoint moves the endpoint in use; a new public key gives the
+//! What changes in place: a new endpoint moves the endpoint in use, unless authenticated
+//! traffic holds the one in use (`endpoint.rs`); a new public key gives the
 //! link a new session; new secret ids (or new cluster secrets) move the session to the pair key
 //! they give, without losing traffic; a new subnet is handed on in the next snapshot. Counters,
 //! the endpoint and the path manager's state stay with the link.
@@ -154,8 +155,9 @@ impl Links {
                 rekey(&p.name, w, c.pair_key(&k.public, k.secret_ids.as_deref()));
             }
         }
-        if let Some(e) = p.endpoint() {
-            link.set_endpoint(e);
+        // The record's best candidate, unless authenticated traffic holds the endpoint in use.
+        if let Some(e) = p.endpoints.first() {
+            link.ep.pick(e, stamp);
         }
         a.peer = p.clone();
         a.keyring_epoch = epoch;

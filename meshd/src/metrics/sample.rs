@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn a_tally_reads_the_links_counters() {
         let l = link("a");
-        l.stats.tx(2, 300);
+        l.stats.tx(2, 300, 300);
         l.stats.rx(1, 100);
         l.stats
             .count_drop(crate::stats::DropReason::SpoofedSource, 4);

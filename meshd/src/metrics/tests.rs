@@ -57,6 +57,7 @@ pub(crate) fn node(n: u8, per_peer: bool) -> (Arc<Metrics>, Arc<Backend>) {
         gossip: None,
         subnet: None,
         queues: Vec::new(),
+        nat_keepalive: None,
     });
     let m = Metrics::new(
         report,
@@ -94,7 +95,7 @@ fn value(text: &str, name_and_labels: &str) -> u64 {
 fn the_node_counters_are_written_with_their_names() {
     let (m, backend) = node(2, false);
     let table = backend.routes().load();
-    table.peers()[0].stats.tx(3, 3000);
+    table.peers()[0].stats.tx(3, 3000, 3000);
     table.peers()[1].stats.rx(2, 1000);
     table.peers()[1]
         .stats
@@ -164,7 +165,7 @@ fn series_do_not_grow_with_the_cluster_by_default() {
     let (m, backend) = node(40, true);
     let table = backend.routes().load();
     for p in table.peers() {
-        p.stats.tx(1, 100);
+        p.stats.tx(1, 100, 100);
     }
     let text = scrape(&m);
     let per_peer = series(&text).len() - series(&many).len();
@@ -185,7 +186,7 @@ fn a_departed_peer_leaves_its_bytes_and_takes_its_series() {
     let (m, backend) = node(3, true);
     let tx = "meshd_path_bytes_total{path=\"userspace\",direction=\"tx\"}";
     for p in backend.routes().load().peers() {
-        p.stats.tx(1, 100);
+        p.stats.tx(1, 100, 100);
     }
     let before = scrape(&m);
     assert_eq!(value(&before, tx), 300);

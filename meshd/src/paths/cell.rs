@@ -7,6 +7,7 @@ use ipnet::Ipv4Net;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::mtud::MtuSearch;
 use super::{PathKind, PeerPath};
 use crate::status::{PathStatus, ProbeStatus};
 
@@ -33,6 +34,14 @@ pub(crate) struct PathCell {
     /// The round trip of the last probe answered on the path in use (the picture, the path
     /// summary).
     pub(crate) rtt: Option<Duration>,
+    /// Its path-MTU search (`None` with `path-mtu-discovery = false`).
+    pub(crate) mtu: Option<MtuSearch>,
+    /// The path the search measures: a move starts it over.
+    pub(crate) mtu_path: Option<PathKind>,
+    /// The peer's pod bytes sent as last seen, so the search knows whether it is busy.
+    pub(crate) mtu_tx: u64,
+    /// The MTU its kernel route carries, as last set (`None`: the device's).
+    pub(crate) routed_mtu: Option<u16>,
 }
 
 impl PathCell {
@@ -53,6 +62,10 @@ impl PathCell {
             entries: false,
             retry_at: now,
             rtt: None,
+            mtu: None,
+            mtu_path: None,
+            mtu_tx: 0,
+            routed_mtu: None,
         }
     }
 

@@ -25,6 +25,7 @@
 mod cadence;
 pub(crate) mod cell;
 pub mod manager;
+pub mod mtud;
 pub mod receiver;
 mod why;
 
@@ -260,6 +261,15 @@ impl PeerPath {
         }
     }
 
+    /// The size of full probes from now on: the peer's MTU as its search found it. Runs of
+    /// losses at the old size end: they were the MTU's, which the search has dealt with.
+    pub fn set_probe_size(&mut self, size: u16) {
+        self.probe_size = size;
+        for t in self.tracks.iter_mut().filter(|t| !t.failing) {
+            (t.lost_in_row, t.full_ok) = (0, false);
+        }
+    }
+
     /// A pod-sized probe on `kind` came back (`ok`) or timed out.
     pub fn record(&mut self, kind: PathKind, ok: bool, now: Instant) {
         self.record_probe(kind, self.probe_size, ok, now);
@@ -272,6 +282,10 @@ impl PeerPath {
         let Some(i) = self.offers.iter().position(|o| o.kind == kind) else {
             return;
         };
+        if size > self.probe_size {
+            // Sized for an MTU the search has since found too big: says nothing of the path.
+            return;
+        }
         let full = size >= self.probe_size;
         let t = &mut self.tracks[i];
         t.sent += 1;

@@ -132,7 +132,7 @@ impl PeerPath {
 }
 
 /// How a path reads in a "why not" sentence.
-fn describe(kind: PathKind) -> &'static str {
+pub(super) fn describe(kind: PathKind) -> &'static str {
     match kind {
         PathKind::HostGw => "host-gw",
         PathKind::KernelVxlan => "kernel vxlan",

@@ -40,26 +40,35 @@ pub struct Peer {
 }
 
 /// One address and port a peer may be reached at, and who said so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub source: EndpointSource,
 }
 
 /// Where an endpoint candidate comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EndpointSource {
     /// The config file's `[[peers]]` (or `--peer`), at the cluster's data port.
     Configured,
-    /// The member's own gossip record.
+    /// The member's own gossip record: where it says it listens (its `address`).
     Gossiped,
+    /// The member's own gossip record: where other members observe it from (its NAT's public
+    /// endpoint, learned without configuration).
+    Learned,
+    /// Another member's signed path summary: where that member (named) sees this peer's
+    /// traffic come from. Only ever a candidate to try.
+    ObservedBy(std::sync::Arc<str>),
 }
 
 impl EndpointSource {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// How the status says it.
+    pub(crate) fn text(&self) -> String {
         match self {
-            EndpointSource::Configured => "configured",
-            EndpointSource::Gossiped => "gossiped",
+            EndpointSource::Configured => "configured".into(),
+            EndpointSource::Gossiped => "advertised".into(),
+            EndpointSource::Learned => "advertised (observed by others)".into(),
+            EndpointSource::ObservedBy(by) => format!("observed by {by}"),
         }
     }
 }

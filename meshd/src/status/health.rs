@@ -112,6 +112,10 @@ pub(crate) mod tests {
             vtep_mac: "02:00:00:00:00:02".into(),
             candidates: Vec::new(),
             mtu: 1450,
+            mtu_source: "probed".into(),
+            mtu_confirmed_secs: Some(2),
+            mtu_searching: false,
+            mtu_idle: None,
             stats: Default::default(),
             wireguard: None,
             path: Some(PathStatus {
@@ -124,6 +128,7 @@ pub(crate) mod tests {
                 receives: None,
             }),
             rtt_us: None,
+            reach: None,
         }
     }
 

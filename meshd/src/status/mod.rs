@@ -4,12 +4,15 @@
 //! node's subnet from the companion file `network.json` ([`crate::runfiles`]), and connects to
 //! the socket only to learn that meshd is alive: only a live meshd answers it.
 
+mod egress;
 pub mod graph;
 pub mod health;
 pub mod mesh;
+pub mod reach;
 mod render;
 pub mod server;
 
+pub use egress::{EgressStatus, MssStatus};
 pub use mesh::{Mesh, SummaryStatus};
 pub use render::render;
 
@@ -34,6 +37,10 @@ pub struct Status {
     /// Where the address came from: configured, the route towards a seed, the default route.
     #[serde(default)]
     pub address_source: Option<String>,
+    /// Where other members see this node from outside, when that is not `address` (behind a
+    /// NAT): the endpoints its record advertises besides, and how its NAT maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<reach::PublicStatus>,
     pub subnet: String,
     /// The cluster CIDR node subnets are cut from (`None` from a meshd before it was shown).
     #[serde(default)]
@@ -67,6 +74,9 @@ pub struct Status {
     /// The kernel fast path: what this node could make, and what it adopted.
     #[serde(default)]
     pub kernel: Option<KernelStatus>,
+    /// Egress masquerade and MSS clamping: on or off, why, and what they did.
+    #[serde(default)]
+    pub egress: Option<EgressStatus>,
     /// The userspace data path's queues: the port each sends from, and its datagrams.
     #[serde(default)]
     pub queues: Vec<QueueStatus>,
@@ -259,12 +269,27 @@ pub struct PeerStatus {
     pub subnet: String,
     pub vtep_mac: String,
     /// Where it can be reached, best first, each with where it was learnt
-    /// (`198.18.0.2:51820 (gossiped)`); `endpoint` is the one in use.
+    /// (`198.18.0.2:51820 (advertised)`); `endpoint` is the one in use.
     #[serde(default)]
-    pub(crate) candidates: Vec<String>,
+    pub candidates: Vec<String>,
     /// The MTU of pod packets to it.
     #[serde(default)]
-    pub(crate) mtu: u16,
+    pub mtu: u16,
+    /// How that MTU was found: `probed`, `floor` (nothing above it passed), `unconfirmed` (no
+    /// probe came back yet: the pod MTU, or what a previous meshd found) or `configured` (the
+    /// pod MTU: discovery off).
+    #[serde(default)]
+    pub mtu_source: String,
+    /// Seconds since a probe of that size last came back (absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu_confirmed_secs: Option<u64>,
+    /// A search for it is under way (the MTU in use holds meanwhile).
+    #[serde(default)]
+    pub mtu_searching: bool,
+    /// Why that MTU is not probed now, if it is not: `no traffic yet` or `no traffic lately`
+    /// (discovery probes only peers that carry pod traffic; the MTU holds meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu_idle: Option<String>,
     #[serde(flatten)]
     pub stats: PeerStatsSnapshot,
     /// The WireGuard session, in encrypted mode.
@@ -277,6 +302,10 @@ pub struct PeerStatus {
     /// while the path is not probed: the userspace floor is not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_us: Option<u64>,
+    /// How it is reached: route, endpoint and how it was learned, NAT, flows, keepalives
+    /// (encrypted mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<reach::ReachStatus>,
 }
 
 /// One peer's WireGuard session, from `meshd_crypto::Session::stats`.

@@ -24,6 +24,14 @@ pub fn render(s: &Status) -> String {
         s.subnet,
         s.vtep_mac
     );
+    if let Some(p) = &s.public {
+        let _ = writeln!(
+            o,
+            "public      {} (as members observe this node behind its NAT; mapping {})",
+            p.endpoints.join(", "),
+            p.mapping
+        );
+    }
     let _ = writeln!(o, "encryption  {}   mtu {}", s.encryption, s.mtu);
     if let Some(k) = &s.public_key {
         let _ = writeln!(
@@ -67,6 +75,9 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(o, "  adopted           {}", k.adopted.join(", "));
         }
     }
+    if let Some(e) = &s.egress {
+        e.render(&mut o);
+    }
     let _ = writeln!(
         o,
         "{:<16} {:<22} {:<16} {:>10} {:>14} {:>10} {:>14}  drops",
@@ -84,6 +95,21 @@ pub fn render(s: &Status) -> String {
             p.stats.rx_packets,
             p.stats.rx_bytes,
             drops(&p.stats)
+        );
+        let confirmed = p
+            .mtu_confirmed_secs
+            .map(|s| format!(", confirmed {s} s ago"))
+            .unwrap_or_default();
+        let searching = if p.mtu_searching { ", searching" } else { "" };
+        let idle = p
+            .mtu_idle
+            .as_ref()
+            .map(|why| format!("; not probed: {why}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  mtu {} ({}{confirmed}{searching}{idle})",
+            p.mtu, p.mtu_source
         );
         if let Some(path) = &p.path {
             let probes: Vec<String> = path
@@ -106,6 +132,9 @@ pub fn render(s: &Status) -> String {
             if let Some(r) = &path.receives {
                 let _ = writeln!(o, "  receiver: {r}");
             }
+        }
+        if let Some(r) = &p.reach {
+            o.push_str(&r.render());
         }
         if let Some(w) = &p.wireguard {
             let age = match w.last_handshake_secs {

@@ -4,6 +4,7 @@
 //! - WireGuard: route + encrypt into runs (TX batch), and demultiplex + decrypt + the
 //!   cryptokey-routing check (RX), refusals included (what they remember for the control
 //!   thread), and the per-peer receive tally;
+//! - packets over their peer's path MTU: dropped and answered, or sent (`too_big.rs`);
 //! - the I/O both share (`io.rs`, as root): batched TUN reads and GRO TUN writes on a real TUN
 //!   device, batched UDP receives and GSO run sends on real sockets, in a namespace of its own.
 //!
@@ -71,5 +72,26 @@ fn packet(src: [u8; 4], dst: [u8; 4], payload: usize) -> Vec<u8> {
 }
 
 mod io;
+mod too_big;
 mod vxlan;
 mod wireguard;
+
+/// A cleartext route table of 48 peers, n2..n49, each owning 10.244.<i>.0/24.
+fn clear_routes() -> meshd::routes::Routes {
+    let routes = meshd::routes::Routes::new(meshd::routes::Local {
+        name: "a".into(),
+        vni: 1,
+        port: 8472,
+    });
+    let peers: Vec<meshd::peers::Peer> = (2..50u8)
+        .map(|i| {
+            meshd::peers::Peer::clear(
+                format!("n{i}"),
+                format!("198.18.0.{i}:8472").parse().unwrap(),
+                format!("10.244.{i}.0/24").parse().unwrap(),
+            )
+        })
+        .collect();
+    routes.install_clear(&peers);
+    routes
+}

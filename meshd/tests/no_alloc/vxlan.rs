@@ -1,30 +1,14 @@
-use super::{allocations_in, packet};
+use super::{allocations_in, clear_routes, packet};
 use meshd::datapath::runs::Runs;
 use meshd::datapath::vxlan::Vxlan;
 use meshd::datapath::worker::encode_batch;
 use meshd::datapath::{Encap, Received, Rx};
-use meshd::peers::Peer;
-use meshd::routes::{Local, Routes};
 use meshd::stats::{DropTally, Stamp};
 use meshd::wire::{vtep_mac, VxlanHeader};
 
 #[test]
 fn encode_and_decode_allocate_nothing_per_packet() {
-    let routes = Routes::new(Local {
-        name: "a".into(),
-        vni: 1,
-        port: 8472,
-    });
-    let peers: Vec<Peer> = (2..50u8)
-        .map(|i| {
-            Peer::clear(
-                format!("n{i}"),
-                format!("198.18.0.{i}:8472").parse().unwrap(),
-                format!("10.244.{i}.0/24").parse().unwrap(),
-            )
-        })
-        .collect();
-    routes.install_clear(&peers);
+    let routes = clear_routes();
     let vxlan = Vxlan { vni: 1 };
     let mut enc = Runs::new(256, 1500, 64);
     let mut out = vec![0u8; 1500];

@@ -43,7 +43,10 @@ fn node(n: u8, key: &PrivateKey, secret: &ClusterSecret, peer: (u8, PublicKey)) 
     routes.install(&links.reconcile(&[p], 0).links);
     Node {
         routes,
-        wg: Wireguard { crypto },
+        wg: Wireguard {
+            crypto,
+            nat_keepalive: None,
+        },
     }
 }
 

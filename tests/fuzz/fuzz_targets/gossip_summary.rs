@@ -29,6 +29,8 @@ fn genuine() -> &'static (Vec<PathReport>, Vec<u8>) {
                 reason: Reason::None,
                 rtt: Some(Duration::from_micros(300 + i)),
                 mtu: 1450,
+                observed: None,
+                observed_gossip: None,
             })
             .collect();
         let chunks = encode_chunks("node-1", 7, &reports, &Sim::signing_key(1), 1191);

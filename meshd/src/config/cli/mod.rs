@@ -47,6 +47,9 @@ pub struct RunArgs {
     /// first seed, else the default route).
     #[arg(long, env = "MESHD_ADDRESS")]
     address: Option<IpAddr>,
+    /// Address the UDP sockets bind to (default: all).
+    #[arg(long, env = "MESHD_LISTEN_ADDRESS")]
+    listen_address: Option<IpAddr>,
     /// This node's pod subnet.
     #[arg(long, env = "MESHD_SUBNET")]
     subnet: Option<Ipv4Net>,
@@ -91,6 +94,9 @@ pub struct RunArgs {
     /// Handshake initiations per second answered before cookies are required.
     #[arg(long, env = "MESHD_WIREGUARD_HANDSHAKES_PER_SECOND")]
     wireguard_handshakes_per_second: Option<u64>,
+    /// Seconds between keepalives to peers reached through a NAT (0: off).
+    #[arg(long, env = "MESHD_WIREGUARD_NAT_KEEPALIVE")]
+    wireguard_nat_keepalive: Option<u16>,
     /// File holding the cluster secret (mode 0600). MESHD_CLUSTER_SECRET may carry the secret
     /// itself instead.
     #[arg(long, env = "MESHD_CLUSTER_SECRET_FILE")]
@@ -98,6 +104,19 @@ pub struct RunArgs {
     /// MTU of the underlay path.
     #[arg(long, env = "MESHD_UNDERLAY_MTU")]
     underlay_mtu: Option<u16>,
+    /// Masquerade pod traffic leaving the cluster CIDR to the node's address.
+    #[arg(long, env = "MESHD_MASQUERADE", value_name = "true|false")]
+    masquerade: Option<bool>,
+    /// A destination that sees pod addresses, not masqueraded (repeatable; the variable takes a
+    /// comma-separated list). Added to the config's `no-masquerade-cidrs`.
+    #[arg(long, env = "MESHD_NO_MASQUERADE_CIDRS", value_delimiter = ',')]
+    no_masquerade_cidrs: Vec<Ipv4Net>,
+    /// Clamp the MSS of TCP SYNs into the overlay to the MTU of the peer they go to.
+    #[arg(long, env = "MESHD_MSS_CLAMPING", value_name = "true|false")]
+    mss_clamping: Option<bool>,
+    /// Find each peer's path MTU with probes (`path-mtu-discovery`).
+    #[arg(long, env = "MESHD_PATH_MTU_DISCOVERY", value_name = "true|false")]
+    path_mtu_discovery: Option<bool>,
     /// Name of the pod bridge.
     #[arg(long, env = "MESHD_BRIDGE")]
     bridge: Option<String>,
@@ -193,6 +212,7 @@ impl RunArgs {
         let Config {
             node_name,
             address,
+            listen_address,
             subnet,
             seeds,
             gossip,
@@ -204,6 +224,10 @@ impl RunArgs {
             host_gw,
             cluster_secret_file,
             underlay_mtu,
+            masquerade,
+            no_masquerade_cidrs,
+            mss_clamping,
+            path_mtu_discovery,
             bridge,
             tun,
             queues,
@@ -228,6 +252,7 @@ impl RunArgs {
             port: wg_port,
             handshakes_per_second: handshakes,
             device: wg_device,
+            nat_keepalive,
         } = wireguard;
         let Tiers {
             multi_queue,
@@ -238,6 +263,7 @@ impl RunArgs {
         } = tiers;
         set(node_name, &self.node_name);
         set_some(address, &self.address);
+        set_some(listen_address, &self.listen_address);
         set_some(subnet, &self.subnet);
         for seed in &self.join {
             if !seeds.contains(seed) {
@@ -252,12 +278,21 @@ impl RunArgs {
         set(vni, &self.vxlan_vni);
         set(wg_port, &self.wireguard_port);
         set(handshakes, &self.wireguard_handshakes_per_second);
+        set(nat_keepalive, &self.wireguard_nat_keepalive);
         set(vxlan_device, &self.vxlan_device);
         set(wg_device, &self.wireguard_device);
         set(datapath, &self.datapath);
         set(host_gw, &self.host_gw);
         set_some(cluster_secret_file, &self.cluster_secret_file);
         set(underlay_mtu, &self.underlay_mtu);
+        set(masquerade, &self.masquerade);
+        for n in &self.no_masquerade_cidrs {
+            if !no_masquerade_cidrs.contains(n) {
+                no_masquerade_cidrs.push(*n);
+            }
+        }
+        set(mss_clamping, &self.mss_clamping);
+        set(path_mtu_discovery, &self.path_mtu_discovery);
         set(bridge, &self.bridge);
         set(tun, &self.tun);
         set(queues, &self.queues);

@@ -9,6 +9,7 @@ use clap::{Command, FromArgMatches};
 const FLAGS: &[(&str, &str, &str)] = &[
     ("--node-name", "flagged", "node-name"),
     ("--address", "198.18.0.7", "address"),
+    ("--listen-address", "198.18.0.8", "listen-address"),
     ("--subnet", "10.244.7.0/24", "subnet"),
     ("--join", "198.18.0.2:7946,198.18.0.3:7946", "seeds"),
     ("--gossip-enabled", "false", "gossip.enabled"),
@@ -27,8 +28,17 @@ const FLAGS: &[(&str, &str, &str)] = &[
         "7",
         "wireguard.handshakes-per-second",
     ),
+    ("--wireguard-nat-keepalive", "9", "wireguard.nat-keepalive"),
     ("--cluster-secret-file", "/etc/f.secret", "cluster-secret-file"),
     ("--underlay-mtu", "9000", "underlay-mtu"),
+    ("--masquerade", "false", "masquerade"),
+    (
+        "--no-masquerade-cidrs",
+        "192.0.2.0/24,198.51.100.0/24",
+        "no-masquerade-cidrs",
+    ),
+    ("--mss-clamping", "false", "mss-clamping"),
+    ("--path-mtu-discovery", "false", "path-mtu-discovery"),
     ("--bridge", "flagbr0", "bridge"),
     ("--tun", "flag0", "tun"),
     ("--queues", "3", "queues"),
@@ -102,6 +112,7 @@ fn every_flag_sets_its_key_and_only_that() {
         let want = match (key, value) {
             (_, "") => "false".to_string(),
             ("seeds", v) => v.split(',').count().to_string(),
+            ("no-masquerade-cidrs", v) => v.split(',').count().to_string(),
             ("peers", v) => v.split(';').count().to_string(),
             (_, v) => v.to_string(),
         };

@@ -103,14 +103,24 @@ impl Membership {
     /// What a member's record asks of the peer set: its peer, or its withdrawal when it
     /// publishes no endpoint or subnet (yet). `updated`: log it only if it changes anything.
     fn change(&self, r: &NodeRecord, updated: bool) -> Change {
-        let endpoints: Vec<Endpoint> = r
+        // Where it says it listens, then where others see it from (behind a NAT).
+        let canonical = |e: &SocketAddr| SocketAddr::new(e.ip().to_canonical(), e.port());
+        let mut endpoints: Vec<Endpoint> = r
             .endpoints
             .iter()
             .map(|e| Endpoint {
-                addr: SocketAddr::new(e.ip().to_canonical(), e.port()),
+                addr: canonical(e),
                 source: EndpointSource::Gossiped,
             })
             .collect();
+        for e in r.learned.iter().map(canonical) {
+            if !endpoints.iter().any(|x| x.addr == e) {
+                endpoints.push(Endpoint {
+                    addr: e,
+                    source: EndpointSource::Learned,
+                });
+            }
+        }
         let subnet = r.subnet.and_then(|c| to_net(c.subnet));
         // How it holds the subnet: the peer set checks the claim and settles overlaps by it.
         let claim = r.subnet.map_or(Claim::default(), |c| Claim {

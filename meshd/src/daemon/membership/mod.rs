@@ -22,12 +22,13 @@
 mod bindings;
 mod control;
 mod events;
+mod observed;
 pub(crate) mod summary;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -93,6 +94,8 @@ pub(crate) struct Membership {
     saver: bindings::Saver,
     /// When each refusal (name, reason) was last logged, so a flood logs once a minute.
     refusals_logged: HashMap<(String, meshd_gossip::Refused), Instant>,
+    /// `address` was configured: it is advertised alone, whatever members observe.
+    address_configured: bool,
 }
 
 impl Membership {
@@ -108,10 +111,7 @@ impl Membership {
         let ring = keyring.borrow().clone();
         let sealer = GossipSealer::new(&ring, SealerConfig::default());
         let own_addr = SocketAddr::new(address, cfg.gossip.port);
-        let bind = match address {
-            IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], cfg.gossip.port)),
-            IpAddr::V6(_) => SocketAddr::from(([0u16; 8], cfg.gossip.port)),
-        };
+        let bind = SocketAddr::new(cfg.bind_address(), cfg.gossip.port);
         let socket = UdpSocket::bind(bind)
             .await
             .with_context(|| format!("binding the gossip socket {bind}"))?;
@@ -195,7 +195,14 @@ impl Membership {
             control: Some(control),
             saver,
             refusals_logged: HashMap::new(),
+            address_configured: false,
         })
+    }
+
+    /// `address` was configured (it wins over what members observe).
+    pub(crate) fn address_configured(mut self, configured: bool) -> Self {
+        self.address_configured = configured;
+        self
     }
 
     /// Join the seeds `rx` carries whenever they change (a reload).
@@ -278,13 +285,17 @@ impl Membership {
     }
 
     /// Hands gossip, for every peer that sent authenticated traffic within the evidence
-    /// window, when it last did.
+    /// window, when it last did; and pins each member's gossip to the address its
+    /// authenticated traffic comes from (`meshd_gossip::Gossip::pin_source`).
     fn feed_evidence(&self) {
         let table = self.backend.routes().load();
         let (now, stamp) = (Instant::now(), Stamp::now());
         let mut shared = self.lock();
         let window = self.evidence_window;
         for p in table.peers() {
+            // Its gossip is believed to come from where its authenticated traffic does.
+            let pin = p.ep.working(stamp).then(|| p.endpoint().ip());
+            shared.gossip.pin_source(&p.name, pin);
             let Some(age) = p.stats.last_heard().map(|t| t.age(stamp)) else {
                 continue;
             };

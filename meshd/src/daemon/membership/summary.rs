@@ -21,10 +21,18 @@ impl Membership {
     pub(super) fn publish_paths(&self) {
         let table = self.backend.routes().load();
         let now = Instant::now();
-        let peers: Vec<PeerStatus> = table.peers().iter().map(|p| peer_status(p, now)).collect();
-        let mut shared = self.lock();
-        let reports = reports(&peers, &shared.gossip);
-        shared.gossip.set_paths(reports, now);
+        let keepalive = self.cfg.nat_keepalive();
+        let peers: Vec<PeerStatus> = table
+            .peers()
+            .iter()
+            .map(|p| peer_status(p, now, keepalive))
+            .collect();
+        {
+            let mut shared = self.lock();
+            let reports = reports(&peers, &shared.gossip);
+            shared.gossip.set_paths(reports, now);
+        }
+        self.learn_from_summaries(&table);
     }
 }
 
@@ -46,9 +54,20 @@ pub(crate) fn reports(peers: &[PeerStatus], gossip: &Gossip) -> Vec<PathReport> 
                 reason: a.reason,
                 rtt: rtt(p),
                 mtu: p.mtu,
+                observed: observed(p),
+                observed_gossip: gossip.observed_gossip(&p.name),
             }
         })
         .collect()
+}
+
+/// Where `p`'s authenticated traffic comes from, if its endpoint in use authenticated
+/// something lately: what this node reports as observed.
+fn observed(p: &PeerStatus) -> Option<std::net::SocketAddr> {
+    let r = p.reach.as_ref()?;
+    r.heard_secs
+        .filter(|s| *s < crate::link::endpoint::WORKING.as_secs_f64())?;
+    r.endpoint.parse().ok()
 }
 
 /// The members' summaries this node holds, each its reporter's word.

@@ -11,6 +11,7 @@
 //! the registry that keeps it across peer-set changes is [`crate::link::registry::Links`].
 //! Nothing here parses packets beyond routing hints: `meshd_crypto` checks and decrypts.
 
+mod nat;
 mod rx;
 pub(crate) mod tx;
 
@@ -51,6 +52,9 @@ const RX_SLACK: usize = 128;
 /// The encrypted encapsulation: the node's keys, secrets and rate limiter.
 pub struct Wireguard {
     pub crypto: Arc<NodeCrypto>,
+    /// Keepalives to peers reached through a NAT, this often (`wireguard.nat-keepalive`);
+    /// `None`: off.
+    pub nat_keepalive: Option<Duration>,
 }
 
 impl Encap for Wireguard {
@@ -122,6 +126,8 @@ impl Encap for Wireguard {
         };
         if authenticated {
             wg.authenticated(cx.now);
+            // WireGuard's roaming: the endpoint follows authenticated traffic.
+            entry.heard_from(src, cx.now);
         }
         match action {
             Action::WriteToTunnelV4(len, inner_src) => {
@@ -168,13 +174,12 @@ impl Encap for Wireguard {
             let now = Stamp::now();
             for peer in table.peers() {
                 let Some(wg) = &peer.wg else { continue };
-                match timers(peer, wg, now, &mut out) {
-                    Action::WriteToNetwork(n) => {
-                        if let Err(e) = socket.send_to(&out[..n], peer.endpoint()) {
-                            tracing::trace!(error = %e, peer = %peer.name, "timer send");
-                            peer.stats.count_drop(DropReason::SendError, 1);
-                        }
-                    }
+                let mut action = timers(peer, wg, now, &mut out);
+                if action == Action::Done {
+                    action = nat::keepalive(peer, wg, self.nat_keepalive, now, &mut out);
+                }
+                match action {
+                    Action::WriteToNetwork(n) => nat::send(socket, peer, &out[..n], now),
                     // Repeats every tick while the peer stays idle: trace, not debug.
                     Action::Error(SessionError::Expired) => {
                         tracing::trace!(peer = %peer.name, "WireGuard session expired");

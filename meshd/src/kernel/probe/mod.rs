@@ -30,6 +30,8 @@ use crate::wire::checksum::checksum;
 use crate::wire::MacAddr;
 
 const ETH_P_IP: u16 = 0x0800;
+/// An Ethernet header: what [`Prober::send_ip`] leaves off a probe's frame.
+const ETH_HEADER: usize = 14;
 /// `SIOCGSTAMPNS`: the receive time of the last packet read from a socket (a `timespec`).
 const SIOCGSTAMPNS: libc::c_ulong = 0x8907;
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -42,6 +44,35 @@ const PACKET_VNET_HDR: libc::c_int = 15;
 /// pod-sized replies, fewer than a node with 100 peers may have coming back together, and
 /// replies wait there for the manager's next tick (or longer, when its thread is busy).
 const REPLY_BUFFER: libc::c_int = 1 << 20;
+
+/// The identifier of this node's echoes: the low bits of meshd's pid.
+pub(crate) fn ident() -> u16 {
+    std::process::id() as u16
+}
+
+/// Whether IPv4 `packet` is an echo request with identifier `ident`: one of this node's probes
+/// (the data path lets them past the peer's MTU: they are how it is found).
+#[inline]
+pub(crate) fn is_probe(packet: &[u8], ident: u16) -> bool {
+    let ihl = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
+    packet.get(9) == Some(&(libc::IPPROTO_ICMP as u8))
+        && packet.get(ihl) == Some(&ICMP_ECHO)
+        && packet.get(ihl + 4..ihl + 6) == Some(&ident.to_be_bytes()[..])
+}
+
+/// Whether IPv4 `packet` is an echo request or reply to `subnet`'s bridge address (its first
+/// host): a node's path or MTU probe, or a node's kernel answering one. Not pod traffic: what
+/// discovery sends must never make a peer look busy (its probes would keep themselves going,
+/// and each side's replies would make the other probe). One byte decides for any other packet.
+#[inline]
+pub(crate) fn is_node_echo(packet: &[u8], subnet: ipnet::Ipv4Net) -> bool {
+    if packet.get(9) != Some(&(libc::IPPROTO_ICMP as u8)) {
+        return false;
+    }
+    let ihl = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
+    matches!(packet.get(ihl), Some(&ICMP_ECHO | &ICMP_ECHO_REPLY))
+        && packet.get(16..20) == Some(&crate::host::gateway(subnet).octets()[..])
+}
 
 /// The smallest probe (IPv4 total length): headers and the token.
 const MIN_PROBE: usize = 20 + 8 + TOKEN_LEN;
@@ -202,29 +233,51 @@ impl Prober {
 
     /// Send `p` as a frame on its device.
     pub fn send(&mut self, p: &Probe) -> io::Result<()> {
-        if self.vnet {
-            vnet_frame(&mut self.buf, p, self.ident);
-        } else if p.partial {
+        self.send_from(p, 0)
+    }
+
+    /// Send `p` as a bare IP packet on a device without a link layer (the TUN device, whose
+    /// reader is meshd's own data path; a WireGuard device): the probe then takes the path pod
+    /// packets to that device take.
+    pub fn send_ip(&mut self, p: &Probe) -> io::Result<()> {
+        self.send_from(p, ETH_HEADER)
+    }
+
+    /// Send the frame of `p` from byte `skip` on (the Ethernet header skipped for bare IP),
+    /// behind its virtio-net header when the socket takes one.
+    fn send_from(&mut self, p: &Probe, skip: usize) -> io::Result<()> {
+        if p.partial && (!self.vnet || skip > 0) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "the kernel refused PACKET_VNET_HDR: no probe with an unfinished checksum",
+                "a probe with an unfinished checksum needs PACKET_VNET_HDR and a link layer",
             ));
+        }
+        if self.vnet {
+            vnet_frame(&mut self.buf, p, self.ident);
+            // The header goes right in front of the bytes sent: over the skipped Ethernet
+            // header's end (it is shorter), when there is one to skip.
+            if skip >= VNET_HDR_LEN {
+                self.buf.copy_within(0..VNET_HDR_LEN, skip);
+            }
         } else {
             frame(&mut self.buf, p, self.ident);
         }
+        let bytes = self.buf.get(skip..).unwrap_or_default();
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = ETH_P_IP.to_be();
         sll.sll_ifindex = p.ifindex as i32;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&p.dst_mac.0);
+        if skip == 0 {
+            sll.sll_halen = 6;
+            sll.sll_addr[..6].copy_from_slice(&p.dst_mac.0);
+        }
         // SAFETY: sendto with a buffer and address that live across the call.
         let n = unsafe {
             libc::sendto(
                 self.frames.as_raw_fd(),
-                self.buf.as_ptr().cast(),
-                self.buf.len(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
                 0,
                 (&sll as *const libc::sockaddr_ll).cast(),
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
@@ -315,5 +368,8 @@ impl Prober {
 }
 
 mod frame;
-use frame::vnet_frame;
 pub use frame::{frame, parse_reply};
+use frame::{vnet_frame, VNET_HDR_LEN};
+
+#[cfg(test)]
+mod tests;

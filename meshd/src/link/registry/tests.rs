@@ -116,7 +116,7 @@ fn a_changed_record_updates_its_link_in_place() {
     let first = l.reconcile(std::slice::from_ref(&p), 0);
     assert!(first.changed);
     let link = first.links[0].clone();
-    link.stats.tx(5, 500);
+    link.stats.tx(5, 500, 500);
     let (index, psk) = (link.wg().unwrap().index, link.wg().unwrap().pair().psk);
     assert!(
         !l.reconcile(std::slice::from_ref(&p), 0).changed,

@@ -11,6 +11,7 @@ use super::{Desired, Manager};
 use crate::kernel::{routes, vxlan};
 use crate::link::PeerLink;
 use crate::paths::cell::PathCell;
+use crate::paths::mtud::MtuSearch;
 use crate::paths::{PathKind, PeerPath};
 use crate::peers::Peer;
 
@@ -59,7 +60,7 @@ impl Manager {
             }
         }
         self.checksums();
-        self.sync_sources(Instant::now());
+        self.sync_table(Instant::now());
         self.route_all().await;
     }
 
@@ -68,7 +69,9 @@ impl Manager {
         let now = Instant::now();
         let (offers, floor, floor_reason) = self.offers(peer).await;
         let vtep = peer.subnet.network();
-        let adopted = self.adopted_routes.remove(&peer.subnet).and_then(|f| {
+        let found = self.adopted_routes.remove(&peer.subnet);
+        let adopted_mtu = found.and_then(|f| f.mtu);
+        let adopted = found.and_then(|f| {
             let dev = self.s.vxlan.as_ref().ok()?;
             if f.oif == Some(dev.index) && f.gateway == Some(vtep) {
                 Some(PathKind::KernelVxlan)
@@ -89,7 +92,21 @@ impl Manager {
             tracing::info!(peer = %peer.name, path = %k, "adopted the peer's kernel path");
         }
         let mut cell = PathCell::new(path, peer.address(), peer.subnet, now);
+        // Without the probe sockets nothing is searched: the status says `configured`.
+        cell.mtu = self
+            .s
+            .mtu
+            .filter(|_| self.prober.is_some())
+            .map(|(floor, ceiling)| MtuSearch::new(floor, ceiling, now));
+        // Traffic counts from here on: what the link carried before is no news.
+        cell.mtu_tx = link.stats.pod_sent_bytes();
         cell.routed = adopted.filter(|k| *k == cell.path.current());
+        // The MTU a previous meshd's route carries: kept while the search confirms it.
+        cell.routed_mtu = adopted_mtu;
+        if let (Some(m), Some(mtu)) = (cell.mtu.as_mut(), adopted_mtu) {
+            m.resume(mtu);
+            link.set_mtu(m.mtu());
+        }
         cell.entries = self.set_entries(&link.name, link, &cell).await;
         cell
     }
@@ -143,6 +160,11 @@ impl Manager {
         };
         let mut cell = PathCell::new(path, peer.address(), peer.subnet, Instant::now());
         cell.next_probe = before.next_probe;
+        // The MTU search carries over; a new address is another path (the search starts over
+        // when its path differs from the one it measured).
+        cell.mtu = before.mtu;
+        cell.mtu_tx = before.mtu_tx;
+        cell.mtu_path = before.mtu_path.filter(|_| !address_moved);
         cell.entries = self.set_entries(&link.name, link, &cell).await;
         *link.path() = Some(cell);
     }

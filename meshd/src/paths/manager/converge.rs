@@ -20,6 +20,9 @@ use crate::link::PeerLink;
 use crate::paths::PathKind;
 use crate::wire::MacAddr;
 
+/// A route to set: the peer, its path, the way, its subnet and the MTU it carries.
+type DueRoute = (Arc<PeerLink>, PathKind, Via, ipnet::Ipv4Net, Option<u16>);
+
 impl Manager {
     /// Set every peer's route where it is not what its path needs (and its retry is due).
     pub(super) async fn route_all(&mut self) {
@@ -29,20 +32,22 @@ impl Manager {
         let Some(own) = self.own else { return };
         let source = gateway(own);
         let now = Instant::now();
-        let mut due: Vec<(Arc<PeerLink>, PathKind, Via, ipnet::Ipv4Net)> = Vec::new();
+        let mut due: Vec<DueRoute> = Vec::new();
         for link in self.links.values() {
             let cell = link.path();
             let Some(c) = cell.as_ref() else { continue };
             let want = c.path.current();
-            if c.routed == Some(want) || now < c.retry_at {
+            // The peer's path MTU, when discovery found it below the pod MTU.
+            let mtu = (c.mtu.is_some() && link.mtu() < self.s.pod_mtu).then(|| link.mtu());
+            if (c.routed == Some(want) && c.routed_mtu == mtu) || now < c.retry_at {
                 continue;
             }
             if let Some(via) = self.via(c, want) {
-                due.push((link.clone(), want, via, c.subnet));
+                due.push((link.clone(), want, via, c.subnet, mtu));
             }
         }
-        for (link, want, via, subnet) in due {
-            let result = routes::set(&self.s.host, subnet, via, source).await;
+        for (link, want, via, subnet, mtu) in due {
+            let result = routes::set(&self.s.host, subnet, via, source, mtu).await;
             let mut cell = link.path();
             let Some(c) = cell.as_mut().filter(|c| c.subnet == subnet) else {
                 continue;
@@ -53,6 +58,7 @@ impl Manager {
                         tracing::info!(peer = %link.name, path = %want, "the kernel took the peer's route");
                     }
                     c.routed = Some(want);
+                    c.routed_mtu = mtu;
                 }
                 Err(e) => {
                     let text = format!("{e:#}");
@@ -120,7 +126,6 @@ impl Manager {
             }
         }
         self.verify_entries(now).await;
-        self.verify_sources(now);
     }
 
     /// Likewise the FDB and neighbour entries on the VXLAN device (a device taken down loses

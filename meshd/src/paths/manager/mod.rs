@@ -15,10 +15,12 @@ use tokio::sync::watch;
 
 mod apply;
 mod converge;
+mod mtu;
 mod offers;
 mod receivers;
 mod sources;
 mod step;
+mod table;
 mod traffic;
 
 pub(crate) use sources::SourceCheck;
@@ -29,13 +31,14 @@ use crate::config::{Datapath, Encryption};
 use crate::host::Host;
 use crate::kernel::probe::{Prober, Token};
 use crate::kernel::routes;
+use crate::kernel::table::Table;
 use crate::kernel::vxlan::VxlanDevice;
 use crate::kernel::wireguard::{device_config, KernelWireguard};
 use crate::link::PeerLink;
 use crate::metrics::{Histogram, PROBE_RTT_BUCKETS};
 use crate::peers::wireguard::NodeCrypto;
 use crate::peers::Peer;
-use crate::status::KernelStatus;
+use crate::status::{EgressStatus, KernelStatus};
 use crate::wire::MacAddr;
 
 /// A probe not answered within this is lost.
@@ -64,15 +67,18 @@ pub(crate) struct Desired {
 pub(crate) struct Paths {
     desired: watch::Sender<Desired>,
     kernel: Mutex<KernelStatus>,
+    /// Masquerade and MSS clamping, as the table last had them.
+    egress: Mutex<EgressStatus>,
     /// Round trips of the probes that came back (the manager observes, `/metrics` reads).
     pub(crate) probe_rtt: Arc<Histogram>,
 }
 
 impl Paths {
-    pub(crate) fn new(kernel: KernelStatus) -> Arc<Paths> {
+    pub(crate) fn new(kernel: KernelStatus, egress: EgressStatus) -> Arc<Paths> {
         Arc::new(Paths {
             desired: watch::channel(Desired::default()).0,
             kernel: Mutex::new(kernel),
+            egress: Mutex::new(egress),
             probe_rtt: Arc::new(Histogram::new(&PROBE_RTT_BUCKETS)),
         })
     }
@@ -86,6 +92,10 @@ impl Paths {
 
     pub(crate) fn kernel_status(&self) -> KernelStatus {
         lock(&self.kernel).clone()
+    }
+
+    pub(crate) fn egress_status(&self) -> EgressStatus {
+        lock(&self.egress).clone()
     }
 
     fn subscribe(&self) -> watch::Receiver<Desired> {
@@ -111,6 +121,8 @@ pub(crate) struct Setup {
     pub(crate) tun: String,
     /// The pod MTU: the probes' size.
     pub(crate) pod_mtu: u16,
+    /// Path-MTU discovery: the floor and ceiling of each peer's search (`None`: off).
+    pub(crate) mtu: Option<(u16, u16)>,
     pub(crate) vxlan: Result<VxlanDevice, NotOffered>,
     /// The kernel WireGuard device, when the kernel has one: then it carries every peer.
     pub(crate) wireguard: Result<KernelWireguard, NotOffered>,
@@ -120,6 +132,8 @@ pub(crate) struct Setup {
     /// The inner-source check of kernel-received VXLAN, when the kernel VXLAN device is in
     /// use (`fastpath` wrote its table before the device came up).
     pub(crate) sources: Option<SourceCheck>,
+    /// meshd's nftables table, as `fastpath` first wrote it.
+    pub(crate) table: Table,
 }
 
 /// A probe sent and not yet answered.
@@ -133,6 +147,8 @@ struct Outstanding {
     size: u16,
     /// What a genuine reply carries back.
     token: Token,
+    /// It is the peer's MTU search's (`paths::mtud`), not the path choice's.
+    mtu: bool,
 }
 
 struct Manager {
@@ -163,6 +179,10 @@ struct Manager {
     stale_routes: Vec<Ipv4Net>,
     /// When the routes are next compared with what the kernel has.
     next_verify: Instant,
+    /// When the nftables table is next compared with what the kernel has.
+    next_table_verify: Instant,
+    /// When a table the kernel refused is tried again.
+    table_retry_at: Instant,
     moves: u64,
 }
 
@@ -177,12 +197,14 @@ async fn run(
     let sources = s.sources.take();
     let kernel_in_play =
         (s.encryption == Encryption::None && s.vxlan.is_ok()) || s.wireguard.is_ok();
+    // Path-MTU discovery probes every path, the userspace one too.
+    let probing = kernel_in_play || s.mtu.is_some();
     let tun_index = s.host.index(&s.tun).await.ok();
     let mut unprobed = None;
-    let prober = match kernel_in_play.then(|| Prober::new(std::process::id() as u16)) {
+    let prober = match probing.then(|| Prober::new(crate::kernel::probe::ident())) {
         Some(Ok(p)) => Some(p),
         Some(Err(e)) => {
-            tracing::warn!(error = %e, "cannot open the probe sockets: kernel paths are not probed, peers stay where they are (probing needs CAP_NET_RAW and the AF_PACKET address family)");
+            tracing::warn!(error = %e, "cannot open the probe sockets: paths and their MTUs are not probed, peers stay where they are with the configured MTU (probing needs CAP_NET_RAW and the AF_PACKET address family)");
             unprobed = Some(format!(
                 "cannot open the probe sockets ({e}; probing needs CAP_NET_RAW and AF_PACKET)"
             ));
@@ -232,10 +254,15 @@ async fn run(
         sources,
         stale_routes: Vec::new(),
         next_verify: now + VERIFY_EVERY,
+        next_table_verify: now + VERIFY_EVERY,
+        table_retry_at: now,
         moves: 0,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut table_tick = tokio::time::interval(table::TABLE_TICK);
+    table_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let table_only = !probing && m.s.table.wanted();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -248,8 +275,11 @@ async fn run(
                 m.apply(d).await;
             }
             // Nothing to probe or route without a kernel path (encrypted on this kernel, or
-            // `datapath = "userspace"`): no tick, so an idle node stays asleep.
-            _ = tick.tick(), if kernel_in_play => m.step().await,
+            // `datapath = "userspace"`) and without path-MTU discovery: no tick, so an idle
+            // node stays asleep.
+            _ = tick.tick(), if probing => m.step().await,
+            // Without probing the table (masquerade, MSS clamp) still needs tending.
+            _ = table_tick.tick(), if table_only => m.tend_table(Instant::now()),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The inner-source check of kernel-received VXLAN, kept in step with the peers
-//! ([`crate::kernel::source_check`]): rewritten when a peer comes, goes or moves, compared with
-//! the kernel every [`super::VERIFY_EVERY`] (a firewall reload may flush every table: then it
-//! is written again), and its per-peer counters added to the peers' `spoofed-source` drops, as
-//! the userspace path counts them, and the rest to the unattributed `unknown-source` drops.
+//! ([`crate::kernel::source_check`]): its rules follow the peers (a peer comes, goes or moves;
+//! the table is rewritten by [`super::table`]), and its per-peer counters are added to the
+//! peers' `spoofed-source` drops, as the userspace path counts them, and the rest to the
+//! unattributed `unknown-source` drops.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,32 +10,27 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{lock, Manager};
-use crate::kernel::nft::{self, Ruleset};
+use crate::kernel::nft;
 use crate::kernel::source_check::{self, SourceRule, VxlanSources};
-use crate::kernel::traffic::{Direction, PeerTraffic};
+use crate::kernel::traffic::Direction;
 use crate::kernel::vxlan;
 use crate::paths::PathKind;
 use crate::stats::{DropReason, PeerStats};
 use ipnet::Ipv4Net;
 
-/// The check's state on the manager (cleartext with the kernel VXLAN device only).
+/// The check's state on the manager (cleartext with the kernel VXLAN device only). What the
+/// kernel holds is the table's ([`crate::kernel::table::Table`]).
 pub(crate) struct SourceCheck {
     port: u16,
     /// Rules a previous meshd's table held, kept until the adoption grace ends so its peers'
     /// traffic is not refused while gossip catches up.
     adopted: Vec<SourceRule>,
-    /// What the kernel has, as last written (`None`: to be written).
-    applied: Option<VxlanSources>,
     /// Counter readings already counted, by peer address, and the unknown sources'.
     seen: HashMap<Ipv4Addr, u64>,
     unknown_seen: u64,
     /// Where `unknown-source` drops are counted.
     unattributed: Option<Arc<PeerStats>>,
-    /// Why the table could not be written, until it can.
-    pub(super) error: Option<String>,
-    /// The traffic counters as last written, and the readings already counted
-    /// ([`super::traffic`]).
-    pub(super) traffic: Option<PeerTraffic>,
+    /// The traffic counters' readings already counted ([`super::traffic`]).
     pub(super) traffic_seen: HashMap<(Ipv4Net, PathKind, Direction), (u64, u64)>,
 }
 
@@ -47,99 +42,27 @@ impl SourceCheck {
         unattributed: Option<Arc<PeerStats>>,
     ) -> Self {
         SourceCheck {
-            applied: Some(VxlanSources::new(port, adopted.iter().copied())),
             port,
             adopted,
             seen: HashMap::new(),
             unknown_seen: 0,
             unattributed,
-            error: None,
-            traffic: None,
             traffic_seen: HashMap::new(),
         }
+    }
+
+    /// The table was written again: its counters start from zero.
+    pub(super) fn rewritten(&mut self) {
+        self.seen.clear();
+        self.unknown_seen = 0;
+        self.traffic_seen.clear();
     }
 }
 
 impl Manager {
-    /// Write the table if the peers it should check changed (or it failed before).
-    pub(super) fn sync_sources(&mut self, now: Instant) {
-        let Some(desired) = self.desired_sources(now) else {
-            return;
-        };
-        let traffic = self.desired_traffic();
-        let Some(sc) = self.sources.as_ref() else {
-            return;
-        };
-        if sc.error.is_none()
-            && sc.applied.as_ref() == Some(&desired)
-            && sc.traffic.as_ref() == Some(&traffic)
-        {
-            return;
-        }
-        // Count what the table being replaced dropped and carried: its counters start again at
-        // zero.
-        if let Ok(Some(table)) = nft::list() {
-            self.count_drops(&nft::counters(&table));
-            self.count_traffic(&nft::counters(&table));
-        }
-        let ruleset = Ruleset {
-            vxlan_sources: Some(desired.clone()),
-            traffic: Some(traffic.clone()),
-        };
-        let result = nft::apply(&ruleset);
-        let Some(sc) = self.sources.as_mut() else {
-            return;
-        };
-        match result {
-            Ok(()) => {
-                if sc.error.take().is_some() {
-                    tracing::info!("the kernel took meshd's nftables table: inner sources of kernel-received VXLAN are checked again");
-                }
-                sc.applied = Some(desired);
-                sc.seen.clear();
-                sc.unknown_seen = 0;
-                sc.traffic = Some(traffic);
-                sc.traffic_seen.clear();
-            }
-            Err(e) => {
-                let text = e.to_string();
-                if sc.error.as_deref() != Some(text.as_str()) {
-                    tracing::error!(error = %text, "cannot write meshd's nftables table: VXLAN the kernel receives is not checked against its peers' subnets; retrying");
-                }
-                sc.error = Some(text);
-                sc.applied = None;
-            }
-        }
-        self.show_vxlan();
-    }
-
-    /// Compare the table with the kernel's (written again when gone) and count its drops.
-    pub(super) fn verify_sources(&mut self, now: Instant) {
-        if self.sources.is_none() {
-            return;
-        }
-        match nft::list() {
-            Ok(Some(table)) => {
-                let counters = nft::counters(&table);
-                self.count_drops(&counters);
-                self.count_traffic(&counters);
-            }
-            Ok(None) => {
-                if let Some(sc) = self.sources.as_mut().filter(|sc| sc.applied.is_some()) {
-                    tracing::warn!(
-                        "the kernel no longer has meshd's nftables table: writing it again"
-                    );
-                    sc.applied = None;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read meshd's nftables table"),
-        }
-        self.sync_sources(now);
-    }
-
     /// The rules for the current peers (and, during the grace after start, those a previous
     /// meshd checked for peers not yet back).
-    fn desired_sources(&self, now: Instant) -> Option<VxlanSources> {
+    pub(super) fn desired_sources(&self, now: Instant) -> Option<VxlanSources> {
         let sc = self.sources.as_ref()?;
         let mut rules: Vec<SourceRule> = self
             .links
@@ -169,7 +92,7 @@ impl Manager {
     }
 
     /// Add what the counters counted since the last reading to the peers' drops.
-    fn count_drops(&mut self, counters: &[nft::Counter]) {
+    pub(super) fn count_drops(&mut self, counters: &[nft::Counter]) {
         let Some(sc) = self.sources.as_mut() else {
             return;
         };
@@ -201,7 +124,11 @@ impl Manager {
     /// The VXLAN device's status line, from what the manager knows of it now.
     pub(super) fn show_vxlan(&self) {
         let Ok(dev) = &self.s.vxlan else { return };
-        let sources = self.sources.as_ref().and_then(|sc| sc.error.clone());
+        let sources = self
+            .sources
+            .as_ref()
+            .and_then(|_| self.s.table.error())
+            .map(|e| e.to_string());
         lock(&self.paths.kernel).vxlan =
             vxlan::device_text(dev, self.checksum_note.as_deref(), sources.as_deref());
     }

@@ -11,6 +11,7 @@ use crate::host::gateway;
 use crate::kernel::probe::{Probe, Token};
 use crate::kernel::{routes, vxlan};
 use crate::link::PeerLink;
+use crate::paths::mtud::MTU_PROBE_TIMEOUT;
 use crate::paths::{probe_interval, PathKind, SMALL_PROBE};
 use crate::wire::MacAddr;
 
@@ -20,6 +21,7 @@ impl Manager {
         self.collect(now);
         self.expire(now);
         self.send_due(now).await;
+        self.mtu_step(now).await;
         let mut moved = 0;
         for link in self.links.values() {
             let mut cell = link.path();
@@ -47,6 +49,7 @@ impl Manager {
         if now >= self.grace_until {
             self.drop_leftovers().await;
         }
+        self.tend_table(now);
     }
 
     /// Replies to outstanding probes. One counts only from the probed peer's bridge address and
@@ -78,6 +81,12 @@ impl Manager {
                 let rtt = arrived.saturating_duration_since(o.sent);
                 self.paths.probe_rtt.observe(rtt);
                 if let Some(c) = o.link.path().as_mut() {
+                    if o.mtu {
+                        if let Some(m) = c.mtu.as_mut() {
+                            m.record(o.size, true, now);
+                        }
+                        continue;
+                    }
                     c.path.record_probe(o.kind, o.size, true, now);
                     if o.kind == c.path.current() {
                         // Smoothed as TCP's SRTT is (RFC 6298, α = 1/8): one slow reply on a
@@ -93,7 +102,14 @@ impl Manager {
         let mut late: Vec<(bool, u16)> = self
             .outstanding
             .iter()
-            .filter(|(_, o)| now.saturating_duration_since(o.sent) >= PROBE_TIMEOUT)
+            .filter(|(_, o)| {
+                let timeout = if o.mtu {
+                    MTU_PROBE_TIMEOUT
+                } else {
+                    PROBE_TIMEOUT
+                };
+                now.saturating_duration_since(o.sent) >= timeout
+            })
             .map(|(seq, o)| (o.check, *seq))
             .collect();
         // The path's own probes first: a check lost says something only while they pass.
@@ -105,7 +121,11 @@ impl Manager {
             if o.check {
                 Self::record_check(&o.link, false);
             } else if let Some(c) = o.link.path().as_mut() {
-                c.path.record_probe(o.kind, o.size, false, now);
+                match (o.mtu, c.mtu.as_mut()) {
+                    (true, Some(m)) => m.record(o.size, false, now),
+                    (true, None) => {}
+                    (false, _) => c.path.record_probe(o.kind, o.size, false, now),
+                }
             }
         }
     }
@@ -220,6 +240,7 @@ impl Manager {
                             sent: at,
                             size,
                             token,
+                            mtu: false,
                         };
                         self.outstanding.insert(self.seq, o);
                     }
@@ -240,7 +261,7 @@ impl Manager {
         if !self.leftovers_checked {
             // The grace is over: the source checks a previous meshd left for peers that did
             // not come back go too.
-            self.sync_sources(Instant::now());
+            self.sync_table(Instant::now());
         }
         for (subnet, _) in std::mem::take(&mut self.adopted_routes) {
             tracing::info!(%subnet, "removing a route a previous meshd left for a peer that is gone");
@@ -272,7 +293,10 @@ impl Manager {
 }
 
 /// Resolved neighbours on the underlay link: (address, MAC).
-async fn underlay_macs(host: &crate::host::Host, index: u32) -> Vec<(std::net::Ipv4Addr, MacAddr)> {
+pub(super) async fn underlay_macs(
+    host: &crate::host::Host,
+    index: u32,
+) -> Vec<(std::net::Ipv4Addr, MacAddr)> {
     use futures::TryStreamExt;
     use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
     let mut out = Vec::new();

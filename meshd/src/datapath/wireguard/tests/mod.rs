@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod flaps;
+mod roaming;
 mod rotation;
 mod timers;
 mod window;
@@ -47,6 +48,7 @@ impl Node {
             n,
             key,
             encap: Wireguard {
+                nat_keepalive: None,
                 crypto: crypto.clone(),
             },
             backend: Backend::new(Arc::new(Routes::new(local)), Some(crypto), Vec::new(), 1420),

@@ -1,0 +1,95 @@
+//! A peer's reachability for the status (encrypted mode) ([`ReachStatus`]), read off its link: the endpoint in
+//! use and how it was learned, the pair's NAT state, flows and keepalives, each with why.
+
+use std::time::{Duration, SystemTime};
+
+use crate::link::endpoint::{How, PEER_NAT, SELF_NAT};
+use crate::link::PeerLink;
+use crate::stats::Stamp;
+use crate::status::reach::ReachStatus;
+
+/// `link`'s reachability now; `keepalive` is this node's NAT keepalive interval (`None`: off).
+pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus {
+    let change = link.ep.change();
+    let endpoint = link.endpoint();
+    let learned = match &change.how {
+        How::Roamed => "roamed".to_string(),
+        How::Candidate(source) => source.text(),
+    };
+    let changed_why = match (&change.how, change.from) {
+        (How::Roamed, Some(from)) => {
+            format!("authenticated traffic came from {endpoint}, not {from}")
+        }
+        (How::Roamed, None) => "authenticated traffic came from there".into(),
+        (How::Candidate(_), None) => "the peer's first candidate".into(),
+        (How::Candidate(_), Some(from)) => format!(
+            "the peer's record changed and {from} had authenticated nothing for {} s",
+            crate::link::endpoint::WORKING.as_secs()
+        ),
+    };
+    let nat = link.ep.nat();
+    let seen_as = link.ep.seen_as();
+    let (nat_text, behind) = match (nat & PEER_NAT != 0, nat & SELF_NAT != 0) {
+        (false, false) => ("none", None),
+        (true, false) => (
+            "peer",
+            Some(format!(
+                "the peer's traffic comes from {endpoint}, which it does not advertise"
+            )),
+        ),
+        (false, true) => (
+            "this node",
+            Some(format!(
+                "the peer sees this node at {}, which it does not advertise",
+                seen_as.map_or_else(|| "another address".into(), |a| a.to_string())
+            )),
+        ),
+        (true, true) => ("both", Some("both ends are behind a NAT".into())),
+    };
+    let (flows, flows_why) = match &behind {
+        Some(_) => (
+            "one",
+            "from the data port only: a NAT passes answers only from the address and port its mapping was made towards".to_string(),
+        ),
+        None => ("several", "one per TX queue: no NAT on this pair".to_string()),
+    };
+    let (ka, ka_why, ka_secs) = match (&behind, keepalive) {
+        (None, _) => (
+            "off",
+            "a public path both ways: an idle pair stays silent".to_string(),
+            None,
+        ),
+        (Some(why), Some(every)) => (
+            "on",
+            format!(
+                "every {} s of silence, to hold the NAT mapping open: {why}",
+                every.as_secs()
+            ),
+            Some(every.as_secs()),
+        ),
+        (Some(why), None) => (
+            "off",
+            format!("wireguard.nat-keepalive = 0, though {why}"),
+            None,
+        ),
+    };
+    let now = Stamp::now();
+    ReachStatus {
+        route: "direct".into(),
+        endpoint: endpoint.to_string(),
+        learned,
+        changed_secs: SystemTime::now()
+            .duration_since(change.at)
+            .unwrap_or_default()
+            .as_secs_f64(),
+        changed_why,
+        heard_secs: link.ep.heard().map(|t| t.age(now).as_secs_f64()),
+        nat: nat_text.into(),
+        seen_as: seen_as.map(|a| a.to_string()),
+        flows: flows.into(),
+        flows_why,
+        keepalive: ka.into(),
+        keepalive_why: ka_why,
+        keepalive_secs: ka_secs,
+    }
+}

@@ -1,0 +1,91 @@
+//! The control thread's part of NAT traversal: keepalives that hold a NAT's mapping open, and
+//! handshakes sent to every candidate while no endpoint works.
+//!
+//! **Keepalives.** A pair behind a NAT (either side, [`crate::link::PeerLink::one_flow`]) gets
+//! an empty WireGuard data message whenever nothing was sent to the peer for the interval
+//! (`wireguard.nat-keepalive`, 25 s by default: well under the 30 s some NATs keep an idle UDP
+//! mapping, and the minutes most do). Without a session, it is a handshake initiation
+//! instead, and the first goes out as soon as the pair is known to be behind a NAT: that makes
+//! the mapping the peer's answers need. A public pair sends none.
+//!
+//! **Candidates.** A handshake initiation goes to the endpoint in use, and, while that
+//! endpoint authenticated nothing lately ([`crate::link::endpoint::WORKING`]), to each of the
+//! peer's other candidates too: its advertised address (reachable on a shared private
+//! network), the public endpoints others observed it at. The same initiation sent twice is
+//! harmless (one response completes it), and whichever candidate answers becomes the endpoint
+//! in use by roaming. What a member reports thereby only adds addresses to try; it never moves
+//! a working endpoint.
+
+use std::net::UdpSocket;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use meshd_crypto::{Action, MessageType, WgDatagram};
+
+use crate::peers::wireguard::WgPeer;
+use crate::routes::PeerEntry;
+use crate::stats::{DropReason, Stamp};
+
+/// Other candidates an initiation is also sent to, at most.
+const MAX_TRIED: usize = 8;
+
+/// A keepalive (or, without a session, a handshake initiation) for `peer` when the pair is
+/// behind a NAT and nothing was sent to it for `every`; else `Done`.
+pub(super) fn keepalive(
+    peer: &PeerEntry,
+    wg: &WgPeer,
+    every: Option<Duration>,
+    now: Stamp,
+    out: &mut [u8],
+) -> Action {
+    let Some(every) = every.filter(|_| peer.one_flow()) else {
+        peer.keepalive_at.store(0, Ordering::Relaxed);
+        return Action::Done;
+    };
+    let mut session = wg.lock();
+    let sent = session.data_sent();
+    let seen = peer.keepalive_seen.swap(sent, Ordering::Relaxed);
+    let last = Stamp::from_raw(peer.keepalive_at.load(Ordering::Relaxed));
+    match last {
+        // Just found behind a NAT: make the mapping now.
+        None => {}
+        Some(_) if seen != sent => {
+            peer.keepalive_at.store(now.raw(), Ordering::Relaxed);
+            return Action::Done;
+        }
+        Some(t) if t.age(now) < every => return Action::Done,
+        Some(_) => {}
+    }
+    peer.keepalive_at.store(now.raw(), Ordering::Relaxed);
+    let _span = wg.span.enter();
+    if session.stats().last_handshake.is_none() {
+        tracing::debug!(peer = %peer.name, "behind a NAT, no session: handshake to make the mapping");
+        return session.initiate_handshake(out);
+    }
+    session.encapsulate(&[], out)
+}
+
+/// Sends what the timers produced to the peer's endpoint; a handshake initiation also to its
+/// other candidates while the endpoint in use authenticated nothing lately.
+pub(super) fn send(socket: &UdpSocket, peer: &PeerEntry, datagram: &[u8], now: Stamp) {
+    let to = peer.endpoint();
+    if let Err(e) = socket.send_to(datagram, to) {
+        tracing::trace!(error = %e, peer = %peer.name, "timer send");
+        peer.stats.count_drop(DropReason::SendError, 1);
+    }
+    let initiation = WgDatagram::new_checked(datagram)
+        .is_ok_and(|d| d.message_type() == MessageType::Initiation);
+    if !initiation || peer.ep.working(now) {
+        return;
+    }
+    let mut tried = vec![to];
+    for c in peer.candidates() {
+        if tried.len() > MAX_TRIED || tried.contains(&c.addr) {
+            continue;
+        }
+        tried.push(c.addr);
+        if let Err(e) = socket.send_to(datagram, c.addr) {
+            tracing::trace!(error = %e, peer = %peer.name, to = %c.addr, "handshake to a candidate");
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! meshd's nftables table kept in step ([`crate::kernel::table`]): composed from the peers on
+//! every tick (their subnets for the source checks and traffic counters, their MTUs for the MSS
+//! clamp) and rewritten whole only when that differs from what the kernel holds; compared with
+//! the kernel every [`VERIFY_EVERY`] (a firewall reload may flush every table: then it is
+//! written again) and its counters read. This runs in every mode: on a node without kernel
+//! paths the manager wakes for it once every [`TABLE_TICK`].
+
+use ipnet::Ipv4Net;
+use std::time::{Duration, Instant};
+
+use super::{lock, Manager, VERIFY_EVERY};
+use crate::kernel::nft::{self, Counter};
+
+/// How often a node without kernel paths compares the table with its peers' MTUs (with kernel
+/// paths the manager's own tick does it): a changed MTU reaches the clamp within this.
+pub(super) const TABLE_TICK: Duration = Duration::from_secs(1);
+
+impl Manager {
+    /// Compare the table with the kernel's when due, then write it if what it should hold
+    /// changed (or the last write failed).
+    pub(super) fn tend_table(&mut self, now: Instant) {
+        if now >= self.next_table_verify {
+            self.next_table_verify = now + VERIFY_EVERY;
+            self.verify_table();
+        }
+        self.sync_table(now);
+    }
+
+    /// Write the table if what it should hold changed (or the last write failed).
+    pub(super) fn sync_table(&mut self, now: Instant) {
+        let traffic = self.sources.as_ref().map(|_| self.desired_traffic());
+        let desired = self
+            .s
+            .table
+            .compose(self.desired_sources(now), traffic, self.mtus());
+        if self.s.table.holds(&desired) {
+            return;
+        }
+        // A kernel (or a node) that refuses is asked again now and then, not on every tick.
+        if self.s.table.error().is_some() && now < self.table_retry_at {
+            return;
+        }
+        // Count what the table being replaced counted: its counters start again at zero.
+        if let Ok(Some(table)) = nft::list() {
+            self.read_counters(&nft::counters(&table));
+        }
+        let written = self.s.table.write(desired).is_ok();
+        if !written {
+            self.table_retry_at = now + VERIFY_EVERY;
+        }
+        if let (true, Some(sc)) = (written, self.sources.as_mut()) {
+            sc.rewritten();
+        }
+        self.show_table();
+    }
+
+    /// Read the table's counters; a table the kernel no longer has is written again next.
+    fn verify_table(&mut self) {
+        if self.s.table.empty() {
+            return;
+        }
+        match nft::list() {
+            Ok(Some(table)) => self.read_counters(&nft::counters(&table)),
+            Ok(None) => self.s.table.lost(),
+            Err(e) => tracing::warn!(error = %e, "cannot read meshd's nftables table"),
+        }
+        self.show_table();
+    }
+
+    fn read_counters(&mut self, counters: &[Counter]) {
+        self.count_drops(counters);
+        self.count_traffic(counters);
+        self.s.table.count(counters);
+    }
+
+    /// Each peer's subnet and the MTU of pod packets to it (what the MSS clamp follows).
+    fn mtus(&self) -> Vec<(Ipv4Net, u16)> {
+        self.links
+            .values()
+            .filter_map(|l| Some((l.path().as_ref()?.subnet, l.mtu())))
+            .collect()
+    }
+
+    fn show_table(&self) {
+        *lock(&self.paths.egress) = self.s.table.status();
+        self.show_vxlan();
+    }
+}

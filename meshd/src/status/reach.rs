@@ -1,0 +1,90 @@
+//! How a peer is reached (encrypted mode): the route (`direct` until relays and hole punching
+//! land), the endpoint in use and how it was learned, when and why it last changed, whether
+//! the pair is behind a NAT, its UDP flows and its keepalives, each with why.
+
+use serde::{Deserialize, Serialize};
+
+/// One peer's reachability, as `meshd status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReachStatus {
+    /// `direct` (later waves add `direct (punched)` and `relayed via NODE`).
+    pub route: String,
+    /// The endpoint in use.
+    pub endpoint: String,
+    /// How it was learned: `configured`, `advertised`, `advertised (observed by others)`,
+    /// `observed by NODE`, or `roamed` (authenticated traffic came from there).
+    pub learned: String,
+    /// Seconds since the endpoint in use last changed (or was first set).
+    pub changed_secs: f64,
+    /// Why it changed, in a sentence.
+    pub changed_why: String,
+    /// Seconds since the endpoint in use last authenticated a datagram; `None`: never.
+    #[serde(default)]
+    pub heard_secs: Option<f64>,
+    /// Who is behind a NAT on this pair: `none`, `peer`, `this node`, `both`.
+    pub nat: String,
+    /// Where the peer sees this node's traffic from, when we do not advertise that (its signed
+    /// path summary says so).
+    #[serde(default)]
+    pub seen_as: Option<String>,
+    /// `several` (one per TX queue) or `one`.
+    pub flows: String,
+    pub flows_why: String,
+    /// `on` or `off`.
+    pub keepalive: String,
+    pub keepalive_why: String,
+    /// The keepalive interval, when on.
+    #[serde(default)]
+    pub keepalive_secs: Option<u64>,
+}
+
+/// This node's public endpoints as other members observe them (behind a NAT).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PublicStatus {
+    /// The endpoints its record advertises as observed (`learned`), most reported first.
+    pub endpoints: Vec<String>,
+    /// `kept` (one public port whoever sends) or `per destination` (a new port for each peer:
+    /// two such nodes have no direct path until hole punching or relays).
+    pub mapping: String,
+}
+
+impl PublicStatus {
+    /// From the learned endpoints; `None` when there are none (no NAT seen).
+    pub(crate) fn of(learned: &[std::net::SocketAddr]) -> Option<PublicStatus> {
+        let first = learned.first()?;
+        let varies = learned
+            .iter()
+            .any(|a| a.ip() == first.ip() && a.port() != first.port());
+        Some(PublicStatus {
+            endpoints: learned.iter().map(|a| a.to_string()).collect(),
+            mapping: if varies { "per destination" } else { "kept" }.into(),
+        })
+    }
+}
+
+impl ReachStatus {
+    /// Two lines for `meshd status`.
+    pub(crate) fn render(&self) -> String {
+        let heard = self
+            .heard_secs
+            .map_or_else(|| "never".into(), |s| format!("{s:.0} s ago"));
+        let seen = self
+            .seen_as
+            .as_deref()
+            .map(|s| format!(", it sees us at {s}"))
+            .unwrap_or_default();
+        format!(
+            "  reach {} to {} ({}; changed {:.0} s ago: {}; heard {heard})\n  nat {}{seen}  flows {} ({})  keepalive {} ({})\n",
+            self.route,
+            self.endpoint,
+            self.learned,
+            self.changed_secs,
+            self.changed_why,
+            self.nat,
+            self.flows,
+            self.flows_why,
+            self.keepalive,
+            self.keepalive_why
+        )
+    }
+}
