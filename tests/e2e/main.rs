@@ -16,6 +16,7 @@ mod gossip;
 mod host_faults;
 mod interop;
 mod kernel_paths;
+mod kernel_receivers;
 mod kernel_trust;
 mod lifecycle;
 mod listener;

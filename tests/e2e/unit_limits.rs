@@ -75,7 +75,7 @@ fn meshd_under_the_shipped_systemd_units_limits_promotes_peers_to_the_kernel_pat
                     .as_deref()
                     .is_some_and(|r| r.contains("paths not probed"))
             })
-            .ok_or(p)
+            .ok_or(p.map(Box::new))
     });
     assert!(s.probes.is_empty(), "{s:?}");
     assert!(

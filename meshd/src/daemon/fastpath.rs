@@ -248,7 +248,7 @@ async fn remove_stale_vxlan(host: &Host, cfg: &Config) {
 
 fn vxlan_text(v: &Result<VxlanDevice, NotOffered>) -> String {
     match v {
-        Ok(d) => vxlan::device_text(d, false, None),
+        Ok(d) => vxlan::device_text(d, None, None),
         Err(n) => not_offered_text("kernel vxlan", n),
     }
 }

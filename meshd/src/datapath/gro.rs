@@ -89,6 +89,13 @@ impl Coalescer {
         &mut b[VNET_HDR_LEN..]
     }
 
+    /// The `len`-byte packet just written into [`Coalescer::next`], not yet kept.
+    #[inline]
+    pub fn pending(&self, len: usize) -> &[u8] {
+        let b = &self.bufs[self.used];
+        &b[VNET_HDR_LEN.min(b.len())..(VNET_HDR_LEN + len).min(b.len())]
+    }
+
     /// Keep the `len`-byte packet just written into [`Coalescer::next`]: its payload joins a
     /// flow of the batch, or it keeps the buffer. True when the batch is full and must be
     /// flushed.

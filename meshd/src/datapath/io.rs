@@ -75,7 +75,7 @@ impl Stop {
     }
 
     /// The descriptor idle waits add to their poll set, and how long they may sleep.
-    fn poll_slot(&self) -> (RawFd, i32) {
+    pub(super) fn poll_slot(&self) -> (RawFd, i32) {
         match &self.event {
             Some(fd) => (fd.as_raw_fd(), STOP_POLL_MS),
             None => (-1, IDLE_POLL_MS),

@@ -20,6 +20,7 @@ pub mod runs;
 pub(crate) mod socket;
 pub mod too_big;
 pub mod vxlan;
+mod waiter;
 pub mod wireguard;
 pub mod worker;
 

@@ -23,10 +23,12 @@ use super::flows::MAX_FLOW_PORTS;
 use super::gro::Coalescer;
 use super::io::{send_runs_from, wait_any, wait_or_stop, PeerAcc, TunReader, UdpReader, TX_BATCH};
 use super::runs::Runs;
+use super::waiter::Waiter;
 use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
 use crate::kernel::probe;
 use crate::routes::RouteTable;
 use crate::stats::{DropReason, DropTally, Stamp};
+use crate::wire::ip::may_answer;
 
 /// Route and encode a batch of packets read from the TUN device into `runs`, for queue
 /// `sender`: the TX path's per-packet loop, without I/O (the no-allocation test drives it
@@ -258,6 +260,7 @@ fn lock_tx(q: &Queue) -> MutexGuard<'_, TxState> {
 }
 
 pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
+    let waiter = Waiter::new(q.tun.as_raw_fd(), &[], libc::POLLIN, &shared.stop).ok();
     // Just woken: send the first read at once; busy: fill batches.
     let mut woke = true;
     while !shared.stop.is_set() {
@@ -265,7 +268,12 @@ pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
         woke = false;
         if !more {
             q.tx_idle.store(true, Ordering::SeqCst);
-            wait_or_stop(&*q.tun, libc::POLLIN, &shared.stop);
+            match &waiter {
+                Some(w) => {
+                    w.wait(&mut []);
+                }
+                None => wait_or_stop(&*q.tun, libc::POLLIN, &shared.stop),
+            }
             q.tx_idle.store(false, Ordering::SeqCst);
             woke = true;
         }
@@ -281,7 +289,10 @@ pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
 /// The kernel puts an answer in the TUN queue its flow hashes to, which need not be `own`: an
 /// ICMP echo reply does not hash as its request did, and lands in another queue. So when
 /// `own` has nothing and the round was a `lone` datagram (a request at a low rate, not a
-/// burst), the other queues whose TX workers sleep are looked at too: a read each.
+/// burst), the other queues whose TX workers sleep are looked at too: a read each. Only after
+/// a write of something the kernel may answer at once ([`may_answer`]): at the end of a round
+/// trip (an echo reply written) those reads found nothing and only kept the woken application
+/// off this CPU.
 fn answer_from_rx<E: Encap>(shared: &Shared<E>, own: &Queue, all: &[Arc<Queue>], lone: bool) {
     if answer_from(shared, own) || !lone {
         return;
@@ -335,12 +346,16 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
     }
     let flow_fds = &flow_fds[..flows.len()];
     let mut flow_ready = [false; MAX_FLOW_PORTS];
+    let waiter = Waiter::new(sock.as_raw_fd(), flow_fds, libc::POLLIN, &shared.stop).ok();
     let mut rounds = 0u32;
     while !shared.stop.is_set() {
         let table = shared.routes.load();
         rx.now = Stamp::now();
         let mut acc = PeerAcc::new(rx.now);
         let mut wrote = false;
+        // Something written may be answered by the kernel during the write (see
+        // `answer_from_rx`): an echo request, TCP. An echo reply, UDP cannot be.
+        let mut answerable = false;
         let mut datagrams = 0u64;
         let more = {
             let mut deliver = |from: SocketAddr, datagram: &[u8]| {
@@ -356,11 +371,14 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
                 let full = match shared.encap.receive(&mut rx, &table, from, datagram, buf) {
                     Received::Deliver { peer, len } => {
                         acc.add(&table, peer, len);
+                        answerable = answerable || may_answer(out.pending(len));
                         out.commit(len)
                     }
                     Received::Inside { peer, at, len } => {
                         acc.add(&table, peer, len);
-                        out.push(&datagram[at..at + len])
+                        let packet = &datagram[at..at + len];
+                        answerable = answerable || may_answer(packet);
+                        out.push(packet)
                     }
                     Received::Nothing => false,
                 };
@@ -384,17 +402,17 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
         q.counters
             .rx_datagrams
             .fetch_add(datagrams, Ordering::Relaxed);
-        if wrote {
+        if wrote && answerable {
             answer_from_rx(shared, q, all, datagrams == 1);
         }
         if !more {
-            wait_any(
-                sock,
-                flow_fds,
-                libc::POLLIN,
-                &mut flow_ready[..flows.len()],
-                &shared.stop,
-            );
+            let ready = &mut flow_ready[..flows.len()];
+            match &waiter {
+                Some(w) => {
+                    w.wait(ready);
+                }
+                None => wait_any(sock, flow_fds, libc::POLLIN, ready, &shared.stop),
+            }
         }
     }
 }

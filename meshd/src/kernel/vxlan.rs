@@ -138,8 +138,10 @@ pub(crate) async fn ensure(host: &Host, spec: &VxlanSpec) -> Result<VxlanDevice,
 /// Checksums in software (transmit checksum offload off) or offloaded. A veth hands partial
 /// checksums on as they are: a kernel VXLAN receiver copes (the packet stays partial up to the
 /// pod), but a userspace one reads the datagram as bytes and its pods would get packets with
-/// unfinished checksums. So on a veth underlay, while any peer receives in userspace (or may:
-/// static peers), the device checksums in software, at the cost of its segmentation offload.
+/// unfinished checksums. So on a veth underlay, while the device carries a peer not known to
+/// receive in its kernel (only `datapath = "kernel"` puts one there: see
+/// [`crate::paths::receiver`]), it checksums in software, at the cost of its segmentation
+/// offload.
 pub(crate) fn set_software_checksums(dev: &str, on: bool) -> std::io::Result<()> {
     super::ethtool::set_tx_checksum(dev, !on)
 }
@@ -337,11 +339,12 @@ fn other(e: anyhow::Error) -> Refusal {
     Refusal::new(format!("{e:#}"))
 }
 
-/// The VXLAN device line of `meshd status`; `unchecked` says why the inner sources of what it
+/// The VXLAN device line of `meshd status`; `checksums` says how it checksums and why, where
+/// that was chosen (a veth underlay); `unchecked` says why the inner sources of what it
 /// receives are not checked right now (see [`super::source_check`]), when they are not.
 pub(crate) fn device_text(
     d: &VxlanDevice,
-    software_checksums: bool,
+    checksums: Option<&str>,
     unchecked: Option<&str>,
 ) -> String {
     let mut s = format!("in use: {} ({}", d.name, d.origin);
@@ -355,8 +358,9 @@ pub(crate) fn device_text(
         }
         Some(why) => s += &format!("; inner sources NOT checked: {why}; retrying"),
     }
-    if software_checksums {
-        s += "; checksums in software: veth underlay, a peer receives in userspace";
+    if let Some(c) = checksums {
+        s += "; ";
+        s += c;
     }
     s + ")"
 }

@@ -91,6 +91,7 @@ impl PathCell {
                 })
                 .collect(),
             route_error: self.route_error.clone(),
+            receives: self.path.receiver().map(|r| r.text()),
         }
     }
 }

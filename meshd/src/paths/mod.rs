@@ -11,7 +11,10 @@
 //!   that is passing (within 3 probe intervals and a timeout of the break: 2.5 s with a few
 //!   peers, longer with many, see [`probe_interval`]);
 //! - a path that was left returns only after passing probes without a loss for a quiet period
-//!   that doubles with each demotion ([`quiet`]), so a flapping path does not flap the peer.
+//!   that doubles with each demotion ([`quiet`]), so a flapping path does not flap the peer;
+//! - on a veth underlay, with a floor below it, the kernel VXLAN path is taken only for a peer
+//!   known to receive in its kernel ([`receiver`]): for any other it would cost more than the
+//!   userspace path.
 //!
 //! What probing costs is bounded ([`cadence`]): most probes are small, and a node keeps to a
 //! probe rate whatever the cluster's size. A small probe's pass never hides a failing pod-sized
@@ -23,6 +26,7 @@ mod cadence;
 pub(crate) mod cell;
 pub mod manager;
 pub mod mtud;
+pub mod receiver;
 mod why;
 
 use serde::{Deserialize, Serialize};
@@ -32,7 +36,7 @@ use crate::kernel::Refusal;
 pub use cadence::{
     probe_interval, FULL_PROBE_EVERY, MAX_PROBE_RATE, MIN_PROBE_INTERVAL, SMALL_PROBE,
 };
-use why::describe;
+use receiver::ReceiveCheck;
 pub use why::{clock, REASON_KINDS};
 
 /// Probes lost in a row that demote a path.
@@ -143,6 +147,8 @@ pub struct PeerPath {
     /// Why its paths cannot be probed on this node, when they cannot (no probe sockets): then
     /// nothing moves it, and the status says so instead of showing probes that never left.
     unprobed: Option<String>,
+    /// Where it receives VXLAN, when that decides its path (a veth underlay: [`receiver`]).
+    receiver: Option<ReceiveCheck>,
 }
 
 /// A move [`PeerPath::decide`] made.
@@ -180,7 +186,36 @@ impl PeerPath {
             moves: 0,
             probe_size,
             unprobed: None,
+            receiver: None,
         }
+    }
+
+    /// Where it receives VXLAN decides whether it may take the kernel VXLAN path (this node's
+    /// underlay is a veth): see [`receiver`].
+    pub fn check_receiver(&mut self, r: ReceiveCheck) {
+        self.receiver = Some(r);
+    }
+
+    pub fn receiver(&self) -> Option<&ReceiveCheck> {
+        self.receiver.as_ref()
+    }
+
+    pub fn receiver_mut(&mut self) -> Option<&mut ReceiveCheck> {
+        self.receiver.as_mut()
+    }
+
+    /// The receiver check that keeps it off `kind`, if one does: the kernel VXLAN path, above
+    /// the floor, for a peer not known to receive in its kernel.
+    fn holding(&self, kind: PathKind) -> Option<&ReceiveCheck> {
+        self.receiver
+            .as_ref()
+            .filter(|r| kind == PathKind::KernelVxlan && kind < self.floor && !r.kernel())
+    }
+
+    /// `kind` passes its probes now: its last probe was answered, and it is not failing.
+    pub fn passing(&self, kind: PathKind) -> bool {
+        self.track(kind)
+            .is_some_and(|t| t.ever_passed && t.lost_in_row == 0 && !t.failing)
     }
 
     /// Its paths cannot be probed on this node (`why`): the peer stays where it is.
@@ -294,7 +329,7 @@ impl PeerPath {
             if k >= self.floor {
                 break;
             }
-            if !self.available(k) {
+            if !self.available(k) || self.holding(k).is_some() {
                 continue;
             }
             let Some(t) = self.track(k) else { continue };
@@ -337,72 +372,6 @@ impl PeerPath {
         self.since_wall = SystemTime::now();
         self.moves += 1;
         Some(Move { from, to, demotion })
-    }
-
-    /// Why the peer is on its path: `None` when it is on the best there is for it.
-    pub fn reason(&self, now: Instant) -> Option<String> {
-        if let Some(why) = self
-            .unprobed
-            .as_ref()
-            .filter(|_| self.probed().next().is_some())
-        {
-            return Some(format!(
-                "paths not probed, the peer stays where it is: {why}"
-            ));
-        }
-        if let Some(t) = self.track(self.current).filter(|t| t.failing) {
-            // Only the floor is kept while failing (datapath = "kernel").
-            return Some(format!(
-                "{}; datapath = \"kernel\": no fallback",
-                self.lost_text(self.current, t)
-            ));
-        }
-        for o in self.offers.iter().filter(|o| o.kind < self.current) {
-            let text = match &o.available {
-                Err(NotOffered::Config(why)) => why.clone(),
-                Err(NotOffered::Refused(r)) => format!("{} unavailable ({r})", describe(o.kind)),
-                Err(NotOffered::NotOnSegment) => {
-                    format!("{}: not on this node's L2 segment", o.kind)
-                }
-                Ok(()) => {
-                    let Some(t) = self.track(o.kind) else {
-                        continue;
-                    };
-                    if t.failing {
-                        format!(
-                            "{}, retry in {} s",
-                            self.lost_text(o.kind, t),
-                            quiet(t.demotions).as_secs()
-                        )
-                    } else if let Some(since) = t.passing_since.filter(|_| t.demotions > 0) {
-                        let left =
-                            quiet(t.demotions).saturating_sub(now.saturating_duration_since(since));
-                        format!(
-                            "{} passing probes again, retry in {} s",
-                            o.kind,
-                            left.as_secs().max(1)
-                        )
-                    } else if !t.ever_passed && t.lost_in_row > 0 {
-                        format!("probes at {} B lost on {}", self.probe_size, o.kind)
-                    } else {
-                        format!("probing {}", o.kind)
-                    }
-                }
-            };
-            return Some(text);
-        }
-        if self.current == self.floor {
-            return self.floor_reason.clone();
-        }
-        None
-    }
-
-    fn lost_text(&self, kind: PathKind, t: &Track) -> String {
-        let since = t.failing_since.map(clock).unwrap_or_else(|| "?".into());
-        format!(
-            "probes at {} B lost on {kind} since {since}",
-            self.probe_size
-        )
     }
 
     /// Probes sent and lost per probed path (none when its paths cannot be probed).

@@ -1,14 +1,15 @@
-//! Why a peer is on its path, as one of a few fixed kinds: what metrics count peers by. The
-//! sentence for a person is [`PeerPath::reason`]; this follows the same branches, in the same
-//! order, and names the branch instead of describing it, so a label's values stay bounded
-//! whatever the addresses, sizes and times in the sentence.
+//! Why a peer is on its path: the sentence for a person ([`PeerPath::reason`]), and the same as
+//! one of a few fixed kinds, what metrics count peers by ([`PeerPath::reason_kind`]), which
+//! follows the same branches, in the same order, and names the branch instead of describing
+//! it, so a label's values stay bounded whatever the addresses, sizes and times in the sentence.
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
-use super::{NotOffered, PathKind, PeerPath};
+use super::receiver::Receives;
+use super::{quiet, NotOffered, PathKind, PeerPath, Track};
 
 /// Every kind [`PeerPath::reason_kind`] returns, in a fixed order.
-pub const REASON_KINDS: [&str; 8] = [
+pub const REASON_KINDS: [&str; 9] = [
     "best",
     "config",
     "kernel-refused",
@@ -17,6 +18,7 @@ pub const REASON_KINDS: [&str; 8] = [
     "probes-failing",
     "quiet-period",
     "no-fallback",
+    "receives-in-userspace",
 ];
 
 impl PeerPath {
@@ -34,7 +36,12 @@ impl PeerPath {
                     let Some(t) = self.track(o.kind) else {
                         continue;
                     };
-                    if t.failing || (!t.ever_passed && t.lost_in_row > 0) {
+                    let held = self.holding(o.kind).map(|r| r.receives());
+                    if matches!(held, Some(Receives::Userspace(_))) {
+                        "receives-in-userspace"
+                    } else if held.is_some() && !t.failing {
+                        "probing"
+                    } else if t.failing || (!t.ever_passed && t.lost_in_row > 0) {
                         "probes-failing"
                     } else if t.passing_since.is_some() && t.demotions > 0 {
                         "quiet-period"
@@ -48,6 +55,79 @@ impl PeerPath {
             return "config";
         }
         "best"
+    }
+}
+
+impl PeerPath {
+    /// Why the peer is on its path: `None` when it is on the best there is for it.
+    pub fn reason(&self, now: Instant) -> Option<String> {
+        if let Some(why) = self
+            .unprobed
+            .as_ref()
+            .filter(|_| self.probed().next().is_some())
+        {
+            return Some(format!(
+                "paths not probed, the peer stays where it is: {why}"
+            ));
+        }
+        if let Some(t) = self.track(self.current).filter(|t| t.failing) {
+            // Only the floor is kept while failing (datapath = "kernel").
+            return Some(format!(
+                "{}; datapath = \"kernel\": no fallback",
+                self.lost_text(self.current, t)
+            ));
+        }
+        for o in self.offers.iter().filter(|o| o.kind < self.current) {
+            let text = match &o.available {
+                Err(NotOffered::Config(why)) => why.clone(),
+                Err(NotOffered::Refused(r)) => format!("{} unavailable ({r})", describe(o.kind)),
+                Err(NotOffered::NotOnSegment) => {
+                    format!("{}: not on this node's L2 segment", o.kind)
+                }
+                Ok(()) => {
+                    let Some(t) = self.track(o.kind) else {
+                        continue;
+                    };
+                    let held = self
+                        .holding(o.kind)
+                        .filter(|r| matches!(r.receives(), Receives::Userspace(_)) || !t.failing);
+                    if let Some(r) = held {
+                        r.held_text()
+                    } else if t.failing {
+                        format!(
+                            "{}, retry in {} s",
+                            self.lost_text(o.kind, t),
+                            quiet(t.demotions).as_secs()
+                        )
+                    } else if let Some(since) = t.passing_since.filter(|_| t.demotions > 0) {
+                        let left =
+                            quiet(t.demotions).saturating_sub(now.saturating_duration_since(since));
+                        format!(
+                            "{} passing probes again, retry in {} s",
+                            o.kind,
+                            left.as_secs().max(1)
+                        )
+                    } else if !t.ever_passed && t.lost_in_row > 0 {
+                        format!("probes at {} B lost on {}", self.probe_size, o.kind)
+                    } else {
+                        format!("probing {}", o.kind)
+                    }
+                }
+            };
+            return Some(text);
+        }
+        if self.current == self.floor {
+            return self.floor_reason.clone();
+        }
+        None
+    }
+
+    fn lost_text(&self, kind: PathKind, t: &Track) -> String {
+        let since = t.failing_since.map(clock).unwrap_or_else(|| "?".into());
+        format!(
+            "probes at {} B lost on {kind} since {since}",
+            self.probe_size
+        )
     }
 }
 

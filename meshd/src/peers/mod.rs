@@ -34,8 +34,8 @@ pub struct Peer {
     pub subnet: Ipv4Net,
     /// Its WireGuard identity; `None` in cleartext mode (or a member that published no key).
     pub key: Option<PeerKey>,
-    /// It receives VXLAN in its kernel (its gossip record says so). Unknown for static peers,
-    /// which count as userspace receivers.
+    /// It receives VXLAN in its kernel (its gossip record says so). Meaningless for static
+    /// peers: the path manager finds out where they receive (`paths::receiver`).
     pub kernel_vxlan: bool,
 }
 

@@ -125,6 +125,7 @@ pub(crate) mod tests {
                 moves: 0,
                 probes: Vec::new(),
                 route_error: None,
+                receives: None,
             }),
             rtt_us: None,
             reach: None,

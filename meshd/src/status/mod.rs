@@ -147,6 +147,10 @@ pub struct PathStatus {
     /// second. Absent when the kernel has the route (or the path needs none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_error: Option<String>,
+    /// Where the peer receives VXLAN (its kernel, userspace) and on what evidence, where that
+    /// decides its path (a veth underlay: `paths::receiver`); absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receives: Option<String>,
 }
 
 impl std::fmt::Display for PathStatus {
@@ -164,10 +168,10 @@ impl std::fmt::Display for PathStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProbeStatus {
-    pub(crate) path: String,
+    pub path: String,
     pub sent: u64,
-    pub(crate) lost: u64,
-    pub(crate) failing: bool,
+    pub lost: u64,
+    pub failing: bool,
 }
 
 /// One cluster secret of the node's keyring, by its public id.

@@ -129,6 +129,9 @@ pub fn render(s: &Status) -> String {
                 if probes.is_empty() { "" } else { "; probes " },
                 probes.join(", ")
             );
+            if let Some(r) = &path.receives {
+                let _ = writeln!(o, "  receiver: {r}");
+            }
         }
         if let Some(r) = &p.reach {
             o.push_str(&r.render());

@@ -81,6 +81,36 @@ pub fn v4_dst(packet: &[u8]) -> Option<Ipv4Addr> {
     packet.get(V4_DST).map(v4)
 }
 
+/// Whether the kernel may answer `packet` within its own delivery (the softirq of the TUN
+/// write that hands it over): an echo request (ICMP, ICMPv6), or TCP (an ACK, a SYN-ACK, a
+/// reset). Anything else (an echo reply, UDP, ...) is answered, if at all, by an application
+/// later, and that answer leaves by the TX worker it wakes. Unknown shapes count as answerable.
+#[inline]
+pub fn may_answer(packet: &[u8]) -> bool {
+    const TCP: u8 = 6;
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            // A later fragment of an echo request completes it: its answer may come.
+            let later = packet
+                .get(6..8)
+                .is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & 0x1fff != 0);
+            match packet.get(9) {
+                Some(&1) => later || packet.get(ihl).is_none_or(|t| *t == 8),
+                Some(&TCP) | None => true,
+                Some(_) => false,
+            }
+        }
+        Some(6) => match packet.get(6) {
+            Some(&58) => packet.get(40).is_none_or(|t| *t == 128),
+            Some(&TCP) | None => true,
+            // UDP; any other next header (an extension header) counts as answerable.
+            Some(n) => *n != 17,
+        },
+        _ => true,
+    }
+}
+
 #[inline]
 fn be16(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
@@ -96,6 +126,42 @@ fn v6(b: &[u8]) -> Ipv6Addr {
     let mut a = [0u8; 16];
     a.copy_from_slice(b);
     Ipv6Addr::from(a)
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::may_answer;
+
+    #[test]
+    fn only_what_the_kernel_answers_at_once_may_have_an_answer() {
+        let mut v4 = [0u8; 28];
+        v4[0] = 0x45;
+        v4[9] = 1;
+        v4[20] = 8;
+        assert!(may_answer(&v4), "echo request");
+        v4[20] = 0;
+        assert!(!may_answer(&v4), "echo reply");
+        v4[6] = 0x00;
+        v4[7] = 0xb9;
+        assert!(may_answer(&v4), "a later fragment");
+        v4[7] = 0;
+        v4[9] = 17;
+        assert!(!may_answer(&v4), "UDP");
+        v4[9] = 6;
+        assert!(may_answer(&v4), "TCP");
+        let mut v6 = [0u8; 48];
+        v6[0] = 0x60;
+        v6[6] = 58;
+        v6[40] = 128;
+        assert!(may_answer(&v6), "ICMPv6 echo request");
+        v6[40] = 129;
+        assert!(!may_answer(&v6), "ICMPv6 echo reply");
+        v6[6] = 17;
+        assert!(!may_answer(&v6), "UDP");
+        v6[6] = 44;
+        assert!(may_answer(&v6), "a fragment header");
+        assert!(may_answer(&[]), "unknown");
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@ impl Manager {
         self.own = d.own_subnet;
         let peers: Vec<Peer> = d.links.iter().map(|l| l.peer()).collect();
         self.sync_wireguard(&peers);
-        self.checksums(&peers);
         let wanted: HashSet<&str> = d.links.iter().map(|l| l.name.as_str()).collect();
         let gone: Vec<String> = self
             .links
@@ -60,6 +59,7 @@ impl Manager {
                 }
             }
         }
+        self.checksums();
         self.sync_table(Instant::now());
         self.route_all().await;
     }
@@ -84,6 +84,9 @@ impl Manager {
         let mut path = PeerPath::new(offers, floor, floor_reason, adopted, self.s.pod_mtu, now);
         if let Some(why) = &self.unprobed {
             path.set_unprobed(why.clone());
+        }
+        if self.receivers_matter() {
+            path.check_receiver(Self::receiver_prior(peer, adopted));
         }
         if let Some(k) = adopted.filter(|k| *k == path.current()) {
             tracing::info!(peer = %peer.name, path = %k, "adopted the peer's kernel path");
@@ -147,6 +150,9 @@ impl Manager {
             );
             if let Some(why) = &self.unprobed {
                 path.set_unprobed(why.clone());
+            }
+            if let Some(r) = before.path.receiver() {
+                path.check_receiver(r.clone());
             }
             path
         } else {

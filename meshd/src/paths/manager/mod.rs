@@ -17,6 +17,7 @@ mod apply;
 mod converge;
 mod mtu;
 mod offers;
+mod receivers;
 mod sources;
 mod step;
 mod table;
@@ -31,7 +32,7 @@ use crate::host::Host;
 use crate::kernel::probe::{Prober, Token};
 use crate::kernel::routes;
 use crate::kernel::table::Table;
-use crate::kernel::vxlan::{self, VxlanDevice};
+use crate::kernel::vxlan::VxlanDevice;
 use crate::kernel::wireguard::{device_config, KernelWireguard};
 use crate::link::PeerLink;
 use crate::metrics::{Histogram, PROBE_RTT_BUCKETS};
@@ -139,6 +140,8 @@ pub(crate) struct Setup {
 struct Outstanding {
     link: Arc<PeerLink>,
     kind: PathKind,
+    /// A receiver check (`partial`), not one of the path's probes.
+    check: bool,
     sent: Instant,
     /// Its IPv4 total length.
     size: u16,
@@ -168,6 +171,8 @@ struct Manager {
     leftovers_checked: bool,
     /// The VXLAN device checksums in software (see `vxlan::set_software_checksums`).
     software_checksums: Option<bool>,
+    /// How the device checksums and why, for its status line (a veth underlay only).
+    checksum_note: Option<String>,
     /// The inner-source check of kernel-received VXLAN (taken from the setup).
     sources: Option<SourceCheck>,
     /// Routes of peers that left, which the kernel would not remove yet: retried each tick.
@@ -245,6 +250,7 @@ async fn run(
         grace_until: now + ADOPTION_GRACE,
         leftovers_checked: false,
         software_checksums: None,
+        checksum_note: None,
         sources,
         stale_routes: Vec::new(),
         next_verify: now + VERIFY_EVERY,
@@ -329,25 +335,6 @@ async fn underlay_name(s: &Setup) -> Option<String> {
 impl Manager {
     fn kernel_in_play(&self) -> bool {
         (self.s.encryption == Encryption::None && self.s.vxlan.is_ok()) || self.s.wireguard.is_ok()
-    }
-
-    /// On a veth underlay, checksum in software while any peer may receive in userspace.
-    fn checksums(&mut self, peers: &[Peer]) {
-        let Ok(dev) = &self.s.vxlan else { return };
-        let want = dev.veth_underlay && peers.iter().any(|p| !p.kernel_vxlan);
-        if self.software_checksums == Some(want) {
-            return;
-        }
-        match vxlan::set_software_checksums(&dev.name, want) {
-            Ok(()) => {
-                tracing::info!(device = %dev.name, software = want, "VXLAN device checksums");
-                self.software_checksums = Some(want);
-                self.show_vxlan();
-            }
-            Err(e) => {
-                tracing::warn!(device = %dev.name, error = %e, "cannot switch the VXLAN device's checksum offload: userspace peers on a veth underlay may get packets with unfinished checksums")
-            }
-        }
     }
 
     /// Kernel WireGuard: the device's peers are the peer set (only what changed is sent).

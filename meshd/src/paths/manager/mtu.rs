@@ -107,6 +107,7 @@ impl Manager {
             size,
             seq: self.seq,
             token,
+            partial: false,
         };
         let at = Instant::now();
         let sent = match self.prober.as_mut() {
@@ -123,6 +124,7 @@ impl Manager {
             Outstanding {
                 link: link.clone(),
                 kind,
+                check: false,
                 sent: at,
                 size,
                 token,

@@ -129,10 +129,7 @@ impl Manager {
             .as_ref()
             .and_then(|_| self.s.table.error())
             .map(|e| e.to_string());
-        lock(&self.paths.kernel).vxlan = vxlan::device_text(
-            dev,
-            self.software_checksums.unwrap_or(false),
-            sources.as_deref(),
-        );
+        lock(&self.paths.kernel).vxlan =
+            vxlan::device_text(dev, self.checksum_note.as_deref(), sources.as_deref());
     }
 }

@@ -12,7 +12,7 @@ use crate::kernel::probe::{Probe, Token};
 use crate::kernel::{routes, vxlan};
 use crate::link::PeerLink;
 use crate::paths::mtud::MTU_PROBE_TIMEOUT;
-use crate::paths::{probe_interval, PathKind};
+use crate::paths::{probe_interval, PathKind, SMALL_PROBE};
 use crate::wire::MacAddr;
 
 impl Manager {
@@ -31,7 +31,7 @@ impl Manager {
                 // The round trip measured was the old path's.
                 c.rtt = None;
                 let why = c.path.reason(now).unwrap_or_default();
-                if m.demotion {
+                if m.demotion || m.to > m.from {
                     tracing::warn!(peer = %link.name, from = %m.from, to = %m.to, reason = %why, "path demoted");
                 } else {
                     tracing::warn!(peer = %link.name, from = %m.from, to = %m.to, "path promoted");
@@ -42,6 +42,7 @@ impl Manager {
             self.moves += moved;
             lock(&self.paths.kernel).moves = self.moves;
         }
+        self.checksums();
         self.verify_routes(now).await;
         self.route_all().await;
         self.retry_failed(now).await;
@@ -73,6 +74,10 @@ impl Manager {
                 continue;
             }
             if let Some(o) = self.outstanding.remove(&r.seq) {
+                if o.check {
+                    Self::record_check(&o.link, true);
+                    continue;
+                }
                 let rtt = arrived.saturating_duration_since(o.sent);
                 self.paths.probe_rtt.observe(rtt);
                 if let Some(c) = o.link.path().as_mut() {
@@ -94,7 +99,7 @@ impl Manager {
     }
 
     fn expire(&mut self, now: Instant) {
-        let late: Vec<u16> = self
+        let mut late: Vec<(bool, u16)> = self
             .outstanding
             .iter()
             .filter(|(_, o)| {
@@ -105,16 +110,21 @@ impl Manager {
                 };
                 now.saturating_duration_since(o.sent) >= timeout
             })
-            .map(|(seq, _)| *seq)
+            .map(|(seq, o)| (o.check, *seq))
             .collect();
-        for seq in late {
-            if let Some(o) = self.outstanding.remove(&seq) {
-                if let Some(c) = o.link.path().as_mut() {
-                    match (o.mtu, c.mtu.as_mut()) {
-                        (true, Some(m)) => m.record(o.size, false, now),
-                        (true, None) => {}
-                        (false, _) => c.path.record_probe(o.kind, o.size, false, now),
-                    }
+        // The path's own probes first: a check lost says something only while they pass.
+        late.sort_unstable();
+        for (_, seq) in late {
+            let Some(o) = self.outstanding.remove(&seq) else {
+                continue;
+            };
+            if o.check {
+                Self::record_check(&o.link, false);
+            } else if let Some(c) = o.link.path().as_mut() {
+                match (o.mtu, c.mtu.as_mut()) {
+                    (true, Some(m)) => m.record(o.size, false, now),
+                    (true, None) => {}
+                    (false, _) => c.path.record_probe(o.kind, o.size, false, now),
                 }
             }
         }
@@ -148,12 +158,21 @@ impl Manager {
             .values()
             .map(|l| l.path().as_ref().map_or(0, |c| c.path.probed().count()))
             .sum();
+        let checks = self.checks_possible();
         for link in due {
             let mut cell = link.path();
             let Some(c) = cell.as_mut() else { continue };
             c.next_probe = now + probe_interval(per_round);
-            let kinds: Vec<PathKind> = c.path.probed().collect();
-            for kind in kinds {
+            // Each path's probe, and beside the kernel VXLAN one a receiver check when due.
+            let mut kinds: Vec<(PathKind, bool)> = Vec::new();
+            for kind in c.path.probed() {
+                kinds.push((kind, false));
+            }
+            let vxlan = kinds.iter().any(|(k, _)| *k == PathKind::KernelVxlan);
+            if vxlan && checks && c.path.receiver_mut().is_some_and(|r| r.due()) {
+                kinds.push((PathKind::KernelVxlan, true));
+            }
+            for (kind, check) in kinds {
                 let target = match kind {
                     PathKind::KernelVxlan => match &self.s.vxlan {
                         Ok(dev) => Some((dev.index, link.mac, dev.mac)),
@@ -180,7 +199,9 @@ impl Manager {
                     _ => None,
                 };
                 let Some((ifindex, dst_mac, src_mac)) = target else {
-                    c.path.record(kind, false, now);
+                    if !check {
+                        c.path.record(kind, false, now);
+                    }
                     continue;
                 };
                 let token = match Token::random() {
@@ -191,7 +212,11 @@ impl Manager {
                     }
                 };
                 self.seq = self.seq.wrapping_add(1).max(1);
-                let size = c.path.probe_size(kind);
+                let size = if check {
+                    SMALL_PROBE
+                } else {
+                    c.path.probe_size(kind)
+                };
                 let probe = Probe {
                     ifindex,
                     dst_mac,
@@ -201,6 +226,7 @@ impl Manager {
                     size,
                     seq: self.seq,
                     token,
+                    partial: check,
                 };
                 // Timed at the send itself, not the tick: the round trip is what probes measure.
                 let at = Instant::now();
@@ -210,6 +236,7 @@ impl Manager {
                         let o = Outstanding {
                             link: link.clone(),
                             kind,
+                            check,
                             sent: at,
                             size,
                             token,
@@ -218,8 +245,10 @@ impl Manager {
                         self.outstanding.insert(self.seq, o);
                     }
                     Some(Err(e)) => {
-                        tracing::debug!(peer = %link.name, path = %kind, error = %e, "probe not sent");
-                        c.path.record_probe(kind, size, false, now);
+                        tracing::debug!(peer = %link.name, path = %kind, check, error = %e, "probe not sent");
+                        if !check {
+                            c.path.record_probe(kind, size, false, now);
+                        }
                     }
                     None => {}
                 }

@@ -15,6 +15,11 @@
 //! the sequence number are 32 bits anyone can guess, and the source address is one a pod on
 //! the peer may use, so without the token anyone able to send ICMP to this node could keep a
 //! broken path "up" with forged replies.
+//!
+//! A probe may also be `partial`: its ICMP checksum left unfinished and handed to the kernel as
+//! one to be finished by whoever offloads it (a virtio-net header on the frame socket,
+//! `PACKET_VNET_HDR`), as a pod's TCP and UDP packets are. It shows whether the peer's receiver
+//! copes with what a veth underlay hands on ([`crate::paths::receiver`]).
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -33,6 +38,8 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO: u8 = 8;
 const ICMP_FILTER: libc::c_int = 1;
 const SOL_RAW: libc::c_int = 255;
+/// `PACKET_VNET_HDR` (linux/if_packet.h): frames written carry a virtio-net header.
+const PACKET_VNET_HDR: libc::c_int = 15;
 /// The reply socket's receive buffer: the kernel's default (208 KiB) held only about 75
 /// pod-sized replies, fewer than a node with 100 peers may have coming back together, and
 /// replies wait there for the manager's next tick (or longer, when its thread is busy).
@@ -110,6 +117,8 @@ pub struct Probe {
     pub size: u16,
     pub seq: u16,
     pub token: Token,
+    /// Its ICMP checksum is left for the offload to finish (see the module's text).
+    pub partial: bool,
 }
 
 /// An echo reply to one of this node's probes: its source, sequence number and token.
@@ -122,6 +131,9 @@ pub struct Reply {
 
 pub struct Prober {
     frames: OwnedFd,
+    /// The frame socket takes a virtio-net header (`PACKET_VNET_HDR`): `partial` probes can
+    /// be sent.
+    vnet: bool,
     icmp: OwnedFd,
     ident: u16,
     buf: Vec<u8>,
@@ -138,6 +150,17 @@ impl Prober {
         }
         // SAFETY: a descriptor just returned by socket(2), owned from here on.
         let frames = unsafe { OwnedFd::from_raw_fd(frames) };
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt with a c_int the call reads.
+        let vnet = unsafe {
+            libc::setsockopt(
+                frames.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_VNET_HDR,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        } == 0;
         // SAFETY: as above.
         let icmp = unsafe {
             libc::socket(
@@ -196,10 +219,16 @@ impl Prober {
         unsafe { libc::ioctl(icmp.as_raw_fd(), SIOCGSTAMPNS, &mut ts) };
         Ok(Prober {
             frames,
+            vnet,
             icmp,
             ident,
             buf: Vec::with_capacity(9216),
         })
+    }
+
+    /// `partial` probes can be sent (the kernel takes a virtio-net header on frames).
+    pub fn partial_ok(&self) -> bool {
+        self.vnet
     }
 
     /// Send `p` as a frame on its device.
@@ -214,9 +243,25 @@ impl Prober {
         self.send_from(p, ETH_HEADER)
     }
 
-    /// Send the frame of `p` from byte `skip` on (the Ethernet header skipped for bare IP).
+    /// Send the frame of `p` from byte `skip` on (the Ethernet header skipped for bare IP),
+    /// behind its virtio-net header when the socket takes one.
     fn send_from(&mut self, p: &Probe, skip: usize) -> io::Result<()> {
-        frame(&mut self.buf, p, self.ident);
+        if p.partial && (!self.vnet || skip > 0) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a probe with an unfinished checksum needs PACKET_VNET_HDR and a link layer",
+            ));
+        }
+        if self.vnet {
+            vnet_frame(&mut self.buf, p, self.ident);
+            // The header goes right in front of the bytes sent: over the skipped Ethernet
+            // header's end (it is shorter), when there is one to skip.
+            if skip >= VNET_HDR_LEN {
+                self.buf.copy_within(0..VNET_HDR_LEN, skip);
+            }
+        } else {
+            frame(&mut self.buf, p, self.ident);
+        }
         let bytes = self.buf.get(skip..).unwrap_or_default();
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -322,62 +367,9 @@ impl Prober {
     }
 }
 
-/// Write the Ethernet frame of `p` into `buf`.
-pub fn frame(buf: &mut Vec<u8>, p: &Probe, ident: u16) {
-    let size = usize::from(p.size).max(MIN_PROBE);
-    buf.clear();
-    buf.extend_from_slice(&p.dst_mac.0);
-    buf.extend_from_slice(&p.src_mac.0);
-    buf.extend_from_slice(&ETH_P_IP.to_be_bytes());
-    let ip = buf.len();
-    buf.resize(ip + size, 0);
-    let h = &mut buf[ip..ip + 20];
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&(size as u16).to_be_bytes());
-    h[4..6].copy_from_slice(&p.seq.to_be_bytes());
-    h[6] = 0x40; // DF
-    h[8] = 64;
-    h[9] = libc::IPPROTO_ICMP as u8;
-    h[12..16].copy_from_slice(&p.src.octets());
-    h[16..20].copy_from_slice(&p.dst.octets());
-    let sum = checksum(h);
-    h[10..12].copy_from_slice(&sum.to_be_bytes());
-    let icmp = &mut buf[ip + 20..];
-    icmp[0] = ICMP_ECHO;
-    icmp[4..6].copy_from_slice(&ident.to_be_bytes());
-    icmp[6..8].copy_from_slice(&p.seq.to_be_bytes());
-    // The token, then a payload that is not all zeroes, so nothing on the way can compress it
-    // away.
-    icmp[8..8 + TOKEN_LEN].copy_from_slice(&p.token.0);
-    for (i, b) in icmp[8 + TOKEN_LEN..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    let sum = checksum(icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-}
-
-/// An echo reply to one of `ident`'s probes, from an IPv4 packet (the token is not checked
-/// here: only the sender knows which one it expects).
-pub fn parse_reply(packet: &[u8], ident: u16) -> Option<Reply> {
-    let ihl = usize::from(packet.first()? & 0x0f) * 4;
-    if packet.first()? >> 4 != 4 || ihl < 20 || packet.len() < ihl + 8 + TOKEN_LEN {
-        return None;
-    }
-    let icmp = &packet[ihl..];
-    if icmp[0] != ICMP_ECHO_REPLY || u16::from_be_bytes([icmp[4], icmp[5]]) != ident {
-        return None;
-    }
-    let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
-    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-    let mut token = [0u8; TOKEN_LEN];
-    token.copy_from_slice(&icmp[8..8 + TOKEN_LEN]);
-    Some(Reply {
-        src,
-        seq,
-        token: Token(token),
-    })
-}
+mod frame;
+pub use frame::{frame, parse_reply};
+use frame::{vnet_frame, VNET_HDR_LEN};
 
 #[cfg(test)]
-#[path = "probe_tests.rs"]
 mod tests;

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 //! The probe frames and replies, byte by byte.
+use super::frame::{vnet_frame, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN};
 use super::*;
 
 fn probe() -> Probe {
@@ -12,6 +13,7 @@ fn probe() -> Probe {
         size: 1450,
         seq: 77,
         token: Token(*b"\x01\x02\x03\x04\x05\x06\x07\x08"),
+        partial: false,
     }
 }
 
@@ -112,4 +114,34 @@ fn small_probes_carry_the_token_and_tokens_differ() {
     let a = Token::random().unwrap();
     let b = Token::random().unwrap();
     assert_ne!(a, b, "64 random bits twice alike");
+}
+
+#[test]
+fn partial_probes_leave_their_icmp_checksum_to_the_offload() {
+    let mut p = probe();
+    let (mut whole, mut vnet) = (Vec::new(), Vec::new());
+    frame(&mut whole, &p, 9);
+    vnet_frame(&mut vnet, &p, 9);
+    assert_eq!(
+        vnet[..VNET_HDR_LEN],
+        [0; VNET_HDR_LEN],
+        "a complete probe asks nothing"
+    );
+    assert_eq!(vnet[VNET_HDR_LEN..], whole[..]);
+    p.partial = true;
+    vnet_frame(&mut vnet, &p, 9);
+    assert_eq!(vnet[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
+    assert_eq!(
+        u16::from_le_bytes([vnet[6], vnet[7]]),
+        34,
+        "csum_start: the ICMP header"
+    );
+    assert_eq!(u16::from_le_bytes([vnet[8], vnet[9]]), 2, "csum_offset");
+    let mut f = vnet[VNET_HDR_LEN..].to_vec();
+    assert_eq!(&f[36..38], &[0, 0], "unfinished");
+    assert_eq!(checksum(&f[14..34]), 0, "the IP header's is finished");
+    // What the offload does: the sum from csum_start on, into the field; then it holds.
+    let sum = checksum(&f[34..]);
+    f[36..38].copy_from_slice(&sum.to_be_bytes());
+    assert_eq!(f, whole);
 }

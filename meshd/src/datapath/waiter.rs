@@ -1,0 +1,113 @@
+//! An idle worker's sleep, on an epoll instance of its own: its descriptors (the TUN queue, or
+//! the UDP socket and its flow ports) and the stop eventfd are registered once, so each sleep
+//! and each wake-up costs one `epoll_wait`, where `poll` set up and tore down a wait on every
+//! descriptor each time. At a low packet rate every round trip crosses four such sleeps and
+//! wake-ups, on the path the round trip waits for (BENCHMARKS.md, issue 25). Level-triggered,
+//! as `poll` is: what is ready when the worker sleeps wakes it at once. Where the kernel
+//! refuses an epoll instance, the worker keeps `poll` ([`super::io::wait_any`]).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::flows::MAX_FLOW_PORTS;
+use super::io::Stop;
+
+/// The main descriptor's token; flow port `i`'s is `1 + i`; the stop eventfd's is `STOP`.
+const STOP: u64 = u64::MAX;
+
+pub(crate) struct Waiter {
+    epoll: OwnedFd,
+    timeout: i32,
+}
+
+impl Waiter {
+    /// An epoll instance for `fd` and `others` (at most [`MAX_FLOW_PORTS`]), ready for
+    /// `events`, and the stop eventfd.
+    pub(crate) fn new(
+        fd: RawFd,
+        others: &[RawFd],
+        events: libc::c_short,
+        stop: &Stop,
+    ) -> io::Result<Waiter> {
+        // SAFETY: epoll_create1 with a valid flag; a non-negative result is ours.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `ep` was just returned by epoll_create1 and is owned by nothing else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
+        let (stop_fd, timeout) = stop.poll_slot();
+        let wanted = events as u16 as u32;
+        let add = |fd: RawFd, events: u32, token: u64| -> io::Result<()> {
+            let mut ev = libc::epoll_event { events, u64: token };
+            // SAFETY: registers a descriptor the caller keeps open with an event we own.
+            if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        add(fd, wanted, 0)?;
+        for (i, o) in others.iter().take(MAX_FLOW_PORTS).enumerate() {
+            add(*o, wanted, 1 + i as u64)?;
+        }
+        if stop_fd >= 0 {
+            add(stop_fd, libc::EPOLLIN as u32, STOP)?;
+        }
+        Ok(Waiter { epoll, timeout })
+    }
+
+    /// Sleep until a descriptor is ready or the stop is set; `ready[i]` says whether flow
+    /// port `i` is. True when a descriptor woke it (false: the timeout, or an error).
+    pub(crate) fn wait(&self, ready: &mut [bool]) -> bool {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 2 + MAX_FLOW_PORTS];
+        // SAFETY: epoll_wait writes at most `evs.len()` events into the array we own.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                evs.as_mut_ptr(),
+                evs.len() as i32,
+                self.timeout,
+            )
+        };
+        ready.iter_mut().for_each(|r| *r = false);
+        for ev in evs.iter().take(n.max(0) as usize) {
+            let token = ev.u64;
+            if token != 0 && token != STOP {
+                if let Some(r) = ready.get_mut(token as usize - 1) {
+                    *r = true;
+                }
+            }
+        }
+        n > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::net::UdpSocket;
+
+    #[test]
+    fn wakes_for_the_main_socket_a_flow_port_and_the_stop() {
+        let main = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let flow = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stop = Stop::new();
+        let w = Waiter::new(main.as_raw_fd(), &[flow.as_raw_fd()], libc::POLLIN, &stop).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut ready = [true];
+        tx.send_to(b"a", main.local_addr().unwrap()).unwrap();
+        assert!(w.wait(&mut ready));
+        assert_eq!(ready, [false], "the main socket is not a flow port");
+        let mut buf = [0u8; 8];
+        main.recv(&mut buf).unwrap();
+        tx.send_to(b"b", flow.local_addr().unwrap()).unwrap();
+        assert!(w.wait(&mut ready));
+        assert_eq!(ready, [true]);
+        flow.recv(&mut buf).unwrap();
+        // Nothing ready but the stop: its eventfd wakes it, not the timeout.
+        stop.set();
+        assert!(w.wait(&mut ready), "woken by the stop");
+        assert_eq!(ready, [false]);
+    }
+}
