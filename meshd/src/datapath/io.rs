@@ -10,7 +10,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
-use super::flows::MAX_FLOW_PORTS;
 use super::runs::Runs;
 use crate::routes::{PeerId, RouteTable};
 use crate::stats::{DropReason, DropTally, Stamp};
@@ -372,69 +371,6 @@ pub(crate) fn send(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             other => return other,
         }
-    }
-}
-
-/// Sleep until `fd` or one of `others` (at most [`MAX_FLOW_PORTS`]) is ready for `events`, or
-/// `stop` is set; `ready[i]` says whether `others[i]` is.
-pub(crate) fn wait_any(
-    fd: &impl AsRawFd,
-    others: &[RawFd],
-    events: libc::c_short,
-    ready: &mut [bool],
-    stop: &Stop,
-) {
-    let none = libc::pollfd {
-        fd: -1,
-        events: 0,
-        revents: 0,
-    };
-    let (stop_fd, timeout) = stop.poll_slot();
-    let mut p = [none; 2 + MAX_FLOW_PORTS];
-    let n = 1 + others.len().min(MAX_FLOW_PORTS);
-    // The stop descriptor goes last, after the slots `ready` reads.
-    p[n] = libc::pollfd {
-        fd: stop_fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    for (slot, fd) in p
-        .iter_mut()
-        .zip(std::iter::once(fd.as_raw_fd()).chain(others.iter().copied()))
-    {
-        *slot = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-    }
-    // SAFETY: `n + 1` valid pollfds for the duration of the call (a -1 descriptor is ignored).
-    unsafe {
-        libc::poll(p.as_mut_ptr(), (n + 1) as libc::nfds_t, timeout);
-    }
-    for (r, p) in ready.iter_mut().zip(&p[1..n]) {
-        *r = p.revents != 0;
-    }
-}
-
-/// Sleep until `fd` is ready for `events` or `stop` is set.
-pub(crate) fn wait_or_stop(fd: &impl AsRawFd, events: libc::c_short, stop: &Stop) {
-    let (stop_fd, timeout) = stop.poll_slot();
-    let mut p = [
-        libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: two valid pollfds for the duration of the call (a -1 descriptor is ignored).
-    unsafe {
-        libc::poll(p.as_mut_ptr(), 2, timeout);
     }
 }
 

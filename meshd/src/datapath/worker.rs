@@ -21,9 +21,10 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 
 use super::flows::MAX_FLOW_PORTS;
 use super::gro::Coalescer;
-use super::io::{send_runs_from, wait_any, wait_or_stop, PeerAcc, TunReader, UdpReader, TX_BATCH};
+use super::io::{send_runs_from, PeerAcc, TunReader, UdpReader, TX_BATCH};
 use super::runs::Runs;
 use super::waiter::Waiter;
+use super::waiter::{wait_any, wait_or_stop};
 use super::{Encap, EncodeBatch, Encoded, Queue, Received, Rx, Shared};
 use crate::kernel::probe;
 use crate::routes::RouteTable;
