@@ -56,6 +56,7 @@ pub(crate) fn reports(peers: &[PeerStatus], gossip: &Gossip) -> Vec<PathReport> 
                 mtu: p.mtu,
                 observed: observed(p),
                 observed_gossip: gossip.observed_gossip(&p.name),
+                relays: Vec::new(),
             }
         })
         .collect()
