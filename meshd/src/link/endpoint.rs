@@ -21,7 +21,7 @@
 //! passes answers only from the address and port the mapping was made towards, so datagrams
 //! from our other source ports would be dropped.
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,6 +61,18 @@ pub(crate) enum How {
     Candidate(EndpointSource),
     /// Authenticated traffic came from there.
     Roamed,
+    /// The relay port this member keeps for the pair (no direct path works).
+    Relay(Arc<str>),
+}
+
+/// The relay port chosen for a pair, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RelayUse {
+    pub(crate) addr: SocketAddr,
+    /// The member that keeps it.
+    pub(crate) via: Arc<str>,
+    /// Why this relay, in a sentence.
+    pub(crate) why: String,
 }
 
 /// The last change of the endpoint in use.
@@ -89,6 +101,9 @@ pub(crate) struct EndpointCell {
     /// The peer reported this node at an address we advertise: no NAT between us, whatever
     /// others see.
     direct: AtomicBool,
+    /// The relay port chosen for the pair, if any (`relay/choose.rs`): a datagram from it does
+    /// not move a direct endpoint heard within [`ROAM_QUIET`] (a direct path, once found, wins).
+    relay: ArcSwapOption<RelayUse>,
     change: Mutex<Change>,
 }
 
@@ -102,6 +117,7 @@ impl EndpointCell {
             nat: AtomicU8::new(0),
             seen_as: Mutex::new(None),
             direct: AtomicBool::new(false),
+            relay: ArcSwapOption::empty(),
             change: Mutex::new(Change {
                 how: How::Candidate(first.map_or(EndpointSource::Configured, |e| e.source.clone())),
                 at: SystemTime::now(),
@@ -134,7 +150,7 @@ impl EndpointCell {
             }
             return;
         }
-        if cur.ip() == src.ip() {
+        if cur.ip() == src.ip() || self.is_relay(src) {
             let quiet = Stamp::from_raw(self.heard.load(Ordering::Relaxed))
                 .is_none_or(|t| t.age(now) >= ROAM_QUIET);
             if !quiet {
@@ -142,6 +158,45 @@ impl EndpointCell {
             }
         }
         self.roam(src, now, advertised(src));
+    }
+
+    /// Whether `src` is the pair's relay port (asked only when `src` is not the endpoint in
+    /// use: one load).
+    #[inline]
+    fn is_relay(&self, src: SocketAddr) -> bool {
+        self.relay.load().as_deref().is_some_and(|r| r.addr == src)
+    }
+
+    /// The relay port chosen for the pair (`None`: none).
+    pub(crate) fn relay(&self) -> Option<RelayUse> {
+        self.relay.load().as_deref().cloned()
+    }
+
+    /// Sets the pair's relay port, `to` kept by member `via`, and moves the endpoint in use
+    /// there when it authenticated nothing lately or was the previous relay port (that relay is
+    /// gone or worse): switching between relay and direct is a move of this one endpoint, the
+    /// session untouched. True when the endpoint in use moved.
+    pub(crate) fn set_relay(&self, to: Option<RelayUse>, now: Stamp) -> bool {
+        let old = self.relay().map(|r| r.addr);
+        if self.relay.load().as_deref() != to.as_ref() {
+            self.relay.store(to.clone().map(Arc::new));
+        }
+        let Some(RelayUse { addr, via, .. }) = to else {
+            return false;
+        };
+        let cur = self.get();
+        if cur == addr || !(old == Some(cur) || !self.working(now)) {
+            return false;
+        }
+        let mut c = self.change.lock().unwrap_or_else(|p| p.into_inner());
+        self.in_use.store(Arc::new(addr));
+        self.listens.store(false, Ordering::Relaxed);
+        *c = Change {
+            how: How::Relay(via),
+            at: SystemTime::now(),
+            from: Some(cur),
+        };
+        true
     }
 
     #[cold]

@@ -1,0 +1,138 @@
+//! One relay port: a UDP socket kept for one pair of members, forwarding each side's WireGuard
+//! datagrams, unopened, to the other side.
+//!
+//! **Who is a side.** Each side is known by the address its authenticated WireGuard traffic
+//! comes from at this node (the endpoint in use of its link, set every
+//! [`super::Relay::update`]): a datagram from any other address is refused and counted. A side
+//! sends from a port of its own choosing (behind a NAT that maps each destination anew, a port
+//! this node has never seen), so the port is learnt from its first datagram and held while it
+//! keeps coming: a datagram from another port of the side's address takes over only after
+//! [`RELEARN_AFTER`] of silence. Only WireGuard messages pass (type and length checked), so the
+//! port is no general tunnel; what they carry only the two sides can open.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use meshd_crypto::WgDatagram;
+
+/// A side's source port is relearnt only after this much silence from it.
+pub(crate) const RELEARN_AFTER: Duration = Duration::from_secs(5);
+/// How often the forwarding thread looks whether it should stop.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Counters of one direction (from side `i` to the other).
+#[derive(Debug, Default)]
+pub(crate) struct Way {
+    pub(crate) datagrams: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+}
+
+/// What the forwarding thread shares with the status and the control step.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The sides' addresses (the endpoints in use of their links here).
+    pub(crate) sides: ArcSwap<[IpAddr; 2]>,
+    /// Where each side's datagrams come from, as learnt (written on a change only).
+    pub(crate) learnt: Mutex<[Option<SocketAddr>; 2]>,
+    pub(crate) ways: [Way; 2],
+    /// Refused: from neither side, another port of a side within [`RELEARN_AFTER`], or not
+    /// WireGuard.
+    pub(crate) refused: AtomicU64,
+    /// Held back: the other side has not sent anything yet (nowhere to forward to).
+    pub(crate) waiting: AtomicU64,
+    pub(crate) stop: AtomicBool,
+}
+
+/// A bound relay port and its thread.
+pub(crate) struct Port {
+    pub(crate) port: u16,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Port {
+    /// Binds a port on `bind` for sides at `sides` and starts forwarding.
+    pub(crate) fn open(bind: IpAddr, sides: [IpAddr; 2], name: &str) -> std::io::Result<Port> {
+        let socket = UdpSocket::bind((bind, 0))?;
+        socket.set_read_timeout(Some(POLL))?;
+        let port = socket.local_addr()?.port();
+        let shared = Arc::new(Shared {
+            sides: ArcSwap::from_pointee(sides),
+            learnt: Mutex::new([None, None]),
+            ways: [Way::default(), Way::default()],
+            refused: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("relay-{name}"))
+            .spawn(move || forward(&socket, &s))?;
+        Ok(Port { port, shared })
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The forwarding loop: one buffer, no allocation per datagram.
+fn forward(socket: &UdpSocket, s: &Shared) {
+    let mut buf = vec![0u8; 65536];
+    let mut learnt: [Option<(SocketAddr, Instant)>; 2] = [None, None];
+    while !s.stop.load(Ordering::Relaxed) {
+        let (n, src) = match socket.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "relay port: receive failed; closing it");
+                return;
+            }
+        };
+        let sides = s.sides.load();
+        let Some(i) = sides.iter().position(|ip| *ip == src.ip()) else {
+            s.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        if WgDatagram::new_checked(&buf[..n]).is_err() {
+            s.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let now = Instant::now();
+        match &mut learnt[i] {
+            Some((at, last)) if *at == src => *last = now,
+            Some((_, last)) if now.duration_since(*last) < RELEARN_AFTER => {
+                s.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            slot => {
+                *slot = Some((src, now));
+                s.learnt.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(src);
+            }
+        }
+        let Some((to, _)) = learnt[1 - i] else {
+            s.waiting.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        match socket.send_to(&buf[..n], to) {
+            Ok(_) => {
+                s.ways[i].datagrams.fetch_add(1, Ordering::Relaxed);
+                s.ways[i].bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::trace!(error = %e, %to, "relay send"),
+        }
+    }
+}
