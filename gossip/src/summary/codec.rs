@@ -227,8 +227,8 @@ impl<'a> Parsed<'a> {
             match postcard::take_from_bytes::<Entry<'_>>(blob) {
                 Ok((e, after)) if is_valid_name(e.peer) => {
                     // A reader that cannot parse the second part takes the first alone.
-                    let (seen, after) = postcard::take_from_bytes::<Seen>(after)
-                        .unwrap_or((Seen::default(), &[]));
+                    let (seen, after) =
+                        postcard::take_from_bytes::<Seen>(after).unwrap_or((Seen::default(), &[]));
                     let relays = postcard::take_from_bytes::<Relays<'_>>(after)
                         .map(|(r, _)| r.ports)
                         .unwrap_or_default()

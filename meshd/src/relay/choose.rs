@@ -67,7 +67,10 @@ pub(crate) fn choose(gossip: &Gossip, table: &RouteTable, me: &str) {
         list.sort_by(|a, b| a.rtt.cmp(&b.rtt).then(a.via.cmp(&b.via)));
         let best = &list[0];
         let ms = |d: Option<Duration>| {
-            d.map_or_else(|| "unmeasured".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
+            d.map_or_else(
+                || "unmeasured".into(),
+                |d| format!("{:.1} ms", d.as_secs_f64() * 1e3),
+            )
         };
         let why = format!(
             "no direct path works; lowest RTT through it of {} relay(s) reaching both: {} ({} to this node + {} to {}){}",

@@ -60,7 +60,11 @@ pub(crate) fn reports(
             PathReport {
                 peer: p.name.clone(),
                 path: path_code(p),
-                route: if p.reach.as_ref().is_some_and(|r| r.route.starts_with("relayed")) {
+                route: if p
+                    .reach
+                    .as_ref()
+                    .is_some_and(|r| r.route.starts_with("relayed"))
+                {
                     Route::Relayed
                 } else {
                     Route::Direct

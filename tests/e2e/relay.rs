@@ -1,0 +1,271 @@
+//! Relaying (encrypted mode), in the NAT lab: a1 (behind a port-keeping masquerade) and b1
+//! (behind a NAT that maps every destination anew) have no direct path, so their WireGuard
+//! datagrams go through a public member's per-pair relay port, unopened.
+//!
+//! The pair reaches each other both ways (ICMP, a checksummed TCP transfer); both name the same
+//! relay; the relay counts the pair's bytes each way; a capture on the relay sees only
+//! WireGuard datagrams between the pair's public addresses and never a pod's plaintext marker,
+//! which the same capture on the pod's own interface shows (so the check can fail). Then the
+//! relay in use is killed during a transfer: the transfer completes through the other relay
+//! with a correct checksum, and no other member is declared down.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use meshd::status::Status;
+use meshd_lab::probe::{tcp_transfer, Pinger};
+use meshd_lab::Topology;
+
+use crate::gossip::wait_for_mesh;
+use crate::nat::{nat_spec, pod, reach, reach_of, role, A1, B1, PUB1, PUB2};
+use crate::support::{log, meshd_pid, require_root, status, wait_for, wait_gone};
+
+/// A plaintext a pod writes (`ping -p` fills the payload with it), 8 bytes.
+const MARKER: &[u8; 8] = b"rlymark!";
+
+/// tcpdump writing what `iface` in `ns` carries to a file; stopped (and flushed) on drop.
+struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(ns: &str, iface: &str, file: PathBuf) -> Capture {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "tcpdump",
+                "-i",
+                iface,
+                "--immediate-mode",
+                "-U",
+                "-w",
+            ])
+            .arg(&file)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump (tests/packages.txt)");
+        let err = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(err).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert!(first.contains("listening on"), "tcpdump: {first}");
+        // Drained, so its last words on exit never meet a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Capture { child, file }
+    }
+
+    /// Stops the capture; the file's bytes.
+    fn stop(mut self) -> Vec<u8> {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        std::fs::read(&self.file).unwrap()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A capture's UDP datagrams over IPv4 on Ethernet: (source, destination, payload).
+fn udp_datagrams(pcap: &[u8]) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 24; // the file header
+    while at + 16 <= pcap.len() {
+        let len = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[at + 16..(at + 16 + len).min(pcap.len())];
+        at += 16 + len;
+        if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 17 {
+            continue;
+        }
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let udp = &ip[ihl..];
+        let addr = |a: &[u8], p: &[u8]| {
+            SocketAddr::from(([a[0], a[1], a[2], a[3]], u16::from_be_bytes([p[0], p[1]])))
+        };
+        out.push((
+            addr(&ip[12..16], &udp[0..2]),
+            addr(&ip[16..20], &udp[2..4]),
+            udp[8..].to_vec(),
+        ));
+    }
+    out
+}
+
+/// Whether `payload` is shaped as a WireGuard message: type 1 to 4, three reserved zeros.
+fn is_wireguard(payload: &[u8]) -> bool {
+    payload.len() >= 32 && (1..=4).contains(&payload[0]) && payload[1..4] == [0, 0, 0]
+}
+
+/// The relay both a1 and b1 route through, once both say so.
+fn relay_in_use(t: &Topology) -> String {
+    let via = |i: usize, j: usize| {
+        let s = wait_for(t, i, "relayed to the other side", |s| {
+            reach_of(s, t, j).route.starts_with("relayed via ")
+        });
+        reach_of(&s, t, j).route
+    };
+    let (a, b) = (via(A1, B1), via(B1, A1));
+    assert_eq!(a, b, "a1 and b1 route through the same relay");
+    a.trim_start_matches("relayed via ").to_string()
+}
+
+fn pair_counted(s: &Status, t: &Topology) -> Option<(u64, u64)> {
+    let (a1, b1) = (&t.hosts[A1].name, &t.hosts[B1].name);
+    s.relaying.iter().find_map(|r| {
+        let ab = (&r.a == a1 && &r.b == b1) || (&r.a == b1 && &r.b == a1);
+        ab.then_some((r.a_to_b_bytes, r.b_to_a_bytes))
+    })
+}
+
+#[test]
+fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its_relay() {
+    require_root();
+    let t = Topology::up(nat_spec("relay", &[])).unwrap();
+    wait_for_mesh(&t, &(0..t.hosts.len()).collect::<Vec<_>>());
+    reach(&t, A1, B1);
+    reach(&t, B1, A1);
+    let via = relay_in_use(&t);
+    let relay = [PUB1, PUB2]
+        .into_iter()
+        .find(|&i| t.hosts[i].name == via)
+        .unwrap_or_else(|| panic!("relayed via {via}, not pub1 or pub2"));
+    let other = if relay == PUB1 { PUB2 } else { PUB1 };
+    println!("a1↔b1 relayed via {} ({via})", role(&t, relay));
+    let s = status(&t, A1);
+    let r = reach_of(&s, &t, B1);
+    assert!(
+        r.relay
+            .as_deref()
+            .is_some_and(|w| w.contains("no direct path")),
+        "{r:#?}"
+    );
+    assert_eq!(
+        r.endpoint.split(':').next(),
+        Some(t.hosts[relay].underlay.to_string().as_str())
+    );
+    for (n, (x, y)) in [(A1, B1), (B1, A1)].into_iter().enumerate() {
+        let ((from, _), (to, addr)) = (pod(&t, x), pod(&t, y));
+        let r = tcp_transfer(&from, &to, addr, 5300 + n as u16, 2 << 20).unwrap();
+        assert!(r.verified, "{} → {}: {r:?}", role(&t, x), role(&t, y));
+    }
+    let (ab, ba) = pair_counted(&status(&t, relay), &t).expect("the relay lists the pair");
+    assert!(
+        ab > 2 << 20 && ba > 2 << 20,
+        "relayed bytes each way: {ab}, {ba}"
+    );
+
+    // A capture on the relay: WireGuard between router-a's and router-b's addresses only; the
+    // pod's plaintext marker, which the pod's own interface shows, never.
+    let dir = Topology::state_dir(&t.spec.prefix);
+    let on_relay = Capture::start(&t.hosts[relay].ns, "u0", dir.join("relay.pcap"));
+    let (a1_pod, _) = pod(&t, A1);
+    let on_pod = Capture::start(&a1_pod, "eth0", dir.join("pod.pcap"));
+    let (_, b1_addr) = pod(&t, B1);
+    let hex: String = MARKER.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &a1_pod, "ping", "-c", "5", "-i", "0.2", "-s", "200", "-p",
+        ])
+        .args([hex.as_str(), &b1_addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (relay_bytes, pod_bytes) = (on_relay.stop(), on_pod.stop());
+    assert!(
+        contains(&pod_bytes, MARKER),
+        "the pod sent the marker in the clear ({} bytes captured; ping said {})",
+        pod_bytes.len(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !contains(&relay_bytes, MARKER),
+        "the relay saw a pod's plaintext"
+    );
+    let port = s
+        .peers
+        .iter()
+        .find(|p| p.name == t.hosts[B1].name)
+        .and_then(|p| p.reach.as_ref())
+        .map(|r| r.endpoint.rsplit(':').next().unwrap().to_string())
+        .unwrap();
+    let port: u16 = port.parse().unwrap();
+    let relayed: Vec<_> = udp_datagrams(&relay_bytes)
+        .into_iter()
+        .filter(|(from, to, _)| from.port() == port || to.port() == port)
+        .collect();
+    assert!(
+        relayed.len() >= 20,
+        "the pings went through the relay port: {}",
+        relayed.len()
+    );
+    let sides = ["198.18.0.101", "198.18.0.102"];
+    for (from, to, payload) in &relayed {
+        let side = if from.port() == port { to } else { from };
+        assert!(
+            sides.contains(&side.ip().to_string().as_str()),
+            "{from} → {to}"
+        );
+        assert!(
+            is_wireguard(payload),
+            "{from} → {to}: not WireGuard: {payload:02x?}"
+        );
+    }
+
+    // The relay dies during a transfer: the other one takes over.
+    let ((a_ns, _), (b_ns, b_addr)) = (pod(&t, A1), pod(&t, B1));
+    let pinger = Pinger::start(&a_ns, b_addr, Duration::from_millis(50)).unwrap();
+    let transfer = std::thread::spawn(move || tcp_transfer(&a_ns, &b_ns, b_addr, 5310, 24 << 20));
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = meshd_pid(&t, relay);
+    // SAFETY: a signal to the lab's meshd.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_gone(pid);
+    let r = transfer.join().unwrap().unwrap();
+    assert!(r.verified, "the transfer across the relay's death: {r:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let pings = pinger.stop().unwrap();
+    println!(
+        "relay {} killed: transfer {:?}, pings lost {}, longest silence {:?}",
+        role(&t, relay),
+        r.elapsed,
+        pings.lost(),
+        pings.longest_gap()
+    );
+    let now = relay_in_use(&t);
+    assert_eq!(now, t.hosts[other].name, "the other relay took over");
+    assert!(pair_counted(&status(&t, other), &t).is_some_and(|(ab, _)| ab > 0));
+    // Nobody but the killed relay was declared down.
+    for i in (0..t.hosts.len()).filter(|&i| i != relay) {
+        let s = status(&t, i);
+        for m in s.members.unwrap_or_default() {
+            if m.name != t.hosts[relay].name {
+                assert_eq!(m.state, "alive", "{} sees {}", role(&t, i), m.name);
+            }
+        }
+        let downs: Vec<String> = log(&t, i)
+            .lines()
+            .filter(|l| l.contains("member down: withdrawing"))
+            .filter(|l| !l.contains(t.hosts[relay].name.as_str()))
+            .map(String::from)
+            .collect();
+        assert!(downs.is_empty(), "{}: {downs:#?}", role(&t, i));
+    }
+}
