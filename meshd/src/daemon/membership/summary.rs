@@ -34,13 +34,25 @@ impl Membership {
                 let public = shared.gossip.local_record().learned.is_empty();
                 let on = self.cfg.relay.unwrap_or(public);
                 shared.relay.update(&table, on, self.cfg.bind_address());
-                let me = self.cfg.node_name.clone();
-                crate::relay::choose::choose(&shared.gossip, &table, &me);
+                crate::relay::choose::choose(&shared.gossip, &table, &self.cfg.node_name);
             }
             let reports = reports(&peers, &shared.gossip, &shared.relay);
             shared.gossip.set_paths(reports, now);
         }
         self.learn_from_summaries(&table);
+    }
+}
+
+impl Membership {
+    /// Each pair's relay chosen again now (a member's state changed: a relay in use may have
+    /// died), not at the next tick: the sides move to the next relay within the suspicion.
+    pub(super) fn rechoose_relays(&self) {
+        if self.encryption != crate::config::Encryption::Wireguard {
+            return;
+        }
+        let table = self.backend.routes().load();
+        let shared = self.lock();
+        crate::relay::choose::choose(&shared.gossip, &table, &self.cfg.node_name);
     }
 }
 
