@@ -348,4 +348,40 @@ mod tests {
         cell.set_seen(Seen::Nothing, Some(public));
         assert_eq!((cell.nat(), cell.seen_as()), (SELF_NAT, Some(public)));
     }
+
+    #[test]
+    fn a_relay_port_is_taken_while_nothing_works_and_a_direct_path_wins_over_it() {
+        let cell = EndpointCell::new(Some(&ep("192.168.2.1:51820")));
+        let t0 = Stamp::now();
+        let relay: SocketAddr = "198.18.0.1:40000".parse().unwrap();
+        let use_relay = |addr: SocketAddr, via: &str| RelayUse {
+            addr,
+            via: Arc::from(via),
+            why: "test".into(),
+        };
+        // Nothing works: the relay port becomes the endpoint in use.
+        assert!(cell.set_relay(Some(use_relay(relay, "pub1")), t0));
+        assert_eq!(
+            (cell.get(), cell.change().how),
+            (relay, How::Relay(Arc::from("pub1")))
+        );
+        cell.heard_from(relay, t0, |_| false);
+        // The relay dies: its replacement takes over at once, though the old one worked.
+        let other: SocketAddr = "198.18.0.2:41000".parse().unwrap();
+        assert!(cell.set_relay(Some(use_relay(other, "pub2")), t0));
+        assert_eq!(cell.get(), other);
+        cell.heard_from(other, t0, |_| false);
+        // A direct path answers: it takes over; the relay's copies do not move it back
+        // while the direct one is heard.
+        let direct: SocketAddr = "198.18.0.102:5000".parse().unwrap();
+        cell.heard_from(direct, t0, |_| false);
+        assert_eq!(cell.get(), direct);
+        cell.heard_from(other, t0, |_| false);
+        assert_eq!(cell.get(), direct);
+        assert!(!cell.set_relay(Some(use_relay(other, "pub2")), t0));
+        // Once the direct path is quiet, the relayed datagrams move it back.
+        let later = Stamp::from_raw(t0.raw() + 2_000).unwrap();
+        cell.heard_from(other, later, |_| false);
+        assert_eq!(cell.get(), other);
+    }
 }

@@ -136,3 +136,67 @@ fn forward(socket: &UdpSocket, s: &Shared) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn side(ip: &str) -> UdpSocket {
+        let s = UdpSocket::bind((ip.parse::<IpAddr>().unwrap(), 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    }
+
+    /// A WireGuard data message's shape (type 4, reserved zeros, a counter and a tag's room).
+    fn datagram(tag: u8) -> Vec<u8> {
+        let mut d = vec![4, 0, 0, 0];
+        d.extend([tag; 44]);
+        d
+    }
+
+    fn wait(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_port_forwards_wireguard_between_its_two_sides_and_refuses_everyone_else() {
+        let (ip_a, ip_b) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        let port = Port::open("127.0.0.1".parse().unwrap(), [ip_a, ip_b], "t").unwrap();
+        let to = SocketAddr::from(([127, 0, 0, 1], port.port));
+        let (a, b) = (side("127.0.0.2"), side("127.0.0.3"));
+        let s = &port.shared;
+        // a first: nowhere to forward yet.
+        a.send_to(&datagram(1), to).unwrap();
+        wait("held back", || s.waiting.load(Ordering::Relaxed) == 1);
+        // b: forwarded to a's learnt port, unchanged.
+        b.send_to(&datagram(2), to).unwrap();
+        let mut buf = [0u8; 128];
+        let (n, from) = a.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&datagram(2)[..], to));
+        a.send_to(&datagram(3), to).unwrap();
+        let (n, _) = b.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &datagram(3)[..]);
+        // A stranger; another port of a's address while a is live; bytes that are no
+        // WireGuard message: refused, nothing forwarded.
+        side("127.0.0.4").send_to(&datagram(4), to).unwrap();
+        side("127.0.0.2").send_to(&datagram(5), to).unwrap();
+        a.send_to(b"GET / HTTP/1.1\r\n\r\n", to).unwrap();
+        wait("refused", || s.refused.load(Ordering::Relaxed) == 3);
+        b.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        assert!(b.recv_from(&mut buf).is_err(), "nothing reached b");
+        assert_eq!(s.ways[0].datagrams.load(Ordering::Relaxed), 1);
+        assert_eq!(s.ways[1].datagrams.load(Ordering::Relaxed), 1);
+        assert_eq!(s.ways[0].bytes.load(Ordering::Relaxed), 48);
+        let learnt = *s.learnt.lock().unwrap();
+        assert_eq!(
+            learnt,
+            [Some(a.local_addr().unwrap()), Some(b.local_addr().unwrap())]
+        );
+    }
+}
