@@ -185,7 +185,9 @@ impl EndpointCell {
             return false;
         };
         let cur = self.get();
-        if cur == addr || !(old == Some(cur) || !self.working(now)) {
+        // Stay on a working endpoint unless it is the previous relay's port.
+        let stay = old != Some(cur) && self.working(now);
+        if cur == addr || stay {
             return false;
         }
         let mut c = self.change.lock().unwrap_or_else(|p| p.into_inner());
