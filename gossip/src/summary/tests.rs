@@ -158,6 +158,31 @@ fn versions_are_rate_limited() {
 }
 
 #[test]
+fn a_new_relay_port_is_published_at_once_though_the_tokens_are_spent() {
+    let mut sim = cluster(4, NetConfig::default(), PathCode::KernelVxlan);
+    // Spend the tokens.
+    for step in 0..4u32 {
+        let path = [PathCode::Userspace, PathCode::KernelVxlan][step as usize % 2];
+        let now = sim.now;
+        sim.nodes[1].gossip.set_paths(reports(1, 4, path), now);
+        sim.run_for(Duration::from_millis(100), &mut |_, _, _| {});
+    }
+    let v0 = sim.nodes[1].gossip.own_summary().unwrap().version;
+    let mut offered = reports(1, 4, PathCode::KernelVxlan);
+    offered[0].relays = vec![crate::RelayOffer {
+        other: offered[1].peer.clone(),
+        port: 40000,
+    }];
+    let now = sim.now;
+    sim.nodes[1].gossip.set_paths(offered.clone(), now);
+    assert_eq!(sim.nodes[1].gossip.own_summary().unwrap().version, v0 + 1);
+    // Anything else still waits for a token.
+    offered[2].path = PathCode::Userspace;
+    sim.nodes[1].gossip.set_paths(offered, now);
+    assert_eq!(sim.nodes[1].gossip.own_summary().unwrap().version, v0 + 1);
+}
+
+#[test]
 fn a_chunk_not_signed_by_its_reporter_is_refused() {
     let mut sim = cluster(3, NetConfig::default(), PathCode::KernelVxlan);
     assert!(run_until(&mut sim, converged));
