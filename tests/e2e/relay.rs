@@ -110,11 +110,12 @@ fn is_wireguard(payload: &[u8]) -> bool {
     payload.len() >= 32 && (1..=4).contains(&payload[0]) && payload[1..4] == [0, 0, 0]
 }
 
-/// The relay both a1 and b1 route through, once both say so.
-fn relay_in_use(t: &Topology) -> String {
+/// The relay both a1 and b1 route through, once both say so (and it is not `not`).
+fn relay_in_use(t: &Topology, not: Option<&str>) -> String {
     let via = |i: usize, j: usize| {
         let s = wait_for(t, i, "relayed to the other side", |s| {
-            reach_of(s, t, j).route.starts_with("relayed via ")
+            let r = reach_of(s, t, j).route;
+            r.starts_with("relayed via ") && not.is_none_or(|n| !r.ends_with(n))
         });
         reach_of(&s, t, j).route
     };
@@ -138,7 +139,7 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
     wait_for_mesh(&t, &(0..t.hosts.len()).collect::<Vec<_>>());
     reach(&t, A1, B1);
     reach(&t, B1, A1);
-    let via = relay_in_use(&t);
+    let via = relay_in_use(&t, None);
     let relay = [PUB1, PUB2]
         .into_iter()
         .find(|&i| t.hosts[i].name == via)
@@ -232,8 +233,10 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
     // The relay dies during a transfer: the other one takes over.
     let ((a_ns, _), (b_ns, b_addr)) = (pod(&t, A1), pod(&t, B1));
     let pinger = Pinger::start(&a_ns, b_addr, Duration::from_millis(50)).unwrap();
-    let transfer = std::thread::spawn(move || tcp_transfer(&a_ns, &b_ns, b_addr, 5310, 24 << 20));
-    std::thread::sleep(Duration::from_secs(1));
+    let transfer =
+        std::thread::spawn(move || tcp_transfer(&a_ns, &b_ns, b_addr, 5310, 256 << 20));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!transfer.is_finished(), "the transfer runs when the relay dies");
     let pid = meshd_pid(&t, relay);
     // SAFETY: a signal to the lab's meshd.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -249,7 +252,7 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
         pings.lost(),
         pings.longest_gap()
     );
-    let now = relay_in_use(&t);
+    let now = relay_in_use(&t, Some(&t.hosts[relay].name));
     assert_eq!(now, t.hosts[other].name, "the other relay took over");
     assert!(pair_counted(&status(&t, other), &t).is_some_and(|(ab, _)| ab > 0));
     // Nobody but the killed relay was declared down.
