@@ -9,10 +9,7 @@
 //! relay in use is killed during a transfer: the transfer completes through the other relay
 //! with a correct checksum, and no other member is declared down.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use meshd::status::Status;
@@ -21,88 +18,14 @@ use meshd_lab::Topology;
 
 use crate::gossip::wait_for_mesh;
 use crate::nat::{nat_spec, pod, reach, reach_of, role, A1, B1, PUB1, PUB2};
+use crate::support::capture::{udp_datagrams, Capture};
 use crate::support::{log, meshd_pid, require_root, status, wait_for, wait_gone};
 
 /// A plaintext a pod writes (`ping -p` fills the payload with it), 8 bytes.
 const MARKER: &[u8; 8] = b"rlymark!";
 
-/// tcpdump writing what `iface` in `ns` carries to a file; stopped (and flushed) on drop.
-struct Capture {
-    child: Child,
-    file: PathBuf,
-}
-
-impl Capture {
-    fn start(ns: &str, iface: &str, file: PathBuf) -> Capture {
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "tcpdump",
-                "-i",
-                iface,
-                "--immediate-mode",
-                "-U",
-                "-w",
-            ])
-            .arg(&file)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump (tests/packages.txt)");
-        let err = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(err).lines();
-        let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        assert!(first.contains("listening on"), "tcpdump: {first}");
-        // Drained, so its last words on exit never meet a closed pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Capture { child, file }
-    }
-
-    /// Stops the capture; the file's bytes.
-    fn stop(mut self) -> Vec<u8> {
-        // SAFETY: a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-        std::fs::read(&self.file).unwrap()
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// A capture's UDP datagrams over IPv4 on Ethernet: (source, destination, payload).
-fn udp_datagrams(pcap: &[u8]) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut at = 24; // the file header
-    while at + 16 <= pcap.len() {
-        let len = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
-        let frame = &pcap[at + 16..(at + 16 + len).min(pcap.len())];
-        at += 16 + len;
-        if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 17 {
-            continue;
-        }
-        let ip = &frame[14..];
-        let ihl = usize::from(ip[0] & 0x0f) * 4;
-        let udp = &ip[ihl..];
-        let addr = |a: &[u8], p: &[u8]| {
-            SocketAddr::from(([a[0], a[1], a[2], a[3]], u16::from_be_bytes([p[0], p[1]])))
-        };
-        out.push((
-            addr(&ip[12..16], &udp[0..2]),
-            addr(&ip[16..20], &udp[2..4]),
-            udp[8..].to_vec(),
-        ));
-    }
-    out
 }
 
 /// Whether `payload` is shaped as a WireGuard message: type 1 to 4, three reserved zeros.
@@ -169,12 +92,29 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
         "relayed bytes each way: {ab}, {ba}"
     );
 
+    let port = s
+        .peers
+        .iter()
+        .find(|p| p.name == t.hosts[B1].name)
+        .and_then(|p| p.reach.as_ref())
+        .map(|r| r.endpoint.rsplit(':').next().unwrap().to_string())
+        .unwrap();
+    let port: u16 = port.parse().unwrap();
+    let through_port = |pcap: &[u8]| {
+        udp_datagrams(pcap)
+            .into_iter()
+            .filter(|(from, to, _)| from.port() == port || to.port() == port)
+            .collect::<Vec<_>>()
+    };
     // A capture on the relay: WireGuard between router-a's and router-b's addresses only; the
     // pod's plaintext marker, which the pod's own interface shows, never.
-    let dir = Topology::state_dir(&t.spec.prefix);
-    let on_relay = Capture::start(&t.hosts[relay].ns, "u0", dir.join("relay.pcap"));
+    let on_relay = Capture::start(
+        &t.hosts[relay].ns,
+        &format!("{}-relay", t.spec.prefix),
+        "udp",
+    );
     let (a1_pod, _) = pod(&t, A1);
-    let on_pod = Capture::start(&a1_pod, "eth0", dir.join("pod.pcap"));
+    let on_pod = Capture::start_on(&a1_pod, "eth0", &format!("{}-pod", t.spec.prefix), "icmp");
     let (_, b1_addr) = pod(&t, B1);
     let hex: String = MARKER.iter().map(|b| format!("{b:02x}")).collect();
     let out = Command::new("ip")
@@ -189,7 +129,9 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let (relay_bytes, pod_bytes) = (on_relay.stop(), on_pod.stop());
+    // Five echoes and five replies, each into the relay port and out of it.
+    let relay_bytes = on_relay.finish_when(|b| through_port(b).len() >= 20);
+    let pod_bytes = on_pod.finish_when(|b| contains(b, MARKER));
     assert!(
         contains(&pod_bytes, MARKER),
         "the pod sent the marker in the clear ({} bytes captured; ping said {})",
@@ -200,18 +142,7 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
         !contains(&relay_bytes, MARKER),
         "the relay saw a pod's plaintext"
     );
-    let port = s
-        .peers
-        .iter()
-        .find(|p| p.name == t.hosts[B1].name)
-        .and_then(|p| p.reach.as_ref())
-        .map(|r| r.endpoint.rsplit(':').next().unwrap().to_string())
-        .unwrap();
-    let port: u16 = port.parse().unwrap();
-    let relayed: Vec<_> = udp_datagrams(&relay_bytes)
-        .into_iter()
-        .filter(|(from, to, _)| from.port() == port || to.port() == port)
-        .collect();
+    let relayed = through_port(&relay_bytes);
     assert!(
         relayed.len() >= 20,
         "the pings went through the relay port: {}",
@@ -233,10 +164,12 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
     // The relay dies during a transfer: the other one takes over.
     let ((a_ns, _), (b_ns, b_addr)) = (pod(&t, A1), pod(&t, B1));
     let pinger = Pinger::start(&a_ns, b_addr, Duration::from_millis(50)).unwrap();
-    let transfer =
-        std::thread::spawn(move || tcp_transfer(&a_ns, &b_ns, b_addr, 5310, 256 << 20));
+    let transfer = std::thread::spawn(move || tcp_transfer(&a_ns, &b_ns, b_addr, 5310, 256 << 20));
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!transfer.is_finished(), "the transfer runs when the relay dies");
+    assert!(
+        !transfer.is_finished(),
+        "the transfer runs when the relay dies"
+    );
     let pid = meshd_pid(&t, relay);
     // SAFETY: a signal to the lab's meshd.
     unsafe { libc::kill(pid, libc::SIGKILL) };
