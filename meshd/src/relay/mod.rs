@@ -11,8 +11,10 @@
 //!
 //! **Which pairs.** Every [`crate::daemon::membership`] tick (2 s) a relay keeps a port for each
 //! pair of its peers that are both behind a NAT (as this node sees them: their authenticated
-//! traffic comes from an address they do not advertise), at different public addresses, and
-//! that authenticated something lately; at most [`MAX_PORTS`]. It offers the ports in its
+//! traffic comes from an address they do not advertise), at different public addresses, one
+//! of them behind a NAT that maps each destination anew (its learned endpoints differ in port:
+//! no direct path can be made to it), and that authenticated something lately; at most
+//! [`MAX_PORTS`]. It offers the ports in its
 //! signed path summary (`meshd_gossip::RelayOffer`, in each side's entry), so only the relay
 //! speaks for its ports. A port not wanted for [`LINGER`] is closed.
 //!
@@ -25,7 +27,7 @@ pub(crate) mod choose;
 pub(crate) mod port;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -33,9 +35,10 @@ use std::time::{Duration, Instant, SystemTime};
 use meshd_gossip::RelayOffer;
 
 use crate::link::endpoint::PEER_NAT;
+use crate::peers::EndpointSource;
 use crate::routes::RouteTable;
 use crate::stats::Stamp;
-use crate::status::reach::RelayPairStatus;
+use crate::status::reach::{maps_anew, RelayPairStatus};
 
 /// Pairs one node relays at most (a port and a thread each).
 pub(crate) const MAX_PORTS: usize = 64;
@@ -59,17 +62,25 @@ impl Relay {
     /// wanted for [`LINGER`], and keeps each port's sides at their links' endpoints.
     pub(crate) fn update(&self, table: &RouteTable, on: bool, bind: IpAddr) {
         let now = Stamp::now();
-        let behind: Vec<(&str, IpAddr)> = table
+        // (name, address, its NAT maps each destination anew)
+        let behind: Vec<(&str, IpAddr, bool)> = table
             .peers()
             .iter()
             .filter(|p| on && p.ep.nat() & PEER_NAT != 0 && p.ep.working(now))
-            .map(|p| (p.name.as_str(), p.endpoint().ip()))
+            .map(|p| {
+                let learned: Vec<SocketAddr> = (p.peer().endpoints.iter())
+                    .filter(|e| e.source == EndpointSource::Learned)
+                    .map(|e| e.addr)
+                    .collect();
+                (p.name.as_str(), p.endpoint().ip(), maps_anew(&learned))
+            })
             .collect();
         let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
         let at = Instant::now();
-        for (i, (a, a_ip)) in behind.iter().enumerate() {
-            for (b, b_ip) in &behind[i + 1..] {
-                if a_ip == b_ip {
+        for (i, (a, a_ip, a_anew)) in behind.iter().enumerate() {
+            for (b, b_ip, b_anew) in &behind[i + 1..] {
+                // Two NATs that keep ports could be punched; behind one, no direct path.
+                if a_ip == b_ip || !(*a_anew || *b_anew) {
                     continue;
                 }
                 let (key, sides) = if a < b {

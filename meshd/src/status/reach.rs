@@ -105,15 +105,27 @@ impl RelayPairStatus {
 impl PublicStatus {
     /// From the learned endpoints; `None` when there are none (no NAT seen).
     pub(crate) fn of(learned: &[std::net::SocketAddr]) -> Option<PublicStatus> {
-        let first = learned.first()?;
-        let varies = learned
-            .iter()
-            .any(|a| a.ip() == first.ip() && a.port() != first.port());
+        learned.first()?;
         Some(PublicStatus {
             endpoints: learned.iter().map(|a| a.to_string()).collect(),
-            mapping: if varies { "per destination" } else { "kept" }.into(),
+            mapping: if maps_anew(learned) {
+                "per destination"
+            } else {
+                "kept"
+            }
+            .into(),
         })
     }
+}
+
+/// Whether a node's learned endpoints show a NAT that maps each destination anew: one public
+/// address seen at different ports by different members.
+pub(crate) fn maps_anew(learned: &[std::net::SocketAddr]) -> bool {
+    learned.first().is_some_and(|first| {
+        learned
+            .iter()
+            .any(|a| a.ip() == first.ip() && a.port() != first.port())
+    })
 }
 
 impl ReachStatus {
