@@ -339,3 +339,19 @@ fn pulls_are_answered_only_to_live_members_and_within_the_budget() {
     assert!(g.poll_transmit().is_none(), "once a second per member");
     assert_eq!(g.counters().summary_pulls_refused, 2);
 }
+
+#[test]
+fn relay_ports_round_trip_bounded_and_an_entry_without_them_reads_as_before() {
+    let key = crate::SigningKey::from_seed(&[1; 32]);
+    let mut relayed = sample("b", 400);
+    relayed.relays = (0..12)
+        .map(|i| RelayOffer {
+            other: format!("node-{i}"),
+            port: 40000 + i,
+        })
+        .collect();
+    let enc = codec::encode("a", 1, &[relayed.clone(), sample("c", 5)], 0, &key, 1191);
+    let (back, bad) = codec::decode(&enc.chunks[0]).unwrap().reports();
+    relayed.relays.truncate(MAX_RELAY_OFFERS);
+    assert_eq!((back, bad), (vec![relayed, sample("c", 5)], 0));
+}
