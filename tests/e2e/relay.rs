@@ -5,7 +5,8 @@
 //! The pair reaches each other both ways (ICMP, a checksummed TCP transfer); both name the same
 //! relay; the relay counts the pair's bytes each way; a capture on the relay sees only
 //! WireGuard datagrams between the pair's public addresses and never a pod's plaintext marker,
-//! which the same capture on the pod's own interface shows (so the check can fail). Then the
+//! which the same capture on the pod's own interface shows (so the check can fail); a stranger's
+//! datagrams to the pair's port are refused and counted. Then the
 //! relay in use is killed during a transfer: the transfer completes through the other relay
 //! with a correct checksum, and no other member is declared down.
 
@@ -17,7 +18,7 @@ use meshd_lab::probe::{tcp_transfer, Pinger};
 use meshd_lab::Topology;
 
 use crate::gossip::wait_for_mesh;
-use crate::nat::{nat_spec, pod, reach, reach_of, role, A1, B1, PUB1, PUB2};
+use crate::nat::{nat_spec, pod, reach, reach_of, role, A1, B1, C1, PUB1, PUB2};
 use crate::support::capture::{udp_datagrams, Capture};
 use crate::support::{log, meshd_pid, require_root, status, wait_for, wait_gone};
 
@@ -100,6 +101,31 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
         .map(|r| r.endpoint.rsplit(':').next().unwrap().to_string())
         .unwrap();
     let port: u16 = port.parse().unwrap();
+    // A stranger (c1, neither side) sends WireGuard-shaped datagrams to the pair's port: each
+    // refused and counted, nothing forwarded, the pair untouched.
+    let refused = |s: &Status| {
+        let (a1, b1) = (&t.hosts[A1].name, &t.hosts[B1].name);
+        let r = s
+            .relaying
+            .iter()
+            .find(|r| [&r.a, &r.b] == [a1, b1] || [&r.a, &r.b] == [b1, a1]);
+        r.map_or(0, |r| r.refused)
+    };
+    let before = refused(&status(&t, relay));
+    let to = std::net::SocketAddr::from((t.hosts[relay].underlay, port));
+    meshd_lab::netns::in_netns(&t.hosts[C1].ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut forged = vec![4u8, 0, 0, 0];
+        forged.extend([7u8; 60]);
+        for _ in 0..5 {
+            s.send_to(&forged, to).unwrap();
+        }
+    })
+    .unwrap();
+    wait_for(&t, relay, "the stranger's datagrams refused", |s| {
+        refused(s) >= before + 5
+    });
+    reach(&t, A1, B1);
     let through_port = |pcap: &[u8]| {
         udp_datagrams(pcap)
             .into_iter()
