@@ -1,10 +1,10 @@
 //! A side's choice of relay for each peer it has no direct path to: among the relays whose
 //! signed summaries offer a port for the pair ([`meshd_gossip::RelayOffer`]), alive here and
-//! reached from here, the lowest RTT through it, ties by name. Each leg's RTT is what that side
-//! published for the relay (its handshake RTT: a side behind a NAT initiates, so it measures;
-//! the relay, a responder, often has none), else what the relay published for the side. Both
-//! sides read the same summaries (this node its own published one), so they choose the same
-//! relay, which needs both to send to its port. A relay that dies (suspect, then down, within
+//! reached from here, the lowest RTT through it, ties by name. Both legs are what the relay
+//! published (its RTTs to the two sides; one it has not measured counts as [`UNMEASURED`]): the
+//! relay's summary is the one both sides are sure to hold (the other side's may never reach this
+//! one: the pair has no direct path), so both choose the same relay, which needs both to send
+//! to its port. A relay that dies (suspect, then down, within
 //! about a second with the gossip defaults) stops counting and the next one is chosen; the
 //! endpoint in use moves off the old relay port at once ([`EndpointCell::set_relay`]), the
 //! WireGuard session untouched.
@@ -36,15 +36,6 @@ struct Offer {
 /// members' summaries; `me` is this node's name.
 pub(crate) fn choose(gossip: &Gossip, table: &RouteTable, me: &str) {
     let now = Stamp::now();
-    // What `side` published of its RTT to `relay`.
-    let published = |side: &str, relay: &str| -> Option<Duration> {
-        let s = if side == me {
-            gossip.own_summary()
-        } else {
-            gossip.summaries().find(|s| s.reporter == side)
-        }?;
-        s.reports.iter().find(|r| r.peer == relay)?.rtt
-    };
     let mut offers: HashMap<&str, Vec<Offer>> = HashMap::new();
     for s in gossip.summaries() {
         let alive = gossip
@@ -61,10 +52,7 @@ pub(crate) fn choose(gossip: &Gossip, table: &RouteTable, me: &str) {
         };
         for o in &mine.relays {
             let theirs = s.reports.iter().find(|r| r.peer == o.other);
-            let legs = (
-                published(me, s.reporter).or(mine.rtt),
-                published(&o.other, s.reporter).or(theirs.and_then(|r| r.rtt)),
-            );
+            let legs = (mine.rtt, theirs.and_then(|r| r.rtt));
             offers.entry(o.other.as_str()).or_default().push(Offer {
                 via: Arc::from(s.reporter),
                 addr: SocketAddr::new(relay.endpoint().ip(), o.port),
