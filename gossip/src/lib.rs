@@ -79,7 +79,9 @@ pub use record::{
 };
 pub use signature::{short as short_key, SigningKey, PUBLIC_KEY_LEN};
 pub use subnet::{ClaimFault, Pool, PoolError, Ranges, MAX_CLAIM_SLOTS};
-pub use summary::{Health, PathCode, PathReport, Reason, Route, Summary};
+pub use summary::{
+    Health, PathCode, PathReport, Reason, RelayOffer, Route, Summary, MAX_RELAY_OFFERS,
+};
 pub use trust::ForgetError;
 pub use view::{Member, MemberState};
 

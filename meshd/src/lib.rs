@@ -25,6 +25,7 @@ pub mod paths;
 pub mod peers;
 pub mod picture;
 pub mod ping;
+pub(crate) mod relay;
 pub mod routes;
 pub mod runfiles;
 pub mod stats;

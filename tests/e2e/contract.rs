@@ -134,6 +134,7 @@ fn status(node: &str) -> Status {
         address: String::new(),
         address_source: None,
         public: None,
+        relaying: Vec::new(),
         subnet: String::new(),
         cluster: None,
         vtep_mac: String::new(),

@@ -26,7 +26,7 @@ pub(crate) const A1: usize = 2;
 pub(crate) const A2: usize = 3;
 pub(crate) const B1: usize = 4;
 pub(crate) const C1: usize = 5;
-/// The pairs with a direct path (a1↔b1 needs relays or hole punching: a later wave).
+/// The pairs with a direct path (a1↔b1 has none: relayed, `relay.rs`).
 const DIRECT: [(usize, usize); 6] = [
     (A1, A2),
     (A1, PUB1),

@@ -4,6 +4,7 @@
 //!  Kind::Summary payload:  SignedChunk { body: bytes, signature: bytes (64) }
 //!  body:                   Body { reporter, version, index, total, omitted, entries: [bytes] }
 //!  each entry:             Entry { peer, path, route, health, reason, rtt_us, mtu } ‖ Seen { data, gossip }
+//!                          ‖ Relays { [(other, port)] }   (a relay's per-pair ports)
 //!  signed:                 "meshd path summary v1\0" ‖ body
 //!  Kind::SummaryPull:      Pull { version }   (send yours if newer than this)
 //! ```
@@ -20,7 +21,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Health, PathCode, PathReport, Reason, Route, MAX_CHUNKS};
+use super::{
+    Health, PathCode, PathReport, Reason, RelayOffer, Route, MAX_CHUNKS, MAX_RELAY_OFFERS,
+};
 use crate::name::is_valid_name;
 use crate::signature::{self, SigningKey, PUBLIC_KEY_LEN, SIGNATURE_LEN};
 
@@ -72,6 +75,14 @@ struct Seen {
     gossip: Option<SocketAddr>,
 }
 
+/// An entry's third part (appended by meshd with relaying): the relay ports the reporter keeps
+/// for the peer and each other member named.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Relays<'a> {
+    #[serde(borrow)]
+    ports: Vec<(&'a str, u16)>,
+}
+
 /// A pull: the version the asker holds (0 for none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Pull {
@@ -102,10 +113,16 @@ pub(crate) fn encode(
     let mut left_out = 0u32;
     for r in reports {
         let mut blob = crate::wire::encode_payload(&entry(r));
-        if r.observed.is_some() || r.observed_gossip.is_some() {
+        if r.observed.is_some() || r.observed_gossip.is_some() || !r.relays.is_empty() {
             blob.extend(crate::wire::encode_payload(&Seen {
                 data: r.observed,
                 gossip: r.observed_gossip,
+            }));
+        }
+        if !r.relays.is_empty() {
+            let ports = r.relays.iter().take(MAX_RELAY_OFFERS);
+            blob.extend(crate::wire::encode_payload(&Relays {
+                ports: ports.map(|o| (o.other.as_str(), o.port)).collect(),
             }));
         }
         // A blob under 16 KiB has a length prefix of at most 2 bytes.
@@ -210,9 +227,19 @@ impl<'a> Parsed<'a> {
             match postcard::take_from_bytes::<Entry<'_>>(blob) {
                 Ok((e, after)) if is_valid_name(e.peer) => {
                     // A reader that cannot parse the second part takes the first alone.
-                    let seen = postcard::take_from_bytes::<Seen>(after)
-                        .map(|(s, _)| s)
-                        .unwrap_or_default();
+                    let (seen, after) =
+                        postcard::take_from_bytes::<Seen>(after).unwrap_or((Seen::default(), &[]));
+                    let relays = postcard::take_from_bytes::<Relays<'_>>(after)
+                        .map(|(r, _)| r.ports)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|(other, port)| is_valid_name(other) && *port != 0)
+                        .take(MAX_RELAY_OFFERS)
+                        .map(|(other, port)| RelayOffer {
+                            other: other.to_owned(),
+                            port,
+                        })
+                        .collect();
                     out.push(PathReport {
                         peer: e.peer.to_owned(),
                         path: PathCode::from_code(e.path),
@@ -223,6 +250,7 @@ impl<'a> Parsed<'a> {
                         mtu: e.mtu,
                         observed: seen.data,
                         observed_gossip: seen.gossip,
+                        relays,
                     })
                 }
                 _ => bad += 1,
@@ -269,6 +297,7 @@ pub(crate) mod tests {
             mtu: 1450,
             observed: None,
             observed_gossip: None,
+            relays: Vec::new(),
         }
     }
 

@@ -161,6 +161,23 @@ pub struct PathReport {
     /// Where the peer's gossip comes from, as the reporter sees it, when that is not the
     /// address its record names.
     pub observed_gossip: Option<SocketAddr>,
+    /// The reporter relays between the peer and each of these members, at the port named
+    /// (a per-pair relay port on the reporter's own address; at most [`MAX_RELAY_OFFERS`]).
+    /// Only the two members of a pair use it, and only as a candidate to try: authenticated
+    /// WireGuard traffic decides, and the relay can open none of it.
+    pub relays: Vec<RelayOffer>,
+}
+
+/// Relay ports one entry carries, at most (more are left out by the encoder and the decoder).
+pub const MAX_RELAY_OFFERS: usize = 8;
+
+/// A relay port the reporter keeps for a pair: the entry's peer and `other`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RelayOffer {
+    /// The pair's other member.
+    pub other: String,
+    /// The UDP port on the reporter's address.
+    pub port: u16,
 }
 
 impl PathReport {
@@ -183,6 +200,7 @@ impl PathReport {
             self.mtu,
             self.observed,
             self.observed_gossip,
+            &self.relays,
         ) != (
             &other.peer,
             other.path,
@@ -192,6 +210,7 @@ impl PathReport {
             other.mtu,
             other.observed,
             other.observed_gossip,
+            &other.relays,
         )
     }
 }

@@ -24,6 +24,9 @@ const SWEEP_TICKS: u64 = 20;
 /// A requester is answered at most this often.
 const SERVE_EVERY: Duration = Duration::from_secs(1);
 
+/// A summary with a new relay port is published at most this often outside the token bucket.
+const OFFER_EVERY: Duration = Duration::from_secs(1);
+
 /// Every summary this node makes and holds.
 #[derive(Debug)]
 pub(crate) struct Summaries {
@@ -53,6 +56,10 @@ pub(super) struct Own {
     pending: Option<(Vec<PathReport>, u32)>,
     tokens: u32,
     refilled: Option<Instant>,
+    /// The pending reports offer a relay port the published ones lack: published without a
+    /// token (the pair waits for it), at most once per [`OFFER_EVERY`].
+    offers_new: bool,
+    offered_at: Option<Instant>,
     /// Members the current version still goes to.
     queue: VecDeque<SocketAddr>,
     boot_epoch: u64,
@@ -173,6 +180,13 @@ impl Gossip {
         let same = own.published_at.is_some()
             && own.given == (reports.len(), omitted)
             && own.reports.iter().zip(&reports).all(|(a, b)| !a.differs(b));
+        own.offers_new = !same
+            && reports.iter().any(|r| {
+                let was = own.reports.iter().find(|o| o.peer == r.peer);
+                r.relays
+                    .iter()
+                    .any(|x| !was.is_some_and(|w| w.relays.contains(x)))
+            });
         own.pending = (!same).then_some((reports, omitted));
         self.publish_summary(now);
     }
@@ -270,13 +284,22 @@ impl Gossip {
         let Some(key) = self.signing_key.as_ref() else {
             return;
         };
-        if own.pending.is_none() || own.tokens == 0 {
+        let offer = own.offers_new
+            && own
+                .offered_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= OFFER_EVERY);
+        if own.pending.is_none() || (own.tokens == 0 && !offer) {
             return;
         }
         let Some((reports, omitted)) = own.pending.take() else {
             return;
         };
-        own.tokens -= 1;
+        if offer {
+            own.offers_new = false;
+            own.offered_at = Some(now);
+        } else {
+            own.tokens -= 1;
+        }
         own.version = own.version.max(own.boot_epoch << 32) + 1;
         own.encoded = codec::encode(
             &self.me.name,

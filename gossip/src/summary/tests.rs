@@ -158,6 +158,31 @@ fn versions_are_rate_limited() {
 }
 
 #[test]
+fn a_new_relay_port_is_published_at_once_though_the_tokens_are_spent() {
+    let mut sim = cluster(4, NetConfig::default(), PathCode::KernelVxlan);
+    // Spend the tokens.
+    for step in 0..4u32 {
+        let path = [PathCode::Userspace, PathCode::KernelVxlan][step as usize % 2];
+        let now = sim.now;
+        sim.nodes[1].gossip.set_paths(reports(1, 4, path), now);
+        sim.run_for(Duration::from_millis(100), &mut |_, _, _| {});
+    }
+    let v0 = sim.nodes[1].gossip.own_summary().unwrap().version;
+    let mut offered = reports(1, 4, PathCode::KernelVxlan);
+    offered[0].relays = vec![crate::RelayOffer {
+        other: offered[1].peer.clone(),
+        port: 40000,
+    }];
+    let now = sim.now;
+    sim.nodes[1].gossip.set_paths(offered.clone(), now);
+    assert_eq!(sim.nodes[1].gossip.own_summary().unwrap().version, v0 + 1);
+    // Anything else still waits for a token.
+    offered[2].path = PathCode::Userspace;
+    sim.nodes[1].gossip.set_paths(offered, now);
+    assert_eq!(sim.nodes[1].gossip.own_summary().unwrap().version, v0 + 1);
+}
+
+#[test]
 fn a_chunk_not_signed_by_its_reporter_is_refused() {
     let mut sim = cluster(3, NetConfig::default(), PathCode::KernelVxlan);
     assert!(run_until(&mut sim, converged));
@@ -313,4 +338,20 @@ fn pulls_are_answered_only_to_live_members_and_within_the_budget() {
     g.handle_datagram(member, &pull(0), now);
     assert!(g.poll_transmit().is_none(), "once a second per member");
     assert_eq!(g.counters().summary_pulls_refused, 2);
+}
+
+#[test]
+fn relay_ports_round_trip_bounded_and_an_entry_without_them_reads_as_before() {
+    let key = crate::SigningKey::from_seed(&[1; 32]);
+    let mut relayed = sample("b", 400);
+    relayed.relays = (0..12)
+        .map(|i| RelayOffer {
+            other: format!("node-{i}"),
+            port: 40000 + i,
+        })
+        .collect();
+    let enc = codec::encode("a", 1, &[relayed.clone(), sample("c", 5)], 0, &key, 1191);
+    let (back, bad) = codec::decode(&enc.chunks[0]).unwrap().reports();
+    relayed.relays.truncate(MAX_RELAY_OFFERS);
+    assert_eq!((back, bad), (vec![relayed, sample("c", 5)], 0));
 }

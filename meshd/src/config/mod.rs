@@ -48,6 +48,10 @@ pub struct Config {
     pub address: Option<IpAddr>,
     /// Address the UDP sockets (data and gossip) bind to. Absent: all addresses.
     pub listen_address: Option<IpAddr>,
+    /// Relay WireGuard datagrams for pairs of members that have no direct path (encrypted
+    /// mode, with gossip; the relay cannot open them). Absent: on while this node is behind no
+    /// NAT (members observe it at the address it advertises), off behind one.
+    pub relay: Option<bool>,
     /// This node's pod subnet. Required without gossip; with gossip, an explicit claim (absent:
     /// the lease persisted under `state-dir`, else a free subnet picked by the cluster).
     pub subnet: Option<Ipv4Net>,
@@ -203,6 +207,7 @@ impl Default for Config {
             node_name: default_node_name(),
             address: None,
             listen_address: None,
+            relay: None,
             subnet: None,
             seeds: Vec::new(),
             gossip: GossipConfig::default(),

@@ -280,6 +280,7 @@ fn base_status(
         address: address.to_string(),
         address_source: Some(source.to_string()),
         public: None,
+        relaying: Vec::new(),
         subnet: subnet.map(|s| s.to_string()).unwrap_or_default(),
         cluster: Some(cfg.cluster_cidr.to_string()),
         vtep_mac: vtep_mac(&cfg.node_name).to_string(),

@@ -14,13 +14,22 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
     let endpoint = link.endpoint();
     let learned = match &change.how {
         How::Roamed => "roamed".to_string(),
+        How::Relay(via) => format!("relay port kept by {via}"),
         How::Candidate(source) => source.text(),
+    };
+    let relay = link.ep.relay();
+    let route = match &relay {
+        Some(r) if r.addr == endpoint => format!("relayed via {}", r.via),
+        _ => "direct".into(),
     };
     let changed_why = match (&change.how, change.from) {
         (How::Roamed, Some(from)) => {
             format!("authenticated traffic came from {endpoint}, not {from}")
         }
         (How::Roamed, None) => "authenticated traffic came from there".into(),
+        (How::Relay(_), _) => relay
+            .as_ref()
+            .map_or_else(|| "a relay port".into(), |r| r.why.clone()),
         (How::Candidate(_), None) => "the peer's first candidate".into(),
         (How::Candidate(_), Some(from)) => format!(
             "the peer's record changed and {from} had authenticated nothing for {} s",
@@ -75,7 +84,8 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
     };
     let now = Stamp::now();
     ReachStatus {
-        route: "direct".into(),
+        route,
+        relay: relay.map(|r| format!("{} at {}: {}", r.via, r.addr, r.why)),
         endpoint: endpoint.to_string(),
         learned,
         changed_secs: SystemTime::now()

@@ -76,6 +76,7 @@ impl Report {
             s.gossip = Some(counters);
             s.public =
                 crate::status::reach::PublicStatus::of(&shared.gossip.local_record().learned);
+            s.relaying = shared.relay.status();
             s.secrets = Some(gossip_secrets(&shared));
         } else if let Some(c) = self.backend.crypto() {
             let ring = c.keyring();

@@ -21,7 +21,7 @@
 //! passes answers only from the address and port the mapping was made towards, so datagrams
 //! from our other source ports would be dropped.
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,6 +61,18 @@ pub(crate) enum How {
     Candidate(EndpointSource),
     /// Authenticated traffic came from there.
     Roamed,
+    /// The relay port this member keeps for the pair (no direct path works).
+    Relay(Arc<str>),
+}
+
+/// The relay port chosen for a pair, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RelayUse {
+    pub(crate) addr: SocketAddr,
+    /// The member that keeps it.
+    pub(crate) via: Arc<str>,
+    /// Why this relay, in a sentence.
+    pub(crate) why: String,
 }
 
 /// The last change of the endpoint in use.
@@ -89,6 +101,9 @@ pub(crate) struct EndpointCell {
     /// The peer reported this node at an address we advertise: no NAT between us, whatever
     /// others see.
     direct: AtomicBool,
+    /// The relay port chosen for the pair, if any (`relay/choose.rs`): a datagram from it does
+    /// not move a direct endpoint heard within [`ROAM_QUIET`] (a direct path, once found, wins).
+    relay: ArcSwapOption<RelayUse>,
     change: Mutex<Change>,
 }
 
@@ -102,6 +117,7 @@ impl EndpointCell {
             nat: AtomicU8::new(0),
             seen_as: Mutex::new(None),
             direct: AtomicBool::new(false),
+            relay: ArcSwapOption::empty(),
             change: Mutex::new(Change {
                 how: How::Candidate(first.map_or(EndpointSource::Configured, |e| e.source.clone())),
                 at: SystemTime::now(),
@@ -134,7 +150,7 @@ impl EndpointCell {
             }
             return;
         }
-        if cur.ip() == src.ip() {
+        if cur.ip() == src.ip() || self.is_relay(src) {
             let quiet = Stamp::from_raw(self.heard.load(Ordering::Relaxed))
                 .is_none_or(|t| t.age(now) >= ROAM_QUIET);
             if !quiet {
@@ -142,6 +158,47 @@ impl EndpointCell {
             }
         }
         self.roam(src, now, advertised(src));
+    }
+
+    /// Whether `src` is the pair's relay port (asked only when `src` is not the endpoint in
+    /// use: one load).
+    #[inline]
+    fn is_relay(&self, src: SocketAddr) -> bool {
+        self.relay.load().as_deref().is_some_and(|r| r.addr == src)
+    }
+
+    /// The relay port chosen for the pair (`None`: none).
+    pub(crate) fn relay(&self) -> Option<RelayUse> {
+        self.relay.load().as_deref().cloned()
+    }
+
+    /// Sets the pair's relay port, `to` kept by member `via`, and moves the endpoint in use
+    /// there when it authenticated nothing lately or was the previous relay port (that relay is
+    /// gone or worse): switching between relay and direct is a move of this one endpoint, the
+    /// session untouched. True when the endpoint in use moved.
+    pub(crate) fn set_relay(&self, to: Option<RelayUse>, now: Stamp) -> bool {
+        let old = self.relay().map(|r| r.addr);
+        if self.relay.load().as_deref() != to.as_ref() {
+            self.relay.store(to.clone().map(Arc::new));
+        }
+        let Some(RelayUse { addr, via, .. }) = to else {
+            return false;
+        };
+        let cur = self.get();
+        // Stay on a working endpoint unless it is the previous relay's port.
+        let stay = old != Some(cur) && self.working(now);
+        if cur == addr || stay {
+            return false;
+        }
+        let mut c = self.change.lock().unwrap_or_else(|p| p.into_inner());
+        self.in_use.store(Arc::new(addr));
+        self.listens.store(false, Ordering::Relaxed);
+        *c = Change {
+            how: How::Relay(via),
+            at: SystemTime::now(),
+            from: Some(cur),
+        };
+        true
     }
 
     #[cold]
@@ -292,5 +349,41 @@ mod tests {
         assert_eq!(cell.nat(), 0);
         cell.set_seen(Seen::Nothing, Some(public));
         assert_eq!((cell.nat(), cell.seen_as()), (SELF_NAT, Some(public)));
+    }
+
+    #[test]
+    fn a_relay_port_is_taken_while_nothing_works_and_a_direct_path_wins_over_it() {
+        let cell = EndpointCell::new(Some(&ep("192.168.2.1:51820")));
+        let t0 = Stamp::now();
+        let relay: SocketAddr = "198.18.0.1:40000".parse().unwrap();
+        let use_relay = |addr: SocketAddr, via: &str| RelayUse {
+            addr,
+            via: Arc::from(via),
+            why: "test".into(),
+        };
+        // Nothing works: the relay port becomes the endpoint in use.
+        assert!(cell.set_relay(Some(use_relay(relay, "pub1")), t0));
+        assert_eq!(
+            (cell.get(), cell.change().how),
+            (relay, How::Relay(Arc::from("pub1")))
+        );
+        cell.heard_from(relay, t0, |_| false);
+        // The relay dies: its replacement takes over at once, though the old one worked.
+        let other: SocketAddr = "198.18.0.2:41000".parse().unwrap();
+        assert!(cell.set_relay(Some(use_relay(other, "pub2")), t0));
+        assert_eq!(cell.get(), other);
+        cell.heard_from(other, t0, |_| false);
+        // A direct path answers: it takes over; the relay's copies do not move it back
+        // while the direct one is heard.
+        let direct: SocketAddr = "198.18.0.102:5000".parse().unwrap();
+        cell.heard_from(direct, t0, |_| false);
+        assert_eq!(cell.get(), direct);
+        cell.heard_from(other, t0, |_| false);
+        assert_eq!(cell.get(), direct);
+        assert!(!cell.set_relay(Some(use_relay(other, "pub2")), t0));
+        // Once the direct path is quiet, the relayed datagrams move it back.
+        let later = Stamp::from_raw(t0.raw() + 2_000).unwrap();
+        cell.heard_from(other, later, |_| false);
+        assert_eq!(cell.get(), other);
     }
 }

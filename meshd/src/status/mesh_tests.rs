@@ -14,6 +14,7 @@ pub(crate) fn status(peers: Vec<crate::status::PeerStatus>, members: &[(&str, &s
         address: "198.18.0.1".into(),
         address_source: None,
         public: None,
+        relaying: Vec::new(),
         subnet: "10.244.1.0/24".into(),
         cluster: Some("10.244.0.0/16".into()),
         vtep_mac: "02:00:00:00:00:01".into(),

@@ -41,6 +41,9 @@ pub struct Status {
     /// NAT): the endpoints its record advertises besides, and how its NAT maps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<reach::PublicStatus>,
+    /// The pairs this node relays (`relay`), with bytes each way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relaying: Vec<reach::RelayPairStatus>,
     pub subnet: String,
     /// The cluster CIDR node subnets are cut from (`None` from a meshd before it was shown).
     #[serde(default)]

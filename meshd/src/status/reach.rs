@@ -7,8 +7,13 @@ use serde::{Deserialize, Serialize};
 /// One peer's reachability, as `meshd status` shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReachStatus {
-    /// `direct` (later waves add `direct (punched)` and `relayed via NODE`).
+    /// `direct`, or `relayed via NODE` (the endpoint in use is the relay port NODE keeps for
+    /// the pair; a later wave adds `direct (punched)`).
     pub route: String,
+    /// The relay chosen for the pair, whether in use or not (a direct path wins): `NODE at
+    /// ADDR:PORT: why`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
     /// The endpoint in use.
     pub endpoint: String,
     /// How it was learned: `configured`, `advertised`, `advertised (observed by others)`,
@@ -48,18 +53,79 @@ pub struct PublicStatus {
     pub mapping: String,
 }
 
+/// One pair this node relays: its port, where each side's datagrams come from, and what went
+/// through each way (WireGuard datagrams, unopened).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RelayPairStatus {
+    pub a: String,
+    pub b: String,
+    pub port: u16,
+    /// Where `a`'s datagrams come from (learnt from the first; `None`: nothing yet).
+    pub a_from: Option<String>,
+    pub b_from: Option<String>,
+    /// Seconds since the port was opened.
+    pub since_secs: f64,
+    pub a_to_b_bytes: u64,
+    pub a_to_b_datagrams: u64,
+    pub b_to_a_bytes: u64,
+    pub b_to_a_datagrams: u64,
+    /// Datagrams refused: from neither side's address, from a side's other port while its
+    /// learnt one is live, or not WireGuard.
+    pub refused: u64,
+    /// Datagrams held back while the other side had sent nothing yet.
+    pub waiting: u64,
+}
+
+impl RelayPairStatus {
+    /// One line for `meshd status`.
+    pub(crate) fn render(&self) -> String {
+        let from = |x: &Option<String>| x.clone().unwrap_or_else(|| "(nothing yet)".into());
+        format!(
+            "relaying    {} ↔ {} on port {} for {:.0} s: {} → {} {} B in {} datagrams, {} → {} {} B in {}; from {} and {}; refused {}, held back {}\n",
+            self.a,
+            self.b,
+            self.port,
+            self.since_secs,
+            self.a,
+            self.b,
+            self.a_to_b_bytes,
+            self.a_to_b_datagrams,
+            self.b,
+            self.a,
+            self.b_to_a_bytes,
+            self.b_to_a_datagrams,
+            from(&self.a_from),
+            from(&self.b_from),
+            self.refused,
+            self.waiting
+        )
+    }
+}
+
 impl PublicStatus {
     /// From the learned endpoints; `None` when there are none (no NAT seen).
     pub(crate) fn of(learned: &[std::net::SocketAddr]) -> Option<PublicStatus> {
-        let first = learned.first()?;
-        let varies = learned
-            .iter()
-            .any(|a| a.ip() == first.ip() && a.port() != first.port());
+        learned.first()?;
         Some(PublicStatus {
             endpoints: learned.iter().map(|a| a.to_string()).collect(),
-            mapping: if varies { "per destination" } else { "kept" }.into(),
+            mapping: if maps_anew(learned) {
+                "per destination"
+            } else {
+                "kept"
+            }
+            .into(),
         })
     }
+}
+
+/// Whether a node's learned endpoints show a NAT that maps each destination anew: one public
+/// address seen at different ports by different members.
+pub(crate) fn maps_anew(learned: &[std::net::SocketAddr]) -> bool {
+    learned.first().is_some_and(|first| {
+        learned
+            .iter()
+            .any(|a| a.ip() == first.ip() && a.port() != first.port())
+    })
 }
 
 impl ReachStatus {
@@ -73,8 +139,13 @@ impl ReachStatus {
             .as_deref()
             .map(|s| format!(", it sees us at {s}"))
             .unwrap_or_default();
+        let relay = self
+            .relay
+            .as_deref()
+            .map(|r| format!("  relay {r}\n"))
+            .unwrap_or_default();
         format!(
-            "  reach {} to {} ({}; changed {:.0} s ago: {}; heard {heard})\n  nat {}{seen}  flows {} ({})  keepalive {} ({})\n",
+            "  reach {} to {} ({}; changed {:.0} s ago: {}; heard {heard})\n{relay}  nat {}{seen}  flows {} ({})  keepalive {} ({})\n",
             self.route,
             self.endpoint,
             self.learned,

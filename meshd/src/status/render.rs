@@ -33,6 +33,9 @@ pub fn render(s: &Status) -> String {
         );
     }
     let _ = writeln!(o, "encryption  {}   mtu {}", s.encryption, s.mtu);
+    for r in &s.relaying {
+        o.push_str(&r.render());
+    }
     if let Some(k) = &s.public_key {
         let _ = writeln!(
             o,

@@ -6,6 +6,7 @@
 //! each packet to the file as it comes (`-U`), so the file can be read while it runs.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -23,6 +24,11 @@ impl Capture {
     /// Starts tcpdump on `u0` of namespace `ns` with the pcap `filter`, writing to a file
     /// named after `name` (a lab prefix and a tag), and returns once it listens.
     pub fn start(ns: &str, name: &str, filter: &str) -> Capture {
+        Capture::start_on(ns, "u0", name, filter)
+    }
+
+    /// [`Capture::start`] on interface `iface` (a pod's `eth0`, say).
+    pub fn start_on(ns: &str, iface: &str, name: &str, filter: &str) -> Capture {
         let file = std::env::temp_dir().join(format!("{name}.pcap"));
         let mut child = Command::new("ip")
             .args([
@@ -31,7 +37,7 @@ impl Capture {
                 ns,
                 "tcpdump",
                 "-i",
-                "u0",
+                iface,
                 "--immediate-mode",
             ])
             .args(["-U", "-s", "0", "-w"])
@@ -112,6 +118,27 @@ pub fn udp_payloads(pcap: &[u8]) -> Vec<Vec<u8>> {
         .filter_map(|frame| {
             let ihl = usize::from(frame[14] & 0x0f) * 4;
             frame.get(14 + ihl + 8..).map(<[u8]>::to_vec)
+        })
+        .collect()
+}
+
+/// The UDP datagrams of a pcap file (Ethernet link type, IPv4): source, destination, payload.
+pub fn udp_datagrams(pcap: &[u8]) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+    frames(pcap)
+        .into_iter()
+        .filter(|f| f.len() >= 14 + 20 + 8 && f[12..14] == [0x08, 0x00] && f[14 + 9] == 17)
+        .filter_map(|f| {
+            let ip = &f[14..];
+            let udp = ip.get(usize::from(ip[0] & 0x0f) * 4..)?;
+            let at = |a: &[u8], p: &[u8]| {
+                SocketAddr::from(([a[0], a[1], a[2], a[3]], u16::from_be_bytes([p[0], p[1]])))
+            };
+            let payload = udp.get(8..)?.to_vec();
+            Some((
+                at(&ip[12..16], &udp[0..2]),
+                at(&ip[16..20], &udp[2..4]),
+                payload,
+            ))
         })
         .collect()
 }

@@ -31,6 +31,7 @@ fn genuine() -> &'static (Vec<PathReport>, Vec<u8>) {
                 mtu: 1450,
                 observed: None,
                 observed_gossip: None,
+                relays: Vec::new(),
             })
             .collect();
         let chunks = encode_chunks("node-1", 7, &reports, &Sim::signing_key(1), 1191);

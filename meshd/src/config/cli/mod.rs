@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// Address the UDP sockets bind to (default: all).
     #[arg(long, env = "MESHD_LISTEN_ADDRESS")]
     listen_address: Option<IpAddr>,
+    /// Relay for pairs without a direct path (default: on behind no NAT).
+    #[arg(long, env = "MESHD_RELAY")]
+    relay: Option<bool>,
     /// This node's pod subnet.
     #[arg(long, env = "MESHD_SUBNET")]
     subnet: Option<Ipv4Net>,
@@ -213,6 +216,7 @@ impl RunArgs {
             node_name,
             address,
             listen_address,
+            relay,
             subnet,
             seeds,
             gossip,
@@ -264,6 +268,7 @@ impl RunArgs {
         set(node_name, &self.node_name);
         set_some(address, &self.address);
         set_some(listen_address, &self.listen_address);
+        set_some(relay, &self.relay);
         set_some(subnet, &self.subnet);
         for seed in &self.join {
             if !seeds.contains(seed) {

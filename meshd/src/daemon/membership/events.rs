@@ -34,6 +34,7 @@ impl Membership {
                 Event::MemberUpdated(r) => batch.push(self.change(&r, true)),
                 Event::MemberDown(name) => {
                     tracing::warn!(member = %name, "member down: withdrawing its routes");
+                    self.rechoose_relays();
                     batch.push(Change::Remove(name));
                 }
                 Event::MemberLeft(name) => {
@@ -44,8 +45,14 @@ impl Membership {
                     self.apply(&mut batch);
                     self.assigned(lease).await?
                 }
-                Event::MemberSuspect(name) => tracing::info!(member = %name, "member suspect"),
-                Event::MemberAlive(name) => tracing::info!(member = %name, "member alive again"),
+                Event::MemberSuspect(name) => {
+                    tracing::info!(member = %name, "member suspect");
+                    self.rechoose_relays();
+                }
+                Event::MemberAlive(name) => {
+                    tracing::info!(member = %name, "member alive again");
+                    self.rechoose_relays();
+                }
                 Event::MemberHeld(name) => tracing::info!(
                     member = %name,
                     "gossip has this member down but its traffic arrived moments ago: keeping its routes"

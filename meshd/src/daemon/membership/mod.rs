@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) open_failures: u64,
     /// Datagrams that could not be sealed or sent.
     pub(crate) send_failures: u64,
+    /// The pairs this node relays (`relay/`).
+    pub(crate) relay: crate::relay::Relay,
 }
 
 /// Everything the gossip task needs from the daemon.
@@ -178,6 +180,7 @@ impl Membership {
                 sealer,
                 open_failures: 0,
                 send_failures: 0,
+                relay: crate::relay::Relay::default(),
             })),
             subnet: Arc::new(Mutex::new(initial)),
             socket,

@@ -29,15 +29,39 @@ impl Membership {
             .collect();
         {
             let mut shared = self.lock();
-            let reports = reports(&peers, &shared.gossip);
+            if self.encryption == crate::config::Encryption::Wireguard {
+                // A relay by default while behind no NAT (no member sees it elsewhere).
+                let public = shared.gossip.local_record().learned.is_empty();
+                let on = self.cfg.relay.unwrap_or(public);
+                shared.relay.update(&table, on, self.cfg.bind_address());
+                crate::relay::choose::choose(&shared.gossip, &table, &self.cfg.node_name);
+            }
+            let reports = reports(&peers, &shared.gossip, &shared.relay);
             shared.gossip.set_paths(reports, now);
         }
         self.learn_from_summaries(&table);
     }
 }
 
+impl Membership {
+    /// Each pair's relay chosen again now (a member's state changed: a relay in use may have
+    /// died), not at the next tick: the sides move to the next relay within the suspicion.
+    pub(super) fn rechoose_relays(&self) {
+        if self.encryption != crate::config::Encryption::Wireguard {
+            return;
+        }
+        let table = self.backend.routes().load();
+        let shared = self.lock();
+        crate::relay::choose::choose(&shared.gossip, &table, &self.cfg.node_name);
+    }
+}
+
 /// What this node says of each peer in its summary.
-pub(crate) fn reports(peers: &[PeerStatus], gossip: &Gossip) -> Vec<PathReport> {
+pub(crate) fn reports(
+    peers: &[PeerStatus],
+    gossip: &Gossip,
+    relay: &crate::relay::Relay,
+) -> Vec<PathReport> {
     peers
         .iter()
         .map(|p| {
@@ -48,14 +72,22 @@ pub(crate) fn reports(peers: &[PeerStatus], gossip: &Gossip) -> Vec<PathReport> 
             PathReport {
                 peer: p.name.clone(),
                 path: path_code(p),
-                // Every path is direct until relaying and hole punching land.
-                route: Route::Direct,
+                route: if p
+                    .reach
+                    .as_ref()
+                    .is_some_and(|r| r.route.starts_with("relayed"))
+                {
+                    Route::Relayed
+                } else {
+                    Route::Direct
+                },
                 health: a.health,
                 reason: a.reason,
                 rtt: rtt(p),
                 mtu: p.mtu,
                 observed: observed(p),
                 observed_gossip: gossip.observed_gossip(&p.name),
+                relays: relay.offers(&p.name),
             }
         })
         .collect()
@@ -105,7 +137,11 @@ mod tests {
             handshake_rtt_ms: Some(2),
             ..Default::default()
         });
-        let r = reports(&[named("a", "kernel-vxlan"), b], &g);
+        let r = reports(
+            &[named("a", "kernel-vxlan"), b],
+            &g,
+            &crate::relay::Relay::default(),
+        );
         assert_eq!(r.len(), 2);
         assert_eq!(
             (r[0].path, r[0].health, r[0].reason, r[0].rtt, r[0].mtu),

@@ -1,0 +1,233 @@
+//! Relaying (encrypted mode), in the NAT lab: a1 (behind a port-keeping masquerade) and b1
+//! (behind a NAT that maps every destination anew) have no direct path, so their WireGuard
+//! datagrams go through a public member's per-pair relay port, unopened.
+//!
+//! The pair reaches each other both ways (ICMP, a checksummed TCP transfer); both name the same
+//! relay; the relay counts the pair's bytes each way; a capture on the relay sees only
+//! WireGuard datagrams between the pair's public addresses and never a pod's plaintext marker,
+//! which the same capture on the pod's own interface shows (so the check can fail); a stranger's
+//! datagrams to the pair's port are refused and counted. Then the
+//! relay in use is killed during a transfer: the transfer completes through the other relay
+//! with a correct checksum, and no other member is declared down.
+
+use std::process::Command;
+use std::time::Duration;
+
+use meshd::status::Status;
+use meshd_lab::probe::{tcp_transfer, Pinger};
+use meshd_lab::Topology;
+
+use crate::gossip::wait_for_mesh;
+use crate::nat::{nat_spec, pod, reach, reach_of, role, A1, B1, C1, PUB1, PUB2};
+use crate::support::capture::{udp_datagrams, Capture};
+use crate::support::{log, meshd_pid, require_root, status, wait_for, wait_gone};
+
+/// A plaintext a pod writes (`ping -p` fills the payload with it), 8 bytes.
+const MARKER: &[u8; 8] = b"rlymark!";
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether `payload` is shaped as a WireGuard message: type 1 to 4, three reserved zeros.
+fn is_wireguard(payload: &[u8]) -> bool {
+    payload.len() >= 32 && (1..=4).contains(&payload[0]) && payload[1..4] == [0, 0, 0]
+}
+
+/// The relay both a1 and b1 route through, once both say so (and it is not `not`).
+fn relay_in_use(t: &Topology, not: Option<&str>) -> String {
+    let via = |i: usize, j: usize| {
+        let s = wait_for(t, i, "relayed to the other side", |s| {
+            let r = reach_of(s, t, j).route;
+            r.starts_with("relayed via ") && not.is_none_or(|n| !r.ends_with(n))
+        });
+        reach_of(&s, t, j).route
+    };
+    let (a, b) = (via(A1, B1), via(B1, A1));
+    assert_eq!(a, b, "a1 and b1 route through the same relay");
+    a.trim_start_matches("relayed via ").to_string()
+}
+
+fn pair_counted(s: &Status, t: &Topology) -> Option<(u64, u64)> {
+    let (a1, b1) = (&t.hosts[A1].name, &t.hosts[B1].name);
+    s.relaying.iter().find_map(|r| {
+        let ab = (&r.a == a1 && &r.b == b1) || (&r.a == b1 && &r.b == a1);
+        ab.then_some((r.a_to_b_bytes, r.b_to_a_bytes))
+    })
+}
+
+#[test]
+fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its_relay() {
+    require_root();
+    let t = Topology::up(nat_spec("relay", &[])).unwrap();
+    wait_for_mesh(&t, &(0..t.hosts.len()).collect::<Vec<_>>());
+    reach(&t, A1, B1);
+    reach(&t, B1, A1);
+    let via = relay_in_use(&t, None);
+    let relay = [PUB1, PUB2]
+        .into_iter()
+        .find(|&i| t.hosts[i].name == via)
+        .unwrap_or_else(|| panic!("relayed via {via}, not pub1 or pub2"));
+    let other = if relay == PUB1 { PUB2 } else { PUB1 };
+    println!("a1↔b1 relayed via {} ({via})", role(&t, relay));
+    let s = status(&t, A1);
+    let r = reach_of(&s, &t, B1);
+    assert!(
+        r.relay
+            .as_deref()
+            .is_some_and(|w| w.contains("no direct path")),
+        "{r:#?}"
+    );
+    assert_eq!(
+        r.endpoint.split(':').next(),
+        Some(t.hosts[relay].underlay.to_string().as_str())
+    );
+    for (n, (x, y)) in [(A1, B1), (B1, A1)].into_iter().enumerate() {
+        let ((from, _), (to, addr)) = (pod(&t, x), pod(&t, y));
+        let r = tcp_transfer(&from, &to, addr, 5300 + n as u16, 2 << 20).unwrap();
+        assert!(r.verified, "{} → {}: {r:?}", role(&t, x), role(&t, y));
+    }
+    let (ab, ba) = pair_counted(&status(&t, relay), &t).expect("the relay lists the pair");
+    assert!(
+        ab > 2 << 20 && ba > 2 << 20,
+        "relayed bytes each way: {ab}, {ba}"
+    );
+
+    let port = s
+        .peers
+        .iter()
+        .find(|p| p.name == t.hosts[B1].name)
+        .and_then(|p| p.reach.as_ref())
+        .map(|r| r.endpoint.rsplit(':').next().unwrap().to_string())
+        .unwrap();
+    let port: u16 = port.parse().unwrap();
+    // A stranger (c1, neither side) sends WireGuard-shaped datagrams to the pair's port: each
+    // refused and counted, nothing forwarded, the pair untouched.
+    let refused = |s: &Status| {
+        let (a1, b1) = (&t.hosts[A1].name, &t.hosts[B1].name);
+        let r = s
+            .relaying
+            .iter()
+            .find(|r| [&r.a, &r.b] == [a1, b1] || [&r.a, &r.b] == [b1, a1]);
+        r.map_or(0, |r| r.refused)
+    };
+    let before = refused(&status(&t, relay));
+    let to = std::net::SocketAddr::from((t.hosts[relay].underlay, port));
+    meshd_lab::netns::in_netns(&t.hosts[C1].ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut forged = vec![4u8, 0, 0, 0];
+        forged.extend([7u8; 60]);
+        for _ in 0..5 {
+            s.send_to(&forged, to).unwrap();
+        }
+    })
+    .unwrap();
+    wait_for(&t, relay, "the stranger's datagrams refused", |s| {
+        refused(s) >= before + 5
+    });
+    reach(&t, A1, B1);
+    let through_port = |pcap: &[u8]| {
+        udp_datagrams(pcap)
+            .into_iter()
+            .filter(|(from, to, _)| from.port() == port || to.port() == port)
+            .collect::<Vec<_>>()
+    };
+    // A capture on the relay: WireGuard between router-a's and router-b's addresses only; the
+    // pod's plaintext marker, which the pod's own interface shows, never.
+    let on_relay = Capture::start(
+        &t.hosts[relay].ns,
+        &format!("{}-relay", t.spec.prefix),
+        "udp",
+    );
+    let (a1_pod, _) = pod(&t, A1);
+    let on_pod = Capture::start_on(&a1_pod, "eth0", &format!("{}-pod", t.spec.prefix), "icmp");
+    let (_, b1_addr) = pod(&t, B1);
+    let hex: String = MARKER.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &a1_pod, "ping", "-c", "5", "-i", "0.2", "-s", "200", "-p",
+        ])
+        .args([hex.as_str(), &b1_addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Five echoes and five replies, each into the relay port and out of it.
+    let relay_bytes = on_relay.finish_when(|b| through_port(b).len() >= 20);
+    let pod_bytes = on_pod.finish_when(|b| contains(b, MARKER));
+    assert!(
+        contains(&pod_bytes, MARKER),
+        "the pod sent the marker in the clear ({} bytes captured; ping said {})",
+        pod_bytes.len(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !contains(&relay_bytes, MARKER),
+        "the relay saw a pod's plaintext"
+    );
+    let relayed = through_port(&relay_bytes);
+    assert!(
+        relayed.len() >= 20,
+        "the pings went through the relay port: {}",
+        relayed.len()
+    );
+    let sides = ["198.18.0.101", "198.18.0.102"];
+    for (from, to, payload) in &relayed {
+        let side = if from.port() == port { to } else { from };
+        assert!(
+            sides.contains(&side.ip().to_string().as_str()),
+            "{from} → {to}"
+        );
+        assert!(
+            is_wireguard(payload),
+            "{from} → {to}: not WireGuard: {payload:02x?}"
+        );
+    }
+
+    // The relay dies during a transfer: the other one takes over.
+    let ((a_ns, _), (b_ns, b_addr)) = (pod(&t, A1), pod(&t, B1));
+    let pinger = Pinger::start(&a_ns, b_addr, Duration::from_millis(50)).unwrap();
+    let transfer = std::thread::spawn(move || tcp_transfer(&a_ns, &b_ns, b_addr, 5310, 256 << 20));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !transfer.is_finished(),
+        "the transfer runs when the relay dies"
+    );
+    let pid = meshd_pid(&t, relay);
+    // SAFETY: a signal to the lab's meshd.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_gone(pid);
+    let r = transfer.join().unwrap().unwrap();
+    assert!(r.verified, "the transfer across the relay's death: {r:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let pings = pinger.stop().unwrap();
+    println!(
+        "relay {} killed: transfer {:?}, pings lost {}, longest silence {:?}",
+        role(&t, relay),
+        r.elapsed,
+        pings.lost(),
+        pings.longest_gap()
+    );
+    let now = relay_in_use(&t, Some(&t.hosts[relay].name));
+    assert_eq!(now, t.hosts[other].name, "the other relay took over");
+    assert!(pair_counted(&status(&t, other), &t).is_some_and(|(ab, _)| ab > 0));
+    // Nobody but the killed relay was declared down.
+    for i in (0..t.hosts.len()).filter(|&i| i != relay) {
+        let s = status(&t, i);
+        for m in s.members.unwrap_or_default() {
+            if m.name != t.hosts[relay].name {
+                assert_eq!(m.state, "alive", "{} sees {}", role(&t, i), m.name);
+            }
+        }
+        let downs: Vec<String> = log(&t, i)
+            .lines()
+            .filter(|l| l.contains("member down: withdrawing"))
+            .filter(|l| !l.contains(t.hosts[relay].name.as_str()))
+            .map(String::from)
+            .collect();
+        assert!(downs.is_empty(), "{}: {downs:#?}", role(&t, i));
+    }
+}
