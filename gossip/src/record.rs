@@ -11,7 +11,8 @@
 //! peers' ([`NodeRecord::reserved`]); 3. the owner's signature over every other byte of the
 //! record ([`crate::signature`]); 4. the signing keys the owner asks the cluster to forget
 //! ([`NodeRecord::forgets`], `meshd forget`); 5. the endpoints other members observe this node
-//! at, behind a NAT ([`NodeRecord::learned`]). Decoding ([`decode_record`]) only parses; what
+//! at, behind a NAT ([`NodeRecord::learned`]); 6. the hole punches this node asks of its peers
+//! ([`NodeRecord::punch`]). Decoding ([`decode_record`]) only parses; what
 //! is believed is decided by the inbox (`inbox.rs`), which checks the signature
 //! ([`Decoded::verify`]) against the key the name is bound to.
 
@@ -194,6 +195,21 @@ pub struct NodeRecord {
     /// reported first. Signed records only; empty from an older node.
     #[serde(skip)]
     pub learned: Vec<SocketAddr>,
+    /// Extension 6: hole punches this node asks of peers it cannot reach directly, at most
+    /// [`MAX_PUNCH`]: "send to my endpoints at this moment, as I send to yours". A request
+    /// names a peer and a time, never an address: the peer sends only to this node's own
+    /// candidates. Signed records only; empty from an older node.
+    #[serde(skip)]
+    pub punch: Vec<PunchRequest>,
+}
+
+/// One hole punch asked of `peer` ([`NodeRecord::punch`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PunchRequest {
+    /// The peer asked (a member's name).
+    pub peer: String,
+    /// When both send, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// One `meshd forget`: release the name bound to `key`, unless its owner shows that key is
@@ -265,6 +281,9 @@ pub const MAX_FORGETS: usize = 2;
 /// Most learned (observed) endpoints one record carries: two IPv6 ones take 40 bytes, which a
 /// record at every other bound still has room for.
 pub const MAX_LEARNED: usize = 2;
+/// Most hole punches one record asks at once; a record with no room left for them (every other
+/// field at its bound, long names) publishes none, and the pair waits for a relay.
+pub const MAX_PUNCH: usize = 2;
 /// Most cluster secret ids accepted per node.
 pub const MAX_SECRET_IDS: usize = 8;
 /// Most reserved (static peer) subnets accepted per node: 16 take 81 bytes, which a record
@@ -341,8 +360,11 @@ pub fn encode_with_trailer(
     blob = append_extension(blob, &record.reserved)?;
     if let Some(key) = key {
         let mut suffix = append_extension(Vec::new(), &record.forgets)?;
-        if !record.learned.is_empty() || !trailer.is_empty() {
+        if !record.learned.is_empty() || !record.punch.is_empty() || !trailer.is_empty() {
             suffix = append_extension(suffix, &record.learned)?;
+        }
+        if !record.punch.is_empty() || !trailer.is_empty() {
+            suffix = append_extension(suffix, &record.punch)?;
         }
         suffix.extend_from_slice(trailer);
         let ext = key.seal(&blob, &suffix);
@@ -395,6 +417,11 @@ pub fn decode_record(blob: &[u8]) -> Result<Decoded, RecordError> {
         if let Ok(Some(learned)) = take_extension(&mut ext5) {
             record.learned = learned;
             rest = ext5;
+            let mut ext6 = rest;
+            if let Ok(Some(punch)) = take_extension(&mut ext6) {
+                record.punch = punch;
+                rest = ext6;
+            }
         }
     }
     let bounded = record.endpoints.len() <= MAX_ENDPOINTS
@@ -402,6 +429,8 @@ pub fn decode_record(blob: &[u8]) -> Result<Decoded, RecordError> {
         && record.reserved.len() <= MAX_RESERVED
         && record.forgets.len() <= MAX_FORGETS
         && record.learned.len() <= MAX_LEARNED
+        && record.punch.len() <= MAX_PUNCH
+        && record.punch.iter().all(|p| is_valid_name(&p.peer))
         && record.reserved.iter().all(Subnet::is_valid)
         && record.subnet.is_none_or(|c| c.subnet.is_valid());
     if !bounded {
