@@ -32,6 +32,7 @@ mod ping;
 mod pmtud;
 mod pmtud_change;
 mod pmtud_idle;
+mod punch;
 mod reload;
 mod rotation;
 mod support;

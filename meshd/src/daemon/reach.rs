@@ -4,9 +4,9 @@
 use std::time::{Duration, SystemTime};
 
 use crate::link::endpoint::{How, PEER_NAT, SELF_NAT};
+use crate::link::punch::Mode;
 use crate::link::PeerLink;
 use crate::stats::Stamp;
-use crate::link::punch::Mode;
 use crate::status::reach::{PunchStatus, ReachStatus};
 
 /// `link`'s reachability now; `keepalive` is this node's NAT keepalive interval (`None`: off).
@@ -77,7 +77,12 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
     let now = Stamp::now();
     let (punched, punch) = punch_status(link, endpoint);
     ReachStatus {
-        route: if punched { "direct (punched)" } else { "direct" }.into(),
+        route: if punched {
+            "direct (punched)"
+        } else {
+            "direct"
+        }
+        .into(),
         endpoint: endpoint.to_string(),
         learned,
         changed_secs: SystemTime::now()

@@ -193,6 +193,42 @@ impl PeerLink {
             .collect()
     }
 
+    /// Where a punch burst goes: its public endpoints, and its own (advertised) port at each of
+    /// their addresses. A NAT that keeps ports maps the peer's port unchanged towards a new
+    /// destination unless another host behind it holds that mapping: two nodes behind one
+    /// masquerade, both on port 51820, are seen at another port by the members one of them
+    /// reached first, and at their own port by a new peer.
+    pub(crate) fn punch_targets(&self) -> Vec<SocketAddr> {
+        let public = self.public_candidates();
+        let ports: Vec<u16> = self
+            .applied()
+            .peer
+            .endpoints
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.source,
+                    crate::peers::EndpointSource::Gossiped
+                        | crate::peers::EndpointSource::Configured
+                )
+            })
+            .map(|e| e.addr.port())
+            .collect();
+        let mut all = public.clone();
+        for a in &public {
+            for &port in &ports {
+                all.push(SocketAddr::new(a.ip(), port));
+            }
+        }
+        let mut seen = Vec::with_capacity(all.len());
+        all.retain(|a| {
+            let new = !seen.contains(a);
+            seen.push(*a);
+            new
+        });
+        all
+    }
+
     /// Sets the candidates other members observed (the gossip driver's call).
     pub(crate) fn set_observed(&self, observed: Vec<Endpoint>) {
         *self.observed.lock().unwrap_or_else(|p| p.into_inner()) = observed;

@@ -63,9 +63,11 @@ pub struct PunchStatus {
 /// Whether a NAT maps each destination anew, from where members observe its node: one
 /// address at several ports.
 pub(crate) fn maps_per_destination(public: &[std::net::SocketAddr]) -> bool {
-    public
-        .iter()
-        .any(|a| public.iter().any(|b| a.ip() == b.ip() && a.port() != b.port()))
+    public.iter().any(|a| {
+        public
+            .iter()
+            .any(|b| a.ip() == b.ip() && a.port() != b.port())
+    })
 }
 
 /// This node's public endpoints as other members observe them (behind a NAT).

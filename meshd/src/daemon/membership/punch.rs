@@ -46,7 +46,8 @@ impl Membership {
             let mut st = p.punch.lock();
             if p.ep.working(stamp) {
                 let ep = p.endpoint();
-                st.reached(ep, public.contains(&ep), now);
+                // Its NAT's address, at whatever port it mapped for this pair.
+                st.reached(ep, public.iter().any(|a| a.ip() == ep.ip()), now);
                 continue;
             }
             st.set_mode(mode(&p.name, &own, &public));

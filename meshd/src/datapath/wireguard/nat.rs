@@ -85,7 +85,10 @@ pub(super) fn send(socket: &UdpSocket, peer: &PeerEntry, datagram: &[u8], now: S
     if !initiation {
         return;
     }
-    *peer.last_initiation.lock().unwrap_or_else(|p| p.into_inner()) = datagram.to_vec();
+    *peer
+        .last_initiation
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = datagram.to_vec();
     if peer.ep.working(now) {
         return;
     }
@@ -109,7 +112,8 @@ pub(super) fn send(socket: &UdpSocket, peer: &PeerEntry, datagram: &[u8], now: S
 
 /// One shot of the pair's armed punch burst, if its start has come: a handshake initiation
 /// (a new one, or the one in flight again: the same initiation twice is harmless) to each of
-/// the peer's public endpoints, at most [`MAX_TRIED`].
+/// the peer's public endpoints and its own port at their addresses
+/// ([`crate::link::PeerLink::punch_targets`]), at most [`MAX_TRIED`].
 pub(super) fn burst(socket: &UdpSocket, peer: &PeerEntry, wg: &WgPeer, out: &mut [u8]) {
     if !peer.punch.lock().shoot(crate::link::punch::now_ms()) {
         return;
@@ -121,14 +125,17 @@ pub(super) fn burst(socket: &UdpSocket, peer: &PeerEntry, wg: &WgPeer, out: &mut
             _ => None,
         }
     };
-    let mut cached = peer.last_initiation.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cached = peer
+        .last_initiation
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     if let Some(n) = fresh {
         *cached = out[..n].to_vec();
     }
     if cached.is_empty() {
         return;
     }
-    for to in peer.public_candidates().into_iter().take(MAX_TRIED) {
+    for to in peer.punch_targets().into_iter().take(MAX_TRIED) {
         tracing::trace!(peer = %peer.name, %to, "hole punch: handshake initiation");
         if let Err(e) = socket.send_to(&cached, to) {
             tracing::trace!(error = %e, peer = %peer.name, %to, "hole punch send");
