@@ -90,6 +90,9 @@ pub(crate) struct PunchState {
     pub(crate) punched: Option<Punched>,
     /// Bursts sent (all attempts, for the status).
     pub(crate) bursts: u64,
+    /// A punch just worked here: one keepalive goes to the peer, so that it hears this node
+    /// too (the handshake's initiator hears nothing else from its responder until data flows).
+    pub(crate) hello: bool,
 }
 
 impl PunchState {
@@ -99,7 +102,11 @@ impl PunchState {
             return;
         }
         if mode == Mode::Trying {
-            self.attempts = 0;
+            // From `not punchable` (what members observe of a NAT was stale) the attempts so
+            // far still count.
+            if self.mode == Mode::Idle {
+                self.attempts = 0;
+            }
             self.backoff = FIRST_BACKOFF;
             self.next_ms = 0;
         } else {
@@ -133,12 +140,14 @@ impl PunchState {
     }
 
     /// The peer asks for a punch starting at `at` (from its signed record). Honoured while
-    /// trying, within the accepted window and at most once per [`MIN_GAP`]; true when it was.
+    /// the pair has no working endpoint (also when this node judged it not punchable: the
+    /// peer may know its NAT better, and a burst costs little), within the accepted window
+    /// and at most once per [`MIN_GAP`]; true when it was.
     pub(crate) fn requested(&mut self, at: u64, now: u64) -> bool {
         let fresh = at + ACCEPT_PAST.as_millis() as u64 >= now
             && at <= now + ACCEPT_FUTURE.as_millis() as u64;
         let (last_at, last_when) = self.honoured;
-        let ok = self.mode == Mode::Trying
+        let ok = self.mode != Mode::Idle
             && fresh
             && at != last_at
             && now >= last_when + MIN_GAP.as_millis() as u64
@@ -170,15 +179,17 @@ impl PunchState {
         true
     }
 
-    /// The endpoint in use works: a punch worked if the pair was trying and it is a public
-    /// candidate. Either way the pair stops trying.
+    /// The endpoint in use works: a punch worked if this node made or honoured an attempt
+    /// since the pair last worked, and it is at the peer's NAT. Either way the pair stops
+    /// trying.
     pub(crate) fn reached(&mut self, endpoint: SocketAddr, public: bool, now: u64) {
-        if self.mode == Mode::Trying && self.attempts > 0 && public {
+        if self.attempts > 0 && public {
             self.punched = Some(Punched {
                 at_ms: now,
                 attempts: self.attempts,
                 endpoint,
             });
+            self.hello = true;
         }
         if self
             .punched
@@ -188,6 +199,7 @@ impl PunchState {
             self.punched = None;
         }
         self.set_mode(Mode::Idle);
+        self.attempts = 0;
     }
 }
 
@@ -229,7 +241,10 @@ mod tests {
     #[test]
     fn requests_are_honoured_only_while_trying_fresh_and_spaced() {
         let mut s = PunchState::default();
-        assert!(!s.requested(10_000, 10_000), "not trying");
+        assert!(
+            !s.requested(10_000, 10_000),
+            "the pair works: nothing to punch"
+        );
         s.set_mode(Mode::Trying);
         assert!(!s.requested(100_000, 10_000), "too far ahead");
         assert!(!s.requested(1_000, 10_000), "stale");
@@ -247,6 +262,13 @@ mod tests {
         s.set_mode(Mode::Trying);
         s.reached(ep, true, 5);
         assert!(s.punched.is_none(), "no attempt made: not a punch");
+        s.set_mode(Mode::NotPunchable(
+            "b1's NAT maps each destination anew".into(),
+        ));
+        assert!(s.requested(10_500, 10_000), "the peer may know better");
+        s.reached(ep, true, 10_600);
+        assert_eq!(s.punched.as_ref().map(|p| p.attempts), Some(1));
+        assert!(s.hello, "one keepalive so the peer hears this node");
         s.set_mode(Mode::Trying);
         s.attempt_if_due(1);
         s.reached(ep, true, 9);

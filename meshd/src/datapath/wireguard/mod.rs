@@ -119,16 +119,11 @@ impl Encap for Wireguard {
         };
         let mut session = wg.lock();
         let action = session.decapsulate(Some(src.ip()), datagram, out);
-        // Data that decrypted (a keepalive too) came from the peer's key: see `rx.rs`. So did a
-        // handshake response the session took (it answers our own fresh initiation and cannot
-        // be replayed; the keepalive it produced goes back): after a hole punch the initiator
-        // may hear nothing else from the responder for a while.
+        // Data that decrypted (a keepalive too) came from the peer's key: see `rx.rs`.
         let authenticated = match action {
             Action::WriteToTunnelV4(..) | Action::WriteToTunnelV6(..) => true,
             Action::Done => WgDatagram::new_checked(datagram)
                 .is_ok_and(|d| d.message_type() == MessageType::Data),
-            Action::WriteToNetwork(_) => WgDatagram::new_checked(datagram)
-                .is_ok_and(|d| d.message_type() == MessageType::Response),
             _ => false,
         };
         if authenticated {

@@ -113,9 +113,24 @@ pub(super) fn send(socket: &UdpSocket, peer: &PeerEntry, datagram: &[u8], now: S
 /// One shot of the pair's armed punch burst, if its start has come: a handshake initiation
 /// (a new one, or the one in flight again: the same initiation twice is harmless) to each of
 /// the peer's public endpoints and its own port at their addresses
-/// ([`crate::link::PeerLink::punch_targets`]), at most [`MAX_TRIED`].
+/// ([`crate::link::PeerLink::punch_targets`]), at most [`MAX_TRIED`]. Once a punch worked
+/// here, one keepalive to the peer, so that it hears this node too.
 pub(super) fn burst(socket: &UdpSocket, peer: &PeerEntry, wg: &WgPeer, out: &mut [u8]) {
-    if !peer.punch.lock().shoot(crate::link::punch::now_ms()) {
+    let (shoot, hello) = {
+        let mut st = peer.punch.lock();
+        (
+            st.shoot(crate::link::punch::now_ms()),
+            std::mem::take(&mut st.hello),
+        )
+    };
+    if hello {
+        if let Action::WriteToNetwork(n) = wg.lock().encapsulate(&[], out) {
+            if let Err(e) = socket.send_to(&out[..n], peer.endpoint()) {
+                tracing::trace!(error = %e, peer = %peer.name, "hole punch keepalive");
+            }
+        }
+    }
+    if !shoot {
         return;
     }
     let fresh = {
