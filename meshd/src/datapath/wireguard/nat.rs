@@ -14,8 +14,9 @@
 //! network), the public endpoints others observed it at. The same initiation sent twice is
 //! harmless (one response completes it), and whichever candidate answers becomes the endpoint
 //! in use by roaming. What a member reports thereby only adds addresses to try; it never moves
-//! a working endpoint. A peer's public endpoints (behind its NAT) are left out while this node
-//! is behind a NAT too: that pair is hole punching's ([`burst`]), in coordinated bursts only.
+//! a working endpoint. A peer's public endpoints (its NAT's, learned or observed) are left out:
+//! they get initiations in hole punching's coordinated bursts only ([`burst`]); a node behind a
+//! NAT reaches public peers itself, with the keepalive it starts once it knows of its NAT.
 //!
 //! **Bursts.** When the pair's punch schedule ([`crate::link::punch`]) has a burst armed and
 //! its start has come, each control tick sends a handshake initiation (a new one, or the one in
@@ -27,7 +28,6 @@ use std::time::Duration;
 
 use meshd_crypto::{Action, MessageType, WgDatagram};
 
-use crate::link::endpoint::SELF_NAT;
 use crate::peers::wireguard::WgPeer;
 use crate::peers::EndpointSource;
 use crate::routes::PeerEntry;
@@ -92,15 +92,17 @@ pub(super) fn send(socket: &UdpSocket, peer: &PeerEntry, datagram: &[u8], now: S
     if peer.ep.working(now) {
         return;
     }
-    // Both behind NATs: the peer's public endpoints are tried in punch bursts only.
-    let punched = peer.ep.nat() & SELF_NAT != 0;
+    // The peer's public endpoints (its NAT's) are tried in punch bursts only: a NAT passes
+    // nothing there until its node sent to us, which it does as soon as it knows it is behind
+    // one (its keepalive), and an early handshake there would open our own NAT outside the
+    // punch schedule. With punching off (the test switch), never.
     let mut tried = vec![to];
     for c in peer.candidates() {
         let public = matches!(
             c.source,
             EndpointSource::Learned | EndpointSource::ObservedBy(_)
         );
-        if tried.len() > MAX_TRIED || tried.contains(&c.addr) || (punched && public) {
+        if tried.len() > MAX_TRIED || tried.contains(&c.addr) || public {
             continue;
         }
         tried.push(c.addr);
