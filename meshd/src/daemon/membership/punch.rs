@@ -68,7 +68,7 @@ impl Membership {
             }
         }
         // The newest requests first: they are the ones still to come.
-        requests.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+        requests.sort_by_key(|r| std::cmp::Reverse(r.at_ms));
         requests.truncate(MAX_PUNCH);
         if !shared.gossip.set_punch(requests) {
             tracing::debug!("hole punch requests do not fit this node's record");
