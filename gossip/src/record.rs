@@ -21,6 +21,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::name::is_valid_name;
+pub use crate::punch::{PunchRequest, MAX_PUNCH};
+use crate::record_ext::{append_extension, take_extension};
 use crate::signature::{Proof, SigningKey, EXT_LEN, PUBLIC_KEY_LEN};
 
 /// An IPv4 network: address with all host bits zero, and a prefix length.
@@ -203,15 +205,6 @@ pub struct NodeRecord {
     pub punch: Vec<PunchRequest>,
 }
 
-/// One hole punch asked of `peer` ([`NodeRecord::punch`]).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct PunchRequest {
-    /// The peer asked (a member's name).
-    pub peer: String,
-    /// When both send, in milliseconds since the Unix epoch.
-    pub at_ms: u64,
-}
-
 /// One `meshd forget`: release the name bound to `key`, unless its owner shows that key is
 /// alive by publishing a record newer than `upto` (see `inbox.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -281,9 +274,6 @@ pub const MAX_FORGETS: usize = 2;
 /// Most learned (observed) endpoints one record carries: two IPv6 ones take 40 bytes, which a
 /// record at every other bound still has room for.
 pub const MAX_LEARNED: usize = 2;
-/// Most hole punches one record asks at once; a record with no room left for them (every other
-/// field at its bound, long names) publishes none, and the pair waits for a relay.
-pub const MAX_PUNCH: usize = 2;
 /// Most cluster secret ids accepted per node.
 pub const MAX_SECRET_IDS: usize = 8;
 /// Most reserved (static peer) subnets accepted per node: 16 take 81 bytes, which a record
@@ -451,26 +441,6 @@ pub fn decode_verified(blob: &[u8]) -> Result<(NodeRecord, bool), RecordError> {
     let decoded = decode_record(blob)?;
     let skipped = decoded.skipped;
     Ok((decoded.verify(blob)?, skipped))
-}
-
-fn append_extension(blob: Vec<u8>, value: &impl Serialize) -> Result<Vec<u8>, RecordError> {
-    let ext = postcard::to_allocvec(value).map_err(|_| RecordError::Malformed)?;
-    postcard::to_extend(ext.as_slice(), blob).map_err(|_| RecordError::Malformed)
-}
-
-/// The next extension, if the sender wrote one; a truncated one is malformed, not absent.
-fn take_extension<T: serde::de::DeserializeOwned>(
-    rest: &mut &[u8],
-) -> Result<Option<T>, RecordError> {
-    if rest.is_empty() {
-        return Ok(None);
-    }
-    let (ext, after): (&[u8], _) =
-        postcard::take_from_bytes(rest).map_err(|_| RecordError::Malformed)?;
-    *rest = after;
-    postcard::from_bytes(ext)
-        .map(Some)
-        .map_err(|_| RecordError::Malformed)
 }
 
 #[cfg(test)]
