@@ -123,9 +123,11 @@ fn punch_status(link: &PeerLink, endpoint: std::net::SocketAddr) -> (bool, Optio
             false,
             Some(PunchStatus {
                 state: "not punchable".into(),
-                why: why.clone(),
+                why: format!("{why}; still tried now and then, at the peer's own port too"),
                 attempts: st.attempts,
-                ..PunchStatus::default()
+                punched_secs: None,
+                next_attempt_secs: Some(secs(st.next_ms.saturating_sub(now))),
+                backoff_secs: Some(st.backoff.as_secs_f64()),
             }),
         ),
         Mode::Idle => match &st.punched {

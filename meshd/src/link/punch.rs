@@ -53,7 +53,9 @@ pub(crate) enum Mode {
     Idle,
     /// Both behind NAT, no working endpoint: attempts with backoff.
     Trying,
-    /// Cannot work: why (a NAT that maps each destination anew).
+    /// Cannot be expected to work: why (a NAT that maps each destination anew, as members
+    /// observe it). Attempts go on with backoff all the same, at the peer's own port too: a
+    /// NAT that gave another host's port away to one destination keeps it for the next.
     NotPunchable(String),
 }
 
@@ -101,7 +103,7 @@ impl PunchState {
         if self.mode == mode {
             return;
         }
-        if mode == Mode::Trying {
+        if mode != Mode::Idle {
             // From `not punchable` (what members observe of a NAT was stale) the attempts so
             // far still count.
             if self.mode == Mode::Idle {
@@ -130,7 +132,7 @@ impl PunchState {
     /// While trying, the own attempt falls due: a request to publish, starting [`LEAD`] from
     /// now, and a burst armed then. True when one was made.
     pub(crate) fn attempt_if_due(&mut self, now: u64) -> bool {
-        if self.mode != Mode::Trying || now < self.next_ms {
+        if self.mode == Mode::Idle || now < self.next_ms {
             return false;
         }
         let start = now + LEAD.as_millis() as u64;
@@ -140,9 +142,8 @@ impl PunchState {
     }
 
     /// The peer asks for a punch starting at `at` (from its signed record). Honoured while
-    /// the pair has no working endpoint (also when this node judged it not punchable: the
-    /// peer may know its NAT better, and a burst costs little), within the accepted window
-    /// and at most once per [`MIN_GAP`]; true when it was.
+    /// the pair has no working endpoint, within the accepted window and at most once per
+    /// [`MIN_GAP`]; true when it was.
     pub(crate) fn requested(&mut self, at: u64, now: u64) -> bool {
         let fresh = at + ACCEPT_PAST.as_millis() as u64 >= now
             && at <= now + ACCEPT_FUTURE.as_millis() as u64;

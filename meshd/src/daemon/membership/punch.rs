@@ -60,7 +60,7 @@ impl Membership {
             if st.attempt_if_due(now) {
                 tracing::debug!(peer = %p.name, attempt = st.attempts, "hole punch: asking the peer");
             }
-            if let Some(at) = st.request_ms.filter(|_| st.mode == Mode::Trying) {
+            if let Some(at) = st.request_ms.filter(|_| st.mode != Mode::Idle) {
                 requests.push(PunchRequest {
                     peer: p.name.clone(),
                     at_ms: at,
