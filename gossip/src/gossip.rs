@@ -122,6 +122,7 @@ impl Gossip {
             signer: local.signing_key.as_ref().map(SigningKey::public),
             forgets: Vec::new(),
             learned: Vec::new(),
+            punch: Vec::new(),
         };
         // Refuse here what every peer would refuse (and what would make our own broadcasts fail).
         let me_blob = encode_record(&me, local.signing_key.as_ref())
@@ -287,6 +288,24 @@ impl Gossip {
             self.me.learned = learned;
             self.publish_record();
         }
+    }
+
+    /// Publishes the hole punches this node asks of its peers ([`NodeRecord::punch`]), at most
+    /// [`crate::MAX_PUNCH`]; a new record only when they changed. False (and nothing
+    /// published) when they do not fit the record.
+    pub fn set_punch(&mut self, mut punch: Vec<crate::PunchRequest>) -> bool {
+        punch.truncate(crate::record::MAX_PUNCH);
+        if self.me.punch == punch {
+            return true;
+        }
+        let mut next = self.me.clone();
+        next.punch = punch;
+        if encode_record(&next, self.signing_key.as_ref()).is_err() {
+            return false;
+        }
+        self.me.punch = next.punch;
+        self.publish_record();
+        true
     }
 
     /// Where member `name`'s gossip comes from, when that is not the address its record

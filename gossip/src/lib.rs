@@ -53,7 +53,9 @@ mod inbox;
 mod io;
 mod name;
 mod precedence;
+mod punch;
 pub mod record;
+mod record_ext;
 mod signature;
 pub mod sim;
 mod subnet;
@@ -74,8 +76,9 @@ pub use io::{Counters, Transmit};
 pub use name::{is_valid_name, MAX_NAME_LEN, NAME_RULE};
 pub use precedence::{HoldKind, Precedence, Settled};
 pub use record::{
-    Capabilities, Forget, Lease, LocalNode, NodeRecord, RecordError, Subnet, SubnetClaim,
-    SubnetParseError, SubnetRequest, MAX_ENDPOINTS, MAX_LEARNED, MAX_RECORD_LEN, MAX_RESERVED,
+    Capabilities, Forget, Lease, LocalNode, NodeRecord, PunchRequest, RecordError, Subnet,
+    SubnetClaim, SubnetParseError, SubnetRequest, MAX_ENDPOINTS, MAX_LEARNED, MAX_PUNCH,
+    MAX_RECORD_LEN, MAX_RESERVED,
 };
 pub use signature::{short as short_key, SigningKey, PUBLIC_KEY_LEN};
 pub use subnet::{ClaimFault, Pool, PoolError, Ranges, MAX_CLAIM_SLOTS};

@@ -11,7 +11,8 @@
 //! peers' ([`NodeRecord::reserved`]); 3. the owner's signature over every other byte of the
 //! record ([`crate::signature`]); 4. the signing keys the owner asks the cluster to forget
 //! ([`NodeRecord::forgets`], `meshd forget`); 5. the endpoints other members observe this node
-//! at, behind a NAT ([`NodeRecord::learned`]). Decoding ([`decode_record`]) only parses; what
+//! at, behind a NAT ([`NodeRecord::learned`]); 6. the hole punches this node asks of its peers
+//! ([`NodeRecord::punch`]). Decoding ([`decode_record`]) only parses; what
 //! is believed is decided by the inbox (`inbox.rs`), which checks the signature
 //! ([`Decoded::verify`]) against the key the name is bound to.
 
@@ -20,6 +21,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::name::is_valid_name;
+pub use crate::punch::{PunchRequest, MAX_PUNCH};
+use crate::record_ext::{append_extension, take_extension};
 use crate::signature::{Proof, SigningKey, EXT_LEN, PUBLIC_KEY_LEN};
 
 /// An IPv4 network: address with all host bits zero, and a prefix length.
@@ -194,6 +197,12 @@ pub struct NodeRecord {
     /// reported first. Signed records only; empty from an older node.
     #[serde(skip)]
     pub learned: Vec<SocketAddr>,
+    /// Extension 6: hole punches this node asks of peers it cannot reach directly, at most
+    /// [`MAX_PUNCH`]: "send to my endpoints at this moment, as I send to yours". A request
+    /// names a peer and a time, never an address: the peer sends only to this node's own
+    /// candidates. Signed records only; empty from an older node.
+    #[serde(skip)]
+    pub punch: Vec<PunchRequest>,
 }
 
 /// One `meshd forget`: release the name bound to `key`, unless its owner shows that key is
@@ -341,8 +350,11 @@ pub fn encode_with_trailer(
     blob = append_extension(blob, &record.reserved)?;
     if let Some(key) = key {
         let mut suffix = append_extension(Vec::new(), &record.forgets)?;
-        if !record.learned.is_empty() || !trailer.is_empty() {
+        if !record.learned.is_empty() || !record.punch.is_empty() || !trailer.is_empty() {
             suffix = append_extension(suffix, &record.learned)?;
+        }
+        if !record.punch.is_empty() || !trailer.is_empty() {
+            suffix = append_extension(suffix, &record.punch)?;
         }
         suffix.extend_from_slice(trailer);
         let ext = key.seal(&blob, &suffix);
@@ -395,6 +407,11 @@ pub fn decode_record(blob: &[u8]) -> Result<Decoded, RecordError> {
         if let Ok(Some(learned)) = take_extension(&mut ext5) {
             record.learned = learned;
             rest = ext5;
+            let mut ext6 = rest;
+            if let Ok(Some(punch)) = take_extension(&mut ext6) {
+                record.punch = punch;
+                rest = ext6;
+            }
         }
     }
     let bounded = record.endpoints.len() <= MAX_ENDPOINTS
@@ -402,6 +419,8 @@ pub fn decode_record(blob: &[u8]) -> Result<Decoded, RecordError> {
         && record.reserved.len() <= MAX_RESERVED
         && record.forgets.len() <= MAX_FORGETS
         && record.learned.len() <= MAX_LEARNED
+        && record.punch.len() <= MAX_PUNCH
+        && record.punch.iter().all(|p| is_valid_name(&p.peer))
         && record.reserved.iter().all(Subnet::is_valid)
         && record.subnet.is_none_or(|c| c.subnet.is_valid());
     if !bounded {
@@ -422,26 +441,6 @@ pub fn decode_verified(blob: &[u8]) -> Result<(NodeRecord, bool), RecordError> {
     let decoded = decode_record(blob)?;
     let skipped = decoded.skipped;
     Ok((decoded.verify(blob)?, skipped))
-}
-
-fn append_extension(blob: Vec<u8>, value: &impl Serialize) -> Result<Vec<u8>, RecordError> {
-    let ext = postcard::to_allocvec(value).map_err(|_| RecordError::Malformed)?;
-    postcard::to_extend(ext.as_slice(), blob).map_err(|_| RecordError::Malformed)
-}
-
-/// The next extension, if the sender wrote one; a truncated one is malformed, not absent.
-fn take_extension<T: serde::de::DeserializeOwned>(
-    rest: &mut &[u8],
-) -> Result<Option<T>, RecordError> {
-    if rest.is_empty() {
-        return Ok(None);
-    }
-    let (ext, after): (&[u8], _) =
-        postcard::take_from_bytes(rest).map_err(|_| RecordError::Malformed)?;
-    *rest = after;
-    postcard::from_bytes(ext)
-        .map(Some)
-        .map_err(|_| RecordError::Malformed)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub(crate) fn sample(name: &str) -> NodeRecord {
         signer: None,
         forgets: Vec::new(),
         learned: Vec::new(),
+        punch: Vec::new(),
     }
 }
 
@@ -247,4 +248,37 @@ fn learned_endpoints_round_trip_signed() {
     rec.learned.push("198.51.100.8:1".parse().unwrap());
     let too_many = encode_record(&rec, Some(&key())).unwrap();
     assert_eq!(decode_record(&too_many), Err(RecordError::Invalid));
+}
+
+/// Extension 6: the hole punches a node asks, signed with the rest, read back; bounded; an
+/// older reader (extension 5 only) skips it and the signature still holds.
+#[test]
+fn punch_requests_round_trip_signed_and_bounded() {
+    let mut rec = sample("n1");
+    rec.punch = vec![crate::PunchRequest {
+        peer: "b1".into(),
+        at_ms: 1_700_000_000_123,
+    }];
+    let blob = encode_record(&rec, Some(&key())).unwrap();
+    assert_eq!(decode_verified(&blob).unwrap(), (signed(&rec), false));
+    // Learned endpoints and punches together.
+    rec.learned = vec!["198.51.100.7:40001".parse().unwrap()];
+    let blob = encode_record(&rec, Some(&key())).unwrap();
+    assert_eq!(decode_verified(&blob).unwrap(), (signed(&rec), false));
+    rec.punch.push(crate::PunchRequest {
+        peer: "b2".into(),
+        at_ms: 1,
+    });
+    rec.punch.push(crate::PunchRequest {
+        peer: "b3".into(),
+        at_ms: 2,
+    });
+    let too_many = encode_record(&rec, Some(&key())).unwrap();
+    assert_eq!(decode_record(&too_many), Err(RecordError::Invalid));
+    rec.punch = vec![crate::PunchRequest {
+        peer: "-bad".into(),
+        at_ms: 2,
+    }];
+    let bad = encode_record(&rec, Some(&key())).unwrap();
+    assert_eq!(decode_record(&bad), Err(RecordError::Invalid));
 }

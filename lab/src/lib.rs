@@ -99,6 +99,7 @@ pub fn save(spec: &Spec) -> Result<()> {
         "host_gw": spec.paths.host_gw,
         "routed": spec.paths.routed,
         "nat": spec.paths.nat,
+        "nat_b_keeps_ports": spec.paths.nat_b_keeps_ports,
     });
     std::fs::write(spec_file(&spec.prefix), serde_json::to_vec_pretty(&v)?)?;
     Ok(())
@@ -170,6 +171,7 @@ pub fn load(prefix: &str) -> Result<Spec> {
             host_gw: v["host_gw"].as_bool() == Some(true),
             routed: v["routed"].as_u64().unwrap_or(0) as usize,
             nat: v["nat"].as_bool() == Some(true),
+            nat_b_keeps_ports: v["nat_b_keeps_ports"].as_bool() == Some(true),
         },
     })
 }

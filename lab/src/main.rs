@@ -74,6 +74,9 @@ enum LabCommand {
         /// 1:1 NAT. Six gossip hosts, encrypted, configured with nothing but the seed.
         #[arg(long)]
         nat: bool,
+        /// With --nat: router-b keeps ports (plain masquerade), so a1↔b1 is hole punched.
+        #[arg(long)]
+        nat_b_keeps_ports: bool,
     },
     /// Ping every pod from every pod, then time a TCP transfer between two hosts.
     Check {
@@ -118,6 +121,7 @@ fn real_main(cmd: LabCommand) -> Result<()> {
             host_gw,
             routed,
             nat,
+            nat_b_keeps_ports,
         } => {
             let nodes = if nat {
                 if encryption != Encryption::Wireguard || static_peers || routed > 0 {
@@ -180,6 +184,7 @@ fn real_main(cmd: LabCommand) -> Result<()> {
                     host_gw,
                     routed,
                     nat,
+                    nat_b_keeps_ports,
                 },
             };
             let mut t = Topology::up(spec.clone())?;

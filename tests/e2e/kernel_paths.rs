@@ -51,6 +51,7 @@ pub(crate) fn auto(userspace_nodes: usize, host_gw: bool, routed: usize) -> LabP
         host_gw,
         routed,
         nat: false,
+        nat_b_keeps_ports: false,
     }
 }
 

@@ -33,6 +33,7 @@ mod ping;
 mod pmtud;
 mod pmtud_change;
 mod pmtud_idle;
+mod punch;
 mod relay;
 mod reload;
 mod rotation;

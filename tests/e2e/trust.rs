@@ -70,6 +70,7 @@ fn forged_record(t: &Topology, victim: usize, thief: usize) -> NodeRecord {
         signer: None,
         forgets: Vec::new(),
         learned: Vec::new(),
+        punch: Vec::new(),
     }
 }
 

@@ -92,6 +92,9 @@ pub struct LabPaths {
     /// The NAT lab ([`nat`]): six hosts, two public, four behind three kinds of NAT router;
     /// every host configured with nothing but the seed.
     pub nat: bool,
+    /// In the NAT lab, router-b keeps ports (plain masquerade) instead of mapping each
+    /// destination anew: a1↔b1 can then be hole punched.
+    pub nat_b_keeps_ports: bool,
 }
 
 impl Default for LabPaths {
@@ -104,6 +107,7 @@ impl Default for LabPaths {
             host_gw: false,
             routed: 0,
             nat: false,
+            nat_b_keeps_ports: false,
         }
     }
 }

@@ -6,7 +6,8 @@
 //!     ┌──────────┬──────────┬──────────────────┬───────────────────┬──────────────────┐
 //!   pub1 .1    pub2 .2   <prefix>-ra .101      <prefix>-rb .102     <prefix>-rc .103 (+ .30)
 //!                        masquerade: ports     masquerade            1:1 NAT: .30 ↔ 192.168.3.1
-//!                        kept per source       random-fully          (dnat + snat)
+//!                        kept per source       random-fully (ports   (dnat + snat)
+//!                                              kept with --nat-b-keeps-ports)
 //!                        192.168.1.0/24        192.168.2.0/24        192.168.3.0/24
 //!                        ├── a1 .1             └── b1 .1             └── c1 .1
 //!                        └── a2 .2
@@ -106,8 +107,8 @@ impl Topology {
             }
             sysctl(&rt, "net.ipv4.ip_forward=1")?;
             let rules = match r.site {
-                1 => "table ip nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"u0\" masquerade\n }\n}\n".to_string(),
-                2 => "table ip nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"u0\" masquerade fully-random\n }\n}\n".to_string(),
+                1 => format!("table ip nat {{\n chain post {{\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"u0\" masquerade\n }}\n}}\n{WAN_INPUT_DROP}"),
+                2 => nat_b_rules(!self.spec.paths.nat_b_keeps_ports),
                 _ => {
                     let (public, private) = (ONE_TO_ONE_PUBLIC, place(6).0);
                     ip(&["-n", &rt, "addr", "add", &format!("{public}/32"), "dev", "u0"])?;
@@ -192,6 +193,20 @@ impl Topology {
         ROUTERS[0].public
     }
 }
+
+/// Router-b's rules: masquerade that maps each destination anew (`fully-random`), or that
+/// keeps ports (a1↔b1 can then be hole punched). Loaded over the router's whole ruleset.
+pub fn nat_b_rules(fully_random: bool) -> String {
+    let how = if fully_random { " fully-random" } else { "" };
+    format!("flush ruleset\ntable ip nat {{\n chain post {{\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"u0\" masquerade{how}\n }}\n}}\n{WAN_INPUT_DROP}")
+}
+
+/// What a home or office router does with a datagram from outside that no mapping takes: it
+/// drops it, before conntrack keeps an entry for it. Without this, the router itself would
+/// take every stray datagram in (and answer "port unreachable"), and its entry would hold the
+/// port-keeping mapping a hole punch needs, so the router's own host would be mapped to a
+/// random port towards that peer instead.
+const WAN_INPUT_DROP: &str = "table ip filter {\n chain input {\n  type filter hook input priority filter; policy accept;\n  iifname \"u0\" ct state new drop\n }\n}\n";
 
 /// `sysctl -w` in namespace `ns`.
 pub fn sysctl(ns: &str, setting: &str) -> Result<()> {

@@ -146,6 +146,7 @@ pub(super) mod tests {
         handshakes-per-second = 7
         device = "fullwg0"
         nat-keepalive = 9
+        hole-punching = false
         [tiers]
         multi-queue = false
         tun-offload = false

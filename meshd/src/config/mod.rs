@@ -127,6 +127,9 @@ pub struct WireguardConfig {
     /// holding the NAT's mapping open while the pair is idle; 0 turns them off (a test switch:
     /// an idle NAT mapping then expires). Public-only pairs never send them.
     pub(crate) nat_keepalive: u16,
+    /// Hole punching for pairs behind NATs on both ends (on by default). Off, such a pair is
+    /// never sent to at its public endpoints: a test switch, showing what punching does.
+    pub(crate) hole_punching: bool,
 }
 
 /// Membership and subnet allocation by gossip (UDP, every datagram sealed with a key derived
@@ -266,6 +269,7 @@ impl Default for WireguardConfig {
             handshakes_per_second: meshd_crypto::handshake::DEFAULT_HANDSHAKES_PER_SECOND,
             device: "meshwg0".into(),
             nat_keepalive: 25,
+            hole_punching: true,
         }
     }
 }

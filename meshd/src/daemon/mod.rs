@@ -157,6 +157,7 @@ pub async fn run(mut cfg: Config, live: reload::Live) -> Result<()> {
             let wg = Wireguard {
                 crypto: c.clone(),
                 nat_keepalive: cfg.nat_keepalive(),
+                hole_punching: cfg.wireguard.hole_punching,
             };
             DataPath::start(&cfg, port, routes.clone(), wg)?
         }

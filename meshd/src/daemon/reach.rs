@@ -4,9 +4,10 @@
 use std::time::{Duration, SystemTime};
 
 use crate::link::endpoint::{How, PEER_NAT, SELF_NAT};
+use crate::link::punch::Mode;
 use crate::link::PeerLink;
 use crate::stats::Stamp;
-use crate::status::reach::ReachStatus;
+use crate::status::reach::{PunchStatus, ReachStatus};
 
 /// `link`'s reachability now; `keepalive` is this node's NAT keepalive interval (`None`: off).
 pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus {
@@ -83,8 +84,14 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
         ),
     };
     let now = Stamp::now();
+    let (punched, punch) = punch_status(link, endpoint);
     ReachStatus {
-        route,
+        // A punched pair is direct; `relayed via` only while the relay port is in use.
+        route: if punched && route == "direct" {
+            "direct (punched)".into()
+        } else {
+            route
+        },
         relay: relay.map(|r| format!("{} at {}: {}", r.via, r.addr, r.why)),
         endpoint: endpoint.to_string(),
         learned,
@@ -101,5 +108,50 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
         keepalive: ka.into(),
         keepalive_why: ka_why,
         keepalive_secs: ka_secs,
+        punch,
+    }
+}
+
+/// Whether the endpoint in use was reached by hole punching, and the pair's punch state.
+fn punch_status(link: &PeerLink, endpoint: std::net::SocketAddr) -> (bool, Option<PunchStatus>) {
+    let st = link.punch.lock();
+    let now = crate::link::punch::now_ms();
+    let secs = |ms: u64| ms as f64 / 1000.0;
+    match &st.mode {
+        Mode::Trying => (
+            false,
+            Some(PunchStatus {
+                state: "trying".into(),
+                why: "both ends behind NATs that keep their port, no direct path yet: both send to the other's public endpoints at a shared moment".into(),
+                attempts: st.attempts,
+                punched_secs: None,
+                next_attempt_secs: Some(secs(st.next_ms.saturating_sub(now))),
+                backoff_secs: Some(st.backoff.as_secs_f64()),
+            }),
+        ),
+        Mode::NotPunchable(why) => (
+            false,
+            Some(PunchStatus {
+                state: "not punchable".into(),
+                why: format!("{why}; still tried now and then, at the peer's own port too"),
+                attempts: st.attempts,
+                punched_secs: None,
+                next_attempt_secs: Some(secs(st.next_ms.saturating_sub(now))),
+                backoff_secs: Some(st.backoff.as_secs_f64()),
+            }),
+        ),
+        Mode::Idle => match &st.punched {
+            Some(p) if p.endpoint == endpoint => (
+                true,
+                Some(PunchStatus {
+                    state: "punched".into(),
+                    why: format!("a coordinated burst reached {} through both NATs", p.endpoint),
+                    attempts: p.attempts,
+                    punched_secs: Some(secs(now.saturating_sub(p.at_ms))),
+                    ..PunchStatus::default()
+                }),
+            ),
+            _ => (false, None),
+        },
     }
 }

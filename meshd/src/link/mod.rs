@@ -19,6 +19,7 @@
 //! `Arc<PeerLink>`, so nothing is joined by name at read time.
 
 pub(crate) mod endpoint;
+pub(crate) mod punch;
 pub mod registry;
 
 use std::net::SocketAddr;
@@ -56,6 +57,12 @@ pub struct PeerLink {
     /// and when that count last moved (`Stamp` ms).
     pub(crate) keepalive_seen: AtomicU64,
     pub(crate) keepalive_at: AtomicU64,
+    /// Hole punching towards it ([`punch`]): the gossip driver schedules, the control thread
+    /// sends the bursts.
+    pub(crate) punch: punch::PunchCell,
+    /// The last handshake initiation the control thread sent it, for a punch burst to send
+    /// again while that handshake is in flight.
+    pub(crate) last_initiation: Mutex<Vec<u8>>,
     /// Where other members see this peer's traffic come from (their signed summaries say so),
     /// when its record does not name it: candidates to try, written by the gossip driver.
     observed: Mutex<Vec<Endpoint>>,
@@ -94,6 +101,8 @@ impl PeerLink {
             ep,
             keepalive_seen: AtomicU64::new(0),
             keepalive_at: AtomicU64::new(0),
+            punch: punch::PunchCell::default(),
+            last_initiation: Mutex::new(Vec::new()),
             observed: Mutex::new(Vec::new()),
             mtu: AtomicU16::new(mtu),
             applied: Mutex::new(Applied {
@@ -165,6 +174,58 @@ impl PeerLink {
                 .cloned()
                 .collect::<Vec<_>>(),
         );
+        all
+    }
+
+    /// Its public endpoints (behind its NAT): those its record advertises as observed by
+    /// others, and those members observed; the only addresses hole punching sends to.
+    pub(crate) fn public_candidates(&self) -> Vec<SocketAddr> {
+        self.candidates()
+            .into_iter()
+            .filter(|c| {
+                matches!(
+                    c.source,
+                    crate::peers::EndpointSource::Learned
+                        | crate::peers::EndpointSource::ObservedBy(_)
+                )
+            })
+            .map(|c| c.addr)
+            .collect()
+    }
+
+    /// Where a punch burst goes: its public endpoints, and its own (advertised) port at each of
+    /// their addresses. A NAT that keeps ports maps the peer's port unchanged towards a new
+    /// destination unless another host behind it holds that mapping: two nodes behind one
+    /// masquerade, both on port 51820, are seen at another port by the members one of them
+    /// reached first, and at their own port by a new peer.
+    pub(crate) fn punch_targets(&self) -> Vec<SocketAddr> {
+        let public = self.public_candidates();
+        let ports: Vec<u16> = self
+            .applied()
+            .peer
+            .endpoints
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.source,
+                    crate::peers::EndpointSource::Gossiped
+                        | crate::peers::EndpointSource::Configured
+                )
+            })
+            .map(|e| e.addr.port())
+            .collect();
+        let mut all = public.clone();
+        for a in &public {
+            for &port in &ports {
+                all.push(SocketAddr::new(a.ip(), port));
+            }
+        }
+        let mut seen = Vec::with_capacity(all.len());
+        all.retain(|a| {
+            let new = !seen.contains(a);
+            seen.push(*a);
+            new
+        });
         all
     }
 

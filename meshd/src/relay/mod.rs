@@ -38,7 +38,7 @@ use crate::link::endpoint::PEER_NAT;
 use crate::peers::EndpointSource;
 use crate::routes::RouteTable;
 use crate::stats::Stamp;
-use crate::status::reach::{maps_anew, RelayPairStatus};
+use crate::status::reach::{maps_per_destination, RelayPairStatus};
 
 /// Pairs one node relays at most (a port and a thread each).
 pub(crate) const MAX_PORTS: usize = 64;
@@ -72,7 +72,11 @@ impl Relay {
                     .filter(|e| e.source == EndpointSource::Learned)
                     .map(|e| e.addr)
                     .collect();
-                (p.name.as_str(), p.endpoint().ip(), maps_anew(&learned))
+                (
+                    p.name.as_str(),
+                    p.endpoint().ip(),
+                    maps_per_destination(&learned),
+                )
             })
             .collect();
         let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());

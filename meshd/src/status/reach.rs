@@ -1,5 +1,4 @@
-//! How a peer is reached (encrypted mode): the route (`direct` until relays and hole punching
-//! land), the endpoint in use and how it was learned, when and why it last changed, whether
+//! How a peer is reached (encrypted mode): the route (`direct`, `direct (punched)`), the endpoint in use and how it was learned, when and why it last changed, whether
 //! the pair is behind a NAT, its UDP flows and its keepalives, each with why.
 
 use serde::{Deserialize, Serialize};
@@ -7,8 +6,8 @@ use serde::{Deserialize, Serialize};
 /// One peer's reachability, as `meshd status` shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReachStatus {
-    /// `direct`, or `relayed via NODE` (the endpoint in use is the relay port NODE keeps for
-    /// the pair; a later wave adds `direct (punched)`).
+    /// `direct`, `direct (punched)` (reached by hole punching), or `relayed via NODE` (the
+    /// endpoint in use is the relay port NODE keeps for the pair).
     pub route: String,
     /// The relay chosen for the pair, whether in use or not (a direct path wins): `NODE at
     /// ADDR:PORT: why`.
@@ -41,6 +40,39 @@ pub struct ReachStatus {
     /// The keepalive interval, when on.
     #[serde(default)]
     pub keepalive_secs: Option<u64>,
+    /// Hole punching on this pair, when both ends are behind NATs (`None`: not needed).
+    #[serde(default)]
+    pub punch: Option<PunchStatus>,
+}
+
+/// Hole punching on one pair.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PunchStatus {
+    /// `punched`, `trying` or `not punchable`.
+    pub state: String,
+    /// Why, in a sentence.
+    pub why: String,
+    /// Attempts it took (`punched`) or made so far (`trying`).
+    pub attempts: u32,
+    /// Seconds since the punch worked.
+    #[serde(default)]
+    pub punched_secs: Option<f64>,
+    /// Seconds until the next attempt (`trying`).
+    #[serde(default)]
+    pub next_attempt_secs: Option<f64>,
+    /// The wait after that one (`trying`).
+    #[serde(default)]
+    pub backoff_secs: Option<f64>,
+}
+
+/// Whether a NAT maps each destination anew, from where members observe its node: one
+/// address at several ports.
+pub(crate) fn maps_per_destination(public: &[std::net::SocketAddr]) -> bool {
+    public.iter().any(|a| {
+        public
+            .iter()
+            .any(|b| a.ip() == b.ip() && a.port() != b.port())
+    })
 }
 
 /// This node's public endpoints as other members observe them (behind a NAT).
@@ -108,7 +140,7 @@ impl PublicStatus {
         learned.first()?;
         Some(PublicStatus {
             endpoints: learned.iter().map(|a| a.to_string()).collect(),
-            mapping: if maps_anew(learned) {
+            mapping: if maps_per_destination(learned) {
                 "per destination"
             } else {
                 "kept"
@@ -116,16 +148,6 @@ impl PublicStatus {
             .into(),
         })
     }
-}
-
-/// Whether a node's learned endpoints show a NAT that maps each destination anew: one public
-/// address seen at different ports by different members.
-pub(crate) fn maps_anew(learned: &[std::net::SocketAddr]) -> bool {
-    learned.first().is_some_and(|first| {
-        learned
-            .iter()
-            .any(|a| a.ip() == first.ip() && a.port() != first.port())
-    })
 }
 
 impl ReachStatus {
@@ -144,8 +166,18 @@ impl ReachStatus {
             .as_deref()
             .map(|r| format!("  relay {r}\n"))
             .unwrap_or_default();
+        let punch = self.punch.as_ref().map_or_else(String::new, |p| {
+            let mut line = format!("  punch {} ({}; {} attempts", p.state, p.why, p.attempts);
+            if let Some(s) = p.punched_secs {
+                line += &format!(", {s:.0} s ago");
+            }
+            if let (Some(n), Some(b)) = (p.next_attempt_secs, p.backoff_secs) {
+                line += &format!(", next in {n:.1} s, then backoff {b:.0} s");
+            }
+            line + ")\n"
+        });
         format!(
-            "  reach {} to {} ({}; changed {:.0} s ago: {}; heard {heard})\n{relay}  nat {}{seen}  flows {} ({})  keepalive {} ({})\n",
+            "  reach {} to {} ({}; changed {:.0} s ago: {}; heard {heard})\n{relay}  nat {}{seen}  flows {} ({})  keepalive {} ({})\n{punch}",
             self.route,
             self.endpoint,
             self.learned,

@@ -46,6 +46,7 @@ fn node(n: u8, key: &PrivateKey, secret: &ClusterSecret, peer: (u8, PublicKey)) 
         wg: Wireguard {
             crypto,
             nat_keepalive: None,
+            hole_punching: false,
         },
     }
 }

@@ -100,6 +100,9 @@ pub struct RunArgs {
     /// Seconds between keepalives to peers reached through a NAT (0: off).
     #[arg(long, env = "MESHD_WIREGUARD_NAT_KEEPALIVE")]
     wireguard_nat_keepalive: Option<u16>,
+    /// Hole punching for pairs behind NATs on both ends (default true).
+    #[arg(long, env = "MESHD_WIREGUARD_HOLE_PUNCHING")]
+    wireguard_hole_punching: Option<bool>,
     /// File holding the cluster secret (mode 0600). MESHD_CLUSTER_SECRET may carry the secret
     /// itself instead.
     #[arg(long, env = "MESHD_CLUSTER_SECRET_FILE")]
@@ -257,6 +260,7 @@ impl RunArgs {
             handshakes_per_second: handshakes,
             device: wg_device,
             nat_keepalive,
+            hole_punching,
         } = wireguard;
         let Tiers {
             multi_queue,
@@ -284,6 +288,7 @@ impl RunArgs {
         set(wg_port, &self.wireguard_port);
         set(handshakes, &self.wireguard_handshakes_per_second);
         set(nat_keepalive, &self.wireguard_nat_keepalive);
+        set(hole_punching, &self.wireguard_hole_punching);
         set(vxlan_device, &self.vxlan_device);
         set(wg_device, &self.wireguard_device);
         set(datapath, &self.datapath);

@@ -29,6 +29,7 @@ const FLAGS: &[(&str, &str, &str)] = &[
         "wireguard.handshakes-per-second",
     ),
     ("--wireguard-nat-keepalive", "9", "wireguard.nat-keepalive"),
+    ("--wireguard-hole-punching", "false", "wireguard.hole-punching"),
     ("--cluster-secret-file", "/etc/f.secret", "cluster-secret-file"),
     ("--underlay-mtu", "9000", "underlay-mtu"),
     ("--masquerade", "false", "masquerade"),

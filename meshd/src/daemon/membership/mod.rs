@@ -23,6 +23,7 @@ mod bindings;
 mod control;
 mod events;
 mod observed;
+mod punch;
 pub(crate) mod summary;
 
 use anyhow::{Context, Result};
@@ -258,7 +259,10 @@ impl Membership {
                     self.seed_errors.clear();
                     self.join_seeds().await;
                 }
-                _ = evidence.tick(), if authenticated => self.feed_evidence(),
+                _ = evidence.tick(), if authenticated => {
+                    self.feed_evidence();
+                    self.punch(&self.backend.routes().load());
+                }
                 _ = paths.tick() => self.publish_paths(),
                 r = self.socket.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {

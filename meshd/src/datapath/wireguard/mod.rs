@@ -55,6 +55,8 @@ pub struct Wireguard {
     /// Keepalives to peers reached through a NAT, this often (`wireguard.nat-keepalive`);
     /// `None`: off.
     pub nat_keepalive: Option<Duration>,
+    /// Hole punching (`wireguard.hole-punching`): the bursts the punch schedule arms.
+    pub hole_punching: bool,
 }
 
 impl Encap for Wireguard {
@@ -177,6 +179,9 @@ impl Encap for Wireguard {
                 let mut action = timers(peer, wg, now, &mut out);
                 if action == Action::Done {
                     action = nat::keepalive(peer, wg, self.nat_keepalive, now, &mut out);
+                }
+                if self.hole_punching {
+                    nat::burst(socket, peer, wg, &mut out);
                 }
                 match action {
                     Action::WriteToNetwork(n) => nat::send(socket, peer, &out[..n], now),

@@ -14,7 +14,13 @@
 //! network), the public endpoints others observed it at. The same initiation sent twice is
 //! harmless (one response completes it), and whichever candidate answers becomes the endpoint
 //! in use by roaming. What a member reports thereby only adds addresses to try; it never moves
-//! a working endpoint.
+//! a working endpoint. A peer's public endpoints (its NAT's, learned or observed) are left out:
+//! they get initiations in hole punching's coordinated bursts only ([`burst`]); a node behind a
+//! NAT reaches public peers itself, with the keepalive it starts once it knows of its NAT.
+//!
+//! **Bursts.** When the pair's punch schedule ([`crate::link::punch`]) has a burst armed and
+//! its start has come, each control tick sends a handshake initiation (a new one, or the one in
+//! flight again) to the peer's public endpoints, [`crate::link::punch::SHOTS`] ticks running.
 
 use std::net::UdpSocket;
 use std::sync::atomic::Ordering;
@@ -23,6 +29,7 @@ use std::time::Duration;
 use meshd_crypto::{Action, MessageType, WgDatagram};
 
 use crate::peers::wireguard::WgPeer;
+use crate::peers::EndpointSource;
 use crate::routes::PeerEntry;
 use crate::stats::{DropReason, Stamp};
 
@@ -75,17 +82,80 @@ pub(super) fn send(socket: &UdpSocket, peer: &PeerEntry, datagram: &[u8], now: S
     }
     let initiation = WgDatagram::new_checked(datagram)
         .is_ok_and(|d| d.message_type() == MessageType::Initiation);
-    if !initiation || peer.ep.working(now) {
+    if !initiation {
         return;
     }
+    *peer
+        .last_initiation
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = datagram.to_vec();
+    if peer.ep.working(now) {
+        return;
+    }
+    // The peer's public endpoints (its NAT's) are tried in punch bursts only: a NAT passes
+    // nothing there until its node sent to us, which it does as soon as it knows it is behind
+    // one (its keepalive), and an early handshake there would open our own NAT outside the
+    // punch schedule. With punching off (the test switch), never.
     let mut tried = vec![to];
     for c in peer.candidates() {
-        if tried.len() > MAX_TRIED || tried.contains(&c.addr) {
+        let public = matches!(
+            c.source,
+            EndpointSource::Learned | EndpointSource::ObservedBy(_)
+        );
+        if tried.len() > MAX_TRIED || tried.contains(&c.addr) || public {
             continue;
         }
         tried.push(c.addr);
         if let Err(e) = socket.send_to(datagram, c.addr) {
             tracing::trace!(error = %e, peer = %peer.name, to = %c.addr, "handshake to a candidate");
+        }
+    }
+}
+
+/// One shot of the pair's armed punch burst, if its start has come: a handshake initiation
+/// (a new one, or the one in flight again: the same initiation twice is harmless) to each of
+/// the peer's public endpoints and its own port at their addresses
+/// ([`crate::link::PeerLink::punch_targets`]), at most [`MAX_TRIED`]. Once a punch worked
+/// here, one keepalive to the peer, so that it hears this node too.
+pub(super) fn burst(socket: &UdpSocket, peer: &PeerEntry, wg: &WgPeer, out: &mut [u8]) {
+    let (shoot, hello) = {
+        let mut st = peer.punch.lock();
+        (
+            st.shoot(crate::link::punch::now_ms()),
+            std::mem::take(&mut st.hello),
+        )
+    };
+    if hello {
+        if let Action::WriteToNetwork(n) = wg.lock().encapsulate(&[], out) {
+            if let Err(e) = socket.send_to(&out[..n], peer.endpoint()) {
+                tracing::trace!(error = %e, peer = %peer.name, "hole punch keepalive");
+            }
+        }
+    }
+    if !shoot {
+        return;
+    }
+    let fresh = {
+        let _span = wg.span.enter();
+        match wg.lock().initiate_handshake(out) {
+            Action::WriteToNetwork(n) => Some(n),
+            _ => None,
+        }
+    };
+    let mut cached = peer
+        .last_initiation
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = fresh {
+        *cached = out[..n].to_vec();
+    }
+    if cached.is_empty() {
+        return;
+    }
+    for to in peer.punch_targets().into_iter().take(MAX_TRIED) {
+        tracing::trace!(peer = %peer.name, %to, "hole punch: handshake initiation");
+        if let Err(e) = socket.send_to(&cached, to) {
+            tracing::trace!(error = %e, peer = %peer.name, %to, "hole punch send");
         }
     }
 }

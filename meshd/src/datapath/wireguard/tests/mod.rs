@@ -49,6 +49,7 @@ impl Node {
             key,
             encap: Wireguard {
                 nat_keepalive: None,
+                hole_punching: false,
                 crypto: crypto.clone(),
             },
             backend: Backend::new(Arc::new(Routes::new(local)), Some(crypto), Vec::new(), 1420),
