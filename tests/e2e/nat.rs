@@ -17,7 +17,8 @@ use meshd_lab::{Formation, HostKind, LabPaths, Spec, Topology};
 
 use crate::gossip::wait_for_mesh;
 use crate::support::{
-    log, meshd_bin, meshd_pid, prefix, require_root, status, wait_for, wait_until,
+    log, meshd_bin, meshd_pid, prefix, require_root, status, wait_for, wait_until, wait_within,
+    SETTLE,
 };
 
 pub(crate) const PUB1: usize = 0;
@@ -64,7 +65,11 @@ pub(crate) fn pod(t: &Topology, i: usize) -> (String, Ipv4Addr) {
 pub(crate) fn reach(t: &Topology, x: usize, y: usize) {
     let ((ns, _), (_, addr)) = (pod(t, x), pod(t, y));
     let what = format!("{} pings {}", role(t, x), role(t, y));
-    wait_until(&what, || ping(&ns, addr, 1).map_err(|e| e.to_string()));
+    // A pair that needs a relay or a punch waits for its NAT mappings to be learnt from the
+    // members' summaries first (several 2 s rounds, longer on a loaded machine).
+    wait_within(&what, 2 * SETTLE, || {
+        ping(&ns, addr, 1).map_err(|e| e.to_string())
+    });
 }
 
 pub(crate) fn role(t: &Topology, i: usize) -> &'static str {
