@@ -83,26 +83,15 @@ pub(crate) fn reach_of(s: &Status, t: &Topology, j: usize) -> meshd::status::rea
         .unwrap_or_else(|| panic!("{}: no reach for {}: {s:#?}", s.node, t.hosts[j].name))
 }
 
-/// Every member alive in every node's view, and no node ever logged one down.
+/// Every member alive in every node's view (a member merely suspected on a loaded machine
+/// is waited for: suspicion is not a verdict), and no node ever logged one down.
 pub(crate) fn assert_no_member_down(t: &Topology) {
-    for i in 0..t.hosts.len() {
-        let s = status(t, i);
-        let members = s.members.clone().unwrap_or_default();
-        assert_eq!(
-            members.len(),
-            t.hosts.len() - 1,
-            "{}: {members:#?}",
-            role(t, i)
-        );
-        for m in &members {
-            assert_eq!(
-                m.state,
-                "alive",
-                "{} sees {}: {members:#?}",
-                role(t, i),
-                m.name
-            );
-        }
+    let n = t.hosts.len();
+    for i in 0..n {
+        wait_for(t, i, "every member alive", |s| {
+            let members = s.members.clone().unwrap_or_default();
+            members.len() == n - 1 && members.iter().all(|m| m.state == "alive")
+        });
         let downs: Vec<String> = log(t, i)
             .lines()
             .filter(|l| {
