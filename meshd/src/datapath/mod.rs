@@ -17,6 +17,7 @@ pub(crate) mod flows;
 pub mod gro;
 pub mod io;
 pub mod runs;
+mod rx_worker;
 pub(crate) mod socket;
 pub mod too_big;
 pub mod vxlan;
@@ -27,6 +28,7 @@ pub mod worker;
 use anyhow::{Context, Result};
 use quinn_udp::UdpSocketState;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -176,6 +178,9 @@ pub(crate) struct Queue {
     /// Set while the TX worker waits for the TUN queue: the RX worker may then take
     /// [`Queue::tx`] and send the reply its own TUN write just produced.
     pub(crate) tx_idle: AtomicBool,
+    /// The TX worker's sleep (none where the kernel refuses epoll: it polls): the RX worker
+    /// holds it while it answers from this queue itself ([`worker`]'s hand-off).
+    pub(crate) tx_waiter: Option<waiter::Waiter>,
     pub(crate) counters: Arc<QueueCounters>,
 }
 
@@ -260,6 +265,8 @@ impl DataPath {
                 ..QueueCounters::default()
             });
             queues.push(counters.clone());
+            let tx_waiter =
+                waiter::Waiter::new(dev.as_raw_fd(), &[], libc::POLLIN, &shared.stop).ok();
             all.push(Arc::new(Queue {
                 tun: Arc::new(dev),
                 socket: sock,
@@ -273,6 +280,7 @@ impl DataPath {
                     udp.gso_segments,
                 )),
                 tx_idle: AtomicBool::new(false),
+                tx_waiter,
                 counters,
             }));
         }
@@ -291,7 +299,7 @@ impl DataPath {
             let (s, q, all) = (shared.clone(), q.clone(), all.clone());
             threads.push(spawn(
                 format!("meshd-{}-rx-{i}", E::NAME),
-                Box::new(move || worker::rx_loop(&s, &q, &all)),
+                Box::new(move || rx_worker::rx_loop(&s, &q, &all)),
             )?);
         }
         Ok(DataPath {

@@ -1,0 +1,184 @@
+//! The UDP → TUN loop every receiving queue runs ([`rx_loop`]), and its hand-off to TX: the
+//! answer the kernel makes to a packet the loop wrote is sent by the loop at once
+//! ([`answer_from_rx`]).
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::flows::MAX_FLOW_PORTS;
+use super::gro::Coalescer;
+use super::io::{PeerAcc, UdpReader};
+use super::waiter::{wait_any, Waiter};
+use super::worker::send_batch;
+use super::{Encap, Queue, Received, Rx, Shared};
+use crate::stats::{DropReason, DropTally, Stamp};
+use crate::wire::ip::may_answer;
+
+pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>]) {
+    let mut reader = UdpReader::new(q.gro, E::max_datagram(shared.mtu));
+    let (vnet, uso) = (q.tun.tcp_gso(), q.tun.udp_gso());
+    let mut out = Coalescer::new(E::RX_WRITE_BATCH, vnet, uso, !E::AUTHENTICATED);
+    let (sock, state) = &*q.socket;
+    let mut reply = |bytes: &[u8], to: SocketAddr| {
+        if let Err(e) = sock.send_to(bytes, to) {
+            tracing::trace!(error = %e, "UDP send of a handshake message");
+        }
+    };
+    let mut rx = Rx {
+        scratch: shared.encap.rx_scratch(),
+        drops: DropTally::default(),
+        reply: &mut reply,
+        now: Stamp::now(),
+    };
+    // The source ports' sockets are read too, each only when `poll` said it had datagrams or
+    // its last read was full, and once every FLOW_READ_EVERY busy rounds: a meshd peer answers
+    // the data port, so they are usually empty and a read of one is a wasted call.
+    let flows = &q.flows[..q.flows.len().min(MAX_FLOW_PORTS)];
+    let mut flow_fds: [RawFd; MAX_FLOW_PORTS] = [-1; MAX_FLOW_PORTS];
+    for (fd, s) in flow_fds.iter_mut().zip(flows) {
+        *fd = s.0.as_raw_fd();
+    }
+    let flow_fds = &flow_fds[..flows.len()];
+    let mut flow_ready = [false; MAX_FLOW_PORTS];
+    let waiter = Waiter::new(sock.as_raw_fd(), flow_fds, libc::POLLIN, &shared.stop).ok();
+    let mut rounds = 0u32;
+    while !shared.stop.is_set() {
+        let table = shared.routes.load();
+        rx.now = Stamp::now();
+        let mut acc = PeerAcc::new(rx.now);
+        let mut wrote = false;
+        // Something written may be answered by the kernel during the write (see
+        // `answer_from_rx`): an echo request, TCP. An echo reply, UDP cannot be.
+        let mut answerable = false;
+        let mut datagrams = 0u64;
+        let more = {
+            let mut deliver = |from: SocketAddr, datagram: &[u8]| {
+                datagrams += 1;
+                // A buffer only for an encapsulation that delivers into one (WireGuard
+                // decrypts there); cleartext delivers from where the packet lies.
+                let room = E::packet_room(datagram.len());
+                let buf = if room == 0 {
+                    &mut [][..]
+                } else {
+                    out.next(room)
+                };
+                let full = match shared.encap.receive(&mut rx, &table, from, datagram, buf) {
+                    Received::Deliver { peer, len } => {
+                        acc.add(&table, peer, len);
+                        answerable = answerable || may_answer(out.pending(len));
+                        out.commit(len)
+                    }
+                    Received::Inside { peer, at, len } => {
+                        acc.add(&table, peer, len);
+                        let packet = &datagram[at..at + len];
+                        answerable = answerable || may_answer(packet);
+                        out.push(packet)
+                    }
+                    Received::Nothing => false,
+                };
+                if full {
+                    wrote |= flush(&mut out, q, &mut rx.drops);
+                }
+            };
+            let mut more = reader.recv(sock, state, &mut deliver);
+            rounds = rounds.wrapping_add(1);
+            for (ready, s) in flow_ready.iter_mut().zip(flows) {
+                if *ready || rounds % FLOW_READ_EVERY == 0 {
+                    *ready = reader.recv(&s.0, &s.1, &mut deliver);
+                    more |= *ready;
+                }
+            }
+            more
+        };
+        acc.flush(&table);
+        // A lone request the kernel answers within the write: its answer is this thread's to
+        // send, so the sleeping TX worker is not woken by it only to race this one for it.
+        let hold = datagrams == 1
+            && answerable
+            && q.tx_idle.load(Ordering::SeqCst)
+            && q.tx_waiter.as_ref().is_some_and(Waiter::hold);
+        wrote |= flush(&mut out, q, &mut rx.drops);
+        rx.drops.flush_into(&shared.routes.unattributed);
+        q.counters
+            .rx_datagrams
+            .fetch_add(datagrams, Ordering::Relaxed);
+        if wrote && answerable {
+            answer_from_rx(shared, q, all, datagrams == 1);
+        }
+        if let Some(w) = q.tx_waiter.as_ref().filter(|_| hold) {
+            w.release();
+        }
+        if !more {
+            let ready = &mut flow_ready[..flows.len()];
+            match &waiter {
+                Some(w) => {
+                    w.wait(ready);
+                }
+                None => wait_any(sock, flow_fds, libc::POLLIN, ready, &shared.stop),
+            }
+        }
+    }
+}
+
+/// Write what `out` holds to the queue's TUN device; whether there was anything.
+fn flush(out: &mut Coalescer, q: &Queue, drops: &mut DropTally) -> bool {
+    let mut failed = 0;
+    let wrote = out.flush(&*q.tun, &mut failed);
+    if failed > 0 {
+        tracing::trace!(failed, "TUN writes");
+        drops.add_n(DropReason::TunWriteError, failed);
+    }
+    wrote
+}
+
+/// How often (in busy rounds) an RX worker reads its queue's source port without being told.
+const FLOW_READ_EVERY: u32 = 16;
+
+/// The RX worker's hand-off to TX: a packet it just wrote to the TUN device often has its
+/// answer waiting in the TUN queue when the write returns (the kernel delivers it and replies
+/// in the same softirq: a ping's echo, a TCP ACK). When the TX worker sleeps, send that answer
+/// from here rather than wake it: one thread wake-up less per round trip. For a lone datagram
+/// the RX worker holds the TX worker's sleep across its write ([`super::waiter::Waiter::hold`]), so the answer
+/// does not wake it only to race this thread for it; otherwise a TX worker woken finds the
+/// queue empty or waits for the lock; order is kept by the lock.
+///
+/// The kernel puts an answer in the TUN queue its flow hashes to, which need not be `own`: an
+/// ICMP echo reply does not hash as its request did, and lands in another queue. So when
+/// `own` has nothing and the round was a `lone` datagram (a request at a low rate, not a
+/// burst), the other queues whose TX workers sleep are looked at too: a read each. Only after
+/// a write of something the kernel may answer at once ([`may_answer`]): at the end of a round
+/// trip (an echo reply written) those reads found nothing and only kept the woken application
+/// off this CPU.
+pub(super) fn answer_from_rx<E: Encap>(
+    shared: &Shared<E>,
+    own: &Queue,
+    all: &[Arc<Queue>],
+    lone: bool,
+) {
+    if answer_from(shared, own) || !lone {
+        return;
+    }
+    for q in all.iter().filter(|q| !std::ptr::eq(&***q, own)) {
+        if answer_from(shared, q) {
+            return;
+        }
+    }
+}
+
+/// Send what `q`'s TUN queue holds, if its TX worker sleeps and nobody else holds its state;
+/// whether anything was sent.
+fn answer_from<E: Encap>(shared: &Shared<E>, q: &Queue) -> bool {
+    if !q.tx_idle.load(Ordering::SeqCst) {
+        return false;
+    }
+    let Ok(mut st) = q.tx.try_lock() else {
+        return false;
+    };
+    let (sent, _) = send_batch(shared, q, &mut st, false);
+    q.counters
+        .answered
+        .fetch_add(sent as u64, Ordering::Relaxed);
+    sent > 0
+}
