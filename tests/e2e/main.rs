@@ -35,6 +35,7 @@ mod pmtud_change;
 mod pmtud_idle;
 mod punch;
 mod relay;
+mod relay_refusals;
 mod reload;
 mod rotation;
 mod support;
