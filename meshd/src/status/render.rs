@@ -144,6 +144,17 @@ pub fn render(s: &Status) -> String {
                 Some(secs) => format!("{secs:.0} s ago"),
                 None => "never".into(),
             };
+            let mut rtts = Vec::new();
+            if let Some(ms) = w.handshake_rtt_ms {
+                rtts.push(format!("{ms} ms as initiator"));
+            }
+            if let Some(us) = w.responder_rtt_us {
+                rtts.push(format!("{:.2} ms as responder", us as f64 / 1000.0));
+            }
+            let age = match rtts.is_empty() {
+                true => age,
+                false => format!("{age} (rtt {})", rtts.join(", ")),
+            };
             let _ = writeln!(
                 o,
                 "  wireguard {}  psk from {}{}{}  handshake {age}  handshakes {}  rekeys {}  decrypt failures {}  handshake failures {}  replays {}  cookie replies sent {}  forced handshakes {}  unknown-index data ignored {}",
