@@ -36,6 +36,7 @@ mod pmtud_idle;
 mod punch;
 mod relay;
 mod relay_refusals;
+mod relay_rtt;
 mod reload;
 mod rotation;
 mod support;
