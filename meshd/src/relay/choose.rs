@@ -1,7 +1,8 @@
 //! A side's choice of relay for each peer it has no direct path to: among the relays whose
 //! signed summaries offer a port for the pair ([`meshd_gossip::RelayOffer`]), alive here and
 //! reached from here, the lowest RTT through it, ties by name. Both legs are what the relay
-//! published (its RTTs to the two sides; one it has not measured counts as [`UNMEASURED`]): the
+//! published (its RTTs to the two sides, `status::health::rtt`: measured as their handshakes'
+//! responder too; one it has not measured counts as [`UNMEASURED`]): the
 //! relay's summary is the one both sides are sure to hold (the other side's may never reach this
 //! one: the pair has no direct path), so both choose the same relay, which needs both to send
 //! to its port. A relay that dies (suspect, then down, within
