@@ -251,3 +251,23 @@ fn drops(s: &PeerStatsSnapshot) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::WireguardStatus;
+
+    #[test]
+    fn a_sessions_handshake_round_trips_are_shown_as_initiator_and_as_responder() {
+        let mut p = crate::status::health::tests::peer("userspace");
+        p.wireguard = Some(WireguardStatus {
+            last_handshake_secs: Some(3.0),
+            handshake_rtt_ms: Some(1),
+            responder_rtt_us: Some(420),
+            ..Default::default()
+        });
+        let text = render(&crate::status::mesh::tests::status(vec![p], &[]));
+        let line = "handshake 3 s ago (rtt 1 ms as initiator, 0.42 ms as responder)";
+        assert!(text.contains(line), "{text}");
+    }
+}
