@@ -136,6 +136,10 @@ pub struct SessionStats {
     pub estimated_loss: f32,
     /// Round-trip time of the last handshake we initiated, in milliseconds.
     pub handshake_rtt_ms: Option<u32>,
+    /// Round trip measured as the responder of the last handshake that measured one: from
+    /// our response to the initiator's first data on its session (`crate::answer`), kept
+    /// across rekeys until the next.
+    pub responder_rtt: Option<Duration>,
     /// Preshared-key changes applied ([`crate::Session::set_psk`] calls that changed the key).
     pub psk_switches: u64,
     /// A session under the previous preshared key is still kept: a switch is under way.

@@ -23,6 +23,7 @@
 //! timers. [`MOCK_CLOCK`] lets a binary refuse to start if it ever gets built in.
 
 mod action;
+mod answer;
 pub mod handshake;
 pub mod in_flight;
 pub mod kdf;

@@ -19,6 +19,7 @@ use boringtun::noise::Tunn;
 use zeroize::Zeroizing;
 
 use crate::action::{Action, SessionError, SessionStats};
+use crate::answer::Answer;
 use crate::handshake::RateLimiter;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::wire::{self, MessageType, WgDatagram, DATA_OVERHEAD, INITIATION_LEN};
@@ -100,9 +101,9 @@ pub struct Session {
     /// Bytes counted by `Tunn`s since dropped (boringtun counts per `Tunn`).
     retired_tx: u64,
     retired_rx: u64,
-    /// Our index in the last handshake response we sent, until the initiator's first data on
-    /// that session confirms it.
-    unconfirmed: Option<u32>,
+    /// Our last handshake response until the initiator's first data on that session confirms
+    /// it, and the round trip that measured ([`crate::answer`]).
+    answer: Answer,
     stats: SessionStats,
 }
 
@@ -143,7 +144,7 @@ impl Session {
             data_sent: 0,
             retired_tx: 0,
             retired_rx: 0,
-            unconfirmed: None,
+            answer: Answer::default(),
             stats: SessionStats::default(),
         })
     }
@@ -262,8 +263,7 @@ impl Session {
             action,
             Action::Done | Action::WriteToTunnelV4(..) | Action::WriteToTunnelV6(..)
         );
-        if kind == MessageType::Data && authenticated && receiver == self.unconfirmed {
-            self.unconfirmed = None;
+        if kind == MessageType::Data && authenticated && self.answer.confirm(receiver) {
             self.stats.handshakes += 1;
         }
     }
@@ -361,6 +361,7 @@ impl Session {
             rx_bytes: self.retired_rx + rx as u64,
             estimated_loss: loss,
             handshake_rtt_ms: rtt,
+            responder_rtt: self.answer.rtt(),
             rekeys: self.stats.handshakes.saturating_sub(1),
             ..self.stats
         };

@@ -39,9 +39,10 @@ impl Session {
                     // kernel's WireGuard counts it. An initiator with another preshared key
                     // never sends any.
                     (Some(MessageType::Initiation), Ok(MessageType::Response)) => {
-                        self.unconfirmed = WgDatagram::new_checked(&out[..len])
+                        let index = WgDatagram::new_checked(&out[..len])
                             .ok()
                             .and_then(|d| d.sender_index());
+                        self.answer.sent(index);
                     }
                     // We confirmed our own with a keepalive.
                     (Some(MessageType::Response), Ok(MessageType::Data)) => {

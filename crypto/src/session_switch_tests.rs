@@ -276,3 +276,7 @@ fn a_switch_without_a_session_is_a_plain_start() {
 #[cfg(feature = "mock-clock")]
 #[path = "session_timer_tests.rs"]
 mod timers;
+
+#[cfg(feature = "mock-clock")]
+#[path = "session_rtt_tests.rs"]
+mod rtt;

@@ -35,6 +35,8 @@ mod pmtud_change;
 mod pmtud_idle;
 mod punch;
 mod relay;
+mod relay_refusals;
+mod relay_rtt;
 mod reload;
 mod rotation;
 mod support;

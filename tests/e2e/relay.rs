@@ -30,12 +30,12 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Whether `payload` is shaped as a WireGuard message: type 1 to 4, three reserved zeros.
-fn is_wireguard(payload: &[u8]) -> bool {
+pub(crate) fn is_wireguard(payload: &[u8]) -> bool {
     payload.len() >= 32 && (1..=4).contains(&payload[0]) && payload[1..4] == [0, 0, 0]
 }
 
 /// The relay both a1 and b1 route through, once both say so (and it is not `not`).
-fn relay_in_use(t: &Topology, not: Option<&str>) -> String {
+pub(crate) fn relay_in_use(t: &Topology, not: Option<&str>) -> String {
     let via = |i: usize, j: usize| {
         let s = wait_for(t, i, "relayed to the other side", |s| {
             let r = reach_of(s, t, j).route;
@@ -48,7 +48,7 @@ fn relay_in_use(t: &Topology, not: Option<&str>) -> String {
     a.trim_start_matches("relayed via ").to_string()
 }
 
-fn pair_counted(s: &Status, t: &Topology) -> Option<(u64, u64)> {
+pub(crate) fn pair_counted(s: &Status, t: &Topology) -> Option<(u64, u64)> {
     let (a1, b1) = (&t.hosts[A1].name, &t.hosts[B1].name);
     s.relaying.iter().find_map(|r| {
         let ab = (&r.a == a1 && &r.b == b1) || (&r.a == b1 && &r.b == a1);

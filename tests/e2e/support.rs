@@ -1,6 +1,6 @@
 //! What the end-to-end tests share: where the binaries are, per-test names, a node's status,
 //! waiting on a condition within one time budget ([`SETTLE`]), nftables and logs in a lab host,
-//! and packet captures ([`capture`]).
+//! packet captures ([`capture`]) and datagrams sent with a forged source ([`RawUdp`]).
 //!
 //! The tests build their own topologies through [`meshd_lab::Topology`], under a name prefix
 //! unique to the test and the process ([`prefix`]); the topology's `Drop` removes it even when
@@ -10,13 +10,15 @@
 pub mod capture;
 
 use std::fmt::Debug;
+use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use meshd::status::Status;
-use meshd_lab::netns::ip;
+use meshd_lab::netns::{in_netns, ip};
 use meshd_lab::Topology;
 
 /// How long a lab may take to reach a state a test waits for (joins, deaths, heals, a path
@@ -245,4 +247,71 @@ pub fn add_stranger(t: &Topology) -> String {
     ip(&["-n", &x, "addr", "add", "198.18.0.200/24", "dev", "u0"]).unwrap();
     ip(&["-n", &x, "link", "set", "u0", "up"]).unwrap();
     x
+}
+
+/// A raw IPv4 socket (`IPPROTO_RAW`: the test writes the IPv4 header) opened in a namespace,
+/// for UDP datagrams with a source of the test's choosing: from a port a daemon holds (so a NAT
+/// router maps it as it maps the daemon's own datagrams), or from an address the namespace does
+/// not have (a forged inner source, routed into meshd's TUN device). Nothing is bound, so the
+/// daemon's sockets lose nothing to it; it sends from whichever thread holds it.
+pub struct RawUdp(OwnedFd);
+
+impl RawUdp {
+    /// Opens one in namespace `ns`.
+    pub fn open(ns: &str) -> RawUdp {
+        let fd = in_netns(ns, || {
+            // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            // SAFETY: a descriptor just opened and owned by nothing else.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .unwrap();
+        RawUdp(fd)
+    }
+
+    /// Sends `payload` as a UDP datagram from `from` to `to` (UDP checksum 0: none, as IPv4
+    /// allows; the kernel fills in the IP header's checksum and identification).
+    pub fn send(&self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
+        let packet = udp_packet(from, to, payload);
+        // SAFETY: a zeroed sockaddr_in is valid; the fields are set below.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from(*to.ip()).to_be();
+        // SAFETY: sendto with a buffer and an address that outlive the call.
+        let n = unsafe {
+            libc::sendto(
+                self.0.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            n,
+            packet.len() as isize,
+            "raw send {from} → {to}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// An IPv4 packet carrying one UDP datagram.
+pub fn udp_packet(from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let total = 20 + udp_len;
+    let mut p = Vec::with_capacity(total);
+    p.extend([0x45, 0]);
+    p.extend((total as u16).to_be_bytes());
+    p.extend([0, 0, 0, 0, 64, 17, 0, 0]);
+    p.extend(from.ip().octets());
+    p.extend(to.ip().octets());
+    p.extend(from.port().to_be_bytes());
+    p.extend(to.port().to_be_bytes());
+    p.extend((udp_len as u16).to_be_bytes());
+    p.extend([0, 0]);
+    p.extend(payload);
+    p
 }

@@ -28,17 +28,7 @@ fn a_node_with_the_wrong_cluster_secret_gets_nothing_through() {
     require_root();
     let t = Topology::up(encrypted_spec("wgsec", vec![HostKind::Meshd; 3])).unwrap();
     let h3 = &t.hosts[2];
-    let other = h3.dir.join("other.secret");
-    meshd_crypto::ClusterSecret::generate()
-        .write_new_file(&other)
-        .unwrap();
-    let lab_secret = meshd_lab::wireguard::host_secret_path(h3);
-    let config = t.meshd_config(h3).replace(
-        &lab_secret.display().to_string(),
-        &other.display().to_string(),
-    );
-    assert!(config.contains("other.secret"));
-    t.restart_meshd(2, &config).unwrap();
+    t.restart_meshd(2, &with_another_secret(&t, 2)).unwrap();
 
     let (p1, p2, p3) = (&t.hosts[0].pods[0], &t.hosts[1].pods[0], &h3.pods[0]);
     assert!(ping(&p1.ns, p3.addr, 3).is_err(), "h1 reached h3's pod");
@@ -72,8 +62,24 @@ fn a_node_with_the_wrong_cluster_secret_gets_nothing_through() {
     ping(&p2.ns, p1.addr, 5).unwrap();
 }
 
+/// Host `i`'s meshd config with another cluster secret (a new one, written beside it).
+pub(crate) fn with_another_secret(t: &Topology, i: usize) -> String {
+    let h = &t.hosts[i];
+    let other = h.dir.join("other.secret");
+    meshd_crypto::ClusterSecret::generate()
+        .write_new_file(&other)
+        .unwrap();
+    let lab_secret = meshd_lab::wireguard::host_secret_path(h);
+    let config = t.meshd_config(h).replace(
+        &lab_secret.display().to_string(),
+        &other.display().to_string(),
+    );
+    assert!(config.contains("other.secret"));
+    config
+}
+
 /// A handshake initiation to `to` from a key no node knows.
-fn stranger_initiation(to: PublicKey) -> Vec<u8> {
+pub(crate) fn stranger_initiation(to: PublicKey) -> Vec<u8> {
     let key = PrivateKey::generate();
     let limiter = RateLimiter::new(&key.public_key(), 100);
     let mut s = Session::new(&key, 1, to, [7; 32], &limiter).unwrap();

@@ -194,6 +194,7 @@ fn wireguard_status(wg: &WgPeer) -> WireguardStatus {
         replays: st.replays,
         cookie_replies_sent: st.cookie_replies_sent,
         handshake_rtt_ms: st.handshake_rtt_ms,
+        responder_rtt_us: st.responder_rtt.map(|d| d.as_micros() as u64),
     }
 }
 

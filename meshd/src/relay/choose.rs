@@ -1,7 +1,8 @@
 //! A side's choice of relay for each peer it has no direct path to: among the relays whose
 //! signed summaries offer a port for the pair ([`meshd_gossip::RelayOffer`]), alive here and
 //! reached from here, the lowest RTT through it, ties by name. Both legs are what the relay
-//! published (its RTTs to the two sides; one it has not measured counts as [`UNMEASURED`]): the
+//! published (its RTTs to the two sides, `status::health::rtt`: measured as their handshakes'
+//! responder too; one it has not measured counts as [`UNMEASURED`]): the
 //! relay's summary is the one both sides are sure to hold (the other side's may never reach this
 //! one: the pair has no direct path), so both choose the same relay, which needs both to send
 //! to its port. A relay that dies (suspect, then down, within
@@ -24,6 +25,10 @@ use crate::stats::Stamp;
 
 /// An RTT a relay did not report counts as this.
 const UNMEASURED: Duration = Duration::from_secs(1);
+/// RTTs through relays within this much of the lowest, plus a fifth of it, tie (the name
+/// breaks it): measurement noise does not move a pair between relays, and both sides still
+/// choose alike (the rule reads only what the relays published, no side's own state).
+const NEAR: Duration = Duration::from_millis(2);
 
 struct Offer {
     via: Arc<str>,
@@ -66,7 +71,7 @@ pub(crate) fn choose(gossip: &Gossip, table: &RouteTable, me: &str) {
             p.ep.set_relay(None, now);
             continue;
         };
-        list.sort_by(|a, b| a.rtt.cmp(&b.rtt).then(a.via.cmp(&b.via)));
+        rank(list);
         let best = &list[0];
         let ms = |d: Option<Duration>| {
             d.map_or_else(
@@ -75,7 +80,7 @@ pub(crate) fn choose(gossip: &Gossip, table: &RouteTable, me: &str) {
             )
         };
         let why = format!(
-            "no direct path works; lowest RTT through it of {} relay(s) reaching both: {} ({} to this node + {} to {}){}",
+            "no direct path works; lowest RTT through it (within 2 ms + 20 %: first by name) of {} relay(s) reaching both: {} ({} to this node + {} to {}){}",
             list.len(),
             ms(Some(best.rtt)),
             ms(best.legs.0),
@@ -93,5 +98,53 @@ pub(crate) fn choose(gossip: &Gossip, table: &RouteTable, me: &str) {
         if p.ep.set_relay(Some(to), now) {
             tracing::info!(peer = %p.name, via = %best.via, endpoint = %best.addr, "relayed: no direct path works");
         }
+    }
+}
+
+/// Orders `list` best first: the offers whose RTT is [`NEAR`] the lowest by name, then the
+/// others by RTT (and name).
+fn rank(list: &mut [Offer]) {
+    let Some(low) = list.iter().map(|o| o.rtt).min() else {
+        return;
+    };
+    let near = low + NEAR + low / 5;
+    let key = |o: &Offer| (o.rtt > near).then_some(o.rtt);
+    list.sort_by(|a, b| key(a).cmp(&key(b)).then(a.via.cmp(&b.via)));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn offers(rtts: &[(&str, u64)]) -> Vec<Offer> {
+        rtts.iter()
+            .map(|&(via, us)| Offer {
+                via: Arc::from(via),
+                addr: "198.18.0.1:40000".parse().unwrap(),
+                rtt: Duration::from_micros(us),
+                legs: (None, None),
+            })
+            .collect()
+    }
+
+    fn ranked(rtts: &[(&str, u64)]) -> Vec<String> {
+        let mut list = offers(rtts);
+        rank(&mut list);
+        list.iter().map(|o| o.via.to_string()).collect()
+    }
+
+    #[test]
+    fn the_lower_rtt_through_a_relay_wins_and_near_ones_tie_by_name() {
+        // A relay 80 ms away loses to one 2 ms away, whatever their names.
+        assert_eq!(ranked(&[("a", 80_000), ("b", 2_000)]), ["b", "a"]);
+        // Within 2 ms + 20 % of the lowest: a tie, by name (noise moves no pair).
+        assert_eq!(ranked(&[("b", 1_000), ("a", 1_500)]), ["a", "b"]);
+        assert_eq!(ranked(&[("b", 40_000), ("a", 49_000)]), ["a", "b"]);
+        assert_eq!(ranked(&[("b", 1_000), ("a", 3_300)]), ["b", "a"]);
+        // The far ones follow by RTT; an unmeasured relay (1 s a leg) after measured ones.
+        let far = ranked(&[("c", 2_000_000), ("d", 9_000), ("e", 1_000), ("a", 30_000)]);
+        assert_eq!(far, ["e", "d", "a", "c"]);
+        assert_eq!(ranked(&[("b", 2_000_000), ("a", 2_000_000)]), ["a", "b"]);
     }
 }

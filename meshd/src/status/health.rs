@@ -27,13 +27,19 @@ pub fn path_code(p: &PeerStatus) -> PathCode {
     }
 }
 
-/// The round trip to a peer: the last probe on its path, else its WireGuard handshake's.
+/// The round trip to a peer: the last probe on its path, else its WireGuard handshake's: as
+/// the responder (µs, what a relay has: the NAT'd sides initiate), else as the initiator (ms).
 pub fn rtt(p: &PeerStatus) -> Option<std::time::Duration> {
-    let probe = p.rtt_us;
-    let handshake = p.wireguard.as_ref().and_then(|w| w.handshake_rtt_ms);
+    use std::time::Duration;
+    let probe = p.rtt_us.map(Duration::from_micros);
+    let w = p.wireguard.as_ref();
+    let answered = w
+        .and_then(|w| w.responder_rtt_us)
+        .map(Duration::from_micros);
+    let initiated = w.and_then(|w| w.handshake_rtt_ms);
     probe
-        .map(std::time::Duration::from_micros)
-        .or_else(|| handshake.map(|ms| std::time::Duration::from_millis(u64::from(ms))))
+        .or(answered)
+        .or_else(|| initiated.map(|ms| Duration::from_millis(u64::from(ms))))
 }
 
 /// Rank of a path name, best first, as `paths::PathKind` orders them.
@@ -160,7 +166,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_round_trip_is_the_probes_else_the_handshakes() {
+    fn the_round_trip_is_the_probes_else_the_responders_else_the_initiators() {
         let mut p = peer("userspace");
         assert_eq!(rtt(&p), None);
         p.wireguard = Some(WireguardStatus {
@@ -168,6 +174,9 @@ pub(crate) mod tests {
             ..Default::default()
         });
         assert_eq!(rtt(&p), Some(std::time::Duration::from_millis(3)));
+        // Measured as the responder, to the microsecond: before the initiator's milliseconds.
+        p.wireguard.as_mut().unwrap().responder_rtt_us = Some(1_840);
+        assert_eq!(rtt(&p), Some(std::time::Duration::from_micros(1_840)));
         p.rtt_us = Some(250);
         assert_eq!(rtt(&p), Some(std::time::Duration::from_micros(250)));
     }

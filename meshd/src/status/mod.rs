@@ -324,7 +324,12 @@ pub struct WireguardStatus {
     pub(crate) replays: u64,
     /// Cookie replies this session sent (the shared limiter's are counted on the node).
     pub(crate) cookie_replies_sent: u64,
+    /// Round trip of the last handshake this node initiated (boringtun's, in ms).
     pub(crate) handshake_rtt_ms: Option<u32>,
+    /// Round trip measured as the responder: from our handshake response to the initiator's
+    /// first data (`meshd_crypto` `answer`), in µs; kept across rekeys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) responder_rtt_us: Option<u64>,
     /// Id of the cluster secret the pair's preshared key comes from.
     #[serde(default)]
     pub psk_secret: String,

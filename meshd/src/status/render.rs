@@ -144,6 +144,17 @@ pub fn render(s: &Status) -> String {
                 Some(secs) => format!("{secs:.0} s ago"),
                 None => "never".into(),
             };
+            let mut rtts = Vec::new();
+            if let Some(ms) = w.handshake_rtt_ms {
+                rtts.push(format!("{ms} ms as initiator"));
+            }
+            if let Some(us) = w.responder_rtt_us {
+                rtts.push(format!("{:.2} ms as responder", us as f64 / 1000.0));
+            }
+            let age = match rtts.is_empty() {
+                true => age,
+                false => format!("{age} (rtt {})", rtts.join(", ")),
+            };
             let _ = writeln!(
                 o,
                 "  wireguard {}  psk from {}{}{}  handshake {age}  handshakes {}  rekeys {}  decrypt failures {}  handshake failures {}  replays {}  cookie replies sent {}  forced handshakes {}  unknown-index data ignored {}",
@@ -239,4 +250,24 @@ fn drops(s: &PeerStatsSnapshot) -> String {
         .map(|(r, n)| format!("{r}={n}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::WireguardStatus;
+
+    #[test]
+    fn a_sessions_handshake_round_trips_are_shown_as_initiator_and_as_responder() {
+        let mut p = crate::status::health::tests::peer("userspace");
+        p.wireguard = Some(WireguardStatus {
+            last_handshake_secs: Some(3.0),
+            handshake_rtt_ms: Some(1),
+            responder_rtt_us: Some(420),
+            ..Default::default()
+        });
+        let text = render(&crate::status::mesh::tests::status(vec![p], &[]));
+        let line = "handshake 3 s ago (rtt 1 ms as initiator, 0.42 ms as responder)";
+        assert!(text.contains(line), "{text}");
+    }
 }
