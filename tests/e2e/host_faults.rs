@@ -287,7 +287,11 @@ fn a_corrupt_lease_keeps_the_bridges_subnet() {
         // Stopped first: a running meshd may write its lease again on the way out.
         t.stop_meshd(0).unwrap();
         std::fs::write(&lease, &body).unwrap();
-        assert_eq!(std::fs::read_to_string(&lease).unwrap(), body, "{what}: staged");
+        assert_eq!(
+            std::fs::read_to_string(&lease).unwrap(),
+            body,
+            "{what}: staged"
+        );
         t.start_meshd(0).unwrap();
         // Longer than the claim delay (3 s), after which a node with no claim picks one.
         let until = Instant::now() + Duration::from_secs(5);

@@ -56,10 +56,10 @@ pub(crate) fn pair_counted(s: &Status, t: &Topology) -> Option<(u64, u64)> {
     })
 }
 
-#[test]
-fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its_relay() {
-    require_root();
-    let t = Topology::up(nat_spec("relay", &[])).unwrap();
+/// The NAT lab, formed, with a1 and b1 reaching each other through a relay: the lab and the
+/// relay's index (pub1 or pub2).
+pub(crate) fn relayed_lab(prefix: &str) -> (Topology, usize) {
+    let t = Topology::up(nat_spec(prefix, &[])).unwrap();
     wait_for_mesh(&t, &(0..t.hosts.len()).collect::<Vec<_>>());
     reach(&t, A1, B1);
     reach(&t, B1, A1);
@@ -68,6 +68,14 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
         .into_iter()
         .find(|&i| t.hosts[i].name == via)
         .unwrap_or_else(|| panic!("relayed via {via}, not pub1 or pub2"));
+    (t, relay)
+}
+
+#[test]
+fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its_relay() {
+    require_root();
+    let (t, relay) = relayed_lab("relay");
+    let via = t.hosts[relay].name.clone();
     let other = if relay == PUB1 { PUB2 } else { PUB1 };
     println!("a1↔b1 relayed via {} ({via})", role(&t, relay));
     let s = status(&t, A1);

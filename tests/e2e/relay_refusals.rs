@@ -33,9 +33,8 @@ use meshd_lab::netns::in_netns;
 use meshd_lab::probe::{ping, tcp_transfer};
 use meshd_lab::Topology;
 
-use crate::gossip::wait_for_mesh;
-use crate::nat::{nat_spec, pod, reach, reach_of, role, A1, A2, B1, PUB1, PUB2};
-use crate::relay::{is_wireguard, relay_in_use};
+use crate::nat::{pod, reach, reach_of, role, A1, A2, B1, PUB1};
+use crate::relay::{is_wireguard, relayed_lab};
 use crate::support::capture::{udp_datagrams, Capture};
 use crate::support::{
     add_stranger, drops, meshd_pid, require_root, status, wait_for, wait_within, RawUdp, SETTLE,
@@ -126,15 +125,7 @@ fn receive_until(l: &UdpSocket, last: &str) -> Vec<String> {
 #[test]
 fn what_is_refused_directly_is_refused_through_a_relay() {
     require_root();
-    let t = Topology::up(nat_spec("rref", &[])).unwrap();
-    wait_for_mesh(&t, &(0..t.hosts.len()).collect::<Vec<_>>());
-    reach(&t, A1, B1);
-    reach(&t, B1, A1);
-    let via = relay_in_use(&t, None);
-    let relay = [PUB1, PUB2]
-        .into_iter()
-        .find(|&i| t.hosts[i].name == via)
-        .unwrap_or_else(|| panic!("relayed via {via}, not pub1 or pub2"));
+    let (t, relay) = relayed_lab("rref");
     let endpoint = reach_of(&status(&t, A1), &t, B1).endpoint;
     let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
     println!("a1↔b1 relayed via {} port {port}", role(&t, relay));
