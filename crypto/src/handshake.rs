@@ -89,6 +89,42 @@ impl std::fmt::Debug for RateLimiter {
     }
 }
 
+/// Whether a handshake message was made for the holder of one public key: its mac1, keyed by
+/// that key, checks. Only those who know the key can make one, so a relay forwarding a pair's
+/// datagrams learns where a side sends from only by such a message, never by anything a
+/// stranger can write (see the daemon's relay port). Data and cookie replies carry no mac1.
+pub struct Mac1Check {
+    inner: BtRateLimiter,
+}
+
+impl Mac1Check {
+    /// Checks messages made for `receiver`.
+    pub fn new(receiver: &PublicKey) -> Self {
+        Self {
+            // No limit: only the mac1 is of interest here, never a cookie.
+            inner: BtRateLimiter::new(&receiver.to_dalek(), u64::MAX),
+        }
+    }
+
+    /// True for an initiation or a response whose mac1 was made for the receiver.
+    pub fn verifies(&self, datagram: &[u8]) -> bool {
+        let handshake = WgDatagram::new_checked(datagram).is_ok_and(|d| {
+            matches!(
+                d.message_type(),
+                MessageType::Initiation | MessageType::Response
+            )
+        });
+        let mut out = [0u8; COOKIE_REPLY_LEN];
+        handshake && self.inner.verify_packet(None, datagram, &mut out).is_ok()
+    }
+}
+
+impl std::fmt::Debug for Mac1Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mac1Check")
+    }
+}
+
 /// The static public key of whoever sent the handshake initiation `datagram` to us, or `None`
 /// if it is not an initiation or was not encrypted to our key. The key is authenticated only
 /// as far as the initiator knows our public key: the peer's session completes the check.
@@ -201,5 +237,39 @@ mod tests {
             fresh.check(src, b"garbage", &mut out),
             Admission::Reject(SessionError::Malformed)
         );
+    }
+
+    #[test]
+    fn mac1_check_passes_handshakes_made_for_the_key_and_nothing_else() {
+        let (ours, theirs) = (PrivateKey::generate(), PrivateKey::generate());
+        let (our_limiter, their_limiter) = (
+            RateLimiter::new(&ours.public_key(), DEFAULT_HANDSHAKES_PER_SECOND),
+            RateLimiter::new(&theirs.public_key(), DEFAULT_HANDSHAKES_PER_SECOND),
+        );
+        let init = initiation(&theirs, &ours.public_key(), &their_limiter);
+        let (for_us, for_them) = (
+            Mac1Check::new(&ours.public_key()),
+            Mac1Check::new(&theirs.public_key()),
+        );
+        assert!(for_us.verifies(&init));
+        assert!(!for_them.verifies(&init), "made for us, not for them");
+        // Our answer is made for them.
+        let mut us = Session::new(&ours, 2, theirs.public_key(), [9; 32], &our_limiter).unwrap();
+        let mut out = vec![0u8; 256];
+        let Action::WriteToNetwork(n) = us.decapsulate(None, &init, &mut out) else {
+            panic!("no response");
+        };
+        let response = out[..n].to_vec();
+        assert!(for_them.verifies(&response));
+        assert!(!for_us.verifies(&response));
+        let mut tampered = init.clone();
+        tampered[20] ^= 1;
+        assert!(!for_us.verifies(&tampered), "a changed byte breaks mac1");
+        // Data, cookie replies and garbage carry no mac1: never verified.
+        let mut data = vec![4u8, 0, 0, 0];
+        data.extend([7u8; 44]);
+        assert!(!for_us.verifies(&data));
+        assert!(!for_us.verifies(&[3u8; 64]));
+        assert!(!for_us.verifies(b"GET / HTTP/1.1"));
     }
 }

@@ -38,7 +38,7 @@ pub mod source_limit;
 pub mod wire;
 
 pub use action::{Action, SessionError, SessionStats};
-pub use handshake::{identify_initiator, Admission, RateLimiter};
+pub use handshake::{identify_initiator, Admission, Mac1Check, RateLimiter};
 pub use in_flight::{Blocked, InFlight};
 pub use keyring::{Keyring, KeyringError, PairKey, SecretId, MAX_SECRETS};
 pub use keys::{KeyError, PrivateKey, PublicKey};

@@ -97,6 +97,11 @@ pub(crate) fn choose(gossip: &Gossip, table: &RouteTable, me: &str) {
         };
         if p.ep.set_relay(Some(to), now) {
             tracing::info!(peer = %p.name, via = %best.via, endpoint = %best.addr, "relayed: no direct path works");
+            // The relay port learns where this node sends from only by a handshake message
+            // (`super::port`): a session already up must not wait for its rekey.
+            if let Some(w) = &p.wg {
+                w.want_handshake();
+            }
         }
     }
 }

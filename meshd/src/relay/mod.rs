@@ -32,6 +32,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use meshd_crypto::PublicKey;
 use meshd_gossip::RelayOffer;
 
 use crate::link::endpoint::PEER_NAT;
@@ -62,40 +63,53 @@ impl Relay {
     /// wanted for [`LINGER`], and keeps each port's sides at their links' endpoints.
     pub(crate) fn update(&self, table: &RouteTable, on: bool, bind: IpAddr) {
         let now = Stamp::now();
-        // (name, address, its NAT maps each destination anew)
-        let behind: Vec<(&str, IpAddr, bool)> = table
+        // (name, address, its NAT maps each destination anew, its public key)
+        let behind: Vec<(&str, IpAddr, bool, PublicKey)> = table
             .peers()
             .iter()
             .filter(|p| on && p.ep.nat() & PEER_NAT != 0 && p.ep.working(now))
-            .map(|p| {
+            .filter_map(|p| {
+                let key = p.peer().key.as_ref()?.public;
                 let learned: Vec<SocketAddr> = (p.peer().endpoints.iter())
                     .filter(|e| e.source == EndpointSource::Learned)
                     .map(|e| e.addr)
                     .collect();
-                (
+                Some((
                     p.name.as_str(),
                     p.endpoint().ip(),
                     maps_per_destination(&learned),
-                )
+                    key,
+                ))
             })
             .collect();
         let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
         let at = Instant::now();
-        for (i, (a, a_ip, a_anew)) in behind.iter().enumerate() {
-            for (b, b_ip, b_anew) in &behind[i + 1..] {
+        for (i, (a, a_ip, a_anew, a_key)) in behind.iter().enumerate() {
+            for (b, b_ip, b_anew, b_key) in &behind[i + 1..] {
                 // Two NATs that keep ports could be punched; behind one, no direct path.
                 if a_ip == b_ip || !(*a_anew || *b_anew) {
                     continue;
                 }
-                let (key, sides) = if a < b {
-                    ((a.to_string(), b.to_string()), [*a_ip, *b_ip])
+                let (key, sides, keys) = if a < b {
+                    (
+                        (a.to_string(), b.to_string()),
+                        [*a_ip, *b_ip],
+                        [*a_key, *b_key],
+                    )
                 } else {
-                    ((b.to_string(), a.to_string()), [*b_ip, *a_ip])
+                    (
+                        (b.to_string(), a.to_string()),
+                        [*b_ip, *a_ip],
+                        [*b_key, *a_key],
+                    )
                 };
                 if let Some(k) = pairs.get_mut(&key) {
                     k.wanted = at;
                     if **k.port.shared.sides.load() != sides {
                         k.port.shared.sides.store(Arc::new(sides));
+                    }
+                    if k.port.shared.keys.load().public != keys {
+                        k.port.shared.keys.store(Arc::new(port::Keys::new(keys)));
                     }
                     continue;
                 }
@@ -103,7 +117,7 @@ impl Relay {
                     tracing::warn!(a = %key.0, b = %key.1, "relay: {MAX_PORTS} pairs relayed already; not this one");
                     continue;
                 }
-                match port::Port::open(bind, sides, &key.0) {
+                match port::Port::open(bind, sides, keys, &key.0) {
                     Ok(port) => {
                         tracing::info!(a = %key.0, b = %key.1, port = port.port, "relay: a port for a pair behind NATs");
                         pairs.insert(

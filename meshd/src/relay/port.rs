@@ -5,10 +5,15 @@
 //! comes from at this node (the endpoint in use of its link, set every
 //! [`super::Relay::update`]): a datagram from any other address is refused and counted. A side
 //! sends from a port of its own choosing (behind a NAT that maps each destination anew, a port
-//! this node has never seen), so the port is learnt from its first datagram and held while it
-//! keeps coming: a datagram from another port of the side's address takes over only after
-//! [`RELEARN_AFTER`] of silence. Only WireGuard messages pass (type and length checked), so the
-//! port is no general tunnel; what they carry only the two sides can open.
+//! this node has never seen), so the port is learnt, and only from a handshake message (an
+//! initiation or a response) made for the *other* side: its mac1, keyed by the other side's
+//! public key, must check ([`meshd_crypto::Mac1Check`]). Anything else from a port not learnt
+//! is refused: a host behind the same NAT as a side, or one that forges the NAT's address,
+//! cannot take the side's place at the port (it would receive the pair's datagrams and lock the
+//! side out), since it cannot make such a message. A side whose mapping changed, or that moves
+//! to this relay with a session already up, sends a handshake (the sides ask for one when they
+//! choose a relay, `super::choose`). Only WireGuard messages pass (type and length checked), so
+//! the port is no general tunnel; what they carry only the two sides can open.
 //!
 //! **Batches.** One `recvmmsg` reads up to [`BATCH`] slots, each a GRO train of one side's
 //! datagrams where the kernel coalesces them, and a train leaves for the other side as one GSO
@@ -19,17 +24,14 @@ use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use meshd_crypto::WgDatagram;
+use meshd_crypto::{Mac1Check, PublicKey, WgDatagram};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 
 use crate::datapath::io::{send, wait};
 use crate::datapath::socket::{bind_socket, set_udp_gro};
 
-/// A side's source port is relearnt only after this much silence from it.
-pub(crate) const RELEARN_AFTER: Duration = Duration::from_secs(5);
 /// Slots per `recvmmsg`.
 const BATCH: usize = 8;
 /// One slot: a GRO train of up to 64 KiB.
@@ -49,15 +51,41 @@ pub(crate) struct Way {
 pub(crate) struct Shared {
     /// The sides' addresses (the endpoints in use of their links here).
     pub(crate) sides: ArcSwap<[IpAddr; 2]>,
+    /// The sides' public keys, which key the mac1 check of what may teach a side's port.
+    pub(crate) keys: ArcSwap<Keys>,
     /// Where each side's datagrams come from, as learnt (written on a change only).
     pub(crate) learnt: Mutex<[Option<SocketAddr>; 2]>,
     pub(crate) ways: [Way; 2],
-    /// Refused: from neither side, another port of a side within [`RELEARN_AFTER`], or not
-    /// WireGuard.
+    /// Refused: from neither side, from a port of a side not learnt without a handshake made
+    /// for the other side, or not WireGuard.
     pub(crate) refused: AtomicU64,
     /// Held back: the other side has not sent anything yet (nowhere to forward to).
     pub(crate) waiting: AtomicU64,
     pub(crate) stop: AtomicBool,
+}
+
+/// The sides' public keys and, for each side, the check of what it sends (made for the other).
+pub(crate) struct Keys {
+    pub(crate) public: [PublicKey; 2],
+    /// `from[i]`: what side `i` sends must be made for side `1 - i`.
+    from: [Mac1Check; 2],
+}
+
+impl Keys {
+    pub(crate) fn new(public: [PublicKey; 2]) -> Self {
+        Keys {
+            from: [Mac1Check::new(&public[1]), Mac1Check::new(&public[0])],
+            public,
+        }
+    }
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("public", &self.public)
+            .finish()
+    }
 }
 
 /// A bound relay port and its thread.
@@ -67,8 +95,14 @@ pub(crate) struct Port {
 }
 
 impl Port {
-    /// Binds a port on `bind` for sides at `sides` and starts forwarding.
-    pub(crate) fn open(bind: IpAddr, sides: [IpAddr; 2], name: &str) -> std::io::Result<Port> {
+    /// Binds a port on `bind` for sides at `sides` with public keys `keys`, and starts
+    /// forwarding.
+    pub(crate) fn open(
+        bind: IpAddr,
+        sides: [IpAddr; 2],
+        keys: [PublicKey; 2],
+        name: &str,
+    ) -> std::io::Result<Port> {
         let socket = bind_socket(SocketAddr::new(bind, 0), BUFFER, false)
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         socket.set_nonblocking(true)?;
@@ -77,6 +111,7 @@ impl Port {
         let port = socket.local_addr()?.port();
         let shared = Arc::new(Shared {
             sides: ArcSwap::from_pointee(sides),
+            keys: ArcSwap::from_pointee(Keys::new(keys)),
             learnt: Mutex::new([None, None]),
             ways: [Way::default(), Way::default()],
             refused: AtomicU64::new(0),
@@ -102,7 +137,7 @@ impl Drop for Port {
 struct Forwarder {
     big: Vec<u8>,
     meta: [RecvMeta; BATCH],
-    learnt: [Option<(SocketAddr, Instant)>; 2],
+    learnt: [Option<SocketAddr>; 2],
 }
 
 impl Forwarder {
@@ -146,9 +181,11 @@ impl Forwarder {
 }
 
 /// Which side `src` is and where its datagrams go: `None` (counted) when refused or when the
-/// other side has sent nothing yet. Every segment of a GRO train must be a WireGuard message.
+/// other side has sent nothing yet. Every segment of a GRO train must be a WireGuard message; a
+/// port not learnt is learnt from a train whose first segment is a handshake message made for
+/// the other side.
 fn admit(
-    learnt: &mut [Option<(SocketAddr, Instant)>; 2],
+    learnt: &mut [Option<SocketAddr>; 2],
     s: &Shared,
     src: SocketAddr,
     data: &[u8],
@@ -173,19 +210,16 @@ fn admit(
         s.refused.fetch_add(segments, Ordering::Relaxed);
         return None;
     }
-    let now = Instant::now();
-    match &mut learnt[i] {
-        Some((at, last)) if *at == src => *last = now,
-        Some((_, last)) if now.duration_since(*last) < RELEARN_AFTER => {
+    if learnt[i] != Some(src) {
+        let first = &data[..stride.min(data.len())];
+        if !s.keys.load().from[i].verifies(first) {
             s.refused.fetch_add(segments, Ordering::Relaxed);
             return None;
         }
-        slot => {
-            *slot = Some((src, now));
-            s.learnt.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(src);
-        }
+        learnt[i] = Some(src);
+        s.learnt.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(src);
     }
-    let Some((to, _)) = learnt[1 - i] else {
+    let Some(to) = learnt[1 - i] else {
         s.waiting.fetch_add(segments, Ordering::Relaxed);
         return None;
     };
@@ -229,8 +263,10 @@ fn send_on(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use meshd_crypto::{Action, PrivateKey, RateLimiter, Session};
+    use std::time::{Duration, Instant};
 
     fn side(ip: &str) -> UdpSocket {
         let s = UdpSocket::bind((ip.parse::<IpAddr>().unwrap(), 0)).unwrap();
@@ -253,40 +289,87 @@ mod tests {
         }
     }
 
+    /// A side's handshake messages: `a`'s initiation made for `b`, and `b`'s response to it.
+    fn handshake(a: &PrivateKey, b: &PrivateKey) -> (Vec<u8>, Vec<u8>) {
+        let limiter = |k: &PrivateKey| RateLimiter::new(&k.public_key(), 100);
+        let mut sa = Session::new(a, 1, b.public_key(), [9; 32], &limiter(a)).unwrap();
+        let mut sb = Session::new(b, 2, a.public_key(), [9; 32], &limiter(b)).unwrap();
+        let mut out = vec![0u8; 256];
+        let Action::WriteToNetwork(n) = sa.encapsulate(&[], &mut out) else {
+            panic!("no initiation");
+        };
+        let init = out[..n].to_vec();
+        let Action::WriteToNetwork(n) = sb.decapsulate(None, &init, &mut out) else {
+            panic!("no response");
+        };
+        (init, out[..n].to_vec())
+    }
+
     #[test]
     fn a_port_forwards_wireguard_between_its_two_sides_and_refuses_everyone_else() {
+        let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
         let (ip_a, ip_b) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
-        let port = Port::open("127.0.0.1".parse().unwrap(), [ip_a, ip_b], "t").unwrap();
+        let port = Port::open(
+            "127.0.0.1".parse().unwrap(),
+            [ip_a, ip_b],
+            [ka.public_key(), kb.public_key()],
+            "t",
+        )
+        .unwrap();
         let to = SocketAddr::from(([127, 0, 0, 1], port.port));
         let (a, b) = (side("127.0.0.2"), side("127.0.0.3"));
         let s = &port.shared;
-        // a first: nowhere to forward yet.
+        let refused = |n: u64| move || s.refused.load(Ordering::Relaxed) == n;
+        let (init, response) = handshake(&ka, &kb);
+        // Data from a side not learnt teaches nothing.
         a.send_to(&datagram(1), to).unwrap();
+        wait("data before a handshake refused", refused(1));
+        // a's initiation for b: a learnt, nowhere to forward yet.
+        a.send_to(&init, to).unwrap();
         wait("held back", || s.waiting.load(Ordering::Relaxed) == 1);
-        // b: forwarded to a's learnt port, unchanged.
-        b.send_to(&datagram(2), to).unwrap();
-        let mut buf = [0u8; 128];
+        // b's response for a: b learnt, forwarded to a's port unchanged; then data both ways.
+        b.send_to(&response, to).unwrap();
+        let mut buf = [0u8; 256];
         let (n, from) = a.recv_from(&mut buf).unwrap();
-        assert_eq!((&buf[..n], from), (&datagram(2)[..], to));
+        assert_eq!((&buf[..n], from), (&response[..], to));
         a.send_to(&datagram(3), to).unwrap();
         let (n, _) = b.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], &datagram(3)[..]);
-        // A stranger; another port of a's address while a is live; bytes that are no
-        // WireGuard message: refused, nothing forwarded.
-        side("127.0.0.4").send_to(&datagram(4), to).unwrap();
-        side("127.0.0.2").send_to(&datagram(5), to).unwrap();
+        // A stranger; another port of a's address with data, or with a handshake made for a
+        // (not for b: someone else's, replayed); bytes that are no WireGuard message: refused,
+        // nothing forwarded, a's port unchanged.
+        side("127.0.0.4").send_to(&init, to).unwrap();
+        let intruder = side("127.0.0.2");
+        intruder.send_to(&datagram(5), to).unwrap();
+        intruder.send_to(&response, to).unwrap();
         a.send_to(b"GET / HTTP/1.1\r\n\r\n", to).unwrap();
-        wait("refused", || s.refused.load(Ordering::Relaxed) == 3);
-        b.set_read_timeout(Some(Duration::from_millis(200)))
+        wait("refused", refused(5));
+        b.send_to(&datagram(6), to).unwrap();
+        let (n, _) = a.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &datagram(6)[..], "b's data still reaches a");
+        intruder
+            .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        assert!(b.recv_from(&mut buf).is_err(), "nothing reached b");
+        assert!(
+            intruder.recv_from(&mut buf).is_err(),
+            "nothing reached the intruder"
+        );
         assert_eq!(s.ways[0].datagrams.load(Ordering::Relaxed), 1);
-        assert_eq!(s.ways[1].datagrams.load(Ordering::Relaxed), 1);
+        assert_eq!(s.ways[1].datagrams.load(Ordering::Relaxed), 2);
         assert_eq!(s.ways[0].bytes.load(Ordering::Relaxed), 48);
         let learnt = *s.learnt.lock().unwrap();
         assert_eq!(
             learnt,
             [Some(a.local_addr().unwrap()), Some(b.local_addr().unwrap())]
         );
+        // a's mapping moves (a new port of its address) with a handshake for b: it takes over.
+        let moved = side("127.0.0.2");
+        moved.send_to(&init, to).unwrap();
+        wait("a's new port learnt", || {
+            s.learnt.lock().unwrap()[0] == Some(moved.local_addr().unwrap())
+        });
+        b.send_to(&datagram(7), to).unwrap();
+        let (n, _) = moved.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &datagram(7)[..]);
     }
 }
