@@ -67,16 +67,26 @@ impl Relayed {
 
     /// Where the relay receives a1's datagrams from (router-a's mapping of a1's port).
     fn a1_mapping(&self) -> SocketAddrV4 {
-        let s = wait_for(&self.t, self.relay, "the relay learnt a1's port", |s| {
-            self.pair(s).is_some_and(|p| p.a_from.is_some())
-        });
-        let p = self.pair(&s).unwrap();
-        let from = if p.a == self.t.hosts[A1].name {
-            p.a_from
-        } else {
-            p.b_from
+        self.mapping(A1)
+    }
+
+    /// Where the relay receives host `i`'s datagrams from (its NAT's mapping), once learnt.
+    fn mapping(&self, i: usize) -> SocketAddrV4 {
+        let name = &self.t.hosts[i].name;
+        let from = |p: &meshd::status::reach::RelayPairStatus| {
+            if &p.a == name {
+                p.a_from.clone()
+            } else {
+                p.b_from.clone()
+            }
         };
-        from.unwrap().parse().unwrap()
+        let s = wait_for(
+            &self.t,
+            self.relay,
+            "the relay learnt the side's port",
+            |s| self.pair(s).is_some_and(|p| from(&p).is_some()),
+        );
+        from(&self.pair(&s).unwrap()).unwrap().parse().unwrap()
     }
 
     fn refused(&self) -> u64 {
@@ -133,6 +143,7 @@ fn what_is_refused_directly_is_refused_through_a_relay() {
     stranger(&r);
     let b1_data = replays(&r);
     relay_forges_b1(&r, &b1_data);
+    intruder_at_b1s_nat(&r, &b1_data.1);
     spoofed_inner_source(&r);
     handshake_flood(&r, b1_data.0);
     wrong_cluster_secret(&r);
@@ -245,6 +256,35 @@ fn replays(r: &Relayed) -> (SocketAddrV4, Vec<Vec<u8>>) {
     let got = receive_until(&listener, "after-replays");
     assert_eq!(got, ["after-replays"], "a1's pod got replays");
     (b1_src, replayed)
+}
+
+/// Someone forging router-b's address (a host behind the same NAT would look the same) sends
+/// b1's captured data to the relay port from another port, after more than the silence that
+/// once let another port of a side's address take over: refused (a side's port is learnt only
+/// from a handshake made for the other side), b1's port unchanged, the pair still talks.
+fn intruder_at_b1s_nat(r: &Relayed, b1_data: &[Vec<u8>]) {
+    let t = &r.t;
+    let b1_map = r.mapping(B1);
+    std::thread::sleep(Duration::from_secs(6));
+    // The stranger's namespace on the "internet" switch (made by `stranger`).
+    let x = format!("{}-x", t.spec.prefix);
+    let forged = SocketAddrV4::new(*b1_map.ip(), b1_map.port().wrapping_add(7).max(1024));
+    let before = r.refused();
+    let raw = RawUdp::open(&x);
+    for d in b1_data {
+        raw.send(forged, r.port_addr(), d);
+    }
+    let n = b1_data.len() as u64;
+    wait_for(t, r.relay, "the intruder's datagrams refused", |s| {
+        r.pair(s).is_some_and(|p| p.refused >= before + n)
+    });
+    assert_eq!(
+        r.mapping(B1),
+        b1_map,
+        "the intruder took b1's place at the port"
+    );
+    reach(t, A1, B1);
+    reach(t, B1, A1);
 }
 
 /// The relay forges data on b1's session (the receiver index a1 gave b1, a fresh counter, a
