@@ -190,9 +190,10 @@ fn strangers_replays_floods_and_garbage_are_refused_and_counted() {
                 let s = UdpSocket::bind("0.0.0.0:0").unwrap();
                 s.set_nonblocking(true).unwrap();
                 let mut buf = [0u8; 256];
-                // About 5,000 initiations a second: fifty times the limit of 100.
+                // About 2,000 initiations a second: twenty times the limit of 100 (more only
+                // starves the debug build's transfer on a loaded machine; the limit is the same).
                 while !stop.load(Ordering::Relaxed) {
-                    for _ in 0..5 {
+                    for _ in 0..2 {
                         let _ = s.send_to(&init, H1);
                     }
                     while let Ok(n) = s.recv(&mut buf) {
