@@ -82,3 +82,66 @@ fn a_response_the_initiator_cannot_use_measures_nothing() {
     let st = b.session.stats();
     assert_eq!((st.responder_rtt, st.handshakes), (None, 0));
 }
+
+/// What `p`'s timers send now (a handshake retry, a keepalive), if anything.
+fn timers(p: &mut Peer) -> Vec<Vec<u8>> {
+    let mut out = vec![0u8; BUF];
+    match p.session.update_timers(&mut out) {
+        Action::WriteToNetwork(n) => vec![out[..n].to_vec()],
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn a_response_the_initiator_takes_up_after_retrying_is_measured() {
+    // a's first initiation is answered slowly; a retries (5 s on), b answers the retry too, and
+    // that answer is lost; then the first answer reaches a, which sends on its session.
+    let (mut a, mut b) = pair();
+    let leg = Duration::from_millis(10);
+    let init = send(&mut a, &ipv4_packet([10, 244, 1, 5], b"x"));
+    let first = after(leg, &mut b, init);
+    mock_clock::advance(Duration::from_secs(5));
+    let retry = timers(&mut a);
+    assert_eq!(retry.len(), 1, "a retried");
+    let lost = after(leg, &mut b, retry);
+    assert_eq!(lost.len(), 1, "b answered the retry");
+    let data = after(leg, &mut a, first);
+    assert!(!data.is_empty(), "a sends on the first answer's session");
+    after(leg, &mut b, data);
+    let st = b.session.stats();
+    // From b's first answer (at 10 ms) to a's data (at 5 s + 40 ms).
+    assert_eq!(st.responder_rtt, Some(Duration::from_millis(5_030)));
+    assert_eq!(st.handshakes, 1);
+    assert!(st.last_handshake.is_some(), "b has a session");
+}
+
+#[test]
+fn crossing_initiations_are_measured_at_both_ends() {
+    // Both initiate at once; each answers the other's initiation, then takes the other's
+    // answer: two sessions, and each end measures as initiator and as responder.
+    let (mut a, mut b) = pair();
+    let leg = Duration::from_micros(2_500);
+    let from_a = initiation(&mut a);
+    let from_b = initiation(&mut b);
+    mock_clock::advance(leg);
+    let to_a = after(Duration::ZERO, &mut b, from_a);
+    let to_b = after(Duration::ZERO, &mut a, from_b);
+    assert_eq!((to_a.len(), to_b.len()), (1, 1), "each answered");
+    mock_clock::advance(leg);
+    let data_to_b = after(Duration::ZERO, &mut a, to_a);
+    let data_to_a = after(Duration::ZERO, &mut b, to_b);
+    assert!(!data_to_b.is_empty() && !data_to_a.is_empty());
+    mock_clock::advance(leg);
+    after(Duration::ZERO, &mut b, data_to_b);
+    after(Duration::ZERO, &mut a, data_to_a);
+    for (name, p) in [("a", &a), ("b", &b)] {
+        let st = p.session.stats();
+        assert_eq!(st.handshake_rtt_ms, Some(5), "{name} as initiator");
+        assert_eq!(
+            st.responder_rtt,
+            Some(Duration::from_micros(5_000)),
+            "{name} as responder"
+        );
+        assert_eq!(st.handshakes, 2, "{name}");
+    }
+}

@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use meshd::status::Status;
@@ -29,12 +30,50 @@ pub const SETTLE: Duration = Duration::from_secs(30);
 /// How often a condition is looked at again.
 const POLL: Duration = Duration::from_millis(100);
 
-/// The `meshd` binary cargo built next to this test binary, or `$MESHD_BIN`.
+/// The `meshd` binary next to this test binary, or `$MESHD_BIN`.
+///
+/// `cargo test -p meshd-tests` builds the `meshd` library for the tests, not the `meshd`
+/// binary the labs run: that one would be whatever an earlier build left in `target/`, older
+/// than the tree under test (and silently so). So, run by cargo and without `$MESHD_BIN`, the
+/// first call builds the binaries the labs run (`meshd`, `meshd-cni`) with the same profile,
+/// once per test process; a no-op when they are current.
 pub fn meshd_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("MESHD_BIN") {
         return PathBuf::from(p);
     }
-    sibling("meshd")
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let bin = sibling("meshd");
+            build_bins(&bin);
+            bin
+        })
+        .clone()
+}
+
+/// Builds the labs' binaries into the directory of `bin` (`target/<profile>`), with the cargo
+/// that runs this test; nothing when not run by cargo.
+fn build_bins(bin: &std::path::Path) {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        eprintln!("not run by cargo: {} is used as it is", bin.display());
+        return;
+    };
+    let profile = bin
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .map(|n| if n == "debug" { "dev" } else { n })
+        .unwrap_or("dev")
+        .to_string();
+    let status = Command::new(cargo)
+        .args(["build", "--locked", "--profile", &profile])
+        .args(["-p", "meshd", "-p", "meshd-cni", "--bins"])
+        .stdout(Stdio::null())
+        .status();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "building meshd for the labs: {status:?}"
+    );
 }
 
 fn sibling(name: &str) -> PathBuf {
