@@ -38,6 +38,11 @@ pub(crate) const ROAM_QUIET: Duration = Duration::from_secs(1);
 /// keepalive interval, so an idle pair that keeps its mapping keeps its endpoint.
 pub(crate) const WORKING: Duration = Duration::from_secs(40);
 
+/// Woken when a peer's endpoint in use moves or starts to authenticate traffic: the gossip
+/// driver then reacts at once (what it reports of its peers, the relay ports it keeps and
+/// chooses), not at its next tick. A spurious wake-up costs one pass.
+pub(crate) static CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// The peer is behind a NAT, as this node sees it.
 pub(crate) const PEER_NAT: u8 = 1;
 /// This node is behind a NAT, as the peer sees it.
@@ -104,6 +109,9 @@ pub(crate) struct EndpointCell {
     /// The relay port chosen for the pair, if any (`relay/choose.rs`): a datagram from it does
     /// not move a direct endpoint heard within [`ROAM_QUIET`] (a direct path, once found, wins).
     relay: ArcSwapOption<RelayUse>,
+    /// The endpoint in use moved to the relay port: the WireGuard control thread sends the
+    /// handshake in flight there at once ([`EndpointCell::take_moved_to_relay`]).
+    moved_to_relay: AtomicBool,
     change: Mutex<Change>,
 }
 
@@ -118,6 +126,7 @@ impl EndpointCell {
             seen_as: Mutex::new(None),
             direct: AtomicBool::new(false),
             relay: ArcSwapOption::empty(),
+            moved_to_relay: AtomicBool::new(false),
             change: Mutex::new(Change {
                 how: How::Candidate(first.map_or(EndpointSource::Configured, |e| e.source.clone())),
                 at: SystemTime::now(),
@@ -145,8 +154,12 @@ impl EndpointCell {
         let listens = self.listens.load(Ordering::Relaxed);
         // From the endpoint in use, or from another of its flows where it listens: heard.
         if cur == src || (listens && cur.ip() == src.ip()) {
-            if self.heard.load(Ordering::Relaxed) != now.raw() {
+            let was = self.heard.load(Ordering::Relaxed);
+            if was != now.raw() {
                 self.heard.store(now.raw(), Ordering::Relaxed);
+                if Stamp::from_raw(was).is_none_or(|t| t.age(now) >= WORKING) {
+                    started_working();
+                }
             }
             return;
         }
@@ -165,6 +178,17 @@ impl EndpointCell {
     #[inline]
     fn is_relay(&self, src: SocketAddr) -> bool {
         self.relay.load().as_deref().is_some_and(|r| r.addr == src)
+    }
+
+    /// Whether the endpoint in use is the pair's relay port.
+    pub(crate) fn relayed(&self) -> bool {
+        self.is_relay(self.get())
+    }
+
+    /// Whether the endpoint in use moved to the relay port since the last call.
+    pub(crate) fn take_moved_to_relay(&self) -> bool {
+        self.moved_to_relay.load(Ordering::Relaxed)
+            && self.moved_to_relay.swap(false, Ordering::Relaxed)
     }
 
     /// The relay port chosen for the pair (`None`: none).
@@ -193,6 +217,7 @@ impl EndpointCell {
         let mut c = self.change.lock().unwrap_or_else(|p| p.into_inner());
         self.in_use.store(Arc::new(addr));
         self.listens.store(false, Ordering::Relaxed);
+        self.moved_to_relay.store(true, Ordering::Relaxed);
         *c = Change {
             how: How::Relay(via),
             at: SystemTime::now(),
@@ -214,6 +239,7 @@ impl EndpointCell {
             at: SystemTime::now(),
             from: Some(from),
         };
+        CHANGED.notify_one();
     }
 
     /// The reconcile step's pick: `best` (the record's first candidate) becomes the endpoint in
@@ -292,6 +318,12 @@ impl EndpointCell {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// The endpoint in use authenticated its first datagram (lately): worth a reaction.
+#[cold]
+fn started_working() {
+    CHANGED.notify_one();
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
-//! This node's path summary, made from its links every [`PATHS_EVERY`] and handed to gossip
+//! This node's path summary, made from its links every [`PATHS_EVERY`] (and whenever the
+//! driver reacts to a change, `react.rs`) and handed to gossip
 //! (which publishes a new version only on a change, within its rate: `meshd_gossip::summary`),
 //! and the members' summaries this node holds, for the picture, `meshd status --all` and the
 //! control socket.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use meshd_gossip::{Gossip, MemberState, PathReport, Route};
@@ -33,7 +35,15 @@ impl Membership {
                 // A relay by default while behind no NAT (no member sees it elsewhere).
                 let public = shared.gossip.local_record().learned.is_empty();
                 let on = self.cfg.relay.unwrap_or(public);
-                shared.relay.update(&table, on, self.cfg.bind_address());
+                let direct = if on {
+                    direct_pairs(&shared.gossip)
+                } else {
+                    HashSet::new()
+                };
+                let known = |a: &str, b: &str| direct.contains(&(a.min(b).into(), a.max(b).into()));
+                shared
+                    .relay
+                    .update(&table, on, self.cfg.bind_address(), known);
                 crate::relay::choose::choose(&shared.gossip, &table, &self.cfg.node_name);
             }
             let reports = reports(&peers, &shared.gossip, &shared.relay);
@@ -91,6 +101,21 @@ pub(crate) fn reports(
             }
         })
         .collect()
+}
+
+/// The pairs (names in order) a side reports a working direct path for in its summary: a direct
+/// route, the peer's authenticated traffic observed lately. A relay keeps no port for them.
+fn direct_pairs(gossip: &Gossip) -> HashSet<(String, String)> {
+    let mut out = HashSet::new();
+    for s in gossip.summaries() {
+        for r in s.reports {
+            if matches!(r.route, Route::Direct | Route::Punched) && r.observed.is_some() {
+                let (a, b) = (s.reporter, r.peer.as_str());
+                out.insert((a.min(b).to_owned(), a.max(b).to_owned()));
+            }
+        }
+    }
+    out
 }
 
 /// Where `p`'s authenticated traffic comes from, if its endpoint in use authenticated
