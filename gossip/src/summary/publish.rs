@@ -9,7 +9,11 @@
 //!
 //! Either way the push is paced by the datagram budget ([`super::PUSH_RATE`]), so a node whose
 //! NAT flaps costs one version a second at most, and the network never more than that budget.
+//! A version made before the last one reached every member goes first to those still waiting
+//! (at 500 members a push round takes some 8 s), so no member is always last.
 
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{codec, PathReport, PUBLISH_BURST, PUBLISH_EVERY};
@@ -114,12 +118,20 @@ impl Gossip {
         reports.truncate(sent);
         own.reports = reports;
         own.published_at = Some(now);
-        own.queue = self
-            .members
-            .values()
+        // Members still waiting for the previous version get this one first, then the rest:
+        // versions faster than a push round (urgent ones, a large cluster) reach everyone.
+        let live: HashSet<SocketAddr> = (self.members.values())
             .filter(|e| e.is_live())
             .map(|e| e.record.gossip_addr)
             .collect();
+        let mut queue: VecDeque<SocketAddr> =
+            (own.queue.drain(..)).filter(|a| live.contains(a)).collect();
+        let waiting: HashSet<SocketAddr> = queue.iter().copied().collect();
+        let rest = (self.members.values())
+            .filter(|e| e.is_live() && !waiting.contains(&e.record.gossip_addr))
+            .map(|e| e.record.gossip_addr);
+        queue.extend(rest);
+        own.queue = queue;
         self.push_summary(now);
     }
 }

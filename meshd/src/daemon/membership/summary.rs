@@ -35,12 +35,12 @@ impl Membership {
                 // A relay by default while behind no NAT (no member sees it elsewhere).
                 let public = shared.gossip.local_record().learned.is_empty();
                 let on = self.cfg.relay.unwrap_or(public);
-                let direct = if on {
-                    direct_pairs(&shared.gossip)
-                } else {
-                    HashSet::new()
-                };
-                let known = |a: &str, b: &str| direct.contains(&(a.min(b).into(), a.max(b).into()));
+                let behind: HashSet<&str> = (table.peers().iter())
+                    .filter(|p| on && p.ep.nat() & crate::link::endpoint::PEER_NAT != 0)
+                    .map(|p| p.name.as_str())
+                    .collect();
+                let direct = direct_pairs(&shared.gossip, &behind);
+                let known = |a: &str, b: &str| direct.contains(&(a.min(b), a.max(b)));
                 shared
                     .relay
                     .update(&table, on, self.cfg.bind_address(), known);
@@ -103,15 +103,21 @@ pub(crate) fn reports(
         .collect()
 }
 
-/// The pairs (names in order) a side reports a working direct path for in its summary: a direct
-/// route, the peer's authenticated traffic observed lately. A relay keeps no port for them.
-fn direct_pairs(gossip: &Gossip) -> HashSet<(String, String)> {
+/// The pairs of `behind` (names in order) a side reports a working direct path for in its
+/// summary: a direct route, the peer's authenticated traffic observed lately. A relay keeps no
+/// port for them. Only pairs of peers behind NATs count (the relay's candidates), so a cluster
+/// of public nodes costs one look per summary.
+fn direct_pairs<'a>(gossip: &'a Gossip, behind: &HashSet<&str>) -> HashSet<(&'a str, &'a str)> {
     let mut out = HashSet::new();
-    for s in gossip.summaries() {
-        for r in s.reports {
+    for s in gossip.summaries().filter(|s| behind.contains(s.reporter)) {
+        for r in s
+            .reports
+            .iter()
+            .filter(|r| behind.contains(r.peer.as_str()))
+        {
             if matches!(r.route, Route::Direct | Route::Punched) && r.observed.is_some() {
                 let (a, b) = (s.reporter, r.peer.as_str());
-                out.insert((a.min(b).to_owned(), a.max(b).to_owned()));
+                out.insert((a.min(b), a.max(b)));
             }
         }
     }
