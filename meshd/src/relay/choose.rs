@@ -63,10 +63,12 @@ pub(crate) fn choose(gossip: &Gossip, table: &RouteTable, me: &str) {
     }
     for p in table.peers() {
         let Some(list) = offers.get_mut(p.name.as_str()) else {
+            p.ep.set_offered(Vec::new());
             p.ep.set_relay(None, now);
             continue;
         };
         list.sort_by(|a, b| a.rtt.cmp(&b.rtt).then(a.via.cmp(&b.via)));
+        p.ep.set_offered(list.iter().map(|o| (o.addr, o.via.clone())).collect());
         let best = &list[0];
         let ms = |d: Option<Duration>| {
             d.map_or_else(

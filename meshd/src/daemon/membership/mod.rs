@@ -17,7 +17,9 @@
 //! operator releases one with `meshd forget NAME` on the control socket ([`control`]).
 //!
 //! Every few seconds this node's path to each peer goes to gossip as its path summary
-//! ([`summary`]), which gossip spreads to every member when it changed.
+//! ([`summary`]), which gossip spreads to every member when it changed; and at once when
+//! something NAT traversal waits for changed ([`react`]: an endpoint moved, a summary arrived,
+//! the peer set changed).
 
 mod bindings;
 mod control;
