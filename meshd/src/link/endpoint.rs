@@ -234,11 +234,12 @@ impl EndpointCell {
     }
 
     /// Sets the pair's relay port, `to` kept by member `via`, and moves the endpoint in use
-    /// there when it authenticated nothing lately, was the previous relay port (that relay is
-    /// gone or worse), or was another relay's port no longer offered (gone): switching between
-    /// relay and direct is a move of this one endpoint, the session untouched. Another relay's
-    /// port still offered and working stays (the peer sends through it). True when the
-    /// endpoint in use moved.
+    /// there when it authenticated nothing lately, or when it is a relay's port that is offered
+    /// no more (that relay died or is suspect). A working endpoint stays: a direct one, and a
+    /// relay's port still offered (the one the pair started on, or the one the peer chose,
+    /// which roaming followed), so both sides stay on one relay while it lives. Switching
+    /// between relay and direct is a move of this one endpoint, the session untouched. True
+    /// when the endpoint in use moved.
     pub(crate) fn set_relay(&self, to: Option<RelayUse>, now: Stamp) -> bool {
         let old = self.relay().map(|r| r.addr);
         if self.relay.load().as_deref() != to.as_ref() {
@@ -249,8 +250,11 @@ impl EndpointCell {
             return false;
         };
         let cur = self.get();
-        // Stay on a working endpoint unless it is the previous relay's port or a gone one.
-        let stay = old != Some(cur) && !gone && self.working(now);
+        // Stay on a working endpoint: a direct one, or a relay's port still offered (a pair
+        // keeps its relay while that lives, so RTTs measured later cause no churn); leave a
+        // relay's port offered no more (its relay died or is suspect).
+        let offered = self.offered.load().iter().any(|(a, _)| *a == cur);
+        let stay = !gone && (old != Some(cur) || offered) && self.working(now);
         if cur == addr || stay {
             return false;
         }

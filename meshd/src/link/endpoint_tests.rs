@@ -110,8 +110,12 @@ fn another_relay_the_peer_uses_is_named_and_left_once_its_relay_is_gone() {
     assert_eq!(cell.get(), p2);
     assert_eq!(cell.relay_via(p2).as_deref(), Some("pub2"));
     assert!(cell.relayed());
-    // Still offered and working: it stays.
-    cell.set_offered(both);
+    // Still offered and working: it stays, and so does a working relay chosen before when a
+    // better one is chosen now (RTTs measured later move no pair).
+    cell.set_offered(both.clone());
+    assert!(!cell.set_relay(Some(use_relay(p1, "pub1")), t0));
+    assert_eq!(cell.get(), p2);
+    assert!(!cell.set_relay(Some(use_relay(p2, "pub2")), t0));
     assert!(!cell.set_relay(Some(use_relay(p1, "pub1")), t0));
     assert_eq!(cell.get(), p2);
     // pub2 dies (offered no more): the endpoint leaves its port for the chosen relay at once.

@@ -4,7 +4,8 @@
 //! and the members' summaries this node holds, for the picture, `meshd status --all` and the
 //! control socket.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use meshd_gossip::{Gossip, MemberState, PathReport, Route};
@@ -35,9 +36,9 @@ impl Membership {
                 // A relay by default while behind no NAT (no member sees it elsewhere).
                 let public = shared.gossip.local_record().learned.is_empty();
                 let on = self.cfg.relay.unwrap_or(public);
-                let behind: HashSet<&str> = (table.peers().iter())
+                let behind: HashMap<&str, IpAddr> = (table.peers().iter())
                     .filter(|p| on && p.ep.nat() & crate::link::endpoint::PEER_NAT != 0)
-                    .map(|p| p.name.as_str())
+                    .map(|p| (p.name.as_str(), p.endpoint().ip()))
                     .collect();
                 let direct = direct_pairs(&shared.gossip, &behind);
                 let known = |a: &str, b: &str| direct.contains(&(a.min(b), a.max(b)));
@@ -103,19 +104,26 @@ pub(crate) fn reports(
         .collect()
 }
 
-/// The pairs of `behind` (names in order) a side reports a working direct path for in its
-/// summary: a direct route, the peer's authenticated traffic observed lately. A relay keeps no
-/// port for them. Only pairs of peers behind NATs count (the relay's candidates), so a cluster
-/// of public nodes costs one look per summary.
-fn direct_pairs<'a>(gossip: &'a Gossip, behind: &HashSet<&str>) -> HashSet<(&'a str, &'a str)> {
+/// The pairs of `behind` (names in order, each with its NAT's address as this node sees it) a
+/// side reports a working direct path for in its summary: the peer's authenticated traffic
+/// observed lately from that very address (not from a relay's port). A relay keeps no port for
+/// them. Only pairs of peers behind NATs count (the relay's candidates), so a cluster of public
+/// nodes costs one look per summary.
+fn direct_pairs<'a>(
+    gossip: &'a Gossip,
+    behind: &HashMap<&str, IpAddr>,
+) -> HashSet<(&'a str, &'a str)> {
     let mut out = HashSet::new();
-    for s in gossip.summaries().filter(|s| behind.contains(s.reporter)) {
-        for r in s
-            .reports
-            .iter()
-            .filter(|r| behind.contains(r.peer.as_str()))
-        {
-            if matches!(r.route, Route::Direct | Route::Punched) && r.observed.is_some() {
+    for s in gossip
+        .summaries()
+        .filter(|s| behind.contains_key(s.reporter))
+    {
+        for r in s.reports {
+            let Some(at) = behind.get(r.peer.as_str()) else {
+                continue;
+            };
+            let direct = matches!(r.route, Route::Direct | Route::Punched);
+            if direct && r.observed.is_some_and(|o| o.ip() == *at) {
                 let (a, b) = (s.reporter, r.peer.as_str());
                 out.insert((a.min(b), a.max(b)));
             }
@@ -125,9 +133,12 @@ fn direct_pairs<'a>(gossip: &'a Gossip, behind: &HashSet<&str>) -> HashSet<(&'a 
 }
 
 /// Where `p`'s authenticated traffic comes from, if its endpoint in use authenticated
-/// something lately: what this node reports as observed.
+/// something lately and is not a relay's port: what this node reports as observed.
 fn observed(p: &PeerStatus) -> Option<std::net::SocketAddr> {
-    let r = p.reach.as_ref()?;
+    let r = p
+        .reach
+        .as_ref()
+        .filter(|r| !r.route.starts_with("relayed"))?;
     r.heard_secs
         .filter(|s| *s < crate::link::endpoint::WORKING.as_secs_f64())?;
     r.endpoint.parse().ok()
