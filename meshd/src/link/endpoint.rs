@@ -115,6 +115,11 @@ pub(crate) struct EndpointCell {
     offered: ArcSwap<Vec<(SocketAddr, Arc<str>)>>,
     /// The endpoint in use was an offered relay port that is offered no more (its relay died).
     relay_gone: AtomicBool,
+    /// Relay ports offered since the WireGuard control thread last looked: each gets one
+    /// datagram, so every relay offering the pair learns this side's port, whichever relay the
+    /// peer ends up sending through ([`EndpointCell::take_fresh_offers`]).
+    fresh_offers: Mutex<Vec<SocketAddr>>,
+    has_fresh: AtomicBool,
     /// The endpoint in use moved to the relay port: the WireGuard control thread sends the
     /// handshake in flight there at once ([`EndpointCell::take_moved_to_relay`]).
     moved_to_relay: AtomicBool,
@@ -134,6 +139,8 @@ impl EndpointCell {
             relay: ArcSwapOption::empty(),
             offered: ArcSwap::from_pointee(Vec::new()),
             relay_gone: AtomicBool::new(false),
+            fresh_offers: Mutex::new(Vec::new()),
+            has_fresh: AtomicBool::new(false),
             moved_to_relay: AtomicBool::new(false),
             change: Mutex::new(Change {
                 how: How::Candidate(first.map_or(EndpointSource::Configured, |e| e.source.clone())),
@@ -214,7 +221,23 @@ impl EndpointCell {
         if had(&before) && !had(&offered) {
             self.relay_gone.store(true, Ordering::Relaxed);
         }
+        let fresh = offered
+            .iter()
+            .filter(|(a, _)| !before.iter().any(|(b, _)| b == a))
+            .map(|(a, _)| *a);
+        let mut list = self.fresh_offers.lock().unwrap_or_else(|p| p.into_inner());
+        list.extend(fresh);
+        self.has_fresh.store(!list.is_empty(), Ordering::Relaxed);
         self.offered.store(Arc::new(offered));
+    }
+
+    /// The relay ports offered since the last call (the control thread's, every tick: one
+    /// load while there are none).
+    pub(crate) fn take_fresh_offers(&self) -> Vec<SocketAddr> {
+        if !self.has_fresh.swap(false, Ordering::Relaxed) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.fresh_offers.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Whether the endpoint in use is the pair's relay port.

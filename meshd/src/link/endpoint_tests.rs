@@ -104,6 +104,10 @@ fn another_relay_the_peer_uses_is_named_and_left_once_its_relay_is_gone() {
     };
     let both = vec![(p1, Arc::from("pub1")), (p2, Arc::from("pub2"))];
     cell.set_offered(both.clone());
+    // Each port newly offered gets one datagram (so its relay learns this side's port).
+    assert_eq!(cell.take_fresh_offers(), vec![p1, p2]);
+    cell.set_offered(both.clone());
+    assert!(cell.take_fresh_offers().is_empty());
     assert!(cell.set_relay(Some(use_relay(p1, "pub1")), t0));
     // The peer chose pub2 (it held other offers then): roaming follows its traffic there.
     cell.heard_from(p2, t0, |_| false);

@@ -117,12 +117,21 @@ pub(super) fn send(socket: &UdpSocket, peer: &PeerEntry, datagram: &[u8], now: S
 
 /// The endpoint in use just moved to a relay port (no direct path works): the handshake in
 /// flight, if any, goes there at once. boringtun would send its retry only after 5 s, and the
-/// one in flight went to endpoints that do not answer. The same initiation twice is harmless
-/// (a responder that saw it refuses the replay).
+/// one in flight went to endpoints that do not answer. Each relay port newly offered for the
+/// pair gets it too, once: a relay learns a side's port from its first datagram, so every relay
+/// then forwards both ways, whichever the peer chose (the two may have chosen apart while one
+/// held fewer offers). The same initiation twice is harmless (a responder that saw it refuses
+/// the replay).
 pub(super) fn to_relay(socket: &UdpSocket, peer: &PeerEntry) {
-    if !peer.ep.take_moved_to_relay() {
+    let mut to = peer.ep.take_fresh_offers();
+    if peer.ep.take_moved_to_relay() {
+        to.push(peer.endpoint());
+    }
+    if to.is_empty() {
         return;
     }
+    to.sort();
+    to.dedup();
     let cached = peer
         .last_initiation
         .lock()
@@ -131,10 +140,11 @@ pub(super) fn to_relay(socket: &UdpSocket, peer: &PeerEntry) {
     if cached.is_empty() {
         return;
     }
-    let to = peer.endpoint();
-    tracing::debug!(peer = %peer.name, %to, "relay chosen: the handshake in flight sent there");
-    if let Err(e) = socket.send_to(&cached, to) {
-        tracing::trace!(error = %e, peer = %peer.name, %to, "handshake to the relay");
+    for to in to {
+        tracing::debug!(peer = %peer.name, %to, "a relay port for the pair: the handshake in flight sent there");
+        if let Err(e) = socket.send_to(&cached, to) {
+            tracing::trace!(error = %e, peer = %peer.name, %to, "handshake to the relay");
+        }
     }
 }
 
