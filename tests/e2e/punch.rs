@@ -135,16 +135,23 @@ fn nat_punch_off_the_same_pair_stays_without_a_direct_path() {
                 && p.candidates.iter().any(|c| c.starts_with("198.18.0.102:"))
         })
     });
+    // A relay may carry the pair (one keeps a port for NAT'd pairs before they need it), but
+    // nothing authenticates at b1's NAT: no direct path without punching.
     let ((a1_ns, _), (_, b1_addr)) = (pod(&t, A1), pod(&t, B1));
     let until = Instant::now() + WINDOW;
     while Instant::now() < until {
         let r = reach_of(&status(&t, A1), &t, B1);
-        assert!(r.heard_secs.is_none() && r.route == "direct", "{r:#?}");
+        let relayed = r.route.starts_with("relayed via");
+        assert!(r.heard_secs.is_none() || relayed, "{r:#?}");
+        assert!(!r.endpoint.starts_with("198.18.0.102:"), "{r:#?}");
         assert!(r.punch.is_none(), "{r:#?}");
-        assert!(
-            ping(&a1_ns, b1_addr, 1).is_err(),
-            "a1 reached b1 without punching"
-        );
+        if ping(&a1_ns, b1_addr, 1).is_ok() {
+            let r = reach_of(&status(&t, A1), &t, B1);
+            assert!(
+                r.route.starts_with("relayed via"),
+                "a1 reached b1 directly without punching: {r:#?}"
+            );
+        }
     }
 }
 

@@ -93,6 +93,7 @@ impl Gossip {
             });
             r.pulled_at = None;
             r.backoff = PULL_AFTER;
+            self.summaries.taken += 1;
         }
         true
     }

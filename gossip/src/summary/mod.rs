@@ -14,7 +14,9 @@
 //!   likes ([`crate::Gossip::set_paths`]); a new version is made only when something an
 //!   operator would see changed ([`PathReport::differs`]: a path, a health, a reason, an MTU,
 //!   an RTT by half or more), and at most [`PUBLISH_BURST`] at once, then one per
-//!   [`PUBLISH_EVERY`].
+//!   [`PUBLISH_EVERY`]. A change another member acts on at once (where the reporter observes a
+//!   peer, from which the peer learns its NAT's mapping; a new relay port) goes out without
+//!   waiting for that token: a few at once, then one a second (`publish.rs`).
 //! - **Pushed once to each member, paced.** A new version goes to every live member, at most
 //!   [`PUSH_RATE`] datagrams a second (a burst of [`PUSH_BURST`]); pulls answered come out of
 //!   the same budget.
@@ -39,6 +41,7 @@
 
 mod codec;
 mod held;
+mod publish;
 mod spread;
 #[cfg(test)]
 mod tests;

@@ -5,10 +5,10 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::codec::{self, Encoded, Pull};
+use super::codec::{Encoded, Pull};
+use super::publish::{urgent, Tokens, URGENT_BURST};
 use super::{
-    PathReport, Summary, MAX_ENTRIES, MAX_PULL_BACKOFF, PUBLISH_BURST, PUBLISH_EVERY, PUSH_BURST,
-    PUSH_RATE,
+    PathReport, Summary, MAX_ENTRIES, MAX_PULL_BACKOFF, PUBLISH_BURST, PUSH_BURST, PUSH_RATE,
 };
 use crate::gossip::Gossip;
 use crate::wire::{self, Kind};
@@ -24,13 +24,12 @@ const SWEEP_TICKS: u64 = 20;
 /// A requester is answered at most this often.
 const SERVE_EVERY: Duration = Duration::from_secs(1);
 
-/// A summary with a new relay port is published at most this often outside the token bucket.
-const OFFER_EVERY: Duration = Duration::from_secs(1);
-
 /// Every summary this node makes and holds.
 #[derive(Debug)]
 pub(crate) struct Summaries {
     pub(super) own: Own,
+    /// Members' summaries completed here so far: a change the daemon reacts to.
+    pub(super) taken: u64,
     pub(super) reporters: HashMap<String, Reporter>,
     /// The member the last anti-entropy pull went to.
     refresh_after: Option<String>,
@@ -44,25 +43,24 @@ pub(crate) struct Summaries {
 #[derive(Debug, Default)]
 pub(super) struct Own {
     /// As last published, sorted by peer.
-    reports: Vec<PathReport>,
-    omitted: u32,
+    pub(super) reports: Vec<PathReport>,
+    pub(super) omitted: u32,
     /// The number of reports and of those left out as [`Gossip::set_paths`] last published
     /// them (before the chunk bound), which the next call compares with.
-    given: (usize, u32),
-    version: u64,
-    published_at: Option<Instant>,
+    pub(super) given: (usize, u32),
+    pub(super) version: u64,
+    pub(super) published_at: Option<Instant>,
     pub(super) encoded: Encoded,
     /// Reports that differ from the published ones, waiting for a publishing token.
-    pending: Option<(Vec<PathReport>, u32)>,
-    tokens: u32,
-    refilled: Option<Instant>,
-    /// The pending reports offer a relay port the published ones lack: published without a
-    /// token (the pair waits for it), at most once per [`OFFER_EVERY`].
-    offers_new: bool,
-    offered_at: Option<Instant>,
+    pub(super) pending: Option<(Vec<PathReport>, u32)>,
+    pub(super) tokens: Tokens,
+    /// The pending reports change what another member acts on at once (`publish.rs`):
+    /// published from [`Own::urgent_tokens`] when [`Own::tokens`] has none.
+    pub(super) urgent: bool,
+    pub(super) urgent_tokens: Tokens,
     /// Members the current version still goes to.
-    queue: VecDeque<SocketAddr>,
-    boot_epoch: u64,
+    pub(super) queue: VecDeque<SocketAddr>,
+    pub(super) boot_epoch: u64,
 }
 
 /// What this node holds of one member's summary.
@@ -139,11 +137,13 @@ impl Summaries {
     pub(crate) fn new(boot_epoch: u32, now: Instant) -> Self {
         Self {
             own: Own {
-                tokens: PUBLISH_BURST,
+                tokens: Tokens::full(PUBLISH_BURST),
+                urgent_tokens: Tokens::full(URGENT_BURST),
                 boot_epoch: u64::from(boot_epoch),
                 ..Own::default()
             },
             reporters: HashMap::new(),
+            taken: 0,
             refresh_after: None,
             budget: Bucket {
                 tokens: PUSH_BURST,
@@ -180,13 +180,7 @@ impl Gossip {
         let same = own.published_at.is_some()
             && own.given == (reports.len(), omitted)
             && own.reports.iter().zip(&reports).all(|(a, b)| !a.differs(b));
-        own.offers_new = !same
-            && reports.iter().any(|r| {
-                let was = own.reports.iter().find(|o| o.peer == r.peer);
-                r.relays
-                    .iter()
-                    .any(|x| !was.is_some_and(|w| w.relays.contains(x)))
-            });
+        own.urgent = !same && urgent(&own.reports, &reports);
         own.pending = (!same).then_some((reports, omitted));
         self.publish_summary(now);
     }
@@ -216,6 +210,12 @@ impl Gossip {
             reports: &own.reports,
             omitted: own.omitted,
         })
+    }
+
+    /// How many members' summaries were completed here so far: grows with each new version
+    /// taken, so the daemon can react to what members report as it arrives.
+    pub fn summaries_taken(&self) -> u64 {
+        self.summaries.taken
     }
 
     /// Each tick: publish what waited for a token, push, pull, sweep.
@@ -268,68 +268,8 @@ impl Gossip {
         }
     }
 
-    /// Publishes the pending reports if a publishing token is left, and queues the push.
-    fn publish_summary(&mut self, now: Instant) {
-        let own = &mut self.summaries.own;
-        // A token bucket: full, its clock runs from now; short, it gains one per period.
-        if own.tokens >= PUBLISH_BURST {
-            own.refilled = Some(now);
-        } else if own
-            .refilled
-            .is_none_or(|t| now.saturating_duration_since(t) >= PUBLISH_EVERY)
-        {
-            own.tokens += 1;
-            own.refilled = Some(now);
-        }
-        let Some(key) = self.signing_key.as_ref() else {
-            return;
-        };
-        let offer = own.offers_new
-            && own
-                .offered_at
-                .is_none_or(|t| now.saturating_duration_since(t) >= OFFER_EVERY);
-        if own.pending.is_none() || (own.tokens == 0 && !offer) {
-            return;
-        }
-        let Some((reports, omitted)) = own.pending.take() else {
-            return;
-        };
-        if offer {
-            own.offers_new = false;
-            own.offered_at = Some(now);
-        } else {
-            own.tokens -= 1;
-        }
-        own.version = own.version.max(own.boot_epoch << 32) + 1;
-        own.encoded = codec::encode(
-            &self.me.name,
-            own.version,
-            &reports,
-            omitted,
-            key,
-            self.max_packet,
-        );
-        own.given = (reports.len(), omitted);
-        own.omitted = own.encoded.omitted;
-        // What did not fit the chunk bound is the tail, left out and counted.
-        let mut reports = reports;
-        let sent = reports
-            .len()
-            .saturating_sub((own.omitted - omitted) as usize);
-        reports.truncate(sent);
-        own.reports = reports;
-        own.published_at = Some(now);
-        own.queue = self
-            .members
-            .values()
-            .filter(|e| e.is_live())
-            .map(|e| e.record.gossip_addr)
-            .collect();
-        self.push_summary(now);
-    }
-
     /// Sends the current version to the members still waiting for it, within the budget.
-    fn push_summary(&mut self, now: Instant) {
+    pub(super) fn push_summary(&mut self, now: Instant) {
         let n = self.summaries.own.encoded.chunks.len() as u64;
         while !self.summaries.own.queue.is_empty() && self.summaries.budget.take(n, now) {
             let Some(dst) = self.summaries.own.queue.pop_front() else {

@@ -158,7 +158,7 @@ fn versions_are_rate_limited() {
 }
 
 #[test]
-fn a_new_relay_port_is_published_at_once_though_the_tokens_are_spent() {
+fn what_members_act_on_is_published_at_once_though_the_tokens_are_spent_within_a_rate() {
     let mut sim = cluster(4, NetConfig::default(), PathCode::KernelVxlan);
     // Spend the tokens.
     for step in 0..4u32 {
@@ -167,7 +167,8 @@ fn a_new_relay_port_is_published_at_once_though_the_tokens_are_spent() {
         sim.nodes[1].gossip.set_paths(reports(1, 4, path), now);
         sim.run_for(Duration::from_millis(100), &mut |_, _, _| {});
     }
-    let v0 = sim.nodes[1].gossip.own_summary().unwrap().version;
+    let version = |sim: &Sim| sim.nodes[1].gossip.own_summary().unwrap().version;
+    let v0 = version(&sim);
     let mut offered = reports(1, 4, PathCode::KernelVxlan);
     offered[0].relays = vec![crate::RelayOffer {
         other: offered[1].peer.clone(),
@@ -175,11 +176,27 @@ fn a_new_relay_port_is_published_at_once_though_the_tokens_are_spent() {
     }];
     let now = sim.now;
     sim.nodes[1].gossip.set_paths(offered.clone(), now);
-    assert_eq!(sim.nodes[1].gossip.own_summary().unwrap().version, v0 + 1);
+    assert_eq!(version(&sim), v0 + 1, "a new relay port: at once");
     // Anything else still waits for a token.
     offered[2].path = PathCode::Userspace;
+    sim.nodes[1].gossip.set_paths(offered.clone(), now);
+    assert_eq!(version(&sim), v0 + 1);
+    // A peer observed at a new endpoint (it learns its NAT's mapping from it): at once too,
+    // until the urgent tokens are spent.
+    for port in 0..10u16 {
+        offered[1].observed = Some(std::net::SocketAddr::from(([198, 18, 0, 9], 5000 + port)));
+        sim.nodes[1].gossip.set_paths(offered.clone(), now);
+    }
+    assert_eq!(version(&sim), v0 + u64::from(super::publish::URGENT_BURST));
+    // Then one a period.
+    sim.run_for(super::publish::URGENT_EVERY, &mut |_, _, _| {});
+    let now = sim.now;
+    offered[1].observed = Some(std::net::SocketAddr::from(([198, 18, 0, 9], 6000)));
     sim.nodes[1].gossip.set_paths(offered, now);
-    assert_eq!(sim.nodes[1].gossip.own_summary().unwrap().version, v0 + 1);
+    assert_eq!(
+        version(&sim),
+        v0 + u64::from(super::publish::URGENT_BURST) + 1
+    );
 }
 
 #[test]

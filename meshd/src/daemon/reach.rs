@@ -19,9 +19,9 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
         How::Candidate(source) => source.text(),
     };
     let relay = link.ep.relay();
-    let route = match &relay {
-        Some(r) if r.addr == endpoint => format!("relayed via {}", r.via),
-        _ => "direct".into(),
+    let route = match link.ep.relay_via(endpoint) {
+        Some(via) => format!("relayed via {via}"),
+        None => "direct".into(),
     };
     let changed_why = match (&change.how, change.from) {
         (How::Roamed, Some(from)) => {

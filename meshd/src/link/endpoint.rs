@@ -38,6 +38,11 @@ pub(crate) const ROAM_QUIET: Duration = Duration::from_secs(1);
 /// keepalive interval, so an idle pair that keeps its mapping keeps its endpoint.
 pub(crate) const WORKING: Duration = Duration::from_secs(40);
 
+/// Woken when a peer's endpoint in use moves or starts to authenticate traffic: the gossip
+/// driver then reacts at once (what it reports of its peers, the relay ports it keeps and
+/// chooses), not at its next tick. A spurious wake-up costs one pass.
+pub(crate) static CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// The peer is behind a NAT, as this node sees it.
 pub(crate) const PEER_NAT: u8 = 1;
 /// This node is behind a NAT, as the peer sees it.
@@ -104,6 +109,20 @@ pub(crate) struct EndpointCell {
     /// The relay port chosen for the pair, if any (`relay/choose.rs`): a datagram from it does
     /// not move a direct endpoint heard within [`ROAM_QUIET`] (a direct path, once found, wins).
     relay: ArcSwapOption<RelayUse>,
+    /// Every relay port members offer for the pair, and their relays (`relay/choose.rs`): the
+    /// peer may use another than this node chose (it held other offers at the time), and
+    /// roaming follows it there.
+    offered: ArcSwap<Vec<(SocketAddr, Arc<str>)>>,
+    /// The endpoint in use was an offered relay port that is offered no more (its relay died).
+    relay_gone: AtomicBool,
+    /// Relay ports offered since the WireGuard control thread last looked: each gets one
+    /// datagram, so every relay offering the pair learns this side's port, whichever relay the
+    /// peer ends up sending through ([`EndpointCell::take_fresh_offers`]).
+    fresh_offers: Mutex<Vec<SocketAddr>>,
+    has_fresh: AtomicBool,
+    /// The endpoint in use moved to the relay port: the WireGuard control thread sends the
+    /// handshake in flight there at once ([`EndpointCell::take_moved_to_relay`]).
+    moved_to_relay: AtomicBool,
     change: Mutex<Change>,
 }
 
@@ -118,6 +137,11 @@ impl EndpointCell {
             seen_as: Mutex::new(None),
             direct: AtomicBool::new(false),
             relay: ArcSwapOption::empty(),
+            offered: ArcSwap::from_pointee(Vec::new()),
+            relay_gone: AtomicBool::new(false),
+            fresh_offers: Mutex::new(Vec::new()),
+            has_fresh: AtomicBool::new(false),
+            moved_to_relay: AtomicBool::new(false),
             change: Mutex::new(Change {
                 how: How::Candidate(first.map_or(EndpointSource::Configured, |e| e.source.clone())),
                 at: SystemTime::now(),
@@ -145,8 +169,12 @@ impl EndpointCell {
         let listens = self.listens.load(Ordering::Relaxed);
         // From the endpoint in use, or from another of its flows where it listens: heard.
         if cur == src || (listens && cur.ip() == src.ip()) {
-            if self.heard.load(Ordering::Relaxed) != now.raw() {
+            let was = self.heard.load(Ordering::Relaxed);
+            if was != now.raw() {
                 self.heard.store(now.raw(), Ordering::Relaxed);
+                if Stamp::from_raw(was).is_none_or(|t| t.age(now) >= WORKING) {
+                    started_working();
+                }
             }
             return;
         }
@@ -165,6 +193,62 @@ impl EndpointCell {
     #[inline]
     fn is_relay(&self, src: SocketAddr) -> bool {
         self.relay.load().as_deref().is_some_and(|r| r.addr == src)
+            || self.offered.load().iter().any(|(a, _)| *a == src)
+    }
+
+    /// The relay that keeps `addr` for the pair, if it is a relay port chosen or offered.
+    pub(crate) fn relay_via(&self, addr: SocketAddr) -> Option<Arc<str>> {
+        if let Some(r) = self.relay.load().as_deref().filter(|r| r.addr == addr) {
+            return Some(r.via.clone());
+        }
+        let offered = self.offered.load();
+        offered
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Every relay port offered for the pair now, with its relay; call before
+    /// [`EndpointCell::set_relay`]. An endpoint in use that was one and is offered no more
+    /// (its relay died) is left at the next `set_relay`.
+    pub(crate) fn set_offered(&self, offered: Vec<(SocketAddr, Arc<str>)>) {
+        let before = self.offered.load();
+        if **before == offered {
+            return;
+        }
+        let cur = self.get();
+        let had = |l: &[(SocketAddr, Arc<str>)]| l.iter().any(|(a, _)| *a == cur);
+        if had(&before) && !had(&offered) {
+            self.relay_gone.store(true, Ordering::Relaxed);
+        }
+        let fresh = offered
+            .iter()
+            .filter(|(a, _)| !before.iter().any(|(b, _)| b == a))
+            .map(|(a, _)| *a);
+        let mut list = self.fresh_offers.lock().unwrap_or_else(|p| p.into_inner());
+        list.extend(fresh);
+        self.has_fresh.store(!list.is_empty(), Ordering::Relaxed);
+        self.offered.store(Arc::new(offered));
+    }
+
+    /// The relay ports offered since the last call (the control thread's, every tick: one
+    /// load while there are none).
+    pub(crate) fn take_fresh_offers(&self) -> Vec<SocketAddr> {
+        if !self.has_fresh.swap(false, Ordering::Relaxed) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.fresh_offers.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether the endpoint in use is the pair's relay port.
+    pub(crate) fn relayed(&self) -> bool {
+        self.is_relay(self.get())
+    }
+
+    /// Whether the endpoint in use moved to the relay port since the last call.
+    pub(crate) fn take_moved_to_relay(&self) -> bool {
+        self.moved_to_relay.load(Ordering::Relaxed)
+            && self.moved_to_relay.swap(false, Ordering::Relaxed)
     }
 
     /// The relay port chosen for the pair (`None`: none).
@@ -173,26 +257,34 @@ impl EndpointCell {
     }
 
     /// Sets the pair's relay port, `to` kept by member `via`, and moves the endpoint in use
-    /// there when it authenticated nothing lately or was the previous relay port (that relay is
-    /// gone or worse): switching between relay and direct is a move of this one endpoint, the
-    /// session untouched. True when the endpoint in use moved.
+    /// there when it authenticated nothing lately, or when it is a relay's port that is offered
+    /// no more (that relay died or is suspect). A working endpoint stays: a direct one, and a
+    /// relay's port still offered (the one the pair started on, or the one the peer chose,
+    /// which roaming followed), so both sides stay on one relay while it lives. Switching
+    /// between relay and direct is a move of this one endpoint, the session untouched. True
+    /// when the endpoint in use moved.
     pub(crate) fn set_relay(&self, to: Option<RelayUse>, now: Stamp) -> bool {
         let old = self.relay().map(|r| r.addr);
         if self.relay.load().as_deref() != to.as_ref() {
             self.relay.store(to.clone().map(Arc::new));
         }
+        let gone = self.relay_gone.swap(false, Ordering::Relaxed);
         let Some(RelayUse { addr, via, .. }) = to else {
             return false;
         };
         let cur = self.get();
-        // Stay on a working endpoint unless it is the previous relay's port.
-        let stay = old != Some(cur) && self.working(now);
+        // Stay on a working endpoint (a direct one, or the port of a relay the peer chose),
+        // unless it is the relay this node chose before (the chooser keeps that one while it
+        // is near the best: `relay::choose`), or a relay's port offered no more (its relay
+        // died or is suspect).
+        let stay = !gone && old != Some(cur) && self.working(now);
         if cur == addr || stay {
             return false;
         }
         let mut c = self.change.lock().unwrap_or_else(|p| p.into_inner());
         self.in_use.store(Arc::new(addr));
         self.listens.store(false, Ordering::Relaxed);
+        self.moved_to_relay.store(true, Ordering::Relaxed);
         *c = Change {
             how: How::Relay(via),
             at: SystemTime::now(),
@@ -214,6 +306,7 @@ impl EndpointCell {
             at: SystemTime::now(),
             from: Some(from),
         };
+        CHANGED.notify_one();
     }
 
     /// The reconcile step's pick: `best` (the record's first candidate) becomes the endpoint in
@@ -294,96 +387,12 @@ impl EndpointCell {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-
-    fn ep(a: &str) -> Endpoint {
-        Endpoint {
-            addr: a.parse().unwrap(),
-            source: EndpointSource::Gossiped,
-        }
-    }
-
-    #[test]
-    fn authenticated_traffic_moves_the_endpoint_and_a_candidate_does_not_move_a_working_one() {
-        let cell = EndpointCell::new(Some(&ep("192.168.1.1:51820")));
-        let t0 = Stamp::now();
-        let nat: SocketAddr = "198.18.0.101:51820".parse().unwrap();
-        // From the address in use: heard, nothing moves.
-        cell.heard_from("192.168.1.1:51820".parse().unwrap(), t0, |_| true);
-        assert_eq!(cell.nat(), 0);
-        // Another port of an address it listens at: another of its flows.
-        cell.heard_from("192.168.1.1:52660".parse().unwrap(), t0, |_| true);
-        assert_eq!(cell.get(), "192.168.1.1:51820".parse().unwrap());
-        // From its NAT: it roamed, and it is behind NAT.
-        cell.heard_from(nat, t0, |_| false);
-        assert_eq!(cell.get(), nat);
-        assert_eq!(cell.nat(), PEER_NAT);
-        assert_eq!(cell.change().how, How::Roamed);
-        // Another mapping of the same NAT while the one in use is heard: no move.
-        let other: SocketAddr = "198.18.0.101:40000".parse().unwrap();
-        cell.heard_from(other, t0, |_| false);
-        assert_eq!(cell.get(), nat);
-        // A record's candidate does not move a working endpoint.
-        assert!(!cell.pick(&ep("192.168.1.9:51820"), t0));
-        assert_eq!(cell.get(), nat);
-        assert!(cell.working(t0));
-        // Seen through a NAT by the peer: our bit.
-        let public: SocketAddr = "198.18.0.55:51820".parse().unwrap();
-        cell.set_seen(Seen::Elsewhere(public), None);
-        assert_eq!(cell.nat(), PEER_NAT | SELF_NAT);
-        // Seen directly: no bit, even while others see us through a NAT.
-        cell.set_seen(Seen::Direct, Some(public));
-        assert_eq!(cell.nat(), PEER_NAT);
-        cell.set_seen(Seen::Nothing, Some(public));
-        assert_eq!(cell.nat(), PEER_NAT);
-    }
-
-    #[test]
-    fn a_node_behind_nat_presumes_it_towards_a_peer_that_said_nothing_yet() {
-        let cell = EndpointCell::new(Some(&ep("198.18.0.30:51820")));
-        let public: SocketAddr = "198.18.0.101:4000".parse().unwrap();
-        cell.set_seen(Seen::Nothing, None);
-        assert_eq!(cell.nat(), 0);
-        cell.set_seen(Seen::Nothing, Some(public));
-        assert_eq!((cell.nat(), cell.seen_as()), (SELF_NAT, Some(public)));
-    }
-
-    #[test]
-    fn a_relay_port_is_taken_while_nothing_works_and_a_direct_path_wins_over_it() {
-        let cell = EndpointCell::new(Some(&ep("192.168.2.1:51820")));
-        let t0 = Stamp::now();
-        let relay: SocketAddr = "198.18.0.1:40000".parse().unwrap();
-        let use_relay = |addr: SocketAddr, via: &str| RelayUse {
-            addr,
-            via: Arc::from(via),
-            why: "test".into(),
-        };
-        // Nothing works: the relay port becomes the endpoint in use.
-        assert!(cell.set_relay(Some(use_relay(relay, "pub1")), t0));
-        assert_eq!(
-            (cell.get(), cell.change().how),
-            (relay, How::Relay(Arc::from("pub1")))
-        );
-        cell.heard_from(relay, t0, |_| false);
-        // The relay dies: its replacement takes over at once, though the old one worked.
-        let other: SocketAddr = "198.18.0.2:41000".parse().unwrap();
-        assert!(cell.set_relay(Some(use_relay(other, "pub2")), t0));
-        assert_eq!(cell.get(), other);
-        cell.heard_from(other, t0, |_| false);
-        // A direct path answers: it takes over; the relay's copies do not move it back
-        // while the direct one is heard.
-        let direct: SocketAddr = "198.18.0.102:5000".parse().unwrap();
-        cell.heard_from(direct, t0, |_| false);
-        assert_eq!(cell.get(), direct);
-        cell.heard_from(other, t0, |_| false);
-        assert_eq!(cell.get(), direct);
-        assert!(!cell.set_relay(Some(use_relay(other, "pub2")), t0));
-        // Once the direct path is quiet, the relayed datagrams move it back.
-        let later = Stamp::from_raw(t0.raw() + 2_000).unwrap();
-        cell.heard_from(other, later, |_| false);
-        assert_eq!(cell.get(), other);
-    }
+/// The endpoint in use authenticated its first datagram (lately): worth a reaction.
+#[cold]
+fn started_working() {
+    CHANGED.notify_one();
 }
+
+#[cfg(test)]
+#[path = "endpoint_tests.rs"]
+mod tests;

@@ -1,5 +1,5 @@
 //! Hole punching for one peer (encrypted mode): both ends behind NATs that keep one public
-//! port whoever they send to, and no working endpoint between them.
+//! port whoever they send to, and no working direct endpoint between them (nothing, or a relay).
 //!
 //! Each attempt has a start time, in wall-clock milliseconds, that both ends share: the end
 //! whose attempt falls due first asks the other in its signed record
@@ -11,7 +11,7 @@
 //! `direct (punched)`.
 //!
 //! Attempts repeat with backoff ([`FIRST_BACKOFF`] doubling to [`MAX_BACKOFF`]) while the pair
-//! has no working endpoint; a change of either side's public endpoints resets it. A request
+//! has no working direct endpoint (nothing, or a relay: a pair starts relayed); a change of either side's public endpoints resets it. A request
 //! from the peer is honoured at most once per [`MIN_GAP`], and only within [`ACCEPT_PAST`] /
 //! [`ACCEPT_FUTURE`] of now, so neither a member nor a replayed record can make this node
 //! send more than a burst per second, and only ever to that member's own candidates.
@@ -27,8 +27,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub(crate) const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// The longest wait between attempts.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// How far ahead of its request an attempt starts: time for gossip to carry the request.
-pub(crate) const LEAD: Duration = Duration::from_millis(600);
+/// How far ahead of its request an attempt starts: time for gossip to carry the request (a
+/// record reaches the members in a few 100 ms gossip rounds). A request that arrives late is
+/// honoured at once: the requester's burst opened its NAT towards the peer already, so the
+/// peer's later burst still gets through it.
+pub(crate) const LEAD: Duration = Duration::from_millis(300);
 /// Handshake initiations sent per burst, one per control tick (100 ms).
 pub(crate) const SHOTS: u8 = 5;
 /// A request from the peer is honoured at most once per this.
@@ -51,7 +54,7 @@ pub(crate) enum Mode {
     /// Not needed: the pair reaches each other (or one side is public).
     #[default]
     Idle,
-    /// Both behind NAT, no working endpoint: attempts with backoff.
+    /// Both behind NAT, no working direct endpoint: attempts with backoff.
     Trying,
     /// Cannot be expected to work: why (a NAT that maps each destination anew, as members
     /// observe it). Attempts go on with backoff all the same, at the peer's own port too: a
@@ -142,7 +145,7 @@ impl PunchState {
     }
 
     /// The peer asks for a punch starting at `at` (from its signed record). Honoured while
-    /// the pair has no working endpoint, within the accepted window and at most once per
+    /// the pair has no working direct endpoint, within the accepted window and at most once per
     /// [`MIN_GAP`]; true when it was.
     pub(crate) fn requested(&mut self, at: u64, now: u64) -> bool {
         let fresh = at + ACCEPT_PAST.as_millis() as u64 >= now
@@ -225,18 +228,18 @@ mod tests {
         assert!(!s.attempt_if_due(1000), "idle: no attempt");
         s.set_mode(Mode::Trying);
         assert!(s.attempt_if_due(1000));
-        assert_eq!((s.request_ms, s.attempts), (Some(1600), 1));
-        assert!(!s.shoot(1500), "not before the start");
+        assert_eq!((s.request_ms, s.attempts), (Some(1300), 1));
+        assert!(!s.shoot(1200), "not before the start");
         for _ in 0..SHOTS {
-            assert!(s.shoot(1600));
+            assert!(s.shoot(1300));
         }
-        assert!(!s.shoot(1700), "a burst is {SHOTS} shots");
+        assert!(!s.shoot(1400), "a burst is {SHOTS} shots");
         assert!(!s.attempt_if_due(3000));
-        assert!(s.attempt_if_due(3600));
-        assert_eq!(s.next_ms, 4200 + 4000);
+        assert!(s.attempt_if_due(3300));
+        assert_eq!(s.next_ms, 3600 + 4000);
         s.endpoints_are(7);
         assert!(s.attempt_if_due(4000), "changed endpoints: now");
-        assert_eq!(s.next_ms, 4600 + 2000);
+        assert_eq!(s.next_ms, 4300 + 2000);
     }
 
     #[test]

@@ -68,11 +68,18 @@ pub(crate) fn choose(gossip: &Gossip, table: &RouteTable, me: &str) {
     }
     for p in table.peers() {
         let Some(list) = offers.get_mut(p.name.as_str()) else {
+            p.ep.set_offered(Vec::new());
             p.ep.set_relay(None, now);
             continue;
         };
         rank(list);
-        let best = &list[0];
+        p.ep.set_offered(list.iter().map(|o| (o.addr, o.via.clone())).collect());
+        // A pair keeps the relay it is on while that one is near the best (measurements that
+        // come later move nobody); a relay clearly faster takes over.
+        let cur = p.endpoint();
+        let best = (list.iter())
+            .find(|o| o.addr == cur && near(o.rtt, list[0].rtt))
+            .unwrap_or(&list[0]);
         let ms = |d: Option<Duration>| {
             d.map_or_else(
                 || "unmeasured".into(),
@@ -106,15 +113,19 @@ pub(crate) fn choose(gossip: &Gossip, table: &RouteTable, me: &str) {
     }
 }
 
-/// Orders `list` best first: the offers whose RTT is [`NEAR`] the lowest by name, then the
+/// Orders `list` best first: the offers whose RTT is [`near`] the lowest by name, then the
 /// others by RTT (and name).
 fn rank(list: &mut [Offer]) {
     let Some(low) = list.iter().map(|o| o.rtt).min() else {
         return;
     };
-    let near = low + NEAR + low / 5;
-    let key = |o: &Offer| (o.rtt > near).then_some(o.rtt);
+    let key = |o: &Offer| (!near(o.rtt, low)).then_some(o.rtt);
     list.sort_by(|a, b| key(a).cmp(&key(b)).then(a.via.cmp(&b.via)));
+}
+
+/// Whether an RTT through a relay ties with the lowest: within [`NEAR`] plus a fifth.
+fn near(rtt: Duration, low: Duration) -> bool {
+    rtt <= low + NEAR + low / 5
 }
 
 #[cfg(test)]

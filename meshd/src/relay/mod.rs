@@ -9,14 +9,20 @@
 //! use against the pair: it cannot forge or open their messages, and everything the sides
 //! refuse directly they refuse through it.
 //!
-//! **Which pairs.** Every [`crate::daemon::membership`] tick (2 s) a relay keeps a port for each
-//! pair of its peers that are both behind a NAT (as this node sees them: their authenticated
-//! traffic comes from an address they do not advertise), at different public addresses, one
-//! of them behind a NAT that maps each destination anew (its learned endpoints differ in port:
-//! no direct path can be made to it), and that authenticated something lately; at most
-//! [`MAX_PORTS`]. It offers the ports in its
-//! signed path summary (`meshd_gossip::RelayOffer`, in each side's entry), so only the relay
-//! speaks for its ports. A port not wanted for [`LINGER`] is closed.
+//! **Which pairs.** Whenever the gossip driver reacts to a change (a peer's endpoint moved or
+//! started to work, a summary arrived) and every tick (2 s), a relay keeps a port for each pair
+//! of its peers that are both behind a NAT (as this node sees them: their authenticated traffic
+//! comes from an address they do not advertise), at different public addresses, that
+//! authenticated something lately, and that no side reports a working direct path for (its
+//! signed summary: a direct route, the peer observed). So the port is **ready before the pair
+//! needs it**, as soon as the relay hears both, and the pair starts relayed, as Tailscale starts
+//! on DERP; punching goes on meanwhile and a direct path takes over
+//! ([`crate::link::endpoint`]'s roaming rule), after which the port is no longer wanted. At most
+//! [`MAX_PORTS`]: past it, the pairs that need a relay (one side behind a NAT that maps each
+//! destination anew: its learned endpoints differ in port) come first, then those already kept;
+//! a port no longer wanted makes room. It offers the ports in its signed path summary
+//! (`meshd_gossip::RelayOffer`, in each side's entry), so only the relay speaks for its ports.
+//! A port not wanted for [`LINGER`] is closed.
 //!
 //! **Who relays.** `relay = true` always, `false` never; absent: while this node is behind no
 //! NAT (no member observes it at an address it does not advertise).
@@ -28,7 +34,7 @@ pub(crate) mod port;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -52,16 +58,29 @@ struct Kept {
     wanted: Instant,
 }
 
+/// A pair a port may be kept for: how much it needs one (0: no direct path can be made, 1:
+/// none known yet), its names in order, its sides' addresses and public keys.
+type Wanted = (u8, (String, String), [IpAddr; 2], [PublicKey; 2]);
+
 /// The pairs this node relays, by their names (in order).
 #[derive(Default)]
 pub(crate) struct Relay {
     pairs: Mutex<HashMap<(String, String), Kept>>,
+    /// Pairs past [`MAX_PORTS`] at the last update (logged when it changes).
+    over: AtomicUsize,
 }
 
 impl Relay {
-    /// Keeps a port for each pair that needs one (none when `on` is false), closes those not
-    /// wanted for [`LINGER`], and keeps each port's sides at their links' endpoints.
-    pub(crate) fn update(&self, table: &RouteTable, on: bool, bind: IpAddr) {
+    /// Keeps a port for each pair that may need one (none when `on` is false), closes those
+    /// not wanted for [`LINGER`], and keeps each port's sides at their links' endpoints.
+    /// `direct`: whether a side of the pair reports a working direct path to the other.
+    pub(crate) fn update(
+        &self,
+        table: &RouteTable,
+        on: bool,
+        bind: IpAddr,
+        direct: impl Fn(&str, &str) -> bool,
+    ) {
         let now = Stamp::now();
         // (name, address, its NAT maps each destination anew, its public key)
         let behind: Vec<(&str, IpAddr, bool, PublicKey)> = table
@@ -83,54 +102,68 @@ impl Relay {
             })
             .collect();
         let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
-        let at = Instant::now();
+        // (0: no direct path can be made, 1: none known yet; the pair; its sides' addresses
+        // and public keys)
+        let mut want: Vec<Wanted> = Vec::new();
         for (i, (a, a_ip, a_anew, a_key)) in behind.iter().enumerate() {
             for (b, b_ip, b_anew, b_key) in &behind[i + 1..] {
-                // Two NATs that keep ports could be punched; behind one, no direct path.
-                if a_ip == b_ip || !(*a_anew || *b_anew) {
+                // Behind one NAT: their own network; a direct path known: not needed.
+                if a_ip == b_ip || direct(a, b) {
                     continue;
                 }
-                let (key, sides, keys) = if a < b {
-                    (
-                        (a.to_string(), b.to_string()),
-                        [*a_ip, *b_ip],
-                        [*a_key, *b_key],
-                    )
+                let class = u8::from(!(*a_anew || *b_anew));
+                want.push(if a < b {
+                    let key = (a.to_string(), b.to_string());
+                    (class, key, [*a_ip, *b_ip], [*a_key, *b_key])
                 } else {
-                    (
-                        (b.to_string(), a.to_string()),
-                        [*b_ip, *a_ip],
-                        [*b_key, *a_key],
-                    )
-                };
-                if let Some(k) = pairs.get_mut(&key) {
-                    k.wanted = at;
-                    if **k.port.shared.sides.load() != sides {
-                        k.port.shared.sides.store(Arc::new(sides));
-                    }
-                    if k.port.shared.keys.load().public != keys {
-                        k.port.shared.keys.store(Arc::new(port::Keys::new(keys)));
-                    }
-                    continue;
+                    let key = (b.to_string(), a.to_string());
+                    (class, key, [*b_ip, *a_ip], [*b_key, *a_key])
+                });
+            }
+        }
+        // Past the bound, pairs that need a relay first, then those already kept.
+        want.sort_by(|x, y| {
+            (x.0, !pairs.contains_key(&x.1), &x.1).cmp(&(y.0, !pairs.contains_key(&y.1), &y.1))
+        });
+        let over = want.len().saturating_sub(MAX_PORTS);
+        if self.over.swap(over, Ordering::Relaxed) != over && over > 0 {
+            tracing::warn!("relay: {over} pair(s) behind NATs past the {MAX_PORTS} ports kept; those that need a relay first");
+        }
+        want.truncate(MAX_PORTS);
+        let at = Instant::now();
+        for (_, key, sides, keys) in want {
+            if let Some(k) = pairs.get_mut(&key) {
+                k.wanted = at;
+                if **k.port.shared.sides.load() != sides {
+                    k.port.shared.sides.store(Arc::new(sides));
                 }
-                if pairs.len() >= MAX_PORTS {
-                    tracing::warn!(a = %key.0, b = %key.1, "relay: {MAX_PORTS} pairs relayed already; not this one");
-                    continue;
+                if k.port.shared.keys.load().public != keys {
+                    k.port.shared.keys.store(Arc::new(port::Keys::new(keys)));
                 }
-                match port::Port::open(bind, sides, keys, &key.0) {
-                    Ok(port) => {
-                        tracing::info!(a = %key.0, b = %key.1, port = port.port, "relay: a port for a pair behind NATs");
-                        pairs.insert(
-                            key,
-                            Kept {
-                                port,
-                                since: SystemTime::now(),
-                                wanted: at,
-                            },
-                        );
-                    }
-                    Err(e) => tracing::warn!(error = %e, "relay: cannot bind a port"),
+                continue;
+            }
+            if pairs.len() >= MAX_PORTS {
+                // Room from the port wanted longest ago, if it is no longer wanted.
+                let old = (pairs.iter())
+                    .filter(|(_, k)| k.wanted < at)
+                    .min_by_key(|(_, k)| k.wanted)
+                    .map(|(key, _)| key.clone());
+                let Some(old) = old else { continue };
+                pairs.remove(&old);
+            }
+            match port::Port::open(bind, sides, keys, &key.0) {
+                Ok(port) => {
+                    tracing::info!(a = %key.0, b = %key.1, port = port.port, "relay: a port for a pair behind NATs");
+                    pairs.insert(
+                        key,
+                        Kept {
+                            port,
+                            since: SystemTime::now(),
+                            wanted: at,
+                        },
+                    );
                 }
+                Err(e) => tracing::warn!(error = %e, "relay: cannot bind a port"),
             }
         }
         pairs.retain(|(a, b), k| {

@@ -21,7 +21,10 @@ impl Membership {
         let mut batch: Vec<Change> = Vec::new();
         loop {
             let Some(event) = self.lock().gossip.poll_event() else {
-                self.apply(&mut batch);
+                if self.apply(&mut batch) {
+                    // New peers, candidates or public endpoints: relays and punches react.
+                    self.react.soon();
+                }
                 return Ok(());
             };
             match event {
@@ -42,7 +45,9 @@ impl Membership {
                     batch.push(Change::Remove(name));
                 }
                 Event::SubnetAssigned(lease) => {
-                    self.apply(&mut batch);
+                    if self.apply(&mut batch) {
+                        self.react.soon();
+                    }
                     self.assigned(lease).await?
                 }
                 Event::MemberSuspect(name) => {
@@ -159,11 +164,12 @@ impl Membership {
         }
     }
 
-    /// Applies the gathered changes in one reconcile pass.
-    fn apply(&self, batch: &mut Vec<Change>) {
+    /// Applies the gathered changes in one reconcile pass; true when the peer set changed.
+    fn apply(&self, batch: &mut Vec<Change>) -> bool {
         if batch.is_empty() {
-            return;
+            return false;
         }
+        let mut any = false;
         self.backend.update(|set| {
             let mut changed = false;
             for c in batch.drain(..) {
@@ -185,8 +191,10 @@ impl Membership {
                     Change::Remove(name) => changed |= set.remove_member(&name),
                 }
             }
+            any = changed;
             changed
         });
+        any
     }
 }
 

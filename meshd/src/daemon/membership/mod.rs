@@ -17,13 +17,17 @@
 //! operator releases one with `meshd forget NAME` on the control socket ([`control`]).
 //!
 //! Every few seconds this node's path to each peer goes to gossip as its path summary
-//! ([`summary`]), which gossip spreads to every member when it changed.
+//! ([`summary`]), which gossip spreads to every member when it changed; and at once when
+//! something NAT traversal waits for changed ([`react`]: an endpoint moved, a summary arrived,
+//! the peer set changed).
 
 mod bindings;
 mod control;
 mod events;
 mod observed;
 mod punch;
+mod react;
+mod seeds;
 pub(crate) mod summary;
 
 use anyhow::{Context, Result};
@@ -34,12 +38,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use meshd_crypto::{GossipSealer, Keyring, PublicKey, SealerConfig};
-use meshd_gossip::{Capabilities, Gossip, Lease, LocalNode, MemberState, SubnetRequest};
+use meshd_gossip::{Capabilities, Gossip, Lease, LocalNode, SubnetRequest};
 use tokio::net::UdpSocket;
 
 use super::subnet::{self, to_net, to_subnet};
 use crate::backend::Backend;
-use crate::config::{split_seed, Config, Encryption};
+use crate::config::{Config, Encryption};
 use crate::host::Host;
 use crate::stats::Stamp;
 use crate::wire::vtep_mac;
@@ -48,10 +52,6 @@ use crate::wire::vtep_mac;
 const RECV_BUFFER: usize = 64 << 10;
 /// Datagrams handled per wake-up before timers get a turn, so a flood cannot starve them.
 const MAX_DATAGRAMS_PER_WAKE: usize = 64;
-/// How often the seeds' names are resolved and joined again while this node knows no live
-/// member: a seed started at the same moment (a compose service) may not resolve at first, and
-/// a seed that was recreated may have a new address.
-const SEED_RETRY: Duration = Duration::from_secs(2);
 /// How often the data path's evidence is handed to gossip: its default tick, at which it
 /// re-checks the members it holds; feeding it more often would change no decision.
 const EVIDENCE_EVERY: Duration = Duration::from_millis(250);
@@ -99,6 +99,8 @@ pub(crate) struct Membership {
     refusals_logged: HashMap<(String, meshd_gossip::Refused), Instant>,
     /// `address` was configured: it is advertised alone, whatever members observe.
     address_configured: bool,
+    /// When the next reaction to a change is due (`react.rs`).
+    react: react::React,
 }
 
 impl Membership {
@@ -200,6 +202,7 @@ impl Membership {
             saver,
             refusals_logged: HashMap::new(),
             address_configured: false,
+            react: react::React::default(),
         })
     }
 
@@ -219,7 +222,7 @@ impl Membership {
     /// applied (returned as the error: the daemon exits on it), then announces the departure.
     pub(crate) async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>) -> Result<()> {
         self.join_seeds().await;
-        let mut retry = tokio::time::interval(SEED_RETRY);
+        let mut retry = tokio::time::interval(seeds::SEED_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         retry.tick().await;
         let mut buf = vec![0u8; RECV_BUFFER];
@@ -252,8 +255,10 @@ impl Membership {
                 _ = sleep => {
                     self.lock().gossip.handle_timeout(Instant::now());
                 }
+                _ = react::due(self.react.at) => self.react_now(),
+                _ = crate::link::endpoint::CHANGED.notified() => self.react.soon(),
                 _ = retry.tick(), if self.alone() => self.join_seeds().await,
-                seeds = next_seeds(&mut self.new_seeds) => {
+                seeds = seeds::next(&mut self.new_seeds) => {
                     tracing::info!(?seeds, "gossip seeds changed; joining them");
                     self.seeds = seeds;
                     self.seed_errors.clear();
@@ -280,6 +285,8 @@ impl Membership {
             if let Err(e) = self.handle_events().await {
                 break Err(e);
             }
+            let taken = self.lock().gossip.summaries_taken();
+            self.react.if_summaries_taken(taken);
             self.save_bindings();
         };
         if let Some(task) = control {
@@ -314,46 +321,6 @@ impl Membership {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Seeds are configured and no member is alive (or suspect): keep trying them.
-    fn alone(&self) -> bool {
-        !self.seeds.is_empty()
-            && !self
-                .lock()
-                .gossip
-                .members()
-                .any(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
-    }
-
-    /// Resolves every seed's name again and joins what it resolves to. A name that does not
-    /// resolve is logged once per distinct error, and again when it resolves.
-    async fn join_seeds(&mut self) {
-        let now = Instant::now();
-        for seed in self.seeds.clone() {
-            let Some((host, port)) = split_seed(&seed) else {
-                continue;
-            };
-            match tokio::net::lookup_host((host, port)).await {
-                Ok(addrs) => {
-                    if self.seed_errors.remove(&seed).is_some() {
-                        tracing::info!(%seed, "the gossip seed resolves now");
-                    }
-                    for a in addrs.filter(|a| *a != self.own_addr) {
-                        tracing::debug!(%seed, addr = %a, "joining");
-                        self.lock().gossip.join(a, now);
-                    }
-                }
-                Err(e) => {
-                    let text = e.to_string();
-                    if self.seed_errors.get(&seed) != Some(&text) {
-                        tracing::warn!(%seed, error = %text, "cannot resolve a gossip seed; retrying every 2 s");
-                        self.seed_errors.insert(seed.clone(), text);
-                    }
-                }
-            }
-        }
-        self.flush().await;
     }
 
     fn receive(&mut self, datagram: &[u8], from: SocketAddr, plain: &mut [u8]) {
@@ -414,17 +381,6 @@ impl Membership {
         self.backend.update(|set| set.set_own_subnet(Some(subnet)));
         Ok(())
     }
-}
-
-/// The next seeds a reload hands over; never, without a reload channel (or once it is closed).
-async fn next_seeds(rx: &mut Option<tokio::sync::watch::Receiver<Vec<String>>>) -> Vec<String> {
-    if let Some(r) = rx.as_mut() {
-        if r.changed().await.is_ok() {
-            return r.borrow_and_update().clone();
-        }
-    }
-    *rx = None;
-    std::future::pending().await
 }
 
 fn boot_epoch() -> u32 {

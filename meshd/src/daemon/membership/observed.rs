@@ -1,5 +1,5 @@
 //! What members observe, read from their signed path summaries every
-//! [`super::summary::PATHS_EVERY`] (encrypted mode):
+//! [`super::summary::PATHS_EVERY`] and as soon as one arrives (`react.rs`; encrypted mode):
 //! - **this node's public endpoints.** Where members see this node's authenticated traffic
 //!   come from, when that is no endpoint it advertises, is where its NAT maps it: published in
 //!   its own record ([`meshd_gossip::NodeRecord::learned`], most reported first), unless

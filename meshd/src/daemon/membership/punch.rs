@@ -1,5 +1,6 @@
-//! Hole punching's schedule (encrypted mode, every [`super::EVIDENCE_EVERY`]): which pairs
-//! need it (both ends behind NAT, no working endpoint), which cannot have it (a NAT that maps
+//! Hole punching's schedule (encrypted mode, every [`super::EVIDENCE_EVERY`] and whenever the
+//! driver reacts to a change, `react.rs`): which pairs need it (both ends behind NAT, no
+//! working direct endpoint: relayed or nothing), which cannot have it (a NAT that maps
 //! each destination anew), the requests this node publishes in its signed record, and those
 //! members publish naming this node ([`crate::link::punch`]). The bursts themselves are the
 //! WireGuard control thread's (`datapath/wireguard/punch.rs`).
@@ -44,7 +45,8 @@ impl Membership {
         for p in table.peers() {
             let public = p.public_candidates();
             let mut st = p.punch.lock();
-            if p.ep.working(stamp) {
+            // Relayed is working, but not direct: punching goes on (a pair starts relayed).
+            if p.ep.working(stamp) && !p.ep.relayed() {
                 let ep = p.endpoint();
                 // Its NAT's address, at whatever port it mapped for this pair.
                 st.reached(ep, public.iter().any(|a| a.ip() == ep.ip()), now);

@@ -1,8 +1,11 @@
-//! This node's path summary, made from its links every [`PATHS_EVERY`] and handed to gossip
+//! This node's path summary, made from its links every [`PATHS_EVERY`] (and whenever the
+//! driver reacts to a change, `react.rs`) and handed to gossip
 //! (which publishes a new version only on a change, within its rate: `meshd_gossip::summary`),
 //! and the members' summaries this node holds, for the picture, `meshd status --all` and the
 //! control socket.
 
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use meshd_gossip::{Gossip, MemberState, PathReport, Route};
@@ -33,7 +36,15 @@ impl Membership {
                 // A relay by default while behind no NAT (no member sees it elsewhere).
                 let public = shared.gossip.local_record().learned.is_empty();
                 let on = self.cfg.relay.unwrap_or(public);
-                shared.relay.update(&table, on, self.cfg.bind_address());
+                let behind: HashMap<&str, IpAddr> = (table.peers().iter())
+                    .filter(|p| on && p.ep.nat() & crate::link::endpoint::PEER_NAT != 0)
+                    .map(|p| (p.name.as_str(), p.endpoint().ip()))
+                    .collect();
+                let direct = direct_pairs(&shared.gossip, &behind);
+                let known = |a: &str, b: &str| direct.contains(&(a.min(b), a.max(b)));
+                shared
+                    .relay
+                    .update(&table, on, self.cfg.bind_address(), known);
                 crate::relay::choose::choose(&shared.gossip, &table, &self.cfg.node_name);
             }
             let reports = reports(&peers, &shared.gossip, &shared.relay);
@@ -93,10 +104,41 @@ pub(crate) fn reports(
         .collect()
 }
 
+/// The pairs of `behind` (names in order, each with its NAT's address as this node sees it) a
+/// side reports a working direct path for in its summary: the peer's authenticated traffic
+/// observed lately from that very address (not from a relay's port). A relay keeps no port for
+/// them. Only pairs of peers behind NATs count (the relay's candidates), so a cluster of public
+/// nodes costs one look per summary.
+fn direct_pairs<'a>(
+    gossip: &'a Gossip,
+    behind: &HashMap<&str, IpAddr>,
+) -> HashSet<(&'a str, &'a str)> {
+    let mut out = HashSet::new();
+    for s in gossip
+        .summaries()
+        .filter(|s| behind.contains_key(s.reporter))
+    {
+        for r in s.reports {
+            let Some(at) = behind.get(r.peer.as_str()) else {
+                continue;
+            };
+            let direct = matches!(r.route, Route::Direct | Route::Punched);
+            if direct && r.observed.is_some_and(|o| o.ip() == *at) {
+                let (a, b) = (s.reporter, r.peer.as_str());
+                out.insert((a.min(b), a.max(b)));
+            }
+        }
+    }
+    out
+}
+
 /// Where `p`'s authenticated traffic comes from, if its endpoint in use authenticated
-/// something lately: what this node reports as observed.
+/// something lately and is not a relay's port: what this node reports as observed.
 fn observed(p: &PeerStatus) -> Option<std::net::SocketAddr> {
-    let r = p.reach.as_ref()?;
+    let r = p
+        .reach
+        .as_ref()
+        .filter(|r| !r.route.starts_with("relayed"))?;
     r.heard_secs
         .filter(|s| *s < crate::link::endpoint::WORKING.as_secs_f64())?;
     r.endpoint.parse().ok()

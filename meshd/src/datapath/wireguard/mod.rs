@@ -183,6 +183,7 @@ impl Encap for Wireguard {
                 if self.hole_punching {
                     nat::burst(socket, peer, wg, &mut out);
                 }
+                nat::to_relay(socket, peer);
                 match action {
                     Action::WriteToNetwork(n) => nat::send(socket, peer, &out[..n], now),
                     // Repeats every tick while the peer stays idle: trace, not debug.

@@ -18,6 +18,9 @@
 //! they get initiations in hole punching's coordinated bursts only ([`burst`]); a node behind a
 //! NAT reaches public peers itself, with the keepalive it starts once it knows of its NAT.
 //!
+//! **Relays.** When the endpoint in use moves to a relay port, the handshake in flight goes
+//! there at once ([`to_relay`]); while relayed, handshakes also go to the other candidates.
+//!
 //! **Bursts.** When the pair's punch schedule ([`crate::link::punch`]) has a burst armed and
 //! its start has come, each control tick sends a handshake initiation (a new one, or the one in
 //! flight again) to the peer's public endpoints, [`crate::link::punch::SHOTS`] ticks running.
@@ -89,7 +92,7 @@ pub(super) fn send(socket: &UdpSocket, peer: &PeerEntry, datagram: &[u8], now: S
         .last_initiation
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = datagram.to_vec();
-    if peer.ep.working(now) {
+    if peer.ep.working(now) && !peer.ep.relayed() {
         return;
     }
     // The peer's public endpoints (its NAT's) are tried in punch bursts only: a NAT passes
@@ -108,6 +111,39 @@ pub(super) fn send(socket: &UdpSocket, peer: &PeerEntry, datagram: &[u8], now: S
         tried.push(c.addr);
         if let Err(e) = socket.send_to(datagram, c.addr) {
             tracing::trace!(error = %e, peer = %peer.name, to = %c.addr, "handshake to a candidate");
+        }
+    }
+}
+
+/// The endpoint in use just moved to a relay port (no direct path works): the handshake in
+/// flight, if any, goes there at once. boringtun would send its retry only after 5 s, and the
+/// one in flight went to endpoints that do not answer. Each relay port newly offered for the
+/// pair gets it too, once: a relay learns a side's port from its first datagram, so every relay
+/// then forwards both ways, whichever the peer chose (the two may have chosen apart while one
+/// held fewer offers). The same initiation twice is harmless (a responder that saw it refuses
+/// the replay).
+pub(super) fn to_relay(socket: &UdpSocket, peer: &PeerEntry) {
+    let mut to = peer.ep.take_fresh_offers();
+    if peer.ep.take_moved_to_relay() {
+        to.push(peer.endpoint());
+    }
+    if to.is_empty() {
+        return;
+    }
+    to.sort();
+    to.dedup();
+    let cached = peer
+        .last_initiation
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if cached.is_empty() {
+        return;
+    }
+    for to in to {
+        tracing::debug!(peer = %peer.name, %to, "a relay port for the pair: the handshake in flight sent there");
+        if let Err(e) = socket.send_to(&cached, to) {
+            tracing::trace!(error = %e, peer = %peer.name, %to, "handshake to the relay");
         }
     }
 }
