@@ -31,7 +31,7 @@ use meshd_lab::Topology;
 use crate::gossip::wait_for_mesh;
 use crate::nat::{nat_spec, reach, reach_of, A1, B1, PUB1, PUB2};
 use crate::relay::pair_counted;
-use crate::support::{require_root, status, wait_for};
+use crate::support::{require_root, status, wait_for, wait_until};
 
 /// What the delay line adds to pub1's packets to the sides: below gossip's probe timeout
 /// (100 ms), so the members' SWIM probes of each other are unaffected.
@@ -167,13 +167,23 @@ fn the_sides_choose_the_relay_with_the_lower_measured_round_trip() {
     let t = Topology::up(nat_spec("rrtt", &[])).unwrap();
     let sides = [t.router_a_public(), Ipv4Addr::new(198, 18, 0, 102)];
     let line = DelayLine::start(&t.hosts[PUB1].ns, t.hosts[PUB1].underlay, &sides);
+    // The lab forms before the line is in place: pub1 starts again behind it, so its sessions
+    // with the sides (and the round trips their handshakes measure) are made through it.
+    t.stop_meshd(PUB1).unwrap();
+    t.start_meshd(PUB1).unwrap();
     wait_for_mesh(&t, &(0..t.hosts.len()).collect::<Vec<_>>());
     reach(&t, A1, B1);
     reach(&t, B1, A1);
     let (pub1, pub2) = (t.hosts[PUB1].name.clone(), t.hosts[PUB2].name.clone());
     // The delay line carried pub1's traffic to the sides, and each relay measured its round
     // trip to each side (pub1's through the line: at least its delay).
-    assert!(line.delayed.load(Ordering::Relaxed) > 0, "nothing delayed");
+    // (pub1 sends to the sides only now and then once the pair is up: gossip, keepalives.)
+    wait_until("pub1's traffic to the sides delayed", || {
+        match line.delayed.load(Ordering::Relaxed) {
+            0 => Err("nothing delayed yet"),
+            n => Ok(n),
+        }
+    });
     for (relay, slow) in [(PUB1, true), (PUB2, false)] {
         for side in [A1, B1] {
             let s = wait_for(&t, relay, "a round trip to the side measured", |s| {
@@ -188,10 +198,13 @@ fn the_sides_choose_the_relay_with_the_lower_measured_round_trip() {
             }
         }
     }
-    // Both sides move to pub2, and say why: pub1 is next, slower.
+    // Both sides are on pub2 once both relays offer the pair (pub1 offers again after its
+    // restart), and say why: pub1 is next, slower.
     for (side, other) in [(A1, B1), (B1, A1)] {
-        let s = wait_for(&t, side, "relayed via pub2", |s| {
-            reach_of(s, &t, other).route == format!("relayed via {pub2}")
+        let s = wait_for(&t, side, "relayed via pub2 with pub1 offered too", |s| {
+            let r = reach_of(s, &t, other);
+            r.route == format!("relayed via {pub2}")
+                && r.relay.is_some_and(|why| why.contains("of 2 relay(s)"))
         });
         let why = reach_of(&s, &t, other).relay.unwrap_or_default();
         println!("{}: {why}", t.hosts[side].name);
