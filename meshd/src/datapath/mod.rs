@@ -28,7 +28,6 @@ pub mod worker;
 use anyhow::{Context, Result};
 use quinn_udp::UdpSocketState;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -178,9 +177,6 @@ pub(crate) struct Queue {
     /// Set while the TX worker waits for the TUN queue: the RX worker may then take
     /// [`Queue::tx`] and send the reply its own TUN write just produced.
     pub(crate) tx_idle: AtomicBool,
-    /// The TX worker's sleep (none where the kernel refuses epoll: it polls): the RX worker
-    /// holds it while it answers from this queue itself ([`worker`]'s hand-off).
-    pub(crate) tx_waiter: Option<waiter::Waiter>,
     pub(crate) counters: Arc<QueueCounters>,
 }
 
@@ -265,8 +261,6 @@ impl DataPath {
                 ..QueueCounters::default()
             });
             queues.push(counters.clone());
-            let tx_waiter =
-                waiter::Waiter::new(dev.as_raw_fd(), &[], libc::POLLIN, &shared.stop).ok();
             all.push(Arc::new(Queue {
                 tun: Arc::new(dev),
                 socket: sock,
@@ -280,7 +274,6 @@ impl DataPath {
                     udp.gso_segments,
                 )),
                 tx_idle: AtomicBool::new(false),
-                tx_waiter,
                 counters,
             }));
         }

@@ -93,12 +93,6 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
             more
         };
         acc.flush(&table);
-        // A lone request the kernel answers within the write: its answer is this thread's to
-        // send, so the sleeping TX worker is not woken by it only to race this one for it.
-        let hold = datagrams == 1
-            && answerable
-            && q.tx_idle.load(Ordering::SeqCst)
-            && q.tx_waiter.as_ref().is_some_and(Waiter::hold);
         wrote |= flush(&mut out, q, &mut rx.drops);
         rx.drops.flush_into(&shared.routes.unattributed);
         q.counters
@@ -106,9 +100,6 @@ pub(crate) fn rx_loop<E: Encap>(shared: &Shared<E>, q: &Queue, all: &[Arc<Queue>
             .fetch_add(datagrams, Ordering::Relaxed);
         if wrote && answerable {
             answer_from_rx(shared, q, all, datagrams == 1);
-        }
-        if let Some(w) = q.tx_waiter.as_ref().filter(|_| hold) {
-            w.release();
         }
         if !more {
             let ready = &mut flow_ready[..flows.len()];
@@ -139,10 +130,11 @@ const FLOW_READ_EVERY: u32 = 16;
 /// The RX worker's hand-off to TX: a packet it just wrote to the TUN device often has its
 /// answer waiting in the TUN queue when the write returns (the kernel delivers it and replies
 /// in the same softirq: a ping's echo, a TCP ACK). When the TX worker sleeps, send that answer
-/// from here rather than wake it: one thread wake-up less per round trip. For a lone datagram
-/// the RX worker holds the TX worker's sleep across its write ([`super::waiter::Waiter::hold`]), so the answer
-/// does not wake it only to race this thread for it; otherwise a TX worker woken finds the
-/// queue empty or waits for the lock; order is kept by the lock.
+/// from here rather than wake it: one thread wake-up less per round trip. The TX worker, woken
+/// all the same, finds the queue empty or waits for the lock; order is kept by the lock. (On
+/// a two-CPU VM, holding the TX worker's wait across the write so that only this thread
+/// answers made round trips slower: the woken TX worker on the other CPU often sends the
+/// answer before this write returns. BENCHMARKS.md, issue 25.)
 ///
 /// The kernel puts an answer in the TUN queue its flow hashes to, which need not be `own`: an
 /// ICMP echo reply does not hash as its request did, and lands in another queue. So when

@@ -17,9 +17,6 @@ const STOP: u64 = u64::MAX;
 
 pub(crate) struct Waiter {
     epoll: OwnedFd,
-    /// The main descriptor (what [`Waiter::hold`] takes out of the wait).
-    main: RawFd,
-    events: u32,
     timeout: i32,
 }
 
@@ -56,38 +53,7 @@ impl Waiter {
         if stop_fd >= 0 {
             add(stop_fd, libc::EPOLLIN as u32, STOP)?;
         }
-        Ok(Waiter {
-            epoll,
-            main: fd,
-            events: wanted,
-            timeout,
-        })
-    }
-
-    /// Another thread's hold on the main descriptor: until [`Waiter::release`], its becoming
-    /// ready does not wake the waiter (another thread is about to read it: waking this one
-    /// would only race it). Whether the hold took.
-    pub(crate) fn hold(&self) -> bool {
-        self.modify(0)
-    }
-
-    /// Ends a [`Waiter::hold`]: a main descriptor ready by now wakes the waiter at once
-    /// (`EPOLL_CTL_MOD` looks at its readiness again).
-    pub(crate) fn release(&self) {
-        self.modify(self.events);
-    }
-
-    fn modify(&self, events: u32) -> bool {
-        let mut ev = libc::epoll_event { events, u64: 0 };
-        // SAFETY: changes the events of a descriptor registered in `new`; `ev` is ours.
-        unsafe {
-            libc::epoll_ctl(
-                self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_MOD,
-                self.main,
-                &mut ev,
-            ) == 0
-        }
+        Ok(Waiter { epoll, timeout })
     }
 
     /// Sleep until a descriptor is ready or the stop is set; `ready[i]` says whether flow
@@ -206,31 +172,5 @@ mod tests {
         stop.set();
         assert!(w.wait(&mut ready), "woken by the stop");
         assert_eq!(ready, [false]);
-    }
-
-    #[test]
-    fn a_held_main_descriptor_wakes_nobody_until_released() {
-        let main = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let stop = Stop::new();
-        let w = Waiter::new(main.as_raw_fd(), &[], libc::POLLIN, &stop).unwrap();
-        let ready_now = || {
-            let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 2];
-            // SAFETY: at most two events into our array; no wait.
-            unsafe { libc::epoll_wait(w.epoll.as_raw_fd(), evs.as_mut_ptr(), 2, 0) }
-        };
-        assert!(w.hold());
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        tx.send_to(b"a", main.local_addr().unwrap()).unwrap();
-        let mut buf = [0u8; 8];
-        main.peek(&mut buf).unwrap();
-        assert_eq!(ready_now(), 0, "held: the datagram waiting wakes nobody");
-        w.release();
-        assert_eq!(
-            ready_now(),
-            1,
-            "released: what waits wakes the waiter at once"
-        );
-        main.recv(&mut buf).unwrap();
-        assert_eq!(ready_now(), 0);
     }
 }

@@ -14,12 +14,13 @@
 //! state ([`TxState`]) sits behind a per-queue lock that only the queue's TX loop and the RX
 //! loops take, once per batch, so one flow's packets leave in the order they came.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{MutexGuard, PoisonError};
 
 use super::io::{send_runs_from, TunReader, TX_BATCH};
 use super::runs::Runs;
-use super::waiter::wait_or_stop;
+use super::waiter::{wait_or_stop, Waiter};
 use super::{Encap, EncodeBatch, Encoded, Queue, Shared};
 use crate::kernel::probe;
 use crate::routes::RouteTable;
@@ -255,6 +256,7 @@ fn lock_tx(q: &Queue) -> MutexGuard<'_, TxState> {
 }
 
 pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
+    let waiter = Waiter::new(q.tun.as_raw_fd(), &[], libc::POLLIN, &shared.stop).ok();
     // Just woken: send the first read at once; busy: fill batches.
     let mut woke = true;
     while !shared.stop.is_set() {
@@ -262,7 +264,7 @@ pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
         woke = false;
         if !more {
             q.tx_idle.store(true, Ordering::SeqCst);
-            match &q.tx_waiter {
+            match &waiter {
                 Some(w) => {
                     w.wait(&mut []);
                 }
