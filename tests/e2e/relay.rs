@@ -95,10 +95,15 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
         let r = tcp_transfer(&from, &to, addr, 5300 + n as u16, 2 << 20).unwrap();
         assert!(r.verified, "{} → {}: {r:?}", role(&t, x), role(&t, y));
     }
-    let (ab, ba) = pair_counted(&status(&t, relay), &t).expect("the relay lists the pair");
+    // Through the relays, whichever each side sent into (every relay offered forwards both
+    // ways, and a side may move to one measured clearly faster meanwhile).
+    let (ab, ba) = [relay, other]
+        .iter()
+        .filter_map(|&i| pair_counted(&status(&t, i), &t))
+        .fold((0, 0), |(x, y), (a, b)| (x + a, y + b));
     assert!(
         ab > 2 << 20 && ba > 2 << 20,
-        "relayed bytes each way: {ab}, {ba}"
+        "relayed bytes each way, both relays: {ab}, {ba}"
     );
 
     let port = s
