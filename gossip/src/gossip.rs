@@ -412,15 +412,17 @@ impl Gossip {
     }
 
     pub(crate) fn send(&mut self, dst: SocketAddr, kind: Kind, payload: &[u8]) {
-        // A member behind NAT is sent to where its gossip comes from (`via.rs`).
-        let dst = self.via.route(dst);
-        if self.transmits.len() >= crate::bounds::MAX_TRANSMITS {
-            self.counters.transmits_dropped += 1;
-            return;
-        }
+        // A member behind NAT: where its gossip comes from, and where it is claimed (`via.rs`).
         let mut out = Vec::with_capacity(payload.len() + ENVELOPE_OVERHEAD);
         wire::encode_envelope(kind, payload, &mut out);
-        self.transmits.push_back(Transmit { dst, payload: out });
+        for dst in self.via.routes(dst).into_iter().flatten() {
+            if self.transmits.len() >= crate::bounds::MAX_TRANSMITS {
+                self.counters.transmits_dropped += 1;
+                return;
+            }
+            let payload = out.clone();
+            self.transmits.push_back(Transmit { dst, payload });
+        }
     }
 
     /// Re-disseminates our record under a new generation. Saturating: the inbox refuses every

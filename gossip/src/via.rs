@@ -18,7 +18,10 @@
 //! (within [`PIN_HOLD`]), a datagram naming it from another address moves nothing (it is
 //! counted), so a forger would have to send from behind the member's own NAT or silence it
 //! first. A member whose NAT moved is followed once it has been quiet at the old address for
-//! that long.
+//! that long; meanwhile what is sent to it goes to the pinned address **and** to the address
+//! that claims it ([`Via::routes`]), so a member whose NAT's address really changed answers
+//! probes at once (SWIM's suspicion is shorter than the hold), and a forger gets copies of
+//! SWIM datagrams any member can read, never the member's only ones.
 //! Before that, an entry only moves where that member's SWIM traffic goes until its own next
 //! datagram puts it back. Records, which decide routes, are signed by their owner whichever
 //! way they travel. Entries are bounded ([`MAX_VIA`]) and forgotten when not refreshed within
@@ -46,6 +49,9 @@ pub(crate) struct Via {
     seen: HashMap<SocketAddr, (SocketAddr, Instant)>,
     /// Identity address → the address its owner's authenticated traffic comes from.
     pins: HashMap<SocketAddr, IpAddr>,
+    /// Identity address of a pinned member → another address that named it within
+    /// [`PIN_HOLD`] (refused, but sent to as well).
+    contested: HashMap<SocketAddr, (SocketAddr, Instant)>,
     /// Datagrams naming a pinned member from another address: moved nothing.
     pub(crate) refused: u64,
 }
@@ -77,6 +83,9 @@ impl Via {
             });
             if held {
                 self.refused += 1;
+                if self.contested.len() < MAX_VIA || self.contested.contains_key(&src.addr) {
+                    self.contested.insert(src.addr, (from, now));
+                }
                 return None;
             }
         }
@@ -93,6 +102,7 @@ impl Via {
                 }
             }
         }
+        self.contested.remove(&src.addr);
         self.seen.insert(src.addr, (from, now));
         Some(src.addr)
     }
@@ -100,6 +110,13 @@ impl Via {
     /// Where to send what is addressed to `addr`.
     pub(crate) fn route(&self, addr: SocketAddr) -> SocketAddr {
         self.seen.get(&addr).map_or(addr, |(via, _)| *via)
+    }
+
+    /// Where to send what is addressed to `addr`: [`Via::route`], and the address contesting
+    /// a pinned member's, if one does.
+    pub(crate) fn routes(&self, addr: SocketAddr) -> [Option<SocketAddr>; 2] {
+        let also = self.contested.get(&addr).map(|(a, _)| *a);
+        [Some(self.route(addr)), also]
     }
 
     /// Where the member whose identity address is `addr` is heard from, when not there.
@@ -126,6 +143,8 @@ impl Via {
     pub(crate) fn expire(&mut self, now: Instant) {
         self.seen
             .retain(|_, (_, t)| now.saturating_duration_since(*t) < VIA_TTL);
+        self.contested
+            .retain(|_, (_, t)| now.saturating_duration_since(*t) < PIN_HOLD);
     }
 }
 
@@ -184,6 +203,12 @@ mod tests {
         let forger: SocketAddr = "198.18.0.66:7946".parse().unwrap();
         assert_eq!(v.heard(&swim_from("192.168.1.1:7946"), forger, now), None);
         assert_eq!((v.route(private), v.refused), (public, 1));
+        // Sent to as well while it contests (the member's NAT may have moved there): never
+        // instead of the pinned one; forgotten after the hold.
+        assert_eq!(v.routes(private), [Some(public), Some(forger)]);
+        v.expire(now + PIN_HOLD);
+        assert_eq!(v.routes(private), [Some(public), None]);
+        assert_eq!(v.heard(&swim_from("192.168.1.1:7946"), forger, now), None);
         // A new port of the pinned address (its NAT remapped): followed.
         let remapped: SocketAddr = "198.18.0.101:40001".parse().unwrap();
         v.heard(&swim_from("192.168.1.1:7946"), remapped, now);
@@ -191,7 +216,12 @@ mod tests {
         // Quiet at the pinned address for a while (its NAT's address changed): followed.
         let moved: SocketAddr = "198.18.0.111:40001".parse().unwrap();
         v.heard(&swim_from("192.168.1.1:7946"), moved, now + PIN_HOLD);
-        assert_eq!((v.route(private), v.refused), (moved, 1));
+        assert_eq!((v.route(private), v.refused), (moved, 2));
+        assert_eq!(
+            v.routes(private),
+            [Some(moved), None],
+            "taken: contested no more"
+        );
         v.pin(private, None);
         v.heard(&swim_from("192.168.1.1:7946"), public, now);
         assert_eq!(v.route(private), public);
