@@ -1,16 +1,21 @@
 //! A side's choice of relay for each peer it has no direct path to: among the relays whose
 //! signed summaries offer a port for the pair ([`meshd_gossip::RelayOffer`]), alive here and
-//! reached from here, the lowest RTT through it, ties by name. Both legs are what the relay
-//! published (its RTTs to the two sides, `status::health::rtt`: measured as their handshakes'
-//! responder too; one it has not measured counts as [`UNMEASURED`]): the
-//! relay's summary is the one both sides are sure to hold (the other side's may never reach this
-//! one: the pair has no direct path), so both choose the same relay, which needs both to send
-//! to its port. A relay that dies (suspect, then down, within
-//! about a second with the gossip defaults) stops counting and the next one is chosen; the
-//! endpoint in use moves off the old relay port at once ([`EndpointCell::set_relay`]), the
-//! WireGuard session untouched.
+//! reached from here, the lowest RTT through it; RTTs within [`NEAR`] plus a fifth of the
+//! lowest tie, and the name breaks the tie, except that the relay in use is kept while it is
+//! within that tie (measurements that come later move no pair; a relay clearly faster takes
+//! over). Both legs are what the relay published (its RTTs to the two sides,
+//! `status::health::rtt`: measured as their handshakes' responder too; one it has not measured
+//! counts as [`UNMEASURED`]), so both sides usually choose alike; when they do not (one held an
+//! offer the other did not yet), every relay offered forwards the pair, having had each side's
+//! handshake (`datapath/wireguard/nat.rs`), and roaming follows the peer. Every offered port
+//! goes to the cell ([`EndpointCell::set_offered`]). A relay that dies (suspect, then down,
+//! within about a second with the gossip defaults) stops counting and the next one is chosen;
+//! the endpoint in use moves off the old relay port at once ([`EndpointCell::set_relay`]), the
+//! WireGuard session untouched, and a handshake is asked for, since a relay port learns a side
+//! only from one (`super::port`).
 //!
 //! [`EndpointCell::set_relay`]: crate::link::endpoint::EndpointCell::set_relay
+//! [`EndpointCell::set_offered`]: crate::link::endpoint::EndpointCell::set_offered
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
