@@ -25,6 +25,7 @@ mod metrics;
 mod mss;
 mod nat;
 mod nat_idle;
+mod notrack;
 mod observe;
 mod ordering;
 mod peer_links;

@@ -16,7 +16,8 @@
 //! the node itself is delivered locally, never reaching postrouting), multicast, and the
 //! destinations an operator lists in `no-masquerade-cidrs` (they must see pod addresses, and
 //! route them back themselves). The nat chain sees the first packet of each connection only
-//! (conntrack remembers the rest), so its counter counts connections.
+//! (conntrack remembers the rest), so its counter counts connections. Having a nat chain turns
+//! tracking on for the whole namespace; what needs none skips it ([`super::notrack`]).
 
 use ipnet::Ipv4Net;
 use std::fmt::Write;

@@ -18,6 +18,7 @@ pub(crate) mod ethtool;
 pub(crate) mod fresh_netns;
 pub(crate) mod mss;
 pub(crate) mod nft;
+pub(crate) mod notrack;
 pub(crate) mod probe;
 pub(crate) mod routes;
 pub(crate) mod source_check;

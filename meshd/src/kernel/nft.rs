@@ -4,7 +4,8 @@
 //!
 //! The table is generated, never edited: [`Ruleset`] holds one field per job (the inner source
 //! checks of kernel-received VXLAN, [`super::source_check`]; the kernel paths' traffic counters,
-//! [`super::traffic`]; egress masquerade, [`super::egress`]; MSS clamping, [`super::mss`]), one
+//! [`super::traffic`]; egress masquerade, [`super::egress`]; MSS clamping, [`super::mss`];
+//! connection tracking skipped where nobody needs it, [`super::notrack`]), one
 //! place composes it ([`super::table::Table::compose`]), and [`apply`] writes the whole table in
 //! one `nft -f -` transaction, which replaces the previous one atomically: no packet ever meets
 //! half a table, and however often meshd restarts there is one copy of each rule. A ruleset with
@@ -21,6 +22,7 @@ use std::process::{Command, Stdio};
 
 use super::egress::Egress;
 use super::mss::MssClamp;
+use super::notrack::Notrack;
 use super::source_check::VxlanSources;
 use super::traffic::PeerTraffic;
 
@@ -39,6 +41,8 @@ pub(crate) struct Ruleset {
     pub(crate) egress: Option<Egress>,
     /// MSS clamping of SYNs into the overlay, per peer (`mss-clamping = true`).
     pub(crate) mss: Option<MssClamp>,
+    /// Connection tracking skipped for the underlay and in-cluster traffic ([`super::notrack`]).
+    pub(crate) notrack: Option<Notrack>,
 }
 
 impl Ruleset {
@@ -47,6 +51,7 @@ impl Ruleset {
             && self.traffic.is_none()
             && self.egress.is_none()
             && self.mss.is_none()
+            && self.notrack.is_none()
     }
 
     /// The `nft -f` text that replaces the table with this ruleset: declare it (so the delete
@@ -67,6 +72,9 @@ impl Ruleset {
         }
         if let Some(m) = &self.mss {
             m.declare(&mut out);
+        }
+        if let Some(n) = &self.notrack {
+            n.declare(&mut out);
         }
         out.push_str("}\n");
         out
@@ -106,6 +114,15 @@ pub(crate) fn list() -> Result<Option<serde_json::Value>, NftError> {
     }
 }
 
+/// Every table of the namespace, as nft's JSON: names only (`all = false`), or whole with
+/// their rules and counters (`all = true`: one call instead of two while meshd's is the only
+/// table, see [`super::notrack`]).
+pub(crate) fn list_all(all: bool) -> Result<serde_json::Value, NftError> {
+    let what = if all { "ruleset" } else { "tables" };
+    let out = run(&["-j", "list", what], None)?;
+    serde_json::from_str(&out).map_err(|e| NftError::Refused(format!("unreadable JSON: {e}")))
+}
+
 /// Remove the table; whether there was one.
 pub(crate) fn remove() -> Result<bool, NftError> {
     match run(&["delete", "table", FAMILY, TABLE], None) {
@@ -137,7 +154,7 @@ impl Counter {
     }
 }
 
-/// The named counters in a [`list`] answer.
+/// The named counters of meshd's table in a [`list`] (or [`list_all`]) answer.
 pub(crate) fn counters(table: &serde_json::Value) -> Vec<Counter> {
     let Some(items) = table.get("nftables").and_then(|v| v.as_array()) else {
         return Vec::new();
@@ -145,6 +162,7 @@ pub(crate) fn counters(table: &serde_json::Value) -> Vec<Counter> {
     items
         .iter()
         .filter_map(|i| i.get("counter"))
+        .filter(|c| c.get("table").and_then(|t| t.as_str()).is_none_or(|t| t == TABLE))
         .filter_map(|c| {
             Some(Counter {
                 name: c.get("name")?.as_str()?.to_string(),

@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use super::egress::{self, Egress};
 use super::mss::{self, MssClamp};
 use super::nft::{self, Counter, NftError, Ruleset};
+use super::notrack::{Notrack, Others, Tracking};
 use super::source_check::VxlanSources;
 use super::traffic::PeerTraffic;
 use crate::config::Config;
@@ -26,6 +27,8 @@ pub(crate) struct Table {
     egress: Option<Egress>,
     exempt: Vec<Ipv4Net>,
     clamping: bool,
+    /// Whether connection tracking may be skipped, and why not.
+    tracking: Tracking,
     /// What the kernel has, as last written (`None`: to be written).
     applied: Option<Ruleset>,
     /// Why the last write failed, until one succeeds.
@@ -45,6 +48,10 @@ impl Table {
                 .then(|| Egress::new(cfg.cluster_cidr, &cfg.no_masquerade_cidrs)),
             exempt: cfg.no_masquerade_cidrs.clone(),
             clamping: cfg.mss_clamping,
+            tracking: Tracking::new(
+                cfg.masquerade
+                    .then(|| Notrack::new(cfg.cluster_cidr, cfg.data_port())),
+            ),
             applied: None,
             error: None,
             seen_masq: 0,
@@ -67,7 +74,24 @@ impl Table {
             traffic,
             egress: self.egress.clone(),
             mss: self.clamping.then(|| MssClamp::new(mtus)),
+            notrack: self.tracking.chains(),
         }
+    }
+
+    /// Whether the table turns connection tracking on (the masquerade), so that who else uses
+    /// netfilter matters ([`super::notrack`]).
+    pub(crate) fn tracking_relevant(&self) -> bool {
+        self.tracking.relevant()
+    }
+
+    /// Whether the kernel holds the chains that skip tracking.
+    pub(crate) fn untracking(&self) -> bool {
+        self.applied.as_ref().is_some_and(|r| r.notrack.is_some())
+    }
+
+    /// What a look at the namespace's other netfilter users found; whether the table changes.
+    pub(crate) fn observe_others(&mut self, others: Others) -> bool {
+        self.tracking.observe(others)
     }
 
     /// Whether the kernel holds `r` as it is.
@@ -158,7 +182,10 @@ impl Table {
                     .collect()
             })
             .unwrap_or_default();
+        let (untracked, untracked_off) = self.tracking.status();
         EgressStatus {
+            untracked: untracked && failed.is_none(),
+            untracked_off: failed.clone().or(untracked_off),
             masquerade: masquerade_off.is_none(),
             masquerade_off,
             no_masquerade_cidrs: self.exempt.iter().map(|n| n.to_string()).collect(),

@@ -25,6 +25,12 @@ pub struct EgressStatus {
     pub mss: Vec<MssStatus>,
     /// SYNs whose MSS was lowered, since start.
     pub clamped: u64,
+    /// meshd's underlay datagrams and in-cluster traffic skip connection tracking.
+    #[serde(default)]
+    pub untracked: bool,
+    /// Why they are tracked (masquerade off, another netfilter user, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untracked_off: Option<String>,
 }
 
 /// One clamp value.
@@ -71,6 +77,15 @@ impl EgressStatus {
         } else {
             let why = self.mss_clamping_off.as_deref().unwrap_or("off");
             let _ = writeln!(o, "  mss clamp         off ({why})");
+        }
+        if self.untracked {
+            let _ = writeln!(
+                o,
+                "  conntrack         skipped for the underlay and in-cluster traffic (no other netfilter user)"
+            );
+        } else {
+            let why = self.untracked_off.as_deref().unwrap_or("tracked");
+            let _ = writeln!(o, "  conntrack         every packet tracked ({why})");
         }
     }
 }

@@ -183,6 +183,8 @@ struct Manager {
     next_table_verify: Instant,
     /// When a table the kernel refused is tried again.
     table_retry_at: Instant,
+    /// When to look for other netfilter users while the table tracks everything.
+    next_others_look: Instant,
     moves: u64,
 }
 
@@ -256,6 +258,7 @@ async fn run(
         next_verify: now + VERIFY_EVERY,
         next_table_verify: now + VERIFY_EVERY,
         table_retry_at: now,
+        next_others_look: now,
         moves: 0,
     };
     let mut tick = tokio::time::interval(TICK);

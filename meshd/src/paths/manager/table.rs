@@ -2,7 +2,9 @@
 //! every tick (their subnets for the source checks and traffic counters, their MTUs for the MSS
 //! clamp) and rewritten whole only when that differs from what the kernel holds; compared with
 //! the kernel every [`VERIFY_EVERY`] (a firewall reload may flush every table: then it is
-//! written again) and its counters read. This runs in every mode: on a node without kernel
+//! written again) and its counters read, and who else uses netfilter is looked at (while nobody
+//! does, meshd's underlay and in-cluster traffic skip connection tracking, [`crate::kernel::notrack`]).
+//! This runs in every mode: on a node without kernel
 //! paths the manager wakes for it once every [`TABLE_TICK`].
 
 use ipnet::Ipv4Net;
@@ -10,10 +12,15 @@ use std::time::{Duration, Instant};
 
 use super::{lock, Manager, VERIFY_EVERY};
 use crate::kernel::nft::{self, Counter};
+use crate::kernel::notrack::{self, Others};
 
 /// How often a node without kernel paths compares the table with its peers' MTUs (with kernel
 /// paths the manager's own tick does it): a changed MTU reaches the clamp within this.
 pub(super) const TABLE_TICK: Duration = Duration::from_secs(1);
+/// How often a table that tracks everything (another netfilter user was there) looks whether
+/// that user is gone. The other way, a user appearing while tracking is skipped, is seen at the
+/// next check ([`VERIFY_EVERY`]): that listing costs nothing extra then.
+const OTHERS_EVERY: Duration = Duration::from_secs(60);
 
 impl Manager {
     /// Compare the table with the kernel's when due, then write it if what it should hold
@@ -21,7 +28,16 @@ impl Manager {
     pub(super) fn tend_table(&mut self, now: Instant) {
         if now >= self.next_table_verify {
             self.next_table_verify = now + VERIFY_EVERY;
-            self.verify_table();
+            if self.s.table.untracking() {
+                self.verify_alone();
+            } else {
+                self.verify_table();
+            }
+        }
+        if !self.s.table.untracking() && self.s.table.tracking_relevant() && now >= self.next_others_look {
+            self.next_others_look = now + OTHERS_EVERY;
+            let others = nft::list_all(false).map_or(Others::Unknown, |l| notrack::others(&l));
+            self.s.table.observe_others(others);
         }
         self.sync_table(now);
     }
@@ -63,6 +79,36 @@ impl Manager {
             Ok(Some(table)) => self.read_counters(&nft::counters(&table)),
             Ok(None) => self.s.table.lost(),
             Err(e) => tracing::warn!(error = %e, "cannot read meshd's nftables table"),
+        }
+        self.show_table();
+    }
+
+    /// The check while tracking is skipped: one listing of the whole ruleset (then only meshd's
+    /// table) gives the counters and shows any other netfilter user, for whom the table is
+    /// written again at once, tracking everything.
+    fn verify_alone(&mut self) {
+        match nft::list_all(true) {
+            Ok(all) => {
+                let ours = all
+                    .get("nftables")
+                    .and_then(|v| v.as_array())
+                    .is_some_and(|items| {
+                        items.iter().filter_map(|i| i.get("table")).any(|t| {
+                            t.get("name").and_then(|n| n.as_str()) == Some(nft::TABLE)
+                                && t.get("family").and_then(|f| f.as_str()) == Some(nft::FAMILY)
+                        })
+                    });
+                if ours {
+                    self.read_counters(&nft::counters(&all));
+                } else {
+                    self.s.table.lost();
+                }
+                self.s.table.observe_others(notrack::others(&all));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the nftables ruleset");
+                self.s.table.observe_others(Others::Unknown);
+            }
         }
         self.show_table();
     }

@@ -1,0 +1,101 @@
+//! Connection tracking, which the egress masquerade turns on for a node's namespace, is skipped
+//! for meshd's own underlay datagrams and for traffic between cluster addresses while meshd is
+//! the namespace's only netfilter user, and everything is tracked again once another user (a
+//! firewall, kube-proxy, a CNI portmap) puts a table there.
+//!
+//! Each look at the kernel's connection table comes after traffic that would have made entries,
+//! and beside a flow that must be tracked (host to the peer's underlay address, ICMP): an empty
+//! table could otherwise mean tracking was off altogether.
+
+use std::process::Command;
+
+use crate::egress::rules;
+use crate::kernel_paths::{auto, spec};
+use crate::support::{nft_delete, nft_load, require_root, wait_for};
+use meshd::config::{Datapath, Encryption};
+use meshd_lab::probe::ping;
+use meshd_lab::{LabPaths, Topology};
+
+const WIREGUARD_PORT: &str = "51820";
+/// Someone else's table: its presence alone must turn the skipping off.
+const OPERATOR: &str = "table ip operator {\n\tchain c {\n\t\ttype filter hook input priority 10; policy accept;\n\t}\n}\n";
+
+/// The kernel's connection table of namespace `ns`, one entry a line.
+fn entries(ns: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "conntrack", "-L"])
+        .output()
+        .unwrap_or_else(|e| panic!("conntrack -L in {ns}: {e}"));
+    assert!(out.status.success(), "conntrack -L in {ns}: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn flush(ns: &str) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "conntrack", "-F"])
+        .output()
+        .unwrap_or_else(|e| panic!("conntrack -F in {ns}: {e}"));
+    assert!(out.status.success(), "conntrack -F in {ns}: {out:?}");
+}
+
+/// Pod to pod, host to pod, and host to the peer's underlay address (the flow that is always
+/// tracked); each must be answered.
+fn traffic(t: &Topology) {
+    let (h1, p1, p2) = (&t.hosts[0], &t.hosts[0].pods[0], &t.hosts[1].pods[0]);
+    ping(&p1.ns, p2.addr, 5).unwrap_or_else(|e| panic!("pod to pod: {e}"));
+    ping(&h1.ns, p2.addr, 5).unwrap_or_else(|e| panic!("host to pod: {e}"));
+    ping(&h1.ns, t.hosts[1].underlay, 3).unwrap_or_else(|e| panic!("host to host: {e}"));
+}
+
+fn in_cluster(entry: &str) -> bool {
+    entry.contains("src=10.244.") && entry.contains("dst=10.244.") && !entry.contains("224.0.0.")
+}
+
+fn underlay(entry: &str) -> bool {
+    entry.contains(&format!("port={WIREGUARD_PORT} "))
+}
+
+#[test]
+fn tracking_is_skipped_only_while_meshd_is_the_only_netfilter_user() {
+    require_root();
+    let paths = LabPaths {
+        datapath: Datapath::Userspace,
+        ..auto(0, false, 0)
+    };
+    let t = Topology::up(spec("ntk", 2, Encryption::Wireguard, paths)).unwrap();
+    let h1 = t.hosts[0].ns.clone();
+    let s = wait_for(&t, 0, "tracking skipped", |s| {
+        s.egress.as_ref().is_some_and(|e| e.untracked)
+    });
+    assert!(s.egress.is_some_and(|e| e.masquerade && e.untracked_off.is_none()));
+    assert!(rules(&h1).iter().any(|r| r.contains("notrack")), "{:?}", rules(&h1));
+    flush(&h1);
+    traffic(&t);
+    let seen = entries(&h1);
+    assert!(
+        seen.iter().any(|e| e.contains(&format!("dst={}", t.hosts[1].underlay))),
+        "host to host was not tracked, so tracking is off altogether: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|e| in_cluster(e) || underlay(e)),
+        "in-cluster or underlay traffic was tracked: {seen:?}"
+    );
+
+    // The staged fault: an operator's table appears. Then every packet is tracked again.
+    nft_load(&h1, OPERATOR);
+    let s = wait_for(&t, 0, "tracking on again", |s| {
+        s.egress.as_ref().is_some_and(|e| !e.untracked)
+    });
+    let why = s.egress.and_then(|e| e.untracked_off).unwrap_or_default();
+    assert!(why.contains("table ip operator"), "{why}");
+    assert!(!rules(&h1).iter().any(|r| r.contains("notrack")), "{:?}", rules(&h1));
+    flush(&h1);
+    traffic(&t);
+    let seen = entries(&h1);
+    assert!(seen.iter().any(|e| in_cluster(e)), "pod to pod untracked: {seen:?}");
+    assert!(seen.iter().any(|e| underlay(e)), "the underlay untracked: {seen:?}");
+    nft_delete(&h1, "ip", "operator");
+}
