@@ -208,6 +208,20 @@ fn pods_leave_the_cluster_masqueraded_once_across_restarts() {
     let h1 = t.hosts[0].ns.clone();
     nft_load(&h1, OPERATOR);
     let operator = nft(&h1, &["list", "table", "inet", "operator"], "");
+    // Another user's table: meshd's table tracks everything (no notrack chains) from now on.
+    wait_for(
+        &t,
+        0,
+        "every packet tracked for the operator's table",
+        |s| {
+            s.egress.as_ref().is_some_and(|e| {
+                !e.untracked
+                    && e.untracked_off
+                        .as_deref()
+                        .is_some_and(|w| w.contains("table inet operator"))
+            })
+        },
+    );
     let servers: Vec<String> = (0..2).map(|i| add_server(&t, i)).collect();
     check_egress(&t, &servers, 7100);
     let e = status(&t, 0).egress.unwrap();

@@ -70,13 +70,20 @@ fn tracking_is_skipped_only_while_meshd_is_the_only_netfilter_user() {
     let s = wait_for(&t, 0, "tracking skipped", |s| {
         s.egress.as_ref().is_some_and(|e| e.untracked)
     });
-    assert!(s.egress.is_some_and(|e| e.masquerade && e.untracked_off.is_none()));
-    assert!(rules(&h1).iter().any(|r| r.contains("notrack")), "{:?}", rules(&h1));
+    assert!(s
+        .egress
+        .is_some_and(|e| e.masquerade && e.untracked_off.is_none()));
+    assert!(
+        rules(&h1).iter().any(|r| r.contains("notrack")),
+        "{:?}",
+        rules(&h1)
+    );
     flush(&h1);
     traffic(&t);
     let seen = entries(&h1);
     assert!(
-        seen.iter().any(|e| e.contains(&format!("dst={}", t.hosts[1].underlay))),
+        seen.iter()
+            .any(|e| e.contains(&format!("dst={}", t.hosts[1].underlay))),
         "host to host was not tracked, so tracking is off altogether: {seen:?}"
     );
     assert!(
@@ -91,11 +98,21 @@ fn tracking_is_skipped_only_while_meshd_is_the_only_netfilter_user() {
     });
     let why = s.egress.and_then(|e| e.untracked_off).unwrap_or_default();
     assert!(why.contains("table ip operator"), "{why}");
-    assert!(!rules(&h1).iter().any(|r| r.contains("notrack")), "{:?}", rules(&h1));
+    assert!(
+        !rules(&h1).iter().any(|r| r.contains("notrack")),
+        "{:?}",
+        rules(&h1)
+    );
     flush(&h1);
     traffic(&t);
     let seen = entries(&h1);
-    assert!(seen.iter().any(|e| in_cluster(e)), "pod to pod untracked: {seen:?}");
-    assert!(seen.iter().any(|e| underlay(e)), "the underlay untracked: {seen:?}");
+    assert!(
+        seen.iter().any(|e| in_cluster(e)),
+        "pod to pod untracked: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|e| underlay(e)),
+        "the underlay untracked: {seen:?}"
+    );
     nft_delete(&h1, "ip", "operator");
 }

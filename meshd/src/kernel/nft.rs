@@ -162,7 +162,11 @@ pub(crate) fn counters(table: &serde_json::Value) -> Vec<Counter> {
     items
         .iter()
         .filter_map(|i| i.get("counter"))
-        .filter(|c| c.get("table").and_then(|t| t.as_str()).is_none_or(|t| t == TABLE))
+        .filter(|c| {
+            c.get("table")
+                .and_then(|t| t.as_str())
+                .is_none_or(|t| t == TABLE)
+        })
         .filter_map(|c| {
             Some(Counter {
                 name: c.get("name")?.as_str()?.to_string(),

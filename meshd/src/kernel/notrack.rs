@@ -115,10 +115,18 @@ impl Tracking {
     /// For the status: whether tracking is skipped, else why not.
     pub(crate) fn status(&self) -> (bool, Option<String>) {
         match (&self.wanted, &self.others) {
-            (None, _) => (false, Some("masquerade off: meshd turns no tracking on".into())),
+            (None, _) => (
+                false,
+                Some("masquerade off: meshd turns no tracking on".into()),
+            ),
             (Some(_), Others::None) => (true, None),
-            (Some(_), Others::Unknown) => (false, Some("other netfilter users not known yet".into())),
-            (Some(_), Others::Some(who)) => (false, Some(format!("not the only netfilter user: {}", who.join(", ")))),
+            (Some(_), Others::Unknown) => {
+                (false, Some("other netfilter users not known yet".into()))
+            }
+            (Some(_), Others::Some(who)) => (
+                false,
+                Some(format!("not the only netfilter user: {}", who.join(", "))),
+            ),
         }
     }
 }
@@ -223,10 +231,11 @@ mod tests {
                     Others::Some(vec!["legacy iptables filter".into()])
                 );
                 run("nft", &["add", "table", "ip", "firewall"]);
-                match others(&nft::list_all(true).unwrap()) {
-                    Others::Some(w) => assert!(w.contains(&"table ip firewall".to_string()), "{w:?}"),
-                    o => panic!("{o:?}"),
-                }
+                let found = others(&nft::list_all(true).unwrap());
+                assert!(
+                    matches!(&found, Others::Some(w) if w.contains(&"table ip firewall".to_string())),
+                    "{found:?}"
+                );
             })
         });
     }
@@ -236,12 +245,15 @@ mod tests {
         let mut out = String::new();
         Notrack::new("10.244.0.0/16".parse().unwrap(), 8472).declare(&mut out);
         for hook in ["prerouting", "output"] {
-            assert!(out.contains(&format!("type filter hook {hook} priority raw; policy accept;")));
+            assert!(out.contains(&format!(
+                "type filter hook {hook} priority raw; policy accept;"
+            )));
         }
         assert_eq!(out.matches("udp sport 8472 notrack").count(), 2);
         assert_eq!(out.matches("udp dport 8472 notrack").count(), 2);
         assert_eq!(
-            out.matches("ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 notrack").count(),
+            out.matches("ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 notrack")
+                .count(),
             2
         );
     }

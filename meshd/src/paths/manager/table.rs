@@ -34,7 +34,10 @@ impl Manager {
                 self.verify_table();
             }
         }
-        if !self.s.table.untracking() && self.s.table.tracking_relevant() && now >= self.next_others_look {
+        if !self.s.table.untracking()
+            && self.s.table.tracking_relevant()
+            && now >= self.next_others_look
+        {
             self.next_others_look = now + OTHERS_EVERY;
             let others = nft::list_all(false).map_or(Others::Unknown, |l| notrack::others(&l));
             self.s.table.observe_others(others);
