@@ -50,6 +50,26 @@ fn traffic(t: &Topology) {
     ping(&h1.ns, t.hosts[1].underlay, 3).unwrap_or_else(|e| panic!("host to host: {e}"));
 }
 
+/// Whether meshd's table in `ns` has the chains that skip tracking.
+fn has_notrack(ns: &str) -> bool {
+    rules(ns).iter().any(|r| r.contains("notrack"))
+}
+
+/// h1's connection table after a flush and [`traffic`], which always holds the host-to-host
+/// flow: without it, tracking would be off altogether and an empty table would prove nothing.
+fn entries_after_traffic(t: &Topology) -> Vec<String> {
+    let h1 = &t.hosts[0].ns;
+    flush(h1);
+    traffic(t);
+    let seen = entries(h1);
+    let underlay = format!("dst={} ", t.hosts[1].underlay);
+    assert!(
+        seen.iter().any(|e| e.contains(&underlay)),
+        "host to host was not tracked, so tracking is off altogether: {seen:?}"
+    );
+    seen
+}
+
 fn in_cluster(entry: &str) -> bool {
     entry.contains("src=10.244.") && entry.contains("dst=10.244.") && !entry.contains("224.0.0.")
 }
@@ -73,19 +93,8 @@ fn tracking_is_skipped_only_while_meshd_is_the_only_netfilter_user() {
     assert!(s
         .egress
         .is_some_and(|e| e.masquerade && e.untracked_off.is_none()));
-    assert!(
-        rules(&h1).iter().any(|r| r.contains("notrack")),
-        "{:?}",
-        rules(&h1)
-    );
-    flush(&h1);
-    traffic(&t);
-    let seen = entries(&h1);
-    assert!(
-        seen.iter()
-            .any(|e| e.contains(&format!("dst={}", t.hosts[1].underlay))),
-        "host to host was not tracked, so tracking is off altogether: {seen:?}"
-    );
+    assert!(has_notrack(&h1), "{:?}", rules(&h1));
+    let seen = entries_after_traffic(&t);
     assert!(
         !seen.iter().any(|e| in_cluster(e) || underlay(e)),
         "in-cluster or underlay traffic was tracked: {seen:?}"
@@ -98,14 +107,8 @@ fn tracking_is_skipped_only_while_meshd_is_the_only_netfilter_user() {
     });
     let why = s.egress.and_then(|e| e.untracked_off).unwrap_or_default();
     assert!(why.contains("table ip operator"), "{why}");
-    assert!(
-        !rules(&h1).iter().any(|r| r.contains("notrack")),
-        "{:?}",
-        rules(&h1)
-    );
-    flush(&h1);
-    traffic(&t);
-    let seen = entries(&h1);
+    assert!(!has_notrack(&h1), "{:?}", rules(&h1));
+    let seen = entries_after_traffic(&t);
     assert!(
         seen.iter().any(|e| in_cluster(e)),
         "pod to pod untracked: {seen:?}"

@@ -139,19 +139,35 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
         refused(s) >= before + 5
     });
     reach(&t, A1, B1);
-    let through_port = |pcap: &[u8]| {
+    let through_port = |pcap: &[u8], port: Option<u16>| {
         udp_datagrams(pcap)
             .into_iter()
-            .filter(|(from, to, _)| from.port() == port || to.port() == port)
+            .filter(|(from, to, _)| Some(from.port()) == port || Some(to.port()) == port)
             .collect::<Vec<_>>()
     };
-    // A capture on the relay: WireGuard between router-a's and router-b's addresses only; the
+    // The pair's port on each relay: a side may move to the other relay (measured faster)
+    // at any time, so both are captured.
+    let pair_port = |i: usize| {
+        let (a1, b1) = (&t.hosts[A1].name, &t.hosts[B1].name);
+        status(&t, i)
+            .relaying
+            .iter()
+            .find(|r| [&r.a, &r.b] == [a1, b1] || [&r.a, &r.b] == [b1, a1])
+            .map(|r| r.port)
+    };
+    // Captures on the relays: WireGuard between router-a's and router-b's addresses only; the
     // pod's plaintext marker, which the pod's own interface shows, never.
-    let on_relay = Capture::start(
-        &t.hosts[relay].ns,
-        &format!("{}-relay", t.spec.prefix),
-        "udp",
-    );
+    let on_relays: Vec<(Capture, Option<u16>)> = [relay, other]
+        .into_iter()
+        .map(|i| {
+            let c = Capture::start(
+                &t.hosts[i].ns,
+                &format!("{}-relay{i}", t.spec.prefix),
+                "udp",
+            );
+            (c, pair_port(i))
+        })
+        .collect();
     let (a1_pod, _) = pod(&t, A1);
     let on_pod = Capture::start_on(&a1_pod, "eth0", &format!("{}-pod", t.spec.prefix), "icmp");
     let (_, b1_addr) = pod(&t, B1);
@@ -169,7 +185,14 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
         String::from_utf8_lossy(&out.stdout)
     );
     // Five echoes and five replies, each into the relay port and out of it.
-    let relay_bytes = on_relay.finish_when(|b| through_port(b).len() >= 20);
+    let mut relayed = Vec::new();
+    let mut relay_bytes = Vec::new();
+    for (capture, port) in on_relays {
+        let before = relayed.len();
+        let bytes = capture.finish_when(|b| before + through_port(b, port).len() >= 20);
+        relayed.extend(through_port(&bytes, port).into_iter().map(|d| (d, port)));
+        relay_bytes.extend(bytes);
+    }
     let pod_bytes = on_pod.finish_when(|b| contains(b, MARKER));
     assert!(
         contains(&pod_bytes, MARKER),
@@ -181,15 +204,14 @@ fn a_pair_without_a_direct_path_is_relayed_end_to_end_encrypted_and_survives_its
         !contains(&relay_bytes, MARKER),
         "the relay saw a pod's plaintext"
     );
-    let relayed = through_port(&relay_bytes);
     assert!(
         relayed.len() >= 20,
-        "the pings went through the relay port: {}",
+        "the pings went through the relays' ports: {}",
         relayed.len()
     );
     let sides = ["198.18.0.101", "198.18.0.102"];
-    for (from, to, payload) in &relayed {
-        let side = if from.port() == port { to } else { from };
+    for ((from, to, payload), port) in &relayed {
+        let side = if Some(from.port()) == *port { to } else { from };
         assert!(
             sides.contains(&side.ip().to_string().as_str()),
             "{from} → {to}"
