@@ -20,7 +20,9 @@ use meshd_lab::Topology;
 use crate::gossip::wait_for_mesh;
 use crate::nat::{nat_spec, pod, reach, reach_of, role, A1, B1, C1, PUB1, PUB2};
 use crate::support::capture::{udp_datagrams, Capture};
-use crate::support::{log, meshd_pid, require_root, status, wait_for, wait_gone};
+use crate::support::{
+    log, meshd_pid, require_root, status, try_status, wait_for, wait_gone, wait_until,
+};
 
 /// A plaintext a pod writes (`ping -p` fills the payload with it), 8 bytes.
 const MARKER: &[u8; 8] = b"rlymark!";
@@ -34,18 +36,33 @@ pub(crate) fn is_wireguard(payload: &[u8]) -> bool {
     payload.len() >= 32 && (1..=4).contains(&payload[0]) && payload[1..4] == [0, 0, 0]
 }
 
-/// The relay both a1 and b1 route through, once both say so (and it is not `not`).
+/// The relay both a1 and b1 route through, once both say so (and it is not `not`). Each side
+/// chooses on its own measurements, so for a moment (one side's newer measurement, a loaded
+/// machine) the two may name different relays, which the relays carry all the same (every
+/// relay offered forwards the pair): the answer is the one they agree on.
 pub(crate) fn relay_in_use(t: &Topology, not: Option<&str>) -> String {
-    let via = |i: usize, j: usize| {
-        let s = wait_for(t, i, "relayed to the other side", |s| {
-            let r = reach_of(s, t, j).route;
-            r.starts_with("relayed via ") && not.is_none_or(|n| !r.ends_with(n))
-        });
-        reach_of(&s, t, j).route
+    let route = |i: usize, j: usize| {
+        try_status(t, i).and_then(|s| {
+            s.peers
+                .iter()
+                .find(|p| p.name == t.hosts[j].name)
+                .and_then(|p| p.reach.as_ref())
+                .map(|r| r.route.clone())
+        })
     };
-    let (a, b) = (via(A1, B1), via(B1, A1));
-    assert_eq!(a, b, "a1 and b1 route through the same relay");
-    a.trim_start_matches("relayed via ").to_string()
+    wait_until("a1 and b1 relayed through the same relay", || {
+        let (a, b) = (route(A1, B1), route(B1, A1));
+        match (&a, &b) {
+            (Some(x), Some(y))
+                if x == y
+                    && x.starts_with("relayed via ")
+                    && not.is_none_or(|n| !x.ends_with(n)) =>
+            {
+                Ok(x.trim_start_matches("relayed via ").to_string())
+            }
+            _ => Err((a, b)),
+        }
+    })
 }
 
 pub(crate) fn pair_counted(s: &Status, t: &Topology) -> Option<(u64, u64)> {
