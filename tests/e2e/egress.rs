@@ -28,15 +28,15 @@ use meshd_lab::netns::{in_netns, ip};
 use meshd_lab::probe::ping;
 use meshd_lab::{LabPaths, Topology};
 
-const NODE_SIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub(crate) const NODE_SIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub(crate) const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const EXEMPT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const EXEMPT_CIDR: &str = "203.0.113.0/24";
 /// A table of someone else's, which meshd must never touch.
 const OPERATOR: &str = "table inet operator {\n\tchain c {\n\t\ttype filter hook input priority 10; policy accept;\n\t\ttcp dport 9 accept\n\t}\n}\n";
 
 /// A server namespace behind host `i` (named with the lab's prefix: the lab removes it).
-fn add_server(t: &Topology, i: usize) -> String {
+pub(crate) fn add_server(t: &Topology, i: usize) -> String {
     let h = &t.hosts[i];
     let s = format!("{}-s{}", t.spec.prefix, i + 1);
     ip(&["netns", "add", &s]).unwrap();

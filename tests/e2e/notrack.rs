@@ -7,9 +7,11 @@
 //! and beside a flow that must be tracked (host to the peer's underlay address, ICMP): an empty
 //! table could otherwise mean tracking was off altogether.
 
+use std::net::UdpSocket;
 use std::process::Command;
+use std::time::Duration;
 
-use crate::egress::rules;
+use crate::egress::{add_server, rules, NODE_SIDE, SERVER};
 use crate::kernel_paths::{auto, spec};
 use crate::support::{nft_delete, nft_load, require_root, wait_for};
 use meshd::config::{Datapath, Encryption};
@@ -70,6 +72,40 @@ fn entries_after_traffic(t: &Topology) -> Vec<String> {
     seen
 }
 
+/// A datagram from port 51820 in pod namespace `pod` to the server's port 51820: the server
+/// sees the node's address, and its answer reaches the pod.
+fn pod_on_the_data_port(pod: &str, server: &str) {
+    let port: u16 = WIREGUARD_PORT.parse().unwrap();
+    let listen = meshd_lab::netns::in_netns(server, move || UdpSocket::bind(("0.0.0.0", port)))
+        .unwrap()
+        .unwrap();
+    listen
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let client = meshd_lab::netns::in_netns(pod, move || UdpSocket::bind(("0.0.0.0", port)))
+        .unwrap()
+        .unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.send_to(b"to the server", (SERVER, port)).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = listen
+        .recv_from(&mut buf)
+        .expect("the server hears the pod");
+    assert_eq!(&buf[..n], b"to the server");
+    assert_eq!(
+        from.ip(),
+        std::net::IpAddr::V4(NODE_SIDE),
+        "not masqueraded"
+    );
+    listen.send_to(b"answer", from).unwrap();
+    let (n, _) = client
+        .recv_from(&mut buf)
+        .expect("the answer reaches the pod");
+    assert_eq!(&buf[..n], b"answer");
+}
+
 fn in_cluster(entry: &str) -> bool {
     entry.contains("src=10.244.") && entry.contains("dst=10.244.") && !entry.contains("224.0.0.")
 }
@@ -99,6 +135,11 @@ fn tracking_is_skipped_only_while_meshd_is_the_only_netfilter_user() {
         !seen.iter().any(|e| in_cluster(e) || underlay(e)),
         "in-cluster or underlay traffic was tracked: {seen:?}"
     );
+
+    // A pod's own traffic on the data port to a server outside the cluster (a WireGuard client
+    // in a pod) is not meshd's: it is masqueraded both ways, the answer to the port included.
+    let server = add_server(&t, 0);
+    pod_on_the_data_port(&t.hosts[0].pods[0].ns, &server);
 
     // The staged fault: an operator's table appears. Then every packet is tracked again.
     nft_load(&h1, OPERATOR);

@@ -9,10 +9,19 @@
 //! traffic leaving the cluster, so two chains at the raw priority let the rest skip it:
 //!
 //! ```text
-//!   prerouting, output (raw):
-//!     udp sport <data port> notrack;  udp dport <data port> notrack
+//!   set notrack_peers: the peers' underlay addresses
+//!   prerouting (raw):
+//!     ip saddr @notrack_peers udp dport <data port> notrack   (and udp sport <data port>)
+//!     ip saddr <cluster> ip daddr <cluster> notrack
+//!   output (raw):
+//!     ip daddr @notrack_peers udp sport <data port> notrack   (and udp dport <data port>)
 //!     ip saddr <cluster> ip daddr <cluster> notrack
 //! ```
+//!
+//! The datagrams are matched by peer address as well as port: a pod's own traffic on that port
+//! to anything outside the cluster (a WireGuard client in a pod, say) is masqueraded, so it must
+//! stay tracked, and so must the answers, which may come back to the data port itself (the
+//! masquerade keeps a pod's source port where it can).
 //!
 //! Skipping is safe only when nothing else in the namespace matches on connection state or
 //! NATs: a firewall's `ct state established` accept, kube-proxy's service DNAT (whose replies run
@@ -23,34 +32,63 @@
 
 use ipnet::Ipv4Net;
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 
 use super::nft::{FAMILY, TABLE};
 
-/// The two chains, for this cluster and data port.
+/// The two chains, for this cluster, data port and peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Notrack {
     cluster: Ipv4Net,
     port: u16,
+    peers: Vec<Ipv4Addr>,
 }
 
 impl Notrack {
     pub(crate) fn new(cluster: Ipv4Net, port: u16) -> Notrack {
-        Notrack { cluster, port }
+        Notrack {
+            cluster,
+            port,
+            peers: Vec::new(),
+        }
+    }
+
+    /// The same for these peers' underlay addresses (sorted, once each).
+    pub(crate) fn with_peers(&self, mut peers: Vec<Ipv4Addr>) -> Notrack {
+        peers.sort_unstable();
+        peers.dedup();
+        Notrack {
+            peers,
+            ..self.clone()
+        }
     }
 
     /// Its declarations inside the table (see [`super::nft::Ruleset::text`]).
     pub(crate) fn declare(&self, out: &mut String) {
         let (cluster, port) = (self.cluster, self.port);
-        for (name, hook) in [("notrack_in", "prerouting"), ("notrack_out", "output")] {
+        let _ = write!(out, "\tset {SET} {{\n\t\ttype ipv4_addr\n");
+        if !self.peers.is_empty() {
+            let list: Vec<String> = self.peers.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(out, "\t\telements = {{ {} }}", list.join(", "));
+        }
+        out.push_str("\t}\n");
+        for (name, hook, peer) in [
+            ("notrack_in", "prerouting", "saddr"),
+            ("notrack_out", "output", "daddr"),
+        ] {
             let _ = writeln!(
                 out,
                 "\tchain {name} {{\n\t\ttype filter hook {hook} priority raw; policy accept;\n\
-                 \t\tudp sport {port} notrack\n\t\tudp dport {port} notrack\n\
+                 \t\tip {peer} @{SET} udp sport {port} notrack\n\
+                 \t\tip {peer} @{SET} udp dport {port} notrack\n\
                  \t\tip saddr {cluster} ip daddr {cluster} notrack\n\t}}"
             );
         }
     }
 }
+
+/// The set of peer addresses whose datagrams on the data port skip tracking.
+const SET: &str = "notrack_peers";
 
 /// Whether the namespace has netfilter users other than meshd, as last looked at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -85,10 +123,10 @@ impl Tracking {
         self.wanted.is_some()
     }
 
-    /// The chains for the table now.
-    pub(crate) fn chains(&self) -> Option<Notrack> {
+    /// The chains for the table now, for these peers' underlay addresses.
+    pub(crate) fn chains(&self, peers: &[Ipv4Addr]) -> Option<Notrack> {
         match self.others {
-            Others::None => self.wanted.clone(),
+            Others::None => self.wanted.as_ref().map(|n| n.with_peers(peers.to_vec())),
             _ => None,
         }
     }
@@ -107,9 +145,9 @@ impl Tracking {
             }
             _ => {}
         }
-        let before = self.chains();
+        let before = self.chains(&[]);
         self.others = others;
-        before != self.chains()
+        before != self.chains(&[])
     }
 
     /// For the status: whether tracking is skipped, else why not.
@@ -183,7 +221,7 @@ mod tests {
     fn the_chains_go_in_only_while_nobody_else_uses_netfilter() {
         let chains = Notrack::new("10.244.0.0/16".parse().unwrap(), 51820);
         let mut t = Tracking::new(Some(chains.clone()));
-        assert_eq!(t.chains(), None, "unknown: tracked");
+        assert_eq!(t.chains(&[]), None, "unknown: tracked");
         assert!(!t.status().0);
         // Legacy tables of the test's own namespace would count: only judge nft's part here.
         let alone = match others(&listing(&[("inet", "meshd")])) {
@@ -191,17 +229,18 @@ mod tests {
             o => o,
         };
         assert!(t.observe(alone));
-        assert_eq!(t.chains(), Some(chains));
+        let peers = ["198.18.0.2".parse().unwrap()];
+        assert_eq!(t.chains(&peers), Some(chains.with_peers(peers.to_vec())));
         assert_eq!(t.status(), (true, None));
         let fw = others(&listing(&[("inet", "meshd"), ("ip", "filter")]));
         assert!(matches!(&fw, Others::Some(w) if w[0] == "table ip filter"));
         assert!(t.observe(fw.clone()));
-        assert_eq!(t.chains(), None);
+        assert_eq!(t.chains(&peers), None);
         assert!(t.status().1.unwrap().contains("table ip filter"));
         assert!(!t.observe(fw), "the same finding changes nothing");
         assert_eq!(others(&serde_json::json!({})), Others::Unknown);
         let off = Tracking::new(None);
-        assert!(!off.relevant() && off.chains().is_none());
+        assert!(!off.relevant() && off.chains(&peers).is_none());
     }
 
     /// Against the real kernel (a namespace of the test's own): the chains are valid nft, a
@@ -218,7 +257,10 @@ mod tests {
                     assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
                 };
                 let r = Ruleset {
-                    notrack: Some(Notrack::new("10.244.0.0/16".parse().unwrap(), 51820)),
+                    notrack: Some(
+                        Notrack::new("10.244.0.0/16".parse().unwrap(), 51820)
+                            .with_peers(vec!["198.18.0.2".parse().unwrap()]),
+                    ),
                     ..Ruleset::default()
                 };
                 nft::apply(&r).unwrap();

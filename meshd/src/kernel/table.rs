@@ -29,6 +29,8 @@ pub(crate) struct Table {
     clamping: bool,
     /// Whether connection tracking may be skipped, and why not.
     tracking: Tracking,
+    /// The peers' underlay addresses, whose datagrams on the data port may skip it.
+    peer_addresses: Vec<std::net::Ipv4Addr>,
     /// What the kernel has, as last written (`None`: to be written).
     applied: Option<Ruleset>,
     /// Why the last write failed, until one succeeds.
@@ -52,6 +54,7 @@ impl Table {
                 cfg.masquerade
                     .then(|| Notrack::new(cfg.cluster_cidr, cfg.data_port())),
             ),
+            peer_addresses: Vec::new(),
             applied: None,
             error: None,
             seen_masq: 0,
@@ -74,8 +77,13 @@ impl Table {
             traffic,
             egress: self.egress.clone(),
             mss: self.clamping.then(|| MssClamp::new(mtus)),
-            notrack: self.tracking.chains(),
+            notrack: self.tracking.chains(&self.peer_addresses),
         }
+    }
+
+    /// The peers' underlay addresses, for the next [`Table::compose`].
+    pub(crate) fn set_peer_addresses(&mut self, peers: Vec<std::net::Ipv4Addr>) {
+        self.peer_addresses = peers;
     }
 
     /// Whether the table turns connection tracking on (the masquerade), so that who else uses

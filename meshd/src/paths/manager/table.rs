@@ -48,6 +48,8 @@ impl Manager {
     /// Write the table if what it should hold changed (or the last write failed).
     pub(super) fn sync_table(&mut self, now: Instant) {
         let traffic = self.sources.as_ref().map(|_| self.desired_traffic());
+        let peers = self.peer_addresses();
+        self.s.table.set_peer_addresses(peers);
         let desired = self
             .s
             .table
@@ -120,6 +122,17 @@ impl Manager {
         self.count_drops(counters);
         self.count_traffic(counters);
         self.s.table.count(counters);
+    }
+
+    /// Each peer's underlay address (IPv4), as its path knows it.
+    fn peer_addresses(&self) -> Vec<std::net::Ipv4Addr> {
+        self.links
+            .values()
+            .filter_map(|l| match l.path().as_ref()?.address? {
+                std::net::IpAddr::V4(a) => Some(a),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect()
     }
 
     /// Each peer's subnet and the MTU of pod packets to it (what the MSS clamp follows).
