@@ -22,25 +22,17 @@ const WIREGUARD_PORT: &str = "51820";
 /// Someone else's table: its presence alone must turn the skipping off.
 const OPERATOR: &str = "table ip operator {\n\tchain c {\n\t\ttype filter hook input priority 10; policy accept;\n\t}\n}\n";
 
-/// The kernel's connection table of namespace `ns`, one entry a line.
-fn entries(ns: &str) -> Vec<String> {
+/// `conntrack ARG` in namespace `ns` (`-L` lists, `-F` flushes): its output, one entry a line.
+fn conntrack(ns: &str, arg: &str) -> Vec<String> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "conntrack", "-L"])
+        .args(["netns", "exec", ns, "conntrack", arg])
         .output()
-        .unwrap_or_else(|e| panic!("conntrack -L in {ns}: {e}"));
-    assert!(out.status.success(), "conntrack -L in {ns}: {out:?}");
+        .unwrap_or_else(|e| panic!("conntrack {arg} in {ns}: {e}"));
+    assert!(out.status.success(), "conntrack {arg} in {ns}: {out:?}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
         .collect()
-}
-
-fn flush(ns: &str) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "conntrack", "-F"])
-        .output()
-        .unwrap_or_else(|e| panic!("conntrack -F in {ns}: {e}"));
-    assert!(out.status.success(), "conntrack -F in {ns}: {out:?}");
 }
 
 /// Pod to pod, host to pod, and host to the peer's underlay address (the flow that is always
@@ -61,9 +53,9 @@ fn has_notrack(ns: &str) -> bool {
 /// flow: without it, tracking would be off altogether and an empty table would prove nothing.
 fn entries_after_traffic(t: &Topology) -> Vec<String> {
     let h1 = &t.hosts[0].ns;
-    flush(h1);
+    conntrack(h1, "-F");
     traffic(t);
-    let seen = entries(h1);
+    let seen = conntrack(h1, "-L");
     let underlay = format!("dst={} ", t.hosts[1].underlay);
     assert!(
         seen.iter().any(|e| e.contains(&underlay)),

@@ -123,6 +123,19 @@ pub(crate) fn list_all(all: bool) -> Result<serde_json::Value, NftError> {
     serde_json::from_str(&out).map_err(|e| NftError::Refused(format!("unreadable JSON: {e}")))
 }
 
+/// Whether a [`list_all`] answer holds meshd's table.
+pub(crate) fn holds_table(listing: &serde_json::Value) -> bool {
+    listing
+        .get("nftables")
+        .and_then(|v| v.as_array())
+        .is_some_and(|items| {
+            items.iter().filter_map(|i| i.get("table")).any(|t| {
+                t.get("family").and_then(|f| f.as_str()) == Some(FAMILY)
+                    && t.get("name").and_then(|n| n.as_str()) == Some(TABLE)
+            })
+        })
+}
+
 /// Remove the table; whether there was one.
 pub(crate) fn remove() -> Result<bool, NftError> {
     match run(&["delete", "table", FAMILY, TABLE], None) {

@@ -265,6 +265,7 @@ mod tests {
                 };
                 nft::apply(&r).unwrap();
                 assert_eq!(others(&nft::list_all(false).unwrap()), Others::None);
+                assert!(nft::holds_table(&nft::list_all(true).unwrap()));
                 let whole = nft::list_all(true).unwrap().to_string();
                 assert_eq!(whole.matches("\"notrack\"").count(), 6, "{whole}");
                 run("iptables-legacy", &["-t", "filter", "-L", "-n"]);

@@ -94,16 +94,7 @@ impl Manager {
     fn verify_alone(&mut self) {
         match nft::list_all(true) {
             Ok(all) => {
-                let ours = all
-                    .get("nftables")
-                    .and_then(|v| v.as_array())
-                    .is_some_and(|items| {
-                        items.iter().filter_map(|i| i.get("table")).any(|t| {
-                            t.get("name").and_then(|n| n.as_str()) == Some(nft::TABLE)
-                                && t.get("family").and_then(|f| f.as_str()) == Some(nft::FAMILY)
-                        })
-                    });
-                if ours {
+                if nft::holds_table(&all) {
                     self.read_counters(&nft::counters(&all));
                 } else {
                     self.s.table.lost();
