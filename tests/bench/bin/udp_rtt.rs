@@ -118,7 +118,12 @@ fn steer(s: &UdpSocket) {
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
     };
-    assert_eq!(rc, 0, "SO_ATTACH_REUSEPORT_CBPF: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "SO_ATTACH_REUSEPORT_CBPF: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 fn serve(group: &UdpSocket, connected: &UdpSocket) {

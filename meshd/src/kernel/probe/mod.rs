@@ -8,7 +8,8 @@
 //! foreign destinations) breaks the probe too.
 //!
 //! The peer's kernel answers, by whichever path it routes to us; replies arrive at a raw ICMP
-//! socket that sees only echo replies.
+//! socket that sees only echo replies with this node's identifier (a socket filter drops the
+//! host's other echo replies in the kernel).
 //!
 //! A reply counts only if it carries the probe's [`Token`]: 64 random bits (getrandom(2)) at
 //! the start of the echo's payload, which the peer's kernel echoes back. The identifier and
@@ -189,6 +190,7 @@ impl Prober {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
+        only_ident(&icmp, ident)?;
         // SO_RCVBUFFORCE passes net.core.rmem_max (meshd has CAP_NET_ADMIN); without it,
         // SO_RCVBUF gets what rmem_max allows.
         for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
@@ -365,6 +367,46 @@ impl Prober {
             .unwrap_or_default();
         now.checked_sub(age).unwrap_or(now)
     }
+}
+
+/// Only echo replies carrying `ident` are queued on the raw socket `icmp` (a classic BPF
+/// socket filter: the identifier after the IP header's options). A raw ICMP socket is handed
+/// every echo reply the host gets: without it, each reply to a host's own `ping` (a monitoring
+/// agent's, a benchmark's) was copied in, woke nobody but took buffer room until the manager's
+/// next tick, where a flood of them could crowd out the probes' replies.
+fn only_ident(icmp: &OwnedFd, ident: u16) -> io::Result<()> {
+    // Classic BPF opcodes (linux/filter.h). The packet starts at the IP header.
+    const LDX_B_MSH: u16 = 0xb1;
+    const LD_H_IND: u16 = 0x48;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut prog = [
+        // X = the IP header's length; A = the identifier, 4 bytes into the ICMP header.
+        op(LDX_B_MSH, 0, 0, 0),
+        op(LD_H_IND, 0, 0, 4),
+        op(JEQ_K, 0, 1, u32::from(ident)),
+        op(RET_K, 0, 0, u32::MAX),
+        op(RET_K, 0, 0, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: a valid descriptor and a sock_fprog pointing at `prog`, alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            icmp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 mod frame;

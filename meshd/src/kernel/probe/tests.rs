@@ -145,3 +145,95 @@ fn partial_probes_leave_their_icmp_checksum_to_the_offload() {
     f[36..38].copy_from_slice(&sum.to_be_bytes());
     assert_eq!(f, whole);
 }
+
+/// Against the real kernel (a namespace of the test's own, its loopback): an echo reply with
+/// this node's identifier reaches the prober; one with another identifier, which the host gets
+/// too (an unfiltered raw socket sees both), is dropped by the socket filter.
+#[test]
+fn only_replies_with_our_identifier_are_queued() {
+    use crate::kernel::fresh_netns::in_fresh_netns;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let seen = in_fresh_netns(|| {
+        Box::pin(async {
+            let up = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .unwrap();
+            assert!(up.success());
+            let raw = || {
+                // SAFETY: socket(2); the result is checked, then owned.
+                let fd = unsafe {
+                    libc::socket(
+                        libc::AF_INET,
+                        libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                        libc::IPPROTO_ICMP,
+                    )
+                };
+                assert!(fd >= 0, "{}", io::Error::last_os_error());
+                // SAFETY: a descriptor just returned by socket(2).
+                unsafe { OwnedFd::from_raw_fd(fd) }
+            };
+            let (ours, theirs) = (0x1234u16, 0x4321u16);
+            let mut prober = Prober::new(ours).unwrap();
+            let watcher = raw();
+            let other = raw();
+            // Someone else's echo request (as `ping` sends), then ours: both come back.
+            let mut echo = [0u8; 24];
+            echo[0] = ICMP_ECHO;
+            echo[4..6].copy_from_slice(&theirs.to_be_bytes());
+            let sum = checksum(&echo);
+            echo[2..4].copy_from_slice(&sum.to_be_bytes());
+            // SAFETY: sockaddr_in is plain data.
+            let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+            // SAFETY: sendto with a buffer and address that live across the call.
+            let n = unsafe {
+                libc::sendto(
+                    other.as_raw_fd(),
+                    echo.as_ptr().cast(),
+                    echo.len(),
+                    0,
+                    (&sin as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            assert_eq!(n, echo.len() as isize, "{}", io::Error::last_os_error());
+            prober.nudge(Ipv4Addr::LOCALHOST).unwrap();
+            // The host got both replies: the unfiltered socket's view, until it has both.
+            let idents = |fd: &OwnedFd, want: usize| {
+                let mut seen = Vec::new();
+                for _ in 0..100 {
+                    let mut buf = [0u8; 256];
+                    // SAFETY: recv into a stack buffer of the given length.
+                    let n = unsafe {
+                        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                    };
+                    if n < 0 {
+                        if seen.len() >= want {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    }
+                    let ip = &buf[..n as usize];
+                    let ihl = usize::from(ip[0] & 0x0f) * 4;
+                    if ip[ihl] == ICMP_ECHO_REPLY {
+                        seen.push(u16::from_be_bytes([ip[ihl + 4], ip[ihl + 5]]));
+                    }
+                }
+                seen.sort_unstable();
+                seen
+            };
+            assert_eq!(
+                idents(&watcher, 2),
+                vec![ours, theirs],
+                "both echoes answered"
+            );
+            // What was queued on the prober's socket, read as the manager would read it.
+            idents(&prober.icmp, 1)
+        })
+    });
+    // Ours alone: theirs was dropped before it was queued.
+    assert_eq!(seen, vec![0x1234]);
+}
