@@ -190,7 +190,11 @@ impl Prober {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        only_ident(&icmp, ident)?;
+        if let Err(e) = only_ident(&icmp, ident) {
+            // Replies are still matched by identifier and token when read: the filter only
+            // keeps other replies out of the buffer.
+            tracing::warn!(error = %e, "probe replies: socket filter refused; every echo reply the host gets is queued and sorted at each tick");
+        }
         // SO_RCVBUFFORCE passes net.core.rmem_max (meshd has CAP_NET_ADMIN); without it,
         // SO_RCVBUF gets what rmem_max allows.
         for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
