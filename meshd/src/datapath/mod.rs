@@ -18,7 +18,7 @@ pub mod gro;
 pub mod io;
 pub mod runs;
 mod rx_worker;
-pub(crate) mod socket;
+pub mod socket;
 pub mod too_big;
 pub mod vxlan;
 mod waiter;

@@ -27,7 +27,7 @@ pub(crate) enum DataPort {
 pub(crate) type QueueSocket = (UdpSocket, UdpSocketState);
 
 /// A UDP socket bound to `addr`, with `buffer` bytes each way and SO_REUSEPORT when asked.
-pub(crate) fn bind_socket(addr: SocketAddr, buffer: usize, reuse_port: bool) -> Result<UdpSocket> {
+pub fn bind_socket(addr: SocketAddr, buffer: usize, reuse_port: bool) -> Result<UdpSocket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -172,30 +172,7 @@ pub(crate) fn reuseport_program(ipv4: bool, count: usize, by: Steer) -> Vec<libc
 }
 
 /// Attach [`reuseport_program`] to the group `socket` belongs to.
-pub(crate) fn steer(
-    socket: &UdpSocket,
-    ipv4: bool,
-    count: usize,
-    by: Steer,
-) -> std::io::Result<()> {
+pub fn steer(socket: &UdpSocket, ipv4: bool, count: usize, by: Steer) -> std::io::Result<()> {
     let mut prog = reuseport_program(ipv4, count, by);
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: a valid fd, and a sock_fprog pointing at `prog`, alive for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::kernel::attach_cbpf(socket, libc::SO_ATTACH_REUSEPORT_CBPF, &mut prog)
 }

@@ -46,6 +46,34 @@ pub(crate) fn loose_rp_filter(dev: &str) {
     }
 }
 
+/// Attach classic BPF program `prog` to socket `fd` as `option`: `SO_ATTACH_FILTER` (what the
+/// socket queues) or `SO_ATTACH_REUSEPORT_CBPF` (which member of its reuseport group receives).
+pub(crate) fn attach_cbpf(
+    fd: &impl std::os::fd::AsRawFd,
+    option: libc::c_int,
+    prog: &mut [libc::sock_filter],
+) -> std::io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: a valid descriptor and a sock_fprog pointing at `prog`, alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -3,9 +3,9 @@
 //! both see the same machine at the same moments (`tests/bench/sockets` runs it between two
 //! namespaces):
 //!
-//! - grouped: the data port as meshd has it, on both ends: a reuseport group of two sockets with
-//!   a classic BPF program choosing the member by the peer's address, unconnected, every send
-//!   naming its destination;
+//! - grouped: the data port as meshd has it, on both ends (meshd's own `bind_socket` and
+//!   `steer`): a reuseport group of two sockets with the BPF program choosing the member by the
+//!   peer's address, unconnected, every send naming its destination;
 //! - connected: a socket of the same kind of group, connected to the peer (boringtun's per-peer
 //!   socket): the kernel takes it out of the group, its sends use its cached route, and the
 //!   receiver's early demultiplexing finds it with its cached input route.
@@ -14,12 +14,16 @@
 //! addresses (the program then picks the member that is read, on both ends).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use meshd::datapath::socket::bind_socket;
+use meshd::tiers::Steer;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 const GROUPED: u16 = 51820;
 const CONNECTED: u16 = 51821;
+/// meshd's default `socket-buffer`, each way, for every socket.
+const BUFFER: usize = 8 << 20;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,75 +59,15 @@ fn sockets(me: Ipv4Addr, peer: Ipv4Addr) -> (UdpSocket, Vec<UdpSocket>, UdpSocke
     (group, rest, connected)
 }
 
+/// A socket on `port` as meshd binds its data port's: a reuseport member with meshd's buffers.
 fn bound(me: Ipv4Addr, port: u16) -> UdpSocket {
-    // SAFETY: socket(2) with constant arguments; the descriptor is owned by the UdpSocket.
-    let s = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        UdpSocket::from_raw_fd(fd)
-    };
-    let one: libc::c_int = 1;
-    // SAFETY: a valid descriptor and a c_int of the stated size.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEPORT,
-            (&one as *const libc::c_int).cast(),
-            4,
-        )
-    };
-    assert_eq!(rc, 0, "SO_REUSEPORT: {}", std::io::Error::last_os_error());
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(me).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: a valid descriptor and a sockaddr_in of the stated size.
-    let rc = unsafe {
-        libc::bind(
-            s.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-    s
+    bind_socket(SocketAddr::V4(SocketAddrV4::new(me, port)), BUFFER, true).expect("bind")
 }
 
-/// Member = the peer's IPv4 address mod 2, as meshd's program chooses by peer address.
+/// meshd's own program: the member is the peer's address modulo the group's size.
 fn steer(s: &UdpSocket) {
-    let net = (-0x10_0000i32) as u32;
-    let op = |code, k| libc::sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let mut prog = [op(0x20, net + 12), op(0x94, 2), op(0x16, 0)];
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: a valid descriptor and a sock_fprog pointing at `prog`, alive for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "SO_ATTACH_REUSEPORT_CBPF: {}",
-        std::io::Error::last_os_error()
-    );
+    meshd::datapath::socket::steer(s, true, 2, Steer::PeerAddress)
+        .expect("SO_ATTACH_REUSEPORT_CBPF");
 }
 
 fn serve(group: &UdpSocket, connected: &UdpSocket) {

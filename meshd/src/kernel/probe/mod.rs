@@ -393,24 +393,7 @@ fn only_ident(icmp: &OwnedFd, ident: u16) -> io::Result<()> {
         op(RET_K, 0, 0, u32::MAX),
         op(RET_K, 0, 0, 0),
     ];
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: a valid descriptor and a sock_fprog pointing at `prog`, alive for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            icmp.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&fprog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    super::attach_cbpf(icmp, libc::SO_ATTACH_FILTER, &mut prog)
 }
 
 mod frame;
