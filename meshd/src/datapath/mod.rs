@@ -28,6 +28,7 @@ pub mod worker;
 use anyhow::{Context, Result};
 use quinn_udp::UdpSocketState;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -177,6 +178,10 @@ pub(crate) struct Queue {
     /// Set while the TX worker waits for the TUN queue: the RX worker may then take
     /// [`Queue::tx`] and send the reply its own TUN write just produced.
     pub(crate) tx_idle: AtomicBool,
+    /// The TX worker's sleep (`None` where the kernel refused an epoll instance: it polls).
+    /// The RX worker stops its wake-up for the TUN queue while it sends an answer in its stead
+    /// ([`rx_worker`]'s claim).
+    pub(crate) tx_waiter: Option<waiter::Waiter>,
     pub(crate) counters: Arc<QueueCounters>,
 }
 
@@ -261,6 +266,7 @@ impl DataPath {
                 ..QueueCounters::default()
             });
             queues.push(counters.clone());
+            let tx_waiter = waiter::Waiter::new(dev.as_raw_fd(), &[], libc::POLLIN, &stop).ok();
             all.push(Arc::new(Queue {
                 tun: Arc::new(dev),
                 socket: sock,
@@ -274,6 +280,7 @@ impl DataPath {
                     udp.gso_segments,
                 )),
                 tx_idle: AtomicBool::new(false),
+                tx_waiter,
                 counters,
             }));
         }

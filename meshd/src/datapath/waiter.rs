@@ -18,6 +18,9 @@ const STOP: u64 = u64::MAX;
 pub(crate) struct Waiter {
     epoll: OwnedFd,
     timeout: i32,
+    /// The main descriptor and the events it waits for ([`Waiter::watch_main`]).
+    main: RawFd,
+    wanted: u32,
 }
 
 impl Waiter {
@@ -53,11 +56,38 @@ impl Waiter {
         if stop_fd >= 0 {
             add(stop_fd, libc::EPOLLIN as u32, STOP)?;
         }
-        Ok(Waiter { epoll, timeout })
+        Ok(Waiter {
+            epoll,
+            timeout,
+            main: fd,
+            wanted,
+        })
+    }
+
+    /// Stop (`on = false`) or resume waking for the main descriptor; whether the kernel did
+    /// it. Stopped, what arrives on it wakes nobody; resumed, what it holds by then wakes the
+    /// waiter at once (level-triggered): nothing that arrived meanwhile is lost. Another
+    /// thread may call it while the waiter sleeps (the RX worker's claim on a TX worker's
+    /// queue, see [`super::rx_worker`]).
+    pub(crate) fn watch_main(&self, on: bool) -> bool {
+        let mut ev = libc::epoll_event {
+            events: if on { self.wanted } else { 0 },
+            u64: 0,
+        };
+        // SAFETY: modifies the registration of a descriptor the owner keeps open.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_MOD,
+                self.main,
+                &mut ev,
+            ) == 0
+        }
     }
 
     /// Sleep until a descriptor is ready or the stop is set; `ready[i]` says whether flow
-    /// port `i` is. True when a descriptor woke it (false: the timeout, or an error).
+    /// port `i` is. Whether the main descriptor is (false after a wake-up by another, the stop,
+    /// the timeout, or an error).
     pub(crate) fn wait(&self, ready: &mut [bool]) -> bool {
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 2 + MAX_FLOW_PORTS];
         // SAFETY: epoll_wait writes at most `evs.len()` events into the array we own.
@@ -70,15 +100,19 @@ impl Waiter {
             )
         };
         ready.iter_mut().for_each(|r| *r = false);
+        let mut main = false;
         for ev in evs.iter().take(n.max(0) as usize) {
-            let token = ev.u64;
-            if token != 0 && token != STOP {
-                if let Some(r) = ready.get_mut(token as usize - 1) {
-                    *r = true;
+            match ev.u64 {
+                0 => main = true,
+                STOP => {}
+                token => {
+                    if let Some(r) = ready.get_mut(token as usize - 1) {
+                        *r = true;
+                    }
                 }
             }
         }
-        n > 0
+        main
     }
 }
 
@@ -165,12 +199,46 @@ mod tests {
         let mut buf = [0u8; 8];
         main.recv(&mut buf).unwrap();
         tx.send_to(b"b", flow.local_addr().unwrap()).unwrap();
-        assert!(w.wait(&mut ready));
+        assert!(!w.wait(&mut ready), "woken by the flow port alone");
         assert_eq!(ready, [true]);
         flow.recv(&mut buf).unwrap();
         // Nothing ready but the stop: its eventfd wakes it, not the timeout.
         stop.set();
-        assert!(w.wait(&mut ready), "woken by the stop");
+        assert!(!w.wait(&mut ready), "woken by the stop");
         assert_eq!(ready, [false]);
+    }
+
+    /// What the RX worker's claim rests on: with its wake-up stopped, a readable main
+    /// descriptor is not reported (a flow port's datagram is, in the same wait: the wait did
+    /// look); resumed, what arrived meanwhile is reported at once.
+    #[test]
+    fn a_stopped_main_descriptor_wakes_nobody_and_loses_nothing() {
+        let main = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let flow = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stop = Stop::new();
+        let w = Waiter::new(main.as_raw_fd(), &[flow.as_raw_fd()], libc::POLLIN, &stop).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut ready = [false];
+        assert!(w.watch_main(false));
+        tx.send_to(b"a", main.local_addr().unwrap()).unwrap();
+        tx.send_to(b"b", flow.local_addr().unwrap()).unwrap();
+        let mut buf = [0u8; 8];
+        // The staged fault: the main socket holds a datagram, which a wait does not report.
+        main.set_nonblocking(true).unwrap();
+        assert_eq!(
+            main.peek(&mut buf).unwrap(),
+            1,
+            "the main socket is readable"
+        );
+        assert!(!w.wait(&mut ready), "the main socket is not reported");
+        assert_eq!(ready, [true], "the flow port is");
+        flow.recv(&mut buf).unwrap();
+        assert!(w.watch_main(true));
+        assert!(
+            w.wait(&mut ready),
+            "resumed: the datagram that came meanwhile wakes it"
+        );
+        assert_eq!(ready, [false]);
+        assert_eq!(main.recv(&mut buf).unwrap(), 1);
     }
 }

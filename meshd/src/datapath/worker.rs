@@ -10,17 +10,17 @@
 //! from the next read on), a loop that found its source empty waits in `poll` at once (no
 //! second read that would only say "empty" again), and the RX loop sends the answers its own
 //! TUN write produced, from whichever TUN queue holds them, when that queue's TX loop sleeps
-//! ([`super::rx_worker`]'s hand-off): a ping crosses each node on one thread, where it took two. The TX
-//! state ([`TxState`]) sits behind a per-queue lock that only the queue's TX loop and the RX
-//! loops take, once per batch, so one flow's packets leave in the order they came.
+//! ([`super::rx_worker`]'s hand-off, its claim keeping that TX loop asleep): a ping crosses
+//! each node on one thread, where it took two. The TX state ([`TxState`]) sits behind a
+//! per-queue lock that only the queue's TX loop and the RX loops take, once per batch, so one
+//! flow's packets leave in the order they came.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{MutexGuard, PoisonError};
 
 use super::io::{send_runs_from, TunReader, TX_BATCH};
 use super::runs::Runs;
-use super::waiter::{wait_or_stop, Waiter};
+use super::waiter::wait_or_stop;
 use super::{Encap, EncodeBatch, Encoded, Queue, Shared};
 use crate::kernel::probe;
 use crate::routes::RouteTable;
@@ -256,7 +256,6 @@ fn lock_tx(q: &Queue) -> MutexGuard<'_, TxState> {
 }
 
 pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
-    let waiter = Waiter::new(q.tun.as_raw_fd(), &[], libc::POLLIN, &shared.stop).ok();
     // Just woken: send the first read at once; busy: fill batches.
     let mut woke = true;
     while !shared.stop.is_set() {
@@ -264,7 +263,7 @@ pub(crate) fn tx_loop<E: Encap>(shared: &Shared<E>, q: &Queue) {
         woke = false;
         if !more {
             q.tx_idle.store(true, Ordering::SeqCst);
-            match &waiter {
+            match &q.tx_waiter {
                 Some(w) => {
                     w.wait(&mut []);
                 }
