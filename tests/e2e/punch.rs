@@ -1,6 +1,7 @@
 //! Hole punching (encrypted mode) in the NAT lab: a1 behind router-a and b1 behind router-b,
 //! both configured with nothing but the seed. With router-b keeping ports from the start, both
-//! name a1↔b1 `direct (punched)`, ICMP and a checksummed TCP transfer pass both ways. With
+//! name a1↔b1 `direct (punched)` (a relay kept for the pair says it waits on standby, not that no
+//! direct path works), ICMP and a checksummed TCP transfer pass both ways. With
 //! router-b mapping each destination anew the status says the pair is not punchable, and why;
 //! switched at run time to the port-keeping kind (its `fully-random` rule replaced, and the
 //! switch read back from its ruleset), the pair goes direct and carries traffic. With punching off
@@ -95,13 +96,23 @@ fn nat_punch_a_pair_behind_port_keeping_nats_becomes_direct_punched() {
         reach_of(&status(&t, B1), &t, A1),
     );
     println!(
-        "a1↔b1 {:?} after router-b keeps ports: a1 says {} ({:?}), b1 says {} ({:?})",
+        "a1↔b1 {:?} after router-b keeps ports: a1 says {} ({:?}; relay {:?}), b1 says {} ({:?})",
         at.elapsed(),
         ab.route,
         ab.punch,
+        ab.relay,
         ba.route,
         ba.punch
     );
+    // A relay kept for the pair waits on standby: nothing says no direct path works.
+    for r in [&ab, &ba] {
+        assert!(
+            r.relay
+                .as_deref()
+                .is_none_or(|w| w.contains("standby, the direct path works")),
+            "{r:#?}"
+        );
+    }
     traffic_both_ways(&t);
 }
 

@@ -1,9 +1,10 @@
 //! A peer's reachability for the status (encrypted mode) ([`ReachStatus`]), read off its link: the endpoint in
 //! use and how it was learned, the pair's NAT state, flows and keepalives, each with why.
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use crate::link::endpoint::{How, PEER_NAT, SELF_NAT};
+use crate::link::endpoint::{How, RelayUse, PEER_NAT, SELF_NAT};
 use crate::link::punch::Mode;
 use crate::link::PeerLink;
 use crate::stats::Stamp;
@@ -28,9 +29,10 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
             format!("authenticated traffic came from {endpoint}, not {from}")
         }
         (How::Roamed, None) => "authenticated traffic came from there".into(),
-        (How::Relay(_), _) => relay
-            .as_ref()
-            .map_or_else(|| "a relay port".into(), |r| r.why.clone()),
+        (How::Relay(_), _) => relay.as_ref().map_or_else(
+            || "a relay port".into(),
+            |r| format!("no direct path works; {}", r.why),
+        ),
         (How::Candidate(_), None) => "the peer's first candidate".into(),
         (How::Candidate(_), Some(from)) => format!(
             "the peer's record changed and {from} had authenticated nothing for {} s",
@@ -92,7 +94,7 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
         } else {
             route
         },
-        relay: relay.map(|r| format!("{} at {}: {}", r.via, r.addr, r.why)),
+        relay: relay.map(|r| relay_line(&r, endpoint, link.ep.relay_via(endpoint).as_deref())),
         endpoint: endpoint.to_string(),
         learned,
         changed_secs: SystemTime::now()
@@ -112,8 +114,20 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
     }
 }
 
+/// The pair's `relay` line: the relay chosen, whether the pair is on its port (`endpoint` is
+/// the one in use, `on` the relay whose port that is, if any), and why it was chosen. A relay
+/// is chosen for every pair offered one, so a pair on a direct path has one on standby.
+fn relay_line(r: &RelayUse, endpoint: SocketAddr, on: Option<&str>) -> String {
+    let standing = match on {
+        _ if r.addr == endpoint => "in use, no direct path works".to_string(),
+        Some(other) => format!("standby, the pair is on {other}'s port"),
+        None => "standby, the direct path works".to_string(),
+    };
+    format!("{} at {}, {standing}: {}", r.via, r.addr, r.why)
+}
+
 /// Whether the endpoint in use was reached by hole punching, and the pair's punch state.
-fn punch_status(link: &PeerLink, endpoint: std::net::SocketAddr) -> (bool, Option<PunchStatus>) {
+fn punch_status(link: &PeerLink, endpoint: SocketAddr) -> (bool, Option<PunchStatus>) {
     let st = link.punch.lock();
     let now = crate::link::punch::now_ms();
     let secs = |ms: u64| ms as f64 / 1000.0;
@@ -153,5 +167,36 @@ fn punch_status(link: &PeerLink, endpoint: std::net::SocketAddr) -> (bool, Optio
             ),
             _ => (false, None),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_relay_line_says_whether_the_pair_is_on_the_relay() {
+        let r = RelayUse {
+            addr: "198.18.0.1:33040".parse().unwrap(),
+            via: "h1".into(),
+            why: "lowest RTT through it".into(),
+        };
+        let direct: SocketAddr = "198.18.0.102:51820".parse().unwrap();
+        assert_eq!(
+            relay_line(&r, r.addr, Some("h1")),
+            "h1 at 198.18.0.1:33040, in use, no direct path works: lowest RTT through it"
+        );
+        // Punched or direct: the relay waits, and nothing says no direct path works.
+        let standby = relay_line(&r, direct, None);
+        assert_eq!(
+            standby,
+            "h1 at 198.18.0.1:33040, standby, the direct path works: lowest RTT through it"
+        );
+        let other = relay_line(&r, "198.18.0.2:40000".parse().unwrap(), Some("h2"));
+        assert!(
+            other.contains("standby, the pair is on h2's port"),
+            "{other}"
+        );
     }
 }

@@ -92,7 +92,7 @@ pub(crate) fn choose(gossip: &Gossip, table: &RouteTable, me: &str) {
             )
         };
         let why = format!(
-            "no direct path works; lowest RTT through it (within 2 ms + 20 %: first by name) of {} relay(s) reaching both: {} ({} to this node + {} to {}){}",
+            "lowest RTT through it (within 2 ms + 20 %: first by name) of {} relay(s) reaching both: {} ({} to this node + {} to {}){}",
             list.len(),
             ms(Some(best.rtt)),
             ms(best.legs.0),
