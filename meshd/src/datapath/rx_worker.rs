@@ -195,10 +195,10 @@ fn answer_from<E: Encap>(shared: &Shared<E>, q: &Queue) -> bool {
 /// wake-up before letting go of the lock: whatever arrived meanwhile and was not sent wakes its
 /// TX worker then. At most [`CLAIM_MAX`] queues, the RX worker's own first.
 ///
-/// Measured (BENCHMARKS.md, issue 25): the data-path threads' CPU a ping at 1000 a second fell
-/// by about a seventh and the round trip by 15–35 µs; at 20 a second, within the noise. (An
-/// earlier attempt that held only the TX worker's wait, not its wake-up, was slower: the
-/// woken worker still ran, on the other CPU.)
+/// Measured (BENCHMARKS.md, issue 25): at 1000 pings a second the data-path threads' CPU a
+/// ping fell by about a seventh and the round trip by 14–36 µs; at 20 a second, within the
+/// noise (an earlier attempt, which let the TX worker wake and then held it back, was slower
+/// from cold: the woken worker on the other CPU sometimes sent the answer first).
 #[derive(Default)]
 struct Claim<'a> {
     held: [Option<(&'a Queue, MutexGuard<'a, TxState>)>; CLAIM_MAX],
