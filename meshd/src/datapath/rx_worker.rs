@@ -221,6 +221,8 @@ impl<'a> Claim<'a> {
                 continue;
             };
             let Some(slot) = slots.next() else { break };
+            // Refused (it never is for a registered descriptor): the TX worker wakes as it
+            // would without a claim, and the hand-off below still answers.
             if w.watch_main(false) {
                 *slot = Some((q, st));
             }
