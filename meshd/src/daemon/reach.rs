@@ -94,7 +94,10 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
         } else {
             route
         },
-        relay: relay.map(|r| relay_line(&r, endpoint, link.ep.relay_via(endpoint).as_deref())),
+        relay: relay.map(|r| {
+            let on = link.ep.relay_via(endpoint);
+            relay_line(&r, endpoint, on.as_deref(), link.ep.working(now))
+        }),
         endpoint: endpoint.to_string(),
         learned,
         changed_secs: SystemTime::now()
@@ -115,13 +118,16 @@ pub(crate) fn reach(link: &PeerLink, keepalive: Option<Duration>) -> ReachStatus
 }
 
 /// The pair's `relay` line: the relay chosen, whether the pair is on its port (`endpoint` is
-/// the one in use, `on` the relay whose port that is, if any), and why it was chosen. A relay
-/// is chosen for every pair offered one, so a pair on a direct path has one on standby.
-fn relay_line(r: &RelayUse, endpoint: SocketAddr, on: Option<&str>) -> String {
+/// the one in use, `on` the relay whose port that is, if any, `works` whether it authenticated
+/// something lately), and why it was chosen. A relay is chosen for every pair offered one, so
+/// a pair on a direct path has one on standby.
+fn relay_line(r: &RelayUse, endpoint: SocketAddr, on: Option<&str>, works: bool) -> String {
     let standing = match on {
         _ if r.addr == endpoint => "in use, no direct path works".to_string(),
         Some(other) => format!("standby, the pair is on {other}'s port"),
-        None => "standby, the direct path works".to_string(),
+        None if works => "standby, the direct path works".to_string(),
+        // About to move to the relay, or the peer is down.
+        None => format!("standby, {endpoint} authenticated nothing lately"),
     };
     format!("{} at {}, {standing}: {}", r.via, r.addr, r.why)
 }
@@ -184,16 +190,22 @@ mod tests {
         };
         let direct: SocketAddr = "198.18.0.102:51820".parse().unwrap();
         assert_eq!(
-            relay_line(&r, r.addr, Some("h1")),
+            relay_line(&r, r.addr, Some("h1"), true),
             "h1 at 198.18.0.1:33040, in use, no direct path works: lowest RTT through it"
         );
         // Punched or direct: the relay waits, and nothing says no direct path works.
-        let standby = relay_line(&r, direct, None);
+        let standby = relay_line(&r, direct, None, true);
         assert_eq!(
             standby,
             "h1 at 198.18.0.1:33040, standby, the direct path works: lowest RTT through it"
         );
-        let other = relay_line(&r, "198.18.0.2:40000".parse().unwrap(), Some("h2"));
+        // A direct endpoint gone quiet is not called working.
+        let quiet = relay_line(&r, direct, None, false);
+        assert!(
+            quiet.contains("standby, 198.18.0.102:51820 authenticated nothing lately"),
+            "{quiet}"
+        );
+        let other = relay_line(&r, "198.18.0.2:40000".parse().unwrap(), Some("h2"), true);
         assert!(
             other.contains("standby, the pair is on h2's port"),
             "{other}"

@@ -10,8 +10,8 @@ pub struct ReachStatus {
     /// endpoint in use is the relay port NODE keeps for the pair).
     pub route: String,
     /// The relay chosen for the pair, whether in use or not (a direct path wins): `NODE at
-    /// ADDR:PORT, in use, no direct path works: why` or `…, standby, the direct path works:
-    /// why`.
+    /// ADDR:PORT, in use, no direct path works: why`, or `…, standby, REASON: why` (the direct
+    /// path works, the pair is on another relay's port, or the direct endpoint is quiet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
     /// The endpoint in use.
