@@ -180,7 +180,13 @@ fn answer_from<E: Encap>(shared: &Shared<E>, q: &Queue) -> bool {
     let Ok(mut st) = q.tx.try_lock() else {
         return false;
     };
-    let (sent, _) = send_batch(shared, q, &mut st, false);
+    send_answer(shared, q, &mut st)
+}
+
+/// Send what `q`'s TUN queue holds, with its TX state held, counted as answers; whether
+/// anything was sent.
+fn send_answer<E: Encap>(shared: &Shared<E>, q: &Queue, st: &mut TxState) -> bool {
+    let (sent, _) = send_batch(shared, q, st, false);
     q.counters
         .answered
         .fetch_add(sent as u64, Ordering::Relaxed);
@@ -237,11 +243,7 @@ impl<'a> Claim<'a> {
     /// Send what the held queues hold, own queue first, until one had something.
     fn answer<E: Encap>(&mut self, shared: &Shared<E>) {
         for (q, st) in self.held.iter_mut().flatten() {
-            let (sent, _) = send_batch(shared, q, st, false);
-            q.counters
-                .answered
-                .fetch_add(sent as u64, Ordering::Relaxed);
-            if sent > 0 {
+            if send_answer(shared, q, st) {
                 return;
             }
         }
